@@ -1,0 +1,99 @@
+//! How a file is cut into chunks: fixed-size pieces, the last one shorter. Pure arithmetic
+//! shared by the client (to split and reassemble) and metadata (to validate what is recorded).
+
+/// The default chunk size: 4 MiB, as in the design card.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+/// Smallest chunk size accepted (tests and simulations use small chunks to get many).
+pub const MIN_CHUNK_SIZE: u64 = 4 * 1024;
+/// Largest chunk size accepted: a chunk is held in memory whole on both ends.
+pub const MAX_CHUNK_SIZE: u64 = 256 * 1024 * 1024;
+/// A file has at most this many chunks (the chunk index is a u32).
+pub const MAX_CHUNKS_PER_FILE: u64 = u32::MAX as u64;
+
+/// One chunk of a file: where it sits and how long it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSpan {
+    pub index: u32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkingError {
+    #[error("chunk size {0} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} bytes")]
+    ChunkSizeOutOfRange(u64),
+    #[error("a file of {size} bytes would need more than {MAX_CHUNKS_PER_FILE} chunks of {chunk_size} bytes")]
+    TooManyChunks { size: u64, chunk_size: u64 },
+}
+
+pub fn validate(size: u64, chunk_size: u64) -> Result<(), ChunkingError> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(ChunkingError::ChunkSizeOutOfRange(chunk_size));
+    }
+    if size.div_ceil(chunk_size) > MAX_CHUNKS_PER_FILE {
+        return Err(ChunkingError::TooManyChunks { size, chunk_size });
+    }
+    Ok(())
+}
+
+/// Number of chunks of a file: a 0-byte file has none.
+pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size)
+}
+
+/// Length of chunk `index`, or `None` if the file has no such chunk.
+pub fn chunk_len(size: u64, chunk_size: u64, index: u32) -> Option<u64> {
+    let offset = index as u64 * chunk_size;
+    (offset < size).then(|| (size - offset).min(chunk_size))
+}
+
+/// The chunks of a file of `size` bytes, in order. Call `validate` first.
+pub fn spans(size: u64, chunk_size: u64) -> impl Iterator<Item = ChunkSpan> {
+    (0..chunk_count(size, chunk_size)).map(move |i| {
+        let offset = i * chunk_size;
+        ChunkSpan { index: i as u32, offset, len: (size - offset).min(chunk_size) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn edge_sizes() {
+        let c = MIN_CHUNK_SIZE;
+        assert_eq!(spans(0, c).count(), 0);
+        assert_eq!(spans(1, c).collect::<Vec<_>>(), vec![ChunkSpan { index: 0, offset: 0, len: 1 }]);
+        assert_eq!(spans(c, c).count(), 1);
+        assert_eq!(spans(c + 1, c).last(), Some(ChunkSpan { index: 1, offset: c, len: 1 }));
+        assert_eq!(chunk_len(c + 1, c, 2), None);
+        assert!(validate(10, 1).is_err());
+        assert!(validate(u64::MAX, MIN_CHUNK_SIZE).is_err());
+        assert!(validate(5 << 30, DEFAULT_CHUNK_SIZE).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-chunking.txt")))),
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn spans_tile_the_file_exactly(size in 0u64..(1 << 40), chunk_size in MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE) {
+            let mut next = 0u64;
+            let mut count = 0u64;
+            for s in spans(size, chunk_size).take(4096) {
+                prop_assert_eq!(s.offset, next);
+                prop_assert!(s.len > 0 && s.len <= chunk_size);
+                prop_assert_eq!(Some(s.len), chunk_len(size, chunk_size, s.index));
+                next += s.len;
+                count += 1;
+            }
+            if count < 4096 {
+                prop_assert_eq!(next, size);
+                prop_assert_eq!(count, chunk_count(size, chunk_size));
+            }
+        }
+    }
+}

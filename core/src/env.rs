@@ -1,0 +1,109 @@
+//! The environment a driver runs in: time, the network, the disk, a seeded source of ids.
+//!
+//! `dfs-io-real` implements these on tokio, tonic and the real filesystem; `dfs-io-sim` on
+//! madsim with a simulated disk. Nothing in `dfs-core` reaches the world any other way.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::proto::ReadChunkRequest;
+use crate::rpc::{ChunkDownload, ChunkService, ChunkUpload, Rpc, RpcError};
+
+/// Milliseconds on a monotonic clock whose origin is the clock's own (process start in
+/// production, simulation start in tests). Only differences are meaningful.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn saturating_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+    }
+}
+
+pub trait Clock: Clone + Send + Sync + 'static {
+    /// Monotonic time: what state machines take as `now`.
+    fn now(&self) -> Timestamp;
+    /// Wall-clock time for humans (file modification times). Never used to order events.
+    fn unix_ms(&self) -> u64;
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Calls to other nodes, by address (`host:port`).
+pub trait Transport: Clone + Send + Sync + 'static {
+    fn unary<R: Rpc>(&self, to: &str, request: R) -> impl Future<Output = Result<R::Response, RpcError>> + Send;
+
+    /// Streams a chunk to `to` in frames.
+    fn write_chunk(
+        &self,
+        to: &str,
+        service: ChunkService,
+        upload: ChunkUpload,
+    ) -> impl Future<Output = Result<crate::proto::WriteChunkResponse, RpcError>> + Send;
+
+    /// Receives a chunk from `to` in frames.
+    fn read_chunk(&self, to: &str, request: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send;
+}
+
+/// Files with explicit durability: nothing written is durable until `sync_file` (its bytes)
+/// and `sync_dir` (its name in the directory) return. Paths are absolute or relative to the
+/// node's own root; the simulated disk gives every node its own.
+pub trait Disk: Clone + Send + Sync + 'static {
+    fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// Creates or truncates `path` and writes `data` (not durable until `sync_file`).
+    fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes `data` at `offset`, creating the file if needed.
+    fn write_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Bytes>> + Send;
+    /// Reads exactly `len` bytes at `offset` (fewer only at the end of the file).
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send;
+    fn file_len(&self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send;
+    fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes creations, renames and removals of entries in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// Atomically replaces `to` with `from`.
+    fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// Entry names (not paths) in `dir`; an absent directory is empty.
+    fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
+    /// (capacity, free) bytes of the volume holding `dir`.
+    fn space(&self, dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send;
+}
+
+/// Everything a driver needs, bundled so drivers take one type parameter.
+pub trait Env: Clone + Send + Sync + 'static {
+    type Clock: Clock;
+    type Transport: Transport;
+    type Disk: Disk;
+    /// openraft's runtime (spawn, timers, RNG for election timeouts).
+    type RaftRuntime: openraft::AsyncRuntime;
+
+    fn clock(&self) -> &Self::Clock;
+    fn transport(&self) -> &Self::Transport;
+    fn disk(&self) -> &Self::Disk;
+    /// Random bits: from the OS in production, from the seed in simulation.
+    fn random_u64(&self) -> u64;
+}
+
+/// Runs `fut` for at most `limit` on `clock`.
+pub async fn with_timeout<C: Clock, F: Future>(clock: &C, limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    use futures::future::{select, Either};
+    let sleep = clock.sleep(limit);
+    futures::pin_mut!(fut);
+    futures::pin_mut!(sleep);
+    match select(fut, sleep).await {
+        Either::Left((out, _)) => Ok(out),
+        Either::Right(((), _)) => Err(Elapsed(limit)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {0:?}")]
+pub struct Elapsed(pub Duration);

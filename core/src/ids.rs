@@ -1,0 +1,115 @@
+//! Identifiers. Each kind of id has its own type so that a storage node id can never be passed
+//! where a metadata node id or an address is expected (the seed system once mixed them).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A metadata (Raft) node, numbered by the operator: `--id N`.
+pub type MetaNodeId = u64;
+
+/// A storage node. Generated once by the node itself and kept in its data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StorageNodeId(pub u64);
+
+impl fmt::Display for StorageNodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A file, assigned by metadata when an upload is created. Never reused: overwriting a path
+/// gives the new contents a new id, so chunks of different versions never share an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileId(pub u64);
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A chunk: the first 16 bytes of SHA-256(file id ‖ chunk index), both little-endian.
+///
+/// Derived rather than stored so that client, metadata and storage nodes agree on it without
+/// coordination, and hashed so that chunk files spread evenly over the sharded directories.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkId(pub [u8; 16]);
+
+impl ChunkId {
+    pub fn derive(file: FileId, index: u32) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(file.0.to_le_bytes());
+        hasher.update(index.to_le_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        ChunkId(id)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Parses the 16 raw bytes carried on the wire.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(ChunkId(bytes.try_into().ok()?))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let bytes = hex::decode(s).ok()?;
+        Self::from_slice(&bytes)
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", self.to_hex())
+    }
+}
+
+/// A SHA-256 digest of a chunk's bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    pub fn of(data: &[u8]) -> Self {
+        Sha256Digest(Sha256::digest(data).into())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Sha256Digest(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(&self.0[..8]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ids_differ_by_file_and_index_and_round_trip_through_hex() {
+        let a = ChunkId::derive(FileId(1), 0);
+        assert_ne!(a, ChunkId::derive(FileId(1), 1));
+        assert_ne!(a, ChunkId::derive(FileId(2), 0));
+        assert_eq!(a, ChunkId::derive(FileId(1), 0));
+        assert_eq!(ChunkId::from_hex(&a.to_hex()), Some(a));
+        assert_eq!(ChunkId::from_slice(&[0u8; 15]), None);
+    }
+}

@@ -1,0 +1,509 @@
+//! A metadata node: one member of the Raft group, answering `MetadataService` and
+//! `RaftService`.
+//!
+//! Writes go through Raft (`client_write`); reads are served by the leader after
+//! `ensure_linearizable`, so a client never sees state older than a write it saw acknowledged.
+//! A follower answers `NotLeader` naming the leader, and the client follows.
+//!
+//! Liveness of storage nodes and chunk placement are the leader's alone and live in its memory:
+//! heartbeats are frequent and cheap and need no log entry. A new leader starts with every
+//! node `Unknown` and learns within one heartbeat interval.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft};
+
+use super::raft::{AppliedState, MemLogStore, MetaRaft, MetaStateMachine, MetaTypes, RaftNet, SharedState};
+use crate::env::{Clock, Env};
+use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
+use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
+use crate::namespace::{normalize_path, ChunkRecord, Command, FileRecord, FileSummary, NamespaceError, Outcome};
+use crate::placement::{self, Candidate};
+use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
+use crate::rpc::RpcError;
+use crate::chunking;
+
+/// Most chunk placements one `AllocateChunks` call may ask for.
+pub const ALLOCATE_CHUNKS_MAX: usize = 1024;
+/// Most chunk records one `RecordChunks` call may carry.
+pub const RECORD_CHUNKS_MAX: usize = 4096;
+/// Page size of `ListFiles` when the client names none, and the most it may ask for.
+pub const LIST_LIMIT_DEFAULT: u32 = 1000;
+pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Deletion requests handed to one storage node per heartbeat.
+pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    pub id: MetaNodeId,
+    /// Every member, this one included: id → address other nodes and clients reach it at.
+    pub members: BTreeMap<MetaNodeId, String>,
+    pub health: HealthConfig,
+    pub raft_heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl MetaConfig {
+    pub fn new(id: MetaNodeId, members: BTreeMap<MetaNodeId, String>) -> Self {
+        MetaConfig {
+            id,
+            members,
+            health: HealthConfig::default(),
+            // openraft checks election timeouts on ticks of 1.5 heartbeat intervals: a short
+            // interval keeps the randomized timeouts from collapsing onto a few tick slots.
+            raft_heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaStartError {
+    #[error("node id {id} is not among the members {members:?}")]
+    NotAMember { id: MetaNodeId, members: Vec<MetaNodeId> },
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// The leader's view of storage-node liveness, for the term it was built in.
+struct LeaderHealth {
+    term: u64,
+    tracker: HealthTracker,
+}
+
+pub struct MetaServer<E: Env> {
+    env: E,
+    config: MetaConfig,
+    raft: MetaRaft<E::RaftRuntime>,
+    state: SharedState,
+    health: Mutex<Option<LeaderHealth>>,
+}
+
+impl<E: Env> MetaServer<E> {
+    /// Starts this member. Every member started with the same member list forms the cluster:
+    /// each initializes itself with that list, which openraft allows when the lists agree.
+    pub async fn start(env: E, config: MetaConfig) -> Result<Arc<Self>, MetaStartError> {
+        if !config.members.contains_key(&config.id) {
+            return Err(MetaStartError::NotAMember { id: config.id, members: config.members.keys().copied().collect() });
+        }
+        let raft_config = openraft::Config {
+            cluster_name: "dfs-metadata".into(),
+            heartbeat_interval: config.raft_heartbeat_interval.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| MetaStartError::Config(e.to_string()))?;
+        let (state_machine, state) = MetaStateMachine::new();
+        let raft = Raft::<MetaTypes<E::RaftRuntime>>::new(
+            config.id,
+            Arc::new(raft_config),
+            RaftNet::new(env.clone()),
+            MemLogStore::default(),
+            state_machine,
+        )
+        .await
+        .map_err(|e| MetaStartError::Raft(e.to_string()))?;
+
+        let server = Arc::new(MetaServer { env, config, raft, state, health: Mutex::new(None) });
+        // In the background: the others must be able to reach this node while it waits.
+        let forming = server.clone();
+        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
+            if let Err(e) = forming.form_cluster().await {
+                tracing::error!(error = %e, "could not form the metadata cluster");
+            }
+        });
+        Ok(server)
+    }
+
+    /// Forms the cluster from the member list, with no separate bootstrap step. The member
+    /// with the lowest id initializes at once; the others wait a few election timeouts for it
+    /// and initialize themselves only if it has not reached them (it may be down). Several
+    /// members initializing with the same list is safe; it is avoided only because candidates
+    /// that all start at once tend to split the vote.
+    async fn form_cluster(&self) -> Result<(), MetaStartError> {
+        let first = *self.config.members.keys().next().expect("members contain this node");
+        if first != self.config.id {
+            let grace = self.config.election_timeout_max * 3;
+            let deadline = self.env.clock().now().plus(grace);
+            while self.env.clock().now() < deadline {
+                if self.is_initialized().await? {
+                    return Ok(());
+                }
+                self.env.clock().sleep(self.config.raft_heartbeat_interval).await;
+            }
+        }
+        if self.is_initialized().await? {
+            return Ok(());
+        }
+        let members: BTreeMap<MetaNodeId, BasicNode> =
+            self.config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => tracing::info!(id = self.config.id, "initialized cluster membership"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!(id = self.config.id, "cluster already formed; joining as a member")
+            }
+            Err(e) => return Err(MetaStartError::Raft(e.to_string())),
+        }
+        Ok(())
+    }
+
+    async fn is_initialized(&self) -> Result<bool, MetaStartError> {
+        self.raft.is_initialized().await.map_err(|e| MetaStartError::Raft(e.to_string()))
+    }
+
+
+    pub fn id(&self) -> MetaNodeId {
+        self.config.id
+    }
+
+    pub fn raft(&self) -> &MetaRaft<E::RaftRuntime> {
+        &self.raft
+    }
+
+    /// The applied state, for tests and checkers: no leadership check.
+    pub fn local_state(&self) -> std::sync::RwLockReadGuard<'_, AppliedState> {
+        self.state.read().expect("state lock")
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    fn leader_hint(&self, leader: Option<MetaNodeId>) -> Option<proto::MetaNode> {
+        let id = leader?;
+        let addr = self.config.members.get(&id)?.clone();
+        Some(proto::MetaNode { id, addr })
+    }
+
+    fn not_leader(&self, leader: Option<MetaNodeId>) -> RpcError {
+        RpcError::NotLeader { leader: self.leader_hint(leader) }
+    }
+
+    /// Cheap leadership check from the latest metrics, for leader-local work (placement,
+    /// heartbeats) whose mistakes are harmless because nothing is committed by them.
+    fn require_leader(&self) -> Result<u64, RpcError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.config.id) {
+            Ok(metrics.current_term)
+        } else {
+            Err(self.not_leader(metrics.current_leader))
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => response.data.map_err(namespace_error),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
+            Err(RaftError::APIError(e)) => Err(RpcError::Internal(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
+        }
+    }
+
+    /// Runs `read` on state at least as new as every write acknowledged before this call.
+    async fn read<T>(&self, read: impl FnOnce(&AppliedState) -> T) -> Result<T, RpcError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(read(&self.state.read().expect("state lock"))),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(RpcError::Unavailable(format!("metadata quorum not reachable: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
+        }
+    }
+
+    /// The health tracker of the current term, created afresh when leadership changed.
+    fn with_health<T>(&self, term: u64, f: impl FnOnce(&mut HealthTracker) -> T) -> T {
+        let now = self.env.clock().now();
+        let mut guard = self.health.lock().expect("health lock");
+        if guard.as_ref().is_none_or(|h| h.term != term) {
+            *guard = Some(LeaderHealth { term, tracker: HealthTracker::new(self.config.health, now) });
+        }
+        f(&mut guard.as_mut().expect("set above").tracker)
+    }
+
+    fn storage_node_proto(state: &AppliedState, id: StorageNodeId) -> Option<proto::StorageNode> {
+        state.namespace.storage_node(id).map(|n| proto::StorageNode { id: n.id.0, addr: n.addr.clone() })
+    }
+}
+
+fn namespace_error(e: NamespaceError) -> RpcError {
+    let message = e.to_string();
+    match e {
+        NamespaceError::InvalidPath { .. } | NamespaceError::InvalidUpload(_) | NamespaceError::BadChunk { .. } => {
+            RpcError::InvalidArgument(message)
+        }
+        NamespaceError::AlreadyExists(_) => RpcError::AlreadyExists(message),
+        NamespaceError::NotFound(_) | NamespaceError::UploadNotFound(_) => RpcError::NotFound(message),
+        NamespaceError::ParentIsFile { .. } | NamespaceError::IsDirectory(_) | NamespaceError::Incomplete { .. } => {
+            RpcError::FailedPrecondition(message)
+        }
+    }
+}
+
+fn file_info(f: &FileSummary) -> proto::FileInfo {
+    proto::FileInfo {
+        path: f.path.clone(),
+        file_id: f.id.0,
+        size: f.size,
+        chunk_size: f.chunk_size,
+        replication: f.replication,
+        chunk_count: f.chunk_count,
+        committed_unix_ms: f.committed_unix_ms,
+    }
+}
+
+/// Majority of the replication factor: the copies a write must reach before it is acknowledged.
+pub fn write_quorum(replication: u32) -> u32 {
+    replication / 2 + 1
+}
+
+impl<E: Env> MetadataServiceHandler for MetaServer<E> {
+    async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
+        let command = Command::CreateFile {
+            path: r.path,
+            size: r.size,
+            chunk_size: r.chunk_size,
+            replication: r.replication,
+            overwrite: r.overwrite,
+            unix_ms: self.env.clock().unix_ms(),
+        };
+        match self.propose(command).await? {
+            Outcome::FileCreated(id) => Ok(proto::CreateFileResponse { file_id: id.0 }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn allocate_chunks(&self, r: proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
+        let term = self.require_leader()?;
+        if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
+            return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
+        }
+        let state = self.state.read().expect("state lock").namespace.upload(FileId(r.file_id)).cloned();
+        let upload = state.ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(FileId(r.file_id))))?;
+        let mut sizes = Vec::with_capacity(r.chunk_indexes.len());
+        for &index in &r.chunk_indexes {
+            let size = chunking::chunk_len(upload.size, upload.chunk_size, index)
+                .ok_or_else(|| RpcError::InvalidArgument(format!("upload {} has no chunk {index}", r.file_id)))?;
+            sizes.push(size);
+        }
+        let now = self.env.clock().now();
+        let candidates: Vec<Candidate> = self.with_health(term, |h| {
+            h.alive(now).map(|(id, stats)| Candidate { id, free_bytes: stats.free_bytes }).collect()
+        });
+        let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
+        let quorum = write_quorum(upload.replication);
+        let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
+        if usable < quorum as usize {
+            return Err(RpcError::Unavailable(format!(
+                "{usable} usable live storage nodes, a write needs {quorum} (replication {})",
+                upload.replication
+            )));
+        }
+        let chosen = placement::place(&candidates, &exclude, upload.replication as usize, &sizes)
+            .map_err(|e| RpcError::NoSpace(e.to_string()))?;
+        let state = self.state.read().expect("state lock");
+        let placements = r
+            .chunk_indexes
+            .iter()
+            .zip(chosen)
+            .map(|(&index, nodes)| proto::ChunkPlacement {
+                index,
+                targets: nodes.into_iter().filter_map(|id| Self::storage_node_proto(&state, id)).collect(),
+            })
+            .collect();
+        Ok(proto::AllocateChunksResponse { placements, write_quorum: quorum })
+    }
+
+    async fn record_chunks(&self, r: proto::RecordChunksRequest) -> Result<proto::RecordChunksResponse, RpcError> {
+        if r.chunks.len() > RECORD_CHUNKS_MAX {
+            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks per record")));
+        }
+        let chunks = r
+            .chunks
+            .into_iter()
+            .map(|c| {
+                let sha256 = Sha256Digest::from_slice(&c.sha256)
+                    .ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
+                Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas: c.replicas.into_iter().map(StorageNodeId).collect() })
+            })
+            .collect::<Result<Vec<_>, RpcError>>()?;
+        self.propose(Command::RecordChunks { file: FileId(r.file_id), chunks }).await?;
+        Ok(proto::RecordChunksResponse {})
+    }
+
+    async fn commit_file(&self, r: proto::CommitFileRequest) -> Result<proto::CommitFileResponse, RpcError> {
+        let command = Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms() };
+        match self.propose(command).await? {
+            Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_file(&self, r: proto::GetFileRequest) -> Result<proto::GetFileResponse, RpcError> {
+        let path = normalize_path(&r.path).map_err(namespace_error)?;
+        let file: Option<FileRecord> = self.read(|s| s.namespace.file(&path).cloned()).await?;
+        let file = file.ok_or_else(|| namespace_error(NamespaceError::NotFound(path)))?;
+        // Replicas on nodes this leader believes alive first: the client tries them in order.
+        let term = self.require_leader()?;
+        let now = self.env.clock().now();
+        let state = self.state.read().expect("state lock");
+        let chunks = self.with_health(term, |health| {
+            file.chunks
+                .iter()
+                .map(|c| {
+                    let mut replicas: Vec<StorageNodeId> = c.replicas.clone();
+                    replicas.sort_by_key(|id| health.liveness(*id, now) != Liveness::Alive);
+                    proto::ChunkLocation {
+                        index: c.index,
+                        chunk_id: ChunkId::derive(file.id, c.index).as_bytes().to_vec().into(),
+                        size: c.size,
+                        sha256: c.sha256.0.to_vec().into(),
+                        replicas: replicas.into_iter().filter_map(|id| Self::storage_node_proto(&state, id)).collect(),
+                    }
+                })
+                .collect()
+        });
+        Ok(proto::GetFileResponse { file: Some(file_info(&FileSummary::from(&file))), chunks })
+    }
+
+    async fn list_files(&self, r: proto::ListFilesRequest) -> Result<proto::ListFilesResponse, RpcError> {
+        let dir = match r.prefix.trim_matches('/') {
+            "" => String::new(),
+            _ => normalize_path(&r.prefix).map_err(namespace_error)?,
+        };
+        let limit = match r.limit {
+            0 => LIST_LIMIT_DEFAULT,
+            n => n.min(LIST_LIMIT_MAX),
+        } as usize;
+        self.read(|s| {
+            let (page, truncated) = s.namespace.list(&dir, &r.start_after, limit);
+            proto::ListFilesResponse { files: page.into_iter().map(|f| file_info(&f.into())).collect(), truncated }
+        })
+        .await
+    }
+
+    async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
+        match self.propose(Command::DeleteFile { path: r.path }).await? {
+            Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)) }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn cluster_status(&self, _r: proto::ClusterStatusRequest) -> Result<proto::ClusterStatusResponse, RpcError> {
+        let (nodes, file_count, total_bytes) = self
+            .read(|s| {
+                let nodes: Vec<_> = s.namespace.storage_nodes().cloned().collect();
+                (nodes, s.namespace.file_count(), s.namespace.total_bytes())
+            })
+            .await?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let now = self.env.clock().now();
+        let storage_nodes = self.with_health(metrics.current_term, |h| {
+            nodes
+                .iter()
+                .map(|n| {
+                    let seen = h.last_seen(n.id, now);
+                    let stats = seen.map(|(s, _)| s).unwrap_or(NodeStats { capacity_bytes: n.capacity_bytes, ..Default::default() });
+                    proto::StorageNodeStatus {
+                        node: Some(proto::StorageNode { id: n.id.0, addr: n.addr.clone() }),
+                        state: h.liveness(n.id, now).as_str().to_string(),
+                        capacity_bytes: stats.capacity_bytes,
+                        free_bytes: stats.free_bytes,
+                        chunk_count: stats.chunk_count,
+                        last_heartbeat_ms_ago: seen.map(|(_, ago)| ago.as_millis() as u64).unwrap_or(u64::MAX),
+                    }
+                })
+                .collect()
+        });
+        Ok(proto::ClusterStatusResponse {
+            leader: self.leader_hint(metrics.current_leader),
+            members: self.config.members.iter().map(|(id, addr)| proto::MetaNode { id: *id, addr: addr.clone() }).collect(),
+            term: metrics.current_term,
+            commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            storage_nodes,
+            file_count,
+            total_bytes,
+        })
+    }
+
+    async fn register_storage(&self, r: proto::RegisterStorageRequest) -> Result<proto::RegisterStorageResponse, RpcError> {
+        let node = r.node.ok_or_else(|| RpcError::InvalidArgument("register: node missing".into()))?;
+        if node.addr.is_empty() {
+            return Err(RpcError::InvalidArgument("register: node address missing".into()));
+        }
+        self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes })
+            .await?;
+        tracing::info!(node = %StorageNodeId(node.id), "storage node registered");
+        Ok(proto::RegisterStorageResponse {})
+    }
+
+    async fn heartbeat(&self, r: proto::HeartbeatRequest) -> Result<proto::HeartbeatResponse, RpcError> {
+        let term = self.require_leader()?;
+        let node = r.node.ok_or_else(|| RpcError::InvalidArgument("heartbeat: node missing".into()))?;
+        let id = StorageNodeId(node.id);
+        let known = self
+            .state
+            .read()
+            .expect("state lock")
+            .namespace
+            .storage_node(id)
+            .is_some_and(|n| n.addr == node.addr);
+        if !known {
+            return Ok(proto::HeartbeatResponse { register: true, delete_chunks: vec![] });
+        }
+        let now = self.env.clock().now();
+        let stats = NodeStats { capacity_bytes: r.capacity_bytes, free_bytes: r.free_bytes, chunk_count: r.chunk_count };
+        self.with_health(term, |h| h.record_heartbeat(id, stats, now));
+        if !r.deleted_chunks.is_empty() {
+            let chunks = r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect();
+            self.propose(Command::ForgetDeletedReplicas { node: id, chunks }).await?;
+        }
+        let delete_chunks = self
+            .state
+            .read()
+            .expect("state lock")
+            .namespace
+            .garbage_for(id, DELETES_PER_HEARTBEAT_MAX)
+            .into_iter()
+            .map(|c| c.as_bytes().to_vec().into())
+            .collect();
+        Ok(proto::HeartbeatResponse { register: false, delete_chunks })
+    }
+}
+
+impl<E: Env> RaftServiceHandler for MetaServer<E> {
+    async fn append_entries(&self, r: proto::AppendEntriesRequest) -> Result<proto::AppendEntriesResponse, RpcError> {
+        let rpc = serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("append entries: {e}")))?;
+        let result = self.raft.append_entries(rpc).await;
+        Ok(proto::AppendEntriesResponse { payload: json(&result) })
+    }
+
+    async fn vote(&self, r: proto::VoteRequest) -> Result<proto::VoteResponse, RpcError> {
+        let rpc = serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("vote: {e}")))?;
+        let result = self.raft.vote(rpc).await;
+        Ok(proto::VoteResponse { payload: json(&result) })
+    }
+
+    async fn install_snapshot(&self, r: proto::InstallSnapshotRequest) -> Result<proto::InstallSnapshotResponse, RpcError> {
+        let (vote, meta): (openraft::Vote<MetaNodeId>, openraft::SnapshotMeta<MetaNodeId, BasicNode>) =
+            serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("install snapshot: {e}")))?;
+        let snapshot = openraft::Snapshot { meta, snapshot: Box::new(r.snapshot.to_vec()) };
+        let result = self.raft.install_full_snapshot(vote, snapshot).await;
+        Ok(proto::InstallSnapshotResponse { payload: json(&result) })
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> bytes::Bytes {
+    serde_json::to_vec(v).expect("raft messages serialize").into()
+}

@@ -1,0 +1,137 @@
+//! Where a chunk's replicas go: on distinct live storage nodes, most free space first.
+//!
+//! Pure: the leader passes in what its health tracker knows, and gets node ids back. Placing
+//! several chunks in one call deducts each chunk from the chosen nodes' free space as it goes,
+//! so a batch spreads over the cluster instead of piling onto the emptiest node.
+
+use crate::ids::StorageNodeId;
+
+/// A live node that may receive replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: StorageNodeId,
+    pub free_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("no live storage node has room for a {chunk_bytes}-byte chunk")]
+    NoCandidates { chunk_bytes: u64 },
+}
+
+/// Chooses up to `replication` distinct nodes for each chunk in `chunk_sizes`.
+///
+/// A chunk gets fewer than `replication` nodes only when fewer candidates have room; the
+/// caller decides whether that still reaches its write quorum. Ties in free space go to the
+/// lower node id, so the result depends on nothing but the inputs.
+pub fn place(
+    candidates: &[Candidate],
+    exclude: &[StorageNodeId],
+    replication: usize,
+    chunk_sizes: &[u64],
+) -> Result<Vec<Vec<StorageNodeId>>, PlacementError> {
+    let mut pool: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| !exclude.contains(&c.id))
+        .cloned()
+        .collect();
+    pool.sort_by_key(|c| c.id);
+    pool.dedup_by_key(|c| c.id);
+
+    let mut placements = Vec::with_capacity(chunk_sizes.len());
+    for &chunk_bytes in chunk_sizes {
+        pool.sort_by(|a, b| b.free_bytes.cmp(&a.free_bytes).then(a.id.cmp(&b.id)));
+        let chosen: Vec<StorageNodeId> = pool
+            .iter()
+            .filter(|c| c.free_bytes >= chunk_bytes)
+            .take(replication)
+            .map(|c| c.id)
+            .collect();
+        if chosen.is_empty() {
+            return Err(PlacementError::NoCandidates { chunk_bytes });
+        }
+        for c in pool.iter_mut().filter(|c| chosen.contains(&c.id)) {
+            c.free_bytes -= chunk_bytes;
+        }
+        placements.push(chosen);
+    }
+    Ok(placements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn node(id: u64, free: u64) -> Candidate {
+        Candidate { id: StorageNodeId(id), free_bytes: free }
+    }
+
+    #[test]
+    fn most_free_first_and_distinct() {
+        let nodes = [node(1, 10), node(2, 30), node(3, 20), node(4, 5)];
+        let p = place(&nodes, &[], 3, &[1]).unwrap();
+        assert_eq!(p, vec![vec![StorageNodeId(2), StorageNodeId(3), StorageNodeId(1)]]);
+    }
+
+    #[test]
+    fn excluded_and_full_nodes_are_skipped() {
+        let nodes = [node(1, 100), node(2, 100), node(3, 3)];
+        let p = place(&nodes, &[StorageNodeId(1)], 3, &[4]).unwrap();
+        assert_eq!(p, vec![vec![StorageNodeId(2)]]);
+        assert_eq!(place(&nodes, &[StorageNodeId(1), StorageNodeId(2)], 3, &[4]), Err(PlacementError::NoCandidates { chunk_bytes: 4 }));
+        assert!(place(&[], &[], 3, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_spreads_primaries() {
+        let nodes = [node(1, 100), node(2, 100), node(3, 100), node(4, 100)];
+        let p = place(&nodes, &[], 1, &[10, 10, 10, 10]).unwrap();
+        let primaries: BTreeSet<_> = p.iter().map(|r| r[0]).collect();
+        assert_eq!(primaries.len(), 4);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-placement.txt")))),
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn placements_are_distinct_allowed_and_fit(
+            frees in proptest::collection::vec(0u64..1000, 0..8),
+            excluded in proptest::collection::vec(0u64..8, 0..3),
+            replication in 1usize..5,
+            sizes in proptest::collection::vec(0u64..200, 0..20),
+        ) {
+            let nodes: Vec<_> = frees.iter().enumerate().map(|(i, f)| node(i as u64, *f)).collect();
+            let exclude: Vec<_> = excluded.iter().map(|&i| StorageNodeId(i)).collect();
+            let mut free: std::collections::BTreeMap<_, _> = nodes.iter().map(|c| (c.id, c.free_bytes)).collect();
+            match place(&nodes, &exclude, replication, &sizes) {
+                Ok(p) => {
+                    prop_assert_eq!(p.len(), sizes.len());
+                    for (replicas, size) in p.iter().zip(&sizes) {
+                        let distinct: BTreeSet<_> = replicas.iter().collect();
+                        prop_assert_eq!(distinct.len(), replicas.len());
+                        prop_assert!(!replicas.is_empty() && replicas.len() <= replication);
+                        for r in replicas {
+                            prop_assert!(!exclude.contains(r));
+                            let f = free.get_mut(r).unwrap();
+                            prop_assert!(*f >= *size);
+                            *f -= size;
+                        }
+                        // fewer than asked only if no other allowed node had room
+                        if replicas.len() < replication {
+                            let others = free.iter().filter(|(id, f)| !exclude.contains(id) && !replicas.contains(id) && **f >= *size).count();
+                            prop_assert_eq!(others, 0);
+                        }
+                    }
+                }
+                Err(PlacementError::NoCandidates { chunk_bytes }) => {
+                    prop_assert!(sizes.contains(&chunk_bytes));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! A simulated disk that knows what a power cut would keep.
+//!
+//! ## Fault model
+//!
+//! The disk holds files (inodes) and directory entries, each in two versions: what the running
+//! process sees (volatile) and what is on stable storage (durable).
+//!
+//! - `write_file` / `write_at` change only the volatile contents of the file.
+//! - `sync_file` makes the file's current contents durable.
+//! - Creating, renaming and removing a name changes only the volatile directory; `sync_dir`
+//!   makes the directory's current entries durable.
+//! - `crash()` (power loss) throws away everything volatile: each name reverts to its durable
+//!   entry, each file to its durable contents; a file created and never synced reads back empty
+//!   if its name survived, and does not exist if its name did not.
+//! - Directories themselves are durable as soon as they are created (a simplification: the
+//!   drivers create directories before the files in them and never remove them).
+//! - `flip_bit` damages the durable and volatile contents of one file, as silent media
+//!   corruption would; the checksums must catch it.
+//!
+//! The disk lives outside the simulated node (the test harness holds it), so it survives the
+//! node being killed and restarted; call `crash()` on kill to model power loss.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dfs_core::env::Disk;
+
+type Inode = u64;
+
+#[derive(Debug, Default, Clone)]
+struct FileData {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    inodes: BTreeMap<Inode, FileData>,
+    next_inode: Inode,
+    volatile_names: BTreeMap<PathBuf, Inode>,
+    durable_names: BTreeMap<PathBuf, Inode>,
+    dirs: BTreeSet<PathBuf>,
+    capacity_bytes: u64,
+    syncs: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+}
+
+impl SimDisk {
+    pub fn new(capacity_bytes: u64) -> Self {
+        SimDisk { state: Arc::new(Mutex::new(DiskState { capacity_bytes, ..Default::default() })) }
+    }
+
+    /// Power loss: keep only what was made durable.
+    pub fn crash(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.volatile_names = s.durable_names.clone();
+        let live: BTreeSet<Inode> = s.durable_names.values().copied().collect();
+        s.inodes.retain(|ino, _| live.contains(ino));
+        for data in s.inodes.values_mut() {
+            data.volatile = data.durable.clone();
+        }
+    }
+
+    /// Flips one bit of a file's stored bytes. Returns false if the file is absent or empty.
+    pub fn flip_bit(&self, path: &Path, byte: usize, bit: u8) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let Some(&ino) = s.volatile_names.get(path) else { return false };
+        let data = s.inodes.get_mut(&ino).expect("names point at inodes");
+        if data.volatile.is_empty() {
+            return false;
+        }
+        let i = byte % data.volatile.len();
+        data.volatile[i] ^= 1 << (bit % 8);
+        if i < data.durable.len() {
+            data.durable[i] ^= 1 << (bit % 8);
+        }
+        true
+    }
+
+    /// Every file path (volatile view), for checkers.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.state.lock().unwrap().volatile_names.keys().cloned().collect()
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().unwrap().syncs
+    }
+
+    fn used_bytes(s: &DiskState) -> u64 {
+        s.inodes.values().map(|d| d.volatile.len().max(d.durable.len()) as u64).sum()
+    }
+
+    /// Every operation completes at once: the simulated disk has no latency of its own.
+    fn with<T>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> std::future::Ready<io::Result<T>> {
+        std::future::ready(f(&mut self.state.lock().unwrap()))
+    }
+}
+
+impl DiskState {
+    fn parent_exists(&self, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !self.dirs.contains(dir) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such directory", dir.display()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn inode_for_write(&mut self, path: &Path) -> io::Result<Inode> {
+        if let Some(&ino) = self.volatile_names.get(path) {
+            return Ok(ino);
+        }
+        self.parent_exists(path)?;
+        self.next_inode += 1;
+        let ino = self.next_inode;
+        self.inodes.insert(ino, FileData::default());
+        self.volatile_names.insert(path.to_path_buf(), ino);
+        Ok(ino)
+    }
+
+    fn check_space(&self, extra: u64) -> io::Result<()> {
+        if SimDisk::used_bytes(self) + extra > self.capacity_bytes {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated disk is full"));
+        }
+        Ok(())
+    }
+
+    fn data(&self, path: &Path) -> io::Result<&FileData> {
+        let ino = self.volatile_names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(&self.inodes[ino])
+    }
+}
+
+impl Disk for SimDisk {
+    fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+                s.dirs.insert(ancestor.to_path_buf());
+            }
+            Ok(())
+        })
+    }
+
+    fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            s.check_space(data.len() as u64)?;
+            let ino = s.inode_for_write(path)?;
+            s.inodes.get_mut(&ino).expect("just made").volatile = data.to_vec();
+            Ok(())
+        })
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            s.check_space(data.len() as u64)?;
+            let ino = s.inode_for_write(path)?;
+            let file = &mut s.inodes.get_mut(&ino).expect("just made").volatile;
+            let end = offset as usize + data.len();
+            if file.len() < end {
+                file.resize(end, 0);
+            }
+            file[offset as usize..end].copy_from_slice(&data);
+            Ok(())
+        })
+    }
+
+    fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Bytes>> + Send {
+        self.with(|s| Ok(Bytes::from(s.data(path)?.volatile.clone())))
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send {
+        self.with(|s| {
+            let data = &s.data(path)?.volatile;
+            let start = (offset as usize).min(data.len());
+            let end = (offset.saturating_add(len) as usize).min(data.len());
+            Ok(Bytes::copy_from_slice(&data[start..end]))
+        })
+    }
+
+    fn file_len(&self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send {
+        self.with(|s| Ok(s.data(path)?.volatile.len() as u64))
+    }
+
+    fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            let ino = *s.volatile_names.get(path).ok_or_else(|| not_found(path))?;
+            let file = s.inodes.get_mut(&ino).expect("names point at inodes");
+            file.durable = file.volatile.clone();
+            s.syncs += 1;
+            Ok(())
+        })
+    }
+
+    fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+            s.durable_names.retain(|p, _| !in_dir(p));
+            let entries: Vec<(PathBuf, Inode)> =
+                s.volatile_names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+            s.durable_names.extend(entries);
+            s.syncs += 1;
+            Ok(())
+        })
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            s.parent_exists(to)?;
+            let ino = s.volatile_names.remove(from).ok_or_else(|| not_found(from))?;
+            s.volatile_names.insert(to.to_path_buf(), ino);
+            Ok(())
+        })
+    }
+
+    fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.with(|s| {
+            s.volatile_names.remove(path).ok_or_else(|| not_found(path))?;
+            let referenced: BTreeSet<Inode> = s.volatile_names.values().chain(s.durable_names.values()).copied().collect();
+            s.inodes.retain(|ino, _| referenced.contains(ino));
+            Ok(())
+        })
+    }
+
+    fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send {
+        self.with(|s| {
+            let mut names: BTreeSet<String> = BTreeSet::new();
+            let children = s.volatile_names.keys().chain(s.dirs.iter());
+            for p in children.filter(|p| p.parent() == Some(dir)) {
+                if let Some(name) = p.file_name() {
+                    names.insert(name.to_string_lossy().into_owned());
+                }
+            }
+            Ok(names.into_iter().collect())
+        })
+    }
+
+    fn space(&self, _dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send {
+        self.with(|s| Ok((s.capacity_bytes, s.capacity_bytes.saturating_sub(SimDisk::used_bytes(s)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    #[test]
+    fn unsynced_data_and_names_are_lost_on_crash() {
+        let d = SimDisk::new(1 << 20);
+        block_on(async {
+            d.create_dir_all(Path::new("/d")).await.unwrap();
+            d.write_file(Path::new("/d/a.tmp"), Bytes::from_static(b"AAAA")).await.unwrap();
+            d.sync_file(Path::new("/d/a.tmp")).await.unwrap();
+            d.rename(Path::new("/d/a.tmp"), Path::new("/d/a")).await.unwrap();
+            d.sync_dir(Path::new("/d")).await.unwrap();
+            // durable: /d/a = AAAA
+            d.write_file(Path::new("/d/a"), Bytes::from_static(b"BB")).await.unwrap();
+            d.write_file(Path::new("/d/b"), Bytes::from_static(b"never synced")).await.unwrap();
+            d.sync_file(Path::new("/d/b")).await.unwrap(); // contents synced, name not
+        });
+        d.crash();
+        block_on(async {
+            assert_eq!(&d.read_file(Path::new("/d/a")).await.unwrap()[..], b"AAAA");
+            assert_eq!(d.read_file(Path::new("/d/b")).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+            assert_eq!(d.list_dir(Path::new("/d")).await.unwrap(), vec!["a".to_string()]);
+        });
+    }
+
+    #[test]
+    fn full_disk_and_missing_parents_are_errors() {
+        let d = SimDisk::new(10);
+        block_on(async {
+            assert_eq!(d.write_file(Path::new("/x/f"), Bytes::from_static(b"1")).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+            d.create_dir_all(Path::new("/x")).await.unwrap();
+            d.write_file(Path::new("/x/f"), Bytes::from_static(b"0123456789")).await.unwrap();
+            assert_eq!(d.write_file(Path::new("/x/g"), Bytes::from_static(b"1")).await.unwrap_err().kind(), io::ErrorKind::StorageFull);
+            assert_eq!(d.space(Path::new("/x")).await.unwrap(), (10, 0));
+            assert!(d.flip_bit(Path::new("/x/f"), 3, 0));
+            assert_eq!(&d.read_at(Path::new("/x/f"), 2, 3).await.unwrap()[..], b"224");
+        });
+    }
+}

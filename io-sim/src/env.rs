@@ -1,0 +1,45 @@
+//! The simulated `Env`: madsim time and network, a `SimDisk`, and the seed's randomness.
+
+use dfs_core::env::Env;
+
+use crate::clock::SimClock;
+use crate::disk::SimDisk;
+use crate::runtime::SimRuntime;
+use crate::transport::SimTransport;
+
+#[derive(Clone, Debug)]
+pub struct SimEnv {
+    clock: SimClock,
+    transport: SimTransport,
+    disk: SimDisk,
+}
+
+impl SimEnv {
+    /// An environment for code running inside a simulated node, with that node's disk.
+    pub fn new(disk: SimDisk) -> Self {
+        SimEnv { clock: SimClock, transport: SimTransport, disk }
+    }
+}
+
+impl Env for SimEnv {
+    type Clock = SimClock;
+    type Transport = SimTransport;
+    type Disk = SimDisk;
+    type RaftRuntime = SimRuntime;
+
+    fn clock(&self) -> &SimClock {
+        &self.clock
+    }
+
+    fn transport(&self) -> &SimTransport {
+        &self.transport
+    }
+
+    fn disk(&self) -> &SimDisk {
+        &self.disk
+    }
+
+    fn random_u64(&self) -> u64 {
+        madsim::rand::random()
+    }
+}

@@ -1,0 +1,272 @@
+//! A simulated dfs cluster: metadata and storage nodes as madsim hosts with their own IPs and
+//! disks, a client host, and checkers that watch them.
+//!
+//! Each host's disk (`SimDisk`) belongs to the harness, not to the host, so it outlives a kill;
+//! `restart_*` boots the host again on the same disk. Servers are published in slots so
+//! checkers can read their state without going through the network.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dfs_core::client::{ClientConfig, DfsClient};
+use dfs_core::meta::{MetaConfig, MetaServer};
+use dfs_core::storage_node::{StorageConfig, StorageNode};
+use dfs_io_sim::{serve, SimDisk, SimEnv};
+use madsim::rand::Rng;
+use madsim::runtime::{Handle, NodeHandle};
+
+use crate::trace;
+
+const PORT: u16 = 7000;
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub meta_nodes: u64,
+    pub storage_nodes: u64,
+    pub storage_capacity_bytes: u64,
+    pub storage_heartbeat: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            meta_nodes: 3,
+            storage_nodes: 3,
+            storage_capacity_bytes: 1 << 30,
+            storage_heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
+
+pub struct MetaHost {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub node: NodeHandle,
+    pub disk: SimDisk,
+    pub server: Slot<MetaServer<SimEnv>>,
+}
+
+pub struct StorageHost {
+    pub index: u64,
+    pub addr: SocketAddr,
+    pub node: NodeHandle,
+    pub disk: SimDisk,
+    pub server: Slot<StorageNode<SimEnv>>,
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub meta: Vec<MetaHost>,
+    pub storage: Vec<StorageHost>,
+    client: NodeHandle,
+    /// term → the node seen leading it (checked by the observer).
+    leaders: Arc<Mutex<BTreeMap<u64, u64>>>,
+}
+
+fn ip(a: u8, b: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, a, b))
+}
+
+impl Cluster {
+    /// Boots every host. Call from inside a madsim runtime.
+    pub fn start(config: ClusterConfig) -> Cluster {
+        let handle = Handle::current();
+        let members: BTreeMap<u64, String> =
+            (1..=config.meta_nodes).map(|id| (id, SocketAddr::new(ip(0, id as u8), PORT).to_string())).collect();
+        let meta_addrs: Vec<String> = members.values().cloned().collect();
+
+        let meta = (1..=config.meta_nodes)
+            .map(|id| {
+                let addr = SocketAddr::new(ip(0, id as u8), PORT);
+                let disk = SimDisk::new(1 << 30);
+                let server: Slot<MetaServer<SimEnv>> = Arc::default();
+                let (members, disk2, slot) = (members.clone(), disk.clone(), server.clone());
+                let node = handle
+                    .create_node()
+                    .name(format!("meta-{id}"))
+                    .ip(addr.ip())
+                    .init(move || {
+                        let (members, disk, slot) = (members.clone(), disk2.clone(), slot.clone());
+                        async move {
+                            boot_delay().await;
+                            let config = MetaConfig::new(id, members);
+                            let server = MetaServer::start(SimEnv::new(disk), config).await.expect("metadata node starts");
+                            *slot.lock().unwrap() = Some(server.clone());
+                            serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), server).await.expect("serve");
+                        }
+                    })
+                    .build();
+                MetaHost { id, addr, node, disk, server }
+            })
+            .collect();
+
+        let storage = (1..=config.storage_nodes)
+            .map(|index| {
+                let addr = SocketAddr::new(ip(1, index as u8), PORT);
+                let disk = SimDisk::new(config.storage_capacity_bytes);
+                let server: Slot<StorageNode<SimEnv>> = Arc::default();
+                let (meta_addrs, disk2, slot, heartbeat) = (meta_addrs.clone(), disk.clone(), server.clone(), config.storage_heartbeat);
+                let node = handle
+                    .create_node()
+                    .name(format!("storage-{index}"))
+                    .ip(addr.ip())
+                    .init(move || {
+                        let (meta_addrs, disk, slot) = (meta_addrs.clone(), disk2.clone(), slot.clone());
+                        async move {
+                            boot_delay().await;
+                            let mut config = StorageConfig::new("/data", addr.to_string(), meta_addrs);
+                            config.heartbeat_interval = heartbeat;
+                            let node = StorageNode::open(SimEnv::new(disk), config).await.expect("storage node opens");
+                            *slot.lock().unwrap() = Some(node.clone());
+                            madsim::task::spawn(node.clone().run_heartbeats());
+                            serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), node).await.expect("serve");
+                        }
+                    })
+                    .build();
+                StorageHost { index, addr, node, disk, server }
+            })
+            .collect();
+
+        let client = handle.create_node().name("client").ip(ip(2, 1)).build();
+        let cluster = Cluster { config, meta, storage, client, leaders: Arc::default() };
+        cluster.spawn_leader_observer();
+        cluster
+    }
+
+    pub fn meta_addrs(&self) -> Vec<String> {
+        self.meta.iter().map(|m| m.addr.to_string()).collect()
+    }
+
+    /// A client with a disk of its own, to be used inside `on_client`.
+    pub fn client(&self, config: ClientConfig, disk: &SimDisk) -> DfsClient<SimEnv> {
+        DfsClient::new(SimEnv::new(disk.clone()), self.meta_addrs(), config)
+    }
+
+    /// Runs `work` on the client host (the only host a scenario's requests come from).
+    pub async fn on_client<F, T>(&self, work: F) -> T
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.client.spawn(work).await.expect("client task")
+    }
+
+    /// The leader as the live metadata nodes see it: the node that believes it leads the
+    /// highest term.
+    pub fn leader(&self) -> Option<u64> {
+        self.live_meta_servers()
+            .filter_map(|(id, s)| {
+                let m = s.raft().metrics().borrow().clone();
+                (m.current_leader == Some(id)).then_some((m.current_term, id))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    pub async fn wait_for_leader(&self, limit: Duration) -> u64 {
+        wait_until(limit, "a metadata leader", || self.leader()).await
+    }
+
+    fn live_meta_servers(&self) -> impl Iterator<Item = (u64, Arc<MetaServer<SimEnv>>)> + '_ {
+        self.meta.iter().filter_map(|m| m.server.lock().unwrap().clone().map(|s| (m.id, s)))
+    }
+
+    /// Waits until the leader sees `n` storage nodes alive.
+    pub async fn wait_for_storage(&self, n: usize, limit: Duration) {
+        wait_until(limit, &format!("{n} live storage nodes"), || {
+            let leader = self.leader()?;
+            let server = self.meta[leader as usize - 1].server.lock().unwrap().clone()?;
+            let registered = server.local_state().namespace.storage_nodes().count();
+            (registered >= n).then_some(())
+        })
+        .await;
+        // Registered is not yet alive in the leader's tracker: give one heartbeat interval.
+        madsim::time::sleep(self.config.storage_heartbeat * 2).await;
+    }
+
+    /// Kills a metadata host (its disk is kept; with in-memory Raft storage it rejoins empty).
+    pub fn kill_meta(&self, id: u64) {
+        let host = &self.meta[id as usize - 1];
+        trace::event(format!("kill meta-{id}"));
+        *host.server.lock().unwrap() = None;
+        Handle::current().kill(host.node.id());
+    }
+
+    pub fn kill_storage(&self, index: u64) {
+        let host = &self.storage[index as usize - 1];
+        trace::event(format!("kill storage-{index}"));
+        *host.server.lock().unwrap() = None;
+        Handle::current().kill(host.node.id());
+    }
+
+    pub fn restart_storage(&self, index: u64) {
+        let host = &self.storage[index as usize - 1];
+        trace::event(format!("restart storage-{index}"));
+        Handle::current().restart(host.node.id());
+    }
+
+    /// Every live metadata node has applied the same log and holds the same namespace.
+    pub async fn wait_meta_converged(&self, limit: Duration) {
+        wait_until(limit, "metadata nodes to converge", || {
+            let states: Vec<_> = self
+                .live_meta_servers()
+                .map(|(_, s)| {
+                    let st = s.local_state();
+                    (st.last_applied, st.namespace.clone())
+                })
+                .collect();
+            (states.len() >= 2 && states.windows(2).all(|w| w[0] == w[1])).then_some(())
+        })
+        .await;
+    }
+
+    /// Samples every live metadata node's Raft state every 10 ms of simulated time and fails
+    /// the run if two nodes ever lead the same term.
+    fn spawn_leader_observer(&self) {
+        let servers: Vec<(u64, Slot<MetaServer<SimEnv>>)> = self.meta.iter().map(|m| (m.id, m.server.clone())).collect();
+        let leaders = self.leaders.clone();
+        madsim::task::spawn(async move {
+            loop {
+                for (id, slot) in &servers {
+                    let Some(server) = slot.lock().unwrap().clone() else { continue };
+                    let m = server.raft().metrics().borrow().clone();
+                    if m.current_leader == Some(*id) && m.state == openraft::ServerState::Leader {
+                        let mut seen = leaders.lock().unwrap();
+                        let previous = *seen.entry(m.current_term).or_insert(*id);
+                        assert_eq!(previous, *id, "two leaders in term {}: nodes {previous} and {id}", m.current_term);
+                    }
+                }
+                madsim::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+
+    /// Terms in which a leader was observed, with that leader.
+    pub fn observed_leaders(&self) -> BTreeMap<u64, u64> {
+        self.leaders.lock().unwrap().clone()
+    }
+}
+
+/// Hosts boot at slightly different moments, as real machines do. (Booting all at one
+/// instant aligns every timer in the cluster, which no real deployment sees.)
+async fn boot_delay() {
+    let ms = madsim::rand::thread_rng().gen_range(0..500);
+    madsim::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Polls `probe` every 50 ms of simulated time until it yields, or panics after `limit`.
+pub async fn wait_until<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = madsim::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(madsim::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+}
