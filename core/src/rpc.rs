@@ -39,9 +39,11 @@ pub const CHUNK_FRAME_BYTES: usize = 256 * 1024;
 pub enum RpcError {
     #[error("not the metadata leader{}", leader.as_ref().map(|l| format!(" (leader is node {} at {})", l.id, l.addr)).unwrap_or_default())]
     NotLeader { leader: Option<MetaNode> },
-    #[error("not found: {0}")]
+    /// The message names what is missing (servers say "<path>: no such file").
+    #[error("{0}")]
     NotFound(String),
-    #[error("already exists: {0}")]
+    /// The message names what exists.
+    #[error("{0}")]
     AlreadyExists(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -53,7 +55,7 @@ pub enum RpcError {
     ChecksumMismatch(String),
     #[error("no space: {0}")]
     NoSpace(String),
-    #[error("failed precondition: {0}")]
+    #[error("{0}")]
     FailedPrecondition(String),
     #[error("internal error: {0}")]
     Internal(String),

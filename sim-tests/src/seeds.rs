@@ -1,6 +1,6 @@
 //! Which seeds a simulation runs, and how a failure is reported.
 //!
-//! `MADSIM_TEST_SEED` (first seed, default 1) and `MADSIM_TEST_NUM` (how many, default 20)
+//! `MADSIM_TEST_SEED` (first seed, default 1) and `MADSIM_TEST_NUM` (how many, default 50)
 //! choose the seeds; plain `cargo test` therefore always runs the same ones. Each seed gets a
 //! fresh thread and a fresh madsim runtime, so one seed's run never depends on another's.
 
@@ -20,6 +20,9 @@ pub struct SimTest {
     pub name: &'static str,
 }
 
+/// Seeds per simulation when `MADSIM_TEST_NUM` is not set.
+pub const DEFAULT_SEED_COUNT: u64 = 50;
+
 pub struct SeedRange {
     pub first: u64,
     pub count: u64,
@@ -32,7 +35,7 @@ pub fn from_env() -> SeedRange {
             .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
             .unwrap_or(default)
     };
-    SeedRange { first: read("MADSIM_TEST_SEED", 1), count: read("MADSIM_TEST_NUM", 20) }
+    SeedRange { first: read("MADSIM_TEST_SEED", 1), count: read("MADSIM_TEST_NUM", DEFAULT_SEED_COUNT) }
 }
 
 /// What one seed's run produced.

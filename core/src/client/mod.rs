@@ -59,7 +59,8 @@ const RECORD_BATCH_CHUNKS: usize = 1024;
 pub enum ClientError {
     #[error("{}: {source}", path.display())]
     Local { path: PathBuf, source: std::io::Error },
-    #[error("{context}: {source}")]
+    /// Displays only the context: the metadata error follows as the error's source.
+    #[error("{context}")]
     Metadata { context: String, source: RpcError },
     #[error("chunk {index} of {path}: {reason}")]
     Chunk { path: String, index: u32, reason: String },

@@ -1,0 +1,200 @@
+//! The client commands: put, get, ls, rm, status.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytesize::ByteSize;
+use clap::Args;
+use dfs_core::chunking;
+use dfs_core::client::{ClientConfig, DfsClient};
+use dfs_core::proto::FileInfo;
+use dfs_io_real::RealEnv;
+
+use crate::daemons::parse_addrs;
+use crate::progress::Bar;
+use crate::DEFAULT_META;
+
+#[derive(Args, Clone)]
+pub struct MetaFlag {
+    /// Metadata nodes: HOST:PORT,... (any of them; the client finds the leader).
+    #[arg(long, env = "DFS_META", default_value = DEFAULT_META)]
+    meta: String,
+}
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// The local file to upload.
+    local: PathBuf,
+    /// Where to store it. Ending in '/' means "into this directory, under the local name".
+    remote: String,
+    /// Replace the remote file if it exists.
+    #[arg(short, long, env = "DFS_FORCE")]
+    force: bool,
+    /// Chunk size, e.g. 4MiB, 64KiB.
+    #[arg(long, env = "DFS_CHUNK_SIZE", default_value = "4MiB")]
+    chunk_size: ByteSize,
+    /// Copies of each chunk.
+    #[arg(long, env = "DFS_REPLICATION", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    replication: u32,
+    /// Chunks transferred at once.
+    #[arg(long, env = "DFS_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    parallelism: u64,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// The file to download.
+    remote: String,
+    /// Where to write it; an existing directory receives it under the remote name.
+    local: PathBuf,
+    /// Replace the local file if it exists.
+    #[arg(short, long, env = "DFS_FORCE")]
+    force: bool,
+    /// Chunks transferred at once.
+    #[arg(long, env = "DFS_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    parallelism: u64,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// A directory (everything under it is listed) or a file. Default: everything.
+    #[arg(default_value = "/")]
+    prefix: String,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// The file to delete.
+    remote: String,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+fn client(meta: &MetaFlag, config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {
+    Ok(DfsClient::new(RealEnv::default(), parse_addrs(&meta.meta, "--meta")?, config))
+}
+
+fn show_progress() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+pub async fn put(args: PutArgs) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(&args.local).with_context(|| format!("{}", args.local.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", args.local.display());
+    }
+    let chunk_size = args.chunk_size.as_u64();
+    chunking::validate(meta.len(), chunk_size).map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
+    let remote = if args.remote.ends_with('/') {
+        let name = args.local.file_name().context("the local path has no file name")?;
+        format!("{}{}", args.remote, name.to_string_lossy())
+    } else {
+        args.remote.clone()
+    };
+    let config = ClientConfig {
+        chunk_size,
+        replication: args.replication,
+        parallelism: args.parallelism as usize,
+        ..ClientConfig::default()
+    };
+    let client = client(&args.meta, config)?;
+    let bar = Bar::new(&format!("put {remote}"), show_progress());
+    let info = client.put(&args.local, &remote, args.force, &bar).await?;
+    drop(bar);
+    println!("{} ({}, {} chunks, replication {})", info.path, ByteSize(info.size), info.chunk_count, info.replication);
+    Ok(())
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let mut dest = args.local.clone();
+    if dest.is_dir() {
+        let name = Path::new(&args.remote).file_name().with_context(|| format!("{}: names no file", args.remote))?;
+        dest = dest.join(name);
+    }
+    if dest.exists() && !args.force {
+        bail!("{}: already exists (use --force to replace it)", dest.display());
+    }
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!("{}: no such directory", parent.display());
+        }
+    }
+    let config = ClientConfig { parallelism: args.parallelism as usize, ..ClientConfig::default() };
+    let client = client(&args.meta, config)?;
+    let bar = Bar::new(&format!("get {}", args.remote), show_progress());
+    let info = client.get(&args.remote, &dest, &bar).await?;
+    drop(bar);
+    println!("{} -> {} ({})", info.path, dest.display(), ByteSize(info.size));
+    Ok(())
+}
+
+fn format_time(unix_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    // 2026-11-25T12:00:00Z -> 2026-11-25 12:00
+    s.get(..16).map(|p| p.replace('T', " ")).unwrap_or(s)
+}
+
+fn print_listing(files: &[FileInfo]) {
+    println!("Found {} files", files.len());
+    for f in files {
+        println!("{:>2} {:>14} {} {}", f.replication, f.size, format_time(f.committed_unix_ms), f.path);
+    }
+}
+
+pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
+    let client = client(&args.meta, ClientConfig::default())?;
+    let files = client.list(&args.prefix).await?;
+    print_listing(&files);
+    Ok(())
+}
+
+pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
+    let client = client(&args.meta, ClientConfig::default())?;
+    let info = client.delete(&args.remote).await?;
+    println!("Deleted {}", info.path);
+    Ok(())
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = client(&args.meta, ClientConfig::default())?;
+    let s = client.status().await?;
+    match &s.leader {
+        Some(l) => println!("leader: {} {}", l.id, l.addr),
+        None => println!("leader: none"),
+    }
+    println!("term: {}  applied index: {}", s.term, s.commit_index);
+    let members: Vec<String> = s.members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect();
+    println!("members: {}", members.join(","));
+    println!("files: {}  bytes: {} ({})", s.file_count, s.total_bytes, ByteSize(s.total_bytes));
+    println!("storage nodes: {}", s.storage_nodes.len());
+    for n in &s.storage_nodes {
+        let node = n.node.clone().unwrap_or_default();
+        let ago = if n.last_heartbeat_ms_ago == u64::MAX { "never".to_string() } else { format!("{}ms ago", n.last_heartbeat_ms_ago) };
+        println!(
+            "  {:016x} {:<21} {:<8} chunks={:<8} free={}/{} heartbeat {}",
+            node.id,
+            node.addr,
+            n.state,
+            n.chunk_count,
+            ByteSize(n.free_bytes),
+            ByteSize(n.capacity_bytes),
+            ago
+        );
+    }
+    Ok(())
+}

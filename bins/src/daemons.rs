@@ -1,0 +1,151 @@
+//! `dfs meta` and `dfs storage`: the long-running nodes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use dfs_core::meta::{MetaConfig, MetaServer};
+use dfs_core::storage_node::{StorageConfig, StorageNode};
+use dfs_io_real::{serve_metadata, serve_storage, RealEnv};
+use tokio::net::TcpListener;
+
+use crate::DEFAULT_META;
+
+#[derive(Args)]
+pub struct MetaArgs {
+    /// This node's id: one of the ids in --peers.
+    #[arg(long, env = "DFS_ID")]
+    id: u64,
+    /// Address to listen on.
+    #[arg(long, env = "DFS_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for this node's state.
+    #[arg(long, env = "DFS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Every member, this one included: ID=HOST:PORT,... Start every member with the same list.
+    #[arg(long, env = "DFS_PEERS")]
+    peers: String,
+}
+
+#[derive(Args)]
+pub struct StorageArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DFS_LISTEN")]
+    listen: SocketAddr,
+    /// Address clients and peers reach this node at (default: the listen address).
+    #[arg(long, env = "DFS_ADVERTISE")]
+    advertise: Option<String>,
+    /// Metadata nodes: HOST:PORT,...
+    #[arg(long, env = "DFS_META", default_value = DEFAULT_META)]
+    meta: String,
+    /// Directory for chunk files.
+    #[arg(long, env = "DFS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Milliseconds between heartbeats to the metadata leader.
+    #[arg(long, env = "DFS_HEARTBEAT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    heartbeat_ms: u64,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for entry in peers.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry.split_once('=').with_context(|| format!("--peers entry {entry:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("--peers entry {entry:?}: {id:?} is not a node id"))?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            bail!("--peers entry {entry:?}: {addr:?} is not HOST:PORT");
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            bail!("--peers names node {id} twice");
+        }
+    }
+    if members.is_empty() {
+        bail!("--peers is empty");
+    }
+    Ok(members)
+}
+
+pub fn parse_addrs(list: &str, flag: &str) -> anyhow::Result<Vec<String>> {
+    let addrs: Vec<String> = list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    if addrs.is_empty() {
+        bail!("{flag} names no address");
+    }
+    for a in &addrs {
+        if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            bail!("{flag}: {a:?} is not HOST:PORT");
+        }
+    }
+    Ok(addrs)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
+    let members = parse_peers(&args.peers)?;
+    if !members.contains_key(&args.id) {
+        bail!("--id {} is not among the --peers ids {:?}", args.id, members.keys().collect::<Vec<_>>());
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let listener = bind(args.listen).await?;
+    let server = MetaServer::start(RealEnv::default(), MetaConfig::new(args.id, members.clone()))
+        .await
+        .context("metadata node failed to start")?;
+    tracing::info!(id = args.id, listen = %args.listen, members = ?members, "metadata node serving");
+    serve_metadata(listener, server.clone(), shutdown_signal()).await.context("metadata server failed")?;
+    server.shutdown().await;
+    Ok(())
+}
+
+pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
+    let meta = parse_addrs(&args.meta, "--meta")?;
+    let listener = bind(args.listen).await?;
+    let local = listener.local_addr().context("listener address")?;
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None if local.ip().is_unspecified() => bail!("listening on {local}: give --advertise with the address others reach this node at"),
+        None => local.to_string(),
+    };
+    let mut config = StorageConfig::new(&args.data_dir, advertise.clone(), meta);
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    let node = StorageNode::open(RealEnv::default(), config)
+        .await
+        .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
+    tracing::info!(node = %node.id(), listen = %local, %advertise, "storage node serving");
+    let heartbeats = tokio::spawn(node.clone().run_heartbeats());
+    let served = serve_storage(listener, node, shutdown_signal()).await;
+    heartbeats.abort();
+    served.context("storage server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        let m = parse_peers("1=127.0.0.1:7001, 2=localhost:7002").unwrap();
+        assert_eq!(m[&2], "localhost:7002");
+        for bad in ["", "1", "x=h:1", "1=h", "1=h:99999", "1=a:1,1=b:2"] {
+            assert!(parse_peers(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_addrs("a:1,b:2", "--meta").is_ok());
+        assert!(parse_addrs(" , ", "--meta").is_err());
+        assert!(parse_addrs("a", "--meta").is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! Progress bars for long transfers, on stderr, shown only when stderr is a terminal.
+
+use dfs_core::client::Progress;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    pub fn new(label: &str, enabled: bool) -> Self {
+        let bar = if enabled { ProgressBar::new(0) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(label.to_string());
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total_bytes: u64) {
+        self.0.set_length(total_bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}

@@ -1,0 +1,157 @@
+//! The local filesystem. Every call runs on tokio's blocking pool; `sync_file` and `sync_dir`
+//! are real `fsync`s.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use dfs_core::env::Disk;
+
+#[derive(Clone, Debug, Default)]
+pub struct RealDisk;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
+}
+
+fn owned(path: &Path) -> PathBuf {
+    path.to_path_buf()
+}
+
+impl Disk for RealDisk {
+    fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let dir = owned(dir);
+        blocking(move || fs::create_dir_all(dir))
+    }
+
+    fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        let path = owned(path);
+        blocking(move || File::create(path)?.write_all(&data))
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        let path = owned(path);
+        blocking(move || OpenOptions::new().write(true).create(true).truncate(false).open(path)?.write_all_at(&data, offset))
+    }
+
+    fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Bytes>> + Send {
+        let path = owned(path);
+        blocking(move || fs::read(path).map(Bytes::from))
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send {
+        let path = owned(path);
+        blocking(move || {
+            let file = File::open(path)?;
+            let mut buf = vec![0u8; len as usize];
+            let mut filled = 0usize;
+            while filled < buf.len() {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(filled);
+            Ok(Bytes::from(buf))
+        })
+    }
+
+    fn file_len(&self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send {
+        let path = owned(path);
+        blocking(move || {
+            let meta = fs::metadata(&path)?;
+            if meta.is_dir() {
+                return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+            }
+            Ok(meta.len())
+        })
+    }
+
+    fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let path = owned(path);
+        blocking(move || File::open(path)?.sync_all())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let dir = owned(dir);
+        blocking(move || File::open(dir)?.sync_all())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let (from, to) = (owned(from), owned(to));
+        blocking(move || fs::rename(from, to))
+    }
+
+    fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let path = owned(path);
+        blocking(move || fs::remove_file(path))
+    }
+
+    fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send {
+        let dir = owned(dir);
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+                Err(e) => return Err(e),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                names.push(entry?.file_name().to_string_lossy().into_owned());
+            }
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    fn space(&self, dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send {
+        let dir = owned(dir);
+        blocking(move || statvfs(&dir))
+    }
+}
+
+/// (capacity, available to unprivileged users) of the filesystem holding `dir`.
+fn statvfs(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let block = stat.f_frsize as u64;
+    Ok((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn files_round_trip_on_the_real_disk() {
+        let dir = std::env::temp_dir().join(format!("dfs-realdisk-{}", std::process::id()));
+        let disk = RealDisk;
+        disk.create_dir_all(&dir).await.unwrap();
+        let f = dir.join("f");
+        disk.write_file(&f, Bytes::from_static(b"hello")).await.unwrap();
+        disk.write_at(&f, 10, Bytes::from_static(b"world")).await.unwrap();
+        disk.sync_file(&f).await.unwrap();
+        assert_eq!(disk.file_len(&f).await.unwrap(), 15);
+        assert_eq!(&disk.read_at(&f, 10, 100).await.unwrap()[..], b"world");
+        disk.rename(&f, &dir.join("g")).await.unwrap();
+        disk.sync_dir(&dir).await.unwrap();
+        assert_eq!(disk.list_dir(&dir).await.unwrap(), vec!["g".to_string()]);
+        assert!(disk.list_dir(&dir.join("absent")).await.unwrap().is_empty());
+        let (capacity, free) = disk.space(&dir).await.unwrap();
+        assert!(capacity >= free && capacity > 0);
+        assert_eq!(disk.read_file(&f).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

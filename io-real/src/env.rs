@@ -1,0 +1,35 @@
+//! The production `Env`.
+
+use dfs_core::env::Env;
+
+use crate::{GrpcTransport, RealClock, RealDisk};
+
+#[derive(Clone, Debug, Default)]
+pub struct RealEnv {
+    clock: RealClock,
+    transport: GrpcTransport,
+    disk: RealDisk,
+}
+
+impl Env for RealEnv {
+    type Clock = RealClock;
+    type Transport = GrpcTransport;
+    type Disk = RealDisk;
+    type RaftRuntime = openraft::TokioRuntime;
+
+    fn clock(&self) -> &RealClock {
+        &self.clock
+    }
+
+    fn transport(&self) -> &GrpcTransport {
+        &self.transport
+    }
+
+    fn disk(&self) -> &RealDisk {
+        &self.disk
+    }
+
+    fn random_u64(&self) -> u64 {
+        rand::random()
+    }
+}

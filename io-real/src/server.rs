@@ -1,0 +1,46 @@
+//! gRPC servers for the two kinds of node.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use dfs_core::proto::{MetadataServiceHandler, RaftServiceHandler};
+use dfs_core::rpc::ChunkHandler;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::generated::metadata_service_server::MetadataServiceServer;
+use crate::generated::raft_service_server::RaftServiceServer;
+use crate::generated::replication_service_server::ReplicationServiceServer;
+use crate::generated::storage_service_server::StorageServiceServer;
+use crate::grpc::Adapter;
+use crate::transport::UNARY_MESSAGE_MAX_BYTES;
+
+/// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes.
+pub async fn serve_metadata<H>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
+where
+    H: MetadataServiceHandler + RaftServiceHandler,
+{
+    let metadata = MetadataServiceServer::new(Adapter(handler.clone()))
+        .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
+    let raft = RaftServiceServer::new(Adapter(handler))
+        .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(metadata)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves `StorageService` and `ReplicationService` on `listener` until `shutdown` completes.
+pub async fn serve_storage<H: ChunkHandler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(StorageServiceServer::new(Adapter(handler.clone())))
+        .add_service(ReplicationServiceServer::new(Adapter(handler)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,119 @@
+//! Calls to other nodes over gRPC. One HTTP/2 connection per peer address, opened lazily and
+//! re-established by tonic after a failure.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dfs_core::env::Transport;
+use dfs_core::proto::{ReadChunkFrame, ReadChunkHeader, ReadChunkRequest, WriteChunkFrame, WriteChunkResponse};
+use dfs_core::rpc::{self, ChunkDownload, ChunkService, ChunkUpload, FrameAssembler, Rpc, RpcError};
+use futures::StreamExt;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+use tonic_prost::ProstCodec;
+
+use crate::grpc::from_status;
+
+const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
+const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
+const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
+
+/// Largest unary message accepted or sent: metadata replies for very large files and Raft
+/// snapshots outgrow tonic's 4 MiB default. Chunk bytes travel in small frames regardless.
+pub const UNARY_MESSAGE_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct GrpcTransport {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    connect_timeout: Duration,
+}
+
+impl Default for GrpcTransport {
+    fn default() -> Self {
+        GrpcTransport { channels: Arc::default(), connect_timeout: Duration::from_secs(3) }
+    }
+}
+
+impl GrpcTransport {
+    fn client(&self, to: &str) -> Result<tonic::client::Grpc<Channel>, RpcError> {
+        let mut channels = self.channels.lock().expect("channel cache lock");
+        let channel = match channels.get(to) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{to}"))
+                    .map_err(|e| RpcError::InvalidArgument(format!("bad address {to:?}: {e}")))?
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(20));
+                let channel = endpoint.connect_lazy();
+                channels.insert(to.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
+            .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES))
+    }
+
+    async fn ready(&self, to: &str) -> Result<tonic::client::Grpc<Channel>, RpcError> {
+        let mut client = self.client(to)?;
+        client.ready().await.map_err(|e| RpcError::Transport(format!("{to}: {e}")))?;
+        Ok(client)
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn unary<R: Rpc>(&self, to: &str, request: R) -> impl Future<Output = Result<R::Response, RpcError>> + Send {
+        let to = to.to_string();
+        async move {
+            let mut client = self.ready(&to).await?;
+            let codec = ProstCodec::<R, R::Response>::default();
+            client
+                .unary(tonic::Request::new(request), PathAndQuery::from_static(R::PATH), codec)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| from_status(&to, s))
+        }
+    }
+
+    fn write_chunk(&self, to: &str, service: ChunkService, upload: ChunkUpload) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
+        let to = to.to_string();
+        async move {
+            let mut client = self.ready(&to).await?;
+            let path = match service {
+                ChunkService::Storage => WRITE_CHUNK_PATH,
+                ChunkService::Replication => REPLICATE_CHUNK_PATH,
+            };
+            let frames = futures::stream::iter(rpc::write_frames(upload));
+            let codec = ProstCodec::<WriteChunkFrame, WriteChunkResponse>::default();
+            client
+                .client_streaming(tonic::Request::new(frames), PathAndQuery::from_static(path), codec)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| from_status(&to, s))
+        }
+    }
+
+    fn read_chunk(&self, to: &str, request: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send {
+        let to = to.to_string();
+        async move {
+            let mut client = self.ready(&to).await?;
+            let codec = ProstCodec::<ReadChunkRequest, ReadChunkFrame>::default();
+            let mut frames = client
+                .server_streaming(tonic::Request::new(request), PathAndQuery::from_static(READ_CHUNK_PATH), codec)
+                .await
+                .map_err(|s| from_status(&to, s))?
+                .into_inner();
+            let mut assembler = FrameAssembler::<ReadChunkHeader>::new();
+            while let Some(frame) = frames.next().await {
+                let frame = frame.map_err(|s| from_status(&to, s))?;
+                assembler.push(frame.header, frame.data).map_err(|e| RpcError::Internal(format!("{to}: {e}")))?;
+            }
+            let (header, data) = assembler.finish().map_err(|e| RpcError::Internal(format!("{to}: {e}")))?;
+            Ok(ChunkDownload { header, data })
+        }
+    }
+}

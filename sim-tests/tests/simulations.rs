@@ -1,0 +1,52 @@
+//! Plain `cargo test` entry point for the deterministic simulations.
+//!
+//! madsim needs `--cfg madsim` on the whole dependency graph, which stable Cargo cannot set
+//! per crate, and which must never reach a production build. So this test runs a nested
+//! `cargo test -p dfs-sim-tests` with `RUSTFLAGS="--cfg madsim"` into `target/sim`: the two
+//! builds never invalidate each other, and `cargo sim` (see .cargo/config.toml) shares the
+//! nested one. Seeds: `MADSIM_TEST_SEED` / `MADSIM_TEST_NUM`, passed through. `SKIP_SIMS=1`
+//! skips this (for quick local iterations only).
+
+#![cfg(not(madsim))]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn seeded_simulations() {
+    let mut report = std::io::stderr().lock();
+    if std::env::var_os("SKIP_SIMS").is_some() {
+        let _ = writeln!(report, "[sim] SKIP_SIMS is set: simulations not run");
+        return;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("sim");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Keep the caller's flags (e.g. -D warnings) and add the simulation cfg.
+    let rustflags = format!("{} --cfg madsim", std::env::var("RUSTFLAGS").unwrap_or_default());
+    let started = std::time::Instant::now();
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .env("RUSTFLAGS", rustflags.trim())
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["test", "-p", "dfs-sim-tests", "--", "--nocapture"])
+        .output()
+        .expect("cannot run the nested cargo for the simulations");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Written to stderr directly, not through the test harness's capture, so that plain
+    // `cargo test` shows which simulations ran, for how many seeds, and how long they took.
+    for line in stdout.lines().filter(|l| is_summary(l)) {
+        let prefix = if line.starts_with("[sim]") { "" } else { "[sim] " };
+        let _ = writeln!(report, "{prefix}{line}");
+    }
+    let _ = writeln!(report, "[sim] nested simulation build and run took {:.1}s", started.elapsed().as_secs_f64());
+    assert!(out.status.success(), "simulations failed:\n{stdout}\n{stderr}");
+}
+
+/// The per-simulation summary lines and test verdicts, not the per-seed lines.
+fn is_summary(line: &str) -> bool {
+    (line.starts_with("[sim]") && !line.contains(" seed=")) || (line.starts_with("test ") && line.contains(" ... "))
+}
