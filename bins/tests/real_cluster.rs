@@ -30,8 +30,45 @@ impl Drop for Proc {
     }
 }
 
+/// A temporary directory kept (and named on stderr) when the test fails, for its node logs.
+struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    fn new() -> Self {
+        TestDir(Some(tempfile::tempdir().unwrap()))
+    }
+    fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = self.0.take().unwrap().keep();
+            eprintln!("test failed: node logs kept in {}", kept.display());
+        }
+    }
+}
+
+/// Ports for the nodes of these tests: below Linux's ephemeral range (32768..), so that no
+/// outgoing connection can take a port between the test choosing it and a node binding it,
+/// and handed out once per process, so parallel tests never share one. Each is checked free.
+fn free_ports(count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 10_000 + (std::process::id() % 1_000) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let base = NEXT.fetch_add(count, Ordering::SeqCst);
+        assert!(base < 32_000, "ran out of test ports");
+        if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(1)
 }
 
 fn spawn(name: &str, args: &[String], log_dir: &Path) -> Proc {
@@ -110,7 +147,7 @@ fn path(dir: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn files_survive_sigkill_of_the_metadata_leader() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = TestDir::new();
     let dir = tmp.path();
     let meta_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers: Vec<String> = meta_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
@@ -185,7 +222,7 @@ fn files_survive_sigkill_of_the_metadata_leader() {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_an_exit_code() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = TestDir::new();
     let dir = tmp.path();
     // Nothing listens on this port: client commands fail with a clear message, not a panic.
     let nowhere = format!("127.0.0.1:{}", free_port());
@@ -221,13 +258,10 @@ fn file_in(dir: &Path) -> String {
 /// pointing anywhere else, then SIGINT (Ctrl-C) stops everything.
 #[test]
 fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = wait_for(Duration::from_secs(10), "a free block of ports", || {
-        let base = 20_000 + (std::process::id() as u16 % 2_000) * 10 + (Instant::now().elapsed().subsec_nanos() % 7) as u16;
-        let free = (0..3).chain(100..103).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
-        free.then_some(base)
-    });
+    // cluster up puts metadata on base.. and storage on base+100..
+    let base = free_ports(103);
     let mut up = Command::new(DFS)
         .args(["cluster", "up", "--base-port", &base.to_string(), "--data-dir", &dir.join("data").display().to_string(), "--heartbeat-ms", "500"])
         .stdout(Stdio::piped())

@@ -214,6 +214,8 @@ pub enum FrameError {
     TooLong { expected: u64 },
     #[error("received {got} of the announced {expected} bytes")]
     TooShort { got: u64, expected: u64 },
+    #[error("announced {announced} bytes, more than the largest chunk ({max})")]
+    TooLarge { announced: u64, max: u64 },
 }
 
 impl From<FrameError> for RpcError {
@@ -241,6 +243,8 @@ impl FrameHeader for ReadChunkHeader {
 
 /// Upper bound on what we pre-allocate from an untrusted header.
 const PREALLOCATE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// No frame sequence may announce more than a chunk can hold: a receiver buffers it whole.
+const ANNOUNCED_MAX_BYTES: u64 = crate::chunking::MAX_CHUNK_SIZE;
 
 impl<H: FrameHeader> FrameAssembler<H> {
     pub fn new() -> Self {
@@ -250,6 +254,9 @@ impl<H: FrameHeader> FrameAssembler<H> {
     pub fn push(&mut self, header: Option<H>, data: Bytes) -> Result<(), FrameError> {
         match (self.header.is_some(), header) {
             (false, Some(h)) => {
+                if h.announced_size() > ANNOUNCED_MAX_BYTES {
+                    return Err(FrameError::TooLarge { announced: h.announced_size(), max: ANNOUNCED_MAX_BYTES });
+                }
                 self.expected_size = h.announced_size();
                 self.data.reserve(self.expected_size.min(PREALLOCATE_MAX_BYTES) as usize);
                 self.header = Some(h);
@@ -334,6 +341,9 @@ mod tests {
         let mut frames = write_frames(upload(CHUNK_FRAME_BYTES + 1));
         frames[1].header = frames[0].header.clone();
         assert_eq!(assemble_upload(frames), Err(FrameError::RepeatedHeader));
+        let mut frames = write_frames(upload(1));
+        frames[0].header.as_mut().unwrap().size = u64::MAX;
+        assert!(matches!(assemble_upload(frames), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

@@ -1,14 +1,30 @@
-//! Which seeds a simulation runs, and how a failure is reported.
+//! Which seeds a simulation runs, how each runs in isolation, and how a failure is reported.
 //!
 //! `MADSIM_TEST_SEED` (first seed, default 1) and `MADSIM_TEST_NUM` (how many, default 50)
-//! choose the seeds; plain `cargo test` therefore always runs the same ones. Each seed gets a
-//! fresh thread and a fresh madsim runtime, so one seed's run never depends on another's.
+//! choose the seeds; plain `cargo test` therefore always runs the same ones.
+//!
+//! **Every seed runs in a process of its own** (this test binary, re-run with the seed in
+//! `DFS_SIM_CHILD_SEED`), on a fresh thread and madsim runtime. A seed's run must not depend on
+//! what ran before it in the process: tokio's `select!` (used unbiased inside openraft) draws
+//! from a thread-local RNG seeded partly by a process-wide counter that madsim does not
+//! control, so a second simulation in one process can take other branches than the first.
+//! With one process per seed, the sweep, the determinism test and the replay command all run
+//! a seed in the same state.
+//!
+//! `DFS_SIM_TRACE_DIR=dir` writes every run's whole trace there, named by seed and hash.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::trace;
+
+/// Set in a child process: the one seed it runs.
+const CHILD_SEED_ENV: &str = "DFS_SIM_CHILD_SEED";
+/// The line a child prints with its result.
+const CHILD_RESULT_TAG: &str = "[sim-child]";
 
 /// Simulated time after which a run counts as hung.
 pub const SIMULATED_TIME_LIMIT: Duration = Duration::from_secs(900);
@@ -46,9 +62,20 @@ pub struct SeedRun {
     pub wall: Duration,
 }
 
-/// Runs `scenario` once under `seed` on a fresh thread. Panics (with the replay command) if
-/// the scenario panics.
-pub fn run_one<F, Fut>(test: SimTest, seed: u64, scenario: F) -> SeedRun
+fn child_seed() -> Option<u64> {
+    std::env::var(CHILD_SEED_ENV).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{CHILD_SEED_ENV}={v:?} is not a number")))
+}
+
+fn replay_command(test: SimTest, seed: u64) -> String {
+    format!(
+        "MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 DFS_SIM_VERBOSE=1 cargo sim --test {} -- {} --exact --nocapture",
+        test.file, test.name
+    )
+}
+
+/// Runs `scenario` under `seed` on a fresh thread of this process. Panics (with the replay
+/// command) if the scenario panics.
+fn run_in_process<F, Fut>(test: SimTest, seed: u64, scenario: F) -> SeedRun
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -60,16 +87,21 @@ where
         .spawn(move || {
             trace::reset();
             let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-            // Simulated time after which a run counts as hung.
             runtime.set_time_limit(SIMULATED_TIME_LIMIT);
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(scenario())));
-            let lines = if result.is_err() { trace::lines() } else { Vec::new() };
+            let keep = result.is_err() || std::env::var_os("DFS_SIM_TRACE_DIR").is_some();
+            let lines = if keep { trace::lines() } else { Vec::new() };
             (result, trace::hash(), trace::len(), lines)
         })
         .expect("spawn simulation thread")
         .join()
         .expect("simulation thread");
     let (result, trace_hash, trace_lines, lines) = outcome;
+    if let Some(dir) = std::env::var_os("DFS_SIM_TRACE_DIR") {
+        // Every run's whole trace, for comparing two runs of a seed line by line.
+        let path = Path::new(&dir).join(format!("{}-seed-{seed}-{trace_hash}.log", test.name));
+        let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, lines.join("\n")));
+    }
     if let Err(panic) = result {
         let message = panic
             .downcast_ref::<String>()
@@ -82,35 +114,77 @@ where
         for line in &lines[lines.len().saturating_sub(30)..] {
             eprintln!("{line}");
         }
-        panic!(
-            "simulation {name} failed with seed {seed}: {message}\n\
-             replay it with:\n  MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 DFS_SIM_VERBOSE=1 cargo sim --test {file} -- {name} --exact --nocapture",
-            name = test.name,
-            file = test.file,
-        );
+        panic!("simulation {} failed with seed {seed}: {message}\nreplay it with:\n  {}", test.name, replay_command(test, seed));
     }
     SeedRun { seed, trace_hash, trace_lines, wall: started.elapsed() }
 }
 
-/// Runs `scenario` for every seed of `MADSIM_TEST_SEED`/`MADSIM_TEST_NUM` and prints one line
-/// per seed with its trace hash and wall time.
-pub fn run_all<F, Fut>(test: SimTest, scenario: F)
+/// Runs one seed in a child process (this test binary, filtered to `test`).
+fn run_in_child(test: SimTest, seed: u64) -> SeedRun {
+    let started = Instant::now();
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args([test.name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_SEED_ENV, seed.to_string())
+        .output()
+        .expect("run a simulation child process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if std::env::var_os("DFS_SIM_VERBOSE").is_some() {
+        print!("{stdout}");
+    }
+    // libtest prints "test <name> ... " without a newline first: the tag may be mid-line.
+    let result = stdout.lines().find_map(|l| l.split_once(CHILD_RESULT_TAG).map(|(_, fields)| fields));
+    match (out.status.success(), result) {
+        (true, Some(fields)) => {
+            let field = |name: &str| {
+                fields
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("child result {fields:?} lacks {name}"))
+                    .to_string()
+            };
+            SeedRun { seed, trace_hash: field("trace="), trace_lines: field("lines=").parse().expect("line count"), wall: started.elapsed() }
+        }
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            eprintln!("{stderr}");
+            panic!(
+                "simulation {} failed with seed {seed} ({}); replay it with:\n  {}",
+                test.name,
+                out.status,
+                replay_command(test, seed)
+            );
+        }
+    }
+}
+
+/// In a child process: runs its seed and prints the result line. Returns whether this is one.
+fn serve_as_child<F, Fut>(test: SimTest, scenario: F) -> bool
 where
-    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    let Some(seed) = child_seed() else { return false };
+    let run = run_in_process(test, seed, scenario);
+    println!("{CHILD_RESULT_TAG} seed={} trace={} lines={}", run.seed, run.trace_hash, run.trace_lines);
+    true
+}
+
+/// Runs `scenario` for every seed of `MADSIM_TEST_SEED`/`MADSIM_TEST_NUM`, each in its own
+/// process, and prints one line per seed with its trace hash and wall time.
+pub fn run_all<F, Fut>(test: SimTest, scenario: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    if serve_as_child(test, scenario) {
+        return;
+    }
     let range = from_env();
     let started = Instant::now();
     for seed in range.first..range.first + range.count {
-        let run = run_one(test, seed, scenario.clone());
-        println!(
-            "[sim] {} seed={} trace={} lines={} wall={:.2}s",
-            test.name,
-            run.seed,
-            run.trace_hash,
-            run.trace_lines,
-            run.wall.as_secs_f64()
-        );
+        let run = run_in_child(test, seed);
+        println!("[sim] {} seed={} trace={} lines={} wall={:.2}s", test.name, run.seed, run.trace_hash, run.trace_lines, run.wall.as_secs_f64());
     }
     let wall = started.elapsed();
     println!(
@@ -121,4 +195,23 @@ where
         wall.as_secs_f64(),
         wall.as_secs_f64() / range.count.max(1) as f64
     );
+}
+
+/// Runs the first seed twice and the next seed once, each in its own process: the first two
+/// traces must be identical and the third different.
+pub fn check_determinism<F, Fut>(test: SimTest, scenario: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    if serve_as_child(test, scenario) {
+        return;
+    }
+    let seed = from_env().first;
+    let a = run_in_child(test, seed);
+    let b = run_in_child(test, seed);
+    let c = run_in_child(test, seed + 1);
+    println!("[sim] determinism: seed {seed} -> {} and {}; seed {} -> {}", a.trace_hash, b.trace_hash, seed + 1, c.trace_hash);
+    assert_eq!((a.trace_hash.as_str(), a.trace_lines), (b.trace_hash.as_str(), b.trace_lines), "seed {seed} gave two different traces");
+    assert_ne!(a.trace_hash, c.trace_hash, "seeds {seed} and {} gave the same trace", seed + 1);
 }

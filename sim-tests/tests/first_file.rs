@@ -109,22 +109,12 @@ async fn check_downloads(
     trace::event(format!("{} downloads byte-identical {when}", oracle.len()));
 }
 
-const FIRST_FILE: SimTest = SimTest { file: "first_file", name: "files_survive_metadata_leader_loss" };
-
 #[test]
 fn files_survive_metadata_leader_loss() {
-    seeds::run_all(FIRST_FILE, scenario);
+    seeds::run_all(SimTest { file: "first_file", name: "files_survive_metadata_leader_loss" }, scenario);
 }
 
 #[test]
 fn same_seed_same_trace_different_seed_different_trace() {
-    let test = SimTest { file: "first_file", name: "same_seed_same_trace_different_seed_different_trace" };
-    let seed = seeds::from_env().first;
-    let a = seeds::run_one(test, seed, scenario);
-    let b = seeds::run_one(test, seed, scenario);
-    let c = seeds::run_one(test, seed + 1, scenario);
-    println!("[sim] determinism: seed {seed} -> {} and {}; seed {} -> {}", a.trace_hash, b.trace_hash, seed + 1, c.trace_hash);
-    assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} gave two different traces");
-    assert_eq!(a.trace_lines, b.trace_lines);
-    assert_ne!(a.trace_hash, c.trace_hash, "seeds {seed} and {} gave the same trace", seed + 1);
+    seeds::check_determinism(SimTest { file: "first_file", name: "same_seed_same_trace_different_seed_different_trace" }, scenario);
 }

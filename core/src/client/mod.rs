@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::chunking::{self, ChunkSpan};
-use crate::env::{with_timeout, Clock, Disk, Env, Transport};
+use crate::env::{with_timeout, Disk, Env, Transport};
 use crate::ids::{ChunkId, FileId, Sha256Digest};
 use crate::proto;
 use crate::rpc::{ChunkService, ChunkUpload, RpcError};
@@ -182,20 +182,15 @@ impl<E: Env> DfsClient<E> {
         let mut last_error = String::from("no attempt made");
         for attempt in 1..=self.config.chunk_attempts {
             let exclude: Vec<u64> = holders.union(&failed).copied().collect();
+            // The metadata client already waits out leader changes and a lack of live
+            // storage nodes, up to its deadline: an error here is final for this upload.
             let placement = self
                 .meta
                 .call(proto::AllocateChunksRequest { file_id: file.0, chunk_indexes: vec![span.index], exclude })
-                .await;
-            let (targets, quorum) = match placement {
-                Ok(p) => (p.placements.into_iter().next().map(|p| p.targets).unwrap_or_default(), p.write_quorum as usize),
-                Err(e) if e.is_retryable() => {
-                    last_error = e.to_string();
-                    tracing::debug!(chunk = span.index, attempt, error = %e, "no placement yet");
-                    self.env.clock().sleep(Duration::from_millis(200 * attempt as u64)).await;
-                    continue;
-                }
-                Err(e) => return Err(ClientError::Metadata { context: format!("put {remote}: placing chunk {}", span.index), source: e }),
-            };
+                .await
+                .map_err(|e| ClientError::Metadata { context: format!("put {remote}: placing chunk {}", span.index), source: e })?;
+            let quorum = placement.write_quorum as usize;
+            let targets = placement.placements.into_iter().next().map(|p| p.targets).unwrap_or_default();
             let wanted = (self.config.replication as usize).saturating_sub(holders.len());
             let mut targets: Vec<proto::StorageNode> = targets.into_iter().take(wanted).collect();
             if targets.is_empty() {
@@ -316,21 +311,20 @@ impl<E: Env> DfsClient<E> {
         let disk = self.env.disk();
         disk.sync_file(tmp).await.map_err(local(tmp))?;
         disk.rename(tmp, dest).await.map_err(local(dest))?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            disk.sync_dir(dir).await.map_err(local(dir))?;
-        }
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        disk.sync_dir(dir).await.map_err(local(dir))?;
         Ok(())
     }
 
-    /// Tries the replicas in turn (starting at a different one per chunk, to spread load)
-    /// until one returns bytes matching the recorded checksum.
+    /// Tries the replicas in metadata's order (live nodes first, rotated per chunk to spread
+    /// load) until one returns bytes matching the recorded checksum.
     async fn fetch_chunk(&self, remote: &str, chunk: &proto::ChunkLocation) -> Result<Bytes, ClientError> {
         let expected = Sha256Digest::from_slice(&chunk.sha256);
         let mut errors = Vec::new();
-        let n = chunk.replicas.len();
-        // Replicas come ordered live-first; rotate only among the first (live) ones' order.
-        for k in 0..n {
-            let replica = &chunk.replicas[(k + chunk.index as usize) % n];
+        for replica in &chunk.replicas {
             let request = proto::ReadChunkRequest { chunk_id: chunk.chunk_id.clone() };
             let result = with_timeout(self.env.clock(), self.config.transfer_timeout, self.env.transport().read_chunk(&replica.addr, request)).await;
             match result {
@@ -346,7 +340,7 @@ impl<E: Env> DfsClient<E> {
                 Err(e) => errors.push(format!("{}: {e}", replica.addr)),
             }
         }
-        if n == 0 {
+        if chunk.replicas.is_empty() {
             errors.push("no replica recorded".into());
         }
         Err(ClientError::Chunk { path: remote.to_string(), index: chunk.index, reason: format!("no replica served it: {}", errors.join("; ")) })

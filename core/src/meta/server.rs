@@ -121,7 +121,38 @@ impl<E: Env> MetaServer<E> {
                 tracing::error!(error = %e, "could not form the metadata cluster");
             }
         });
+        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().break_split_votes());
         Ok(server)
+    }
+
+    /// openraft 0.9 draws each node's election timeout once, at start, and checks it only on
+    /// ticks of 1.5 heartbeat intervals. Two candidates whose timeouts fall in the same tick
+    /// slot, with tick phases closer than the network latency, then start every election
+    /// together and split the vote forever (seen in simulation after the leader was killed).
+    /// This breaks the tie the way Raft intends: a node that has stayed a candidate with no
+    /// leader across two randomized intervals starts an election at a random moment of its own.
+    async fn break_split_votes(self: Arc<Self>) {
+        let (min, max) = (self.config.election_timeout_min, self.config.election_timeout_max);
+        let spread_ms = (max.saturating_sub(min).as_millis() as u64).max(1);
+        let mut stuck_term = None;
+        loop {
+            let wait = min + Duration::from_millis(self.env.random_u64() % spread_ms);
+            self.env.clock().sleep(wait).await;
+            let m = self.raft.metrics().borrow().clone();
+            if m.state != openraft::ServerState::Candidate || m.current_leader.is_some() {
+                stuck_term = None;
+                continue;
+            }
+            if stuck_term.is_some_and(|t| t < m.current_term) {
+                tracing::info!(id = self.config.id, term = m.current_term, "no leader after repeated elections; starting one at a random moment");
+                if self.raft.trigger().elect().await.is_err() {
+                    return; // raft has stopped
+                }
+                stuck_term = None;
+            } else {
+                stuck_term = Some(m.current_term);
+            }
+        }
     }
 
     /// Forms the cluster from the member list, with no separate bootstrap step. The member
@@ -303,11 +334,14 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         });
         let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
         let quorum = write_quorum(upload.replication);
+        // Excluded nodes may already hold the chunk: whether the targets offered here complete
+        // a write quorum is the client's to judge. Only an empty offer is refused.
         let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
-        if usable < quorum as usize {
+        if usable == 0 {
             return Err(RpcError::Unavailable(format!(
-                "{usable} usable live storage nodes, a write needs {quorum} (replication {})",
-                upload.replication
+                "no usable live storage node ({} alive, {} excluded by the client)",
+                candidates.len(),
+                exclude.len()
             )));
         }
         let chosen = placement::place(&candidates, &exclude, upload.replication as usize, &sizes)
@@ -354,7 +388,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         let path = normalize_path(&r.path).map_err(namespace_error)?;
         let file: Option<FileRecord> = self.read(|s| s.namespace.file(&path).cloned()).await?;
         let file = file.ok_or_else(|| namespace_error(NamespaceError::NotFound(path)))?;
-        // Replicas on nodes this leader believes alive first: the client tries them in order.
+        // Replicas on nodes this leader believes alive first, rotated per chunk so reads spread
+        // over them; the client tries them in this order.
         let term = self.require_leader()?;
         let now = self.env.clock().now();
         let state = self.state.read().expect("state lock");
@@ -364,6 +399,10 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .map(|c| {
                     let mut replicas: Vec<StorageNodeId> = c.replicas.clone();
                     replicas.sort_by_key(|id| health.liveness(*id, now) != Liveness::Alive);
+                    let alive = replicas.iter().filter(|id| health.liveness(**id, now) == Liveness::Alive).count();
+                    if alive > 1 {
+                        replicas[..alive].rotate_left(c.index as usize % alive);
+                    }
                     proto::ChunkLocation {
                         index: c.index,
                         chunk_id: ChunkId::derive(file.id, c.index).as_bytes().to_vec().into(),
