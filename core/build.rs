@@ -5,6 +5,8 @@
 //! Streaming RPCs (chunk bytes) are handled by hand in `rpc.rs` and the two environments.
 
 use std::fmt::Write as _;
+
+use heck::ToSnakeCase;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,7 +65,7 @@ impl prost_build::ServiceGenerator for CoreServiceGlue {
         }
         writeln!(buf, "}}").unwrap();
 
-        let dispatch = format!("{}_dispatch", to_snake(&service.name));
+        let dispatch = format!("{}_dispatch", service.name.to_snake_case());
         writeln!(
             buf,
             "/// Decodes `body` as the request of `method` (e.g. `CreateFile`), calls the handler and\n\
@@ -87,19 +89,4 @@ impl prost_build::ServiceGenerator for CoreServiceGlue {
         }
         writeln!(buf, "        _ => None,\n    }}\n}}").unwrap();
     }
-}
-
-fn to_snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+use heck::ToSnakeCase;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["dfs/v1/messages.proto", "dfs/v1/services.proto"];
     for file in files {
@@ -44,7 +46,7 @@ impl prost_build::ServiceGenerator for CoreAdapters {
         if service.methods.iter().any(|m| m.client_streaming || m.server_streaming) {
             return; // streaming services are adapted by hand in grpc.rs
         }
-        let module = format!("{}_server", to_snake(&service.name));
+        let module = format!("{}_server", service.name.to_snake_case());
         writeln!(buf, "#[::tonic::async_trait]").unwrap();
         writeln!(
             buf,
@@ -64,19 +66,4 @@ impl prost_build::ServiceGenerator for CoreAdapters {
         }
         writeln!(buf, "}}").unwrap();
     }
-}
-
-fn to_snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -107,3 +107,14 @@ pub async fn with_timeout<C: Clock, F: Future>(clock: &C, limit: Duration, fut: 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("timed out after {0:?}")]
 pub struct Elapsed(pub Duration);
+
+/// A call to `to` that gives up after `limit`; giving up is a transport error, like a
+/// connection that failed: the call may or may not have taken effect.
+pub async fn call_with_timeout<C: Clock, T>(
+    clock: &C,
+    limit: Duration,
+    to: &str,
+    call: impl Future<Output = Result<T, RpcError>>,
+) -> Result<T, RpcError> {
+    with_timeout(clock, limit, call).await.unwrap_or_else(|elapsed| Err(RpcError::Transport(format!("{to}: {elapsed}"))))
+}

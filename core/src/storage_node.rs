@@ -15,7 +15,7 @@ use futures::future::join_all;
 
 use crate::chunk_store::{self, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, DiskStep, WriteDecision};
 use crate::client::meta_client::{MetaClient, RetryPolicy};
-use crate::env::{with_timeout, Clock, Disk, Env, Transport};
+use crate::env::{call_with_timeout, Clock, Disk, Env, Transport};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::proto;
 use crate::rpc::{ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, RpcError};
@@ -275,16 +275,10 @@ impl<E: Env> StorageNode<E> {
                 data: upload.data.clone(),
             };
             async move {
-                let result = with_timeout(
-                    self.env.clock(),
-                    self.config.replication_timeout,
-                    self.env.transport().write_chunk(&peer.addr, ChunkService::Replication, copy),
-                )
-                .await;
-                match result {
-                    Ok(Ok(reply)) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
-                    Ok(Ok(_)) => Err(proto::ReplicaFailure { node: Some(peer), error: "peer did not confirm the write".into() }),
-                    Ok(Err(e)) => Err(proto::ReplicaFailure { node: Some(peer), error: e.to_string() }),
+                let send = self.env.transport().write_chunk(&peer.addr, ChunkService::Replication, copy);
+                match call_with_timeout(self.env.clock(), self.config.replication_timeout, &peer.addr, send).await {
+                    Ok(reply) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
+                    Ok(_) => Err(proto::ReplicaFailure { node: Some(peer), error: "peer did not confirm the write".into() }),
                     Err(e) => Err(proto::ReplicaFailure { node: Some(peer), error: e.to_string() }),
                 }
             }

@@ -49,16 +49,7 @@ async fn scenario() {
     let mut oracle: BTreeMap<String, Bytes> = BTreeMap::new();
 
     // Round 1: upload and read back.
-    for (i, size) in sizes().into_iter().enumerate() {
-        let (local, remote) = (PathBuf::from(format!("/in/a{i}")), format!("/round1/file-{i}"));
-        let data = write_local(&disk, &local, size).await;
-        let c = client.clone();
-        let r = remote.clone();
-        let info = cluster.on_client(async move { c.put(&local, &r, false, &NoProgress).await }).await.expect("upload");
-        assert_eq!(info.size, size);
-        trace::event(format!("put {remote} size={size} chunks={}", info.chunk_count));
-        oracle.insert(remote, data);
-    }
+    upload_round(&cluster, &client, &disk, &mut oracle, "round1", sizes()).await;
     check_downloads(&cluster, &client, &disk, &oracle, "before failover").await;
 
     // Kill the metadata leader, then upload and download again.
@@ -68,17 +59,8 @@ async fn scenario() {
     assert_ne!(new_leader, old_leader, "a killed node cannot lead");
     trace::event(format!("new leader is meta-{new_leader}"));
 
-    for (i, size) in sizes().into_iter().enumerate() {
-        let size = size + i as u64; // different sizes than round 1
-        let (local, remote) = (PathBuf::from(format!("/in/b{i}")), format!("/round2/file-{i}"));
-        let data = write_local(&disk, &local, size).await;
-        let c = client.clone();
-        let r = remote.clone();
-        let info = cluster.on_client(async move { c.put(&local, &r, false, &NoProgress).await }).await.expect("upload after failover");
-        assert_eq!(info.size, size);
-        trace::event(format!("put {remote} size={size} chunks={}", info.chunk_count));
-        oracle.insert(remote, data);
-    }
+    let round2 = sizes().into_iter().enumerate().map(|(i, size)| size + i as u64).collect(); // other sizes than round 1
+    upload_round(&cluster, &client, &disk, &mut oracle, "round2", round2).await;
     check_downloads(&cluster, &client, &disk, &oracle, "after failover").await;
 
     // The namespace lists exactly the oracle's files, and the survivors agree on it.
@@ -91,9 +73,24 @@ async fn scenario() {
     trace::event(format!("converged; leaders by term: {:?}", cluster.observed_leaders()));
 }
 
+type SimClient = std::sync::Arc<dfs_core::client::DfsClient<dfs_io_sim::SimEnv>>;
+
+/// Uploads a file of each size under `/<round>/`, recording what was sent in the oracle.
+async fn upload_round(cluster: &Cluster, client: &SimClient, disk: &SimDisk, oracle: &mut BTreeMap<String, Bytes>, round: &str, sizes: Vec<u64>) {
+    for (i, size) in sizes.into_iter().enumerate() {
+        let (local, remote) = (PathBuf::from(format!("/in/{round}-{i}")), format!("/{round}/file-{i}"));
+        let data = write_local(disk, &local, size).await;
+        let (c, r) = (client.clone(), remote.clone());
+        let info = cluster.on_client(async move { c.put(&local, &r, false, &NoProgress).await }).await.unwrap_or_else(|e| panic!("upload {remote}: {e}"));
+        assert_eq!(info.size, size);
+        trace::event(format!("put {remote} size={size} chunks={}", info.chunk_count));
+        oracle.insert(remote, data);
+    }
+}
+
 async fn check_downloads(
     cluster: &Cluster,
-    client: &std::sync::Arc<dfs_core::client::DfsClient<dfs_io_sim::SimEnv>>,
+    client: &SimClient,
     disk: &SimDisk,
     oracle: &BTreeMap<String, Bytes>,
     when: &str,

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::env::{with_timeout, Clock, Env, Transport};
+use crate::env::{call_with_timeout, Clock, Env, Transport};
 use crate::rpc::{Rpc, RpcError};
 
 #[derive(Clone, Debug)]
@@ -66,21 +66,20 @@ impl<E: Env> MetaClient<E> {
                 next += 1;
                 self.addrs[(next - 1) % self.addrs.len()].clone()
             });
-            let attempt = with_timeout(clock, self.policy.attempt_timeout, self.env.transport().unary(&target, request.clone())).await;
-            let error = match attempt {
-                Ok(Ok(response)) => {
+            let call = self.env.transport().unary(&target, request.clone());
+            let error = match call_with_timeout(clock, self.policy.attempt_timeout, &target, call).await {
+                Ok(response) => {
                     *self.leader.lock().expect("leader lock") = Some(target);
                     return Ok(response);
                 }
-                Ok(Err(RpcError::NotLeader { leader: Some(leader) })) if redirects < REDIRECTS_MAX && leader.addr != target => {
+                Err(RpcError::NotLeader { leader: Some(leader) }) if redirects < REDIRECTS_MAX && leader.addr != target => {
                     tracing::debug!(from = %target, to = %leader.addr, "following metadata leader");
                     *self.leader.lock().expect("leader lock") = Some(leader.addr);
                     redirects += 1;
                     continue;
                 }
-                Ok(Err(e)) if !e.is_retryable() => return Err(e),
-                Ok(Err(e)) => e,
-                Err(elapsed) => RpcError::Transport(format!("{target}: {elapsed}")),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => e,
             };
             tracing::debug!(%target, error = %error, "metadata call failed; retrying");
             *self.leader.lock().expect("leader lock") = None;

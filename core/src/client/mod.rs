@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::chunking::{self, ChunkSpan};
-use crate::env::{with_timeout, Disk, Env, Transport};
+use crate::env::{call_with_timeout, Disk, Env, Transport};
 use crate::ids::{ChunkId, FileId, Sha256Digest};
 use crate::proto;
 use crate::rpc::{ChunkService, ChunkUpload, RpcError};
@@ -207,14 +207,15 @@ impl<E: Env> DfsClient<E> {
                 },
                 data: data.clone(),
             };
-            let sent = with_timeout(
+            let sent = call_with_timeout(
                 self.env.clock(),
                 self.config.transfer_timeout,
+                &primary.addr,
                 self.env.transport().write_chunk(&primary.addr, ChunkService::Storage, upload),
             )
             .await;
             match sent {
-                Ok(Ok(reply)) => {
+                Ok(reply) => {
                     holders.extend(reply.stored_on.iter().copied());
                     for f in &reply.failures {
                         if let Some(n) = &f.node {
@@ -222,10 +223,6 @@ impl<E: Env> DfsClient<E> {
                             last_error = format!("replica on {}: {}", n.addr, f.error);
                         }
                     }
-                }
-                Ok(Err(e)) => {
-                    failed.insert(primary.id);
-                    last_error = format!("primary {}: {e}", primary.addr);
                 }
                 Err(e) => {
                     failed.insert(primary.id);
@@ -326,9 +323,9 @@ impl<E: Env> DfsClient<E> {
         let mut errors = Vec::new();
         for replica in &chunk.replicas {
             let request = proto::ReadChunkRequest { chunk_id: chunk.chunk_id.clone() };
-            let result = with_timeout(self.env.clock(), self.config.transfer_timeout, self.env.transport().read_chunk(&replica.addr, request)).await;
-            match result {
-                Ok(Ok(download)) => {
+            let transfer = self.env.transport().read_chunk(&replica.addr, request);
+            match call_with_timeout(self.env.clock(), self.config.transfer_timeout, &replica.addr, transfer).await {
+                Ok(download) => {
                     let got = Sha256Digest::of(&download.data);
                     if download.data.len() as u64 == chunk.size && Some(got) == expected {
                         return Ok(download.data);
@@ -336,8 +333,7 @@ impl<E: Env> DfsClient<E> {
                     tracing::warn!(chunk = chunk.index, replica = %replica.addr, "replica returned bytes that do not match the checksum");
                     errors.push(format!("{}: checksum mismatch", replica.addr));
                 }
-                Ok(Err(e)) => errors.push(format!("{}: {e}", replica.addr)),
-                Err(e) => errors.push(format!("{}: {e}", replica.addr)),
+                Err(e) => errors.push(e.to_string()),
             }
         }
         if chunk.replicas.is_empty() {

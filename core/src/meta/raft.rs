@@ -25,7 +25,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::env::{with_timeout, Env, Transport};
+use crate::env::{call_with_timeout, Env, Transport};
 use crate::ids::MetaNodeId;
 use crate::namespace::{ApplyResult, Command, Namespace, Outcome};
 use crate::proto;
@@ -354,10 +354,8 @@ impl<E: Env> RaftPeer<E> {
         Resp: for<'de> Deserialize<'de>,
         R::Response: Envelope,
     {
-        let reply = with_timeout(self.env.clock(), ttl, self.env.transport().unary(&self.addr, request))
-            .await
-            .map_err(unreachable)?
-            .map_err(unreachable)?;
+        let call = self.env.transport().unary(&self.addr, request);
+        let reply = call_with_timeout(self.env.clock(), ttl, &self.addr, call).await.map_err(unreachable)?;
         serde_json::from_slice(reply.payload()).map_err(|e| unreachable(RpcError::Internal(format!("undecodable raft reply: {e}"))))
     }
 }
