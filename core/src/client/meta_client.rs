@@ -24,7 +24,9 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            deadline: Duration::from_secs(60),
+            // Long enough to ride out a leader election (a few seconds); short enough that a
+            // command pointed at a cluster that is not running fails in reasonable time.
+            deadline: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
