@@ -239,10 +239,6 @@ impl ChunkTable {
     pub fn stored_count(&self) -> u64 {
         self.chunks.values().filter(|s| matches!(s, ChunkState::Stored(_))).count() as u64
     }
-
-    pub fn stored_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
-        self.chunks.iter().filter(|(_, s)| matches!(s, ChunkState::Stored(_))).map(|(id, _)| *id)
-    }
 }
 
 #[cfg(test)]

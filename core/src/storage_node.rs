@@ -167,10 +167,6 @@ impl<E: Env> StorageNode<E> {
         self.table.lock().expect("table lock").stored_count()
     }
 
-    pub fn stored_chunks(&self) -> Vec<ChunkId> {
-        self.table.lock().expect("table lock").stored_ids().collect()
-    }
-
     fn self_proto(&self) -> proto::StorageNode {
         proto::StorageNode { id: self.id.0, addr: self.config.advertise_addr.clone() }
     }

@@ -45,7 +45,6 @@ struct DiskState {
     durable_names: BTreeMap<PathBuf, Inode>,
     dirs: BTreeSet<PathBuf>,
     capacity_bytes: u64,
-    syncs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -87,15 +86,6 @@ impl SimDisk {
             data.durable[i] ^= 1 << (bit % 8);
         }
         true
-    }
-
-    /// Every file path (volatile view), for checkers.
-    pub fn files(&self) -> Vec<PathBuf> {
-        self.state.lock().unwrap().volatile_names.keys().cloned().collect()
-    }
-
-    pub fn syncs(&self) -> u64 {
-        self.state.lock().unwrap().syncs
     }
 
     fn used_bytes(s: &DiskState) -> u64 {
@@ -199,7 +189,6 @@ impl Disk for SimDisk {
             let ino = *s.volatile_names.get(path).ok_or_else(|| not_found(path))?;
             let file = s.inodes.get_mut(&ino).expect("names point at inodes");
             file.durable = file.volatile.clone();
-            s.syncs += 1;
             Ok(())
         })
     }
@@ -211,7 +200,6 @@ impl Disk for SimDisk {
             let entries: Vec<(PathBuf, Inode)> =
                 s.volatile_names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
             s.durable_names.extend(entries);
-            s.syncs += 1;
             Ok(())
         })
     }

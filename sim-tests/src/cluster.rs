@@ -197,19 +197,6 @@ impl Cluster {
         Handle::current().kill(host.node.id());
     }
 
-    pub fn kill_storage(&self, index: u64) {
-        let host = &self.storage[index as usize - 1];
-        trace::event(format!("kill storage-{index}"));
-        *host.server.lock().unwrap() = None;
-        Handle::current().kill(host.node.id());
-    }
-
-    pub fn restart_storage(&self, index: u64) {
-        let host = &self.storage[index as usize - 1];
-        trace::event(format!("restart storage-{index}"));
-        Handle::current().restart(host.node.id());
-    }
-
     /// Every live metadata node has applied the same log and holds the same namespace.
     pub async fn wait_meta_converged(&self, limit: Duration) {
         wait_until(limit, "metadata nodes to converge", || {

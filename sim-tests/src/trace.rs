@@ -52,14 +52,6 @@ pub fn lines() -> Vec<String> {
     TRACE.with(|t| t.borrow().clone())
 }
 
-/// The last `n` lines, for failure reports.
-pub fn tail(n: usize) -> Vec<String> {
-    TRACE.with(|t| {
-        let t = t.borrow();
-        t[t.len().saturating_sub(n)..].to_vec()
-    })
-}
-
 /// madsim numbers tasks from a process-wide counter, so a second run of one seed in the same
 /// process sees other task ids in log spans (`task{id=N}`); nothing else differs. Drop them.
 fn mask_task_ids(line: &str) -> String {

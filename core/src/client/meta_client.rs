@@ -53,10 +53,6 @@ impl<E: Env> MetaClient<E> {
         MetaClient { env, addrs: Arc::new(addrs), leader: Arc::default(), policy }
     }
 
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
-    }
-
     pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, RpcError> {
         let clock = self.env.clock();
         let started = clock.now();

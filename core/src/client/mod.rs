@@ -110,10 +110,6 @@ impl<E: Env> DfsClient<E> {
         DfsClient { env, meta, config }
     }
 
-    pub fn meta(&self) -> &MetaClient<E> {
-        &self.meta
-    }
-
     // ---- upload ------------------------------------------------------------------------
 
     /// Uploads the local file `source` to `remote`. Fails if `remote` exists, unless
