@@ -84,7 +84,7 @@ pub struct StatusArgs {
     meta: MetaFlag,
 }
 
-fn client(meta: &MetaFlag, config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {
+pub fn client(meta: &MetaFlag, config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {
     Ok(DfsClient::new(RealEnv::default(), parse_addrs(&meta.meta, "--meta")?, config))
 }
 

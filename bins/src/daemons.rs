@@ -16,8 +16,8 @@ use crate::DEFAULT_META;
 
 #[derive(Args)]
 pub struct MetaArgs {
-    /// This node's id: one of the ids in --peers.
-    #[arg(long, env = "DFS_ID")]
+    /// This node's id: one of the ids in --peers, or a new id when joining with `dfs admin meta add`.
+    #[arg(long, env = "DFS_ID", value_parser = clap::value_parser!(u64).range(1..))]
     id: u64,
     /// Address to listen on.
     #[arg(long, env = "DFS_LISTEN")]
@@ -25,9 +25,14 @@ pub struct MetaArgs {
     /// Directory for this node's state.
     #[arg(long, env = "DFS_DATA_DIR")]
     data_dir: PathBuf,
-    /// Every member, this one included: ID=HOST:PORT,... Start every member with the same list.
+    /// The members a new cluster forms with, this one included: ID=HOST:PORT,... Start every
+    /// member with the same list. Without it, a new node waits to be added (`dfs admin meta
+    /// add`). A node restarted on its data dir rejoins as what it was either way.
     #[arg(long, env = "DFS_PEERS")]
-    peers: String,
+    peers: Option<String>,
+    /// Build a snapshot of the namespace (and purge the log behind it) every N applied entries.
+    #[arg(long, env = "DFS_SNAPSHOT_EVERY", default_value_t = dfs_core::meta::server::SNAPSHOT_EVERY_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
 }
 
 #[derive(Args)]
@@ -97,13 +102,19 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
-    let members = parse_peers(&args.peers)?;
-    if !members.contains_key(&args.id) {
+    let members = match &args.peers {
+        Some(peers) => parse_peers(peers)?,
+        None => BTreeMap::new(),
+    };
+    if !members.is_empty() && !members.contains_key(&args.id) {
         bail!("--id {} is not among the --peers ids {:?}", args.id, members.keys().collect::<Vec<_>>());
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let listener = bind(args.listen).await?;
-    let server = MetaServer::start(RealEnv::default(), MetaConfig::new(args.id, members.clone()))
+    let mut config = MetaConfig::new(args.id, members.clone(), &args.data_dir);
+    config.snapshot_every = args.snapshot_every;
+    config.logs_kept_behind_snapshot = args.snapshot_every.min(config.logs_kept_behind_snapshot);
+    let server = MetaServer::start(RealEnv::default(), config)
         .await
         .context("metadata node failed to start")?;
     tracing::info!(id = args.id, listen = %args.listen, members = ?members, "metadata node serving");

@@ -3,6 +3,7 @@
 //! variable), builds the production environment (`dfs-io-real`), runs `dfs-core`'s drivers,
 //! and reports errors in one line on stderr with a non-zero exit code.
 
+mod admin;
 mod client_cmds;
 mod cluster;
 mod daemons;
@@ -38,6 +39,11 @@ enum Command {
     Rm(client_cmds::RmArgs),
     /// Show the metadata leader, the members and the storage nodes.
     Status(client_cmds::StatusArgs),
+    /// Administer the cluster (metadata membership).
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
     /// Run a whole local cluster.
     Cluster {
         #[command(subcommand)]
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
             Command::Ls(args) => client_cmds::ls(args).await,
             Command::Rm(args) => client_cmds::rm(args).await,
             Command::Status(args) => client_cmds::status(args).await,
+            Command::Admin { command } => admin::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
     });

@@ -56,6 +56,13 @@ pub trait Transport: Clone + Send + Sync + 'static {
 /// and `sync_dir` (its name in the directory) return. Paths are absolute or relative to the
 /// node's own root; the simulated disk gives every node its own.
 pub trait Disk: Clone + Send + Sync + 'static {
+    /// A single file holding a redb database (the metadata node's Raft log and vote).
+    type Store: redb::StorageBackend;
+
+    /// Opens the store file at `path`, creating it (and making its name durable) if absent.
+    /// Only one open store per file: a second open, by this process or another, fails. After
+    /// a crash, what a store reads back is what its last `sync_data` made durable.
+    fn open_store(&self, path: &Path) -> impl Future<Output = io::Result<Self::Store>> + Send;
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Creates or truncates `path` and writes `data` (not durable until `sync_file`).
     fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;

@@ -22,6 +22,24 @@ fn owned(path: &Path) -> PathBuf {
 }
 
 impl Disk for RealDisk {
+    /// redb's own file backend: it takes an advisory lock, so a second process opening the same
+    /// data dir fails instead of corrupting it.
+    type Store = redb::backends::FileBackend;
+
+    fn open_store(&self, path: &Path) -> impl Future<Output = io::Result<Self::Store>> + Send {
+        let path = owned(path);
+        blocking(move || {
+            let existed = path.exists();
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+            if !existed {
+                // The name of a new store must survive a power cut like its contents.
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                File::open(dir)?.sync_all()?;
+            }
+            redb::backends::FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))
+        })
+    }
+
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         let dir = owned(dir);
         blocking(move || fs::create_dir_all(dir))

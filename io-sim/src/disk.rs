@@ -17,6 +17,11 @@
 //! - `flip_bit` damages the durable and volatile contents of one file, as silent media
 //!   corruption would; the checksums must catch it.
 //!
+//! - A store (`open_store`, the file under a redb database) follows the same rules: `write`
+//!   changes the volatile contents, `sync_data` makes them durable. `crash()` also fences every
+//!   store opened before it: the dead process's handle can neither read nor write any more (a
+//!   SIGKILLed process runs no destructors, so nothing it would have written on close lands).
+//!
 //! The disk lives outside the simulated node (the test harness holds it), so it survives the
 //! node being killed and restarted; call `crash()` on kill to model power loss.
 
@@ -45,6 +50,10 @@ struct DiskState {
     durable_names: BTreeMap<PathBuf, Inode>,
     dirs: BTreeSet<PathBuf>,
     capacity_bytes: u64,
+    /// Bumped by every crash; stores opened in an older epoch are fenced.
+    epoch: u64,
+    /// Inodes with a live store open on them.
+    open_stores: BTreeSet<Inode>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +73,8 @@ impl SimDisk {
     /// Power loss: keep only what was made durable.
     pub fn crash(&self) {
         let mut s = self.state.lock().unwrap();
+        s.epoch += 1;
+        s.open_stores.clear();
         s.volatile_names = s.durable_names.clone();
         let live: BTreeSet<Inode> = s.durable_names.values().copied().collect();
         s.inodes.retain(|ino, _| live.contains(ino));
@@ -99,6 +110,15 @@ impl SimDisk {
 }
 
 impl DiskState {
+    /// Makes the current entries of `dir` durable.
+    fn sync_entries(&mut self, dir: &Path) {
+        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+        self.durable_names.retain(|p, _| !in_dir(p));
+        let entries: Vec<(PathBuf, Inode)> =
+            self.volatile_names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        self.durable_names.extend(entries);
+    }
+
     fn parent_exists(&self, path: &Path) -> io::Result<()> {
         match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() && !self.dirs.contains(dir) => Err(io::Error::new(
@@ -134,7 +154,99 @@ impl DiskState {
     }
 }
 
+/// A store file on a `SimDisk`: redb's backend, with the disk's power-loss model.
+#[derive(Debug)]
+pub struct SimStore {
+    state: Arc<Mutex<DiskState>>,
+    inode: Inode,
+    epoch: u64,
+}
+
+impl SimStore {
+    fn with<T>(&self, f: impl FnOnce(&mut FileData, u64) -> io::Result<T>) -> io::Result<T> {
+        let mut s = self.state.lock().unwrap();
+        if s.epoch != self.epoch {
+            return Err(io::Error::other("simulated power loss: this store's process is gone"));
+        }
+        let room = s.capacity_bytes.saturating_sub(SimDisk::used_bytes(&s));
+        let data = s.inodes.get_mut(&self.inode).ok_or_else(|| io::Error::other("store file removed"))?;
+        f(data, room)
+    }
+}
+
+impl redb::StorageBackend for SimStore {
+    fn len(&self) -> io::Result<u64> {
+        self.with(|d, _| Ok(d.volatile.len() as u64))
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.with(|d, _| {
+            let end = offset as usize + out.len();
+            if end > d.volatile.len() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the store"));
+            }
+            out.copy_from_slice(&d.volatile[offset as usize..end]);
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|d, room| {
+            if len > d.volatile.len() as u64 && len - d.volatile.len() as u64 > room {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated disk is full"));
+            }
+            d.volatile.resize(len as usize, 0);
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|d, _| {
+            d.durable = d.volatile.clone();
+            Ok(())
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.with(|d, room| {
+            let end = offset as usize + data.len();
+            if end > d.volatile.len() {
+                if (end - d.volatile.len()) as u64 > room {
+                    return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated disk is full"));
+                }
+                d.volatile.resize(end, 0);
+            }
+            d.volatile[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> io::Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if s.epoch == self.epoch {
+            s.open_stores.remove(&self.inode);
+        }
+        Ok(())
+    }
+}
+
 impl Disk for SimDisk {
+    type Store = SimStore;
+
+    fn open_store(&self, path: &Path) -> impl Future<Output = io::Result<SimStore>> + Send {
+        self.with(|s| {
+            let inode = s.inode_for_write(path)?;
+            if !s.open_stores.insert(inode) {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{}: store already open", path.display())));
+            }
+            // Like the real disk: a new store's name is made durable at once.
+            if let Some(dir) = path.parent() {
+                s.sync_entries(dir);
+            }
+            Ok(SimStore { state: self.state.clone(), inode, epoch: s.epoch })
+        })
+    }
+
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
             for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
@@ -195,11 +307,7 @@ impl Disk for SimDisk {
 
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
-            let in_dir = |p: &PathBuf| p.parent() == Some(dir);
-            s.durable_names.retain(|p, _| !in_dir(p));
-            let entries: Vec<(PathBuf, Inode)> =
-                s.volatile_names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
-            s.durable_names.extend(entries);
+            s.sync_entries(dir);
             Ok(())
         })
     }

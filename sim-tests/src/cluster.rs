@@ -28,6 +28,12 @@ pub struct ClusterConfig {
     pub storage_nodes: u64,
     pub storage_capacity_bytes: u64,
     pub storage_heartbeat: Duration,
+    /// Metadata snapshots every this many entries; small values exercise snapshots and log
+    /// purges (and so catch-up by snapshot install).
+    pub meta_snapshot_every: u64,
+    pub meta_logs_kept_behind_snapshot: u64,
+    /// Snapshots travel in pieces of this size (small: many pieces per transfer).
+    pub meta_snapshot_piece_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -37,6 +43,9 @@ impl Default for ClusterConfig {
             storage_nodes: 3,
             storage_capacity_bytes: 1 << 30,
             storage_heartbeat: Duration::from_secs(1),
+            meta_snapshot_every: 10_000,
+            meta_logs_kept_behind_snapshot: 1000,
+            meta_snapshot_piece_bytes: 1 << 20,
         }
     }
 }
@@ -86,6 +95,8 @@ impl Cluster {
                 let disk = SimDisk::new(1 << 30);
                 let server: Slot<MetaServer<SimEnv>> = Arc::default();
                 let (members, disk2, slot) = (members.clone(), disk.clone(), server.clone());
+                let (snapshot_every, logs_kept, piece_bytes) =
+                    (config.meta_snapshot_every, config.meta_logs_kept_behind_snapshot, config.meta_snapshot_piece_bytes);
                 let node = handle
                     .create_node()
                     .name(format!("meta-{id}"))
@@ -94,7 +105,10 @@ impl Cluster {
                         let (members, disk, slot) = (members.clone(), disk2.clone(), slot.clone());
                         async move {
                             boot_delay().await;
-                            let config = MetaConfig::new(id, members);
+                            let mut config = MetaConfig::new(id, members, "/meta");
+                            config.snapshot_every = snapshot_every;
+                            config.logs_kept_behind_snapshot = logs_kept;
+                            config.snapshot_transfer.piece_bytes = piece_bytes;
                             let server = MetaServer::start(SimEnv::new(disk), config).await.expect("metadata node starts");
                             *slot.lock().unwrap() = Some(server.clone());
                             serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), server).await.expect("serve");
@@ -156,6 +170,15 @@ impl Cluster {
         self.client.spawn(work).await.expect("client task")
     }
 
+    /// Starts `work` on the client host and returns at once.
+    pub fn spawn_on_client<F, T>(&self, work: F) -> madsim::task::JoinHandle<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.client.spawn(work)
+    }
+
     /// The leader as the live metadata nodes see it: the node that believes it leads the
     /// highest term.
     pub fn leader(&self) -> Option<u64> {
@@ -189,12 +212,59 @@ impl Cluster {
         madsim::time::sleep(self.config.storage_heartbeat * 2).await;
     }
 
-    /// Kills a metadata host (its disk is kept; with in-memory Raft storage it rejoins empty).
+    /// Kills a metadata host as a power cut would: the process dies at once and its disk keeps
+    /// only what was synced.
     pub fn kill_meta(&self, id: u64) {
         let host = &self.meta[id as usize - 1];
-        trace::event(format!("kill meta-{id}"));
+        trace::event(format!("kill meta-{id} (power cut)"));
         *host.server.lock().unwrap() = None;
+        host.disk.crash();
         Handle::current().kill(host.node.id());
+    }
+
+    /// Boots a killed metadata host again on its disk.
+    pub fn restart_meta(&self, id: u64) {
+        let host = &self.meta[id as usize - 1];
+        trace::event(format!("restart meta-{id}"));
+        Handle::current().restart(host.node.id());
+    }
+
+    pub fn meta_is_up(&self, id: u64) -> bool {
+        self.meta[id as usize - 1].server.lock().unwrap().is_some()
+    }
+
+    /// Cuts a metadata host off the network in both directions, or only its outgoing or
+    /// incoming messages.
+    pub fn partition_meta(&self, id: u64, cut: Cut) {
+        let node = self.meta[id as usize - 1].node.id();
+        trace::event(format!("partition meta-{id} ({cut:?})"));
+        let net = madsim::net::NetSim::current();
+        match cut {
+            Cut::Both => net.clog_node(node),
+            Cut::Outgoing => net.clog_node_out(node),
+            Cut::Incoming => net.clog_node_in(node),
+        }
+    }
+
+    pub fn heal_meta(&self, id: u64) {
+        let node = self.meta[id as usize - 1].node.id();
+        trace::event(format!("heal meta-{id}"));
+        madsim::net::NetSim::current().unclog_node(node);
+    }
+
+    /// Every metadata member is up, has applied the same log and holds the same namespace.
+    pub async fn wait_all_meta_converged(&self, limit: Duration) {
+        wait_until(limit, "every metadata node to converge", || {
+            let states: Vec<_> = self
+                .live_meta_servers()
+                .map(|(_, s)| {
+                    let st = s.local_state();
+                    (st.last_applied, st.namespace.clone())
+                })
+                .collect();
+            (states.len() == self.meta.len() && states.windows(2).all(|w| w[0] == w[1])).then_some(())
+        })
+        .await;
     }
 
     /// Every live metadata node has applied the same log and holds the same namespace.
@@ -237,6 +307,14 @@ impl Cluster {
     pub fn observed_leaders(&self) -> BTreeMap<u64, u64> {
         self.leaders.lock().unwrap().clone()
     }
+}
+
+/// How a partition cuts a host off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    Both,
+    Outgoing,
+    Incoming,
 }
 
 /// Hosts boot at slightly different moments, as real machines do. (Booting all at one

@@ -47,6 +47,11 @@ pub fn len() -> usize {
     TRACE.with(|t| t.borrow().len())
 }
 
+/// Whether a line recorded so far contains every one of `parts`.
+pub fn contains(parts: &[&str]) -> bool {
+    TRACE.with(|t| t.borrow().iter().any(|line| parts.iter().all(|p| line.contains(p))))
+}
+
 /// Every line recorded so far.
 pub fn lines() -> Vec<String> {
     TRACE.with(|t| t.borrow().clone())

@@ -2,7 +2,7 @@
 //!
 //! The client remembers the last leader. A follower's `NotLeader` names the new one and the
 //! call goes there at once; a node that cannot be reached, or a cluster between leaders, is
-//! retried on the next address with exponential backoff until `deadline` has passed. Errors
+//! retried on the next address with exponential backoff (with jitter) until `deadline` has passed. Errors
 //! that retrying cannot fix (not found, invalid argument, ...) return at once.
 
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,11 @@ impl<E: Env> MetaClient<E> {
         MetaClient { env, addrs: Arc::new(addrs), leader: Arc::default(), policy }
     }
 
+    /// The same client (sharing its cached leader) with another retry policy.
+    pub fn with_policy(&self, policy: RetryPolicy) -> Self {
+        MetaClient { policy, ..self.clone() }
+    }
+
     pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, RpcError> {
         let clock = self.env.clock();
         let started = clock.now();
@@ -92,7 +97,11 @@ impl<E: Env> MetaClient<E> {
                     other => other,
                 });
             }
-            clock.sleep(backoff).await;
+            // Jitter: clients that lost the same leader at the same moment do not all retry in
+            // step against the next one.
+            let half = backoff / 2;
+            let jitter = Duration::from_millis(self.env.random_u64() % (half.as_millis() as u64 + 1));
+            clock.sleep(half + jitter).await;
             backoff = (backoff * 2).min(self.policy.backoff_max);
         }
     }

@@ -10,6 +10,7 @@
 //! recorded SHA-256, write it at its offset in a temporary file, then fsync and rename the
 //! temporary file into place: the destination is either untouched or complete.
 
+pub mod admin;
 pub mod meta_client;
 
 use std::collections::BTreeSet;

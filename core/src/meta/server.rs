@@ -10,14 +10,17 @@
 //! node `Unknown` and learns within one heartbeat interval.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
 
-use super::raft::{AppliedState, MemLogStore, MetaRaft, MetaStateMachine, MetaTypes, RaftNet, SharedState};
-use crate::env::{Clock, Env};
+use super::log_store::{open_database, RedbLogStore};
+use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
+use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
+use crate::env::{Clock, Disk, Env};
 use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
 use crate::namespace::{normalize_path, ChunkRecord, Command, FileRecord, FileSummary, NamespaceError, Outcome};
@@ -36,11 +39,26 @@ pub const LIST_LIMIT_MAX: u32 = 10_000;
 /// Deletion requests handed to one storage node per heartbeat.
 pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
 
+/// Default of `MetaConfig::snapshot_every`: a snapshot per this many applied log entries.
+pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
+/// Default of `MetaConfig::logs_kept_behind_snapshot`.
+pub const LOGS_KEPT_BEHIND_SNAPSHOT_MAX: u64 = 1000;
+
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
     pub id: MetaNodeId,
-    /// Every member, this one included: id → address other nodes and clients reach it at.
+    /// The members a new cluster forms with, this one included: id → address other nodes and
+    /// clients reach it at. Empty: this node joins an existing cluster when an administrator
+    /// adds it (`AddMetaMember`). Ignored once the node has state: it rejoins as what it was.
     pub members: BTreeMap<MetaNodeId, String>,
+    /// This node's durable state: `raft.redb` (log, vote) and `snapshots/`.
+    pub data_dir: PathBuf,
+    /// Build a snapshot (and purge the log behind it) every this many applied entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind the newest snapshot (a lagging follower within them catches
+    /// up from the log; one further behind gets the snapshot).
+    pub logs_kept_behind_snapshot: u64,
+    pub snapshot_transfer: SnapshotTransfer,
     pub health: HealthConfig,
     pub raft_heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
@@ -48,10 +66,19 @@ pub struct MetaConfig {
 }
 
 impl MetaConfig {
-    pub fn new(id: MetaNodeId, members: BTreeMap<MetaNodeId, String>) -> Self {
+    pub fn new(id: MetaNodeId, members: BTreeMap<MetaNodeId, String>, data_dir: impl Into<PathBuf>) -> Self {
         MetaConfig {
             id,
             members,
+            data_dir: data_dir.into(),
+            snapshot_every: SNAPSHOT_EVERY_DEFAULT,
+            logs_kept_behind_snapshot: LOGS_KEPT_BEHIND_SNAPSHOT_MAX,
+            snapshot_transfer: SnapshotTransfer {
+                piece_bytes: 1 << 20,
+                piece_timeout: Duration::from_secs(10),
+                // Loading a snapshot of millions of files takes seconds, not milliseconds.
+                install_timeout: Duration::from_secs(300),
+            },
             health: HealthConfig::default(),
             // openraft checks election timeouts on ticks of 1.5 heartbeat intervals: a short
             // interval keeps the randomized timeouts from collapsing onto a few tick slots.
@@ -70,6 +97,8 @@ pub enum MetaStartError {
     Config(String),
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error("cannot open the metadata store in {dir}: {reason}")]
+    Store { dir: PathBuf, reason: String },
 }
 
 /// The leader's view of storage-node liveness, for the term it was built in.
@@ -84,45 +113,79 @@ pub struct MetaServer<E: Env> {
     raft: MetaRaft<E::RaftRuntime>,
     state: SharedState,
     health: Mutex<Option<LeaderHealth>>,
+    /// The snapshot being received from the leader, piece by piece: (snapshot id, bytes so far).
+    incoming: futures::lock::Mutex<Option<(String, u64)>>,
 }
 
 impl<E: Env> MetaServer<E> {
     /// Starts this member. Every member started with the same member list forms the cluster:
     /// each initializes itself with that list, which openraft allows when the lists agree.
     pub async fn start(env: E, config: MetaConfig) -> Result<Arc<Self>, MetaStartError> {
-        if !config.members.contains_key(&config.id) {
+        if !config.members.is_empty() && !config.members.contains_key(&config.id) {
             return Err(MetaStartError::NotAMember { id: config.id, members: config.members.keys().copied().collect() });
+        }
+        if config.snapshot_every == 0 {
+            return Err(MetaStartError::Config("snapshot_every must be at least 1".into()));
         }
         let raft_config = openraft::Config {
             cluster_name: "dfs-metadata".into(),
             heartbeat_interval: config.raft_heartbeat_interval.as_millis() as u64,
             election_timeout_min: config.election_timeout_min.as_millis() as u64,
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.logs_kept_behind_snapshot,
             ..Default::default()
         }
         .validate()
         .map_err(|e| MetaStartError::Config(e.to_string()))?;
-        let (state_machine, state) = MetaStateMachine::new();
+        let (log_store, state_machine, state) = Self::open_store(&env, &config.data_dir).await?;
         let raft = Raft::<MetaTypes<E::RaftRuntime>>::new(
             config.id,
             Arc::new(raft_config),
-            RaftNet::new(env.clone()),
-            MemLogStore::default(),
+            RaftNet::new(env.clone(), config.snapshot_transfer),
+            log_store,
             state_machine,
         )
         .await
         .map_err(|e| MetaStartError::Raft(e.to_string()))?;
 
-        let server = Arc::new(MetaServer { env, config, raft, state, health: Mutex::new(None) });
-        // In the background: the others must be able to reach this node while it waits.
-        let forming = server.clone();
-        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
-            if let Err(e) = forming.form_cluster().await {
-                tracing::error!(error = %e, "could not form the metadata cluster");
-            }
+        let server = Arc::new(MetaServer {
+            env,
+            config,
+            raft,
+            state,
+            health: Mutex::new(None),
+            incoming: futures::lock::Mutex::new(None),
         });
+        // In the background: the others must be able to reach this node while it waits.
+        if !server.config.members.is_empty() {
+            let forming = server.clone();
+            let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
+                if let Err(e) = forming.form_cluster().await {
+                    tracing::error!(error = %e, "could not form the metadata cluster");
+                }
+            });
+        } else if !server.is_initialized().await? {
+            tracing::info!(id = server.config.id, "no members given: waiting to be added to a cluster (dfs admin meta add)");
+        }
         let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().break_split_votes());
         Ok(server)
+    }
+
+    /// Opens `data_dir/raft.redb` and the snapshots beside it: what this node was before it
+    /// stopped, or nothing for a new node.
+    async fn open_store(
+        env: &E,
+        data_dir: &std::path::Path,
+    ) -> Result<(RedbLogStore<E::RaftRuntime>, MetaStateMachine<E::Disk>, SharedState), MetaStartError> {
+        let store_error = |reason: String| MetaStartError::Store { dir: data_dir.to_path_buf(), reason };
+        let disk = env.disk();
+        disk.create_dir_all(data_dir).await.map_err(|e| store_error(e.to_string()))?;
+        let backend = disk.open_store(&data_dir.join("raft.redb")).await.map_err(|e| store_error(format!("raft.redb: {e}")))?;
+        let db = Arc::new(open_database(backend).map_err(|e| store_error(format!("raft.redb: {e}")))?);
+        let (state_machine, state) =
+            MetaStateMachine::open(disk.clone(), data_dir, db.clone()).await.map_err(|e| store_error(e.to_string()))?;
+        Ok((RedbLogStore::new(db), state_machine, state))
     }
 
     /// openraft 0.9 draws each node's election timeout once, at start, and checks it only on
@@ -211,10 +274,59 @@ impl<E: Env> MetaServer<E> {
         }
     }
 
+    /// The leader's id and address, from the membership this node knows (which includes
+    /// members added at runtime), else from the member list it started with.
     fn leader_hint(&self, leader: Option<MetaNodeId>) -> Option<proto::MetaNode> {
         let id = leader?;
-        let addr = self.config.members.get(&id)?.clone();
+        let metrics = self.raft.metrics().borrow().clone();
+        let addr = match metrics.membership_config.membership().get_node(&id) {
+            Some(node) => node.addr.clone(),
+            None => self.config.members.get(&id)?.clone(),
+        };
         Some(proto::MetaNode { id, addr })
+    }
+
+    /// Members, roles and replication progress, as this node (the leader) sees them.
+    fn meta_status(&self) -> proto::MetaStatusResponse {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<MetaNodeId> = membership.voter_ids().collect();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = if *id == m.id {
+                    m.last_log_index
+                } else {
+                    m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index)
+                };
+                proto::MetaMemberStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                    matched_index: matched,
+                    lag: matched.map(|i| last_log.saturating_sub(i)),
+                }
+            })
+            .collect();
+        proto::MetaStatusResponse {
+            leader: self.leader_hint(m.current_leader),
+            term: m.current_term,
+            last_log_index: last_log,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    /// Maps a membership-change failure to what the caller can act on.
+    fn membership_error(&self, e: RaftError<MetaNodeId, ClientWriteError<MetaNodeId, BasicNode>>) -> RpcError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f.leader_id),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => RpcError::FailedPrecondition(c.to_string()),
+            RaftError::Fatal(e) => RpcError::Unavailable(format!("metadata node stopped: {e}")),
+        }
     }
 
     fn not_leader(&self, leader: Option<MetaNodeId>) -> RpcError {
@@ -467,7 +579,12 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         });
         Ok(proto::ClusterStatusResponse {
             leader: self.leader_hint(metrics.current_leader),
-            members: self.config.members.iter().map(|(id, addr)| proto::MetaNode { id: *id, addr: addr.clone() }).collect(),
+            members: metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| proto::MetaNode { id: *id, addr: node.addr.clone() })
+                .collect(),
             term: metrics.current_term,
             commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             storage_nodes,
@@ -519,6 +636,54 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             .collect();
         Ok(proto::HeartbeatResponse { register: false, delete_chunks })
     }
+
+    async fn add_meta_member(&self, r: proto::AddMetaMemberRequest) -> Result<proto::AddMetaMemberResponse, RpcError> {
+        self.require_leader()?;
+        if r.id == 0 {
+            return Err(RpcError::InvalidArgument("metadata node ids start at 1".into()));
+        }
+        if r.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(RpcError::InvalidArgument(format!("{:?} is not HOST:PORT", r.addr)));
+        }
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if let Some(node) = membership.get_node(&r.id) {
+            if node.addr != r.addr {
+                return Err(RpcError::AlreadyExists(format!("metadata node {} is already a member at {}", r.id, node.addr)));
+            }
+        }
+        if !membership.voter_ids().any(|v| v == r.id) {
+            // As a learner first, waiting until it has caught up, so that it never counts
+            // toward a quorum it cannot serve yet.
+            self.raft.add_learner(r.id, BasicNode::new(&r.addr), true).await.map_err(|e| self.membership_error(e))?;
+            let mut voters: std::collections::BTreeSet<MetaNodeId> = membership.voter_ids().collect();
+            voters.insert(r.id);
+            self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
+            tracing::info!(id = r.id, addr = %r.addr, "metadata member added");
+        }
+        Ok(proto::AddMetaMemberResponse { status: Some(self.meta_status()) })
+    }
+
+    async fn remove_meta_member(&self, r: proto::RemoveMetaMemberRequest) -> Result<proto::RemoveMetaMemberResponse, RpcError> {
+        self.require_leader()?;
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&r.id).is_none() {
+            return Err(RpcError::NotFound(format!("metadata node {} is not a member", r.id)));
+        }
+        let voters: std::collections::BTreeSet<MetaNodeId> = membership.voter_ids().filter(|v| *v != r.id).collect();
+        if voters.is_empty() {
+            return Err(RpcError::FailedPrecondition("cannot remove the last voter".into()));
+        }
+        // retain = false: the removed node leaves the learners too and stops receiving the log.
+        self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
+        tracing::info!(id = r.id, "metadata member removed");
+        Ok(proto::RemoveMetaMemberResponse { status: Some(self.meta_status()) })
+    }
+
+    async fn meta_status(&self, _r: proto::MetaStatusRequest) -> Result<proto::MetaStatusResponse, RpcError> {
+        // Lag is known only to the leader: followers redirect like every other call.
+        self.require_leader()?;
+        Ok(MetaServer::meta_status(self))
+    }
 }
 
 impl<E: Env> RaftServiceHandler for MetaServer<E> {
@@ -537,7 +702,37 @@ impl<E: Env> RaftServiceHandler for MetaServer<E> {
     async fn install_snapshot(&self, r: proto::InstallSnapshotRequest) -> Result<proto::InstallSnapshotResponse, RpcError> {
         let (vote, meta): (openraft::Vote<MetaNodeId>, openraft::SnapshotMeta<MetaNodeId, BasicNode>) =
             serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("install snapshot: {e}")))?;
-        let snapshot = openraft::Snapshot { meta, snapshot: Box::new(r.snapshot.to_vec()) };
+        let path = incoming_snapshot_path(&self.config.data_dir, &meta.snapshot_id);
+        let disk = self.env.disk();
+        let local = |e: std::io::Error| RpcError::Internal(format!("{}: {e}", path.display()));
+        // One snapshot at a time, its pieces in order: a piece that does not continue the
+        // current one is refused and the leader starts over from offset 0.
+        let mut incoming = self.incoming.lock().await;
+        if r.offset == 0 {
+            if let Some((old_id, _)) = incoming.take() {
+                let _ = disk.remove_file(&incoming_snapshot_path(&self.config.data_dir, &old_id)).await;
+            }
+            let _ = disk.remove_file(&path).await;
+            *incoming = Some((meta.snapshot_id.clone(), 0));
+        }
+        match incoming.as_ref() {
+            Some((id, received)) if *id == meta.snapshot_id && *received == r.offset => {}
+            _ => {
+                return Err(RpcError::FailedPrecondition(format!(
+                    "snapshot {} piece at offset {} does not continue the transfer in progress",
+                    meta.snapshot_id, r.offset
+                )))
+            }
+        }
+        disk.write_at(&path, r.offset, r.snapshot.clone()).await.map_err(local)?;
+        let received = r.offset + r.snapshot.len() as u64;
+        if !r.done {
+            *incoming = Some((meta.snapshot_id.clone(), received));
+            return Ok(proto::InstallSnapshotResponse { payload: bytes::Bytes::new() });
+        }
+        *incoming = None;
+        disk.sync_file(&path).await.map_err(local)?;
+        let snapshot = openraft::Snapshot { meta, snapshot: Box::new(SnapshotFile { path, len: received }) };
         let result = self.raft.install_full_snapshot(vote, snapshot).await;
         Ok(proto::InstallSnapshotResponse { payload: json(&result) })
     }

@@ -1,0 +1,208 @@
+//! The Raft log, vote and commit index of a metadata node, durable in redb.
+//!
+//! Promises: `append` reports completion only after the entries are fsynced; `save_vote`
+//! returns only after the vote is fsynced (a node never votes twice in a term, across
+//! crashes). The commit index is written without an fsync of its own: it only tells a
+//! restarting node how much of its log it may re-apply at once, and losing it costs nothing
+//! but a catch-up from the leader. Truncation and purge ride on the next durable commit:
+//! an entry openraft truncated can reappear after a crash only if no later append happened,
+//! which is the same as never having received the replacement.
+//!
+//! The database is one file (`raft.redb` in the node's data dir) opened through
+//! [`Disk::open_store`], so the simulation crashes this same code with its power-loss model.
+//! Entries are stored as JSON, keyed by log index.
+//!
+//! redb's calls are synchronous: a commit blocks the calling task for one fsync. openraft
+//! hands `append` every entry that queued up meanwhile, so commits group themselves.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AsyncRuntime, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::raft::MetaTypes;
+use crate::ids::MetaNodeId;
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Small named values: the vote, the commit index, the last purged log id, the snapshot.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+type StorageResult<T> = Result<T, StorageError<MetaNodeId>>;
+
+/// Opens (or creates) the metadata database on `backend` and makes sure its tables exist.
+pub fn open_database(backend: impl redb::StorageBackend) -> Result<Database, redb::Error> {
+    let db = Database::builder().create_with_backend(backend)?;
+    let tx = db.begin_write()?;
+    tx.open_table(LOG)?;
+    tx.open_table(META)?;
+    tx.commit()?;
+    Ok(db)
+}
+
+/// Reads a JSON value from the META table.
+pub(crate) fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let table = tx.open_table(META).map_err(|e| e.to_string())?;
+    let Some(value) = table.get(key).map_err(|e| e.to_string())? else { return Ok(None) };
+    serde_json::from_slice(value.value()).map(Some).map_err(|e| format!("{key}: {e}"))
+}
+
+/// Writes a JSON value into the META table, fsynced when `durable`.
+pub(crate) fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) -> Result<(), String> {
+    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+    if !durable {
+        tx.set_durability(Durability::None).map_err(|e| e.to_string())?;
+    }
+    tx.open_table(META).map_err(|e| e.to_string())?.insert(key, bytes.as_slice()).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}
+
+fn io_error(e: impl fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+pub struct RedbLogStore<RT> {
+    db: Arc<Database>,
+    _rt: PhantomData<fn() -> RT>,
+}
+
+impl<RT> Clone for RedbLogStore<RT> {
+    fn clone(&self) -> Self {
+        RedbLogStore { db: self.db.clone(), _rt: PhantomData }
+    }
+}
+
+impl<RT: AsyncRuntime> RedbLogStore<RT> {
+    pub fn new(db: Arc<Database>) -> Self {
+        RedbLogStore { db, _rt: PhantomData }
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId<MetaNodeId>>, String> {
+        let tx = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+        let Some((_, value)) = table.last().map_err(|e| e.to_string())? else { return Ok(None) };
+        let entry: Entry<MetaTypes<RT>> = serde_json::from_slice(value.value()).map_err(|e| e.to_string())?;
+        Ok(Some(entry.log_id))
+    }
+
+    /// Removes the entries whose index is in `range`, and records `last_purged` if given.
+    fn remove(&self, range: (Bound<u64>, Bound<u64>), last_purged: Option<LogId<MetaNodeId>>) -> Result<(), String> {
+        let mut tx = self.db.begin_write().map_err(|e| e.to_string())?;
+        tx.set_durability(Durability::None).map_err(|e| e.to_string())?;
+        {
+            let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+            table.retain_in(range, |_, _| false).map_err(|e| e.to_string())?;
+            if let Some(id) = last_purged {
+                let bytes = serde_json::to_vec(&id).map_err(|e| e.to_string())?;
+                tx.open_table(META).map_err(|e| e.to_string())?.insert(LAST_PURGED, bytes.as_slice()).map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogReader<MetaTypes<RT>> for RedbLogStore<RT> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<MetaTypes<RT>>>> {
+        let read = || -> Result<Vec<Entry<MetaTypes<RT>>>, String> {
+            let tx = self.db.begin_read().map_err(|e| e.to_string())?;
+            let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+            let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+            let mut entries = Vec::new();
+            for item in table.range::<u64>(bounds).map_err(|e| e.to_string())? {
+                let (_, value) = item.map_err(|e| e.to_string())?;
+                entries.push(serde_json::from_slice(value.value()).map_err(|e| e.to_string())?);
+            }
+            Ok(entries)
+        };
+        read().map_err(|e| StorageIOError::read_logs(&io_error(e)).into())
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogStorage<MetaTypes<RT>> for RedbLogStore<RT> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<MetaTypes<RT>>> {
+        let state = || -> Result<LogState<MetaTypes<RT>>, String> {
+            let last_purged: Option<LogId<MetaNodeId>> = read_meta(&self.db, LAST_PURGED)?;
+            let last = self.last_entry_id()?.or(last_purged);
+            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        };
+        state().map_err(|e| StorageIOError::read_logs(&io_error(e)).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<MetaNodeId>) -> StorageResult<()> {
+        write_meta(&self.db, VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&io_error(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<MetaNodeId>>> {
+        read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&io_error(e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<MetaNodeId>>) -> StorageResult<()> {
+        write_meta(&self.db, COMMITTED, &committed, false).map_err(|e| StorageIOError::write(&io_error(e)).into())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<MetaNodeId>>> {
+        let committed: Option<Option<LogId<MetaNodeId>>> =
+            read_meta(&self.db, COMMITTED).map_err(|e| StorageIOError::read(&io_error(e)))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<MetaTypes<RT>>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<MetaTypes<RT>>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let write = || -> Result<(), String> {
+            let tx = self.db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+                for entry in entries {
+                    let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+                    table.insert(entry.log_id.index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                }
+            }
+            // Durability::Immediate (the default): fsynced before commit returns.
+            tx.commit().map_err(|e| e.to_string())
+        };
+        match write() {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let error = io_error(&e);
+                callback.log_io_completed(Err(io_error(e)));
+                Err(StorageIOError::write_logs(&error).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<MetaNodeId>) -> StorageResult<()> {
+        self.remove((Bound::Included(log_id.index), Bound::Unbounded), None)
+            .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<MetaNodeId>) -> StorageResult<()> {
+        self.remove((Bound::Unbounded, Bound::Included(log_id.index)), Some(log_id))
+            .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
+    }
+}

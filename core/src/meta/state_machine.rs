@@ -1,0 +1,311 @@
+//! The metadata state machine as openraft sees it: the `Namespace`, applied in memory, made
+//! durable by snapshot files plus the Raft log.
+//!
+//! Promises:
+//! - After a crash the state is rebuilt exactly: the newest durable snapshot is loaded, and
+//!   openraft re-applies the committed log entries after it (`read_committed`).
+//! - A snapshot file is complete and checksummed before anything points at it: it is written
+//!   as `<name>.tmp`, fsynced, renamed, the directory fsynced, and only then recorded in the
+//!   database (fsynced). Only then may openraft purge the log behind it.
+//! - Installing a snapshot received from the leader follows the same steps.
+//!
+//! Not promised: the applied index is not persisted on its own (re-applying is cheap and
+//! deterministic). Old snapshot files are removed best-effort; a leftover is harmless.
+//!
+//! A snapshot file is `JSON(SnapshotBody) ‖ SHA-256(JSON)`: self-describing and verified on
+//! load, so a damaged file is refused rather than loaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{AsyncRuntime, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership};
+use redb::Database;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::log_store::{read_meta, write_meta};
+use super::raft::MetaTypes;
+use crate::env::Disk;
+use crate::ids::MetaNodeId;
+use crate::namespace::{ApplyResult, Namespace, Outcome};
+
+const SNAPSHOT_KEY: &str = "snapshot";
+
+type StorageResult<T> = Result<T, StorageError<MetaNodeId>>;
+
+/// The applied state, shared with the metadata server for reads.
+#[derive(Debug, Default)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId<MetaNodeId>>,
+    pub membership: StoredMembership<MetaNodeId, BasicNode>,
+    pub namespace: Namespace,
+}
+
+pub type SharedState = Arc<RwLock<AppliedState>>;
+
+/// openraft's snapshot data: a snapshot file on this node's disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+/// What a snapshot file holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    meta: SnapshotMeta<MetaNodeId, BasicNode>,
+    namespace: Namespace,
+}
+
+/// The database record naming the current snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotPointer {
+    meta: SnapshotMeta<MetaNodeId, BasicNode>,
+    file: String,
+    len: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: damaged snapshot ({reason})")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// Serializes a snapshot file's contents.
+fn encode(meta: &SnapshotMeta<MetaNodeId, BasicNode>, namespace: &Namespace) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct BodyRef<'a> {
+        meta: &'a SnapshotMeta<MetaNodeId, BasicNode>,
+        namespace: &'a Namespace,
+    }
+    let mut bytes = serde_json::to_vec(&BodyRef { meta, namespace }).expect("the namespace serializes");
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    bytes.extend_from_slice(&digest);
+    bytes
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotFileError> {
+    let damaged = |reason: String| SnapshotFileError::Damaged { path: path.to_path_buf(), reason };
+    if bytes.len() < 32 {
+        return Err(damaged(format!("{} bytes is too short", bytes.len())));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    let actual: [u8; 32] = Sha256::digest(body).into();
+    if actual[..] != digest[..] {
+        return Err(damaged("checksum mismatch".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| damaged(e.to_string()))
+}
+
+/// Where a snapshot received from the leader is assembled before it is installed.
+pub(crate) fn incoming_snapshot_path(data_dir: &Path, snapshot_id: &str) -> PathBuf {
+    let safe: String = snapshot_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    data_dir.join("snapshots").join(format!("incoming-{safe}.part"))
+}
+
+/// File name of the snapshot covering the log up to `last`: the same log id always means the
+/// same state (the state machine is deterministic), so one name per log id suffices.
+fn file_name(meta: &SnapshotMeta<MetaNodeId, BasicNode>) -> String {
+    match meta.last_log_id {
+        Some(id) => format!("snap-{:020}-{}.snap", id.index, id.leader_id.term),
+        None => "snap-empty.snap".to_string(),
+    }
+}
+
+pub struct MetaStateMachine<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    db: Arc<Database>,
+    state: SharedState,
+    current: Arc<Mutex<Option<SnapshotPointer>>>,
+    /// Held across writing a snapshot file and pointing the database at it, so that two
+    /// snapshots (one built, one received) never race to point at and delete each other's file.
+    files: Arc<futures::lock::Mutex<()>>,
+}
+
+impl<D: Disk> MetaStateMachine<D> {
+    /// Opens the state machine of `dir` (snapshots live in `dir/snapshots`), loading the
+    /// newest durable snapshot.
+    pub async fn open(disk: D, dir: &Path, db: Arc<Database>) -> Result<(Self, SharedState), SnapshotFileError> {
+        let snapshots = dir.join("snapshots");
+        let io = |source| SnapshotFileError::Io { path: snapshots.clone(), source };
+        disk.create_dir_all(&snapshots).await.map_err(io)?;
+        disk.sync_dir(dir).await.map_err(io)?;
+        // Leftovers of a crash: snapshots half written or half received.
+        for name in disk.list_dir(&snapshots).await.map_err(io)? {
+            if name.ends_with(".tmp") || name.ends_with(".part") {
+                let _ = disk.remove_file(&snapshots.join(name)).await;
+            }
+        }
+        let pointer: Option<SnapshotPointer> = read_meta(&db, SNAPSHOT_KEY)
+            .map_err(|reason| SnapshotFileError::Damaged { path: dir.join("raft.redb"), reason })?;
+        let mut applied = AppliedState::default();
+        if let Some(p) = &pointer {
+            let path = snapshots.join(&p.file);
+            let bytes = disk.read_file(&path).await.map_err(|source| SnapshotFileError::Io { path: path.clone(), source })?;
+            let body = decode(&path, &bytes)?;
+            applied = AppliedState {
+                last_applied: body.meta.last_log_id,
+                membership: body.meta.last_membership,
+                namespace: body.namespace,
+            };
+            tracing::info!(snapshot = %p.file, applied = ?applied.last_applied, "loaded snapshot");
+        }
+        let state = Arc::new(RwLock::new(applied));
+        let sm = MetaStateMachine {
+            disk,
+            dir: snapshots,
+            db,
+            state: state.clone(),
+            current: Arc::new(Mutex::new(pointer)),
+            files: Arc::default(),
+        };
+        Ok((sm, state))
+    }
+
+    fn handle(&self) -> Self {
+        MetaStateMachine {
+            disk: self.disk.clone(),
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            state: self.state.clone(),
+            current: self.current.clone(),
+            files: self.files.clone(),
+        }
+    }
+
+    /// Makes `tmp` (complete and fsynced) the current snapshot described by `meta`, unless a
+    /// newer one is already current. Returns the file it is kept as.
+    async fn adopt(&self, tmp: &Path, meta: &SnapshotMeta<MetaNodeId, BasicNode>, len: u64) -> std::io::Result<SnapshotFile> {
+        let _files = self.files.lock().await;
+        let name = file_name(meta);
+        let path = self.dir.join(&name);
+        self.disk.rename(tmp, &path).await?;
+        self.disk.sync_dir(&self.dir).await?;
+        let newer_exists = self.current.lock().expect("snapshot lock").as_ref().is_some_and(|c| c.meta.last_log_id > meta.last_log_id);
+        if !newer_exists {
+            let pointer = SnapshotPointer { meta: meta.clone(), file: name.clone(), len };
+            write_meta(&self.db, SNAPSHOT_KEY, &pointer, true).map_err(std::io::Error::other)?;
+            *self.current.lock().expect("snapshot lock") = Some(pointer);
+        }
+        // Best effort: every other finished snapshot file is superseded.
+        let keep = self.current.lock().expect("snapshot lock").as_ref().map(|c| c.file.clone());
+        if let Ok(names) = self.disk.list_dir(&self.dir).await {
+            for old in names.iter().filter(|n| n.ends_with(".snap") && Some(*n) != keep.as_ref() && **n != name) {
+                let _ = self.disk.remove_file(&self.dir.join(old)).await;
+            }
+        }
+        Ok(SnapshotFile { path, len })
+    }
+}
+
+impl<D: Disk, RT: AsyncRuntime> RaftSnapshotBuilder<MetaTypes<RT>> for MetaStateMachine<D> {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<MetaTypes<RT>>> {
+        let (meta, bytes) = {
+            let state = self.state.read().expect("state lock");
+            let snapshot_id = match state.last_applied {
+                Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+                None => "empty".to_string(),
+            };
+            let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
+            let bytes = encode(&meta, &state.namespace);
+            (meta, bytes)
+        };
+        let len = bytes.len() as u64;
+        let tmp = self.dir.join(format!("{}.tmp", file_name(&meta)));
+        let written = async {
+            self.disk.write_file(&tmp, Bytes::from(bytes)).await?;
+            self.disk.sync_file(&tmp).await?;
+            self.adopt(&tmp, &meta, len).await
+        };
+        let file = written.await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = len, "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+impl<D: Disk, RT: AsyncRuntime> RaftStateMachine<MetaTypes<RT>> for MetaStateMachine<D> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<MetaNodeId>>, StoredMembership<MetaNodeId, BasicNode>)> {
+        let state = self.state.read().expect("state lock");
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<ApplyResult>>
+    where
+        I: IntoIterator<Item = Entry<MetaTypes<RT>>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = self.state.write().expect("state lock");
+        let mut results = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => Ok(Outcome::Done),
+                EntryPayload::Normal(command) => state.namespace.apply(command),
+                EntryPayload::Membership(m) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(Outcome::Done)
+                }
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.handle()
+    }
+
+    /// Only used by openraft's chunked snapshot API, which dfs does not use: snapshots arrive
+    /// through `RaftServiceHandler::install_snapshot` in pieces written straight to disk.
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotFile>> {
+        Ok(Box::new(SnapshotFile { path: self.dir.join("incoming-openraft.part"), len: 0 }))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<MetaNodeId, BasicNode>, snapshot: Box<SnapshotFile>) -> StorageResult<()> {
+        let read_error = |e: &dyn std::error::Error| StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()));
+        let bytes = self.disk.read_file(&snapshot.path).await.map_err(|e| read_error(&e))?;
+        let body = decode(&snapshot.path, &bytes).map_err(|e| read_error(&e))?;
+        if body.meta.last_log_id != meta.last_log_id {
+            let e = std::io::Error::other(format!("snapshot file covers {:?}, not {:?}", body.meta.last_log_id, meta.last_log_id));
+            return Err(read_error(&e).into());
+        }
+        // A file received from the leader is assembled in our directory; anything else is
+        // copied there first, so that adopting it never moves another owner's file.
+        let source = if snapshot.path.parent() == Some(self.dir.as_path()) {
+            self.disk.sync_file(&snapshot.path).await.map_err(|e| read_error(&e))?;
+            snapshot.path.clone()
+        } else {
+            let copy = self.dir.join(format!("{}.tmp", file_name(meta)));
+            let written = async {
+                self.disk.write_file(&copy, bytes).await?;
+                self.disk.sync_file(&copy).await
+            };
+            written.await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            copy
+        };
+        self.adopt(&source, meta, snapshot.len)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut state = self.state.write().expect("state lock");
+        state.namespace = body.namespace;
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<MetaTypes<RT>>>> {
+        let current = self.current.lock().expect("snapshot lock").clone();
+        Ok(current.map(|p| Snapshot {
+            snapshot: Box::new(SnapshotFile { path: self.dir.join(&p.file), len: p.len }),
+            meta: p.meta,
+        }))
+    }
+}
