@@ -215,7 +215,7 @@ fn files_survive_sigkill_of_the_metadata_leader() {
     dfs_ok(&meta, &["get", "/test/second.bin", second_back.to_str().unwrap()]);
     assert_same_file(&second, &second_back);
     let listing = dfs_ok(&meta, &["ls", "/test"]);
-    assert!(listing.contains("Found 2 files") && listing.contains("/test/original.bin") && listing.contains("/test/second.bin"), "{listing}");
+    assert!(listing.contains("Found 2 items") && listing.contains("/test/original.bin") && listing.contains("/test/second.bin"), "{listing}");
     let new_leader = wait_ready(&meta, 3);
     assert_ne!(new_leader, leader, "the killed node is still reported as leader");
 }
@@ -296,10 +296,51 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
     dfs_ok(&meta, &["get", "/big.bin", back.to_str().unwrap()]);
     assert_same_file(&original, &back);
     dfs_ok(&meta, &["rm", "/big.bin"]);
-    assert!(dfs_ok(&meta, &["ls"]).contains("Found 0 files"));
+    assert!(dfs_ok(&meta, &["ls"]).contains("Found 0 items"));
     let missing = dfs(&meta, &["get", "/big.bin", path(dir, "gone.bin").to_str().unwrap()]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"));
+
+    // Directories: mkdir -p, put into a directory, ls (direct entries), ls -R.
+    dfs_ok(&meta, &["mkdir", "-p", "/proj/data/raw"]);
+    dfs_ok(&meta, &["mkdir", "-p", "/proj/data"]);
+    let again = dfs(&meta, &["mkdir", "/proj/data"]);
+    assert_eq!(again.status.code(), Some(1), "mkdir of an existing directory without -p");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let small = path(dir, "small.bin");
+    std::fs::write(&small, test_bytes(200_000, 5)).unwrap();
+    dfs_ok(&meta, &["put", "--chunk-size", "64KiB", small.to_str().unwrap(), "/proj/data/"]);
+    dfs_ok(&meta, &["put", small.to_str().unwrap(), "/proj/top.bin"]);
+    let ls = dfs_ok(&meta, &["ls", "/proj"]);
+    let lines: Vec<&str> = ls.lines().collect();
+    assert_eq!(lines.len(), 3, "{ls}");
+    assert_eq!(lines[0], "Found 2 items", "{ls}");
+    assert!(lines[1].starts_with('d') && lines[1].ends_with(" /proj/data"), "{ls}");
+    assert!(lines[2].starts_with('-') && lines[2].ends_with(" /proj/top.bin") && lines[2].contains("200000"), "{ls}");
+    let tree = dfs_ok(&meta, &["ls", "-R", "/proj"]);
+    let paths: Vec<&str> = tree.lines().skip(1).filter_map(|l| l.split_whitespace().last()).collect();
+    assert_eq!(paths, ["/proj/data", "/proj/data/raw", "/proj/data/small.bin", "/proj/top.bin"], "{tree}");
+    assert!(tree.starts_with("Found 4 items"), "{tree}");
+    let long = dfs_ok(&meta, &["ls", "-l", "/proj/top.bin"]);
+    assert!(long.contains("Found 1 items") && long.contains("200000") && long.contains(" 3 "), "{long}");
+
+    // mv of a directory, then get from the new path.
+    dfs_ok(&meta, &["mv", "/proj/data", "/proj/moved"]);
+    let moved = path(dir, "moved.bin");
+    dfs_ok(&meta, &["get", "/proj/moved/small.bin", moved.to_str().unwrap()]);
+    assert_same_file(&small, &moved);
+    let old = dfs(&meta, &["get", "/proj/data/small.bin", path(dir, "old.bin").to_str().unwrap()]);
+    assert_eq!(old.status.code(), Some(1));
+
+    // rm of a non-empty directory needs -r.
+    let refused = dfs(&meta, &["rm", "/proj"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("dfs: ") && stderr.contains("not empty") && stderr.lines().count() == 1, "{stderr}");
+    assert!(dfs_ok(&meta, &["ls", "-R", "/proj"]).starts_with("Found 4 items"));
+    let removed = dfs_ok(&meta, &["rm", "-r", "/proj"]);
+    assert!(removed.contains("Deleted /proj (2 files, 3 directories)"), "{removed}");
+    assert!(dfs_ok(&meta, &["ls", "-R"]).contains("Found 0 items"));
 
     // Ctrl-C: the launcher stops every node and exits successfully.
     let mut up = up;
