@@ -129,8 +129,10 @@ impl<E: Env> MetaServer<E> {
                 tracing::error!(error = %e, "could not form the metadata cluster");
             }
         });
-        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().break_split_votes());
-        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().expire_uploads());
+        let (a, b) = (server.clone(), server.clone());
+        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
+            futures::join!(a.break_split_votes(), b.expire_uploads());
+        });
         Ok(server)
     }
 

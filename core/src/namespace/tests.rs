@@ -619,12 +619,12 @@ impl Model {
     fn delete(&mut self, path: &str, recursive: bool, expect: Option<FileId>) -> bool {
         let Some(entry) = self.entries.get(path).copied() else { return false };
         if let Some(e) = expect {
-            if entry != ModelEntry::File(e, match entry { ModelEntry::File(_, s) => s, _ => 0 }) {
+            if !matches!(entry, ModelEntry::File(id, _) if id == e) {
                 return false;
             }
         }
         let has_children = self.entries.keys().any(|k| Self::under(k, path));
-        if entry == ModelEntry::Dir && ((has_children && !recursive) || (path == "/" && !recursive)) {
+        if entry == ModelEntry::Dir && !recursive && (has_children || path == "/") {
             return false;
         }
         self.entries.retain(|k, _| !(Self::under(k, path) || (k == path && k != "/")));
