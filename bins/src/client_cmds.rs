@@ -1,4 +1,4 @@
-//! The client commands: put, get, ls, rm, status.
+//! The client commands: put, get, ls, mkdir, mv, rm, status.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use dfs_core::chunking;
 use dfs_core::client::{ClientConfig, DfsClient};
-use dfs_core::proto::FileInfo;
+use dfs_core::proto::{DirEntry, EntryKind};
 use dfs_io_real::RealEnv;
 
 use crate::daemons::parse_addrs;
@@ -63,17 +63,48 @@ pub struct GetArgs {
 
 #[derive(Args)]
 pub struct LsArgs {
-    /// A directory (everything under it is listed) or a file. Default: everything.
+    /// A directory (its entries are listed) or a file.
     #[arg(default_value = "/")]
-    prefix: String,
+    path: String,
+    /// Everything under the directory, at any depth.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Long form: replication, size, time and file id.
+    #[arg(short = 'l', long)]
+    long: bool,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct MkdirArgs {
+    /// The directory to create.
+    path: String,
+    /// Create missing parents too; an existing directory is fine.
+    #[arg(short = 'p', long)]
+    parents: bool,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct MvArgs {
+    /// The file or directory to move.
+    src: String,
+    /// Its new path, which must not exist. An existing directory, or a path ending in '/',
+    /// receives it under its current name.
+    dst: String,
     #[command(flatten)]
     meta: MetaFlag,
 }
 
 #[derive(Args)]
 pub struct RmArgs {
-    /// The file to delete.
+    /// The file or directory to delete.
     remote: String,
+    /// Delete a directory with everything under it.
+    #[arg(short = 'r', short_alias = 'R', long)]
+    recursive: bool,
     #[command(flatten)]
     meta: MetaFlag,
 }
@@ -149,24 +180,63 @@ fn format_time(unix_ms: u64) -> String {
     s.get(..16).map(|p| p.replace('T', " ")).unwrap_or(s)
 }
 
-fn print_listing(files: &[FileInfo]) {
-    println!("Found {} files", files.len());
-    for f in files {
-        println!("{:>2} {:>14} {} {}", f.replication, f.size, format_time(f.committed_unix_ms), f.path);
+fn print_listing(entries: &[DirEntry], long: bool) {
+    println!("Found {} items", entries.len());
+    for e in entries {
+        let dir = e.kind == EntryKind::Directory as i32;
+        let kind = if dir { 'd' } else { '-' };
+        match (&e.file, long) {
+            (Some(f), true) => println!(
+                "{kind} {:>2} {:>14} {} {:>8} {}",
+                f.replication,
+                f.size,
+                format_time(f.committed_unix_ms),
+                f.file_id,
+                e.path
+            ),
+            (None, true) => println!("{kind} {:>2} {:>14} {} {:>8} {}", "-", "-", format_time(e.modified_unix_ms), "-", e.path),
+            (Some(f), false) => println!("{kind} {:>14} {}", f.size, e.path),
+            (None, false) => println!("{kind} {:>14} {}", "-", e.path),
+        }
     }
 }
 
 pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     let client = client(&args.meta, ClientConfig::default())?;
-    let files = client.list(&args.prefix).await?;
-    print_listing(&files);
+    let entries = client.list_dir(&args.path, args.recursive).await?;
+    print_listing(&entries, args.long);
+    Ok(())
+}
+
+pub async fn mkdir(args: MkdirArgs) -> anyhow::Result<()> {
+    let client = client(&args.meta, ClientConfig::default())?;
+    client.mkdir(&args.path, args.parents).await?;
+    Ok(())
+}
+
+pub async fn mv(args: MvArgs) -> anyhow::Result<()> {
+    let client = client(&args.meta, ClientConfig::default())?;
+    let into_dir = args.dst.ends_with('/')
+        || client.entry(&args.dst).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
+    let dst = if into_dir {
+        let name = args.src.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty());
+        let name = name.with_context(|| format!("{}: names no file or directory to move", args.src))?;
+        format!("{}/{name}", args.dst.trim_end_matches('/'))
+    } else {
+        args.dst.clone()
+    };
+    client.rename(&args.src, &dst).await?;
     Ok(())
 }
 
 pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
     let client = client(&args.meta, ClientConfig::default())?;
-    let info = client.delete(&args.remote).await?;
-    println!("Deleted {}", info.path);
+    let deleted = client.delete(&args.remote, args.recursive).await?;
+    if deleted.file.is_some() {
+        println!("Deleted {}", deleted.path);
+    } else {
+        println!("Deleted {} ({} files, {} directories)", deleted.path, deleted.files_deleted, deleted.dirs_deleted);
+    }
     Ok(())
 }
 

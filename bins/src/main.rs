@@ -33,9 +33,13 @@ enum Command {
     Put(client_cmds::PutArgs),
     /// Download a file.
     Get(client_cmds::GetArgs),
-    /// List files at or under a path.
+    /// List a directory's entries (or everything under it with -R).
     Ls(client_cmds::LsArgs),
-    /// Delete a file.
+    /// Create a directory.
+    Mkdir(client_cmds::MkdirArgs),
+    /// Move a file or a directory.
+    Mv(client_cmds::MvArgs),
+    /// Delete a file or a directory.
     Rm(client_cmds::RmArgs),
     /// Show the metadata leader, the members and the storage nodes.
     Status(client_cmds::StatusArgs),
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
             Command::Put(args) => client_cmds::put(args).await,
             Command::Get(args) => client_cmds::get(args).await,
             Command::Ls(args) => client_cmds::ls(args).await,
+            Command::Mkdir(args) => client_cmds::mkdir(args).await,
+            Command::Mv(args) => client_cmds::mv(args).await,
             Command::Rm(args) => client_cmds::rm(args).await,
             Command::Status(args) => client_cmds::status(args).await,
             Command::Admin { command } => admin::run(command).await,

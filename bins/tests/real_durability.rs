@@ -8,11 +8,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -304,30 +302,4 @@ fn cluster_up_restarted_on_its_data_dir_keeps_every_file() {
             (0..3).chain(100..103).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()).then_some(())
         });
     }
-}
-
-fn cluster_up(base: u16, data: &Path) -> Proc {
-    let mut up = Command::new(DFS)
-        .args(["cluster", "up", "--base-port", &base.to_string(), "--data-dir", &data.display().to_string(), "--heartbeat-ms", "500"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("cluster up never became ready: {seen:?}"));
-        if line.contains("ready") {
-            break;
-        }
-        seen.push(line);
-    }
-    Proc { name: "cluster up".into(), child: up }
 }

@@ -3,10 +3,12 @@
 
 /// The default chunk size: 4 MiB, as in the design card.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
-/// Smallest chunk size accepted (tests and simulations use small chunks to get many).
-pub const MIN_CHUNK_SIZE: u64 = 4 * 1024;
-/// Largest chunk size accepted: a chunk is held in memory whole on both ends.
-pub const MAX_CHUNK_SIZE: u64 = 256 * 1024 * 1024;
+/// Smallest chunk size accepted: 64 KiB. Smaller chunks would only multiply metadata (one
+/// record per chunk); tests and simulations use this size to get many chunks.
+pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+/// Largest chunk size accepted: 64 MiB. A chunk is held in memory whole on both ends, once per
+/// transfer in flight.
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 /// A file has at most this many chunks (the chunk index is a u32).
 pub const MAX_CHUNKS_PER_FILE: u64 = u32::MAX as u64;
 

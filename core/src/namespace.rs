@@ -1,17 +1,28 @@
-//! The replicated metadata state machine: files, their chunks and where the replicas live, the
-//! storage nodes, and the replicas waiting to be deleted.
+//! The replicated metadata state machine: a tree of directories and files, the files' chunks
+//! and where the replicas live, the storage nodes, and the replicas waiting to be deleted.
 //!
 //! `apply(command)` is pure and deterministic: every metadata node applies the same Raft log
 //! and ends in the same state. It never panics on bad input; a command that does not fit the
 //! state is refused with a `NamespaceError` and changes nothing. Times are carried inside the
-//! commands (chosen by the leader), never read here.
+//! commands (chosen by the leader), never read here. `Command::validate` checks what can be
+//! checked without the state, so a server can refuse bad input before it enters the log;
+//! `apply` checks it again, since the log is not trusted either.
+//!
+//! The tree: the root `/` always exists; every other path is a file or a directory, never
+//! both, and every ancestor of a path is a directory. Each directory keeps a sorted index of its
+//! children, so a page of a listing costs O(page · log n) however large the directory is.
 //!
 //! An upload goes through three commands: `CreateFile` reserves a file id, `RecordChunks`
 //! (any number of times, idempotent) says which nodes hold verified copies of which chunks, and
 //! `CommitFile` checks that every chunk is there and makes the file visible at its path,
-//! atomically replacing an older file if asked to. Until then readers see the old state.
+//! atomically replacing an older file if asked to, and creating missing parent directories.
+//! Until then readers see the old state: an upload in flight is not listed. An upload keeps
+//! the path it was created for: if a directory above it is renamed or deleted meanwhile, the
+//! commit still lands at the original path and creates its parents again. Uploads never
+//! committed are dropped by `ExpireUploads`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +35,19 @@ pub const PATH_MAX_BYTES: usize = 4096;
 pub const NAME_MAX_BYTES: usize = 255;
 /// Highest replication factor accepted.
 pub const REPLICATION_MAX: u32 = 16;
+/// Most chunk records one `RecordChunks` command may carry.
+pub const RECORD_CHUNKS_MAX: usize = 4096;
+/// Most uploads in flight at once; beyond, `CreateFile` is refused until some commit or expire.
+pub const UPLOADS_MAX: usize = 100_000;
+/// Longest storage-node address accepted, in bytes.
+pub const ADDR_MAX_BYTES: usize = 256;
+/// Longest cluster id accepted, in bytes.
+pub const CLUSTER_ID_MAX_BYTES: usize = 128;
+/// An upload not committed this long after its creation is dropped (1 hour).
+pub const UPLOAD_EXPIRY_DEFAULT_MS: u64 = 60 * 60 * 1000;
+
+/// The root directory's path.
+pub const ROOT: &str = "/";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRecord {
@@ -51,6 +75,16 @@ impl FileRecord {
     }
 }
 
+/// Names one `CreateFile` request of one client, so that a retried request (its reply lost)
+/// finds the upload the first attempt created instead of creating a second one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Drawn at random by each client.
+    pub client: u64,
+    /// Counts the client's requests.
+    pub seq: u64,
+}
+
 /// An upload that has not been committed yet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upload {
@@ -60,6 +94,10 @@ pub struct Upload {
     pub chunk_size: u64,
     pub replication: u32,
     pub overwrite: bool,
+    /// With `overwrite`: the file the client saw at `path`, which the commit must still find
+    /// there. `None`: replace whatever is there.
+    pub expect_file_id: Option<FileId>,
+    pub request: Option<RequestId>,
     pub created_unix_ms: u64,
     pub chunks: BTreeMap<u32, ChunkRecord>,
 }
@@ -71,14 +109,69 @@ pub struct StorageNodeRecord {
     pub capacity_bytes: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+/// A directory: its children by name, which is all a listing needs to page through it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DirRecord {
+    /// When it was created or last moved.
+    modified_unix_ms: u64,
+    children: BTreeMap<String, EntryKind>,
+}
+
+impl DirRecord {
+    fn new(unix_ms: u64) -> Self {
+        DirRecord { modified_unix_ms: unix_ms, children: BTreeMap::new() }
+    }
+}
+
+/// One entry of a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The last component of `path` (`/` for the root).
+    pub name: String,
+    pub path: String,
+    pub kind: EntryKind,
+    /// Set for files.
+    pub file: Option<FileSummary>,
+    /// A file's commit time; a directory's creation (or last move) time.
+    pub modified_unix_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A storage node announces itself (again, after a restart or an address change).
     RegisterStorageNode { node: StorageNodeId, addr: String, capacity_bytes: u64 },
-    CreateFile { path: String, size: u64, chunk_size: u64, replication: u32, overwrite: bool, unix_ms: u64 },
+    /// Names the cluster, once; naming it again with the same id is a no-op.
+    SetClusterId { cluster_id: String },
+    CreateFile {
+        path: String,
+        size: u64,
+        chunk_size: u64,
+        replication: u32,
+        overwrite: bool,
+        /// Only with `overwrite`: the commit replaces this file or nothing (see `Upload`).
+        expect_file_id: Option<FileId>,
+        request_id: Option<RequestId>,
+        unix_ms: u64,
+    },
     RecordChunks { file: FileId, chunks: Vec<ChunkRecord> },
     CommitFile { file: FileId, unix_ms: u64 },
-    DeleteFile { path: String },
+    /// Creates a directory; with `parents`, also its missing ancestors, and an existing
+    /// directory is fine (`mkdir -p`).
+    Mkdir { path: String, parents: bool, unix_ms: u64 },
+    /// Moves a file or a whole directory, atomically, never replacing anything.
+    Rename { src: String, dst: String, unix_ms: u64 },
+    /// Deletes a file, an empty directory, or with `recursive` a whole subtree (the root keeps
+    /// existing, emptied). With `expect_file_id`, only that file: a retried delete must not
+    /// remove a newer file at the same path.
+    Delete { path: String, recursive: bool, expect_file_id: Option<FileId> },
+    /// Drops uploads created before `now_unix_ms - older_than_ms`; their replicas become garbage.
+    ExpireUploads { now_unix_ms: u64, older_than_ms: u64 },
     /// A storage node deleted these replicas on request: stop asking.
     ForgetDeletedReplicas { node: StorageNodeId, chunks: Vec<ChunkId> },
 }
@@ -89,6 +182,8 @@ pub enum Outcome {
     FileCreated(FileId),
     FileCommitted(FileSummary),
     FileDeleted(FileSummary),
+    DirDeleted { path: String, files: u64, dirs: u64 },
+    UploadsExpired(u64),
 }
 
 /// A file without its chunk list: what listings and replies carry.
@@ -117,64 +212,224 @@ impl From<&FileRecord> for FileSummary {
     }
 }
 
+/// Why a command was refused. The first group is the caller's fault whatever the state (bad
+/// names, bad sizes); the rest say the state does not allow the command now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum NamespaceError {
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("{0}: no such file")]
-    NotFound(String),
-    #[error("{path}: {conflict} is a file, so {path} cannot be created")]
-    ParentIsFile { path: String, conflict: String },
-    #[error("{0} is a directory (it has files under it)")]
-    IsDirectory(String),
-    #[error("upload {0} not found (never created, already committed elsewhere, or deleted)")]
-    UploadNotFound(FileId),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("invalid upload: {0}")]
     InvalidUpload(String),
     #[error("chunk {index} of upload {file}: {reason}")]
     BadChunk { file: FileId, index: u32, reason: String },
+    #[error("cannot move {src} into itself ({dst})")]
+    MoveIntoItself { src: String, dst: String },
+    #[error("the root directory cannot be {0}")]
+    Root(String),
+
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    #[error("{path}: parent directory {parent} does not exist")]
+    NoParent { path: String, parent: String },
+    #[error("{path}: {conflict} is a file, so {path} cannot be created")]
+    ParentIsFile { path: String, conflict: String },
+    #[error("{0} is a directory")]
+    IsDirectory(String),
+    #[error("{0} is a file, not a directory")]
+    NotADirectory(String),
+    #[error("{0}: directory not empty (delete it recursively to remove its contents)")]
+    DirectoryNotEmpty(String),
+    #[error("{path} no longer holds file {expected}: it was replaced or removed since it was looked at")]
+    FileChanged { path: String, expected: FileId, found: Option<FileId> },
+    #[error("upload {0} not found (never created, already committed elsewhere, expired, or deleted)")]
+    UploadNotFound(FileId),
     #[error("upload {file} is incomplete: {missing} of {total} chunks not recorded")]
     Incomplete { file: FileId, missing: u64, total: u64 },
+    #[error("{max} uploads are already in flight; retry when some have finished")]
+    TooManyUploads { max: usize },
+    #[error("this cluster is {current:?}, not {proposed:?}")]
+    ClusterIdMismatch { current: String, proposed: String },
 }
 
 pub type ApplyResult = Result<Outcome, NamespaceError>;
 
+impl Command {
+    /// Checks everything that does not depend on the state: paths, sizes, bounds. A command
+    /// refused here is refused by `apply` too, whatever the state.
+    pub fn validate(&self) -> Result<(), NamespaceError> {
+        match self {
+            Command::RegisterStorageNode { addr, .. } => {
+                if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
+                    return Err(NamespaceError::InvalidArgument(format!(
+                        "storage node address must be 1..={ADDR_MAX_BYTES} bytes, not {}",
+                        addr.len()
+                    )));
+                }
+            }
+            Command::SetClusterId { cluster_id } => {
+                if cluster_id.is_empty() || cluster_id.len() > CLUSTER_ID_MAX_BYTES || cluster_id.chars().any(char::is_control) {
+                    return Err(NamespaceError::InvalidArgument(format!(
+                        "cluster id {cluster_id:?} must be 1..={CLUSTER_ID_MAX_BYTES} bytes with no control characters"
+                    )));
+                }
+            }
+            Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, .. } => {
+                if normalize_path(path)? == ROOT {
+                    return Err(NamespaceError::IsDirectory(ROOT.into()));
+                }
+                chunking::validate(*size, *chunk_size).map_err(|e| NamespaceError::InvalidUpload(e.to_string()))?;
+                if !(1..=REPLICATION_MAX).contains(replication) {
+                    return Err(NamespaceError::InvalidUpload(format!(
+                        "replication factor {replication} is outside 1..={REPLICATION_MAX}"
+                    )));
+                }
+                if expect_file_id.is_some() && !overwrite {
+                    return Err(NamespaceError::InvalidUpload("an expected file to replace needs overwrite".into()));
+                }
+            }
+            Command::RecordChunks { file, chunks } => {
+                if chunks.len() > RECORD_CHUNKS_MAX {
+                    return Err(NamespaceError::InvalidUpload(format!(
+                        "{} chunk records in one command; at most {RECORD_CHUNKS_MAX}",
+                        chunks.len()
+                    )));
+                }
+                for c in chunks {
+                    let bad = |reason: &str| NamespaceError::BadChunk { file: *file, index: c.index, reason: reason.into() };
+                    if c.replicas.is_empty() {
+                        return Err(bad("no replicas"));
+                    }
+                    if c.replicas.len() > REPLICATION_MAX as usize {
+                        return Err(bad("more replicas than the highest replication factor"));
+                    }
+                    if c.replicas.iter().collect::<BTreeSet<_>>().len() != c.replicas.len() {
+                        return Err(bad("a replica is listed twice"));
+                    }
+                }
+            }
+            Command::Mkdir { path, .. } => {
+                normalize_path(path)?;
+            }
+            Command::Rename { src, dst, .. } => {
+                let (src, dst) = (normalize_path(src)?, normalize_path(dst)?);
+                if src == ROOT {
+                    return Err(NamespaceError::Root("moved".into()));
+                }
+                if is_under(&dst, &src) {
+                    return Err(NamespaceError::MoveIntoItself { src, dst });
+                }
+            }
+            Command::Delete { path, expect_file_id, .. } => {
+                if normalize_path(path)? == ROOT && expect_file_id.is_some() {
+                    return Err(NamespaceError::IsDirectory(ROOT.into()));
+                }
+            }
+            Command::CommitFile { .. } | Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } => {}
+        }
+        Ok(())
+    }
+}
+
 /// The whole replicated state. Serialized as a unit for Raft snapshots.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
     files: BTreeMap<String, FileRecord>,
+    /// Every directory by path, the root included.
+    dirs: BTreeMap<String, DirRecord>,
     /// Committed file id → path, so a retried commit finds what it already did.
     paths_by_id: BTreeMap<FileId, String>,
     uploads: BTreeMap<FileId, Upload>,
+    /// Request ids of the uploads in flight (client → seq → upload): an entry lives exactly
+    /// as long as its upload, which bounds it. A retry comes while the upload is in flight,
+    /// since the client needs the file id to go on.
+    uploads_by_request: BTreeMap<u64, BTreeMap<u64, FileId>>,
     storage_nodes: BTreeMap<StorageNodeId, StorageNodeRecord>,
     /// Replicas to delete, per node, until the node confirms.
     garbage: BTreeMap<StorageNodeId, BTreeSet<ChunkId>>,
     next_file_id: u64,
+    cluster_id: Option<String>,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace {
+            files: BTreeMap::new(),
+            dirs: BTreeMap::from([(ROOT.to_string(), DirRecord::new(0))]),
+            paths_by_id: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            uploads_by_request: BTreeMap::new(),
+            storage_nodes: BTreeMap::new(),
+            garbage: BTreeMap::new(),
+            next_file_id: 0,
+            cluster_id: None,
+        }
+    }
 }
 
 impl Namespace {
     pub fn apply(&mut self, command: Command) -> ApplyResult {
+        // The log is not trusted: what a server checked before proposing is checked again.
+        command.validate()?;
         match command {
             Command::RegisterStorageNode { node, addr, capacity_bytes } => {
                 self.storage_nodes.insert(node, StorageNodeRecord { id: node, addr, capacity_bytes });
                 Ok(Outcome::Done)
             }
-            Command::CreateFile { path, size, chunk_size, replication, overwrite, unix_ms } => {
+            Command::SetClusterId { cluster_id } => match &self.cluster_id {
+                Some(current) if *current != cluster_id => {
+                    Err(NamespaceError::ClusterIdMismatch { current: current.clone(), proposed: cluster_id })
+                }
+                Some(_) => Ok(Outcome::Done),
+                None => {
+                    self.cluster_id = Some(cluster_id);
+                    Ok(Outcome::Done)
+                }
+            },
+            Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, request_id, unix_ms } => {
                 let path = normalize_path(&path)?;
-                chunking::validate(size, chunk_size).map_err(|e| NamespaceError::InvalidUpload(e.to_string()))?;
-                if !(1..=REPLICATION_MAX).contains(&replication) {
-                    return Err(NamespaceError::InvalidUpload(format!(
-                        "replication factor {replication} is outside 1..={REPLICATION_MAX}"
-                    )));
+                if let Some(r) = request_id {
+                    if let Some(&id) = self.uploads_by_request.get(&r.client).and_then(|seqs| seqs.get(&r.seq)) {
+                        let same = self.uploads.get(&id).is_some_and(|u| {
+                            (&u.path, u.size, u.chunk_size, u.replication, u.overwrite, u.expect_file_id)
+                                == (&path, size, chunk_size, replication, overwrite, expect_file_id)
+                        });
+                        if !same {
+                            return Err(NamespaceError::InvalidUpload(format!(
+                                "request {}/{} was already used for a different upload",
+                                r.client, r.seq
+                            )));
+                        }
+                        return Ok(Outcome::FileCreated(id));
+                    }
+                }
+                if self.uploads.len() >= UPLOADS_MAX {
+                    return Err(NamespaceError::TooManyUploads { max: UPLOADS_MAX });
                 }
                 self.check_path_free(&path, overwrite)?;
+                self.check_expected(&path, expect_file_id)?;
                 self.next_file_id += 1;
                 let id = FileId(self.next_file_id);
+                if let Some(r) = request_id {
+                    self.uploads_by_request.entry(r.client).or_default().insert(r.seq, id);
+                }
                 self.uploads.insert(
                     id,
-                    Upload { id, path, size, chunk_size, replication, overwrite, created_unix_ms: unix_ms, chunks: BTreeMap::new() },
+                    Upload {
+                        id,
+                        path,
+                        size,
+                        chunk_size,
+                        replication,
+                        overwrite,
+                        expect_file_id,
+                        request: request_id,
+                        created_unix_ms: unix_ms,
+                        chunks: BTreeMap::new(),
+                    },
                 );
                 Ok(Outcome::FileCreated(id))
             }
@@ -188,19 +443,14 @@ impl Namespace {
                     if c.size != expected {
                         return Err(bad(format!("size {} but expected {expected}", c.size)));
                     }
-                    if c.replicas.is_empty() {
-                        return Err(bad("no replicas".into()));
-                    }
-                    if c.replicas.iter().collect::<BTreeSet<_>>().len() != c.replicas.len() {
-                        return Err(bad("a replica is listed twice".into()));
-                    }
                     if let Some(unknown) = c.replicas.iter().find(|r| !self.storage_nodes.contains_key(r)) {
                         return Err(bad(format!("unknown storage node {unknown}")));
                     }
                 }
-                let upload = self.uploads.get_mut(&file).expect("checked above");
-                for c in chunks {
-                    upload.chunks.insert(c.index, c);
+                if let Some(upload) = self.uploads.get_mut(&file) {
+                    for c in chunks {
+                        upload.chunks.insert(c.index, c);
+                    }
                 }
                 Ok(Outcome::Done)
             }
@@ -213,12 +463,15 @@ impl Namespace {
                     return Err(NamespaceError::UploadNotFound(file));
                 };
                 let total = chunking::chunk_count(upload.size, upload.chunk_size);
-                let missing = total - upload.chunks.len() as u64;
+                let missing = total.saturating_sub(upload.chunks.len() as u64);
                 if missing > 0 {
                     return Err(NamespaceError::Incomplete { file, missing, total });
                 }
                 self.check_path_free(&upload.path, upload.overwrite)?;
-                let upload = self.uploads.remove(&file).expect("checked above");
+                self.check_expected(&upload.path, upload.expect_file_id)?;
+                let Some(upload) = self.remove_upload(file) else {
+                    return Err(NamespaceError::UploadNotFound(file));
+                };
                 let record = FileRecord {
                     path: upload.path,
                     id: upload.id,
@@ -229,18 +482,98 @@ impl Namespace {
                     chunks: upload.chunks.into_values().collect(),
                 };
                 let summary = FileSummary::from(&record);
-                if let Some(old) = self.files.insert(record.path.clone(), record) {
+                if let Some(old) = self.remove_file(&record.path) {
                     self.discard(old);
                 }
-                self.paths_by_id.insert(file, summary.path.clone());
+                self.insert_file(record, unix_ms);
                 Ok(Outcome::FileCommitted(summary))
             }
-            Command::DeleteFile { path } => {
+            Command::Mkdir { path, parents, unix_ms } => {
                 let path = normalize_path(&path)?;
-                let old = self.files.remove(&path).ok_or_else(|| NamespaceError::NotFound(path.clone()))?;
-                let summary = FileSummary::from(&old);
-                self.discard(old);
-                Ok(Outcome::FileDeleted(summary))
+                match self.kind(&path) {
+                    Some(EntryKind::Dir) if parents => return Ok(Outcome::Done),
+                    Some(EntryKind::Dir) => return Err(NamespaceError::AlreadyExists(path)),
+                    Some(EntryKind::File) => return Err(NamespaceError::NotADirectory(path)),
+                    None => {}
+                }
+                if let Some(file) = ancestors(&path).find(|a| self.files.contains_key(*a)) {
+                    return Err(NamespaceError::ParentIsFile { path: path.clone(), conflict: file.to_string() });
+                }
+                let parent = parent_of(&path).0;
+                if !parents && !self.dirs.contains_key(parent) {
+                    return Err(NamespaceError::NoParent { parent: parent.to_string(), path });
+                }
+                self.ensure_dir(&path, unix_ms);
+                Ok(Outcome::Done)
+            }
+            Command::Rename { src, dst, unix_ms } => {
+                let (src, dst) = (normalize_path(&src)?, normalize_path(&dst)?);
+                let kind = self.kind(&src).ok_or_else(|| NamespaceError::NotFound(src.clone()))?;
+                if self.kind(&dst).is_some() {
+                    return Err(NamespaceError::AlreadyExists(dst));
+                }
+                let dst_parent = parent_of(&dst).0;
+                if self.files.contains_key(dst_parent) {
+                    return Err(NamespaceError::ParentIsFile { conflict: dst_parent.to_string(), path: dst });
+                }
+                if !self.dirs.contains_key(dst_parent) {
+                    return Err(NamespaceError::NoParent { parent: dst_parent.to_string(), path: dst });
+                }
+                match kind {
+                    EntryKind::File => {
+                        if let Some(mut record) = self.remove_file(&src) {
+                            record.path = dst;
+                            self.insert_file(record, unix_ms);
+                        }
+                    }
+                    EntryKind::Dir => self.move_dir(&src, &dst, unix_ms),
+                }
+                Ok(Outcome::Done)
+            }
+            Command::Delete { path, recursive, expect_file_id } => {
+                let path = normalize_path(&path)?;
+                if let Some(expected) = expect_file_id {
+                    match self.files.get(&path) {
+                        Some(f) if f.id == expected => {}
+                        Some(f) => return Err(NamespaceError::FileChanged { path, expected, found: Some(f.id) }),
+                        None if self.dirs.contains_key(&path) => {
+                            return Err(NamespaceError::FileChanged { path, expected, found: None })
+                        }
+                        None => return Err(NamespaceError::NotFound(path)),
+                    }
+                }
+                if let Some(old) = self.remove_file(&path) {
+                    let summary = FileSummary::from(&old);
+                    self.discard(old);
+                    return Ok(Outcome::FileDeleted(summary));
+                }
+                let Some(dir) = self.dirs.get(&path) else {
+                    return Err(NamespaceError::NotFound(path));
+                };
+                if !recursive && !dir.children.is_empty() {
+                    return Err(NamespaceError::DirectoryNotEmpty(path));
+                }
+                if !recursive && path == ROOT {
+                    return Err(NamespaceError::Root("deleted (delete it recursively to empty it)".into()));
+                }
+                let (files, dirs) = self.delete_dir(&path);
+                Ok(Outcome::DirDeleted { path, files, dirs })
+            }
+            Command::ExpireUploads { now_unix_ms, older_than_ms } => {
+                let cutoff = now_unix_ms.saturating_sub(older_than_ms);
+                let expired: Vec<FileId> =
+                    self.uploads.values().filter(|u| u.created_unix_ms < cutoff).map(|u| u.id).collect();
+                for id in &expired {
+                    if let Some(upload) = self.remove_upload(*id) {
+                        for c in upload.chunks.values() {
+                            let chunk = ChunkId::derive(upload.id, c.index);
+                            for node in &c.replicas {
+                                self.garbage.entry(*node).or_default().insert(chunk);
+                            }
+                        }
+                    }
+                }
+                Ok(Outcome::UploadsExpired(expired.len() as u64))
             }
             Command::ForgetDeletedReplicas { node, chunks } => {
                 if let Some(pending) = self.garbage.get_mut(&node) {
@@ -267,23 +600,142 @@ impl Namespace {
         }
     }
 
-    /// The path can hold a new file: no file there (unless replacing), no file above it, no
-    /// files below it.
+    fn remove_upload(&mut self, id: FileId) -> Option<Upload> {
+        let upload = self.uploads.remove(&id)?;
+        if let Some(r) = upload.request {
+            if let Some(seqs) = self.uploads_by_request.get_mut(&r.client) {
+                seqs.remove(&r.seq);
+                if seqs.is_empty() {
+                    self.uploads_by_request.remove(&r.client);
+                }
+            }
+        }
+        Some(upload)
+    }
+
+    /// Takes the file at `path` out of the tree (and of the id index); the caller discards it
+    /// or puts it back elsewhere.
+    fn remove_file(&mut self, path: &str) -> Option<FileRecord> {
+        let record = self.files.remove(path)?;
+        self.paths_by_id.remove(&record.id);
+        let (parent, name) = parent_of(path);
+        if let Some(dir) = self.dirs.get_mut(parent) {
+            dir.children.remove(name);
+        }
+        Some(record)
+    }
+
+    /// Puts a file at its path, creating missing parents. The caller checked that no
+    /// directory is in the way and that the path is free.
+    fn insert_file(&mut self, record: FileRecord, unix_ms: u64) {
+        let (parent, name) = parent_of(&record.path);
+        self.ensure_dir(parent, unix_ms);
+        if let Some(dir) = self.dirs.get_mut(parent) {
+            dir.children.insert(name.to_string(), EntryKind::File);
+        }
+        self.paths_by_id.insert(record.id, record.path.clone());
+        self.files.insert(record.path.clone(), record);
+    }
+
+    /// Creates `dir` and its missing ancestors. The caller checked that none is a file.
+    fn ensure_dir(&mut self, dir: &str, unix_ms: u64) {
+        for d in ancestors(dir).chain(std::iter::once(dir)) {
+            if d == ROOT || self.dirs.contains_key(d) {
+                continue;
+            }
+            self.dirs.insert(d.to_string(), DirRecord::new(unix_ms));
+            let (parent, name) = parent_of(d);
+            if let Some(p) = self.dirs.get_mut(parent) {
+                p.children.insert(name.to_string(), EntryKind::Dir);
+            }
+        }
+    }
+
+    /// Moves the directory `src` and everything under it to `dst`, which the caller checked is
+    /// free, outside `src`, and has a parent directory. Costs O(subtree · log n).
+    fn move_dir(&mut self, src: &str, dst: &str, unix_ms: u64) {
+        let prefix = subtree_prefix(src);
+        let moved_dirs: Vec<String> = std::iter::once(src.to_string()).chain(keys_under(&self.dirs, &prefix)).collect();
+        let moved_files: Vec<String> = keys_under(&self.files, &prefix).collect();
+        let renamed = |old: &str| format!("{dst}{}", &old[src.len()..]);
+        for old in moved_dirs {
+            if let Some(mut dir) = self.dirs.remove(&old) {
+                if old == src {
+                    dir.modified_unix_ms = unix_ms;
+                }
+                self.dirs.insert(renamed(&old), dir);
+            }
+        }
+        for old in moved_files {
+            if let Some(mut record) = self.files.remove(&old) {
+                record.path = renamed(&old);
+                self.paths_by_id.insert(record.id, record.path.clone());
+                self.files.insert(record.path.clone(), record);
+            }
+        }
+        let (src_parent, src_name) = parent_of(src);
+        if let Some(p) = self.dirs.get_mut(src_parent) {
+            p.children.remove(src_name);
+        }
+        let (dst_parent, dst_name) = parent_of(dst);
+        if let Some(p) = self.dirs.get_mut(dst_parent) {
+            p.children.insert(dst_name.to_string(), EntryKind::Dir);
+        }
+    }
+
+    /// Deletes the directory `path` with everything under it (the root is only emptied).
+    /// Returns how many files and directories went.
+    fn delete_dir(&mut self, path: &str) -> (u64, u64) {
+        let prefix = subtree_prefix(path);
+        let files: Vec<String> = keys_under(&self.files, &prefix).collect();
+        let mut dirs: Vec<String> = keys_under(&self.dirs, &prefix).filter(|d| d != ROOT).collect();
+        let file_count = files.len() as u64;
+        for f in files {
+            if let Some(old) = self.files.remove(&f) {
+                self.discard(old);
+            }
+        }
+        if path != ROOT {
+            dirs.push(path.to_string());
+            let (parent, name) = parent_of(path);
+            if let Some(p) = self.dirs.get_mut(parent) {
+                p.children.remove(name);
+            }
+        }
+        let dir_count = dirs.len() as u64;
+        for d in dirs {
+            self.dirs.remove(&d);
+        }
+        if let Some(root) = self.dirs.get_mut(ROOT) {
+            if path == ROOT {
+                root.children.clear();
+            }
+        }
+        (file_count, dir_count)
+    }
+
+    /// The path can hold a new file: not a directory, no file there (unless replacing), no
+    /// file above it. Missing parents are fine: the commit creates them.
     fn check_path_free(&self, path: &str, overwrite: bool) -> Result<(), NamespaceError> {
+        if self.dirs.contains_key(path) {
+            return Err(NamespaceError::IsDirectory(path.to_string()));
+        }
         if self.files.contains_key(path) && !overwrite {
             return Err(NamespaceError::AlreadyExists(path.to_string()));
         }
-        for (i, _) in path.match_indices('/').skip(1) {
-            let ancestor = &path[..i];
-            if self.files.contains_key(ancestor) {
-                return Err(NamespaceError::ParentIsFile { path: path.to_string(), conflict: ancestor.to_string() });
-            }
-        }
-        let dir = format!("{path}/");
-        if self.files.range(dir.clone()..).next().is_some_and(|(p, _)| p.starts_with(&dir)) {
-            return Err(NamespaceError::IsDirectory(path.to_string()));
+        if let Some(file) = ancestors(path).find(|a| self.files.contains_key(*a)) {
+            return Err(NamespaceError::ParentIsFile { path: path.to_string(), conflict: file.to_string() });
         }
         Ok(())
+    }
+
+    /// With `expected` set, `path` still holds that file.
+    fn check_expected(&self, path: &str, expected: Option<FileId>) -> Result<(), NamespaceError> {
+        let Some(expected) = expected else { return Ok(()) };
+        match self.files.get(path) {
+            Some(f) if f.id == expected => Ok(()),
+            other => Err(NamespaceError::FileChanged { path: path.to_string(), expected, found: other.map(|f| f.id) }),
+        }
     }
 
     // ---- reads -------------------------------------------------------------------------
@@ -292,17 +744,35 @@ impl Namespace {
         self.files.get(path)
     }
 
+    /// What `path` (normalized) names, if anything.
+    pub fn kind(&self, path: &str) -> Option<EntryKind> {
+        if self.files.contains_key(path) {
+            Some(EntryKind::File)
+        } else if self.dirs.contains_key(path) {
+            Some(EntryKind::Dir)
+        } else {
+            None
+        }
+    }
+
     pub fn upload(&self, file: FileId) -> Option<&Upload> {
         self.uploads.get(&file)
+    }
+
+    pub fn uploads(&self) -> impl Iterator<Item = &Upload> {
+        self.uploads.values()
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
     }
 
     /// Files at `dir` or below it, in path order, after `start_after`, at most `limit`.
     /// Returns whether more remain. `dir` may also name a single file.
     pub fn list(&self, dir: &str, start_after: &str, limit: usize) -> (Vec<&FileRecord>, bool) {
-        use std::ops::Bound;
         let dir = dir.trim_end_matches('/');
         if let Some(file) = self.files.get(dir) {
-            // A file has nothing below it (see check_path_free).
+            // A file has nothing below it.
             let page = if start_after < dir { vec![file] } else { vec![] };
             return (page, false);
         }
@@ -316,6 +786,86 @@ impl Namespace {
         let page: Vec<_> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();
         (page, more)
+    }
+
+    /// The entries directly under the directory `dir`, by name, after the name `start_after`,
+    /// at most `limit`, and whether more remain. A file lists as itself. O(page · log n).
+    pub fn list_dir(&self, dir: &str, start_after: &str, limit: usize) -> Result<(Vec<DirEntry>, bool), NamespaceError> {
+        let dir = normalize_path(dir)?;
+        if let Some(f) = self.files.get(&dir) {
+            let entry = self.file_entry(f);
+            let page = if start_after < entry.name.as_str() && limit > 0 { vec![entry] } else { vec![] };
+            return Ok((page, false));
+        }
+        let record = self.dirs.get(&dir).ok_or_else(|| NamespaceError::NotFound(dir.clone()))?;
+        let mut children = record
+            .children
+            .range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded))
+            .filter_map(|(name, _)| self.entry(&child_path(&dir, name)));
+        let page: Vec<DirEntry> = children.by_ref().take(limit).collect();
+        let more = children.next().is_some();
+        Ok((page, more))
+    }
+
+    /// Everything under the directory `dir` at any depth (not `dir` itself), in byte order
+    /// of the full path, after the path `start_after`, at most `limit`, and whether more
+    /// remain. A file lists as itself. O(page · log n).
+    pub fn list_recursive(&self, dir: &str, start_after: &str, limit: usize) -> Result<(Vec<DirEntry>, bool), NamespaceError> {
+        let dir = normalize_path(dir)?;
+        if let Some(f) = self.files.get(&dir) {
+            let page = if start_after < dir.as_str() && limit > 0 { vec![self.file_entry(f)] } else { vec![] };
+            return Ok((page, false));
+        }
+        if !self.dirs.contains_key(&dir) {
+            return Err(NamespaceError::NotFound(dir));
+        }
+        let prefix = subtree_prefix(&dir);
+        let from = if start_after >= prefix.as_str() { Bound::Excluded(start_after) } else { Bound::Included(prefix.as_str()) };
+        let mut files = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&prefix)).peekable();
+        let mut dirs = self
+            .dirs
+            .range::<str, _>((from, Bound::Unbounded))
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(p, _)| **p != dir)
+            .peekable();
+        let mut page = Vec::new();
+        loop {
+            // Merge the two sorted ranges; a path is never in both.
+            let take_file = match (files.peek(), dirs.peek()) {
+                (None, None) => return Ok((page, false)),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((f, _)), Some((d, _))) => f < d,
+            };
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            if take_file {
+                if let Some((_, f)) = files.next() {
+                    page.push(self.file_entry(f));
+                }
+            } else if let Some((path, d)) = dirs.next() {
+                page.push(dir_entry(path, d));
+            }
+        }
+    }
+
+    fn entry(&self, path: &str) -> Option<DirEntry> {
+        match (self.files.get(path), self.dirs.get(path)) {
+            (Some(f), _) => Some(self.file_entry(f)),
+            (None, Some(d)) => Some(dir_entry(path, d)),
+            (None, None) => None,
+        }
+    }
+
+    fn file_entry(&self, f: &FileRecord) -> DirEntry {
+        DirEntry {
+            name: parent_of(&f.path).1.to_string(),
+            path: f.path.clone(),
+            kind: EntryKind::File,
+            file: Some(f.into()),
+            modified_unix_ms: f.committed_unix_ms,
+        }
     }
 
     pub fn storage_node(&self, id: StorageNodeId) -> Option<&StorageNodeRecord> {
@@ -335,6 +885,11 @@ impl Namespace {
         self.files.len() as u64
     }
 
+    /// Directories, the root included.
+    pub fn dir_count(&self) -> u64 {
+        self.dirs.len() as u64
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.files.values().map(|f| f.size).sum()
     }
@@ -342,12 +897,74 @@ impl Namespace {
     pub fn files(&self) -> impl Iterator<Item = &FileRecord> {
         self.files.values()
     }
+
+    /// Every directory path, the root included, in order.
+    pub fn dirs(&self) -> impl Iterator<Item = &str> {
+        self.dirs.keys().map(String::as_str)
+    }
+}
+
+fn dir_entry(path: &str, d: &DirRecord) -> DirEntry {
+    DirEntry {
+        name: if path == ROOT { ROOT.to_string() } else { parent_of(path).1.to_string() },
+        path: path.to_string(),
+        kind: EntryKind::Dir,
+        file: None,
+        modified_unix_ms: d.modified_unix_ms,
+    }
+}
+
+/// The keys of `map` that start with `prefix`, in order.
+fn keys_under<'a, V>(map: &'a BTreeMap<String, V>, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
+    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+        .map(|(k, _)| k.clone())
+}
+
+/// The proper ancestors of a normalized path, root excluded, top down: `/a/b/c` → `/a`, `/a/b`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').skip(1).map(move |(i, _)| &path[..i])
+}
+
+/// A normalized path's parent directory and last component; the root is its own parent.
+fn parent_of(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(0) => (ROOT, &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (ROOT, path),
+    }
+}
+
+fn child_path(dir: &str, name: &str) -> String {
+    if dir == ROOT {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// What every path strictly under the directory `dir` starts with.
+fn subtree_prefix(dir: &str) -> String {
+    if dir == ROOT {
+        ROOT.to_string()
+    } else {
+        format!("{dir}/")
+    }
+}
+
+/// `path` is `dir` or lies under it (both normalized).
+fn is_under(path: &str, dir: &str) -> bool {
+    path == dir || path.starts_with(&subtree_prefix(dir))
 }
 
 /// The canonical form of a user's path: absolute, `/`-separated, no empty, `.` or `..`
-/// components, no trailing slash. `//a/b/` becomes `/a/b`; `a/b` becomes `/a/b`.
+/// components, no trailing slash. `//a/b/` becomes `/a/b`; `a/b` becomes `/a/b`; `/` and
+/// `//` are the root. The empty string names nothing and is refused.
 pub fn normalize_path(path: &str) -> Result<String, NamespaceError> {
     let invalid = |reason: &str| NamespaceError::InvalidPath { path: path.to_string(), reason: reason.to_string() };
+    if path.is_empty() {
+        return Err(invalid("empty"));
+    }
     if path.len() > PATH_MAX_BYTES {
         return Err(invalid("longer than 4096 bytes"));
     }
@@ -366,7 +983,7 @@ pub fn normalize_path(path: &str) -> Result<String, NamespaceError> {
         out.push_str(component);
     }
     if out.is_empty() {
-        return Err(invalid("names no file"));
+        out.push('/');
     }
     Ok(out)
 }

@@ -5,7 +5,9 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const DFS: &str = env!("CARGO_BIN_EXE_dfs");
@@ -142,4 +144,32 @@ pub fn assert_same_file(a: &Path, b: &Path) {
 
 pub fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+/// `dfs cluster up` on ports from `base` (metadata) and `base + 100` (storage), once it says
+/// it is ready.
+pub fn cluster_up(base: u16, data: &Path) -> Proc {
+    let mut up = Command::new(DFS)
+        .args(["cluster", "up", "--base-port", &base.to_string(), "--data-dir", &data.display().to_string(), "--heartbeat-ms", "500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("cluster up never became ready: {seen:?}"));
+        if line.contains("ready") {
+            break;
+        }
+        seen.push(line);
+    }
+    Proc { name: "cluster up".into(), child: up }
 }

@@ -1,5 +1,10 @@
 //! The dfs client: uploads and downloads whole files, chunk by chunk, in parallel, verifying
-//! every byte; and the namespace operations (list, delete, status).
+//! every byte; and the namespace operations (list, mkdir, rename, delete, status).
+//!
+//! Writes are safe to retry: every `CreateFile` carries a request id (a random client id and
+//! a counter), so a create retried after a lost reply returns the upload the first attempt
+//! made; a delete of a file names the file id it saw, so a retry never removes a newer file
+//! put at the same path meanwhile.
 //!
 //! Upload: create the file at metadata, then for each chunk (at most `parallelism` at once)
 //! ask for a placement, stream the chunk to the primary, which stores it and fans it out to the
@@ -15,6 +20,7 @@ pub mod meta_client;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +29,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::chunking::{self, ChunkSpan};
 use crate::env::{call_with_timeout, Disk, Env, Transport};
 use crate::ids::{ChunkId, FileId, Sha256Digest};
+use crate::namespace::normalize_path;
 use crate::proto;
 use crate::rpc::{ChunkService, ChunkUpload, RpcError};
 pub use meta_client::{MetaClient, RetryPolicy};
@@ -94,6 +101,21 @@ pub struct DfsClient<E: Env> {
     env: E,
     meta: MetaClient<E>,
     config: ClientConfig,
+    /// Names this client in request ids: random, so that clients need no coordination.
+    client_id: u64,
+    /// The last request sequence number used.
+    request_seq: AtomicU64,
+}
+
+/// What `delete` removed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deleted {
+    pub path: String,
+    /// Set when a file was deleted.
+    pub file: Option<proto::FileInfo>,
+    /// Unknown (0) when a retried delete found its first attempt had done the work.
+    pub files_deleted: u64,
+    pub dirs_deleted: u64,
 }
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
@@ -108,13 +130,15 @@ fn metadata(context: impl Into<String>) -> impl FnOnce(RpcError) -> ClientError 
 impl<E: Env> DfsClient<E> {
     pub fn new(env: E, meta_addrs: Vec<String>, config: ClientConfig) -> Self {
         let meta = MetaClient::new(env.clone(), meta_addrs, config.metadata.clone());
-        DfsClient { env, meta, config }
+        let client_id = env.random_u64();
+        DfsClient { env, meta, config, client_id, request_seq: AtomicU64::new(0) }
     }
 
     // ---- upload ------------------------------------------------------------------------
 
-    /// Uploads the local file `source` to `remote`. Fails if `remote` exists, unless
-    /// `overwrite`, in which case the old file is replaced atomically at commit.
+    /// Uploads the local file `source` to `remote`, creating its missing parent directories.
+    /// Fails if `remote` exists, unless `overwrite`, in which case the old file is replaced
+    /// atomically at commit.
     pub async fn put(&self, source: &Path, remote: &str, overwrite: bool, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
         let size = self.env.disk().file_len(source).await.map_err(local(source))?;
         chunking::validate(size, self.config.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -126,6 +150,8 @@ impl<E: Env> DfsClient<E> {
                 chunk_size: self.config.chunk_size,
                 replication: self.config.replication,
                 overwrite,
+                request_id: Some(proto::RequestId { client: self.client_id, seq: self.request_seq.fetch_add(1, Ordering::Relaxed) + 1 }),
+                expect_file_id: None,
             })
             .await
             .map_err(metadata(format!("put {remote}")))?;
@@ -367,14 +393,98 @@ impl<E: Env> DfsClient<E> {
             .map_err(metadata(format!("stat {remote}")))
     }
 
-    /// Deletes `remote`. A retry after a lost reply may find the file already gone; that
-    /// counts as success, since the file was there when this call began.
-    pub async fn delete(&self, remote: &str) -> Result<proto::FileInfo, ClientError> {
-        let existing = self.stat(remote).await?.file.ok_or_else(|| ClientError::Invalid("stat reply carries no file".into()))?;
-        match self.meta.call(proto::DeleteFileRequest { path: remote.to_string() }).await {
-            Ok(reply) => reply.file.ok_or_else(|| ClientError::Invalid("delete reply carries no file".into())),
-            Err(RpcError::NotFound(_)) => Ok(existing),
-            Err(e) => Err(ClientError::Metadata { context: format!("rm {remote}"), source: e }),
+    /// Creates the directory `remote`; with `parents`, its missing ancestors too, and an
+    /// existing directory is fine.
+    pub async fn mkdir(&self, remote: &str, parents: bool) -> Result<(), ClientError> {
+        self.meta
+            .call(proto::MkdirRequest { path: remote.to_string(), parents })
+            .await
+            .map_err(metadata(format!("mkdir {remote}")))?;
+        Ok(())
+    }
+
+    /// Moves the file or directory `src` to `dst`, which must not exist. A retry after a
+    /// lost reply may find `src` gone and `dst` there: that counts as success.
+    pub async fn rename(&self, src: &str, dst: &str) -> Result<(), ClientError> {
+        match self.meta.call(proto::RenameRequest { src: src.to_string(), dst: dst.to_string() }).await {
+            Ok(_) => Ok(()),
+            Err(e @ RpcError::NotFound(_)) => {
+                let done = self.entry(src).await?.is_none() && self.entry(dst).await?.is_some();
+                if done {
+                    Ok(())
+                } else {
+                    Err(ClientError::Metadata { context: format!("mv {src} {dst}"), source: e })
+                }
+            }
+            Err(e) => Err(ClientError::Metadata { context: format!("mv {src} {dst}"), source: e }),
+        }
+    }
+
+    /// What `remote` names: a file's entry, a directory's (name, path and kind only), or
+    /// `None` if nothing. One page of one entry, however large the directory.
+    pub async fn entry(&self, remote: &str) -> Result<Option<proto::DirEntry>, ClientError> {
+        let path = normalize_path(remote).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let request = proto::ListDirRequest { path: path.clone(), recursive: false, start_after: String::new(), limit: 1 };
+        match self.meta.call(request).await {
+            Ok(page) => {
+                // A file lists as itself; a directory lists its children, whose paths are longer.
+                let file = page.entries.into_iter().next().filter(|e| e.path == path && e.kind == proto::EntryKind::File as i32);
+                Ok(Some(file.unwrap_or_else(|| proto::DirEntry {
+                    name: path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("/").to_string(),
+                    path,
+                    kind: proto::EntryKind::Directory as i32,
+                    ..Default::default()
+                })))
+            }
+            Err(RpcError::NotFound(_)) => Ok(None),
+            Err(e) => Err(ClientError::Metadata { context: format!("stat {remote}"), source: e }),
+        }
+    }
+
+    /// Deletes the file or directory `remote`; a directory that is not empty only with
+    /// `recursive`. A file is deleted only if it is still the one looked at first, so a retry
+    /// after a lost reply never deletes a newer file at the same path; finding it gone then
+    /// counts as success, since it was there when this call began.
+    pub async fn delete(&self, remote: &str, recursive: bool) -> Result<Deleted, ClientError> {
+        let context = format!("rm {remote}");
+        let Some(existing) = self.entry(remote).await? else {
+            let path = normalize_path(remote).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            return Err(ClientError::Metadata { context, source: RpcError::NotFound(format!("{path}: no such file or directory")) });
+        };
+        let expect_file_id = existing.file.as_ref().map(|f| f.file_id);
+        let request = proto::DeleteFileRequest { path: existing.path.clone(), recursive, expect_file_id };
+        match self.meta.call(request).await {
+            Ok(reply) => Ok(Deleted {
+                path: existing.path,
+                file: reply.file,
+                files_deleted: reply.files_deleted,
+                dirs_deleted: reply.dirs_deleted,
+            }),
+            Err(RpcError::NotFound(_)) => {
+                let files_deleted = u64::from(existing.file.is_some());
+                Ok(Deleted { path: existing.path, file: existing.file, files_deleted, dirs_deleted: 0 })
+            }
+            Err(e) => Err(ClientError::Metadata { context, source: e }),
+        }
+    }
+
+    /// The entries directly under the directory `remote` (or the file itself), by name; with
+    /// `recursive`, everything under it, by full path. Reads page after page.
+    pub async fn list_dir(&self, remote: &str, recursive: bool) -> Result<Vec<proto::DirEntry>, ClientError> {
+        let mut entries = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let page = self
+                .meta
+                .call(proto::ListDirRequest { path: remote.to_string(), recursive, start_after: start_after.clone(), limit: 0 })
+                .await
+                .map_err(metadata(format!("ls {remote}")))?;
+            let last = page.entries.last().map(|e| if recursive { e.path.clone() } else { e.name.clone() });
+            entries.extend(page.entries);
+            match (page.truncated, last) {
+                (true, Some(last)) => start_after = last,
+                _ => return Ok(entries),
+            }
         }
     }
 

@@ -23,7 +23,10 @@ use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachin
 use crate::env::{Clock, Disk, Env};
 use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
-use crate::namespace::{normalize_path, ChunkRecord, Command, FileRecord, FileSummary, NamespaceError, Outcome};
+use crate::namespace::{
+    self, normalize_path, ChunkRecord, Command, EntryKind, FileRecord, FileSummary, NamespaceError, Outcome, RequestId,
+    PATH_MAX_BYTES,
+};
 use crate::placement::{self, Candidate};
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
 use crate::rpc::RpcError;
@@ -32,12 +35,14 @@ use crate::chunking;
 /// Most chunk placements one `AllocateChunks` call may ask for.
 pub const ALLOCATE_CHUNKS_MAX: usize = 1024;
 /// Most chunk records one `RecordChunks` call may carry.
-pub const RECORD_CHUNKS_MAX: usize = 4096;
-/// Page size of `ListFiles` when the client names none, and the most it may ask for.
+pub use crate::namespace::RECORD_CHUNKS_MAX;
+/// Page size of `ListFiles` and `ListDir` when the client names none, and the most it may ask for.
 pub const LIST_LIMIT_DEFAULT: u32 = 1000;
 pub const LIST_LIMIT_MAX: u32 = 10_000;
 /// Deletion requests handed to one storage node per heartbeat.
 pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
+/// How often the leader looks for uploads to expire.
+pub const UPLOAD_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default of `MetaConfig::snapshot_every`: a snapshot per this many applied log entries.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
@@ -63,6 +68,8 @@ pub struct MetaConfig {
     pub raft_heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Uploads not committed this long after their creation are dropped.
+    pub upload_expiry: Duration,
 }
 
 impl MetaConfig {
@@ -85,6 +92,7 @@ impl MetaConfig {
             raft_heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
+            upload_expiry: Duration::from_millis(namespace::UPLOAD_EXPIRY_DEFAULT_MS),
         }
     }
 }
@@ -168,7 +176,10 @@ impl<E: Env> MetaServer<E> {
         } else if !server.is_initialized().await? {
             tracing::info!(id = server.config.id, "no members given: waiting to be added to a cluster (dfs admin meta add)");
         }
-        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().break_split_votes());
+        let (a, b) = (server.clone(), server.clone());
+        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
+            futures::join!(a.break_split_votes(), b.expire_uploads());
+        });
         Ok(server)
     }
 
@@ -214,6 +225,33 @@ impl<E: Env> MetaServer<E> {
                 stuck_term = None;
             } else {
                 stuck_term = Some(m.current_term);
+            }
+        }
+    }
+
+    /// The leader drops uploads abandoned by their clients (crashed, or given up), so that
+    /// their replicas are collected and the table of uploads stays bounded. Proposes only when
+    /// there is something to expire: an idle cluster's log does not grow.
+    async fn expire_uploads(self: Arc<Self>) {
+        let expiry_ms = self.config.upload_expiry.as_millis() as u64;
+        loop {
+            self.env.clock().sleep(UPLOAD_EXPIRY_CHECK_INTERVAL).await;
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return; // raft has stopped
+            }
+            if self.require_leader().is_err() {
+                continue;
+            }
+            let now = self.env.clock().unix_ms();
+            let cutoff = now.saturating_sub(expiry_ms);
+            let due = self.state.read().expect("state lock").namespace.uploads().any(|u| u.created_unix_ms < cutoff);
+            if !due {
+                continue;
+            }
+            match self.propose(Command::ExpireUploads { now_unix_ms: now, older_than_ms: expiry_ms }).await {
+                Ok(Outcome::UploadsExpired(n)) => tracing::info!(uploads = n, "expired abandoned uploads"),
+                Ok(other) => tracing::warn!(outcome = ?other, "unexpected outcome of upload expiry"),
+                Err(e) => tracing::debug!(error = %e, "upload expiry not proposed"),
             }
         }
     }
@@ -344,7 +382,9 @@ impl<E: Env> MetaServer<E> {
         }
     }
 
+    /// Proposes a command that passed `validate`: bad input never enters the log.
     async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
+        command.validate().map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
         match self.raft.client_write(command).await {
             Ok(response) => response.data.map_err(namespace_error),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
@@ -383,14 +423,25 @@ impl<E: Env> MetaServer<E> {
 fn namespace_error(e: NamespaceError) -> RpcError {
     let message = e.to_string();
     match e {
-        NamespaceError::InvalidPath { .. } | NamespaceError::InvalidUpload(_) | NamespaceError::BadChunk { .. } => {
-            RpcError::InvalidArgument(message)
-        }
+        NamespaceError::InvalidPath { .. }
+        | NamespaceError::InvalidArgument(_)
+        | NamespaceError::InvalidUpload(_)
+        | NamespaceError::BadChunk { .. }
+        | NamespaceError::MoveIntoItself { .. }
+        | NamespaceError::Root(_) => RpcError::InvalidArgument(message),
         NamespaceError::AlreadyExists(_) => RpcError::AlreadyExists(message),
-        NamespaceError::NotFound(_) | NamespaceError::UploadNotFound(_) => RpcError::NotFound(message),
-        NamespaceError::ParentIsFile { .. } | NamespaceError::IsDirectory(_) | NamespaceError::Incomplete { .. } => {
-            RpcError::FailedPrecondition(message)
+        NamespaceError::NotFound(_) | NamespaceError::NoParent { .. } | NamespaceError::UploadNotFound(_) => {
+            RpcError::NotFound(message)
         }
+        NamespaceError::ParentIsFile { .. }
+        | NamespaceError::IsDirectory(_)
+        | NamespaceError::NotADirectory(_)
+        | NamespaceError::DirectoryNotEmpty(_)
+        | NamespaceError::FileChanged { .. }
+        | NamespaceError::Incomplete { .. }
+        | NamespaceError::ClusterIdMismatch { .. } => RpcError::FailedPrecondition(message),
+        // The cluster's load, not the request: worth retrying later.
+        NamespaceError::TooManyUploads { .. } => RpcError::Unavailable(message),
     }
 }
 
@@ -403,6 +454,19 @@ fn file_info(f: &FileSummary) -> proto::FileInfo {
         replication: f.replication,
         chunk_count: f.chunk_count,
         committed_unix_ms: f.committed_unix_ms,
+    }
+}
+
+fn dir_entry(e: &namespace::DirEntry) -> proto::DirEntry {
+    proto::DirEntry {
+        name: e.name.clone(),
+        path: e.path.clone(),
+        kind: match e.kind {
+            EntryKind::File => proto::EntryKind::File,
+            EntryKind::Dir => proto::EntryKind::Directory,
+        } as i32,
+        file: e.file.as_ref().map(file_info),
+        modified_unix_ms: e.modified_unix_ms,
     }
 }
 
@@ -419,6 +483,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             chunk_size: r.chunk_size,
             replication: r.replication,
             overwrite: r.overwrite,
+            expect_file_id: r.expect_file_id.map(FileId),
+            request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
             unix_ms: self.env.clock().unix_ms(),
         };
         match self.propose(command).await? {
@@ -545,10 +611,46 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
-        match self.propose(Command::DeleteFile { path: r.path }).await? {
-            Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)) }),
+        let command = Command::Delete { path: r.path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId) };
+        match self.propose(command).await? {
+            Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0 }),
+            Outcome::DirDeleted { files, dirs, .. } => {
+                Ok(proto::DeleteFileResponse { file: None, files_deleted: files, dirs_deleted: dirs })
+            }
             other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    async fn mkdir(&self, r: proto::MkdirRequest) -> Result<proto::MkdirResponse, RpcError> {
+        self.propose(Command::Mkdir { path: r.path, parents: r.parents, unix_ms: self.env.clock().unix_ms() }).await?;
+        Ok(proto::MkdirResponse {})
+    }
+
+    async fn rename(&self, r: proto::RenameRequest) -> Result<proto::RenameResponse, RpcError> {
+        self.propose(Command::Rename { src: r.src, dst: r.dst, unix_ms: self.env.clock().unix_ms() }).await?;
+        Ok(proto::RenameResponse {})
+    }
+
+    async fn list_dir(&self, r: proto::ListDirRequest) -> Result<proto::ListDirResponse, RpcError> {
+        let path = normalize_path(if r.path.is_empty() { namespace::ROOT } else { &r.path }).map_err(namespace_error)?;
+        if r.start_after.len() > PATH_MAX_BYTES {
+            return Err(RpcError::InvalidArgument(format!("start_after is longer than {PATH_MAX_BYTES} bytes")));
+        }
+        let limit = match r.limit {
+            0 => LIST_LIMIT_DEFAULT,
+            n => n.min(LIST_LIMIT_MAX),
+        } as usize;
+        let listed = self
+            .read(|s| {
+                let page = if r.recursive {
+                    s.namespace.list_recursive(&path, &r.start_after, limit)
+                } else {
+                    s.namespace.list_dir(&path, &r.start_after, limit)
+                };
+                page.map(|(entries, truncated)| proto::ListDirResponse { entries: entries.iter().map(dir_entry).collect(), truncated })
+            })
+            .await?;
+        listed.map_err(namespace_error)
     }
 
     async fn cluster_status(&self, _r: proto::ClusterStatusRequest) -> Result<proto::ClusterStatusResponse, RpcError> {

@@ -10,9 +10,62 @@ fn register(ns: &mut Namespace, ids: &[u64]) {
 }
 
 fn create(ns: &mut Namespace, path: &str, size: u64, overwrite: bool) -> Result<FileId, NamespaceError> {
-    match ns.apply(Command::CreateFile { path: path.into(), size, chunk_size: CHUNK, replication: 3, overwrite, unix_ms: 7 })? {
+    match ns.apply(create_cmd(path, size, overwrite))? {
         Outcome::FileCreated(id) => Ok(id),
         other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn create_cmd(path: &str, size: u64, overwrite: bool) -> Command {
+    Command::CreateFile {
+        path: path.into(),
+        size,
+        chunk_size: CHUNK,
+        replication: 3,
+        overwrite,
+        expect_file_id: None,
+        request_id: None,
+        unix_ms: 7,
+    }
+}
+
+fn delete(path: &str) -> Command {
+    Command::Delete { path: path.into(), recursive: false, expect_file_id: None }
+}
+
+fn mkdir(ns: &mut Namespace, path: &str, parents: bool) -> ApplyResult {
+    ns.apply(Command::Mkdir { path: path.into(), parents, unix_ms: 5 })
+}
+
+fn rename(ns: &mut Namespace, src: &str, dst: &str) -> ApplyResult {
+    ns.apply(Command::Rename { src: src.into(), dst: dst.into(), unix_ms: 6 })
+}
+
+/// Names and kinds of a directory's entries, read in pages of `page`.
+fn names(ns: &Namespace, dir: &str, page: usize) -> Vec<(String, EntryKind)> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (entries, more) = ns.list_dir(dir, &after, page).unwrap();
+        out.extend(entries.iter().map(|e| (e.name.clone(), e.kind)));
+        match (more, entries.last()) {
+            (true, Some(last)) => after = last.name.clone(),
+            _ => return out,
+        }
+    }
+}
+
+/// Full paths under `dir`, read recursively in pages of `page`.
+fn walk(ns: &Namespace, dir: &str, page: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (entries, more) = ns.list_recursive(dir, &after, page).unwrap();
+        out.extend(entries.iter().map(|e| e.path.clone()));
+        match (more, entries.last()) {
+            (true, Some(last)) => after = last.path.clone(),
+            _ => return out,
+        }
     }
 }
 
@@ -40,7 +93,9 @@ fn upload(ns: &mut Namespace, path: &str, size: u64, overwrite: bool) -> Result<
 fn paths_are_normalized_and_checked() {
     assert_eq!(normalize_path("a//b/").unwrap(), "/a/b");
     assert_eq!(normalize_path("/x").unwrap(), "/x");
-    for bad in ["", "/", "//", "/a/../b", "/./a", "/a\0b"] {
+    assert_eq!(normalize_path("/").unwrap(), "/");
+    assert_eq!(normalize_path("//").unwrap(), "/");
+    for bad in ["", "/a/../b", "/./a", "/a\0b"] {
         assert!(normalize_path(bad).is_err(), "{bad:?} accepted");
     }
     assert!(normalize_path(&format!("/{}", "n".repeat(256))).is_err());
@@ -127,11 +182,317 @@ fn deleting_frees_the_path_and_queues_replicas() {
     let mut ns = Namespace::default();
     register(&mut ns, &[1, 2, 3]);
     let f = upload(&mut ns, "/d", CHUNK, false).unwrap();
-    assert_eq!(ns.apply(Command::DeleteFile { path: "d".into() }), Ok(Outcome::FileDeleted(f.clone())));
-    assert_eq!(ns.apply(Command::DeleteFile { path: "/d".into() }), Err(NamespaceError::NotFound("/d".into())));
+    assert_eq!(ns.apply(delete("d")), Ok(Outcome::FileDeleted(f.clone())));
+    assert_eq!(ns.apply(delete("/d")), Err(NamespaceError::NotFound("/d".into())));
     assert_eq!(ns.garbage_for(StorageNodeId(3), 10), vec![ChunkId::derive(f.id, 0)]);
     // an old upload's commit after delete is refused, not resurrected
     assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1 }), Err(NamespaceError::UploadNotFound(f.id)));
+}
+
+#[test]
+fn committing_creates_parents_and_listing_shows_direct_children_only() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    assert_eq!(ns.list_dir("/", "", 10).unwrap(), (vec![], false));
+    let id = create(&mut ns, "/x/y/in-flight", 1, false).unwrap();
+    assert_eq!(ns.kind("/x"), None, "an upload in flight creates nothing");
+    upload(&mut ns, "/a/b/c", 1, false).unwrap();
+    upload(&mut ns, "/a/f", 1, false).unwrap();
+    upload(&mut ns, "/top", 1, false).unwrap();
+    assert_eq!(ns.kind("/a/b"), Some(EntryKind::Dir));
+    assert_eq!(names(&ns, "/", 1), vec![("a".into(), EntryKind::Dir), ("top".into(), EntryKind::File)]);
+    assert_eq!(names(&ns, "/a", 1), vec![("b".into(), EntryKind::Dir), ("f".into(), EntryKind::File)]);
+    let (file, more) = ns.list_dir("/a/f", "", 10).unwrap();
+    assert_eq!((file.len(), more, file[0].path.as_str(), file[0].name.as_str()), (1, false, "/a/f", "f"));
+    assert_eq!(file[0].file.as_ref().unwrap().size, 1);
+    assert_eq!(ns.list_dir("/nothing", "", 10), Err(NamespaceError::NotFound("/nothing".into())));
+    assert_eq!(walk(&ns, "/", 2), vec!["/a", "/a/b", "/a/b/c", "/a/f", "/top"]);
+    assert_eq!(walk(&ns, "/a/b", 1), vec!["/a/b/c"]);
+    assert_eq!(walk(&ns, "/top", 1), vec!["/top"]);
+    ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1 }).unwrap();
+    assert_eq!(ns.kind("/x/y"), Some(EntryKind::Dir));
+}
+
+#[test]
+fn mkdir_edge_cases() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    assert_eq!(mkdir(&mut ns, "/", false), Err(NamespaceError::AlreadyExists("/".into())));
+    assert_eq!(mkdir(&mut ns, "/", true), Ok(Outcome::Done));
+    assert_eq!(mkdir(&mut ns, "/a/b", false), Err(NamespaceError::NoParent { path: "/a/b".into(), parent: "/a".into() }));
+    assert_eq!(ns, Namespace::default_with_nodes(&[1, 2, 3]));
+    mkdir(&mut ns, "/a/b/c", true).unwrap();
+    assert_eq!(walk(&ns, "/", 10), vec!["/a", "/a/b", "/a/b/c"]);
+    assert_eq!(mkdir(&mut ns, "/a/b", false), Err(NamespaceError::AlreadyExists("/a/b".into())));
+    assert_eq!(mkdir(&mut ns, "a/b/", true), Ok(Outcome::Done));
+    mkdir(&mut ns, "/a/d", false).unwrap();
+    upload(&mut ns, "/a/f", 1, false).unwrap();
+    let before = ns.clone();
+    assert_eq!(mkdir(&mut ns, "/a/f", true), Err(NamespaceError::NotADirectory("/a/f".into())));
+    assert_eq!(mkdir(&mut ns, "/a/f/g/h", true), Err(NamespaceError::ParentIsFile { path: "/a/f/g/h".into(), conflict: "/a/f".into() }));
+    assert!(matches!(mkdir(&mut ns, "/a/../b", true), Err(NamespaceError::InvalidPath { .. })));
+    assert_eq!(ns, before);
+    // a directory is in the way of a file, and the other way round
+    assert_eq!(upload(&mut ns, "/a/d", 1, true), Err(NamespaceError::IsDirectory("/a/d".into())));
+}
+
+impl Namespace {
+    fn default_with_nodes(ids: &[u64]) -> Self {
+        let mut ns = Namespace::default();
+        register(&mut ns, ids);
+        ns
+    }
+}
+
+#[test]
+fn rename_moves_files_and_whole_subtrees() {
+    let mut ns = Namespace::default_with_nodes(&[1, 2, 3]);
+    let f = upload(&mut ns, "/d/sub/f", CHUNK, false).unwrap();
+    upload(&mut ns, "/d/g", 1, false).unwrap();
+    upload(&mut ns, "/d0", 1, false).unwrap();
+    mkdir(&mut ns, "/e", false).unwrap();
+    let in_flight = create(&mut ns, "/d/sub/late", 1, false).unwrap();
+
+    rename(&mut ns, "/d", "/e/moved").unwrap();
+    assert_eq!(walk(&ns, "/", 10), vec!["/d0", "/e", "/e/moved", "/e/moved/g", "/e/moved/sub", "/e/moved/sub/f"]);
+    let moved = ns.file("/e/moved/sub/f").unwrap();
+    assert_eq!((moved.id, moved.path.as_str()), (f.id, "/e/moved/sub/f"));
+    // the id index follows: a retried commit answers with the new path
+    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1 }).unwrap() {
+        Outcome::FileCommitted(s) => assert_eq!(s.path, "/e/moved/sub/f"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(names(&ns, "/e/moved", 10), vec![("g".into(), EntryKind::File), ("sub".into(), EntryKind::Dir)]);
+    // an upload in flight keeps its path: its commit recreates the parents
+    ns.apply(Command::RecordChunks { file: in_flight, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1 }).unwrap();
+    assert_eq!(ns.kind("/d/sub/late"), Some(EntryKind::File));
+
+    rename(&mut ns, "/d0", "/e/file").unwrap();
+    assert_eq!(ns.kind("/d0"), None);
+    assert_eq!(ns.file("/e/file").unwrap().path, "/e/file");
+    // moving a directory with a name that sorts between the parent and its children
+    mkdir(&mut ns, "/p/q", true).unwrap();
+    upload(&mut ns, "/p/q/r", 1, false).unwrap();
+    rename(&mut ns, "/p/q", "/p q").unwrap();
+    assert_eq!(walk(&ns, "/p q", 10), vec!["/p q/r"]);
+    assert_eq!(names(&ns, "/p", 10), vec![]);
+
+    let before = ns.clone();
+    assert_eq!(rename(&mut ns, "/missing", "/x"), Err(NamespaceError::NotFound("/missing".into())));
+    assert_eq!(rename(&mut ns, "/e", "/p"), Err(NamespaceError::AlreadyExists("/p".into())));
+    assert_eq!(rename(&mut ns, "/e/file", "/e/moved/g"), Err(NamespaceError::AlreadyExists("/e/moved/g".into())));
+    assert!(matches!(rename(&mut ns, "/e", "/e/moved/x"), Err(NamespaceError::MoveIntoItself { .. })));
+    assert!(matches!(rename(&mut ns, "/e", "/e"), Err(NamespaceError::MoveIntoItself { .. })));
+    assert_eq!(rename(&mut ns, "/e", "/nope/x"), Err(NamespaceError::NoParent { path: "/nope/x".into(), parent: "/nope".into() }));
+    assert_eq!(rename(&mut ns, "/p", "/e/file/x"), Err(NamespaceError::ParentIsFile { path: "/e/file/x".into(), conflict: "/e/file".into() }));
+    assert!(matches!(rename(&mut ns, "/", "/x"), Err(NamespaceError::Root(_))));
+    assert!(matches!(rename(&mut ns, "/e", "/"), Err(NamespaceError::AlreadyExists(_))));
+    assert_eq!(ns, before);
+}
+
+#[test]
+fn delete_files_directories_and_subtrees() {
+    let mut ns = Namespace::default_with_nodes(&[1, 2, 3]);
+    let f = upload(&mut ns, "/t/a/f", CHUNK, false).unwrap();
+    let g = upload(&mut ns, "/t/g", CHUNK, false).unwrap();
+    mkdir(&mut ns, "/t/empty", false).unwrap();
+    let before = ns.clone();
+    assert_eq!(ns.apply(delete("/t")), Err(NamespaceError::DirectoryNotEmpty("/t".into())));
+    assert_eq!(ns.apply(delete("/nothing")), Err(NamespaceError::NotFound("/nothing".into())));
+    assert!(matches!(ns.apply(delete("/")), Err(NamespaceError::DirectoryNotEmpty(_))));
+    let stale = Command::Delete { path: "/t/g".into(), recursive: false, expect_file_id: Some(FileId(g.id.0 + 100)) };
+    assert_eq!(ns.apply(stale), Err(NamespaceError::FileChanged { path: "/t/g".into(), expected: FileId(g.id.0 + 100), found: Some(g.id) }));
+    let on_dir = Command::Delete { path: "/t/empty".into(), recursive: true, expect_file_id: Some(g.id) };
+    assert!(matches!(ns.apply(on_dir), Err(NamespaceError::FileChanged { found: None, .. })));
+    assert_eq!(ns, before);
+
+    assert_eq!(ns.apply(delete("/t/empty")), Ok(Outcome::DirDeleted { path: "/t/empty".into(), files: 0, dirs: 1 }));
+    let exact = Command::Delete { path: "/t/g".into(), recursive: false, expect_file_id: Some(g.id) };
+    assert_eq!(ns.apply(exact.clone()), Ok(Outcome::FileDeleted(g.clone())));
+    // the retry of that delete finds nothing, and must not delete a newer file there
+    assert_eq!(ns.apply(exact.clone()), Err(NamespaceError::NotFound("/t/g".into())));
+    let newer = upload(&mut ns, "/t/g", 1, false).unwrap();
+    assert!(matches!(ns.apply(exact), Err(NamespaceError::FileChanged { .. })));
+    assert_eq!(ns.file("/t/g").unwrap().id, newer.id);
+
+    let recursive = Command::Delete { path: "/t".into(), recursive: true, expect_file_id: None };
+    assert_eq!(ns.apply(recursive), Ok(Outcome::DirDeleted { path: "/t".into(), files: 2, dirs: 2 }));
+    assert_eq!(walk(&ns, "/", 10), Vec::<String>::new());
+    for node in 1..=3 {
+        let garbage = ns.garbage_for(StorageNodeId(node), 100);
+        assert!(garbage.contains(&ChunkId::derive(f.id, 0)) && garbage.contains(&ChunkId::derive(g.id, 0)));
+    }
+
+    upload(&mut ns, "/r/x", 1, false).unwrap();
+    upload(&mut ns, "/y", 1, false).unwrap();
+    let root = Command::Delete { path: "/".into(), recursive: true, expect_file_id: None };
+    assert_eq!(ns.apply(root.clone()), Ok(Outcome::DirDeleted { path: "/".into(), files: 2, dirs: 1 }));
+    assert_eq!((ns.file_count(), ns.dir_count()), (0, 1));
+    assert_eq!(ns.list_dir("/", "", 10).unwrap(), (vec![], false));
+    assert_eq!(ns.apply(root), Ok(Outcome::DirDeleted { path: "/".into(), files: 0, dirs: 0 }));
+    assert!(matches!(ns.apply(delete("/")), Err(NamespaceError::Root(_))));
+}
+
+#[test]
+fn a_retried_create_with_the_same_request_id_creates_nothing_new() {
+    let mut ns = Namespace::default_with_nodes(&[1, 2, 3]);
+    let request = Some(RequestId { client: 42, seq: 1 });
+    let command = Command::CreateFile {
+        path: "/f".into(),
+        size: 1,
+        chunk_size: CHUNK,
+        replication: 3,
+        overwrite: false,
+        expect_file_id: None,
+        request_id: request,
+        unix_ms: 1,
+    };
+    let first = ns.apply(command.clone()).unwrap();
+    let after_first = ns.clone();
+    assert_eq!(ns.apply(command.clone()).unwrap(), first);
+    assert_eq!(ns, after_first);
+    let Outcome::FileCreated(id) = first else { panic!("{first:?}") };
+    // the same request id for another upload is a client bug, refused
+    let mut other = command.clone();
+    if let Command::CreateFile { path, .. } = &mut other {
+        *path = "/g".into();
+    }
+    assert!(matches!(ns.apply(other), Err(NamespaceError::InvalidUpload(_))));
+    // another seq is another upload
+    let mut next = command.clone();
+    if let Command::CreateFile { request_id, .. } = &mut next {
+        *request_id = Some(RequestId { client: 42, seq: 2 });
+    }
+    assert_ne!(ns.apply(next).unwrap(), Outcome::FileCreated(id));
+    // once committed, the request id is forgotten with the upload
+    ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 2 }).unwrap();
+    assert!(ns.uploads_by_request.get(&42).is_some_and(|seqs| !seqs.contains_key(&1)));
+    assert_eq!(ns.apply(command), Err(NamespaceError::AlreadyExists("/f".into())));
+}
+
+#[test]
+fn an_overwrite_replaces_only_the_file_the_client_saw() {
+    let mut ns = Namespace::default_with_nodes(&[1, 2, 3]);
+    let seen = upload(&mut ns, "/f", 1, false).unwrap();
+    let expecting = |expect: FileId| Command::CreateFile {
+        path: "/f".into(),
+        size: 1,
+        chunk_size: CHUNK,
+        replication: 3,
+        overwrite: true,
+        expect_file_id: Some(expect),
+        request_id: None,
+        unix_ms: 1,
+    };
+    assert!(matches!(ns.apply(expecting(FileId(999))), Err(NamespaceError::FileChanged { .. })));
+    let Outcome::FileCreated(mine) = ns.apply(expecting(seen.id)).unwrap() else { panic!() };
+    ns.apply(Command::RecordChunks { file: mine, chunks: chunks_for(1, &[1]) }).unwrap();
+    // someone else replaces the file first
+    let theirs = upload(&mut ns, "/f", 1, true).unwrap();
+    let before = ns.clone();
+    assert_eq!(
+        ns.apply(Command::CommitFile { file: mine, unix_ms: 2 }),
+        Err(NamespaceError::FileChanged { path: "/f".into(), expected: seen.id, found: Some(theirs.id) })
+    );
+    assert_eq!(ns, before);
+    let Outcome::FileCreated(again) = ns.apply(expecting(theirs.id)).unwrap() else { panic!() };
+    ns.apply(Command::RecordChunks { file: again, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::CommitFile { file: again, unix_ms: 3 }).unwrap();
+    assert_eq!(ns.file("/f").unwrap().id, again);
+}
+
+#[test]
+fn expired_uploads_are_dropped_and_their_replicas_collected() {
+    let mut ns = Namespace::default_with_nodes(&[1, 2, 3]);
+    let at = |ns: &mut Namespace, path: &str, unix_ms: u64, seq: u64| -> FileId {
+        let command = Command::CreateFile {
+            path: path.into(),
+            size: CHUNK,
+            chunk_size: CHUNK,
+            replication: 3,
+            overwrite: false,
+            expect_file_id: None,
+            request_id: Some(RequestId { client: 7, seq }),
+            unix_ms,
+        };
+        match ns.apply(command).unwrap() {
+            Outcome::FileCreated(id) => id,
+            other => panic!("{other:?}"),
+        }
+    };
+    let old = at(&mut ns, "/old", 1_000, 1);
+    let young = at(&mut ns, "/young", 5_000, 2);
+    ns.apply(Command::RecordChunks { file: old, chunks: chunks_for(CHUNK, &[2]) }).unwrap();
+    assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 3_000 }), Ok(Outcome::UploadsExpired(0)));
+    assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 2_000 }), Ok(Outcome::UploadsExpired(1)));
+    assert!(ns.upload(old).is_none() && ns.upload(young).is_some());
+    assert_eq!(ns.garbage_for(StorageNodeId(2), 10), vec![ChunkId::derive(old, 0)]);
+    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5 }), Err(NamespaceError::UploadNotFound(old)));
+    assert_eq!(ns.uploads_by_request.get(&7).map(|s| s.len()), Some(1));
+    // far in the future everything goes, without underflow
+    assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 10, older_than_ms: UPLOAD_EXPIRY_DEFAULT_MS }), Ok(Outcome::UploadsExpired(0)));
+    assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: u64::MAX, older_than_ms: 0 }), Ok(Outcome::UploadsExpired(1)));
+    assert!(ns.uploads_by_request.is_empty());
+}
+
+#[test]
+fn the_cluster_id_is_set_once() {
+    let mut ns = Namespace::default();
+    assert_eq!(ns.cluster_id(), None);
+    let set = |id: &str| Command::SetClusterId { cluster_id: id.into() };
+    ns.apply(set("c-1")).unwrap();
+    ns.apply(set("c-1")).unwrap();
+    assert_eq!(ns.apply(set("c-2")), Err(NamespaceError::ClusterIdMismatch { current: "c-1".into(), proposed: "c-2".into() }));
+    assert!(ns.apply(set("")).is_err());
+    assert!(ns.apply(set("a\nb")).is_err());
+    assert_eq!(ns.cluster_id(), Some("c-1"));
+}
+
+#[test]
+fn validation_refuses_what_no_state_could_accept() {
+    let valid = create_cmd("/f", 1, false);
+    assert_eq!(valid.validate(), Ok(()));
+    let with = |f: &dyn Fn(&mut Command)| {
+        let mut c = valid.clone();
+        f(&mut c);
+        c.validate()
+    };
+    let set_chunk = |v: u64| move |c: &mut Command| if let Command::CreateFile { chunk_size, .. } = c { *chunk_size = v };
+    assert!(with(&set_chunk(64 * 1024 - 1)).is_err());
+    assert!(with(&set_chunk(64 * 1024)).is_ok());
+    assert!(with(&set_chunk(64 * 1024 * 1024)).is_ok());
+    assert!(with(&set_chunk(64 * 1024 * 1024 + 1)).is_err());
+    for (r, ok) in [(0, false), (1, true), (REPLICATION_MAX, true), (REPLICATION_MAX + 1, false)] {
+        assert_eq!(with(&|c: &mut Command| if let Command::CreateFile { replication, .. } = c { *replication = r }).is_ok(), ok, "replication {r}");
+    }
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { expect_file_id, .. } = c { *expect_file_id = Some(FileId(1)) }).is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c { *path = "/".into() }).is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c { *path = "/a/./b".into() }).is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c { *path = format!("/{}", "x".repeat(300)) }).is_err());
+
+    let record = |n: usize| Command::RecordChunks {
+        file: FileId(1),
+        chunks: (0..n).map(|i| ChunkRecord { index: i as u32, size: 1, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(1)] }).collect(),
+    };
+    assert!(record(RECORD_CHUNKS_MAX).validate().is_ok());
+    assert!(record(RECORD_CHUNKS_MAX + 1).validate().is_err());
+    let too_many_replicas = Command::RecordChunks {
+        file: FileId(1),
+        chunks: vec![ChunkRecord { index: 0, size: 1, sha256: Sha256Digest([0; 32]), replicas: (0..17).map(StorageNodeId).collect() }],
+    };
+    assert!(too_many_replicas.validate().is_err());
+    assert!(Command::Mkdir { path: "".into(), parents: true, unix_ms: 0 }.validate().is_err());
+    assert!(Command::Rename { src: "/a".into(), dst: "/a/b".into(), unix_ms: 0 }.validate().is_err());
+    assert!(Command::Rename { src: "/a".into(), dst: "/ab".into(), unix_ms: 0 }.validate().is_ok());
+    assert!(Command::Rename { src: "//".into(), dst: "/b".into(), unix_ms: 0 }.validate().is_err());
+    assert!(Command::RegisterStorageNode { node: StorageNodeId(1), addr: String::new(), capacity_bytes: 0 }.validate().is_err());
+    // apply refuses the same, whatever the state
+    let mut ns = Namespace::default();
+    assert!(ns.apply(record(RECORD_CHUNKS_MAX + 1)).is_err());
+    assert_eq!(ns, Namespace::default());
 }
 
 // ---- model-based property test ---------------------------------------------------------
@@ -139,24 +500,144 @@ fn deleting_frees_the_path_and_queues_replicas() {
 #[derive(Clone, Debug)]
 enum Op {
     Upload { path: usize, size: u64, overwrite: bool },
-    CreateOnly { path: usize, size: u64 },
+    CreateOnly { path: usize, size: u64, retry: bool },
     Record { upload: usize, chunk: u32, node: u64 },
     Commit { upload: usize },
-    Delete { path: usize },
+    Mkdir { path: usize, parents: bool },
+    Rename { src: usize, dst: usize },
+    /// `expect`: 0 none, 1 the file's current id, 2 a stale id.
+    Delete { path: usize, recursive: bool, expect: u8 },
+    Expire { older_than_ms: u64 },
     Forget { node: u64, n: usize },
 }
 
-const PATHS: [&str; 6] = ["/a", "/a/b", "/b", "/b/c/d", "/c", "a"];
+const PATHS: [&str; 10] = ["/a", "/a/b", "/a/b/c", "/a b", "/b", "/b/c/d", "/c", "a", "/", "/b/c"];
 
 fn op() -> impl Strategy<Value = Op> {
+    let path = 0..PATHS.len();
     prop_oneof![
-        (0..PATHS.len(), 0..4 * CHUNK, any::<bool>()).prop_map(|(path, size, overwrite)| Op::Upload { path, size, overwrite }),
-        (0..PATHS.len(), 0..4 * CHUNK).prop_map(|(path, size)| Op::CreateOnly { path, size }),
+        (path.clone(), 0..4 * CHUNK, any::<bool>()).prop_map(|(path, size, overwrite)| Op::Upload { path, size, overwrite }),
+        (path.clone(), 0..4 * CHUNK, any::<bool>()).prop_map(|(path, size, retry)| Op::CreateOnly { path, size, retry }),
         (0..8usize, 0..5u32, 1..5u64).prop_map(|(upload, chunk, node)| Op::Record { upload, chunk, node }),
         (0..8usize).prop_map(|upload| Op::Commit { upload }),
-        (0..PATHS.len()).prop_map(|path| Op::Delete { path }),
+        (path.clone(), any::<bool>()).prop_map(|(path, parents)| Op::Mkdir { path, parents }),
+        (path.clone(), path.clone()).prop_map(|(src, dst)| Op::Rename { src, dst }),
+        (path, any::<bool>(), 0..3u8).prop_map(|(path, recursive, expect)| Op::Delete { path, recursive, expect }),
+        (0..20u64).prop_map(|older_than_ms| Op::Expire { older_than_ms }),
         (1..5u64, 0..4usize).prop_map(|(node, n)| Op::Forget { node, n }),
     ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ModelEntry {
+    Dir,
+    File(FileId, u64),
+}
+
+/// The tree as a plain map of full paths, and the rules of each command written out naively.
+#[derive(Clone, Debug)]
+struct Model {
+    entries: BTreeMap<String, ModelEntry>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model { entries: BTreeMap::from([("/".to_string(), ModelEntry::Dir)]) }
+    }
+
+    fn parent(path: &str) -> String {
+        match path.rfind('/') {
+            Some(0) | None => "/".into(),
+            Some(i) => path[..i].into(),
+        }
+    }
+
+    fn ancestors(path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut p = path.to_string();
+        while p != "/" {
+            p = Self::parent(&p);
+            out.push(p.clone());
+        }
+        out
+    }
+
+    fn under(path: &str, dir: &str) -> bool {
+        path != dir && (dir == "/" || path.starts_with(&format!("{dir}/")))
+    }
+
+    fn is_file(&self, p: &str) -> bool {
+        matches!(self.entries.get(p), Some(ModelEntry::File(..)))
+    }
+
+    fn can_commit(&self, path: &str, overwrite: bool) -> bool {
+        match self.entries.get(path) {
+            Some(ModelEntry::Dir) => false,
+            Some(ModelEntry::File(..)) if !overwrite => false,
+            _ => Self::ancestors(path).iter().all(|a| !self.is_file(a)),
+        }
+    }
+
+    fn commit(&mut self, path: &str, id: FileId, size: u64) {
+        for a in Self::ancestors(path) {
+            self.entries.insert(a, ModelEntry::Dir);
+        }
+        self.entries.insert(path.into(), ModelEntry::File(id, size));
+    }
+
+    fn mkdir(&mut self, path: &str, parents: bool) -> bool {
+        match self.entries.get(path) {
+            Some(ModelEntry::Dir) => return parents,
+            Some(ModelEntry::File(..)) => return false,
+            None => {}
+        }
+        let ancestors = Self::ancestors(path);
+        if ancestors.iter().any(|a| self.is_file(a)) || (!parents && !self.entries.contains_key(&Self::parent(path))) {
+            return false;
+        }
+        for a in ancestors.into_iter().chain([path.to_string()]) {
+            self.entries.insert(a, ModelEntry::Dir);
+        }
+        true
+    }
+
+    fn rename(&mut self, src: &str, dst: &str) -> bool {
+        if src == "/" || src == dst || Self::under(dst, src) || !self.entries.contains_key(src) || self.entries.contains_key(dst) {
+            return false;
+        }
+        if self.entries.get(&Self::parent(dst)) != Some(&ModelEntry::Dir) {
+            return false;
+        }
+        let moved: Vec<String> = self.entries.keys().filter(|k| *k == src || Self::under(k, src)).cloned().collect();
+        for old in moved {
+            let entry = self.entries.remove(&old).unwrap();
+            self.entries.insert(format!("{dst}{}", &old[src.len()..]), entry);
+        }
+        true
+    }
+
+    fn delete(&mut self, path: &str, recursive: bool, expect: Option<FileId>) -> bool {
+        let Some(entry) = self.entries.get(path).copied() else { return false };
+        if let Some(e) = expect {
+            if !matches!(entry, ModelEntry::File(id, _) if id == e) {
+                return false;
+            }
+        }
+        let has_children = self.entries.keys().any(|k| Self::under(k, path));
+        if entry == ModelEntry::Dir && !recursive && (has_children || path == "/") {
+            return false;
+        }
+        self.entries.retain(|k, _| !(Self::under(k, path) || (k == path && k != "/")));
+        true
+    }
+}
+
+fn commit_in_model(model: &mut Model, uploads: &mut BTreeMap<FileId, (String, u64, bool)>, result: &ApplyResult) {
+    if let Ok(Outcome::FileCommitted(s)) = result {
+        if uploads.remove(&s.id).is_some() {
+            model.commit(&s.path, s.id, s.size);
+        }
+    }
 }
 
 proptest! {
@@ -167,23 +648,56 @@ proptest! {
         ..ProptestConfig::default()
     })]
     #[test]
-    fn namespace_invariants_hold_under_any_command_sequence(ops in proptest::collection::vec(op(), 1..60)) {
+    fn namespace_matches_a_model_under_any_command_sequence(ops in proptest::collection::vec(op(), 1..60)) {
         let mut ns = Namespace::default();
         register(&mut ns, &[1, 2, 3]);
-        // model: path -> (file id, size)
-        let mut model: BTreeMap<String, (FileId, u64)> = BTreeMap::new();
+        let mut model = Model::new();
+        // uploads in flight: id -> (path, size, overwrite)
+        let mut uploads: BTreeMap<FileId, (String, u64, bool)> = BTreeMap::new();
         let mut created: Vec<FileId> = Vec::new();
-        for op in ops {
+        let mut seq = 0u64;
+        for (now, op) in (10u64..).zip(ops) {
             let before = ns.clone();
             let result = match op {
-                Op::Upload { path, size, overwrite } => upload(&mut ns, PATHS[path], size, overwrite).map(|s| {
-                    model.insert(s.path.clone(), (s.id, s.size));
-                    Outcome::FileCommitted(s)
-                }),
-                Op::CreateOnly { path, size } => create(&mut ns, PATHS[path], size, true).map(|id| {
-                    created.push(id);
-                    Outcome::FileCreated(id)
-                }),
+                Op::Upload { path, size, overwrite } => {
+                    let norm = normalize_path(PATHS[path]).unwrap();
+                    let allowed = norm != "/" && model.can_commit(&norm, overwrite);
+                    let result = upload(&mut ns, PATHS[path], size, overwrite);
+                    prop_assert_eq!(result.is_ok(), allowed, "upload {} {:?}", norm, result);
+                    // a refused upload may leave its upload in flight (created, refused at
+                    // commit): the model only tracks what the namespace reports
+                    for u in ns.uploads() {
+                        uploads.entry(u.id).or_insert((u.path.clone(), u.size, u.overwrite));
+                    }
+                    result.map(|s| {
+                        model.commit(&s.path, s.id, s.size);
+                        Outcome::FileCommitted(s)
+                    })
+                }
+                Op::CreateOnly { path, size, retry } => {
+                    seq += 1;
+                    let command = Command::CreateFile {
+                        path: PATHS[path].into(),
+                        size,
+                        chunk_size: CHUNK,
+                        replication: 3,
+                        overwrite: true,
+                        expect_file_id: None,
+                        request_id: Some(RequestId { client: 1, seq }),
+                        unix_ms: now,
+                    };
+                    let result = ns.apply(command.clone());
+                    if let Ok(Outcome::FileCreated(id)) = result {
+                        created.push(id);
+                        uploads.insert(id, (normalize_path(PATHS[path]).unwrap(), size, true));
+                        if retry {
+                            let again = ns.clone();
+                            prop_assert_eq!(ns.apply(command), Ok(Outcome::FileCreated(id)));
+                            prop_assert_eq!(&ns, &again, "a retried create changed the state");
+                        }
+                    }
+                    result
+                }
                 Op::Record { upload, chunk, node } => match created.get(upload) {
                     Some(&file) => {
                         let size = ns.upload(file).map(|u| chunking::chunk_len(u.size, u.chunk_size, chunk).unwrap_or(1)).unwrap_or(1);
@@ -192,18 +706,60 @@ proptest! {
                     None => continue,
                 },
                 Op::Commit { upload } => match created.get(upload) {
-                    Some(&file) => ns.apply(Command::CommitFile { file, unix_ms: 3 }).inspect(|o| {
-                        if let Outcome::FileCommitted(s) = o {
-                            model.insert(s.path.clone(), (s.id, s.size));
+                    Some(&file) => {
+                        let complete = ns.upload(file).map(|u| u.chunks.len() as u64 == chunking::chunk_count(u.size, u.chunk_size));
+                        let allowed = uploads.get(&file).map(|(p, _, o)| model.can_commit(p, *o));
+                        let result = ns.apply(Command::CommitFile { file, unix_ms: now });
+                        if complete == Some(true) {
+                            prop_assert_eq!(result.is_ok(), allowed == Some(true), "commit {:?}", result);
                         }
-                    }),
+                        commit_in_model(&mut model, &mut uploads, &result);
+                        result
+                    }
                     None => continue,
                 },
-                Op::Delete { path } => ns.apply(Command::DeleteFile { path: PATHS[path].into() }).inspect(|o| {
-                    if let Outcome::FileDeleted(s) = o {
-                        model.remove(&s.path);
+                Op::Mkdir { path, parents } => {
+                    let norm = normalize_path(PATHS[path]).unwrap();
+                    let allowed = model.clone().mkdir(&norm, parents);
+                    let result = ns.apply(Command::Mkdir { path: PATHS[path].into(), parents, unix_ms: now });
+                    prop_assert_eq!(result.is_ok(), allowed, "mkdir {} {:?}", norm, result);
+                    if result.is_ok() {
+                        model.mkdir(&norm, parents);
                     }
-                }),
+                    result
+                }
+                Op::Rename { src, dst } => {
+                    let (s, d) = (normalize_path(PATHS[src]).unwrap(), normalize_path(PATHS[dst]).unwrap());
+                    let allowed = model.clone().rename(&s, &d);
+                    let result = ns.apply(Command::Rename { src: PATHS[src].into(), dst: PATHS[dst].into(), unix_ms: now });
+                    prop_assert_eq!(result.is_ok(), allowed, "rename {} {} {:?}", s, d, result);
+                    if result.is_ok() {
+                        model.rename(&s, &d);
+                    }
+                    result
+                }
+                Op::Delete { path, recursive, expect } => {
+                    let norm = normalize_path(PATHS[path]).unwrap();
+                    let current = ns.file(&norm).map(|f| f.id).unwrap_or(FileId(1));
+                    let expect_file_id = match expect {
+                        0 => None,
+                        1 => Some(current),
+                        _ => Some(FileId(current.0 + 1000)),
+                    };
+                    let allowed = norm != "/" || expect_file_id.is_none();
+                    let allowed = allowed && model.clone().delete(&norm, recursive, expect_file_id);
+                    let result = ns.apply(Command::Delete { path: PATHS[path].into(), recursive, expect_file_id });
+                    prop_assert_eq!(result.is_ok(), allowed, "delete {} {:?}", norm, result);
+                    if result.is_ok() {
+                        model.delete(&norm, recursive, expect_file_id);
+                    }
+                    result
+                }
+                Op::Expire { older_than_ms } => {
+                    let result = ns.apply(Command::ExpireUploads { now_unix_ms: now, older_than_ms });
+                    uploads.retain(|id, _| ns.upload(*id).is_some());
+                    result
+                }
                 Op::Forget { node, n } => {
                     let chunks = ns.garbage_for(StorageNodeId(node), n);
                     ns.apply(Command::ForgetDeletedReplicas { node: StorageNodeId(node), chunks })
@@ -212,24 +768,41 @@ proptest! {
             if result.is_err() {
                 prop_assert_eq!(&ns, &before, "a refused command changed the state");
             }
-            // the namespace holds exactly the model's files
-            let files: BTreeMap<String, (FileId, u64)> = ns.files().map(|f| (f.path.clone(), (f.id, f.size))).collect();
-            prop_assert_eq!(&files, &model);
+            // the namespace holds exactly the model's tree
+            let mut tree: BTreeMap<String, ModelEntry> = ns.files().map(|f| (f.path.clone(), ModelEntry::File(f.id, f.size))).collect();
+            tree.extend(ns.dirs().map(|d| (d.to_string(), ModelEntry::Dir)));
+            prop_assert_eq!(&tree, &model.entries);
+            // and exactly the uploads it reported
+            let in_flight: BTreeSet<FileId> = ns.uploads().map(|u| u.id).collect();
+            prop_assert_eq!(&in_flight, &uploads.keys().copied().collect::<BTreeSet<_>>());
             for f in ns.files() {
                 // every committed file is complete and tiles its size
                 prop_assert_eq!(f.chunks.len() as u64, chunking::chunk_count(f.size, f.chunk_size));
                 prop_assert_eq!(f.chunks.iter().map(|c| c.size).sum::<u64>(), f.size);
                 prop_assert!(f.chunks.iter().enumerate().all(|(i, c)| c.index as usize == i && !c.replicas.is_empty()));
-                // no file sits above another
-                for (i, _) in f.path.match_indices('/').skip(1) {
-                    prop_assert!(ns.file(&f.path[..i]).is_none());
-                }
                 // the live file's replicas are never queued for deletion
                 for c in &f.chunks {
                     for r in &c.replicas {
                         prop_assert!(!ns.garbage_for(*r, usize::MAX).contains(&f.chunk_id(c.index)));
                     }
                 }
+                // the id index points back at the file
+                prop_assert_eq!(ns.paths_by_id.get(&f.id), Some(&f.path));
+            }
+            prop_assert_eq!(ns.paths_by_id.len(), ns.files.len());
+            // listings, read in small pages, are the model's sorted children and subtrees
+            for (dir, _) in model.entries.iter().filter(|(_, e)| **e == ModelEntry::Dir) {
+                let children: Vec<(String, EntryKind)> = model
+                    .entries
+                    .iter()
+                    .filter(|(k, _)| *k != "/" && Model::parent(k) == *dir)
+                    .map(|(k, e)| (k.rsplit('/').next().unwrap().to_string(), if *e == ModelEntry::Dir { EntryKind::Dir } else { EntryKind::File }))
+                    .collect();
+                let mut sorted = children.clone();
+                sorted.sort();
+                prop_assert_eq!(names(&ns, dir, 2), sorted);
+                let subtree: Vec<String> = model.entries.keys().filter(|k| Model::under(k, dir)).cloned().collect();
+                prop_assert_eq!(walk(&ns, dir, 3), subtree);
             }
             // a snapshot restores the same state
             let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
