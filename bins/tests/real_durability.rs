@@ -303,3 +303,45 @@ fn cluster_up_restarted_on_its_data_dir_keeps_every_file() {
         });
     }
 }
+
+/// A storage node remembers the cluster it joined; another metadata cluster refuses it, with a
+/// clear error on both sides, so two clusters' chunks never mix.
+#[test]
+fn a_storage_node_of_another_cluster_is_refused() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let (_metas, mut storage, meta) = start_cluster(dir, &[]);
+    wait_ready(&meta, 3);
+    let local = dir.join("f.bin");
+    std::fs::write(&local, test_bytes(100_000, 5)).unwrap();
+    dfs_ok(&meta, &["put", local.to_str().unwrap(), "/in-cluster-a"]);
+    let cluster_a = std::fs::read_to_string(dir.join("storage-1").join("cluster_id")).expect("storage-1 remembers its cluster");
+
+    // A second cluster of one metadata node.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let port = free_port();
+    let mut b = MetaNode::new(1, &other, Some(&format!("1=127.0.0.1:{port}")), &[]);
+    b.addr = format!("127.0.0.1:{port}");
+    let listen = b.args.iter().position(|a| a == "--listen").unwrap() + 1;
+    b.args[listen] = b.addr.clone();
+    b.start(&other);
+    wait_for(Duration::from_secs(30), "the second cluster's leader", || dfs(&b.addr, &["status"]).status.success().then_some(()));
+
+    // storage-1 of cluster A, restarted against cluster B.
+    storage[0].sigkill();
+    let args: Vec<String> = ["storage", "--listen", &format!("127.0.0.1:{}", free_port()), "--meta", &b.addr, "--data-dir", &dir.join("storage-1").display().to_string(), "--heartbeat-ms", "300"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let _stray = spawn("storage-1-stray", &args, dir);
+    let log = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    wait_for(Duration::from_secs(30), "both sides to report the refusal", || {
+        let refused_here = log(dir.join("storage-1-stray.log")).contains("refuses this node");
+        let refused_there = log(other.join("meta-1.0.log")).contains("storage node of another cluster refused");
+        (refused_here && refused_there).then_some(())
+    });
+    let status = dfs_ok(&b.addr, &["status"]);
+    assert!(status.contains("storage nodes: 0"), "cluster B admitted cluster A's node: {status}");
+    assert_eq!(std::fs::read_to_string(dir.join("storage-1").join("cluster_id")).unwrap(), cluster_a, "the node forgot its cluster");
+}

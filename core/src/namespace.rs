@@ -440,6 +440,14 @@ impl Namespace {
                     let bad = |reason: String| NamespaceError::BadChunk { file, index: c.index, reason };
                     let expected = chunking::chunk_len(upload.size, upload.chunk_size, c.index)
                         .ok_or_else(|| bad(format!("the file has only {} chunks", chunking::chunk_count(upload.size, upload.chunk_size))))?;
+                    let quorum = write_quorum(upload.replication) as usize;
+                    if c.replicas.len() < quorum {
+                        return Err(bad(format!(
+                            "{} confirmed replicas, below the write quorum of {quorum} for replication {}",
+                            c.replicas.len(),
+                            upload.replication
+                        )));
+                    }
                     if c.size != expected {
                         return Err(bad(format!("size {} but expected {expected}", c.size)));
                     }
@@ -955,6 +963,12 @@ fn subtree_prefix(dir: &str) -> String {
 /// `path` is `dir` or lies under it (both normalized).
 fn is_under(path: &str, dir: &str) -> bool {
     path == dir || path.starts_with(&subtree_prefix(dir))
+}
+
+/// Majority of the replication factor: the copies a write must reach before it is acknowledged,
+/// and the fewest confirmed replicas `RecordChunks` accepts for a chunk.
+pub fn write_quorum(replication: u32) -> u32 {
+    replication / 2 + 1
 }
 
 /// The canonical form of a user's path: absolute, `/`-separated, no empty, `.` or `..`

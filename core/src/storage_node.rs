@@ -21,6 +21,8 @@ use crate::proto;
 use crate::rpc::{ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, RpcError};
 
 const NODE_ID_FILE: &str = "node_id";
+/// The cluster this node joined, written when it first registers.
+const CLUSTER_ID_FILE: &str = "cluster_id";
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -64,6 +66,8 @@ pub struct StorageNode<E: Env> {
     meta: MetaClient<E>,
     /// Deleted on request, not yet reported to metadata.
     deleted_unreported: Mutex<Vec<ChunkId>>,
+    /// The cluster this node belongs to, once it has registered with one.
+    cluster_id: Mutex<Option<String>>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StorageOpenError + '_ {
@@ -79,6 +83,12 @@ impl<E: Env> StorageNode<E> {
         let root = config.data_dir.clone();
         disk.create_dir_all(&root).await.map_err(io_error(&root))?;
         let id = Self::load_or_create_id(&env, &root).await?;
+        let cluster_path = root.join(CLUSTER_ID_FILE);
+        let cluster_id = match disk.read_file(&cluster_path).await {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_string()).filter(|c| !c.is_empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StorageOpenError::Io { path: cluster_path, source: e }),
+        };
         let layout = ChunkLayout::new(&root);
 
         let tmp = layout.tmp_dir();
@@ -99,6 +109,7 @@ impl<E: Env> StorageNode<E> {
             table: Mutex::new(table),
             meta,
             deleted_unreported: Mutex::default(),
+            cluster_id: Mutex::new(cluster_id),
         }))
     }
 
@@ -189,8 +200,17 @@ impl<E: Env> StorageNode<E> {
             .space(&self.config.data_dir)
             .await
             .map_err(|e| RpcError::Internal(format!("disk space: {e}")))?;
+        let cluster_id = self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default();
         if !*registered {
-            self.meta.call(proto::RegisterStorageRequest { node: Some(self.self_proto()), capacity_bytes }).await?;
+            let request = proto::RegisterStorageRequest { node: Some(self.self_proto()), capacity_bytes, cluster_id: cluster_id.clone() };
+            let reply = self.meta.call(request).await.inspect_err(|e| {
+                if matches!(e, RpcError::FailedPrecondition(_)) {
+                    tracing::error!(node = %self.id, error = %e, "the metadata cluster refuses this node");
+                }
+            })?;
+            if cluster_id.is_empty() && !reply.cluster_id.is_empty() {
+                self.remember_cluster(&reply.cluster_id).await?;
+            }
             *registered = true;
         }
         let reported: Vec<ChunkId> = self.deleted_unreported.lock().expect("deleted lock").clone();
@@ -200,6 +220,7 @@ impl<E: Env> StorageNode<E> {
             free_bytes,
             chunk_count: self.chunk_count(),
             deleted_chunks: reported.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
+            cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
         };
         let reply = self.meta.call(request).await?;
         self.deleted_unreported.lock().expect("deleted lock").retain(|c| !reported.contains(c));
@@ -213,6 +234,23 @@ impl<E: Env> StorageNode<E> {
                 Err(e) => tracing::warn!(chunk = %id, error = %e, "delete failed; will retry when asked again"),
             }
         }
+        Ok(())
+    }
+
+    /// Writes the cluster id durably (tmp, fsync, rename, fsync dir) before using it.
+    async fn remember_cluster(&self, cluster_id: &str) -> Result<(), RpcError> {
+        let disk = self.env.disk();
+        let root = &self.config.data_dir;
+        let (tmp, path) = (root.join(format!("{CLUSTER_ID_FILE}.tmp")), root.join(CLUSTER_ID_FILE));
+        let written = async {
+            disk.write_file(&tmp, format!("{cluster_id}\n").into()).await?;
+            disk.sync_file(&tmp).await?;
+            disk.rename(&tmp, &path).await?;
+            disk.sync_dir(root).await
+        };
+        written.await.map_err(|e| RpcError::Internal(format!("{}: {e}", path.display())))?;
+        tracing::info!(node = %self.id, cluster = cluster_id, "joined the cluster");
+        *self.cluster_id.lock().expect("cluster lock") = Some(cluster_id.to_string());
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! The metadata node: Raft glue (`raft`), its durable storage (`log_store`, `state_machine`)
-//! and the service it answers (`server`).
+//! The metadata node: the leader's decisions (`leader`, pure), Raft glue (`raft`), its
+//! durable storage (`log_store`, `state_machine`) and the service it answers (`server`).
 
+pub mod leader;
 pub mod log_store;
 pub mod raft;
 pub mod server;

@@ -21,16 +21,16 @@ use super::log_store::{open_database, RedbLogStore};
 use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
 use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
 use crate::env::{Clock, Disk, Env};
-use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
+use super::leader::{admit, AdmitError, AllocateError, Heartbeat, Leader, LeaderConfig};
+use crate::health::{HealthConfig, NodeStats};
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
 use crate::namespace::{
-    self, normalize_path, ChunkRecord, Command, EntryKind, FileRecord, FileSummary, NamespaceError, Outcome, RequestId,
+    self, normalize_path, ChunkRecord, Command, EntryKind, Namespace, FileRecord, FileSummary, NamespaceError, Outcome, RequestId,
     PATH_MAX_BYTES,
 };
-use crate::placement::{self, Candidate};
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
 use crate::rpc::RpcError;
-use crate::chunking;
+
 
 /// Most chunk placements one `AllocateChunks` call may ask for.
 pub const ALLOCATE_CHUNKS_MAX: usize = 1024;
@@ -41,8 +41,8 @@ pub const LIST_LIMIT_DEFAULT: u32 = 1000;
 pub const LIST_LIMIT_MAX: u32 = 10_000;
 /// Deletion requests handed to one storage node per heartbeat.
 pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
-/// How often the leader looks for uploads to expire.
-pub const UPLOAD_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the leader looks for housekeeping to do (see `Leader::tick`).
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default of `MetaConfig::snapshot_every`: a snapshot per this many applied log entries.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
@@ -109,18 +109,13 @@ pub enum MetaStartError {
     Store { dir: PathBuf, reason: String },
 }
 
-/// The leader's view of storage-node liveness, for the term it was built in.
-struct LeaderHealth {
-    term: u64,
-    tracker: HealthTracker,
-}
-
 pub struct MetaServer<E: Env> {
     env: E,
     config: MetaConfig,
     raft: MetaRaft<E::RaftRuntime>,
     state: SharedState,
-    health: Mutex<Option<LeaderHealth>>,
+    /// The leader's state machine for the term this node leads (see `leader`).
+    leader: Mutex<Option<Leader>>,
     /// The snapshot being received from the leader, piece by piece: (snapshot id, bytes so far).
     incoming: futures::lock::Mutex<Option<(String, u64)>>,
 }
@@ -162,7 +157,7 @@ impl<E: Env> MetaServer<E> {
             config,
             raft,
             state,
-            health: Mutex::new(None),
+            leader: Mutex::new(None),
             incoming: futures::lock::Mutex::new(None),
         });
         // In the background: the others must be able to reach this node while it waits.
@@ -178,7 +173,7 @@ impl<E: Env> MetaServer<E> {
         }
         let (a, b) = (server.clone(), server.clone());
         let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
-            futures::join!(a.break_split_votes(), b.expire_uploads());
+            futures::join!(a.break_split_votes(), b.housekeeping());
         });
         Ok(server)
     }
@@ -232,26 +227,23 @@ impl<E: Env> MetaServer<E> {
     /// The leader drops uploads abandoned by their clients (crashed, or given up), so that
     /// their replicas are collected and the table of uploads stays bounded. Proposes only when
     /// there is something to expire: an idle cluster's log does not grow.
-    async fn expire_uploads(self: Arc<Self>) {
-        let expiry_ms = self.config.upload_expiry.as_millis() as u64;
+    async fn housekeeping(self: Arc<Self>) {
         loop {
-            self.env.clock().sleep(UPLOAD_EXPIRY_CHECK_INTERVAL).await;
+            self.env.clock().sleep(HOUSEKEEPING_INTERVAL).await;
             if self.raft.metrics().borrow().running_state.is_err() {
                 return; // raft has stopped
             }
-            if self.require_leader().is_err() {
-                continue;
-            }
-            let now = self.env.clock().unix_ms();
-            let cutoff = now.saturating_sub(expiry_ms);
-            let due = self.state.read().expect("state lock").namespace.uploads().any(|u| u.created_unix_ms < cutoff);
-            if !due {
-                continue;
-            }
-            match self.propose(Command::ExpireUploads { now_unix_ms: now, older_than_ms: expiry_ms }).await {
-                Ok(Outcome::UploadsExpired(n)) => tracing::info!(uploads = n, "expired abandoned uploads"),
-                Ok(other) => tracing::warn!(outcome = ?other, "unexpected outcome of upload expiry"),
-                Err(e) => tracing::debug!(error = %e, "upload expiry not proposed"),
+            let Ok(term) = self.require_leader() else { continue };
+            let (now, unix_ms) = (self.env.clock().now(), self.env.clock().unix_ms());
+            let random = [self.env.random_u64(), self.env.random_u64()];
+            let commands = self.with_leader(term, |leader, ns| leader.tick(now, unix_ms, ns, random));
+            for command in commands {
+                // A proposal that fails is re-derived by a later tick.
+                match self.propose(command).await {
+                    Ok(Outcome::UploadsExpired(n)) => tracing::info!(uploads = n, "expired abandoned uploads"),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "housekeeping proposal failed"),
+                }
             }
         }
     }
@@ -405,19 +397,37 @@ impl<E: Env> MetaServer<E> {
         }
     }
 
-    /// The health tracker of the current term, created afresh when leadership changed.
-    fn with_health<T>(&self, term: u64, f: impl FnOnce(&mut HealthTracker) -> T) -> T {
-        let now = self.env.clock().now();
-        let mut guard = self.health.lock().expect("health lock");
-        if guard.as_ref().is_none_or(|h| h.term != term) {
-            *guard = Some(LeaderHealth { term, tracker: HealthTracker::new(self.config.health, now) });
-        }
-        f(&mut guard.as_mut().expect("set above").tracker)
+    /// Refuses a storage node of another cluster (see `leader::admit`), loudly on this side too.
+    async fn admit_storage(&self, node: StorageNodeId, presented: &str) -> Result<String, RpcError> {
+        // The local state suffices: a cluster id never changes once set, so a stale view can
+        // only say the cluster is still forming.
+        let admitted = admit(&self.state.read().expect("state lock").namespace, presented);
+        admitted.map_err(|e| match e {
+            AdmitError::Forming => RpcError::Unavailable(e.to_string()),
+            AdmitError::OtherCluster { .. } => {
+                tracing::error!(%node, error = %e, "storage node of another cluster refused");
+                RpcError::FailedPrecondition(e.to_string())
+            }
+        })
     }
 
-    fn storage_node_proto(state: &AppliedState, id: StorageNodeId) -> Option<proto::StorageNode> {
-        state.namespace.storage_node(id).map(|n| proto::StorageNode { id: n.id.0, addr: n.addr.clone() })
+    /// The leader state machine of `term`, made afresh when leadership changed: everything
+    /// it needs beyond heartbeats is re-derived from the namespace.
+    fn with_leader<T>(&self, term: u64, f: impl FnOnce(&mut Leader, &Namespace) -> T) -> T {
+        let now = self.env.clock().now();
+        let mut guard = self.leader.lock().expect("leader lock");
+        if guard.as_ref().is_none_or(|l| l.term() != term) {
+            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, ..LeaderConfig::default() };
+            *guard = Some(Leader::new(config, term, now));
+        }
+        let state = self.state.read().expect("state lock");
+        f(guard.as_mut().expect("set above"), &state.namespace)
     }
+
+}
+
+fn storage_node_proto(ns: &Namespace, id: StorageNodeId) -> Option<proto::StorageNode> {
+    ns.storage_node(id).map(|n| proto::StorageNode { id: n.id.0, addr: n.addr.clone() })
 }
 
 fn namespace_error(e: NamespaceError) -> RpcError {
@@ -470,13 +480,14 @@ fn dir_entry(e: &namespace::DirEntry) -> proto::DirEntry {
     }
 }
 
-/// Majority of the replication factor: the copies a write must reach before it is acknowledged.
-pub fn write_quorum(replication: u32) -> u32 {
-    replication / 2 + 1
-}
+pub use crate::namespace::write_quorum;
 
 impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
+        // A replication factor the cluster cannot hold is refused now, not after the transfers.
+        let term = self.require_leader()?;
+        let now = self.env.clock().now();
+        self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
         let command = Command::CreateFile {
             path: r.path,
             size: r.size,
@@ -498,42 +509,21 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
             return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
         }
-        let state = self.state.read().expect("state lock").namespace.upload(FileId(r.file_id)).cloned();
-        let upload = state.ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(FileId(r.file_id))))?;
-        let mut sizes = Vec::with_capacity(r.chunk_indexes.len());
-        for &index in &r.chunk_indexes {
-            let size = chunking::chunk_len(upload.size, upload.chunk_size, index)
-                .ok_or_else(|| RpcError::InvalidArgument(format!("upload {} has no chunk {index}", r.file_id)))?;
-            sizes.push(size);
-        }
         let now = self.env.clock().now();
-        let candidates: Vec<Candidate> = self.with_health(term, |h| {
-            h.alive(now).map(|(id, stats)| Candidate { id, free_bytes: stats.free_bytes }).collect()
-        });
         let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
-        let quorum = write_quorum(upload.replication);
-        // Excluded nodes may already hold the chunk: whether the targets offered here complete
-        // a write quorum is the client's to judge. Only an empty offer is refused.
-        let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
-        if usable == 0 {
-            return Err(RpcError::Unavailable(format!(
-                "no usable live storage node ({} alive, {} excluded by the client)",
-                candidates.len(),
-                exclude.len()
-            )));
-        }
-        let chosen = placement::place(&candidates, &exclude, upload.replication as usize, &sizes)
-            .map_err(|e| RpcError::NoSpace(e.to_string()))?;
-        let state = self.state.read().expect("state lock");
-        let placements = r
-            .chunk_indexes
-            .iter()
-            .zip(chosen)
-            .map(|(&index, nodes)| proto::ChunkPlacement {
-                index,
-                targets: nodes.into_iter().filter_map(|id| Self::storage_node_proto(&state, id)).collect(),
-            })
-            .collect();
+        let (placed, quorum) = self.with_leader(term, |leader, ns| {
+            let upload = ns.upload(FileId(r.file_id)).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(FileId(r.file_id))))?;
+            let placed = leader.allocate(now, upload, &r.chunk_indexes, &exclude).map_err(|e| match e {
+                AllocateError::NoLiveNode { .. } => RpcError::Unavailable(e.to_string()),
+                AllocateError::NoSpace(_) => RpcError::NoSpace(e.to_string()),
+                AllocateError::NoSuchChunk { .. } => RpcError::InvalidArgument(e.to_string()),
+            })?;
+            let placed: Vec<Vec<proto::StorageNode>> =
+                placed.into_iter().map(|nodes| nodes.into_iter().filter_map(|id| storage_node_proto(ns, id)).collect()).collect();
+            Ok::<_, RpcError>((placed, write_quorum(upload.replication)))
+        })?;
+        let placements =
+            r.chunk_indexes.iter().zip(placed).map(|(&index, targets)| proto::ChunkPlacement { index, targets }).collect();
         Ok(proto::AllocateChunksResponse { placements, write_quorum: quorum })
     }
 
@@ -570,24 +560,19 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         // over them; the client tries them in this order.
         let term = self.require_leader()?;
         let now = self.env.clock().now();
-        let state = self.state.read().expect("state lock");
-        let chunks = self.with_health(term, |health| {
+        let chunks = self.with_leader(term, |leader, ns| {
             file.chunks
                 .iter()
-                .map(|c| {
-                    let mut replicas: Vec<StorageNodeId> = c.replicas.clone();
-                    replicas.sort_by_key(|id| health.liveness(*id, now) != Liveness::Alive);
-                    let alive = replicas.iter().filter(|id| health.liveness(**id, now) == Liveness::Alive).count();
-                    if alive > 1 {
-                        replicas[..alive].rotate_left(c.index as usize % alive);
-                    }
-                    proto::ChunkLocation {
-                        index: c.index,
-                        chunk_id: ChunkId::derive(file.id, c.index).as_bytes().to_vec().into(),
-                        size: c.size,
-                        sha256: c.sha256.0.to_vec().into(),
-                        replicas: replicas.into_iter().filter_map(|id| Self::storage_node_proto(&state, id)).collect(),
-                    }
+                .map(|c| proto::ChunkLocation {
+                    index: c.index,
+                    chunk_id: ChunkId::derive(file.id, c.index).as_bytes().to_vec().into(),
+                    size: c.size,
+                    sha256: c.sha256.0.to_vec().into(),
+                    replicas: leader
+                        .read_order(now, &c.replicas, c.index)
+                        .into_iter()
+                        .filter_map(|id| storage_node_proto(ns, id))
+                        .collect(),
                 })
                 .collect()
         });
@@ -654,28 +639,20 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn cluster_status(&self, _r: proto::ClusterStatusRequest) -> Result<proto::ClusterStatusResponse, RpcError> {
-        let (nodes, file_count, total_bytes) = self
-            .read(|s| {
-                let nodes: Vec<_> = s.namespace.storage_nodes().cloned().collect();
-                (nodes, s.namespace.file_count(), s.namespace.total_bytes())
-            })
-            .await?;
+        let (file_count, total_bytes) = self.read(|s| (s.namespace.file_count(), s.namespace.total_bytes())).await?;
         let metrics = self.raft.metrics().borrow().clone();
         let now = self.env.clock().now();
-        let storage_nodes = self.with_health(metrics.current_term, |h| {
-            nodes
-                .iter()
-                .map(|n| {
-                    let seen = h.last_seen(n.id, now);
-                    let stats = seen.map(|(s, _)| s).unwrap_or(NodeStats { capacity_bytes: n.capacity_bytes, ..Default::default() });
-                    proto::StorageNodeStatus {
-                        node: Some(proto::StorageNode { id: n.id.0, addr: n.addr.clone() }),
-                        state: h.liveness(n.id, now).as_str().to_string(),
-                        capacity_bytes: stats.capacity_bytes,
-                        free_bytes: stats.free_bytes,
-                        chunk_count: stats.chunk_count,
-                        last_heartbeat_ms_ago: seen.map(|(_, ago)| ago.as_millis() as u64).unwrap_or(u64::MAX),
-                    }
+        let storage_nodes = self.with_leader(metrics.current_term, |leader, ns| {
+            leader
+                .nodes(now, ns)
+                .into_iter()
+                .map(|n| proto::StorageNodeStatus {
+                    node: Some(proto::StorageNode { id: n.id.0, addr: n.addr }),
+                    state: n.liveness.as_str().to_string(),
+                    capacity_bytes: n.stats.capacity_bytes,
+                    free_bytes: n.stats.free_bytes,
+                    chunk_count: n.stats.chunk_count,
+                    last_heartbeat_ms_ago: n.last_heartbeat_ago.map(|ago| ago.as_millis() as u64).unwrap_or(u64::MAX),
                 })
                 .collect()
         });
@@ -700,43 +677,32 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         if node.addr.is_empty() {
             return Err(RpcError::InvalidArgument("register: node address missing".into()));
         }
+        let cluster_id = self.admit_storage(StorageNodeId(node.id), &r.cluster_id).await?;
         self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes })
             .await?;
         tracing::info!(node = %StorageNodeId(node.id), "storage node registered");
-        Ok(proto::RegisterStorageResponse {})
+        Ok(proto::RegisterStorageResponse { cluster_id })
     }
 
     async fn heartbeat(&self, r: proto::HeartbeatRequest) -> Result<proto::HeartbeatResponse, RpcError> {
         let term = self.require_leader()?;
         let node = r.node.ok_or_else(|| RpcError::InvalidArgument("heartbeat: node missing".into()))?;
-        let id = StorageNodeId(node.id);
-        let known = self
-            .state
-            .read()
-            .expect("state lock")
-            .namespace
-            .storage_node(id)
-            .is_some_and(|n| n.addr == node.addr);
-        if !known {
-            return Ok(proto::HeartbeatResponse { register: true, delete_chunks: vec![] });
-        }
+        self.admit_storage(StorageNodeId(node.id), &r.cluster_id).await?;
+        let heartbeat = Heartbeat {
+            node: StorageNodeId(node.id),
+            addr: node.addr,
+            stats: NodeStats { capacity_bytes: r.capacity_bytes, free_bytes: r.free_bytes, chunk_count: r.chunk_count },
+            deleted: r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect(),
+        };
         let now = self.env.clock().now();
-        let stats = NodeStats { capacity_bytes: r.capacity_bytes, free_bytes: r.free_bytes, chunk_count: r.chunk_count };
-        self.with_health(term, |h| h.record_heartbeat(id, stats, now));
-        if !r.deleted_chunks.is_empty() {
-            let chunks = r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect();
-            self.propose(Command::ForgetDeletedReplicas { node: id, chunks }).await?;
+        let decision = self.with_leader(term, |leader, ns| leader.on_heartbeat(now, ns, heartbeat));
+        if let Some(command) = decision.propose {
+            self.propose(command).await?;
         }
-        let delete_chunks = self
-            .state
-            .read()
-            .expect("state lock")
-            .namespace
-            .garbage_for(id, DELETES_PER_HEARTBEAT_MAX)
-            .into_iter()
-            .map(|c| c.as_bytes().to_vec().into())
-            .collect();
-        Ok(proto::HeartbeatResponse { register: false, delete_chunks })
+        Ok(proto::HeartbeatResponse {
+            register: decision.reply.register,
+            delete_chunks: decision.reply.delete_chunks.iter().map(|c| c.as_bytes().to_vec().into()).collect(),
+        })
     }
 
     async fn add_meta_member(&self, r: proto::AddMetaMemberRequest) -> Result<proto::AddMetaMemberResponse, RpcError> {

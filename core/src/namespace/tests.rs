@@ -128,10 +128,10 @@ fn bad_chunks_are_refused_without_change() {
     register(&mut ns, &[1, 2]);
     let id = create(&mut ns, "/f", CHUNK + 10, false).unwrap();
     let before = ns.clone();
-    let mut wrong_size = chunks_for(CHUNK + 10, &[1]);
+    let mut wrong_size = chunks_for(CHUNK + 10, &[1, 2]);
     wrong_size[1].size = 11;
     assert!(matches!(ns.apply(Command::RecordChunks { file: id, chunks: wrong_size }), Err(NamespaceError::BadChunk { index: 1, .. })));
-    let mut beyond = chunks_for(CHUNK + 10, &[1]);
+    let mut beyond = chunks_for(CHUNK + 10, &[1, 2]);
     beyond[1].index = 2;
     assert!(ns.apply(Command::RecordChunks { file: id, chunks: beyond }).is_err());
     assert!(ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(CHUNK + 10, &[1, 9]) }).is_err());
@@ -209,7 +209,7 @@ fn committing_creates_parents_and_listing_shows_direct_children_only() {
     assert_eq!(walk(&ns, "/", 2), vec!["/a", "/a/b", "/a/b/c", "/a/f", "/top"]);
     assert_eq!(walk(&ns, "/a/b", 1), vec!["/a/b/c"]);
     assert_eq!(walk(&ns, "/top", 1), vec!["/top"]);
-    ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
     ns.apply(Command::CommitFile { file: id, unix_ms: 1 }).unwrap();
     assert_eq!(ns.kind("/x/y"), Some(EntryKind::Dir));
 }
@@ -265,7 +265,7 @@ fn rename_moves_files_and_whole_subtrees() {
     }
     assert_eq!(names(&ns, "/e/moved", 10), vec![("g".into(), EntryKind::File), ("sub".into(), EntryKind::Dir)]);
     // an upload in flight keeps its path: its commit recreates the parents
-    ns.apply(Command::RecordChunks { file: in_flight, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::RecordChunks { file: in_flight, chunks: chunks_for(1, &[1, 2]) }).unwrap();
     ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1 }).unwrap();
     assert_eq!(ns.kind("/d/sub/late"), Some(EntryKind::File));
 
@@ -367,7 +367,7 @@ fn a_retried_create_with_the_same_request_id_creates_nothing_new() {
     }
     assert_ne!(ns.apply(next).unwrap(), Outcome::FileCreated(id));
     // once committed, the request id is forgotten with the upload
-    ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
     ns.apply(Command::CommitFile { file: id, unix_ms: 2 }).unwrap();
     assert!(ns.uploads_by_request.get(&42).is_some_and(|seqs| !seqs.contains_key(&1)));
     assert_eq!(ns.apply(command), Err(NamespaceError::AlreadyExists("/f".into())));
@@ -389,7 +389,7 @@ fn an_overwrite_replaces_only_the_file_the_client_saw() {
     };
     assert!(matches!(ns.apply(expecting(FileId(999))), Err(NamespaceError::FileChanged { .. })));
     let Outcome::FileCreated(mine) = ns.apply(expecting(seen.id)).unwrap() else { panic!() };
-    ns.apply(Command::RecordChunks { file: mine, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::RecordChunks { file: mine, chunks: chunks_for(1, &[1, 2]) }).unwrap();
     // someone else replaces the file first
     let theirs = upload(&mut ns, "/f", 1, true).unwrap();
     let before = ns.clone();
@@ -399,7 +399,7 @@ fn an_overwrite_replaces_only_the_file_the_client_saw() {
     );
     assert_eq!(ns, before);
     let Outcome::FileCreated(again) = ns.apply(expecting(theirs.id)).unwrap() else { panic!() };
-    ns.apply(Command::RecordChunks { file: again, chunks: chunks_for(1, &[1]) }).unwrap();
+    ns.apply(Command::RecordChunks { file: again, chunks: chunks_for(1, &[1, 2]) }).unwrap();
     ns.apply(Command::CommitFile { file: again, unix_ms: 3 }).unwrap();
     assert_eq!(ns.file("/f").unwrap().id, again);
 }
@@ -425,7 +425,7 @@ fn expired_uploads_are_dropped_and_their_replicas_collected() {
     };
     let old = at(&mut ns, "/old", 1_000, 1);
     let young = at(&mut ns, "/young", 5_000, 2);
-    ns.apply(Command::RecordChunks { file: old, chunks: chunks_for(CHUNK, &[2]) }).unwrap();
+    ns.apply(Command::RecordChunks { file: old, chunks: chunks_for(CHUNK, &[2, 3]) }).unwrap();
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 3_000 }), Ok(Outcome::UploadsExpired(0)));
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 2_000 }), Ok(Outcome::UploadsExpired(1)));
     assert!(ns.upload(old).is_none() && ns.upload(young).is_some());
@@ -475,7 +475,7 @@ fn validation_refuses_what_no_state_could_accept() {
 
     let record = |n: usize| Command::RecordChunks {
         file: FileId(1),
-        chunks: (0..n).map(|i| ChunkRecord { index: i as u32, size: 1, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(1)] }).collect(),
+        chunks: (0..n).map(|i| ChunkRecord { index: i as u32, size: 1, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(1), StorageNodeId(2)] }).collect(),
     };
     assert!(record(RECORD_CHUNKS_MAX).validate().is_ok());
     assert!(record(RECORD_CHUNKS_MAX + 1).validate().is_err());

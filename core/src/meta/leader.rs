@@ -1,0 +1,253 @@
+//! The metadata leader's decisions, as a pure state machine: storage-node liveness, chunk
+//! placement, what a heartbeat reply carries, and the housekeeping the leader proposes
+//! (the cluster id at formation, expiry of abandoned uploads).
+//!
+//! ## How it is driven
+//! `MetaServer` keeps one `Leader` per term it leads, made when it first acts as leader in that
+//! term and dropped when the term changes. Every input carries `now` (the monotonic clock) and
+//! the applied `Namespace`; every output is a value: a reply to send, a placement, or
+//! `Command`s to propose through Raft. The driver's loop, in full:
+//!
+//! 1. On a storage node's heartbeat: `on_heartbeat(now, &namespace, heartbeat)`; propose the
+//!    decision's command, if any (the reply is sent only once it committed), then reply.
+//! 2. On an allocation request: `allocate(now, &namespace, ...)`.
+//! 3. Whenever `poll_timeout()` has passed: `tick(now, unix_ms, &namespace, random)`; propose
+//!    each command it returns (a failed proposal is simply retried by a later tick).
+//!
+//! ## What it promises
+//! - Nothing here is the only copy of anything that matters. Pending deletions, uploads and the
+//!   cluster id live in the replicated namespace; liveness is rebuilt from heartbeats. A leader
+//!   change therefore neither loses nor repeats work: the new leader re-derives the same
+//!   deletions from the namespace (a node that already deleted a replica reports it and is not
+//!   asked again once that is committed; deleting twice is harmless).
+//! - A new leader gives every registered node a full `dead_after` of grace: a node it has not
+//!   heard from yet is `Unknown` (no new replicas go there, nothing is declared lost) until the
+//!   grace ends. A leader change never makes a healthy node look dead.
+//! - Placement uses only nodes heard from recently (`Alive`), never Suspect, Dead or Unknown.
+//!
+//! Not here: Raft itself, and the namespace's own rules (`Namespace::apply` checks every
+//! command again; this module only decides what to propose).
+
+use std::time::Duration;
+
+use crate::env::Timestamp;
+use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
+use crate::ids::{ChunkId, StorageNodeId};
+use crate::namespace::{Command, Namespace, Upload};
+use crate::placement::{self, Candidate};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderConfig {
+    pub health: HealthConfig,
+    /// Deletion requests handed to one storage node per heartbeat.
+    pub deletes_per_heartbeat_max: usize,
+    /// Uploads not committed within this long are dropped and their replicas freed.
+    pub upload_expiry: Duration,
+    /// How often `tick` looks for housekeeping to do.
+    pub housekeeping_interval: Duration,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            health: HealthConfig::default(),
+            deletes_per_heartbeat_max: 1000,
+            upload_expiry: Duration::from_millis(crate::namespace::UPLOAD_EXPIRY_DEFAULT_MS),
+            housekeeping_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A storage node's heartbeat, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub node: StorageNodeId,
+    pub addr: String,
+    pub stats: NodeStats,
+    /// Replicas it deleted on an earlier reply's request.
+    pub deleted: Vec<ChunkId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HeartbeatReply {
+    /// The namespace does not know this node at this address: it must register (again).
+    pub register: bool,
+    pub delete_chunks: Vec<ChunkId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatDecision {
+    /// To propose (and see committed) before the reply is sent.
+    pub propose: Option<Command>,
+    pub reply: HeartbeatReply,
+}
+
+/// Why chunks cannot be placed. The first two are the world's (retry later, or elsewhere);
+/// the last is the caller's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AllocateError {
+    #[error("no usable live storage node ({alive} alive, {excluded} excluded by the client)")]
+    NoLiveNode { alive: usize, excluded: usize },
+    #[error("{0}")]
+    NoSpace(String),
+    #[error("upload {file} has no chunk {index}")]
+    NoSuchChunk { file: u64, index: u32 },
+}
+
+/// Whether a storage node that names `presented` as its cluster (empty: none yet) may join
+/// this one. Returns the cluster id it belongs to from now on.
+pub fn admit(ns: &Namespace, presented: &str) -> Result<String, AdmitError> {
+    let ours = ns.cluster_id().ok_or(AdmitError::Forming)?;
+    if !presented.is_empty() && presented != ours {
+        return Err(AdmitError::OtherCluster { theirs: presented.to_string(), ours: ours.to_string() });
+    }
+    Ok(ours.to_string())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    /// The world's: the first leader has not named the cluster yet. Retry.
+    #[error("the metadata cluster is still forming (no cluster id yet)")]
+    Forming,
+    /// The storage node's: it holds another cluster's chunks.
+    #[error("this storage node belongs to cluster {theirs}, but this metadata cluster is {ours}: refused, so that two clusters' chunks never mix (point it at its own cluster, or give it an empty data dir)")]
+    OtherCluster { theirs: String, ours: String },
+}
+
+/// A storage node as the leader sees it, for status reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: StorageNodeId,
+    pub addr: String,
+    pub liveness: Liveness,
+    pub stats: NodeStats,
+    pub last_heartbeat_ago: Option<Duration>,
+}
+
+pub struct Leader {
+    config: LeaderConfig,
+    term: u64,
+    health: HealthTracker,
+    next_housekeeping: Timestamp,
+}
+
+impl Leader {
+    /// The leader of `term`, from `now` on.
+    pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// When `tick` next has something to look at.
+    pub fn poll_timeout(&self) -> Timestamp {
+        self.next_housekeeping
+    }
+
+    pub fn on_heartbeat(&mut self, now: Timestamp, ns: &Namespace, hb: Heartbeat) -> HeartbeatDecision {
+        let known = ns.storage_node(hb.node).is_some_and(|n| n.addr == hb.addr);
+        if !known {
+            return HeartbeatDecision { propose: None, reply: HeartbeatReply { register: true, delete_chunks: vec![] } };
+        }
+        self.health.record_heartbeat(hb.node, hb.stats, now);
+        // Replicas reported deleted are not asked for again, even before the command that
+        // forgets them has been applied.
+        let delete_chunks: Vec<ChunkId> = ns
+            .garbage_for(hb.node, self.config.deletes_per_heartbeat_max + hb.deleted.len())
+            .into_iter()
+            .filter(|c| !hb.deleted.contains(c))
+            .take(self.config.deletes_per_heartbeat_max)
+            .collect();
+        let propose = (!hb.deleted.is_empty()).then(|| Command::ForgetDeletedReplicas { node: hb.node, chunks: hb.deleted });
+        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks } }
+    }
+
+    /// Targets for each of `indexes` (chunk indexes of `upload`), the primary first, avoiding
+    /// `exclude`. Whether targets that are offered complete a write quorum is the client's to
+    /// judge (excluded nodes may already hold the chunk); only an empty offer is refused.
+    pub fn allocate(
+        &self,
+        now: Timestamp,
+        upload: &Upload,
+        indexes: &[u32],
+        exclude: &[StorageNodeId],
+    ) -> Result<Vec<Vec<StorageNodeId>>, AllocateError> {
+        let sizes = indexes
+            .iter()
+            .map(|&index| {
+                crate::chunking::chunk_len(upload.size, upload.chunk_size, index).ok_or(AllocateError::NoSuchChunk { file: upload.id.0, index })
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
+        let candidates: Vec<Candidate> = self.health.alive(now).map(|(id, stats)| Candidate { id, free_bytes: stats.free_bytes }).collect();
+        let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
+        if usable == 0 {
+            return Err(AllocateError::NoLiveNode { alive: candidates.len(), excluded: exclude.len() });
+        }
+        placement::place(&candidates, exclude, upload.replication as usize, &sizes).map_err(|e| AllocateError::NoSpace(e.to_string()))
+    }
+
+    /// Refuses a replication factor that the cluster cannot hold at all: more copies than
+    /// registered storage nodes that are not dead. (Checked when an upload is created, so the
+    /// user learns at once, not after the transfers.)
+    pub fn check_replication(&self, now: Timestamp, ns: &Namespace, replication: u32) -> Result<(), String> {
+        let usable = ns.storage_nodes().filter(|n| self.health.liveness(n.id, now) != Liveness::Dead).count();
+        if (replication as usize) > usable {
+            return Err(format!(
+                "replication factor {replication} needs {replication} storage nodes, but {usable} {} available",
+                if usable == 1 { "is" } else { "are" }
+            ));
+        }
+        Ok(())
+    }
+
+    /// The order a reader should try `replicas` of chunk `index` in: nodes believed alive
+    /// first, rotated per chunk so reads spread over them; then the rest.
+    pub fn read_order(&self, now: Timestamp, replicas: &[StorageNodeId], index: u32) -> Vec<StorageNodeId> {
+        let mut ordered = replicas.to_vec();
+        ordered.sort_by_key(|id| self.health.liveness(*id, now) != Liveness::Alive);
+        let alive = ordered.iter().filter(|id| self.health.liveness(**id, now) == Liveness::Alive).count();
+        if alive > 1 {
+            ordered[..alive].rotate_left(index as usize % alive);
+        }
+        ordered
+    }
+
+    /// Every registered node, with what the leader knows of it.
+    pub fn nodes(&self, now: Timestamp, ns: &Namespace) -> Vec<NodeView> {
+        ns.storage_nodes()
+            .map(|n| {
+                let seen = self.health.last_seen(n.id, now);
+                NodeView {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    liveness: self.health.liveness(n.id, now),
+                    stats: seen.map(|(s, _)| s).unwrap_or(NodeStats { capacity_bytes: n.capacity_bytes, ..Default::default() }),
+                    last_heartbeat_ago: seen.map(|(_, ago)| ago),
+                }
+            })
+            .collect()
+    }
+
+    /// Housekeeping due at `now`: commands to propose. `random` seeds a new cluster id.
+    pub fn tick(&mut self, now: Timestamp, unix_ms: u64, ns: &Namespace, random: [u64; 2]) -> Vec<Command> {
+        if now < self.next_housekeeping {
+            return vec![];
+        }
+        self.next_housekeeping = now.plus(self.config.housekeeping_interval);
+        let mut commands = Vec::new();
+        if ns.cluster_id().is_none() {
+            commands.push(Command::SetClusterId { cluster_id: format!("{:016x}{:016x}", random[0], random[1]) });
+        }
+        let expiry_ms = self.config.upload_expiry.as_millis() as u64;
+        let cutoff = unix_ms.saturating_sub(expiry_ms);
+        if ns.uploads().any(|u| u.created_unix_ms < cutoff) {
+            commands.push(Command::ExpireUploads { now_unix_ms: unix_ms, older_than_ms: expiry_ms });
+        }
+        commands
+    }
+}
+
+#[cfg(test)]
+mod tests;
