@@ -45,6 +45,10 @@ pub const ADDR_MAX_BYTES: usize = 256;
 pub const CLUSTER_ID_MAX_BYTES: usize = 128;
 /// An upload not committed this long after its creation is dropped (1 hour).
 pub const UPLOAD_EXPIRY_DEFAULT_MS: u64 = 60 * 60 * 1000;
+/// Clients whose `Once` results are kept; the one unheard of for longest is forgotten first.
+pub const SESSIONS_MAX: usize = 10_000;
+/// `Once` results kept per client: its requests in flight at once must stay below this.
+pub const SESSION_RESULTS_MAX: usize = 256;
 
 /// The root directory's path.
 pub const ROOT: &str = "/";
@@ -174,6 +178,10 @@ pub enum Command {
     ExpireUploads { now_unix_ms: u64, older_than_ms: u64 },
     /// A storage node deleted these replicas on request: stop asking.
     ForgetDeletedReplicas { node: StorageNodeId, chunks: Vec<ChunkId> },
+    /// Applies `command` at most once for `request`: a retry (its first reply lost) gets the
+    /// first attempt's result instead of acting again. Without it, a retried delete would
+    /// answer "no such file" for the delete it did itself, and a retried rename "not found".
+    Once { request: RequestId, command: Box<Command> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +259,8 @@ pub enum NamespaceError {
     Incomplete { file: FileId, missing: u64, total: u64 },
     #[error("{max} uploads are already in flight; retry when some have finished")]
     TooManyUploads { max: usize },
+    #[error("request {seq} of client {client:016x} is too old to tell whether it was applied; look at the current state and decide again")]
+    RequestTooOld { client: u64, seq: u64 },
     #[error("this cluster is {current:?}, not {proposed:?}")]
     ClusterIdMismatch { current: String, proposed: String },
 }
@@ -329,6 +339,12 @@ impl Command {
                 }
             }
             Command::CommitFile { .. } | Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } => {}
+            Command::Once { command, .. } => {
+                if matches!(**command, Command::Once { .. }) {
+                    return Err(NamespaceError::InvalidArgument("a request inside a request".into()));
+                }
+                command.validate()?;
+            }
         }
         Ok(())
     }
@@ -352,6 +368,17 @@ pub struct Namespace {
     garbage: BTreeMap<StorageNodeId, BTreeSet<ChunkId>>,
     next_file_id: u64,
     cluster_id: Option<String>,
+    /// Results of `Once` requests, per client, for retries. Bounded: see `SESSIONS_MAX`.
+    sessions: BTreeMap<u64, Session>,
+    /// `Once` requests applied so far: orders sessions by last use, deterministically.
+    applied: u64,
+}
+
+/// One client's recent `Once` results, by request seq.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    last_used: u64,
+    results: BTreeMap<u64, ApplyResult>,
 }
 
 impl Default for Namespace {
@@ -366,6 +393,8 @@ impl Default for Namespace {
             garbage: BTreeMap::new(),
             next_file_id: 0,
             cluster_id: None,
+            sessions: BTreeMap::new(),
+            applied: 0,
         }
     }
 }
@@ -375,6 +404,42 @@ impl Namespace {
         // The log is not trusted: what a server checked before proposing is checked again.
         command.validate()?;
         match command {
+            Command::Once { request, command } => self.apply_once(request, *command),
+            command => self.apply_one(command),
+        }
+    }
+
+    fn apply_once(&mut self, request: RequestId, command: Command) -> ApplyResult {
+        self.applied += 1;
+        let applied = self.applied;
+        if let Some(session) = self.sessions.get_mut(&request.client) {
+            session.last_used = applied;
+            if let Some(result) = session.results.get(&request.seq) {
+                return result.clone();
+            }
+            let oldest = session.results.keys().next().copied();
+            if session.results.len() >= SESSION_RESULTS_MAX && oldest.is_some_and(|o| request.seq < o) {
+                return Err(NamespaceError::RequestTooOld { client: request.client, seq: request.seq });
+            }
+        }
+        let result = self.apply_one(command);
+        if !self.sessions.contains_key(&request.client) && self.sessions.len() >= SESSIONS_MAX {
+            // Forget the client unheard of for longest.
+            let idle = self.sessions.iter().min_by_key(|(_, s)| s.last_used).map(|(c, _)| *c).expect("sessions is full");
+            self.sessions.remove(&idle);
+        }
+        let session = self.sessions.entry(request.client).or_default();
+        session.last_used = applied;
+        session.results.insert(request.seq, result.clone());
+        while session.results.len() > SESSION_RESULTS_MAX {
+            session.results.pop_first();
+        }
+        result
+    }
+
+    fn apply_one(&mut self, command: Command) -> ApplyResult {
+        match command {
+            Command::Once { .. } => Err(NamespaceError::InvalidArgument("a request inside a request".into())),
             Command::RegisterStorageNode { node, addr, capacity_bytes } => {
                 self.storage_nodes.insert(node, StorageNodeRecord { id: node, addr, capacity_bytes });
                 Ok(Outcome::Done)

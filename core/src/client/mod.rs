@@ -150,7 +150,7 @@ impl<E: Env> DfsClient<E> {
                 chunk_size: self.config.chunk_size,
                 replication: self.config.replication,
                 overwrite,
-                request_id: Some(proto::RequestId { client: self.client_id, seq: self.request_seq.fetch_add(1, Ordering::Relaxed) + 1 }),
+                request_id: Some(self.next_request_id()),
                 expect_file_id: None,
             })
             .await
@@ -397,27 +397,23 @@ impl<E: Env> DfsClient<E> {
     /// existing directory is fine.
     pub async fn mkdir(&self, remote: &str, parents: bool) -> Result<(), ClientError> {
         self.meta
-            .call(proto::MkdirRequest { path: remote.to_string(), parents })
+            .call(proto::MkdirRequest { path: remote.to_string(), parents, request_id: Some(self.next_request_id()) })
             .await
             .map_err(metadata(format!("mkdir {remote}")))?;
         Ok(())
     }
 
-    /// Moves the file or directory `src` to `dst`, which must not exist. A retry after a
-    /// lost reply may find `src` gone and `dst` there: that counts as success.
+    /// Moves the file or directory `src` to `dst`, which must not exist. The request carries
+    /// an id: a retry after a lost reply gets the first attempt's answer.
     pub async fn rename(&self, src: &str, dst: &str) -> Result<(), ClientError> {
-        match self.meta.call(proto::RenameRequest { src: src.to_string(), dst: dst.to_string() }).await {
-            Ok(_) => Ok(()),
-            Err(e @ RpcError::NotFound(_)) => {
-                let done = self.entry(src).await?.is_none() && self.entry(dst).await?.is_some();
-                if done {
-                    Ok(())
-                } else {
-                    Err(ClientError::Metadata { context: format!("mv {src} {dst}"), source: e })
-                }
-            }
-            Err(e) => Err(ClientError::Metadata { context: format!("mv {src} {dst}"), source: e }),
-        }
+        let request = proto::RenameRequest { src: src.to_string(), dst: dst.to_string(), request_id: Some(self.next_request_id()) };
+        self.meta.call(request).await.map_err(metadata(format!("mv {src} {dst}")))?;
+        Ok(())
+    }
+
+    /// A fresh id for a request that changes the namespace (see `Command::Once`).
+    fn next_request_id(&self) -> proto::RequestId {
+        proto::RequestId { client: self.client_id, seq: self.request_seq.fetch_add(1, Ordering::Relaxed) + 1 }
     }
 
     /// What `remote` names: a file's entry, a directory's (name, path and kind only), or
@@ -452,20 +448,11 @@ impl<E: Env> DfsClient<E> {
             return Err(ClientError::Metadata { context, source: RpcError::NotFound(format!("{path}: no such file or directory")) });
         };
         let expect_file_id = existing.file.as_ref().map(|f| f.file_id);
-        let request = proto::DeleteFileRequest { path: existing.path.clone(), recursive, expect_file_id };
-        match self.meta.call(request).await {
-            Ok(reply) => Ok(Deleted {
-                path: existing.path,
-                file: reply.file,
-                files_deleted: reply.files_deleted,
-                dirs_deleted: reply.dirs_deleted,
-            }),
-            Err(RpcError::NotFound(_)) => {
-                let files_deleted = u64::from(existing.file.is_some());
-                Ok(Deleted { path: existing.path, file: existing.file, files_deleted, dirs_deleted: 0 })
-            }
-            Err(e) => Err(ClientError::Metadata { context, source: e }),
-        }
+        // The request id makes a retry (first reply lost) get the first attempt's answer, so
+        // "no such file" here means someone else removed it first.
+        let request = proto::DeleteFileRequest { path: existing.path.clone(), recursive, expect_file_id, request_id: Some(self.next_request_id()) };
+        let reply = self.meta.call(request).await.map_err(|source| ClientError::Metadata { context, source })?;
+        Ok(Deleted { path: existing.path, file: reply.file, files_deleted: reply.files_deleted, dirs_deleted: reply.dirs_deleted })
     }
 
     /// The entries directly under the directory `remote` (or the file itself), by name; with

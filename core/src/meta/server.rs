@@ -430,6 +430,14 @@ fn storage_node_proto(ns: &Namespace, id: StorageNodeId) -> Option<proto::Storag
     ns.storage_node(id).map(|n| proto::StorageNode { id: n.id.0, addr: n.addr.clone() })
 }
 
+/// `command`, applied at most once for the client's request id if it sent one.
+fn once(request: Option<proto::RequestId>, command: Command) -> Command {
+    match request {
+        Some(r) => Command::Once { request: RequestId { client: r.client, seq: r.seq }, command: Box::new(command) },
+        None => command,
+    }
+}
+
 fn namespace_error(e: NamespaceError) -> RpcError {
     let message = e.to_string();
     match e {
@@ -449,7 +457,8 @@ fn namespace_error(e: NamespaceError) -> RpcError {
         | NamespaceError::DirectoryNotEmpty(_)
         | NamespaceError::FileChanged { .. }
         | NamespaceError::Incomplete { .. }
-        | NamespaceError::ClusterIdMismatch { .. } => RpcError::FailedPrecondition(message),
+        | NamespaceError::ClusterIdMismatch { .. }
+        | NamespaceError::RequestTooOld { .. } => RpcError::FailedPrecondition(message),
         // The cluster's load, not the request: worth retrying later.
         NamespaceError::TooManyUploads { .. } => RpcError::Unavailable(message),
     }
@@ -597,7 +606,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
 
     async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
         let command = Command::Delete { path: r.path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId) };
-        match self.propose(command).await? {
+        match self.propose(once(r.request_id, command)).await? {
             Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0 }),
             Outcome::DirDeleted { files, dirs, .. } => {
                 Ok(proto::DeleteFileResponse { file: None, files_deleted: files, dirs_deleted: dirs })
@@ -607,12 +616,14 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn mkdir(&self, r: proto::MkdirRequest) -> Result<proto::MkdirResponse, RpcError> {
-        self.propose(Command::Mkdir { path: r.path, parents: r.parents, unix_ms: self.env.clock().unix_ms() }).await?;
+        let command = Command::Mkdir { path: r.path, parents: r.parents, unix_ms: self.env.clock().unix_ms() };
+        self.propose(once(r.request_id, command)).await?;
         Ok(proto::MkdirResponse {})
     }
 
     async fn rename(&self, r: proto::RenameRequest) -> Result<proto::RenameResponse, RpcError> {
-        self.propose(Command::Rename { src: r.src, dst: r.dst, unix_ms: self.env.clock().unix_ms() }).await?;
+        let command = Command::Rename { src: r.src, dst: r.dst, unix_ms: self.env.clock().unix_ms() };
+        self.propose(once(r.request_id, command)).await?;
         Ok(proto::RenameResponse {})
     }
 

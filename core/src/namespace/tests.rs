@@ -810,3 +810,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_retried_request_gets_the_first_answer_and_acts_once() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    upload(&mut ns, "/f", 1, false).unwrap();
+    let once = |seq: u64, command: Command| Command::Once { request: RequestId { client: 7, seq }, command: Box::new(command) };
+    let delete = || Command::Delete { path: "/f".into(), recursive: false, expect_file_id: None };
+    let first = ns.apply(once(1, delete())).unwrap();
+    assert!(matches!(first, Outcome::FileDeleted(_)));
+    // The retry of request 1 answers as the first attempt did, and changes nothing.
+    let before = ns.clone();
+    assert_eq!(ns.apply(once(1, delete())), Ok(first));
+    assert_eq!(ns.files().count(), before.files().count());
+    // A new request is a new delete: the file is gone.
+    assert!(matches!(ns.apply(once(2, delete())), Err(NamespaceError::NotFound(_))));
+    // A refusal is remembered too: the retry of request 2 is refused the same way even
+    // after the path exists again.
+    upload(&mut ns, "/f", 1, false).unwrap();
+    assert!(matches!(ns.apply(once(2, delete())), Err(NamespaceError::NotFound(_))));
+    // Requests nest no further.
+    assert!(ns.apply(once(3, once(4, delete()))).is_err());
+    // Results are kept for the last SESSION_RESULTS_MAX requests of a client; an older one
+    // is refused rather than applied twice.
+    for seq in 10..10 + SESSION_RESULTS_MAX as u64 {
+        ns.apply(once(seq, Command::Mkdir { path: format!("/d{seq}"), parents: false, unix_ms: 1 })).unwrap();
+    }
+    assert!(matches!(ns.apply(once(5, delete())), Err(NamespaceError::RequestTooOld { .. })));
+    // Snapshots carry the sessions: a restored node answers retries the same way.
+    let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
+    assert_eq!(restored, ns);
+}
