@@ -32,6 +32,11 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 /// well under transport limits and let the receiver start hashing before the last byte.
 pub const CHUNK_FRAME_BYTES: usize = 256 * 1024;
 
+/// Largest unary message a node sends or accepts (both transports enforce it). Metadata
+/// replies for very large files (a chunk list of 1 TB in 4 MiB chunks is ~30 MB) and batches
+/// of Raft entries outgrow gRPC's 4 MiB default; snapshots travel in 1 MiB pieces regardless.
+pub const UNARY_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// How a call ended when it did not succeed. The caller can tell apart what is worth retrying
 /// elsewhere (`NotLeader`, `Unavailable`, `Transport`, `ChecksumMismatch`) from what is final.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

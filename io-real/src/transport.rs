@@ -20,9 +20,7 @@ const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
 const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
 const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
 
-/// Largest unary message accepted or sent: metadata replies for very large files and Raft
-/// snapshots outgrow tonic's 4 MiB default. Chunk bytes travel in small frames regardless.
-pub const UNARY_MESSAGE_MAX_BYTES: usize = 256 * 1024 * 1024;
+pub use dfs_core::rpc::UNARY_MESSAGE_MAX_BYTES;
 
 #[derive(Clone, Debug)]
 pub struct GrpcTransport {

@@ -14,6 +14,8 @@
 //!   if its name survived, and does not exist if its name did not.
 //! - Directories themselves are durable as soon as they are created (a simplification: the
 //!   drivers create directories before the files in them and never remove them).
+//! - Every operation takes effect when called and reports back after a random latency (up to
+//!   `LATENCY_MAX`, in simulated time), so a crash can fall between any two steps.
 //! - `flip_bit` damages the durable and volatile contents of one file, as silent media
 //!   corruption would; the checksums must catch it.
 //!
@@ -103,11 +105,50 @@ impl SimDisk {
         s.inodes.values().map(|d| d.volatile.len().max(d.durable.len()) as u64).sum()
     }
 
-    /// Every operation completes at once: the simulated disk has no latency of its own.
-    fn with<T>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> std::future::Ready<io::Result<T>> {
-        std::future::ready(f(&mut self.state.lock().unwrap()))
+    /// Does the operation at once, then (inside a simulation) takes a random while of up to
+    /// `LATENCY_MAX` to report it: a crash can land between any two steps of a driver (after
+    /// the write, before its fsync; after the rename, before the directory fsync), as it can
+    /// on a real disk.
+    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> Delayed<T> {
+        delayed(f(&mut self.state.lock().unwrap()))
     }
 }
+
+/// A disk operation's result, reported after the disk's latency.
+type Delayed<T> = std::pin::Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
+
+fn delayed<T: Send + 'static>(result: io::Result<T>) -> Delayed<T> {
+    let delay = latency();
+    Box::pin(async move {
+        if let Some(d) = delay {
+            sleep(d).await;
+        }
+        result
+    })
+}
+
+/// Longest a simulated disk operation takes.
+pub const LATENCY_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+
+#[cfg(madsim)]
+fn latency() -> Option<std::time::Duration> {
+    use madsim::rand::Rng;
+    madsim::runtime::Handle::try_current().ok()?;
+    Some(std::time::Duration::from_micros(madsim::rand::thread_rng().gen_range(0..=LATENCY_MAX.as_micros() as u64)))
+}
+
+#[cfg(not(madsim))]
+fn latency() -> Option<std::time::Duration> {
+    None
+}
+
+#[cfg(madsim)]
+async fn sleep(d: std::time::Duration) {
+    madsim::time::sleep(d).await
+}
+
+#[cfg(not(madsim))]
+async fn sleep(_d: std::time::Duration) {}
 
 impl DiskState {
     /// Makes the current entries of `dir` durable.

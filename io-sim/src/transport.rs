@@ -70,6 +70,10 @@ impl Transport for SimTransport {
         async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let body = Bytes::from(request.encode_to_vec());
+            // As gRPC does in production: an oversized message is refused, never sent.
+            if body.len() > rpc::UNARY_MESSAGE_MAX_BYTES {
+                return Err(RpcError::InvalidArgument(format!("{to}: request of {} bytes exceeds {}", body.len(), rpc::UNARY_MESSAGE_MAX_BYTES)));
+            }
             send(&tx, Wire::Unary { path: R::PATH.to_string(), body }).await.map_err(|e| transport_error(&to, e))?;
             match recv(&mut rx).await.map_err(|e| transport_error(&to, e))? {
                 Wire::Reply(reply) => {
@@ -182,7 +186,12 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
     let encode = |r: Result<Bytes, RpcError>| Wire::Reply(r.map_err(|e| e.encode_detail()));
     match recv(&mut rx).await? {
         Wire::Unary { path, body } => {
-            let reply = service.unary(path, body).await;
+            let reply = service.unary(path, body).await.and_then(|reply| {
+                if reply.len() > rpc::UNARY_MESSAGE_MAX_BYTES {
+                    return Err(RpcError::Internal(format!("reply of {} bytes exceeds {}", reply.len(), rpc::UNARY_MESSAGE_MAX_BYTES)));
+                }
+                Ok(reply)
+            });
             send(&tx, encode(reply)).await
         }
         Wire::WriteChunk { service: which } => {

@@ -252,6 +252,88 @@ impl Cluster {
         madsim::net::NetSim::current().unclog_node(node);
     }
 
+    /// One metadata fault, chosen by the seed, held for a random while and then healed: a
+    /// power cut of any node or of the leader, a partition of the leader (both ways or one
+    /// way), or a power cut of every metadata node at once.
+    pub async fn meta_fault(&self) {
+        let mut rng = madsim::rand::thread_rng();
+        let victim = self.leader().unwrap_or_else(|| rng.gen_range(1..=self.meta.len() as u64));
+        let any = rng.gen_range(1..=self.meta.len() as u64);
+        let hold = |lo: u64, hi: u64| Duration::from_millis(madsim::rand::thread_rng().gen_range(lo..hi));
+        match rng.gen_range(0..6) {
+            5 => self.membership_change(any, victim).await,
+            0 | 1 => {
+                let id = if rng.gen_bool(0.5) { any } else { victim };
+                self.kill_meta(id);
+                madsim::time::sleep(hold(100, 4000)).await;
+                self.restart_meta(id);
+            }
+            2 => {
+                self.partition_meta(victim, Cut::Both);
+                madsim::time::sleep(hold(1000, 5000)).await;
+                self.heal_meta(victim);
+            }
+            3 => {
+                let cut = if rng.gen_bool(0.5) { Cut::Outgoing } else { Cut::Incoming };
+                self.partition_meta(victim, cut);
+                madsim::time::sleep(hold(1000, 5000)).await;
+                self.heal_meta(victim);
+            }
+            _ => {
+                trace::event("every metadata node loses power");
+                for m in &self.meta {
+                    self.kill_meta(m.id);
+                }
+                madsim::time::sleep(hold(100, 3000)).await;
+                for m in &self.meta {
+                    self.restart_meta(m.id);
+                }
+            }
+        }
+    }
+
+    /// Removes metadata node `id` from the cluster and adds it back, through the admin
+    /// client; with even odds, `crash` loses power in the middle of the change. Returns once
+    /// `id` is a voter again.
+    async fn membership_change(&self, id: u64, crash: u64) {
+        let addr = self.meta[id as usize - 1].addr.to_string();
+        let admin = Arc::new(self.client(ClientConfig::default(), &SimDisk::new(1 << 20)));
+        trace::event(format!("membership: remove meta-{id}, then add it back"));
+        let change = {
+            let admin = admin.clone();
+            self.spawn_on_client(async move {
+                // Either step may fail while faults last; the re-add is retried below.
+                let removed = admin.remove_meta_member(id).await;
+                let added = admin.add_meta_member(id, &addr).await;
+                (removed.map(|_| ()).map_err(|e| format!("{e:#}")), added.map(|_| ()).map_err(|e| format!("{e:#}")))
+            })
+        };
+        let mid_change_crash = madsim::rand::thread_rng().gen_bool(0.5);
+        if mid_change_crash {
+            madsim::time::sleep(Duration::from_millis(madsim::rand::thread_rng().gen_range(0..300))).await;
+            self.kill_meta(crash);
+            madsim::time::sleep(Duration::from_millis(madsim::rand::thread_rng().gen_range(100..3000))).await;
+            self.restart_meta(crash);
+        }
+        let (removed, added) = change.await.expect("membership task");
+        trace::event(format!("membership change of meta-{id}: remove {removed:?}, add {added:?}"));
+        // Faults healed: the node must become a voter again.
+        let addr = self.meta[id as usize - 1].addr.to_string();
+        let deadline = madsim::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let (a, addr2) = (admin.clone(), addr.clone());
+            let result = self.spawn_on_client(async move { a.add_meta_member(id, &addr2).await.map_err(|e| format!("{e:#}")) }).await.expect("task");
+            match result {
+                Ok(status) if status.members.iter().any(|m| m.id == id && m.role == "voter") => break,
+                other => {
+                    assert!(madsim::time::Instant::now() < deadline, "meta-{id} could not rejoin the cluster: {other:?}");
+                    madsim::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        trace::event(format!("meta-{id} is a voter again"));
+    }
+
     /// Every metadata member is up, has applied the same log and holds the same namespace.
     pub async fn wait_all_meta_converged(&self, limit: Duration) {
         wait_until(limit, "every metadata node to converge", || {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use dfs_core::client::{ClientConfig, NoProgress, RetryPolicy};
 use dfs_core::env::Disk;
 use dfs_io_sim::SimDisk;
-use dfs_sim_tests::cluster::{Cluster, ClusterConfig, Cut};
+use dfs_sim_tests::cluster::{Cluster, ClusterConfig};
 use dfs_sim_tests::seeds::{self, SimTest};
 use dfs_sim_tests::trace;
 use madsim::rand::Rng;
@@ -84,44 +84,9 @@ async fn scenario() {
     };
 
     // The faults, one at a time, each healed before the next.
-    for round in 0..FAULT_ROUNDS {
+    for _ in 0..FAULT_ROUNDS {
         madsim::time::sleep(random_ms(200, 1500)).await;
-        let leader = cluster.leader();
-        let victim = leader.unwrap_or_else(|| madsim::rand::thread_rng().gen_range(1..=3));
-        let any = madsim::rand::thread_rng().gen_range(1..=3u64);
-        match madsim::rand::thread_rng().gen_range(0..5) {
-            0 => {
-                cluster.kill_meta(any);
-                madsim::time::sleep(random_ms(100, 4000)).await;
-                cluster.restart_meta(any);
-            }
-            1 => {
-                cluster.kill_meta(victim);
-                madsim::time::sleep(random_ms(100, 4000)).await;
-                cluster.restart_meta(victim);
-            }
-            2 => {
-                cluster.partition_meta(victim, Cut::Both);
-                madsim::time::sleep(random_ms(1000, 5000)).await;
-                cluster.heal_meta(victim);
-            }
-            3 => {
-                let cut = if madsim::rand::thread_rng().gen_bool(0.5) { Cut::Outgoing } else { Cut::Incoming };
-                cluster.partition_meta(victim, cut);
-                madsim::time::sleep(random_ms(1000, 5000)).await;
-                cluster.heal_meta(victim);
-            }
-            _ => {
-                trace::event(format!("round {round}: every metadata node loses power"));
-                for id in 1..=3 {
-                    cluster.kill_meta(id);
-                }
-                madsim::time::sleep(random_ms(100, 3000)).await;
-                for id in 1..=3 {
-                    cluster.restart_meta(id);
-                }
-            }
-        }
+        cluster.meta_fault().await;
     }
     workload.await.expect("workload");
 

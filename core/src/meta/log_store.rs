@@ -152,8 +152,15 @@ impl<RT: AsyncRuntime> RaftLogStorage<MetaTypes<RT>> for RedbLogStore<RT> {
         write_meta(&self.db, VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&io_error(e)).into())
     }
 
+    /// The vote comes back uncommitted. openraft 0.9 restores a node whose saved vote is a
+    /// committed vote for itself straight to leader, with no new entry of its own term, and
+    /// then serves linearizable reads at its saved commit index, which can lag writes it had
+    /// acknowledged (found by the linearizability simulation after a power cut of every
+    /// metadata node). As an uncommitted vote, it still forbids voting for anyone else in
+    /// that term, and the node must win an election (and commit its first entry) to lead.
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<MetaNodeId>>> {
-        read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&io_error(e)).into())
+        let vote: Option<Vote<MetaNodeId>> = read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&io_error(e)))?;
+        Ok(vote.map(|v| Vote { committed: false, ..v }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<MetaNodeId>>) -> StorageResult<()> {

@@ -20,7 +20,7 @@ use openraft::{BasicNode, Raft};
 use super::log_store::{open_database, RedbLogStore};
 use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
 use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
-use crate::env::{Clock, Disk, Env};
+use crate::env::{Clock, Disk, Env, Transport};
 use super::leader::{admit, AdmitError, AllocateError, Heartbeat, Leader, LeaderConfig};
 use crate::health::{HealthConfig, NodeStats};
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
@@ -137,6 +137,8 @@ impl<E: Env> MetaServer<E> {
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.logs_kept_behind_snapshot,
+            // Keeps a batch of the largest entries (4096 chunk records) under the message limit.
+            max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
@@ -752,6 +754,19 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         if voters.is_empty() {
             return Err(RpcError::FailedPrecondition("cannot remove the last voter".into()));
         }
+        if r.id == self.config.id {
+            // openraft 0.9 trips over a leader removing itself (an assertion in its membership
+            // code): hand leadership to an up-to-date voter first; the client's retry then
+            // reaches the new leader, which removes this node.
+            let status = MetaServer::meta_status(self);
+            let successor = status.members.iter().find(|m| m.id != r.id && m.role == "voter" && m.lag == Some(0));
+            let Some(successor) = successor else {
+                return Err(RpcError::Unavailable(format!("metadata node {} leads and no other voter has caught up to take over yet", r.id)));
+            };
+            let call = self.env.transport().unary(&successor.addr, proto::CampaignRequest {});
+            let _ = crate::env::call_with_timeout(self.env.clock(), self.config.election_timeout_max, &successor.addr, call).await;
+            return Err(RpcError::Unavailable(format!("metadata node {} leads: handing over to node {} before removing it", r.id, successor.id)));
+        }
         // retain = false: the removed node leaves the learners too and stops receiving the log.
         self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
         tracing::info!(id = r.id, "metadata member removed");
@@ -776,6 +791,12 @@ impl<E: Env> RaftServiceHandler for MetaServer<E> {
         let rpc = serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("vote: {e}")))?;
         let result = self.raft.vote(rpc).await;
         Ok(proto::VoteResponse { payload: json(&result) })
+    }
+
+    async fn campaign(&self, _r: proto::CampaignRequest) -> Result<proto::CampaignResponse, RpcError> {
+        tracing::info!(id = self.config.id, "asked to take over leadership: starting an election");
+        self.raft.trigger().elect().await.map_err(|e| RpcError::Unavailable(format!("metadata node stopped: {e}")))?;
+        Ok(proto::CampaignResponse {})
     }
 
     async fn install_snapshot(&self, r: proto::InstallSnapshotRequest) -> Result<proto::InstallSnapshotResponse, RpcError> {
