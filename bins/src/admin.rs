@@ -24,7 +24,7 @@ pub enum MetaCommand {
     /// Remove a metadata node from the cluster.
     Remove(RemoveArgs),
     /// Members, leader, term, log and applied indexes, and each member's lag.
-    Status(StatusArgs),
+    Status(crate::client_cmds::StatusArgs),
 }
 
 #[derive(Args)]
@@ -39,12 +39,6 @@ pub struct AddArgs {
 pub struct RemoveArgs {
     /// Id of the node to remove.
     id: u64,
-    #[command(flatten)]
-    meta: MetaFlag,
-}
-
-#[derive(Args)]
-pub struct StatusArgs {
     #[command(flatten)]
     meta: MetaFlag,
 }

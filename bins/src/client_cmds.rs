@@ -112,7 +112,7 @@ pub struct RmArgs {
 #[derive(Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    meta: MetaFlag,
+    pub meta: MetaFlag,
 }
 
 pub fn client(meta: &MetaFlag, config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {

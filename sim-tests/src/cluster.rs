@@ -336,22 +336,17 @@ impl Cluster {
 
     /// Every metadata member is up, has applied the same log and holds the same namespace.
     pub async fn wait_all_meta_converged(&self, limit: Duration) {
-        wait_until(limit, "every metadata node to converge", || {
-            let states: Vec<_> = self
-                .live_meta_servers()
-                .map(|(_, s)| {
-                    let st = s.local_state();
-                    (st.last_applied, st.namespace.clone())
-                })
-                .collect();
-            (states.len() == self.meta.len() && states.windows(2).all(|w| w[0] == w[1])).then_some(())
-        })
-        .await;
+        self.wait_converged(limit, self.meta.len()).await
     }
 
-    /// Every live metadata node has applied the same log and holds the same namespace.
+    /// Every live metadata node (at least two) has applied the same log and holds the same
+    /// namespace.
     pub async fn wait_meta_converged(&self, limit: Duration) {
-        wait_until(limit, "metadata nodes to converge", || {
+        self.wait_converged(limit, 2).await
+    }
+
+    async fn wait_converged(&self, limit: Duration, at_least: usize) {
+        wait_until(limit, &format!("at least {at_least} metadata nodes to converge"), || {
             let states: Vec<_> = self
                 .live_meta_servers()
                 .map(|(_, s)| {
@@ -359,7 +354,7 @@ impl Cluster {
                     (st.last_applied, st.namespace.clone())
                 })
                 .collect();
-            (states.len() >= 2 && states.windows(2).all(|w| w[0] == w[1])).then_some(())
+            (states.len() >= at_least && states.windows(2).all(|w| w[0] == w[1])).then_some(())
         })
         .await;
     }

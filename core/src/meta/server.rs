@@ -516,6 +516,9 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn allocate_chunks(&self, r: proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
+        // Linearizable like every read the client relies on: a deposed leader never places
+        // chunks from its stale view of the upload.
+        self.read(|_| ()).await?;
         let term = self.require_leader()?;
         if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
             return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
