@@ -195,6 +195,11 @@ impl Cluster {
         wait_until(limit, "a metadata leader", || self.leader()).await
     }
 
+    /// The server of metadata node `id`, if it is up.
+    pub fn meta_server(&self, id: u64) -> Option<Arc<MetaServer<SimEnv>>> {
+        self.meta[id as usize - 1].server.lock().unwrap().clone()
+    }
+
     fn live_meta_servers(&self) -> impl Iterator<Item = (u64, Arc<MetaServer<SimEnv>>)> + '_ {
         self.meta.iter().filter_map(|m| m.server.lock().unwrap().clone().map(|s| (m.id, s)))
     }

@@ -94,6 +94,7 @@ async fn scenario() {
     // is purged (only 4 entries kept), so the leader has nothing else to send it.
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let stopped_at = cluster.meta_server(follower).expect("follower up").raft().metrics().borrow().last_log_index.unwrap_or(0);
     cluster.kill_meta(follower);
     for i in 0..8 {
         let local = PathBuf::from(format!("/in/late-{i}"));
@@ -103,6 +104,22 @@ async fn scenario() {
         let r = remote.clone();
         cluster.on_client(async move { c.put(&local, &r, false, &NoProgress).await }).await.unwrap_or_else(|e| panic!("put {remote}: {e:#}"));
         oracle.lock().unwrap().insert(remote, (data, Outcome::Acknowledged));
+    }
+    // Make sure the log the follower needs is gone (openraft may defer a purge while a
+    // replication stream still has those entries in flight).
+    let leader = cluster.meta_server(cluster.wait_for_leader(Duration::from_secs(60)).await).expect("leader up");
+    leader.raft().trigger().snapshot().await.expect("snapshot");
+    let deadline = madsim::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = leader.raft().metrics().borrow().clone();
+        if m.purged.is_some_and(|p| p.index > stopped_at) {
+            break;
+        }
+        assert!(madsim::time::Instant::now() < deadline, "the log was not purged past the stopped follower: {m}");
+        if let Some(snapshot) = m.snapshot {
+            leader.raft().trigger().purge_log(snapshot.index).await.expect("purge");
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.restart_meta(follower);
     cluster.wait_all_meta_converged(Duration::from_secs(120)).await;
