@@ -94,7 +94,9 @@ async fn scenario() {
     // is purged (only 4 entries kept), so the leader has nothing else to send it.
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let stopped_at = cluster.meta_server(follower).expect("follower up").raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let follower_server = dfs_sim_tests::cluster::wait_until(Duration::from_secs(30), "the follower to be up", || cluster.meta_server(follower)).await;
+    let stopped_at = follower_server.raft().metrics().borrow().last_log_index.unwrap_or(0);
+    drop(follower_server);
     cluster.kill_meta(follower);
     for i in 0..8 {
         let local = PathBuf::from(format!("/in/late-{i}"));
@@ -102,7 +104,10 @@ async fn scenario() {
         disk.write_file(&local, data.clone()).await.unwrap();
         let (c, remote) = (client.clone(), format!("/late/file-{i}"));
         let r = remote.clone();
-        cluster.on_client(async move { c.put(&local, &r, false, &NoProgress).await }).await.unwrap_or_else(|e| panic!("put {remote}: {e:#}"));
+        if let Err(e) = cluster.on_client(async move { c.put(&local, &r, false, &NoProgress).await }).await {
+            let metrics: Vec<String> = (1..=3).filter_map(|id| cluster.meta_server(id)).map(|s| s.raft().metrics().borrow().to_string()).collect();
+            panic!("put {remote}: {e:#}\nmetadata nodes:\n{}", metrics.join("\n"));
+        }
         oracle.lock().unwrap().insert(remote, (data, Outcome::Acknowledged));
     }
     // Make sure the log the follower needs is gone (openraft may defer a purge while a

@@ -236,6 +236,12 @@ impl<E: Env> MetaServer<E> {
                 return; // raft has stopped
             }
             let Ok(term) = self.require_leader() else { continue };
+            let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+            if membership.get_joint_config().len() > 1 {
+                if let Err(e) = self.finish_membership_change(membership).await {
+                    tracing::debug!(error = %e, "could not finish the membership change yet");
+                }
+            }
             let (now, unix_ms) = (self.env.clock().now(), self.env.clock().unix_ms());
             let random = [self.env.random_u64(), self.env.random_u64()];
             let commands = self.with_leader(term, |leader, ns| leader.tick(now, unix_ms, ns, random));
@@ -322,7 +328,8 @@ impl<E: Env> MetaServer<E> {
     fn meta_status(&self) -> proto::MetaStatusResponse {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<MetaNodeId> = membership.voter_ids().collect();
+        let voters = target_voters(membership);
+        let joint = membership.get_joint_config().len() > 1;
         let last_log = m.last_log_index.unwrap_or(0);
         let members = membership
             .nodes()
@@ -335,7 +342,14 @@ impl<E: Env> MetaServer<E> {
                 proto::MetaMemberStatus {
                     id: *id,
                     addr: node.addr.clone(),
-                    role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                    // While a change is half done (joint consensus), say where it is going.
+                    role: match (voters.contains(id), joint, membership.voter_ids().any(|v| v == *id)) {
+                        (true, false, _) => "voter",
+                        (true, true, _) => "joining",
+                        (false, _, true) => "leaving",
+                        (false, _, false) => "learner",
+                    }
+                    .to_string(),
                     matched_index: matched,
                     lag: matched.map(|i| last_log.saturating_sub(i)),
                 }
@@ -350,6 +364,23 @@ impl<E: Env> MetaServer<E> {
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             members,
         }
+    }
+
+    /// Completes a membership change left half done (in joint consensus) by a leader that
+    /// stopped in the middle of it: openraft 0.9 does not finish it by itself, and a cluster
+    /// left in a joint configuration needs a majority of both the old and the new voters.
+    /// Returns the membership to work from.
+    async fn finish_membership_change(
+        &self,
+        membership: openraft::Membership<MetaNodeId, BasicNode>,
+    ) -> Result<openraft::Membership<MetaNodeId, BasicNode>, RpcError> {
+        if membership.get_joint_config().len() <= 1 {
+            return Ok(membership);
+        }
+        let voters = target_voters(&membership);
+        tracing::info!(voters = ?voters, "finishing a membership change left half done");
+        self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
+        Ok(self.raft.metrics().borrow().membership_config.membership().clone())
     }
 
     /// Maps a membership-change failure to what the caller can act on.
@@ -426,6 +457,12 @@ impl<E: Env> MetaServer<E> {
         f(guard.as_mut().expect("set above"), &state.namespace)
     }
 
+}
+
+/// The voters a membership is heading to: its only configuration, or the new one of a joint
+/// configuration.
+fn target_voters(membership: &openraft::Membership<MetaNodeId, BasicNode>) -> std::collections::BTreeSet<MetaNodeId> {
+    membership.get_joint_config().last().cloned().unwrap_or_default()
 }
 
 fn storage_node_proto(ns: &Namespace, id: StorageNodeId) -> Option<proto::StorageNode> {
@@ -735,11 +772,12 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 return Err(RpcError::AlreadyExists(format!("metadata node {} is already a member at {}", r.id, node.addr)));
             }
         }
-        if !membership.voter_ids().any(|v| v == r.id) {
+        let membership = self.finish_membership_change(membership).await?;
+        if !target_voters(&membership).contains(&r.id) {
             // As a learner first, waiting until it has caught up, so that it never counts
             // toward a quorum it cannot serve yet.
             self.raft.add_learner(r.id, BasicNode::new(&r.addr), true).await.map_err(|e| self.membership_error(e))?;
-            let mut voters: std::collections::BTreeSet<MetaNodeId> = membership.voter_ids().collect();
+            let mut voters = target_voters(&membership);
             voters.insert(r.id);
             self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
             tracing::info!(id = r.id, addr = %r.addr, "metadata member added");
@@ -753,7 +791,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         if membership.get_node(&r.id).is_none() {
             return Err(RpcError::NotFound(format!("metadata node {} is not a member", r.id)));
         }
-        let voters: std::collections::BTreeSet<MetaNodeId> = membership.voter_ids().filter(|v| *v != r.id).collect();
+        let membership = self.finish_membership_change(membership).await?;
+        let voters: std::collections::BTreeSet<MetaNodeId> = target_voters(&membership).into_iter().filter(|v| *v != r.id).collect();
         if voters.is_empty() {
             return Err(RpcError::FailedPrecondition("cannot remove the last voter".into()));
         }
