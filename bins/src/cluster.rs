@@ -43,11 +43,11 @@ pub struct UpArgs {
     heartbeat_ms: u64,
 }
 
-struct Node {
+pub(crate) struct Node {
     name: String,
     addr: SocketAddr,
     log: PathBuf,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
@@ -126,7 +126,7 @@ fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn spawn(exe: &Path, name: &str, addr: SocketAddr, argv: &[&str], logs: &Path) -> anyhow::Result<Node> {
+pub(crate) fn spawn(exe: &Path, name: &str, addr: SocketAddr, argv: &[&str], logs: &Path) -> anyhow::Result<Node> {
     let log = logs.join(format!("{name}.log"));
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("cannot open {}", log.display()))?;
     let mut command = Command::new(exe);
@@ -151,8 +151,8 @@ fn spawn(exe: &Path, name: &str, addr: SocketAddr, argv: &[&str], logs: &Path) -
     Ok(Node { name: name.to_string(), addr, log, child })
 }
 
-/// Waits until a leader answers and sees every storage node alive.
-async fn wait_ready(meta: Vec<String>, storage_nodes: usize) -> anyhow::Result<Duration> {
+/// Waits until a leader answers and sees at least `storage_nodes` storage nodes alive.
+pub(crate) async fn wait_ready(meta: Vec<String>, storage_nodes: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let policy = RetryPolicy { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(2), ..RetryPolicy::default() };
     let client = DfsClient::new(RealEnv::default(), meta, ClientConfig { metadata: policy, ..ClientConfig::default() });
@@ -183,7 +183,7 @@ async fn first_exit(nodes: &mut [Node]) -> anyhow::Error {
 }
 
 /// SIGTERM to every node, then SIGKILL to any still running after 10 s.
-async fn stop(nodes: &mut [Node]) {
+pub(crate) async fn stop(nodes: &mut [Node]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.id() {
             // SAFETY: sending a signal to our own child's pid.

@@ -4,6 +4,7 @@
 //! and reports errors in one line on stderr with a non-zero exit code.
 
 mod admin;
+mod bench;
 mod client_cmds;
 mod cluster;
 mod daemons;
@@ -48,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// Benchmarks on a local cluster this command starts (and stops) itself.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
     /// Run a whole local cluster.
     Cluster {
         #[command(subcommand)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
             Command::Rm(args) => client_cmds::rm(args).await,
             Command::Status(args) => client_cmds::status(args).await,
             Command::Admin { command } => admin::run(command).await,
+            Command::Bench { command } => bench::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
     });

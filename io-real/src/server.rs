@@ -7,6 +7,7 @@ use dfs_core::proto::{MetadataServiceHandler, RaftServiceHandler};
 use dfs_core::rpc::ChunkHandler;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
 use crate::generated::metadata_service_server::MetadataServiceServer;
@@ -15,6 +16,20 @@ use crate::generated::replication_service_server::ReplicationServiceServer;
 use crate::generated::storage_service_server::StorageServiceServer;
 use crate::grpc::Adapter;
 use crate::transport::UNARY_MESSAGE_MAX_BYTES;
+
+/// Accepted connections with Nagle's algorithm off. tonic applies its builder's `tcp_nodelay`
+/// only to listeners it binds itself, not to an incoming stream: without this, a small reply
+/// written in pieces waits for the peer's delayed ACK.
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        accepted
+    })
+}
 
 /// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes.
 pub async fn serve_metadata<H>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
@@ -31,7 +46,7 @@ where
         .tcp_nodelay(true)
         .add_service(metadata)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }
 
@@ -41,6 +56,6 @@ pub async fn serve_storage<H: ChunkHandler>(listener: TcpListener, handler: Arc<
         .tcp_nodelay(true)
         .add_service(StorageServiceServer::new(Adapter(handler.clone())))
         .add_service(ReplicationServiceServer::new(Adapter(handler)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

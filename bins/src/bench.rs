@@ -1,0 +1,307 @@
+//! `dfs bench`: benchmarks against clusters this command starts itself.
+//!
+//! `dfs bench meta`: create + commit of empty files through a 3-node metadata cluster on
+//! loopback, each node a child process of this one with its state on the real disk (every
+//! Raft append is fsynced before it counts). For each concurrency level it runs a fixed number
+//! of operations from that many concurrent tasks sharing one client, and reports operations
+//! per second, the median and 99th-percentile latency of one create + commit, the leader's
+//! resident memory per million files, and how many fsyncs per second the disk does on its own
+//! (the figure the others are bounded by).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use dfs_core::client::{MetaClient, RetryPolicy};
+use dfs_core::env::Env;
+use dfs_core::proto;
+use dfs_io_real::RealEnv;
+
+use crate::cluster::{spawn, stop, wait_ready, Node};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Metadata throughput and latency: create + commit of empty files on a local 3-node cluster.
+    Meta(MetaBenchArgs),
+}
+
+#[derive(Args)]
+pub struct MetaBenchArgs {
+    /// Operations (create + commit) per concurrency level.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    ops: u64,
+    /// Concurrency levels to run, in order: concurrent tasks issuing operations.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    concurrency: Vec<u64>,
+    /// Keep the cluster's data (and the nodes' logs) in DIR instead of a temporary directory
+    /// that is removed at the end. DIR must not exist yet or be empty.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Meta(args) => meta(args).await,
+    }
+}
+
+/// One concurrency level's results.
+struct Level {
+    concurrency: u64,
+    ops: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Level {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+const META_NODES: usize = 3;
+
+async fn meta(args: MetaBenchArgs) -> anyhow::Result<()> {
+    let (dir, remove) = match &args.keep {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+                bail!("{} is not empty", dir.display());
+            }
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            (dir.clone(), false)
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("dfs-bench-meta-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            (dir, true)
+        }
+    };
+    let outcome = meta_in(&args, &dir).await;
+    if remove {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("dfs: cannot remove {}: {e}", dir.display());
+        }
+    }
+    outcome
+}
+
+async fn meta_in(args: &MetaBenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join("fsync-probe");
+    let fsyncs = tokio::task::spawn_blocking(move || fsync_rate(&probe, Duration::from_secs(1))).await??;
+    if !args.json {
+        println!("disk: {fsyncs:.0} fsyncs/s (4 KiB write + fdatasync, in {})", dir.display());
+        println!("starting {META_NODES} metadata nodes...");
+    }
+
+    let addrs = free_loopback_addrs(META_NODES)?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let exe = std::env::current_exe().context("cannot find the dfs executable")?;
+    let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let name = format!("meta-{}", i + 1);
+        let data = dir.join(&name).to_string_lossy().into_owned();
+        let id = (i + 1).to_string();
+        let argv = ["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")];
+        match spawn(&exe, &name, *addr, &argv, &logs) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                stop(&mut nodes).await;
+                return Err(e);
+            }
+        }
+    }
+    let outcome = bench_cluster(args, &addrs, &nodes, fsyncs).await;
+    stop(&mut nodes).await;
+    outcome
+}
+
+async fn bench_cluster(args: &MetaBenchArgs, addrs: &[SocketAddr], nodes: &[Node], fsyncs: f64) -> anyhow::Result<()> {
+    let meta: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let ready = wait_ready(meta.clone(), 0).await?;
+    let env = RealEnv::default();
+    let client = MetaClient::new(env.clone(), meta, RetryPolicy::default());
+    let leader = leader_id(&client).await?;
+    let leader_pid = nodes
+        .get((leader as usize).wrapping_sub(1))
+        .and_then(|n| n.child.id())
+        .with_context(|| format!("leader {leader} is not one of the nodes started"))?;
+    if !args.json {
+        println!("cluster ready in {:.1}s; leader is meta-{leader} (pid {leader_pid})", ready.as_secs_f64());
+    }
+    let rss_before = rss_bytes(leader_pid)?;
+
+    let client_id = env.random_u64();
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut levels = Vec::new();
+    if !args.json {
+        println!("{:<12} {:>7} {:>9} {:>8} {:>8}", "concurrency", "ops", "ops/s", "p50 ms", "p99 ms");
+    }
+    for &concurrency in &args.concurrency {
+        let level = run_level(&client, client_id, &seq, concurrency, args.ops).await?;
+        if !args.json {
+            println!(
+                "{:<12} {:>7} {:>9.0} {:>8.2} {:>8.2}",
+                level.concurrency,
+                level.ops,
+                level.ops_per_sec(),
+                ms(level.p50),
+                ms(level.p99)
+            );
+        }
+        levels.push(level);
+    }
+
+    let files: u64 = levels.iter().map(|l| l.ops).sum();
+    let rss_after = rss_bytes(leader_pid)?;
+    let leader_after = leader_id(&client).await?;
+    let per_file = rss_after.saturating_sub(rss_before) as f64 / files.max(1) as f64;
+    let mib_per_million = per_file * 1e6 / MIB;
+    if args.json {
+        let json = serde_json::json!({
+            "levels": levels.iter().map(|l| serde_json::json!({
+                "concurrency": l.concurrency,
+                "ops": l.ops,
+                "seconds": l.elapsed.as_secs_f64(),
+                "ops_per_sec": l.ops_per_sec(),
+                "p50_ms": ms(l.p50),
+                "p99_ms": ms(l.p99),
+            })).collect::<Vec<_>>(),
+            "files": files,
+            "leader": leader,
+            "leader_changed": leader_after != leader,
+            "leader_rss_before_bytes": rss_before,
+            "leader_rss_after_bytes": rss_after,
+            "leader_rss_bytes_per_file": per_file,
+            "leader_rss_mib_per_million_files": mib_per_million,
+            "disk_fsyncs_per_sec": fsyncs,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "leader RSS: {:.1} MiB before, {:.1} MiB after {files} files: {mib_per_million:.0} MiB per million files ({per_file:.0} bytes per file)",
+            rss_before as f64 / MIB,
+            rss_after as f64 / MIB
+        );
+        println!("disk: {fsyncs:.0} fsyncs/s");
+        if leader_after != leader {
+            println!("note: leadership moved from meta-{leader} to meta-{leader_after} during the run; the RSS figures are not meaningful");
+        }
+    }
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn leader_id(client: &MetaClient<RealEnv>) -> anyhow::Result<u64> {
+    let status = client.call(proto::ClusterStatusRequest {}).await.context("cluster status")?;
+    Ok(status.leader.context("the cluster has no leader")?.id)
+}
+
+/// `ops` create + commit operations from `concurrency` tasks, each on its own paths.
+async fn run_level(client: &MetaClient<RealEnv>, client_id: u64, seq: &Arc<AtomicU64>, concurrency: u64, ops: u64) -> anyhow::Result<Level> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..concurrency {
+        let n = ops / concurrency + u64::from(task < ops % concurrency);
+        let (client, seq) = (client.clone(), seq.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let path = format!("/bench/c{concurrency}/t{task}/f{i}");
+                let op = Instant::now();
+                create_and_commit(&client, client_id, &seq, path).await?;
+                latencies.push(op.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(ops as usize);
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done.context("benchmark task panicked")??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Level { concurrency, ops, elapsed, p50: percentile(&latencies, 0.50), p99: percentile(&latencies, 0.99) })
+}
+
+/// One empty file, the way `DfsClient::put` makes a file: create, then commit (no chunks).
+async fn create_and_commit(client: &MetaClient<RealEnv>, client_id: u64, seq: &AtomicU64, path: String) -> anyhow::Result<()> {
+    let created = client
+        .call(proto::CreateFileRequest {
+            path: path.clone(),
+            size: 0,
+            chunk_size: dfs_core::chunking::DEFAULT_CHUNK_SIZE,
+            replication: 3,
+            overwrite: false,
+            request_id: Some(proto::RequestId { client: client_id, seq: seq.fetch_add(1, Ordering::Relaxed) + 1 }),
+            expect_file_id: None,
+        })
+        .await
+        .with_context(|| format!("create {path}"))?;
+    client
+        .call(proto::CommitFileRequest { file_id: created.file_id })
+        .await
+        .with_context(|| format!("commit {path}"))?;
+    Ok(())
+}
+
+/// The value below which `q` of the sorted `values` lie (nearest rank).
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Distinct free loopback ports: bound (all at once, so they differ) and released.
+fn free_loopback_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>().context("cannot find a free port")?;
+    listeners.iter().map(|l| l.local_addr().context("listener address")).collect()
+}
+
+/// Resident memory of process `pid` (VmRSS from /proc), in bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).with_context(|| format!("{path} has no VmRSS"))?;
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).with_context(|| format!("{path}: bad line {line:?}"))?;
+    Ok(kib * 1024)
+}
+
+/// fsyncs per second of the disk holding `probe`: 4 KiB written in place and fdatasync'ed, in
+/// a loop for `duration`.
+fn fsync_rate(probe: &Path, duration: Duration) -> anyhow::Result<f64> {
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(probe)
+        .with_context(|| format!("cannot create {}", probe.display()))?;
+    let block = [0x5au8; 4096];
+    file.write_all(&block)?;
+    file.sync_all()?;
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed() < duration {
+        file.write_all_at(&block, 0)?;
+        file.sync_data()?;
+        count += 1;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(probe);
+    Ok(rate)
+}
