@@ -45,6 +45,8 @@ pub const ADDR_MAX_BYTES: usize = 256;
 pub const CLUSTER_ID_MAX_BYTES: usize = 128;
 /// An upload not committed this long after its creation is dropped (1 hour).
 pub const UPLOAD_EXPIRY_DEFAULT_MS: u64 = 60 * 60 * 1000;
+/// Most commands in one `Batch`.
+pub const BATCH_COMMANDS_MAX: usize = 256;
 /// Clients whose `Once` results are kept; the one unheard of for longest is forgotten first.
 pub const SESSIONS_MAX: usize = 10_000;
 /// `Once` results kept per client: its requests in flight at once must stay below this.
@@ -182,6 +184,10 @@ pub enum Command {
     /// first attempt's result instead of acting again. Without it, a retried delete would
     /// answer "no such file" for the delete it did itself, and a retried rename "not found".
     Once { request: RequestId, command: Box<Command> },
+    /// Independent commands of several clients in one log entry (the leader groups what
+    /// arrives together, so that one fsync carries many). Each is applied on its own, in
+    /// order, with its own result: one refused command does not affect the others.
+    Batch(Vec<Command>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +198,8 @@ pub enum Outcome {
     FileDeleted(FileSummary),
     DirDeleted { path: String, files: u64, dirs: u64 },
     UploadsExpired(u64),
+    /// The results of a `Batch`, in its order.
+    Batch(Vec<ApplyResult>),
 }
 
 /// A file without its chunk list: what listings and replies carry.
@@ -340,10 +348,20 @@ impl Command {
             }
             Command::CommitFile { .. } | Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } => {}
             Command::Once { command, .. } => {
-                if matches!(**command, Command::Once { .. }) {
+                if matches!(**command, Command::Once { .. } | Command::Batch(_)) {
                     return Err(NamespaceError::InvalidArgument("a request inside a request".into()));
                 }
                 command.validate()?;
+            }
+            Command::Batch(commands) => {
+                if commands.len() > BATCH_COMMANDS_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!("{} commands in a batch; at most {BATCH_COMMANDS_MAX}", commands.len())));
+                }
+                // Inner commands are validated when each is applied: one bad command must not
+                // refuse the others.
+                if commands.iter().any(|c| matches!(c, Command::Batch(_))) {
+                    return Err(NamespaceError::InvalidArgument("a batch inside a batch".into()));
+                }
             }
         }
         Ok(())
@@ -404,6 +422,7 @@ impl Namespace {
         // The log is not trusted: what a server checked before proposing is checked again.
         command.validate()?;
         match command {
+            Command::Batch(commands) => Ok(Outcome::Batch(commands.into_iter().map(|c| self.apply(c)).collect())),
             Command::Once { request, command } => self.apply_once(request, *command),
             command => self.apply_one(command),
         }
@@ -439,7 +458,7 @@ impl Namespace {
 
     fn apply_one(&mut self, command: Command) -> ApplyResult {
         match command {
-            Command::Once { .. } => Err(NamespaceError::InvalidArgument("a request inside a request".into())),
+            Command::Once { .. } | Command::Batch(_) => Err(NamespaceError::InvalidArgument("a request inside a request".into())),
             Command::RegisterStorageNode { node, addr, capacity_bytes } => {
                 self.storage_nodes.insert(node, StorageNodeRecord { id: node, addr, capacity_bytes });
                 Ok(Outcome::Done)

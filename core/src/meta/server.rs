@@ -44,6 +44,14 @@ pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
 /// How often the leader looks for housekeeping to do (see `Leader::tick`).
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A command waiting to be proposed, and where its result goes.
+type Proposal = (Command, futures::channel::oneshot::Sender<Result<Outcome, RpcError>>);
+/// Proposals waiting for a slot before callers are made to wait.
+pub const PROPOSALS_QUEUED_MAX: usize = 4096;
+/// Log entries of grouped proposals in flight at once.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+pub use crate::namespace::BATCH_COMMANDS_MAX;
+
 /// Default of `MetaConfig::snapshot_every`: a snapshot per this many applied log entries.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
 /// Default of `MetaConfig::logs_kept_behind_snapshot`.
@@ -116,6 +124,8 @@ pub struct MetaServer<E: Env> {
     state: SharedState,
     /// The leader's state machine for the term this node leads (see `leader`).
     leader: Mutex<Option<Leader>>,
+    /// Proposals waiting to be grouped into a log entry (see `run_proposals`).
+    proposals: futures::channel::mpsc::Sender<Proposal>,
     /// The snapshot being received from the leader, piece by piece: (snapshot id, bytes so far).
     incoming: futures::lock::Mutex<Option<(String, u64)>>,
 }
@@ -154,6 +164,7 @@ impl<E: Env> MetaServer<E> {
         .await
         .map_err(|e| MetaStartError::Raft(e.to_string()))?;
 
+        let (proposals, proposals_rx) = futures::channel::mpsc::channel(PROPOSALS_QUEUED_MAX);
         let server = Arc::new(MetaServer {
             env,
             config,
@@ -161,7 +172,9 @@ impl<E: Env> MetaServer<E> {
             state,
             leader: Mutex::new(None),
             incoming: futures::lock::Mutex::new(None),
+            proposals,
         });
+        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().run_proposals(proposals_rx));
         // In the background: the others must be able to reach this node while it waits.
         if !server.config.members.is_empty() {
             let forming = server.clone();
@@ -408,13 +421,70 @@ impl<E: Env> MetaServer<E> {
     }
 
     /// Proposes a command that passed `validate`: bad input never enters the log.
+    /// Validates `command` and has it committed and applied, grouped with whatever other
+    /// commands arrive meanwhile (see `run_proposals`).
     async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
         command.validate().map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
-        match self.raft.client_write(command).await {
-            Ok(response) => response.data.map_err(namespace_error),
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let mut proposals = self.proposals.clone();
+        futures::SinkExt::send(&mut proposals, (command, tx))
+            .await
+            .map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?;
+        rx.await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?
+    }
+
+    /// Group commit: proposals that arrive while earlier ones are in flight go to Raft
+    /// together, as one `Command::Batch` entry (at most `BATCH_COMMANDS_MAX`), so one fsync
+    /// on a majority carries many of them. At most `PROPOSALS_IN_FLIGHT_MAX` entries are in
+    /// flight at once; past that, proposals wait in the channel (bounded: back-pressure).
+    async fn run_proposals(self: Arc<Self>, mut rx: futures::channel::mpsc::Receiver<Proposal>) {
+        use futures::future::{select, Either};
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let next = if in_flight.is_empty() {
+                rx.next().await
+            } else if in_flight.len() >= PROPOSALS_IN_FLIGHT_MAX {
+                in_flight.next().await;
+                continue;
+            } else {
+                match select(rx.next(), in_flight.next()).await {
+                    Either::Left((next, _)) => next,
+                    Either::Right(_) => continue,
+                }
+            };
+            let Some(first) = next else { return };
+            let mut batch = vec![first];
+            while batch.len() < BATCH_COMMANDS_MAX {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    _ => break,
+                }
+            }
+            in_flight.push(self.clone().propose_batch(batch));
+        }
+    }
+
+    async fn propose_batch(self: Arc<Self>, batch: Vec<Proposal>) {
+        let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let single = commands.len() == 1;
+        let command = if single { commands.into_iter().next().expect("one") } else { Command::Batch(commands) };
+        let written = match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
             Err(RaftError::APIError(e)) => Err(RpcError::Internal(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
+        };
+        let results: Vec<Result<Outcome, RpcError>> = match written {
+            Err(e) => replies.iter().map(|_| Err(e.clone())).collect(),
+            Ok(result) if single => vec![result.map_err(namespace_error)],
+            Ok(Ok(Outcome::Batch(results))) if results.len() == replies.len() => {
+                results.into_iter().map(|r| r.map_err(namespace_error)).collect()
+            }
+            Ok(other) => replies.iter().map(|_| Err(RpcError::Internal(format!("unexpected batch outcome {other:?}")))).collect(),
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result); // the caller may have given up
         }
     }
 
@@ -532,10 +602,13 @@ pub use crate::namespace::write_quorum;
 
 impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
-        // A replication factor the cluster cannot hold is refused now, not after the transfers.
-        let term = self.require_leader()?;
-        let now = self.env.clock().now();
-        self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
+        // A replication factor the cluster cannot hold is refused now, not after the transfers
+        // (an empty file has no chunks to place).
+        if r.size > 0 {
+            let term = self.require_leader()?;
+            let now = self.env.clock().now();
+            self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
+        }
         let command = Command::CreateFile {
             path: r.path,
             size: r.size,

@@ -842,3 +842,23 @@ fn a_retried_request_gets_the_first_answer_and_acts_once() {
     let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
     assert_eq!(restored, ns);
 }
+
+#[test]
+fn a_batch_applies_each_command_on_its_own() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    let outcome = ns
+        .apply(Command::Batch(vec![
+            Command::Mkdir { path: "/a".into(), parents: false, unix_ms: 1 },
+            Command::Mkdir { path: "/a".into(), parents: false, unix_ms: 1 },
+            Command::Mkdir { path: "/b/c".into(), parents: false, unix_ms: 1 },
+            Command::Mkdir { path: "/a/d".into(), parents: false, unix_ms: 1 },
+        ]))
+        .unwrap();
+    let Outcome::Batch(results) = outcome else { panic!("{outcome:?}") };
+    assert!(results[0].is_ok() && results[3].is_ok());
+    assert!(matches!(results[1], Err(NamespaceError::AlreadyExists(_))));
+    assert!(matches!(results[2], Err(NamespaceError::NoParent { .. })));
+    assert_eq!(ns.dirs().collect::<Vec<_>>(), vec!["/", "/a", "/a/d"]);
+    assert!(ns.apply(Command::Batch(vec![Command::Batch(vec![])])).is_err());
+}
