@@ -391,9 +391,27 @@ impl<E: Env> MetaServer<E> {
             return Ok(membership);
         }
         let voters = target_voters(&membership);
+        if !voters.contains(&self.config.id) {
+            return Err(self.hand_over(&voters).await);
+        }
         tracing::info!(voters = ?voters, "finishing a membership change left half done");
         self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
         Ok(self.raft.metrics().borrow().membership_config.membership().clone())
+    }
+
+    /// openraft 0.9 trips over a leader removing itself (an assertion in its membership code):
+    /// this leader asks an up-to-date node of `successors` to take over instead, and the
+    /// caller retries (the client's retry reaches the new leader, which does the removal).
+    /// Returns the error that tells the caller so.
+    async fn hand_over(&self, successors: &std::collections::BTreeSet<MetaNodeId>) -> RpcError {
+        let status = MetaServer::meta_status(self);
+        let successor = status.members.iter().find(|m| m.id != self.config.id && successors.contains(&m.id) && m.lag == Some(0));
+        let Some(successor) = successor else {
+            return RpcError::Unavailable(format!("metadata node {} leads and no other voter has caught up to take over yet", self.config.id));
+        };
+        let call = self.env.transport().unary(&successor.addr, proto::CampaignRequest {});
+        let _ = crate::env::call_with_timeout(self.env.clock(), self.config.election_timeout_max, &successor.addr, call).await;
+        RpcError::Unavailable(format!("metadata node {} leads: handing over to node {} before it leaves", self.config.id, successor.id))
     }
 
     /// Maps a membership-change failure to what the caller can act on.
@@ -870,17 +888,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             return Err(RpcError::FailedPrecondition("cannot remove the last voter".into()));
         }
         if r.id == self.config.id {
-            // openraft 0.9 trips over a leader removing itself (an assertion in its membership
-            // code): hand leadership to an up-to-date voter first; the client's retry then
-            // reaches the new leader, which removes this node.
-            let status = MetaServer::meta_status(self);
-            let successor = status.members.iter().find(|m| m.id != r.id && m.role == "voter" && m.lag == Some(0));
-            let Some(successor) = successor else {
-                return Err(RpcError::Unavailable(format!("metadata node {} leads and no other voter has caught up to take over yet", r.id)));
-            };
-            let call = self.env.transport().unary(&successor.addr, proto::CampaignRequest {});
-            let _ = crate::env::call_with_timeout(self.env.clock(), self.config.election_timeout_max, &successor.addr, call).await;
-            return Err(RpcError::Unavailable(format!("metadata node {} leads: handing over to node {} before removing it", r.id, successor.id)));
+            return Err(self.hand_over(&voters).await);
         }
         // retain = false: the removed node leaves the learners too and stops receiving the log.
         self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
