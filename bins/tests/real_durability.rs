@@ -24,7 +24,12 @@ struct MetaNode {
 
 impl MetaNode {
     fn new(id: u64, dir: &Path, peers: Option<&str>, extra: &[&str]) -> MetaNode {
-        let addr = format!("127.0.0.1:{}", free_port());
+        MetaNode::at(id, free_port(), dir, peers, extra)
+    }
+
+    /// Node `id` listening on 127.0.0.1:`port`.
+    fn at(id: u64, port: u16, dir: &Path, peers: Option<&str>, extra: &[&str]) -> MetaNode {
+        let addr = format!("127.0.0.1:{port}");
         let mut args: Vec<String> =
             ["meta", "--id", &id.to_string(), "--listen", &addr, "--data-dir", &dir.join(format!("meta-{id}")).display().to_string()]
                 .iter()
@@ -61,13 +66,7 @@ fn start_cluster(dir: &Path, meta_extra: &[&str]) -> (Vec<MetaNode>, Vec<Proc>, 
     let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
     let peers = peers.join(",");
     let mut metas: Vec<MetaNode> = (1..=3)
-        .map(|id| {
-            let mut m = MetaNode::new(id, dir, Some(&peers), meta_extra);
-            m.addr = format!("127.0.0.1:{}", ports[id as usize - 1]);
-            let listen = m.args.iter().position(|a| a == "--listen").unwrap() + 1;
-            m.args[listen] = m.addr.clone();
-            m
-        })
+        .map(|id| MetaNode::at(id, ports[id as usize - 1], dir, Some(&peers), meta_extra))
         .collect();
     for m in &mut metas {
         m.start(dir);
@@ -321,10 +320,7 @@ fn a_storage_node_of_another_cluster_is_refused() {
     let other = dir.join("other");
     std::fs::create_dir_all(&other).unwrap();
     let port = free_port();
-    let mut b = MetaNode::new(1, &other, Some(&format!("1=127.0.0.1:{port}")), &[]);
-    b.addr = format!("127.0.0.1:{port}");
-    let listen = b.args.iter().position(|a| a == "--listen").unwrap() + 1;
-    b.args[listen] = b.addr.clone();
+    let mut b = MetaNode::at(1, port, &other, Some(&format!("1=127.0.0.1:{port}")), &[]);
     b.start(&other);
     wait_for(Duration::from_secs(30), "the second cluster's leader", || dfs(&b.addr, &["status"]).status.success().then_some(()));
 

@@ -338,7 +338,7 @@ impl<E: Env> MetaServer<E> {
     }
 
     /// Members, roles and replication progress, as this node (the leader) sees them.
-    fn meta_status(&self) -> proto::MetaStatusResponse {
+    fn membership_status(&self) -> proto::MetaStatusResponse {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters = target_voters(membership);
@@ -404,7 +404,7 @@ impl<E: Env> MetaServer<E> {
     /// caller retries (the client's retry reaches the new leader, which does the removal).
     /// Returns the error that tells the caller so.
     async fn hand_over(&self, successors: &std::collections::BTreeSet<MetaNodeId>) -> RpcError {
-        let status = MetaServer::meta_status(self);
+        let status = self.membership_status();
         let successor = status.members.iter().find(|m| m.id != self.config.id && successors.contains(&m.id) && m.lag == Some(0));
         let Some(successor) = successor else {
             return RpcError::Unavailable(format!("metadata node {} leads and no other voter has caught up to take over yet", self.config.id));
@@ -873,7 +873,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
             tracing::info!(id = r.id, addr = %r.addr, "metadata member added");
         }
-        Ok(proto::AddMetaMemberResponse { status: Some(self.meta_status()) })
+        Ok(proto::AddMetaMemberResponse { status: Some(self.membership_status()) })
     }
 
     async fn remove_meta_member(&self, r: proto::RemoveMetaMemberRequest) -> Result<proto::RemoveMetaMemberResponse, RpcError> {
@@ -893,13 +893,13 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         // retain = false: the removed node leaves the learners too and stops receiving the log.
         self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
         tracing::info!(id = r.id, "metadata member removed");
-        Ok(proto::RemoveMetaMemberResponse { status: Some(self.meta_status()) })
+        Ok(proto::RemoveMetaMemberResponse { status: Some(self.membership_status()) })
     }
 
     async fn meta_status(&self, _r: proto::MetaStatusRequest) -> Result<proto::MetaStatusResponse, RpcError> {
         // Lag is known only to the leader: followers redirect like every other call.
         self.require_leader()?;
-        Ok(MetaServer::meta_status(self))
+        Ok(self.membership_status())
     }
 }
 
