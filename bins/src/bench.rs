@@ -251,11 +251,12 @@ async fn create_and_commit(client: &MetaClient<RealEnv>, client_id: u64, seq: &A
             overwrite: false,
             request_id: Some(proto::RequestId { client: client_id, seq: seq.fetch_add(1, Ordering::Relaxed) + 1 }),
             expect_file_id: None,
+            place_chunks: 0,
         })
         .await
         .with_context(|| format!("create {path}"))?;
     client
-        .call(proto::CommitFileRequest { file_id: created.file_id })
+        .call(proto::CommitFileRequest { file_id: created.file_id, ..Default::default() })
         .await
         .with_context(|| format!("commit {path}"))?;
     Ok(())

@@ -152,6 +152,7 @@ impl<E: Env> DfsClient<E> {
                 overwrite,
                 request_id: Some(self.next_request_id()),
                 expect_file_id: None,
+                place_chunks: 0,
             })
             .await
             .map_err(metadata(format!("put {remote}")))?;
@@ -177,7 +178,7 @@ impl<E: Env> DfsClient<E> {
         }
         let committed = self
             .meta
-            .call(proto::CommitFileRequest { file_id: file.0 })
+            .call(proto::CommitFileRequest { file_id: file.0, ..Default::default() })
             .await
             .map_err(metadata(format!("put {remote}: commit")))?;
         progress.finish();

@@ -600,6 +600,7 @@ fn file_info(f: &FileSummary) -> proto::FileInfo {
         replication: f.replication,
         chunk_count: f.chunk_count,
         committed_unix_ms: f.committed_unix_ms,
+        sha256: Default::default(),
     }
 }
 
@@ -638,7 +639,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             unix_ms: self.env.clock().unix_ms(),
         };
         match self.propose(command).await? {
-            Outcome::FileCreated(id) => Ok(proto::CreateFileResponse { file_id: id.0 }),
+            Outcome::FileCreated(id) => Ok(proto::CreateFileResponse { file_id: id.0, ..Default::default() }),
             other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -715,6 +716,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                         .into_iter()
                         .filter_map(|id| storage_node_proto(ns, id))
                         .collect(),
+                    replica_status: Vec::new(),
                 })
                 .collect()
         });
