@@ -93,6 +93,13 @@ impl Sha256Digest {
     }
 }
 
+/// The full digest in lowercase hex, as `sha256sum` prints it.
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
 impl fmt::Debug for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sha256:{}", hex::encode(&self.0[..8]))

@@ -16,6 +16,7 @@
 //! temporary file into place: the destination is either untouched or complete.
 
 pub mod admin;
+pub mod download;
 pub mod upload;
 pub mod meta_client;
 
