@@ -72,6 +72,9 @@ pub trait Disk: Clone + Send + Sync + 'static {
     /// Reads exactly `len` bytes at `offset` (fewer only at the end of the file).
     fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send;
     fn file_len(&self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send;
+    /// What changes when a regular file's contents change: its length and modification time
+    /// (on the simulated disk, a digest of its contents). Compared, never interpreted.
+    fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<FileStamp>> + Send;
     fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Makes creations, renames and removals of entries in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
@@ -82,6 +85,13 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
     /// (capacity, free) bytes of the volume holding `dir`.
     fn space(&self, dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send;
+}
+
+/// Tells whether a file changed between two looks at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: u64,
 }
 
 /// Everything a driver needs, bundled so drivers take one type parameter.

@@ -73,6 +73,9 @@ pub struct FileRecord {
     pub replication: u32,
     pub committed_unix_ms: u64,
     pub chunks: Vec<ChunkRecord>,
+    /// SHA-256 of the whole file, if the uploader sent one.
+    #[serde(default)]
+    pub sha256: Option<Sha256Digest>,
 }
 
 impl FileRecord {
@@ -166,7 +169,13 @@ pub enum Command {
         unix_ms: u64,
     },
     RecordChunks { file: FileId, chunks: Vec<ChunkRecord> },
-    CommitFile { file: FileId, unix_ms: u64 },
+    CommitFile {
+        file: FileId,
+        unix_ms: u64,
+        /// SHA-256 of the whole file, as the uploader computed it.
+        #[serde(default)]
+        sha256: Option<Sha256Digest>,
+    },
     /// Creates a directory; with `parents`, also its missing ancestors, and an existing
     /// directory is fine (`mkdir -p`).
     Mkdir { path: String, parents: bool, unix_ms: u64 },
@@ -212,6 +221,7 @@ pub struct FileSummary {
     pub replication: u32,
     pub chunk_count: u64,
     pub committed_unix_ms: u64,
+    pub sha256: Option<Sha256Digest>,
 }
 
 impl From<&FileRecord> for FileSummary {
@@ -224,6 +234,7 @@ impl From<&FileRecord> for FileSummary {
             replication: f.replication,
             chunk_count: f.chunks.len() as u64,
             committed_unix_ms: f.committed_unix_ms,
+            sha256: f.sha256,
         }
     }
 }
@@ -546,7 +557,7 @@ impl Namespace {
                 }
                 Ok(Outcome::Done)
             }
-            Command::CommitFile { file, unix_ms } => {
+            Command::CommitFile { file, unix_ms, sha256 } => {
                 let Some(upload) = self.uploads.get(&file) else {
                     // A retried commit whose first attempt went through.
                     if let Some(f) = self.paths_by_id.get(&file).and_then(|p| self.files.get(p)) {
@@ -572,6 +583,7 @@ impl Namespace {
                     replication: upload.replication,
                     committed_unix_ms: unix_ms,
                     chunks: upload.chunks.into_values().collect(),
+                    sha256,
                 };
                 let summary = FileSummary::from(&record);
                 if let Some(old) = self.remove_file(&record.path) {

@@ -90,6 +90,18 @@ impl Disk for RealDisk {
         })
     }
 
+    fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<dfs_core::env::FileStamp>> + Send {
+        let path = owned(path);
+        blocking(move || {
+            let meta = fs::metadata(&path)?;
+            if !meta.is_file() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            }
+            let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            Ok(dfs_core::env::FileStamp { len: meta.len(), modified })
+        })
+    }
+
     fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
         let path = owned(path);
         blocking(move || File::open(path)?.sync_all())

@@ -337,6 +337,17 @@ impl Disk for SimDisk {
         self.with(|s| Ok(s.data(path)?.volatile.len() as u64))
     }
 
+    fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<dfs_core::env::FileStamp>> + Send {
+        self.with(|s| {
+            use std::hash::{Hash, Hasher};
+            let data = &s.data(path)?.volatile;
+            // No clock on this disk: a digest of the contents changes whenever they do.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            Ok(dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() })
+        })
+    }
+
     fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
             let ino = *s.volatile_names.get(path).ok_or_else(|| not_found(path))?;

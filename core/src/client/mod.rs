@@ -6,34 +6,33 @@
 //! made; a delete of a file names the file id it saw, so a retry never removes a newer file
 //! put at the same path meanwhile.
 //!
-//! Upload: create the file at metadata, then for each chunk (at most `parallelism` at once)
-//! ask for a placement, stream the chunk to the primary, which stores it and fans it out to the
-//! other replicas, until a write quorum holds it; record the chunks; commit. Only the commit
-//! makes the file visible, so an interrupted upload never leaves a partial file behind.
-//!
-//! Download: fetch each chunk from its replicas in turn until one returns bytes matching the
-//! recorded SHA-256, write it at its offset in a temporary file, then fsync and rename the
-//! temporary file into place: the destination is either untouched or complete.
+//! Uploads and downloads are decided by pure state machines (`upload`, `download`, each
+//! tested without a runtime) and carried out by `driver`. Upload: create the file at metadata
+//! (with placements for the first chunks), read the source in order, send each chunk to its
+//! primary, which stores it and fans it out, until a write quorum holds it; commit with the
+//! last chunk records and the whole file's SHA-256. Only the commit makes the file visible,
+//! so an interrupted upload never leaves a partial file behind; with a resume directory, a
+//! rerun sends only what is missing (`resume`). Download: fetch chunks from their replicas
+//! (failing over, reporting bad ones), write them in order to a temporary file, check the
+//! whole file's SHA-256, then fsync and rename it into place: the destination is either
+//! untouched or complete.
 
 pub mod admin;
 pub mod download;
+mod driver;
+pub mod resume;
 pub mod upload;
 pub mod meta_client;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::stream::{self, StreamExt, TryStreamExt};
-
-use crate::chunking::{self, ChunkSpan};
-use crate::env::{call_with_timeout, Disk, Env, Transport};
-use crate::ids::{ChunkId, FileId, Sha256Digest};
+use crate::chunking;
+use crate::env::Env;
 use crate::namespace::normalize_path;
 use crate::proto;
-use crate::rpc::{ChunkService, ChunkUpload, RpcError};
+use crate::rpc::RpcError;
 pub use meta_client::{MetaClient, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -47,6 +46,8 @@ pub struct ClientConfig {
     /// Limit on one chunk transfer to or from one node.
     pub transfer_timeout: Duration,
     pub metadata: RetryPolicy,
+    /// Where resume manifests of interrupted uploads live; `None`: uploads never resume.
+    pub resume_dir: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +59,7 @@ impl Default for ClientConfig {
             chunk_attempts: 5,
             transfer_timeout: Duration::from_secs(60),
             metadata: RetryPolicy::default(),
+            resume_dir: None,
         }
     }
 }
@@ -74,6 +76,15 @@ pub enum ClientError {
     Metadata { context: String, source: RpcError },
     #[error("chunk {index} of {path}: {reason}")]
     Chunk { path: String, index: u32, reason: String },
+    #[error("put {path}: {source}")]
+    Upload {
+        path: String,
+        source: upload::UploadError,
+        /// The upload was resuming an interrupted one.
+        resumed: bool,
+    },
+    #[error("get {path}: {source}")]
+    Download { path: String, source: download::DownloadError },
     #[error("{0}")]
     Invalid(String),
 }
@@ -93,6 +104,8 @@ pub trait Progress: Send + Sync {
     fn start(&self, _total_bytes: u64) {}
     fn advance(&self, _bytes: u64) {}
     fn finish(&self) {}
+    /// A line for the user ("resuming: 37 of 50 chunks already stored").
+    fn message(&self, _line: &str) {}
 }
 
 /// Reports nothing.
@@ -102,6 +115,7 @@ impl Progress for NoProgress {}
 pub struct DfsClient<E: Env> {
     env: E,
     meta: MetaClient<E>,
+    meta_addrs: Vec<String>,
     config: ClientConfig,
     /// Names this client in request ids: random, so that clients need no coordination.
     client_id: u64,
@@ -131,241 +145,22 @@ fn metadata(context: impl Into<String>) -> impl FnOnce(RpcError) -> ClientError 
 
 impl<E: Env> DfsClient<E> {
     pub fn new(env: E, meta_addrs: Vec<String>, config: ClientConfig) -> Self {
-        let meta = MetaClient::new(env.clone(), meta_addrs, config.metadata.clone());
+        let meta = MetaClient::new(env.clone(), meta_addrs.clone(), config.metadata.clone());
         let client_id = env.random_u64();
-        DfsClient { env, meta, config, client_id, request_seq: AtomicU64::new(0) }
+        DfsClient { env, meta, meta_addrs, config, client_id, request_seq: AtomicU64::new(0) }
     }
 
-    // ---- upload ------------------------------------------------------------------------
-
-    /// Uploads the local file `source` to `remote`, creating its missing parent directories.
-    /// Fails if `remote` exists, unless `overwrite`, in which case the old file is replaced
-    /// atomically at commit.
-    pub async fn put(&self, source: &Path, remote: &str, overwrite: bool, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
-        let size = self.env.disk().file_len(source).await.map_err(local(source))?;
-        chunking::validate(size, self.config.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let created = self
-            .meta
-            .call(proto::CreateFileRequest {
-                path: remote.to_string(),
-                size,
-                chunk_size: self.config.chunk_size,
-                replication: self.config.replication,
-                overwrite,
-                request_id: Some(self.next_request_id()),
-                expect_file_id: None,
-                place_chunks: 0,
-            })
-            .await
-            .map_err(metadata(format!("put {remote}")))?;
-        let file = FileId(created.file_id);
-        tracing::info!(%remote, %file, size, "upload started");
-        progress.start(size);
-
-        let chunks: Vec<proto::ChunkInfo> = stream::iter(chunking::spans(size, self.config.chunk_size))
-            .map(|span| async move {
-                let info = self.upload_chunk(source, remote, file, span).await?;
-                progress.advance(span.len);
-                Ok::<_, ClientError>(info)
-            })
-            .buffer_unordered(self.config.parallelism.max(1))
-            .try_collect()
-            .await?;
-
-        for batch in chunks.chunks(RECORD_BATCH_CHUNKS) {
-            self.meta
-                .call(proto::RecordChunksRequest { file_id: file.0, chunks: batch.to_vec() })
-                .await
-                .map_err(metadata(format!("put {remote}: recording chunks")))?;
+    fn upload_config(&self) -> upload::UploadConfig {
+        upload::UploadConfig {
+            chunks_in_flight_max: self.config.parallelism.max(1),
+            chunk_attempts_max: self.config.chunk_attempts.max(1),
+            record_batch_chunks: RECORD_BATCH_CHUNKS,
+            ..upload::UploadConfig::default()
         }
-        let committed = self
-            .meta
-            .call(proto::CommitFileRequest { file_id: file.0, ..Default::default() })
-            .await
-            .map_err(metadata(format!("put {remote}: commit")))?;
-        progress.finish();
-        let info = committed.file.ok_or_else(|| ClientError::Invalid("commit reply carries no file".into()))?;
-        tracing::info!(remote = %info.path, %file, size, chunks = info.chunk_count, "upload committed");
-        Ok(info)
     }
 
-    /// Gets one chunk onto at least a write quorum of nodes. Nodes that already hold it are
-    /// kept across attempts; nodes that failed are excluded from later placements.
-    async fn upload_chunk(&self, source: &Path, remote: &str, file: FileId, span: ChunkSpan) -> Result<proto::ChunkInfo, ClientError> {
-        let data = self.env.disk().read_at(source, span.offset, span.len).await.map_err(local(source))?;
-        if data.len() as u64 != span.len {
-            return Err(ClientError::Local {
-                path: source.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank during upload"),
-            });
-        }
-        let sha256 = Sha256Digest::of(&data);
-        let id = ChunkId::derive(file, span.index);
-        let chunk_error = |reason: String| ClientError::Chunk { path: remote.to_string(), index: span.index, reason };
-
-        let mut holders: BTreeSet<u64> = BTreeSet::new();
-        let mut failed: BTreeSet<u64> = BTreeSet::new();
-        let mut last_error = String::from("no attempt made");
-        for attempt in 1..=self.config.chunk_attempts {
-            let exclude: Vec<u64> = holders.union(&failed).copied().collect();
-            // The metadata client already waits out leader changes and a lack of live
-            // storage nodes, up to its deadline: an error here is final for this upload.
-            let placement = self
-                .meta
-                .call(proto::AllocateChunksRequest { file_id: file.0, chunk_indexes: vec![span.index], exclude })
-                .await
-                .map_err(|e| ClientError::Metadata { context: format!("put {remote}: placing chunk {}", span.index), source: e })?;
-            let quorum = placement.write_quorum as usize;
-            let targets = placement.placements.into_iter().next().map(|p| p.targets).unwrap_or_default();
-            let wanted = (self.config.replication as usize).saturating_sub(holders.len());
-            let mut targets: Vec<proto::StorageNode> = targets.into_iter().take(wanted).collect();
-            if targets.is_empty() {
-                last_error = "metadata offered no storage node".into();
-                continue;
-            }
-            let primary = targets.remove(0);
-            let upload = ChunkUpload {
-                header: proto::WriteChunkHeader {
-                    chunk_id: Bytes::copy_from_slice(id.as_bytes()),
-                    size: span.len,
-                    sha256: Bytes::copy_from_slice(&sha256.0),
-                    forward_to: targets,
-                },
-                data: data.clone(),
-            };
-            let sent = call_with_timeout(
-                self.env.clock(),
-                self.config.transfer_timeout,
-                &primary.addr,
-                self.env.transport().write_chunk(&primary.addr, ChunkService::Storage, upload),
-            )
-            .await;
-            match sent {
-                Ok(reply) => {
-                    holders.extend(reply.stored_on.iter().copied());
-                    for f in &reply.failures {
-                        if let Some(n) = &f.node {
-                            failed.insert(n.id);
-                            last_error = format!("replica on {}: {}", n.addr, f.error);
-                        }
-                    }
-                }
-                Err(e) => {
-                    failed.insert(primary.id);
-                    last_error = format!("primary {}: {e}", primary.addr);
-                }
-            }
-            if holders.len() >= quorum.max(1) {
-                return Ok(proto::ChunkInfo {
-                    index: span.index,
-                    size: span.len,
-                    sha256: Bytes::copy_from_slice(&sha256.0),
-                    replicas: holders.into_iter().collect(),
-                });
-            }
-            tracing::debug!(chunk = span.index, attempt, holders = holders.len(), quorum, error = %last_error, "chunk below write quorum; retrying");
-        }
-        Err(chunk_error(format!(
-            "not stored on a write quorum after {} attempts; last error: {last_error}",
-            self.config.chunk_attempts
-        )))
-    }
-
-    // ---- download ----------------------------------------------------------------------
-
-    /// Downloads `remote` into the local file `dest`, replacing it atomically.
-    pub async fn get(&self, remote: &str, dest: &Path, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
-        let reply = self
-            .meta
-            .call(proto::GetFileRequest { path: remote.to_string() })
-            .await
-            .map_err(metadata(format!("get {remote}")))?;
-        let info = reply.file.ok_or_else(|| ClientError::Invalid("get reply carries no file".into()))?;
-        let mut chunks = reply.chunks;
-        chunks.sort_by_key(|c| c.index);
-        let tiled = chunks.iter().enumerate().all(|(i, c)| c.index as usize == i)
-            && chunks.iter().map(|c| c.size).sum::<u64>() == info.size;
-        if !tiled {
-            return Err(ClientError::Invalid(format!("{remote}: metadata's chunk list does not add up to the file")));
-        }
-
-        let disk = self.env.disk();
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
-        let tmp = dest.with_file_name(format!(".{name}.dfs-part-{:016x}", self.env.random_u64()));
-        disk.write_file(&tmp, Bytes::new()).await.map_err(local(&tmp))?;
-        progress.start(info.size);
-        let fetched = self.fetch_all(remote, &info, chunks, &tmp, progress).await;
-        let finished = match fetched {
-            Ok(()) => self.finish_download(&tmp, dest).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = finished {
-            let _ = disk.remove_file(&tmp).await;
-            return Err(e);
-        }
-        progress.finish();
-        Ok(info)
-    }
-
-    async fn fetch_all(
-        &self,
-        remote: &str,
-        info: &proto::FileInfo,
-        chunks: Vec<proto::ChunkLocation>,
-        tmp: &Path,
-        progress: &dyn Progress,
-    ) -> Result<(), ClientError> {
-        let chunk_size = info.chunk_size;
-        stream::iter(chunks)
-            .map(|chunk| async move {
-                let data = self.fetch_chunk(remote, &chunk).await?;
-                let offset = chunk.index as u64 * chunk_size;
-                self.env.disk().write_at(tmp, offset, data).await.map_err(local(tmp))?;
-                progress.advance(chunk.size);
-                Ok::<_, ClientError>(())
-            })
-            .buffer_unordered(self.config.parallelism.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
-    }
-
-    async fn finish_download(&self, tmp: &Path, dest: &Path) -> Result<(), ClientError> {
-        let disk = self.env.disk();
-        disk.sync_file(tmp).await.map_err(local(tmp))?;
-        disk.rename(tmp, dest).await.map_err(local(dest))?;
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        disk.sync_dir(dir).await.map_err(local(dir))?;
-        Ok(())
-    }
-
-    /// Tries the replicas in metadata's order (live nodes first, rotated per chunk to spread
-    /// load) until one returns bytes matching the recorded checksum.
-    async fn fetch_chunk(&self, remote: &str, chunk: &proto::ChunkLocation) -> Result<Bytes, ClientError> {
-        let expected = Sha256Digest::from_slice(&chunk.sha256);
-        let mut errors = Vec::new();
-        for replica in &chunk.replicas {
-            let request = proto::ReadChunkRequest { chunk_id: chunk.chunk_id.clone() };
-            let transfer = self.env.transport().read_chunk(&replica.addr, request);
-            match call_with_timeout(self.env.clock(), self.config.transfer_timeout, &replica.addr, transfer).await {
-                Ok(download) => {
-                    let got = Sha256Digest::of(&download.data);
-                    if download.data.len() as u64 == chunk.size && Some(got) == expected {
-                        return Ok(download.data);
-                    }
-                    tracing::warn!(chunk = chunk.index, replica = %replica.addr, "replica returned bytes that do not match the checksum");
-                    errors.push(format!("{}: checksum mismatch", replica.addr));
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        if chunk.replicas.is_empty() {
-            errors.push("no replica recorded".into());
-        }
-        Err(ClientError::Chunk { path: remote.to_string(), index: chunk.index, reason: format!("no replica served it: {}", errors.join("; ")) })
+    fn download_config(&self) -> download::DownloadConfig {
+        download::DownloadConfig { chunks_in_flight_max: self.config.parallelism.max(1), ..download::DownloadConfig::default() }
     }
 
     // ---- namespace ---------------------------------------------------------------------

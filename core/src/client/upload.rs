@@ -166,8 +166,9 @@ pub enum Action {
     Read { index: u32, offset: u64, len: u64 },
     /// `AllocateChunks` for these chunks, avoiding `exclude`.
     Allocate { indexes: Vec<u32>, exclude: Vec<u64> },
-    /// Write chunk `index` to `primary`, which forwards it to `forward_to`.
-    Send { index: u32, attempt: u32, primary: proto::StorageNode, forward_to: Vec<proto::StorageNode> },
+    /// Write chunk `index` (whose digest is `sha256`) to `primary`, which forwards it to
+    /// `forward_to`.
+    Send { index: u32, attempt: u32, sha256: Sha256Digest, primary: proto::StorageNode, forward_to: Vec<proto::StorageNode> },
     /// The chunk's bytes are no longer needed.
     Release { index: u32 },
     /// The chunk is stored: worth remembering for a resume.
@@ -592,9 +593,10 @@ impl Upload {
             a.phase = Phase::NeedsPlacement;
             return;
         };
+        let Some(sha256) = a.sha256 else { return };
         a.attempt += 1;
         a.phase = Phase::Sending;
-        self.actions.push_back(Action::Send { index, attempt: a.attempt, primary, forward_to: targets.collect() });
+        self.actions.push_back(Action::Send { index, attempt: a.attempt, sha256, primary, forward_to: targets.collect() });
     }
 
     /// Starts whatever can start now.

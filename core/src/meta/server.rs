@@ -34,6 +34,8 @@ use crate::rpc::RpcError;
 
 /// Most chunk placements one `AllocateChunks` call may ask for.
 pub const ALLOCATE_CHUNKS_MAX: usize = 1024;
+/// Most chunks a `CreateFile` places in its reply (`place_chunks` beyond is capped).
+pub const CREATE_PLACE_CHUNKS_MAX: usize = 64;
 /// Most chunk records one `RecordChunks` call may carry.
 pub use crate::namespace::RECORD_CHUNKS_MAX;
 /// Page size of `ListFiles` and `ListDir` when the client names none, and the most it may ask for.
@@ -600,7 +602,7 @@ fn file_info(f: &FileSummary) -> proto::FileInfo {
         replication: f.replication,
         chunk_count: f.chunk_count,
         committed_unix_ms: f.committed_unix_ms,
-        sha256: Default::default(),
+        sha256: f.sha256.map(|d| d.0.to_vec().into()).unwrap_or_default(),
     }
 }
 
@@ -618,6 +620,48 @@ fn dir_entry(e: &namespace::DirEntry) -> proto::DirEntry {
 }
 
 pub use crate::namespace::write_quorum;
+
+/// Chunk records from the wire, checked.
+fn chunk_records(chunks: Vec<proto::ChunkInfo>) -> Result<Vec<ChunkRecord>, RpcError> {
+    chunks
+        .into_iter()
+        .map(|c| {
+            let sha256 = Sha256Digest::from_slice(&c.sha256)
+                .ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
+            Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas: c.replicas.into_iter().map(StorageNodeId).collect() })
+        })
+        .collect()
+}
+
+impl<E: Env> MetaServer<E> {
+    async fn place_chunks_checked(&self, r: &proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
+        if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
+            return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
+        }
+        let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
+        let (placements, write_quorum) = self.place_chunks(FileId(r.file_id), &r.chunk_indexes, &exclude)?;
+        Ok(proto::AllocateChunksResponse { placements, write_quorum })
+    }
+
+    /// Placements for chunks of the upload `file`, from this leader's view of the nodes.
+    fn place_chunks(&self, file: FileId, indexes: &[u32], exclude: &[StorageNodeId]) -> Result<(Vec<proto::ChunkPlacement>, u32), RpcError> {
+        let term = self.require_leader()?;
+        let now = self.env.clock().now();
+        let (placed, quorum) = self.with_leader(term, |leader, ns| {
+            let upload = ns.upload(file).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(file)))?;
+            let placed = leader.allocate(now, upload, indexes, exclude).map_err(|e| match e {
+                AllocateError::NoLiveNode { .. } => RpcError::Unavailable(e.to_string()),
+                AllocateError::NoSpace(_) => RpcError::NoSpace(e.to_string()),
+                AllocateError::NoSuchChunk { .. } => RpcError::InvalidArgument(e.to_string()),
+            })?;
+            let placed: Vec<Vec<proto::StorageNode>> =
+                placed.into_iter().map(|nodes| nodes.into_iter().filter_map(|id| storage_node_proto(ns, id)).collect()).collect();
+            Ok::<_, RpcError>((placed, write_quorum(upload.replication)))
+        })?;
+        let placements = indexes.iter().zip(placed).map(|(&index, targets)| proto::ChunkPlacement { index, targets }).collect();
+        Ok((placements, quorum))
+    }
+}
 
 impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
@@ -638,60 +682,68 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
             unix_ms: self.env.clock().unix_ms(),
         };
-        match self.propose(command).await? {
-            Outcome::FileCreated(id) => Ok(proto::CreateFileResponse { file_id: id.0, ..Default::default() }),
-            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        let file = match self.propose(command).await? {
+            Outcome::FileCreated(id) => id,
+            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        // Placements for the first chunks ride on the reply: a small file needs no
+        // `AllocateChunks` round trip. The create was just committed in this leader's term,
+        // so its view of the upload is current.
+        let count = crate::chunking::chunk_count(r.size, r.chunk_size.max(1));
+        let place = (r.place_chunks as u64).min(count).min(CREATE_PLACE_CHUNKS_MAX as u64) as u32;
+        if place == 0 {
+            return Ok(proto::CreateFileResponse { file_id: file.0, ..Default::default() });
         }
+        let indexes: Vec<u32> = (0..place).collect();
+        let (placements, write_quorum) = self.place_chunks(file, &indexes, &[])?;
+        Ok(proto::CreateFileResponse { file_id: file.0, placements, write_quorum })
     }
 
     async fn allocate_chunks(&self, r: proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
         // Linearizable like every read the client relies on: a deposed leader never places
         // chunks from its stale view of the upload.
         self.read(|_| ()).await?;
-        let term = self.require_leader()?;
-        if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
-        }
-        let now = self.env.clock().now();
-        let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
-        let (placed, quorum) = self.with_leader(term, |leader, ns| {
-            let upload = ns.upload(FileId(r.file_id)).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(FileId(r.file_id))))?;
-            let placed = leader.allocate(now, upload, &r.chunk_indexes, &exclude).map_err(|e| match e {
-                AllocateError::NoLiveNode { .. } => RpcError::Unavailable(e.to_string()),
-                AllocateError::NoSpace(_) => RpcError::NoSpace(e.to_string()),
-                AllocateError::NoSuchChunk { .. } => RpcError::InvalidArgument(e.to_string()),
-            })?;
-            let placed: Vec<Vec<proto::StorageNode>> =
-                placed.into_iter().map(|nodes| nodes.into_iter().filter_map(|id| storage_node_proto(ns, id)).collect()).collect();
-            Ok::<_, RpcError>((placed, write_quorum(upload.replication)))
-        })?;
-        let placements =
-            r.chunk_indexes.iter().zip(placed).map(|(&index, targets)| proto::ChunkPlacement { index, targets }).collect();
-        Ok(proto::AllocateChunksResponse { placements, write_quorum: quorum })
+        self.place_chunks_checked(&r).await
     }
 
     async fn record_chunks(&self, r: proto::RecordChunksRequest) -> Result<proto::RecordChunksResponse, RpcError> {
         if r.chunks.len() > RECORD_CHUNKS_MAX {
             return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks per record")));
         }
-        let chunks = r
-            .chunks
-            .into_iter()
-            .map(|c| {
-                let sha256 = Sha256Digest::from_slice(&c.sha256)
-                    .ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
-                Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas: c.replicas.into_iter().map(StorageNodeId).collect() })
-            })
-            .collect::<Result<Vec<_>, RpcError>>()?;
+        let chunks = chunk_records(r.chunks)?;
         self.propose(Command::RecordChunks { file: FileId(r.file_id), chunks }).await?;
         Ok(proto::RecordChunksResponse {})
     }
 
     async fn commit_file(&self, r: proto::CommitFileRequest) -> Result<proto::CommitFileResponse, RpcError> {
-        let command = Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms() };
-        match self.propose(command).await? {
-            Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
-            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        if r.chunks.len() > RECORD_CHUNKS_MAX {
+            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks with a commit")));
+        }
+        let sha256 = match r.sha256.len() {
+            0 => None,
+            _ => Some(Sha256Digest::from_slice(&r.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?),
+        };
+        let file = FileId(r.file_id);
+        let commit = Command::CommitFile { file, unix_ms: self.env.clock().unix_ms(), sha256 };
+        if r.chunks.is_empty() {
+            return match self.propose(commit).await? {
+                Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
+                other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+            };
+        }
+        // The last chunk records and the commit in one Raft entry: one write for a small file.
+        let record = Command::RecordChunks { file, chunks: chunk_records(r.chunks)? };
+        let outcomes = match self.propose(Command::Batch(vec![record, commit])).await? {
+            Outcome::Batch(outcomes) => outcomes,
+            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        let mut outcomes = outcomes.into_iter();
+        let (recorded, committed) = (outcomes.next(), outcomes.next());
+        match (recorded, committed) {
+            (_, Some(Ok(Outcome::FileCommitted(f)))) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
+            // The records' error explains the commit's (a bad chunk leaves the file incomplete).
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(namespace_error(e)),
+            other => Err(RpcError::Internal(format!("unexpected outcomes {other:?}"))),
         }
     }
 

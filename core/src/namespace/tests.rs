@@ -83,7 +83,7 @@ fn chunks_for(size: u64, replicas: &[u64]) -> Vec<ChunkRecord> {
 fn upload(ns: &mut Namespace, path: &str, size: u64, overwrite: bool) -> Result<FileSummary, NamespaceError> {
     let id = create(ns, path, size, overwrite)?;
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(size, &[1, 2, 3]) })?;
-    match ns.apply(Command::CommitFile { file: id, unix_ms: 9 })? {
+    match ns.apply(Command::CommitFile { file: id, unix_ms: 9, sha256: None })? {
         Outcome::FileCommitted(s) => Ok(s),
         other => panic!("unexpected {other:?}"),
     }
@@ -112,14 +112,14 @@ fn an_upload_becomes_visible_only_at_commit() {
     let last = chunks.pop().unwrap();
     ns.apply(Command::RecordChunks { file: id, chunks }).unwrap();
     assert_eq!(
-        ns.apply(Command::CommitFile { file: id, unix_ms: 1 }),
+        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None }),
         Err(NamespaceError::Incomplete { file: id, missing: 1, total: 4 })
     );
     ns.apply(Command::RecordChunks { file: id, chunks: vec![last] }).unwrap();
-    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1 }).unwrap();
+    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None }).unwrap();
     assert_eq!(ns.file("/f").unwrap().chunks.len(), 4);
     // a retried commit answers the same
-    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2 }).unwrap(), committed);
+    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None }).unwrap(), committed);
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn deleting_frees_the_path_and_queues_replicas() {
     assert_eq!(ns.apply(delete("/d")), Err(NamespaceError::NotFound("/d".into())));
     assert_eq!(ns.garbage_for(StorageNodeId(3), 10), vec![ChunkId::derive(f.id, 0)]);
     // an old upload's commit after delete is refused, not resurrected
-    assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1 }), Err(NamespaceError::UploadNotFound(f.id)));
+    assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None }), Err(NamespaceError::UploadNotFound(f.id)));
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn committing_creates_parents_and_listing_shows_direct_children_only() {
     assert_eq!(walk(&ns, "/a/b", 1), vec!["/a/b/c"]);
     assert_eq!(walk(&ns, "/top", 1), vec!["/top"]);
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 1 }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None }).unwrap();
     assert_eq!(ns.kind("/x/y"), Some(EntryKind::Dir));
 }
 
@@ -259,14 +259,14 @@ fn rename_moves_files_and_whole_subtrees() {
     let moved = ns.file("/e/moved/sub/f").unwrap();
     assert_eq!((moved.id, moved.path.as_str()), (f.id, "/e/moved/sub/f"));
     // the id index follows: a retried commit answers with the new path
-    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1 }).unwrap() {
+    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None }).unwrap() {
         Outcome::FileCommitted(s) => assert_eq!(s.path, "/e/moved/sub/f"),
         other => panic!("{other:?}"),
     }
     assert_eq!(names(&ns, "/e/moved", 10), vec![("g".into(), EntryKind::File), ("sub".into(), EntryKind::Dir)]);
     // an upload in flight keeps its path: its commit recreates the parents
     ns.apply(Command::RecordChunks { file: in_flight, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1 }).unwrap();
+    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1, sha256: None }).unwrap();
     assert_eq!(ns.kind("/d/sub/late"), Some(EntryKind::File));
 
     rename(&mut ns, "/d0", "/e/file").unwrap();
@@ -368,7 +368,7 @@ fn a_retried_create_with_the_same_request_id_creates_nothing_new() {
     assert_ne!(ns.apply(next).unwrap(), Outcome::FileCreated(id));
     // once committed, the request id is forgotten with the upload
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 2 }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None }).unwrap();
     assert!(ns.uploads_by_request.get(&42).is_some_and(|seqs| !seqs.contains_key(&1)));
     assert_eq!(ns.apply(command), Err(NamespaceError::AlreadyExists("/f".into())));
 }
@@ -394,13 +394,13 @@ fn an_overwrite_replaces_only_the_file_the_client_saw() {
     let theirs = upload(&mut ns, "/f", 1, true).unwrap();
     let before = ns.clone();
     assert_eq!(
-        ns.apply(Command::CommitFile { file: mine, unix_ms: 2 }),
+        ns.apply(Command::CommitFile { file: mine, unix_ms: 2, sha256: None }),
         Err(NamespaceError::FileChanged { path: "/f".into(), expected: seen.id, found: Some(theirs.id) })
     );
     assert_eq!(ns, before);
     let Outcome::FileCreated(again) = ns.apply(expecting(theirs.id)).unwrap() else { panic!() };
     ns.apply(Command::RecordChunks { file: again, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: again, unix_ms: 3 }).unwrap();
+    ns.apply(Command::CommitFile { file: again, unix_ms: 3, sha256: None }).unwrap();
     assert_eq!(ns.file("/f").unwrap().id, again);
 }
 
@@ -430,7 +430,7 @@ fn expired_uploads_are_dropped_and_their_replicas_collected() {
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 2_000 }), Ok(Outcome::UploadsExpired(1)));
     assert!(ns.upload(old).is_none() && ns.upload(young).is_some());
     assert_eq!(ns.garbage_for(StorageNodeId(2), 10), vec![ChunkId::derive(old, 0)]);
-    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5 }), Err(NamespaceError::UploadNotFound(old)));
+    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5, sha256: None }), Err(NamespaceError::UploadNotFound(old)));
     assert_eq!(ns.uploads_by_request.get(&7).map(|s| s.len()), Some(1));
     // far in the future everything goes, without underflow
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 10, older_than_ms: UPLOAD_EXPIRY_DEFAULT_MS }), Ok(Outcome::UploadsExpired(0)));
@@ -709,7 +709,7 @@ proptest! {
                     Some(&file) => {
                         let complete = ns.upload(file).map(|u| u.chunks.len() as u64 == chunking::chunk_count(u.size, u.chunk_size));
                         let allowed = uploads.get(&file).map(|(p, _, o)| model.can_commit(p, *o));
-                        let result = ns.apply(Command::CommitFile { file, unix_ms: now });
+                        let result = ns.apply(Command::CommitFile { file, unix_ms: now, sha256: None });
                         if complete == Some(true) {
                             prop_assert_eq!(result.is_ok(), allowed == Some(true), "commit {:?}", result);
                         }

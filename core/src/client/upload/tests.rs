@@ -143,7 +143,7 @@ impl World {
                 let placements = indexes.iter().map(|&index| Placement { index, targets: self.place(&exclude) }).collect();
                 self.deliver(LATENCY_MS, Event::Placed { placements, write_quorum: quorum as u32 });
             }
-            Action::Send { index, attempt, primary, forward_to } => {
+            Action::Send { index, attempt, primary, forward_to, .. } => {
                 assert!(self.in_memory.contains(&index), "chunk {index} sent but not held");
                 assert!(forward_to.len() < self.spec.replication as usize);
                 if !self.up(primary.id) || self.roll(self.faults.primary_fails) {

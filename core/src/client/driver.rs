@@ -1,0 +1,507 @@
+//! The drivers of the upload and download machines: they carry out each action (disk,
+//! metadata, storage nodes), turn completions into events, and keep the bytes the machines
+//! talk about. Every decision is the machines'; see `upload` for the run loop.
+//!
+//! Bytes are hashed here, in one pass: each block of a chunk feeds both the chunk's digest and
+//! the whole file's running digest. The machines guarantee the order that makes this right
+//! (reads and writes one at a time, in chunk order).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{select, BoxFuture, Either};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use sha2::{Digest, Sha256};
+
+use super::download::{self, Download};
+use super::resume::{self, Manifest, UploadKey};
+use super::upload::{self, MetaOp, Placement, Start, Upload, UploadError, UploadSpec};
+use super::{local, ClientError, DfsClient, Progress};
+use crate::env::{call_with_timeout, Clock, Disk, Env, Transport};
+use crate::ids::{FileId, Sha256Digest};
+use crate::proto;
+use crate::rpc::{ChunkService, ChunkUpload, RpcError};
+
+/// Bytes hashed per step: both digests see a block while it is in cache.
+const HASH_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Hashes `data` as one chunk, feeding the file's running digest too.
+fn hash_chunk(data: &[u8], file: &mut Sha256) -> Sha256Digest {
+    let mut chunk = Sha256::new();
+    for block in data.chunks(HASH_BLOCK_BYTES) {
+        chunk.update(block);
+        file.update(block);
+    }
+    Sha256Digest(chunk.finalize().into())
+}
+
+/// How long the loop waits when the machine has no timer: any completion wakes it first.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+enum UpDone {
+    Event(upload::Event),
+    Read { index: u32, data: std::io::Result<Bytes>, expected_len: u64 },
+}
+
+enum DownDone {
+    Event(download::Event),
+    Fetched { index: u32, attempt: u32, data: Bytes },
+}
+
+/// Where a download's bytes go.
+pub enum Output<'a> {
+    /// A temporary file next to `dest`, renamed over it once complete and verified.
+    File { tmp: PathBuf, dest: PathBuf },
+    /// A stream (stdout): bytes go out in order as they are verified chunk by chunk.
+    Writer(&'a mut (dyn std::io::Write + Send)),
+}
+
+fn placements(p: Vec<proto::ChunkPlacement>) -> Vec<Placement> {
+    p.into_iter().map(|p| Placement { index: p.index, targets: p.targets }).collect()
+}
+
+impl<E: Env> DfsClient<E> {
+    /// Uploads the local file `source` to `remote`, creating its missing parent directories.
+    /// Fails if `remote` exists, unless `overwrite`, in which case the old file is replaced
+    /// atomically at commit. With a resume directory configured, an interrupted upload of
+    /// the same source to the same path resumes where it stopped.
+    pub async fn put(&self, source: &Path, remote: &str, overwrite: bool, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+        let first = self.put_once(source, remote, overwrite, progress, true).await;
+        match first {
+            Err(ClientError::Upload { source: UploadError::UploadGone | UploadError::SourceChanged, resumed: true, .. }) => {
+                progress.message("the interrupted upload cannot be resumed; starting over");
+                self.put_once(source, remote, overwrite, progress, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn put_once(
+        &self,
+        source: &Path,
+        remote: &str,
+        overwrite: bool,
+        progress: &dyn Progress,
+        may_resume: bool,
+    ) -> Result<proto::FileInfo, ClientError> {
+        let disk = self.env.disk();
+        let stamp = disk.stamp(source).await.map_err(local(source))?;
+        let spec = UploadSpec { size: stamp.len, chunk_size: self.config.chunk_size, replication: self.config.replication };
+        crate::chunking::validate(spec.size, spec.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let key = UploadKey {
+            source: source.to_string_lossy().into_owned(),
+            remote: remote.to_string(),
+            cluster: self.meta_addrs.join(","),
+            stamp,
+            chunk_size: spec.chunk_size,
+            replication: spec.replication,
+            overwrite,
+        };
+        let manifest_path = self.config.resume_dir.as_ref().map(|dir| resume::manifest_path(dir, &key));
+        let resumable = match (&manifest_path, may_resume) {
+            (Some(path), true) => resume::load(disk, path, &key).await,
+            _ => None,
+        };
+        let resumed = resumable.is_some();
+        let mut manifest = None;
+        let start = match resumable {
+            Some((file, stored)) => {
+                if let Some(path) = &manifest_path {
+                    manifest = Manifest::reopen(disk.clone(), path.clone()).await.ok();
+                }
+                Start::Resume { file, stored }
+            }
+            None => Start::Fresh,
+        };
+        let mut up = Upload::new(spec.clone(), self.upload_config(), start).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        progress.start(spec.size);
+        if resumed {
+            progress.message(&format!("resuming: {} of {} chunks already stored", up.resumed_chunks(), up.chunk_count()));
+        }
+
+        let upload_error = |e: UploadError| match e {
+            UploadError::Metadata { op, error } => ClientError::Metadata { context: format!("put {remote}: {}", op_name(op)), source: error },
+            UploadError::Source { index, error } => ClientError::Local {
+                path: source.to_path_buf(),
+                source: std::io::Error::other(format!("reading chunk {index}: {error}")),
+            },
+            e => ClientError::Upload { path: remote.to_string(), source: e, resumed },
+        };
+
+        let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
+        let mut file_hash = Sha256::new();
+        let mut pending: FuturesUnordered<BoxFuture<'_, UpDone>> = FuturesUnordered::new();
+        let mut outcome = None;
+        loop {
+            while let Some(action) = up.poll_action() {
+                match action {
+                    upload::Action::Create { place_chunks } => {
+                        let request = proto::CreateFileRequest {
+                            path: remote.to_string(),
+                            size: spec.size,
+                            chunk_size: spec.chunk_size,
+                            replication: spec.replication,
+                            overwrite,
+                            request_id: Some(self.next_request_id()),
+                            expect_file_id: None,
+                            place_chunks,
+                        };
+                        pending.push(
+                            async move {
+                                UpDone::Event(match self.meta.call(request).await {
+                                    Ok(r) => upload::Event::Created {
+                                        file: FileId(r.file_id),
+                                        placements: placements(r.placements),
+                                        write_quorum: r.write_quorum,
+                                    },
+                                    Err(error) => upload::Event::MetaFailed { op: MetaOp::Create, error },
+                                })
+                            }
+                            .boxed(),
+                        );
+                    }
+                    upload::Action::Read { index, offset, len } => {
+                        pending.push(
+                            async move {
+                                let data = disk.read_at(source, offset, len).await;
+                                UpDone::Read { index, data, expected_len: len }
+                            }
+                            .boxed(),
+                        );
+                    }
+                    upload::Action::Allocate { indexes, exclude } => {
+                        let file_id = up.file().map_or(0, |f| f.0);
+                        let request = proto::AllocateChunksRequest { file_id, chunk_indexes: indexes, exclude };
+                        pending.push(
+                            async move {
+                                UpDone::Event(match self.meta.call(request).await {
+                                    Ok(r) => upload::Event::Placed { placements: placements(r.placements), write_quorum: r.write_quorum },
+                                    Err(error) => upload::Event::MetaFailed { op: MetaOp::Allocate, error },
+                                })
+                            }
+                            .boxed(),
+                        );
+                    }
+                    upload::Action::Send { index, attempt, sha256, primary, forward_to } => {
+                        let data = buffers.get(&index).cloned().unwrap_or_default();
+                        let file = up.file().unwrap_or(FileId(0));
+                        let header = proto::WriteChunkHeader {
+                            chunk_id: Bytes::copy_from_slice(crate::ids::ChunkId::derive(file, index).as_bytes()),
+                            size: data.len() as u64,
+                            sha256: Bytes::copy_from_slice(&sha256.0),
+                            forward_to,
+                        };
+                        let timeout = self.config.transfer_timeout;
+                        pending.push(
+                            async move {
+                                let addr = primary.addr.clone();
+                                let send = self.env.transport().write_chunk(&addr, ChunkService::Storage, ChunkUpload { header, data });
+                                UpDone::Event(match call_with_timeout(self.env.clock(), timeout, &addr, send).await {
+                                    Ok(reply) => upload::Event::Stored {
+                                        index,
+                                        attempt,
+                                        stored_on: reply.stored_on,
+                                        failed: reply
+                                            .failures
+                                            .into_iter()
+                                            .filter_map(|f| Some((f.node?.id, f.error)))
+                                            .collect(),
+                                    },
+                                    Err(error) => upload::Event::SendFailed { index, attempt, error },
+                                })
+                            }
+                            .boxed(),
+                        );
+                    }
+                    upload::Action::Release { index } => {
+                        buffers.remove(&index);
+                    }
+                    upload::Action::Checkpoint(stored) => {
+                        if let Some(m) = manifest.as_mut() {
+                            if let Err(e) = m.append(&stored).await {
+                                tracing::warn!(path = %m.path().display(), error = %e, "resume manifest not updated; a rerun resends more");
+                            }
+                        }
+                    }
+                    upload::Action::Record { chunks } => {
+                        let request = proto::RecordChunksRequest {
+                            file_id: up.file().map_or(0, |f| f.0),
+                            chunks: chunks.iter().map(|c| c.to_proto()).collect(),
+                        };
+                        pending.push(
+                            async move {
+                                UpDone::Event(match self.meta.call(request).await {
+                                    Ok(_) => upload::Event::Recorded,
+                                    Err(error) => upload::Event::MetaFailed { op: MetaOp::Record, error },
+                                })
+                            }
+                            .boxed(),
+                        );
+                    }
+                    upload::Action::FinishSource => {
+                        let sha256 = Sha256Digest(std::mem::take(&mut file_hash).finalize().into());
+                        let unchanged = disk.stamp(source).await.is_ok_and(|now| now == stamp);
+                        up.handle(upload::Event::SourceFinished { sha256, unchanged }, self.env.clock().now());
+                    }
+                    upload::Action::Commit { chunks, sha256 } => {
+                        let request = proto::CommitFileRequest {
+                            file_id: up.file().map_or(0, |f| f.0),
+                            sha256: Bytes::copy_from_slice(&sha256.0),
+                            chunks: chunks.iter().map(|c| c.to_proto()).collect(),
+                        };
+                        pending.push(
+                            async move {
+                                UpDone::Event(match self.meta.call(request).await {
+                                    Ok(r) => match r.file {
+                                        Some(file) => upload::Event::Committed { file },
+                                        None => upload::Event::MetaFailed {
+                                            op: MetaOp::Commit,
+                                            error: RpcError::Internal("commit reply carries no file".into()),
+                                        },
+                                    },
+                                    Err(error) => upload::Event::MetaFailed { op: MetaOp::Commit, error },
+                                })
+                            }
+                            .boxed(),
+                        );
+                    }
+                    upload::Action::Progress { bytes } => progress.advance(bytes),
+                    upload::Action::Done(info) => outcome = Some(Ok(info)),
+                    upload::Action::Failed(e) => outcome = Some(Err(e)),
+                }
+            }
+            if up.is_finished() {
+                break;
+            }
+            let done = match self.next_completion(&mut pending, up.poll_timeout()).await {
+                Some(done) => done,
+                None => {
+                    up.handle_timeout(self.env.clock().now());
+                    continue;
+                }
+            };
+            let now = self.env.clock().now();
+            match done {
+                UpDone::Event(event) => {
+                    if let (upload::Event::Created { file, .. }, Some(path)) = (&event, &manifest_path) {
+                        match Manifest::create(disk.clone(), path.clone(), key.clone(), *file).await {
+                            Ok(m) => manifest = Some(m),
+                            Err(e) => tracing::warn!(path = %path.display(), error = %e, "no resume manifest; an interrupted upload will start over"),
+                        }
+                    }
+                    up.handle(event, now);
+                }
+                UpDone::Read { index, data, expected_len } => match data {
+                    Ok(data) if data.len() as u64 == expected_len => {
+                        let sha256 = hash_chunk(&data, &mut file_hash);
+                        buffers.insert(index, data);
+                        up.handle(upload::Event::Read { index, sha256 }, now);
+                    }
+                    Ok(data) => {
+                        let error = format!("{} bytes read where {expected_len} were expected: the file shrank", data.len());
+                        up.handle(upload::Event::ReadFailed { index, error }, now);
+                    }
+                    Err(e) => up.handle(upload::Event::ReadFailed { index, error: e.to_string() }, now),
+                },
+            }
+        }
+        // Transfers still in flight belong to a finished upload: dropping them cancels them.
+        drop(pending);
+        match outcome {
+            Some(Ok(info)) => {
+                if let Some(path) = &manifest_path {
+                    resume::remove(disk, path).await;
+                }
+                progress.finish();
+                tracing::info!(remote = %info.path, file = info.file_id, size = info.size, chunks = info.chunk_count, "upload committed");
+                Ok(info)
+            }
+            Some(Err(e)) => {
+                // A manifest that can never be resumed is of no use; keep it otherwise.
+                if matches!(e, UploadError::SourceChanged | UploadError::UploadGone) {
+                    if let Some(path) = &manifest_path {
+                        resume::remove(disk, path).await;
+                    }
+                }
+                Err(upload_error(e))
+            }
+            None => Err(ClientError::Invalid("the upload ended without an outcome".into())),
+        }
+    }
+
+    /// Waits for the next completion, or until `timeout` (returns `None`).
+    async fn next_completion<T>(&self, pending: &mut FuturesUnordered<BoxFuture<'_, T>>, timeout: Option<crate::env::Timestamp>) -> Option<T> {
+        let wait = match timeout {
+            Some(at) => at.saturating_since(self.env.clock().now()),
+            None => IDLE_WAIT,
+        };
+        if pending.is_empty() {
+            self.env.clock().sleep(wait).await;
+            return None;
+        }
+        let sleep = self.env.clock().sleep(wait);
+        futures::pin_mut!(sleep);
+        match select(pending.next(), sleep).await {
+            Either::Left((Some(done), _)) => Some(done),
+            Either::Left((None, _)) | Either::Right(((), _)) => None,
+        }
+    }
+
+    // ---- download ----------------------------------------------------------------------
+
+    /// Downloads `remote` into the local file `dest`, replacing it atomically: `dest` is
+    /// either untouched or complete and verified.
+    pub async fn get(&self, remote: &str, dest: &Path, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+        let disk = self.env.disk();
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+        let tmp = dest.with_file_name(format!(".{name}.dfs-part-{:016x}", self.env.random_u64()));
+        let result = self.download(remote, Output::File { tmp: tmp.clone(), dest: dest.to_path_buf() }, progress).await;
+        if result.is_err() {
+            let _ = disk.remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Writes `remote` to `out` (stdout) in order, each chunk verified before it is written.
+    /// A failure midway leaves a prefix of the file written.
+    pub async fn get_to_writer(&self, remote: &str, out: &mut (dyn std::io::Write + Send), progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+        self.download(remote, Output::Writer(out), progress).await
+    }
+
+    async fn download(&self, remote: &str, mut output: Output<'_>, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+        let reply = self
+            .meta
+            .call(proto::GetFileRequest { path: remote.to_string() })
+            .await
+            .map_err(|source| ClientError::Metadata { context: format!("get {remote}"), source })?;
+        let info = reply.file.ok_or_else(|| ClientError::Invalid("get reply carries no file".into()))?;
+        let download_error = |source: download::DownloadError| ClientError::Download { path: remote.to_string(), source };
+        let mut machine = Download::new(&info, reply.chunks, self.download_config()).map_err(download_error)?;
+        let disk = self.env.disk();
+        if let Output::File { tmp, .. } = &output {
+            disk.write_file(tmp, Bytes::new()).await.map_err(local(tmp))?;
+        }
+        progress.start(info.size);
+
+        let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
+        let mut file_hash = Sha256::new();
+        let mut pending: FuturesUnordered<BoxFuture<'_, DownDone>> = FuturesUnordered::new();
+        let mut outcome = None;
+        loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    download::Action::Fetch { index, attempt, chunk_id, from } => {
+                        let timeout = self.config.transfer_timeout;
+                        pending.push(
+                            async move {
+                                let request = proto::ReadChunkRequest { chunk_id };
+                                let fetch = self.env.transport().read_chunk(&from.addr, request);
+                                match call_with_timeout(self.env.clock(), timeout, &from.addr, fetch).await {
+                                    Ok(d) => DownDone::Fetched { index, attempt, data: d.data },
+                                    Err(error) => DownDone::Event(download::Event::FetchFailed { index, attempt, error }),
+                                }
+                            }
+                            .boxed(),
+                        );
+                    }
+                    download::Action::Discard { index } => {
+                        buffers.remove(&index);
+                    }
+                    download::Action::Write { index, offset } => {
+                        let data = buffers.remove(&index).unwrap_or_default();
+                        file_hash.update(&data);
+                        let event = match &mut output {
+                            Output::File { tmp, .. } => match disk.write_at(tmp, offset, data).await {
+                                Ok(()) => download::Event::Written { index },
+                                Err(e) => download::Event::WriteFailed { error: format!("{}: {e}", tmp.display()) },
+                            },
+                            Output::Writer(w) => match w.write_all(&data) {
+                                Ok(()) => download::Event::Written { index },
+                                Err(e) => download::Event::WriteFailed { error: e.to_string() },
+                            },
+                        };
+                        machine.handle(event, self.env.clock().now());
+                    }
+                    download::Action::ReportBad { chunk_id, node, reason } => {
+                        tracing::warn!(chunk = %hex::encode(&chunk_id), node = node.id, addr = %node.addr, %reason, "replica returned bad bytes");
+                        self.report_bad_replica(chunk_id, node, reason).await;
+                    }
+                    download::Action::HashFile => {
+                        let sha256 = Sha256Digest(std::mem::take(&mut file_hash).finalize().into());
+                        machine.handle(download::Event::FileHashed { sha256 }, self.env.clock().now());
+                    }
+                    download::Action::Finish => {
+                        let event = match self.finish_output(&mut output).await {
+                            Ok(()) => download::Event::Finished,
+                            Err(e) => download::Event::WriteFailed { error: e.to_string() },
+                        };
+                        machine.handle(event, self.env.clock().now());
+                    }
+                    download::Action::Progress { bytes } => progress.advance(bytes),
+                    download::Action::Done => outcome = Some(Ok(())),
+                    download::Action::Failed(e) => outcome = Some(Err(e)),
+                }
+            }
+            if machine.is_finished() {
+                break;
+            }
+            let done = match self.next_completion(&mut pending, machine.poll_timeout()).await {
+                Some(done) => done,
+                None => {
+                    machine.handle_timeout(self.env.clock().now());
+                    continue;
+                }
+            };
+            let now = self.env.clock().now();
+            match done {
+                DownDone::Event(event) => machine.handle(event, now),
+                DownDone::Fetched { index, attempt, data } => {
+                    let sha256 = Sha256Digest::of(&data);
+                    let len = data.len() as u64;
+                    buffers.insert(index, data);
+                    machine.handle(download::Event::Fetched { index, attempt, len, sha256 }, now);
+                }
+            }
+        }
+        drop(pending);
+        match outcome {
+            Some(Ok(())) => {
+                progress.finish();
+                Ok(info)
+            }
+            Some(Err(e)) => Err(download_error(e)),
+            None => Err(ClientError::Invalid("the download ended without an outcome".into())),
+        }
+    }
+
+    async fn finish_output(&self, output: &mut Output<'_>) -> std::io::Result<()> {
+        match output {
+            Output::Writer(w) => w.flush(),
+            Output::File { tmp, dest } => {
+                let disk = self.env.disk();
+                disk.sync_file(tmp).await?;
+                disk.rename(tmp, dest).await?;
+                let dir = match dest.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                disk.sync_dir(dir).await
+            }
+        }
+    }
+
+    /// Tells metadata a replica is bad. Best effort: the read has already moved on.
+    async fn report_bad_replica(&self, _chunk_id: Bytes, _node: proto::StorageNode, _reason: String) {}
+}
+
+fn op_name(op: MetaOp) -> &'static str {
+    match op {
+        MetaOp::Create => "creating the file",
+        MetaOp::Allocate => "placing chunks",
+        MetaOp::Record => "recording chunks",
+        MetaOp::Commit => "committing",
+    }
+}
