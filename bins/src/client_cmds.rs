@@ -119,6 +119,16 @@ pub fn client(meta: &MetaFlag, config: ClientConfig) -> anyhow::Result<DfsClient
     Ok(DfsClient::new(RealEnv::default(), parse_addrs(&meta.meta, "--meta")?, config))
 }
 
+/// The per-user state directory (resume manifests): `$DFS_STATE_DIR`, else
+/// `$XDG_STATE_HOME/dfs`, else `~/.local/state/dfs`; `None` if none can be found (uploads then
+/// do not resume).
+pub fn state_dir() -> Option<PathBuf> {
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    from_env("DFS_STATE_DIR")
+        .or_else(|| from_env("XDG_STATE_HOME").map(|d| d.join("dfs")))
+        .or_else(|| from_env("HOME").map(|h| h.join(".local/state/dfs")))
+}
+
 fn show_progress() -> bool {
     std::io::stderr().is_terminal()
 }
@@ -140,11 +150,14 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
         chunk_size,
         replication: args.replication,
         parallelism: args.parallelism as usize,
+        resume_dir: state_dir().map(|d| d.join("uploads")),
         ..ClientConfig::default()
     };
     let client = client(&args.meta, config)?;
     let bar = Bar::new(&format!("put {remote}"), show_progress());
-    let info = client.put(&args.local, &remote, args.force, &bar).await?;
+    // The absolute path names the source in the resume manifest, wherever the rerun starts.
+    let local = std::fs::canonicalize(&args.local).with_context(|| format!("{}", args.local.display()))?;
+    let info = client.put(&local, &remote, args.force, &bar).await?;
     drop(bar);
     println!("{} ({}, {} chunks, replication {})", info.path, ByteSize(info.size), info.chunk_count, info.replication);
     Ok(())

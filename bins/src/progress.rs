@@ -28,6 +28,10 @@ impl Progress for Bar {
     fn finish(&self) {
         self.0.finish_and_clear();
     }
+    /// Always shown, bar or not: it tells the user what the command is doing.
+    fn message(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"));
+    }
 }
 
 impl Drop for Bar {

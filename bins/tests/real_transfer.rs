@@ -1,0 +1,104 @@
+//! Real processes on 127.0.0.1: transfers interrupted by SIGKILL and resumed.
+
+#![cfg(not(madsim))]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::*;
+
+/// Lines in the resume manifests under `dir`: one header per upload, one line per chunk.
+fn manifest_lines(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::File::open(e.path()).ok())
+        .map(|f| BufReader::new(f).lines().count())
+        .sum()
+}
+
+#[test]
+fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let base = free_ports(103);
+    let _up = cluster_up(base, &dir.join("data"));
+    let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let state = dir.join("state");
+    let manifests = state.join("uploads");
+
+    let chunks = 160usize;
+    let original = path(dir, "big.bin");
+    std::fs::write(&original, test_bytes(chunks * 1024 * 1024 - 1000, 11)).unwrap();
+    let put_args = ["put", "--chunk-size", "1MiB", "--parallelism", "1", original.to_str().unwrap(), "/big.bin"];
+    let mut put = Command::new(DFS)
+        .args(put_args)
+        .env("DFS_META", &meta)
+        .env("DFS_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once a tenth of the chunks are stored (polled often: the upload is fast).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while manifest_lines(&manifests) < 1 + chunks / 10 {
+        assert!(put.try_wait().unwrap().is_none(), "the put finished before it could be killed; make the file larger");
+        assert!(Instant::now() < deadline, "the put stored nothing in 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    put.kill().unwrap();
+    put.wait().unwrap();
+    let stored_before = manifest_lines(&manifests) - 1;
+    assert!(stored_before < chunks, "killed too late: {stored_before} chunks stored");
+    // Nothing half-uploaded is visible.
+    let listing = dfs_ok(&meta, &["ls", "/"]);
+    assert!(listing.contains("Found 0 items"), "{listing}");
+
+    let rerun = Command::new(DFS).args(put_args).env("DFS_META", &meta).env("DFS_STATE_DIR", &state).output().unwrap();
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert!(rerun.status.success(), "rerun failed: {stderr}");
+    let resumed: usize = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the rerun did not say it resumed: {stderr}"));
+    assert!(resumed >= stored_before && resumed < chunks, "resumed {resumed} of {chunks}, {stored_before} were stored");
+    assert!(stderr.contains(&format!("of {chunks} chunks already stored")), "{stderr}");
+    assert_eq!(manifest_lines(&manifests), 0, "the manifest outlived the upload");
+
+    let back = path(dir, "back.bin");
+    dfs_ok(&meta, &["get", "/big.bin", back.to_str().unwrap()]);
+    assert_same_file(&original, &back);
+
+    // A changed source starts over instead of resuming.
+    let mut interrupted = Command::new(DFS)
+        .args(["put", "--chunk-size", "1MiB", "--parallelism", "1", original.to_str().unwrap(), "/again.bin"])
+        .env("DFS_META", &meta)
+        .env("DFS_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while manifest_lines(&manifests) < 3 {
+        assert!(interrupted.try_wait().unwrap().is_none(), "the put finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    interrupted.kill().unwrap();
+    interrupted.wait().unwrap();
+    std::fs::write(&original, test_bytes(chunks * 1024 * 1024 - 1000, 12)).unwrap();
+    let fresh = Command::new(DFS)
+        .args(["put", "--chunk-size", "1MiB", original.to_str().unwrap(), "/again.bin"])
+        .env("DFS_META", &meta)
+        .env("DFS_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(fresh.status.success() && !stderr.contains("resuming"), "{stderr}");
+    dfs_ok(&meta, &["get", "/again.bin", path(dir, "again.bin").to_str().unwrap()]);
+    assert_same_file(&original, &path(dir, "again.bin"));
+}
