@@ -25,10 +25,14 @@ use dfs_io_real::RealEnv;
 
 use crate::cluster::{spawn, stop, wait_ready, Node};
 
+mod transfer;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Metadata throughput and latency: create + commit of empty files on a local 3-node cluster.
     Meta(MetaBenchArgs),
+    /// Put and get of a large file and of many small files, beside the disk's own floor.
+    Transfer(transfer::TransferBenchArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +55,7 @@ pub struct MetaBenchArgs {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Meta(args) => meta(args).await,
+        BenchCommand::Transfer(args) => transfer::transfer(args).await,
     }
 }
 
@@ -272,7 +277,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// Distinct free loopback ports: bound (all at once, so they differ) and released.
-fn free_loopback_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+pub(crate) fn free_loopback_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
     let listeners = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>().context("cannot find a free port")?;
     listeners.iter().map(|l| l.local_addr().context("listener address")).collect()
 }
@@ -282,6 +287,15 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).with_context(|| format!("{path} has no VmRSS"))?;
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).with_context(|| format!("{path}: bad line {line:?}"))?;
+    Ok(kib * 1024)
+}
+
+/// Peak resident memory of process `pid` so far (VmHWM from /proc), in bytes.
+pub(crate) fn rss_hwm_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).with_context(|| format!("{path} has no VmHWM"))?;
     let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).with_context(|| format!("{path}: bad line {line:?}"))?;
     Ok(kib * 1024)
 }

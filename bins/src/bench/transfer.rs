@@ -1,0 +1,409 @@
+//! `dfs bench transfer`: put and get of a large file and of many small files on a local
+//! 3 + 3 cluster (child processes of this one, every replica fsynced), each beside the
+//! hardware floor measured in the same run on the same disk:
+//!
+//! - put floor: the same bytes written as 3 copies in parallel, each fsynced, plus one SHA-256
+//!   pass over them (what 3 replicas and end-to-end checksums cost at least);
+//! - get floor: the file read and written to a new file, fsynced (`cat` + `sync`);
+//! - small files: `cp -r` of the same tree, then `sync`.
+//!
+//! Large transfers run `dfs put`/`dfs get` as child processes, so their peak RSS is the
+//! client's own (from `wait4`); the storage nodes' peak RSS is their VmHWM at the end. Each
+//! figure is the median of `--runs` runs, page cache warm.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use bytesize::ByteSize;
+use clap::Args;
+use dfs_core::client::{ClientConfig, DfsClient, NoProgress};
+use dfs_io_real::RealEnv;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::bench::{free_loopback_addrs, rss_hwm_bytes};
+use crate::cluster::{spawn, stop, wait_ready, Node};
+
+#[derive(Args)]
+pub struct TransferBenchArgs {
+    /// Size of the large file.
+    #[arg(long, default_value = "1GiB")]
+    size: ByteSize,
+    /// Runs of each large transfer (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    runs: u64,
+    /// Number of small files (0 skips that part).
+    #[arg(long, default_value_t = 2000)]
+    small_files: u64,
+    /// Size of each small file.
+    #[arg(long, default_value = "4KiB")]
+    small_size: ByteSize,
+    /// Small files in flight at once from the one client.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    small_concurrency: u64,
+    /// Where the cluster's data and the test files go (a temporary directory by default,
+    /// removed at the end). Put it on the disk you want to measure.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const STORAGE_NODES: usize = 3;
+const META_NODES: usize = 3;
+
+pub async fn transfer(args: TransferBenchArgs) -> anyhow::Result<()> {
+    let (dir, remove) = match &args.dir {
+        Some(d) => (d.join(format!("dfs-bench-transfer-{}", std::process::id())), false),
+        None => (std::env::temp_dir().join(format!("dfs-bench-transfer-{}", std::process::id())), true),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let outcome = transfer_in(&args, &dir).await;
+    if remove || outcome.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    outcome
+}
+
+async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    let exe = std::env::current_exe().context("cannot find the dfs executable")?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let meta_addrs = free_loopback_addrs(META_NODES)?;
+    let storage_addrs = free_loopback_addrs(STORAGE_NODES)?;
+    let meta: Vec<String> = meta_addrs.iter().map(SocketAddr::to_string).collect();
+    let peers: Vec<String> = meta.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut started = || -> anyhow::Result<()> {
+        for (i, addr) in meta_addrs.iter().enumerate() {
+            let name = format!("meta-{}", i + 1);
+            let data = dir.join(&name).to_string_lossy().into_owned();
+            let id = (i + 1).to_string();
+            nodes.push(spawn(&exe, &name, *addr, &["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")], &logs)?);
+        }
+        for (i, addr) in storage_addrs.iter().enumerate() {
+            let name = format!("storage-{}", i + 1);
+            let data = dir.join(&name).to_string_lossy().into_owned();
+            let argv = ["storage", "--listen", &addr.to_string(), "--meta", &meta.join(","), "--data-dir", &data, "--heartbeat-ms", "500"];
+            nodes.push(spawn(&exe, &name, *addr, &argv, &logs)?);
+        }
+        Ok(())
+    };
+    if let Err(e) = started() {
+        stop(&mut nodes).await;
+        return Err(e);
+    }
+    let outcome = async {
+        wait_ready(meta.clone(), STORAGE_NODES).await?;
+        say(format!("cluster: {META_NODES} metadata + {STORAGE_NODES} storage nodes on loopback, data in {}", dir.display()));
+        let large = large_file(args, dir, &exe, &meta, &say).await?;
+        let storage_rss: Vec<u64> = nodes[META_NODES..].iter().filter_map(|n| n.child.id()).filter_map(|pid| rss_hwm_bytes(pid).ok()).collect();
+        let small = if args.small_files > 0 { Some(small_files(args, dir, &meta, &say).await?) } else { None };
+        Ok::<_, anyhow::Error>((large, storage_rss, small))
+    }
+    .await;
+    stop(&mut nodes).await;
+    let (large, storage_rss, small) = outcome?;
+    let storage_peak = storage_rss.iter().copied().max().unwrap_or(0);
+    say(format!("storage node peak RSS: {} (max of {})", ByteSize(storage_peak), storage_rss.iter().map(|b| ByteSize(*b).to_string()).collect::<Vec<_>>().join(", ")));
+    if args.json {
+        let mut json = serde_json::json!({
+            "size_bytes": args.size.as_u64(),
+            "runs": args.runs,
+            "put_seconds": large.put,
+            "put_floor_seconds": large.put_floor,
+            "put_ratio": large.put / large.put_floor,
+            "get_seconds": large.get,
+            "get_floor_seconds": large.get_floor,
+            "get_ratio": large.get / large.get_floor,
+            "client_put_peak_rss_bytes": large.put_rss,
+            "client_get_peak_rss_bytes": large.get_rss,
+            "storage_peak_rss_bytes": storage_peak,
+        });
+        if let Some(s) = small {
+            json["small_files"] = serde_json::json!({
+                "files": args.small_files,
+                "file_bytes": args.small_size.as_u64(),
+                "concurrency": args.small_concurrency,
+                "put_files_per_sec": s.put_rate,
+                "get_files_per_sec": s.get_rate,
+                "cp_sync_files_per_sec": s.cp_rate,
+            });
+        }
+        println!("{json}");
+    }
+    Ok(())
+}
+
+struct Large {
+    put: f64,
+    put_floor: f64,
+    get: f64,
+    get_floor: f64,
+    put_rss: u64,
+    get_rss: u64,
+}
+
+async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[String], say: &impl Fn(String)) -> anyhow::Result<Large> {
+    let size = args.size.as_u64();
+    let source = dir.join("large.bin");
+    write_pattern(&source, size)?;
+    // Warm the page cache: every measurement below reads a cached source.
+    std::io::copy(&mut std::fs::File::open(&source)?, &mut std::io::sink())?;
+    let (mut put, mut put_floor, mut get, mut get_floor) = (vec![], vec![], vec![], vec![]);
+    let (mut put_rss, mut get_rss) = (0u64, 0u64);
+    for run in 0..args.runs {
+        put_floor.push(tokio::task::block_in_place(|| put_floor_once(&source, dir))?);
+        let remote = format!("/bench/large-{run}.bin");
+        let (secs, rss) = run_dfs(exe, meta, dir, &["put", "--force", &source.to_string_lossy(), &remote])?;
+        put.push(secs);
+        put_rss = put_rss.max(rss);
+        get_floor.push(tokio::task::block_in_place(|| get_floor_once(&source, dir))?);
+        let dest = dir.join("large.back");
+        let (secs, rss) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        get.push(secs);
+        get_rss = get_rss.max(rss);
+        if !same_file(&source, &dest)? {
+            bail!("the downloaded file differs from the uploaded one");
+        }
+        std::fs::remove_file(&dest)?;
+        say(format!(
+            "run {}: put {:.2}s (floor {:.2}s)  get {:.2}s (floor {:.2}s)",
+            run + 1,
+            put[run as usize],
+            put_floor[run as usize],
+            get[run as usize],
+            get_floor[run as usize]
+        ));
+    }
+    let large = Large { put: median(&put), put_floor: median(&put_floor), get: median(&get), get_floor: median(&get_floor), put_rss, get_rss };
+    say(format!(
+        "{} at replication 3, median of {}: put {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s); get {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s)",
+        ByteSize(size),
+        args.runs,
+        large.put,
+        large.put / large.put_floor,
+        large.put_floor,
+        size as f64 / large.put / MIB,
+        large.get,
+        large.get / large.get_floor,
+        large.get_floor,
+        size as f64 / large.get / MIB,
+    ));
+    say(format!("client peak RSS: put {}, get {}", ByteSize(large.put_rss), ByteSize(large.get_rss)));
+    std::fs::remove_file(&source)?;
+    Ok(large)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// Bytes per write in the floors: what a chunk is.
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// 3 fsynced copies written in parallel, then one SHA-256 pass.
+fn put_floor_once(source: &Path, dir: &Path) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let copies: Vec<_> = (0..STORAGE_NODES)
+            .map(|i| {
+                let dest = dir.join(format!("floor-copy-{i}"));
+                s.spawn(move || copy_synced(source, &dest))
+            })
+            .collect();
+        copies.into_iter().try_for_each(|c| c.join().expect("copy thread"))
+    })?;
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(source)?;
+    let mut block = vec![0u8; BLOCK_BYTES];
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+    }
+    std::hint::black_box(hasher.finalize());
+    let secs = started.elapsed().as_secs_f64();
+    for i in 0..STORAGE_NODES {
+        std::fs::remove_file(dir.join(format!("floor-copy-{i}")))?;
+    }
+    Ok(secs)
+}
+
+/// The file read and written to a new file, fsynced.
+fn get_floor_once(source: &Path, dir: &Path) -> anyhow::Result<f64> {
+    let dest = dir.join("floor-get");
+    let started = Instant::now();
+    copy_synced(source, &dest)?;
+    let secs = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&dest)?;
+    Ok(secs)
+}
+
+fn copy_synced(source: &Path, dest: &Path) -> std::io::Result<()> {
+    let mut from = std::fs::File::open(source)?;
+    let mut to = std::fs::File::create(dest)?;
+    let mut block = vec![0u8; BLOCK_BYTES];
+    loop {
+        let n = from.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&block[..n])?;
+    }
+    to.sync_all()
+}
+
+/// Runs `dfs ARGS` against the cluster; returns its wall time and peak RSS.
+fn run_dfs(exe: &Path, meta: &[String], dir: &Path, args: &[&str]) -> anyhow::Result<(f64, u64)> {
+    let started = Instant::now();
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .env("DFS_META", meta.join(","))
+        .env("DFS_STATE_DIR", dir.join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run dfs {args:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.expect("piped");
+    let mut errors = String::new();
+    let _ = stderr.read_to_string(&mut errors);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid pointers.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = started.elapsed().as_secs_f64();
+    if waited != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("dfs {args:?} failed: {}", errors.trim());
+    }
+    // ru_maxrss is in KiB on Linux.
+    Ok((secs, usage.ru_maxrss as u64 * 1024))
+}
+
+struct Small {
+    put_rate: f64,
+    get_rate: f64,
+    cp_rate: f64,
+}
+
+async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say: &impl Fn(String)) -> anyhow::Result<Small> {
+    let n = args.small_files;
+    let tree = dir.join("small");
+    for i in 0..n {
+        let sub = tree.join(format!("d{:03}", i / 100));
+        std::fs::create_dir_all(&sub)?;
+        std::fs::write(sub.join(format!("f{i:06}")), pattern(args.small_size.as_u64() as usize, i))?;
+    }
+    let files: Vec<(PathBuf, String)> =
+        (0..n).map(|i| (tree.join(format!("d{:03}/f{i:06}", i / 100)), format!("/bench/small/d{:03}/f{i:06}", i / 100))).collect();
+
+    let copy = dir.join("small-cp");
+    let started = Instant::now();
+    let cp = std::process::Command::new("cp").arg("-r").arg(&tree).arg(&copy).status().context("cannot run cp")?;
+    let sync = std::process::Command::new("sync").status().context("cannot run sync")?;
+    if !cp.success() || !sync.success() {
+        bail!("cp -r or sync failed");
+    }
+    let cp_rate = n as f64 / started.elapsed().as_secs_f64();
+
+    let config = ClientConfig { chunk_size: dfs_core::chunking::MIN_CHUNK_SIZE.max(args.small_size.as_u64().next_power_of_two()), ..ClientConfig::default() };
+    let client = DfsClient::new(RealEnv::default(), meta.to_vec(), config);
+    let concurrency = args.small_concurrency as usize;
+    let started = Instant::now();
+    stream::iter(files.iter())
+        .map(|(local, remote)| {
+            let client = &client;
+            async move { client.put(local, remote, true, &NoProgress).await.with_context(|| format!("put {remote}")) }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let put_rate = n as f64 / started.elapsed().as_secs_f64();
+
+    let back = dir.join("small-back");
+    std::fs::create_dir_all(&back)?;
+    let started = Instant::now();
+    stream::iter(files.iter().enumerate())
+        .map(|(i, (_, remote))| {
+            let dest = back.join(format!("f{i:06}"));
+            let client = &client;
+            async move { client.get(remote, &dest, &NoProgress).await.with_context(|| format!("get {remote}")) }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let get_rate = n as f64 / started.elapsed().as_secs_f64();
+    for (i, (local, _)) in files.iter().enumerate() {
+        if !same_file(local, &back.join(format!("f{i:06}")))? {
+            bail!("small file {} came back different", local.display());
+        }
+    }
+    say(format!(
+        "{n} files of {} from one client, {} in flight: put {put_rate:.0} files/s, get {get_rate:.0} files/s; cp -r + sync {cp_rate:.0} files/s",
+        ByteSize(args.small_size.as_u64()),
+        concurrency
+    ));
+    Ok(Small { put_rate, get_rate, cp_rate })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Incompressible-looking bytes (xorshift), different per `seed`.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn write_pattern(path: &Path, size: u64) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut written = 0u64;
+    let mut seed = 1;
+    while written < size {
+        let block = pattern((size - written).min(BLOCK_BYTES as u64) as usize, seed);
+        file.write_all(&block)?;
+        written += block.len() as u64;
+        seed += 1;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    let (mut x, mut y) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if x.metadata()?.len() != y.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut p, mut q) = (vec![0u8; BLOCK_BYTES], vec![0u8; BLOCK_BYTES]);
+    loop {
+        let n = x.read(&mut p)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        y.read_exact(&mut q[..n])?;
+        if p[..n] != q[..n] {
+            return Ok(false);
+        }
+    }
+}
