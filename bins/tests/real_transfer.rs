@@ -102,3 +102,77 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
     dfs_ok(&meta, &["get", "/again.bin", path(dir, "again.bin").to_str().unwrap()]);
     assert_same_file(&original, &path(dir, "again.bin"));
 }
+
+/// 3 metadata nodes and `storage` storage nodes, each its own process.
+struct Cluster {
+    meta: String,
+    _metas: Vec<Proc>,
+    storage: Vec<Proc>,
+}
+
+fn start_cluster(dir: &Path, storage: usize) -> Cluster {
+    let meta_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<String> = meta_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+    let meta = meta_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let metas = meta_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let data = dir.join(format!("meta-{}", i + 1)).display().to_string();
+            let args: Vec<String> = ["meta", "--id", &(i + 1).to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data, "--peers", &peers.join(",")]
+                .map(String::from)
+                .to_vec();
+            spawn(&format!("meta-{}", i + 1), &args, dir)
+        })
+        .collect();
+    let storage = (1..=storage)
+        .map(|i| {
+            let data = dir.join(format!("storage-{i}")).display().to_string();
+            let args: Vec<String> = ["storage", "--listen", &format!("127.0.0.1:{}", free_port()), "--meta", &meta, "--data-dir", &data, "--heartbeat-ms", "500"]
+                .map(String::from)
+                .to_vec();
+            spawn(&format!("storage-{i}"), &args, dir)
+        })
+        .collect::<Vec<_>>();
+    wait_ready(&meta, storage.len());
+    Cluster { meta, _metas: metas, storage }
+}
+
+#[test]
+fn a_storage_node_killed_during_a_put_leaves_the_upload_completed_or_resumable() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let mut cluster = start_cluster(dir, 4);
+    let meta = cluster.meta.clone();
+    let state = dir.join("state");
+    let chunks = 120usize;
+    let original = path(dir, "big.bin");
+    std::fs::write(&original, test_bytes(chunks * 1024 * 1024 + 77, 21)).unwrap();
+    let put_args = ["put", "--chunk-size", "1MiB", "--parallelism", "2", original.to_str().unwrap(), "/big.bin"];
+    let put = Command::new(DFS)
+        .args(put_args)
+        .env("DFS_META", &meta)
+        .env("DFS_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while manifest_lines(&state.join("uploads")) < 1 + chunks / 8 {
+        assert!(Instant::now() < deadline, "the put stored nothing in 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("SIGKILL storage-1 during the put");
+    cluster.storage[0].sigkill();
+    let first = put.wait_with_output().unwrap();
+    if !first.status.success() {
+        // Not completed: it must be resumable, and resume.
+        eprintln!("the put failed: {}", String::from_utf8_lossy(&first.stderr));
+        let rerun = Command::new(DFS).args(put_args).env("DFS_META", &meta).env("DFS_STATE_DIR", &state).output().unwrap();
+        let stderr = String::from_utf8_lossy(&rerun.stderr);
+        assert!(rerun.status.success() && stderr.contains("resuming: "), "the rerun did not resume: {stderr}");
+    }
+    let back = path(dir, "back.bin");
+    dfs_ok(&meta, &["get", "/big.bin", back.to_str().unwrap()]);
+    assert_same_file(&original, &back);
+}
