@@ -22,7 +22,7 @@ fn main() {
             unix_ms: 1,
         };
         let Ok(Outcome::FileCreated(id)) = ns.apply(create) else { panic!("create {i}") };
-        ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None }).expect("commit");
+        ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).expect("commit");
     }
     let build = started.elapsed();
     println!("namespace: {files} files in one directory, built in {:.1} s ({:.0} creates+commits/s applied)", build.as_secs_f64(), files as f64 / build.as_secs_f64());

@@ -175,6 +175,10 @@ pub enum Command {
         /// SHA-256 of the whole file, as the uploader computed it.
         #[serde(default)]
         sha256: Option<Sha256Digest>,
+        /// Chunk records not sent yet, recorded (as `RecordChunks` would) just before the
+        /// commit, in the same command: one Raft entry for a small file.
+        #[serde(default)]
+        chunks: Vec<ChunkRecord>,
     },
     /// Creates a directory; with `parents`, also its missing ancestors, and an existing
     /// directory is fine (`mkdir -p`).
@@ -320,7 +324,7 @@ impl Command {
                     return Err(NamespaceError::InvalidUpload("an expected file to replace needs overwrite".into()));
                 }
             }
-            Command::RecordChunks { file, chunks } => {
+            Command::RecordChunks { file, chunks } | Command::CommitFile { file, chunks, .. } => {
                 if chunks.len() > RECORD_CHUNKS_MAX {
                     return Err(NamespaceError::InvalidUpload(format!(
                         "{} chunk records in one command; at most {RECORD_CHUNKS_MAX}",
@@ -357,7 +361,7 @@ impl Command {
                     return Err(NamespaceError::IsDirectory(ROOT.into()));
                 }
             }
-            Command::CommitFile { .. } | Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } => {}
+            Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } => {}
             Command::Once { command, .. } => {
                 if matches!(**command, Command::Once { .. } | Command::Batch(_)) {
                     return Err(NamespaceError::InvalidArgument("a request inside a request".into()));
@@ -557,7 +561,11 @@ impl Namespace {
                 }
                 Ok(Outcome::Done)
             }
-            Command::CommitFile { file, unix_ms, sha256 } => {
+            Command::CommitFile { file, unix_ms, sha256, chunks } => {
+                // A retried commit finds no upload: it is answered below, the records ignored.
+                if !chunks.is_empty() && self.uploads.contains_key(&file) {
+                    self.apply_one(Command::RecordChunks { file, chunks })?;
+                }
                 let Some(upload) = self.uploads.get(&file) else {
                     // A retried commit whose first attempt went through.
                     if let Some(f) = self.paths_by_id.get(&file).and_then(|p| self.files.get(p)) {

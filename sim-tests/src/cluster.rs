@@ -234,6 +234,60 @@ impl Cluster {
         Handle::current().restart(host.node.id());
     }
 
+    /// Kills storage host `index` (1-based) as a power cut would: its disk keeps only what
+    /// was synced.
+    pub fn kill_storage(&self, index: u64) {
+        let host = &self.storage[index as usize - 1];
+        trace::event(format!("kill storage-{index} (power cut)"));
+        *host.server.lock().unwrap() = None;
+        host.disk.crash();
+        Handle::current().kill(host.node.id());
+    }
+
+    /// Boots a killed storage host again on its disk.
+    pub fn restart_storage(&self, index: u64) {
+        let host = &self.storage[index as usize - 1];
+        trace::event(format!("restart storage-{index}"));
+        Handle::current().restart(host.node.id());
+    }
+
+    /// Cuts storage host `index` off the network (from clients, peers and metadata alike),
+    /// in both directions or one.
+    pub fn partition_storage(&self, index: u64, cut: Cut) {
+        let node = self.storage[index as usize - 1].node.id();
+        trace::event(format!("partition storage-{index} ({cut:?})"));
+        let net = madsim::net::NetSim::current();
+        match cut {
+            Cut::Both => net.clog_node(node),
+            Cut::Outgoing => net.clog_node_out(node),
+            Cut::Incoming => net.clog_node_in(node),
+        }
+    }
+
+    pub fn heal_storage(&self, index: u64) {
+        let node = self.storage[index as usize - 1].node.id();
+        trace::event(format!("heal storage-{index}"));
+        madsim::net::NetSim::current().unclog_node(node);
+    }
+
+    /// The chunk files on storage host `index`, by path.
+    pub async fn chunk_files(&self, index: u64) -> Vec<std::path::PathBuf> {
+        use dfs_core::env::Disk;
+        let disk = &self.storage[index as usize - 1].disk;
+        let mut files = Vec::new();
+        let root = std::path::PathBuf::from("/data/chunks");
+        for a in disk.list_dir(&root).await.unwrap_or_default() {
+            for b in disk.list_dir(&root.join(&a)).await.unwrap_or_default() {
+                for name in disk.list_dir(&root.join(&a).join(&b)).await.unwrap_or_default() {
+                    if name.ends_with(".chunk") {
+                        files.push(root.join(&a).join(&b).join(name));
+                    }
+                }
+            }
+        }
+        files
+    }
+
     pub fn meta_is_up(&self, id: u64) -> bool {
         self.meta[id as usize - 1].server.lock().unwrap().is_some()
     }

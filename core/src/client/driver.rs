@@ -413,17 +413,28 @@ impl<E: Env> DfsClient<E> {
                     download::Action::Write { index, offset } => {
                         let data = buffers.remove(&index).unwrap_or_default();
                         file_hash.update(&data);
-                        let event = match &mut output {
-                            Output::File { tmp, .. } => match disk.write_at(tmp, offset, data).await {
-                                Ok(()) => download::Event::Written { index },
-                                Err(e) => download::Event::WriteFailed { error: format!("{}: {e}", tmp.display()) },
-                            },
-                            Output::Writer(w) => match w.write_all(&data) {
-                                Ok(()) => download::Event::Written { index },
-                                Err(e) => download::Event::WriteFailed { error: e.to_string() },
-                            },
-                        };
-                        machine.handle(event, self.env.clock().now());
+                        match &mut output {
+                            // In the background: fetches go on while the disk writes.
+                            Output::File { tmp, .. } => {
+                                let tmp = tmp.clone();
+                                pending.push(
+                                    async move {
+                                        DownDone::Event(match disk.write_at(&tmp, offset, data).await {
+                                            Ok(()) => download::Event::Written { index },
+                                            Err(e) => download::Event::WriteFailed { error: format!("{}: {e}", tmp.display()) },
+                                        })
+                                    }
+                                    .boxed(),
+                                );
+                            }
+                            Output::Writer(w) => {
+                                let event = match w.write_all(&data) {
+                                    Ok(()) => download::Event::Written { index },
+                                    Err(e) => download::Event::WriteFailed { error: e.to_string() },
+                                };
+                                machine.handle(event, self.env.clock().now());
+                            }
+                        }
                     }
                     download::Action::ReportBad { chunk_id, node, reason } => {
                         tracing::warn!(chunk = %hex::encode(&chunk_id), node = node.id, addr = %node.addr, %reason, "replica returned bad bytes");

@@ -723,27 +723,10 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             0 => None,
             _ => Some(Sha256Digest::from_slice(&r.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?),
         };
-        let file = FileId(r.file_id);
-        let commit = Command::CommitFile { file, unix_ms: self.env.clock().unix_ms(), sha256 };
-        if r.chunks.is_empty() {
-            return match self.propose(commit).await? {
-                Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
-                other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-            };
-        }
-        // The last chunk records and the commit in one Raft entry: one write for a small file.
-        let record = Command::RecordChunks { file, chunks: chunk_records(r.chunks)? };
-        let outcomes = match self.propose(Command::Batch(vec![record, commit])).await? {
-            Outcome::Batch(outcomes) => outcomes,
-            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        };
-        let mut outcomes = outcomes.into_iter();
-        let (recorded, committed) = (outcomes.next(), outcomes.next());
-        match (recorded, committed) {
-            (_, Some(Ok(Outcome::FileCommitted(f)))) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
-            // The records' error explains the commit's (a bad chunk leaves the file incomplete).
-            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(namespace_error(e)),
-            other => Err(RpcError::Internal(format!("unexpected outcomes {other:?}"))),
+        let command = Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms(), sha256, chunks: chunk_records(r.chunks)? };
+        match self.propose(command).await? {
+            Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }
 

@@ -83,10 +83,38 @@ fn chunks_for(size: u64, replicas: &[u64]) -> Vec<ChunkRecord> {
 fn upload(ns: &mut Namespace, path: &str, size: u64, overwrite: bool) -> Result<FileSummary, NamespaceError> {
     let id = create(ns, path, size, overwrite)?;
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(size, &[1, 2, 3]) })?;
-    match ns.apply(Command::CommitFile { file: id, unix_ms: 9, sha256: None })? {
+    match ns.apply(Command::CommitFile { file: id, unix_ms: 9, sha256: None, chunks: vec![] })? {
         Outcome::FileCommitted(s) => Ok(s),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[test]
+fn a_commit_carries_the_last_records_and_the_file_checksum_in_one_command() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    let id = create(&mut ns, "/f", 2 * CHUNK + 5, false).unwrap();
+    let mut chunks = chunks_for(2 * CHUNK + 5, &[1, 2]);
+    let sha = Some(Sha256Digest([9; 32]));
+    // A bad record refuses the whole command and changes nothing.
+    let mut bad = chunks.clone();
+    bad[0].replicas = vec![StorageNodeId(1)];
+    assert!(matches!(
+        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: bad }),
+        Err(NamespaceError::BadChunk { .. })
+    ));
+    assert!(ns.upload(id).is_some_and(|u| u.chunks.is_empty()));
+    // Records sent earlier and records with the commit add up.
+    let last = chunks.pop().unwrap();
+    ns.apply(Command::RecordChunks { file: id, chunks }).unwrap();
+    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: vec![last.clone()] }).unwrap();
+    let file = ns.file("/f").unwrap();
+    assert_eq!((file.chunks.len(), file.sha256), (3, sha));
+    // A retry (reply lost) answers the same; its records are not applied to anything.
+    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: sha, chunks: vec![last] }).unwrap(), committed);
+    // Too many records with a commit are refused before anything is looked at.
+    let many = (0..=RECORD_CHUNKS_MAX as u32).map(|index| ChunkRecord { index, ..chunks_for(CHUNK, &[1, 2])[0].clone() }).collect();
+    assert!(Command::CommitFile { file: id, unix_ms: 3, sha256: None, chunks: many }.validate().is_err());
 }
 
 #[test]
@@ -112,14 +140,14 @@ fn an_upload_becomes_visible_only_at_commit() {
     let last = chunks.pop().unwrap();
     ns.apply(Command::RecordChunks { file: id, chunks }).unwrap();
     assert_eq!(
-        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None }),
+        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![] }),
         Err(NamespaceError::Incomplete { file: id, missing: 1, total: 4 })
     );
     ns.apply(Command::RecordChunks { file: id, chunks: vec![last] }).unwrap();
-    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None }).unwrap();
+    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap();
     assert_eq!(ns.file("/f").unwrap().chunks.len(), 4);
     // a retried commit answers the same
-    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None }).unwrap(), committed);
+    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).unwrap(), committed);
 }
 
 #[test]
@@ -186,7 +214,7 @@ fn deleting_frees_the_path_and_queues_replicas() {
     assert_eq!(ns.apply(delete("/d")), Err(NamespaceError::NotFound("/d".into())));
     assert_eq!(ns.garbage_for(StorageNodeId(3), 10), vec![ChunkId::derive(f.id, 0)]);
     // an old upload's commit after delete is refused, not resurrected
-    assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None }), Err(NamespaceError::UploadNotFound(f.id)));
+    assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![] }), Err(NamespaceError::UploadNotFound(f.id)));
 }
 
 #[test]
@@ -210,7 +238,7 @@ fn committing_creates_parents_and_listing_shows_direct_children_only() {
     assert_eq!(walk(&ns, "/a/b", 1), vec!["/a/b/c"]);
     assert_eq!(walk(&ns, "/top", 1), vec!["/top"]);
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap();
     assert_eq!(ns.kind("/x/y"), Some(EntryKind::Dir));
 }
 
@@ -259,14 +287,14 @@ fn rename_moves_files_and_whole_subtrees() {
     let moved = ns.file("/e/moved/sub/f").unwrap();
     assert_eq!((moved.id, moved.path.as_str()), (f.id, "/e/moved/sub/f"));
     // the id index follows: a retried commit answers with the new path
-    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None }).unwrap() {
+    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap() {
         Outcome::FileCommitted(s) => assert_eq!(s.path, "/e/moved/sub/f"),
         other => panic!("{other:?}"),
     }
     assert_eq!(names(&ns, "/e/moved", 10), vec![("g".into(), EntryKind::File), ("sub".into(), EntryKind::Dir)]);
     // an upload in flight keeps its path: its commit recreates the parents
     ns.apply(Command::RecordChunks { file: in_flight, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1, sha256: None }).unwrap();
+    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap();
     assert_eq!(ns.kind("/d/sub/late"), Some(EntryKind::File));
 
     rename(&mut ns, "/d0", "/e/file").unwrap();
@@ -368,7 +396,7 @@ fn a_retried_create_with_the_same_request_id_creates_nothing_new() {
     assert_ne!(ns.apply(next).unwrap(), Outcome::FileCreated(id));
     // once committed, the request id is forgotten with the upload
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).unwrap();
     assert!(ns.uploads_by_request.get(&42).is_some_and(|seqs| !seqs.contains_key(&1)));
     assert_eq!(ns.apply(command), Err(NamespaceError::AlreadyExists("/f".into())));
 }
@@ -394,13 +422,13 @@ fn an_overwrite_replaces_only_the_file_the_client_saw() {
     let theirs = upload(&mut ns, "/f", 1, true).unwrap();
     let before = ns.clone();
     assert_eq!(
-        ns.apply(Command::CommitFile { file: mine, unix_ms: 2, sha256: None }),
+        ns.apply(Command::CommitFile { file: mine, unix_ms: 2, sha256: None, chunks: vec![] }),
         Err(NamespaceError::FileChanged { path: "/f".into(), expected: seen.id, found: Some(theirs.id) })
     );
     assert_eq!(ns, before);
     let Outcome::FileCreated(again) = ns.apply(expecting(theirs.id)).unwrap() else { panic!() };
     ns.apply(Command::RecordChunks { file: again, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: again, unix_ms: 3, sha256: None }).unwrap();
+    ns.apply(Command::CommitFile { file: again, unix_ms: 3, sha256: None, chunks: vec![] }).unwrap();
     assert_eq!(ns.file("/f").unwrap().id, again);
 }
 
@@ -430,7 +458,7 @@ fn expired_uploads_are_dropped_and_their_replicas_collected() {
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 2_000 }), Ok(Outcome::UploadsExpired(1)));
     assert!(ns.upload(old).is_none() && ns.upload(young).is_some());
     assert_eq!(ns.garbage_for(StorageNodeId(2), 10), vec![ChunkId::derive(old, 0)]);
-    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5, sha256: None }), Err(NamespaceError::UploadNotFound(old)));
+    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5, sha256: None, chunks: vec![] }), Err(NamespaceError::UploadNotFound(old)));
     assert_eq!(ns.uploads_by_request.get(&7).map(|s| s.len()), Some(1));
     // far in the future everything goes, without underflow
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 10, older_than_ms: UPLOAD_EXPIRY_DEFAULT_MS }), Ok(Outcome::UploadsExpired(0)));
@@ -709,7 +737,7 @@ proptest! {
                     Some(&file) => {
                         let complete = ns.upload(file).map(|u| u.chunks.len() as u64 == chunking::chunk_count(u.size, u.chunk_size));
                         let allowed = uploads.get(&file).map(|(p, _, o)| model.can_commit(p, *o));
-                        let result = ns.apply(Command::CommitFile { file, unix_ms: now, sha256: None });
+                        let result = ns.apply(Command::CommitFile { file, unix_ms: now, sha256: None, chunks: vec![] });
                         if complete == Some(true) {
                             prop_assert_eq!(result.is_ok(), allowed == Some(true), "commit {:?}", result);
                         }

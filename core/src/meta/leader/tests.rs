@@ -134,7 +134,7 @@ impl World {
             }
         }
         if commit {
-            self.apply(Command::CommitFile { file: id, unix_ms: self.unix_ms, sha256: None });
+            self.apply(Command::CommitFile { file: id, unix_ms: self.unix_ms, sha256: None, chunks: vec![] });
         }
         id
     }
