@@ -201,7 +201,7 @@ impl<E: Env> MetaServer<E> {
     ) -> Result<(RedbLogStore<E::RaftRuntime>, MetaStateMachine<E::Disk>, SharedState), MetaStartError> {
         let store_error = |reason: String| MetaStartError::Store { dir: data_dir.to_path_buf(), reason };
         let disk = env.disk();
-        disk.create_dir_all(data_dir).await.map_err(|e| store_error(e.to_string()))?;
+        crate::env::create_dir_durable(disk, data_dir).await.map_err(|e| store_error(e.to_string()))?;
         let backend = disk.open_store(&data_dir.join("raft.redb")).await.map_err(|e| store_error(format!("raft.redb: {e}")))?;
         let db = Arc::new(open_database(backend).map_err(|e| store_error(format!("raft.redb: {e}")))?);
         let (state_machine, state) =
