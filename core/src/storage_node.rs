@@ -65,6 +65,8 @@ const DELETED_UNREPORTED_MAX: usize = 65_536;
 /// Replicas found bad and not yet reported; beyond, the oldest reports are dropped (the
 /// replicas stay quarantined either way).
 const BAD_REPLICAS_UNREPORTED_MAX: usize = 1024;
+/// Bad-replica reports sent with one heartbeat.
+const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
 /// Temporary files of cancelled writes awaiting removal; beyond, start-up removes them.
 const ORPHANED_TMP_MAX: usize = 1024;
 
@@ -503,8 +505,30 @@ impl<E: Env> StorageNode<E> {
         Ok(())
     }
 
-    /// Tells metadata about replicas found corrupt, so that it stops handing them out.
-    async fn report_bad_replicas(&self) {}
+    /// Tells metadata about replicas found corrupt, so that it stops handing them out. A report
+    /// that fails stays queued for the next heartbeat.
+    async fn report_bad_replicas(&self) {
+        for _ in 0..BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX {
+            let Some(bad) = self.bad_unreported.lock().expect("bad replicas lock").front().cloned() else { return };
+            let request = proto::ReportBadReplicaRequest {
+                chunk_id: Bytes::copy_from_slice(bad.chunk.as_bytes()),
+                node_id: self.id.0,
+                reason: bad.reason.clone(),
+            };
+            match self.meta.call(request).await {
+                Ok(_) => {
+                    let mut queue = self.bad_unreported.lock().expect("bad replicas lock");
+                    if queue.front() == Some(&bad) {
+                        queue.pop_front();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %bad.chunk, error = %e, "cannot report a bad replica yet");
+                    return;
+                }
+            }
+        }
+    }
 
     /// Removes the temporary files of writes that were dropped mid-way.
     pub async fn sweep_orphaned_tmp(&self) {
