@@ -234,6 +234,27 @@ impl Cluster {
         Handle::current().restart(host.node.id());
     }
 
+    /// Kills storage host `index` (1-based) as a power cut would: its disk keeps only what was
+    /// synced, directory entries included.
+    pub fn kill_storage(&self, index: u64) {
+        let host = &self.storage[index as usize - 1];
+        trace::event(format!("kill storage-{index} (power cut)"));
+        *host.server.lock().unwrap() = None;
+        host.disk.crash();
+        Handle::current().kill(host.node.id());
+    }
+
+    /// Boots a killed storage host again on its disk.
+    pub fn restart_storage(&self, index: u64) {
+        trace::event(format!("restart storage-{index}"));
+        Handle::current().restart(self.storage[index as usize - 1].node.id());
+    }
+
+    /// The server of storage host `index`, if it is up.
+    pub fn storage_node(&self, index: u64) -> Option<Arc<StorageNode<SimEnv>>> {
+        self.storage[index as usize - 1].server.lock().unwrap().clone()
+    }
+
     pub fn meta_is_up(&self, id: u64) -> bool {
         self.meta[id as usize - 1].server.lock().unwrap().is_some()
     }
