@@ -63,6 +63,9 @@ pub trait Disk: Clone + Send + Sync + 'static {
     /// Only one open store per file: a second open, by this process or another, fails. After
     /// a crash, what a store reads back is what its last `sync_data` made durable.
     fn open_store(&self, path: &Path) -> impl Future<Output = io::Result<Self::Store>> + Send;
+    /// Creates `dir` and its missing ancestors. A new directory's entry in its parent is, like
+    /// a file's name, durable only once `sync_dir(parent)` returns (the real disk fsyncs the
+    /// parents it created anyway; drivers must not count on it: see `create_dir_durable`).
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Creates or truncates `path` and writes `data` (not durable until `sync_file`).
     fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
@@ -92,6 +95,40 @@ pub trait Disk: Clone + Send + Sync + 'static {
 pub struct FileStamp {
     pub len: u64,
     pub modified: u64,
+}
+
+/// The directory holding `path`'s entry (`.` for a bare relative name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Creates `dir` (and its missing ancestors) so that it survives a power cut: fsyncs the parent
+/// of every directory it creates, and the parent of `dir` even if `dir` already existed (a
+/// process killed between a mkdir and the fsync of its parent leaves a directory that exists
+/// but would not survive power loss). For start-up and rare paths: it lists each missing
+/// ancestor's parent. Hot paths remember what they made durable instead (`chunk_store`).
+pub async fn create_dir_durable<D: Disk>(disk: &D, dir: &Path) -> io::Result<()> {
+    let mut created = Vec::new();
+    for ancestor in dir.ancestors() {
+        let (Some(parent), Some(name)) = (ancestor.parent(), ancestor.file_name()) else { break };
+        if parent.as_os_str().is_empty() {
+            created.push(ancestor);
+            break;
+        }
+        if disk.list_dir(parent).await?.iter().any(|n| std::ffi::OsStr::new(n) == name) {
+            break;
+        }
+        created.push(ancestor);
+    }
+    disk.create_dir_all(dir).await?;
+    // Deepest first; the order does not matter: nothing is acknowledged before all are done.
+    for new in &created {
+        disk.sync_dir(parent_dir(new)).await?;
+    }
+    if created.first() != Some(&dir) && dir.parent().is_some() {
+        disk.sync_dir(parent_dir(dir)).await?;
+    }
+    Ok(())
 }
 
 /// Everything a driver needs, bundled so drivers take one type parameter.

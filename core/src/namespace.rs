@@ -51,6 +51,9 @@ pub const BATCH_COMMANDS_MAX: usize = 256;
 pub const SESSIONS_MAX: usize = 10_000;
 /// `Once` results kept per client: its requests in flight at once must stay below this.
 pub const SESSION_RESULTS_MAX: usize = 256;
+/// Chunks with replicas marked bad at once. A report for a chunk no file or upload holds (yet)
+/// is kept too, so this bounds what reports can pile up; repair (re-replication) will drain it.
+pub const BAD_REPLICA_CHUNKS_MAX: usize = 100_000;
 
 /// The root directory's path.
 pub const ROOT: &str = "/";
@@ -193,6 +196,10 @@ pub enum Command {
     ExpireUploads { now_unix_ms: u64, older_than_ms: u64 },
     /// A storage node deleted these replicas on request: stop asking.
     ForgetDeletedReplicas { node: StorageNodeId, chunks: Vec<ChunkId> },
+    /// `node`'s replica of `chunk` was found corrupt (by the node on a read, or by a client whose
+    /// check of its bytes failed): never hand it out again. The replica stays in its chunk's
+    /// record (so it is still deleted with the file) but is no longer served.
+    MarkReplicaBad { chunk: ChunkId, node: StorageNodeId },
     /// Applies `command` at most once for `request`: a retry (its first reply lost) gets the
     /// first attempt's result instead of acting again. Without it, a retried delete would
     /// answer "no such file" for the delete it did itself, and a retried rename "not found".
@@ -282,6 +289,8 @@ pub enum NamespaceError {
     Incomplete { file: FileId, missing: u64, total: u64 },
     #[error("{max} uploads are already in flight; retry when some have finished")]
     TooManyUploads { max: usize },
+    #[error("{max} chunks already have replicas marked bad; retry once some are deleted")]
+    TooManyBadReplicas { max: usize },
     #[error("request {seq} of client {client:016x} is too old to tell whether it was applied; look at the current state and decide again")]
     RequestTooOld { client: u64, seq: u64 },
     #[error("this cluster is {current:?}, not {proposed:?}")]
@@ -361,7 +370,7 @@ impl Command {
                     return Err(NamespaceError::IsDirectory(ROOT.into()));
                 }
             }
-            Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } => {}
+            Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } | Command::MarkReplicaBad { .. } => {}
             Command::Once { command, .. } => {
                 if matches!(**command, Command::Once { .. } | Command::Batch(_)) {
                     return Err(NamespaceError::InvalidArgument("a request inside a request".into()));
@@ -403,8 +412,30 @@ pub struct Namespace {
     cluster_id: Option<String>,
     /// Results of `Once` requests, per client, for retries. Bounded: see `SESSIONS_MAX`.
     sessions: BTreeMap<u64, Session>,
+    /// Replicas reported corrupt, by chunk: never served. Kept by chunk id, not in the chunk's
+    /// record, because a report names only the chunk (and may come for an upload not yet
+    /// committed). Entries leave with their file or upload. Bounded by `BAD_REPLICA_CHUNKS_MAX`.
+    /// Absent from snapshots of older versions, hence the default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "map_as_pairs")]
+    bad_replicas: BTreeMap<ChunkId, BTreeSet<StorageNodeId>>,
     /// `Once` requests applied so far: orders sessions by last use, deterministically.
     applied: u64,
+}
+
+/// A map whose keys JSON cannot take as object keys (chunk ids are byte arrays), as a list of
+/// (key, value) pairs.
+mod map_as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<K, V>, D::Error> {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// One client's recent `Once` results, by request seq.
@@ -428,6 +459,7 @@ impl Default for Namespace {
             cluster_id: None,
             sessions: BTreeMap::new(),
             applied: 0,
+            bad_replicas: BTreeMap::new(),
         }
     }
 }
@@ -679,6 +711,7 @@ impl Namespace {
                     if let Some(upload) = self.remove_upload(*id) {
                         for c in upload.chunks.values() {
                             let chunk = ChunkId::derive(upload.id, c.index);
+                            self.bad_replicas.remove(&chunk);
                             for node in &c.replicas {
                                 self.garbage.entry(*node).or_default().insert(chunk);
                             }
@@ -686,6 +719,16 @@ impl Namespace {
                     }
                 }
                 Ok(Outcome::UploadsExpired(expired.len() as u64))
+            }
+            Command::MarkReplicaBad { chunk, node } => {
+                if !self.storage_nodes.contains_key(&node) {
+                    return Err(NamespaceError::InvalidArgument(format!("storage node {node} is not registered")));
+                }
+                if !self.bad_replicas.contains_key(&chunk) && self.bad_replicas.len() >= BAD_REPLICA_CHUNKS_MAX {
+                    return Err(NamespaceError::TooManyBadReplicas { max: BAD_REPLICA_CHUNKS_MAX });
+                }
+                self.bad_replicas.entry(chunk).or_default().insert(node);
+                Ok(Outcome::Done)
             }
             Command::ForgetDeletedReplicas { node, chunks } => {
                 if let Some(pending) = self.garbage.get_mut(&node) {
@@ -706,6 +749,7 @@ impl Namespace {
         self.paths_by_id.remove(&file.id);
         for c in &file.chunks {
             let id = file.chunk_id(c.index);
+            self.bad_replicas.remove(&id);
             for node in &c.replicas {
                 self.garbage.entry(*node).or_default().insert(id);
             }
@@ -982,6 +1026,11 @@ impl Namespace {
 
     pub fn storage_node(&self, id: StorageNodeId) -> Option<&StorageNodeRecord> {
         self.storage_nodes.get(&id)
+    }
+
+    /// Replicas of `chunk` reported corrupt.
+    pub fn bad_replicas(&self, chunk: ChunkId) -> Option<&BTreeSet<StorageNodeId>> {
+        self.bad_replicas.get(&chunk)
     }
 
     pub fn storage_nodes(&self) -> impl Iterator<Item = &StorageNodeRecord> {

@@ -148,11 +148,27 @@ pub enum ChunkService {
     Replication,
 }
 
-/// Server side of `StorageService` and `ReplicationService`: whole chunks in, whole chunks
-/// out. The environments turn frames into chunks and back (`assemble_*`, `*_frames`).
+/// Frames of one chunk stream, in or out; an error ends the stream. Pulled one at a time, so a
+/// stream buffers no more than the frame in hand (plus what the transport's flow control lets
+/// through).
+pub type FrameStream<F> = futures::stream::BoxStream<'static, Result<F, RpcError>>;
+
+/// Server side of `StorageService` and `ReplicationService`, as streams of frames: the
+/// environments only carry frames, the handler decides (limits, timeouts, checks).
+///
+/// A transport must drop the handler's future, or the stream it returned, when the caller goes
+/// away (tonic does when the HTTP/2 stream is reset; the simulated transport when the
+/// connection closes): that is how a handler learns its caller is gone.
 pub trait ChunkHandler: Send + Sync + 'static {
-    fn write_chunk(&self, service: ChunkService, upload: ChunkUpload) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send;
-    fn read_chunk(&self, request: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send;
+    /// Receives `frames` (header first) and answers once the chunk is stored.
+    fn write_chunk(
+        &self,
+        service: ChunkService,
+        frames: FrameStream<WriteChunkFrame>,
+    ) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send;
+    /// The chunk as a stream of frames, the first carrying the header. Each frame has been
+    /// verified before it is yielded; a damaged one ends the stream with `ChecksumMismatch`.
+    fn read_chunk(&self, request: ReadChunkRequest) -> impl Future<Output = Result<FrameStream<ReadChunkFrame>, RpcError>> + Send;
 }
 
 /// A whole chunk in memory together with the header that describes it.

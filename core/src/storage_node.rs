@@ -2,27 +2,73 @@
 //! other replicas, and heartbeats to the metadata leader, carrying out the deletions that come
 //! back on the replies.
 //!
-//! Start-up (`open`) reads the node id (or makes one), removes unfinished temporary files and
-//! rebuilds the chunk table from the chunk files' headers. Writes follow
-//! `chunk_store::write_steps`; reads check every byte against the checksum before serving it.
+//! ## What it promises
+//!
+//! - **Power loss.** A write is acknowledged only once the chunk file, its name and every
+//!   directory on its path are durable (`chunk_store::write_steps`; the data dir, `tmp/`,
+//!   `chunks/` and `corrupt/` are made durable at start-up, shard directories on first use).
+//!   A chunk acknowledged before a power cut is served after it.
+//! - **No chunk stuck in progress.** A write that fails, or whose handler future is dropped
+//!   (the caller went away, a timeout, cancellation), leaves no `Writing` entry: a guard aborts
+//!   it on drop. Its temporary file is removed at once on failure, after cancellation by the
+//!   next write or heartbeat (it cannot be removed from a destructor), and at start-up anyway.
+//! - **Full disks.** A write is refused with `NoSpace` before its bytes are received when the
+//!   free space is below the chunk's file, the writes in progress and `space_reserve_bytes`; a
+//!   write that still meets a full disk ends with `NoSpace` and leaves no file behind. Capacity
+//!   and free space in heartbeats are read from the disk each time, so they are right after a
+//!   restart.
+//! - **Verified, streamed reads.** A read streams the file in frames, never the whole chunk:
+//!   each frame is checked (CRC32C, format v2) before it leaves the node and the last one only
+//!   after the whole chunk matched its SHA-256. A replica found damaged is quarantined (moved
+//!   to `corrupt/`, dropped from the table, so never served again) and reported to metadata.
+//! - **Bounded resources.** At most `chunk_streams_max` chunk streams (reads and writes) at a
+//!   time; a request beyond that waits up to `chunk_stream_wait`, then gets `Unavailable`. A
+//!   write whose sender goes quiet for `frame_timeout` between frames is dropped; forwarding to
+//!   a peer may take `frame_timeout` per frame, and never more than `replication_timeout`.
+//!
+//! ## What it does not promise
+//!
+//! - A reader that stops reading (without closing) holds its stream slot until its connection
+//!   dies: the transports' flow control stops the node from reading further, but nothing
+//!   times the reader out yet.
+//! - Damage is found only when a chunk is read; there is no background scrubber yet.
+//!
+//! ## How it is driven
+//!
+//! `open` reads the node id (or makes one), removes unfinished temporary files and rebuilds the
+//! chunk table from the chunk files' headers. The transports call `ChunkHandler` for each
+//! chunk stream; `run_heartbeats` runs for the node's life. Decisions (file format, write
+//! steps, space, the table) live in `chunk_store`; this module carries them out.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::StreamExt;
 
-use crate::chunk_store::{self, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, DiskStep, WriteDecision};
+use crate::chunk_store::{self, ChunkFileError, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, DiskStep, FileHeader, FrameReader, WriteDecision};
 use crate::client::meta_client::{MetaClient, RetryPolicy};
-use crate::env::{call_with_timeout, Clock, Disk, Env, Transport};
+use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::proto;
-use crate::rpc::{ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, RpcError};
+use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 
 const NODE_ID_FILE: &str = "node_id";
 /// The cluster this node joined, written when it first registers.
 const CLUSTER_ID_FILE: &str = "cluster_id";
+/// Deletions remembered until a heartbeat reports them; beyond, metadata asks again and the
+/// delete is a no-op.
+const DELETED_UNREPORTED_MAX: usize = 65_536;
+/// Replicas found bad and not yet reported; beyond, the oldest reports are dropped (the
+/// replicas stay quarantined either way).
+const BAD_REPLICAS_UNREPORTED_MAX: usize = 1024;
+/// Bad-replica reports sent with one heartbeat.
+const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
+/// Temporary files of cancelled writes awaiting removal; beyond, start-up removes them.
+const ORPHANED_TMP_MAX: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -31,8 +77,20 @@ pub struct StorageConfig {
     pub advertise_addr: String,
     pub meta_addrs: Vec<String>,
     pub heartbeat_interval: Duration,
-    /// Limit on one replication to a peer.
+    /// Limit on one replication to a peer, however large the chunk.
     pub replication_timeout: Duration,
+    /// Chunk streams served at once: reads and writes from clients, and as many again for
+    /// replication from peers (separate slots, so that primaries forwarding to each other
+    /// never wait on each other's slots). Each write buffers its chunk: at most
+    /// 2 × `chunk_streams_max` chunks in memory.
+    pub chunk_streams_max: usize,
+    /// How long a stream waits for a slot before it is refused with `Unavailable`.
+    pub chunk_stream_wait: Duration,
+    /// Longest silence between two frames of an incoming chunk before the write is dropped;
+    /// forwarding to a peer is allowed this much per frame (capped by `replication_timeout`).
+    pub frame_timeout: Duration,
+    /// Free space a write must leave on the disk.
+    pub space_reserve_bytes: u64,
 }
 
 impl StorageConfig {
@@ -43,6 +101,10 @@ impl StorageConfig {
             meta_addrs,
             heartbeat_interval: Duration::from_secs(3),
             replication_timeout: Duration::from_secs(30),
+            chunk_streams_max: 16,
+            chunk_stream_wait: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            space_reserve_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -57,21 +119,160 @@ pub enum StorageOpenError {
     NoMetadata,
 }
 
+/// A replica this node found damaged, to report to metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadReplica {
+    pub chunk: ChunkId,
+    pub reason: String,
+}
+
+/// Slots for concurrent chunk streams: a pool of tokens in a bounded channel, so waiting is
+/// fair (first come, first served) and cancellable, with no runtime of its own.
+struct StreamSlots {
+    give: async_channel::Sender<()>,
+    take: async_channel::Receiver<()>,
+    max: usize,
+}
+
+/// A held slot; dropping it (the stream ended, or its future was dropped) gives it back.
+struct StreamSlot(async_channel::Sender<()>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        // Never full: there are as many tokens as places in the channel.
+        let _ = self.0.try_send(());
+    }
+}
+
+impl StreamSlots {
+    fn new(max: usize) -> Self {
+        let max = max.max(1);
+        let (give, take) = async_channel::bounded(max);
+        for _ in 0..max {
+            give.try_send(()).expect("a place for every slot");
+        }
+        StreamSlots { give, take, max }
+    }
+
+    async fn acquire<C: Clock>(&self, clock: &C, wait: Duration) -> Result<StreamSlot, RpcError> {
+        match with_timeout(clock, wait, self.take.recv()).await {
+            Ok(Ok(())) => Ok(StreamSlot(self.give.clone())),
+            Ok(Err(_)) => Err(RpcError::Internal("stream slots closed".into())),
+            Err(_) => Err(RpcError::Unavailable(format!("busy: {} chunk streams in progress, none ended within {wait:?}", self.max))),
+        }
+    }
+}
+
+/// What a damaged replica needs done, from a request or from a stream that outlives it.
+#[derive(Clone)]
+struct Quarantine<E: Env> {
+    env: E,
+    node: StorageNodeId,
+    layout: ChunkLayout,
+    table: Arc<Mutex<ChunkTable>>,
+    bad: Arc<Mutex<VecDeque<BadReplica>>>,
+}
+
+impl<E: Env> Quarantine<E> {
+    /// Stops serving `id` at once, moves its file to `corrupt/` (durably, so it does not come
+    /// back after a restart) and queues a report for metadata.
+    async fn run(&self, id: ChunkId, reason: String) {
+        if !self.table.lock().expect("table lock").remove(id) {
+            return; // Already quarantined, or deleted, by someone else.
+        }
+        tracing::error!(node = %self.node, chunk = %id, %reason, "stored replica is corrupt; quarantined, never served again");
+        let disk = self.env.disk();
+        let from = self.layout.chunk_path(id);
+        let to = self.layout.corrupt_path(id, self.env.random_u64());
+        let moved = async {
+            disk.rename(&from, &to).await?;
+            disk.sync_dir(&self.layout.corrupt_dir()).await?;
+            disk.sync_dir(parent_dir(&from)).await
+        };
+        if let Err(e) = moved.await {
+            tracing::warn!(chunk = %id, error = %e, "cannot move the corrupt replica aside; it stays out of the table");
+        }
+        let mut bad = self.bad.lock().expect("bad replicas lock");
+        if bad.len() >= BAD_REPLICAS_UNREPORTED_MAX {
+            bad.pop_front();
+        }
+        bad.push_back(BadReplica { chunk: id, reason });
+    }
+}
+
 pub struct StorageNode<E: Env> {
     env: E,
     id: StorageNodeId,
     config: StorageConfig,
     layout: ChunkLayout,
-    table: Mutex<ChunkTable>,
+    table: Arc<Mutex<ChunkTable>>,
     meta: MetaClient<E>,
     /// Deleted on request, not yet reported to metadata.
     deleted_unreported: Mutex<Vec<ChunkId>>,
+    /// Found corrupt, not yet reported to metadata.
+    bad_unreported: Arc<Mutex<VecDeque<BadReplica>>>,
+    /// Temporary files of writes that were dropped mid-way, to remove.
+    orphaned_tmp: Mutex<Vec<PathBuf>>,
     /// The cluster this node belongs to, once it has registered with one.
     cluster_id: Mutex<Option<String>>,
+    client_slots: StreamSlots,
+    replication_slots: StreamSlots,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StorageOpenError + '_ {
     move |source| StorageOpenError::Io { path: path.to_path_buf(), source }
+}
+
+/// A write in progress: aborts it in the table on drop unless finished, so that a failed or
+/// cancelled write never leaves a chunk stuck in `Writing`.
+struct WriteGuard<'a> {
+    table: &'a Mutex<ChunkTable>,
+    orphans: &'a Mutex<Vec<PathBuf>>,
+    id: ChunkId,
+    tmp: PathBuf,
+    finished: bool,
+}
+
+impl WriteGuard<'_> {
+    fn finish(mut self) {
+        self.table.lock().expect("table lock").finish_write(self.id);
+        self.finished = true;
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.table.lock().expect("table lock").abort_write(self.id);
+        // A destructor cannot wait for the disk: the file is removed by the next sweep.
+        let mut orphans = self.orphans.lock().expect("orphans lock");
+        if orphans.len() < ORPHANED_TMP_MAX {
+            orphans.push(std::mem::take(&mut self.tmp));
+        }
+    }
+}
+
+/// What reading a chunk file's header found.
+enum HeaderError {
+    Io(std::io::Error),
+    Damaged(ChunkFileError),
+}
+
+async fn read_header<D: Disk>(disk: &D, path: &Path) -> Result<FileHeader, HeaderError> {
+    let first = disk.read_at(path, 0, chunk_store::HEADER_BYTES as u64).await.map_err(HeaderError::Io)?;
+    let len = chunk_store::header_len(&first).map_err(HeaderError::Damaged)?;
+    let whole = if len > first.len() { disk.read_at(path, 0, len as u64).await.map_err(HeaderError::Io)? } else { first };
+    chunk_store::decode_header(&whole).map_err(HeaderError::Damaged)
+}
+
+fn write_error(node: StorageNodeId, id: ChunkId, e: std::io::Error) -> RpcError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        RpcError::NoSpace(format!("node {node}: disk full while writing chunk {id}: {e}"))
+    } else {
+        RpcError::Internal(format!("node {node}: writing chunk {id}: {e}"))
+    }
 }
 
 impl<E: Env> StorageNode<E> {
@@ -81,7 +282,7 @@ impl<E: Env> StorageNode<E> {
         }
         let disk = env.disk().clone();
         let root = config.data_dir.clone();
-        disk.create_dir_all(&root).await.map_err(io_error(&root))?;
+        create_dir_durable(&disk, &root).await.map_err(io_error(&root))?;
         let id = Self::load_or_create_id(&env, &root).await?;
         let cluster_path = root.join(CLUSTER_ID_FILE);
         let cluster_id = match disk.read_file(&cluster_path).await {
@@ -90,6 +291,9 @@ impl<E: Env> StorageNode<E> {
             Err(e) => return Err(StorageOpenError::Io { path: cluster_path, source: e }),
         };
         let layout = ChunkLayout::new(&root);
+        for dir in [layout.tmp_dir(), layout.chunks_dir(), layout.corrupt_dir()] {
+            create_dir_durable(&disk, &dir).await.map_err(io_error(&dir))?;
+        }
 
         let tmp = layout.tmp_dir();
         for name in disk.list_dir(&tmp).await.map_err(io_error(&tmp))? {
@@ -101,15 +305,20 @@ impl<E: Env> StorageNode<E> {
 
         let policy = RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() };
         let meta = MetaClient::new(env.clone(), config.meta_addrs.clone(), policy);
+        let (client_slots, replication_slots) = (StreamSlots::new(config.chunk_streams_max), StreamSlots::new(config.chunk_streams_max));
         Ok(Arc::new(StorageNode {
             env,
             id,
             config,
             layout,
-            table: Mutex::new(table),
+            table: Arc::new(Mutex::new(table)),
             meta,
             deleted_unreported: Mutex::default(),
+            bad_unreported: Arc::default(),
+            orphaned_tmp: Mutex::default(),
             cluster_id: Mutex::new(cluster_id),
+            client_slots,
+            replication_slots,
         }))
     }
 
@@ -157,12 +366,12 @@ impl<E: Env> StorageNode<E> {
                 for name in disk.list_dir(&dir_b).await.map_err(io_error(&dir_b))? {
                     let Some(id) = ChunkLayout::parse_chunk_file_name(&name) else { continue };
                     let path = dir_b.join(&name);
-                    let header = disk.read_at(&path, 0, chunk_store::HEADER_BYTES as u64).await.map_err(io_error(&path))?;
                     let len = disk.file_len(&path).await.map_err(io_error(&path))?;
-                    match chunk_store::decode_header(&header) {
-                        Ok(meta) if len == chunk_store::HEADER_BYTES as u64 + meta.size => table.insert_stored(id, meta),
-                        Ok(meta) => tracing::warn!(path = %path.display(), len, announced = meta.size, "chunk file has the wrong length; not served"),
-                        Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable chunk file; not served"),
+                    match read_header(disk, &path).await {
+                        Ok(header) if len == header.file_len() => table.insert_stored(id, header.meta),
+                        Ok(header) => tracing::warn!(path = %path.display(), len, expected = header.file_len(), "chunk file has the wrong length; not served"),
+                        Err(HeaderError::Damaged(e)) => tracing::warn!(path = %path.display(), error = %e, "unreadable chunk file; not served"),
+                        Err(HeaderError::Io(e)) => return Err(StorageOpenError::Io { path, source: e }),
                     }
                 }
             }
@@ -178,8 +387,22 @@ impl<E: Env> StorageNode<E> {
         self.table.lock().expect("table lock").stored_count()
     }
 
+    /// Chunks with a write in progress (a test hook: none may stay after their request ends).
+    pub fn writes_in_progress(&self) -> usize {
+        self.table.lock().expect("table lock").writing().0
+    }
+
+    /// Replicas found corrupt and not yet reported to metadata.
+    pub fn bad_replicas_unreported(&self) -> Vec<BadReplica> {
+        self.bad_unreported.lock().expect("bad replicas lock").iter().cloned().collect()
+    }
+
     fn self_proto(&self) -> proto::StorageNode {
         proto::StorageNode { id: self.id.0, addr: self.config.advertise_addr.clone() }
+    }
+
+    fn quarantine(&self) -> Quarantine<E> {
+        Quarantine { env: self.env.clone(), node: self.id, layout: self.layout.clone(), table: self.table.clone(), bad: self.bad_unreported.clone() }
     }
 
     /// Heartbeats forever; registers first and again whenever the leader asks.
@@ -194,12 +417,8 @@ impl<E: Env> StorageNode<E> {
     }
 
     async fn heartbeat_once(&self, registered: &mut bool) -> Result<(), RpcError> {
-        let (capacity_bytes, free_bytes) = self
-            .env
-            .disk()
-            .space(&self.config.data_dir)
-            .await
-            .map_err(|e| RpcError::Internal(format!("disk space: {e}")))?;
+        self.sweep_orphaned_tmp().await;
+        let (capacity_bytes, _) = self.space().await?;
         let cluster_id = self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default();
         if !*registered {
             let request = proto::RegisterStorageRequest { node: Some(self.self_proto()), capacity_bytes, cluster_id: cluster_id.clone() };
@@ -213,15 +432,9 @@ impl<E: Env> StorageNode<E> {
             }
             *registered = true;
         }
-        let reported: Vec<ChunkId> = self.deleted_unreported.lock().expect("deleted lock").clone();
-        let request = proto::HeartbeatRequest {
-            node: Some(self.self_proto()),
-            capacity_bytes,
-            free_bytes,
-            chunk_count: self.chunk_count(),
-            deleted_chunks: reported.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
-            cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
-        };
+        self.report_bad_replicas().await;
+        let request = self.heartbeat_request().await?;
+        let reported: Vec<ChunkId> = request.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect();
         let reply = self.meta.call(request).await?;
         self.deleted_unreported.lock().expect("deleted lock").retain(|c| !reported.contains(c));
         if reply.register {
@@ -230,11 +443,36 @@ impl<E: Env> StorageNode<E> {
         for raw in reply.delete_chunks {
             let Some(id) = ChunkId::from_slice(&raw) else { continue };
             match self.delete_chunk(id).await {
-                Ok(()) => self.deleted_unreported.lock().expect("deleted lock").push(id),
+                Ok(()) => {
+                    let mut deleted = self.deleted_unreported.lock().expect("deleted lock");
+                    // Beyond the bound, metadata simply asks again and the delete is a no-op.
+                    if deleted.len() < DELETED_UNREPORTED_MAX {
+                        deleted.push(id);
+                    }
+                }
                 Err(e) => tracing::warn!(chunk = %id, error = %e, "delete failed; will retry when asked again"),
             }
         }
         Ok(())
+    }
+
+    /// What the next heartbeat says: space read from the disk now (so it is right after a
+    /// restart, whatever happened before), the chunks in the table, deletions to report.
+    pub async fn heartbeat_request(&self) -> Result<proto::HeartbeatRequest, RpcError> {
+        let (capacity_bytes, free_bytes) = self.space().await?;
+        let reported: Vec<ChunkId> = self.deleted_unreported.lock().expect("deleted lock").clone();
+        Ok(proto::HeartbeatRequest {
+            node: Some(self.self_proto()),
+            capacity_bytes,
+            free_bytes,
+            chunk_count: self.chunk_count(),
+            deleted_chunks: reported.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
+            cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
+        })
+    }
+
+    async fn space(&self) -> Result<(u64, u64), RpcError> {
+        self.env.disk().space(&self.config.data_dir).await.map_err(|e| RpcError::Internal(format!("disk space: {e}")))
     }
 
     /// Writes the cluster id durably (tmp, fsync, rename, fsync dir) before using it.
@@ -267,24 +505,85 @@ impl<E: Env> StorageNode<E> {
         Ok(())
     }
 
-    /// Verifies an incoming chunk and makes it durable here.
+    /// Tells metadata about replicas found corrupt, so that it stops handing them out. A report
+    /// that fails stays queued for the next heartbeat.
+    async fn report_bad_replicas(&self) {
+        for _ in 0..BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX {
+            let Some(bad) = self.bad_unreported.lock().expect("bad replicas lock").front().cloned() else { return };
+            let request = proto::ReportBadReplicaRequest {
+                chunk_id: Bytes::copy_from_slice(bad.chunk.as_bytes()),
+                node_id: self.id.0,
+                reason: bad.reason.clone(),
+            };
+            match self.meta.call(request).await {
+                Ok(_) => {
+                    let mut queue = self.bad_unreported.lock().expect("bad replicas lock");
+                    if queue.front() == Some(&bad) {
+                        queue.pop_front();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %bad.chunk, error = %e, "cannot report a bad replica yet");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes the temporary files of writes that were dropped mid-way.
+    pub async fn sweep_orphaned_tmp(&self) {
+        let orphans = std::mem::take(&mut *self.orphaned_tmp.lock().expect("orphans lock"));
+        for path in orphans {
+            match self.env.disk().remove_file(&path).await {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed the temporary file of an abandoned write"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary file; start-up will"),
+            }
+        }
+    }
+
+    /// Refuses a chunk of `size` bytes early if the disk cannot take it.
+    async fn check_room(&self, size: u64) -> Result<(), RpcError> {
+        let (_, free_bytes) = self.space().await?;
+        let (_, in_progress) = self.table.lock().expect("table lock").writing();
+        chunk_store::check_space(chunk_store::file_bytes(size), in_progress, free_bytes, self.config.space_reserve_bytes)
+            .map_err(|e| RpcError::NoSpace(format!("node {}: {e}", self.id)))
+    }
+
+    /// Makes a verified chunk durable here.
     async fn store_local(&self, id: ChunkId, meta: ChunkMeta, data: &Bytes) -> Result<(), RpcError> {
-        let decision = self.table.lock().expect("table lock").begin_write(id, meta).map_err(|e| match e {
-            ChunkStoreError::WriteInProgress(_) => RpcError::Unavailable(e.to_string()),
-            _ => RpcError::FailedPrecondition(e.to_string()),
-        })?;
-        if decision == WriteDecision::AlreadyStored {
-            return Ok(());
-        }
+        self.sweep_orphaned_tmp().await;
+        let (_, free_bytes) = self.space().await?;
         let nonce = self.env.random_u64();
-        let result = self.run_steps(chunk_store::write_steps(&self.layout, id, nonce, meta, data)).await;
-        if let Err(e) = result {
-            self.table.lock().expect("table lock").abort_write(id);
-            let _ = self.env.disk().remove_file(&self.layout.tmp_path(id, nonce)).await;
-            return Err(RpcError::Internal(format!("writing chunk {id}: {e}")));
+        let steps = {
+            let mut table = self.table.lock().expect("table lock");
+            let decision = table.begin_write(id, meta).map_err(|e| match e {
+                ChunkStoreError::WriteInProgress(_) => RpcError::Unavailable(e.to_string()),
+                _ => RpcError::FailedPrecondition(e.to_string()),
+            })?;
+            if decision == WriteDecision::AlreadyStored {
+                return Ok(());
+            }
+            // The writes in progress include this one.
+            let (_, in_progress) = table.writing();
+            if let Err(e) = chunk_store::check_space(0, in_progress, free_bytes, self.config.space_reserve_bytes) {
+                table.abort_write(id);
+                return Err(RpcError::NoSpace(format!("node {}: {e}", self.id)));
+            }
+            chunk_store::write_steps(&self.layout, &table, id, nonce, meta, data.clone())
+        };
+        let guard = WriteGuard { table: &self.table, orphans: &self.orphaned_tmp, id, tmp: self.layout.tmp_path(id, nonce), finished: false };
+        match self.run_steps(steps).await {
+            Ok(()) => {
+                guard.finish();
+                Ok(())
+            }
+            Err(e) => {
+                drop(guard);
+                self.sweep_orphaned_tmp().await;
+                Err(write_error(self.id, id, e))
+            }
         }
-        self.table.lock().expect("table lock").finish_write(id);
-        Ok(())
     }
 
     async fn run_steps(&self, steps: Vec<DiskStep>) -> std::io::Result<()> {
@@ -293,6 +592,7 @@ impl<E: Env> StorageNode<E> {
             match step {
                 DiskStep::CreateDir(dir) => disk.create_dir_all(&dir).await?,
                 DiskStep::WriteFile { path, data } => disk.write_file(&path, data).await?,
+                DiskStep::WriteAt { path, offset, data } => disk.write_at(&path, offset, data).await?,
                 DiskStep::SyncFile(path) => disk.sync_file(&path).await?,
                 DiskStep::Rename { from, to } => disk.rename(&from, &to).await?,
                 DiskStep::SyncDir(dir) => disk.sync_dir(&dir).await?,
@@ -301,8 +601,33 @@ impl<E: Env> StorageNode<E> {
         Ok(())
     }
 
+    /// Receives a chunk's frames, each within `frame_timeout` of the one before, and refuses
+    /// it as soon as its header shows the disk cannot take it.
+    async fn receive(&self, frames: &mut FrameStream<proto::WriteChunkFrame>) -> Result<ChunkUpload, RpcError> {
+        let mut assembler = FrameAssembler::<proto::WriteChunkHeader>::new();
+        let limit = self.config.frame_timeout;
+        loop {
+            let next = with_timeout(self.env.clock(), limit, frames.next())
+                .await
+                .map_err(|_| RpcError::Unavailable(format!("node {}: no frame from the sender for {limit:?}; write dropped", self.id)))?;
+            let Some(frame) = next else { break };
+            let frame = frame?;
+            let announced = frame.header.as_ref().map(|h| h.size);
+            assembler.push(frame.header, frame.data)?;
+            if let Some(size) = announced {
+                self.check_room(size).await?;
+            }
+        }
+        let (header, data) = assembler.finish()?;
+        Ok(ChunkUpload { header, data })
+    }
+
     /// Sends the chunk to each peer in parallel; returns who stored it and who did not.
     async fn forward(&self, upload: &ChunkUpload, peers: Vec<proto::StorageNode>) -> (Vec<u64>, Vec<proto::ReplicaFailure>) {
+        // A peer that keeps up at one frame per `frame_timeout` finishes; a stalled one is
+        // given up on well before `replication_timeout` for a small chunk.
+        let frames = upload.data.len().div_ceil(CHUNK_FRAME_BYTES).max(1) as u32;
+        let limit = self.config.frame_timeout.saturating_mul(frames).min(self.config.replication_timeout);
         let sends = peers.into_iter().filter(|p| p.id != self.id.0).map(|peer| {
             let copy = ChunkUpload {
                 header: proto::WriteChunkHeader { forward_to: vec![], ..upload.header.clone() },
@@ -310,7 +635,7 @@ impl<E: Env> StorageNode<E> {
             };
             async move {
                 let send = self.env.transport().write_chunk(&peer.addr, ChunkService::Replication, copy);
-                match call_with_timeout(self.env.clock(), self.config.replication_timeout, &peer.addr, send).await {
+                match call_with_timeout(self.env.clock(), limit, &peer.addr, send).await {
                     Ok(reply) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
                     Ok(_) => Err(proto::ReplicaFailure { node: Some(peer), error: "peer did not confirm the write".into() }),
                     Err(e) => Err(proto::ReplicaFailure { node: Some(peer), error: e.to_string() }),
@@ -343,8 +668,49 @@ fn verify_upload(upload: &ChunkUpload) -> Result<(ChunkId, ChunkMeta), RpcError>
     Ok((id, ChunkMeta { size: h.size, sha256 }))
 }
 
+/// A read in progress: the file, the checks, and the slot it holds until it ends.
+struct ReadState<E: Env> {
+    id: ChunkId,
+    disk: E::Disk,
+    path: PathBuf,
+    reader: FrameReader,
+    header: Option<proto::ReadChunkHeader>,
+    quarantine: Quarantine<E>,
+    ended: bool,
+    _slot: StreamSlot,
+}
+
+impl<E: Env> ReadState<E> {
+    /// The next verified frame, the error that ends the stream, or `None` after the last.
+    async fn next(&mut self) -> Option<Result<proto::ReadChunkFrame, RpcError>> {
+        if self.ended {
+            return None;
+        }
+        let (offset, len) = self.reader.next_read()?;
+        let read = self.disk.read_at(&self.path, offset, len).await;
+        let result = match read {
+            Err(e) => Err(RpcError::Internal(format!("node {}: reading chunk {}: {e}", self.quarantine.node, self.id))),
+            Ok(data) => match self.reader.accept(&data) {
+                Ok(()) => return Some(Ok(proto::ReadChunkFrame { header: self.header.take(), data })),
+                Err(e) => {
+                    self.quarantine.run(self.id, e.to_string()).await;
+                    Err(RpcError::ChecksumMismatch(format!("chunk {} on node {}: {e}", self.id, self.quarantine.node)))
+                }
+            },
+        };
+        self.ended = true;
+        Some(result)
+    }
+}
+
 impl<E: Env> ChunkHandler for StorageNode<E> {
-    async fn write_chunk(&self, service: ChunkService, upload: ChunkUpload) -> Result<proto::WriteChunkResponse, RpcError> {
+    async fn write_chunk(&self, service: ChunkService, mut frames: FrameStream<proto::WriteChunkFrame>) -> Result<proto::WriteChunkResponse, RpcError> {
+        let slots = match service {
+            ChunkService::Storage => &self.client_slots,
+            ChunkService::Replication => &self.replication_slots,
+        };
+        let _slot = slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
+        let upload = self.receive(&mut frames).await?;
         let (id, meta) = verify_upload(&upload)?;
         self.store_local(id, meta, &upload.data).await?;
         let peers = match service {
@@ -359,26 +725,35 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         Ok(proto::WriteChunkResponse { stored_on, failures })
     }
 
-    async fn read_chunk(&self, request: proto::ReadChunkRequest) -> Result<ChunkDownload, RpcError> {
+    async fn read_chunk(&self, request: proto::ReadChunkRequest) -> Result<FrameStream<proto::ReadChunkFrame>, RpcError> {
         let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
-        let expected = self.table.lock().expect("table lock").stored(id).map_err(|e| RpcError::NotFound(e.to_string()))?;
+        let slot = self.client_slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
+        let expected = self
+            .table
+            .lock()
+            .expect("table lock")
+            .stored(id)
+            .map_err(|_| RpcError::NotFound(format!("chunk {id} is not stored on node {}", self.id)))?;
         let path = self.layout.chunk_path(id);
-        let file = self
-            .env
-            .disk()
-            .read_file(&path)
-            .await
-            .map_err(|e| RpcError::Internal(format!("reading chunk {id}: {e}")))?;
-        match chunk_store::decode_file(file) {
-            Ok((meta, data)) if meta == expected => Ok(ChunkDownload {
-                header: proto::ReadChunkHeader { size: meta.size, sha256: meta.sha256.0.to_vec().into() },
-                data,
-            }),
-            Ok(_) => Err(RpcError::ChecksumMismatch(format!("chunk {id}: file header changed on disk"))),
-            Err(e) => {
-                tracing::error!(chunk = %id, error = %e, "stored replica is corrupt; not served");
-                Err(RpcError::ChecksumMismatch(format!("chunk {id} on node {}: {e}", self.id)))
+        let damaged = match read_header(self.env.disk(), &path).await {
+            Ok(header) if header.meta == expected => {
+                let state = ReadState {
+                    id,
+                    disk: self.env.disk().clone(),
+                    path,
+                    reader: FrameReader::new(header),
+                    header: Some(proto::ReadChunkHeader { size: expected.size, sha256: expected.sha256.0.to_vec().into() }),
+                    quarantine: self.quarantine(),
+                    ended: false,
+                    _slot: slot,
+                };
+                return Ok(futures::stream::unfold(state, |mut s| async move { s.next().await.map(|item| (item, s)) }).boxed());
             }
-        }
+            Ok(_) => "the file's header no longer matches what was stored".to_string(),
+            Err(HeaderError::Damaged(e)) => e.to_string(),
+            Err(HeaderError::Io(e)) => return Err(RpcError::Internal(format!("node {}: reading chunk {id}: {e}", self.id))),
+        };
+        self.quarantine().run(id, damaged.clone()).await;
+        Err(RpcError::ChecksumMismatch(format!("chunk {id} on node {}: {damaged}", self.id)))
     }
 }

@@ -17,6 +17,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
 }
 
+fn parent_or_dot(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 fn owned(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
@@ -33,16 +37,29 @@ impl Disk for RealDisk {
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
             if !existed {
                 // The name of a new store must survive a power cut like its contents.
-                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                File::open(dir)?.sync_all()?;
+                File::open(parent_or_dot(&path))?.sync_all()?;
             }
             redb::backends::FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))
         })
     }
 
+    /// Creates each missing directory and fsyncs the parent of each one it created, top down,
+    /// so that what it created survives a power cut (core's drivers also sync what they need,
+    /// as the simulated disk, which does not do this, requires).
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         let dir = owned(dir);
-        blocking(move || fs::create_dir_all(dir))
+        blocking(move || {
+            let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.is_dir()).collect();
+            for new in missing.iter().rev() {
+                match fs::create_dir(new) {
+                    Ok(()) => File::open(parent_or_dot(new))?.sync_all()?,
+                    // Created meanwhile by someone else, who syncs it.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new.is_dir() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
     }
 
     fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
@@ -168,7 +185,10 @@ mod tests {
     async fn files_round_trip_on_the_real_disk() {
         let dir = std::env::temp_dir().join(format!("dfs-realdisk-{}", std::process::id()));
         let disk = RealDisk;
-        disk.create_dir_all(&dir).await.unwrap();
+        disk.create_dir_all(&dir.join("a/b")).await.unwrap();
+        disk.create_dir_all(&dir.join("a/b")).await.unwrap();
+        assert_eq!(disk.list_dir(&dir.join("a")).await.unwrap(), vec!["b".to_string()]);
+        std::fs::remove_dir_all(dir.join("a")).unwrap();
         let f = dir.join("f");
         disk.write_file(&f, Bytes::from_static(b"hello")).await.unwrap();
         disk.write_at(&f, 10, Bytes::from_static(b"world")).await.unwrap();

@@ -5,8 +5,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use dfs_core::proto::{ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader, WriteChunkResponse};
-use dfs_core::rpc::{self, ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, RpcError};
+use dfs_core::proto::{ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkResponse};
+use dfs_core::rpc::{ChunkHandler, ChunkService, FrameStream as CoreFrameStream, RpcError};
 use futures::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -54,15 +54,11 @@ pub fn from_status(to: &str, status: Status) -> RpcError {
     }
 }
 
-/// Reads a chunk's frames as they arrive; never more than the header announced.
-async fn receive_upload(mut frames: Streaming<WriteChunkFrame>) -> Result<ChunkUpload, Status> {
-    let mut assembler = FrameAssembler::<WriteChunkHeader>::new();
-    while let Some(frame) = frames.next().await {
-        let frame = frame?;
-        assembler.push(frame.header, frame.data).map_err(|e| to_status(&e.into()))?;
-    }
-    let (header, data) = assembler.finish().map_err(|e| to_status(&e.into()))?;
-    Ok(ChunkUpload { header, data })
+/// An incoming chunk's frames as core's handler takes them, pulled as the handler asks (so
+/// HTTP/2 flow control holds the sender back while the handler is busy). A broken stream
+/// (the client reset it, the connection died) is the world's fault: a transport error.
+fn incoming_frames(frames: Streaming<WriteChunkFrame>) -> CoreFrameStream<WriteChunkFrame> {
+    frames.map(|frame| frame.map_err(|s| from_status("the sender", s))).boxed()
 }
 
 pub type FrameStream = Pin<Box<dyn Stream<Item = Result<ReadChunkFrame, Status>> + Send>>;
@@ -70,23 +66,23 @@ pub type FrameStream = Pin<Box<dyn Stream<Item = Result<ReadChunkFrame, Status>>
 #[tonic::async_trait]
 impl<H: ChunkHandler> StorageService for Adapter<H> {
     async fn write_chunk(&self, request: Request<Streaming<WriteChunkFrame>>) -> Result<Response<WriteChunkResponse>, Status> {
-        let upload = receive_upload(request.into_inner()).await?;
-        respond(self.0.write_chunk(ChunkService::Storage, upload).await)
+        // tonic drops this future if the client resets the stream: the handler is cancelled.
+        respond(self.0.write_chunk(ChunkService::Storage, incoming_frames(request.into_inner())).await)
     }
 
     type ReadChunkStream = FrameStream;
 
     async fn read_chunk(&self, request: Request<ReadChunkRequest>) -> Result<Response<FrameStream>, Status> {
-        let download = self.0.read_chunk(request.into_inner()).await.map_err(|e| to_status(&e))?;
-        let frames = rpc::read_frames(download).into_iter().map(Ok);
-        Ok(Response::new(Box::pin(futures::stream::iter(frames))))
+        // Frames are read from disk as the client takes them; an error (a damaged frame) ends
+        // the stream with its status.
+        let frames = self.0.read_chunk(request.into_inner()).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(Box::pin(frames.map(|frame| frame.map_err(|e| to_status(&e))))))
     }
 }
 
 #[tonic::async_trait]
 impl<H: ChunkHandler> ReplicationService for Adapter<H> {
     async fn replicate_chunk(&self, request: Request<Streaming<WriteChunkFrame>>) -> Result<Response<WriteChunkResponse>, Status> {
-        let upload = receive_upload(request.into_inner()).await?;
-        respond(self.0.write_chunk(ChunkService::Replication, upload).await)
+        respond(self.0.write_chunk(ChunkService::Replication, incoming_frames(request.into_inner())).await)
     }
 }

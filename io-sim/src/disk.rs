@@ -12,8 +12,11 @@
 //! - `crash()` (power loss) throws away everything volatile: each name reverts to its durable
 //!   entry, each file to its durable contents; a file created and never synced reads back empty
 //!   if its name survived, and does not exist if its name did not.
-//! - Directories themselves are durable as soon as they are created (a simplification: the
-//!   drivers create directories before the files in them and never remove them).
+//! - Directories are entries too: `create_dir_all` adds a volatile entry in the parent of each
+//!   directory it creates, and only `sync_dir(parent)` makes that entry durable. `crash()`
+//!   removes every directory whose entry (or an ancestor's) was never made durable, with
+//!   everything under it, however durable the files inside were. The root (`/`) always exists.
+//!   Directories are never removed or renamed (no driver does either).
 //! - Every operation takes effect when called and reports back after a random latency (up to
 //!   `LATENCY_MAX`, in simulated time), so a crash can fall between any two steps.
 //! - `flip_bit` damages the durable and volatile contents of one file, as silent media
@@ -50,7 +53,10 @@ struct DiskState {
     next_inode: Inode,
     volatile_names: BTreeMap<PathBuf, Inode>,
     durable_names: BTreeMap<PathBuf, Inode>,
+    /// Directories as the running process sees them.
     dirs: BTreeSet<PathBuf>,
+    /// Directories whose entry in their parent was made durable by `sync_dir(parent)`.
+    durable_dirs: BTreeSet<PathBuf>,
     capacity_bytes: u64,
     /// Bumped by every crash; stores opened in an older epoch are fenced.
     epoch: u64,
@@ -77,6 +83,16 @@ impl SimDisk {
         let mut s = self.state.lock().unwrap();
         s.epoch += 1;
         s.open_stores.clear();
+        // A directory survives if its entry and every ancestor's entry are durable.
+        let surviving: BTreeSet<PathBuf> = s
+            .durable_dirs
+            .iter()
+            .filter(|d| d.ancestors().skip(1).all(|a| is_root(a) || s.durable_dirs.contains(a)))
+            .cloned()
+            .collect();
+        s.durable_names.retain(|p, _| p.parent().is_none_or(|dir| is_root(dir) || surviving.contains(dir)));
+        s.dirs = surviving.clone();
+        s.durable_dirs = surviving;
         s.volatile_names = s.durable_names.clone();
         let live: BTreeSet<Inode> = s.durable_names.values().copied().collect();
         s.inodes.retain(|ino, _| live.contains(ino));
@@ -150,19 +166,31 @@ async fn sleep(d: std::time::Duration) {
 #[cfg(not(madsim))]
 async fn sleep(_d: std::time::Duration) {}
 
+/// The directory every path hangs from: `/`, or the empty parent of a relative name.
+fn is_root(dir: &Path) -> bool {
+    dir.parent().is_none() || dir.as_os_str().is_empty() || dir == Path::new(".")
+}
+
 impl DiskState {
-    /// Makes the current entries of `dir` durable.
+    /// Makes the current entries of `dir`, files and subdirectories, durable.
     fn sync_entries(&mut self, dir: &Path) {
+        let dir = if dir == Path::new(".") { Path::new("") } else { dir };
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
         self.durable_names.retain(|p, _| !in_dir(p));
         let entries: Vec<(PathBuf, Inode)> =
             self.volatile_names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
         self.durable_names.extend(entries);
+        let subdirs: Vec<PathBuf> = self.dirs.iter().filter(|p| in_dir(p)).cloned().collect();
+        self.durable_dirs.extend(subdirs);
+    }
+
+    fn dir_exists(&self, dir: &Path) -> bool {
+        is_root(dir) || self.dirs.contains(dir)
     }
 
     fn parent_exists(&self, path: &Path) -> io::Result<()> {
         match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() && !self.dirs.contains(dir) => Err(io::Error::new(
+            Some(dir) if !self.dir_exists(dir) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{}: no such directory", dir.display()),
             )),
@@ -182,9 +210,15 @@ impl DiskState {
         Ok(ino)
     }
 
-    fn check_space(&self, extra: u64) -> io::Result<()> {
-        if SimDisk::used_bytes(self) + extra > self.capacity_bytes {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated disk is full"));
+    /// Fails, changing nothing, if giving `path` `new_len` volatile bytes would use more than
+    /// the capacity. Shrinking or rewriting in place always fits.
+    fn check_space(&self, path: &Path, new_len: u64) -> io::Result<()> {
+        let (before, after) = match self.volatile_names.get(path).map(|ino| &self.inodes[ino]) {
+            Some(d) => (d.volatile.len().max(d.durable.len()) as u64, new_len.max(d.durable.len() as u64)),
+            None => (0, new_len),
+        };
+        if after > before && SimDisk::used_bytes(self) + (after - before) > self.capacity_bytes {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, format!("{}: simulated disk is full (no space left on device)", path.display())));
         }
         Ok(())
     }
@@ -290,7 +324,10 @@ impl Disk for SimDisk {
 
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
-            for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            for ancestor in dir.ancestors().filter(|a| !is_root(a)) {
+                if s.volatile_names.contains_key(ancestor) {
+                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: a file, not a directory", ancestor.display())));
+                }
                 s.dirs.insert(ancestor.to_path_buf());
             }
             Ok(())
@@ -299,7 +336,8 @@ impl Disk for SimDisk {
 
     fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
-            s.check_space(data.len() as u64)?;
+            s.parent_exists(path)?;
+            s.check_space(path, data.len() as u64)?;
             let ino = s.inode_for_write(path)?;
             s.inodes.get_mut(&ino).expect("just made").volatile = data.to_vec();
             Ok(())
@@ -308,7 +346,9 @@ impl Disk for SimDisk {
 
     fn write_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
-            s.check_space(data.len() as u64)?;
+            s.parent_exists(path)?;
+            let current = s.volatile_names.get(path).map_or(0, |ino| s.inodes[ino].volatile.len() as u64);
+            s.check_space(path, current.max(offset + data.len() as u64))?;
             let ino = s.inode_for_write(path)?;
             let file = &mut s.inodes.get_mut(&ino).expect("just made").volatile;
             let end = offset as usize + data.len();
@@ -413,6 +453,7 @@ mod tests {
         let d = SimDisk::new(1 << 20);
         block_on(async {
             d.create_dir_all(Path::new("/d")).await.unwrap();
+            d.sync_dir(Path::new("/")).await.unwrap();
             d.write_file(Path::new("/d/a.tmp"), Bytes::from_static(b"AAAA")).await.unwrap();
             d.sync_file(Path::new("/d/a.tmp")).await.unwrap();
             d.rename(Path::new("/d/a.tmp"), Path::new("/d/a")).await.unwrap();
@@ -427,6 +468,53 @@ mod tests {
             assert_eq!(&d.read_file(Path::new("/d/a")).await.unwrap()[..], b"AAAA");
             assert_eq!(d.read_file(Path::new("/d/b")).await.unwrap_err().kind(), io::ErrorKind::NotFound);
             assert_eq!(d.list_dir(Path::new("/d")).await.unwrap(), vec!["a".to_string()]);
+        });
+    }
+
+    #[test]
+    fn directories_are_lost_on_crash_until_their_parent_is_synced() {
+        let d = SimDisk::new(1 << 20);
+        block_on(async {
+            d.create_dir_all(Path::new("/kept/sub")).await.unwrap();
+            d.sync_dir(Path::new("/")).await.unwrap();
+            d.sync_dir(Path::new("/kept")).await.unwrap();
+            // The file and its name are durable, but the directory holding it is not.
+            d.create_dir_all(Path::new("/lost/deep")).await.unwrap();
+            d.sync_dir(Path::new("/lost")).await.unwrap();
+            d.write_file(Path::new("/lost/deep/f"), Bytes::from_static(b"data")).await.unwrap();
+            d.sync_file(Path::new("/lost/deep/f")).await.unwrap();
+            d.sync_dir(Path::new("/lost/deep")).await.unwrap();
+            // A durable directory under one whose own entry was never synced is lost too.
+            d.create_dir_all(Path::new("/kept/unsynced/child")).await.unwrap();
+            d.sync_dir(Path::new("/kept/unsynced")).await.unwrap();
+            assert_eq!(d.list_dir(Path::new("/")).await.unwrap(), vec!["kept".to_string(), "lost".to_string()]);
+        });
+        d.crash();
+        block_on(async {
+            assert_eq!(d.list_dir(Path::new("/")).await.unwrap(), vec!["kept".to_string()]);
+            assert_eq!(d.list_dir(Path::new("/kept")).await.unwrap(), vec!["sub".to_string()]);
+            assert_eq!(d.read_file(Path::new("/lost/deep/f")).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+            assert_eq!(d.write_file(Path::new("/lost/deep/g"), Bytes::new()).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+            assert_eq!(d.space(Path::new("/")).await.unwrap(), (1 << 20, 1 << 20), "the lost file's bytes are freed");
+            d.write_file(Path::new("/kept/sub/f"), Bytes::from_static(b"x")).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_write_that_does_not_fit_changes_nothing() {
+        let d = SimDisk::new(10);
+        block_on(async {
+            d.create_dir_all(Path::new("/x")).await.unwrap();
+            d.write_file(Path::new("/x/f"), Bytes::from_static(b"012345")).await.unwrap();
+            let full = d.write_at(Path::new("/x/f"), 4, Bytes::from_static(b"abcdefg")).await.unwrap_err();
+            assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+            assert_eq!(d.write_file(Path::new("/x/g"), Bytes::from_static(b"01234")).await.unwrap_err().kind(), io::ErrorKind::StorageFull);
+            assert_eq!(&d.read_file(Path::new("/x/f")).await.unwrap()[..], b"012345");
+            assert_eq!(d.list_dir(Path::new("/x")).await.unwrap(), vec!["f".to_string()]);
+            // Rewriting in place, or growing within the capacity, fits.
+            d.write_at(Path::new("/x/f"), 2, Bytes::from_static(b"abcdefgh")).await.unwrap();
+            d.write_file(Path::new("/x/f"), Bytes::from_static(b"0123456789")).await.unwrap();
+            assert_eq!(d.space(Path::new("/x")).await.unwrap(), (10, 0));
         });
     }
 

@@ -8,6 +8,11 @@
 //! write chunk: client → Open(WriteChunk{service}), Frame*, End   server → Reply(..)
 //! read chunk:  client → Open(ReadChunk{body})             server → Frame*, End | Reply(Err)
 //! ```
+//!
+//! As with tonic, the server cancels a handler (drops its future, or the frame stream it
+//! returned) as soon as the caller goes away: its end of the connection closes when the caller
+//! drops the call, gives up on a timeout, or its node is killed. Frames of an incoming chunk
+//! are handed to the handler as it asks for them.
 
 use std::future::Future;
 use std::io;
@@ -17,8 +22,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dfs_core::env::Transport;
 use dfs_core::proto::{self, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkResponse};
-use dfs_core::rpc::{self, ChunkDownload, ChunkService, ChunkUpload, Rpc, RpcError};
-use futures::future::BoxFuture;
+use dfs_core::rpc::{self, ChunkDownload, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError};
+use futures::future::{BoxFuture, Either};
+use futures::StreamExt;
 use madsim::net::{Endpoint, Receiver, Sender};
 use prost::Message;
 
@@ -135,10 +141,10 @@ pub trait SimService: Send + Sync + 'static {
     fn unary(&self, _path: String, _body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
         Box::pin(async { Err(RpcError::InvalidArgument("no such service on this node".into())) })
     }
-    fn write_chunk(&self, _service: ChunkService, _upload: ChunkUpload) -> BoxFuture<'_, Result<WriteChunkResponse, RpcError>> {
+    fn write_chunk(&self, _service: ChunkService, _frames: FrameStream<WriteChunkFrame>) -> BoxFuture<'_, Result<WriteChunkResponse, RpcError>> {
         Box::pin(async { Err(RpcError::InvalidArgument("this node stores no chunks".into())) })
     }
-    fn read_chunk(&self, _request: ReadChunkRequest) -> BoxFuture<'_, Result<ChunkDownload, RpcError>> {
+    fn read_chunk(&self, _request: ReadChunkRequest) -> BoxFuture<'_, Result<FrameStream<ReadChunkFrame>, RpcError>> {
         Box::pin(async { Err(RpcError::InvalidArgument("this node stores no chunks".into())) })
     }
 }
@@ -159,10 +165,10 @@ impl<E: dfs_core::env::Env> SimService for dfs_core::meta::MetaServer<E> {
 }
 
 impl<E: dfs_core::env::Env> SimService for dfs_core::storage_node::StorageNode<E> {
-    fn write_chunk(&self, service: ChunkService, upload: ChunkUpload) -> BoxFuture<'_, Result<WriteChunkResponse, RpcError>> {
-        Box::pin(rpc::ChunkHandler::write_chunk(self, service, upload))
+    fn write_chunk(&self, service: ChunkService, frames: FrameStream<WriteChunkFrame>) -> BoxFuture<'_, Result<WriteChunkResponse, RpcError>> {
+        Box::pin(rpc::ChunkHandler::write_chunk(self, service, frames))
     }
-    fn read_chunk(&self, request: ReadChunkRequest) -> BoxFuture<'_, Result<ChunkDownload, RpcError>> {
+    fn read_chunk(&self, request: ReadChunkRequest) -> BoxFuture<'_, Result<FrameStream<ReadChunkFrame>, RpcError>> {
         Box::pin(rpc::ChunkHandler::read_chunk(self, request))
     }
 }
@@ -182,6 +188,38 @@ pub async fn serve<S: SimService>(listen: SocketAddr, service: Arc<S>) -> io::Re
     }
 }
 
+/// Runs `work` unless the caller goes away first (its end of the connection closes); then
+/// `work` is dropped, cancelling the handler, as tonic does when a client resets its stream.
+async fn unless_caller_gone<T>(tx: &Sender, work: impl std::future::Future<Output = T>) -> Option<T> {
+    futures::pin_mut!(work);
+    let gone = tx.closed();
+    futures::pin_mut!(gone);
+    match futures::future::select(work, gone).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(((), _)) => {
+            tracing::debug!("caller went away; handler cancelled");
+            None
+        }
+    }
+}
+
+/// The frames of an incoming chunk, received as the handler pulls them.
+fn incoming_frames(rx: Receiver) -> FrameStream<WriteChunkFrame> {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let item = match recv(&mut rx).await {
+            Ok(Wire::Frame(bytes)) => WriteChunkFrame::decode(bytes).map_err(|e| RpcError::InvalidArgument(format!("bad frame: {e}"))),
+            Ok(Wire::End) => return None,
+            Ok(other) => Err(RpcError::InvalidArgument(format!("unexpected {other:?} in a chunk stream"))),
+            Err(e) => Err(RpcError::Transport(format!("the sender: {e}"))),
+        };
+        // An error ends the stream.
+        let next = item.is_ok().then_some(rx);
+        Some((item, next))
+    })
+    .boxed()
+}
+
 async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Receiver) -> io::Result<()> {
     let encode = |r: Result<Bytes, RpcError>| Wire::Reply(r.map_err(|e| e.encode_detail()));
     match recv(&mut rx).await? {
@@ -195,37 +233,31 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
             send(&tx, encode(reply)).await
         }
         Wire::WriteChunk { service: which } => {
-            let mut frames = Vec::new();
-            loop {
-                match recv(&mut rx).await? {
-                    Wire::Frame(bytes) => match WriteChunkFrame::decode(bytes) {
-                        Ok(f) => frames.push(f),
-                        Err(e) => return send(&tx, encode(Err(RpcError::InvalidArgument(format!("bad frame: {e}"))))).await,
-                    },
-                    Wire::End => break,
-                    other => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected {other:?}"))),
-                }
+            let handled = unless_caller_gone(&tx, service.write_chunk(which, incoming_frames(rx))).await;
+            match handled {
+                Some(reply) => send(&tx, encode(reply.map(|r| Bytes::from(r.encode_to_vec())))).await,
+                None => Ok(()),
             }
-            let reply = match rpc::assemble_upload(frames) {
-                Ok(upload) => service.write_chunk(which, upload).await.map(|r| Bytes::from(r.encode_to_vec())),
-                Err(e) => Err(e.into()),
-            };
-            send(&tx, encode(reply)).await
         }
         Wire::ReadChunk { body } => {
             let request = match ReadChunkRequest::decode(body) {
                 Ok(r) => r,
                 Err(e) => return send(&tx, encode(Err(RpcError::InvalidArgument(format!("bad request: {e}"))))).await,
             };
-            match service.read_chunk(request).await {
-                Ok(download) => {
-                    for frame in rpc::read_frames(download) {
-                        send(&tx, Wire::Frame(frame.encode_to_vec().into())).await?;
+            let streamed = async {
+                let mut frames = match service.read_chunk(request).await {
+                    Ok(frames) => frames,
+                    Err(e) => return send(&tx, encode(Err(e))).await,
+                };
+                while let Some(frame) = frames.next().await {
+                    match frame {
+                        Ok(frame) => send(&tx, Wire::Frame(frame.encode_to_vec().into())).await?,
+                        Err(e) => return send(&tx, encode(Err(e))).await,
                     }
-                    send(&tx, Wire::End).await
                 }
-                Err(e) => send(&tx, encode(Err(e))).await,
-            }
+                send(&tx, Wire::End).await
+            };
+            unless_caller_gone(&tx, streamed).await.unwrap_or(Ok(()))
         }
         other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected opening {other:?}"))),
     }

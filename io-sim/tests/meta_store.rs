@@ -30,7 +30,7 @@ impl StoreBuilder<Types, RedbLogStore<TokioRuntime>, MetaStateMachine<SimDisk>, 
         let dir = format!("/meta-{}", self.stores.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let dir = Path::new(&dir);
         let fail = |e: String| StorageError::from(StorageIOError::write(&std::io::Error::other(e)));
-        disk.create_dir_all(dir).await.map_err(|e| fail(e.to_string()))?;
+        dfs_core::env::create_dir_durable(&disk, dir).await.map_err(|e| fail(e.to_string()))?;
         let backend = disk.open_store(&dir.join("raft.redb")).await.map_err(|e| fail(e.to_string()))?;
         let db = Arc::new(open_database(backend).map_err(|e| fail(e.to_string()))?);
         let (sm, _state) = MetaStateMachine::open(disk.clone(), dir, db.clone()).await.map_err(|e| fail(e.to_string()))?;
@@ -63,7 +63,7 @@ fn a_power_cut_keeps_exactly_the_durable_commits() {
     let disk = SimDisk::new(1 << 30);
     let path = Path::new("/m/raft.redb");
     futures::executor::block_on(async {
-        disk.create_dir_all(Path::new("/m")).await.unwrap();
+        dfs_core::env::create_dir_durable(&disk, Path::new("/m")).await.unwrap();
         let db = redb::Database::builder().create_with_backend(disk.open_store(path).await.unwrap()).unwrap();
         write(&db, "a", 1, redb::Durability::Immediate);
         write(&db, "b", 2, redb::Durability::None);

@@ -234,8 +234,8 @@ impl Cluster {
         Handle::current().restart(host.node.id());
     }
 
-    /// Kills storage host `index` (1-based) as a power cut would: its disk keeps only what
-    /// was synced.
+    /// Kills storage host `index` (1-based) as a power cut would: its disk keeps only what was
+    /// synced, directory entries included.
     pub fn kill_storage(&self, index: u64) {
         let host = &self.storage[index as usize - 1];
         trace::event(format!("kill storage-{index} (power cut)"));
@@ -286,6 +286,11 @@ impl Cluster {
             }
         }
         files
+    }
+
+    /// The server of storage host `index`, if it is up.
+    pub fn storage_node(&self, index: u64) -> Option<Arc<StorageNode<SimEnv>>> {
+        self.storage[index as usize - 1].server.lock().unwrap().clone()
     }
 
     pub fn meta_is_up(&self, id: u64) -> bool {

@@ -504,8 +504,14 @@ impl<E: Env> DfsClient<E> {
         }
     }
 
-    /// Tells metadata a replica is bad. Best effort: the read has already moved on.
-    async fn report_bad_replica(&self, _chunk_id: Bytes, _node: proto::StorageNode, _reason: String) {}
+    /// Tells metadata a replica is bad, so it is no longer served (HDFS's `reportBadBlocks`).
+    /// Best effort: the read has already moved on to another replica.
+    async fn report_bad_replica(&self, chunk_id: Bytes, node: proto::StorageNode, reason: String) {
+        let request = proto::ReportBadReplicaRequest { chunk_id, node_id: node.id, reason };
+        if let Err(e) = self.meta.call(request).await {
+            tracing::warn!(node = node.id, error = %e, "could not report a bad replica to metadata");
+        }
+    }
 }
 
 fn op_name(op: MetaOp) -> &'static str {

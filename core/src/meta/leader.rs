@@ -28,9 +28,11 @@
 //! Not here: Raft itself, and the namespace's own rules (`Namespace::apply` checks every
 //! command again; this module only decides what to propose).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::env::Timestamp;
+use crate::proto::ReplicaState;
 use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
 use crate::ids::{ChunkId, StorageNodeId};
 use crate::namespace::{Command, Namespace, Upload};
@@ -212,6 +214,32 @@ impl Leader {
             ordered[..alive].rotate_left(index as usize % alive);
         }
         ordered
+    }
+
+    /// The replicas of a chunk to hand to a reader, in `read_order`: never one marked bad.
+    pub fn served_replicas(&self, now: Timestamp, replicas: &[StorageNodeId], bad: Option<&BTreeSet<StorageNodeId>>, index: u32) -> Vec<StorageNodeId> {
+        let good: Vec<StorageNodeId> = replicas.iter().copied().filter(|r| !bad.is_some_and(|b| b.contains(r))).collect();
+        self.read_order(now, &good, index)
+    }
+
+    /// Every replica of a chunk with its state, for display: bad if marked so, else what this
+    /// leader knows of its node (a node not heard from yet in this term is suspect).
+    pub fn replica_states(&self, now: Timestamp, replicas: &[StorageNodeId], bad: Option<&BTreeSet<StorageNodeId>>) -> Vec<(StorageNodeId, ReplicaState)> {
+        replicas
+            .iter()
+            .map(|r| {
+                let state = if bad.is_some_and(|b| b.contains(r)) {
+                    ReplicaState::Bad
+                } else {
+                    match self.health.liveness(*r, now) {
+                        Liveness::Alive => ReplicaState::Ok,
+                        Liveness::Suspect | Liveness::Unknown => ReplicaState::Suspect,
+                        Liveness::Dead => ReplicaState::Dead,
+                    }
+                };
+                (*r, state)
+            })
+            .collect()
     }
 
     /// Every registered node, with what the leader knows of it.

@@ -203,7 +203,7 @@ impl<E: Env> MetaServer<E> {
     ) -> Result<(RedbLogStore<E::RaftRuntime>, MetaStateMachine<E::Disk>, SharedState), MetaStartError> {
         let store_error = |reason: String| MetaStartError::Store { dir: data_dir.to_path_buf(), reason };
         let disk = env.disk();
-        disk.create_dir_all(data_dir).await.map_err(|e| store_error(e.to_string()))?;
+        crate::env::create_dir_durable(disk, data_dir).await.map_err(|e| store_error(e.to_string()))?;
         let backend = disk.open_store(&data_dir.join("raft.redb")).await.map_err(|e| store_error(format!("raft.redb: {e}")))?;
         let db = Arc::new(open_database(backend).map_err(|e| store_error(format!("raft.redb: {e}")))?);
         let (state_machine, state) =
@@ -567,6 +567,9 @@ fn once(request: Option<proto::RequestId>, command: Command) -> Command {
     }
 }
 
+/// Most of a bad-replica report's reason that reaches the log.
+const REASON_MAX_CHARS: usize = 1024;
+
 fn namespace_error(e: NamespaceError) -> RpcError {
     let message = e.to_string();
     match e {
@@ -589,7 +592,7 @@ fn namespace_error(e: NamespaceError) -> RpcError {
         | NamespaceError::ClusterIdMismatch { .. }
         | NamespaceError::RequestTooOld { .. } => RpcError::FailedPrecondition(message),
         // The cluster's load, not the request: worth retrying later.
-        NamespaceError::TooManyUploads { .. } => RpcError::Unavailable(message),
+        NamespaceError::TooManyUploads { .. } | NamespaceError::TooManyBadReplicas { .. } => RpcError::Unavailable(message),
     }
 }
 
@@ -741,17 +744,25 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         let chunks = self.with_leader(term, |leader, ns| {
             file.chunks
                 .iter()
-                .map(|c| proto::ChunkLocation {
-                    index: c.index,
-                    chunk_id: ChunkId::derive(file.id, c.index).as_bytes().to_vec().into(),
-                    size: c.size,
-                    sha256: c.sha256.0.to_vec().into(),
-                    replicas: leader
-                        .read_order(now, &c.replicas, c.index)
-                        .into_iter()
-                        .filter_map(|id| storage_node_proto(ns, id))
-                        .collect(),
-                    replica_status: Vec::new(),
+                .map(|c| {
+                    let chunk_id = ChunkId::derive(file.id, c.index);
+                    let bad = ns.bad_replicas(chunk_id);
+                    proto::ChunkLocation {
+                        index: c.index,
+                        chunk_id: chunk_id.as_bytes().to_vec().into(),
+                        size: c.size,
+                        sha256: c.sha256.0.to_vec().into(),
+                        replicas: leader
+                            .served_replicas(now, &c.replicas, bad, c.index)
+                            .into_iter()
+                            .filter_map(|id| storage_node_proto(ns, id))
+                            .collect(),
+                        replica_status: leader
+                            .replica_states(now, &c.replicas, bad)
+                            .into_iter()
+                            .map(|(id, state)| proto::ReplicaStatus { node: storage_node_proto(ns, id), state: state as i32 })
+                            .collect(),
+                    }
                 })
                 .collect()
         });
@@ -884,6 +895,16 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             register: decision.reply.register,
             delete_chunks: decision.reply.delete_chunks.iter().map(|c| c.as_bytes().to_vec().into()).collect(),
         })
+    }
+
+    async fn report_bad_replica(&self, r: proto::ReportBadReplicaRequest) -> Result<proto::ReportBadReplicaResponse, RpcError> {
+        self.require_leader()?;
+        let chunk = ChunkId::from_slice(&r.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
+        let node = StorageNodeId(r.node_id);
+        let reason: String = r.reason.chars().take(REASON_MAX_CHARS).collect();
+        tracing::warn!(%chunk, %node, %reason, "replica reported bad; no longer served");
+        self.propose(Command::MarkReplicaBad { chunk, node }).await?;
+        Ok(proto::ReportBadReplicaResponse {})
     }
 
     async fn add_meta_member(&self, r: proto::AddMetaMemberRequest) -> Result<proto::AddMetaMemberResponse, RpcError> {

@@ -133,8 +133,7 @@ impl<D: Disk> MetaStateMachine<D> {
     pub async fn open(disk: D, dir: &Path, db: Arc<Database>) -> Result<(Self, SharedState), SnapshotFileError> {
         let snapshots = dir.join("snapshots");
         let io = |source| SnapshotFileError::Io { path: snapshots.clone(), source };
-        disk.create_dir_all(&snapshots).await.map_err(io)?;
-        disk.sync_dir(dir).await.map_err(io)?;
+        crate::env::create_dir_durable(&disk, &snapshots).await.map_err(io)?;
         // Leftovers of a crash: snapshots half written or half received.
         for name in disk.list_dir(&snapshots).await.map_err(io)? {
             if name.ends_with(".tmp") || name.ends_with(".part") {

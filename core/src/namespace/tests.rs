@@ -218,6 +218,36 @@ fn deleting_frees_the_path_and_queues_replicas() {
 }
 
 #[test]
+fn replicas_marked_bad_are_remembered_until_their_file_goes() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    let f = upload(&mut ns, "/f", 2 * CHUNK, false).unwrap();
+    let (c0, c1) = (ChunkId::derive(f.id, 0), ChunkId::derive(f.id, 1));
+    let mark = |chunk, node| Command::MarkReplicaBad { chunk, node: StorageNodeId(node) };
+    // An old snapshot (without the field) still loads, with nothing marked.
+    let mut json: serde_json::Value = serde_json::to_value(&ns).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("bad_replicas").is_none(), "an empty set is not written");
+    let old: Namespace = serde_json::from_value(json).unwrap();
+    assert_eq!(old, ns);
+    assert_eq!(ns.apply(mark(c0, 2)), Ok(Outcome::Done));
+    assert_eq!(ns.apply(mark(c0, 2)), Ok(Outcome::Done), "reporting twice is harmless");
+    assert_eq!(ns.apply(mark(c0, 3)), Ok(Outcome::Done));
+    assert!(matches!(ns.apply(mark(c1, 9)), Err(NamespaceError::InvalidArgument(_))), "an unknown node is refused");
+    assert_eq!(ns.bad_replicas(c0), Some(&[StorageNodeId(2), StorageNodeId(3)].into()));
+    assert_eq!(ns.bad_replicas(c1), None);
+    // The replica stays in the record (it is still deleted with the file)...
+    assert_eq!(ns.file("/f").unwrap().chunks[0].replicas.len(), 3);
+    // ...the mark survives a snapshot, a rename, and goes with the file.
+    let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
+    assert_eq!(restored, ns);
+    rename(&mut ns, "/f", "/g").unwrap();
+    assert!(ns.bad_replicas(c0).is_some());
+    ns.apply(delete("/g")).unwrap();
+    assert_eq!(ns.bad_replicas(c0), None);
+    assert!(ns.garbage_for(StorageNodeId(2), 10).contains(&c0), "the bad replica is still collected");
+}
+
+#[test]
 fn committing_creates_parents_and_listing_shows_direct_children_only() {
     let mut ns = Namespace::default();
     register(&mut ns, &[1, 2, 3]);

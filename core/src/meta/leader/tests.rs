@@ -229,6 +229,32 @@ fn placement_uses_only_nodes_heard_from_recently() {
 }
 
 #[test]
+fn bad_replicas_are_never_served_and_every_replica_has_a_state() {
+    let config = LeaderConfig::default();
+    let mut w = World::new(4, config);
+    w.run_for(Duration::from_secs(2));
+    let replicas = [StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)];
+    let bad: BTreeSet<StorageNodeId> = [StorageNodeId(2)].into();
+    for index in 0..4 {
+        let served = w.leader.served_replicas(w.now, &replicas, Some(&bad), index);
+        assert_eq!(served.len(), 2);
+        assert!(!served.contains(&StorageNodeId(2)), "a bad replica was served");
+    }
+    assert_eq!(w.leader.served_replicas(w.now, &replicas, None, 0).len(), 3);
+    w.nodes[0].up = false;
+    w.run_for(config.health.suspect_after + BEAT);
+    let states = w.leader.replica_states(w.now, &replicas, Some(&bad));
+    assert_eq!(states, vec![(StorageNodeId(1), ReplicaState::Suspect), (StorageNodeId(2), ReplicaState::Bad), (StorageNodeId(3), ReplicaState::Ok)]);
+    w.run_for(config.health.dead_after);
+    assert_eq!(w.leader.replica_states(w.now, &replicas, None)[0], (StorageNodeId(1), ReplicaState::Dead));
+    // A bad replica stays out even when it is the only one on a live node.
+    assert_eq!(w.leader.served_replicas(w.now, &[StorageNodeId(1), StorageNodeId(2)], Some(&bad), 0), vec![StorageNodeId(1)]);
+    // A new leader knows nothing yet: suspect, not dead and not ok.
+    let fresh = Leader::new(config, 9, w.now);
+    assert_eq!(fresh.replica_states(w.now, &replicas[2..], None), vec![(StorageNodeId(3), ReplicaState::Suspect)]);
+}
+
+#[test]
 fn replication_beyond_the_usable_nodes_is_refused_at_once() {
     let config = LeaderConfig::default();
     let mut w = World::new(3, config);

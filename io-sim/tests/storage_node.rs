@@ -1,0 +1,415 @@
+//! The storage node on a `SimDisk`, outside the simulation: power loss right after an
+//! acknowledged write, cancelled and failed writes, full disks, streamed reads of damaged
+//! replicas, stream slots and frame timeouts. Every disk operation completes at once here, so
+//! the tests drive the node's futures by hand (`poll`, `drop`) to stop them where they want.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dfs_core::chunk_store::{self, ChunkLayout, ChunkMeta};
+use dfs_core::env::{Clock, Disk, Env, Timestamp, Transport};
+use dfs_core::ids::{ChunkId, FileId, Sha256Digest};
+use dfs_core::proto::{self, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader};
+use dfs_core::rpc::{self, ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError, CHUNK_FRAME_BYTES};
+use dfs_core::storage_node::{StorageConfig, StorageNode};
+use dfs_io_sim::SimDisk;
+use futures::executor::block_on;
+use futures::{FutureExt, StreamExt};
+
+/// A clock whose sleeps either never end or end at once (every timeout fires immediately).
+#[derive(Clone, Default)]
+struct TestClock {
+    timeouts_fire: Arc<AtomicBool>,
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(0)
+    }
+    fn unix_ms(&self) -> u64 {
+        0
+    }
+    fn sleep(&self, _d: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let fire = self.timeouts_fire.load(Ordering::SeqCst);
+        async move {
+            if !fire {
+                futures::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// No network: metadata and peers are unreachable (these tests forward to no one).
+#[derive(Clone, Default)]
+struct NoNetwork;
+
+impl Transport for NoNetwork {
+    fn unary<R: Rpc>(&self, to: &str, _request: R) -> impl Future<Output = Result<R::Response, RpcError>> + Send {
+        let to = to.to_string();
+        async move { Err(RpcError::Transport(format!("{to}: no network in this test"))) }
+    }
+    fn write_chunk(&self, to: &str, _s: ChunkService, _u: ChunkUpload) -> impl Future<Output = Result<proto::WriteChunkResponse, RpcError>> + Send {
+        let to = to.to_string();
+        async move { Err(RpcError::Transport(format!("{to}: no network in this test"))) }
+    }
+    fn read_chunk(&self, to: &str, _r: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send {
+        let to = to.to_string();
+        async move { Err(RpcError::Transport(format!("{to}: no network in this test"))) }
+    }
+}
+
+/// A `SimDisk` that can stall every `sync_file` (to stop a write mid-way) and lie about free
+/// space (to get past the node's early check and meet the full disk itself).
+#[derive(Clone)]
+struct TestDisk {
+    inner: SimDisk,
+    stall_sync_file: Arc<AtomicBool>,
+    claimed_free_bytes: Arc<AtomicU64>,
+}
+
+impl Disk for TestDisk {
+    type Store = <SimDisk as Disk>::Store;
+    fn open_store(&self, path: &Path) -> impl Future<Output = io::Result<Self::Store>> + Send {
+        self.inner.open_store(path)
+    }
+    fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.create_dir_all(dir)
+    }
+    fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.write_file(path, data)
+    }
+    fn write_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.write_at(path, offset, data)
+    }
+    fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Bytes>> + Send {
+        self.inner.read_file(path)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send {
+        self.inner.read_at(path, offset, len)
+    }
+    fn file_len(&self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send {
+        self.inner.file_len(path)
+    }
+    fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<dfs_core::env::FileStamp>> + Send {
+        self.inner.stamp(path)
+    }
+    fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let stalled = self.stall_sync_file.load(Ordering::SeqCst);
+        let inner = self.inner.clone();
+        let path = path.to_path_buf();
+        async move {
+            if stalled {
+                futures::future::pending::<()>().await;
+            }
+            inner.sync_file(&path).await
+        }
+    }
+    fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.sync_dir(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send {
+        self.inner.list_dir(dir)
+    }
+    fn space(&self, dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send {
+        let claimed = self.claimed_free_bytes.load(Ordering::SeqCst);
+        let real = self.inner.space(dir);
+        async move {
+            let (capacity, free) = real.await?;
+            Ok((capacity, if claimed > 0 { claimed } else { free }))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct TestEnv {
+    clock: TestClock,
+    transport: NoNetwork,
+    disk: TestDisk,
+    random: Arc<AtomicU64>,
+}
+
+impl Env for TestEnv {
+    type Clock = TestClock;
+    type Transport = NoNetwork;
+    type Disk = TestDisk;
+    type RaftRuntime = openraft::TokioRuntime;
+    fn clock(&self) -> &TestClock {
+        &self.clock
+    }
+    fn transport(&self) -> &NoNetwork {
+        &self.transport
+    }
+    fn disk(&self) -> &TestDisk {
+        &self.disk
+    }
+    fn random_u64(&self) -> u64 {
+        self.random.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+impl TestEnv {
+    fn new(capacity_bytes: u64) -> Self {
+        TestEnv {
+            clock: TestClock::default(),
+            transport: NoNetwork,
+            disk: TestDisk { inner: SimDisk::new(capacity_bytes), stall_sync_file: Arc::default(), claimed_free_bytes: Arc::default() },
+            random: Arc::default(),
+        }
+    }
+}
+
+const ROOT: &str = "/data";
+
+fn config() -> StorageConfig {
+    let mut c = StorageConfig::new(ROOT, "10.0.1.1:7000", vec!["10.0.0.1:7000".into()]);
+    c.space_reserve_bytes = 0;
+    c
+}
+
+fn open(env: &TestEnv, config: StorageConfig) -> Arc<StorageNode<TestEnv>> {
+    block_on(StorageNode::open(env.clone(), config)).expect("node opens")
+}
+
+fn chunk(index: u32, len: usize) -> (ChunkId, Bytes) {
+    let data: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(index) as u8).collect();
+    (ChunkId::derive(FileId(1), index), data.into())
+}
+
+fn upload(id: ChunkId, data: &Bytes) -> ChunkUpload {
+    ChunkUpload {
+        header: WriteChunkHeader { chunk_id: Bytes::copy_from_slice(id.as_bytes()), size: data.len() as u64, sha256: Sha256Digest::of(data).0.to_vec().into(), forward_to: vec![] },
+        data: data.clone(),
+    }
+}
+
+fn frames(upload: ChunkUpload) -> FrameStream<WriteChunkFrame> {
+    futures::stream::iter(rpc::write_frames(upload).into_iter().map(Ok)).boxed()
+}
+
+/// The header and first frame of `upload`, then nothing, ever: a sender gone quiet.
+fn stalled_frames(upload: ChunkUpload) -> FrameStream<WriteChunkFrame> {
+    let first = rpc::write_frames(upload).into_iter().next().unwrap();
+    futures::stream::iter([Ok(first)]).chain(futures::stream::pending()).boxed()
+}
+
+fn write(node: &StorageNode<TestEnv>, id: ChunkId, data: &Bytes) -> Result<proto::WriteChunkResponse, RpcError> {
+    block_on(node.write_chunk(ChunkService::Storage, frames(upload(id, data))))
+}
+
+fn read_request(id: ChunkId) -> ReadChunkRequest {
+    ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()) }
+}
+
+/// Every frame of a read, in order, with the error that ended it if any.
+fn read_frames(node: &StorageNode<TestEnv>, id: ChunkId) -> Result<(Vec<ReadChunkFrame>, Option<RpcError>), RpcError> {
+    let mut stream = block_on(node.read_chunk(read_request(id)))?;
+    let mut out = vec![];
+    while let Some(frame) = block_on(stream.next()) {
+        match frame {
+            Ok(f) => out.push(f),
+            Err(e) => return Ok((out, Some(e))),
+        }
+    }
+    Ok((out, None))
+}
+
+fn read(node: &StorageNode<TestEnv>, id: ChunkId) -> Bytes {
+    let (frames, err) = read_frames(node, id).expect("read starts");
+    assert_eq!(err, None);
+    assert!(frames.iter().all(|f| f.data.len() <= CHUNK_FRAME_BYTES));
+    rpc::assemble_download(frames).expect("frames form a chunk").data
+}
+
+fn tmp_files(env: &TestEnv) -> Vec<String> {
+    block_on(env.disk.inner.list_dir(&ChunkLayout::new(ROOT).tmp_dir())).unwrap()
+}
+
+#[test]
+fn an_acknowledged_chunk_survives_power_loss_right_after_the_ack() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let id_before = node.id();
+    let chunks: Vec<(ChunkId, Bytes)> = [0usize, 1, CHUNK_FRAME_BYTES, 2 * CHUNK_FRAME_BYTES + 7].iter().enumerate().map(|(i, &len)| chunk(i as u32, len)).collect();
+    for (id, data) in &chunks {
+        assert_eq!(write(&node, *id, data).unwrap().stored_on, vec![node.id().0]);
+    }
+    drop(node);
+    env.disk.inner.crash();
+    let node = open(&env, config());
+    assert_eq!(node.id(), id_before, "the node id survives");
+    assert_eq!(node.chunk_count(), chunks.len() as u64);
+    for (id, data) in &chunks {
+        assert_eq!(&read(&node, *id), data);
+    }
+    // And once more: the second process's writes, into directories it found, survive too.
+    let (id, data) = chunk(9, 1000);
+    write(&node, id, &data).unwrap();
+    drop(node);
+    env.disk.inner.crash();
+    assert_eq!(read(&open(&env, config()), id), data);
+}
+
+#[test]
+fn a_write_dropped_mid_way_leaves_nothing_in_progress_and_no_temporary_file() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 3 * CHUNK_FRAME_BYTES);
+    env.disk.stall_sync_file.store(true, Ordering::SeqCst);
+    let mut writing = Box::pin(node.write_chunk(ChunkService::Storage, frames(upload(id, &data))));
+    assert!(block_on(futures::future::poll_fn(|cx| Poll::Ready(writing.poll_unpin(cx).is_pending()))), "the write stalls on fsync");
+    assert_eq!(node.writes_in_progress(), 1);
+    assert_eq!(tmp_files(&env).len(), 1);
+    drop(writing); // The caller went away: the transport drops the handler.
+    assert_eq!(node.writes_in_progress(), 0, "a dropped write is aborted");
+    block_on(node.sweep_orphaned_tmp());
+    assert!(tmp_files(&env).is_empty());
+    // The chunk can be written again, and nothing was stored by the abandoned attempt.
+    env.disk.stall_sync_file.store(false, Ordering::SeqCst);
+    assert_eq!(node.chunk_count(), 0);
+    write(&node, id, &data).unwrap();
+    assert_eq!(read(&node, id), data);
+}
+
+#[test]
+fn a_sender_that_goes_quiet_is_dropped_after_the_frame_timeout() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 2 * CHUNK_FRAME_BYTES);
+    env.clock.timeouts_fire.store(true, Ordering::SeqCst);
+    let err = block_on(node.write_chunk(ChunkService::Storage, stalled_frames(upload(id, &data)))).unwrap_err();
+    assert!(matches!(&err, RpcError::Unavailable(m) if m.contains("no frame")), "{err}");
+    assert_eq!((node.writes_in_progress(), node.chunk_count()), (0, 0));
+}
+
+#[test]
+fn a_full_disk_is_refused_early_and_a_write_that_meets_it_leaves_nothing() {
+    let chunk_len = 2 * CHUNK_FRAME_BYTES;
+    let env = TestEnv::new(chunk_len as u64 + 4096);
+    let mut c = config();
+    c.space_reserve_bytes = 8192;
+    let node = open(&env, c);
+    let (id, data) = chunk(0, chunk_len);
+    // Early: the header shows the chunk plus the reserve do not fit.
+    let err = write(&node, id, &data).unwrap_err();
+    assert!(matches!(&err, RpcError::NoSpace(m) if m.contains("disk full")), "{err}");
+    // Late: the node believes there is room, the disk runs out during the write.
+    env.disk.claimed_free_bytes.store(1 << 40, Ordering::SeqCst);
+    let (id, data) = chunk(1, 3 * CHUNK_FRAME_BYTES);
+    let err = write(&node, id, &data).unwrap_err();
+    assert!(matches!(&err, RpcError::NoSpace(m) if m.contains("disk full")), "{err}");
+    assert_eq!((node.writes_in_progress(), node.chunk_count()), (0, 0));
+    assert!(tmp_files(&env).is_empty(), "no partial file left: {:?}", tmp_files(&env));
+    let (capacity, free) = block_on(env.disk.inner.space(Path::new(ROOT))).unwrap();
+    assert!(capacity - free < 100, "only the node's own small files remain: {} bytes used", capacity - free);
+    // A chunk that fits is still taken.
+    env.disk.claimed_free_bytes.store(0, Ordering::SeqCst);
+    let (id, data) = chunk(2, 1000);
+    write(&node, id, &data).unwrap();
+}
+
+#[test]
+fn heartbeats_report_the_space_on_disk_after_a_restart() {
+    let capacity = 64 << 20;
+    let env = TestEnv::new(capacity);
+    let node = open(&env, config());
+    let mut stored = 0;
+    for i in 0..5 {
+        let (id, data) = chunk(i, 100_000 * (i as usize + 1));
+        write(&node, id, &data).unwrap();
+        stored += chunk_store::file_bytes(data.len() as u64);
+    }
+    let before = block_on(node.heartbeat_request()).unwrap();
+    drop(node);
+    env.disk.inner.crash();
+    let node = open(&env, config());
+    let after = block_on(node.heartbeat_request()).unwrap();
+    assert_eq!((after.capacity_bytes, after.chunk_count), (capacity, 5));
+    assert_eq!(after.free_bytes, before.free_bytes, "a restart neither loses nor invents space");
+    let small_files = capacity - after.free_bytes - stored;
+    assert!(small_files < 100, "free space is the disk's: {small_files} bytes unexplained");
+}
+
+#[test]
+fn a_damaged_replica_is_never_served_past_the_damage_and_is_quarantined() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 3 * CHUNK_FRAME_BYTES);
+    write(&node, id, &data).unwrap();
+    let path = ChunkLayout::new(ROOT).chunk_path(id);
+    let file_len = block_on(env.disk.inner.file_len(&path)).unwrap() as usize;
+    // A bit of the second frame rots.
+    assert!(env.disk.inner.flip_bit(&path, file_len - 2 * CHUNK_FRAME_BYTES + 5, 3));
+    let (frames, err) = read_frames(&node, id).unwrap();
+    assert_eq!(frames.len(), 1, "only the intact first frame left the node");
+    assert_eq!(frames[0].data, data.slice(..CHUNK_FRAME_BYTES));
+    assert!(matches!(err, Some(RpcError::ChecksumMismatch(_))), "{err:?}");
+    // Quarantined: out of the table, out of chunks/, reported.
+    assert!(matches!(block_on(node.read_chunk(read_request(id))).err(), Some(RpcError::NotFound(_))));
+    assert_eq!(node.chunk_count(), 0);
+    assert_eq!(block_on(env.disk.inner.file_len(&path)).unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(block_on(env.disk.inner.list_dir(&ChunkLayout::new(ROOT).corrupt_dir())).unwrap().len(), 1);
+    let bad = node.bad_replicas_unreported();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].chunk, id);
+    // A restart does not bring it back.
+    drop(node);
+    env.disk.inner.crash();
+    assert_eq!(open(&env, config()).chunk_count(), 0);
+}
+
+#[test]
+fn a_damaged_header_is_caught_before_any_byte_is_served() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 1000);
+    write(&node, id, &data).unwrap();
+    assert!(env.disk.inner.flip_bit(&ChunkLayout::new(ROOT).chunk_path(id), 10, 0));
+    assert!(matches!(block_on(node.read_chunk(read_request(id))).err(), Some(RpcError::ChecksumMismatch(_))));
+    assert_eq!(node.bad_replicas_unreported().len(), 1);
+}
+
+#[test]
+fn version_1_chunk_files_are_still_served() {
+    let env = TestEnv::new(1 << 30);
+    let (id, data) = chunk(0, CHUNK_FRAME_BYTES + 3);
+    let layout = ChunkLayout::new(ROOT);
+    let path = layout.chunk_path(id);
+    block_on(async {
+        env.disk.inner.create_dir_all(path.parent().unwrap()).await.unwrap();
+        let meta = ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(&data) };
+        env.disk.inner.write_file(&path, chunk_store::encode_file_v1(meta, &data)).await.unwrap();
+    });
+    let node = open(&env, config());
+    assert_eq!(read(&node, id), data);
+}
+
+#[test]
+fn streams_beyond_the_limit_wait_then_are_refused() {
+    let env = TestEnv::new(1 << 30);
+    let mut c = config();
+    c.chunk_streams_max = 1;
+    let node = open(&env, c);
+    let (id, data) = chunk(0, 3 * CHUNK_FRAME_BYTES);
+    write(&node, id, &data).unwrap();
+    let held = block_on(node.read_chunk(read_request(id))).unwrap();
+    env.clock.timeouts_fire.store(true, Ordering::SeqCst);
+    let err = block_on(node.read_chunk(read_request(id))).err().unwrap();
+    assert!(matches!(&err, RpcError::Unavailable(m) if m.contains("busy")), "{err}");
+    // Replication from peers has slots of its own.
+    let (other, other_data) = chunk(1, 10);
+    block_on(node.write_chunk(ChunkService::Replication, frames(upload(other, &other_data)))).unwrap();
+    drop(held);
+    assert_eq!(read(&node, id), data);
+}
