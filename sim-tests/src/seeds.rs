@@ -45,13 +45,18 @@ pub struct SeedRange {
 }
 
 pub fn from_env() -> SeedRange {
+    from_env_or(DEFAULT_SEED_COUNT)
+}
+
+/// Like `from_env`, with another default count for a scenario too long for 50 seeds in CI.
+pub fn from_env_or(default_count: u64) -> SeedRange {
     let read = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
             .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
             .unwrap_or(default)
     };
-    SeedRange { first: read("MADSIM_TEST_SEED", 1), count: read("MADSIM_TEST_NUM", DEFAULT_SEED_COUNT) }
+    SeedRange { first: read("MADSIM_TEST_SEED", 1), count: read("MADSIM_TEST_NUM", default_count) }
 }
 
 /// What one seed's run produced.
@@ -177,10 +182,19 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    run_seeds(test, DEFAULT_SEED_COUNT, scenario)
+}
+
+/// `run_all` with `default_count` seeds unless `MADSIM_TEST_NUM` says otherwise.
+pub fn run_seeds<F, Fut>(test: SimTest, default_count: u64, scenario: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
     if serve_as_child(test, scenario) {
         return;
     }
-    let range = from_env();
+    let range = from_env_or(default_count);
     let started = Instant::now();
     for seed in range.first..range.first + range.count {
         let run = run_in_child(test, seed);
