@@ -712,14 +712,20 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let _slot = slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
         let upload = self.receive(&mut frames).await?;
         let (id, meta) = verify_upload(&upload)?;
-        self.store_local(id, meta, &upload.data).await?;
         let peers = match service {
             ChunkService::Storage => upload.header.forward_to.clone(),
             // A replica never forwards: the fan-out is the primary's alone.
             ChunkService::Replication => vec![],
         };
-        let (replicated, failures) = self.forward(&upload, peers).await;
-        let mut stored_on = vec![self.id.0];
+        // The local write and the fan-out at once: a chunk costs one fsync round, not two.
+        let (stored, (replicated, mut failures)) = futures::join!(self.store_local(id, meta, &upload.data), self.forward(&upload, peers));
+        let mut stored_on = Vec::new();
+        match stored {
+            Ok(()) => stored_on.push(self.id.0),
+            // Nothing stored anywhere: the primary's own error says most.
+            Err(e) if replicated.is_empty() => return Err(e),
+            Err(e) => failures.push(proto::ReplicaFailure { node: Some(self.self_proto()), error: e.to_string() }),
+        }
         stored_on.extend(replicated);
         tracing::debug!(chunk = %id, ?service, stored = stored_on.len(), failed = failures.len(), "chunk written");
         Ok(proto::WriteChunkResponse { stored_on, failures })
