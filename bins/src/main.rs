@@ -87,7 +87,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let daemon = matches!(cli.command, Command::Meta(_) | Command::Storage(_) | Command::Cluster { .. });
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -132,6 +135,28 @@ fn main() -> ExitCode {
             ExitCode::from(cli::exit_code(&e))
         }
     }
+}
+
+/// Help and version go out as clap prints them; a parse error becomes one line on stderr,
+/// like every other error, with the usage in brackets, and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u);
+        } else if !line.starts_with("For more information") {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    let usage = usage.map(|u| format!(" (usage: {u})")).unwrap_or_default();
+    eprintln!("dfs: {}{usage}", cli::shown(&parts.join(" ")));
+    ExitCode::from(2)
 }
 
 /// Logs go to stderr, one line per event, level from `RUST_LOG`. Daemons log `info` by
