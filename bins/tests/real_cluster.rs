@@ -194,8 +194,7 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
     unsafe { libc::kill(up.child.id() as libc::pid_t, libc::SIGINT) };
     let status = wait_for(Duration::from_secs(30), "cluster up to exit", || up.child.try_wait().unwrap());
     assert!(status.success(), "cluster up exited with {status}");
-    let ports_free = wait_for(Duration::from_secs(10), "the nodes' ports to be released", || {
+    wait_for(Duration::from_secs(10), "the nodes' ports to be released", || {
         (0..3).chain(100..103).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()).then_some(())
     });
-    let () = ports_free;
 }
