@@ -1,11 +1,13 @@
 //! `dfs admin`: cluster administration.
 
-use anyhow::{bail, Context};
+use std::fmt::Write as _;
+
 use clap::{Args, Subcommand};
 use dfs_core::client::ClientConfig;
 use dfs_core::proto::MetaStatusResponse;
 
-use crate::client_cmds::{client, MetaFlag};
+use crate::cli::{emit, emit_json, usage, Ctx, MetaFlag};
+use crate::output::MetaStatusJson;
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -43,42 +45,43 @@ pub struct RemoveArgs {
     meta: MetaFlag,
 }
 
-pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
-    match command {
+pub async fn run(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
+    let (status, done) = match command {
         AdminCommand::Meta { command: MetaCommand::Add(args) } => {
-            let (id, addr) = args.member.split_once('=').with_context(|| format!("{:?} is not ID=HOST:PORT", args.member))?;
-            let id: u64 = id.trim().parse().with_context(|| format!("{id:?} is not a node id"))?;
+            let bad = || usage(format!("{:?} is not ID=HOST:PORT with an id of 1 or more", args.member));
+            let (id, addr) = args.member.split_once('=').ok_or_else(bad)?;
+            let id: u64 = id.trim().parse().map_err(|_| bad())?;
             let addr = addr.trim();
             if id == 0 || addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                bail!("{:?} is not ID=HOST:PORT with an id of 1 or more", args.member);
+                return Err(bad());
             }
-            let status = client(&args.meta, ClientConfig::default())?.add_meta_member(id, addr).await?;
-            println!("added metadata node {id} at {addr}");
-            print_status(&status);
+            let status = args.meta.client(ClientConfig::default())?.add_meta_member(id, addr).await?;
+            (status, Some(format!("added metadata node {id} at {addr}\n")))
         }
         AdminCommand::Meta { command: MetaCommand::Remove(args) } => {
-            let status = client(&args.meta, ClientConfig::default())?.remove_meta_member(args.id).await?;
-            println!("removed metadata node {}", args.id);
-            print_status(&status);
+            let status = args.meta.client(ClientConfig::default())?.remove_meta_member(args.id).await?;
+            (status, Some(format!("removed metadata node {}\n", args.id)))
         }
-        AdminCommand::Meta { command: MetaCommand::Status(args) } => {
-            let status = client(&args.meta, ClientConfig::default())?.meta_status().await?;
-            print_status(&status);
-        }
+        AdminCommand::Meta { command: MetaCommand::Status(args) } => (args.meta.client(ClientConfig::default())?.meta_status().await?, None),
+    };
+    if ctx.json {
+        return emit_json(&MetaStatusJson::from(&status));
     }
-    Ok(())
+    emit(&format!("{}{}", done.unwrap_or_default(), status_text(&status)))
 }
 
-fn print_status(s: &MetaStatusResponse) {
-    match &s.leader {
-        Some(l) => println!("leader: {} {}", l.id, l.addr),
-        None => println!("leader: none"),
-    }
-    println!("term: {}  last log index: {}  applied index: {}  snapshot index: {}  purged index: {}", s.term, s.last_log_index, s.applied_index, s.snapshot_index, s.purged_index);
-    println!("{:>4}  {:<21}  {:<7}  {:>10}  {:>6}", "id", "address", "role", "matched", "lag");
+fn status_text(s: &MetaStatusResponse) -> String {
+    let mut out = String::new();
+    let _ = match &s.leader {
+        Some(l) => writeln!(out, "leader: {} {}", l.id, l.addr),
+        None => writeln!(out, "leader: none"),
+    };
+    let _ = writeln!(out, "term: {}  last log index: {}  applied index: {}  snapshot index: {}  purged index: {}", s.term, s.last_log_index, s.applied_index, s.snapshot_index, s.purged_index);
+    let _ = writeln!(out, "{:>4}  {:<21}  {:<7}  {:>10}  {:>6}", "id", "address", "role", "matched", "lag");
     let unknown = || "?".to_string();
     for m in &s.members {
-        println!(
+        let _ = writeln!(
+            out,
             "{:>4}  {:<21}  {:<7}  {:>10}  {:>6}",
             m.id,
             m.addr,
@@ -87,4 +90,5 @@ fn print_status(s: &MetaStatusResponse) {
             m.lag.map(|i| i.to_string()).unwrap_or_else(unknown)
         );
     }
+    out
 }

@@ -1,67 +1,169 @@
-//! The client commands: put, get, ls, mkdir, mv, rm, status.
+//! The client commands: put, get, cat, stat, du, ls, mkdir, mv, rm, status, and the seed
+//! project's names for some of them (upload, download, list, delete).
 
-use std::io::IsTerminal;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytesize::ByteSize;
-use clap::Args;
-use dfs_core::chunking;
-use dfs_core::client::{ClientConfig, DfsClient};
-use dfs_core::proto::{DirEntry, EntryKind};
+use clap::{ArgAction, Args};
+use dfs_core::chunking::{self, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use dfs_core::client::{ClientConfig, ClientError, DfsClient};
+use dfs_core::env::Env;
+use dfs_core::proto::{self, DirEntry, EntryKind};
+use dfs_core::rpc::RpcError;
 use dfs_io_real::RealEnv;
 
-use crate::daemons::parse_addrs;
+use crate::cli::{emit, emit_json, join_remote, remote_path, shown, spool_file, usage, Ctx};
+pub use crate::cli::MetaFlag;
+use crate::output::*;
 use crate::progress::Bar;
-use crate::DEFAULT_META;
+use crate::tree;
 
+/// The options of an upload, shared by `put` and `upload`.
 #[derive(Args, Clone)]
-pub struct MetaFlag {
-    /// Metadata nodes: HOST:PORT,... (any of them; the client finds the leader).
-    #[arg(long, env = "DFS_META", default_value = DEFAULT_META)]
-    meta: String,
+pub struct PutOpts {
+    /// Replace the remote file if it exists (atomically, at commit).
+    #[arg(short, long, env = "DFS_FORCE")]
+    pub force: bool,
+    /// Chunk size, 64KiB..=64MiB, e.g. 4MiB.
+    #[arg(long, env = "DFS_CHUNK_SIZE", default_value = "4MiB")]
+    pub chunk_size: ByteSize,
+    /// Copies of each chunk.
+    #[arg(long, env = "DFS_REPLICATION", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replication: u32,
+    /// Transfers at once: chunks of one file, or files of a tree with -r.
+    #[arg(long = "parallel", visible_alias = "parallelism", env = "DFS_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+    #[command(flatten)]
+    pub meta: MetaFlag,
+}
+
+impl PutOpts {
+    /// The chunk size, checked here so that a bad one is a usage error before any upload.
+    pub fn chunk_size(&self) -> anyhow::Result<u64> {
+        let size = self.chunk_size.as_u64();
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
+            return Err(usage(format!(
+                "--chunk-size {}: the chunk size must be between {} and {}",
+                self.chunk_size,
+                ByteSize(MIN_CHUNK_SIZE),
+                ByteSize(MAX_CHUNK_SIZE)
+            )));
+        }
+        Ok(size)
+    }
 }
 
 #[derive(Args)]
 pub struct PutArgs {
-    /// The local file to upload.
+    /// The local file to upload ('-': standard input), or with -r a directory.
     local: PathBuf,
     /// Where to store it. Ending in '/' means "into this directory, under the local name".
+    /// With -r, the prefix the tree goes under (LOCAL/a/b becomes REMOTE/a/b).
     remote: String,
-    /// Replace the remote file if it exists.
-    #[arg(short, long, env = "DFS_FORCE")]
-    force: bool,
-    /// Chunk size, e.g. 4MiB, 64KiB.
-    #[arg(long, env = "DFS_CHUNK_SIZE", default_value = "4MiB")]
-    chunk_size: ByteSize,
-    /// Copies of each chunk.
-    #[arg(long, env = "DFS_REPLICATION", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
-    replication: u32,
-    /// Chunks transferred at once.
-    #[arg(long, env = "DFS_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    parallelism: u64,
+    /// Upload a whole directory tree.
+    #[arg(short = 'r', short_alias = 'R', long)]
+    recursive: bool,
     #[command(flatten)]
-    meta: MetaFlag,
+    opts: PutOpts,
+}
+
+/// The seed project's `upload`: `put` with named flags.
+#[derive(Args)]
+pub struct UploadArgs {
+    /// The local file to upload ('-': standard input).
+    #[arg(long)]
+    file: PathBuf,
+    /// The remote path to store it at.
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    opts: PutOpts,
+}
+
+/// The options of a download, shared by `get`, `download` and `cat`.
+#[derive(Args, Clone)]
+pub struct GetOpts {
+    /// Replace the local file if it exists.
+    #[arg(short, long, env = "DFS_FORCE")]
+    pub force: bool,
+    /// Transfers at once: chunks of one file, or files of a tree with -r.
+    #[arg(long = "parallel", visible_alias = "parallelism", env = "DFS_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+    #[command(flatten)]
+    pub meta: MetaFlag,
 }
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// The file to download.
+    /// The file to download, or with -r the directory.
     remote: String,
-    /// Where to write it; an existing directory receives it under the remote name.
+    /// Where to write it ('-': standard output); an existing directory receives it under the
+    /// remote name. With -r, the local directory the tree goes into (created if missing).
     local: PathBuf,
-    /// Replace the local file if it exists.
-    #[arg(short, long, env = "DFS_FORCE")]
-    force: bool,
+    /// Download a whole directory tree.
+    #[arg(short = 'r', short_alias = 'R', long)]
+    recursive: bool,
+    #[command(flatten)]
+    opts: GetOpts,
+}
+
+/// The seed project's `download`: `get` with named flags.
+#[derive(Args)]
+pub struct DownloadArgs {
+    /// The remote file.
+    #[arg(long)]
+    name: String,
+    /// The local file to write ('-': standard output).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    opts: GetOpts,
+}
+
+#[derive(Args)]
+pub struct CatArgs {
+    /// The file to write to standard output.
+    remote: String,
     /// Chunks transferred at once.
-    #[arg(long, env = "DFS_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    parallelism: u64,
+    #[arg(long = "parallel", visible_alias = "parallelism", env = "DFS_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    parallel: u64,
     #[command(flatten)]
     meta: MetaFlag,
 }
 
 #[derive(Args)]
+pub struct StatArgs {
+    /// A file (or a directory).
+    remote: String,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+#[command(disable_help_flag = true)]
+pub struct DuArgs {
+    /// The directory (or file) to measure.
+    #[arg(default_value = "/")]
+    path: String,
+    /// The total only, no line per child.
+    #[arg(short = 's', long)]
+    summarize: bool,
+    /// Human-readable sizes (1.5 MiB).
+    #[arg(short = 'h', long)]
+    human: bool,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+#[command(disable_help_flag = true)]
 pub struct LsArgs {
     /// A directory (its entries are listed) or a file.
     #[arg(default_value = "/")]
@@ -72,6 +174,22 @@ pub struct LsArgs {
     /// Long form: replication, size, time and file id.
     #[arg(short = 'l', long)]
     long: bool,
+    /// Human-readable sizes (1.5 MiB).
+    #[arg(short = 'h', long)]
+    human: bool,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+/// The seed project's `list`: every file whose path starts with a prefix directory.
+#[derive(Args)]
+pub struct ListArgs {
+    /// A directory (everything under it, at any depth) or a file.
+    #[arg(long, default_value = "/")]
+    prefix: String,
     #[command(flatten)]
     meta: MetaFlag,
 }
@@ -109,166 +227,481 @@ pub struct RmArgs {
     meta: MetaFlag,
 }
 
+/// The seed project's `delete`: by path (`--name`) or by file id (`--id`).
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["name", "id"])))]
+pub struct DeleteArgs {
+    /// The file (or, with -r, directory) to delete.
+    #[arg(long)]
+    name: Option<String>,
+    /// The id of the file to delete (`dfs ls -l` shows it). Deleted only if the file with that
+    /// id is still there: a newer file at the same path is left alone.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Delete a directory with everything under it (with --name).
+    #[arg(short = 'r', short_alias = 'R', long, conflicts_with = "id")]
+    recursive: bool,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
 #[derive(Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub meta: MetaFlag,
 }
 
-pub fn client(meta: &MetaFlag, config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {
-    Ok(DfsClient::new(RealEnv::default(), parse_addrs(&meta.meta, "--meta")?, config))
-}
-
-/// The per-user state directory (resume manifests): `$DFS_STATE_DIR`, else
-/// `$XDG_STATE_HOME/dfs`, else `~/.local/state/dfs`; `None` if none can be found (uploads then
-/// do not resume).
-pub fn state_dir() -> Option<PathBuf> {
-    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    from_env("DFS_STATE_DIR")
-        .or_else(|| from_env("XDG_STATE_HOME").map(|d| d.join("dfs")))
-        .or_else(|| from_env("HOME").map(|h| h.join(".local/state/dfs")))
-}
-
-fn show_progress() -> bool {
-    std::io::stderr().is_terminal()
-}
-
-pub async fn put(args: PutArgs) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(&args.local).with_context(|| format!("{}", args.local.display()))?;
-    if !meta.is_file() {
-        bail!("{}: not a regular file", args.local.display());
+/// A client error, with a hint for the mistakes that have an obvious way out.
+pub(crate) fn explain(e: ClientError) -> anyhow::Error {
+    match e.rpc() {
+        Some(RpcError::AlreadyExists(_)) => anyhow::anyhow!("{:#} (use --force to replace it)", anyhow::Error::new(e)),
+        _ => anyhow::Error::new(e),
     }
-    let chunk_size = args.chunk_size.as_u64();
-    chunking::validate(meta.len(), chunk_size).map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
-    let remote = if args.remote.ends_with('/') {
-        let name = args.local.file_name().context("the local path has no file name")?;
-        format!("{}{}", args.remote, name.to_string_lossy())
-    } else {
-        args.remote.clone()
-    };
-    let config = ClientConfig {
-        chunk_size,
-        replication: args.replication,
-        parallelism: args.parallelism as usize,
-        resume_dir: state_dir().map(|d| d.join("uploads")),
-        ..ClientConfig::default()
-    };
-    let client = client(&args.meta, config)?;
-    let bar = Bar::new(&format!("put {remote}"), show_progress());
-    // The absolute path names the source in the resume manifest, wherever the rerun starts.
-    let local = std::fs::canonicalize(&args.local).with_context(|| format!("{}", args.local.display()))?;
-    let info = client.put(&local, &remote, args.force, &bar).await?;
-    drop(bar);
-    println!("{} ({}, {} chunks, replication {})", info.path, ByteSize(info.size), info.chunk_count, info.replication);
-    Ok(())
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let mut dest = args.local.clone();
+/// A "not found" from a file-only call on a path that is a directory says so.
+async fn explain_not_found(client: &DfsClient<RealEnv>, remote: &str, e: ClientError, what: &str) -> anyhow::Error {
+    if matches!(e.rpc(), Some(RpcError::NotFound(_))) {
+        if let Ok(Some(entry)) = client.entry(remote).await {
+            if entry.kind == EntryKind::Directory as i32 {
+                let hint = if what == "get" { " (get -r copies a whole tree)" } else { "" };
+                return anyhow::anyhow!("{what} {}: is a directory{hint}", shown(remote));
+            }
+        }
+    }
+    explain(e)
+}
+
+// ---- put -------------------------------------------------------------------------------
+
+pub async fn put(ctx: &Ctx, args: PutArgs) -> anyhow::Result<()> {
+    if args.recursive {
+        return tree::put_tree(ctx, &args.local, &args.remote, &args.opts).await;
+    }
+    put_one(ctx, &args.local, &args.remote, &args.opts).await
+}
+
+pub async fn upload(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
+    put_one(ctx, &args.file, &args.name, &args.opts).await
+}
+
+fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> anyhow::Result<()> {
+    let chunk_size = opts.chunk_size()?;
+    let stdin = is_stdio(local);
+    let remote = if remote_arg.ends_with('/') {
+        if stdin {
+            return Err(usage(format!("put - {}: standard input has no name; give the remote file's full path", shown(remote_arg))));
+        }
+        let name = local.file_name().ok_or_else(|| usage(format!("{}: the local path has no file name", local.display())))?;
+        let name = name.to_str().ok_or_else(|| usage(format!("{}: the file name is not UTF-8", local.display())))?;
+        remote_path(&format!("{remote_arg}{name}"))?
+    } else {
+        remote_path(remote_arg)?
+    };
+    if remote == "/" {
+        return Err(usage("put: / is the root directory, not a file path"));
+    }
+
+    // The upload needs the size up front (to create the file and cut it into chunks), which
+    // a pipe does not give: standard input is spooled to a file in the user's private spool
+    // directory first, and the file is removed when `_spool` drops, whether the upload
+    // succeeded or not (only a killed process leaves one behind).
+    let _spool;
+    let source: PathBuf = if stdin {
+        let mut spool = spool_file("stdin")?;
+        tokio::task::block_in_place(|| std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut()))
+            .context("spooling standard input")?;
+        let path = spool.path().to_path_buf();
+        _spool = spool;
+        path
+    } else {
+        local.to_path_buf()
+    };
+    let meta = std::fs::metadata(&source).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+    if !meta.is_file() {
+        return Err(usage(format!("{}: not a regular file", local.display())));
+    }
+    chunking::validate(meta.len(), chunk_size).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+    // Readable? Refusing now is clearer than a failure in the middle of the upload.
+    std::fs::File::open(&source).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+
+    // A file (not a spooled pipe) resumes an interrupted upload; its absolute path names it in
+    // the manifest, wherever the rerun starts from.
+    let (source, resume_dir) = match stdin {
+        true => (source, None),
+        false => (std::fs::canonicalize(&source).unwrap_or(source), crate::cli::state_dir().map(|d| d.join("uploads"))),
+    };
+    let config = ClientConfig { chunk_size, replication: opts.replication, parallelism: opts.parallel as usize, resume_dir, ..ClientConfig::default() };
+    let client = opts.meta.client(config)?;
+    let bar = Bar::new(&format!("put {}", shown(&remote)), ctx.progress());
+    let info = client.put(&source, &remote, opts.force, &bar).await.map_err(explain)?;
+    drop(bar);
+    if ctx.json {
+        return emit_json(&PutJson { local: local.display().to_string(), remote: remote.clone(), file: FileJson::from(&info) });
+    }
+    emit(&format!("{} ({}, {} chunks, replication {})\n", shown(&info.path), ByteSize(info.size), info.chunk_count, info.replication))
+}
+
+// ---- get, cat ----------------------------------------------------------------------------
+
+pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
+    if args.recursive {
+        return tree::get_tree(ctx, &args.remote, &args.local, &args.opts).await;
+    }
+    get_one(ctx, &args.remote, &args.local, &args.opts).await
+}
+
+pub async fn download(ctx: &Ctx, args: DownloadArgs) -> anyhow::Result<()> {
+    get_one(ctx, &args.name, &args.out, &args.opts).await
+}
+
+pub async fn cat(ctx: &Ctx, args: CatArgs) -> anyhow::Result<()> {
+    let remote = remote_path(&args.remote)?;
+    cat_remote(ctx, &args.meta, &remote, args.parallel).await
+}
+
+async fn get_one(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> anyhow::Result<()> {
+    let remote = remote_path(remote_arg)?;
+    if is_stdio(local) {
+        return cat_remote(ctx, &opts.meta, &remote, opts.parallel).await;
+    }
+    let mut dest = local.to_path_buf();
     if dest.is_dir() {
-        let name = Path::new(&args.remote).file_name().with_context(|| format!("{}: names no file", args.remote))?;
+        let name = remote.rsplit('/').next().filter(|n| !n.is_empty()).ok_or_else(|| usage(format!("get {}: names no file", shown(&remote))))?;
         dest = dest.join(name);
     }
-    if dest.exists() && !args.force {
-        bail!("{}: already exists (use --force to replace it)", dest.display());
+    // symlink_metadata: a dangling symlink is in the way too.
+    if dest.symlink_metadata().is_ok() {
+        if !opts.force {
+            return Err(usage(format!("{}: already exists (use --force to replace it)", dest.display())));
+        }
+        if dest.is_dir() {
+            return Err(usage(format!("{}: is a directory", dest.display())));
+        }
     }
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
-            bail!("{}: no such directory", parent.display());
+            return Err(usage(format!("{}: no such directory", parent.display())));
         }
     }
-    let config = ClientConfig { parallelism: args.parallelism as usize, ..ClientConfig::default() };
-    let client = client(&args.meta, config)?;
-    let bar = Bar::new(&format!("get {}", args.remote), show_progress());
-    let info = client.get(&args.remote, &dest, &bar).await?;
+    let client = opts.meta.client(ClientConfig { parallelism: opts.parallel as usize, ..ClientConfig::default() })?;
+    let bar = Bar::new(&format!("get {}", shown(&remote)), ctx.progress());
+    let info = match client.get(&remote, &dest, &bar).await {
+        Ok(info) => info,
+        Err(e) => return Err(explain_not_found(&client, &remote, e, "get").await),
+    };
     drop(bar);
-    println!("{} -> {} ({})", info.path, dest.display(), ByteSize(info.size));
-    Ok(())
+    if ctx.json {
+        return emit_json(&GetJson { remote: remote.clone(), local: dest.display().to_string(), file: FileJson::from(&info) });
+    }
+    emit(&format!("{} -> {} ({})\n", shown(&info.path), dest.display(), ByteSize(info.size)))
 }
 
-fn format_time(unix_ms: u64) -> String {
+/// Writes a remote file to stdout. The file is downloaded whole into a spool file first, so
+/// that stdout receives only bytes already verified against their checksums, and nothing at
+/// all when the download fails (a reader never sees a truncated file as if it were whole).
+/// The spool file is removed when this returns.
+async fn cat_remote(ctx: &Ctx, meta: &MetaFlag, remote: &str, parallel: u64) -> anyhow::Result<()> {
+    let spool = spool_file("download")?;
+    let client = meta.client(ClientConfig { parallelism: parallel as usize, ..ClientConfig::default() })?;
+    let bar = Bar::new(&format!("get {}", shown(remote)), ctx.progress());
+    if let Err(e) = client.get(remote, spool.path(), &bar).await {
+        return Err(explain_not_found(&client, remote, e, "cat").await);
+    }
+    drop(bar);
+    let path = spool.path().to_path_buf();
+    tokio::task::block_in_place(move || {
+        let mut file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+        match std::io::copy(&mut file, &mut std::io::stdout().lock()) {
+            // The reader went away (`dfs cat f | head`): nothing left to do.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+            Ok(_) => Ok(()),
+        }
+    })
+}
+
+// ---- stat --------------------------------------------------------------------------------
+
+pub async fn stat(ctx: &Ctx, args: StatArgs) -> anyhow::Result<()> {
+    let remote = remote_path(&args.remote)?;
+    let client = args.meta.client(ClientConfig::default())?;
+    let report = match client.stat(&remote).await {
+        Ok(reply) => {
+            let file = reply.file.as_ref().context("metadata's reply carries no file")?;
+            let mut chunks = reply.chunks.clone();
+            chunks.sort_by_key(|c| c.index);
+            StatJson { path: file.path.clone(), kind: "file", file: Some(FileJson::from(file)), chunks: chunks.iter().map(chunk_json).collect() }
+        }
+        Err(e) if matches!(e.rpc(), Some(RpcError::NotFound(_))) => match client.entry(&remote).await? {
+            Some(dir) if dir.kind == EntryKind::Directory as i32 => StatJson { path: dir.path, kind: "directory", file: None, chunks: Vec::new() },
+            _ => return Err(explain(e)),
+        },
+        Err(e) => return Err(explain(e)),
+    };
+    if ctx.json {
+        return emit_json(&report);
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "path:          {}", shown(&report.path));
+    let _ = writeln!(out, "kind:          {}", report.kind);
+    if let Some(f) = &report.file {
+        let _ = writeln!(out, "size:          {} ({} bytes)", ByteSize(f.size), f.size);
+        let _ = writeln!(out, "sha256:        {}", f.sha256.as_deref().unwrap_or("-"));
+        let _ = writeln!(out, "chunk size:    {}", ByteSize(f.chunk_size));
+        let _ = writeln!(out, "replication:   {}", f.replication);
+        let _ = writeln!(out, "file id:       {}", f.file_id);
+        let _ = writeln!(out, "committed:     {} UTC", format_time(f.committed_unix_ms, true));
+        let _ = writeln!(out, "chunks:        {}", report.chunks.len());
+        for c in &report.chunks {
+            let sha = c.sha256.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "  chunk {:<6} {:>10}  sha256 {sha}", c.index, ByteSize(c.size).to_string());
+            for r in &c.replicas {
+                let _ = writeln!(out, "    {}  {:<21}  {}", r.node_id, r.addr, r.state);
+            }
+        }
+    }
+    emit(&out)
+}
+
+fn format_time(unix_ms: u64, seconds: bool) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
     let s = humantime::format_rfc3339_seconds(t).to_string();
-    // 2026-11-25T12:00:00Z -> 2026-11-25 12:00
-    s.get(..16).map(|p| p.replace('T', " ")).unwrap_or(s)
+    // 2026-11-25T12:00:00Z -> 2026-11-25 12:00(:00)
+    let keep = if seconds { 19 } else { 16 };
+    s.get(..keep).map(|p| p.replace('T', " ")).unwrap_or(s)
 }
 
-fn print_listing(entries: &[DirEntry], long: bool) {
-    println!("Found {} items", entries.len());
+// ---- du ----------------------------------------------------------------------------------
+
+pub async fn du(ctx: &Ctx, args: DuArgs) -> anyhow::Result<()> {
+    let root = remote_path(&args.path)?;
+    let meta = args.meta.meta_client()?;
+    let mut total = DuJson { path: root.clone(), ..DuJson::default() };
+    let mut children: BTreeMap<String, DuJson> = BTreeMap::new();
+    // Summed page by page, so memory stays flat however large the tree; only the direct
+    // children's totals are kept.
+    let mut start_after = String::new();
+    loop {
+        let request = proto::ListDirRequest { path: root.clone(), recursive: true, start_after: start_after.clone(), limit: 0 };
+        let page = meta.call(request).await.map_err(|source| ClientError::Metadata { context: format!("du {root}"), source })?;
+        for e in &page.entries {
+            let size = e.file.as_ref().map_or(0, |f| f.size);
+            let dir = e.kind == EntryKind::Directory as i32;
+            if e.path == root {
+                // `root` is a file: it lists as itself.
+                total.bytes += size;
+                total.files += u64::from(!dir);
+                continue;
+            }
+            let Some(rel) = (if root == "/" { e.path.strip_prefix('/') } else { e.path.strip_prefix(&root).and_then(|r| r.strip_prefix('/')) }) else {
+                continue;
+            };
+            let (name, deeper) = match rel.split_once('/') {
+                Some((name, _)) => (name, true),
+                None => (rel, false),
+            };
+            let child_path = join_remote(&root, name);
+            let child = children.entry(child_path.clone()).or_insert_with(|| DuJson { path: child_path, ..DuJson::default() });
+            if dir {
+                total.directories += 1;
+                child.directories += u64::from(deeper);
+            } else {
+                total.bytes += size;
+                total.files += 1;
+                child.bytes += size;
+                child.files += 1;
+            }
+        }
+        match (page.truncated, page.entries.last()) {
+            (true, Some(last)) => start_after = last.path.clone(),
+            _ => break,
+        }
+    }
+    let children: Vec<DuJson> = if args.summarize { Vec::new() } else { children.into_values().collect() };
+    if ctx.json {
+        return emit_json(&DuReportJson { total, children });
+    }
+    let size = |b: u64| if args.human { ByteSize(b).to_string() } else { b.to_string() };
+    let mut out = format!("{:>14}  {:>9}  {:>9}  PATH\n", "SIZE", "FILES", "DIRS");
+    for d in children.iter().chain(std::iter::once(&total)) {
+        let _ = writeln!(out, "{:>14}  {:>9}  {:>9}  {}", size(d.bytes), d.files, d.directories, shown(&d.path));
+    }
+    emit(&out)
+}
+
+// ---- ls, list ------------------------------------------------------------------------------
+
+fn listing(entries: &[DirEntry], long: bool, human: bool) -> String {
+    let size = |b: u64| if human { ByteSize(b).to_string() } else { b.to_string() };
+    let mut out = format!("Found {} items\n", entries.len());
     for e in entries {
         let dir = e.kind == EntryKind::Directory as i32;
         let kind = if dir { 'd' } else { '-' };
-        match (&e.file, long) {
-            (Some(f), true) => println!(
-                "{kind} {:>2} {:>14} {} {:>8} {}",
+        let path = shown(&e.path);
+        let _ = match (&e.file, long) {
+            (Some(f), true) => writeln!(
+                out,
+                "{kind} {:>2} {:>14} {} {:>8} {path}",
                 f.replication,
-                f.size,
-                format_time(f.committed_unix_ms),
-                f.file_id,
-                e.path
+                size(f.size),
+                format_time(f.committed_unix_ms, false),
+                f.file_id
             ),
-            (None, true) => println!("{kind} {:>2} {:>14} {} {:>8} {}", "-", "-", format_time(e.modified_unix_ms), "-", e.path),
-            (Some(f), false) => println!("{kind} {:>14} {}", f.size, e.path),
-            (None, false) => println!("{kind} {:>14} {}", "-", e.path),
-        }
+            (None, true) => writeln!(out, "{kind} {:>2} {:>14} {} {:>8} {path}", "-", "-", format_time(e.modified_unix_ms, false), "-"),
+            (Some(f), false) => writeln!(out, "{kind} {:>14} {path}", size(f.size)),
+            (None, false) => writeln!(out, "{kind} {:>14} {path}", "-"),
+        };
     }
+    out
 }
 
-pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
-    let client = client(&args.meta, ClientConfig::default())?;
-    let entries = client.list_dir(&args.path, args.recursive).await?;
-    print_listing(&entries, args.long);
+pub async fn ls(ctx: &Ctx, args: LsArgs) -> anyhow::Result<()> {
+    let path = remote_path(&args.path)?;
+    let client = args.meta.client(ClientConfig::default())?;
+    let entries = client.list_dir(&path, args.recursive).await.map_err(explain)?;
+    if ctx.json {
+        return emit_json(&LsJson { path, recursive: args.recursive, entries: entries.iter().map(EntryJson::from).collect() });
+    }
+    emit(&listing(&entries, args.long, args.human))
+}
+
+pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<()> {
+    let prefix = remote_path(&args.prefix)?;
+    let client = args.meta.client(ClientConfig::default())?;
+    let files = client.list(&prefix).await.map_err(explain)?;
+    if ctx.json {
+        return emit_json(&ListJson { prefix, files: files.iter().map(FileJson::from).collect() });
+    }
+    let mut out = format!("Found {} files\n", files.len());
+    for f in &files {
+        let _ = writeln!(out, "{:>14} {:>8} {}", f.size, f.file_id, shown(&f.path));
+    }
+    emit(&out)
+}
+
+// ---- mkdir, mv ---------------------------------------------------------------------------
+
+pub async fn mkdir(ctx: &Ctx, args: MkdirArgs) -> anyhow::Result<()> {
+    let path = remote_path(&args.path)?;
+    let client = args.meta.client(ClientConfig::default())?;
+    client.mkdir(&path, args.parents).await?;
+    if ctx.json {
+        return emit_json(&MkdirJson { path, parents: args.parents });
+    }
     Ok(())
 }
 
-pub async fn mkdir(args: MkdirArgs) -> anyhow::Result<()> {
-    let client = client(&args.meta, ClientConfig::default())?;
-    client.mkdir(&args.path, args.parents).await?;
-    Ok(())
-}
-
-pub async fn mv(args: MvArgs) -> anyhow::Result<()> {
-    let client = client(&args.meta, ClientConfig::default())?;
-    let into_dir = args.dst.ends_with('/')
-        || client.entry(&args.dst).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
+pub async fn mv(ctx: &Ctx, args: MvArgs) -> anyhow::Result<()> {
+    let src = remote_path(&args.src)?;
+    let dst_path = remote_path(&args.dst)?;
+    let client = args.meta.client(ClientConfig::default())?;
+    let into_dir = args.dst.ends_with('/') || client.entry(&dst_path).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
     let dst = if into_dir {
-        let name = args.src.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty());
-        let name = name.with_context(|| format!("{}: names no file or directory to move", args.src))?;
-        format!("{}/{name}", args.dst.trim_end_matches('/'))
+        let name = src.rsplit('/').next().filter(|n| !n.is_empty()).ok_or_else(|| usage("mv: / cannot be moved"))?;
+        join_remote(&dst_path, name)
     } else {
-        args.dst.clone()
+        dst_path
     };
-    client.rename(&args.src, &dst).await?;
-    Ok(())
-}
-
-pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
-    let client = client(&args.meta, ClientConfig::default())?;
-    let deleted = client.delete(&args.remote, args.recursive).await?;
-    if deleted.file.is_some() {
-        println!("Deleted {}", deleted.path);
-    } else {
-        println!("Deleted {} ({} files, {} directories)", deleted.path, deleted.files_deleted, deleted.dirs_deleted);
+    client.rename(&src, &dst).await?;
+    if ctx.json {
+        return emit_json(&MvJson { src, dst });
     }
     Ok(())
 }
 
-pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = client(&args.meta, ClientConfig::default())?;
+// ---- rm, delete ----------------------------------------------------------------------------
+
+pub async fn rm(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
+    remove(ctx, &args.remote, args.recursive, &args.meta).await
+}
+
+pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<()> {
+    match (&args.name, args.id) {
+        (Some(name), _) => remove(ctx, name, args.recursive, &args.meta).await,
+        (None, Some(id)) => delete_by_id(ctx, id, &args.meta).await,
+        // clap's group makes one of them required.
+        (None, None) => Err(usage("delete: give --name or --id")),
+    }
+}
+
+async fn remove(ctx: &Ctx, remote: &str, recursive: bool, meta: &MetaFlag) -> anyhow::Result<()> {
+    let path = remote_path(remote)?;
+    let client = meta.client(ClientConfig::default())?;
+    let deleted = client.delete(&path, recursive).await?;
+    print_deleted(ctx, &deleted.path, deleted.file.as_ref(), deleted.files_deleted, deleted.dirs_deleted)
+}
+
+fn print_deleted(ctx: &Ctx, path: &str, file: Option<&proto::FileInfo>, files: u64, dirs: u64) -> anyhow::Result<()> {
+    if ctx.json {
+        let kind = if file.is_some() { "file" } else { "directory" };
+        return emit_json(&DeletedJson { path: path.to_string(), kind, file_id: file.map(|f| f.file_id), files_deleted: files, dirs_deleted: dirs });
+    }
+    match file {
+        Some(_) => emit(&format!("Deleted {}\n", shown(path))),
+        None => emit(&format!("Deleted {} ({files} files, {dirs} directories)\n", shown(path))),
+    }
+}
+
+/// Finds the file with this id by listing every file (page by page: the namespace has no
+/// index by id, so this costs a walk of the namespace), then deletes it naming that id, so
+/// that if the path was meanwhile given to a newer file, that file is left alone.
+async fn delete_by_id(ctx: &Ctx, id: u64, meta: &MetaFlag) -> anyhow::Result<()> {
+    let client = meta.meta_client()?;
+    let mut start_after = String::new();
+    let found = loop {
+        let request = proto::ListFilesRequest { prefix: "/".into(), start_after: start_after.clone(), limit: 0 };
+        let page = client.call(request).await.map_err(|source| ClientError::Metadata { context: format!("delete --id {id}"), source })?;
+        if let Some(f) = page.files.iter().find(|f| f.file_id == id) {
+            break Some(f.clone());
+        }
+        match (page.truncated, page.files.last()) {
+            (true, Some(last)) => start_after = last.path.clone(),
+            _ => break None,
+        }
+    };
+    let file = found.ok_or_else(|| anyhow::anyhow!("delete --id {id}: no file has id {id}"))?;
+    // A fresh client identity for the request id: the server keeps the first answer per
+    // (client, sequence), so a retry after a lost reply is not applied twice.
+    let request_id = proto::RequestId { client: RealEnv::default().random_u64(), seq: 1 };
+    let request = proto::DeleteFileRequest { path: file.path.clone(), recursive: false, expect_file_id: Some(id), request_id: Some(request_id) };
+    let reply = match client.call(request).await {
+        Ok(reply) => reply,
+        Err(RpcError::NotFound(_)) => anyhow::bail!("delete --id {id}: {} was deleted meanwhile", shown(&file.path)),
+        Err(RpcError::FailedPrecondition(m)) => anyhow::bail!("delete --id {id}: {} now holds another file; nothing deleted ({m})", shown(&file.path)),
+        Err(source) => return Err(ClientError::Metadata { context: format!("delete --id {id}"), source }.into()),
+    };
+    let deleted = reply.file.unwrap_or(file);
+    print_deleted(ctx, &deleted.path.clone(), Some(&deleted), 1, 0)
+}
+
+// ---- status ------------------------------------------------------------------------------
+
+pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
+    let client = args.meta.client(ClientConfig::default())?;
     let s = client.status().await?;
-    match &s.leader {
-        Some(l) => println!("leader: {} {}", l.id, l.addr),
-        None => println!("leader: none"),
+    if ctx.json {
+        return emit_json(&StatusJson::from(&s));
     }
-    println!("term: {}  applied index: {}", s.term, s.commit_index);
+    let mut out = String::new();
+    let _ = match &s.leader {
+        Some(l) => writeln!(out, "leader: {} {}", l.id, l.addr),
+        None => writeln!(out, "leader: none"),
+    };
+    let _ = writeln!(out, "term: {}  applied index: {}", s.term, s.commit_index);
     let members: Vec<String> = s.members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect();
-    println!("members: {}", members.join(","));
-    println!("files: {}  bytes: {} ({})", s.file_count, s.total_bytes, ByteSize(s.total_bytes));
-    println!("storage nodes: {}", s.storage_nodes.len());
+    let _ = writeln!(out, "members: {}", members.join(","));
+    let _ = writeln!(out, "files: {}  bytes: {} ({})", s.file_count, s.total_bytes, ByteSize(s.total_bytes));
+    let _ = writeln!(out, "storage nodes: {}", s.storage_nodes.len());
     for n in &s.storage_nodes {
         let node = n.node.clone().unwrap_or_default();
         let ago = if n.last_heartbeat_ms_ago == u64::MAX { "never".to_string() } else { format!("{}ms ago", n.last_heartbeat_ms_ago) };
-        println!(
+        let _ = writeln!(
+            out,
             "  {:016x} {:<21} {:<8} chunks={:<8} free={}/{} heartbeat {}",
             node.id,
             node.addr,
@@ -279,5 +712,5 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             ago
         );
     }
-    Ok(())
+    emit(&out)
 }

@@ -1,14 +1,18 @@
 //! `dfs`: the command-line client, the metadata and storage daemons, and a local cluster
 //! launcher, in one binary. Thin: it parses flags (each also read from a `DFS_*` environment
 //! variable), builds the production environment (`dfs-io-real`), runs `dfs-core`'s drivers,
-//! and reports errors in one line on stderr with a non-zero exit code.
+//! and reports errors in one line on stderr with an exit code: 1 for a failure, 2 for a
+//! usage error (the rule is in `cli`).
 
 mod admin;
 mod bench;
+mod cli;
 mod client_cmds;
 mod cluster;
 mod daemons;
+mod output;
 mod progress;
+mod tree;
 
 use std::process::ExitCode;
 
@@ -20,6 +24,12 @@ pub const DEFAULT_META: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 #[derive(Parser)]
 #[command(name = "dfs", version, about = "dfs: a fault-tolerant distributed file system", propagate_version = true)]
 struct Cli {
+    /// Print one JSON object on stdout instead of text (commands that print data).
+    #[arg(long, global = true, env = "DFS_JSON")]
+    json: bool,
+    /// No progress bars (they show only when stderr is a terminal anyway).
+    #[arg(short, long, global = true, env = "DFS_QUIET")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,10 +40,16 @@ enum Command {
     Meta(daemons::MetaArgs),
     /// Run a storage node.
     Storage(daemons::StorageArgs),
-    /// Upload a local file.
+    /// Upload a local file ('-': standard input), or a directory tree with -r.
     Put(client_cmds::PutArgs),
-    /// Download a file.
+    /// Download a file ('-': to standard output), or a directory tree with -r.
     Get(client_cmds::GetArgs),
+    /// Write a file to standard output.
+    Cat(client_cmds::CatArgs),
+    /// A file's size, checksum, chunks and where each chunk's replicas are.
+    Stat(client_cmds::StatArgs),
+    /// Bytes, files and directories under a path.
+    Du(client_cmds::DuArgs),
     /// List a directory's entries (or everything under it with -R).
     Ls(client_cmds::LsArgs),
     /// Create a directory.
@@ -41,9 +57,18 @@ enum Command {
     /// Move a file or a directory.
     Mv(client_cmds::MvArgs),
     /// Delete a file or a directory.
+    #[command(visible_alias = "del")]
     Rm(client_cmds::RmArgs),
     /// Show the metadata leader, the members and the storage nodes.
     Status(client_cmds::StatusArgs),
+    /// `put` with named flags: --file LOCAL --name REMOTE.
+    Upload(client_cmds::UploadArgs),
+    /// `get` with named flags: --name REMOTE --out LOCAL.
+    Download(client_cmds::DownloadArgs),
+    /// Every file under a prefix directory: --prefix P.
+    List(client_cmds::ListArgs),
+    /// Delete a file by path (--name) or by file id (--id).
+    Delete(client_cmds::DeleteArgs),
     /// Administer the cluster (metadata membership).
     Admin {
         #[command(subcommand)]
@@ -62,7 +87,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let daemon = matches!(cli.command, Command::Meta(_) | Command::Storage(_) | Command::Cluster { .. });
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -72,18 +100,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ctx = cli::Ctx { json: cli.json, quiet: cli.quiet };
+    let ctx = &ctx;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Meta(args) => daemons::run_meta(args).await,
             Command::Storage(args) => daemons::run_storage(args).await,
-            Command::Put(args) => client_cmds::put(args).await,
-            Command::Get(args) => client_cmds::get(args).await,
-            Command::Ls(args) => client_cmds::ls(args).await,
-            Command::Mkdir(args) => client_cmds::mkdir(args).await,
-            Command::Mv(args) => client_cmds::mv(args).await,
-            Command::Rm(args) => client_cmds::rm(args).await,
-            Command::Status(args) => client_cmds::status(args).await,
-            Command::Admin { command } => admin::run(command).await,
+            Command::Put(args) => client_cmds::put(ctx, args).await,
+            Command::Get(args) => client_cmds::get(ctx, args).await,
+            Command::Cat(args) => client_cmds::cat(ctx, args).await,
+            Command::Stat(args) => client_cmds::stat(ctx, args).await,
+            Command::Du(args) => client_cmds::du(ctx, args).await,
+            Command::Ls(args) => client_cmds::ls(ctx, args).await,
+            Command::Mkdir(args) => client_cmds::mkdir(ctx, args).await,
+            Command::Mv(args) => client_cmds::mv(ctx, args).await,
+            Command::Rm(args) => client_cmds::rm(ctx, args).await,
+            Command::Status(args) => client_cmds::status(ctx, args).await,
+            Command::Upload(args) => client_cmds::upload(ctx, args).await,
+            Command::Download(args) => client_cmds::download(ctx, args).await,
+            Command::List(args) => client_cmds::list(ctx, args).await,
+            Command::Delete(args) => client_cmds::delete(ctx, args).await,
+            Command::Admin { command } => admin::run(ctx, command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
@@ -93,10 +130,33 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dfs: {e:#}");
-            ExitCode::FAILURE
+            // One line, whatever the error carries (a hostile name, a multi-line message).
+            eprintln!("dfs: {}", cli::shown(&format!("{e:#}")));
+            ExitCode::from(cli::exit_code(&e))
         }
     }
+}
+
+/// Help and version go out as clap prints them; a parse error becomes one line on stderr,
+/// like every other error, with the usage in brackets, and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u);
+        } else if !line.starts_with("For more information") {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    let usage = usage.map(|u| format!(" (usage: {u})")).unwrap_or_default();
+    eprintln!("dfs: {}{usage}", cli::shown(&parts.join(" ")));
+    ExitCode::from(2)
 }
 
 /// Logs go to stderr, one line per event, level from `RUST_LOG`. Daemons log `info` by

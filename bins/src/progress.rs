@@ -1,4 +1,5 @@
-//! Progress bars for long transfers, on stderr, shown only when stderr is a terminal.
+//! Progress bars for long transfers, on stderr, shown only when stderr is a terminal and the
+//! user did not ask for quiet (`Ctx::progress`).
 
 use dfs_core::client::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,6 +16,29 @@ impl Bar {
         );
         bar.set_message(label.to_string());
         Bar(bar)
+    }
+
+    /// One bar for many files (`put -r`, `get -r`): `total_bytes` across all of them; each
+    /// file reports through `Bar::file`.
+    pub fn tree(label: &str, total_bytes: u64, enabled: bool) -> Self {
+        let bar = Bar::new(label, enabled);
+        bar.0.set_length(total_bytes);
+        bar
+    }
+
+    /// What one file of a tree reports through: its bytes add to the tree's bar, its start and
+    /// finish do not reset it.
+    pub fn file(&self) -> FileProgress<'_> {
+        FileProgress(&self.0)
+    }
+
+    pub fn set_message(&self, message: String) {
+        self.0.set_message(message);
+    }
+
+    /// Prints a line on stderr without tearing the bar.
+    pub fn eprintln(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"));
     }
 }
 
@@ -37,5 +61,13 @@ impl Progress for Bar {
 impl Drop for Bar {
     fn drop(&mut self) {
         self.0.finish_and_clear();
+    }
+}
+
+pub struct FileProgress<'a>(&'a ProgressBar);
+
+impl Progress for FileProgress<'_> {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
     }
 }

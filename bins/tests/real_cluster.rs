@@ -93,20 +93,21 @@ fn bad_input_gets_a_clear_error_and_an_exit_code() {
     let dir = tmp.path();
     // Nothing listens on this port: client commands fail with a clear message, not a panic.
     let nowhere = format!("127.0.0.1:{}", free_port());
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["put".into(), dir.join("absent").display().to_string(), "/x".into()], "No such file"),
-        (vec!["put".into(), dir.display().to_string(), "/x".into()], "not a regular file"),
-        (vec!["meta".into(), "--id".into(), "4".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=127.0.0.1:1".into()], "not among"),
-        (vec!["meta".into(), "--id".into(), "1".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=nonsense".into()], "HOST:PORT"),
-        (vec!["put".into(), "--chunk-size".into(), "1KiB".into(), file_in(dir), "/x".into()], "chunk size"),
-        (vec!["get".into(), "/x".into(), file_in(dir)], "already exists"),
+    // Caller mistakes found before the cluster is asked exit 2 (docs/CLI.md), other failures 1.
+    let cases: Vec<(Vec<String>, &str, i32)> = vec![
+        (vec!["put".into(), dir.join("absent").display().to_string(), "/x".into()], "No such file", 2),
+        (vec!["put".into(), dir.display().to_string(), "/x".into()], "not a regular file", 2),
+        (vec!["meta".into(), "--id".into(), "4".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=127.0.0.1:1".into()], "not among", 1),
+        (vec!["meta".into(), "--id".into(), "1".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=nonsense".into()], "HOST:PORT", 1),
+        (vec!["put".into(), "--chunk-size".into(), "1KiB".into(), file_in(dir), "/x".into()], "chunk size", 2),
+        (vec!["get".into(), "/x".into(), file_in(dir)], "already exists", 2),
     ];
-    for (args, expected) in cases {
+    for (args, expected, code) in cases {
         let mut command = Command::new(DFS);
         command.args(&args).env("DFS_META", &nowhere);
         let out = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "dfs {args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "dfs {args:?}: {stderr}");
         assert!(stderr.starts_with("dfs: ") && stderr.contains(expected), "dfs {args:?}: stderr {stderr:?} lacks {expected:?}");
         assert!(!stderr.contains("panicked"), "dfs {args:?} panicked: {stderr}");
     }
@@ -193,8 +194,7 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
     unsafe { libc::kill(up.child.id() as libc::pid_t, libc::SIGINT) };
     let status = wait_for(Duration::from_secs(30), "cluster up to exit", || up.child.try_wait().unwrap());
     assert!(status.success(), "cluster up exited with {status}");
-    let ports_free = wait_for(Duration::from_secs(10), "the nodes' ports to be released", || {
+    wait_for(Duration::from_secs(10), "the nodes' ports to be released", || {
         (0..3).chain(100..103).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()).then_some(())
     });
-    let () = ports_free;
 }

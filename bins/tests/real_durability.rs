@@ -263,12 +263,14 @@ fn metadata_nodes_join_and_leave_at_runtime() {
     assert!(removed.contains("removed metadata node 4"), "{removed}");
     let status = dfs_ok(&meta, &["admin", "meta", "status"]);
     assert_eq!(status.lines().filter(|l| l.contains(" voter ")).count(), 3, "{status}");
-    // Bad requests: a clear error and exit code 1.
+    // Bad requests: a clear error; exit code 1 for what the cluster refuses, 2 for a malformed
+    // argument (docs/CLI.md).
     let again = dfs(&meta, &["admin", "meta", "remove", "4"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("not a member"));
     let bad = dfs(&meta, &["admin", "meta", "add", "nonsense"]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ID=HOST:PORT"));
 }
 
 /// `dfs cluster up` on a data dir, files put, Ctrl-C; `dfs cluster up` again on the same dir

@@ -1,0 +1,317 @@
+//! The JSON objects the commands print with `--json`, one per command, on one line. These
+//! shapes are an interface: `docs/CLI.md` documents every field, and a field is added, never
+//! renamed or removed. Node ids are 16-digit hex strings (as in the text output, and because
+//! a random 64-bit id does not survive a JavaScript number); everything else that counts is
+//! a number, a missing value is `null`.
+
+use serde::Serialize;
+
+use dfs_core::proto;
+
+use crate::cli::hex;
+
+#[derive(Serialize)]
+pub struct FileJson {
+    pub path: String,
+    pub file_id: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub replication: u32,
+    pub chunk_count: u64,
+    pub committed_unix_ms: u64,
+    pub sha256: Option<String>,
+}
+
+impl From<&proto::FileInfo> for FileJson {
+    fn from(f: &proto::FileInfo) -> Self {
+        FileJson {
+            path: f.path.clone(),
+            file_id: f.file_id,
+            size: f.size,
+            chunk_size: f.chunk_size,
+            replication: f.replication,
+            chunk_count: f.chunk_count,
+            committed_unix_ms: f.committed_unix_ms,
+            sha256: hex(&f.sha256),
+        }
+    }
+}
+
+pub fn node_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+#[derive(Serialize)]
+pub struct PutJson {
+    pub local: String,
+    pub remote: String,
+    pub file: FileJson,
+}
+
+#[derive(Serialize)]
+pub struct GetJson {
+    pub remote: String,
+    pub local: String,
+    pub file: FileJson,
+}
+
+/// One file of a recursive copy.
+#[derive(Serialize)]
+pub struct TreeFileJson {
+    pub local: String,
+    pub remote: String,
+    /// Bytes of the file (what was read or written); 0 when it failed before that was known.
+    pub size: u64,
+    /// Why this file failed; `null` when it was copied.
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct TreeJson {
+    pub source: String,
+    pub destination: String,
+    pub files: Vec<TreeFileJson>,
+    pub files_copied: u64,
+    pub files_failed: u64,
+    pub bytes_copied: u64,
+    pub directories: u64,
+}
+
+#[derive(Serialize)]
+pub struct EntryJson {
+    pub path: String,
+    pub name: String,
+    /// "file" or "directory".
+    pub kind: &'static str,
+    pub modified_unix_ms: u64,
+    pub file: Option<FileJson>,
+}
+
+pub fn kind_name(kind: i32) -> &'static str {
+    if kind == proto::EntryKind::Directory as i32 {
+        "directory"
+    } else {
+        "file"
+    }
+}
+
+impl From<&proto::DirEntry> for EntryJson {
+    fn from(e: &proto::DirEntry) -> Self {
+        EntryJson {
+            path: e.path.clone(),
+            name: e.name.clone(),
+            kind: kind_name(e.kind),
+            modified_unix_ms: e.modified_unix_ms,
+            file: e.file.as_ref().map(FileJson::from),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct LsJson {
+    pub path: String,
+    pub recursive: bool,
+    pub entries: Vec<EntryJson>,
+}
+
+#[derive(Serialize)]
+pub struct ListJson {
+    pub prefix: String,
+    pub files: Vec<FileJson>,
+}
+
+#[derive(Serialize)]
+pub struct ReplicaJson {
+    pub node_id: String,
+    pub addr: String,
+    /// "ok", "suspect", "dead", "bad" or "unknown".
+    pub state: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct ChunkJson {
+    pub index: u32,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub chunk_id: Option<String>,
+    pub replicas: Vec<ReplicaJson>,
+}
+
+#[derive(Serialize)]
+pub struct StatJson {
+    pub path: String,
+    /// "file" or "directory"; a directory has `file: null` and no chunks.
+    pub kind: &'static str,
+    pub file: Option<FileJson>,
+    pub chunks: Vec<ChunkJson>,
+}
+
+pub fn replica_state(state: i32) -> &'static str {
+    match proto::ReplicaState::try_from(state) {
+        Ok(proto::ReplicaState::Ok) => "ok",
+        Ok(proto::ReplicaState::Suspect) => "suspect",
+        Ok(proto::ReplicaState::Dead) => "dead",
+        Ok(proto::ReplicaState::Bad) => "bad",
+        _ => "unknown",
+    }
+}
+
+/// A chunk's replicas with their states: `replica_status` when metadata fills it in, else the
+/// readable replicas, which metadata only lists when it believes them good.
+pub fn chunk_json(c: &proto::ChunkLocation) -> ChunkJson {
+    let replicas = if c.replica_status.is_empty() {
+        c.replicas.iter().map(|n| ReplicaJson { node_id: node_id(n.id), addr: n.addr.clone(), state: "ok" }).collect()
+    } else {
+        c.replica_status
+            .iter()
+            .map(|r| {
+                let node = r.node.clone().unwrap_or_default();
+                ReplicaJson { node_id: node_id(node.id), addr: node.addr, state: replica_state(r.state) }
+            })
+            .collect()
+    };
+    ChunkJson { index: c.index, size: c.size, sha256: hex(&c.sha256), chunk_id: hex(&c.chunk_id), replicas }
+}
+
+#[derive(Serialize, Default, Clone)]
+pub struct DuJson {
+    pub path: String,
+    pub bytes: u64,
+    pub files: u64,
+    /// Directories below `path`, `path` itself not counted.
+    pub directories: u64,
+}
+
+#[derive(Serialize)]
+pub struct DuReportJson {
+    #[serde(flatten)]
+    pub total: DuJson,
+    /// One per direct child of `path`, in path order; empty with `-s` or for a file.
+    pub children: Vec<DuJson>,
+}
+
+#[derive(Serialize)]
+pub struct DeletedJson {
+    pub path: String,
+    pub kind: &'static str,
+    /// The deleted file's id; `null` for a directory.
+    pub file_id: Option<u64>,
+    pub files_deleted: u64,
+    pub dirs_deleted: u64,
+}
+
+#[derive(Serialize)]
+pub struct MvJson {
+    pub src: String,
+    pub dst: String,
+}
+
+#[derive(Serialize)]
+pub struct MkdirJson {
+    pub path: String,
+    pub parents: bool,
+}
+
+#[derive(Serialize)]
+pub struct MetaNodeJson {
+    pub id: u64,
+    pub addr: String,
+}
+
+impl From<&proto::MetaNode> for MetaNodeJson {
+    fn from(n: &proto::MetaNode) -> Self {
+        MetaNodeJson { id: n.id, addr: n.addr.clone() }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StorageNodeJson {
+    pub node_id: String,
+    pub addr: String,
+    /// "alive", "suspect", "dead" or "unknown".
+    pub state: String,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub chunk_count: u64,
+    /// `null` when this leader has not heard from the node yet.
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub leader: Option<MetaNodeJson>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub members: Vec<MetaNodeJson>,
+    pub file_count: u64,
+    pub total_bytes: u64,
+    pub storage_nodes: Vec<StorageNodeJson>,
+}
+
+impl From<&proto::ClusterStatusResponse> for StatusJson {
+    fn from(s: &proto::ClusterStatusResponse) -> Self {
+        StatusJson {
+            leader: s.leader.as_ref().map(MetaNodeJson::from),
+            term: s.term,
+            commit_index: s.commit_index,
+            members: s.members.iter().map(MetaNodeJson::from).collect(),
+            file_count: s.file_count,
+            total_bytes: s.total_bytes,
+            storage_nodes: s
+                .storage_nodes
+                .iter()
+                .map(|n| {
+                    let node = n.node.clone().unwrap_or_default();
+                    StorageNodeJson {
+                        node_id: node_id(node.id),
+                        addr: node.addr,
+                        state: n.state.clone(),
+                        capacity_bytes: n.capacity_bytes,
+                        free_bytes: n.free_bytes,
+                        chunk_count: n.chunk_count,
+                        last_heartbeat_ms_ago: (n.last_heartbeat_ms_ago != u64::MAX).then_some(n.last_heartbeat_ms_ago),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MetaMemberJson {
+    pub id: u64,
+    pub addr: String,
+    /// "voter" or "learner".
+    pub role: String,
+    pub matched_index: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct MetaStatusJson {
+    pub leader: Option<MetaNodeJson>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub members: Vec<MetaMemberJson>,
+}
+
+impl From<&proto::MetaStatusResponse> for MetaStatusJson {
+    fn from(s: &proto::MetaStatusResponse) -> Self {
+        MetaStatusJson {
+            leader: s.leader.as_ref().map(MetaNodeJson::from),
+            term: s.term,
+            last_log_index: s.last_log_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
+            members: s
+                .members
+                .iter()
+                .map(|m| MetaMemberJson { id: m.id, addr: m.addr.clone(), role: m.role.clone(), matched_index: m.matched_index, lag: m.lag })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `put -r` and `get -r`: whole directory trees, many files in flight (at most `--parallel`),
+//! the structure preserved: `LOCAL/a/b` is `REMOTE/a/b` and back. Each file goes through
+//! `DfsClient::put`/`get` on its own, so each is all-or-nothing like a single `put`/`get`; a
+//! file that fails is reported on stderr as it fails (one line) and in the summary, the others
+//! carry on, and the command exits 1 if any failed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use dfs_core::client::ClientConfig;
+use dfs_core::proto::EntryKind;
+use futures::stream::{self, StreamExt};
+
+use crate::cli::{emit, emit_json, join_remote, remote_path, shown, usage, Ctx};
+use crate::client_cmds::{explain, GetOpts, PutOpts};
+use crate::output::{TreeFileJson, TreeJson};
+use crate::progress::Bar;
+
+/// Chunks in flight per file when `files` files are in flight: the total stays near the
+/// single-file default (4), each chunk being held in memory whole.
+fn chunks_per_file(files: u64) -> usize {
+    (4 / files.max(1)).max(1) as usize
+}
+
+struct Job {
+    local: PathBuf,
+    remote: String,
+    size: u64,
+}
+
+fn failure(local: &Path, remote: &str, error: impl std::fmt::Display) -> TreeFileJson {
+    TreeFileJson { local: local.display().to_string(), remote: remote.to_string(), size: 0, error: Some(error.to_string()) }
+}
+
+/// What a walk of the local tree found.
+#[derive(Default)]
+struct Walk {
+    files: Vec<Job>,
+    /// Remote paths of local directories with nothing in them: created explicitly, since no
+    /// file upload creates them.
+    empty_dirs: Vec<String>,
+    directories: u64,
+    failed: Vec<TreeFileJson>,
+}
+
+/// Walks `dir` (whose remote counterpart is `remote`), depth first, in name order. Symbolic
+/// links to files are followed; links to directories are not (a link cycle would never end)
+/// and count as failures, as do special files and names that cannot be remote names.
+fn walk(dir: &Path, remote: &str, out: &mut Walk) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return out.failed.push(failure(dir, remote, e)),
+    };
+    let mut entries: Vec<_> = match entries.collect::<Result<_, _>>() {
+        Ok(entries) => entries,
+        Err(e) => return out.failed.push(failure(dir, remote, e)),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    if entries.is_empty() {
+        out.empty_dirs.push(remote.to_string());
+    }
+    for entry in entries {
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            out.failed.push(failure(&path, "", "the file name is not UTF-8"));
+            continue;
+        };
+        let child = match remote_path(&join_remote(remote, &name)) {
+            Ok(child) => child,
+            Err(e) => {
+                out.failed.push(failure(&path, "", format!("{e:#}")));
+                continue;
+            }
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                out.failed.push(failure(&path, &child, e));
+                continue;
+            }
+        };
+        let link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+        if meta.is_dir() && link {
+            out.failed.push(failure(&path, &child, "a symbolic link to a directory (not followed)"));
+        } else if meta.is_dir() {
+            out.directories += 1;
+            walk(&path, &child, out);
+        } else if meta.is_file() {
+            out.files.push(Job { local: path, remote: child, size: meta.len() });
+        } else {
+            out.failed.push(failure(&path, &child, "not a regular file"));
+        }
+    }
+}
+
+pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> anyhow::Result<()> {
+    let chunk_size = opts.chunk_size()?;
+    if local.as_os_str() == "-" {
+        return Err(usage("put -r: standard input is not a directory"));
+    }
+    let prefix = remote_path(remote_arg)?;
+    let meta = std::fs::metadata(local).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+    if !meta.is_dir() {
+        return Err(usage(format!("{}: not a directory (put without -r uploads one file)", local.display())));
+    }
+    let mut found = Walk::default();
+    tokio::task::block_in_place(|| walk(local, &prefix, &mut found));
+    for f in &found.failed {
+        eprintln!("dfs: put {}: {}", shown(&f.local), shown(f.error.as_deref().unwrap_or_default()));
+    }
+
+    let config = ClientConfig {
+        chunk_size,
+        replication: opts.replication,
+        parallelism: chunks_per_file(opts.parallel),
+        ..ClientConfig::default()
+    };
+    let client = opts.meta.client(config)?;
+    // The prefix first: it fails the whole command at once when the cluster cannot be
+    // reached or the prefix is a file, rather than once per file.
+    if prefix != "/" {
+        client.mkdir(&prefix, true).await.with_context(|| format!("put -r {}", shown(&prefix)))?;
+    }
+    for dir in found.empty_dirs.iter().filter(|d| **d != prefix) {
+        if let Err(e) = client.mkdir(dir, true).await {
+            let f = failure(local, dir, format!("{:#}", anyhow::Error::new(e)));
+            eprintln!("dfs: put -r: mkdir {}: {}", shown(dir), shown(f.error.as_deref().unwrap_or_default()));
+            found.failed.push(f);
+        }
+    }
+
+    let total: u64 = found.files.iter().map(|j| j.size).sum();
+    let count = found.files.len();
+    let bar = Bar::tree(&format!("put -r 0/{count} files"), total, ctx.progress());
+    let done = AtomicU64::new(0);
+    let (client, bar_ref, done_ref) = (&client, &bar, &done);
+    let results: Vec<TreeFileJson> = stream::iter(found.files)
+        .map(|job| async move {
+            let result = client.put(&job.local, &job.remote, opts.force, &bar_ref.file()).await;
+            let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
+            bar_ref.set_message(format!("put -r {n}/{count} files"));
+            let error = result.err().map(|e| format!("{:#}", explain(e)));
+            if let Some(error) = &error {
+                bar_ref.eprintln(&format!("dfs: put {} -> {}: {}", job.local.display(), shown(&job.remote), shown(error)));
+            }
+            TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error }
+        })
+        .buffer_unordered(opts.parallel as usize)
+        .collect()
+        .await;
+    drop(bar);
+    report(ctx, "put -r", local.display().to_string(), prefix, results, found.failed, found.directories)
+}
+
+pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> anyhow::Result<()> {
+    if local.as_os_str() == "-" {
+        return Err(usage("get -r: a tree cannot be written to standard output"));
+    }
+    let prefix = remote_path(remote_arg)?;
+    if local.exists() && !local.is_dir() {
+        return Err(usage(format!("{}: not a directory", local.display())));
+    }
+    let client = opts.meta.client(ClientConfig { parallelism: chunks_per_file(opts.parallel), ..ClientConfig::default() })?;
+    match client.entry(&prefix).await? {
+        None => anyhow::bail!("get -r {}: no such file or directory", shown(&prefix)),
+        Some(e) if e.kind != EntryKind::Directory as i32 => anyhow::bail!("get -r {}: not a directory (get without -r downloads a file)", shown(&prefix)),
+        Some(_) => {}
+    }
+    let entries = client.list_dir(&prefix, true).await.map_err(explain)?;
+    std::fs::create_dir_all(local).map_err(|e| anyhow::anyhow!("{}: {e}", local.display()))?;
+
+    let mut jobs = Vec::new();
+    let mut failed = Vec::new();
+    let mut directories = 0;
+    for e in &entries {
+        let rel = if prefix == "/" { e.path.strip_prefix('/') } else { e.path.strip_prefix(&prefix).and_then(|r| r.strip_prefix('/')) };
+        // The metadata cluster refuses such names, but a local path is built from them: never
+        // let one climb out of the destination directory.
+        let safe = rel.filter(|r| r.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0')));
+        let Some(rel) = safe else {
+            failed.push(failure(local, &e.path, "a name that cannot be a local path"));
+            continue;
+        };
+        let dest = rel.split('/').fold(local.to_path_buf(), |p, c| p.join(c));
+        if e.kind == EntryKind::Directory as i32 {
+            directories += 1;
+            if let Err(err) = std::fs::create_dir_all(&dest) {
+                failed.push(failure(&dest, &e.path, err));
+            }
+            continue;
+        }
+        if dest.symlink_metadata().is_ok() && (!opts.force || dest.is_dir()) {
+            let why = if dest.is_dir() { "a directory is in the way" } else { "already exists (use --force to replace it)" };
+            failed.push(failure(&dest, &e.path, why));
+            continue;
+        }
+        jobs.push(Job { local: dest, remote: e.path.clone(), size: e.file.as_ref().map_or(0, |f| f.size) });
+    }
+    for f in &failed {
+        eprintln!("dfs: get {} -> {}: {}", shown(&f.remote), f.local, shown(f.error.as_deref().unwrap_or_default()));
+    }
+
+    let total: u64 = jobs.iter().map(|j| j.size).sum();
+    let count = jobs.len();
+    let bar = Bar::tree(&format!("get -r 0/{count} files"), total, ctx.progress());
+    let done = AtomicU64::new(0);
+    let (client, bar_ref, done_ref) = (&client, &bar, &done);
+    let results: Vec<TreeFileJson> = stream::iter(jobs)
+        .map(|job| async move {
+            let result = client.get(&job.remote, &job.local, &bar_ref.file()).await;
+            let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
+            bar_ref.set_message(format!("get -r {n}/{count} files"));
+            let error = result.err().map(|e| format!("{:#}", explain(e)));
+            if let Some(error) = &error {
+                bar_ref.eprintln(&format!("dfs: get {} -> {}: {}", shown(&job.remote), job.local.display(), shown(error)));
+            }
+            TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error }
+        })
+        .buffer_unordered(opts.parallel as usize)
+        .collect()
+        .await;
+    drop(bar);
+    report(ctx, "get -r", prefix, local.display().to_string(), results, failed, directories)
+}
+
+/// Prints the summary (text or JSON) and fails if any file failed.
+fn report(
+    ctx: &Ctx,
+    what: &str,
+    source: String,
+    destination: String,
+    mut results: Vec<TreeFileJson>,
+    failed_early: Vec<TreeFileJson>,
+    directories: u64,
+) -> anyhow::Result<()> {
+    results.extend(failed_early);
+    results.sort_by(|a, b| (&a.remote, &a.local).cmp(&(&b.remote, &b.local)));
+    let failed = results.iter().filter(|r| r.error.is_some()).count() as u64;
+    let copied = results.len() as u64 - failed;
+    let bytes: u64 = results.iter().filter(|r| r.error.is_none()).map(|r| r.size).sum();
+    let files = results.len();
+    if ctx.json {
+        emit_json(&TreeJson { source, destination, files: results, files_copied: copied, files_failed: failed, bytes_copied: bytes, directories })?;
+    } else {
+        emit(&format!(
+            "{what}: {} -> {}: {copied} files ({}) copied, {failed} failed, {directories} directories\n",
+            shown(&source),
+            shown(&destination),
+            ByteSize(bytes)
+        ))?;
+    }
+    if failed > 0 {
+        anyhow::bail!("{what}: {failed} of {files} files failed (each is named above)");
+    }
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! The `dfs` command line as a user drives it: real processes on 127.0.0.1, one small cluster
+//! shared by every check of a test (CI has two cores), commands run with exactly the names
+//! and flags `docs/CLI.md` documents, `--json` output parsed and checked field by field, and
+//! the exit codes: 0 success, 1 failure, 2 usage error.
+
+#![cfg(not(madsim))]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+
+use common::*;
+
+/// Runs `dfs` with `DFS_META`, its spool directory under `cache`, and `stdin` piped in.
+fn run(meta: &str, cache: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(DFS)
+        .args(args)
+        .env("DFS_META", meta)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dfs");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output, args: &[&str]) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "dfs {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs a command expected to succeed with `--json` and parses its one line of output.
+fn json(meta: &str, cache: &Path, args: &[&str]) -> Value {
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(args);
+    let stdout = String::from_utf8(ok(run(meta, cache, &with_json, None), &with_json)).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "--json prints one line: {stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("dfs {with_json:?}: not JSON ({e}): {stdout}"))
+}
+
+/// Runs a command expected to fail with `code`, a one-line error on stderr naming `expected`,
+/// and no panic.
+fn fails(meta: &str, cache: &Path, args: &[&str], code: i32, expected: &str) {
+    let out = run(meta, cache, args, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "dfs {args:?}: {stderr}");
+    assert!(stderr.contains(expected), "dfs {args:?}: stderr {stderr:?} lacks {expected:?}");
+    assert!(!stderr.contains("panicked"), "dfs {args:?} panicked: {stderr}");
+    assert!(stderr.starts_with("dfs: ") && stderr.lines().count() == 1, "dfs {args:?}: the error is not one 'dfs: ' line: {stderr:?}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every file under `root` by relative path, with its bytes, and every directory.
+fn tree_contents(root: &Path) -> (BTreeMap<PathBuf, Vec<u8>>, Vec<PathBuf>) {
+    let (mut files, mut dirs) = (BTreeMap::new(), Vec::new());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            if path.is_dir() {
+                dirs.push(rel);
+                stack.push(path);
+            } else {
+                files.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    dirs.sort();
+    (files, dirs)
+}
+
+/// Nothing left in the spool directory: stdin and stdout transfers clean up after themselves.
+fn assert_spool_empty(cache: &Path) {
+    let spool = cache.join("dfs");
+    let left: Vec<_> = std::fs::read_dir(&spool).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "spool files left behind: {left:?}");
+}
+
+#[test]
+fn the_cli_against_one_cluster() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let cache = dir.join("cache");
+    let base = free_ports(103);
+    let _up = cluster_up(base, &dir.join("data"));
+    let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    wait_ready(&meta, 3);
+
+    round_trips(&meta, &cache, dir);
+    aliases(&meta, &cache, dir);
+    json_shapes(&meta, &cache, dir);
+    trees(&meta, &cache, dir);
+    bad_input(&meta, &cache, dir);
+}
+
+fn round_trips(meta: &str, cache: &Path, dir: &Path) {
+    // Several 64 KiB chunks and a tail.
+    let original = dir.join("original.bin");
+    let bytes = test_bytes(5 * 65_536 + 4_321, 11);
+    std::fs::write(&original, &bytes).unwrap();
+    let args = ["put", "--chunk-size", "64KiB", "--replication", "2", "--parallel", "3", s(&original), "/rt/original.bin"];
+    let put = String::from_utf8(ok(run(meta, cache, &args, None), &args)).unwrap();
+    assert!(put.contains("6 chunks") && put.contains("replication 2"), "{put}");
+
+    let back = dir.join("back.bin");
+    ok(run(meta, cache, &["get", "/rt/original.bin", s(&back)], None), &["get"]);
+    assert_same_file(&original, &back);
+    assert_eq!(ok(run(meta, cache, &["cat", "/rt/original.bin"], None), &["cat"]), bytes);
+    assert_eq!(ok(run(meta, cache, &["get", "/rt/original.bin", "-"], None), &["get -"]), bytes);
+
+    // Standard input in, standard output out.
+    let piped = test_bytes(200_000, 12);
+    ok(run(meta, cache, &["put", "-q", "--chunk-size", "64KiB", "-", "/rt/stdin.bin"], Some(&piped)), &["put -"]);
+    assert_eq!(ok(run(meta, cache, &["cat", "/rt/stdin.bin"], None), &["cat"]), piped);
+    ok(run(meta, cache, &["put", "-", "/rt/empty.bin"], Some(b"")), &["put - (empty)"]);
+    assert!(ok(run(meta, cache, &["cat", "/rt/empty.bin"], None), &["cat"]).is_empty());
+    assert_spool_empty(cache);
+
+    // --force replaces, remotely and locally; `put` into a directory keeps the local name.
+    let other = dir.join("other.bin");
+    std::fs::write(&other, test_bytes(1000, 13)).unwrap();
+    ok(run(meta, cache, &["put", "--force", s(&other), "/rt/original.bin"], None), &["put --force"]);
+    ok(run(meta, cache, &["get", "-f", "/rt/original.bin", s(&back)], None), &["get -f"]);
+    assert_same_file(&other, &back);
+    ok(run(meta, cache, &["put", s(&other), "/rt/"], None), &["put into dir"]);
+    assert_eq!(ok(run(meta, cache, &["cat", "/rt/other.bin"], None), &["cat"]), std::fs::read(&other).unwrap());
+
+    // stat names the chunks and their replicas, du adds up.
+    let stat = String::from_utf8(ok(run(meta, cache, &["stat", "/rt/stdin.bin"], None), &["stat"])).unwrap();
+    assert!(stat.contains("size:          195.3 KiB (200000 bytes)") && stat.contains("chunks:        4"), "{stat}");
+    assert_eq!(stat.lines().filter(|l| l.trim_end().ends_with(" ok")).count(), 4 * 3, "4 chunks x 3 replicas: {stat}");
+    let du = String::from_utf8(ok(run(meta, cache, &["du", "-s", "/rt"], None), &["du"])).unwrap();
+    let total = du.lines().last().unwrap();
+    assert!(total.split_whitespace().collect::<Vec<_>>() == ["202000", "4", "0", "/rt"], "{du}");
+    let du_h = String::from_utf8(ok(run(meta, cache, &["du", "-h", "/"], None), &["du -h"])).unwrap();
+    assert!(du_h.lines().any(|l| l.contains("197.3 KiB") && l.ends_with(" /rt")), "{du_h}");
+}
+
+fn aliases(meta: &str, cache: &Path, dir: &Path) {
+    let file = dir.join("seed.bin");
+    std::fs::write(&file, test_bytes(100_000, 21)).unwrap();
+    ok(run(meta, cache, &["upload", "--file", s(&file), "--name", "/seed/a.bin", "--parallelism", "2"], None), &["upload"]);
+    ok(run(meta, cache, &["upload", "--file", s(&file), "--name", "/seed/b.bin"], None), &["upload"]);
+    let out = dir.join("seed-back.bin");
+    ok(run(meta, cache, &["download", "--name", "/seed/a.bin", "--out", s(&out)], None), &["download"]);
+    assert_same_file(&file, &out);
+    let list = String::from_utf8(ok(run(meta, cache, &["list", "--prefix", "/seed"], None), &["list"])).unwrap();
+    assert!(list.starts_with("Found 2 files") && list.contains("/seed/a.bin") && list.contains("/seed/b.bin"), "{list}");
+
+    ok(run(meta, cache, &["delete", "--name", "/seed/a.bin"], None), &["delete --name"]);
+    let listed = json(meta, cache, &["list", "--prefix", "/seed"]);
+    let id = listed["files"][0]["file_id"].as_u64().unwrap();
+    assert_eq!(listed["files"][0]["path"], "/seed/b.bin");
+    let deleted = json(meta, cache, &["delete", "--id", &id.to_string()]);
+    assert_eq!(deleted["path"], "/seed/b.bin");
+    assert_eq!(deleted["file_id"], id);
+    fails(meta, cache, &["delete", "--id", &id.to_string()], 1, "no file has id");
+    fails(meta, cache, &["delete"], 2, "--name");
+    let listed = json(meta, cache, &["list", "--prefix", "/seed"]);
+    assert_eq!(listed["files"].as_array().unwrap().len(), 0, "{listed}");
+    // `del` is `rm`.
+    ok(run(meta, cache, &["del", "-r", "/seed"], None), &["del"]);
+}
+
+fn json_shapes(meta: &str, cache: &Path, dir: &Path) {
+    let file = dir.join("j.bin");
+    std::fs::write(&file, test_bytes(70_000, 31)).unwrap();
+
+    let put = json(meta, cache, &["put", "--chunk-size", "64KiB", s(&file), "/j/j.bin"]);
+    assert_eq!(put["local"], s(&file));
+    assert_eq!(put["remote"], "/j/j.bin");
+    let f = &put["file"];
+    assert_eq!(f["path"], "/j/j.bin");
+    assert_eq!(f["size"], 70_000);
+    assert_eq!(f["chunk_size"], 65_536);
+    assert_eq!(f["replication"], 3);
+    assert_eq!(f["chunk_count"], 2);
+    assert!(f["file_id"].as_u64().unwrap() > 0);
+    assert!(f["committed_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(f["sha256"].is_null() || f["sha256"].as_str().unwrap().len() == 64, "{f}");
+    let file_id = f["file_id"].clone();
+
+    let back = dir.join("j-back.bin");
+    let get = json(meta, cache, &["get", "/j/j.bin", s(&back)]);
+    assert_eq!(get["remote"], "/j/j.bin");
+    assert_eq!(get["local"], s(&back));
+    assert_eq!(get["file"]["file_id"], file_id);
+    assert_same_file(&file, &back);
+
+    let stat = json(meta, cache, &["stat", "/j/j.bin"]);
+    assert_eq!(stat["path"], "/j/j.bin");
+    assert_eq!(stat["kind"], "file");
+    assert_eq!(stat["file"]["file_id"], file_id);
+    let chunks = stat["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(chunks[0]["index"], 0);
+    assert_eq!(chunks[0]["size"], 65_536);
+    assert_eq!(chunks[1]["size"], 70_000 - 65_536);
+    assert_eq!(chunks[0]["sha256"].as_str().unwrap().len(), 64);
+    for c in chunks {
+        let replicas = c["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 3, "{c}");
+        for r in replicas {
+            assert_eq!(r["node_id"].as_str().unwrap().len(), 16, "{r}");
+            assert!(r["addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+            assert_eq!(r["state"], "ok");
+        }
+    }
+    let dir_stat = json(meta, cache, &["stat", "/j"]);
+    assert_eq!(dir_stat["kind"], "directory");
+    assert!(dir_stat["file"].is_null() && dir_stat["chunks"].as_array().unwrap().is_empty());
+
+    let mkdir = json(meta, cache, &["mkdir", "-p", "/j/sub/deeper"]);
+    assert_eq!(mkdir["path"], "/j/sub/deeper");
+    assert_eq!(mkdir["parents"], true);
+    let mv = json(meta, cache, &["mv", "/j/j.bin", "/j/sub/"]);
+    assert_eq!(mv["src"], "/j/j.bin");
+    assert_eq!(mv["dst"], "/j/sub/j.bin");
+
+    let ls = json(meta, cache, &["ls", "/j"]);
+    assert_eq!(ls["path"], "/j");
+    assert_eq!(ls["recursive"], false);
+    let entries = ls["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["path"], "/j/sub");
+    assert_eq!(entries[0]["name"], "sub");
+    assert_eq!(entries[0]["kind"], "directory");
+    assert!(entries[0]["file"].is_null());
+    let ls = json(meta, cache, &["ls", "-R", "/j"]);
+    let paths: Vec<&str> = ls["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/j/sub", "/j/sub/deeper", "/j/sub/j.bin"]);
+    assert_eq!(ls["entries"][2]["kind"], "file");
+    assert_eq!(ls["entries"][2]["file"]["size"], 70_000);
+    assert!(ls["entries"][2]["modified_unix_ms"].as_u64().unwrap() > 0);
+
+    let list = json(meta, cache, &["list", "--prefix", "/j"]);
+    assert_eq!(list["prefix"], "/j");
+    assert_eq!(list["files"][0]["path"], "/j/sub/j.bin");
+    assert_eq!(list["files"][0]["file_id"], file_id);
+
+    let du = json(meta, cache, &["du", "/j"]);
+    assert_eq!(du["path"], "/j");
+    assert_eq!(du["bytes"], 70_000);
+    assert_eq!(du["files"], 1);
+    assert_eq!(du["directories"], 2);
+    assert_eq!(du["children"].as_array().unwrap().len(), 1);
+    assert_eq!(du["children"][0]["path"], "/j/sub");
+    assert_eq!(du["children"][0]["bytes"], 70_000);
+    assert_eq!(du["children"][0]["directories"], 1);
+    let du_s = json(meta, cache, &["du", "-s", "/j/sub/j.bin"]);
+    assert_eq!(du_s["bytes"], 70_000);
+    assert_eq!(du_s["files"], 1);
+    assert!(du_s["children"].as_array().unwrap().is_empty());
+
+    let status = json(meta, cache, &["status"]);
+    assert!(status["leader"]["id"].as_u64().unwrap() >= 1);
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    assert!(status["term"].as_u64().unwrap() >= 1);
+    assert!(status["file_count"].as_u64().unwrap() >= 1);
+    let nodes = status["storage_nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        assert_eq!(n["state"], "alive", "{n}");
+        assert_eq!(n["node_id"].as_str().unwrap().len(), 16);
+        assert!(n["capacity_bytes"].as_u64().unwrap() >= n["free_bytes"].as_u64().unwrap());
+        assert!(n["chunk_count"].is_u64() && n["last_heartbeat_ms_ago"].is_u64(), "{n}");
+    }
+    let meta_status = json(meta, cache, &["admin", "meta", "status"]);
+    assert_eq!(meta_status["leader"], status["leader"]);
+    assert!(meta_status["applied_index"].as_u64().unwrap() >= 1);
+    assert!(meta_status["last_log_index"].as_u64().unwrap() >= meta_status["applied_index"].as_u64().unwrap());
+    assert!(meta_status["snapshot_index"].is_u64() && meta_status["purged_index"].is_u64());
+    let members = meta_status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["role"] == "voter" && m["addr"].as_str().unwrap().starts_with("127.0.0.1:")), "{meta_status}");
+
+    let rm = json(meta, cache, &["rm", "/j/sub/j.bin"]);
+    assert_eq!(rm["path"], "/j/sub/j.bin");
+    assert_eq!(rm["kind"], "file");
+    assert_eq!(rm["file_id"], file_id);
+    let rm = json(meta, cache, &["delete", "--name", "/j", "-r"]);
+    assert_eq!(rm["kind"], "directory");
+    assert!(rm["file_id"].is_null());
+    assert_eq!(rm["files_deleted"], 0);
+    assert_eq!(rm["dirs_deleted"], 3);
+}
+
+fn trees(meta: &str, cache: &Path, dir: &Path) {
+    // 36 files over nested directories, sizes from empty to several chunks, and an empty
+    // directory, which must come back too.
+    let src = dir.join("tree");
+    let mut n = 0u64;
+    for d in ["", "a", "a/b", "a/b/c", "d e", "f/g"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..6 {
+            n += 1;
+            let len = [0, 1, 4_096, 65_536, 150_001, 7][i] as usize;
+            std::fs::write(src.join(d).join(format!("file-{i}.bin")), test_bytes(len, n)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(src.join("empty/also-empty")).unwrap();
+
+    let put = json(meta, cache, &["put", "-r", "--chunk-size", "64KiB", "--parallel", "8", s(&src), "/trees/one"]);
+    assert_eq!(put["files_copied"], 36, "{put}");
+    assert_eq!(put["files_failed"], 0);
+    assert_eq!(put["files"].as_array().unwrap().len(), 36);
+    assert!(put["files"].as_array().unwrap().iter().all(|f| f["error"].is_null()));
+    assert_eq!(put["directories"], 8);
+    assert_eq!(put["destination"], "/trees/one");
+
+    let dst = dir.join("tree-back");
+    let get = String::from_utf8(ok(run(meta, cache, &["get", "-r", "/trees/one", s(&dst)], None), &["get -r"])).unwrap();
+    assert!(get.contains("36 files") && get.contains("0 failed"), "{get}");
+    assert_eq!(tree_contents(&src), tree_contents(&dst), "the tree came back different");
+
+    // Again without --force: every file collides, each is named, the command exits 1 and
+    // nothing is changed.
+    let out = run(meta, cache, &["put", "-r", s(&src), "/trees/one"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("already exists")).count(), 36, "{stderr}");
+    assert!(stderr.lines().last().unwrap().contains("36 of 36 files failed"), "{stderr}");
+    let out = run(meta, cache, &["get", "-r", "/trees/one", s(&dst)], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(tree_contents(&src), tree_contents(&dst));
+
+    // One local file the upload cannot read: it alone fails, the rest arrive.
+    let partial = dir.join("partial");
+    std::fs::create_dir_all(partial.join("sub")).unwrap();
+    std::fs::write(partial.join("sub/good.bin"), b"good").unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere"), partial.join("sub/dangling")).unwrap();
+    let out = run(meta, cache, &["--json", "put", "-r", s(&partial), "/trees/partial"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files_copied"], 1);
+    assert_eq!(report["files_failed"], 1);
+    let failed: Vec<&Value> = report["files"].as_array().unwrap().iter().filter(|f| !f["error"].is_null()).collect();
+    assert!(failed[0]["local"].as_str().unwrap().ends_with("dangling"), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dangling"));
+    assert_eq!(ok(run(meta, cache, &["cat", "/trees/partial/sub/good.bin"], None), &["cat"]), b"good");
+}
+
+fn bad_input(meta: &str, cache: &Path, dir: &Path) {
+    let file = dir.join("bad.bin");
+    std::fs::write(&file, test_bytes(1000, 41)).unwrap();
+    ok(run(meta, cache, &["put", s(&file), "/bad/exists.bin"], None), &["put"]);
+    let before = String::from_utf8(ok(run(meta, cache, &["ls", "-R", "/"], None), &["ls"])).unwrap();
+
+    // Remote: unknown file, collision, too few storage nodes (exit 1).
+    fails(meta, cache, &["get", "/bad/absent.bin", s(&dir.join("absent.bin"))], 1, "no such file");
+    fails(meta, cache, &["cat", "/bad/absent.bin"], 1, "no such file");
+    fails(meta, cache, &["stat", "/bad/absent.bin"], 1, "no such file");
+    fails(meta, cache, &["get", "/bad", s(&dir.join("a-dir"))], 1, "is a directory");
+    fails(meta, cache, &["put", s(&file), "/bad/exists.bin"], 1, "--force");
+    fails(meta, cache, &["put", "--replication", "4", s(&file), "/bad/four.bin"], 1, "needs 4 storage nodes");
+    fails(meta, cache, &["mkdir", "/bad"], 1, "already exists");
+    assert!(!dir.join("absent.bin").exists() && !dir.join("a-dir").exists());
+
+    // Caller mistakes (exit 2): a local collision, bad chunk sizes, hostile remote names.
+    let local = dir.join("local.bin");
+    std::fs::write(&local, b"mine").unwrap();
+    fails(meta, cache, &["get", "/bad/exists.bin", s(&local)], 2, "already exists");
+    fails(meta, cache, &["download", "--name", "/bad/exists.bin", "--out", s(&local)], 2, "--force");
+    assert_eq!(std::fs::read(&local).unwrap(), b"mine", "a refused get touched the local file");
+    for size in ["1KiB", "65MiB", "0"] {
+        fails(meta, cache, &["put", "--chunk-size", size, s(&file), "/bad/chunks.bin"], 2, "chunk size");
+    }
+    fails(meta, cache, &["put", "--chunk-size", "lots", s(&file), "/bad/chunks.bin"], 2, "chunk-size");
+    fails(meta, cache, &["put", "--parallel", "0", s(&file), "/bad/p.bin"], 2, "parallel");
+    let long_name = format!("/bad/{}", "n".repeat(256));
+    let long_path = "/deep".repeat(1000);
+    for hostile in ["/bad/../etc", "/bad//x", "", "/bad/a\u{1}b", "/bad/\u{1b}[31mred", &long_name, &long_path] {
+        fails(meta, cache, &["put", s(&file), hostile], 2, "invalid remote path");
+        fails(meta, cache, &["mkdir", "-p", hostile], 2, "invalid remote path");
+    }
+    // A NUL cannot travel in an argument; a name with one from a tree walk cannot either.
+    let out = run(meta, cache, &["put", s(&file), "/bad/\u{1b}[31mred"], None);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\u{1b}'), "an escape sequence reached the terminal");
+    fails(meta, cache, &["put", "-", "/bad/"], 2, "standard input has no name");
+    fails(meta, cache, &["put", s(&dir.join("no-such-file")), "/bad/x"], 2, "No such file");
+    fails(meta, cache, &["put", "-r", s(&file), "/bad/x"], 2, "not a directory");
+    fails(meta, cache, &["delete", "--id", "x"], 2, "invalid value");
+
+    // Nothing of the above left anything behind, remotely or in the spool directory.
+    let after = String::from_utf8(ok(run(meta, cache, &["ls", "-R", "/"], None), &["ls"])).unwrap();
+    assert_eq!(before, after, "a failed command changed the namespace");
+    assert_spool_empty(cache);
+}
+
+/// With no cluster: usage errors exit 2 at once, an unreachable cluster exits 1 within its
+/// --timeout with a message naming the addresses tried.
+#[test]
+fn no_cluster_usage_errors_and_unreachable() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let cache = dir.join("cache");
+    let nowhere = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let file = dir.join("f.bin");
+    std::fs::write(&file, b"x").unwrap();
+
+    for (args, expected) in [
+        (vec!["put"], "(usage: dfs put"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+        (vec!["du", "--bogus"], "unexpected argument"),
+        (vec!["ls", "--meta", "nonsense", "/"], "HOST:PORT"),
+        (vec!["put", s(&file), "/a/./b"], "invalid remote path"),
+        (vec!["get", "--timeout", "1ms", "/a", "x"], "at least 100ms"),
+    ] {
+        let started = Instant::now();
+        let out = run(&nowhere, &cache, &args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "dfs {args:?}: {stderr}");
+        assert!(stderr.contains(expected), "dfs {args:?}: {stderr}");
+        assert!(stderr.starts_with("dfs: ") && stderr.lines().count() == 1, "dfs {args:?}: not one line: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5), "a usage error waited for the cluster");
+    }
+
+    let started = Instant::now();
+    let out = run(&nowhere, &cache, &["ls", "--timeout", "2s", "/"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unreachable") && stderr.contains(&nowhere), "the message names the addresses: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    // The same for stdin: nothing spooled is left behind when the cluster is not there.
+    let out = run(&nowhere, &cache, &["put", "--timeout", "1s", "-", "/x"], Some(b"some bytes"));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_spool_empty(&cache);
+
+    // --json errors stay on stderr.
+    let out = run(&nowhere, &cache, &["--json", "stat", "--timeout", "1s", "/x"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty() && String::from_utf8_lossy(&out.stderr).starts_with("dfs: "));
+}
