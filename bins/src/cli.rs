@@ -186,7 +186,7 @@ pub fn hex(bytes: &[u8]) -> Option<String> {
     (!bytes.is_empty()).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A per-user directory for spool files (stdin for `put -`, downloads for `cat`), created
+/// A per-user directory for spool files (stdin for `put -`), created
 /// private (0700): `$XDG_CACHE_HOME/dfs`, else `~/.cache/dfs`, else `<tmp>/dfs-<uid>`.
 pub fn spool_dir() -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

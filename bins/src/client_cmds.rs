@@ -401,28 +401,49 @@ async fn get_one(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> a
     emit(&format!("{} -> {} ({})\n", shown(&info.path), dest.display(), ByteSize(info.size)))
 }
 
-/// Writes a remote file to stdout. The file is downloaded whole into a spool file first, so
-/// that stdout receives only bytes already verified against their checksums, and nothing at
-/// all when the download fails (a reader never sees a truncated file as if it were whole).
-/// The spool file is removed when this returns.
+/// Writes a remote file to stdout as it arrives, as `hdfs dfs -cat` does: each chunk is
+/// verified against its checksum before any of its bytes are written, chunks go out in order,
+/// and the whole file's SHA-256 is checked at the end. A failure midway leaves a prefix of
+/// the file on stdout and exits non-zero (a pipeline sees the error, like `curl` or `cat` of
+/// a failing disk); it never writes a wrong byte. Memory stays at the download window.
 async fn cat_remote(ctx: &Ctx, meta: &MetaFlag, remote: &str, parallel: u64) -> anyhow::Result<()> {
-    let spool = spool_file("download")?;
     let client = meta.client(ClientConfig { parallelism: parallel as usize, ..ClientConfig::default() })?;
     let bar = Bar::new(&format!("get {}", shown(remote)), ctx.progress());
-    if let Err(e) = client.get(remote, spool.path(), &bar).await {
-        return Err(explain_not_found(&client, remote, e, "cat").await);
-    }
+    let mut out = StdoutSink { out: std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()), reader_gone: false };
+    let result = client.get_to_writer(remote, &mut out, &bar).await;
     drop(bar);
-    let path = spool.path().to_path_buf();
-    tokio::task::block_in_place(move || {
-        let mut file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
-        match std::io::copy(&mut file, &mut std::io::stdout().lock()) {
-            // The reader went away (`dfs cat f | head`): nothing left to do.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
-            Ok(_) => Ok(()),
+    match result {
+        Ok(_) => Ok(()),
+        // The reader went away (`dfs cat f | head`): nothing left to do.
+        Err(_) if out.reader_gone => Ok(()),
+        Err(e) => Err(explain_not_found(&client, remote, e, "cat").await),
+    }
+}
+
+/// Stdout, remembering whether the reader went away (a closed pipe is not a failure).
+struct StdoutSink {
+    out: std::io::BufWriter<std::io::Stdout>,
+    reader_gone: bool,
+}
+
+impl StdoutSink {
+    fn note<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe) {
+            self.reader_gone = true;
         }
-    })
+        r
+    }
+}
+
+impl std::io::Write for StdoutSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.out.write(buf);
+        self.note(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.out.flush();
+        self.note(r)
+    }
 }
 
 // ---- stat --------------------------------------------------------------------------------
