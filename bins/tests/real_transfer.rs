@@ -176,3 +176,65 @@ fn a_storage_node_killed_during_a_put_leaves_the_upload_completed_or_resumable()
     dfs_ok(&meta, &["get", "/big.bin", back.to_str().unwrap()]);
     assert_same_file(&original, &back);
 }
+
+/// Every chunk file under a storage node's data directory.
+fn chunk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("chunks")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "chunk") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_replica_corrupted_on_disk_changes_nothing_get_returns_and_stat_shows_it_bad() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let cluster = start_cluster(dir, 3);
+    let meta = cluster.meta.clone();
+    let original = path(dir, "f.bin");
+    std::fs::write(&original, test_bytes(6 * 1024 * 1024 + 3, 31)).unwrap();
+    dfs_ok(&meta, &["put", "--chunk-size", "1MiB", original.to_str().unwrap(), "/f.bin"]);
+
+    // Rot one byte in the data of every chunk storage-1 holds: each chunk keeps two good
+    // replicas elsewhere.
+    let rotten = chunk_files(&dir.join("storage-1"));
+    assert_eq!(rotten.len(), 7, "storage-1 should hold a replica of every chunk");
+    for file in &rotten {
+        let mut bytes = std::fs::read(file).unwrap();
+        let i = bytes.len() - 1; // the data ends the file
+        bytes[i] ^= 0x20;
+        std::fs::write(file, bytes).unwrap();
+    }
+    // Reads rotate over the replicas: some chunks are asked of storage-1 first.
+    for round in 0..3 {
+        let back = path(dir, &format!("back-{round}.bin"));
+        dfs_ok(&meta, &["get", "/f.bin", back.to_str().unwrap()]);
+        assert_same_file(&original, &back);
+    }
+    let stat = wait_for(Duration::from_secs(30), "stat to show a bad replica", || {
+        let json: serde_json::Value = serde_json::from_str(&dfs_ok(&meta, &["--json", "stat", "/f.bin"])).ok()?;
+        let states: Vec<String> = json["chunks"]
+            .as_array()?
+            .iter()
+            .flat_map(|c| c["replicas"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["state"].as_str().map(String::from))
+            .collect();
+        states.iter().any(|s| s == "bad").then_some(json)
+    });
+    // A bad replica is never one of the good ones: every chunk still has two ok replicas.
+    for chunk in stat["chunks"].as_array().unwrap() {
+        let ok = chunk["replicas"].as_array().unwrap().iter().filter(|r| r["state"] == "ok").count();
+        assert!(ok >= 2, "chunk {} has {ok} good replicas: {chunk}", chunk["index"]);
+    }
+    let text = dfs_ok(&meta, &["stat", "/f.bin"]);
+    assert!(text.contains("bad"), "{text}");
+}
