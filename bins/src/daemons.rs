@@ -52,6 +52,17 @@ pub struct StorageArgs {
     /// Milliseconds between heartbeats to the metadata leader.
     #[arg(long, env = "DFS_HEARTBEAT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     heartbeat_ms: u64,
+    /// Chunk streams served at once (reads and writes from clients; as many again for
+    /// replication from peers); more wait up to 5 s, then are refused as busy.
+    #[arg(long, env = "DFS_CHUNK_STREAMS_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    chunk_streams_max: u64,
+    /// Milliseconds a sender may stay silent between two frames of a chunk before the write
+    /// is dropped.
+    #[arg(long, env = "DFS_FRAME_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    frame_timeout_ms: u64,
+    /// Bytes of free space every write must leave on the disk.
+    #[arg(long, env = "DFS_SPACE_RESERVE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    space_reserve_bytes: u64,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -134,6 +145,9 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     };
     let mut config = StorageConfig::new(&args.data_dir, advertise.clone(), meta);
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    config.chunk_streams_max = args.chunk_streams_max as usize;
+    config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
+    config.space_reserve_bytes = args.space_reserve_bytes;
     let node = StorageNode::open(RealEnv::default(), config)
         .await
         .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;

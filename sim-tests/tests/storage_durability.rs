@@ -110,6 +110,48 @@ async fn scenario() {
     }
     trace::event("the damaged replica is marked bad and no longer served");
     check(&cluster, &client, &disk, &oracle, "after quarantine").await;
+    callers_that_go_away_leave_no_write_behind(&cluster).await;
+}
+
+/// Writes whose caller gives up at random moments (mid-transfer, mid-fsync): the server drops
+/// the handler, and nothing stays in progress; the temporary files go with the next heartbeat.
+async fn callers_that_go_away_leave_no_write_behind(cluster: &Cluster) {
+    use dfs_core::env::Transport;
+    use dfs_core::rpc::{ChunkService, ChunkUpload};
+    let target = cluster.storage[0].addr.to_string();
+    for attempt in 0..8u32 {
+        let mut data = vec![0u8; 3 * CHUNK as usize];
+        madsim::rand::thread_rng().fill(&mut data[..]);
+        let data = Bytes::from(data);
+        let upload = ChunkUpload {
+            header: dfs_core::proto::WriteChunkHeader {
+                chunk_id: Bytes::copy_from_slice(ChunkId::derive(dfs_core::ids::FileId(1 << 40), attempt).as_bytes()),
+                size: data.len() as u64,
+                sha256: dfs_core::ids::Sha256Digest::of(&data).0.to_vec().into(),
+                forward_to: vec![],
+            },
+            data,
+        };
+        let to = target.clone();
+        let give_up_after = Duration::from_micros(madsim::rand::thread_rng().gen_range(0..30_000));
+        cluster
+            .on_client(async move {
+                let write = dfs_io_sim::SimTransport.write_chunk(&to, ChunkService::Storage, upload);
+                let _ = madsim::time::timeout(give_up_after, write).await;
+            })
+            .await;
+    }
+    let node = cluster.storage_node(1).expect("storage-1 up");
+    let deadline = madsim::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tmp = cluster.storage[0].disk.list_dir(&ChunkLayout::new("/data").tmp_dir()).await.unwrap();
+        if node.writes_in_progress() == 0 && tmp.is_empty() {
+            break;
+        }
+        assert!(madsim::time::Instant::now() < deadline, "abandoned writes left {} in progress, tmp files {tmp:?}", node.writes_in_progress());
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    }
+    trace::event("abandoned writes left nothing behind");
 }
 
 #[test]
