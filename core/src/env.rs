@@ -144,6 +144,17 @@ pub trait Env: Clone + Send + Sync + 'static {
     fn disk(&self) -> &Self::Disk;
     /// Random bits: from the OS in production, from the seed in simulation.
     fn random_u64(&self) -> u64;
+
+    /// Runs CPU-heavy work (hashing a chunk) where it does not hold up the caller's task: on a
+    /// blocking thread in production, so transfers hash on every core; inline by default (the
+    /// simulation, whose time does not pass while code runs).
+    fn compute<T, F>(&self, work: F) -> impl Future<Output = T> + Send
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        async move { work() }
+    }
 }
 
 /// Runs `fut` for at most `limit` on `clock`.

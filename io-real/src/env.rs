@@ -32,4 +32,17 @@ impl Env for RealEnv {
     fn random_u64(&self) -> u64 {
         rand::random()
     }
+
+    fn compute<T, F>(&self, work: F) -> impl std::future::Future<Output = T> + Send
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        async move {
+            match tokio::task::spawn_blocking(work).await {
+                Ok(out) => out,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+    }
 }

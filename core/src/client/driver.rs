@@ -43,12 +43,15 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 enum UpDone {
     Event(upload::Event),
-    Read { index: u32, data: std::io::Result<Bytes>, expected_len: u64 },
+    /// A span read and hashed; the file's running digest comes back with it.
+    Read { index: u32, file_hash: Sha256, outcome: Result<(Bytes, Sha256Digest), String> },
 }
 
 enum DownDone {
     Event(download::Event),
-    Fetched { index: u32, attempt: u32, data: Bytes },
+    Fetched { index: u32, attempt: u32, data: Bytes, sha256: Sha256Digest },
+    /// A chunk written and added to the file's running digest, which comes back with it.
+    Written { index: u32, file_hash: Sha256, outcome: Result<(), String> },
 }
 
 /// Where a download's bytes go.
@@ -132,7 +135,8 @@ impl<E: Env> DfsClient<E> {
         };
 
         let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
-        let mut file_hash = Sha256::new();
+        // Travels with the one read in flight (the machine reads one span at a time, in order).
+        let mut file_hash = Some(Sha256::new());
         let mut pending: FuturesUnordered<BoxFuture<'_, UpDone>> = FuturesUnordered::new();
         let mut outcome = None;
         loop {
@@ -164,10 +168,25 @@ impl<E: Env> DfsClient<E> {
                         );
                     }
                     upload::Action::Read { index, offset, len } => {
+                        let mut hasher = file_hash.take().unwrap_or_default();
                         pending.push(
                             async move {
-                                let data = disk.read_at(source, offset, len).await;
-                                UpDone::Read { index, data, expected_len: len }
+                                let data = match disk.read_at(source, offset, len).await {
+                                    Ok(data) if data.len() as u64 == len => data,
+                                    Ok(data) => {
+                                        let error = format!("{} bytes read where {len} were expected: the file shrank", data.len());
+                                        return UpDone::Read { index, file_hash: hasher, outcome: Err(error) };
+                                    }
+                                    Err(e) => return UpDone::Read { index, file_hash: hasher, outcome: Err(e.to_string()) },
+                                };
+                                let (data, sha256, hasher) = self
+                                    .env
+                                    .compute(move || {
+                                        let sha256 = hash_chunk(&data, &mut hasher);
+                                        (data, sha256, hasher)
+                                    })
+                                    .await;
+                                UpDone::Read { index, file_hash: hasher, outcome: Ok((data, sha256)) }
                             }
                             .boxed(),
                         );
@@ -242,7 +261,7 @@ impl<E: Env> DfsClient<E> {
                         );
                     }
                     upload::Action::FinishSource => {
-                        let sha256 = Sha256Digest(std::mem::take(&mut file_hash).finalize().into());
+                        let sha256 = Sha256Digest(file_hash.take().unwrap_or_default().finalize().into());
                         let unchanged = disk.stamp(source).await.is_ok_and(|now| now == stamp);
                         up.handle(upload::Event::SourceFinished { sha256, unchanged }, self.env.clock().now());
                     }
@@ -294,18 +313,16 @@ impl<E: Env> DfsClient<E> {
                     }
                     up.handle(event, now);
                 }
-                UpDone::Read { index, data, expected_len } => match data {
-                    Ok(data) if data.len() as u64 == expected_len => {
-                        let sha256 = hash_chunk(&data, &mut file_hash);
-                        buffers.insert(index, data);
-                        up.handle(upload::Event::Read { index, sha256 }, now);
+                UpDone::Read { index, file_hash: hasher, outcome } => {
+                    file_hash = Some(hasher);
+                    match outcome {
+                        Ok((data, sha256)) => {
+                            buffers.insert(index, data);
+                            up.handle(upload::Event::Read { index, sha256 }, now);
+                        }
+                        Err(error) => up.handle(upload::Event::ReadFailed { index, error }, now),
                     }
-                    Ok(data) => {
-                        let error = format!("{} bytes read where {expected_len} were expected: the file shrank", data.len());
-                        up.handle(upload::Event::ReadFailed { index, error }, now);
-                    }
-                    Err(e) => up.handle(upload::Event::ReadFailed { index, error: e.to_string() }, now),
-                },
+                }
             }
         }
         // Transfers still in flight belong to a finished upload: dropping them cancels them.
@@ -387,7 +404,8 @@ impl<E: Env> DfsClient<E> {
         progress.start(info.size);
 
         let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
-        let mut file_hash = Sha256::new();
+        // Travels with the one write in flight (the machine writes one chunk at a time, in order).
+        let mut file_hash = Some(Sha256::new());
         let mut pending: FuturesUnordered<BoxFuture<'_, DownDone>> = FuturesUnordered::new();
         let mut outcome = None;
         loop {
@@ -400,7 +418,16 @@ impl<E: Env> DfsClient<E> {
                                 let request = proto::ReadChunkRequest { chunk_id };
                                 let fetch = self.env.transport().read_chunk(&from.addr, request);
                                 match call_with_timeout(self.env.clock(), timeout, &from.addr, fetch).await {
-                                    Ok(d) => DownDone::Fetched { index, attempt, data: d.data },
+                                    Ok(d) => {
+                                        // Chunks in flight hash in parallel, off this task.
+                                        let data = d.data;
+                                        let (data, sha256) = self.env.compute(move || {
+                                            let sha256 = Sha256Digest::of(&data);
+                                            (data, sha256)
+                                        })
+                                        .await;
+                                        DownDone::Fetched { index, attempt, data, sha256 }
+                                    }
                                     Err(error) => DownDone::Event(download::Event::FetchFailed { index, attempt, error }),
                                 }
                             }
@@ -412,22 +439,30 @@ impl<E: Env> DfsClient<E> {
                     }
                     download::Action::Write { index, offset } => {
                         let data = buffers.remove(&index).unwrap_or_default();
-                        file_hash.update(&data);
                         match &mut output {
                             // In the background: fetches go on while the disk writes.
                             Output::File { tmp, .. } => {
                                 let tmp = tmp.clone();
+                                let mut hasher = file_hash.take().unwrap_or_default();
                                 pending.push(
                                     async move {
-                                        DownDone::Event(match disk.write_at(&tmp, offset, data).await {
-                                            Ok(()) => download::Event::Written { index },
-                                            Err(e) => download::Event::WriteFailed { error: format!("{}: {e}", tmp.display()) },
-                                        })
+                                        let (data, hasher) = self
+                                            .env
+                                            .compute(move || {
+                                                hasher.update(&data);
+                                                (data, hasher)
+                                            })
+                                            .await;
+                                        let outcome = disk.write_at(&tmp, offset, data).await.map_err(|e| format!("{}: {e}", tmp.display()));
+                                        DownDone::Written { index, file_hash: hasher, outcome }
                                     }
                                     .boxed(),
                                 );
                             }
                             Output::Writer(w) => {
+                                if let Some(h) = file_hash.as_mut() {
+                                    h.update(&data);
+                                }
                                 let event = match w.write_all(&data) {
                                     Ok(()) => download::Event::Written { index },
                                     Err(e) => download::Event::WriteFailed { error: e.to_string() },
@@ -441,7 +476,7 @@ impl<E: Env> DfsClient<E> {
                         self.report_bad_replica(chunk_id, node, reason).await;
                     }
                     download::Action::HashFile => {
-                        let sha256 = Sha256Digest(std::mem::take(&mut file_hash).finalize().into());
+                        let sha256 = Sha256Digest(file_hash.take().unwrap_or_default().finalize().into());
                         machine.handle(download::Event::FileHashed { sha256 }, self.env.clock().now());
                     }
                     download::Action::Finish => {
@@ -469,11 +504,18 @@ impl<E: Env> DfsClient<E> {
             let now = self.env.clock().now();
             match done {
                 DownDone::Event(event) => machine.handle(event, now),
-                DownDone::Fetched { index, attempt, data } => {
-                    let sha256 = Sha256Digest::of(&data);
+                DownDone::Fetched { index, attempt, data, sha256 } => {
                     let len = data.len() as u64;
                     buffers.insert(index, data);
                     machine.handle(download::Event::Fetched { index, attempt, len, sha256 }, now);
+                }
+                DownDone::Written { index, file_hash: hasher, outcome } => {
+                    file_hash = Some(hasher);
+                    let event = match outcome {
+                        Ok(()) => download::Event::Written { index },
+                        Err(error) => download::Event::WriteFailed { error },
+                    };
+                    machine.handle(event, now);
                 }
             }
         }
