@@ -113,6 +113,7 @@ async fn scenario() {
     // Make sure the log the follower needs is gone (openraft may defer a purge while a
     // replication stream still has those entries in flight).
     let leader = cluster.meta_server(cluster.wait_for_leader(Duration::from_secs(60)).await).expect("leader up");
+    let applied = leader.raft().metrics().borrow().last_applied.map_or(0, |l| l.index);
     leader.raft().trigger().snapshot().await.expect("snapshot");
     let deadline = madsim::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -121,7 +122,10 @@ async fn scenario() {
             break;
         }
         assert!(madsim::time::Instant::now() < deadline, "the log was not purged past the stopped follower: {m}");
-        if let Some(snapshot) = m.snapshot {
+        // Purge only behind the snapshot just asked for, once it is built: a purge behind an
+        // older snapshot, then the newer one finishing, has openraft 0.9 schedule a purge
+        // below the one asked for (a debug assertion in `update_purge_upto`).
+        if let Some(snapshot) = m.snapshot.filter(|s| s.index >= applied) {
             leader.raft().trigger().purge_log(snapshot.index).await.expect("purge");
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
