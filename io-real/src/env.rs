@@ -33,16 +33,14 @@ impl Env for RealEnv {
         rand::random()
     }
 
-    fn compute<T, F>(&self, work: F) -> impl std::future::Future<Output = T> + Send
+    async fn compute<T, F>(&self, work: F) -> T
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        async move {
-            match tokio::task::spawn_blocking(work).await {
-                Ok(out) => out,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
+        match tokio::task::spawn_blocking(work).await {
+            Ok(out) => out,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 }

@@ -162,7 +162,7 @@ impl Leader {
             .filter(|c| !hb.deleted.contains(c))
             .take(self.config.deletes_per_heartbeat_max)
             .collect();
-        let propose = (!hb.deleted.is_empty()).then(|| Command::ForgetDeletedReplicas { node: hb.node, chunks: hb.deleted });
+        let propose = (!hb.deleted.is_empty()).then_some(Command::ForgetDeletedReplicas { node: hb.node, chunks: hb.deleted });
         HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks } }
     }
 

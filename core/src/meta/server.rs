@@ -176,22 +176,23 @@ impl<E: Env> MetaServer<E> {
             incoming: futures::lock::Mutex::new(None),
             proposals,
         });
-        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().run_proposals(proposals_rx));
+        // Detached tasks: they live as long as the server (dropping a handle does not stop one).
+        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().run_proposals(proposals_rx)));
         // In the background: the others must be able to reach this node while it waits.
         if !server.config.members.is_empty() {
             let forming = server.clone();
-            let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
+            drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
                 if let Err(e) = forming.form_cluster().await {
                     tracing::error!(error = %e, "could not form the metadata cluster");
                 }
-            });
+            }));
         } else if !server.is_initialized().await? {
             tracing::info!(id = server.config.id, "no members given: waiting to be added to a cluster (dfs admin meta add)");
         }
         let (a, b) = (server.clone(), server.clone());
-        let _ = <E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
+        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
             futures::join!(a.break_split_votes(), b.housekeeping());
-        });
+        }));
         Ok(server)
     }
 
