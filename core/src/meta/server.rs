@@ -130,6 +130,9 @@ pub struct MetaServer<E: Env> {
     proposals: futures::channel::mpsc::Sender<Proposal>,
     /// The snapshot being received from the leader, piece by piece: (snapshot id, bytes so far).
     incoming: futures::lock::Mutex<Option<(String, u64)>>,
+    /// Set while this leader hands over: new proposals are refused, so the successor's log can
+    /// equal this one's and its election cannot lose on an older log (see `hand_over`).
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl<E: Env> MetaServer<E> {
@@ -175,6 +178,7 @@ impl<E: Env> MetaServer<E> {
             leader: Mutex::new(None),
             incoming: futures::lock::Mutex::new(None),
             proposals,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         });
         // Detached tasks: they live as long as the server (dropping a handle does not stop one).
         drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().run_proposals(proposals_rx)));
@@ -406,14 +410,46 @@ impl<E: Env> MetaServer<E> {
     /// this leader asks an up-to-date node of `successors` to take over instead, and the
     /// caller retries (the client's retry reaches the new leader, which does the removal).
     /// Returns the error that tells the caller so.
+    ///
+    /// Writes stop first: a successor that campaigns while the leader still appends loses the
+    /// election to voters with a newer log, and the leader wins the next one and hands over
+    /// again, for ever (found in simulation, meta_durability seed 66). So new proposals are
+    /// refused (`Unavailable`, which clients retry) until the successor has every entry, the
+    /// leader stops heartbeating for a lease so that the followers will vote, and only then
+    /// is the successor asked to campaign. openraft 0.10 has a leadership transfer; 0.9 not.
     async fn hand_over(&self, successors: &std::collections::BTreeSet<MetaNodeId>) -> RpcError {
+        use std::sync::atomic::Ordering::SeqCst;
         let status = self.membership_status();
-        let successor = status.members.iter().find(|m| m.id != self.config.id && successors.contains(&m.id) && m.lag == Some(0));
-        let Some(successor) = successor else {
-            return RpcError::Unavailable(format!("metadata node {} leads and no other voter has caught up to take over yet", self.config.id));
+        let successor = status.members.iter().filter(|m| m.id != self.config.id && successors.contains(&m.id)).min_by_key(|m| m.lag.unwrap_or(u64::MAX));
+        let Some(successor) = successor.filter(|m| m.lag.is_some()).cloned() else {
+            return RpcError::Unavailable(format!("metadata node {} leads and no other voter can take over yet", self.config.id));
         };
-        let call = self.env.transport().unary(&successor.addr, proto::CampaignRequest {});
-        let _ = crate::env::call_with_timeout(self.env.clock(), self.config.election_timeout_max, &successor.addr, call).await;
+        self.handing_over.store(true, SeqCst);
+        let deadline = self.env.clock().now().plus(self.config.election_timeout_max);
+        let caught_up = loop {
+            let lag = self.membership_status().members.iter().find(|m| m.id == successor.id).and_then(|m| m.lag);
+            if lag == Some(0) {
+                break true;
+            }
+            if self.env.clock().now() >= deadline {
+                break false;
+            }
+            self.env.clock().sleep(Duration::from_millis(10)).await;
+        };
+        if caught_up {
+            // Followers refuse votes while their leader lease runs (openraft renews it with
+            // every heartbeat): go quiet for a lease, and do not campaign, so that the
+            // successor's election is the one that can win.
+            self.raft.runtime_config().heartbeat(false);
+            self.raft.runtime_config().elect(false);
+            self.env.clock().sleep(self.config.election_timeout_max).await;
+            let call = self.env.transport().unary(&successor.addr, proto::CampaignRequest {});
+            let _ = crate::env::call_with_timeout(self.env.clock(), self.config.election_timeout_max, &successor.addr, call).await;
+            self.env.clock().sleep(self.config.election_timeout_max).await;
+            self.raft.runtime_config().heartbeat(true);
+            self.raft.runtime_config().elect(true);
+        }
+        self.handing_over.store(false, SeqCst);
         RpcError::Unavailable(format!("metadata node {} leads: handing over to node {} before it leaves", self.config.id, successor.id))
     }
 
@@ -446,6 +482,9 @@ impl<E: Env> MetaServer<E> {
     /// commands arrive meanwhile (see `run_proposals`).
     async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
         command.validate().map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RpcError::Unavailable(format!("metadata node {} is handing leadership over; retry", self.config.id)));
+        }
         let (tx, rx) = futures::channel::oneshot::channel();
         let mut proposals = self.proposals.clone();
         futures::SinkExt::send(&mut proposals, (command, tx))
