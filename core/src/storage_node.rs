@@ -654,6 +654,20 @@ impl<E: Env> StorageNode<E> {
     }
 }
 
+/// The peers a primary forwards to: distinct, not itself, and fewer than the most replicas a
+/// chunk can have. A request naming more is refused whole (the caller's mistake, or a peer
+/// trying to make this node send bytes everywhere).
+fn forward_targets(me: StorageNodeId, requested: &[proto::StorageNode]) -> Result<Vec<proto::StorageNode>, RpcError> {
+    let max = crate::namespace::REPLICATION_MAX as usize - 1;
+    let mut peers: Vec<proto::StorageNode> = requested.iter().filter(|p| p.id != me.0).cloned().collect();
+    peers.sort_by_key(|p| p.id);
+    peers.dedup_by_key(|p| p.id);
+    if peers.len() > max {
+        return Err(RpcError::InvalidArgument(format!("{} forward targets; a chunk has at most {max} replicas besides the primary", peers.len())));
+    }
+    Ok(peers)
+}
+
 /// Checks that a received chunk is what its header says.
 fn verify_upload(upload: &ChunkUpload) -> Result<(ChunkId, ChunkMeta), RpcError> {
     let h = &upload.header;
@@ -713,7 +727,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let upload = self.receive(&mut frames).await?;
         let (id, meta) = verify_upload(&upload)?;
         let peers = match service {
-            ChunkService::Storage => upload.header.forward_to.clone(),
+            ChunkService::Storage => forward_targets(self.id, &upload.header.forward_to)?,
             // A replica never forwards: the fan-out is the primary's alone.
             ChunkService::Replication => vec![],
         };

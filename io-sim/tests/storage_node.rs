@@ -413,3 +413,25 @@ fn streams_beyond_the_limit_wait_then_are_refused() {
     drop(held);
     assert_eq!(read(&node, id), data);
 }
+
+#[test]
+fn a_primary_forwards_to_at_most_the_replicas_a_chunk_can_have_and_to_each_once() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(20, 100);
+    let peer = |i: u64| proto::StorageNode { id: 1000 + i, addr: format!("10.9.0.{i}:1") };
+    let mut too_many = upload(id, &data);
+    too_many.header.forward_to = (0..16).map(peer).collect();
+    match block_on(node.write_chunk(ChunkService::Storage, frames(too_many))) {
+        Err(RpcError::InvalidArgument(m)) => assert!(m.contains("16 forward targets"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Repeated targets count once, and the node itself is not a target: 15 distinct peers
+    // are allowed (each unreachable here, so each is a failure).
+    let mut repeated = upload(id, &data);
+    repeated.header.forward_to = (0..15).chain(0..15).map(peer).chain([proto::StorageNode { id: node.id().0, addr: "self".into() }]).collect();
+    let reply = block_on(node.write_chunk(ChunkService::Storage, frames(repeated))).unwrap();
+    assert_eq!(reply.stored_on, vec![node.id().0]);
+    assert_eq!(reply.failures.len(), 15);
+}
+
