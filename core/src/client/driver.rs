@@ -111,10 +111,8 @@ impl<E: Env> DfsClient<E> {
         let resumed = resumable.is_some();
         let mut manifest = None;
         let start = match resumable {
-            Some((file, stored)) => {
-                if let Some(path) = &manifest_path {
-                    manifest = Manifest::reopen(disk.clone(), path.clone()).await.ok();
-                }
+            Some((file, stored, open)) => {
+                manifest = Some(open);
                 Start::Resume { file, stored }
             }
             None => Start::Fresh,
@@ -126,7 +124,7 @@ impl<E: Env> DfsClient<E> {
         }
 
         let upload_error = |e: UploadError| match e {
-            UploadError::Metadata { op, error } => ClientError::Metadata { context: format!("put {remote}: {}", op_name(op)), source: error },
+            UploadError::Metadata { op, error } => ClientError::Metadata { context: format!("put {remote}: {}", op.as_str()), source: error },
             UploadError::Source { index, error } => ClientError::Local {
                 path: source.to_path_buf(),
                 source: std::io::Error::other(format!("reading chunk {index}: {error}")),
@@ -553,14 +551,5 @@ impl<E: Env> DfsClient<E> {
         if let Err(e) = self.meta.call(request).await {
             tracing::warn!(node = node.id, error = %e, "could not report a bad replica to metadata");
         }
-    }
-}
-
-fn op_name(op: MetaOp) -> &'static str {
-    match op {
-        MetaOp::Create => "creating the file",
-        MetaOp::Allocate => "placing chunks",
-        MetaOp::Record => "recording chunks",
-        MetaOp::Commit => "committing",
     }
 }

@@ -61,8 +61,9 @@ pub fn manifest_path(dir: &Path, key: &UploadKey) -> PathBuf {
     dir.join(format!("{}.upload", &digest[..32]))
 }
 
-/// The resumable state for `key`, if a manifest for exactly this upload exists.
-pub async fn load<D: Disk>(disk: &D, path: &Path, key: &UploadKey) -> Option<(FileId, Vec<StoredChunk>)> {
+/// The resumable state for `key`, if a manifest for exactly this upload exists, with the
+/// manifest open for appending.
+pub async fn load<D: Disk>(disk: &D, path: &Path, key: &UploadKey) -> Option<(FileId, Vec<StoredChunk>, Manifest<D>)> {
     let len = disk.file_len(path).await.ok()?;
     if len > MANIFEST_MAX_BYTES {
         return None;
@@ -75,7 +76,9 @@ pub async fn load<D: Disk>(disk: &D, path: &Path, key: &UploadKey) -> Option<(Fi
     }
     // A line cut short by a kill ends the list; what came before it stands.
     let stored = lines.map_while(|line| serde_json::from_slice::<StoredChunk>(line).ok()).collect();
-    Some((FileId(header.file_id), stored))
+    // Appends go after the last whole line: a torn one is overwritten.
+    let len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i as u64 + 1);
+    Some((FileId(header.file_id), stored, Manifest { disk: disk.clone(), path: path.to_path_buf(), len }))
 }
 
 impl<D: Disk> Manifest<D> {
@@ -88,14 +91,6 @@ impl<D: Disk> Manifest<D> {
         line.push(b'\n');
         let len = line.len() as u64;
         disk.write_file(&path, Bytes::from(line)).await?;
-        Ok(Manifest { disk, path, len })
-    }
-
-    /// Reopens the manifest `load` read, to append to it.
-    pub async fn reopen(disk: D, path: PathBuf) -> std::io::Result<Self> {
-        let bytes = disk.read_file(&path).await?;
-        // Append after the last whole line: a torn one is overwritten.
-        let len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i as u64 + 1);
         Ok(Manifest { disk, path, len })
     }
 

@@ -124,7 +124,7 @@ pub enum MetaOp {
 }
 
 impl MetaOp {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             MetaOp::Create => "creating the file",
             MetaOp::Allocate => "placing chunks",
@@ -260,7 +260,7 @@ pub struct Upload {
     write_quorum: usize,
     chunks: Vec<Chunk>,
     /// Active chunks, by index.
-    active: BTreeMap<u32, ()>,
+    active: BTreeSet<u32>,
     /// The next chunk to read; reads go in order, one at a time.
     next_read: u32,
     reading: bool,
@@ -277,7 +277,6 @@ pub struct Upload {
     /// Started from a manifest rather than a fresh create.
     resuming: bool,
     resumed_total: usize,
-    file_sha256: Option<Sha256Digest>,
     actions: VecDeque<Action>,
 }
 
@@ -292,7 +291,7 @@ impl Upload {
             file: None,
             write_quorum: 1,
             chunks: vec![Chunk::Unread; count],
-            active: BTreeMap::new(),
+            active: BTreeSet::new(),
             next_read: 0,
             reading: false,
             allocating: false,
@@ -303,7 +302,6 @@ impl Upload {
             resumed: BTreeMap::new(),
             resuming: false,
             resumed_total: 0,
-            file_sha256: None,
             actions: VecDeque::new(),
         };
         match start {
@@ -429,7 +427,7 @@ impl Upload {
                 // Chunks asked for but not placed: an attempt that found no node.
                 let unplaced: Vec<u32> = self
                     .active
-                    .keys()
+                    .iter()
                     .copied()
                     .filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::Allocating))
                     .collect();
@@ -473,7 +471,6 @@ impl Upload {
                 if !unchanged {
                     return self.fail(UploadError::SourceChanged);
                 }
-                self.file_sha256 = Some(sha256);
                 self.stage = Stage::Committing;
                 let chunks: Vec<StoredChunk> = self.unrecorded.drain(..).collect();
                 self.actions.push_back(Action::Commit { chunks, sha256 });
@@ -622,7 +619,7 @@ impl Upload {
             };
             chunk.placement = self.placed_ahead.remove(&index);
             self.chunks[index as usize] = Chunk::Active(Box::new(chunk));
-            self.active.insert(index, ());
+            self.active.insert(index);
             let offset = index as u64 * self.spec.chunk_size;
             let len = chunking::chunk_len(self.spec.size, self.spec.chunk_size, index).unwrap_or(0);
             self.actions.push_back(Action::Read { index, offset, len });
@@ -632,7 +629,7 @@ impl Upload {
         // Chunks whose placement came: send.
         let ready: Vec<u32> = self
             .active
-            .keys()
+            .iter()
             .copied()
             .filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::NeedsPlacement && a.sha256.is_some() && a.placement.is_some()))
             .collect();
@@ -643,7 +640,7 @@ impl Upload {
         if !self.allocating {
             let needing: Vec<u32> = self
                 .active
-                .keys()
+                .iter()
                 .copied()
                 .filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::NeedsPlacement && a.sha256.is_some() && a.placement.is_none()))
                 .take(self.config.allocate_batch_chunks.max(1))
@@ -676,7 +673,7 @@ impl Upload {
     fn fail(&mut self, error: UploadError) {
         self.stage = Stage::Finished;
         // Whatever the driver still holds is of no use now.
-        for &index in self.active.keys() {
+        for &index in &self.active {
             self.actions.push_back(Action::Release { index });
         }
         self.active.clear();
