@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use dfs_core::health::HealthConfig;
 use dfs_core::meta::{MetaConfig, MetaServer};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
 use dfs_io_real::{serve_metadata, serve_storage, RealEnv};
@@ -33,6 +34,29 @@ pub struct MetaArgs {
     /// Build a snapshot of the namespace (and purge the log behind it) every N applied entries.
     #[arg(long, env = "DFS_SNAPSHOT_EVERY", default_value_t = dfs_core::meta::server::SNAPSHOT_EVERY_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
+    /// Silence after which a storage node is Suspect: no new chunks go there, reads prefer
+    /// others (e.g. 10s, 2s, 500ms).
+    #[arg(long, env = "DFS_SUSPECT_AFTER", default_value = "10s", value_parser = parse_duration)]
+    suspect_after: Duration,
+    /// Silence after which a storage node is Dead: its replicas no longer count, and are
+    /// copied elsewhere.
+    #[arg(long, env = "DFS_DEAD_AFTER", default_value = "30s", value_parser = parse_duration)]
+    dead_after: Duration,
+    /// Repair copies reading from, and (separately) writing to, one storage node at once.
+    #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    repair_streams_max: u64,
+    /// Repair copies in the whole cluster at once.
+    #[arg(long, env = "DFS_REPAIR_JOBS_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    repair_jobs_max: u64,
+}
+
+/// A duration with its unit: `3s`, `500ms`, `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s or 500ms: {e}"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args)]
@@ -49,9 +73,15 @@ pub struct StorageArgs {
     /// Directory for chunk files.
     #[arg(long, env = "DFS_DATA_DIR")]
     data_dir: PathBuf,
-    /// Milliseconds between heartbeats to the metadata leader.
-    #[arg(long, env = "DFS_HEARTBEAT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
-    heartbeat_ms: u64,
+    /// Time between heartbeats to the metadata leader (e.g. 3s, 1s, 500ms).
+    #[arg(long, env = "DFS_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Milliseconds between heartbeats (the older spelling of --heartbeat-interval).
+    #[arg(long, env = "DFS_HEARTBEAT_MS", hide = true, conflicts_with = "heartbeat_interval", value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    heartbeat_ms: Option<u64>,
+    /// Repair copies this node makes at once (metadata also bounds them).
+    #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    repair_streams_max: u64,
     /// Chunk streams served at once (reads and writes from clients; as many again for
     /// replication from peers); more wait up to 5 s, then are refused as busy.
     #[arg(long, env = "DFS_CHUNK_STREAMS_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -125,6 +155,13 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     let mut config = MetaConfig::new(args.id, members.clone(), &args.data_dir);
     config.snapshot_every = args.snapshot_every;
     config.logs_kept_behind_snapshot = args.snapshot_every.min(config.logs_kept_behind_snapshot);
+    if args.dead_after <= args.suspect_after {
+        bail!("--dead-after ({:?}) must be longer than --suspect-after ({:?})", args.dead_after, args.suspect_after);
+    }
+    config.health = HealthConfig { suspect_after: args.suspect_after, dead_after: args.dead_after };
+    config.repair.streams_in_max = args.repair_streams_max as usize;
+    config.repair.streams_out_max = args.repair_streams_max as usize;
+    config.repair.jobs_max = args.repair_jobs_max as usize;
     let server = MetaServer::start(RealEnv::default(), config)
         .await
         .context("metadata node failed to start")?;
@@ -144,7 +181,11 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         None => local.to_string(),
     };
     let mut config = StorageConfig::new(&args.data_dir, advertise.clone(), meta);
-    config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    config.heartbeat_interval = args.heartbeat_ms.map(Duration::from_millis).unwrap_or(args.heartbeat_interval);
+    if config.heartbeat_interval < Duration::from_millis(100) || config.heartbeat_interval > Duration::from_secs(60) {
+        bail!("--heartbeat-interval {:?} is outside 100ms..=60s", config.heartbeat_interval);
+    }
+    config.repair_streams_max = args.repair_streams_max as usize;
     config.chunk_streams_max = args.chunk_streams_max as usize;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.space_reserve_bytes = args.space_reserve_bytes;

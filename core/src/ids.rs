@@ -30,22 +30,40 @@ impl fmt::Display for FileId {
     }
 }
 
-/// A chunk: the first 16 bytes of SHA-256(file id ‖ chunk index), both little-endian.
+/// A chunk: 4 bytes of SHA-256(file id ‖ chunk index), then the file id and the chunk index
+/// (all little-endian).
 ///
 /// Derived rather than stored so that client, metadata and storage nodes agree on it without
-/// coordination, and hashed so that chunk files spread evenly over the sharded directories.
+/// coordination. The hashed prefix spreads chunk files evenly over the sharded directories;
+/// the plain file id and index let metadata find the file a chunk reported by a storage node
+/// belongs to (`owner`) with no index of its own, and the prefix lets it tell a chunk id of
+/// ours from noise.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ChunkId(pub [u8; 16]);
 
 impl ChunkId {
     pub fn derive(file: FileId, index: u32) -> Self {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&Self::check(file, index));
+        id[4..12].copy_from_slice(&file.0.to_le_bytes());
+        id[12..].copy_from_slice(&index.to_le_bytes());
+        ChunkId(id)
+    }
+
+    fn check(file: FileId, index: u32) -> [u8; 4] {
         let mut hasher = Sha256::new();
         hasher.update(file.0.to_le_bytes());
         hasher.update(index.to_le_bytes());
         let digest: [u8; 32] = hasher.finalize().into();
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&digest[..16]);
-        ChunkId(id)
+        [digest[0], digest[1], digest[2], digest[3]]
+    }
+
+    /// The file and chunk index this id was derived from; `None` for 16 bytes that are not a
+    /// chunk id of this format.
+    pub fn owner(&self) -> Option<(FileId, u32)> {
+        let file = FileId(u64::from_le_bytes(self.0[4..12].try_into().expect("8 bytes")));
+        let index = u32::from_le_bytes(self.0[12..].try_into().expect("4 bytes"));
+        (self.0[..4] == Self::check(file, index)).then_some((file, index))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -116,6 +134,11 @@ mod tests {
         assert_ne!(a, ChunkId::derive(FileId(1), 1));
         assert_ne!(a, ChunkId::derive(FileId(2), 0));
         assert_eq!(a, ChunkId::derive(FileId(1), 0));
+        assert_eq!(a.owner(), Some((FileId(1), 0)));
+        assert_eq!(ChunkId::derive(FileId(u64::MAX), u32::MAX).owner(), Some((FileId(u64::MAX), u32::MAX)));
+        let mut noise = a;
+        noise.0[0] ^= 1;
+        assert_eq!(noise.owner(), None, "a damaged prefix is not an id of ours");
         assert_eq!(ChunkId::from_hex(&a.to_hex()), Some(a));
         assert_eq!(ChunkId::from_slice(&[0u8; 15]), None);
     }

@@ -29,5 +29,7 @@ pub mod meta;
 pub mod namespace;
 pub mod placement;
 pub mod proto;
+pub mod repair;
 pub mod rpc;
 pub mod storage_node;
+pub mod storage_reports;

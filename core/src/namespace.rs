@@ -54,6 +54,10 @@ pub const SESSION_RESULTS_MAX: usize = 256;
 /// Chunks with replicas marked bad at once. A report for a chunk no file or upload holds (yet)
 /// is kept too, so this bounds what reports can pile up; repair (re-replication) will drain it.
 pub const BAD_REPLICA_CHUNKS_MAX: usize = 100_000;
+/// Most replicas one `DropReplicas` command may carry.
+pub const DROP_REPLICAS_MAX: usize = 1024;
+/// Most replicas one `ReportReplicas` command may carry.
+pub const REPLICA_REPORTS_MAX: usize = 4096;
 
 /// The root directory's path.
 pub const ROOT: &str = "/";
@@ -200,6 +204,16 @@ pub enum Command {
     /// check of its bytes failed): never hand it out again. The replica stays in its chunk's
     /// record (so it is still deleted with the file) but is no longer served.
     MarkReplicaBad { chunk: ChunkId, node: StorageNodeId },
+    /// `node` says it holds these replicas (verified when it stored them). Metadata learns
+    /// from it, not only from the uploader's word: a replica of a recorded chunk with the
+    /// recorded size and SHA-256 is counted; one with another size or digest is stale (no
+    /// longer counted, deleted); a chunk of a file or upload that is gone (deleted, replaced,
+    /// expired) is deleted. A chunk of an upload not recorded yet is left alone: the uploader
+    /// records it, or the upload expires.
+    ReportReplicas { node: StorageNodeId, replicas: Vec<ReplicaReport> },
+    /// Surplus or bad replicas no longer wanted (the repair planner's choice): unlisted and
+    /// deleted from their nodes. A chunk's last listed replica is never dropped.
+    DropReplicas { drops: Vec<(ChunkId, StorageNodeId)> },
     /// Applies `command` at most once for `request`: a retry (its first reply lost) gets the
     /// first attempt's result instead of acting again. Without it, a retried delete would
     /// answer "no such file" for the delete it did itself, and a retried rename "not found".
@@ -210,9 +224,30 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
+/// One replica a storage node holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub chunk: ChunkId,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+}
+
+/// What a `ReportReplicas` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportTally {
+    /// Replicas now counted that the namespace did not list.
+    pub learned: u64,
+    /// Replicas to delete: stale, or of a file or upload that is gone.
+    pub discarded: u64,
+    /// Replicas left alone: already listed, of a chunk not recorded yet, or of an id this
+    /// namespace has not handed out.
+    pub unchanged: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Done,
+    ReplicasReported(ReportTally),
     FileCreated(FileId),
     FileCommitted(FileSummary),
     FileDeleted(FileSummary),
@@ -371,6 +406,19 @@ impl Command {
                 }
             }
             Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } | Command::MarkReplicaBad { .. } => {}
+            Command::DropReplicas { drops } => {
+                if drops.len() > DROP_REPLICAS_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!("{} replicas to drop in one command; at most {DROP_REPLICAS_MAX}", drops.len())));
+                }
+            }
+            Command::ReportReplicas { replicas, .. } => {
+                if replicas.len() > REPLICA_REPORTS_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!(
+                        "{} replica reports in one command; at most {REPLICA_REPORTS_MAX}",
+                        replicas.len()
+                    )));
+                }
+            }
             Command::Once { command, .. } => {
                 if matches!(**command, Command::Once { .. } | Command::Batch(_)) {
                     return Err(NamespaceError::InvalidArgument("a request inside a request".into()));
@@ -390,6 +438,19 @@ impl Command {
         }
         Ok(())
     }
+}
+
+/// What a replica report means for the namespace (`Namespace::judge_report`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Already listed, with the recorded content.
+    Counted,
+    /// A valid replica the record does not list yet.
+    Learn,
+    /// Stale (other content), or of a file or upload that is gone: delete it.
+    Discard,
+    /// Nothing to decide yet: a chunk of an upload not recorded yet.
+    Unknown,
 }
 
 /// The whole replicated state. Serialized as a unit for Raft snapshots.
@@ -730,6 +791,57 @@ impl Namespace {
                 self.bad_replicas.entry(chunk).or_default().insert(node);
                 Ok(Outcome::Done)
             }
+            Command::ReportReplicas { node, replicas } => {
+                if !self.storage_nodes.contains_key(&node) {
+                    return Err(NamespaceError::InvalidArgument(format!("storage node {node} is not registered")));
+                }
+                let mut tally = ReportTally::default();
+                for report in replicas {
+                    match self.judge_report(node, &report) {
+                        Verdict::Counted => tally.unchanged += 1,
+                        Verdict::Unknown => tally.unchanged += 1,
+                        Verdict::Learn => {
+                            if let Some(record) = self.chunk_record_mut(report.chunk) {
+                                record.replicas.push(node);
+                            }
+                            tally.learned += 1;
+                        }
+                        Verdict::Discard => {
+                            if let Some(record) = self.chunk_record_mut(report.chunk) {
+                                record.replicas.retain(|r| *r != node);
+                            }
+                            self.garbage.entry(node).or_default().insert(report.chunk);
+                            tally.discarded += 1;
+                        }
+                    }
+                }
+                Ok(Outcome::ReplicasReported(tally))
+            }
+            Command::DropReplicas { drops } => {
+                for (chunk, node) in drops {
+                    let bad = self.bad_replicas.get(&chunk).cloned().unwrap_or_default();
+                    let Some((replication, record)) = self.chunk_record_and_replication_mut(chunk) else { continue };
+                    if !record.replicas.contains(&node) {
+                        continue;
+                    }
+                    // Checked here, on the committed state, so that two plans racing (one
+                    // not applied yet when the next is made) never drop below the factor.
+                    let good = record.replicas.iter().filter(|r| !bad.contains(r)).count();
+                    let allowed = if bad.contains(&node) { good >= 1 } else { good > replication as usize };
+                    if !allowed {
+                        continue;
+                    }
+                    record.replicas.retain(|r| *r != node);
+                    if let Some(bad) = self.bad_replicas.get_mut(&chunk) {
+                        bad.remove(&node);
+                        if bad.is_empty() {
+                            self.bad_replicas.remove(&chunk);
+                        }
+                    }
+                    self.garbage.entry(node).or_default().insert(chunk);
+                }
+                Ok(Outcome::Done)
+            }
             Command::ForgetDeletedReplicas { node, chunks } => {
                 if let Some(pending) = self.garbage.get_mut(&node) {
                     for c in &chunks {
@@ -742,6 +854,59 @@ impl Namespace {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// What a storage node's word that it holds `report` means here (see `ReportReplicas`).
+    /// Pure: the leader uses it to leave out reports that would change nothing.
+    pub fn judge_report(&self, node: StorageNodeId, report: &ReplicaReport) -> Verdict {
+        let Some((file, index)) = report.chunk.owner() else {
+            // Not an id any namespace hands out: nothing of ours.
+            return Verdict::Discard;
+        };
+        if file.0 > self.next_file_id {
+            // Not handed out yet, by this state: a report can't come before the upload that
+            // made the chunk, so this is noise; leave it rather than guess.
+            return Verdict::Unknown;
+        }
+        let (size, chunk_size, record) = if let Some(upload) = self.uploads.get(&file) {
+            (upload.size, upload.chunk_size, upload.chunks.get(&index))
+        } else if let Some(f) = self.paths_by_id.get(&file).and_then(|p| self.files.get(p)) {
+            (f.size, f.chunk_size, f.chunks.get(index as usize).filter(|c| c.index == index))
+        } else {
+            // The file or upload is gone: deleted, replaced or expired.
+            return Verdict::Discard;
+        };
+        if chunking::chunk_len(size, chunk_size, index).is_none() {
+            return Verdict::Discard;
+        }
+        let Some(record) = record else { return Verdict::Unknown };
+        if record.size != report.size || record.sha256 != report.sha256 {
+            return Verdict::Discard;
+        }
+        if record.replicas.contains(&node) {
+            Verdict::Counted
+        } else if record.replicas.len() >= REPLICATION_MAX as usize {
+            // A record never lists more replicas than the highest replication factor.
+            Verdict::Unknown
+        } else {
+            Verdict::Learn
+        }
+    }
+
+    fn chunk_record_mut(&mut self, chunk: ChunkId) -> Option<&mut ChunkRecord> {
+        self.chunk_record_and_replication_mut(chunk).map(|(_, r)| r)
+    }
+
+    fn chunk_record_and_replication_mut(&mut self, chunk: ChunkId) -> Option<(u32, &mut ChunkRecord)> {
+        let (file, index) = chunk.owner()?;
+        if let Some(upload) = self.uploads.get_mut(&file) {
+            let replication = upload.replication;
+            return upload.chunks.get_mut(&index).map(|r| (replication, r));
+        }
+        let path = self.paths_by_id.get(&file)?;
+        let f = self.files.get_mut(path)?;
+        let replication = f.replication;
+        f.chunks.get_mut(index as usize).filter(|c| c.index == index).map(|r| (replication, r))
     }
 
     /// A file leaves the namespace: its replicas become garbage on their nodes.

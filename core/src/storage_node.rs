@@ -26,12 +26,18 @@
 //!   write whose sender goes quiet for `frame_timeout` between frames is dropped; forwarding to
 //!   a peer may take `frame_timeout` per frame, and never more than `replication_timeout`.
 //!
+//! - **Metadata hears from the holder.** Every replica stored is reported with a later
+//!   heartbeat (`storage_reports`); a primary forwards only to the registered peers the last
+//!   heartbeat reply listed.
+//!
 //! ## What it does not promise
 //!
 //! - A reader that stops reading (without closing) holds its stream slot until its connection
 //!   dies: the transports' flow control stops the node from reading further, but nothing
 //!   times the reader out yet.
 //! - Damage is found only when a chunk is read; there is no background scrubber yet.
+//! - Reports not yet sent are in memory: a crash loses them (the uploader's word still
+//!   stands), and nothing yet reports a node's whole inventory.
 //!
 //! ## How it is driven
 //!
@@ -54,14 +60,13 @@ use crate::client::meta_client::{MetaClient, RetryPolicy};
 use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::proto;
+use crate::namespace::ReplicaReport;
+use crate::storage_reports::{Peers, RepairOrder, Repairs, ReportBatch, Reports};
 use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 
 const NODE_ID_FILE: &str = "node_id";
 /// The cluster this node joined, written when it first registers.
 const CLUSTER_ID_FILE: &str = "cluster_id";
-/// Deletions remembered until a heartbeat reports them; beyond, metadata asks again and the
-/// delete is a no-op.
-const DELETED_UNREPORTED_MAX: usize = 65_536;
 /// Replicas found bad and not yet reported; beyond, the oldest reports are dropped (the
 /// replicas stay quarantined either way).
 const BAD_REPLICAS_UNREPORTED_MAX: usize = 1024;
@@ -69,6 +74,8 @@ const BAD_REPLICAS_UNREPORTED_MAX: usize = 1024;
 const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
 /// Temporary files of cancelled writes awaiting removal; beyond, start-up removes them.
 const ORPHANED_TMP_MAX: usize = 1024;
+/// Shortest time between two heartbeats, however often forwards to unknown peers ask for one.
+const HEARTBEAT_GAP_MIN: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -91,6 +98,8 @@ pub struct StorageConfig {
     pub frame_timeout: Duration,
     /// Free space a write must leave on the disk.
     pub space_reserve_bytes: u64,
+    /// Repair jobs (copies pulled from peers) run at once.
+    pub repair_streams_max: usize,
 }
 
 impl StorageConfig {
@@ -105,6 +114,7 @@ impl StorageConfig {
             chunk_stream_wait: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
             space_reserve_bytes: 64 * 1024 * 1024,
+            repair_streams_max: 2,
         }
     }
 }
@@ -208,7 +218,16 @@ pub struct StorageNode<E: Env> {
     table: Arc<Mutex<ChunkTable>>,
     meta: MetaClient<E>,
     /// Deleted on request, not yet reported to metadata.
-    deleted_unreported: Mutex<Vec<ChunkId>>,
+    /// Stored and deleted replicas not yet reported to metadata.
+    reports: Mutex<Reports>,
+    /// The cluster's registered storage nodes, from the last heartbeat reply.
+    peers: Mutex<Peers>,
+    /// Wakes the heartbeat loop early (capacity 1: wake-ups coalesce).
+    heartbeat_now: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// Repair jobs from heartbeat replies.
+    repairs: Mutex<Repairs>,
+    /// Wakes the repair loop (capacity 1: wake-ups coalesce).
+    repairs_wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// Found corrupt, not yet reported to metadata.
     bad_unreported: Arc<Mutex<VecDeque<BadReplica>>>,
     /// Temporary files of writes that were dropped mid-way, to remove.
@@ -306,6 +325,7 @@ impl<E: Env> StorageNode<E> {
         let policy = RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() };
         let meta = MetaClient::new(env.clone(), config.meta_addrs.clone(), policy);
         let (client_slots, replication_slots) = (StreamSlots::new(config.chunk_streams_max), StreamSlots::new(config.chunk_streams_max));
+        let repair_streams_max = config.repair_streams_max;
         Ok(Arc::new(StorageNode {
             env,
             id,
@@ -313,7 +333,11 @@ impl<E: Env> StorageNode<E> {
             layout,
             table: Arc::new(Mutex::new(table)),
             meta,
-            deleted_unreported: Mutex::default(),
+            reports: Mutex::default(),
+            peers: Mutex::default(),
+            heartbeat_now: async_channel::bounded(1),
+            repairs: Mutex::new(Repairs::new(repair_streams_max)),
+            repairs_wake: async_channel::bounded(1),
             bad_unreported: Arc::default(),
             orphaned_tmp: Mutex::default(),
             cluster_id: Mutex::new(cluster_id),
@@ -405,14 +429,25 @@ impl<E: Env> StorageNode<E> {
         Quarantine { env: self.env.clone(), node: self.id, layout: self.layout.clone(), table: self.table.clone(), bad: self.bad_unreported.clone() }
     }
 
-    /// Heartbeats forever; registers first and again whenever the leader asks.
+    /// Heartbeats forever; registers first and again whenever the leader asks. A forward to a
+    /// peer the last reply did not list brings the next heartbeat forward (to learn of nodes
+    /// registered since), but never sooner than `HEARTBEAT_GAP_MIN` after the last.
     pub async fn run_heartbeats(self: Arc<Self>) {
+        futures::join!(self.heartbeat_loop(), self.repair_loop());
+    }
+
+    async fn heartbeat_loop(&self) {
         let mut registered = false;
         loop {
             if let Err(e) = self.heartbeat_once(&mut registered).await {
                 tracing::warn!(node = %self.id, error = %e, "heartbeat failed");
             }
-            self.env.clock().sleep(self.config.heartbeat_interval).await;
+            let clock = self.env.clock();
+            let gap = HEARTBEAT_GAP_MIN.min(self.config.heartbeat_interval);
+            clock.sleep(gap).await;
+            let _ = self.heartbeat_now.1.try_recv(); // a wake-up from before the last heartbeat
+            let rest = self.config.heartbeat_interval - gap;
+            let _ = with_timeout(clock, rest, self.heartbeat_now.1.recv()).await;
         }
     }
 
@@ -433,23 +468,35 @@ impl<E: Env> StorageNode<E> {
             *registered = true;
         }
         self.report_bad_replicas().await;
-        let request = self.heartbeat_request().await?;
-        let reported: Vec<ChunkId> = request.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect();
+        let batch = self.reports.lock().expect("reports lock").batch();
+        let request = self.heartbeat_request_carrying(&batch).await?;
+        let repairs_failed = self.repairs.lock().expect("repairs lock").failures();
         let reply = self.meta.call(request).await?;
-        self.deleted_unreported.lock().expect("deleted lock").retain(|c| !reported.contains(c));
+        self.reports.lock().expect("reports lock").acknowledge(&batch);
+        {
+            let mut repairs = self.repairs.lock().expect("repairs lock");
+            repairs.acknowledge_failures(&repairs_failed);
+            repairs.offer(reply.repair_jobs.iter().filter_map(|j| {
+                Some(RepairOrder {
+                    chunk: ChunkId::from_slice(&j.chunk_id)?,
+                    size: j.size,
+                    sha256: Sha256Digest::from_slice(&j.sha256)?,
+                    sources: j.sources.iter().map(|s| (StorageNodeId(s.id), s.addr.clone())).collect(),
+                })
+            }));
+        }
+        if !reply.repair_jobs.is_empty() {
+            let _ = self.repairs_wake.0.try_send(());
+        }
         if reply.register {
             *registered = false;
+        } else {
+            self.peers.lock().expect("peers lock").update(reply.peers.into_iter().map(|p| (StorageNodeId(p.id), p.addr)));
         }
         for raw in reply.delete_chunks {
             let Some(id) = ChunkId::from_slice(&raw) else { continue };
             match self.delete_chunk(id).await {
-                Ok(()) => {
-                    let mut deleted = self.deleted_unreported.lock().expect("deleted lock");
-                    // Beyond the bound, metadata simply asks again and the delete is a no-op.
-                    if deleted.len() < DELETED_UNREPORTED_MAX {
-                        deleted.push(id);
-                    }
-                }
+                Ok(()) => self.reports.lock().expect("reports lock").deleted(id),
                 Err(e) => tracing::warn!(chunk = %id, error = %e, "delete failed; will retry when asked again"),
             }
         }
@@ -459,16 +506,105 @@ impl<E: Env> StorageNode<E> {
     /// What the next heartbeat says: space read from the disk now (so it is right after a
     /// restart, whatever happened before), the chunks in the table, deletions to report.
     pub async fn heartbeat_request(&self) -> Result<proto::HeartbeatRequest, RpcError> {
+        let batch = self.reports.lock().expect("reports lock").batch();
+        self.heartbeat_request_carrying(&batch).await
+    }
+
+    async fn heartbeat_request_carrying(&self, batch: &ReportBatch) -> Result<proto::HeartbeatRequest, RpcError> {
         let (capacity_bytes, free_bytes) = self.space().await?;
-        let reported: Vec<ChunkId> = self.deleted_unreported.lock().expect("deleted lock").clone();
         Ok(proto::HeartbeatRequest {
             node: Some(self.self_proto()),
             capacity_bytes,
             free_bytes,
             chunk_count: self.chunk_count(),
-            deleted_chunks: reported.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
+            deleted_chunks: batch.deleted.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
             cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
+            stored_chunks: batch
+                .stored
+                .iter()
+                .map(|r| proto::ReplicaReport {
+                    chunk_id: Bytes::copy_from_slice(r.chunk.as_bytes()),
+                    size: r.size,
+                    sha256: Bytes::copy_from_slice(&r.sha256.0),
+                })
+                .collect(),
+            repairs_running: {
+                let repairs = self.repairs.lock().expect("repairs lock");
+                repairs.in_flight().iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect()
+            },
+            repairs_failed: self
+                .repairs
+                .lock()
+                .expect("repairs lock")
+                .failures()
+                .into_iter()
+                .map(|(c, error)| proto::RepairFailure { chunk_id: Bytes::copy_from_slice(c.as_bytes()), error })
+                .collect(),
         })
+    }
+
+    /// Runs repair jobs as heartbeat replies bring them, `repair_streams_max` at a time.
+    async fn repair_loop(&self) {
+        use futures::future::{select, Either};
+        use futures::stream::FuturesUnordered;
+        let mut running = FuturesUnordered::new();
+        loop {
+            while let Some(order) = self.repairs.lock().expect("repairs lock").start() {
+                running.push(self.repair(order));
+            }
+            if running.is_empty() {
+                let _ = self.repairs_wake.1.recv().await;
+                continue;
+            }
+            let woken = Box::pin(self.repairs_wake.1.recv());
+            if let Either::Left((Some((chunk, result)), _)) = select(running.next(), woken).await {
+                if let Err(e) = &result {
+                    tracing::warn!(node = %self.id, %chunk, error = %e, "repair failed");
+                }
+                self.repairs.lock().expect("repairs lock").finish(chunk, result);
+            }
+        }
+    }
+
+    /// Makes a copy of a chunk here, pulled from the first source that serves it whole and
+    /// matching the SHA-256 metadata recorded. The new replica is reported like any other.
+    async fn repair(&self, order: RepairOrder) -> (ChunkId, Result<(), String>) {
+        let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
+        if self.table.lock().expect("table lock").stored(order.chunk).is_ok_and(|m| m == meta) {
+            self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
+            return (order.chunk, Ok(()));
+        }
+        let mut errors = Vec::new();
+        for (source, addr) in order.sources.iter().filter(|(id, _)| *id != self.id) {
+            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(order.chunk.as_bytes()) };
+            let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, addr, self.env.transport().read_chunk(addr, request)).await;
+            let data = match read {
+                Ok(download) => download.data,
+                Err(e) => {
+                    errors.push(format!("{source}: {e}"));
+                    continue;
+                }
+            };
+            let check = data.clone();
+            let digest = self.env.compute(move || Sha256Digest::of(&check)).await;
+            if data.len() as u64 != order.size || digest != order.sha256 {
+                // The source's own checks passed, so its bytes are not what metadata recorded.
+                errors.push(format!("{source}: served {} bytes that do not match the recorded SHA-256", data.len()));
+                continue;
+            }
+            if let Err(e) = self.check_room(order.size).await {
+                return (order.chunk, Err(e.to_string()));
+            }
+            return match self.store_local(order.chunk, meta, &data).await {
+                Ok(()) => {
+                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
+                    tracing::info!(node = %self.id, chunk = %order.chunk, %source, "repaired: replica copied");
+                    (order.chunk, Ok(()))
+                }
+                Err(e) => (order.chunk, Err(e.to_string())),
+            };
+        }
+        (order.chunk, Err(if errors.is_empty() { "no source to copy from".to_string() } else { errors.join("; ") }))
     }
 
     async fn space(&self) -> Result<(u64, u64), RpcError> {
@@ -622,6 +758,24 @@ impl<E: Env> StorageNode<E> {
         Ok(ChunkUpload { header, data })
     }
 
+    /// The requested forward targets this node sends to (registered peers only; see
+    /// `Peers::forward_targets`), and failures for the others. An unknown peer wakes the
+    /// heartbeat loop, so that a node registered since the last reply is known soon.
+    fn forward_targets(&self, requested: &[proto::StorageNode]) -> Result<(Vec<proto::StorageNode>, Vec<proto::ReplicaFailure>), RpcError> {
+        let requested: Vec<(StorageNodeId, String)> = requested.iter().map(|p| (StorageNodeId(p.id), p.addr.clone())).collect();
+        let (allowed, refused) =
+            self.peers.lock().expect("peers lock").forward_targets(self.id, &requested).map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+        if !refused.is_empty() {
+            let _ = self.heartbeat_now.0.try_send(());
+        }
+        let to_proto = |(id, addr): (StorageNodeId, String)| proto::StorageNode { id: id.0, addr };
+        let failures = refused
+            .into_iter()
+            .map(|r| proto::ReplicaFailure { node: Some(to_proto((r.node, r.addr))), error: format!("node {}: refused as a forward target: {}", self.id, r.reason) })
+            .collect();
+        Ok((allowed.into_iter().map(to_proto).collect(), failures))
+    }
+
     /// Sends the chunk to each peer in parallel; returns who stored it and who did not.
     async fn forward(&self, upload: &ChunkUpload, peers: Vec<proto::StorageNode>) -> (Vec<u64>, Vec<proto::ReplicaFailure>) {
         // A peer that keeps up at one frame per `frame_timeout` finishes; a stalled one is
@@ -652,20 +806,6 @@ impl<E: Env> StorageNode<E> {
         }
         (stored, failures)
     }
-}
-
-/// The peers a primary forwards to: distinct, not itself, and fewer than the most replicas a
-/// chunk can have. A request naming more is refused whole (the caller's mistake, or a peer
-/// trying to make this node send bytes everywhere).
-fn forward_targets(me: StorageNodeId, requested: &[proto::StorageNode]) -> Result<Vec<proto::StorageNode>, RpcError> {
-    let max = crate::namespace::REPLICATION_MAX as usize - 1;
-    let mut peers: Vec<proto::StorageNode> = requested.iter().filter(|p| p.id != me.0).cloned().collect();
-    peers.sort_by_key(|p| p.id);
-    peers.dedup_by_key(|p| p.id);
-    if peers.len() > max {
-        return Err(RpcError::InvalidArgument(format!("{} forward targets; a chunk has at most {max} replicas besides the primary", peers.len())));
-    }
-    Ok(peers)
 }
 
 /// Checks that a received chunk is what its header says.
@@ -726,16 +866,20 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let _slot = slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
         let upload = self.receive(&mut frames).await?;
         let (id, meta) = verify_upload(&upload)?;
-        let peers = match service {
-            ChunkService::Storage => forward_targets(self.id, &upload.header.forward_to)?,
+        let (peers, refused) = match service {
+            ChunkService::Storage => self.forward_targets(&upload.header.forward_to)?,
             // A replica never forwards: the fan-out is the primary's alone.
-            ChunkService::Replication => vec![],
+            ChunkService::Replication => (vec![], vec![]),
         };
         // The local write and the fan-out at once: a chunk costs one fsync round, not two.
         let (stored, (replicated, mut failures)) = futures::join!(self.store_local(id, meta, &upload.data), self.forward(&upload, peers));
+        failures.extend(refused);
         let mut stored_on = Vec::new();
         match stored {
-            Ok(()) => stored_on.push(self.id.0),
+            Ok(()) => {
+                self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: id, size: meta.size, sha256: meta.sha256 });
+                stored_on.push(self.id.0)
+            }
             // Nothing stored anywhere: the primary's own error says most.
             Err(e) if replicated.is_empty() => return Err(e),
             Err(e) => failures.push(proto::ReplicaFailure { node: Some(self.self_proto()), error: e.to_string() }),

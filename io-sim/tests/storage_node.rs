@@ -331,6 +331,15 @@ fn heartbeats_report_the_space_on_disk_after_a_restart() {
         stored += chunk_store::file_bytes(data.len() as u64);
     }
     let before = block_on(node.heartbeat_request()).unwrap();
+    // Every stored replica is reported, with its size and digest.
+    let reported: Vec<(Bytes, u64, Bytes)> = before.stored_chunks.iter().map(|r| (r.chunk_id.clone(), r.size, r.sha256.clone())).collect();
+    let expected: Vec<(Bytes, u64, Bytes)> = (0..5)
+        .map(|i| {
+            let (id, data) = chunk(i, 100_000 * (i as usize + 1));
+            (Bytes::copy_from_slice(id.as_bytes()), data.len() as u64, Bytes::copy_from_slice(&Sha256Digest::of(&data).0))
+        })
+        .collect();
+    assert_eq!(reported, expected);
     drop(node);
     env.disk.inner.crash();
     let node = open(&env, config());
@@ -435,3 +444,18 @@ fn a_primary_forwards_to_at_most_the_replicas_a_chunk_can_have_and_to_each_once(
     assert_eq!(reply.failures.len(), 15);
 }
 
+
+#[test]
+fn a_primary_forwards_only_to_registered_peers() {
+    let env = TestEnv::new(64 << 20);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 1000);
+    let mut request = upload(id, &data);
+    // No heartbeat reply yet: the node knows no peer, so it sends to none (this test's
+    // network would refuse with "no network" if it tried).
+    request.header.forward_to = vec![proto::StorageNode { id: 77, addr: "10.9.9.9:1".into() }];
+    let reply = block_on(node.write_chunk(ChunkService::Storage, frames(request))).unwrap();
+    assert_eq!(reply.stored_on, vec![node.id().0], "the primary stores its own copy");
+    assert_eq!(reply.failures.len(), 1);
+    assert!(reply.failures[0].error.contains("not a registered storage node"), "{:?}", reply.failures);
+}

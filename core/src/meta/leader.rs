@@ -9,10 +9,13 @@
 //! `Command`s to propose through Raft. The driver's loop, in full:
 //!
 //! 1. On a storage node's heartbeat: `on_heartbeat(now, &namespace, heartbeat)`; propose the
-//!    decision's command, if any (the reply is sent only once it committed), then reply.
+//!    decision's commands, if any (the reply is sent only once they committed), then reply.
+//!    The heartbeat's replica reports become a `ReportReplicas` command only for replicas the
+//!    namespace would learn or discard, so a busy node's confirmations cost no log entries.
 //! 2. On an allocation request: `allocate(now, &namespace, ...)`.
 //! 3. Whenever `poll_timeout()` has passed: `tick(now, unix_ms, &namespace, random)`; propose
-//!    each command it returns (a failed proposal is simply retried by a later tick).
+//!    each command it returns (a failed proposal is simply retried by a later tick). The tick
+//!    also plans repairs (`repair`): jobs go out in their targets' heartbeat replies.
 //!
 //! ## What it promises
 //! - Nothing here is the only copy of anything that matters. Pending deletions, uploads and the
@@ -28,15 +31,16 @@
 //! Not here: Raft itself, and the namespace's own rules (`Namespace::apply` checks every
 //! command again; this module only decides what to propose).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::env::Timestamp;
 use crate::proto::ReplicaState;
 use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
 use crate::ids::{ChunkId, StorageNodeId};
-use crate::namespace::{Command, Namespace, Upload};
+use crate::namespace::{Command, Namespace, ReplicaReport, Upload, Verdict, REPLICA_REPORTS_MAX};
 use crate::placement::{self, Candidate};
+use crate::repair::{Census, ChunkState, NodeState, RepairConfig, RepairJob, RepairPlanner, RepairStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaderConfig {
@@ -45,8 +49,9 @@ pub struct LeaderConfig {
     pub deletes_per_heartbeat_max: usize,
     /// Uploads not committed within this long are dropped and their replicas freed.
     pub upload_expiry: Duration,
-    /// How often `tick` looks for housekeeping to do.
+    /// How often `tick` looks for housekeeping to do (and plans repairs).
     pub housekeeping_interval: Duration,
+    pub repair: RepairConfig,
 }
 
 impl Default for LeaderConfig {
@@ -56,6 +61,7 @@ impl Default for LeaderConfig {
             deletes_per_heartbeat_max: 1000,
             upload_expiry: Duration::from_millis(crate::namespace::UPLOAD_EXPIRY_DEFAULT_MS),
             housekeeping_interval: Duration::from_secs(1),
+            repair: RepairConfig::default(),
         }
     }
 }
@@ -68,6 +74,11 @@ pub struct Heartbeat {
     pub stats: NodeStats,
     /// Replicas it deleted on an earlier reply's request.
     pub deleted: Vec<ChunkId>,
+    /// Replicas it stored since its last report.
+    pub stored: Vec<ReplicaReport>,
+    /// Repair jobs it is running now, and those that failed since its last report.
+    pub repairs_running: Vec<ChunkId>,
+    pub repairs_failed: Vec<(ChunkId, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -75,12 +86,16 @@ pub struct HeartbeatReply {
     /// The namespace does not know this node at this address: it must register (again).
     pub register: bool,
     pub delete_chunks: Vec<ChunkId>,
+    /// Every registered storage node (id, address): the only peers a primary forwards to.
+    pub peers: Vec<(StorageNodeId, String)>,
+    /// Copies for this node to make, each with its sources' addresses.
+    pub repair_jobs: Vec<(RepairJob, Vec<(StorageNodeId, String)>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatDecision {
     /// To propose (and see committed) before the reply is sent.
-    pub propose: Option<Command>,
+    pub propose: Vec<Command>,
     pub reply: HeartbeatReply,
 }
 
@@ -131,12 +146,13 @@ pub struct Leader {
     term: u64,
     health: HealthTracker,
     next_housekeeping: Timestamp,
+    repair: RepairPlanner,
 }
 
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now) }
     }
 
     pub fn term(&self) -> u64 {
@@ -151,9 +167,10 @@ impl Leader {
     pub fn on_heartbeat(&mut self, now: Timestamp, ns: &Namespace, hb: Heartbeat) -> HeartbeatDecision {
         let known = ns.storage_node(hb.node).is_some_and(|n| n.addr == hb.addr);
         if !known {
-            return HeartbeatDecision { propose: None, reply: HeartbeatReply { register: true, delete_chunks: vec![] } };
+            return HeartbeatDecision { propose: vec![], reply: HeartbeatReply { register: true, ..Default::default() } };
         }
         self.health.record_heartbeat(hb.node, hb.stats, now);
+        self.repair.on_heartbeat(now, hb.node, &hb.repairs_running, &hb.repairs_failed);
         // Replicas reported deleted are not asked for again, even before the command that
         // forgets them has been applied.
         let delete_chunks: Vec<ChunkId> = ns
@@ -162,8 +179,32 @@ impl Leader {
             .filter(|c| !hb.deleted.contains(c))
             .take(self.config.deletes_per_heartbeat_max)
             .collect();
-        let propose = (!hb.deleted.is_empty()).then_some(Command::ForgetDeletedReplicas { node: hb.node, chunks: hb.deleted });
-        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks } }
+        let mut propose = Vec::new();
+        if !hb.deleted.is_empty() {
+            propose.push(Command::ForgetDeletedReplicas { node: hb.node, chunks: hb.deleted });
+        }
+        // Most reports confirm what the uploader recorded: only those that would change
+        // something take a log entry. (`apply` judges them again on the committed state.)
+        let news: Vec<ReplicaReport> = hb
+            .stored
+            .into_iter()
+            .filter(|r| matches!(ns.judge_report(hb.node, r), Verdict::Learn | Verdict::Discard))
+            .take(REPLICA_REPORTS_MAX)
+            .collect();
+        if !news.is_empty() {
+            propose.push(Command::ReportReplicas { node: hb.node, replicas: news });
+        }
+        let peers = ns.storage_nodes().map(|n| (n.id, n.addr.clone())).collect();
+        let repair_jobs = self
+            .repair
+            .jobs_for(now, hb.node)
+            .into_iter()
+            .map(|j| {
+                let sources = j.sources.iter().filter_map(|s| ns.storage_node(*s).map(|n| (n.id, n.addr.clone()))).collect();
+                (j, sources)
+            })
+            .collect();
+        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs } }
     }
 
     /// Targets for each of `indexes` (chunk indexes of `upload`), the primary first, avoiding
@@ -273,7 +314,26 @@ impl Leader {
         if ns.uploads().any(|u| u.created_unix_ms < cutoff) {
             commands.push(Command::ExpireUploads { now_unix_ms: unix_ms, older_than_ms: expiry_ms });
         }
+        let nodes: BTreeMap<StorageNodeId, NodeState> = ns
+            .storage_nodes()
+            .map(|n| {
+                let free_bytes = self.health.last_seen(n.id, now).map(|(s, _)| s.free_bytes).unwrap_or(0);
+                (n.id, NodeState { liveness: self.health.liveness(n.id, now), free_bytes, draining: false })
+            })
+            .collect();
+        let chunks = ns.files().flat_map(|f| {
+            f.chunks.iter().map(move |c| {
+                let id = f.chunk_id(c.index);
+                ChunkState { id, size: c.size, sha256: c.sha256, replication: f.replication, replicas: &c.replicas, bad: ns.bad_replicas(id) }
+            })
+        });
+        commands.extend(self.repair.plan(now, chunks, &nodes));
         commands
+    }
+
+    /// Repair progress and what the last planning pass saw.
+    pub fn repair_status(&self) -> (RepairStats, Census, BTreeMap<StorageNodeId, usize>) {
+        (self.repair.stats(), self.repair.census(), self.repair.in_flight())
     }
 }
 

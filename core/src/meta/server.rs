@@ -23,10 +23,11 @@ use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachin
 use crate::env::{Clock, Disk, Env, Transport};
 use super::leader::{admit, AdmitError, AllocateError, Heartbeat, Leader, LeaderConfig};
 use crate::health::{HealthConfig, NodeStats};
+use crate::repair::RepairConfig;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
 use crate::namespace::{
-    self, normalize_path, ChunkRecord, Command, EntryKind, Namespace, FileRecord, FileSummary, NamespaceError, Outcome, RequestId,
-    PATH_MAX_BYTES,
+    self, normalize_path, ChunkRecord, Command, EntryKind, Namespace, FileRecord, FileSummary, NamespaceError, Outcome, ReplicaReport, RequestId,
+    PATH_MAX_BYTES, REPLICA_REPORTS_MAX,
 };
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
 use crate::rpc::RpcError;
@@ -80,6 +81,7 @@ pub struct MetaConfig {
     pub election_timeout_max: Duration,
     /// Uploads not committed this long after their creation are dropped.
     pub upload_expiry: Duration,
+    pub repair: RepairConfig,
 }
 
 impl MetaConfig {
@@ -103,6 +105,7 @@ impl MetaConfig {
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             upload_expiry: Duration::from_millis(namespace::UPLOAD_EXPIRY_DEFAULT_MS),
+            repair: RepairConfig::default(),
         }
     }
 }
@@ -580,7 +583,7 @@ impl<E: Env> MetaServer<E> {
         let now = self.env.clock().now();
         let mut guard = self.leader.lock().expect("leader lock");
         if guard.as_ref().is_none_or(|l| l.term() != term) {
-            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, ..LeaderConfig::default() };
+            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair }, ..LeaderConfig::default() };
             *guard = Some(Leader::new(config, term, now));
         }
         let state = self.state.read().expect("state lock");
@@ -609,6 +612,8 @@ fn once(request: Option<proto::RequestId>, command: Command) -> Command {
 
 /// Most of a bad-replica report's reason that reaches the log.
 const REASON_MAX_CHARS: usize = 1024;
+/// Repairs running or failed that one heartbeat may report.
+const REPAIRS_REPORTED_MAX: usize = 1024;
 
 fn namespace_error(e: NamespaceError) -> RpcError {
     let message = e.to_string();
@@ -925,15 +930,44 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             addr: node.addr,
             stats: NodeStats { capacity_bytes: r.capacity_bytes, free_bytes: r.free_bytes, chunk_count: r.chunk_count },
             deleted: r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect(),
+            stored: r
+                .stored_chunks
+                .iter()
+                .take(REPLICA_REPORTS_MAX)
+                .filter_map(|c| Some(ReplicaReport { chunk: ChunkId::from_slice(&c.chunk_id)?, size: c.size, sha256: Sha256Digest::from_slice(&c.sha256)? }))
+                .collect(),
+            repairs_running: r.repairs_running.iter().take(REPAIRS_REPORTED_MAX).filter_map(|c| ChunkId::from_slice(c)).collect(),
+            repairs_failed: r
+                .repairs_failed
+                .iter()
+                .take(REPAIRS_REPORTED_MAX)
+                .filter_map(|f| Some((ChunkId::from_slice(&f.chunk_id)?, f.error.chars().take(REASON_MAX_CHARS).collect())))
+                .collect(),
         };
         let now = self.env.clock().now();
         let decision = self.with_leader(term, |leader, ns| leader.on_heartbeat(now, ns, heartbeat));
-        if let Some(command) = decision.propose {
-            self.propose(command).await?;
+        for command in decision.propose {
+            if let Outcome::ReplicasReported(tally) = self.propose(command).await? {
+                if tally.learned + tally.discarded > 0 {
+                    tracing::info!(node = %StorageNodeId(node.id), learned = tally.learned, discarded = tally.discarded, "replica report");
+                }
+            }
         }
         Ok(proto::HeartbeatResponse {
             register: decision.reply.register,
             delete_chunks: decision.reply.delete_chunks.iter().map(|c| c.as_bytes().to_vec().into()).collect(),
+            peers: decision.reply.peers.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
+            repair_jobs: decision
+                .reply
+                .repair_jobs
+                .into_iter()
+                .map(|(j, sources)| proto::RepairJob {
+                    chunk_id: j.chunk.as_bytes().to_vec().into(),
+                    size: j.size,
+                    sha256: j.sha256.0.to_vec().into(),
+                    sources: sources.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
+                })
+                .collect(),
         })
     }
 

@@ -1,0 +1,418 @@
+//! Re-replication and removal of surplus replicas, planned by a pure state machine the
+//! metadata leader drives.
+//!
+//! ## What it promises
+//! - **Fewest replicas first.** Every committed chunk with fewer valid replicas than its
+//!   replication factor is queued, the ones with the fewest left first (one left before two
+//!   left; HDFS's low-redundancy queues are the model), then by chunk id. A valid replica is
+//!   listed, not marked bad, and on a node that is not Dead: a Suspect node's replicas still
+//!   count, so a node that flaps causes no repair storm.
+//! - **Bounded pace.** At most `streams_out_max` jobs read from one node, `streams_in_max`
+//!   write to one node, `jobs_max` run in the cluster, and one job per chunk at a time.
+//! - **Jobs ride on heartbeats.** A job is handed to its target in that node's heartbeat reply;
+//!   the target pulls the chunk from the sources, in order, verifies its SHA-256 against the
+//!   one metadata recorded, stores it, and reports the replica like any other
+//!   (`ReportReplicas`). The job is done when the namespace lists the target as a replica;
+//!   a failure the target reports, its target's death, or silence past `job_timeout` ends
+//!   it, and the chunk is tried again after a backoff, avoiding the (source, target) pairs
+//!   that failed. A job whose target stops heartbeating before it is handed out is planned
+//!   again at once.
+//! - **Surplus replicas go.** A chunk with more valid replicas than its factor, all on Alive
+//!   nodes and with no job in flight, loses the extras on the nodes with the least free space
+//!   (`Command::DropReplicas`); replicas marked bad are dropped once the chunk is whole
+//!   without them. The namespace never drops a chunk's last listed replica.
+//! - **Leader changes neither lose nor duplicate work.** Everything is re-derived from the
+//!   replicated namespace; a new leader plans nothing for `start_grace` (so every live node has
+//!   heartbeated and said which repairs it is running: those count as in flight) and then
+//!   plans from what the namespace says is missing.
+//!
+//! ## What it does not promise
+//! - The scan is a full pass over the committed chunks on each `plan` (O(chunks)); fine for
+//!   the sizes this project targets, not for billions of chunks.
+//! - Uploads in progress are not repaired: the uploader owns them until the commit.
+//!
+//! ## How it is driven
+//! The leader calls `plan(now, chunks, nodes)` on its housekeeping tick and proposes the
+//! commands it returns; `jobs_for(now, node)` when `node` heartbeats, putting the jobs in the
+//! reply; and `on_heartbeat(now, node, running, failed)` with what the heartbeat said of its
+//! repairs. Nothing here does I/O or reads a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::env::Timestamp;
+use crate::health::Liveness;
+use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
+use crate::namespace::Command;
+
+use crate::namespace::DROP_REPLICAS_MAX as DROPS_PER_COMMAND_MAX;
+/// Chunks whose failed attempts are remembered; beyond, the oldest are forgotten (they are
+/// simply retried sooner).
+const BACKOFF_ENTRIES_MAX: usize = 100_000;
+/// (source, target) pairs remembered as failed, per chunk.
+const FAILED_PAIRS_MAX: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairConfig {
+    /// Repair jobs reading from one node at once.
+    pub streams_out_max: usize,
+    /// Repair jobs writing to one node at once.
+    pub streams_in_max: usize,
+    /// Repair jobs in the whole cluster at once.
+    pub jobs_max: usize,
+    /// A job not done this long after it was handed out has failed.
+    pub job_timeout: Duration,
+    /// Wait before a chunk whose job failed is tried again; doubles per failure.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// A new leader plans nothing this long after it starts.
+    pub start_grace: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            streams_out_max: 2,
+            streams_in_max: 2,
+            jobs_max: 256,
+            job_timeout: Duration::from_secs(120),
+            retry_backoff: Duration::from_secs(5),
+            retry_backoff_max: Duration::from_secs(300),
+            start_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A committed chunk, as the planner sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkState<'a> {
+    pub id: ChunkId,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    pub replication: u32,
+    pub replicas: &'a [StorageNodeId],
+    pub bad: Option<&'a BTreeSet<StorageNodeId>>,
+}
+
+/// What the leader knows of a storage node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    pub liveness: Liveness,
+    pub free_bytes: u64,
+    /// Takes no new replicas (decommissioning, full).
+    pub draining: bool,
+}
+
+/// A copy to make: the target pulls the chunk from `sources`, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairJob {
+    pub chunk: ChunkId,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    pub sources: Vec<StorageNodeId>,
+    pub target: StorageNodeId,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    job: RepairJob,
+    /// Handed out (in a heartbeat reply) at this time; `None` until then.
+    sent_at: Option<Timestamp>,
+}
+
+/// An under-replicated chunk a plan pass may copy.
+struct Wanted {
+    valid: usize,
+    chunk: ChunkId,
+    size: u64,
+    sha256: Sha256Digest,
+    /// Its valid replicas.
+    good: Vec<StorageNodeId>,
+    /// Every node it is listed on.
+    listed: Vec<StorageNodeId>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Timestamp,
+    failed_pairs: Vec<(StorageNodeId, StorageNodeId)>,
+}
+
+/// Counters, for status and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairStats {
+    pub planned: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub dropped_surplus: u64,
+}
+
+/// What a plan pass saw, for `fsck`-like reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub chunks: u64,
+    pub under_replicated: u64,
+    pub over_replicated: u64,
+    /// No valid replica at all.
+    pub missing: u64,
+    /// Chunks with at least one replica marked bad.
+    pub with_bad_replicas: u64,
+}
+
+pub struct RepairPlanner {
+    config: RepairConfig,
+    started: Timestamp,
+    jobs: BTreeMap<ChunkId, InFlight>,
+    /// Jobs targets said they run that this planner did not hand out (a former leader did):
+    /// counted as in flight until they end or time out.
+    adopted: BTreeMap<ChunkId, (StorageNodeId, Timestamp)>,
+    backoff: BTreeMap<ChunkId, Backoff>,
+    stats: RepairStats,
+    census: Census,
+}
+
+impl RepairPlanner {
+    pub fn new(config: RepairConfig, now: Timestamp) -> Self {
+        RepairPlanner {
+            config,
+            started: now,
+            jobs: BTreeMap::new(),
+            adopted: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            stats: RepairStats::default(),
+            census: Census::default(),
+        }
+    }
+
+    pub fn stats(&self) -> RepairStats {
+        self.stats
+    }
+
+    /// What the last `plan` saw.
+    pub fn census(&self) -> Census {
+        self.census
+    }
+
+    /// Repair jobs in flight, per target node.
+    pub fn in_flight(&self) -> BTreeMap<StorageNodeId, usize> {
+        let mut counts = BTreeMap::new();
+        for j in self.jobs.values() {
+            *counts.entry(j.job.target).or_default() += 1;
+        }
+        for (target, _) in self.adopted.values() {
+            *counts.entry(*target).or_default() += 1;
+        }
+        counts
+    }
+
+    /// What `node`'s heartbeat said of its repairs: the chunks it is copying now, and the
+    /// jobs that failed (with why).
+    pub fn on_heartbeat(&mut self, now: Timestamp, node: StorageNodeId, running: &[ChunkId], failed: &[(ChunkId, String)]) {
+        for (chunk, _why) in failed {
+            if let Some(j) = self.jobs.get(chunk) {
+                if j.job.target == node {
+                    let j = self.jobs.remove(chunk).expect("present");
+                    self.stats.failed += 1;
+                    self.back_off(now, &j.job);
+                }
+            }
+            if self.adopted.get(chunk).is_some_and(|(t, _)| *t == node) {
+                self.adopted.remove(chunk);
+            }
+        }
+        for chunk in running {
+            if !self.jobs.contains_key(chunk) {
+                self.adopted.entry(*chunk).or_insert((node, now));
+            }
+        }
+    }
+
+    /// Jobs to hand to `node` in its heartbeat reply: those planned for it and not yet sent.
+    pub fn jobs_for(&mut self, now: Timestamp, node: StorageNodeId) -> Vec<RepairJob> {
+        self.jobs
+            .values_mut()
+            .filter(|j| j.job.target == node && j.sent_at.is_none())
+            .map(|j| {
+                j.sent_at = Some(now);
+                j.job.clone()
+            })
+            .collect()
+    }
+
+    /// One planning pass over every committed chunk: ends jobs that are done, gone or timed
+    /// out, plans new ones within the bounds, and returns the commands to propose (surplus
+    /// and bad replicas to drop).
+    pub fn plan<'a>(
+        &mut self,
+        now: Timestamp,
+        chunks: impl Iterator<Item = ChunkState<'a>>,
+        nodes: &BTreeMap<StorageNodeId, NodeState>,
+    ) -> Vec<Command> {
+        let liveness = |n: &StorageNodeId| nodes.get(n).map(|s| s.liveness).unwrap_or(Liveness::Dead);
+        let valid = |c: &ChunkState| -> Vec<StorageNodeId> {
+            c.replicas.iter().copied().filter(|r| !c.bad.is_some_and(|b| b.contains(r)) && liveness(r) != Liveness::Dead).collect()
+        };
+
+        // A job not handed out yet whose target stopped heartbeating is planned again at
+        // once (it would never be handed out); one handed out ends when its target is Dead,
+        // or after `job_timeout` of silence.
+        let timeout = self.config.job_timeout;
+        self.jobs.retain(|_, j| j.sent_at.is_some() || liveness(&j.job.target) == Liveness::Alive);
+        let expired: Vec<ChunkId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.sent_at.is_some_and(|sent| now.saturating_since(sent) >= timeout || liveness(&j.job.target) == Liveness::Dead)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let j = self.jobs.remove(&id).expect("present");
+            self.stats.timed_out += 1;
+            self.back_off(now, &j.job);
+        }
+        // Jobs whose target now holds the chunk are done; jobs of chunks that are gone end.
+        let mut seen = BTreeSet::new();
+        let mut census = Census::default();
+        let mut wanted: Vec<Wanted> = Vec::new();
+        let mut drops: Vec<(ChunkId, StorageNodeId)> = Vec::new();
+        for c in chunks {
+            seen.insert(c.id);
+            census.chunks += 1;
+            let good = valid(&c);
+            let replication = c.replication as usize;
+            if c.bad.is_some_and(|b| c.replicas.iter().any(|r| b.contains(r))) {
+                census.with_bad_replicas += 1;
+            }
+            if let Some(j) = self.jobs.get(&c.id) {
+                if c.replicas.contains(&j.job.target) {
+                    self.jobs.remove(&c.id);
+                    self.stats.completed += 1;
+                    self.backoff.remove(&c.id);
+                }
+            }
+            if let Some((target, _)) = self.adopted.get(&c.id) {
+                if c.replicas.contains(target) {
+                    self.adopted.remove(&c.id);
+                }
+            }
+            if good.is_empty() {
+                census.missing += 1;
+            }
+            if good.len() < replication {
+                census.under_replicated += 1;
+                if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) && !good.is_empty() {
+                    wanted.push(Wanted { valid: good.len(), chunk: c.id, size: c.size, sha256: c.sha256, good, listed: c.replicas.to_vec() });
+                }
+            } else if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) {
+                // Whole: tidy up. Only with every counted replica on an Alive node, so that a
+                // node that is merely slow to heartbeat keeps its replicas.
+                let all_alive = good.iter().all(|r| liveness(r) == Liveness::Alive);
+                if let Some(bad) = c.bad {
+                    drops.extend(c.replicas.iter().filter(|r| bad.contains(r)).map(|r| (c.id, *r)));
+                }
+                if good.len() > replication {
+                    census.over_replicated += 1;
+                    if all_alive {
+                        let mut extra = good.clone();
+                        // Keep the replicas on the nodes with the most free space.
+                        extra.sort_by_key(|r| (std::cmp::Reverse(nodes.get(r).map(|s| s.free_bytes).unwrap_or(0)), *r));
+                        for r in extra.into_iter().skip(replication) {
+                            drops.push((c.id, r));
+                            self.stats.dropped_surplus += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.jobs.retain(|id, _| seen.contains(id));
+        self.adopted.retain(|id, _| seen.contains(id));
+        self.backoff.retain(|id, _| seen.contains(id));
+        self.census = census;
+
+        self.adopted.retain(|_, (_, since)| now.saturating_since(*since) < timeout);
+
+        let mut commands = Vec::new();
+        for batch in drops.chunks(DROPS_PER_COMMAND_MAX) {
+            commands.push(Command::DropReplicas { drops: batch.to_vec() });
+        }
+        if now.saturating_since(self.started) < self.config.start_grace {
+            return commands;
+        }
+
+        // New jobs, fewest valid replicas first.
+        wanted.sort_by_key(|w| (w.valid, w.chunk));
+        let (mut out, mut inn) = (BTreeMap::<StorageNodeId, usize>::new(), BTreeMap::<StorageNodeId, usize>::new());
+        for j in self.jobs.values() {
+            for s in j.job.sources.iter().take(1) {
+                *out.entry(*s).or_default() += 1;
+            }
+            *inn.entry(j.job.target).or_default() += 1;
+        }
+        for (target, _) in self.adopted.values() {
+            *inn.entry(*target).or_default() += 1;
+        }
+        let mut free: BTreeMap<StorageNodeId, u64> = nodes.iter().map(|(id, s)| (*id, s.free_bytes)).collect();
+        for Wanted { chunk, size, sha256, good, listed, .. } in wanted {
+            if self.jobs.len() + self.adopted.len() >= self.config.jobs_max {
+                break;
+            }
+            if self.backoff.get(&chunk).is_some_and(|b| now < b.not_before) {
+                continue;
+            }
+            let failed_pairs = self.backoff.get(&chunk).map(|b| b.failed_pairs.clone()).unwrap_or_default();
+            // Sources: valid replicas on Alive nodes, least busy first.
+            let mut sources: Vec<StorageNodeId> = good.iter().copied().filter(|r| liveness(r) == Liveness::Alive).collect();
+            sources.sort_by_key(|s| (out.get(s).copied().unwrap_or(0), *s));
+            let Some(&first) = sources.first() else { continue };
+            if out.get(&first).copied().unwrap_or(0) >= self.config.streams_out_max {
+                continue;
+            }
+            // Target: an Alive node that takes replicas, does not list the chunk (not even as a
+            // dead or bad replica), has room and a free stream, most free space first.
+            let mut targets: Vec<(StorageNodeId, u64)> = nodes
+                .iter()
+                .filter(|(id, s)| {
+                    s.liveness == Liveness::Alive
+                        && !s.draining
+                        && !listed.contains(id)
+                        && free.get(id).copied().unwrap_or(0) >= size
+                        && inn.get(id).copied().unwrap_or(0) < self.config.streams_in_max
+                        && !failed_pairs.iter().any(|(fs, ft)| *fs == first && ft == *id)
+                })
+                .map(|(id, _)| (*id, free.get(id).copied().unwrap_or(0)))
+                .collect();
+            targets.sort_by_key(|(id, f)| (std::cmp::Reverse(*f), *id));
+            let Some(&(target, _)) = targets.first() else { continue };
+            *out.entry(first).or_default() += 1;
+            *inn.entry(target).or_default() += 1;
+            if let Some(f) = free.get_mut(&target) {
+                *f -= size;
+            }
+            self.stats.planned += 1;
+            self.jobs.insert(chunk, InFlight { job: RepairJob { chunk, size, sha256, sources, target }, sent_at: None });
+        }
+        commands
+    }
+
+    fn back_off(&mut self, now: Timestamp, job: &RepairJob) {
+        if !self.backoff.contains_key(&job.chunk) && self.backoff.len() >= BACKOFF_ENTRIES_MAX {
+            self.backoff.pop_first();
+        }
+        let b = self.backoff.entry(job.chunk).or_default();
+        b.failures += 1;
+        let wait = self.config.retry_backoff.saturating_mul(1 << (b.failures - 1).min(16)).min(self.config.retry_backoff_max);
+        b.not_before = now.plus(wait);
+        if let Some(source) = job.sources.first() {
+            if b.failed_pairs.len() >= FAILED_PAIRS_MAX {
+                b.failed_pairs.remove(0);
+            }
+            b.failed_pairs.push((*source, job.target));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! The planner alone: priorities, bounds and what it drops. (The leader's tiny-loop world in
+//! `meta/leader/tests.rs` runs it with nodes, heartbeats and virtual time.)
+
+use super::*;
+use crate::ids::FileId;
+
+const NOW: Timestamp = Timestamp(1_000_000);
+
+fn node(liveness: Liveness, free_bytes: u64) -> NodeState {
+    NodeState { liveness, free_bytes, draining: false }
+}
+
+fn nodes(states: &[(u64, Liveness)]) -> BTreeMap<StorageNodeId, NodeState> {
+    states.iter().map(|&(id, l)| (StorageNodeId(id), node(l, 1 << 40))).collect()
+}
+
+struct Chunk {
+    id: ChunkId,
+    replicas: Vec<StorageNodeId>,
+    bad: Option<BTreeSet<StorageNodeId>>,
+    replication: u32,
+}
+
+fn chunk(file: u64, index: u32, replicas: &[u64], replication: u32) -> Chunk {
+    Chunk { id: ChunkId::derive(FileId(file), index), replicas: replicas.iter().map(|&r| StorageNodeId(r)).collect(), bad: None, replication }
+}
+
+fn states(chunks: &[Chunk]) -> impl Iterator<Item = ChunkState<'_>> {
+    chunks.iter().map(|c| ChunkState { id: c.id, size: 100, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: c.bad.as_ref() })
+}
+
+fn planner(config: RepairConfig) -> RepairPlanner {
+    RepairPlanner::new(config, Timestamp(0))
+}
+
+#[test]
+fn nothing_is_planned_during_the_start_grace() {
+    let config = RepairConfig::default();
+    let mut p = RepairPlanner::new(config, NOW);
+    let chunks = [chunk(1, 0, &[1], 3)];
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
+    p.plan(NOW.plus(config.start_grace / 2), states(&chunks), &n);
+    assert_eq!(p.stats().planned, 0);
+    p.plan(NOW.plus(config.start_grace), states(&chunks), &n);
+    assert_eq!(p.stats().planned, 1);
+}
+
+#[test]
+fn fewest_replicas_left_first_within_the_bounds() {
+    let config = RepairConfig { jobs_max: 3, streams_out_max: 10, streams_in_max: 10, ..RepairConfig::default() };
+    let mut p = planner(config);
+    // Node 9 is dead: chunks of file 1 keep two replicas, those of file 2 keep one.
+    let mut chunks: Vec<Chunk> = (0..5).map(|i| chunk(1, i, &[1, 2, 9], 3)).collect();
+    chunks.extend((0..2).map(|i| chunk(2, i, &[3, 9], 2)));
+    chunks.push(chunk(3, 0, &[9], 1)); // no replica left: missing, nothing to copy from
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive), (4, Liveness::Alive), (9, Liveness::Dead)]);
+    p.plan(NOW, states(&chunks), &n);
+    let census = p.census();
+    assert_eq!((census.chunks, census.under_replicated, census.missing), (8, 8, 1));
+    let mut planned: Vec<ChunkId> = (1..=4).flat_map(|t| p.jobs_for(NOW, StorageNodeId(t))).map(|j| j.chunk).collect();
+    planned.sort();
+    let mut expected = vec![ChunkId::derive(FileId(2), 0), ChunkId::derive(FileId(2), 1)];
+    let first_of_file_1 = (0..5).map(|i| ChunkId::derive(FileId(1), i)).min().unwrap();
+    expected.push(first_of_file_1);
+    expected.sort();
+    assert_eq!(planned, expected, "the one-left chunks first, then by chunk id, at most jobs_max");
+}
+
+#[test]
+fn per_node_streams_are_bounded_in_and_out() {
+    let config = RepairConfig { streams_out_max: 2, streams_in_max: 1, jobs_max: 100, ..RepairConfig::default() };
+    let mut p = planner(config);
+    // Every chunk's only source is node 1; targets 2 and 3 take one each.
+    let chunks: Vec<Chunk> = (0..10).map(|i| chunk(1, i, &[1], 2)).collect();
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive), (4, Liveness::Suspect)]);
+    p.plan(NOW, states(&chunks), &n);
+    let to2 = p.jobs_for(NOW, StorageNodeId(2));
+    let to3 = p.jobs_for(NOW, StorageNodeId(3));
+    assert_eq!((to2.len(), to3.len()), (1, 1), "one in per target, two out of the source");
+    assert!(p.jobs_for(NOW, StorageNodeId(4)).is_empty(), "a suspect node got a job");
+    assert!(to2.iter().chain(&to3).all(|j| j.sources == vec![StorageNodeId(1)]));
+    // Handed out once only.
+    assert!(p.jobs_for(NOW, StorageNodeId(2)).is_empty());
+}
+
+#[test]
+fn a_failed_or_silent_job_is_retried_later_on_another_pair() {
+    let config = RepairConfig::default();
+    let mut p = planner(config);
+    let chunks = [chunk(1, 0, &[1], 2)];
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
+    p.plan(NOW, states(&chunks), &n);
+    let job = p.jobs_for(NOW, StorageNodeId(2)).pop().expect("node 2 has the most free space at the lowest id");
+    p.on_heartbeat(NOW, StorageNodeId(2), &[], &[(job.chunk, "disk error".into())]);
+    assert_eq!(p.stats().failed, 1);
+    p.plan(NOW, states(&chunks), &n);
+    assert!(p.jobs_for(NOW, StorageNodeId(3)).is_empty(), "retried before the backoff");
+    let later = NOW.plus(config.retry_backoff);
+    p.plan(later, states(&chunks), &n);
+    assert!(p.jobs_for(later, StorageNodeId(2)).is_empty(), "the failed pair was chosen again");
+    let retry = p.jobs_for(later, StorageNodeId(3));
+    assert_eq!(retry.len(), 1);
+    // Silence: the job times out and is planned again after the (doubled) backoff.
+    let silent = later.plus(config.job_timeout);
+    p.plan(silent, states(&chunks), &n);
+    assert_eq!(p.stats().timed_out, 1);
+}
+
+#[test]
+fn a_job_whose_target_goes_silent_before_it_is_handed_out_is_planned_again_at_once() {
+    let mut p = planner(RepairConfig::default());
+    let chunks = [chunk(1, 0, &[1], 2)];
+    let mut n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
+    n.get_mut(&StorageNodeId(3)).unwrap().free_bytes = 1000;
+    p.plan(NOW, states(&chunks), &n);
+    // Node 2 (most free space) got it, but goes silent before its next heartbeat.
+    n.get_mut(&StorageNodeId(2)).unwrap().liveness = Liveness::Suspect;
+    p.plan(NOW, states(&chunks), &n);
+    assert!(p.jobs_for(NOW, StorageNodeId(2)).is_empty());
+    assert_eq!(p.jobs_for(NOW, StorageNodeId(3)).len(), 1, "the job moved to a live target without waiting for a timeout");
+}
+
+#[test]
+fn surplus_and_bad_replicas_are_dropped_only_when_safe() {
+    let mut p = planner(RepairConfig::default());
+    let mut n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive), (4, Liveness::Alive)]);
+    n.get_mut(&StorageNodeId(2)).unwrap().free_bytes = 10; // fullest: its copy goes
+    let chunks = [chunk(1, 0, &[1, 2, 3, 4], 3)];
+    let commands = p.plan(NOW, states(&chunks), &n);
+    assert_eq!(commands, vec![Command::DropReplicas { drops: vec![(chunks[0].id, StorageNodeId(2))] }]);
+    // With one of them only suspect, nothing goes (it may be back in a moment, or not).
+    n.get_mut(&StorageNodeId(4)).unwrap().liveness = Liveness::Suspect;
+    assert!(p.plan(NOW, states(&chunks), &n).is_empty());
+    // A bad replica goes once the chunk is whole without it; not before.
+    let mut c = chunk(2, 0, &[1, 2, 3], 2);
+    c.bad = Some([StorageNodeId(3)].into());
+    let commands = p.plan(NOW, states(std::slice::from_ref(&c)), &n);
+    assert_eq!(commands, vec![Command::DropReplicas { drops: vec![(c.id, StorageNodeId(3))] }]);
+    let mut c = chunk(2, 0, &[1, 3], 2);
+    c.bad = Some([StorageNodeId(3)].into());
+    assert!(p.plan(NOW, states(std::slice::from_ref(&c)), &n).is_empty(), "a bad replica was dropped before the chunk was whole");
+}

@@ -1,0 +1,384 @@
+//! What a storage node owes metadata, and whom it may forward to: a pure bookkeeping machine
+//! the storage node's heartbeat loop drives.
+//!
+//! ## What it promises
+//! - Every replica the node stores (verified against its SHA-256) is reported once a heartbeat
+//!   carrying it is answered: metadata learns where chunks are from the nodes that hold them,
+//!   not only from the uploader's word. A report that fails stays queued for the next one.
+//! - Deletions done on metadata's request are reported the same way, so it stops asking.
+//! - Bounded: `STORED_UNREPORTED_MAX` stored and `DELETED_UNREPORTED_MAX` deleted replicas wait
+//!   at most; beyond, the oldest stored reports are dropped (counted in `dropped_stored`: a full
+//!   inventory is what recovers them) and further deletions are not remembered (metadata asks
+//!   again; deleting twice is harmless). A heartbeat carries at most `REPORTS_PER_HEARTBEAT_MAX`
+//!   of each.
+//! - A primary forwards a chunk only to registered storage nodes of its cluster, as the last
+//!   heartbeat reply listed them, at the address listed, never to itself, each at most once,
+//!   and to fewer peers than the highest replication factor (`forward_targets`).
+//!
+//! - Repair jobs from heartbeat replies run at most `running_max` at a time, at most
+//!   `REPAIRS_QUEUED_MAX` wait, and every one that fails is reported (`Repairs`).
+//!
+//! ## How it is driven
+//! The storage node calls `stored` after each durable, verified write and `deleted` after each
+//! requested deletion; before a heartbeat, `batch()` says what the heartbeat carries; when the
+//! reply comes, `acknowledge(&batch)` forgets exactly that and `Peers::update` takes the
+//! reply's peer list. Nothing here does I/O or reads a clock.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use crate::ids::{ChunkId, StorageNodeId};
+use crate::namespace::{ReplicaReport, REPLICATION_MAX};
+
+/// Stored replicas waiting to be reported.
+pub const STORED_UNREPORTED_MAX: usize = 65_536;
+/// Deletions waiting to be reported.
+pub const DELETED_UNREPORTED_MAX: usize = 65_536;
+/// Stored (and, separately, deleted) replicas one heartbeat carries. Equal to what one
+/// `ReportReplicas` command may hold.
+pub const REPORTS_PER_HEARTBEAT_MAX: usize = crate::namespace::REPLICA_REPORTS_MAX;
+
+/// What one heartbeat reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReportBatch {
+    pub stored: Vec<ReplicaReport>,
+    pub deleted: Vec<ChunkId>,
+}
+
+#[derive(Debug, Default)]
+pub struct Reports {
+    stored: VecDeque<ReplicaReport>,
+    deleted: VecDeque<ChunkId>,
+    dropped_stored: u64,
+}
+
+impl Reports {
+    /// A replica was stored (durable and verified).
+    pub fn stored(&mut self, report: ReplicaReport) {
+        if self.stored.len() >= STORED_UNREPORTED_MAX {
+            self.stored.pop_front();
+            self.dropped_stored += 1;
+        }
+        self.stored.push_back(report);
+    }
+
+    /// A replica was deleted on metadata's request.
+    pub fn deleted(&mut self, chunk: ChunkId) {
+        // Beyond the bound, metadata simply asks again and the delete is a no-op.
+        if self.deleted.len() < DELETED_UNREPORTED_MAX {
+            self.deleted.push_back(chunk);
+        }
+    }
+
+    /// What the next heartbeat carries: the oldest of each, up to the per-heartbeat bound.
+    pub fn batch(&self) -> ReportBatch {
+        ReportBatch {
+            stored: self.stored.iter().take(REPORTS_PER_HEARTBEAT_MAX).cloned().collect(),
+            deleted: self.deleted.iter().take(REPORTS_PER_HEARTBEAT_MAX).copied().collect(),
+        }
+    }
+
+    /// Metadata answered the heartbeat that carried `batch`: forget what it carried (and only
+    /// that: reports queued meanwhile stay).
+    pub fn acknowledge(&mut self, batch: &ReportBatch) {
+        let stored: HashSet<(ChunkId, u64, crate::ids::Sha256Digest)> = batch.stored.iter().map(|r| (r.chunk, r.size, r.sha256)).collect();
+        let mut left = stored.len();
+        // Reports leave in order; stop scanning once every acknowledged one is gone.
+        self.stored.retain(|r| {
+            if left > 0 && stored.contains(&(r.chunk, r.size, r.sha256)) {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        let deleted: HashSet<ChunkId> = batch.deleted.iter().copied().collect();
+        self.deleted.retain(|c| !deleted.contains(c));
+    }
+
+    pub fn stored_unreported(&self) -> usize {
+        self.stored.len()
+    }
+
+    pub fn deleted_unreported(&self) -> usize {
+        self.deleted.len()
+    }
+
+    /// Stored reports dropped because the queue was full.
+    pub fn dropped_stored(&self) -> u64 {
+        self.dropped_stored
+    }
+}
+
+/// Repair jobs waiting to start on this node; beyond, a job is refused (reported failed, so
+/// metadata plans it again later).
+pub const REPAIRS_QUEUED_MAX: usize = 64;
+/// Failed repairs waiting to be reported.
+pub const REPAIR_FAILURES_UNREPORTED_MAX: usize = 1024;
+/// Longest error text reported for a failed repair.
+const REPAIR_ERROR_MAX_CHARS: usize = 256;
+
+/// A copy this node was asked to make (a repair job from a heartbeat reply).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairOrder {
+    pub chunk: ChunkId,
+    pub size: u64,
+    pub sha256: crate::ids::Sha256Digest,
+    /// Nodes holding the chunk, to try in order: (id, address).
+    pub sources: Vec<(StorageNodeId, String)>,
+}
+
+/// The repair jobs of one storage node: queued, running, and failures to report. Jobs run
+/// `running_max` at a time; a job for a chunk already queued or running is a duplicate (a
+/// reply re-sent) and ignored.
+#[derive(Debug)]
+pub struct Repairs {
+    running_max: usize,
+    queued: VecDeque<RepairOrder>,
+    running: Vec<ChunkId>,
+    failed: VecDeque<(ChunkId, String)>,
+}
+
+impl Repairs {
+    pub fn new(running_max: usize) -> Self {
+        Repairs { running_max: running_max.max(1), queued: VecDeque::new(), running: Vec::new(), failed: VecDeque::new() }
+    }
+
+    /// Jobs from a heartbeat reply.
+    pub fn offer(&mut self, orders: impl IntoIterator<Item = RepairOrder>) {
+        for order in orders {
+            if self.running.contains(&order.chunk) || self.queued.iter().any(|q| q.chunk == order.chunk) {
+                continue;
+            }
+            if self.queued.len() >= REPAIRS_QUEUED_MAX {
+                self.fail(order.chunk, "too many repair jobs queued on this node");
+                continue;
+            }
+            self.queued.push_back(order);
+        }
+    }
+
+    /// The next job to start, if a slot is free.
+    pub fn start(&mut self) -> Option<RepairOrder> {
+        if self.running.len() >= self.running_max {
+            return None;
+        }
+        let order = self.queued.pop_front()?;
+        self.running.push(order.chunk);
+        Some(order)
+    }
+
+    /// A job ended: done (its replica is reported like any stored one), or failed.
+    pub fn finish(&mut self, chunk: ChunkId, result: Result<(), String>) {
+        self.running.retain(|c| *c != chunk);
+        if let Err(e) = result {
+            self.fail(chunk, &e);
+        }
+    }
+
+    fn fail(&mut self, chunk: ChunkId, error: &str) {
+        if self.failed.len() >= REPAIR_FAILURES_UNREPORTED_MAX {
+            // Metadata times the job out instead.
+            return;
+        }
+        self.failed.push_back((chunk, error.chars().take(REPAIR_ERROR_MAX_CHARS).collect()));
+    }
+
+    /// Chunks being copied now, and queued: what a heartbeat says is in flight.
+    pub fn in_flight(&self) -> Vec<ChunkId> {
+        self.running.iter().copied().chain(self.queued.iter().map(|q| q.chunk)).collect()
+    }
+
+    /// Failures the next heartbeat reports.
+    pub fn failures(&self) -> Vec<(ChunkId, String)> {
+        self.failed.iter().take(REPORTS_PER_HEARTBEAT_MAX).cloned().collect()
+    }
+
+    /// The heartbeat that carried `reported` was answered.
+    pub fn acknowledge_failures(&mut self, reported: &[(ChunkId, String)]) {
+        let reported: HashSet<ChunkId> = reported.iter().map(|(c, _)| *c).collect();
+        self.failed.retain(|(c, _)| !reported.contains(c));
+    }
+}
+
+/// The registered storage nodes of this cluster, as the last heartbeat reply listed them.
+#[derive(Debug, Default)]
+pub struct Peers {
+    nodes: BTreeMap<StorageNodeId, String>,
+}
+
+/// A storage node: its id and address.
+pub type Peer = (StorageNodeId, String);
+
+/// A requested forward target refused, and why (the caller learns it as a replica failure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub node: StorageNodeId,
+    pub addr: String,
+    pub reason: &'static str,
+}
+
+/// Why a whole forward request is refused: the caller's mistake, or a peer trying to make
+/// this node send bytes everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{count} forward targets; a chunk has at most {max} replicas besides the primary")]
+pub struct TooManyTargets {
+    pub count: usize,
+    pub max: usize,
+}
+
+impl Peers {
+    pub fn update(&mut self, peers: impl IntoIterator<Item = (StorageNodeId, String)>) {
+        self.nodes = peers.into_iter().collect();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whom of `requested` node `me` forwards to: distinct registered peers at their
+    /// registered address, other than itself. The rest are refused one by one (a peer the
+    /// last heartbeat did not list may have registered since: the caller sees a replica
+    /// failure and places the replica elsewhere). More targets than a chunk can have replicas
+    /// refuses the request whole.
+    pub fn forward_targets(&self, me: StorageNodeId, requested: &[(StorageNodeId, String)]) -> Result<(Vec<Peer>, Vec<Refused>), TooManyTargets> {
+        let mut seen = HashSet::new();
+        let distinct: Vec<&(StorageNodeId, String)> = requested.iter().filter(|(id, _)| *id != me && seen.insert(*id)).collect();
+        let max = REPLICATION_MAX as usize - 1;
+        if distinct.len() > max {
+            return Err(TooManyTargets { count: distinct.len(), max });
+        }
+        let mut allowed = Vec::new();
+        let mut refused = Vec::new();
+        for (id, addr) in distinct {
+            match self.nodes.get(id) {
+                Some(known) if known == addr => allowed.push((*id, addr.clone())),
+                Some(_) => refused.push(Refused { node: *id, addr: addr.clone(), reason: "not the address this storage node is registered at" }),
+                None => refused.push(Refused { node: *id, addr: addr.clone(), reason: "not a registered storage node of this cluster (as of this node's last heartbeat)" }),
+            }
+        }
+        Ok((allowed, refused))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{FileId, Sha256Digest};
+    use proptest::prelude::*;
+
+    fn report(file: u64, index: u32) -> ReplicaReport {
+        ReplicaReport { chunk: ChunkId::derive(FileId(file), index), size: 1, sha256: Sha256Digest::of(&[index as u8]) }
+    }
+
+    #[test]
+    fn an_acknowledged_batch_is_forgotten_and_what_came_meanwhile_stays() {
+        let mut r = Reports::default();
+        r.stored(report(1, 0));
+        r.deleted(ChunkId::derive(FileId(9), 0));
+        let batch = r.batch();
+        r.stored(report(1, 1));
+        r.deleted(ChunkId::derive(FileId(9), 1));
+        r.acknowledge(&batch);
+        assert_eq!(r.batch(), ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)] });
+    }
+
+    #[test]
+    fn a_failed_heartbeat_reports_the_same_again() {
+        let mut r = Reports::default();
+        r.stored(report(1, 0));
+        let first = r.batch();
+        // No acknowledge: the heartbeat failed.
+        assert_eq!(r.batch(), first);
+    }
+
+    #[test]
+    fn queues_and_batches_are_bounded() {
+        let mut r = Reports::default();
+        for i in 0..(STORED_UNREPORTED_MAX + 10) as u32 {
+            r.stored(report(2, i));
+            r.deleted(ChunkId::derive(FileId(3), i));
+        }
+        assert_eq!(r.stored_unreported(), STORED_UNREPORTED_MAX);
+        assert_eq!(r.dropped_stored(), 10);
+        assert_eq!(r.deleted_unreported(), DELETED_UNREPORTED_MAX);
+        let batch = r.batch();
+        assert_eq!(batch.stored.len(), REPORTS_PER_HEARTBEAT_MAX);
+        assert_eq!(batch.stored[0], report(2, 10), "the oldest were dropped");
+        r.acknowledge(&batch);
+        assert_eq!(r.stored_unreported(), STORED_UNREPORTED_MAX - REPORTS_PER_HEARTBEAT_MAX);
+    }
+
+    #[test]
+    fn forwarding_goes_only_to_registered_peers_at_their_address() {
+        let mut peers = Peers::default();
+        let me = StorageNodeId(1);
+        let (a, b, c) = ((StorageNodeId(2), "a:1".to_string()), (StorageNodeId(3), "b:1".to_string()), (StorageNodeId(4), "c:1".to_string()));
+        let requested = vec![a.clone(), b.clone(), (me, "me:1".into()), a.clone(), c.clone()];
+        let (allowed, refused) = peers.forward_targets(me, &requested).unwrap();
+        assert!(allowed.is_empty(), "no heartbeat reply yet: nobody is known");
+        assert_eq!(refused.len(), 3);
+        peers.update([(me, "me:1".to_string()), a.clone(), (StorageNodeId(3), "elsewhere:1".to_string())]);
+        let (allowed, refused) = peers.forward_targets(me, &requested).unwrap();
+        assert_eq!(allowed, vec![a.clone()], "itself and duplicates are dropped");
+        assert_eq!(refused.iter().map(|r| r.node).collect::<Vec<_>>(), vec![b.0, c.0]);
+        let many: Vec<(StorageNodeId, String)> = (10..10 + REPLICATION_MAX as u64).map(|i| (StorageNodeId(i), format!("n{i}:1"))).collect();
+        assert_eq!(peers.forward_targets(me, &many), Err(TooManyTargets { count: REPLICATION_MAX as usize, max: REPLICATION_MAX as usize - 1 }));
+    }
+
+    fn order(index: u32) -> RepairOrder {
+        RepairOrder { chunk: ChunkId::derive(FileId(8), index), size: 1, sha256: Sha256Digest::of(&[]), sources: vec![] }
+    }
+
+    #[test]
+    fn repairs_run_a_bounded_number_at_once_and_duplicates_are_ignored() {
+        let mut r = Repairs::new(2);
+        r.offer([order(0), order(1), order(2), order(0)]);
+        assert_eq!(r.start().map(|o| o.chunk), Some(order(0).chunk));
+        assert_eq!(r.start().map(|o| o.chunk), Some(order(1).chunk));
+        assert_eq!(r.start(), None, "two at once at most");
+        r.offer([order(1)]);
+        assert_eq!(r.in_flight().len(), 3, "a running job offered again is not queued twice");
+        r.finish(order(0).chunk, Err("source gone".into()));
+        assert_eq!(r.start().map(|o| o.chunk), Some(order(2).chunk));
+        let failures = r.failures();
+        assert_eq!(failures, vec![(order(0).chunk, "source gone".to_string())]);
+        r.acknowledge_failures(&failures);
+        assert!(r.failures().is_empty());
+        // A full queue refuses, and says so.
+        let mut r = Repairs::new(1);
+        r.offer((0..(REPAIRS_QUEUED_MAX + 3) as u32).map(order));
+        assert_eq!(r.failures().len(), 3);
+    }
+
+    proptest! {
+        /// Whatever the interleaving of stores, heartbeats and failures, every stored report is
+        /// delivered (acknowledged) exactly once while the queue never overflows.
+        #[test]
+        fn every_report_is_acknowledged_once(ops in proptest::collection::vec(0u8..3, 1..400)) {
+            let mut r = Reports::default();
+            let mut next = 0u32;
+            let mut delivered = Vec::new();
+            let mut in_flight: Option<ReportBatch> = None;
+            for op in ops {
+                match op {
+                    0 => { r.stored(report(5, next)); next += 1; }
+                    1 => in_flight = Some(r.batch()),
+                    _ => if let Some(batch) = in_flight.take() {
+                        r.acknowledge(&batch);
+                        delivered.extend(batch.stored.iter().map(|s| s.chunk));
+                    },
+                }
+            }
+            let batch = r.batch();
+            r.acknowledge(&batch);
+            delivered.extend(batch.stored.iter().map(|s| s.chunk));
+            let expected: Vec<ChunkId> = (0..next).map(|i| ChunkId::derive(FileId(5), i)).collect();
+            prop_assert_eq!(delivered, expected);
+            prop_assert_eq!(r.stored_unreported(), 0);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Self-healing: a storage node dies (power cut) and stays away past the dead timeout, while
+//! files are deleted and replaced; then it returns with its stale replicas.
+//!
+//! Phase 1 (the node is away): every acknowledged file still downloads byte-identical (at
+//! most RF-1 replicas of any chunk are lost); then, within `REPAIR_BOUND` of the node being
+//! declared dead, every chunk is back to its full replication factor on live nodes, each
+//! listed replica's file on its node's disk. Phase 2 (the node is back): within
+//! `CONVERGE_BOUND`, every chunk is listed on exactly RF nodes, all live and each holding it,
+//! no disk holds a chunk file that no file lists (the stale replicas of deleted and replaced
+//! files are gone), and the files still download byte-identical. Repair copies stay within
+//! the replicas actually lost.
+
+#![cfg(madsim)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dfs_core::client::{ClientConfig, NoProgress};
+use dfs_core::env::Disk;
+use dfs_core::ids::ChunkId;
+use dfs_io_sim::SimDisk;
+use dfs_sim_tests::cluster::{Cluster, ClusterConfig};
+use dfs_sim_tests::seeds::{self, SimTest};
+use dfs_sim_tests::trace;
+use madsim::rand::Rng;
+
+const CHUNK: u64 = 64 * 1024;
+const STORAGE_NODES: u64 = 5;
+const FILES: usize = 8;
+/// Seeds `cargo test` runs.
+const CI_SEEDS: u64 = 16;
+/// The metadata's default dead timeout, and how long repair may take after it.
+const DEAD_AFTER: Duration = Duration::from_secs(30);
+const REPAIR_BOUND: Duration = Duration::from_secs(60);
+const CONVERGE_BOUND: Duration = Duration::from_secs(60);
+
+type SimClient = Arc<dfs_core::client::DfsClient<dfs_io_sim::SimEnv>>;
+
+/// Chunk id → the storage indexes (1-based) whose disks hold a file of it.
+async fn chunks_on_disks(cluster: &Cluster) -> BTreeMap<ChunkId, BTreeSet<u64>> {
+    let mut held: BTreeMap<ChunkId, BTreeSet<u64>> = BTreeMap::new();
+    for index in 1..=STORAGE_NODES {
+        for file in cluster.chunk_files(index).await {
+            let name = file.file_name().unwrap().to_str().unwrap();
+            let id = ChunkId::from_hex(name.trim_end_matches(".chunk")).expect("chunk files are named by id");
+            held.entry(id).or_default().insert(index);
+        }
+    }
+    held
+}
+
+/// Storage node id → its index, for the nodes that are up.
+fn indexes(cluster: &Cluster) -> BTreeMap<u64, u64> {
+    (1..=STORAGE_NODES).filter_map(|i| cluster.storage_node(i).map(|n| (n.id().0, i))).collect()
+}
+
+/// What is wrong with the replicas of `files` now, if anything: a chunk listed on fewer (or,
+/// with `exact`, other) than RF live nodes holding it; with `exact`, also orphans on disks.
+async fn replica_problems(cluster: &Cluster, client: &SimClient, files: &BTreeMap<String, Bytes>, exact: bool) -> Option<String> {
+    let up = indexes(cluster);
+    let on_disk = chunks_on_disks(cluster).await;
+    let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
+    for remote in files.keys() {
+        let c = client.clone();
+        let r = remote.clone();
+        let stat = match cluster.on_client(async move { c.stat(&r).await }).await {
+            Ok(s) => s,
+            Err(e) => return Some(format!("stat {remote}: {e}")),
+        };
+        let replication = stat.file.as_ref().map(|f| f.replication).unwrap_or(0) as usize;
+        for chunk in &stat.chunks {
+            let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
+            listed.insert(id);
+            let nodes: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
+            let good: Vec<u64> = nodes
+                .iter()
+                .copied()
+                .filter(|n| up.get(n).is_some_and(|i| on_disk.get(&id).is_some_and(|held| held.contains(i))))
+                .collect();
+            if good.len() < replication || (exact && nodes.len() != replication) || (exact && good.len() != nodes.len()) {
+                return Some(format!("{remote} chunk {}: listed on {nodes:?}, live holders {good:?}, factor {replication}", chunk.index));
+            }
+        }
+    }
+    if exact {
+        if let Some((id, holders)) = on_disk.iter().find(|(id, _)| !listed.contains(id)) {
+            return Some(format!("orphan chunk {id} on storage {holders:?}"));
+        }
+    }
+    None
+}
+
+async fn wait_for_replicas(cluster: &Cluster, client: &SimClient, files: &BTreeMap<String, Bytes>, exact: bool, limit: Duration, what: &str) {
+    let deadline = madsim::time::Instant::now() + limit;
+    loop {
+        let Some(problem) = replica_problems(cluster, client, files, exact).await else { return };
+        assert!(madsim::time::Instant::now() < deadline, "NOT HEALED: {what} within {limit:?}: {problem}");
+        madsim::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn check_downloads(cluster: &Cluster, client: &SimClient, disk: &SimDisk, files: &BTreeMap<String, Bytes>, round: &str) {
+    for (i, (remote, expected)) in files.iter().enumerate() {
+        let out = PathBuf::from(format!("/out/{round}/{i}"));
+        let (c, r, o, d) = (client.clone(), remote.clone(), out.clone(), disk.clone());
+        d.create_dir_all(out.parent().unwrap()).await.unwrap();
+        let result = cluster.on_client(async move { c.get(&r, &o, &NoProgress).await }).await;
+        match result {
+            Ok(_) => {
+                let got = disk.read_file(&out).await.unwrap();
+                assert!(got == *expected, "WRONG BYTES: {remote} ({round})");
+            }
+            Err(e) => panic!("LOST: {remote} does not download ({round}): {e}"),
+        }
+    }
+}
+
+async fn put(cluster: &Cluster, client: &SimClient, disk: &SimDisk, remote: &str, overwrite: bool) -> Bytes {
+    let size = {
+        let mut rng = madsim::rand::thread_rng();
+        rng.gen_range(0..4) * CHUNK + rng.gen_range(1..CHUNK)
+    };
+    let mut data = vec![0u8; size as usize];
+    madsim::rand::thread_rng().fill(&mut data[..]);
+    let data = Bytes::from(data);
+    let local = PathBuf::from(format!("/in{remote}-{}", madsim::rand::thread_rng().gen::<u32>()));
+    disk.create_dir_all(local.parent().unwrap()).await.unwrap();
+    disk.write_file(&local, data.clone()).await.unwrap();
+    let (c, r) = (client.clone(), remote.to_string());
+    cluster.on_client(async move { c.put(&local, &r, overwrite, &NoProgress).await }).await.unwrap_or_else(|e| panic!("put {remote}: {e}"));
+    data
+}
+
+async fn scenario() {
+    let cluster = Arc::new(Cluster::start(ClusterConfig { storage_nodes: STORAGE_NODES, ..ClusterConfig::default() }));
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(30)).await;
+    let disk = SimDisk::new(1 << 30);
+    let config = ClientConfig { chunk_size: CHUNK, transfer_timeout: Duration::from_secs(5), ..ClientConfig::default() };
+    let client: SimClient = Arc::new(cluster.client(config, &disk));
+
+    let mut files: BTreeMap<String, Bytes> = BTreeMap::new();
+    for i in 0..FILES {
+        let remote = format!("/f{i}");
+        let data = put(&cluster, &client, &disk, &remote, false).await;
+        files.insert(remote, data);
+    }
+    wait_for_replicas(&cluster, &client, &files, true, Duration::from_secs(30), "the initial uploads settled").await;
+    let before = chunks_on_disks(&cluster).await;
+
+    // Phase 1: a node dies. While it is away, a file is deleted and one replaced, so that it
+    // comes back holding stale replicas.
+    let victim = madsim::rand::thread_rng().gen_range(1..=STORAGE_NODES);
+    let lost = before.values().filter(|holders| holders.contains(&victim)).count();
+    cluster.kill_storage(victim);
+    let away = madsim::rand::thread_rng().gen_range(0..3);
+    madsim::time::sleep(Duration::from_secs(3)).await;
+    let c = client.clone();
+    cluster.on_client(async move { c.delete("/f0", false).await }).await.expect("delete while a holder is down");
+    files.remove("/f0");
+    let replaced = put(&cluster, &client, &disk, "/f1", true).await;
+    files.insert("/f1".into(), replaced);
+    trace::event(format!("storage-{victim} down, holding {lost} replicas; /f0 deleted, /f1 replaced"));
+    check_downloads(&cluster, &client, &disk, &files, "node away").await;
+    madsim::time::sleep(DEAD_AFTER).await;
+    wait_for_replicas(&cluster, &client, &files, false, REPAIR_BOUND, "every chunk back to its factor on live nodes").await;
+    trace::event("phase 1: every chunk back to its replication factor".to_string());
+    // A node away for long, or just past the dead timeout.
+    madsim::time::sleep(Duration::from_secs(away * 30)).await;
+
+    // Phase 2: it returns with its stale replicas; everything converges.
+    cluster.restart_storage(victim);
+    cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(60)).await;
+    wait_for_replicas(&cluster, &client, &files, true, CONVERGE_BOUND, "exactly RF replicas, no orphans").await;
+    check_downloads(&cluster, &client, &disk, &files, "converged").await;
+    let after = chunks_on_disks(&cluster).await;
+    let new_copies: usize = after
+        .iter()
+        .map(|(id, holders)| holders.iter().filter(|h| !before.get(id).is_some_and(|b| b.contains(h))).count())
+        .sum();
+    // New copies: the repairs, plus the replaced file's fresh upload (at most 4 chunks × RF).
+    assert!(new_copies <= lost + 4 * 3, "REPAIR STORM: {new_copies} new replicas for {lost} lost");
+    trace::event(format!("phase 2: converged; {new_copies} new replicas for {lost} lost"));
+}
+
+#[test]
+fn lost_replicas_are_restored_and_returning_stale_ones_removed() {
+    seeds::run_seeds(SimTest { file: "self_healing", name: "lost_replicas_are_restored_and_returning_stale_ones_removed" }, CI_SEEDS, scenario);
+}
