@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use clap::{Args, Subcommand};
-use dfs_core::client::ClientConfig;
-use dfs_core::proto::MetaStatusResponse;
+use dfs_core::client::{ClientConfig, ClientError};
+use dfs_core::proto::{self, MetaStatusResponse};
 
 use crate::cli::{emit, emit_json, usage, Ctx, MetaFlag};
 use crate::output::MetaStatusJson;
@@ -16,6 +16,17 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: MetaCommand,
     },
+    /// Start a full scrub pass on a storage node now (every chunk re-read and verified;
+    /// damaged replicas are reported and repaired).
+    Scrub(ScrubArgs),
+}
+
+#[derive(Args)]
+pub struct ScrubArgs {
+    /// The storage node: its id (as `dfs nodes` shows it) or its address.
+    node: String,
+    #[command(flatten)]
+    meta: MetaFlag,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +58,7 @@ pub struct RemoveArgs {
 
 pub async fn run(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
     let (status, done) = match command {
+        AdminCommand::Scrub(args) => return scrub(ctx, args).await,
         AdminCommand::Meta { command: MetaCommand::Add(args) } => {
             let bad = || usage(format!("{:?} is not ID=HOST:PORT with an id of 1 or more", args.member));
             let (id, addr) = args.member.split_once('=').ok_or_else(bad)?;
@@ -91,4 +103,17 @@ fn status_text(s: &MetaStatusResponse) -> String {
         );
     }
     out
+}
+
+async fn scrub(ctx: &Ctx, args: ScrubArgs) -> anyhow::Result<()> {
+    let client = args.meta.meta_client()?;
+    let reply = client
+        .call(proto::ScrubStorageNodeRequest { node: args.node.clone() })
+        .await
+        .map_err(|source| crate::client_cmds::explain(ClientError::Metadata { context: format!("scrub {}", args.node), source }))?;
+    let node = reply.node.unwrap_or_default();
+    if ctx.json {
+        return emit_json(&serde_json::json!({ "node_id": crate::output::node_id(node.id), "addr": node.addr, "scrub": "requested" }));
+    }
+    emit(&format!("scrub requested on storage node {} ({}); it starts with the node's next heartbeat\n", crate::output::node_id(node.id), node.addr))
 }

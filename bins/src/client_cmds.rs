@@ -251,6 +251,23 @@ pub struct StatusArgs {
     pub meta: MetaFlag,
 }
 
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct FsckArgs {
+    /// A file or a directory (everything under it); default: the whole namespace.
+    pub path: Option<String>,
+    /// Chunks with a problem to list (the counts cover all of them).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub problems_max: u32,
+    #[command(flatten)]
+    pub meta: MetaFlag,
+}
+
 /// A client error, with a hint for the mistakes that have an obvious way out.
 pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     match e.rpc() {
@@ -734,4 +751,81 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     emit(&out)
+}
+
+// ---- nodes -------------------------------------------------------------------------------
+
+pub async fn nodes(ctx: &Ctx, args: NodesArgs) -> anyhow::Result<()> {
+    let client = args.meta.client(ClientConfig::default())?;
+    let s = client.status().await?;
+    let nodes: Vec<StorageNodeJson> = s.storage_nodes.iter().map(StorageNodeJson::from).collect();
+    if ctx.json {
+        return emit_json(&NodesJson { nodes });
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<16}  {:<21}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat", "node", "address", "state", "capacity", "used", "free", "chunks", "repairs");
+    for n in &nodes {
+        let ago = match n.last_heartbeat_ms_ago {
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "never".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<21}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  {ago}",
+            n.node_id,
+            n.addr,
+            n.state,
+            ByteSize(n.capacity_bytes).to_string(),
+            ByteSize(n.used_bytes).to_string(),
+            ByteSize(n.free_bytes).to_string(),
+            n.chunk_count,
+            n.repairs_in_flight
+        );
+    }
+    emit(&out)
+}
+
+// ---- fsck --------------------------------------------------------------------------------
+
+/// A health report like `hdfs fsck`; exits 1 (after the report) when anything is wrong.
+pub async fn fsck(ctx: &Ctx, args: FsckArgs) -> anyhow::Result<()> {
+    let client = args.meta.meta_client()?;
+    let path = args.path.clone().unwrap_or_default();
+    let request = proto::FsckRequest { path: path.clone(), problems_max: args.problems_max };
+    let shown_path = if path.is_empty() { "/".to_string() } else { path.clone() };
+    let r = client.call(request).await.map_err(|source| explain(ClientError::Metadata { context: format!("fsck {}", shown(&shown_path)), source }))?;
+    let report = FsckJson::from(&r);
+    let healthy = report.healthy;
+    if ctx.json {
+        emit_json(&report)?;
+    } else {
+        let mut out = String::new();
+        for p in &report.problems {
+            let _ = writeln!(out, "{} chunk {} ({}): {}, {} of {} replicas valid", shown(&p.path), p.index, p.chunk_id, p.kind, p.valid_replicas, p.replication);
+        }
+        if report.problems_truncated {
+            let _ = writeln!(out, "... more problems not listed (--problems-max)");
+        }
+        let _ = writeln!(out, "path:              {}", shown(&shown_path));
+        let _ = writeln!(out, "files:             {}", report.files);
+        let _ = writeln!(out, "chunks:            {}  ({})", report.chunks, ByteSize(report.bytes));
+        let _ = writeln!(out, "under-replicated:  {}", report.under_replicated);
+        let _ = writeln!(out, "over-replicated:   {}", report.over_replicated);
+        let _ = writeln!(out, "corrupt:           {}", report.corrupt);
+        let _ = writeln!(out, "missing:           {}", report.missing);
+        let _ = writeln!(out, "repairs in flight: {}", report.repairs_in_flight);
+        let _ = writeln!(out, "status:            {}", if healthy { "HEALTHY" } else { "UNHEALTHY" });
+        emit(&out)?;
+    }
+    if !healthy {
+        anyhow::bail!(
+            "{} is not healthy: {} missing, {} under-replicated, {} corrupt, {} over-replicated chunks",
+            shown(&shown_path),
+            report.missing,
+            report.under_replicated,
+            report.corrupt,
+            report.over_replicated
+        );
+    }
+    Ok(())
 }

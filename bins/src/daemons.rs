@@ -50,6 +50,16 @@ pub struct MetaArgs {
     repair_jobs_max: u64,
 }
 
+/// Bytes per second: `8MiB/s`, `500KB/s`, `1048576`.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let bytes = s.trim().trim_end_matches("/s");
+    let rate: bytesize::ByteSize = bytes.parse().map_err(|e| format!("{s:?} is not a rate like 8MiB/s: {e}"))?;
+    if rate.as_u64() == 0 {
+        return Err("must be more than zero".into());
+    }
+    Ok(rate.as_u64())
+}
+
 /// A duration with its unit: `3s`, `500ms`, `2m`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s or 500ms: {e}"))?;
@@ -79,6 +89,10 @@ pub struct StorageArgs {
     /// Milliseconds between heartbeats (the older spelling of --heartbeat-interval).
     #[arg(long, env = "DFS_HEARTBEAT_MS", hide = true, conflicts_with = "heartbeat_interval", value_parser = clap::value_parser!(u64).range(100..=60_000))]
     heartbeat_ms: Option<u64>,
+    /// Pace of background verification of stored chunks, in bytes per second (e.g. 8MiB/s,
+    /// the default: a full pass of 2 TB in about three days).
+    #[arg(long, env = "DFS_SCRUB_RATE", default_value = "8MiB/s", value_parser = parse_rate)]
+    scrub_rate: u64,
     /// Repair copies this node makes at once (metadata also bounds them).
     #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     repair_streams_max: u64,
@@ -186,6 +200,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         bail!("--heartbeat-interval {:?} is outside 100ms..=60s", config.heartbeat_interval);
     }
     config.repair_streams_max = args.repair_streams_max as usize;
+    config.scrub_rate_bytes_per_sec = args.scrub_rate;
     config.chunk_streams_max = args.chunk_streams_max as usize;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.space_reserve_bytes = args.space_reserve_bytes;

@@ -61,6 +61,10 @@ enum Command {
     Rm(client_cmds::RmArgs),
     /// Show the metadata leader, the members and the storage nodes.
     Status(client_cmds::StatusArgs),
+    /// Storage nodes: state, last heartbeat, capacity, used, chunks, repairs in flight.
+    Nodes(client_cmds::NodesArgs),
+    /// Health of files and chunks: under/over-replicated, corrupt, missing (exit 1 if any).
+    Fsck(client_cmds::FsckArgs),
     /// `put` with named flags: --file LOCAL --name REMOTE.
     Upload(client_cmds::UploadArgs),
     /// `get` with named flags: --name REMOTE --out LOCAL.
@@ -116,6 +120,8 @@ fn main() -> ExitCode {
             Command::Mv(args) => client_cmds::mv(ctx, args).await,
             Command::Rm(args) => client_cmds::rm(ctx, args).await,
             Command::Status(args) => client_cmds::status(ctx, args).await,
+            Command::Nodes(args) => client_cmds::nodes(ctx, args).await,
+            Command::Fsck(args) => client_cmds::fsck(ctx, args).await,
             Command::Upload(args) => client_cmds::upload(ctx, args).await,
             Command::Download(args) => client_cmds::download(ctx, args).await,
             Command::List(args) => client_cmds::list(ctx, args).await,

@@ -235,6 +235,89 @@ pub struct StorageNodeJson {
     pub chunk_count: u64,
     /// `null` when this leader has not heard from the node yet.
     pub last_heartbeat_ms_ago: Option<u64>,
+    /// capacity - free, as the node last reported.
+    pub used_bytes: u64,
+    /// Repair copies the node is making now.
+    pub repairs_in_flight: u64,
+}
+
+impl From<&proto::StorageNodeStatus> for StorageNodeJson {
+    fn from(n: &proto::StorageNodeStatus) -> Self {
+        let node = n.node.clone().unwrap_or_default();
+        StorageNodeJson {
+            node_id: node_id(node.id),
+            addr: node.addr,
+            state: n.state.clone(),
+            capacity_bytes: n.capacity_bytes,
+            free_bytes: n.free_bytes,
+            chunk_count: n.chunk_count,
+            last_heartbeat_ms_ago: (n.last_heartbeat_ms_ago != u64::MAX).then_some(n.last_heartbeat_ms_ago),
+            used_bytes: n.capacity_bytes.saturating_sub(n.free_bytes),
+            repairs_in_flight: n.repairs_in_flight,
+        }
+    }
+}
+
+/// `dfs nodes --json`.
+#[derive(Serialize)]
+pub struct NodesJson {
+    pub nodes: Vec<StorageNodeJson>,
+}
+
+#[derive(Serialize)]
+pub struct FsckProblemJson {
+    pub path: String,
+    pub index: u32,
+    pub chunk_id: String,
+    /// "missing", "under-replicated", "over-replicated" or "corrupt".
+    pub kind: String,
+    pub valid_replicas: u32,
+    pub replication: u32,
+}
+
+/// `dfs fsck --json`.
+#[derive(Serialize)]
+pub struct FsckJson {
+    pub healthy: bool,
+    pub files: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub under_replicated: u64,
+    pub over_replicated: u64,
+    pub corrupt: u64,
+    pub missing: u64,
+    pub repairs_in_flight: u64,
+    pub problems: Vec<FsckProblemJson>,
+    pub problems_truncated: bool,
+}
+
+impl From<&proto::FsckResponse> for FsckJson {
+    fn from(r: &proto::FsckResponse) -> Self {
+        FsckJson {
+            healthy: r.under_replicated + r.over_replicated + r.corrupt + r.missing == 0,
+            files: r.files,
+            chunks: r.chunks,
+            bytes: r.bytes,
+            under_replicated: r.under_replicated,
+            over_replicated: r.over_replicated,
+            corrupt: r.corrupt,
+            missing: r.missing,
+            repairs_in_flight: r.repairs_in_flight,
+            problems: r
+                .problems
+                .iter()
+                .map(|p| FsckProblemJson {
+                    path: p.path.clone(),
+                    index: p.index,
+                    chunk_id: dfs_core::ids::ChunkId::from_slice(&p.chunk_id).map(|c| c.to_hex()).unwrap_or_default(),
+                    kind: p.kind.clone(),
+                    valid_replicas: p.valid_replicas,
+                    replication: p.replication,
+                })
+                .collect(),
+            problems_truncated: r.problems_truncated,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -257,22 +340,7 @@ impl From<&proto::ClusterStatusResponse> for StatusJson {
             members: s.members.iter().map(MetaNodeJson::from).collect(),
             file_count: s.file_count,
             total_bytes: s.total_bytes,
-            storage_nodes: s
-                .storage_nodes
-                .iter()
-                .map(|n| {
-                    let node = n.node.clone().unwrap_or_default();
-                    StorageNodeJson {
-                        node_id: node_id(node.id),
-                        addr: node.addr,
-                        state: n.state.clone(),
-                        capacity_bytes: n.capacity_bytes,
-                        free_bytes: n.free_bytes,
-                        chunk_count: n.chunk_count,
-                        last_heartbeat_ms_ago: (n.last_heartbeat_ms_ago != u64::MAX).then_some(n.last_heartbeat_ms_ago),
-                    }
-                })
-                .collect(),
+            storage_nodes: s.storage_nodes.iter().map(StorageNodeJson::from).collect(),
         }
     }
 }

@@ -526,6 +526,15 @@ impl ChunkTable {
         }
     }
 
+    /// The first stored chunk after `after` in id order (after nothing: the first).
+    pub fn next_stored_after(&self, after: Option<ChunkId>) -> Option<ChunkId> {
+        let range = match after {
+            None => self.chunks.range(..),
+            Some(a) => self.chunks.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+        };
+        range.filter(|(_, s)| matches!(s, ChunkState::Stored(_))).map(|(id, _)| *id).next()
+    }
+
     pub fn stored_count(&self) -> u64 {
         self.chunks.values().filter(|s| matches!(s, ChunkState::Stored(_))).count() as u64
     }

@@ -31,5 +31,6 @@ pub mod placement;
 pub mod proto;
 pub mod repair;
 pub mod rpc;
+pub mod scrub;
 pub mod storage_node;
 pub mod storage_reports;

@@ -161,6 +161,35 @@ pub struct Census {
     pub with_bad_replicas: u64,
 }
 
+/// The replicas of `c` that count: listed, not marked bad, on a node that is not Dead. (A
+/// Suspect or Unknown node's replicas count, so that silence shorter than the dead timeout
+/// moves nothing.)
+pub fn valid_replicas(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Vec<StorageNodeId> {
+    c.replicas
+        .iter()
+        .copied()
+        .filter(|r| !c.bad.is_some_and(|b| b.contains(r)) && nodes.get(r).is_some_and(|s| s.liveness != Liveness::Dead))
+        .collect()
+}
+
+/// What is wrong with a chunk, if anything, in the order `fsck` reports it.
+pub fn chunk_problem(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Option<(&'static str, usize)> {
+    let valid = valid_replicas(c, nodes).len();
+    let replication = c.replication as usize;
+    let kind = if valid == 0 {
+        "missing"
+    } else if valid < replication {
+        "under-replicated"
+    } else if c.bad.is_some_and(|b| c.replicas.iter().any(|r| b.contains(r))) {
+        "corrupt"
+    } else if valid > replication {
+        "over-replicated"
+    } else {
+        return None;
+    };
+    Some((kind, valid))
+}
+
 pub struct RepairPlanner {
     config: RepairConfig,
     started: Timestamp,
@@ -251,9 +280,7 @@ impl RepairPlanner {
         nodes: &BTreeMap<StorageNodeId, NodeState>,
     ) -> Vec<Command> {
         let liveness = |n: &StorageNodeId| nodes.get(n).map(|s| s.liveness).unwrap_or(Liveness::Dead);
-        let valid = |c: &ChunkState| -> Vec<StorageNodeId> {
-            c.replicas.iter().copied().filter(|r| !c.bad.is_some_and(|b| b.contains(r)) && liveness(r) != Liveness::Dead).collect()
-        };
+        let valid = |c: &ChunkState| valid_replicas(c, nodes);
 
         // A job not handed out yet whose target stopped heartbeating is planned again at
         // once (it would never be handed out); one handed out ends when its target is Dead,
@@ -395,6 +422,11 @@ impl RepairPlanner {
             self.jobs.insert(chunk, InFlight { job: RepairJob { chunk, size, sha256, sources, target }, sent_at: None });
         }
         commands
+    }
+
+    /// Repair jobs in flight in the cluster.
+    pub fn jobs_in_flight(&self) -> usize {
+        self.jobs.len() + self.adopted.len()
     }
 
     fn back_off(&mut self, now: Timestamp, job: &RepairJob) {

@@ -25,17 +25,21 @@
 //!   time; a request beyond that waits up to `chunk_stream_wait`, then gets `Unavailable`. A
 //!   write whose sender goes quiet for `frame_timeout` between frames is dropped; forwarding to
 //!   a peer may take `frame_timeout` per frame, and never more than `replication_timeout`.
-//!
 //! - **Metadata hears from the holder.** Every replica stored is reported with a later
 //!   heartbeat (`storage_reports`); a primary forwards only to the registered peers the last
 //!   heartbeat reply listed.
+//! - **Repair.** Copies metadata asks for (repair jobs on heartbeat replies) are pulled from a
+//!   source, checked against the recorded SHA-256, stored, and reported, `repair_streams_max`
+//!   at a time.
+//! - **Scrubbing.** Stored chunks are re-read and verified in the background at
+//!   `scrub_rate_bytes_per_sec`, or at once on request; damage found is quarantined and
+//!   reported like damage found by a client's read.
 //!
 //! ## What it does not promise
 //!
 //! - A reader that stops reading (without closing) holds its stream slot until its connection
 //!   dies: the transports' flow control stops the node from reading further, but nothing
 //!   times the reader out yet.
-//! - Damage is found only when a chunk is read; there is no background scrubber yet.
 //! - Reports not yet sent are in memory: a crash loses them (the uploader's word still
 //!   stands), and nothing yet reports a node's whole inventory.
 //!
@@ -43,7 +47,8 @@
 //!
 //! `open` reads the node id (or makes one), removes unfinished temporary files and rebuilds the
 //! chunk table from the chunk files' headers. The transports call `ChunkHandler` for each
-//! chunk stream; `run_heartbeats` runs for the node's life. Decisions (file format, write
+//! chunk stream; `run_heartbeats` runs for the node's life (heartbeats, repairs and the
+//! scrubber, as three loops of one task). Decisions (file format, write
 //! steps, space, the table) live in `chunk_store`; this module carries them out.
 
 use std::collections::VecDeque;
@@ -61,6 +66,7 @@ use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::proto;
 use crate::namespace::ReplicaReport;
+use crate::scrub::{Scrubber, Step};
 use crate::storage_reports::{Peers, RepairOrder, Repairs, ReportBatch, Reports};
 use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 
@@ -76,6 +82,8 @@ const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
 const ORPHANED_TMP_MAX: usize = 1024;
 /// Shortest time between two heartbeats, however often forwards to unknown peers ask for one.
 const HEARTBEAT_GAP_MIN: Duration = Duration::from_millis(500);
+/// Longest a forward to a peer this node does not know waits for a fresh peer list.
+const PEER_REFRESH_WAIT_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -100,6 +108,8 @@ pub struct StorageConfig {
     pub space_reserve_bytes: u64,
     /// Repair jobs (copies pulled from peers) run at once.
     pub repair_streams_max: usize,
+    /// Pace of background verification (`scrub`).
+    pub scrub_rate_bytes_per_sec: u64,
 }
 
 impl StorageConfig {
@@ -115,6 +125,7 @@ impl StorageConfig {
             frame_timeout: Duration::from_secs(10),
             space_reserve_bytes: 64 * 1024 * 1024,
             repair_streams_max: 2,
+            scrub_rate_bytes_per_sec: crate::scrub::SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
         }
     }
 }
@@ -222,12 +233,17 @@ pub struct StorageNode<E: Env> {
     reports: Mutex<Reports>,
     /// The cluster's registered storage nodes, from the last heartbeat reply.
     peers: Mutex<Peers>,
+    /// Fires whenever `peers` is refreshed.
+    peers_updated: event_listener::Event,
     /// Wakes the heartbeat loop early (capacity 1: wake-ups coalesce).
     heartbeat_now: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// Repair jobs from heartbeat replies.
     repairs: Mutex<Repairs>,
     /// Wakes the repair loop (capacity 1: wake-ups coalesce).
     repairs_wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    scrubber: Mutex<Scrubber>,
+    /// Wakes the scrub loop (a pass was requested).
+    scrub_wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// Found corrupt, not yet reported to metadata.
     bad_unreported: Arc<Mutex<VecDeque<BadReplica>>>,
     /// Temporary files of writes that were dropped mid-way, to remove.
@@ -326,6 +342,8 @@ impl<E: Env> StorageNode<E> {
         let meta = MetaClient::new(env.clone(), config.meta_addrs.clone(), policy);
         let (client_slots, replication_slots) = (StreamSlots::new(config.chunk_streams_max), StreamSlots::new(config.chunk_streams_max));
         let repair_streams_max = config.repair_streams_max;
+        // The first paced pass starts a while after start-up, not in the middle of it.
+        let (scrub_rate, scrub_start) = (config.scrub_rate_bytes_per_sec, env.clock().now().plus(config.heartbeat_interval * 10));
         Ok(Arc::new(StorageNode {
             env,
             id,
@@ -335,9 +353,12 @@ impl<E: Env> StorageNode<E> {
             meta,
             reports: Mutex::default(),
             peers: Mutex::default(),
+            peers_updated: event_listener::Event::new(),
             heartbeat_now: async_channel::bounded(1),
             repairs: Mutex::new(Repairs::new(repair_streams_max)),
             repairs_wake: async_channel::bounded(1),
+            scrubber: Mutex::new(Scrubber::new(scrub_rate, scrub_start)),
+            scrub_wake: async_channel::bounded(1),
             bad_unreported: Arc::default(),
             orphaned_tmp: Mutex::default(),
             cluster_id: Mutex::new(cluster_id),
@@ -433,7 +454,7 @@ impl<E: Env> StorageNode<E> {
     /// peer the last reply did not list brings the next heartbeat forward (to learn of nodes
     /// registered since), but never sooner than `HEARTBEAT_GAP_MIN` after the last.
     pub async fn run_heartbeats(self: Arc<Self>) {
-        futures::join!(self.heartbeat_loop(), self.repair_loop());
+        futures::join!(self.heartbeat_loop(), self.repair_loop(), self.scrub_loop());
     }
 
     async fn heartbeat_loop(&self) {
@@ -488,10 +509,16 @@ impl<E: Env> StorageNode<E> {
         if !reply.repair_jobs.is_empty() {
             let _ = self.repairs_wake.0.try_send(());
         }
+        if reply.scrub_now {
+            tracing::info!(node = %self.id, "scrub pass requested");
+            self.scrubber.lock().expect("scrubber lock").request_pass(self.env.clock().now());
+            let _ = self.scrub_wake.0.try_send(());
+        }
         if reply.register {
             *registered = false;
         } else {
             self.peers.lock().expect("peers lock").update(reply.peers.into_iter().map(|p| (StorageNodeId(p.id), p.addr)));
+            self.peers_updated.notify(usize::MAX);
         }
         for raw in reply.delete_chunks {
             let Some(id) = ChunkId::from_slice(&raw) else { continue };
@@ -541,6 +568,51 @@ impl<E: Env> StorageNode<E> {
                 .map(|(c, error)| proto::RepairFailure { chunk_id: Bytes::copy_from_slice(c.as_bytes()), error })
                 .collect(),
         })
+    }
+
+    /// Verifies stored chunks in the background, paced (`scrub::Scrubber`). A damaged replica
+    /// is quarantined and reported by the read path it goes through.
+    async fn scrub_loop(&self) {
+        loop {
+            let now = self.env.clock().now();
+            let step = {
+                let table = self.table.lock().expect("table lock");
+                self.scrubber.lock().expect("scrubber lock").next(now, |after| table.next_stored_after(after))
+            };
+            match step {
+                Step::Verify(id) => {
+                    let bytes = self.verify_stored(id).await;
+                    self.scrubber.lock().expect("scrubber lock").verified(self.env.clock().now(), bytes);
+                }
+                Step::WaitUntil(at) => {
+                    let _ = with_timeout(self.env.clock(), at.saturating_since(now), self.scrub_wake.1.recv()).await;
+                }
+            }
+        }
+    }
+
+    /// Reads a stored chunk through the verified read path; returns the bytes read.
+    async fn verify_stored(&self, id: ChunkId) -> u64 {
+        let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()) };
+        let mut frames = match self.read_chunk(request).await {
+            Ok(frames) => frames,
+            Err(RpcError::NotFound(_)) => return 0, // deleted meanwhile
+            Err(e) => {
+                tracing::warn!(node = %self.id, chunk = %id, error = %e, "scrub: cannot read");
+                return 0;
+            }
+        };
+        let mut bytes = 0;
+        while let Some(frame) = frames.next().await {
+            match frame {
+                Ok(f) => bytes += f.data.len() as u64,
+                Err(e) => {
+                    tracing::error!(node = %self.id, chunk = %id, error = %e, "scrub: damaged replica quarantined");
+                    break;
+                }
+            }
+        }
+        bytes
     }
 
     /// Runs repair jobs as heartbeat replies bring them, `repair_streams_max` at a time.
@@ -761,12 +833,18 @@ impl<E: Env> StorageNode<E> {
     /// The requested forward targets this node sends to (registered peers only; see
     /// `Peers::forward_targets`), and failures for the others. An unknown peer wakes the
     /// heartbeat loop, so that a node registered since the last reply is known soon.
-    fn forward_targets(&self, requested: &[proto::StorageNode]) -> Result<(Vec<proto::StorageNode>, Vec<proto::ReplicaFailure>), RpcError> {
+    async fn forward_targets(&self, requested: &[proto::StorageNode]) -> Result<(Vec<proto::StorageNode>, Vec<proto::ReplicaFailure>), RpcError> {
         let requested: Vec<(StorageNodeId, String)> = requested.iter().map(|p| (StorageNodeId(p.id), p.addr.clone())).collect();
-        let (allowed, refused) =
-            self.peers.lock().expect("peers lock").forward_targets(self.id, &requested).map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+        let check = || self.peers.lock().expect("peers lock").forward_targets(self.id, &requested).map_err(|e| RpcError::InvalidArgument(e.to_string()));
+        let (mut allowed, mut refused) = check()?;
         if !refused.is_empty() {
+            // Perhaps registered since the last heartbeat reply: ask now, and wait (briefly)
+            // for the fresh list before refusing (a refusal makes the client avoid that node).
+            let updated = self.peers_updated.listen();
             let _ = self.heartbeat_now.0.try_send(());
+            let wait = self.config.heartbeat_interval.min(PEER_REFRESH_WAIT_MAX).saturating_add(HEARTBEAT_GAP_MIN);
+            let _ = with_timeout(self.env.clock(), wait, updated).await;
+            (allowed, refused) = check()?;
         }
         let to_proto = |(id, addr): (StorageNodeId, String)| proto::StorageNode { id: id.0, addr };
         let failures = refused
@@ -867,7 +945,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let upload = self.receive(&mut frames).await?;
         let (id, meta) = verify_upload(&upload)?;
         let (peers, refused) = match service {
-            ChunkService::Storage => self.forward_targets(&upload.header.forward_to)?,
+            ChunkService::Storage => self.forward_targets(&upload.header.forward_to).await?,
             // A replica never forwards: the fan-out is the primary's alone.
             ChunkService::Replication => (vec![], vec![]),
         };

@@ -427,6 +427,8 @@ fn streams_beyond_the_limit_wait_then_are_refused() {
 fn a_primary_forwards_to_at_most_the_replicas_a_chunk_can_have_and_to_each_once() {
     let env = TestEnv::new(1 << 30);
     let node = open(&env, config());
+    // The wait for a fresh peer list ends at once (no metadata here to give one).
+    env.clock.timeouts_fire.store(true, Ordering::SeqCst);
     let (id, data) = chunk(20, 100);
     let peer = |i: u64| proto::StorageNode { id: 1000 + i, addr: format!("10.9.0.{i}:1") };
     let mut too_many = upload(id, &data);
@@ -436,7 +438,7 @@ fn a_primary_forwards_to_at_most_the_replicas_a_chunk_can_have_and_to_each_once(
         other => panic!("expected a refusal, got {other:?}"),
     }
     // Repeated targets count once, and the node itself is not a target: 15 distinct peers
-    // are allowed (each unreachable here, so each is a failure).
+    // are allowed (each unknown here, so each is a failure).
     let mut repeated = upload(id, &data);
     repeated.header.forward_to = (0..15).chain(0..15).map(peer).chain([proto::StorageNode { id: node.id().0, addr: "self".into() }]).collect();
     let reply = block_on(node.write_chunk(ChunkService::Storage, frames(repeated))).unwrap();
@@ -444,11 +446,12 @@ fn a_primary_forwards_to_at_most_the_replicas_a_chunk_can_have_and_to_each_once(
     assert_eq!(reply.failures.len(), 15);
 }
 
-
 #[test]
 fn a_primary_forwards_only_to_registered_peers() {
     let env = TestEnv::new(64 << 20);
     let node = open(&env, config());
+    // The wait for a fresh peer list ends at once (no metadata here to give one).
+    env.clock.timeouts_fire.store(true, Ordering::SeqCst);
     let (id, data) = chunk(0, 1000);
     let mut request = upload(id, &data);
     // No heartbeat reply yet: the node knows no peer, so it sends to none (this test's

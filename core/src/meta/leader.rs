@@ -90,6 +90,8 @@ pub struct HeartbeatReply {
     pub peers: Vec<(StorageNodeId, String)>,
     /// Copies for this node to make, each with its sources' addresses.
     pub repair_jobs: Vec<(RepairJob, Vec<(StorageNodeId, String)>)>,
+    /// Start a full scrub pass now.
+    pub scrub_now: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,18 +143,60 @@ pub struct NodeView {
     pub last_heartbeat_ago: Option<Duration>,
 }
 
+/// The chunks of a committed file, as the repair planner sees them.
+fn chunk_states<'a>(ns: &'a Namespace, f: &'a crate::namespace::FileRecord) -> impl Iterator<Item = ChunkState<'a>> + 'a {
+    f.chunks.iter().map(move |c| {
+        let id = f.chunk_id(c.index);
+        ChunkState { id, size: c.size, sha256: c.sha256, replication: f.replication, replicas: &c.replicas, bad: ns.bad_replicas(id) }
+    })
+}
+
+/// What `Leader::fsck` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    pub files: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub under_replicated: u64,
+    pub over_replicated: u64,
+    pub corrupt: u64,
+    pub missing: u64,
+    pub repairs_in_flight: u64,
+    pub problems: Vec<FsckProblem>,
+    pub problems_truncated: bool,
+}
+
+impl FsckReport {
+    pub fn healthy(&self) -> bool {
+        self.under_replicated + self.over_replicated + self.corrupt + self.missing == 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsckProblem {
+    pub path: String,
+    pub index: u32,
+    pub chunk: ChunkId,
+    pub kind: &'static str,
+    pub valid: usize,
+    pub replication: u32,
+}
+
 pub struct Leader {
     config: LeaderConfig,
     term: u64,
     health: HealthTracker,
     next_housekeeping: Timestamp,
     repair: RepairPlanner,
+    /// Nodes asked (`dfs admin scrub`) to scrub, told with their next heartbeat reply. Kept
+    /// by this leader only: a request made just before a leader change may be lost.
+    scrub_requested: BTreeSet<StorageNodeId>,
 }
 
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now) }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new() }
     }
 
     pub fn term(&self) -> u64 {
@@ -204,7 +248,8 @@ impl Leader {
                 (j, sources)
             })
             .collect();
-        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs } }
+        let scrub_now = self.scrub_requested.remove(&hb.node);
+        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs, scrub_now } }
     }
 
     /// Targets for each of `indexes` (chunk indexes of `upload`), the primary first, avoiding
@@ -314,21 +359,69 @@ impl Leader {
         if ns.uploads().any(|u| u.created_unix_ms < cutoff) {
             commands.push(Command::ExpireUploads { now_unix_ms: unix_ms, older_than_ms: expiry_ms });
         }
-        let nodes: BTreeMap<StorageNodeId, NodeState> = ns
-            .storage_nodes()
+        let nodes = self.node_states(now, ns);
+        let chunks = ns.files().flat_map(|f| chunk_states(ns, f));
+        commands.extend(self.repair.plan(now, chunks, &nodes));
+        commands
+    }
+
+    /// Every registered node as the repair planner sees it.
+    fn node_states(&self, now: Timestamp, ns: &Namespace) -> BTreeMap<StorageNodeId, NodeState> {
+        ns.storage_nodes()
             .map(|n| {
                 let free_bytes = self.health.last_seen(n.id, now).map(|(s, _)| s.free_bytes).unwrap_or(0);
                 (n.id, NodeState { liveness: self.health.liveness(n.id, now), free_bytes, draining: false })
             })
-            .collect();
-        let chunks = ns.files().flat_map(|f| {
-            f.chunks.iter().map(move |c| {
-                let id = f.chunk_id(c.index);
-                ChunkState { id, size: c.size, sha256: c.sha256, replication: f.replication, replicas: &c.replicas, bad: ns.bad_replicas(id) }
-            })
-        });
-        commands.extend(self.repair.plan(now, chunks, &nodes));
-        commands
+            .collect()
+    }
+
+    /// A health report of the files at or under `path` (like `hdfs fsck`): counts over every
+    /// chunk, and the first `problems_max` chunks that are not as they should be.
+    pub fn fsck(&self, now: Timestamp, ns: &Namespace, path: &str, problems_max: usize) -> FsckReport {
+        let nodes = self.node_states(now, ns);
+        let under = |p: &str| path == crate::namespace::ROOT || p == path || p.strip_prefix(path).is_some_and(|rest| rest.starts_with('/'));
+        let mut report = FsckReport { repairs_in_flight: self.repair.jobs_in_flight() as u64, ..FsckReport::default() };
+        for f in ns.files().filter(|f| under(&f.path)) {
+            report.files += 1;
+            report.bytes += f.size;
+            for c in chunk_states(ns, f) {
+                report.chunks += 1;
+                let Some((kind, valid)) = crate::repair::chunk_problem(&c, &nodes) else { continue };
+                match kind {
+                    "missing" => report.missing += 1,
+                    "under-replicated" => report.under_replicated += 1,
+                    "corrupt" => report.corrupt += 1,
+                    _ => report.over_replicated += 1,
+                }
+                if report.problems.len() < problems_max {
+                    let index = c.id.owner().map(|(_, i)| i).unwrap_or(0);
+                    report.problems.push(FsckProblem { path: f.path.clone(), index, chunk: c.id, kind, valid, replication: f.replication });
+                } else {
+                    report.problems_truncated = true;
+                }
+            }
+        }
+        report
+    }
+
+    /// Asks the storage node named `name` (its id in hex or decimal, or its address) to scrub
+    /// now; returns it.
+    pub fn request_scrub(&mut self, ns: &Namespace, name: &str) -> Option<(StorageNodeId, String)> {
+        let name = name.trim();
+        let by_hex = u64::from_str_radix(name.trim_start_matches("0x"), 16).ok();
+        let by_dec = name.parse::<u64>().ok();
+        let node = ns
+            .storage_nodes()
+            .find(|n| n.addr == name)
+            .or_else(|| ns.storage_nodes().find(|n| Some(n.id.0) == by_hex))
+            .or_else(|| ns.storage_nodes().find(|n| Some(n.id.0) == by_dec))?;
+        self.scrub_requested.insert(node.id);
+        Some((node.id, node.addr.clone()))
+    }
+
+    /// Repair copies in flight with `node` as their target.
+    pub fn repairs_in_flight(&self, node: StorageNodeId) -> usize {
+        self.repair.in_flight().get(&node).copied().unwrap_or(0)
     }
 
     /// Repair progress and what the last planning pass saw.

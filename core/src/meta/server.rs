@@ -612,6 +612,9 @@ fn once(request: Option<proto::RequestId>, command: Command) -> Command {
 
 /// Most of a bad-replica report's reason that reaches the log.
 const REASON_MAX_CHARS: usize = 1024;
+/// Problems an fsck lists unless asked otherwise, and at most.
+const FSCK_PROBLEMS_DEFAULT: usize = 100;
+const FSCK_PROBLEMS_MAX: usize = 10_000;
 /// Repairs running or failed that one heartbeat may report.
 const REPAIRS_REPORTED_MAX: usize = 1024;
 
@@ -884,6 +887,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .nodes(now, ns)
                 .into_iter()
                 .map(|n| proto::StorageNodeStatus {
+                    repairs_in_flight: leader.repairs_in_flight(n.id) as u64,
                     node: Some(proto::StorageNode { id: n.id.0, addr: n.addr }),
                     state: n.liveness.as_str().to_string(),
                     capacity_bytes: n.stats.capacity_bytes,
@@ -968,6 +972,56 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                     sources: sources.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
                 })
                 .collect(),
+            scrub_now: decision.reply.scrub_now,
+        })
+    }
+
+    async fn scrub_storage_node(&self, r: proto::ScrubStorageNodeRequest) -> Result<proto::ScrubStorageNodeResponse, RpcError> {
+        let term = self.require_leader()?;
+        let found = self.with_leader(term, |leader, ns| leader.request_scrub(ns, &r.node));
+        let (id, addr) = found.ok_or_else(|| RpcError::NotFound(format!("no storage node is registered as {:?} (give its id, as `dfs nodes` shows it, or its address)", r.node)))?;
+        tracing::info!(node = %id, "scrub requested");
+        Ok(proto::ScrubStorageNodeResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
+    }
+
+    async fn fsck(&self, r: proto::FsckRequest) -> Result<proto::FsckResponse, RpcError> {
+        let term = self.require_leader()?;
+        let path = if r.path.is_empty() { namespace::ROOT.to_string() } else { normalize_path(&r.path).map_err(namespace_error)? };
+        // Reads the leader's applied state, made current first like every read.
+        self.read(|_| ()).await?;
+        let problems_max = match r.problems_max {
+            0 => FSCK_PROBLEMS_DEFAULT,
+            n => (n as usize).min(FSCK_PROBLEMS_MAX),
+        };
+        let now = self.env.clock().now();
+        let report = self.with_leader(term, |leader, ns| {
+            if path != namespace::ROOT && ns.kind(&path).is_none() {
+                return Err(RpcError::NotFound(format!("{path}: no such file or directory")));
+            }
+            Ok(leader.fsck(now, ns, &path, problems_max))
+        })?;
+        Ok(proto::FsckResponse {
+            files: report.files,
+            chunks: report.chunks,
+            bytes: report.bytes,
+            under_replicated: report.under_replicated,
+            over_replicated: report.over_replicated,
+            corrupt: report.corrupt,
+            missing: report.missing,
+            repairs_in_flight: report.repairs_in_flight,
+            problems: report
+                .problems
+                .into_iter()
+                .map(|p| proto::FsckProblem {
+                    path: p.path,
+                    index: p.index,
+                    chunk_id: p.chunk.as_bytes().to_vec().into(),
+                    kind: p.kind.to_string(),
+                    valid_replicas: p.valid as u32,
+                    replication: p.replication,
+                })
+                .collect(),
+            problems_truncated: report.problems_truncated,
         })
     }
 

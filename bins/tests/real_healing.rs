@@ -1,0 +1,181 @@
+//! Self-healing with real processes on 127.0.0.1 and short timeouts (metadata
+//! `--suspect-after 2s --dead-after 4s`, storage `--heartbeat-interval 1s`): 4 storage nodes,
+//! replication 3. A storage node SIGKILLed: `dfs fsck` turns healthy again by itself and every
+//! file downloads intact. Files deleted while it is down, then it restarts: its stale chunk
+//! files vanish from its disk and fsck reports no over-replication. A chunk file corrupted by
+//! hand: `dfs admin scrub` finds it, and it is repaired.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+struct Cluster {
+    meta: String,
+    _metas: Vec<Proc>,
+    storage: Vec<Option<Proc>>,
+    storage_args: Vec<Vec<String>>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path, storage: usize) -> Cluster {
+        let meta_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers: Vec<String> = meta_ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+        let meta = meta_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let metas = meta_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let data = dir.join(format!("meta-{}", i + 1)).display().to_string();
+                let args: Vec<String> = [
+                    "meta", "--id", &(i + 1).to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data, "--peers", &peers.join(","),
+                    "--suspect-after", "2s", "--dead-after", "4s",
+                ]
+                .map(String::from)
+                .to_vec();
+                spawn(&format!("meta-{}", i + 1), &args, dir)
+            })
+            .collect();
+        let storage_args: Vec<Vec<String>> = (1..=storage)
+            .map(|i| {
+                let data = dir.join(format!("storage-{i}")).display().to_string();
+                ["storage", "--listen", &format!("127.0.0.1:{}", free_port()), "--meta", &meta, "--data-dir", &data, "--heartbeat-interval", "1s"]
+                    .map(String::from)
+                    .to_vec()
+            })
+            .collect();
+        let storage = storage_args.iter().enumerate().map(|(i, args)| Some(spawn(&format!("storage-{}", i + 1), args, dir))).collect();
+        wait_ready(&meta, storage_args.len());
+        Cluster { meta, _metas: metas, storage, storage_args, dir: dir.to_path_buf() }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.storage[i].take() {
+            p.sigkill();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let log = format!("storage-{}-again", i + 1);
+        self.storage[i] = Some(spawn(&log, &self.storage_args[i], &self.dir));
+    }
+}
+
+/// The chunk files (by name) on storage node `i`'s disk.
+fn chunk_files(dir: &Path, i: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let root = dir.join(format!("storage-{}", i + 1)).join("chunks");
+    for a in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for b in std::fs::read_dir(a.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name.ends_with(".chunk") {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Chunk ids (hex) of `remote`, from `dfs stat --json`.
+fn chunk_ids(meta: &str, remote: &str) -> Vec<String> {
+    let stat: serde_json::Value = serde_json::from_str(&dfs_ok(meta, &["--json", "stat", remote])).unwrap();
+    stat["chunks"].as_array().unwrap().iter().map(|c| c["chunk_id"].as_str().unwrap().to_string()).collect()
+}
+
+fn fsck_healthy(meta: &str) -> Option<()> {
+    let out = dfs(meta, &["--json", "fsck"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    (out.status.success() && report["healthy"] == true).then_some(())
+}
+
+fn fsck(meta: &str) -> serde_json::Value {
+    serde_json::from_slice(&dfs(meta, &["--json", "fsck"]).stdout).expect("fsck --json prints a report")
+}
+
+#[test]
+fn a_killed_node_is_healed_around_its_stale_chunks_vanish_and_a_corrupt_chunk_is_repaired() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let mut cluster = Cluster::start(dir, 4);
+    let meta = cluster.meta.clone();
+
+    let mut files = Vec::new();
+    for k in 0..6 {
+        let local = path(dir, &format!("f{k}.bin"));
+        std::fs::write(&local, test_bytes(2 * 1024 * 1024 + 1000 * k, 40 + k as u64)).unwrap();
+        dfs_ok(&meta, &["put", "--chunk-size", "1MiB", local.to_str().unwrap(), &format!("/f{k}")]);
+        files.push((format!("/f{k}"), local));
+    }
+    wait_for(Duration::from_secs(30), "a healthy fsck after the uploads", || fsck_healthy(&meta));
+
+    // SIGKILL a node that holds replicas: fsck sees the loss, then heals by itself.
+    let victim = (0..4).max_by_key(|i| chunk_files(dir, *i).len()).unwrap();
+    let held = chunk_files(dir, victim);
+    assert!(!held.is_empty());
+    cluster.kill(victim);
+    wait_for(Duration::from_secs(30), "fsck to see the lost replicas", || {
+        let r = fsck(&meta);
+        (r["under_replicated"].as_u64() > Some(0)).then_some(())
+    });
+    wait_for(Duration::from_secs(90), "fsck healthy again without help", || fsck_healthy(&meta));
+    for (remote, local) in &files {
+        let back = path(dir, "back.bin");
+        dfs_ok(&meta, &["get", "--force", remote, back.to_str().unwrap()]);
+        assert_same_file(local, &back);
+    }
+
+    // Delete files while it is down; restart it: its stale chunks go, and nothing stays
+    // over-replicated.
+    let deleted: BTreeSet<String> = ["/f0", "/f1"].iter().flat_map(|f| chunk_ids(&meta, f)).map(|id| format!("{id}.chunk")).collect();
+    dfs_ok(&meta, &["rm", "/f0"]);
+    dfs_ok(&meta, &["rm", "/f1"]);
+    files.drain(..2);
+    assert!(held.iter().any(|c| deleted.contains(c)), "the victim held none of the deleted files' chunks: pick other files");
+    cluster.restart(victim);
+    wait_for(Duration::from_secs(90), "the returned node's stale chunks to vanish and fsck to settle", || {
+        let on_disk = chunk_files(dir, victim);
+        let r = fsck(&meta);
+        (on_disk.is_disjoint(&deleted) && r["healthy"] == true && r["over_replicated"] == 0).then_some(())
+    });
+    let listed: BTreeSet<String> = files.iter().flat_map(|(f, _)| chunk_ids(&meta, f)).map(|id| format!("{id}.chunk")).collect();
+    for i in 0..4 {
+        let orphans: Vec<String> = chunk_files(dir, i).difference(&listed).cloned().collect();
+        assert!(orphans.is_empty(), "storage-{} keeps chunks no file lists: {orphans:?}", i + 1);
+    }
+
+    // Corrupt one replica by hand: a scrub of its node finds it, it is repaired, and reads
+    // return the right bytes all along.
+    let (remote, local) = files[0].clone();
+    let target = chunk_ids(&meta, &remote)[0].clone();
+    let holder = (0..4).find(|i| chunk_files(dir, *i).contains(&format!("{target}.chunk"))).expect("someone holds it");
+    let chunk_path = {
+        let root = dir.join(format!("storage-{}", holder + 1)).join("chunks");
+        root.join(&target[..2]).join(&target[2..4]).join(format!("{target}.chunk"))
+    };
+    let mut bytes = std::fs::read(&chunk_path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&chunk_path, &bytes).unwrap();
+    let holder_addr = cluster.storage_args[holder][2].clone();
+    let said = dfs_ok(&meta, &["admin", "scrub", &holder_addr]);
+    assert!(said.contains("scrub requested"), "{said}");
+    let quarantined = dir.join(format!("storage-{}", holder + 1)).join("corrupt");
+    wait_for(Duration::from_secs(30), "the scrub to quarantine the damaged replica", || {
+        std::fs::read_dir(&quarantined).ok()?.flatten().any(|e| e.file_name().to_string_lossy().contains(&target)).then_some(())
+    });
+    wait_for(Duration::from_secs(90), "the corrupt replica repaired", || {
+        let back = path(dir, "back.bin");
+        dfs_ok(&meta, &["get", "--force", &remote, back.to_str().unwrap()]);
+        assert_same_file(&local, &back);
+        let stat: serde_json::Value = serde_json::from_str(&dfs_ok(&meta, &["--json", "stat", &remote])).unwrap();
+        let first = &stat["chunks"][0];
+        let states: Vec<&str> = first["replicas"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
+        (states.len() == 3 && states.iter().all(|s| *s == "ok") && fsck_healthy(&meta).is_some()).then_some(())
+    });
+}
