@@ -880,6 +880,11 @@ impl Namespace {
             return Verdict::Discard;
         }
         let Some(record) = record else { return Verdict::Unknown };
+        if self.garbage.get(&node).is_some_and(|g| g.contains(&report.chunk)) {
+            // Its deletion is under way (a reply may already carry it): re-admitting it now
+            // would list a replica about to vanish.
+            return Verdict::Unknown;
+        }
         if record.size != report.size || record.sha256 != report.sha256 {
             return Verdict::Discard;
         }
@@ -1203,6 +1208,11 @@ impl Namespace {
     }
 
     /// Replicas `node` should delete, at most `limit`.
+    /// Nodes asked to delete their replica of `chunk` that have not confirmed yet.
+    pub fn deleting(&self, chunk: ChunkId) -> Vec<StorageNodeId> {
+        self.garbage.iter().filter(|(_, g)| g.contains(&chunk)).map(|(n, _)| *n).collect()
+    }
+
     pub fn garbage_for(&self, node: StorageNodeId, limit: usize) -> Vec<ChunkId> {
         self.garbage.get(&node).map(|g| g.iter().take(limit).copied().collect()).unwrap_or_default()
     }

@@ -84,7 +84,7 @@ impl Default for RepairConfig {
 }
 
 /// A committed chunk, as the planner sees it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ChunkState<'a> {
     pub id: ChunkId,
     pub size: u64,
@@ -92,6 +92,8 @@ pub struct ChunkState<'a> {
     pub replication: u32,
     pub replicas: &'a [StorageNodeId],
     pub bad: Option<&'a BTreeSet<StorageNodeId>>,
+    /// Nodes still deleting a replica of it: never a target until they are done.
+    pub deleting: Vec<StorageNodeId>,
 }
 
 /// What the leader knows of a storage node.
@@ -128,7 +130,7 @@ struct Wanted {
     sha256: Sha256Digest,
     /// Its valid replicas.
     good: Vec<StorageNodeId>,
-    /// Every node it is listed on.
+    /// Every node it is listed on or still being deleted from.
     listed: Vec<StorageNodeId>,
 }
 
@@ -331,7 +333,7 @@ impl RepairPlanner {
             if good.len() < replication {
                 census.under_replicated += 1;
                 if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) && !good.is_empty() {
-                    wanted.push(Wanted { valid: good.len(), chunk: c.id, size: c.size, sha256: c.sha256, good, listed: c.replicas.to_vec() });
+                    wanted.push(Wanted { valid: good.len(), chunk: c.id, size: c.size, sha256: c.sha256, good, listed: c.replicas.iter().chain(&c.deleting).copied().collect() });
                 }
             } else if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) {
                 // Whole: tidy up. Only with every counted replica on an Alive node, so that a

@@ -41,7 +41,7 @@
 //!   dies: the transports' flow control stops the node from reading further, but nothing
 //!   times the reader out yet.
 //! - Reports not yet sent are in memory: a crash loses them (the uploader's word still
-//!   stands), and nothing yet reports a node's whole inventory.
+//!   stands, and the inventory pass after the restart reports everything again).
 //!
 //! ## How it is driven
 //!
@@ -110,6 +110,8 @@ pub struct StorageConfig {
     pub repair_streams_max: usize,
     /// Pace of background verification (`scrub`).
     pub scrub_rate_bytes_per_sec: u64,
+    /// How often the whole inventory is reported (besides on every registration).
+    pub inventory_interval: Duration,
 }
 
 impl StorageConfig {
@@ -126,6 +128,7 @@ impl StorageConfig {
             space_reserve_bytes: 64 * 1024 * 1024,
             repair_streams_max: 2,
             scrub_rate_bytes_per_sec: crate::scrub::SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
+            inventory_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -459,7 +462,13 @@ impl<E: Env> StorageNode<E> {
 
     async fn heartbeat_loop(&self) {
         let mut registered = false;
+        let mut next_inventory = self.env.clock().now().plus(self.config.inventory_interval);
         loop {
+            let now = self.env.clock().now();
+            if now >= next_inventory {
+                self.reports.lock().expect("reports lock").start_inventory();
+                next_inventory = now.plus(self.config.inventory_interval);
+            }
             if let Err(e) = self.heartbeat_once(&mut registered).await {
                 tracing::warn!(node = %self.id, error = %e, "heartbeat failed");
             }
@@ -487,9 +496,18 @@ impl<E: Env> StorageNode<E> {
                 self.remember_cluster(&reply.cluster_id).await?;
             }
             *registered = true;
+            // A (new) leader learns what this node holds: everything, in the next heartbeats.
+            self.reports.lock().expect("reports lock").start_inventory();
         }
         self.report_bad_replicas().await;
-        let batch = self.reports.lock().expect("reports lock").batch();
+        let batch = {
+            let table = self.table.lock().expect("table lock");
+            self.reports.lock().expect("reports lock").batch_with_inventory(|after| {
+                let id = table.next_stored_after(after)?;
+                let meta = table.stored(id).ok()?;
+                Some(ReplicaReport { chunk: id, size: meta.size, sha256: meta.sha256 })
+            })
+        };
         let request = self.heartbeat_request_carrying(&batch).await?;
         let repairs_failed = self.repairs.lock().expect("repairs lock").failures();
         let reply = self.meta.call(request).await?;

@@ -6,6 +6,9 @@
 //!   carrying it is answered: metadata learns where chunks are from the nodes that hold them,
 //!   not only from the uploader's word. A report that fails stays queued for the next one.
 //! - Deletions done on metadata's request are reported the same way, so it stops asking.
+//! - An inventory pass (on registering, and every so often) reports every stored chunk once,
+//!   in id order, in whatever room heartbeats have after fresh reports: metadata re-admits
+//!   valid replicas it forgot, and has stale and orphaned ones deleted.
 //! - Bounded: `STORED_UNREPORTED_MAX` stored and `DELETED_UNREPORTED_MAX` deleted replicas wait
 //!   at most; beyond, the oldest stored reports are dropped (counted in `dropped_stored`: a full
 //!   inventory is what recovers them) and further deletions are not remembered (metadata asks
@@ -40,8 +43,23 @@ pub const REPORTS_PER_HEARTBEAT_MAX: usize = crate::namespace::REPLICA_REPORTS_M
 /// What one heartbeat reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportBatch {
+    /// Replicas stored since the last report, then the next part of an inventory pass.
     pub stored: Vec<ReplicaReport>,
     pub deleted: Vec<ChunkId>,
+    /// Where the inventory pass stands once this batch is acknowledged.
+    pub inventory: InventoryProgress,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InventoryProgress {
+    /// No pass is running.
+    #[default]
+    Idle,
+    /// The pass goes on after this chunk (`None`: from the first; the batch was full of
+    /// fresh reports).
+    Through(Option<ChunkId>),
+    /// This batch ends the pass.
+    Done,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +67,11 @@ pub struct Reports {
     stored: VecDeque<ReplicaReport>,
     deleted: VecDeque<ChunkId>,
     dropped_stored: u64,
+    /// An inventory pass in progress: `Some(cursor)` (the last chunk id acknowledged, `None`
+    /// before the first). Every stored chunk is reported once per pass, in id order, in the
+    /// room heartbeats have left after fresh reports.
+    inventory: Option<Option<ChunkId>>,
+    inventories_completed: u64,
 }
 
 impl Reports {
@@ -69,12 +92,46 @@ impl Reports {
         }
     }
 
+    /// Starts a pass reporting every stored chunk (on registering, and now and then), so that
+    /// metadata re-admits valid replicas it no longer lists and has stale or orphaned ones
+    /// deleted. A pass already running starts over.
+    pub fn start_inventory(&mut self) {
+        self.inventory = Some(None);
+    }
+
+    pub fn inventory_running(&self) -> bool {
+        self.inventory.is_some()
+    }
+
+    pub fn inventories_completed(&self) -> u64 {
+        self.inventories_completed
+    }
+
     /// What the next heartbeat carries: the oldest of each, up to the per-heartbeat bound.
     pub fn batch(&self) -> ReportBatch {
-        ReportBatch {
-            stored: self.stored.iter().take(REPORTS_PER_HEARTBEAT_MAX).cloned().collect(),
-            deleted: self.deleted.iter().take(REPORTS_PER_HEARTBEAT_MAX).copied().collect(),
+        self.batch_with_inventory(|_| None)
+    }
+
+    /// `batch`, filled up with the inventory pass's next chunks: `next_after(c)` is the first
+    /// stored chunk after `c` (after nothing: the first) with its size and digest.
+    pub fn batch_with_inventory(&self, next_after: impl Fn(Option<ChunkId>) -> Option<ReplicaReport>) -> ReportBatch {
+        let mut stored: Vec<ReplicaReport> = self.stored.iter().take(REPORTS_PER_HEARTBEAT_MAX).cloned().collect();
+        let mut inventory = InventoryProgress::Idle;
+        if let Some(mut cursor) = self.inventory {
+            inventory = loop {
+                if stored.len() >= REPORTS_PER_HEARTBEAT_MAX {
+                    break InventoryProgress::Through(cursor);
+                }
+                match next_after(cursor) {
+                    Some(r) => {
+                        cursor = Some(r.chunk);
+                        stored.push(r);
+                    }
+                    None => break InventoryProgress::Done,
+                }
+            };
         }
+        ReportBatch { stored, deleted: self.deleted.iter().take(REPORTS_PER_HEARTBEAT_MAX).copied().collect(), inventory }
     }
 
     /// Metadata answered the heartbeat that carried `batch`: forget what it carried (and only
@@ -93,6 +150,16 @@ impl Reports {
         });
         let deleted: HashSet<ChunkId> = batch.deleted.iter().copied().collect();
         self.deleted.retain(|c| !deleted.contains(c));
+        if self.inventory.is_some() {
+            match batch.inventory {
+                InventoryProgress::Through(through) => self.inventory = Some(through),
+                InventoryProgress::Done => {
+                    self.inventory = None;
+                    self.inventories_completed += 1;
+                }
+                InventoryProgress::Idle => {}
+            }
+        }
     }
 
     pub fn stored_unreported(&self) -> usize {
@@ -283,7 +350,35 @@ mod tests {
         r.stored(report(1, 1));
         r.deleted(ChunkId::derive(FileId(9), 1));
         r.acknowledge(&batch);
-        assert_eq!(r.batch(), ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)] });
+        assert_eq!(r.batch(), ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)], inventory: InventoryProgress::Idle });
+    }
+
+    #[test]
+    fn an_inventory_pass_reports_every_chunk_once_in_bounded_batches() {
+        let table: Vec<ReplicaReport> = (0..(2 * REPORTS_PER_HEARTBEAT_MAX + 10) as u32).map(|i| report(3, i)).collect();
+        let mut sorted = table.clone();
+        sorted.sort_by_key(|r| r.chunk);
+        let next_after = |c: Option<ChunkId>| sorted.iter().find(|r| c.is_none_or(|c| r.chunk > c)).cloned();
+        let mut r = Reports::default();
+        r.start_inventory();
+        r.stored(report(4, 0)); // a fresh report goes first
+        let mut seen = Vec::new();
+        let mut heartbeats = 0;
+        while r.inventory_running() {
+            let batch = r.batch_with_inventory(next_after);
+            assert!(batch.stored.len() <= REPORTS_PER_HEARTBEAT_MAX);
+            if heartbeats == 1 {
+                // A failed heartbeat: the same part is sent again.
+                assert_eq!(r.batch_with_inventory(next_after), batch);
+            }
+            r.acknowledge(&batch);
+            seen.extend(batch.stored.into_iter().filter(|s| s.chunk != report(4, 0).chunk));
+            heartbeats += 1;
+            assert!(heartbeats < 10, "the pass never ends");
+        }
+        assert_eq!(seen, sorted, "every chunk once, in id order");
+        assert_eq!(r.inventories_completed(), 1);
+        assert_eq!(r.stored_unreported(), 0);
     }
 
     #[test]

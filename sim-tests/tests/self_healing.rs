@@ -7,7 +7,8 @@
 //! listed replica's file on its node's disk. Phase 2 (the node is back): within
 //! `CONVERGE_BOUND`, every chunk is listed on exactly RF nodes, all live and each holding it,
 //! no disk holds a chunk file that no file lists (the stale replicas of deleted and replaced
-//! files are gone), and the files still download byte-identical. Repair copies stay within
+//! files are gone, and so is a straggler chunk metadata never knew of, found by the node's
+//! inventory), and the files still download byte-identical. Repair copies stay within
 //! the replicas actually lost.
 
 #![cfg(madsim)]
@@ -158,9 +159,29 @@ async fn scenario() {
     cluster.kill_storage(victim);
     let away = madsim::rand::thread_rng().gen_range(0..3);
     madsim::time::sleep(Duration::from_secs(3)).await;
+    let f0 = {
+        let c = client.clone();
+        cluster.on_client(async move { c.stat("/f0").await }).await.expect("stat /f0").file.expect("file info").file_id
+    };
     let c = client.clone();
     cluster.on_client(async move { c.delete("/f0", false).await }).await.expect("delete while a holder is down");
     files.remove("/f0");
+    // A straggler: a chunk of the deleted file that metadata never heard of on this node (as
+    // if a write landed after the delete) — only the node's inventory can reveal it.
+    let straggler = ChunkId::derive(dfs_core::ids::FileId(f0), 77);
+    {
+        use dfs_core::chunk_store::{encode_file, ChunkLayout, ChunkMeta};
+        let data = vec![7u8; 1000];
+        let layout = ChunkLayout::new("/data");
+        let path = layout.chunk_path(straggler);
+        let victim_disk = &cluster.storage[victim as usize - 1].disk;
+        victim_disk.create_dir_all(path.parent().unwrap()).await.unwrap();
+        victim_disk.write_file(&path, encode_file(ChunkMeta { size: 1000, sha256: dfs_core::ids::Sha256Digest::of(&data) }, &data)).await.unwrap();
+        victim_disk.sync_file(&path).await.unwrap();
+        for dir in path.ancestors().skip(1).take(3) {
+            victim_disk.sync_dir(dir).await.unwrap();
+        }
+    }
     let replaced = put(&cluster, &client, &disk, "/f1", true).await;
     files.insert("/f1".into(), replaced);
     trace::event(format!("storage-{victim} down, holding {lost} replicas; /f0 deleted, /f1 replaced"));

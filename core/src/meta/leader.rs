@@ -147,7 +147,7 @@ pub struct NodeView {
 fn chunk_states<'a>(ns: &'a Namespace, f: &'a crate::namespace::FileRecord) -> impl Iterator<Item = ChunkState<'a>> + 'a {
     f.chunks.iter().map(move |c| {
         let id = f.chunk_id(c.index);
-        ChunkState { id, size: c.size, sha256: c.sha256, replication: f.replication, replicas: &c.replicas, bad: ns.bad_replicas(id) }
+        ChunkState { id, size: c.size, sha256: c.sha256, replication: f.replication, replicas: &c.replicas, bad: ns.bad_replicas(id), deleting: ns.deleting(id) }
     })
 }
 

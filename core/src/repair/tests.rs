@@ -26,7 +26,7 @@ fn chunk(file: u64, index: u32, replicas: &[u64], replication: u32) -> Chunk {
 }
 
 fn states(chunks: &[Chunk]) -> impl Iterator<Item = ChunkState<'_>> {
-    chunks.iter().map(|c| ChunkState { id: c.id, size: 100, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: c.bad.as_ref() })
+    chunks.iter().map(|c| ChunkState { id: c.id, size: 100, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: c.bad.as_ref(), deleting: vec![] })
 }
 
 fn planner(config: RepairConfig) -> RepairPlanner {

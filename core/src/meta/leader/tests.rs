@@ -569,3 +569,22 @@ fn a_repair_whose_source_dies_is_retried_once_a_source_is_back() {
     assert!(w.leader.repair_status().0.failed >= 1, "the failure was never reported");
     assert_eq!(w.valid_replicas("/f")[0].len(), 2, "{:?}", w.valid_replicas("/f"));
 }
+
+#[test]
+fn a_replica_being_deleted_is_not_readmitted_by_a_report() {
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let mut w = World::new(4, config);
+    let f = w.upload_with("/f", 1, &[1, 2, 3], 2, true);
+    let chunk = ChunkId::derive(f, 0);
+    // Node 3's replica is dropped as surplus; before it deletes it, its inventory
+    // (or a repair) reports it again.
+    w.apply(Command::DropReplicas { drops: vec![(chunk, StorageNodeId(3))] });
+    let report = ReplicaReport { chunk, size: CHUNK, sha256: Sha256Digest([0; 32]) };
+    let outcome = w.apply(Command::ReportReplicas { node: StorageNodeId(3), replicas: vec![report] });
+    assert_eq!(outcome, Outcome::ReplicasReported(crate::namespace::ReportTally { learned: 0, discarded: 0, unchanged: 1 }));
+    assert_eq!(w.ns.file("/f").unwrap().chunks[0].replicas, vec![StorageNodeId(1), StorageNodeId(2)]);
+    assert_eq!(w.ns.deleting(chunk), vec![StorageNodeId(3)]);
+    // Dropping below the factor is refused on apply, whatever the planner asked.
+    w.apply(Command::DropReplicas { drops: vec![(chunk, StorageNodeId(1)), (chunk, StorageNodeId(2))] });
+    assert_eq!(w.ns.file("/f").unwrap().chunks[0].replicas.len(), 2);
+}
