@@ -19,6 +19,31 @@ pub enum AdminCommand {
     /// Start a full scrub pass on a storage node now (every chunk re-read and verified;
     /// damaged replicas are reported and repaired).
     Scrub(ScrubArgs),
+    /// Drain a storage node: no new chunks, its replicas copied elsewhere; `dfs nodes` shows
+    /// it `decommissioned` (safe to switch off) once every chunk it holds is whole without it.
+    Decommission(NodeArg),
+    /// Put a draining storage node back in service.
+    Recommission(NodeArg),
+    /// Storage nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Forget a storage node that will never come back (it must not be heartbeating): its
+    /// replicas stop being listed anywhere, and repair replaces them.
+    Forget(NodeArg),
+}
+
+#[derive(Args)]
+pub struct NodeArg {
+    /// The storage node: its id (as `dfs nodes` shows it) or its address.
+    node: String,
+    #[command(flatten)]
+    meta: MetaFlag,
 }
 
 #[derive(Args)]
@@ -59,6 +84,9 @@ pub struct RemoveArgs {
 pub async fn run(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
     let (status, done) = match command {
         AdminCommand::Scrub(args) => return scrub(ctx, args).await,
+        AdminCommand::Decommission(args) => return set_draining(ctx, args, true).await,
+        AdminCommand::Recommission(args) => return set_draining(ctx, args, false).await,
+        AdminCommand::Node { command: NodeCommand::Forget(args) } => return forget(ctx, args).await,
         AdminCommand::Meta { command: MetaCommand::Add(args) } => {
             let bad = || usage(format!("{:?} is not ID=HOST:PORT with an id of 1 or more", args.member));
             let (id, addr) = args.member.split_once('=').ok_or_else(bad)?;
@@ -116,4 +144,37 @@ async fn scrub(ctx: &Ctx, args: ScrubArgs) -> anyhow::Result<()> {
         return emit_json(&serde_json::json!({ "node_id": crate::output::node_id(node.id), "addr": node.addr, "scrub": "requested" }));
     }
     emit(&format!("scrub requested on storage node {} ({}); it starts with the node's next heartbeat\n", crate::output::node_id(node.id), node.addr))
+}
+
+async fn set_draining(ctx: &Ctx, args: NodeArg, draining: bool) -> anyhow::Result<()> {
+    let verb = if draining { "decommission" } else { "recommission" };
+    let client = args.meta.meta_client()?;
+    let reply = client
+        .call(proto::SetDrainingRequest { node: args.node.clone(), draining })
+        .await
+        .map_err(|source| crate::client_cmds::explain(ClientError::Metadata { context: format!("{verb} {}", args.node), source }))?;
+    let node = reply.node.unwrap_or_default();
+    let id = crate::output::node_id(node.id);
+    if ctx.json {
+        return emit_json(&serde_json::json!({ "node_id": id, "addr": node.addr, "draining": draining }));
+    }
+    if draining {
+        emit(&format!("storage node {id} ({}) is draining: its chunks are being copied elsewhere; `dfs nodes` shows it decommissioned when it is safe to switch off\n", node.addr))
+    } else {
+        emit(&format!("storage node {id} ({}) is back in service\n", node.addr))
+    }
+}
+
+async fn forget(ctx: &Ctx, args: NodeArg) -> anyhow::Result<()> {
+    let client = args.meta.meta_client()?;
+    let reply = client
+        .call(proto::ForgetStorageNodeRequest { node: args.node.clone() })
+        .await
+        .map_err(|source| crate::client_cmds::explain(ClientError::Metadata { context: format!("forget {}", args.node), source }))?;
+    let node = reply.node.unwrap_or_default();
+    let id = crate::output::node_id(node.id);
+    if ctx.json {
+        return emit_json(&serde_json::json!({ "node_id": id, "addr": node.addr, "forgotten": true }));
+    }
+    emit(&format!("storage node {id} ({}) forgotten; repair replaces its replicas\n", node.addr))
 }

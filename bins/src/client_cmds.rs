@@ -763,7 +763,7 @@ pub async fn nodes(ctx: &Ctx, args: NodesArgs) -> anyhow::Result<()> {
         return emit_json(&NodesJson { nodes });
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<16}  {:<21}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat", "node", "address", "state", "capacity", "used", "free", "chunks", "repairs");
+    let _ = writeln!(out, "{:<16}  {:<21}  {:<14}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat", "node", "address", "state", "rack", "capacity", "used", "free", "chunks", "repairs");
     for n in &nodes {
         let ago = match n.last_heartbeat_ms_ago {
             Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
@@ -771,10 +771,11 @@ pub async fn nodes(ctx: &Ctx, args: NodesArgs) -> anyhow::Result<()> {
         };
         let _ = writeln!(
             out,
-            "{:<16}  {:<21}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  {ago}",
+            "{:<16}  {:<21}  {:<14}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  {ago}",
             n.node_id,
             n.addr,
             n.state,
+            n.rack.as_deref().unwrap_or("-"),
             ByteSize(n.capacity_bytes).to_string(),
             ByteSize(n.used_bytes).to_string(),
             ByteSize(n.free_bytes).to_string(),

@@ -93,6 +93,10 @@ pub struct StorageArgs {
     /// the default: a full pass of 2 TB in about three days).
     #[arg(long, env = "DFS_SCRUB_RATE", default_value = "8MiB/s", value_parser = parse_rate)]
     scrub_rate: u64,
+    /// This node's rack (failure domain): with two racks or more, every chunk's replicas span
+    /// at least two.
+    #[arg(long, env = "DFS_RACK")]
+    rack: Option<String>,
     /// Repair copies this node makes at once (metadata also bounds them).
     #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     repair_streams_max: u64,
@@ -201,6 +205,12 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     }
     config.repair_streams_max = args.repair_streams_max as usize;
     config.scrub_rate_bytes_per_sec = args.scrub_rate;
+    if let Some(rack) = &args.rack {
+        if rack.is_empty() || rack.len() > dfs_core::namespace::RACK_MAX_BYTES || rack.chars().any(char::is_control) {
+            bail!("--rack {rack:?}: a name of 1..={} bytes with no control characters", dfs_core::namespace::RACK_MAX_BYTES);
+        }
+    }
+    config.rack = args.rack.clone();
     config.chunk_streams_max = args.chunk_streams_max as usize;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.space_reserve_bytes = args.space_reserve_bytes;

@@ -228,7 +228,8 @@ impl From<&proto::MetaNode> for MetaNodeJson {
 pub struct StorageNodeJson {
     pub node_id: String,
     pub addr: String,
-    /// "alive", "suspect", "dead" or "unknown".
+    /// "alive", "suspect", "dead" or "unknown"; a live node being decommissioned is
+    /// "draining", then "decommissioned" once it is safe to switch off.
     pub state: String,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
@@ -239,6 +240,8 @@ pub struct StorageNodeJson {
     pub used_bytes: u64,
     /// Repair copies the node is making now.
     pub repairs_in_flight: u64,
+    /// `null` when the node was started without --rack.
+    pub rack: Option<String>,
 }
 
 impl From<&proto::StorageNodeStatus> for StorageNodeJson {
@@ -254,6 +257,7 @@ impl From<&proto::StorageNodeStatus> for StorageNodeJson {
             last_heartbeat_ms_ago: (n.last_heartbeat_ms_ago != u64::MAX).then_some(n.last_heartbeat_ms_ago),
             used_bytes: n.capacity_bytes.saturating_sub(n.free_bytes),
             repairs_in_flight: n.repairs_in_flight,
+            rack: Some(n.rack.clone()).filter(|r| !r.is_empty()),
         }
     }
 }

@@ -138,16 +138,16 @@ fn a_killed_node_is_healed_around_its_stale_chunks_vanish_and_a_corrupt_chunk_is
     files.drain(..2);
     assert!(held.iter().any(|c| deleted.contains(c)), "the victim held none of the deleted files' chunks: pick other files");
     cluster.restart(victim);
-    wait_for(Duration::from_secs(90), "the returned node's stale chunks to vanish and fsck to settle", || {
-        let on_disk = chunk_files(dir, victim);
+    let listed = || -> BTreeSet<String> { files.iter().flat_map(|(f, _)| chunk_ids(&meta, f)).map(|id| format!("{id}.chunk")).collect() };
+    wait_for(Duration::from_secs(90), "the stale chunks to vanish from every disk and fsck to settle", || {
         let r = fsck(&meta);
-        (on_disk.is_disjoint(&deleted) && r["healthy"] == true && r["over_replicated"] == 0).then_some(())
+        let listed = listed();
+        let orphans: Vec<(usize, String)> = (0..4).flat_map(|i| chunk_files(dir, i).difference(&listed).map(move |c| (i, c.clone())).collect::<Vec<_>>()).collect();
+        if !orphans.is_empty() {
+            eprintln!("waiting: chunks no file lists: {orphans:?}");
+        }
+        (chunk_files(dir, victim).is_disjoint(&deleted) && orphans.is_empty() && r["healthy"] == true && r["over_replicated"] == 0).then_some(())
     });
-    let listed: BTreeSet<String> = files.iter().flat_map(|(f, _)| chunk_ids(&meta, f)).map(|id| format!("{id}.chunk")).collect();
-    for i in 0..4 {
-        let orphans: Vec<String> = chunk_files(dir, i).difference(&listed).cloned().collect();
-        assert!(orphans.is_empty(), "storage-{} keeps chunks no file lists: {orphans:?}", i + 1);
-    }
 
     // Corrupt one replica by hand: a scrub of its node finds it, it is repaired, and reads
     // return the right bytes all along.
@@ -178,4 +178,53 @@ fn a_killed_node_is_healed_around_its_stale_chunks_vanish_and_a_corrupt_chunk_is
         let states: Vec<&str> = first["replicas"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
         (states.len() == 3 && states.iter().all(|s| *s == "ok") && fsck_healthy(&meta).is_some()).then_some(())
     });
+}
+
+fn node_state(meta: &str, addr: &str) -> Option<String> {
+    let nodes: serde_json::Value = serde_json::from_str(&dfs_ok(meta, &["--json", "nodes"])).ok()?;
+    nodes["nodes"].as_array()?.iter().find(|n| n["addr"] == addr).map(|n| n["state"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn a_decommissioned_node_drains_then_is_switched_off_and_forgotten() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let mut cluster = Cluster::start(dir, 4);
+    let meta = cluster.meta.clone();
+    let mut files = Vec::new();
+    for k in 0..4 {
+        let local = path(dir, &format!("d{k}.bin"));
+        std::fs::write(&local, test_bytes(3 * 1024 * 1024 + 17 * k, 90 + k as u64)).unwrap();
+        dfs_ok(&meta, &["put", "--chunk-size", "1MiB", local.to_str().unwrap(), &format!("/d{k}")]);
+        files.push((format!("/d{k}"), local));
+    }
+    wait_for(Duration::from_secs(30), "a healthy fsck after the uploads", || fsck_healthy(&meta));
+    let victim = (0..4).max_by_key(|i| chunk_files(dir, *i).len()).unwrap();
+    let addr = cluster.storage_args[victim][2].clone();
+
+    let said = dfs_ok(&meta, &["admin", "decommission", &addr]);
+    assert!(said.contains("draining"), "{said}");
+    wait_for(Duration::from_secs(90), "the node to be decommissioned", || (node_state(&meta, &addr)? == "decommissioned").then_some(()));
+    // New files never land on it.
+    let local = path(dir, "after.bin");
+    std::fs::write(&local, test_bytes(2 * 1024 * 1024, 7)).unwrap();
+    let before = chunk_files(dir, victim);
+    dfs_ok(&meta, &["put", "--chunk-size", "1MiB", local.to_str().unwrap(), "/after"]);
+    assert_eq!(chunk_files(dir, victim), before, "a chunk was placed on a draining node");
+    files.push(("/after".into(), local));
+
+    // Safe to switch off: with it gone, everything is whole and reads back.
+    cluster.kill(victim);
+    wait_for(Duration::from_secs(30), "the node to be seen dead", || (node_state(&meta, &addr)? == "dead").then_some(()));
+    assert!(fsck_healthy(&meta).is_some(), "switching off a decommissioned node hurt: {}", fsck(&meta));
+    for (remote, local) in &files {
+        let back = path(dir, "back.bin");
+        dfs_ok(&meta, &["get", "--force", remote, back.to_str().unwrap()]);
+        assert_same_file(local, &back);
+    }
+    let said = dfs_ok(&meta, &["admin", "node", "forget", &addr]);
+    assert!(said.contains("forgotten"), "{said}");
+    assert_eq!(node_state(&meta, &addr), None, "a forgotten node is still listed");
+    let stat = dfs_ok(&meta, &["stat", "/d0"]);
+    assert!(!stat.contains(&addr), "a forgotten node is still listed as a replica: {stat}");
 }

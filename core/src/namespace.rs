@@ -41,6 +41,8 @@ pub const RECORD_CHUNKS_MAX: usize = 4096;
 pub const UPLOADS_MAX: usize = 100_000;
 /// Longest storage-node address accepted, in bytes.
 pub const ADDR_MAX_BYTES: usize = 256;
+/// Longest rack name accepted, in bytes.
+pub const RACK_MAX_BYTES: usize = 64;
 /// Longest cluster id accepted, in bytes.
 pub const CLUSTER_ID_MAX_BYTES: usize = 128;
 /// An upload not committed this long after its creation is dropped (1 hour).
@@ -123,6 +125,13 @@ pub struct StorageNodeRecord {
     pub id: StorageNodeId,
     pub addr: String,
     pub capacity_bytes: u64,
+    /// Its failure domain (`dfs storage --rack`); replicas of a chunk span two racks or more
+    /// when the cluster has them.
+    #[serde(default)]
+    pub rack: Option<String>,
+    /// Being decommissioned.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -161,7 +170,20 @@ pub struct DirEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A storage node announces itself (again, after a restart or an address change).
-    RegisterStorageNode { node: StorageNodeId, addr: String, capacity_bytes: u64 },
+    /// Whether it is draining survives re-registration.
+    RegisterStorageNode {
+        node: StorageNodeId,
+        addr: String,
+        capacity_bytes: u64,
+        #[serde(default)]
+        rack: Option<String>,
+    },
+    /// Decommissioning (`draining`): the node takes no new replicas, its replicas stop
+    /// counting, and repair copies them elsewhere. Undone with `draining: false`.
+    SetDraining { node: StorageNodeId, draining: bool },
+    /// Forgets a storage node that will not come back: its record, its replicas in every
+    /// chunk's list, its pending deletions and bad marks.
+    ForgetStorageNode { node: StorageNodeId },
     /// Names the cluster, once; naming it again with the same id is a no-op.
     SetClusterId { cluster_id: String },
     CreateFile {
@@ -339,7 +361,10 @@ impl Command {
     /// refused here is refused by `apply` too, whatever the state.
     pub fn validate(&self) -> Result<(), NamespaceError> {
         match self {
-            Command::RegisterStorageNode { addr, .. } => {
+            Command::RegisterStorageNode { addr, rack, .. } => {
+                if rack.as_ref().is_some_and(|r| r.is_empty() || r.len() > RACK_MAX_BYTES || r.chars().any(char::is_control)) {
+                    return Err(NamespaceError::InvalidArgument(format!("rack name must be 1..={RACK_MAX_BYTES} bytes with no control characters")));
+                }
                 if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
                     return Err(NamespaceError::InvalidArgument(format!(
                         "storage node address must be 1..={ADDR_MAX_BYTES} bytes, not {}",
@@ -405,7 +430,11 @@ impl Command {
                     return Err(NamespaceError::IsDirectory(ROOT.into()));
                 }
             }
-            Command::ExpireUploads { .. } | Command::ForgetDeletedReplicas { .. } | Command::MarkReplicaBad { .. } => {}
+            Command::ExpireUploads { .. }
+            | Command::ForgetDeletedReplicas { .. }
+            | Command::MarkReplicaBad { .. }
+            | Command::SetDraining { .. }
+            | Command::ForgetStorageNode { .. } => {}
             Command::DropReplicas { drops } => {
                 if drops.len() > DROP_REPLICAS_MAX {
                     return Err(NamespaceError::InvalidArgument(format!("{} replicas to drop in one command; at most {DROP_REPLICAS_MAX}", drops.len())));
@@ -567,8 +596,35 @@ impl Namespace {
     fn apply_one(&mut self, command: Command) -> ApplyResult {
         match command {
             Command::Once { .. } | Command::Batch(_) => Err(NamespaceError::InvalidArgument("a request inside a request".into())),
-            Command::RegisterStorageNode { node, addr, capacity_bytes } => {
-                self.storage_nodes.insert(node, StorageNodeRecord { id: node, addr, capacity_bytes });
+            Command::RegisterStorageNode { node, addr, capacity_bytes, rack } => {
+                let draining = self.storage_nodes.get(&node).is_some_and(|n| n.draining);
+                self.storage_nodes.insert(node, StorageNodeRecord { id: node, addr, capacity_bytes, rack, draining });
+                Ok(Outcome::Done)
+            }
+            Command::SetDraining { node, draining } => {
+                let record = self.storage_nodes.get_mut(&node).ok_or_else(|| NamespaceError::NotFound(format!("storage node {node}")))?;
+                record.draining = draining;
+                Ok(Outcome::Done)
+            }
+            Command::ForgetStorageNode { node } => {
+                if self.storage_nodes.remove(&node).is_none() {
+                    return Err(NamespaceError::NotFound(format!("storage node {node}")));
+                }
+                for f in self.files.values_mut() {
+                    for c in &mut f.chunks {
+                        c.replicas.retain(|r| *r != node);
+                    }
+                }
+                for u in self.uploads.values_mut() {
+                    for c in u.chunks.values_mut() {
+                        c.replicas.retain(|r| *r != node);
+                    }
+                }
+                self.garbage.remove(&node);
+                self.bad_replicas.retain(|_, nodes| {
+                    nodes.remove(&node);
+                    !nodes.is_empty()
+                });
                 Ok(Outcome::Done)
             }
             Command::SetClusterId { cluster_id } => match &self.cluster_id {

@@ -1,4 +1,5 @@
-//! Where a chunk's replicas go: on distinct live storage nodes, most free space first.
+//! Where a chunk's replicas go: on distinct live storage nodes, most free space first, and
+//! over two racks or more whenever the candidates span more than one.
 //!
 //! Pure: the leader passes in what its health tracker knows, and gets node ids back. Placing
 //! several chunks in one call deducts each chunk from the chosen nodes' free space as it goes,
@@ -11,6 +12,8 @@ use crate::ids::StorageNodeId;
 pub struct Candidate {
     pub id: StorageNodeId,
     pub free_bytes: u64,
+    /// Its failure domain; nodes with none count as one rack of their own kind.
+    pub rack: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,12 +44,20 @@ pub fn place(
     let mut placements = Vec::with_capacity(chunk_sizes.len());
     for &chunk_bytes in chunk_sizes {
         pool.sort_by(|a, b| b.free_bytes.cmp(&a.free_bytes).then(a.id.cmp(&b.id)));
-        let chosen: Vec<StorageNodeId> = pool
-            .iter()
-            .filter(|c| c.free_bytes >= chunk_bytes)
-            .take(replication)
-            .map(|c| c.id)
-            .collect();
+        let fits: Vec<&Candidate> = pool.iter().filter(|c| c.free_bytes >= chunk_bytes).collect();
+        let mut chosen: Vec<StorageNodeId> = fits.iter().take(replication).map(|c| c.id).collect();
+        // One rack for every replica while another rack has room: trade the last (least free)
+        // choice for the best node of another rack, so a rack's loss never takes every copy.
+        if chosen.len() >= 2 {
+            let rack_of = |id: StorageNodeId| fits.iter().find(|c| c.id == id).map(|c| &c.rack);
+            let first = rack_of(chosen[0]);
+            if chosen.iter().all(|id| rack_of(*id) == first) {
+                if let Some(other) = fits.iter().find(|c| Some(&c.rack) != first) {
+                    let last = chosen.len() - 1;
+                    chosen[last] = other.id;
+                }
+            }
+        }
         if chosen.is_empty() {
             return Err(PlacementError::NoCandidates { chunk_bytes });
         }
@@ -65,7 +76,25 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn node(id: u64, free: u64) -> Candidate {
-        Candidate { id: StorageNodeId(id), free_bytes: free }
+        Candidate { id: StorageNodeId(id), free_bytes: free, rack: None }
+    }
+
+    fn racked(id: u64, free: u64, rack: &str) -> Candidate {
+        Candidate { id: StorageNodeId(id), free_bytes: free, rack: Some(rack.into()) }
+    }
+
+    #[test]
+    fn replicas_span_two_racks_when_there_are_two() {
+        // The three emptiest nodes are all in rack a: the third copy goes to rack b.
+        let nodes = [racked(1, 100, "a"), racked(2, 90, "a"), racked(3, 80, "a"), racked(4, 10, "b")];
+        let p = place(&nodes, &[], 3, &[1]).unwrap();
+        assert_eq!(p, vec![vec![StorageNodeId(1), StorageNodeId(2), StorageNodeId(4)]]);
+        // One rack only: most free space, as ever.
+        let p = place(&nodes[..3], &[], 2, &[1]).unwrap();
+        assert_eq!(p, vec![vec![StorageNodeId(1), StorageNodeId(2)]]);
+        // A full node of the other rack is no candidate.
+        let p = place(&[racked(1, 100, "a"), racked(2, 90, "a"), racked(4, 0, "b")], &[], 2, &[1]).unwrap();
+        assert_eq!(p, vec![vec![StorageNodeId(1), StorageNodeId(2)]]);
     }
 
     #[test]
@@ -100,18 +129,19 @@ mod tests {
         })]
         #[test]
         fn placements_are_distinct_allowed_and_fit(
-            frees in proptest::collection::vec(0u64..1000, 0..8),
+            frees in proptest::collection::vec((0u64..1000, 0u8..3), 0..8),
             excluded in proptest::collection::vec(0u64..8, 0..3),
             replication in 1usize..5,
             sizes in proptest::collection::vec(0u64..200, 0..20),
         ) {
-            let nodes: Vec<_> = frees.iter().enumerate().map(|(i, f)| node(i as u64, *f)).collect();
+            let nodes: Vec<_> = frees.iter().enumerate().map(|(i, (f, rack))| racked(i as u64, *f, &rack.to_string())).collect();
             let exclude: Vec<_> = excluded.iter().map(|&i| StorageNodeId(i)).collect();
             let mut free: std::collections::BTreeMap<_, _> = nodes.iter().map(|c| (c.id, c.free_bytes)).collect();
             match place(&nodes, &exclude, replication, &sizes) {
                 Ok(p) => {
                     prop_assert_eq!(p.len(), sizes.len());
                     for (replicas, size) in p.iter().zip(&sizes) {
+                        let before = free.clone();
                         let distinct: BTreeSet<_> = replicas.iter().collect();
                         prop_assert_eq!(distinct.len(), replicas.len());
                         prop_assert!(!replicas.is_empty() && replicas.len() <= replication);
@@ -125,6 +155,14 @@ mod tests {
                         if replicas.len() < replication {
                             let others = free.iter().filter(|(id, f)| !exclude.contains(id) && !replicas.contains(id) && **f >= *size).count();
                             prop_assert_eq!(others, 0);
+                        }
+                        // one rack for all only if no allowed node of another rack had room
+                        let rack = |id: &StorageNodeId| nodes.iter().find(|c| c.id == *id).unwrap().rack.clone();
+                        let racks: BTreeSet<_> = replicas.iter().map(rack).collect();
+                        if replicas.len() >= 2 && racks.len() == 1 {
+                            let only = racks.iter().next().unwrap().clone();
+                            let elsewhere = nodes.iter().filter(|c| !exclude.contains(&c.id) && c.rack != only && before[&c.id] >= *size).count();
+                            prop_assert_eq!(elsewhere, 0);
                         }
                     }
                 }

@@ -97,12 +97,14 @@ pub struct ChunkState<'a> {
 }
 
 /// What the leader knows of a storage node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeState {
     pub liveness: Liveness,
     pub free_bytes: u64,
-    /// Takes no new replicas (decommissioning, full).
+    /// Decommissioning: takes no new replicas, and its replicas no longer count (they are
+    /// still read from, as repair sources).
     pub draining: bool,
+    pub rack: Option<String>,
 }
 
 /// A copy to make: the target pulls the chunk from `sources`, in order.
@@ -128,8 +130,10 @@ struct Wanted {
     chunk: ChunkId,
     size: u64,
     sha256: Sha256Digest,
-    /// Its valid replicas.
-    good: Vec<StorageNodeId>,
+    /// Replicas a copy can be read from.
+    sources: Vec<StorageNodeId>,
+    /// The racks its valid replicas are on.
+    racks: BTreeSet<Option<String>>,
     /// Every node it is listed on or still being deleted from.
     listed: Vec<StorageNodeId>,
 }
@@ -163,22 +167,50 @@ pub struct Census {
     pub with_bad_replicas: u64,
 }
 
-/// The replicas of `c` that count: listed, not marked bad, on a node that is not Dead. (A
-/// Suspect or Unknown node's replicas count, so that silence shorter than the dead timeout
-/// moves nothing.)
+/// The replicas of `c` that count: listed, not marked bad, on a node that is not Dead nor
+/// draining. (A Suspect or Unknown node's replicas count, so that silence shorter than the
+/// dead timeout moves nothing.)
 pub fn valid_replicas(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Vec<StorageNodeId> {
     c.replicas
         .iter()
         .copied()
-        .filter(|r| !c.bad.is_some_and(|b| b.contains(r)) && nodes.get(r).is_some_and(|s| s.liveness != Liveness::Dead))
+        .filter(|r| !c.bad.is_some_and(|b| b.contains(r)) && nodes.get(r).is_some_and(|s| s.liveness != Liveness::Dead && !s.draining))
         .collect()
+}
+
+/// The replicas of `c` a copy can be read from now: not marked bad, on an Alive node (a
+/// draining one included).
+pub fn source_replicas(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Vec<StorageNodeId> {
+    c.replicas.iter().copied().filter(|r| !c.bad.is_some_and(|b| b.contains(r)) && nodes.get(r).is_some_and(|s| s.liveness == Liveness::Alive)).collect()
+}
+
+/// Whether some replica of `c` may still hold its bytes: not marked bad, on a node not Dead.
+fn readable(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> bool {
+    c.replicas.iter().any(|r| !c.bad.is_some_and(|b| b.contains(r)) && nodes.get(r).is_some_and(|s| s.liveness != Liveness::Dead))
+}
+
+/// Which of `good` (more than `replication`) to drop: keep the replicas on the nodes with
+/// the most free space, but never fewer racks than two when they span two or more.
+fn surplus(good: &[StorageNodeId], replication: usize, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Vec<StorageNodeId> {
+    let rack = |r: &StorageNodeId| nodes.get(r).and_then(|s| s.rack.clone());
+    let mut ranked = good.to_vec();
+    ranked.sort_by_key(|r| (std::cmp::Reverse(nodes.get(r).map(|s| s.free_bytes).unwrap_or(0)), *r));
+    let mut keep: Vec<StorageNodeId> = ranked.iter().take(replication).copied().collect();
+    let kept_racks: BTreeSet<Option<String>> = keep.iter().map(rack).collect();
+    if replication >= 2 && kept_racks.len() == 1 {
+        if let Some(other) = ranked.iter().skip(replication).find(|r| !kept_racks.contains(&rack(r))) {
+            let last = keep.len() - 1;
+            keep[last] = *other;
+        }
+    }
+    ranked.into_iter().filter(|r| !keep.contains(r)).collect()
 }
 
 /// What is wrong with a chunk, if anything, in the order `fsck` reports it.
 pub fn chunk_problem(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Option<(&'static str, usize)> {
     let valid = valid_replicas(c, nodes).len();
     let replication = c.replication as usize;
-    let kind = if valid == 0 {
+    let kind = if !readable(c, nodes) {
         "missing"
     } else if valid < replication {
         "under-replicated"
@@ -327,13 +359,23 @@ impl RepairPlanner {
                     self.adopted.remove(&c.id);
                 }
             }
-            if good.is_empty() {
+            if !readable(&c, nodes) {
                 census.missing += 1;
             }
             if good.len() < replication {
                 census.under_replicated += 1;
-                if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) && !good.is_empty() {
-                    wanted.push(Wanted { valid: good.len(), chunk: c.id, size: c.size, sha256: c.sha256, good, listed: c.replicas.iter().chain(&c.deleting).copied().collect() });
+                let sources = source_replicas(&c, nodes);
+                if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) && !sources.is_empty() {
+                    let racks: BTreeSet<Option<String>> = good.iter().filter_map(|r| nodes.get(r).map(|s| s.rack.clone())).collect();
+                    wanted.push(Wanted {
+                        valid: good.len(),
+                        chunk: c.id,
+                        size: c.size,
+                        sha256: c.sha256,
+                        sources,
+                        racks,
+                        listed: c.replicas.iter().chain(&c.deleting).copied().collect(),
+                    });
                 }
             } else if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) {
                 // Whole: tidy up. Only with every counted replica on an Alive node, so that a
@@ -345,10 +387,7 @@ impl RepairPlanner {
                 if good.len() > replication {
                     census.over_replicated += 1;
                     if all_alive {
-                        let mut extra = good.clone();
-                        // Keep the replicas on the nodes with the most free space.
-                        extra.sort_by_key(|r| (std::cmp::Reverse(nodes.get(r).map(|s| s.free_bytes).unwrap_or(0)), *r));
-                        for r in extra.into_iter().skip(replication) {
+                        for r in surplus(&good, replication, nodes) {
                             drops.push((c.id, r));
                             self.stats.dropped_surplus += 1;
                         }
@@ -384,7 +423,7 @@ impl RepairPlanner {
             *inn.entry(*target).or_default() += 1;
         }
         let mut free: BTreeMap<StorageNodeId, u64> = nodes.iter().map(|(id, s)| (*id, s.free_bytes)).collect();
-        for Wanted { chunk, size, sha256, good, listed, .. } in wanted {
+        for Wanted { chunk, size, sha256, sources, racks, listed, .. } in wanted {
             if self.jobs.len() + self.adopted.len() >= self.config.jobs_max {
                 break;
             }
@@ -392,15 +431,16 @@ impl RepairPlanner {
                 continue;
             }
             let failed_pairs = self.backoff.get(&chunk).map(|b| b.failed_pairs.clone()).unwrap_or_default();
-            // Sources: valid replicas on Alive nodes, least busy first.
-            let mut sources: Vec<StorageNodeId> = good.iter().copied().filter(|r| liveness(r) == Liveness::Alive).collect();
+            // Sources: least busy first.
+            let mut sources = sources;
             sources.sort_by_key(|s| (out.get(s).copied().unwrap_or(0), *s));
             let Some(&first) = sources.first() else { continue };
             if out.get(&first).copied().unwrap_or(0) >= self.config.streams_out_max {
                 continue;
             }
             // Target: an Alive node that takes replicas, does not list the chunk (not even as a
-            // dead or bad replica), has room and a free stream, most free space first.
+            // dead or bad replica), has room and a free stream; one in a rack the valid
+            // replicas are not on first when they are all on one, then most free space.
             let mut targets: Vec<(StorageNodeId, u64)> = nodes
                 .iter()
                 .filter(|(id, s)| {
@@ -413,7 +453,8 @@ impl RepairPlanner {
                 })
                 .map(|(id, _)| (*id, free.get(id).copied().unwrap_or(0)))
                 .collect();
-            targets.sort_by_key(|(id, f)| (std::cmp::Reverse(*f), *id));
+            let same_rack = |id: &StorageNodeId| racks.len() == 1 && nodes.get(id).is_some_and(|s| racks.contains(&s.rack));
+            targets.sort_by_key(|(id, f)| (same_rack(id), std::cmp::Reverse(*f), *id));
             let Some(&(target, _)) = targets.first() else { continue };
             *out.entry(first).or_default() += 1;
             *inn.entry(target).or_default() += 1;

@@ -112,6 +112,8 @@ pub struct StorageConfig {
     pub scrub_rate_bytes_per_sec: u64,
     /// How often the whole inventory is reported (besides on every registration).
     pub inventory_interval: Duration,
+    /// This node's failure domain: replicas of a chunk span two racks or more.
+    pub rack: Option<String>,
 }
 
 impl StorageConfig {
@@ -129,6 +131,7 @@ impl StorageConfig {
             repair_streams_max: 2,
             scrub_rate_bytes_per_sec: crate::scrub::SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
             inventory_interval: Duration::from_secs(3600),
+            rack: None,
         }
     }
 }
@@ -486,7 +489,12 @@ impl<E: Env> StorageNode<E> {
         let (capacity_bytes, _) = self.space().await?;
         let cluster_id = self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default();
         if !*registered {
-            let request = proto::RegisterStorageRequest { node: Some(self.self_proto()), capacity_bytes, cluster_id: cluster_id.clone() };
+            let request = proto::RegisterStorageRequest {
+                node: Some(self.self_proto()),
+                capacity_bytes,
+                cluster_id: cluster_id.clone(),
+                rack: self.config.rack.clone().unwrap_or_default(),
+            };
             let reply = self.meta.call(request).await.inspect_err(|e| {
                 if matches!(e, RpcError::FailedPrecondition(_)) {
                     tracing::error!(node = %self.id, error = %e, "the metadata cluster refuses this node");

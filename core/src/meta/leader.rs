@@ -141,6 +141,36 @@ pub struct NodeView {
     pub liveness: Liveness,
     pub stats: NodeStats,
     pub last_heartbeat_ago: Option<Duration>,
+    pub rack: Option<String>,
+    /// `None` in service; `Some(done)` draining, `done` once every chunk it holds has its full
+    /// set of valid replicas elsewhere (decommissioned: safe to switch off).
+    pub draining: Option<bool>,
+}
+
+impl NodeView {
+    /// "alive", "suspect", "dead", "unknown"; a live draining node is "draining" or
+    /// "decommissioned".
+    pub fn state(&self) -> &'static str {
+        match (self.draining, self.liveness) {
+            (Some(false), Liveness::Alive | Liveness::Suspect) => "draining",
+            (Some(true), Liveness::Alive | Liveness::Suspect) => "decommissioned",
+            (_, l) => l.as_str(),
+        }
+    }
+}
+
+/// The storage node `name` names: its address, or its id in hex (as `dfs nodes` shows it) or
+/// decimal.
+pub fn resolve_node(ns: &Namespace, name: &str) -> Option<(StorageNodeId, String)> {
+    let name = name.trim();
+    let by_hex = u64::from_str_radix(name.trim_start_matches("0x"), 16).ok();
+    let by_dec = name.parse::<u64>().ok();
+    let node = ns
+        .storage_nodes()
+        .find(|n| n.addr == name)
+        .or_else(|| ns.storage_nodes().find(|n| Some(n.id.0) == by_hex))
+        .or_else(|| ns.storage_nodes().find(|n| Some(n.id.0) == by_dec))?;
+    Some((node.id, node.addr.clone()))
 }
 
 /// The chunks of a committed file, as the repair planner sees them.
@@ -258,6 +288,7 @@ impl Leader {
     pub fn allocate(
         &self,
         now: Timestamp,
+        ns: &Namespace,
         upload: &Upload,
         indexes: &[u32],
         exclude: &[StorageNodeId],
@@ -268,7 +299,15 @@ impl Leader {
                 crate::chunking::chunk_len(upload.size, upload.chunk_size, index).ok_or(AllocateError::NoSuchChunk { file: upload.id.0, index })
             })
             .collect::<Result<Vec<u64>, _>>()?;
-        let candidates: Vec<Candidate> = self.health.alive(now).map(|(id, stats)| Candidate { id, free_bytes: stats.free_bytes }).collect();
+        // Live nodes that take replicas: not draining (decommissioning).
+        let candidates: Vec<Candidate> = self
+            .health
+            .alive(now)
+            .filter_map(|(id, stats)| {
+                let record = ns.storage_node(id)?;
+                (!record.draining).then(|| Candidate { id, free_bytes: stats.free_bytes, rack: record.rack.clone() })
+            })
+            .collect();
         let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
         if usable == 0 {
             return Err(AllocateError::NoLiveNode { alive: candidates.len(), excluded: exclude.len() });
@@ -339,6 +378,8 @@ impl Leader {
                     liveness: self.health.liveness(n.id, now),
                     stats: seen.map(|(s, _)| s).unwrap_or(NodeStats { capacity_bytes: n.capacity_bytes, ..Default::default() }),
                     last_heartbeat_ago: seen.map(|(_, ago)| ago),
+                    rack: n.rack.clone(),
+                    draining: n.draining.then(|| self.decommissioned(now, ns, n.id)),
                 }
             })
             .collect()
@@ -370,7 +411,7 @@ impl Leader {
         ns.storage_nodes()
             .map(|n| {
                 let free_bytes = self.health.last_seen(n.id, now).map(|(s, _)| s.free_bytes).unwrap_or(0);
-                (n.id, NodeState { liveness: self.health.liveness(n.id, now), free_bytes, draining: false })
+                (n.id, NodeState { liveness: self.health.liveness(n.id, now), free_bytes, draining: n.draining, rack: n.rack.clone() })
             })
             .collect()
     }
@@ -407,16 +448,25 @@ impl Leader {
     /// Asks the storage node named `name` (its id in hex or decimal, or its address) to scrub
     /// now; returns it.
     pub fn request_scrub(&mut self, ns: &Namespace, name: &str) -> Option<(StorageNodeId, String)> {
-        let name = name.trim();
-        let by_hex = u64::from_str_radix(name.trim_start_matches("0x"), 16).ok();
-        let by_dec = name.parse::<u64>().ok();
-        let node = ns
-            .storage_nodes()
-            .find(|n| n.addr == name)
-            .or_else(|| ns.storage_nodes().find(|n| Some(n.id.0) == by_hex))
-            .or_else(|| ns.storage_nodes().find(|n| Some(n.id.0) == by_dec))?;
-        self.scrub_requested.insert(node.id);
-        Some((node.id, node.addr.clone()))
+        let (id, addr) = resolve_node(ns, name)?;
+        self.scrub_requested.insert(id);
+        Some((id, addr))
+    }
+
+    /// Whether `node` may be forgotten: only one that is not alive (a live node would simply
+    /// register again, and its replicas are real).
+    pub fn check_forget(&self, now: Timestamp, node: StorageNodeId) -> Result<(), String> {
+        match self.health.liveness(node, now) {
+            Liveness::Alive | Liveness::Suspect => Err(format!("storage node {node} is still heartbeating: stop it for good first (it would register again)")),
+            Liveness::Dead | Liveness::Unknown => Ok(()),
+        }
+    }
+
+    /// For a draining node: whether every chunk it holds has its full set of valid replicas
+    /// elsewhere (safe to switch off).
+    pub fn decommissioned(&self, now: Timestamp, ns: &Namespace, node: StorageNodeId) -> bool {
+        let nodes = self.node_states(now, ns);
+        ns.files().flat_map(|f| chunk_states(ns, f)).filter(|c| c.replicas.contains(&node)).all(|c| crate::repair::valid_replicas(&c, &nodes).len() >= c.replication as usize)
     }
 
     /// Repair copies in flight with `node` as their target.

@@ -21,7 +21,7 @@ use super::log_store::{open_database, RedbLogStore};
 use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
 use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
 use crate::env::{Clock, Disk, Env, Transport};
-use super::leader::{admit, AdmitError, AllocateError, Heartbeat, Leader, LeaderConfig};
+use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, Leader, LeaderConfig};
 use crate::health::{HealthConfig, NodeStats};
 use crate::repair::RepairConfig;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
@@ -618,6 +618,10 @@ const FSCK_PROBLEMS_MAX: usize = 10_000;
 /// Repairs running or failed that one heartbeat may report.
 const REPAIRS_REPORTED_MAX: usize = 1024;
 
+fn unknown_node(name: &str) -> RpcError {
+    RpcError::NotFound(format!("no storage node is registered as {name:?} (give its id, as `dfs nodes` shows it, or its address)"))
+}
+
 fn namespace_error(e: NamespaceError) -> RpcError {
     let message = e.to_string();
     match e {
@@ -700,7 +704,7 @@ impl<E: Env> MetaServer<E> {
         let now = self.env.clock().now();
         let (placed, quorum) = self.with_leader(term, |leader, ns| {
             let upload = ns.upload(file).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(file)))?;
-            let placed = leader.allocate(now, upload, indexes, exclude).map_err(|e| match e {
+            let placed = leader.allocate(now, ns, upload, indexes, exclude).map_err(|e| match e {
                 AllocateError::NoLiveNode { .. } => RpcError::Unavailable(e.to_string()),
                 AllocateError::NoSpace(_) => RpcError::NoSpace(e.to_string()),
                 AllocateError::NoSuchChunk { .. } => RpcError::InvalidArgument(e.to_string()),
@@ -888,8 +892,9 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .into_iter()
                 .map(|n| proto::StorageNodeStatus {
                     repairs_in_flight: leader.repairs_in_flight(n.id) as u64,
-                    node: Some(proto::StorageNode { id: n.id.0, addr: n.addr }),
-                    state: n.liveness.as_str().to_string(),
+                    state: n.state().to_string(),
+                    node: Some(proto::StorageNode { id: n.id.0, addr: n.addr.clone() }),
+                    rack: n.rack.clone().unwrap_or_default(),
                     capacity_bytes: n.stats.capacity_bytes,
                     free_bytes: n.stats.free_bytes,
                     chunk_count: n.stats.chunk_count,
@@ -919,7 +924,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             return Err(RpcError::InvalidArgument("register: node address missing".into()));
         }
         let cluster_id = self.admit_storage(StorageNodeId(node.id), &r.cluster_id).await?;
-        self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes })
+        let rack = Some(r.rack.clone()).filter(|r| !r.is_empty());
+        self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes, rack })
             .await?;
         tracing::info!(node = %StorageNodeId(node.id), "storage node registered");
         Ok(proto::RegisterStorageResponse { cluster_id })
@@ -979,7 +985,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     async fn scrub_storage_node(&self, r: proto::ScrubStorageNodeRequest) -> Result<proto::ScrubStorageNodeResponse, RpcError> {
         let term = self.require_leader()?;
         let found = self.with_leader(term, |leader, ns| leader.request_scrub(ns, &r.node));
-        let (id, addr) = found.ok_or_else(|| RpcError::NotFound(format!("no storage node is registered as {:?} (give its id, as `dfs nodes` shows it, or its address)", r.node)))?;
+        let (id, addr) = found.ok_or_else(|| unknown_node(&r.node))?;
         tracing::info!(node = %id, "scrub requested");
         Ok(proto::ScrubStorageNodeResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
     }
@@ -1023,6 +1029,26 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .collect(),
             problems_truncated: report.problems_truncated,
         })
+    }
+
+    async fn set_draining(&self, r: proto::SetDrainingRequest) -> Result<proto::SetDrainingResponse, RpcError> {
+        let term = self.require_leader()?;
+        let found = self.with_leader(term, |_, ns| resolve_node(ns, &r.node));
+        let (id, addr) = found.ok_or_else(|| unknown_node(&r.node))?;
+        self.propose(Command::SetDraining { node: id, draining: r.draining }).await?;
+        tracing::info!(node = %id, draining = r.draining, "storage node {}", if r.draining { "decommissioning" } else { "back in service" });
+        Ok(proto::SetDrainingResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
+    }
+
+    async fn forget_storage_node(&self, r: proto::ForgetStorageNodeRequest) -> Result<proto::ForgetStorageNodeResponse, RpcError> {
+        let term = self.require_leader()?;
+        let now = self.env.clock().now();
+        let found = self.with_leader(term, |leader, ns| resolve_node(ns, &r.node).map(|(id, addr)| (id, addr, leader.check_forget(now, id))));
+        let (id, addr, allowed) = found.ok_or_else(|| unknown_node(&r.node))?;
+        allowed.map_err(RpcError::FailedPrecondition)?;
+        self.propose(Command::ForgetStorageNode { node: id }).await?;
+        tracing::warn!(node = %id, "storage node forgotten");
+        Ok(proto::ForgetStorageNodeResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
     }
 
     async fn report_bad_replica(&self, r: proto::ReportBadReplicaRequest) -> Result<proto::ReportBadReplicaResponse, RpcError> {

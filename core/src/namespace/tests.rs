@@ -5,7 +5,7 @@ const CHUNK: u64 = chunking::MIN_CHUNK_SIZE;
 
 fn register(ns: &mut Namespace, ids: &[u64]) {
     for &id in ids {
-        ns.apply(Command::RegisterStorageNode { node: StorageNodeId(id), addr: format!("n{id}:1"), capacity_bytes: 1 << 30 }).unwrap();
+        ns.apply(Command::RegisterStorageNode { node: StorageNodeId(id), addr: format!("n{id}:1"), capacity_bytes: 1 << 30, rack: None }).unwrap();
     }
 }
 
@@ -546,7 +546,7 @@ fn validation_refuses_what_no_state_could_accept() {
     assert!(Command::Rename { src: "/a".into(), dst: "/a/b".into(), unix_ms: 0 }.validate().is_err());
     assert!(Command::Rename { src: "/a".into(), dst: "/ab".into(), unix_ms: 0 }.validate().is_ok());
     assert!(Command::Rename { src: "//".into(), dst: "/b".into(), unix_ms: 0 }.validate().is_err());
-    assert!(Command::RegisterStorageNode { node: StorageNodeId(1), addr: String::new(), capacity_bytes: 0 }.validate().is_err());
+    assert!(Command::RegisterStorageNode { node: StorageNodeId(1), addr: String::new(), capacity_bytes: 0, rack: None }.validate().is_err());
     // apply refuses the same, whatever the state
     let mut ns = Namespace::default();
     assert!(ns.apply(record(RECORD_CHUNKS_MAX + 1)).is_err());

@@ -7,7 +7,7 @@ use crate::ids::FileId;
 const NOW: Timestamp = Timestamp(1_000_000);
 
 fn node(liveness: Liveness, free_bytes: u64) -> NodeState {
-    NodeState { liveness, free_bytes, draining: false }
+    NodeState { liveness, free_bytes, draining: false, rack: None }
 }
 
 fn nodes(states: &[(u64, Liveness)]) -> BTreeMap<StorageNodeId, NodeState> {
@@ -139,4 +139,38 @@ fn surplus_and_bad_replicas_are_dropped_only_when_safe() {
     let mut c = chunk(2, 0, &[1, 3], 2);
     c.bad = Some([StorageNodeId(3)].into());
     assert!(p.plan(NOW, states(std::slice::from_ref(&c)), &n).is_empty(), "a bad replica was dropped before the chunk was whole");
+}
+
+#[test]
+fn a_draining_nodes_replicas_stop_counting_but_serve_as_sources() {
+    let mut p = planner(RepairConfig::default());
+    let mut n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
+    n.get_mut(&StorageNodeId(1)).unwrap().draining = true;
+    let chunks = [chunk(1, 0, &[1], 1)];
+    p.plan(NOW, states(&chunks), &n);
+    let jobs: Vec<RepairJob> = (2..=3).flat_map(|t| p.jobs_for(NOW, StorageNodeId(t))).collect();
+    assert_eq!(jobs.len(), 1, "the only copy, on a draining node, is copied elsewhere");
+    assert_eq!(jobs[0].sources, vec![StorageNodeId(1)]);
+    assert_eq!(p.census().missing, 0, "a draining node's copy is not missing");
+    assert!(p.jobs_for(NOW, StorageNodeId(1)).is_empty(), "a draining node is never a target");
+}
+
+#[test]
+fn copies_and_drops_keep_two_racks() {
+    let mut n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive), (4, Liveness::Alive)]);
+    for (id, rack, free) in [(1, "a", 100), (2, "a", 90), (3, "a", 80), (4, "b", 10)] {
+        let s = n.get_mut(&StorageNodeId(id)).unwrap();
+        s.rack = Some(rack.into());
+        s.free_bytes = free << 20;
+    }
+    // Two copies in rack a: the third goes to rack b, though it has the least room.
+    let mut p = planner(RepairConfig::default());
+    let chunks = [chunk(1, 0, &[1, 2], 3)];
+    p.plan(NOW, states(&chunks), &n);
+    assert_eq!(p.jobs_for(NOW, StorageNodeId(4)).len(), 1);
+    // Four copies, one in rack b: the surplus dropped is in rack a.
+    let mut p = planner(RepairConfig::default());
+    let chunks = [chunk(2, 0, &[1, 2, 3, 4], 3)];
+    let commands = p.plan(NOW, states(&chunks), &n);
+    assert_eq!(commands, vec![Command::DropReplicas { drops: vec![(chunks[0].id, StorageNodeId(3))] }]);
 }

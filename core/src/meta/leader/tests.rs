@@ -52,7 +52,7 @@ impl World {
         let nodes: Vec<Node> = (1..=nodes)
             .map(|i| {
                 let id = StorageNodeId(i);
-                ns.apply(Command::RegisterStorageNode { node: id, addr: format!("n{i}:1"), capacity_bytes: 1 << 40 }).unwrap();
+                ns.apply(Command::RegisterStorageNode { node: id, addr: format!("n{i}:1"), capacity_bytes: 1 << 40, rack: None }).unwrap();
                 Node { id, up: true, held: BTreeSet::new(), deleted_unreported: vec![], stored_unreported: vec![], repairing: vec![], repairs_failed: vec![], next_beat: Timestamp(i * 100) }
             })
             .collect();
@@ -275,18 +275,18 @@ fn placement_uses_only_nodes_heard_from_recently() {
     w.run_for(Duration::from_secs(2));
     let id = w.upload("/u", 4, &[1, 2, 3], false);
     let upload = w.ns.upload(id).unwrap().clone();
-    let placed = w.leader.allocate(w.now, &upload, &[0, 1, 2, 3], &[]).unwrap();
+    let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0, 1, 2, 3], &[]).unwrap();
     assert!(placed.iter().all(|nodes| nodes.len() == 3 && !nodes.contains(&StorageNodeId(4))), "{placed:?}");
     // Excluding a node: the others are used, with fewer targets than the replication factor.
-    let placed = w.leader.allocate(w.now, &upload, &[0], &[StorageNodeId(1)]).unwrap();
+    let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0], &[StorageNodeId(1)]).unwrap();
     assert!(!placed[0].contains(&StorageNodeId(1)) && !placed[0].contains(&StorageNodeId(4)));
-    let none = w.leader.allocate(w.now, &upload, &[0], &[StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)]);
+    let none = w.leader.allocate(w.now, &w.ns, &upload, &[0], &[StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)]);
     assert_eq!(none, Err(AllocateError::NoLiveNode { alive: 3, excluded: 3 }));
-    assert!(matches!(w.leader.allocate(w.now, &upload, &[9], &[]), Err(AllocateError::NoSuchChunk { .. })));
+    assert!(matches!(w.leader.allocate(w.now, &w.ns, &upload, &[9], &[]), Err(AllocateError::NoSuchChunk { .. })));
     // A suspect node gets nothing either.
     w.nodes[0].up = false;
     w.run_for(config.health.suspect_after + BEAT);
-    let placed = w.leader.allocate(w.now, &upload, &[0, 1], &[]).unwrap();
+    let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0, 1], &[]).unwrap();
     assert!(placed.iter().all(|nodes| nodes.len() == 2 && !nodes.contains(&StorageNodeId(1))), "{placed:?}");
     // Readers try live replicas first.
     assert_eq!(w.leader.read_order(w.now, &[StorageNodeId(1), StorageNodeId(2)], 0), vec![StorageNodeId(2), StorageNodeId(1)]);
