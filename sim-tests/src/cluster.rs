@@ -270,6 +270,34 @@ impl Cluster {
         madsim::net::NetSim::current().unclog_node(node);
     }
 
+    /// Cuts storage host `index` off from every metadata node (both ways), while clients and
+    /// other storage nodes still reach it.
+    pub fn cut_storage_from_meta(&self, index: u64) {
+        let node = self.storage[index as usize - 1].node.id();
+        trace::event(format!("cut storage-{index} from metadata"));
+        let net = madsim::net::NetSim::current();
+        for m in &self.meta {
+            net.clog_link(node, m.node.id());
+            net.clog_link(m.node.id(), node);
+        }
+    }
+
+    pub fn uncut_storage_from_meta(&self, index: u64) {
+        let node = self.storage[index as usize - 1].node.id();
+        trace::event(format!("reconnect storage-{index} to metadata"));
+        let net = madsim::net::NetSim::current();
+        for m in &self.meta {
+            net.unclog_link(node, m.node.id());
+            net.unclog_link(m.node.id(), node);
+        }
+    }
+
+    /// Repair counters of the current leader (since it became leader), if there is one.
+    pub fn repair_stats(&self) -> Option<dfs_core::repair::RepairStats> {
+        let leader = self.leader()?;
+        self.meta_server(leader)?.repair_stats()
+    }
+
     /// The chunk files on storage host `index`, by path.
     pub async fn chunk_files(&self, index: u64) -> Vec<std::path::PathBuf> {
         use dfs_core::env::Disk;

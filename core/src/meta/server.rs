@@ -325,6 +325,11 @@ impl<E: Env> MetaServer<E> {
     }
 
     /// The applied state, for tests and checkers: no leadership check.
+    /// The repair planner's counters, while this node leads (for tests and status).
+    pub fn repair_stats(&self) -> Option<crate::repair::RepairStats> {
+        self.leader.lock().expect("leader lock").as_ref().map(|l| l.repair_status().0)
+    }
+
     pub fn local_state(&self) -> std::sync::RwLockReadGuard<'_, AppliedState> {
         self.state.read().expect("state lock")
     }
