@@ -25,6 +25,7 @@ use dfs_io_real::RealEnv;
 
 use crate::cluster::{spawn, stop, wait_ready, Node};
 
+mod repair;
 mod transfer;
 
 #[derive(Subcommand)]
@@ -33,6 +34,8 @@ pub enum BenchCommand {
     Meta(MetaBenchArgs),
     /// Put and get of a large file and of many small files, beside the disk's own floor.
     Transfer(transfer::TransferBenchArgs),
+    /// Time to heal after a storage node dies, and repair throughput beside the disk's.
+    Repair(repair::RepairBenchArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +59,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Meta(args) => meta(args).await,
         BenchCommand::Transfer(args) => transfer::transfer(args).await,
+        BenchCommand::Repair(args) => repair::repair(args).await,
     }
 }
 

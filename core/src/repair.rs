@@ -7,8 +7,10 @@
 //!   left; HDFS's low-redundancy queues are the model), then by chunk id. A valid replica is
 //!   listed, not marked bad, and on a node that is not Dead: a Suspect node's replicas still
 //!   count, so a node that flaps causes no repair storm.
-//! - **Bounded pace.** At most `streams_out_max` jobs read from one node, `streams_in_max`
-//!   write to one node, `jobs_max` run in the cluster, and one job per chunk at a time.
+//! - **Bounded pace.** A node runs at most `streams_in_max` copies at once (the storage node
+//!   enforces it) and is handed twice that many, so the next is queued when one ends; at most
+//!   twice `streams_out_max` jobs read from one source; `jobs_max` in the cluster; one job per
+//!   chunk at a time.
 //! - **Jobs ride on heartbeats.** A job is handed to its target in that node's heartbeat reply;
 //!   the target pulls the chunk from the sources, in order, verifies its SHA-256 against the
 //!   one metadata recorded, stores it, and reports the replica like any other
@@ -33,9 +35,10 @@
 //!
 //! ## How it is driven
 //! The leader calls `plan(now, chunks, nodes)` on its housekeeping tick and proposes the
-//! commands it returns; `jobs_for(now, node)` when `node` heartbeats, putting the jobs in the
-//! reply; and `on_heartbeat(now, node, running, failed)` with what the heartbeat said of its
-//! repairs. Nothing here does I/O or reads a clock.
+//! commands it returns; when `node` heartbeats, `on_heartbeat(now, node, running, failed,
+//! stored)` with what it said of its repairs and the replicas it stored (a finished job frees
+//! its slots at once), then `jobs_for(now, node, nodes)`, putting the jobs in the reply (new
+//! ones from the last scan's queue if the node has a free stream). Nothing here does I/O or reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -49,6 +52,12 @@ use crate::namespace::DROP_REPLICAS_MAX as DROPS_PER_COMMAND_MAX;
 /// Chunks whose failed attempts are remembered; beyond, the oldest are forgotten (they are
 /// simply retried sooner).
 const BACKOFF_ENTRIES_MAX: usize = 100_000;
+/// Jobs a node is handed per stream it may run: it runs `streams_in_max` at once and has the
+/// next ones queued, so a finished copy is followed at once by the next, not a heartbeat
+/// round trip later.
+const JOB_BACKLOG: usize = 2;
+/// Under-replicated chunks kept from one scan to hand out between scans.
+const QUEUE_MAX: usize = 100_000;
 /// (source, target) pairs remembered as failed, per chunk.
 const FAILED_PAIRS_MAX: usize = 16;
 
@@ -228,6 +237,8 @@ pub struct RepairPlanner {
     config: RepairConfig,
     started: Timestamp,
     jobs: BTreeMap<ChunkId, InFlight>,
+    /// Under-replicated chunks of the last scan, in priority order (bounded by `QUEUE_MAX`).
+    queue: Vec<Wanted>,
     /// Jobs targets said they run that this planner did not hand out (a former leader did):
     /// counted as in flight until they end or time out.
     adopted: BTreeMap<ChunkId, (StorageNodeId, Timestamp)>,
@@ -242,6 +253,7 @@ impl RepairPlanner {
             config,
             started: now,
             jobs: BTreeMap::new(),
+            queue: Vec::new(),
             adopted: BTreeMap::new(),
             backoff: BTreeMap::new(),
             stats: RepairStats::default(),
@@ -272,7 +284,19 @@ impl RepairPlanner {
 
     /// What `node`'s heartbeat said of its repairs: the chunks it is copying now, and the
     /// jobs that failed (with why).
-    pub fn on_heartbeat(&mut self, now: Timestamp, node: StorageNodeId, running: &[ChunkId], failed: &[(ChunkId, String)]) {
+    /// `stored` are the replicas it reports stored (a job of this node for one of them is
+    /// done: its report is committed before the reply goes out).
+    pub fn on_heartbeat(&mut self, now: Timestamp, node: StorageNodeId, running: &[ChunkId], failed: &[(ChunkId, String)], stored: &[ChunkId]) {
+        for chunk in stored {
+            if self.jobs.get(chunk).is_some_and(|j| j.job.target == node) {
+                self.jobs.remove(chunk);
+                self.stats.completed += 1;
+                self.backoff.remove(chunk);
+            }
+            if self.adopted.get(chunk).is_some_and(|(t, _)| *t == node) {
+                self.adopted.remove(chunk);
+            }
+        }
         for (chunk, _why) in failed {
             if let Some(j) = self.jobs.get(chunk) {
                 if j.job.target == node {
@@ -292,8 +316,10 @@ impl RepairPlanner {
         }
     }
 
-    /// Jobs to hand to `node` in its heartbeat reply: those planned for it and not yet sent.
-    pub fn jobs_for(&mut self, now: Timestamp, node: StorageNodeId) -> Vec<RepairJob> {
+    /// Jobs to hand to `node` in its heartbeat reply: those planned for it and not yet sent,
+    /// and, if it has a free stream, new ones from the last scan's queue.
+    pub fn jobs_for(&mut self, now: Timestamp, node: StorageNodeId, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Vec<RepairJob> {
+        self.assign(now, nodes, Some(node));
         self.jobs
             .values_mut()
             .filter(|j| j.job.target == node && j.sent_at.is_none())
@@ -412,6 +438,19 @@ impl RepairPlanner {
 
         // New jobs, fewest valid replicas first.
         wanted.sort_by_key(|w| (w.valid, w.chunk));
+        wanted.truncate(QUEUE_MAX);
+        self.queue = wanted;
+        self.assign(now, nodes, None);
+        commands
+    }
+
+    /// Plans jobs from the queue of the last scan, within the bounds; with `only`, only jobs
+    /// whose target is that node (so a node that just finished a copy gets its next one in
+    /// the same heartbeat reply, not a scan later).
+    fn assign(&mut self, now: Timestamp, nodes: &BTreeMap<StorageNodeId, NodeState>, only: Option<StorageNodeId>) {
+        if now.saturating_since(self.started) < self.config.start_grace {
+            return;
+        }
         let (mut out, mut inn) = (BTreeMap::<StorageNodeId, usize>::new(), BTreeMap::<StorageNodeId, usize>::new());
         for j in self.jobs.values() {
             for s in j.job.sources.iter().take(1) {
@@ -423,19 +462,24 @@ impl RepairPlanner {
             *inn.entry(*target).or_default() += 1;
         }
         let mut free: BTreeMap<StorageNodeId, u64> = nodes.iter().map(|(id, s)| (*id, s.free_bytes)).collect();
-        for Wanted { chunk, size, sha256, sources, racks, listed, .. } in wanted {
+        let queue = std::mem::take(&mut self.queue);
+        for w in &queue {
             if self.jobs.len() + self.adopted.len() >= self.config.jobs_max {
                 break;
             }
-            if self.backoff.get(&chunk).is_some_and(|b| now < b.not_before) {
+            if only.is_some_and(|t| inn.get(&t).copied().unwrap_or(0) >= self.config.streams_in_max * JOB_BACKLOG) {
+                break;
+            }
+            let chunk = w.chunk;
+            if self.jobs.contains_key(&chunk) || self.adopted.contains_key(&chunk) || self.backoff.get(&chunk).is_some_and(|b| now < b.not_before) {
                 continue;
             }
             let failed_pairs = self.backoff.get(&chunk).map(|b| b.failed_pairs.clone()).unwrap_or_default();
-            // Sources: least busy first.
-            let mut sources = sources;
+            // Sources: Alive now, least busy first.
+            let mut sources: Vec<StorageNodeId> = w.sources.iter().copied().filter(|s| nodes.get(s).is_some_and(|n| n.liveness == Liveness::Alive)).collect();
             sources.sort_by_key(|s| (out.get(s).copied().unwrap_or(0), *s));
             let Some(&first) = sources.first() else { continue };
-            if out.get(&first).copied().unwrap_or(0) >= self.config.streams_out_max {
+            if out.get(&first).copied().unwrap_or(0) >= self.config.streams_out_max * JOB_BACKLOG {
                 continue;
             }
             // Target: an Alive node that takes replicas, does not list the chunk (not even as a
@@ -444,27 +488,28 @@ impl RepairPlanner {
             let mut targets: Vec<(StorageNodeId, u64)> = nodes
                 .iter()
                 .filter(|(id, s)| {
-                    s.liveness == Liveness::Alive
+                    only.is_none_or(|t| t == **id)
+                        && s.liveness == Liveness::Alive
                         && !s.draining
-                        && !listed.contains(id)
-                        && free.get(id).copied().unwrap_or(0) >= size
-                        && inn.get(id).copied().unwrap_or(0) < self.config.streams_in_max
+                        && !w.listed.contains(id)
+                        && free.get(id).copied().unwrap_or(0) >= w.size
+                        && inn.get(id).copied().unwrap_or(0) < self.config.streams_in_max * JOB_BACKLOG
                         && !failed_pairs.iter().any(|(fs, ft)| *fs == first && ft == *id)
                 })
                 .map(|(id, _)| (*id, free.get(id).copied().unwrap_or(0)))
                 .collect();
-            let same_rack = |id: &StorageNodeId| racks.len() == 1 && nodes.get(id).is_some_and(|s| racks.contains(&s.rack));
+            let same_rack = |id: &StorageNodeId| w.racks.len() == 1 && nodes.get(id).is_some_and(|s| w.racks.contains(&s.rack));
             targets.sort_by_key(|(id, f)| (same_rack(id), std::cmp::Reverse(*f), *id));
             let Some(&(target, _)) = targets.first() else { continue };
             *out.entry(first).or_default() += 1;
             *inn.entry(target).or_default() += 1;
             if let Some(f) = free.get_mut(&target) {
-                *f -= size;
+                *f -= w.size;
             }
             self.stats.planned += 1;
-            self.jobs.insert(chunk, InFlight { job: RepairJob { chunk, size, sha256, sources, target }, sent_at: None });
+            self.jobs.insert(chunk, InFlight { job: RepairJob { chunk, size: w.size, sha256: w.sha256, sources, target }, sent_at: None });
         }
-        commands
+        self.queue = queue;
     }
 
     /// Repair jobs in flight in the cluster.

@@ -660,6 +660,9 @@ impl<E: Env> StorageNode<E> {
                     tracing::warn!(node = %self.id, %chunk, error = %e, "repair failed");
                 }
                 self.repairs.lock().expect("repairs lock").finish(chunk, result);
+                // Report it now, not a heartbeat interval later: the next job comes back in
+                // the reply.
+                let _ = self.heartbeat_now.0.try_send(());
             }
         }
     }

@@ -244,7 +244,8 @@ impl Leader {
             return HeartbeatDecision { propose: vec![], reply: HeartbeatReply { register: true, ..Default::default() } };
         }
         self.health.record_heartbeat(hb.node, hb.stats, now);
-        self.repair.on_heartbeat(now, hb.node, &hb.repairs_running, &hb.repairs_failed);
+        let stored: Vec<ChunkId> = hb.stored.iter().map(|r| r.chunk).collect();
+        self.repair.on_heartbeat(now, hb.node, &hb.repairs_running, &hb.repairs_failed, &stored);
         // Replicas reported deleted are not asked for again, even before the command that
         // forgets them has been applied.
         let delete_chunks: Vec<ChunkId> = ns
@@ -269,9 +270,10 @@ impl Leader {
             propose.push(Command::ReportReplicas { node: hb.node, replicas: news });
         }
         let peers = ns.storage_nodes().map(|n| (n.id, n.addr.clone())).collect();
+        let nodes = self.node_states(now, ns);
         let repair_jobs = self
             .repair
-            .jobs_for(now, hb.node)
+            .jobs_for(now, hb.node, &nodes)
             .into_iter()
             .map(|j| {
                 let sources = j.sources.iter().filter_map(|s| ns.storage_node(*s).map(|n| (n.id, n.addr.clone()))).collect();

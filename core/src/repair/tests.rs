@@ -57,7 +57,7 @@ fn fewest_replicas_left_first_within_the_bounds() {
     p.plan(NOW, states(&chunks), &n);
     let census = p.census();
     assert_eq!((census.chunks, census.under_replicated, census.missing), (8, 8, 1));
-    let mut planned: Vec<ChunkId> = (1..=4).flat_map(|t| p.jobs_for(NOW, StorageNodeId(t))).map(|j| j.chunk).collect();
+    let mut planned: Vec<ChunkId> = (1..=4).flat_map(|t| p.jobs_for(NOW, StorageNodeId(t), &n)).map(|j| j.chunk).collect();
     planned.sort();
     let mut expected = vec![ChunkId::derive(FileId(2), 0), ChunkId::derive(FileId(2), 1)];
     let first_of_file_1 = (0..5).map(|i| ChunkId::derive(FileId(1), i)).min().unwrap();
@@ -70,17 +70,18 @@ fn fewest_replicas_left_first_within_the_bounds() {
 fn per_node_streams_are_bounded_in_and_out() {
     let config = RepairConfig { streams_out_max: 2, streams_in_max: 1, jobs_max: 100, ..RepairConfig::default() };
     let mut p = planner(config);
-    // Every chunk's only source is node 1; targets 2 and 3 take one each.
+    // Every chunk's only source is node 1 (four jobs out: two streams, twice over); targets 2
+    // and 3 take two each (one stream, and one queued).
     let chunks: Vec<Chunk> = (0..10).map(|i| chunk(1, i, &[1], 2)).collect();
     let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive), (4, Liveness::Suspect)]);
     p.plan(NOW, states(&chunks), &n);
-    let to2 = p.jobs_for(NOW, StorageNodeId(2));
-    let to3 = p.jobs_for(NOW, StorageNodeId(3));
-    assert_eq!((to2.len(), to3.len()), (1, 1), "one in per target, two out of the source");
-    assert!(p.jobs_for(NOW, StorageNodeId(4)).is_empty(), "a suspect node got a job");
+    let to2 = p.jobs_for(NOW, StorageNodeId(2), &n);
+    let to3 = p.jobs_for(NOW, StorageNodeId(3), &n);
+    assert_eq!((to2.len(), to3.len()), (2, 2), "one stream (and one queued) per target, two (twice) out of the source");
+    assert!(p.jobs_for(NOW, StorageNodeId(4), &n).is_empty(), "a suspect node got a job");
     assert!(to2.iter().chain(&to3).all(|j| j.sources == vec![StorageNodeId(1)]));
     // Handed out once only.
-    assert!(p.jobs_for(NOW, StorageNodeId(2)).is_empty());
+    assert!(p.jobs_for(NOW, StorageNodeId(2), &n).is_empty());
 }
 
 #[test]
@@ -90,15 +91,15 @@ fn a_failed_or_silent_job_is_retried_later_on_another_pair() {
     let chunks = [chunk(1, 0, &[1], 2)];
     let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
     p.plan(NOW, states(&chunks), &n);
-    let job = p.jobs_for(NOW, StorageNodeId(2)).pop().expect("node 2 has the most free space at the lowest id");
-    p.on_heartbeat(NOW, StorageNodeId(2), &[], &[(job.chunk, "disk error".into())]);
+    let job = p.jobs_for(NOW, StorageNodeId(2), &n).pop().expect("node 2 has the most free space at the lowest id");
+    p.on_heartbeat(NOW, StorageNodeId(2), &[], &[(job.chunk, "disk error".into())], &[]);
     assert_eq!(p.stats().failed, 1);
     p.plan(NOW, states(&chunks), &n);
-    assert!(p.jobs_for(NOW, StorageNodeId(3)).is_empty(), "retried before the backoff");
+    assert!(p.jobs_for(NOW, StorageNodeId(3), &n).is_empty(), "retried before the backoff");
     let later = NOW.plus(config.retry_backoff);
     p.plan(later, states(&chunks), &n);
-    assert!(p.jobs_for(later, StorageNodeId(2)).is_empty(), "the failed pair was chosen again");
-    let retry = p.jobs_for(later, StorageNodeId(3));
+    assert!(p.jobs_for(later, StorageNodeId(2), &n).is_empty(), "the failed pair was chosen again");
+    let retry = p.jobs_for(later, StorageNodeId(3), &n);
     assert_eq!(retry.len(), 1);
     // Silence: the job times out and is planned again after the (doubled) backoff.
     let silent = later.plus(config.job_timeout);
@@ -116,8 +117,8 @@ fn a_job_whose_target_goes_silent_before_it_is_handed_out_is_planned_again_at_on
     // Node 2 (most free space) got it, but goes silent before its next heartbeat.
     n.get_mut(&StorageNodeId(2)).unwrap().liveness = Liveness::Suspect;
     p.plan(NOW, states(&chunks), &n);
-    assert!(p.jobs_for(NOW, StorageNodeId(2)).is_empty());
-    assert_eq!(p.jobs_for(NOW, StorageNodeId(3)).len(), 1, "the job moved to a live target without waiting for a timeout");
+    assert!(p.jobs_for(NOW, StorageNodeId(2), &n).is_empty());
+    assert_eq!(p.jobs_for(NOW, StorageNodeId(3), &n).len(), 1, "the job moved to a live target without waiting for a timeout");
 }
 
 #[test]
@@ -148,11 +149,11 @@ fn a_draining_nodes_replicas_stop_counting_but_serve_as_sources() {
     n.get_mut(&StorageNodeId(1)).unwrap().draining = true;
     let chunks = [chunk(1, 0, &[1], 1)];
     p.plan(NOW, states(&chunks), &n);
-    let jobs: Vec<RepairJob> = (2..=3).flat_map(|t| p.jobs_for(NOW, StorageNodeId(t))).collect();
+    let jobs: Vec<RepairJob> = (2..=3).flat_map(|t| p.jobs_for(NOW, StorageNodeId(t), &n)).collect();
     assert_eq!(jobs.len(), 1, "the only copy, on a draining node, is copied elsewhere");
     assert_eq!(jobs[0].sources, vec![StorageNodeId(1)]);
     assert_eq!(p.census().missing, 0, "a draining node's copy is not missing");
-    assert!(p.jobs_for(NOW, StorageNodeId(1)).is_empty(), "a draining node is never a target");
+    assert!(p.jobs_for(NOW, StorageNodeId(1), &n).is_empty(), "a draining node is never a target");
 }
 
 #[test]
@@ -167,7 +168,7 @@ fn copies_and_drops_keep_two_racks() {
     let mut p = planner(RepairConfig::default());
     let chunks = [chunk(1, 0, &[1, 2], 3)];
     p.plan(NOW, states(&chunks), &n);
-    assert_eq!(p.jobs_for(NOW, StorageNodeId(4)).len(), 1);
+    assert_eq!(p.jobs_for(NOW, StorageNodeId(4), &n).len(), 1);
     // Four copies, one in rack b: the surplus dropped is in rack a.
     let mut p = planner(RepairConfig::default());
     let chunks = [chunk(2, 0, &[1, 2, 3, 4], 3)];
