@@ -233,6 +233,10 @@ pub enum Command {
     /// expired) is deleted. A chunk of an upload not recorded yet is left alone: the uploader
     /// records it, or the upload expires.
     ReportReplicas { node: StorageNodeId, replicas: Vec<ReplicaReport> },
+    /// `node`'s complete inventory lacks these chunks it is listed for: its replicas are gone
+    /// (lost with a disk, quarantined before the report got out). Marked bad, as a corrupt
+    /// replica would be: never served, not counted, replaced by repair, then dropped.
+    MarkReplicasMissing { node: StorageNodeId, chunks: Vec<ChunkId> },
     /// Surplus or bad replicas no longer wanted (the repair planner's choice): unlisted and
     /// deleted from their nodes. A chunk's last listed replica is never dropped.
     DropReplicas { drops: Vec<(ChunkId, StorageNodeId)> },
@@ -435,6 +439,11 @@ impl Command {
             | Command::MarkReplicaBad { .. }
             | Command::SetDraining { .. }
             | Command::ForgetStorageNode { .. } => {}
+            Command::MarkReplicasMissing { chunks, .. } => {
+                if chunks.len() > DROP_REPLICAS_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!("{} missing replicas in one command; at most {DROP_REPLICAS_MAX}", chunks.len())));
+                }
+            }
             Command::DropReplicas { drops } => {
                 if drops.len() > DROP_REPLICAS_MAX {
                     return Err(NamespaceError::InvalidArgument(format!("{} replicas to drop in one command; at most {DROP_REPLICAS_MAX}", drops.len())));
@@ -873,6 +882,16 @@ impl Namespace {
                 }
                 Ok(Outcome::ReplicasReported(tally))
             }
+            Command::MarkReplicasMissing { node, chunks } => {
+                for chunk in chunks {
+                    let listed = self.chunk_record_mut(chunk).is_some_and(|r| r.replicas.contains(&node));
+                    if !listed || (!self.bad_replicas.contains_key(&chunk) && self.bad_replicas.len() >= BAD_REPLICA_CHUNKS_MAX) {
+                        continue;
+                    }
+                    self.bad_replicas.entry(chunk).or_default().insert(node);
+                }
+                Ok(Outcome::Done)
+            }
             Command::DropReplicas { drops } => {
                 for (chunk, node) in drops {
                     let bad = self.bad_replicas.get(&chunk).cloned().unwrap_or_default();
@@ -1264,6 +1283,11 @@ impl Namespace {
     }
 
     /// Replicas `node` should delete, at most `limit`.
+    /// Whether `node` is being asked to delete its replica of `chunk`.
+    pub fn deleting_on(&self, node: StorageNodeId, chunk: ChunkId) -> bool {
+        self.garbage.get(&node).is_some_and(|g| g.contains(&chunk))
+    }
+
     /// Nodes asked to delete their replica of `chunk` that have not confirmed yet.
     pub fn deleting(&self, chunk: ChunkId) -> Vec<StorageNodeId> {
         self.garbage.iter().filter(|(_, g)| g.contains(&chunk)).map(|(n, _)| *n).collect()

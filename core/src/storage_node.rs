@@ -67,7 +67,7 @@ use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::proto;
 use crate::namespace::ReplicaReport;
 use crate::scrub::{Scrubber, Step};
-use crate::storage_reports::{Peers, RepairOrder, Repairs, ReportBatch, Reports};
+use crate::storage_reports::{InventoryProgress, Peers, RepairOrder, Repairs, ReportBatch, Reports};
 use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 
 const NODE_ID_FILE: &str = "node_id";
@@ -469,7 +469,7 @@ impl<E: Env> StorageNode<E> {
         loop {
             let now = self.env.clock().now();
             if now >= next_inventory {
-                self.reports.lock().expect("reports lock").start_inventory();
+                self.reports.lock().expect("reports lock").start_inventory(self.env.random_u64() | 1);
                 next_inventory = now.plus(self.config.inventory_interval);
             }
             if let Err(e) = self.heartbeat_once(&mut registered).await {
@@ -505,7 +505,7 @@ impl<E: Env> StorageNode<E> {
             }
             *registered = true;
             // A (new) leader learns what this node holds: everything, in the next heartbeats.
-            self.reports.lock().expect("reports lock").start_inventory();
+            self.reports.lock().expect("reports lock").start_inventory(self.env.random_u64() | 1);
         }
         self.report_bad_replicas().await;
         let batch = {
@@ -534,6 +534,12 @@ impl<E: Env> StorageNode<E> {
         }
         if !reply.repair_jobs.is_empty() {
             let _ = self.repairs_wake.0.try_send(());
+        }
+        if reply.inventory_wanted {
+            let mut reports = self.reports.lock().expect("reports lock");
+            if !reports.inventory_running() {
+                reports.start_inventory(self.env.random_u64() | 1);
+            }
         }
         if reply.scrub_now {
             tracing::info!(node = %self.id, "scrub pass requested");
@@ -581,6 +587,13 @@ impl<E: Env> StorageNode<E> {
                     sha256: Bytes::copy_from_slice(&r.sha256.0),
                 })
                 .collect(),
+            inventory_pass: batch.inventory_pass.map(|(p, _)| p).unwrap_or(0),
+            inventory_from: batch.inventory_pass.and_then(|(_, from)| from).map(|c| Bytes::copy_from_slice(c.as_bytes())).unwrap_or_default(),
+            inventory_through: match batch.inventory {
+                InventoryProgress::Through(Some(c)) => Bytes::copy_from_slice(c.as_bytes()),
+                _ => Bytes::new(),
+            },
+            inventory_done: batch.inventory == InventoryProgress::Done,
             repairs_running: {
                 let repairs = self.repairs.lock().expect("repairs lock");
                 repairs.in_flight().iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect()

@@ -48,6 +48,9 @@ pub struct ReportBatch {
     pub deleted: Vec<ChunkId>,
     /// Where the inventory pass stands once this batch is acknowledged.
     pub inventory: InventoryProgress,
+    /// The pass this batch belongs to and where it started (`None`: the pass's start), so
+    /// that metadata can tell whether it saw a pass whole.
+    pub inventory_pass: Option<(u64, Option<ChunkId>)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,10 +70,10 @@ pub struct Reports {
     stored: VecDeque<ReplicaReport>,
     deleted: VecDeque<ChunkId>,
     dropped_stored: u64,
-    /// An inventory pass in progress: `Some(cursor)` (the last chunk id acknowledged, `None`
-    /// before the first). Every stored chunk is reported once per pass, in id order, in the
-    /// room heartbeats have left after fresh reports.
-    inventory: Option<Option<ChunkId>>,
+    /// An inventory pass in progress: its id and cursor (the last chunk id acknowledged,
+    /// `None` before the first). Every stored chunk is reported once per pass, in id order, in
+    /// the room heartbeats have left after fresh reports.
+    inventory: Option<(u64, Option<ChunkId>)>,
     inventories_completed: u64,
 }
 
@@ -95,8 +98,8 @@ impl Reports {
     /// Starts a pass reporting every stored chunk (on registering, and now and then), so that
     /// metadata re-admits valid replicas it no longer lists and has stale or orphaned ones
     /// deleted. A pass already running starts over.
-    pub fn start_inventory(&mut self) {
-        self.inventory = Some(None);
+    pub fn start_inventory(&mut self, pass: u64) {
+        self.inventory = Some((pass, None));
     }
 
     pub fn inventory_running(&self) -> bool {
@@ -117,7 +120,10 @@ impl Reports {
     pub fn batch_with_inventory(&self, next_after: impl Fn(Option<ChunkId>) -> Option<ReplicaReport>) -> ReportBatch {
         let mut stored: Vec<ReplicaReport> = self.stored.iter().take(REPORTS_PER_HEARTBEAT_MAX).cloned().collect();
         let mut inventory = InventoryProgress::Idle;
-        if let Some(mut cursor) = self.inventory {
+        let mut inventory_pass = None;
+        if let Some((pass, start)) = self.inventory {
+            inventory_pass = Some((pass, start));
+            let mut cursor = start;
             inventory = loop {
                 if stored.len() >= REPORTS_PER_HEARTBEAT_MAX {
                     break InventoryProgress::Through(cursor);
@@ -127,11 +133,14 @@ impl Reports {
                         cursor = Some(r.chunk);
                         stored.push(r);
                     }
-                    None => break InventoryProgress::Done,
+                    // Done only with every fresh report in this batch too: a pass that ends
+                    // says "this is all I hold".
+                    None if self.stored.len() <= REPORTS_PER_HEARTBEAT_MAX => break InventoryProgress::Done,
+                    None => break InventoryProgress::Through(cursor),
                 }
             };
         }
-        ReportBatch { stored, deleted: self.deleted.iter().take(REPORTS_PER_HEARTBEAT_MAX).copied().collect(), inventory }
+        ReportBatch { stored, deleted: self.deleted.iter().take(REPORTS_PER_HEARTBEAT_MAX).copied().collect(), inventory, inventory_pass }
     }
 
     /// Metadata answered the heartbeat that carried `batch`: forget what it carried (and only
@@ -152,7 +161,11 @@ impl Reports {
         self.deleted.retain(|c| !deleted.contains(c));
         if self.inventory.is_some() {
             match batch.inventory {
-                InventoryProgress::Through(through) => self.inventory = Some(through),
+                InventoryProgress::Through(through) => {
+                    if let Some((pass, _)) = self.inventory {
+                        self.inventory = Some((pass, through));
+                    }
+                }
                 InventoryProgress::Done => {
                     self.inventory = None;
                     self.inventories_completed += 1;
@@ -350,7 +363,7 @@ mod tests {
         r.stored(report(1, 1));
         r.deleted(ChunkId::derive(FileId(9), 1));
         r.acknowledge(&batch);
-        assert_eq!(r.batch(), ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)], inventory: InventoryProgress::Idle });
+        assert_eq!(r.batch(), ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)], inventory: InventoryProgress::Idle, inventory_pass: None });
     }
 
     #[test]
@@ -360,7 +373,7 @@ mod tests {
         sorted.sort_by_key(|r| r.chunk);
         let next_after = |c: Option<ChunkId>| sorted.iter().find(|r| c.is_none_or(|c| r.chunk > c)).cloned();
         let mut r = Reports::default();
-        r.start_inventory();
+        r.start_inventory(7);
         r.stored(report(4, 0)); // a fresh report goes first
         let mut seen = Vec::new();
         let mut heartbeats = 0;

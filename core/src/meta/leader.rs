@@ -79,6 +79,28 @@ pub struct Heartbeat {
     /// Repair jobs it is running now, and those that failed since its last report.
     pub repairs_running: Vec<ChunkId>,
     pub repairs_failed: Vec<(ChunkId, String)>,
+    /// The part of an inventory pass `stored` carries, if any.
+    pub inventory: Option<InventoryPart>,
+}
+
+/// Where a heartbeat's replica reports sit in an inventory pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InventoryPart {
+    pub pass: u64,
+    /// The pass's cursor before this part (`None`: its start).
+    pub from: Option<ChunkId>,
+    /// After this part (`None`: still at the start, the batch was full of fresh reports).
+    pub through: Option<ChunkId>,
+    /// This part ends the pass: the node holds nothing else.
+    pub done: bool,
+}
+
+/// An inventory pass seen from its start.
+#[derive(Debug)]
+struct Inventory {
+    pass: u64,
+    next_from: Option<ChunkId>,
+    seen: std::collections::HashSet<ChunkId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -92,6 +114,8 @@ pub struct HeartbeatReply {
     pub repair_jobs: Vec<(RepairJob, Vec<(StorageNodeId, String)>)>,
     /// Start a full scrub pass now.
     pub scrub_now: bool,
+    /// Report the whole inventory: this leader has not seen a complete one from this node.
+    pub inventory_wanted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,12 +245,16 @@ pub struct Leader {
     /// Nodes asked (`dfs admin scrub`) to scrub, told with their next heartbeat reply. Kept
     /// by this leader only: a request made just before a leader change may be lost.
     scrub_requested: BTreeSet<StorageNodeId>,
+    /// Inventory passes being received, and the nodes whose whole inventory this leader has
+    /// seen.
+    inventories: BTreeMap<StorageNodeId, Inventory>,
+    inventoried: BTreeSet<StorageNodeId>,
 }
 
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new() }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new() }
     }
 
     pub fn term(&self) -> u64 {
@@ -269,6 +297,9 @@ impl Leader {
         if !news.is_empty() {
             propose.push(Command::ReportReplicas { node: hb.node, replicas: news });
         }
+        if let Some(part) = &hb.inventory {
+            propose.extend(self.on_inventory(ns, hb.node, part, &stored));
+        }
         let peers = ns.storage_nodes().map(|n| (n.id, n.addr.clone())).collect();
         let nodes = self.node_states(now, ns);
         let repair_jobs = self
@@ -281,7 +312,43 @@ impl Leader {
             })
             .collect();
         let scrub_now = self.scrub_requested.remove(&hb.node);
-        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs, scrub_now } }
+        let inventory_wanted = !self.inventoried.contains(&hb.node) && !self.inventories.contains_key(&hb.node);
+        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs, scrub_now, inventory_wanted } }
+    }
+
+    /// Follows `node`'s inventory pass; when one seen whole ends, the chunks it is listed for
+    /// but did not report are marked missing (bad: never served, repaired, then dropped).
+    fn on_inventory(&mut self, ns: &Namespace, node: StorageNodeId, part: &InventoryPart, stored: &[ChunkId]) -> Vec<Command> {
+        let continues = match (self.inventories.get(&node), part.from) {
+            (Some(t), from) if t.pass == part.pass && t.next_from == from => true,
+            (_, None) => {
+                self.inventories.insert(node, Inventory { pass: part.pass, next_from: None, seen: Default::default() });
+                true
+            }
+            _ => false,
+        };
+        if !continues {
+            // A part missed (another leader had it): this pass tells nothing whole.
+            self.inventories.remove(&node);
+            return vec![];
+        }
+        let Some(t) = self.inventories.get_mut(&node) else { return vec![] };
+        t.seen.extend(stored.iter().copied());
+        if !part.done {
+            t.next_from = part.through;
+            return vec![];
+        }
+        let Some(t) = self.inventories.remove(&node) else { return vec![] };
+        self.inventoried.insert(node);
+        let missing: Vec<ChunkId> = ns
+            .files()
+            .flat_map(|f| f.chunks.iter().filter(|c| c.replicas.contains(&node)).map(move |c| f.chunk_id(c.index)))
+            .filter(|id| !t.seen.contains(id) && !ns.deleting_on(node, *id))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(%node, missing = missing.len(), "replicas listed on this node are not in its inventory");
+        }
+        missing.chunks(crate::namespace::DROP_REPLICAS_MAX).map(|c| Command::MarkReplicasMissing { node, chunks: c.to_vec() }).collect()
     }
 
     /// Targets for each of `indexes` (chunk indexes of `upload`), the primary first, avoiding

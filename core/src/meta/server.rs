@@ -21,7 +21,7 @@ use super::log_store::{open_database, RedbLogStore};
 use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
 use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
 use crate::env::{Clock, Disk, Env, Transport};
-use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, Leader, LeaderConfig};
+use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, InventoryPart, Leader, LeaderConfig};
 use crate::health::{HealthConfig, NodeStats};
 use crate::repair::RepairConfig;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
@@ -951,6 +951,12 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .take(REPLICA_REPORTS_MAX)
                 .filter_map(|c| Some(ReplicaReport { chunk: ChunkId::from_slice(&c.chunk_id)?, size: c.size, sha256: Sha256Digest::from_slice(&c.sha256)? }))
                 .collect(),
+            inventory: (r.inventory_pass != 0).then(|| InventoryPart {
+                pass: r.inventory_pass,
+                from: ChunkId::from_slice(&r.inventory_from),
+                through: ChunkId::from_slice(&r.inventory_through),
+                done: r.inventory_done,
+            }),
             repairs_running: r.repairs_running.iter().take(REPAIRS_REPORTED_MAX).filter_map(|c| ChunkId::from_slice(c)).collect(),
             repairs_failed: r
                 .repairs_failed
@@ -984,6 +990,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 })
                 .collect(),
             scrub_now: decision.reply.scrub_now,
+            inventory_wanted: decision.reply.inventory_wanted,
         })
     }
 

@@ -102,6 +102,7 @@ impl World {
                 stored: node.stored_unreported.clone(),
                 repairs_running: node.repairing.iter().map(|(j, _)| j.chunk).collect(),
                 repairs_failed: std::mem::take(&mut node.repairs_failed),
+                inventory: None,
             };
             let decision = self.leader.on_heartbeat(self.now, &self.ns, hb);
             for command in decision.propose {
@@ -359,11 +360,11 @@ fn housekeeping_names_the_cluster_once_and_expires_abandoned_uploads() {
 #[test]
 fn an_unknown_node_is_told_to_register() {
     let mut w = World::new(1, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![] };
+    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None };
     let d = w.leader.on_heartbeat(w.now, &w.ns, hb);
     assert!(d.reply.register && d.propose.is_empty());
     // Same id at a new address: register again (the address is part of the record).
-    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![] };
+    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None };
     assert!(w.leader.on_heartbeat(w.now, &w.ns, hb).reply.register);
     w.step();
 }
@@ -443,7 +444,7 @@ fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
 #[test]
 fn heartbeat_replies_list_every_registered_node_as_a_peer() {
     let mut w = World::new(3, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![] };
+    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None };
     let peers = w.leader.on_heartbeat(w.now, &w.ns, hb).reply.peers;
     assert_eq!(peers, (1..=3).map(|i| (StorageNodeId(i), format!("n{i}:1"))).collect::<Vec<_>>());
     w.step();
@@ -589,4 +590,41 @@ fn a_replica_being_deleted_is_not_readmitted_by_a_report() {
     // Dropping below the factor is refused on apply, whatever the planner asked.
     w.apply(Command::DropReplicas { drops: vec![(chunk, StorageNodeId(1)), (chunk, StorageNodeId(2))] });
     assert_eq!(w.ns.file("/f").unwrap().chunks[0].replicas.len(), 2);
+}
+
+#[test]
+fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let mut w = World::new(3, config);
+    let f = w.upload("/f", 3, &[1, 2, 3], true);
+    let sha = |index: u32| Sha256Digest([index as u8; 32]);
+    let report = |index: u32| ReplicaReport { chunk: ChunkId::derive(f, index), size: CHUNK, sha256: sha(index) };
+    let beat = |stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>| Heartbeat {
+        node: StorageNodeId(1),
+        addr: "n1:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored,
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory,
+    };
+    // A new leader wants an inventory from every node.
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
+    assert!(d.reply.inventory_wanted);
+    // A pass seen only from its middle concludes nothing.
+    let part = |from: Option<u32>, through: Option<u32>, done| InventoryPart { pass: 9, from: from.map(|i| ChunkId::derive(f, i)), through: through.map(|i| ChunkId::derive(f, i)), done };
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(2)], Some(part(Some(1), None, true))));
+    assert!(d.propose.is_empty(), "{:?}", d.propose);
+    // A whole pass in two parts that lacks chunk 1: that replica is marked missing.
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(0)], Some(part(None, Some(0), false))));
+    assert!(d.propose.is_empty() && !d.reply.inventory_wanted);
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(2)], Some(part(Some(0), None, true))));
+    assert_eq!(d.propose, vec![Command::MarkReplicasMissing { node: StorageNodeId(1), chunks: vec![ChunkId::derive(f, 1)] }]);
+    for c in d.propose {
+        w.apply(c);
+    }
+    assert!(w.ns.bad_replicas(ChunkId::derive(f, 1)).is_some_and(|b| b.contains(&StorageNodeId(1))), "the missing replica is no longer served");
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
+    assert!(!d.reply.inventory_wanted, "this leader has seen a whole inventory");
 }
