@@ -101,10 +101,10 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
             ];
             nodes.push(spawn(&exe, &name, *addr, &argv, &logs)?);
         }
-        for i in 0..STORAGE_NODES {
+        for (i, addr) in storage_addrs.iter().enumerate() {
             let argv = storage_argv(i);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            nodes.push(spawn(&exe, &format!("storage-{}", i + 1), storage_addrs[i], &argv, &logs)?);
+            nodes.push(spawn(&exe, &format!("storage-{}", i + 1), *addr, &argv, &logs)?);
         }
         Ok(())
     };
