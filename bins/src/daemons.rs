@@ -45,6 +45,10 @@ pub struct MetaArgs {
     /// Repair copies reading from, and (separately) writing to, one storage node at once.
     #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     repair_streams_max: u64,
+    /// How long a replica no file needs waits before its node is asked to delete it (a
+    /// safety delay).
+    #[arg(long, env = "DFS_GC_DELAY", default_value = "5s", value_parser = parse_duration)]
+    gc_delay: Duration,
     /// Repair copies in the whole cluster at once.
     #[arg(long, env = "DFS_REPAIR_JOBS_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     repair_jobs_max: u64,
@@ -180,6 +184,7 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     config.repair.streams_in_max = args.repair_streams_max as usize;
     config.repair.streams_out_max = args.repair_streams_max as usize;
     config.repair.jobs_max = args.repair_jobs_max as usize;
+    config.gc_delay = args.gc_delay;
     let server = MetaServer::start(RealEnv::default(), config)
         .await
         .context("metadata node failed to start")?;

@@ -47,6 +47,8 @@ pub struct LeaderConfig {
     pub health: HealthConfig,
     /// Deletion requests handed to one storage node per heartbeat.
     pub deletes_per_heartbeat_max: usize,
+    /// How long a replica is garbage before its node is asked to delete it.
+    pub gc_delay: Duration,
     /// Uploads not committed within this long are dropped and their replicas freed.
     pub upload_expiry: Duration,
     /// How often `tick` looks for housekeeping to do (and plans repairs).
@@ -59,6 +61,7 @@ impl Default for LeaderConfig {
         LeaderConfig {
             health: HealthConfig::default(),
             deletes_per_heartbeat_max: 1000,
+            gc_delay: Duration::from_secs(5),
             upload_expiry: Duration::from_millis(crate::namespace::UPLOAD_EXPIRY_DEFAULT_MS),
             housekeeping_interval: Duration::from_secs(1),
             repair: RepairConfig::default(),
@@ -249,12 +252,14 @@ pub struct Leader {
     /// seen.
     inventories: BTreeMap<StorageNodeId, Inventory>,
     inventoried: BTreeSet<StorageNodeId>,
+    /// When this leader first saw each (node, replica) of garbage it looked at.
+    garbage_seen: BTreeMap<(StorageNodeId, ChunkId), Timestamp>,
 }
 
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new() }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new(), garbage_seen: BTreeMap::new() }
     }
 
     pub fn term(&self) -> u64 {
@@ -275,13 +280,23 @@ impl Leader {
         let stored: Vec<ChunkId> = hb.stored.iter().map(|r| r.chunk).collect();
         self.repair.on_heartbeat(now, hb.node, &hb.repairs_running, &hb.repairs_failed, &stored);
         // Replicas reported deleted are not asked for again, even before the command that
-        // forgets them has been applied.
-        let delete_chunks: Vec<ChunkId> = ns
-            .garbage_for(hb.node, self.config.deletes_per_heartbeat_max + hb.deleted.len())
-            .into_iter()
-            .filter(|c| !hb.deleted.contains(c))
-            .take(self.config.deletes_per_heartbeat_max)
-            .collect();
+        // forgets them has been applied. A replica becomes garbage for `gc_delay` before it
+        // is handed out (a safety delay: a mistaken delete can still be undone meanwhile),
+        // counted from when this leader first saw it.
+        for c in &hb.deleted {
+            self.garbage_seen.remove(&(hb.node, *c));
+        }
+        let window = self.config.deletes_per_heartbeat_max * 4 + hb.deleted.len();
+        let mut delete_chunks = Vec::new();
+        for c in ns.garbage_for(hb.node, window) {
+            if hb.deleted.contains(&c) {
+                continue;
+            }
+            let since = *self.garbage_seen.entry((hb.node, c)).or_insert(now);
+            if now.saturating_since(since) >= self.config.gc_delay && delete_chunks.len() < self.config.deletes_per_heartbeat_max {
+                delete_chunks.push(c);
+            }
+        }
         let mut propose = Vec::new();
         if !hb.deleted.is_empty() {
             propose.push(Command::ForgetDeletedReplicas { node: hb.node, chunks: hb.deleted });

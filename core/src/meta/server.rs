@@ -82,6 +82,8 @@ pub struct MetaConfig {
     /// Uploads not committed this long after their creation are dropped.
     pub upload_expiry: Duration,
     pub repair: RepairConfig,
+    /// How long a replica is garbage before its node is asked to delete it.
+    pub gc_delay: Duration,
 }
 
 impl MetaConfig {
@@ -106,6 +108,7 @@ impl MetaConfig {
             election_timeout_max: Duration::from_millis(2000),
             upload_expiry: Duration::from_millis(namespace::UPLOAD_EXPIRY_DEFAULT_MS),
             repair: RepairConfig::default(),
+            gc_delay: LeaderConfig::default().gc_delay,
         }
     }
 }
@@ -588,7 +591,7 @@ impl<E: Env> MetaServer<E> {
         let now = self.env.clock().now();
         let mut guard = self.leader.lock().expect("leader lock");
         if guard.as_ref().is_none_or(|l| l.term() != term) {
-            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair }, ..LeaderConfig::default() };
+            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair }, gc_delay: self.config.gc_delay, ..LeaderConfig::default() };
             *guard = Some(Leader::new(config, term, now));
         }
         let state = self.state.read().expect("state lock");

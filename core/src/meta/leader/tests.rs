@@ -257,7 +257,8 @@ fn deletions_reach_every_holder_once_across_leader_changes_and_outages() {
     w.run_for(Duration::from_secs(5));
     w.new_leader();
     w.nodes[2].up = true;
-    w.run_for(Duration::from_secs(5));
+    // A new leader's safety delay starts when it first sees each piece of garbage.
+    w.run_for(Duration::from_secs(5) + LeaderConfig::default().gc_delay);
 
     assert!(w.nodes.iter().all(|n| n.held.is_empty()), "replicas left behind: {:?}", w.nodes.iter().map(|n| n.held.len()).collect::<Vec<_>>());
     assert_eq!(w.garbage_left(), 0, "metadata still waits for deletions that happened");
@@ -350,7 +351,7 @@ fn housekeeping_names_the_cluster_once_and_expires_abandoned_uploads() {
     w.new_leader(); // expiry is re-derived from the namespace by whoever leads
     w.run_for(Duration::from_secs(302));
     assert!(w.ns.upload(abandoned).is_none(), "the abandoned upload outlived its expiry");
-    w.run_for(Duration::from_secs(3));
+    w.run_for(Duration::from_secs(3) + config.gc_delay);
     // Its replicas are freed; the committed file's stay.
     let held: Vec<usize> = w.nodes.iter().map(|n| n.held.len()).collect();
     assert_eq!(held, vec![1, 1, 1]);
@@ -423,7 +424,7 @@ fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
     w.store(4, ChunkId::derive(pending, 0), CHUNK, sha(0));
     // An id this namespace never handed out is left alone.
     w.store(4, ChunkId::derive(FileId(1_000), 0), CHUNK, sha(0));
-    w.run_for(BEAT * 3);
+    w.run_for(BEAT * 3 + config.gc_delay);
 
     assert_eq!(w.replicas("/f", 0), vec![1, 2, 3], "the replica node 3 reported was not learned");
     assert_eq!(w.replicas("/f", 1), vec![1, 2], "a stale replica was counted");
@@ -436,7 +437,7 @@ fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
     assert_eq!(w.garbage_left(), 0);
     // Node 1 reports chunk 0 again with other bytes: it no longer counts and is deleted.
     w.store(1, ChunkId::derive(f, 0), CHUNK, Sha256Digest([7; 32]));
-    w.run_for(BEAT * 2);
+    w.run_for(BEAT * 2 + config.gc_delay);
     assert_eq!(w.replicas("/f", 0), vec![2, 3]);
     assert!(!w.nodes[0].held.contains(&ChunkId::derive(f, 0)));
 }
@@ -627,4 +628,18 @@ fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
     assert!(w.ns.bad_replicas(ChunkId::derive(f, 1)).is_some_and(|b| b.contains(&StorageNodeId(1))), "the missing replica is no longer served");
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
     assert!(!d.reply.inventory_wanted, "this leader has seen a whole inventory");
+}
+
+#[test]
+fn garbage_waits_the_safety_delay_before_its_node_is_asked_to_delete_it() {
+    let config = LeaderConfig { gc_delay: Duration::from_secs(20), ..LeaderConfig::default() };
+    let mut w = World::new(3, config);
+    w.run_for(Duration::from_secs(2));
+    w.upload("/f", 2, &[1, 2, 3], true);
+    w.apply(Command::Delete { path: "/f".into(), recursive: false, expect_file_id: None });
+    w.run_for(config.gc_delay - BEAT * 2);
+    assert!(w.nodes.iter().all(|n| n.held.len() == 2), "deleted before the safety delay");
+    w.run_for(BEAT * 4);
+    assert!(w.nodes.iter().all(|n| n.held.is_empty()), "not deleted after the safety delay");
+    assert_eq!(w.garbage_left(), 0);
 }
