@@ -292,6 +292,22 @@ impl Cluster {
         }
     }
 
+    /// Cuts storage host `index` off from the clients (both ways), while metadata and other
+    /// storage nodes still reach it: it heartbeats as healthy but serves no client.
+    pub fn cut_storage_from_clients(&self, index: u64, cut: bool) {
+        let node = self.storage[index as usize - 1].node.id();
+        trace::event(format!("{} storage-{index} {} the clients", if cut { "cut" } else { "reconnect" }, if cut { "from" } else { "to" }));
+        let net = madsim::net::NetSim::current();
+        let client = self.client.id();
+        if cut {
+            net.clog_link(node, client);
+            net.clog_link(client, node);
+        } else {
+            net.unclog_link(node, client);
+            net.unclog_link(client, node);
+        }
+    }
+
     /// Repair counters of the current leader (since it became leader), if there is one.
     pub fn repair_stats(&self) -> Option<dfs_core::repair::RepairStats> {
         let leader = self.leader()?;

@@ -246,7 +246,8 @@ async fn flapping() {
 
 /// Scenario 3: every fault kind this issue covers, one storage node at a time, for 90 s,
 /// while a client reads and overwrites files: storage power cuts short and long, a storage
-/// node cut off from metadata only (clients still reach it), bit flips in one replica of a
+/// node cut off from metadata only (clients still reach it) or from clients only (it still
+/// heartbeats), bit flips in one replica of a
 /// chunk, and metadata faults (leader loss, partitions, every node's power, membership
 /// changes) in the middle of repairs. Safety (faults on): no read ever returns wrong bytes.
 /// Liveness (faults off, a scrub of every node requested): every chunk converges to exactly
@@ -271,7 +272,7 @@ async fn faults_while_healing() {
         round += 1;
         let (kind, victim, hold) = {
             let mut rng = madsim::rand::thread_rng();
-            (rng.gen_range(0..5), rng.gen_range(1..=STORAGE_NODES), Duration::from_millis(rng.gen_range(2_000..45_000)))
+            (rng.gen_range(0..6), rng.gen_range(1..=STORAGE_NODES), Duration::from_millis(rng.gen_range(2_000..45_000)))
         };
         match kind {
             0 => {
@@ -299,6 +300,11 @@ async fn faults_while_healing() {
                 }
             }
             3 => cluster.meta_fault().await,
+            4 => {
+                cluster.cut_storage_from_clients(victim, true);
+                madsim::time::sleep(hold).await;
+                cluster.cut_storage_from_clients(victim, false);
+            }
             _ => {
                 // The client's share: read one file back, or replace it.
                 let (remote, expected) = files.iter().nth(round % files.len()).map(|(r, d)| (r.clone(), d.clone())).unwrap();
