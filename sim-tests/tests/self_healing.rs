@@ -5,7 +5,8 @@
 //! most RF-1 replicas of any chunk are lost); then, within `REPAIR_BOUND` of the node being
 //! declared dead, every chunk is back to its full replication factor on live nodes, each
 //! listed replica's file on its node's disk. Phase 2 (the node is back): within
-//! `CONVERGE_BOUND`, every chunk is listed on exactly RF nodes, all live and each holding it,
+//! `CONVERGE_BOUND`, every chunk is listed on exactly RF nodes, all live and each holding it
+//! whole,
 //! no disk holds a chunk file that no file lists (the stale replicas of deleted and replaced
 //! files are gone, and so is a straggler chunk metadata never knew of, found by the node's
 //! inventory), and the files still download byte-identical. Repair copies stay within
@@ -64,6 +65,7 @@ async fn replica_problems(cluster: &Cluster, client: &SimClient, files: &BTreeMa
     let up = indexes(cluster);
     let on_disk = chunks_on_disks(cluster).await;
     let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
+    let mut listed_on: BTreeSet<(ChunkId, u64)> = BTreeSet::new();
     for remote in files.keys() {
         let c = client.clone();
         let r = remote.clone();
@@ -76,6 +78,7 @@ async fn replica_problems(cluster: &Cluster, client: &SimClient, files: &BTreeMa
             let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
             listed.insert(id);
             let nodes: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
+            listed_on.extend(nodes.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
             let good: Vec<u64> = nodes
                 .iter()
                 .copied()
@@ -89,6 +92,23 @@ async fn replica_problems(cluster: &Cluster, client: &SimClient, files: &BTreeMa
     if exact {
         if let Some((id, holders)) = on_disk.iter().find(|(id, _)| !listed.contains(id)) {
             return Some(format!("orphan chunk {id} on storage {holders:?}"));
+        }
+        // A copy on a node the chunk is not listed on (a surplus not deleted) is an orphan too.
+        for (id, holders) in &on_disk {
+            if let Some(h) = holders.iter().find(|h| !listed_on.contains(&(*id, **h))) {
+                return Some(format!("chunk {id} on storage-{h}, which it is not listed on"));
+            }
+        }
+        // What counts must be valid: every listed chunk file decodes whole (a flipped bit
+        // not yet found by a scrub fails this).
+        let layout = dfs_core::chunk_store::ChunkLayout::new("/data");
+        for (id, holders) in on_disk.iter().filter(|(id, _)| listed.contains(id)) {
+            for h in holders {
+                let bytes = cluster.storage[*h as usize - 1].disk.read_file(&layout.chunk_path(*id)).await.unwrap_or_default();
+                if dfs_core::chunk_store::decode_file(bytes).is_err() {
+                    return Some(format!("chunk {id} on storage-{h} is damaged"));
+                }
+            }
         }
     }
     None
