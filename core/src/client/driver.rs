@@ -153,7 +153,7 @@ impl<E: Env> DfsClient<E> {
                         };
                         pending.push(
                             async move {
-                                UpDone::Event(match self.meta.call(request).await {
+                                UpDone::Event(match self.creates.call(request).await {
                                     Ok(r) => upload::Event::Created {
                                         file: FileId(r.file_id),
                                         placements: placements(r.placements),
@@ -271,7 +271,7 @@ impl<E: Env> DfsClient<E> {
                         };
                         pending.push(
                             async move {
-                                UpDone::Event(match self.meta.call(request).await {
+                                UpDone::Event(match self.commits.call(request).await {
                                     Ok(r) => match r.file {
                                         Some(file) => upload::Event::Committed { file },
                                         None => upload::Event::MetaFailed {
@@ -388,7 +388,7 @@ impl<E: Env> DfsClient<E> {
 
     async fn download(&self, remote: &str, mut output: Output<'_>, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
         let reply = self
-            .meta
+            .gets
             .call(proto::GetFileRequest { path: remote.to_string() })
             .await
             .map_err(|source| ClientError::Metadata { context: format!("get {remote}"), source })?;
