@@ -451,7 +451,15 @@ impl<E: Env> DfsClient<E> {
                                                 (data, hasher)
                                             })
                                             .await;
+                                        let len = data.len() as u64;
                                         let outcome = disk.write_at(&tmp, offset, data).await.map_err(|e| format!("{}: {e}", tmp.display()));
+                                        if outcome.is_ok() {
+                                            // The final fsync then finds little left: the disk
+                                            // writes while later chunks are fetched. A hint only.
+                                            if let Err(e) = disk.start_writeback(&tmp, offset, len).await {
+                                                tracing::debug!(error = %e, "early writeback not started");
+                                            }
+                                        }
                                         DownDone::Written { index, file_hash: hasher, outcome }
                                     }
                                     .boxed(),
