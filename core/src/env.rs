@@ -86,6 +86,14 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Entry names (not paths) in `dir`; an absent directory is empty.
     fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
+    /// Asks the disk to start writing `len` bytes at `offset` of `path` back now, without
+    /// waiting for them and without making them durable: a hint for long sequential writes,
+    /// so that the final `sync_file` finds little left to do (the writeback overlaps the
+    /// transfer instead of following it). Nothing may count on it; the default does nothing.
+    fn start_writeback(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<()>> + Send {
+        let _ = (path, offset, len);
+        std::future::ready(Ok(()))
+    }
     /// (capacity, free) bytes of the volume holding `dir`.
     fn space(&self, dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send;
 }

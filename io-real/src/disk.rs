@@ -124,6 +124,23 @@ impl Disk for RealDisk {
         blocking(move || File::open(path)?.sync_all())
     }
 
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: queues the range for writeback and returns
+    /// (it blocks only while the device's queue is full, which paces the writer at disk speed).
+    fn start_writeback(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<()>> + Send {
+        let path = owned(path);
+        blocking(move || {
+            use std::os::fd::AsRawFd;
+            let file = OpenOptions::new().write(true).open(path)?;
+            let (offset, len) = (i64::try_from(offset).map_err(io::Error::other)?, i64::try_from(len).map_err(io::Error::other)?);
+            // SAFETY: a valid open descriptor; the call reads no memory of ours.
+            let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         let dir = owned(dir);
         blocking(move || File::open(dir)?.sync_all())

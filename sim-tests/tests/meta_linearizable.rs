@@ -1,7 +1,8 @@
 //! Client-visible metadata operations are linearizable, under metadata faults.
 //!
-//! Three clients, each with its own connection state and request ids, work on two paths at
-//! once: overwrite (`put --force`), read (`get`), delete (`rm`), while metadata nodes lose
+//! Three clients, each with its own connection state and request ids, plus three workers
+//! sharing a fourth client (so that their concurrent creates, commits and lookups go to
+//! metadata together in batch calls, `client::meta_batch`), work on two paths at once: overwrite (`put --force`), read (`get`), delete (`rm`), while metadata nodes lose
 //! power (alone or all at once) and the leader is cut off (both ways or one way). Every
 //! operation is recorded with its invocation and its answer, per path, and the history is
 //! checked with stateright's linearizability tester against a register: a path holds nothing
@@ -33,6 +34,8 @@ use stateright::semantics::{ConsistencyTester, LinearizabilityTester, Sequential
 
 const KEYS: usize = 2;
 const CLIENTS: u64 = 3;
+/// Workers sharing one client, whose calls are batched together.
+const SHARING_WORKERS: u64 = 3;
 const OPS_PER_CLIENT: usize = 8;
 const FAULT_ROUNDS: usize = 4;
 
@@ -166,6 +169,11 @@ async fn scenario() {
         let disk = SimDisk::new(1 << 30);
         let client = Arc::new(cluster.client(config.clone(), &disk));
         workers.push(cluster.spawn_on_client(client_loop(index, client, disk, history.clone())));
+    }
+    let disk = SimDisk::new(1 << 30);
+    let shared = Arc::new(cluster.client(config.clone(), &disk));
+    for index in CLIENTS..CLIENTS + SHARING_WORKERS {
+        workers.push(cluster.spawn_on_client(client_loop(index, shared.clone(), disk.clone(), history.clone())));
     }
     for _ in 0..FAULT_ROUNDS {
         madsim::time::sleep(Duration::from_millis(madsim::rand::thread_rng().gen_range(200..1500))).await;

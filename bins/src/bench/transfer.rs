@@ -44,6 +44,10 @@ pub struct TransferBenchArgs {
     /// Small files in flight at once from the one client.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     small_concurrency: u64,
+    /// Metadata calls of concurrent small files batched up to this many per call (1: each
+    /// file's calls go alone).
+    #[arg(long, default_value_t = dfs_core::meta::server::BATCH_FILES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    meta_batch_files: u64,
     /// Where the cluster's data and the test files go (a temporary directory by default,
     /// removed at the end). Put it on the disk you want to measure.
     #[arg(long, value_name = "DIR")]
@@ -316,7 +320,12 @@ async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say:
     }
     let cp_rate = n as f64 / started.elapsed().as_secs_f64();
 
-    let config = ClientConfig { chunk_size: dfs_core::chunking::MIN_CHUNK_SIZE.max(args.small_size.as_u64().next_power_of_two()), ..ClientConfig::default() };
+    let metadata_batch = dfs_core::client::BatchLimits { files_max: args.meta_batch_files as usize, ..Default::default() };
+    let config = ClientConfig {
+        chunk_size: dfs_core::chunking::MIN_CHUNK_SIZE.max(args.small_size.as_u64().next_power_of_two()),
+        metadata_batch,
+        ..ClientConfig::default()
+    };
     let client = DfsClient::new(RealEnv::default(), meta.to_vec(), config);
     let concurrency = args.small_concurrency as usize;
     let started = Instant::now();
@@ -349,9 +358,10 @@ async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say:
         }
     }
     say(format!(
-        "{n} files of {} from one client, {} in flight: put {put_rate:.0} files/s, get {get_rate:.0} files/s; cp -r + sync {cp_rate:.0} files/s",
+        "{n} files of {} from one client, {} in flight, metadata batches of up to {}: put {put_rate:.0} files/s, get {get_rate:.0} files/s; cp -r + sync {cp_rate:.0} files/s",
         ByteSize(args.small_size.as_u64()),
-        concurrency
+        concurrency,
+        args.meta_batch_files
     ));
     Ok(Small { put_rate, get_rate, cp_rate })
 }

@@ -153,7 +153,7 @@ impl<E: Env> DfsClient<E> {
                         };
                         pending.push(
                             async move {
-                                UpDone::Event(match self.meta.call(request).await {
+                                UpDone::Event(match self.creates.call(request).await {
                                     Ok(r) => upload::Event::Created {
                                         file: FileId(r.file_id),
                                         placements: placements(r.placements),
@@ -271,7 +271,7 @@ impl<E: Env> DfsClient<E> {
                         };
                         pending.push(
                             async move {
-                                UpDone::Event(match self.meta.call(request).await {
+                                UpDone::Event(match self.commits.call(request).await {
                                     Ok(r) => match r.file {
                                         Some(file) => upload::Event::Committed { file },
                                         None => upload::Event::MetaFailed {
@@ -388,7 +388,7 @@ impl<E: Env> DfsClient<E> {
 
     async fn download(&self, remote: &str, mut output: Output<'_>, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
         let reply = self
-            .meta
+            .gets
             .call(proto::GetFileRequest { path: remote.to_string() })
             .await
             .map_err(|source| ClientError::Metadata { context: format!("get {remote}"), source })?;
@@ -451,7 +451,15 @@ impl<E: Env> DfsClient<E> {
                                                 (data, hasher)
                                             })
                                             .await;
+                                        let len = data.len() as u64;
                                         let outcome = disk.write_at(&tmp, offset, data).await.map_err(|e| format!("{}: {e}", tmp.display()));
+                                        if outcome.is_ok() {
+                                            // The final fsync then finds little left: the disk
+                                            // writes while later chunks are fetched. A hint only.
+                                            if let Err(e) = disk.start_writeback(&tmp, offset, len).await {
+                                                tracing::debug!(error = %e, "early writeback not started");
+                                            }
+                                        }
                                         DownDone::Written { index, file_hash: hasher, outcome }
                                     }
                                     .boxed(),

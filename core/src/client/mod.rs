@@ -23,6 +23,7 @@ mod driver;
 pub mod resume;
 pub mod upload;
 pub mod meta_client;
+pub mod meta_batch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use crate::env::Env;
 use crate::namespace::normalize_path;
 use crate::proto;
 use crate::rpc::RpcError;
+pub use meta_batch::BatchLimits;
 pub use meta_client::{MetaClient, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -48,6 +50,8 @@ pub struct ClientConfig {
     pub metadata: RetryPolicy,
     /// Where resume manifests of interrupted uploads live; `None`: uploads never resume.
     pub resume_dir: Option<PathBuf>,
+    /// How concurrent creates, commits and lookups of files share batch calls (`meta_batch`).
+    pub metadata_batch: BatchLimits,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +64,7 @@ impl Default for ClientConfig {
             transfer_timeout: Duration::from_secs(60),
             metadata: RetryPolicy::default(),
             resume_dir: None,
+            metadata_batch: BatchLimits::default(),
         }
     }
 }
@@ -115,6 +120,10 @@ impl Progress for NoProgress {}
 pub struct DfsClient<E: Env> {
     env: E,
     meta: MetaClient<E>,
+    /// Batch the metadata calls of many files in flight at once (see `meta_batch`).
+    creates: meta_batch::Coalescer<E, meta_batch::Creates>,
+    commits: meta_batch::Coalescer<E, meta_batch::Commits>,
+    gets: meta_batch::Coalescer<E, meta_batch::Gets>,
     meta_addrs: Vec<String>,
     config: ClientConfig,
     /// Names this client in request ids: random, so that clients need no coordination.
@@ -147,7 +156,18 @@ impl<E: Env> DfsClient<E> {
     pub fn new(env: E, meta_addrs: Vec<String>, config: ClientConfig) -> Self {
         let meta = MetaClient::new(env.clone(), meta_addrs.clone(), config.metadata.clone());
         let client_id = env.random_u64();
-        DfsClient { env, meta, meta_addrs, config, client_id, request_seq: AtomicU64::new(0) }
+        let batch = config.metadata_batch;
+        DfsClient {
+            creates: meta_batch::Coalescer::new(meta.clone(), batch),
+            commits: meta_batch::Coalescer::new(meta.clone(), batch),
+            gets: meta_batch::Coalescer::new(meta.clone(), batch),
+            env,
+            meta,
+            meta_addrs,
+            config,
+            client_id,
+            request_seq: AtomicU64::new(0),
+        }
     }
 
     fn upload_config(&self) -> upload::UploadConfig {

@@ -47,13 +47,21 @@ pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
 /// How often the leader looks for housekeeping to do (see `Leader::tick`).
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A command waiting to be proposed, and where its result goes.
-type Proposal = (Command, futures::channel::oneshot::Sender<Result<Outcome, RpcError>>);
+/// Commands to be proposed in the same log entry, and where their results go (in order).
+/// `Err`: the entry was not committed (not the leader, stopping), which no command caused.
+type Proposal = (Vec<Command>, futures::channel::oneshot::Sender<Result<Vec<Result<Outcome, RpcError>>, RpcError>>);
 /// Proposals waiting for a slot before callers are made to wait.
 pub const PROPOSALS_QUEUED_MAX: usize = 4096;
 /// Log entries of grouped proposals in flight at once.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 pub use crate::namespace::BATCH_COMMANDS_MAX;
+/// Most items in one `CreateFiles`, `CommitFiles` or `GetFiles` call: a batch of creates or
+/// commits must fit one log entry.
+pub const BATCH_FILES_MAX: usize = 256;
+const _: () = assert!(BATCH_FILES_MAX <= BATCH_COMMANDS_MAX);
+/// Most bytes of file replies one `GetFiles` answer carries; items past it are answered
+/// `Unavailable` (ask alone), so a batch of large files stays under the message limit.
+pub const GET_FILES_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Default of `MetaConfig::snapshot_every`: a snapshot per this many applied log entries.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
@@ -488,32 +496,50 @@ impl<E: Env> MetaServer<E> {
         }
     }
 
-    /// Proposes a command that passed `validate`: bad input never enters the log.
     /// Validates `command` and has it committed and applied, grouped with whatever other
-    /// commands arrive meanwhile (see `run_proposals`).
+    /// commands arrive meanwhile (see `run_proposals`): bad input never enters the log.
     async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
         command.validate().map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+        let mut results = self.propose_together(vec![command]).await?;
+        results.pop().unwrap_or_else(|| Err(RpcError::Internal("no result for a proposal".into())))
+    }
+
+    /// Has `commands` (each already validated, at most `BATCH_COMMANDS_MAX`) committed in one
+    /// log entry, possibly shared with other proposals; one result per command, in order.
+    /// `Err` when none was proposed.
+    async fn propose_together(&self, commands: Vec<Command>) -> Result<Vec<Result<Outcome, RpcError>>, RpcError> {
+        debug_assert!(!commands.is_empty() && commands.len() <= BATCH_COMMANDS_MAX);
         if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(RpcError::Unavailable(format!("metadata node {} is handing leadership over; retry", self.config.id)));
         }
+        let count = commands.len();
         let (tx, rx) = futures::channel::oneshot::channel();
         let mut proposals = self.proposals.clone();
-        futures::SinkExt::send(&mut proposals, (command, tx))
+        futures::SinkExt::send(&mut proposals, (commands, tx))
             .await
             .map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?;
-        rx.await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?
+        let results = rx.await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))??;
+        if results.len() != count {
+            return Err(RpcError::Internal(format!("{} results for {count} commands", results.len())));
+        }
+        Ok(results)
     }
 
     /// Group commit: proposals that arrive while earlier ones are in flight go to Raft
-    /// together, as one `Command::Batch` entry (at most `BATCH_COMMANDS_MAX`), so one fsync
-    /// on a majority carries many of them. At most `PROPOSALS_IN_FLIGHT_MAX` entries are in
-    /// flight at once; past that, proposals wait in the channel (bounded: back-pressure).
+    /// together, as one `Command::Batch` entry (at most `BATCH_COMMANDS_MAX` commands; a
+    /// proposal's commands always share one entry), so one fsync on a majority carries many
+    /// of them. At most `PROPOSALS_IN_FLIGHT_MAX` entries are in flight at once; past that,
+    /// proposals wait in the channel (bounded: back-pressure).
     async fn run_proposals(self: Arc<Self>, mut rx: futures::channel::mpsc::Receiver<Proposal>) {
         use futures::future::{select, Either};
         use futures::stream::{FuturesUnordered, StreamExt};
         let mut in_flight = FuturesUnordered::new();
+        // A proposal taken from the channel that did not fit the entry before: starts the next.
+        let mut held: Option<Proposal> = None;
         loop {
-            let next = if in_flight.is_empty() {
+            let next = if let Some(p) = held.take() {
+                Some(p)
+            } else if in_flight.is_empty() {
                 rx.next().await
             } else if in_flight.len() >= PROPOSALS_IN_FLIGHT_MAX {
                 in_flight.next().await;
@@ -525,21 +551,35 @@ impl<E: Env> MetaServer<E> {
                 }
             };
             let Some(first) = next else { return };
+            let mut commands = first.0.len();
             let mut batch = vec![first];
-            while batch.len() < BATCH_COMMANDS_MAX {
+            while commands < BATCH_COMMANDS_MAX {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) if commands + p.0.len() <= BATCH_COMMANDS_MAX => {
+                        commands += p.0.len();
+                        batch.push(p);
+                    }
+                    Ok(p) => {
+                        held = Some(p);
+                        break;
+                    }
                     _ => break,
                 }
             }
             in_flight.push(self.clone().propose_batch(batch));
+            if held.is_some() && in_flight.len() >= PROPOSALS_IN_FLIGHT_MAX {
+                in_flight.next().await;
+            }
         }
     }
 
     async fn propose_batch(self: Arc<Self>, batch: Vec<Proposal>) {
-        let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-        let single = commands.len() == 1;
-        let command = if single { commands.into_iter().next().expect("one") } else { Command::Batch(commands) };
+        let sizes: Vec<usize> = batch.iter().map(|(c, _)| c.len()).collect();
+        let (commands, replies): (Vec<Vec<Command>>, Vec<_>) = batch.into_iter().unzip();
+        let mut commands: Vec<Command> = commands.into_iter().flatten().collect();
+        let total = commands.len();
+        let single = total == 1;
+        let command = if single { commands.pop().expect("one") } else { Command::Batch(commands) };
         let written = match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
@@ -547,15 +587,19 @@ impl<E: Env> MetaServer<E> {
             Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
         };
         let results: Vec<Result<Outcome, RpcError>> = match written {
-            Err(e) => replies.iter().map(|_| Err(e.clone())).collect(),
-            Ok(result) if single => vec![result.map_err(namespace_error)],
-            Ok(Ok(Outcome::Batch(results))) if results.len() == replies.len() => {
-                results.into_iter().map(|r| r.map_err(namespace_error)).collect()
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone())); // the caller may have given up
+                }
+                return;
             }
-            Ok(other) => replies.iter().map(|_| Err(RpcError::Internal(format!("unexpected batch outcome {other:?}")))).collect(),
+            Ok(result) if single => vec![result.map_err(namespace_error)],
+            Ok(Ok(Outcome::Batch(results))) if results.len() == total => results.into_iter().map(|r| r.map_err(namespace_error)).collect(),
+            Ok(other) => (0..total).map(|_| Err(RpcError::Internal(format!("unexpected batch outcome {other:?}")))).collect(),
         };
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result); // the caller may have given up
+        let mut results = results.into_iter();
+        for (reply, size) in replies.into_iter().zip(sizes) {
+            let _ = reply.send(Ok(results.by_ref().take(size).collect())); // the caller may have given up
         }
     }
 
@@ -696,7 +740,119 @@ fn chunk_records(chunks: Vec<proto::ChunkInfo>) -> Result<Vec<ChunkRecord>, RpcE
         .collect()
 }
 
+/// A batch of file calls holds 1..=`BATCH_FILES_MAX` items.
+fn check_batch_len(len: usize) -> Result<(), RpcError> {
+    if len == 0 || len > BATCH_FILES_MAX {
+        return Err(RpcError::InvalidArgument(format!("a batch holds 1 to {BATCH_FILES_MAX} files, not {len}")));
+    }
+    Ok(())
+}
+
+/// The reply to a commit that was applied.
+fn committed(outcome: Outcome) -> Result<proto::CommitFileResponse, RpcError> {
+    match outcome {
+        Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
+        other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
 impl<E: Env> MetaServer<E> {
+    /// Proposes the items that are commands (each validated first) in one log entry; an item
+    /// that is already an error, or fails validation, keeps its error and is not proposed.
+    async fn propose_items(&self, items: Vec<Result<Command, RpcError>>) -> Result<Vec<Result<Outcome, RpcError>>, RpcError> {
+        let items: Vec<Result<Command, RpcError>> = items
+            .into_iter()
+            .map(|item| item.and_then(|c| c.validate().map(|()| c).map_err(|e| RpcError::InvalidArgument(e.to_string()))))
+            .collect();
+        let commands: Vec<Command> = items.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
+        let mut outcomes = if commands.is_empty() { Vec::new() } else { self.propose_together(commands).await? }.into_iter();
+        Ok(items.into_iter().map(|item| item.and_then(|_| outcomes.next().unwrap_or_else(|| Err(RpcError::Internal("missing result".into()))))).collect())
+    }
+
+    /// The command for one `CreateFile`, after the checks the state machine cannot make.
+    fn create_command(&self, r: proto::CreateFileRequest) -> Result<Command, RpcError> {
+        // A replication factor the cluster cannot hold is refused now, not after the transfers
+        // (an empty file has no chunks to place).
+        if r.size > 0 {
+            let term = self.require_leader()?;
+            let now = self.env.clock().now();
+            self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
+        }
+        Ok(Command::CreateFile {
+            path: r.path,
+            size: r.size,
+            chunk_size: r.chunk_size,
+            replication: r.replication,
+            overwrite: r.overwrite,
+            expect_file_id: r.expect_file_id.map(FileId),
+            request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
+            unix_ms: self.env.clock().unix_ms(),
+        })
+    }
+
+    /// The reply to an applied `CreateFile`: placements for the first chunks ride on it, so a
+    /// small file needs no `AllocateChunks` round trip. The create was just committed in this
+    /// leader's term, so its view of the upload is current.
+    fn created(&self, outcome: Outcome, place_chunks: u32, size: u64, chunk_size: u64) -> Result<proto::CreateFileResponse, RpcError> {
+        let file = match outcome {
+            Outcome::FileCreated(id) => id,
+            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        let count = crate::chunking::chunk_count(size, chunk_size.max(1));
+        let place = (place_chunks as u64).min(count).min(CREATE_PLACE_CHUNKS_MAX as u64) as u32;
+        if place == 0 {
+            return Ok(proto::CreateFileResponse { file_id: file.0, ..Default::default() });
+        }
+        let indexes: Vec<u32> = (0..place).collect();
+        let (placements, write_quorum) = self.place_chunks(file, &indexes, &[])?;
+        Ok(proto::CreateFileResponse { file_id: file.0, placements, write_quorum })
+    }
+
+    /// The command for one `CommitFile`, its input checked.
+    fn commit_command(&self, r: proto::CommitFileRequest) -> Result<Command, RpcError> {
+        if r.chunks.len() > RECORD_CHUNKS_MAX {
+            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks with a commit")));
+        }
+        let sha256 = match r.sha256.len() {
+            0 => None,
+            _ => Some(Sha256Digest::from_slice(&r.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?),
+        };
+        Ok(Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms(), sha256, chunks: chunk_records(r.chunks)? })
+    }
+
+    /// A committed file with its chunks' replicas: those on nodes this leader believes alive
+    /// first, rotated per chunk so reads spread over them; the client tries them in this order.
+    fn file_reply(&self, file: &FileRecord) -> Result<proto::GetFileResponse, RpcError> {
+        let term = self.require_leader()?;
+        let now = self.env.clock().now();
+        let chunks = self.with_leader(term, |leader, ns| {
+            file.chunks
+                .iter()
+                .map(|c| {
+                    let chunk_id = ChunkId::derive(file.id, c.index);
+                    let bad = ns.bad_replicas(chunk_id);
+                    proto::ChunkLocation {
+                        index: c.index,
+                        chunk_id: chunk_id.as_bytes().to_vec().into(),
+                        size: c.size,
+                        sha256: c.sha256.0.to_vec().into(),
+                        replicas: leader
+                            .served_replicas(now, &c.replicas, bad, c.index)
+                            .into_iter()
+                            .filter_map(|id| storage_node_proto(ns, id))
+                            .collect(),
+                        replica_status: leader
+                            .replica_states(now, &c.replicas, bad)
+                            .into_iter()
+                            .map(|(id, state)| proto::ReplicaStatus { node: storage_node_proto(ns, id), state: state as i32 })
+                            .collect(),
+                    }
+                })
+                .collect()
+        });
+        Ok(proto::GetFileResponse { file: Some(file_info(&FileSummary::from(file))), chunks })
+    }
+
     async fn place_chunks_checked(&self, r: &proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
         if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
             return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
@@ -728,38 +884,10 @@ impl<E: Env> MetaServer<E> {
 
 impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
-        // A replication factor the cluster cannot hold is refused now, not after the transfers
-        // (an empty file has no chunks to place).
-        if r.size > 0 {
-            let term = self.require_leader()?;
-            let now = self.env.clock().now();
-            self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
-        }
-        let command = Command::CreateFile {
-            path: r.path,
-            size: r.size,
-            chunk_size: r.chunk_size,
-            replication: r.replication,
-            overwrite: r.overwrite,
-            expect_file_id: r.expect_file_id.map(FileId),
-            request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
-            unix_ms: self.env.clock().unix_ms(),
-        };
-        let file = match self.propose(command).await? {
-            Outcome::FileCreated(id) => id,
-            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        };
-        // Placements for the first chunks ride on the reply: a small file needs no
-        // `AllocateChunks` round trip. The create was just committed in this leader's term,
-        // so its view of the upload is current.
-        let count = crate::chunking::chunk_count(r.size, r.chunk_size.max(1));
-        let place = (r.place_chunks as u64).min(count).min(CREATE_PLACE_CHUNKS_MAX as u64) as u32;
-        if place == 0 {
-            return Ok(proto::CreateFileResponse { file_id: file.0, ..Default::default() });
-        }
-        let indexes: Vec<u32> = (0..place).collect();
-        let (placements, write_quorum) = self.place_chunks(file, &indexes, &[])?;
-        Ok(proto::CreateFileResponse { file_id: file.0, placements, write_quorum })
+        let (place_chunks, size, chunk_size) = (r.place_chunks, r.size, r.chunk_size);
+        let command = self.create_command(r)?;
+        let outcome = self.propose(command).await?;
+        self.created(outcome, place_chunks, size, chunk_size)
     }
 
     async fn allocate_chunks(&self, r: proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
@@ -779,54 +907,93 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn commit_file(&self, r: proto::CommitFileRequest) -> Result<proto::CommitFileResponse, RpcError> {
-        if r.chunks.len() > RECORD_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks with a commit")));
-        }
-        let sha256 = match r.sha256.len() {
-            0 => None,
-            _ => Some(Sha256Digest::from_slice(&r.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?),
-        };
-        let command = Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms(), sha256, chunks: chunk_records(r.chunks)? };
-        match self.propose(command).await? {
-            Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
-            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        }
+        let command = self.commit_command(r)?;
+        committed(self.propose(command).await?)
     }
 
     async fn get_file(&self, r: proto::GetFileRequest) -> Result<proto::GetFileResponse, RpcError> {
         let path = normalize_path(&r.path).map_err(namespace_error)?;
         let file: Option<FileRecord> = self.read(|s| s.namespace.file(&path).cloned()).await?;
         let file = file.ok_or_else(|| namespace_error(NamespaceError::NotFound(path)))?;
-        // Replicas on nodes this leader believes alive first, rotated per chunk so reads spread
-        // over them; the client tries them in this order.
-        let term = self.require_leader()?;
-        let now = self.env.clock().now();
-        let chunks = self.with_leader(term, |leader, ns| {
-            file.chunks
-                .iter()
-                .map(|c| {
-                    let chunk_id = ChunkId::derive(file.id, c.index);
-                    let bad = ns.bad_replicas(chunk_id);
-                    proto::ChunkLocation {
-                        index: c.index,
-                        chunk_id: chunk_id.as_bytes().to_vec().into(),
-                        size: c.size,
-                        sha256: c.sha256.0.to_vec().into(),
-                        replicas: leader
-                            .served_replicas(now, &c.replicas, bad, c.index)
-                            .into_iter()
-                            .filter_map(|id| storage_node_proto(ns, id))
-                            .collect(),
-                        replica_status: leader
-                            .replica_states(now, &c.replicas, bad)
-                            .into_iter()
-                            .map(|(id, state)| proto::ReplicaStatus { node: storage_node_proto(ns, id), state: state as i32 })
-                            .collect(),
+        self.file_reply(&file)
+    }
+
+    async fn create_files(&self, r: proto::CreateFilesRequest) -> Result<proto::CreateFilesResponse, RpcError> {
+        check_batch_len(r.files.len())?;
+        // Not the leader: the whole call is redirected, not each item refused.
+        self.require_leader()?;
+        let shapes: Vec<(u32, u64, u64)> = r.files.iter().map(|f| (f.place_chunks, f.size, f.chunk_size)).collect();
+        let prepared: Vec<Result<Command, RpcError>> = r.files.into_iter().map(|f| self.create_command(f)).collect();
+        let results = self.propose_items(prepared).await?;
+        let results = results
+            .into_iter()
+            .zip(shapes)
+            .map(|(outcome, (place, size, chunk_size))| outcome.and_then(|o| self.created(o, place, size, chunk_size)))
+            .map(|result| proto::CreateFileResult {
+                result: Some(match result {
+                    Ok(ok) => proto::create_file_result::Result::Ok(ok),
+                    Err(e) => proto::create_file_result::Result::Error(e.to_detail()),
+                }),
+            })
+            .collect();
+        Ok(proto::CreateFilesResponse { results })
+    }
+
+    async fn commit_files(&self, r: proto::CommitFilesRequest) -> Result<proto::CommitFilesResponse, RpcError> {
+        check_batch_len(r.files.len())?;
+        let records: usize = r.files.iter().map(|f| f.chunks.len()).sum();
+        if records > RECORD_CHUNKS_MAX {
+            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunk records in one batch of commits, not {records}")));
+        }
+        self.require_leader()?;
+        let prepared: Vec<Result<Command, RpcError>> = r.files.into_iter().map(|f| self.commit_command(f)).collect();
+        let results = self
+            .propose_items(prepared)
+            .await?
+            .into_iter()
+            .map(|outcome| proto::CommitFileResult {
+                result: Some(match outcome.and_then(committed) {
+                    Ok(ok) => proto::commit_file_result::Result::Ok(ok),
+                    Err(e) => proto::commit_file_result::Result::Error(e.to_detail()),
+                }),
+            })
+            .collect();
+        Ok(proto::CommitFilesResponse { results })
+    }
+
+    async fn get_files(&self, r: proto::GetFilesRequest) -> Result<proto::GetFilesResponse, RpcError> {
+        check_batch_len(r.files.len())?;
+        let paths: Vec<Result<String, RpcError>> = r.files.iter().map(|f| normalize_path(&f.path).map_err(namespace_error)).collect();
+        // One leadership check for the whole batch: every item sees state at least as new as
+        // every write acknowledged before this call.
+        let files: Vec<Result<FileRecord, RpcError>> = self
+            .read(|s| {
+                paths
+                    .into_iter()
+                    .map(|p| p.and_then(|p| s.namespace.file(&p).cloned().ok_or_else(|| namespace_error(NamespaceError::NotFound(p)))))
+                    .collect()
+            })
+            .await?;
+        let mut reply_bytes = 0usize;
+        let results = files
+            .into_iter()
+            .map(|file| {
+                let result = file.and_then(|f| self.file_reply(&f)).and_then(|reply| {
+                    reply_bytes += prost::Message::encoded_len(&reply);
+                    if reply_bytes > GET_FILES_REPLY_BYTES_MAX {
+                        return Err(RpcError::Unavailable("this file's reply does not fit in the batch: ask for it alone".into()));
                     }
-                })
-                .collect()
-        });
-        Ok(proto::GetFileResponse { file: Some(file_info(&FileSummary::from(&file))), chunks })
+                    Ok(reply)
+                });
+                proto::GetFileResult {
+                    result: Some(match result {
+                        Ok(ok) => proto::get_file_result::Result::Ok(ok),
+                        Err(e) => proto::get_file_result::Result::Error(e.to_detail()),
+                    }),
+                }
+            })
+            .collect();
+        Ok(proto::GetFilesResponse { results })
     }
 
     async fn list_files(&self, r: proto::ListFilesRequest) -> Result<proto::ListFilesResponse, RpcError> {
