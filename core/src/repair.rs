@@ -239,6 +239,8 @@ pub struct RepairPlanner {
     jobs: BTreeMap<ChunkId, InFlight>,
     /// Under-replicated chunks of the last scan, in priority order (bounded by `QUEUE_MAX`).
     queue: Vec<Wanted>,
+    /// Chunks whose job finished since the last scan (skipped in `queue`).
+    done_since_scan: std::collections::HashSet<ChunkId>,
     /// Jobs targets said they run that this planner did not hand out (a former leader did):
     /// counted as in flight until they end or time out.
     adopted: BTreeMap<ChunkId, (StorageNodeId, Timestamp)>,
@@ -254,6 +256,7 @@ impl RepairPlanner {
             started: now,
             jobs: BTreeMap::new(),
             queue: Vec::new(),
+            done_since_scan: Default::default(),
             adopted: BTreeMap::new(),
             backoff: BTreeMap::new(),
             stats: RepairStats::default(),
@@ -292,6 +295,8 @@ impl RepairPlanner {
                 self.jobs.remove(chunk);
                 self.stats.completed += 1;
                 self.backoff.remove(chunk);
+                // The queue is the last scan's: this chunk is whole now, not wanted again.
+                self.done_since_scan.insert(*chunk);
             }
             if self.adopted.get(chunk).is_some_and(|(t, _)| *t == node) {
                 self.adopted.remove(chunk);
@@ -440,6 +445,7 @@ impl RepairPlanner {
         wanted.sort_by_key(|w| (w.valid, w.chunk));
         wanted.truncate(QUEUE_MAX);
         self.queue = wanted;
+        self.done_since_scan.clear();
         self.assign(now, nodes, None);
         commands
     }
@@ -471,7 +477,11 @@ impl RepairPlanner {
                 break;
             }
             let chunk = w.chunk;
-            if self.jobs.contains_key(&chunk) || self.adopted.contains_key(&chunk) || self.backoff.get(&chunk).is_some_and(|b| now < b.not_before) {
+            if self.jobs.contains_key(&chunk)
+                || self.adopted.contains_key(&chunk)
+                || self.done_since_scan.contains(&chunk)
+                || self.backoff.get(&chunk).is_some_and(|b| now < b.not_before)
+            {
                 continue;
             }
             let failed_pairs = self.backoff.get(&chunk).map(|b| b.failed_pairs.clone()).unwrap_or_default();

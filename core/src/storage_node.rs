@@ -81,7 +81,7 @@ const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
 /// Temporary files of cancelled writes awaiting removal; beyond, start-up removes them.
 const ORPHANED_TMP_MAX: usize = 1024;
 /// Shortest time between two heartbeats, however often forwards to unknown peers ask for one.
-const HEARTBEAT_GAP_MIN: Duration = Duration::from_millis(500);
+const HEARTBEAT_GAP_MIN: Duration = Duration::from_millis(200);
 /// Longest a forward to a peer this node does not know waits for a fresh peer list.
 const PEER_REFRESH_WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -472,13 +472,15 @@ impl<E: Env> StorageNode<E> {
                 self.reports.lock().expect("reports lock").start_inventory(self.env.random_u64() | 1);
                 next_inventory = now.plus(self.config.inventory_interval);
             }
+            // This heartbeat carries whatever asked for it; a wake-up from now on (say a
+            // repair finishing during the call or the gap) brings the next one forward.
+            let _ = self.heartbeat_now.1.try_recv();
             if let Err(e) = self.heartbeat_once(&mut registered).await {
                 tracing::warn!(node = %self.id, error = %e, "heartbeat failed");
             }
             let clock = self.env.clock();
             let gap = HEARTBEAT_GAP_MIN.min(self.config.heartbeat_interval);
             clock.sleep(gap).await;
-            let _ = self.heartbeat_now.1.try_recv(); // a wake-up from before the last heartbeat
             let rest = self.config.heartbeat_interval - gap;
             let _ = with_timeout(clock, rest, self.heartbeat_now.1.recv()).await;
         }

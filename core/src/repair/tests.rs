@@ -175,3 +175,19 @@ fn copies_and_drops_keep_two_racks() {
     let commands = p.plan(NOW, states(&chunks), &n);
     assert_eq!(commands, vec![Command::DropReplicas { drops: vec![(chunks[0].id, StorageNodeId(3))] }]);
 }
+
+#[test]
+fn a_finished_copy_is_not_planned_again_before_the_next_scan() {
+    let config = RepairConfig { streams_in_max: 1, ..RepairConfig::default() };
+    let mut p = planner(config);
+    let chunks = [chunk(1, 0, &[1], 2), chunk(1, 1, &[1], 2)];
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive)]);
+    p.plan(NOW, states(&chunks), &n);
+    let first = p.jobs_for(NOW, StorageNodeId(2), &n);
+    assert_eq!(first.len(), 2, "one running and one queued");
+    // Node 2 reports the first copy stored; the scan has not run since.
+    p.on_heartbeat(NOW, StorageNodeId(2), &[first[1].chunk], &[], &[first[0].chunk]);
+    let next = p.jobs_for(NOW, StorageNodeId(2), &n);
+    assert!(next.iter().all(|j| j.chunk != first[0].chunk), "a finished copy was planned again: {next:?}");
+    assert_eq!(p.stats().completed, 1);
+}
