@@ -155,20 +155,26 @@ async fn put(cluster: &Cluster, client: &SimClient, disk: &SimDisk, remote: &str
     data
 }
 
-async fn scenario() {
+/// A cluster of 3 metadata and `STORAGE_NODES` storage nodes, a client, and `FILES` files
+/// put through it (by path, with their bytes).
+async fn start_with_files() -> (Arc<Cluster>, SimDisk, SimClient, BTreeMap<String, Bytes>) {
     let cluster = Arc::new(Cluster::start(ClusterConfig { storage_nodes: STORAGE_NODES, ..ClusterConfig::default() }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
     cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(30)).await;
     let disk = SimDisk::new(1 << 30);
     let config = ClientConfig { chunk_size: CHUNK, transfer_timeout: Duration::from_secs(5), ..ClientConfig::default() };
     let client: SimClient = Arc::new(cluster.client(config, &disk));
-
-    let mut files: BTreeMap<String, Bytes> = BTreeMap::new();
+    let mut files = BTreeMap::new();
     for i in 0..FILES {
         let remote = format!("/f{i}");
         let data = put(&cluster, &client, &disk, &remote, false).await;
         files.insert(remote, data);
     }
+    (cluster, disk, client, files)
+}
+
+async fn scenario() {
+    let (cluster, disk, client, mut files) = start_with_files().await;
     wait_for_replicas(&cluster, &client, &files, true, Duration::from_secs(30), "the initial uploads settled").await;
     let before = chunks_on_disks(&cluster).await;
 
@@ -231,18 +237,7 @@ async fn scenario() {
 /// seconds) for two minutes. Checker: the leader plans no repair at all (no storm), and
 /// everything is as it was afterwards.
 async fn flapping() {
-    let cluster = Arc::new(Cluster::start(ClusterConfig { storage_nodes: STORAGE_NODES, ..ClusterConfig::default() }));
-    cluster.wait_for_leader(Duration::from_secs(30)).await;
-    cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(30)).await;
-    let disk = SimDisk::new(1 << 30);
-    let config = ClientConfig { chunk_size: CHUNK, transfer_timeout: Duration::from_secs(5), ..ClientConfig::default() };
-    let client: SimClient = Arc::new(cluster.client(config, &disk));
-    let mut files: BTreeMap<String, Bytes> = BTreeMap::new();
-    for i in 0..FILES {
-        let remote = format!("/f{i}");
-        let data = put(&cluster, &client, &disk, &remote, false).await;
-        files.insert(remote, data);
-    }
+    let (cluster, disk, client, files) = start_with_files().await;
     wait_for_replicas(&cluster, &client, &files, true, Duration::from_secs(30), "the initial uploads settled").await;
     let leader = cluster.leader().expect("a leader");
     let victim = madsim::rand::thread_rng().gen_range(1..=STORAGE_NODES);
@@ -273,18 +268,7 @@ async fn flapping() {
 /// Liveness (faults off, a scrub of every node requested): every chunk converges to exactly
 /// RF valid replicas with no orphans and no bad replica listed, and every file reads back.
 async fn faults_while_healing() {
-    let cluster = Arc::new(Cluster::start(ClusterConfig { storage_nodes: STORAGE_NODES, ..ClusterConfig::default() }));
-    cluster.wait_for_leader(Duration::from_secs(30)).await;
-    cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(30)).await;
-    let disk = SimDisk::new(1 << 30);
-    let config = ClientConfig { chunk_size: CHUNK, transfer_timeout: Duration::from_secs(5), ..ClientConfig::default() };
-    let client: SimClient = Arc::new(cluster.client(config, &disk));
-    let mut files: BTreeMap<String, Bytes> = BTreeMap::new();
-    for i in 0..FILES {
-        let remote = format!("/f{i}");
-        let data = put(&cluster, &client, &disk, &remote, false).await;
-        files.insert(remote, data);
-    }
+    let (cluster, disk, client, mut files) = start_with_files().await;
     let end = madsim::time::Instant::now() + Duration::from_secs(90);
     let mut flipped: BTreeSet<String> = BTreeSet::new();
     let mut round = 0;
