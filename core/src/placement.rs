@@ -1,9 +1,14 @@
-//! Where a chunk's replicas go: on distinct live storage nodes, most free space first, and
-//! over two racks or more whenever the candidates span more than one.
+//! Where a chunk's replicas go: on distinct live storage nodes, most free space first, ties
+//! (free space within the same `FREE_SPACE_TIE_BYTES`) to the least loaded, and over two
+//! racks or more whenever the candidates span more than one.
 //!
-//! Pure: the leader passes in what its health tracker knows, and gets node ids back. Placing
-//! several chunks in one call deducts each chunk from the chosen nodes' free space as it goes,
-//! so a batch spreads over the cluster instead of piling onto the emptiest node.
+//! Pure: the leader passes in what its health tracker knows (free space from the last
+//! heartbeat less what it placed there since, and a load: chunks placed there since that
+//! heartbeat plus repair copies in flight to it), and gets node ids back. Placing several
+//! chunks in one call deducts each chunk from the chosen nodes' free space and adds it to
+//! their load as it goes, so a batch spreads over the cluster instead of piling onto the
+//! emptiest node, and nodes with about the same room share the writes (their disks work in
+//! parallel) instead of the lowest id taking them all.
 
 use crate::ids::StorageNodeId;
 
@@ -14,7 +19,13 @@ pub struct Candidate {
     pub free_bytes: u64,
     /// Its failure domain; nodes with none count as one rack of their own kind.
     pub rack: Option<String>,
+    /// Chunks being written to it (placed since its last heartbeat, repair copies).
+    pub load: u64,
 }
+
+/// Free space this close counts as equal, and the load decides: a few chunks more or less
+/// on a node with terabytes free should not send every write to it.
+pub const FREE_SPACE_TIE_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
@@ -26,7 +37,8 @@ pub enum PlacementError {
 ///
 /// A chunk gets fewer than `replication` nodes only when fewer candidates have room; the
 /// caller decides whether that still reaches its write quorum. Ties in free space go to the
-/// lower node id, so the result depends on nothing but the inputs.
+/// least loaded node, then to the lower node id, so the result depends on nothing but the
+/// inputs.
 pub fn place(
     candidates: &[Candidate],
     exclude: &[StorageNodeId],
@@ -43,7 +55,7 @@ pub fn place(
 
     let mut placements = Vec::with_capacity(chunk_sizes.len());
     for &chunk_bytes in chunk_sizes {
-        pool.sort_by(|a, b| b.free_bytes.cmp(&a.free_bytes).then(a.id.cmp(&b.id)));
+        pool.sort_by_key(|c| (std::cmp::Reverse(c.free_bytes / FREE_SPACE_TIE_BYTES), c.load, c.id));
         let fits: Vec<&Candidate> = pool.iter().filter(|c| c.free_bytes >= chunk_bytes).collect();
         let mut chosen: Vec<StorageNodeId> = fits.iter().take(replication).map(|c| c.id).collect();
         // One rack for every replica while another rack has room: trade the last (least free)
@@ -63,6 +75,7 @@ pub fn place(
         }
         for c in pool.iter_mut().filter(|c| chosen.contains(&c.id)) {
             c.free_bytes -= chunk_bytes;
+            c.load += 1;
         }
         placements.push(chosen);
     }
@@ -75,12 +88,15 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    const GIB: u64 = FREE_SPACE_TIE_BYTES;
+
+    /// A candidate with `free` GiB free.
     fn node(id: u64, free: u64) -> Candidate {
-        Candidate { id: StorageNodeId(id), free_bytes: free, rack: None }
+        Candidate { id: StorageNodeId(id), free_bytes: free * GIB, rack: None, load: 0 }
     }
 
     fn racked(id: u64, free: u64, rack: &str) -> Candidate {
-        Candidate { id: StorageNodeId(id), free_bytes: free, rack: Some(rack.into()) }
+        Candidate { id: StorageNodeId(id), free_bytes: free * GIB, rack: Some(rack.into()), load: 0 }
     }
 
     #[test]
@@ -107,9 +123,9 @@ mod tests {
     #[test]
     fn excluded_and_full_nodes_are_skipped() {
         let nodes = [node(1, 100), node(2, 100), node(3, 3)];
-        let p = place(&nodes, &[StorageNodeId(1)], 3, &[4]).unwrap();
+        let p = place(&nodes, &[StorageNodeId(1)], 3, &[4 * GIB]).unwrap();
         assert_eq!(p, vec![vec![StorageNodeId(2)]]);
-        assert_eq!(place(&nodes, &[StorageNodeId(1), StorageNodeId(2)], 3, &[4]), Err(PlacementError::NoCandidates { chunk_bytes: 4 }));
+        assert_eq!(place(&nodes, &[StorageNodeId(1), StorageNodeId(2)], 3, &[4 * GIB]), Err(PlacementError::NoCandidates { chunk_bytes: 4 * GIB }));
         assert!(place(&[], &[], 3, &[]).unwrap().is_empty());
     }
 
@@ -121,6 +137,28 @@ mod tests {
         assert_eq!(primaries.len(), 4);
     }
 
+    #[test]
+    fn about_as_much_room_goes_to_the_least_loaded() {
+        // Free space within the tie band: the load decides, then the id.
+        let mut nodes = [node(1, 100), node(2, 100), node(3, 100), node(4, 100)];
+        nodes[0].free_bytes += GIB / 2;
+        nodes[0].load = 3;
+        nodes[1].load = 1;
+        let p = place(&nodes, &[], 3, &[1]).unwrap();
+        assert_eq!(p, vec![vec![StorageNodeId(3), StorageNodeId(4), StorageNodeId(2)]]);
+        // Many chunks, one call: every node gets its share.
+        let p = place(&[node(1, 100), node(2, 100), node(3, 100), node(4, 100)], &[], 3, &[1; 40]).unwrap();
+        let mut per_node = std::collections::BTreeMap::new();
+        for r in p.iter().flatten() {
+            *per_node.entry(*r).or_insert(0) += 1;
+        }
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![30; 4]);
+        // More room by a clear margin still wins over load.
+        let mut nodes = [node(1, 200), node(2, 100), node(3, 100)];
+        nodes[0].load = 50;
+        assert_eq!(place(&nodes, &[], 1, &[1]).unwrap(), vec![vec![StorageNodeId(1)]]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig {
             failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
@@ -129,12 +167,17 @@ mod tests {
         })]
         #[test]
         fn placements_are_distinct_allowed_and_fit(
-            frees in proptest::collection::vec((0u64..1000, 0u8..3), 0..8),
+            frees in proptest::collection::vec((0u64..1000, 0u8..3, 0u64..4), 0..8),
             excluded in proptest::collection::vec(0u64..8, 0..3),
             replication in 1usize..5,
             sizes in proptest::collection::vec(0u64..200, 0..20),
         ) {
-            let nodes: Vec<_> = frees.iter().enumerate().map(|(i, (f, rack))| racked(i as u64, *f, &rack.to_string())).collect();
+            // Bytes, not GiB: every node ties on free space and sizes matter.
+            let nodes: Vec<_> = frees
+                .iter()
+                .enumerate()
+                .map(|(i, (f, rack, load))| Candidate { id: StorageNodeId(i as u64), free_bytes: *f, rack: Some(rack.to_string()), load: *load })
+                .collect();
             let exclude: Vec<_> = excluded.iter().map(|&i| StorageNodeId(i)).collect();
             let mut free: std::collections::BTreeMap<_, _> = nodes.iter().map(|c| (c.id, c.free_bytes)).collect();
             match place(&nodes, &exclude, replication, &sizes) {

@@ -314,8 +314,11 @@ impl RepairPlanner {
                 self.adopted.remove(chunk);
             }
         }
+        // A copy is reported stored before its target stops listing it as running, so one
+        // heartbeat may say both: it is done, not a job of a former leader to adopt (that
+        // would hold the target's slot until the next scan).
         for chunk in running {
-            if !self.jobs.contains_key(chunk) {
+            if !self.jobs.contains_key(chunk) && !stored.contains(chunk) {
                 self.adopted.entry(*chunk).or_insert((node, now));
             }
         }

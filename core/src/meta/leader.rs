@@ -254,12 +254,15 @@ pub struct Leader {
     inventoried: BTreeSet<StorageNodeId>,
     /// When this leader first saw each (node, replica) of garbage it looked at.
     garbage_seen: BTreeMap<(StorageNodeId, ChunkId), Timestamp>,
+    /// Chunks and bytes placed on each node since its last heartbeat (which cannot show them
+    /// in its free space yet): placement's load and a deduction from the reported room.
+    placed_since_heartbeat: BTreeMap<StorageNodeId, (u64, u64)>,
 }
 
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new(), garbage_seen: BTreeMap::new() }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new() }
     }
 
     pub fn term(&self) -> u64 {
@@ -277,6 +280,7 @@ impl Leader {
             return HeartbeatDecision { propose: vec![], reply: HeartbeatReply { register: true, ..Default::default() } };
         }
         self.health.record_heartbeat(hb.node, hb.stats, now);
+        self.placed_since_heartbeat.remove(&hb.node);
         let stored: Vec<ChunkId> = hb.stored.iter().map(|r| r.chunk).collect();
         self.repair.on_heartbeat(now, hb.node, &hb.repairs_running, &hb.repairs_failed, &stored);
         // Replicas reported deleted are not asked for again, even before the command that
@@ -370,7 +374,7 @@ impl Leader {
     /// `exclude`. Whether targets that are offered complete a write quorum is the client's to
     /// judge (excluded nodes may already hold the chunk); only an empty offer is refused.
     pub fn allocate(
-        &self,
+        &mut self,
         now: Timestamp,
         ns: &Namespace,
         upload: &Upload,
@@ -384,19 +388,29 @@ impl Leader {
             })
             .collect::<Result<Vec<u64>, _>>()?;
         // Live nodes that take replicas: not draining (decommissioning).
+        let repairs_in = self.repair.in_flight();
         let candidates: Vec<Candidate> = self
             .health
             .alive(now)
             .filter_map(|(id, stats)| {
                 let record = ns.storage_node(id)?;
-                (!record.draining).then(|| Candidate { id, free_bytes: stats.free_bytes, rack: record.rack.clone() })
+                let (chunks, bytes) = self.placed_since_heartbeat.get(&id).copied().unwrap_or((0, 0));
+                let load = chunks + repairs_in.get(&id).copied().unwrap_or(0) as u64;
+                (!record.draining).then(|| Candidate { id, free_bytes: stats.free_bytes.saturating_sub(bytes), rack: record.rack.clone(), load })
             })
             .collect();
         let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
         if usable == 0 {
             return Err(AllocateError::NoLiveNode { alive: candidates.len(), excluded: exclude.len() });
         }
-        placement::place(&candidates, exclude, upload.replication as usize, &sizes).map_err(|e| AllocateError::NoSpace(e.to_string()))
+        let placed = placement::place(&candidates, exclude, upload.replication as usize, &sizes).map_err(|e| AllocateError::NoSpace(e.to_string()))?;
+        for (nodes, size) in placed.iter().zip(&sizes) {
+            for node in nodes {
+                let entry = self.placed_since_heartbeat.entry(*node).or_default();
+                *entry = (entry.0 + 1, entry.1.saturating_add(*size));
+            }
+        }
+        Ok(placed)
     }
 
     /// Refuses a replication factor that the cluster cannot hold at all: more copies than

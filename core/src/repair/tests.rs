@@ -191,3 +191,22 @@ fn a_finished_copy_is_not_planned_again_before_the_next_scan() {
     assert!(next.iter().all(|j| j.chunk != first[0].chunk), "a finished copy was planned again: {next:?}");
     assert_eq!(p.stats().completed, 1);
 }
+
+#[test]
+fn a_copy_reported_stored_and_still_running_frees_its_slot_at_once() {
+    // The target reports a replica as soon as it is stored, and stops listing the job as
+    // running a moment later: one heartbeat may carry both. The slot must be free in that
+    // heartbeat's reply, not at the next scan.
+    let config = RepairConfig { streams_in_max: 1, ..RepairConfig::default() };
+    let mut p = planner(config);
+    let chunks: Vec<Chunk> = (0..4).map(|i| chunk(1, i, &[1], 2)).collect();
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive)]);
+    p.plan(NOW, states(&chunks), &n);
+    let first = p.jobs_for(NOW, StorageNodeId(2), &n);
+    assert_eq!(first.len(), 2, "one running and one queued");
+    let running = [first[0].chunk, first[1].chunk];
+    p.on_heartbeat(NOW, StorageNodeId(2), &running, &[], &[first[0].chunk]);
+    let next = p.jobs_for(NOW, StorageNodeId(2), &n);
+    assert_eq!(next.len(), 1, "the finished copy's slot was not freed: {next:?}");
+    assert_eq!(p.jobs_in_flight(), 2);
+}
