@@ -64,6 +64,8 @@ pub struct TreeFileJson {
     pub size: u64,
     /// Why this file failed; `null` when it was copied.
     pub error: Option<String>,
+    /// Uploaded by an earlier, interrupted run of the same `put -r` and not sent again.
+    pub already_uploaded: bool,
 }
 
 #[derive(Serialize)]
@@ -72,6 +74,8 @@ pub struct TreeJson {
     pub destination: String,
     pub files: Vec<TreeFileJson>,
     pub files_copied: u64,
+    /// Of `files_copied`: uploaded by an earlier, interrupted run (`put -r` resuming).
+    pub files_already_uploaded: u64,
     pub files_failed: u64,
     pub bytes_copied: u64,
     pub directories: u64,

@@ -4,12 +4,19 @@
 //! file that fails is reported on stderr as it fails (one line) and in the summary, the others
 //! carry on, and the command exits 1 if any failed.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use dfs_core::client::ClientConfig;
+use dfs_core::client::tree_resume::{self, Decision, RemoteFile, TreeDone, TreeKey, TreeProgress};
+use dfs_core::client::{ClientConfig, DfsClient};
+use dfs_io_real::RealEnv;
+use dfs_core::env::FileStamp;
+use dfs_core::ids::Sha256Digest;
 use dfs_core::proto::EntryKind;
 use futures::stream::{self, StreamExt};
 
@@ -31,7 +38,7 @@ struct Job {
 }
 
 fn failure(local: &Path, remote: &str, error: impl std::fmt::Display) -> TreeFileJson {
-    TreeFileJson { local: local.display().to_string(), remote: remote.to_string(), size: 0, error: Some(error.to_string()) }
+    TreeFileJson { local: local.display().to_string(), remote: remote.to_string(), size: 0, error: Some(error.to_string()), already_uploaded: false }
 }
 
 /// What a walk of the local tree found.
@@ -131,27 +138,178 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts)
         }
     }
 
-    let total: u64 = found.files.iter().map(|j| j.size).sum();
-    let count = found.files.len();
+    // Resuming: what an interrupted run of this same command committed is not sent again.
+    let resume = TreeResume::open(&client, local, &prefix, chunk_size, opts).await;
+    let mut decisions = Vec::with_capacity(found.files.len());
+    let mut skipped = 0usize;
+    for job in found.files {
+        let decision = match &resume.progress {
+            Some((progress, remote)) => match std::fs::metadata(&job.local) {
+                Ok(meta) => progress.decide(&job.remote, stamp_of(&meta), remote.get(&job.remote)),
+                Err(_) => Decision::Upload, // the put reports it
+            },
+            None => Decision::Upload,
+        };
+        if decision == Decision::Skip {
+            skipped += 1;
+        }
+        decisions.push((job, decision));
+    }
+    if skipped > 0 {
+        eprintln!("resuming: {skipped} of {} files already uploaded", decisions.len());
+    }
+
+    let total: u64 = decisions.iter().filter(|(_, d)| *d != Decision::Skip).map(|(j, _)| j.size).sum();
+    let count = decisions.len();
     let bar = Bar::tree(&format!("put -r 0/{count} files"), total, ctx.progress());
     let done = AtomicU64::new(0);
-    let (client, bar_ref, done_ref) = (&client, &bar, &done);
-    let results: Vec<TreeFileJson> = stream::iter(found.files)
-        .map(|job| async move {
-            let result = client.put(&job.local, &job.remote, opts.force, &bar_ref.file()).await;
+    let (client, bar_ref, done_ref, resume_ref) = (&client, &bar, &done, &resume);
+    let results: Vec<TreeFileJson> = stream::iter(decisions)
+        .map(|(job, decision)| async move {
+            let already = match decision {
+                Decision::Skip => true,
+                Decision::Verify { size, sha256 } => size == job.size && same_bytes(&job.local, sha256).await,
+                Decision::Replace | Decision::Upload => false,
+            };
+            let result = match already {
+                true => Ok(None),
+                false => {
+                    let overwrite = opts.force || decision == Decision::Replace;
+                    client.put(&job.local, &job.remote, overwrite, &bar_ref.file()).await.map(Some)
+                }
+            };
             let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
             bar_ref.set_message(format!("put -r {n}/{count} files"));
+            if let Ok(Some(info)) = &result {
+                resume_ref.committed(&job.local, &job.remote, info.file_id);
+            }
             let error = result.err().map(|e| format!("{:#}", explain(e)));
             if let Some(error) = &error {
                 bar_ref.eprintln(&format!("dfs: put {} -> {}: {}", job.local.display(), shown(&job.remote), shown(error)));
             }
-            TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error }
+            TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error, already_uploaded: already }
         })
         .buffer_unordered(opts.parallel as usize)
         .collect()
         .await;
     drop(bar);
+    let all_up = found.failed.is_empty() && results.iter().all(|r| r.error.is_none());
+    resume.finish(all_up);
     report(ctx, "put -r", local.display().to_string(), prefix, results, found.failed, found.directories)
+}
+
+/// The stamp the resume manifests compare (as `Disk::stamp` on the real disk).
+fn stamp_of(meta: &std::fs::Metadata) -> FileStamp {
+    let modified = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    FileStamp { len: meta.len(), modified }
+}
+
+/// Whether the local file's SHA-256 is `sha256` (a file at the remote path that an
+/// interrupted run may have committed without noting it).
+async fn same_bytes(path: &Path, sha256: Sha256Digest) -> bool {
+    let path = path.to_path_buf();
+    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256Digest> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf)? {
+                0 => break,
+                n => hasher.update(&buf[..n]),
+            }
+        }
+        Ok(Sha256Digest(hasher.finalize().into()))
+    });
+    matches!(digest.await, Ok(Ok(d)) if d == sha256)
+}
+
+/// The resume manifest of one `put -r` (see `dfs_core::client::tree_resume`): read at the
+/// start, appended (no fsync) as files commit, removed when every file is up.
+struct TreeResume {
+    path: Option<PathBuf>,
+    /// The earlier run's progress and what the remote tree holds now, when resuming.
+    progress: Option<(TreeProgress, BTreeMap<String, RemoteFile>)>,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl TreeResume {
+    async fn open(client: &DfsClient<RealEnv>, local: &Path, prefix: &str, chunk_size: u64, opts: &PutOpts) -> Self {
+        let none = TreeResume { path: None, progress: None, file: Mutex::new(None) };
+        let Some(dir) = crate::cli::state_dir().map(|d| d.join("uploads")) else { return none };
+        let root = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
+        let key = TreeKey {
+            local_root: root.display().to_string(),
+            remote_prefix: prefix.to_string(),
+            cluster: client.meta_addrs().join(","),
+            chunk_size,
+            replication: opts.replication,
+            overwrite: opts.force,
+        };
+        let path = dir.join(tree_resume::manifest_name(&key));
+        let earlier = std::fs::read(&path).ok().and_then(|bytes| tree_resume::parse(&bytes, &key)).filter(|p| !p.is_empty());
+        let progress = match earlier {
+            // What the remote tree holds: one listing, to check each file the earlier run
+            // committed is still the one it committed.
+            Some(p) => match client.list(prefix).await {
+                Ok(files) => {
+                    let remote = files
+                        .into_iter()
+                        .map(|f| (f.path, RemoteFile { file_id: f.file_id, size: f.size, sha256: Sha256Digest::from_slice(&f.sha256) }))
+                        .collect();
+                    Some((p, remote))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the remote tree; not resuming");
+                    None
+                }
+            },
+            None => None,
+        };
+        let opened = match progress.is_some() {
+            true => std::fs::OpenOptions::new().append(true).open(&path),
+            false => std::fs::create_dir_all(&dir).and_then(|()| {
+                let mut f = std::fs::File::create(&path)?;
+                f.write_all(&tree_resume::header_line(&key))?;
+                Ok(f)
+            }),
+        };
+        let file = match opened {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no resume manifest; an interrupted put -r will start over");
+                None
+            }
+        };
+        TreeResume { path: Some(path), progress, file: Mutex::new(file) }
+    }
+
+    /// `local` is committed at `remote` as `file_id`.
+    fn committed(&self, local: &Path, remote: &str, file_id: u64) {
+        let Ok(meta) = std::fs::metadata(local) else { return };
+        let line = tree_resume::done_line(&TreeDone { remote: remote.to_string(), stamp: stamp_of(&meta), file_id });
+        let mut file = self.file.lock().expect("manifest lock");
+        if let Some(f) = file.as_mut() {
+            if let Err(e) = f.write_all(&line) {
+                tracing::warn!(error = %e, "resume manifest not updated; a rerun verifies more");
+                *file = None;
+            }
+        }
+    }
+
+    /// The run ended; with every file up, the manifest goes.
+    fn finish(self, all_up: bool) {
+        if let (true, Some(path)) = (all_up, &self.path) {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove the resume manifest");
+                }
+            }
+        } else if self.path.is_some() && self.file.lock().expect("manifest lock").is_some() {
+            eprintln!("dfs: put -r: rerun the same command to resume: files already uploaded are not sent again");
+        }
+    }
 }
 
 pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> anyhow::Result<()> {
@@ -216,7 +374,7 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
             if let Some(error) = &error {
                 bar_ref.eprintln(&format!("dfs: get {} -> {}: {}", shown(&job.remote), job.local.display(), shown(error)));
             }
-            TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error }
+            TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error, already_uploaded: false }
         })
         .buffer_unordered(opts.parallel as usize)
         .collect()
@@ -239,13 +397,15 @@ fn report(
     results.sort_by(|a, b| (&a.remote, &a.local).cmp(&(&b.remote, &b.local)));
     let failed = results.iter().filter(|r| r.error.is_some()).count() as u64;
     let copied = results.len() as u64 - failed;
+    let already = results.iter().filter(|r| r.already_uploaded && r.error.is_none()).count() as u64;
     let bytes: u64 = results.iter().filter(|r| r.error.is_none()).map(|r| r.size).sum();
     let files = results.len();
     if ctx.json {
-        emit_json(&TreeJson { source, destination, files: results, files_copied: copied, files_failed: failed, bytes_copied: bytes, directories })?;
+        emit_json(&TreeJson { source, destination, files: results, files_copied: copied, files_already_uploaded: already, files_failed: failed, bytes_copied: bytes, directories })?;
     } else {
+        let resumed = if already > 0 { format!(" ({already} already uploaded)") } else { String::new() };
         emit(&format!(
-            "{what}: {} -> {}: {copied} files ({}) copied, {failed} failed, {directories} directories\n",
+            "{what}: {} -> {}: {copied} files ({}) copied{resumed}, {failed} failed, {directories} directories\n",
             shown(&source),
             shown(&destination),
             ByteSize(bytes)

@@ -353,16 +353,7 @@ impl ChunkLayout {
     }
 }
 
-/// One step of an atomic chunk write, in order.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DiskStep {
-    CreateDir(PathBuf),
-    WriteFile { path: PathBuf, data: Bytes },
-    WriteAt { path: PathBuf, offset: u64, data: Bytes },
-    SyncFile(PathBuf),
-    Rename { from: PathBuf, to: PathBuf },
-    SyncDir(PathBuf),
-}
+pub use crate::env::DiskStep;
 
 /// The steps that make a chunk durable and visible atomically. `nonce` keeps concurrent or
 /// crashed attempts from sharing a temporary file. `tmp/` and `chunks/` exist and are durable

@@ -60,7 +60,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use futures::StreamExt;
 
-use crate::chunk_store::{self, ChunkFileError, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, DiskStep, FileHeader, FrameReader, WriteDecision};
+use crate::chunk_store::{self, ChunkFileError, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, FileHeader, FrameReader, WriteDecision};
 use crate::client::meta_client::{MetaClient, RetryPolicy};
 use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
@@ -825,7 +825,7 @@ impl<E: Env> StorageNode<E> {
             chunk_store::write_steps(&self.layout, &table, id, nonce, meta, data.clone())
         };
         let guard = WriteGuard { table: &self.table, orphans: &self.orphaned_tmp, id, tmp: self.layout.tmp_path(id, nonce), finished: false };
-        match self.run_steps(steps).await {
+        match self.env.disk().run_steps(steps).await {
             Ok(()) => {
                 guard.finish();
                 Ok(())
@@ -836,21 +836,6 @@ impl<E: Env> StorageNode<E> {
                 Err(write_error(self.id, id, e))
             }
         }
-    }
-
-    async fn run_steps(&self, steps: Vec<DiskStep>) -> std::io::Result<()> {
-        let disk = self.env.disk();
-        for step in steps {
-            match step {
-                DiskStep::CreateDir(dir) => disk.create_dir_all(&dir).await?,
-                DiskStep::WriteFile { path, data } => disk.write_file(&path, data).await?,
-                DiskStep::WriteAt { path, offset, data } => disk.write_at(&path, offset, data).await?,
-                DiskStep::SyncFile(path) => disk.sync_file(&path).await?,
-                DiskStep::Rename { from, to } => disk.rename(&from, &to).await?,
-                DiskStep::SyncDir(dir) => disk.sync_dir(&dir).await?,
-            }
-        }
-        Ok(())
     }
 
     /// Receives a chunk's frames, each within `frame_timeout` of the one before, and refuses

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use dfs_core::env::Disk;
+use dfs_core::env::{Disk, DiskStep};
 
 #[derive(Clone, Debug, Default)]
 pub struct RealDisk;
@@ -48,18 +48,7 @@ impl Disk for RealDisk {
     /// as the simulated disk, which does not do this, requires).
     fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         let dir = owned(dir);
-        blocking(move || {
-            let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.is_dir()).collect();
-            for new in missing.iter().rev() {
-                match fs::create_dir(new) {
-                    Ok(()) => File::open(parent_or_dot(new))?.sync_all()?,
-                    // Created meanwhile by someone else, who syncs it.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new.is_dir() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        })
+        blocking(move || create_dirs(&dir))
     }
 
     fn write_file(&self, path: &Path, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
@@ -177,6 +166,57 @@ impl Disk for RealDisk {
         let dir = owned(dir);
         blocking(move || statvfs(&dir))
     }
+
+    /// All steps in one blocking call, the file a step writes kept open for the steps that
+    /// follow (a small chunk's write is one hop to the blocking pool and one open, not five:
+    /// the hops, not the disk, limited small writes).
+    fn run_steps(&self, steps: Vec<DiskStep>) -> impl Future<Output = io::Result<()>> + Send {
+        blocking(move || {
+            // The file the last write went to, still open.
+            let mut open: Option<(PathBuf, File)> = None;
+            for step in steps {
+                match step {
+                    DiskStep::CreateDir(dir) => create_dirs(&dir)?,
+                    DiskStep::WriteFile { path, data } => {
+                        let mut file = File::create(&path)?;
+                        file.write_all(&data)?;
+                        open = Some((path, file));
+                    }
+                    DiskStep::WriteAt { path, offset, data } => {
+                        if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                            let file = OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
+                            open = Some((path, file));
+                        }
+                        open.as_ref().expect("opened above").1.write_all_at(&data, offset)?;
+                    }
+                    DiskStep::SyncFile(path) => match open.as_ref().filter(|(p, _)| *p == path) {
+                        Some((_, file)) => file.sync_all()?,
+                        None => File::open(&path)?.sync_all()?,
+                    },
+                    DiskStep::Rename { from, to } => {
+                        open = None;
+                        fs::rename(from, to)?
+                    }
+                    DiskStep::SyncDir(dir) => File::open(dir)?.sync_all()?,
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `create_dir_all`, fsyncing the parent of each directory it creates (see the trait method).
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.is_dir()).collect();
+    for new in missing.iter().rev() {
+        match fs::create_dir(new) {
+            Ok(()) => File::open(parent_or_dot(new))?.sync_all()?,
+            // Created meanwhile by someone else, who syncs it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// (capacity, available to unprivileged users) of the filesystem holding `dir`.
@@ -219,6 +259,34 @@ mod tests {
         let (capacity, free) = disk.space(&dir).await.unwrap();
         assert!(capacity >= free && capacity > 0);
         assert_eq!(disk.read_file(&f).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn steps_in_one_go_do_what_the_calls_do() {
+        let dir = std::env::temp_dir().join(format!("dfs-realdisk-steps-{}", std::process::id()));
+        let disk = RealDisk;
+        let (tmp, dest) = (dir.join("t.tmp"), dir.join("x/y/c"));
+        let steps = vec![
+            DiskStep::CreateDir(dir.clone()),
+            DiskStep::WriteFile { path: tmp.clone(), data: Bytes::from_static(b"head") },
+            DiskStep::WriteAt { path: tmp.clone(), offset: 8, data: Bytes::from_static(b"data") },
+            DiskStep::SyncFile(tmp.clone()),
+            DiskStep::CreateDir(dir.join("x/y")),
+            DiskStep::SyncDir(dir.join("x")),
+            DiskStep::Rename { from: tmp.clone(), to: dest.clone() },
+            DiskStep::SyncDir(dir.join("x/y")),
+        ];
+        disk.run_steps(steps).await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"head\0\0\0\0data");
+        assert!(!tmp.exists());
+        // The first failing step stops the rest.
+        let steps = vec![
+            DiskStep::SyncFile(dir.join("absent")),
+            DiskStep::WriteFile { path: dir.join("never"), data: Bytes::new() },
+        ];
+        assert_eq!(disk.run_steps(steps).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(!dir.join("never").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -38,6 +38,22 @@ fn hash_chunk(data: &[u8], file: &mut Sha256) -> Sha256Digest {
     Sha256Digest(chunk.finalize().into())
 }
 
+/// Hashing less than this runs on the calling task: a hop to the blocking pool and back
+/// costs more than hashing 64 KiB (and small files are many).
+const INLINE_HASH_BYTES: usize = 64 * 1024;
+/// Writes smaller than this get no early-writeback hint: the final fsync has little to do
+/// anyway, and the hint is one more blocking call per small file.
+const WRITEBACK_HINT_MIN_BYTES: u64 = 1 << 20;
+
+/// Runs `work` (hashing `len` bytes) inline when small, on the compute pool otherwise.
+async fn hash_work<E: Env, T: Send + 'static>(env: &E, len: usize, work: impl FnOnce() -> T + Send + 'static) -> T {
+    if len < INLINE_HASH_BYTES {
+        work()
+    } else {
+        env.compute(work).await
+    }
+}
+
 /// How long the loop waits when the machine has no timer: any completion wakes it first.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
@@ -103,7 +119,9 @@ impl<E: Env> DfsClient<E> {
             replication: spec.replication,
             overwrite,
         };
-        let manifest_path = self.config.resume_dir.as_ref().map(|dir| resume::manifest_path(dir, &key));
+        // A file of one chunk has nothing to resume (its one chunk is sent again): no manifest,
+        // which for many small files saves several file operations each.
+        let manifest_path = self.config.resume_dir.as_ref().filter(|_| spec.size > spec.chunk_size).map(|dir| resume::manifest_path(dir, &key));
         let resumable = match (&manifest_path, may_resume) {
             (Some(path), true) => resume::load(disk, path, &key).await,
             _ => None,
@@ -177,13 +195,11 @@ impl<E: Env> DfsClient<E> {
                                     }
                                     Err(e) => return UpDone::Read { index, file_hash: hasher, outcome: Err(e.to_string()) },
                                 };
-                                let (data, sha256, hasher) = self
-                                    .env
-                                    .compute(move || {
-                                        let sha256 = hash_chunk(&data, &mut hasher);
-                                        (data, sha256, hasher)
-                                    })
-                                    .await;
+                                let (data, sha256, hasher) = hash_work(&self.env, data.len(), move || {
+                                    let sha256 = hash_chunk(&data, &mut hasher);
+                                    (data, sha256, hasher)
+                                })
+                                .await;
                                 UpDone::Read { index, file_hash: hasher, outcome: Ok((data, sha256)) }
                             }
                             .boxed(),
@@ -419,7 +435,7 @@ impl<E: Env> DfsClient<E> {
                                     Ok(d) => {
                                         // Chunks in flight hash in parallel, off this task.
                                         let data = d.data;
-                                        let (data, sha256) = self.env.compute(move || {
+                                        let (data, sha256) = hash_work(&self.env, data.len(), move || {
                                             let sha256 = Sha256Digest::of(&data);
                                             (data, sha256)
                                         })
@@ -444,16 +460,14 @@ impl<E: Env> DfsClient<E> {
                                 let mut hasher = file_hash.take().unwrap_or_default();
                                 pending.push(
                                     async move {
-                                        let (data, hasher) = self
-                                            .env
-                                            .compute(move || {
-                                                hasher.update(&data);
-                                                (data, hasher)
-                                            })
-                                            .await;
+                                        let (data, hasher) = hash_work(&self.env, data.len(), move || {
+                                            hasher.update(&data);
+                                            (data, hasher)
+                                        })
+                                        .await;
                                         let len = data.len() as u64;
                                         let outcome = disk.write_at(&tmp, offset, data).await.map_err(|e| format!("{}: {e}", tmp.display()));
-                                        if outcome.is_ok() {
+                                        if outcome.is_ok() && len >= WRITEBACK_HINT_MIN_BYTES {
                                             // The final fsync then finds little left: the disk
                                             // writes while later chunks are fetched. A hint only.
                                             if let Err(e) = disk.start_writeback(&tmp, offset, len).await {

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod download;
 mod driver;
 pub mod resume;
+pub mod tree_resume;
 pub mod upload;
 pub mod meta_client;
 pub mod meta_batch;
@@ -168,6 +169,12 @@ impl<E: Env> DfsClient<E> {
             client_id,
             request_seq: AtomicU64::new(0),
         }
+    }
+
+    /// The metadata addresses this client was given (they name the cluster in resume
+    /// manifests).
+    pub fn meta_addrs(&self) -> &[String] {
+        &self.meta_addrs
     }
 
     fn upload_config(&self) -> upload::UploadConfig {
