@@ -224,7 +224,10 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
     let encode = |r: Result<Bytes, RpcError>| Wire::Reply(r.map_err(|e| e.encode_detail()));
     match recv(&mut rx).await? {
         Wire::Unary { path, body } => {
-            let reply = service.unary(path, body).await.and_then(|reply| {
+            // Cancelled when the caller goes away (a timeout, a crash), as tonic drops a
+            // handler whose client reset the stream: handlers must not count on finishing.
+            let Some(reply) = unless_caller_gone(&tx, service.unary(path, body)).await else { return Ok(()) };
+            let reply = reply.and_then(|reply| {
                 if reply.len() > rpc::UNARY_MESSAGE_MAX_BYTES {
                     return Err(RpcError::Internal(format!("reply of {} bytes exceeds {}", reply.len(), rpc::UNARY_MESSAGE_MAX_BYTES)));
                 }
