@@ -11,11 +11,13 @@ mod common;
 
 use common::*;
 
-/// Lines in the resume manifests under `dir`: one header per upload, one line per chunk.
-fn manifest_lines(dir: &Path) -> usize {
+/// Lines in the resume manifests named `*.EXTENSION` under `dir`: one header per upload, then
+/// one line per chunk stored (`upload`: a `put`) or per file committed (`tree`: a `put -r`).
+fn manifest_lines(dir: &Path, extension: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == extension))
         .filter_map(|e| std::fs::File::open(e.path()).ok())
         .map(|f| BufReader::new(f).lines().count())
         .sum()
@@ -45,14 +47,14 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
         .unwrap();
     // Kill it once a tenth of the chunks are stored (polled often: the upload is fast).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while manifest_lines(&manifests) < 1 + chunks / 10 {
+    while manifest_lines(&manifests, "upload") < 1 + chunks / 10 {
         assert!(put.try_wait().unwrap().is_none(), "the put finished before it could be killed; make the file larger");
         assert!(Instant::now() < deadline, "the put stored nothing in 120 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     put.kill().unwrap();
     put.wait().unwrap();
-    let stored_before = manifest_lines(&manifests) - 1;
+    let stored_before = manifest_lines(&manifests, "upload") - 1;
     assert!(stored_before < chunks, "killed too late: {stored_before} chunks stored");
     // Nothing half-uploaded is visible.
     let listing = dfs_ok(&meta, &["ls", "/"]);
@@ -69,7 +71,7 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
         .unwrap_or_else(|| panic!("the rerun did not say it resumed: {stderr}"));
     assert!(resumed >= stored_before && resumed < chunks, "resumed {resumed} of {chunks}, {stored_before} were stored");
     assert!(stderr.contains(&format!("of {chunks} chunks already stored")), "{stderr}");
-    assert_eq!(manifest_lines(&manifests), 0, "the manifest outlived the upload");
+    assert_eq!(manifest_lines(&manifests, "upload"), 0, "the manifest outlived the upload");
 
     let back = path(dir, "back.bin");
     dfs_ok(&meta, &["get", "/big.bin", back.to_str().unwrap()]);
@@ -84,7 +86,7 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    while manifest_lines(&manifests) < 3 {
+    while manifest_lines(&manifests, "upload") < 3 {
         assert!(interrupted.try_wait().unwrap().is_none(), "the put finished before it could be killed");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -101,17 +103,6 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
     assert!(fresh.status.success() && !stderr.contains("resuming"), "{stderr}");
     dfs_ok(&meta, &["get", "/again.bin", path(dir, "again.bin").to_str().unwrap()]);
     assert_same_file(&original, &path(dir, "again.bin"));
-}
-
-/// Lines of the `put -r` resume manifests under `dir`: one header, one line per file.
-fn tree_manifest_lines(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "tree"))
-        .filter_map(|e| std::fs::File::open(e.path()).ok())
-        .map(|f| BufReader::new(f).lines().count())
-        .sum()
 }
 
 #[test]
@@ -134,14 +125,14 @@ fn a_put_r_killed_half_way_resumes_with_only_the_missing_files() {
     let args = ["put", "-r", "--parallel", "4", src.to_str().unwrap(), "/tree"];
     let mut put = Command::new(DFS).args(args).env("DFS_META", &meta).env("DFS_STATE_DIR", &state).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while tree_manifest_lines(&manifests) < 1 + 50 {
+    while manifest_lines(&manifests, "tree") < 1 + 50 {
         assert!(put.try_wait().unwrap().is_none(), "put -r finished before it could be killed; use more files");
         assert!(Instant::now() < deadline, "put -r committed nothing in 120 s");
         std::thread::sleep(Duration::from_millis(5));
     }
     put.kill().unwrap();
     put.wait().unwrap();
-    let noted = tree_manifest_lines(&manifests) - 1;
+    let noted = manifest_lines(&manifests, "tree") - 1;
     assert!(noted < files, "killed too late: {noted} files committed");
 
     // One file the killed run committed is changed locally: the rerun replaces it.
@@ -167,7 +158,7 @@ fn a_put_r_killed_half_way_resumes_with_only_the_missing_files() {
     let already: usize = stdout.split("\"files_already_uploaded\":").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()).expect("files_already_uploaded");
     assert!(already >= skipped && already < files, "{already} reported already uploaded; {skipped} skipped");
     assert!(stdout.contains(&format!("\"files_copied\":{files}")), "{stdout}");
-    assert_eq!(tree_manifest_lines(&manifests), 0, "the manifest outlived the upload");
+    assert_eq!(manifest_lines(&manifests, "tree"), 0, "the manifest outlived the upload");
 
     let back = dir.join("back");
     dfs_ok(&meta, &["get", "-r", "/tree", back.to_str().unwrap()]);
@@ -232,7 +223,7 @@ fn a_storage_node_killed_during_a_put_leaves_the_upload_completed_or_resumable()
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while manifest_lines(&state.join("uploads")) < 1 + chunks / 8 {
+    while manifest_lines(&state.join("uploads"), "upload") < 1 + chunks / 8 {
         assert!(Instant::now() < deadline, "the put stored nothing in 120 s");
         std::thread::sleep(Duration::from_millis(10));
     }
