@@ -130,6 +130,10 @@ pub struct MetaFlag {
     /// fails the command within about this time, naming the addresses tried.
     #[arg(long, env = "DFS_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// Send chunks of at most 256 KiB to and from storage nodes many to a call (true), or
+    /// each as its own stream (false: for comparison and diagnosis).
+    #[arg(long, env = "DFS_CHUNK_BATCHES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub chunk_batches: bool,
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -155,6 +159,7 @@ impl MetaFlag {
 
     pub fn client(&self, mut config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {
         config.metadata = self.policy();
+        config.small_chunk_batches = self.chunk_batches;
         Ok(DfsClient::new(RealEnv::default(), self.addrs()?, config))
     }
 

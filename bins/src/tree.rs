@@ -31,6 +31,31 @@ fn chunks_per_file(files: u64) -> usize {
     (4 / files.max(1)).max(1) as usize
 }
 
+/// Files in flight at once in a tree transfer, however small: many small files share
+/// metadata and chunk batches, which is what makes them fast.
+const FILES_IN_FLIGHT_MAX: usize = 256;
+
+/// Bounds the chunk bytes a tree transfer holds in memory: `--parallel` chunks' worth, each
+/// file in flight counting for its first chunk (the whole file when smaller). Small files go
+/// by the hundred, large ones `--parallel` at a time.
+struct Budget {
+    permits: tokio::sync::Semaphore,
+    total_kib: u32,
+    chunk_size: u64,
+}
+
+impl Budget {
+    fn new(parallel: u64, chunk_size: u64) -> Self {
+        let total_kib = u32::try_from(parallel.saturating_mul(chunk_size) / 1024).unwrap_or(u32::MAX).max(1);
+        Budget { permits: tokio::sync::Semaphore::new(total_kib as usize), total_kib, chunk_size }
+    }
+
+    async fn take(&self, size: u64) -> tokio::sync::SemaphorePermit<'_> {
+        let kib = u32::try_from(size.min(self.chunk_size).div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.total_kib);
+        self.permits.acquire_many(kib).await.expect("the budget is never closed")
+    }
+}
+
 struct Job {
     local: PathBuf,
     remote: String,
@@ -163,9 +188,11 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts)
     let count = decisions.len();
     let bar = Bar::tree(&format!("put -r 0/{count} files"), total, ctx.progress());
     let done = AtomicU64::new(0);
-    let (client, bar_ref, done_ref, resume_ref) = (&client, &bar, &done, &resume);
+    let budget = Budget::new(opts.parallel, chunk_size);
+    let (client, bar_ref, done_ref, resume_ref, budget) = (&client, &bar, &done, &resume, &budget);
     let results: Vec<TreeFileJson> = stream::iter(decisions)
         .map(|(job, decision)| async move {
+            let _held = budget.take(job.size).await;
             let already = match decision {
                 Decision::Skip => true,
                 Decision::Verify { size, sha256 } => size == job.size && same_bytes(&job.local, sha256).await,
@@ -189,7 +216,7 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts)
             }
             TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error, already_uploaded: already }
         })
-        .buffer_unordered(opts.parallel as usize)
+        .buffer_unordered(FILES_IN_FLIGHT_MAX)
         .collect()
         .await;
     drop(bar);
@@ -364,10 +391,13 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
     let count = jobs.len();
     let bar = Bar::tree(&format!("get -r 0/{count} files"), total, ctx.progress());
     let done = AtomicU64::new(0);
-    let (client, bar_ref, done_ref) = (&client, &bar, &done);
+    let budget = Budget::new(opts.parallel, dfs_core::chunking::DEFAULT_CHUNK_SIZE);
+    let (client, bar_ref, done_ref, budget) = (&client, &bar, &done, &budget);
     let results: Vec<TreeFileJson> = stream::iter(jobs)
         .map(|job| async move {
-            let result = client.get(&job.remote, &job.local, &bar_ref.file()).await;
+            let _held = budget.take(job.size).await;
+            // Durable all together at the end (one flush), not file by file.
+            let result = client.get_unsynced(&job.remote, &job.local, &bar_ref.file()).await;
             let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
             bar_ref.set_message(format!("get -r {n}/{count} files"));
             let error = result.err().map(|e| format!("{:#}", explain(e)));
@@ -376,10 +406,16 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
             }
             TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error, already_uploaded: false }
         })
-        .buffer_unordered(opts.parallel as usize)
+        .buffer_unordered(FILES_IN_FLIGHT_MAX)
         .collect()
         .await;
     drop(bar);
+    // Nothing is reported done before it is durable: one flush of the destination's
+    // filesystem covers every file and directory entry written above.
+    client
+        .sync_local(local)
+        .await
+        .with_context(|| format!("get -r: the files were written to {} but could not be made durable", local.display()))?;
     report(ctx, "get -r", prefix, local.display().to_string(), results, failed, directories)
 }
 

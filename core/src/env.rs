@@ -48,6 +48,16 @@ pub trait Transport: Clone + Send + Sync + 'static {
         upload: ChunkUpload,
     ) -> impl Future<Output = Result<crate::proto::WriteChunkResponse, RpcError>> + Send;
 
+    /// Streams frames to `to` as `frames` yields them (header first): how a primary relays a
+    /// chunk to its replicas while it is still arriving. Dropping the future abandons the call,
+    /// and the receiver sees its caller go away.
+    fn write_chunk_frames(
+        &self,
+        to: &str,
+        service: ChunkService,
+        frames: futures::stream::BoxStream<'static, crate::proto::WriteChunkFrame>,
+    ) -> impl Future<Output = Result<crate::proto::WriteChunkResponse, RpcError>> + Send;
+
     /// Receives a chunk from `to` in frames.
     fn read_chunk(&self, to: &str, request: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send;
 }
@@ -81,6 +91,10 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Makes creations, renames and removals of entries in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes everything written so far to the filesystem holding `dir` durable: every file's
+    /// contents and every directory entry (`syncfs`). One disk flush for many files: the group
+    /// commit of small chunks written in a batch.
+    fn sync_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Atomically replaces `to` with `from`.
     fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send;
     fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
@@ -111,6 +125,7 @@ pub trait Disk: Clone + Send + Sync + 'static {
                     DiskStep::SyncFile(path) => self.sync_file(&path).await?,
                     DiskStep::Rename { from, to } => self.rename(&from, &to).await?,
                     DiskStep::SyncDir(dir) => self.sync_dir(&dir).await?,
+                    DiskStep::SyncAll(dir) => self.sync_all(&dir).await?,
                 }
             }
             Ok(())
@@ -128,6 +143,7 @@ pub enum DiskStep {
     SyncFile(PathBuf),
     Rename { from: PathBuf, to: PathBuf },
     SyncDir(PathBuf),
+    SyncAll(PathBuf),
 }
 
 /// Tells whether a file changed between two looks at it.

@@ -32,6 +32,15 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 /// well under transport limits and let the receiver start hashing before the last byte.
 pub const CHUNK_FRAME_BYTES: usize = 256 * 1024;
 
+/// Chunks of at most this many bytes may travel whole in a `ChunkBatchService` call, many to
+/// a call: one frame's worth. Larger chunks always stream.
+pub const SMALL_CHUNK_BYTES_MAX: usize = CHUNK_FRAME_BYTES;
+
+/// Chunks in one `ChunkBatchService` call, and their bytes together: bound what a storage node
+/// holds in memory for one call, and how long one call keeps a stream slot.
+pub const CHUNK_BATCH_MAX: usize = 64;
+pub const CHUNK_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// Largest unary message a node sends or accepts (both transports enforce it). Metadata
 /// replies for very large files (a chunk list of 1 TB in 4 MiB chunks is ~30 MB) and batches
 /// of Raft entries outgrow gRPC's 4 MiB default; snapshots travel in 1 MiB pieces regardless.

@@ -70,6 +70,8 @@ use crate::scrub::{Scrubber, Step};
 use crate::storage_reports::{InventoryProgress, Peers, RepairOrder, Repairs, ReportBatch, Reports};
 use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 
+mod batch;
+
 const NODE_ID_FILE: &str = "node_id";
 /// The cluster this node joined, written when it first registers.
 const CLUSTER_ID_FILE: &str = "cluster_id";
@@ -82,6 +84,9 @@ const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
 const ORPHANED_TMP_MAX: usize = 1024;
 /// Shortest time between two heartbeats, however often forwards to unknown peers ask for one.
 const HEARTBEAT_GAP_MIN: Duration = Duration::from_millis(200);
+/// Frames queued for one replica while the primary receives: bounds the primary's memory per
+/// stream and holds the sender back to the slowest replica's pace.
+const RELAY_FRAMES_MAX: usize = 4;
 /// Longest a forward to a peer this node does not know waits for a fresh peer list.
 const PEER_REFRESH_WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -838,23 +843,41 @@ impl<E: Env> StorageNode<E> {
         }
     }
 
-    /// Receives a chunk's frames, each within `frame_timeout` of the one before, and refuses
-    /// it as soon as its header shows the disk cannot take it.
-    async fn receive(&self, frames: &mut FrameStream<proto::WriteChunkFrame>) -> Result<ChunkUpload, RpcError> {
-        let mut assembler = FrameAssembler::<proto::WriteChunkHeader>::new();
+    /// The next frame of an incoming chunk, within `frame_timeout` of the one before; `None`
+    /// after the last.
+    async fn next_frame(&self, frames: &mut FrameStream<proto::WriteChunkFrame>) -> Result<Option<proto::WriteChunkFrame>, RpcError> {
         let limit = self.config.frame_timeout;
-        loop {
-            let next = with_timeout(self.env.clock(), limit, frames.next())
-                .await
-                .map_err(|_| RpcError::Unavailable(format!("node {}: no frame from the sender for {limit:?}; write dropped", self.id)))?;
-            let Some(frame) = next else { break };
-            let frame = frame?;
-            let announced = frame.header.as_ref().map(|h| h.size);
+        with_timeout(self.env.clock(), limit, frames.next())
+            .await
+            .map_err(|_| RpcError::Unavailable(format!("node {}: no frame from the sender for {limit:?}; write dropped", self.id)))?
+            .transpose()
+    }
+
+    /// Receives the rest of a chunk after its `first` frame, passing each frame on to `relays`
+    /// (the replicas' streams) as it arrives. A relay whose call has ended is skipped.
+    async fn receive_relaying(
+        &self,
+        first: proto::WriteChunkFrame,
+        frames: &mut FrameStream<proto::WriteChunkFrame>,
+        mut relays: Vec<futures::channel::mpsc::Sender<proto::WriteChunkFrame>>,
+    ) -> Result<ChunkUpload, RpcError> {
+        use futures::SinkExt;
+        let mut assembler = FrameAssembler::<proto::WriteChunkHeader>::new();
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            // Replicas get the header without targets: the fan-out is this node's alone.
+            let relayed = proto::WriteChunkFrame {
+                header: frame.header.clone().map(|h| proto::WriteChunkHeader { forward_to: vec![], ..h }),
+                data: frame.data.clone(),
+            };
             assembler.push(frame.header, frame.data)?;
-            if let Some(size) = announced {
-                self.check_room(size).await?;
+            for relay in relays.iter_mut() {
+                let _ = relay.send(relayed.clone()).await;
             }
+            next = self.next_frame(frames).await?;
         }
+        // Ends the replicas' streams: each checks the whole chunk against its header itself.
+        drop(relays);
         let (header, data) = assembler.finish()?;
         Ok(ChunkUpload { header, data })
     }
@@ -883,35 +906,20 @@ impl<E: Env> StorageNode<E> {
         Ok((allowed.into_iter().map(to_proto).collect(), failures))
     }
 
-    /// Sends the chunk to each peer in parallel; returns who stored it and who did not.
-    async fn forward(&self, upload: &ChunkUpload, peers: Vec<proto::StorageNode>) -> (Vec<u64>, Vec<proto::ReplicaFailure>) {
-        // A peer that keeps up at one frame per `frame_timeout` finishes; a stalled one is
-        // given up on well before `replication_timeout` for a small chunk.
-        let frames = upload.data.len().div_ceil(CHUNK_FRAME_BYTES).max(1) as u32;
-        let limit = self.config.frame_timeout.saturating_mul(frames).min(self.config.replication_timeout);
-        let sends = peers.into_iter().filter(|p| p.id != self.id.0).map(|peer| {
-            let copy = ChunkUpload {
-                header: proto::WriteChunkHeader { forward_to: vec![], ..upload.header.clone() },
-                data: upload.data.clone(),
-            };
-            async move {
-                let send = self.env.transport().write_chunk(&peer.addr, ChunkService::Replication, copy);
-                match call_with_timeout(self.env.clock(), limit, &peer.addr, send).await {
-                    Ok(reply) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
-                    Ok(_) => Err(proto::ReplicaFailure { node: Some(peer), error: "peer did not confirm the write".into() }),
-                    Err(e) => Err(proto::ReplicaFailure { node: Some(peer), error: e.to_string() }),
-                }
-            }
-        });
-        let mut stored = Vec::new();
-        let mut failures = Vec::new();
-        for result in join_all(sends).await {
-            match result {
-                Ok(id) => stored.push(id),
-                Err(f) => failures.push(f),
-            }
+    /// Streams the frames `relay` yields to `peer` as a replica; the peer's id if it stored the
+    /// chunk, or why not.
+    async fn forward_frames(
+        &self,
+        peer: proto::StorageNode,
+        relay: futures::channel::mpsc::Receiver<proto::WriteChunkFrame>,
+        limit: Duration,
+    ) -> Result<u64, proto::ReplicaFailure> {
+        let send = self.env.transport().write_chunk_frames(&peer.addr, ChunkService::Replication, relay.boxed());
+        match call_with_timeout(self.env.clock(), limit, &peer.addr, send).await {
+            Ok(reply) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
+            Ok(_) => Err(proto::ReplicaFailure { node: Some(peer), error: "peer did not confirm the write".into() }),
+            Err(e) => Err(proto::ReplicaFailure { node: Some(peer), error: e.to_string() }),
         }
-        (stored, failures)
     }
 }
 
@@ -971,16 +979,53 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
             ChunkService::Replication => &self.replication_slots,
         };
         let _slot = slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
-        let upload = self.receive(&mut frames).await?;
-        let (id, meta) = verify_upload(&upload)?;
+        let first = self.next_frame(&mut frames).await?.ok_or_else(|| RpcError::InvalidArgument("a chunk stream with no frame".into()))?;
+        let header = first.header.clone().ok_or_else(|| RpcError::InvalidArgument("the first frame of a chunk carries no header".into()))?;
+        self.check_room(header.size).await?;
         let (peers, refused) = match service {
-            ChunkService::Storage => self.forward_targets(&upload.header.forward_to).await?,
+            ChunkService::Storage => self.forward_targets(&header.forward_to).await?,
             // A replica never forwards: the fan-out is the primary's alone.
             ChunkService::Replication => (vec![], vec![]),
         };
-        // The local write and the fan-out at once: a chunk costs one fsync round, not two.
-        let (stored, (replicated, mut failures)) = futures::join!(self.store_local(id, meta, &upload.data), self.forward(&upload, peers));
-        failures.extend(refused);
+        // Pipelined fan-out: each frame goes on to every replica as it arrives, so replicas
+        // receive (and hash) while this node still does. A peer that keeps up at one frame per
+        // `frame_timeout` finishes; a stalled one is given up on well before
+        // `replication_timeout` for a small chunk.
+        let frame_count = header.size.div_ceil(CHUNK_FRAME_BYTES as u64).max(1);
+        let limit = self.config.frame_timeout.saturating_mul(u32::try_from(frame_count).unwrap_or(u32::MAX)).min(self.config.replication_timeout);
+        let mut relays = Vec::new();
+        let mut sends = Vec::new();
+        for peer in peers.into_iter().filter(|p| p.id != self.id.0) {
+            let (tx, rx) = futures::channel::mpsc::channel(RELAY_FRAMES_MAX);
+            relays.push(tx);
+            sends.push(self.forward_frames(peer, rx, limit));
+        }
+        let receiving = self.receive_relaying(first, &mut frames, relays);
+        let sending = join_all(sends);
+        futures::pin_mut!(receiving, sending);
+        // A chunk that fails on its way in (or its check) returns at once: dropping the
+        // replicas' calls cancels them, and they store nothing.
+        let (upload, replicas) = match futures::future::select(receiving, sending).await {
+            futures::future::Either::Left((received, sending)) => (received?, futures::future::Either::Left(sending)),
+            futures::future::Either::Right((done, receiving)) => (receiving.await?, futures::future::Either::Right(done)),
+        };
+        let (id, meta) = verify_upload(&upload)?;
+        let replicas = async {
+            match replicas {
+                futures::future::Either::Left(sending) => sending.await,
+                futures::future::Either::Right(done) => done,
+            }
+        };
+        // The local write overlaps the replicas' last frames and their writes.
+        let (stored, results) = futures::join!(self.store_local(id, meta, &upload.data), replicas);
+        let mut replicated = Vec::new();
+        let mut failures = refused;
+        for result in results {
+            match result {
+                Ok(id) => replicated.push(id),
+                Err(f) => failures.push(f),
+            }
+        }
         let mut stored_on = Vec::new();
         match stored {
             Ok(()) => {

@@ -135,6 +135,11 @@ impl Disk for RealDisk {
         blocking(move || File::open(dir)?.sync_all())
     }
 
+    fn sync_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        let dir = owned(dir);
+        blocking(move || sync_fs(&dir))
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send {
         let (from, to) = (owned(from), owned(to));
         blocking(move || fs::rename(from, to))
@@ -176,7 +181,9 @@ impl Disk for RealDisk {
             let mut open: Option<(PathBuf, File)> = None;
             for step in steps {
                 match step {
-                    DiskStep::CreateDir(dir) => create_dirs(&dir)?,
+                    // The steps sync what must be durable themselves (a chunk write syncs
+                    // the parents it needs; a batch flushes the filesystem): no fsync here.
+                    DiskStep::CreateDir(dir) => fs::create_dir_all(&dir)?,
                     DiskStep::WriteFile { path, data } => {
                         let mut file = File::create(&path)?;
                         file.write_all(&data)?;
@@ -198,6 +205,7 @@ impl Disk for RealDisk {
                         fs::rename(from, to)?
                     }
                     DiskStep::SyncDir(dir) => File::open(dir)?.sync_all()?,
+                    DiskStep::SyncAll(dir) => sync_fs(&dir)?,
                 }
             }
             Ok(())
@@ -232,6 +240,19 @@ fn statvfs(dir: &Path) -> io::Result<(u64, u64)> {
     }
     let block = stat.f_frsize as u64;
     Ok((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
+}
+
+/// `syncfs(2)` on the filesystem holding `dir`: flushes every dirty page and inode of it and
+/// commits its journal, once. Since Linux 5.8 it reports writeback errors of the filesystem.
+fn sync_fs(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(dir)?;
+    // SAFETY: the descriptor is valid for the call (owned by `file`).
+    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

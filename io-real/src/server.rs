@@ -3,13 +3,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dfs_core::proto::{MetadataServiceHandler, RaftServiceHandler};
+use dfs_core::proto::{ChunkBatchServiceHandler, MetadataServiceHandler, RaftServiceHandler};
 use dfs_core::rpc::ChunkHandler;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
+use crate::generated::chunk_batch_service_server::ChunkBatchServiceServer;
 use crate::generated::metadata_service_server::MetadataServiceServer;
 use crate::generated::raft_service_server::RaftServiceServer;
 use crate::generated::replication_service_server::ReplicationServiceServer;
@@ -50,10 +51,18 @@ where
         .await
 }
 
-/// Serves `StorageService` and `ReplicationService` on `listener` until `shutdown` completes.
-pub async fn serve_storage<H: ChunkHandler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+/// Serves `StorageService`, `ReplicationService` and `ChunkBatchService` on `listener` until
+/// `shutdown` completes.
+pub async fn serve_storage<H>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
+where
+    H: ChunkHandler + ChunkBatchServiceHandler,
+{
+    let batches = ChunkBatchServiceServer::new(Adapter(handler.clone()))
+        .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
     Server::builder()
         .tcp_nodelay(true)
+        .add_service(batches)
         .add_service(StorageServiceServer::new(Adapter(handler.clone())))
         .add_service(ReplicationServiceServer::new(Adapter(handler)))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)

@@ -78,6 +78,15 @@ impl Transport for GrpcTransport {
     }
 
     fn write_chunk(&self, to: &str, service: ChunkService, upload: ChunkUpload) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
+        self.write_chunk_frames(to, service, futures::stream::iter(rpc::write_frames(upload)).boxed())
+    }
+
+    fn write_chunk_frames(
+        &self,
+        to: &str,
+        service: ChunkService,
+        frames: futures::stream::BoxStream<'static, WriteChunkFrame>,
+    ) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
         let to = to.to_string();
         async move {
             let mut client = self.ready(&to).await?;
@@ -85,7 +94,6 @@ impl Transport for GrpcTransport {
                 ChunkService::Storage => WRITE_CHUNK_PATH,
                 ChunkService::Replication => REPLICATE_CHUNK_PATH,
             };
-            let frames = futures::stream::iter(rpc::write_frames(upload));
             let codec = ProstCodec::<WriteChunkFrame, WriteChunkResponse>::default();
             client
                 .client_streaming(tonic::Request::new(frames), PathAndQuery::from_static(path), codec)

@@ -404,6 +404,18 @@ impl Disk for SimDisk {
         })
     }
 
+    fn sync_all(&self, _dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        // One simulated disk is one filesystem: everything on it becomes durable.
+        self.with(|s| {
+            s.durable_names = s.volatile_names.clone();
+            s.durable_dirs = s.dirs.clone();
+            for data in s.inodes.values_mut() {
+                data.durable.clone_from(&data.volatile);
+            }
+            Ok(())
+        })
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
             s.parent_exists(to)?;

@@ -92,12 +92,21 @@ impl Transport for SimTransport {
     }
 
     fn write_chunk(&self, to: &str, service: ChunkService, upload: ChunkUpload) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
+        self.write_chunk_frames(to, service, futures::stream::iter(rpc::write_frames(upload)).boxed())
+    }
+
+    fn write_chunk_frames(
+        &self,
+        to: &str,
+        service: ChunkService,
+        mut frames: futures::stream::BoxStream<'static, WriteChunkFrame>,
+    ) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
         let to = to.to_string();
         async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let io = |e| transport_error(&to, e);
             send(&tx, Wire::WriteChunk { service }).await.map_err(io)?;
-            for frame in rpc::write_frames(upload) {
+            while let Some(frame) = frames.next().await {
                 send(&tx, Wire::Frame(frame.encode_to_vec().into())).await.map_err(io)?;
             }
             send(&tx, Wire::End).await.map_err(io)?;
@@ -165,6 +174,17 @@ impl<E: dfs_core::env::Env> SimService for dfs_core::meta::MetaServer<E> {
 }
 
 impl<E: dfs_core::env::Env> SimService for dfs_core::storage_node::StorageNode<E> {
+    fn unary(&self, path: String, body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
+        Box::pin(async move {
+            let unknown = || RpcError::InvalidArgument(format!("unknown method {path}"));
+            let (service, method) = rpc::split_path(&path).ok_or_else(unknown)?;
+            let reply = match service {
+                "dfs.v1.ChunkBatchService" => proto::chunk_batch_service_dispatch(self, method, body).await,
+                _ => None,
+            };
+            reply.ok_or_else(unknown)?
+        })
+    }
     fn write_chunk(&self, service: ChunkService, frames: FrameStream<WriteChunkFrame>) -> BoxFuture<'_, Result<WriteChunkResponse, RpcError>> {
         Box::pin(rpc::ChunkHandler::write_chunk(self, service, frames))
     }

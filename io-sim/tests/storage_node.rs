@@ -15,7 +15,7 @@ use bytes::Bytes;
 use dfs_core::chunk_store::{self, ChunkLayout, ChunkMeta};
 use dfs_core::env::{Clock, Disk, Env, Timestamp, Transport};
 use dfs_core::ids::{ChunkId, FileId, Sha256Digest};
-use dfs_core::proto::{self, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader};
+use dfs_core::proto::{self, ChunkBatchServiceHandler, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader};
 use dfs_core::rpc::{self, ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError, CHUNK_FRAME_BYTES};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
 use dfs_io_sim::SimDisk;
@@ -55,6 +55,15 @@ impl Transport for NoNetwork {
         async move { Err(RpcError::Transport(format!("{to}: no network in this test"))) }
     }
     fn write_chunk(&self, to: &str, _s: ChunkService, _u: ChunkUpload) -> impl Future<Output = Result<proto::WriteChunkResponse, RpcError>> + Send {
+        let to = to.to_string();
+        async move { Err(RpcError::Transport(format!("{to}: no network in this test"))) }
+    }
+    fn write_chunk_frames(
+        &self,
+        to: &str,
+        _service: ChunkService,
+        _frames: futures::stream::BoxStream<'static, WriteChunkFrame>,
+    ) -> impl Future<Output = Result<proto::WriteChunkResponse, RpcError>> + Send {
         let to = to.to_string();
         async move { Err(RpcError::Transport(format!("{to}: no network in this test"))) }
     }
@@ -112,6 +121,9 @@ impl Disk for TestDisk {
     }
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.inner.sync_dir(dir)
+    }
+    fn sync_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.sync_all(dir)
     }
     fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.inner.rename(from, to)
@@ -461,4 +473,137 @@ fn a_primary_forwards_only_to_registered_peers() {
     assert_eq!(reply.stored_on, vec![node.id().0], "the primary stores its own copy");
     assert_eq!(reply.failures.len(), 1);
     assert!(reply.failures[0].error.contains("not a registered storage node"), "{:?}", reply.failures);
+}
+
+// ---- Small chunks in batches (`ChunkBatchService`) -------------------------------------------
+
+fn batch_item(id: ChunkId, data: &Bytes) -> proto::ChunkWrite {
+    let u = upload(id, data);
+    proto::ChunkWrite { header: Some(u.header), data: u.data }
+}
+
+fn write_batch(node: &StorageNode<TestEnv>, items: Vec<proto::ChunkWrite>) -> Vec<Result<proto::WriteChunkResponse, RpcError>> {
+    use proto::chunk_write_result::Result as R;
+    let reply = block_on(ChunkBatchServiceHandler::write_chunks(node, proto::WriteChunksRequest { chunks: items })).expect("the batch is taken");
+    reply
+        .results
+        .into_iter()
+        .map(|r| match r.result.expect("every chunk answered") {
+            R::Ok(ok) => Ok(ok),
+            R::Error(e) => Err(RpcError::from_detail(e)),
+        })
+        .collect()
+}
+
+fn read_batch(node: &StorageNode<TestEnv>, ids: &[ChunkId]) -> Vec<Result<Bytes, RpcError>> {
+    use proto::chunk_read_result::Result as R;
+    let request = proto::ReadChunksRequest { chunks: ids.iter().map(|id| read_request(*id)).collect() };
+    let reply = block_on(ChunkBatchServiceHandler::read_chunks(node, request)).expect("the batch is taken");
+    reply
+        .results
+        .into_iter()
+        .map(|r| match r.result.expect("every chunk answered") {
+            R::Ok(read) => {
+                let header = read.header.expect("a header");
+                assert_eq!(header.size, read.data.len() as u64);
+                assert_eq!(header.sha256, Bytes::copy_from_slice(&Sha256Digest::of(&read.data).0));
+                Ok(read.data)
+            }
+            R::Error(e) => Err(RpcError::from_detail(e)),
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_answers_each_chunk_alone_and_what_it_acknowledged_survives_power_loss() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let chunks: Vec<(ChunkId, Bytes)> = [0usize, 1, 4096, CHUNK_FRAME_BYTES].iter().enumerate().map(|(i, &len)| chunk(i as u32, len)).collect();
+    let mut items: Vec<proto::ChunkWrite> = chunks.iter().map(|(id, data)| batch_item(*id, data)).collect();
+    // A chunk damaged on the way, and one with no header: each fails alone.
+    let (bad_id, bad_data) = chunk(7, 100);
+    let mut damaged = batch_item(bad_id, &bad_data);
+    damaged.data = Bytes::from(vec![0u8; 100]);
+    items.insert(1, damaged);
+    items.push(proto::ChunkWrite { header: None, data: Bytes::new() });
+    let results = write_batch(&node, items);
+    assert_eq!(results.len(), chunks.len() + 2);
+    assert!(matches!(results[1], Err(RpcError::ChecksumMismatch(_))), "{:?}", results[1]);
+    assert!(matches!(results.last(), Some(Err(RpcError::InvalidArgument(_)))));
+    for r in results.iter().enumerate().filter(|(i, _)| *i != 1 && *i != chunks.len() + 1).map(|(_, r)| r) {
+        assert_eq!(r.as_ref().unwrap().stored_on, vec![node.id().0]);
+    }
+    // Written again: already stored, acknowledged without a second copy.
+    let again = write_batch(&node, vec![batch_item(chunks[2].0, &chunks[2].1)]);
+    assert_eq!(again[0].as_ref().unwrap().stored_on, vec![node.id().0]);
+    assert!(tmp_files(&env).is_empty());
+    drop(node);
+    env.disk.inner.crash();
+    let node = open(&env, config());
+    assert_eq!(node.chunk_count(), chunks.len() as u64);
+    let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    for ((id, data), got) in chunks.iter().zip(read_batch(&node, &ids)) {
+        assert_eq!(&got.unwrap(), data);
+        assert_eq!(&read(&node, *id), data, "and by the stream");
+    }
+    assert!(matches!(read_batch(&node, &[bad_id])[0], Err(RpcError::NotFound(_))));
+}
+
+#[test]
+fn a_batch_cut_by_power_loss_at_any_step_leaves_only_whole_chunks() {
+    let chunks: Vec<(ChunkId, Bytes)> = (0..4u32).map(|i| chunk(i, 1000 + i as usize * 3000)).collect();
+    let layout = ChunkLayout::new(ROOT);
+    let items: Vec<chunk_store::BatchItem> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, (id, data))| chunk_store::BatchItem { id: *id, nonce: i as u64 + 100, meta: ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(data) }, data: data.clone() })
+        .collect();
+    let steps = chunk_store::batch_write_steps(&layout, &chunk_store::ChunkTable::default(), &items);
+    for cut in 0..=steps.len() {
+        let env = TestEnv::new(1 << 30);
+        drop(open(&env, config()));
+        block_on(env.disk.run_steps(steps[..cut].to_vec())).unwrap();
+        env.disk.inner.crash();
+        let node = open(&env, config());
+        let mut found = 0;
+        for (id, data) in &chunks {
+            if let Ok((frames, None)) = read_frames(&node, *id) {
+                assert_eq!(&rpc::assemble_download(frames).unwrap().data, data, "cut after {cut} steps");
+                found += 1;
+            }
+        }
+        assert_eq!(node.chunk_count(), found, "cut after {cut} steps: only whole chunks are listed");
+        if cut == steps.len() {
+            assert_eq!(found, chunks.len() as u64, "all steps done: every chunk is durable");
+        }
+    }
+}
+
+#[test]
+fn a_batch_read_verifies_each_chunk_and_quarantines_a_damaged_one() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let chunks: Vec<(ChunkId, Bytes)> = (0..3u32).map(|i| chunk(i, 5000)).collect();
+    assert!(write_batch(&node, chunks.iter().map(|(id, data)| batch_item(*id, data)).collect()).iter().all(Result::is_ok));
+    assert!(env.disk.inner.flip_bit(&ChunkLayout::new(ROOT).chunk_path(chunks[1].0), 4000, 2));
+    let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    let got = read_batch(&node, &ids);
+    assert_eq!(got[0].as_ref().unwrap(), &chunks[0].1);
+    assert!(matches!(got[1], Err(RpcError::ChecksumMismatch(_))), "{:?}", got[1]);
+    assert_eq!(got[2].as_ref().unwrap(), &chunks[2].1);
+    assert_eq!(node.bad_replicas_unreported().len(), 1);
+    assert_eq!(node.chunk_count(), 2, "the damaged replica is out of the table");
+}
+
+#[test]
+fn batches_beyond_the_limits_are_refused_whole() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let many: Vec<proto::ChunkWrite> = (0..=rpc::CHUNK_BATCH_MAX as u32).map(|i| { let (id, data) = chunk(i, 10); batch_item(id, &data) }).collect();
+    let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: many }));
+    assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
+    let (id, big) = chunk(0, rpc::SMALL_CHUNK_BYTES_MAX + 1);
+    let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: vec![batch_item(id, &big)] }));
+    assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
+    assert_eq!((node.chunk_count(), node.writes_in_progress()), (0, 0));
 }

@@ -19,9 +19,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
-use dfs_core::client::{ClientConfig, DfsClient, NoProgress};
-use dfs_io_real::RealEnv;
-use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::bench::{free_loopback_addrs, rss_hwm_bytes};
@@ -41,13 +38,10 @@ pub struct TransferBenchArgs {
     /// Size of each small file.
     #[arg(long, default_value = "4KiB")]
     small_size: ByteSize,
-    /// Small files in flight at once from the one client.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    small_concurrency: u64,
-    /// Metadata calls of concurrent small files batched up to this many per call (1: each
-    /// file's calls go alone).
-    #[arg(long, default_value_t = dfs_core::meta::server::BATCH_FILES_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
-    meta_batch_files: u64,
+    /// Whether small chunks travel to and from storage nodes in batches (`false`: one stream
+    /// each, as before batching; for comparison). Passed to `dfs put -r` / `get -r`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    small_chunk_batches: bool,
     /// Where the cluster's data and the test files go (a temporary directory by default,
     /// removed at the end). Put it on the disk you want to measure.
     #[arg(long, value_name = "DIR")]
@@ -137,7 +131,7 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
             json["small_files"] = serde_json::json!({
                 "files": args.small_files,
                 "file_bytes": args.small_size.as_u64(),
-                "concurrency": args.small_concurrency,
+                "chunk_batches": args.small_chunk_batches,
                 "put_files_per_sec": s.put_rate,
                 "get_files_per_sec": s.get_rate,
                 "cp_sync_files_per_sec": s.cp_rate,
@@ -308,9 +302,6 @@ async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say:
         std::fs::create_dir_all(&sub)?;
         std::fs::write(sub.join(format!("f{i:06}")), pattern(args.small_size.as_u64() as usize, i))?;
     }
-    let files: Vec<(PathBuf, String)> =
-        (0..n).map(|i| (tree.join(format!("d{:03}/f{i:06}", i / 100)), format!("/bench/small/d{:03}/f{i:06}", i / 100))).collect();
-
     let copy = dir.join("small-cp");
     let started = Instant::now();
     let cp = std::process::Command::new("cp").arg("-r").arg(&tree).arg(&copy).status().context("cannot run cp")?;
@@ -320,48 +311,28 @@ async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say:
     }
     let cp_rate = n as f64 / started.elapsed().as_secs_f64();
 
-    let metadata_batch = dfs_core::client::BatchLimits { files_max: args.meta_batch_files as usize, ..Default::default() };
-    let config = ClientConfig {
-        chunk_size: dfs_core::chunking::MIN_CHUNK_SIZE.max(args.small_size.as_u64().next_power_of_two()),
-        metadata_batch,
-        ..ClientConfig::default()
-    };
-    let client = DfsClient::new(RealEnv::default(), meta.to_vec(), config);
-    let concurrency = args.small_concurrency as usize;
-    let started = Instant::now();
-    stream::iter(files.iter())
-        .map(|(local, remote)| {
-            let client = &client;
-            async move { client.put(local, remote, true, &NoProgress).await.with_context(|| format!("put {remote}")) }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await?;
-    let put_rate = n as f64 / started.elapsed().as_secs_f64();
+    // The real commands, as a user runs them (their default files in flight).
+    let exe = std::env::current_exe().context("cannot find the dfs executable")?;
+    let batches = args.small_chunk_batches.to_string();
+    let tree_arg = tree.to_string_lossy().into_owned();
+    let (put_secs, _) = run_dfs(&exe, meta, dir, &["put", "-r", "--quiet", "--chunk-batches", &batches, &tree_arg, "/bench/small"])?;
+    let put_rate = n as f64 / put_secs;
 
     let back = dir.join("small-back");
-    std::fs::create_dir_all(&back)?;
-    let started = Instant::now();
-    stream::iter(files.iter().enumerate())
-        .map(|(i, (_, remote))| {
-            let dest = back.join(format!("f{i:06}"));
-            let client = &client;
-            async move { client.get(remote, &dest, &NoProgress).await.with_context(|| format!("get {remote}")) }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await?;
-    let get_rate = n as f64 / started.elapsed().as_secs_f64();
-    for (i, (local, _)) in files.iter().enumerate() {
-        if !same_file(local, &back.join(format!("f{i:06}")))? {
-            bail!("small file {} came back different", local.display());
+    let back_arg = back.to_string_lossy().into_owned();
+    let (get_secs, _) = run_dfs(&exe, meta, dir, &["get", "-r", "--quiet", "--chunk-batches", &batches, "/bench/small", &back_arg])?;
+    let get_rate = n as f64 / get_secs;
+    for i in 0..n {
+        let rel = format!("d{:03}/f{i:06}", i / 100);
+        if !same_file(&tree.join(&rel), &back.join(&rel))? {
+            bail!("small file {rel} came back different");
         }
     }
     say(format!(
-        "{n} files of {} from one client, {} in flight, metadata batches of up to {}: put {put_rate:.0} files/s, get {get_rate:.0} files/s; cp -r + sync {cp_rate:.0} files/s",
+        "{n} files of {} in 100-file directories, `dfs put -r` / `get -r`, chunk batches {}: put {put_rate:.0} files/s ({:.2}x cp), get {get_rate:.0} files/s; cp -r + sync {cp_rate:.0} files/s",
         ByteSize(args.small_size.as_u64()),
-        concurrency,
-        args.meta_batch_files
+        if args.small_chunk_batches { "on" } else { "off" },
+        put_rate / cp_rate,
     ));
     Ok(Small { put_rate, get_rate, cp_rate })
 }

@@ -1,6 +1,7 @@
 //! Coalesces one client's concurrent metadata calls of a kind (`CreateFile`, `CommitFile`,
 //! `GetFile`) into batch calls (`CreateFiles`, `CommitFiles`, `GetFiles`), so that many small
-//! files in flight share round trips and Raft entries.
+//! files in flight share round trips and Raft entries. The same coalescer, with another `Sink`,
+//! batches small chunk writes and reads to one storage node (`chunk_batch`).
 //!
 //! What it promises: a call answers exactly what the single call would have answered, item
 //! by item. The server applies a batch as one log entry whose commands keep their own
@@ -56,18 +57,44 @@ impl Default for BatchLimits {
 
 /// A single call and its batch form.
 pub trait BatchKind: Send + Sync + 'static {
-    type Item: Rpc + Sync;
+    type Item: Clone + Send + Sync + 'static;
+    /// What one item's call answers.
+    type Reply: Send + 'static;
     type Batch: Rpc;
-    /// Chunk records `item` carries (counted against `BatchLimits::records_max`).
+    /// What `item` weighs against `BatchLimits::records_max`: chunk records for commits, bytes
+    /// for chunk writes.
     fn records(_item: &Self::Item) -> usize {
         0
     }
     fn batch(items: Vec<Self::Item>) -> Self::Batch;
     /// The items' results, in the batch's order.
-    fn results(reply: <Self::Batch as Rpc>::Response) -> Vec<Result<<Self::Item as Rpc>::Response, RpcError>>;
+    fn results(reply: <Self::Batch as Rpc>::Response) -> Vec<Result<Self::Reply, RpcError>>;
+    /// Whether an item the batch answered with `error` is sent again alone.
+    fn alone_after(error: &RpcError) -> bool {
+        error.is_retryable()
+    }
 }
 
-type Reply<K> = Result<<<K as BatchKind>::Item as Rpc>::Response, RpcError>;
+/// Where a coalescer's calls go: the batch call, and the single call of an item sent alone.
+pub trait Sink<K: BatchKind>: Clone + Send + Sync + 'static {
+    fn call_batch(&self, batch: K::Batch) -> impl std::future::Future<Output = Result<<K::Batch as Rpc>::Response, RpcError>> + Send;
+    fn call_one(&self, item: K::Item) -> impl std::future::Future<Output = Reply<K>> + Send;
+}
+
+/// The metadata leader, through the metadata client (its retries, its leader following).
+impl<E: Env, K: BatchKind> Sink<K> for MetaClient<E>
+where
+    K::Item: Rpc<Response = K::Reply>,
+{
+    fn call_batch(&self, batch: K::Batch) -> impl std::future::Future<Output = Result<<K::Batch as Rpc>::Response, RpcError>> + Send {
+        self.call(batch)
+    }
+    fn call_one(&self, item: K::Item) -> impl std::future::Future<Output = Reply<K>> + Send {
+        self.call(item)
+    }
+}
+
+type Reply<K> = Result<<K as BatchKind>::Reply, RpcError>;
 
 /// How the background task answers one item.
 enum Answer<K: BatchKind> {
@@ -78,21 +105,22 @@ enum Answer<K: BatchKind> {
 
 type Waiting<K> = (<K as BatchKind>::Item, oneshot::Sender<Answer<K>>);
 
-pub struct Coalescer<E: Env, K: BatchKind> {
-    meta: MetaClient<E>,
+pub struct Coalescer<E: Env, K: BatchKind, S: Sink<K> = MetaClient<E>> {
+    sink: S,
     limits: BatchLimits,
     /// The background task's queue, once started.
     queue: Mutex<Option<mpsc::Sender<Waiting<K>>>>,
+    _env: std::marker::PhantomData<fn() -> E>,
 }
 
-impl<E: Env, K: BatchKind> Coalescer<E, K> {
-    pub fn new(meta: MetaClient<E>, limits: BatchLimits) -> Self {
-        Coalescer { meta, limits, queue: Mutex::new(None) }
+impl<E: Env, K: BatchKind, S: Sink<K>> Coalescer<E, K, S> {
+    pub fn new(sink: S, limits: BatchLimits) -> Self {
+        Coalescer { sink, limits, queue: Mutex::new(None), _env: std::marker::PhantomData }
     }
 
     pub async fn call(&self, item: K::Item) -> Reply<K> {
         if self.limits.files_max <= 1 || K::records(&item) > self.limits.records_max {
-            return self.meta.call(item).await;
+            return self.sink.call_one(item).await;
         }
         let mut queue = self.queue();
         let (tx, rx) = oneshot::channel();
@@ -103,7 +131,7 @@ impl<E: Env, K: BatchKind> Coalescer<E, K> {
         };
         match answer {
             Answer::Done(reply) => reply,
-            Answer::Alone => self.meta.call(item).await,
+            Answer::Alone => self.sink.call_one(item).await,
         }
     }
 
@@ -115,13 +143,13 @@ impl<E: Env, K: BatchKind> Coalescer<E, K> {
         }
         let (tx, rx) = mpsc::channel(self.limits.queued_max);
         // Detached: it ends when the coalescer (holding the only long-lived sender) is dropped.
-        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(run::<E, K>(self.meta.clone(), self.limits, rx)));
+        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(run::<K, S>(self.sink.clone(), self.limits, rx)));
         *queue = Some(tx.clone());
         tx
     }
 }
 
-async fn run<E: Env, K: BatchKind>(meta: MetaClient<E>, limits: BatchLimits, mut rx: mpsc::Receiver<Waiting<K>>) {
+async fn run<K: BatchKind, S: Sink<K>>(sink: S, limits: BatchLimits, mut rx: mpsc::Receiver<Waiting<K>>) {
     let in_flight_max = limits.in_flight_max.max(1);
     let mut in_flight = FuturesUnordered::new();
     // An item taken from the queue that did not fit the batch before: starts the next.
@@ -156,7 +184,7 @@ async fn run<E: Env, K: BatchKind>(meta: MetaClient<E>, limits: BatchLimits, mut
                 _ => break,
             }
         }
-        in_flight.push(flush::<E, K>(&meta, batch));
+        in_flight.push(flush::<K, S>(&sink, batch));
         if held.is_some() && in_flight.len() >= in_flight_max {
             in_flight.next().await;
         }
@@ -165,14 +193,14 @@ async fn run<E: Env, K: BatchKind>(meta: MetaClient<E>, limits: BatchLimits, mut
 }
 
 /// One batch call; answers every item.
-async fn flush<E: Env, K: BatchKind>(meta: &MetaClient<E>, batch: Vec<Waiting<K>>) {
+async fn flush<K: BatchKind, S: Sink<K>>(sink: &S, batch: Vec<Waiting<K>>) {
     let (items, replies): (Vec<K::Item>, Vec<_>) = batch.into_iter().unzip();
-    match meta.call(K::batch(items)).await {
+    match sink.call_batch(K::batch(items)).await {
         Ok(reply) => {
             let mut results = K::results(reply).into_iter();
             for reply in replies {
                 let answer = match results.next() {
-                    Some(Err(e)) if e.is_retryable() => Answer::Alone,
+                    Some(Err(e)) if K::alone_after(&e) => Answer::Alone,
                     Some(result) => Answer::Done(result),
                     None => Answer::Done(Err(RpcError::Internal("a batch reply holds fewer results than the batch had items".into()))),
                 };
@@ -194,6 +222,7 @@ fn missing() -> RpcError {
 pub struct Creates;
 impl BatchKind for Creates {
     type Item = proto::CreateFileRequest;
+    type Reply = proto::CreateFileResponse;
     type Batch = proto::CreateFilesRequest;
     fn batch(files: Vec<Self::Item>) -> Self::Batch {
         proto::CreateFilesRequest { files }
@@ -215,6 +244,7 @@ impl BatchKind for Creates {
 pub struct Commits;
 impl BatchKind for Commits {
     type Item = proto::CommitFileRequest;
+    type Reply = proto::CommitFileResponse;
     type Batch = proto::CommitFilesRequest;
     fn records(item: &Self::Item) -> usize {
         item.chunks.len()
@@ -239,6 +269,7 @@ impl BatchKind for Commits {
 pub struct Gets;
 impl BatchKind for Gets {
     type Item = proto::GetFileRequest;
+    type Reply = proto::GetFileResponse;
     type Batch = proto::GetFilesRequest;
     fn batch(files: Vec<Self::Item>) -> Self::Batch {
         proto::GetFilesRequest { files }

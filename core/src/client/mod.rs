@@ -25,6 +25,7 @@ pub mod tree_resume;
 pub mod upload;
 pub mod meta_client;
 pub mod meta_batch;
+pub mod chunk_batch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,9 @@ pub struct ClientConfig {
     pub resume_dir: Option<PathBuf>,
     /// How concurrent creates, commits and lookups of files share batch calls (`meta_batch`).
     pub metadata_batch: BatchLimits,
+    /// Whether chunks of at most `SMALL_CHUNK_BYTES_MAX` bytes travel in batches to and from a
+    /// node (`chunk_batch`) rather than one stream each.
+    pub small_chunk_batches: bool,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +70,7 @@ impl Default for ClientConfig {
             metadata: RetryPolicy::default(),
             resume_dir: None,
             metadata_batch: BatchLimits::default(),
+            small_chunk_batches: true,
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct DfsClient<E: Env> {
     creates: meta_batch::Coalescer<E, meta_batch::Creates>,
     commits: meta_batch::Coalescer<E, meta_batch::Commits>,
     gets: meta_batch::Coalescer<E, meta_batch::Gets>,
+    /// Batch small chunks in flight to one storage node (see `chunk_batch`).
+    chunk_batches: chunk_batch::ChunkBatches<E>,
     meta_addrs: Vec<String>,
     config: ClientConfig,
     /// Names this client in request ids: random, so that clients need no coordination.
@@ -162,6 +169,7 @@ impl<E: Env> DfsClient<E> {
             creates: meta_batch::Coalescer::new(meta.clone(), batch),
             commits: meta_batch::Coalescer::new(meta.clone(), batch),
             gets: meta_batch::Coalescer::new(meta.clone(), batch),
+            chunk_batches: chunk_batch::ChunkBatches::new(env.clone(), config.transfer_timeout),
             env,
             meta,
             meta_addrs,
