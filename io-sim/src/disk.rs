@@ -12,6 +12,12 @@
 //! - `crash()` (power loss) throws away everything volatile: each name reverts to its durable
 //!   entry, each file to its durable contents; a file created and never synced reads back empty
 //!   if its name survived, and does not exist if its name did not.
+//! - `crash_with(model, seed)` is a power cut where the kernel may have written some unsynced
+//!   contents back before it: per file, its unsynced contents are lost, kept whole, or torn
+//!   (each 4 KiB page old or new, the length old or new), as `CrashModel` says. Names follow
+//!   the same rules as for `crash()`. Nothing that was synced is ever lost or torn.
+//! - `set_ballast(bytes)` takes room on the disk (another tenant filling it) until released:
+//!   writes meet a full disk (ENOSPC), and `space` reports it.
 //! - Directories are entries too: `create_dir_all` adds a volatile entry in the parent of each
 //!   directory it creates, and only `sync_dir(parent)` makes that entry durable. `crash()`
 //!   removes every directory whose entry (or an ancestor's) was never made durable, with
@@ -58,6 +64,8 @@ struct DiskState {
     /// Directories whose entry in their parent was made durable by `sync_dir(parent)`.
     durable_dirs: BTreeSet<PathBuf>,
     capacity_bytes: u64,
+    /// Room taken by something else (`set_ballast`).
+    ballast_bytes: u64,
     /// Bumped by every crash; stores opened in an older epoch are fenced.
     epoch: u64,
     /// Inodes with a live store open on them.
@@ -80,7 +88,46 @@ impl SimDisk {
 
     /// Power loss: keep only what was made durable.
     pub fn crash(&self) {
+        self.crash_with(CrashModel::LOSE_ALL, 0);
+    }
+
+    /// Power loss after which some unsynced contents may have reached the disk anyway, whole or
+    /// torn, as `model` says; `seed` picks which (the same seed, the same outcome).
+    pub fn crash_with(&self, model: CrashModel, seed: u64) -> CrashReport {
+        let mut rng = SplitMix(seed);
+        let mut report = CrashReport::default();
         let mut s = self.state.lock().unwrap();
+        for data in s.inodes.values_mut() {
+            if data.volatile == data.durable {
+                continue;
+            }
+            let roll = rng.unit();
+            if roll < model.keep_unsynced {
+                data.durable = data.volatile.clone();
+                report.kept += 1;
+            } else if roll < model.keep_unsynced + model.torn {
+                data.durable = torn(&data.durable, &data.volatile, &mut rng);
+                report.torn += 1;
+            }
+        }
+        Self::lose_volatile(&mut s);
+        report
+    }
+
+    /// Takes `bytes` of the disk's room (0 gives it back), as another tenant filling the
+    /// disk would.
+    pub fn set_ballast(&self, bytes: u64) {
+        self.state.lock().unwrap().ballast_bytes = bytes;
+    }
+
+    /// What a power cut would leave of the file named `path` by a durable entry, if any.
+    pub fn durable_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        let s = self.state.lock().unwrap();
+        let ino = s.durable_names.get(path)?;
+        s.inodes.get(ino).map(|d| d.durable.clone())
+    }
+
+    fn lose_volatile(s: &mut DiskState) {
         s.epoch += 1;
         s.open_stores.clear();
         // A directory survives if its entry and every ancestor's entry are durable.
@@ -118,7 +165,7 @@ impl SimDisk {
     }
 
     fn used_bytes(s: &DiskState) -> u64 {
-        s.inodes.values().map(|d| d.volatile.len().max(d.durable.len()) as u64).sum()
+        s.inodes.values().map(|d| d.volatile.len().max(d.durable.len()) as u64).sum::<u64>() + s.ballast_bytes
     }
 
     /// Does the operation at once, then (inside a simulation) takes a random while of up to
@@ -127,6 +174,66 @@ impl SimDisk {
     /// on a real disk.
     fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> Delayed<T> {
         delayed(f(&mut self.state.lock().unwrap()))
+    }
+}
+
+/// How a power cut treats contents written but not synced (`SimDisk::crash_with`). The two
+/// chances add up to at most 1; the rest of the time the unsynced contents are lost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrashModel {
+    /// Chance that a file's unsynced contents were all written back before the cut.
+    pub keep_unsynced: f64,
+    /// Chance that they were written back in part: a torn write.
+    pub torn: f64,
+}
+
+impl CrashModel {
+    /// Everything unsynced is lost (`SimDisk::crash`).
+    pub const LOSE_ALL: CrashModel = CrashModel { keep_unsynced: 0.0, torn: 0.0 };
+}
+
+/// What a `crash_with` did to unsynced contents: files kept whole, files torn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    pub kept: u64,
+    pub torn: u64,
+}
+
+/// Pages a torn write mixes.
+const PAGE_BYTES: usize = 4096;
+
+/// A torn image of a file between its durable (`old`) and volatile (`new`) contents: the
+/// length of one or the other, each page from one or the other (a page past the end of `old`
+/// reads as zeros where it comes from `old`).
+fn torn(old: &[u8], new: &[u8], rng: &mut SplitMix) -> Vec<u8> {
+    let len = if rng.unit() < 0.5 { old.len() } else { new.len() };
+    let mut out = vec![0u8; len];
+    for (page, chunk) in out.chunks_mut(PAGE_BYTES).enumerate() {
+        let start = page * PAGE_BYTES;
+        let source = if rng.unit() < 0.5 { old } else { new };
+        let have = source.len().saturating_sub(start).min(chunk.len());
+        if have > 0 {
+            chunk[..have].copy_from_slice(&source[start..start + have]);
+        }
+    }
+    out
+}
+
+/// A small seeded generator (splitmix64): crashes are reproducible from their seed alone.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -458,6 +565,79 @@ mod tests {
 
     fn block_on<F: Future>(f: F) -> F::Output {
         futures::executor::block_on(f)
+    }
+
+    /// A synced 3-page file, then overwritten (unsynced) with 2.5 pages of other bytes.
+    fn half_synced(d: &SimDisk) -> (Vec<u8>, Vec<u8>) {
+        let old = vec![b'o'; 3 * PAGE_BYTES];
+        let new = vec![b'n'; 2 * PAGE_BYTES + PAGE_BYTES / 2];
+        half_synced_with(d, old, new)
+    }
+
+    /// As `half_synced`, with the new contents longer than the old (a file that grew).
+    fn grown(d: &SimDisk) -> (Vec<u8>, Vec<u8>) {
+        half_synced_with(d, vec![b'o'; PAGE_BYTES / 2], vec![b'n'; 4 * PAGE_BYTES + 7])
+    }
+
+    fn half_synced_with(d: &SimDisk, old: Vec<u8>, new: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        block_on(async {
+            d.write_file(Path::new("/f"), Bytes::from(old.clone())).await.unwrap();
+            d.sync_file(Path::new("/f")).await.unwrap();
+            d.sync_dir(Path::new("/")).await.unwrap();
+            d.write_file(Path::new("/f"), Bytes::from(new.clone())).await.unwrap();
+        });
+        (old, new)
+    }
+
+    #[test]
+    fn a_crash_may_keep_or_tear_unsynced_contents_but_never_synced_ones() {
+        let kept = SimDisk::new(1 << 20);
+        let (_, new) = half_synced(&kept);
+        assert_eq!(kept.crash_with(CrashModel { keep_unsynced: 1.0, torn: 0.0 }, 1), CrashReport { kept: 1, torn: 0 });
+        assert_eq!(&block_on(kept.read_file(Path::new("/f"))).unwrap()[..], &new[..]);
+
+        // Torn: every page is one image's or the other's, the length one of the two; over
+        // many seeds both images show up, and mixed files too.
+        let mut mixed = 0;
+        for seed in 0..64 {
+            let d = SimDisk::new(1 << 20);
+            let (old, new) = if seed % 2 == 0 { half_synced(&d) } else { grown(&d) };
+            assert_eq!(d.crash_with(CrashModel { keep_unsynced: 0.0, torn: 1.0 }, seed).torn, 1);
+            let got = block_on(d.read_file(Path::new("/f"))).unwrap();
+            assert!(got.len() == old.len() || got.len() == new.len());
+            let mut sources = BTreeSet::new();
+            for (page, bytes) in got.chunks(PAGE_BYTES).enumerate() {
+                let start = page * PAGE_BYTES;
+                let from = |image: &[u8]| (0..bytes.len()).all(|i| bytes[i] == image.get(start + i).copied().unwrap_or(0));
+                assert!(from(&old) || from(&new), "seed {seed}: page {page} is neither image");
+                sources.insert(from(&new));
+            }
+            mixed += usize::from(sources.len() == 2);
+            // A second crash changes nothing: what is left is durable.
+            d.crash_with(CrashModel { keep_unsynced: 0.0, torn: 1.0 }, seed + 1);
+            assert_eq!(block_on(d.read_file(Path::new("/f"))).unwrap(), got);
+        }
+        assert!(mixed > 0, "no seed tore a file");
+
+        // Nothing unsynced: nothing to tear.
+        let d = SimDisk::new(1 << 20);
+        block_on(d.write_file(Path::new("/g"), Bytes::from_static(b"x"))).unwrap();
+        block_on(d.sync_file(Path::new("/g"))).unwrap();
+        block_on(d.sync_dir(Path::new("/"))).unwrap();
+        assert_eq!(d.crash_with(CrashModel { keep_unsynced: 0.0, torn: 1.0 }, 3), CrashReport::default());
+        assert_eq!(&block_on(d.read_file(Path::new("/g"))).unwrap()[..], b"x");
+        assert_eq!(d.durable_bytes(Path::new("/g")), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn ballast_fills_the_disk_until_released() {
+        let d = SimDisk::new(10_000);
+        d.set_ballast(9_000);
+        assert_eq!(block_on(d.space(Path::new("/"))).unwrap(), (10_000, 1_000));
+        let err = block_on(d.write_file(Path::new("/big"), Bytes::from(vec![0u8; 2_000]))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        d.set_ballast(0);
+        block_on(d.write_file(Path::new("/big"), Bytes::from(vec![0u8; 2_000]))).unwrap();
     }
 
     #[test]

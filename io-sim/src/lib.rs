@@ -11,7 +11,7 @@
 //! injects faults the test harness asks for.
 
 pub mod disk;
-pub use disk::SimDisk;
+pub use disk::{CrashModel, CrashReport, SimDisk};
 
 #[cfg(madsim)]
 pub mod clock;

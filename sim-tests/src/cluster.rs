@@ -14,13 +14,18 @@ use std::time::Duration;
 use dfs_core::client::{ClientConfig, DfsClient};
 use dfs_core::meta::{MetaConfig, MetaServer};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
-use dfs_io_sim::{serve, SimDisk, SimEnv};
+use dfs_io_sim::{serve, CrashModel, SimDisk, SimEnv};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 
 use crate::trace;
 
 const PORT: u16 = 7000;
+
+/// What a killed host's disk keeps of contents written but not synced: a third of such files
+/// were written back whole before the cut, a third in part (torn), a third not at all. Only
+/// what was synced may be counted on; this makes sure nothing counts on less.
+const POWER_CUT: CrashModel = CrashModel { keep_unsynced: 0.33, torn: 0.33 };
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -218,12 +223,13 @@ impl Cluster {
     }
 
     /// Kills a metadata host as a power cut would: the process dies at once and its disk keeps
-    /// only what was synced.
+    /// what was synced, and of what was not, per file, nothing, all of it or a torn part
+    /// (`POWER_CUT`).
     pub fn kill_meta(&self, id: u64) {
         let host = &self.meta[id as usize - 1];
-        trace::event(format!("kill meta-{id} (power cut)"));
         *host.server.lock().unwrap() = None;
-        host.disk.crash();
+        let report = host.disk.crash_with(POWER_CUT, madsim::rand::thread_rng().gen());
+        trace::event(format!("kill meta-{id} (power cut: unsynced contents of {} files kept, {} torn)", report.kept, report.torn));
         Handle::current().kill(host.node.id());
     }
 
@@ -234,13 +240,14 @@ impl Cluster {
         Handle::current().restart(host.node.id());
     }
 
-    /// Kills storage host `index` (1-based) as a power cut would: its disk keeps only what was
-    /// synced, directory entries included.
+    /// Kills storage host `index` (1-based) as a power cut would: its disk keeps what was
+    /// synced, directory entries included, and of unsynced contents, per file, nothing, all of
+    /// it or a torn part (`POWER_CUT`).
     pub fn kill_storage(&self, index: u64) {
         let host = &self.storage[index as usize - 1];
-        trace::event(format!("kill storage-{index} (power cut)"));
         *host.server.lock().unwrap() = None;
-        host.disk.crash();
+        let report = host.disk.crash_with(POWER_CUT, madsim::rand::thread_rng().gen());
+        trace::event(format!("kill storage-{index} (power cut: unsynced contents of {} files kept, {} torn)", report.kept, report.torn));
         Handle::current().kill(host.node.id());
     }
 
