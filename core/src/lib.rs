@@ -23,6 +23,7 @@ pub mod chunk_store;
 pub mod chunking;
 pub mod client;
 pub mod env;
+pub mod fault;
 pub mod health;
 pub mod ids;
 pub mod meta;

@@ -1284,6 +1284,16 @@ impl Namespace {
 
     /// Replicas `node` should delete, at most `limit`.
     /// Whether `node` is being asked to delete its replica of `chunk`.
+    /// Whether a committed file lists `node` as holding `chunk`.
+    pub fn lists_replica(&self, node: StorageNodeId, chunk: ChunkId) -> bool {
+        let Some((file, index)) = chunk.owner() else { return false };
+        self.paths_by_id
+            .get(&file)
+            .and_then(|p| self.files.get(p))
+            .and_then(|f| f.chunks.get(index as usize).filter(|c| c.index == index))
+            .is_some_and(|c| c.replicas.contains(&node))
+    }
+
     pub fn deleting_on(&self, node: StorageNodeId, chunk: ChunkId) -> bool {
         self.garbage.get(&node).is_some_and(|g| g.contains(&chunk))
     }

@@ -63,6 +63,7 @@ use futures::StreamExt;
 use crate::chunk_store::{self, ChunkFileError, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, FileHeader, FrameReader, WriteDecision};
 use crate::client::meta_client::{MetaClient, RetryPolicy};
 use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
+use crate::fault::{self, Site};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::proto;
 use crate::namespace::ReplicaReport;
@@ -492,6 +493,7 @@ impl<E: Env> StorageNode<E> {
     }
 
     async fn heartbeat_once(&self, registered: &mut bool) -> Result<(), RpcError> {
+        fault::inject(self.env.clock(), Site::StorageHeartbeat).await.map_err(|i| RpcError::Transport(format!("node {}: {i}", self.id)))?;
         self.sweep_orphaned_tmp().await;
         let (capacity_bytes, _) = self.space().await?;
         let cluster_id = self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default();
@@ -830,7 +832,11 @@ impl<E: Env> StorageNode<E> {
             chunk_store::write_steps(&self.layout, &table, id, nonce, meta, data.clone())
         };
         let guard = WriteGuard { table: &self.table, orphans: &self.orphaned_tmp, id, tmp: self.layout.tmp_path(id, nonce), finished: false };
-        match self.env.disk().run_steps(steps).await {
+        let written = match fault::inject(self.env.clock(), Site::StorageStore).await {
+            Ok(()) => self.env.disk().run_steps(steps).await,
+            Err(injected) => Err(std::io::Error::other(injected.to_string())),
+        };
+        match written {
             Ok(()) => {
                 guard.finish();
                 Ok(())
@@ -914,6 +920,9 @@ impl<E: Env> StorageNode<E> {
         relay: futures::channel::mpsc::Receiver<proto::WriteChunkFrame>,
         limit: Duration,
     ) -> Result<u64, proto::ReplicaFailure> {
+        if let Err(injected) = fault::inject(self.env.clock(), Site::StorageForward).await {
+            return Err(proto::ReplicaFailure { node: Some(peer), error: injected.to_string() });
+        }
         let send = self.env.transport().write_chunk_frames(&peer.addr, ChunkService::Replication, relay.boxed());
         match call_with_timeout(self.env.clock(), limit, &peer.addr, send).await {
             Ok(reply) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
@@ -1044,6 +1053,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
     async fn read_chunk(&self, request: proto::ReadChunkRequest) -> Result<FrameStream<proto::ReadChunkFrame>, RpcError> {
         let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
         let slot = self.client_slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
+        fault::inject(self.env.clock(), Site::StorageRead).await.map_err(|i| RpcError::Unavailable(format!("node {}: {i}", self.id)))?;
         let expected = self
             .table
             .lock()

@@ -270,6 +270,7 @@ async fn flapping() {
 async fn faults_while_healing() {
     let (cluster, disk, client, mut files) = start_with_files().await;
     let end = madsim::time::Instant::now() + Duration::from_secs(90);
+    dfs_sim_tests::faults::enable();
     let mut flipped: BTreeSet<String> = BTreeSet::new();
     let mut round = 0;
     while madsim::time::Instant::now() < end {
@@ -335,6 +336,7 @@ async fn faults_while_healing() {
             }
         }
     }
+    dfs_sim_tests::faults::disable();
     trace::event(format!("faults off after {round} rounds; {} replicas flipped", flipped.len()));
     // Liveness: every node up and connected; scrubs find the flips nobody read.
     cluster.wait_for_leader(Duration::from_secs(60)).await;

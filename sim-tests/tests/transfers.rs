@@ -4,7 +4,9 @@
 //!
 //! Phase 1 (faults on): three clients put files of awkward sizes and read back files that
 //! were acknowledged, while one storage node at a time is killed or partitioned and bits flip
-//! in stored chunks (at most one replica per chunk). Phase 2 (faults off, every node up):
+//! in stored chunks (at most one replica per chunk), and core's fault sites fire as the seed's
+//! plan says (`faults`: delays, disk write errors, lost forwards, reads and heartbeats).
+//! Phase 2 (faults off, every node up):
 //! every acknowledged upload is read back.
 //!
 //! Checkers: no download ever returns wrong bytes (an error is allowed only in phase 1);
@@ -176,12 +178,14 @@ async fn scenario() {
     let clients: Vec<_> = (1..=CLIENTS)
         .map(|k| cluster.spawn_on_client(client_loop(k, client.clone(), disk.clone(), oracle.clone(), end)))
         .collect();
+    dfs_sim_tests::faults::enable();
     let flipped = fault_loop(&cluster, end).await;
     let mut totals = (0, 0, 0);
     for c in clients {
         let (p, g, e) = c.await.expect("client task");
         totals = (totals.0 + p, totals.1 + g, totals.2 + e);
     }
+    dfs_sim_tests::faults::disable();
     trace::event(format!("phase 1 over: {} puts, {} gets acknowledged, {} errors; {} bits flipped", totals.0, totals.1, totals.2, flipped.len()));
     assert!(totals.0 > 0, "no upload succeeded in phase 1");
 

@@ -234,6 +234,7 @@ impl<E: Env> DfsClient<E> {
                             async move {
                                 let addr = primary.addr.clone();
                                 let upload = ChunkUpload { header, data };
+                                let _ = crate::fault::inject(self.env.clock(), crate::fault::Site::ClientSend).await;
                                 let sent = if self.config.small_chunk_batches && upload.data.len() <= SMALL_CHUNK_BYTES_MAX {
                                     self.chunk_batches.write(&addr, upload).await
                                 } else {

@@ -252,6 +252,11 @@ pub struct Leader {
     /// seen.
     inventories: BTreeMap<StorageNodeId, Inventory>,
     inventoried: BTreeSet<StorageNodeId>,
+    /// Replicas a node's last whole inventory lacked, not yet judged: a chunk stored just
+    /// after the node built that heartbeat, and recorded by its uploader before the leader
+    /// read it, is in the next heartbeat's fresh reports. Judged (and marked missing) on the
+    /// first later heartbeat that carries every fresh report the node had.
+    suspects: BTreeMap<StorageNodeId, BTreeSet<ChunkId>>,
     /// When this leader first saw each (node, replica) of garbage it looked at.
     garbage_seen: BTreeMap<(StorageNodeId, ChunkId), Timestamp>,
     /// Chunks and bytes placed on each node since its last heartbeat (which cannot show them
@@ -262,7 +267,7 @@ pub struct Leader {
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new() }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new() }
     }
 
     pub fn term(&self) -> u64 {
@@ -316,8 +321,9 @@ impl Leader {
         if !news.is_empty() {
             propose.push(Command::ReportReplicas { node: hb.node, replicas: news });
         }
+        propose.extend(self.judge_suspects(ns, hb.node, &stored, hb.inventory.is_some()));
         if let Some(part) = &hb.inventory {
-            propose.extend(self.on_inventory(ns, hb.node, part, &stored));
+            self.on_inventory(ns, hb.node, part, &stored);
         }
         let peers = ns.storage_nodes().map(|n| (n.id, n.addr.clone())).collect();
         let nodes = self.node_states(now, ns);
@@ -335,9 +341,36 @@ impl Leader {
         HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs, scrub_now, inventory_wanted } }
     }
 
+    /// The replicas `node`'s last whole inventory lacked and that it still has not reported,
+    /// marked missing (bad: never served, repaired, then dropped), once a heartbeat carries
+    /// every fresh report the node had (fewer than a full batch) and no new pass has begun.
+    fn judge_suspects(&mut self, ns: &Namespace, node: StorageNodeId, stored: &[ChunkId], pass_running: bool) -> Vec<Command> {
+        let Some(suspects) = self.suspects.get_mut(&node) else { return vec![] };
+        for c in stored {
+            suspects.remove(c);
+        }
+        if pass_running {
+            // A new pass judges afresh.
+            self.suspects.remove(&node);
+            return vec![];
+        }
+        if stored.len() >= crate::storage_reports::REPORTS_PER_HEARTBEAT_MAX {
+            return vec![]; // more fresh reports may be queued on the node
+        }
+        let suspects = self.suspects.remove(&node).unwrap_or_default();
+        let missing: Vec<ChunkId> = suspects
+            .into_iter()
+            .filter(|id| !ns.deleting_on(node, *id) && ns.lists_replica(node, *id))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(%node, missing = missing.len(), "replicas listed on this node are not in its inventory");
+        }
+        missing.chunks(crate::namespace::DROP_REPLICAS_MAX).map(|c| Command::MarkReplicasMissing { node, chunks: c.to_vec() }).collect()
+    }
+
     /// Follows `node`'s inventory pass; when one seen whole ends, the chunks it is listed for
-    /// but did not report are marked missing (bad: never served, repaired, then dropped).
-    fn on_inventory(&mut self, ns: &Namespace, node: StorageNodeId, part: &InventoryPart, stored: &[ChunkId]) -> Vec<Command> {
+    /// but did not report become suspects, judged on a later heartbeat (`judge_suspects`).
+    fn on_inventory(&mut self, ns: &Namespace, node: StorageNodeId, part: &InventoryPart, stored: &[ChunkId]) {
         let continues = match (self.inventories.get(&node), part.from) {
             (Some(t), from) if t.pass == part.pass && t.next_from == from => true,
             (_, None) => {
@@ -349,25 +382,24 @@ impl Leader {
         if !continues {
             // A part missed (another leader had it): this pass tells nothing whole.
             self.inventories.remove(&node);
-            return vec![];
+            return;
         }
-        let Some(t) = self.inventories.get_mut(&node) else { return vec![] };
+        let Some(t) = self.inventories.get_mut(&node) else { return };
         t.seen.extend(stored.iter().copied());
         if !part.done {
             t.next_from = part.through;
-            return vec![];
+            return;
         }
-        let Some(t) = self.inventories.remove(&node) else { return vec![] };
+        let Some(t) = self.inventories.remove(&node) else { return };
         self.inventoried.insert(node);
-        let missing: Vec<ChunkId> = ns
+        let missing: BTreeSet<ChunkId> = ns
             .files()
             .flat_map(|f| f.chunks.iter().filter(|c| c.replicas.contains(&node)).map(move |c| f.chunk_id(c.index)))
             .filter(|id| !t.seen.contains(id) && !ns.deleting_on(node, *id))
             .collect();
         if !missing.is_empty() {
-            tracing::warn!(%node, missing = missing.len(), "replicas listed on this node are not in its inventory");
+            self.suspects.insert(node, missing);
         }
-        missing.chunks(crate::namespace::DROP_REPLICAS_MAX).map(|c| Command::MarkReplicasMissing { node, chunks: c.to_vec() }).collect()
     }
 
     /// Targets for each of `indexes` (chunk indexes of `upload`), the primary first, avoiding

@@ -580,6 +580,8 @@ impl<E: Env> MetaServer<E> {
         let total = commands.len();
         let single = total == 1;
         let command = if single { commands.pop().expect("one") } else { Command::Batch(commands) };
+        // May only be delayed: a site cannot fail a proposal the caller would see answered.
+        let _ = crate::fault::inject(self.env.clock(), crate::fault::Site::MetaPropose).await;
         let written = match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),

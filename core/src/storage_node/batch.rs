@@ -27,6 +27,7 @@ use futures::future::join_all;
 use super::{verify_upload, write_error, StorageNode, WriteGuard};
 use crate::chunk_store::{self, BatchItem, ChunkMeta, ChunkStoreError, WriteDecision};
 use crate::env::{call_with_timeout, Disk, Env, Transport};
+use crate::fault::{self, Site};
 use crate::ids::ChunkId;
 use crate::namespace::ReplicaReport;
 use crate::proto;
@@ -184,8 +185,11 @@ impl<E: Env> StorageNode<E> {
         let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         let frames = bytes.div_ceil(CHUNK_FRAME_BYTES).max(1) as u32;
         let limit = self.config.frame_timeout.saturating_mul(frames).min(self.config.replication_timeout);
-        let send = self.env.transport().unary(&peer.addr, proto::ReplicateChunksRequest { chunks });
         let failure = |error: String| proto::ReplicaFailure { node: Some(peer.clone()), error };
+        if let Err(injected) = fault::inject(self.env.clock(), Site::StorageForward).await {
+            return indexes.into_iter().map(|k| (k, Err(failure(injected.to_string())))).collect();
+        }
+        let send = self.env.transport().unary(&peer.addr, proto::ReplicateChunksRequest { chunks });
         match call_with_timeout(self.env.clock(), limit, &peer.addr, send).await {
             Ok(reply) => {
                 let mut answers = reply.results.into_iter();
@@ -249,7 +253,11 @@ impl<E: Env> StorageNode<E> {
             .iter()
             .map(|item| WriteGuard { table: &self.table, orphans: &self.orphaned_tmp, id: item.id, tmp: self.layout.tmp_path(item.id, item.nonce), finished: false })
             .collect();
-        match self.env.disk().run_steps(steps).await {
+        let written = match fault::inject(self.env.clock(), Site::StorageStore).await {
+            Ok(()) => self.env.disk().run_steps(steps).await,
+            Err(injected) => Err(std::io::Error::other(injected.to_string())),
+        };
+        match written {
             Ok(()) => guards.into_iter().for_each(WriteGuard::finish),
             Err(e) => {
                 drop(guards);
@@ -320,6 +328,7 @@ impl<E: Env> proto::ChunkBatchServiceHandler for StorageNode<E> {
             return Err(RpcError::InvalidArgument(format!("{} chunks in one batch; at most {CHUNK_BATCH_MAX}", request.chunks.len())));
         }
         let _slot = self.client_slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
+        fault::inject(self.env.clock(), Site::StorageRead).await.map_err(|i| RpcError::Unavailable(format!("node {}: {i}", self.id)))?;
         let mut bytes = 0;
         let targets: Vec<_> = request.chunks.iter().map(|c| self.small_read_target(c, &mut bytes)).collect();
         // The reads go to the disk together (each its own blocking call).

@@ -621,6 +621,8 @@ fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(0)], Some(part(None, Some(0), false))));
     assert!(d.propose.is_empty() && !d.reply.inventory_wanted);
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(2)], Some(part(Some(0), None, true))));
+    assert!(d.propose.is_empty(), "judged on the next heartbeat, not this one: {:?}", d.propose);
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
     assert_eq!(d.propose, vec![Command::MarkReplicasMissing { node: StorageNodeId(1), chunks: vec![ChunkId::derive(f, 1)] }]);
     for c in d.propose {
         w.apply(c);
@@ -628,6 +630,38 @@ fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
     assert!(w.ns.bad_replicas(ChunkId::derive(f, 1)).is_some_and(|b| b.contains(&StorageNodeId(1))), "the missing replica is no longer served");
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
     assert!(!d.reply.inventory_wanted, "this leader has seen a whole inventory");
+}
+
+/// Found by the simulation (meta_durability, seed 3042): a chunk stored just after a node built
+/// the heartbeat that ends its inventory, and committed by its uploader before the leader read
+/// that heartbeat, is not in the inventory; it must not be marked missing, for it is in the
+/// node's next heartbeat.
+#[test]
+fn a_chunk_stored_while_the_last_inventory_part_was_on_its_way_is_not_marked_missing() {
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let mut w = World::new(3, config);
+    let old = w.upload("/old", 1, &[1, 2, 3], true);
+    let report = |f: FileId, index: u32| ReplicaReport { chunk: ChunkId::derive(f, index), size: CHUNK, sha256: Sha256Digest([index as u8; 32]) };
+    let beat = |stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>| Heartbeat {
+        node: StorageNodeId(1),
+        addr: "n1:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored,
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory,
+    };
+    // The node builds its last inventory part (holding only /old's chunk); meanwhile a new
+    // file's chunk lands on it and the upload commits.
+    let new = w.upload("/new", 1, &[1, 2, 3], true);
+    let whole = InventoryPart { pass: 4, from: None, through: None, done: true };
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(old, 0)], Some(whole)));
+    assert!(d.propose.is_empty(), "{:?}", d.propose);
+    // The next heartbeat reports the new chunk: nothing is missing.
+    let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(new, 0)], None));
+    assert!(!d.propose.iter().any(|c| matches!(c, Command::MarkReplicasMissing { .. })), "{:?}", d.propose);
+    assert_eq!(w.valid_replicas("/new")[0].len(), 3);
 }
 
 #[test]
