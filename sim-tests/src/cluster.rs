@@ -258,6 +258,23 @@ impl Cluster {
         Handle::current().restart(host.node.id());
     }
 
+    /// A slow, lossy network for everyone: each message takes `latency` (instead of madsim's
+    /// 1-10 ms), and `loss` of them are lost (on madsim's reliable connections a loss shows
+    /// as a retry after a back-off, so as a longer delay; a lost connect is refused).
+    pub fn degrade_network(&self, latency: std::ops::Range<Duration>, loss: f64) {
+        trace::event(format!("network degraded: latency {latency:?}, loss {loss:.3}"));
+        madsim::net::NetSim::current().update_config(|c| {
+            c.send_latency = latency;
+            c.packet_loss_rate = loss;
+        });
+    }
+
+    /// The network as it was before `degrade_network`.
+    pub fn restore_network(&self) {
+        trace::event("network restored");
+        madsim::net::NetSim::current().update_config(|c| *c = madsim::net::Config::default());
+    }
+
     /// Cuts storage host `index` off the network (from clients, peers and metadata alike),
     /// in both directions or one.
     pub fn partition_storage(&self, index: u64, cut: Cut) {

@@ -277,7 +277,7 @@ async fn faults_while_healing() {
         round += 1;
         let (kind, victim, hold) = {
             let mut rng = madsim::rand::thread_rng();
-            (rng.gen_range(0..6), rng.gen_range(1..=STORAGE_NODES), Duration::from_millis(rng.gen_range(2_000..45_000)))
+            (rng.gen_range(0..7), rng.gen_range(1..=STORAGE_NODES), Duration::from_millis(rng.gen_range(2_000..45_000)))
         };
         match kind {
             0 => {
@@ -305,6 +305,15 @@ async fn faults_while_healing() {
                 }
             }
             3 => cluster.meta_fault().await,
+            5 => {
+                let (latency_ms, loss) = {
+                    let mut rng = madsim::rand::thread_rng();
+                    (rng.gen_range(10..200), rng.gen_range(0.0..0.05))
+                };
+                cluster.degrade_network(Duration::from_millis(1)..Duration::from_millis(latency_ms), loss);
+                madsim::time::sleep(hold.min(Duration::from_secs(10))).await;
+                cluster.restore_network();
+            }
             4 => {
                 cluster.cut_storage_from_clients(victim, true);
                 madsim::time::sleep(hold).await;

@@ -4,7 +4,8 @@
 //!
 //! Phase 1 (faults on): three clients put files of awkward sizes and read back files that
 //! were acknowledged, while one storage node at a time is killed or partitioned and bits flip
-//! in stored chunks (at most one replica per chunk), and core's fault sites fire as the seed's
+//! in stored chunks (at most one replica per chunk), the network turns slow and lossy for a
+//! while, and core's fault sites fire as the seed's
 //! plan says (`faults`: delays, disk write errors, lost forwards, reads and heartbeats).
 //! Phase 2 (faults off, every node up):
 //! every acknowledged upload is read back.
@@ -125,7 +126,7 @@ async fn fault_loop(cluster: &Cluster, end: madsim::time::Instant) -> BTreeSet<P
     while madsim::time::Instant::now() < end {
         let (pause, victim, kind, hold) = {
             let mut rng = madsim::rand::thread_rng();
-            (rng.gen_range(500..3000), rng.gen_range(1..=STORAGE_NODES), rng.gen_range(0..6), rng.gen_range(300..5000))
+            (rng.gen_range(500..3000), rng.gen_range(1..=STORAGE_NODES), rng.gen_range(0..7), rng.gen_range(300..5000))
         };
         madsim::time::sleep(Duration::from_millis(pause)).await;
         match kind {
@@ -139,6 +140,15 @@ async fn fault_loop(cluster: &Cluster, end: madsim::time::Instant) -> BTreeSet<P
                 cluster.partition_storage(victim, cut);
                 madsim::time::sleep(Duration::from_millis(hold)).await;
                 cluster.heal_storage(victim);
+            }
+            6 => {
+                let (latency_ms, loss) = {
+                    let mut rng = madsim::rand::thread_rng();
+                    (rng.gen_range(10..200), rng.gen_range(0.0..0.05))
+                };
+                cluster.degrade_network(Duration::from_millis(1)..Duration::from_millis(latency_ms), loss);
+                madsim::time::sleep(Duration::from_millis(hold)).await;
+                cluster.restore_network();
             }
             _ => {
                 // A bit flip on one replica of a chunk no other flip has touched.
