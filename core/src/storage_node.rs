@@ -801,6 +801,15 @@ impl<E: Env> StorageNode<E> {
         }
     }
 
+    /// What `id` was stored as, if it is stored here (readable).
+    fn stored_meta(&self, id: ChunkId) -> Result<ChunkMeta, RpcError> {
+        self.table.lock().expect("table lock").stored(id).map_err(|_| self.not_stored(id))
+    }
+
+    fn not_stored(&self, id: ChunkId) -> RpcError {
+        RpcError::NotFound(format!("chunk {id} is not stored on node {}", self.id))
+    }
+
     /// Refuses a chunk of `size` bytes early if the disk cannot take it.
     async fn check_room(&self, size: u64) -> Result<(), RpcError> {
         let (_, free_bytes) = self.space().await?;
@@ -1054,12 +1063,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
         let slot = self.client_slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
         fault::inject(self.env.clock(), Site::StorageRead).await.map_err(|i| RpcError::Unavailable(format!("node {}: {i}", self.id)))?;
-        let expected = self
-            .table
-            .lock()
-            .expect("table lock")
-            .stored(id)
-            .map_err(|_| RpcError::NotFound(format!("chunk {id} is not stored on node {}", self.id)))?;
+        let expected = self.stored_meta(id)?;
         let path = self.layout.chunk_path(id);
         let damaged = match read_header(self.env.disk(), &path).await {
             Ok(header) if header.meta == expected => {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::meta_batch::{BatchKind, BatchLimits, Coalescer, Sink};
+use super::meta_batch::{missing, BatchKind, BatchLimits, Coalescer, Sink};
 use crate::env::{call_with_timeout, Env, Transport};
 use crate::proto;
 use crate::rpc::{ChunkDownload, ChunkService, ChunkUpload, Rpc, RpcError, CHUNK_BATCH_BYTES_MAX, CHUNK_BATCH_MAX};
@@ -33,10 +33,6 @@ const IN_FLIGHT_PER_NODE_MAX: usize = 2;
 
 fn limits() -> BatchLimits {
     BatchLimits { files_max: CHUNK_BATCH_MAX, records_max: CHUNK_BATCH_BYTES_MAX, in_flight_max: IN_FLIGHT_PER_NODE_MAX, queued_max: 1024 }
-}
-
-fn missing() -> RpcError {
-    RpcError::Internal("a batch reply item carries no result".into())
 }
 
 /// One storage node, with a time limit per call.

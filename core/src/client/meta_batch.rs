@@ -215,7 +215,7 @@ async fn flush<K: BatchKind, S: Sink<K>>(sink: &S, batch: Vec<Waiting<K>>) {
     }
 }
 
-fn missing() -> RpcError {
+pub(super) fn missing() -> RpcError {
     RpcError::Internal("a batch reply item carries no result".into())
 }
 

@@ -92,37 +92,36 @@ impl<E: Env> StorageNode<E> {
         }
 
         // Forward targets per distinct request (a client usually names the same nodes for all).
-        let mut refused: Vec<Vec<proto::ReplicaFailure>> = vec![Vec::new(); verified.len()];
-        let mut to_peer: BTreeMap<u64, (proto::StorageNode, Vec<usize>)> = BTreeMap::new();
+        // A chunk whose targets are refused outright fails alone, as its stream would.
+        let mut chunk_targets: Vec<Targets> = Vec::with_capacity(verified.len());
         if forward {
             let mut targets: BTreeMap<Vec<(u64, String)>, Result<Targets, RpcError>> = BTreeMap::new();
-            let mut unforwardable = Vec::new();
-            for (k, v) in verified.iter().enumerate() {
+            let mut forwardable = Vec::with_capacity(verified.len());
+            for v in verified {
                 let key: Vec<(u64, String)> = v.upload.header.forward_to.iter().map(|p| (p.id, p.addr.clone())).collect();
                 if !targets.contains_key(&key) {
                     let found = self.forward_targets(&v.upload.header.forward_to).await;
                     targets.insert(key.clone(), found);
                 }
                 match &targets[&key] {
-                    Ok((peers, refusals)) => {
-                        refused[k] = refusals.clone();
-                        for peer in peers.iter().filter(|p| p.id != self.id.0) {
-                            to_peer.entry(peer.id).or_insert_with(|| (peer.clone(), Vec::new())).1.push(k);
-                        }
+                    Ok(found) => {
+                        chunk_targets.push(found.clone());
+                        forwardable.push(v);
                     }
-                    Err(e) => unforwardable.push((k, e.clone())),
+                    Err(e) => results[v.position] = Some(Err(e.clone())),
                 }
             }
-            // A chunk whose targets were refused outright fails alone, as its stream would.
-            for (k, e) in unforwardable.into_iter().rev() {
-                results[verified[k].position] = Some(Err(e));
-                refused.remove(k);
-                verified.remove(k);
-                for (_, list) in to_peer.values_mut() {
-                    list.retain(|&j| j != k);
-                    list.iter_mut().filter(|j| **j > k).for_each(|j| *j -= 1);
-                }
+            verified = forwardable;
+        } else {
+            chunk_targets.resize(verified.len(), (vec![], vec![]));
+        }
+        let mut to_peer: BTreeMap<u64, (proto::StorageNode, Vec<usize>)> = BTreeMap::new();
+        let mut refused = Vec::with_capacity(verified.len());
+        for (k, (peers, refusals)) in chunk_targets.into_iter().enumerate() {
+            for peer in peers.into_iter().filter(|p| p.id != self.id.0) {
+                to_peer.entry(peer.id).or_insert_with(|| (peer.clone(), Vec::new())).1.push(k);
             }
+            refused.push(refusals);
         }
 
         let local = self.store_batch(&verified);
@@ -273,12 +272,7 @@ impl<E: Env> StorageNode<E> {
     /// What a chunk of a batch read should be, checked against the batch's limits.
     fn small_read_target(&self, request: &proto::ReadChunkRequest, batch_bytes: &mut u64) -> Result<(ChunkId, ChunkMeta), RpcError> {
         let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
-        let expected = self
-            .table
-            .lock()
-            .expect("table lock")
-            .stored(id)
-            .map_err(|_| RpcError::NotFound(format!("chunk {id} is not stored on node {}", self.id)))?;
+        let expected = self.stored_meta(id)?;
         if expected.size > SMALL_CHUNK_BYTES_MAX as u64 {
             return Err(RpcError::InvalidArgument(format!("chunk {id} holds {} bytes, too many for a batch read (stream it)", expected.size)));
         }
@@ -294,7 +288,7 @@ impl<E: Env> StorageNode<E> {
         let path = self.layout.chunk_path(id);
         let file = match self.env.disk().read_file(&path).await {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RpcError::NotFound(format!("chunk {id} is not stored on node {}", self.id))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(self.not_stored(id)),
             Err(e) => return Err(RpcError::Internal(format!("node {}: reading chunk {id}: {e}", self.id))),
         };
         let damage = match chunk_store::decode_file(file) {

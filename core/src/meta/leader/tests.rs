@@ -593,14 +593,9 @@ fn a_replica_being_deleted_is_not_readmitted_by_a_report() {
     assert_eq!(w.ns.file("/f").unwrap().chunks[0].replicas.len(), 2);
 }
 
-#[test]
-fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
-    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
-    let mut w = World::new(3, config);
-    let f = w.upload("/f", 3, &[1, 2, 3], true);
-    let sha = |index: u32| Sha256Digest([index as u8; 32]);
-    let report = |index: u32| ReplicaReport { chunk: ChunkId::derive(f, index), size: CHUNK, sha256: sha(index) };
-    let beat = |stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>| Heartbeat {
+/// A heartbeat from node 1 carrying `stored` and an inventory part.
+fn beat(stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>) -> Heartbeat {
+    Heartbeat {
         node: StorageNodeId(1),
         addr: "n1:1".into(),
         stats: NodeStats::default(),
@@ -609,7 +604,16 @@ fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
         repairs_running: vec![],
         repairs_failed: vec![],
         inventory,
-    };
+    }
+}
+
+#[test]
+fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let mut w = World::new(3, config);
+    let f = w.upload("/f", 3, &[1, 2, 3], true);
+    let sha = |index: u32| Sha256Digest([index as u8; 32]);
+    let report = |index: u32| ReplicaReport { chunk: ChunkId::derive(f, index), size: CHUNK, sha256: sha(index) };
     // A new leader wants an inventory from every node.
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
     assert!(d.reply.inventory_wanted);
@@ -642,16 +646,6 @@ fn a_chunk_stored_while_the_last_inventory_part_was_on_its_way_is_not_marked_mis
     let mut w = World::new(3, config);
     let old = w.upload("/old", 1, &[1, 2, 3], true);
     let report = |f: FileId, index: u32| ReplicaReport { chunk: ChunkId::derive(f, index), size: CHUNK, sha256: Sha256Digest([index as u8; 32]) };
-    let beat = |stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>| Heartbeat {
-        node: StorageNodeId(1),
-        addr: "n1:1".into(),
-        stats: NodeStats::default(),
-        deleted: vec![],
-        stored,
-        repairs_running: vec![],
-        repairs_failed: vec![],
-        inventory,
-    };
     // The node builds its last inventory part (holding only /old's chunk); meanwhile a new
     // file's chunk lands on it and the upload commits.
     let new = w.upload("/new", 1, &[1, 2, 3], true);
