@@ -32,15 +32,30 @@ pub enum Site {
     MetaPropose,
     /// A client about to send a chunk to its primary: delay.
     ClientSend,
+    /// The simulated network, a server about to answer a call it carried out: fail = the
+    /// answer is lost (the caller cannot tell whether the call took effect).
+    NetLoseReply,
+    /// The simulated network, a caller making a call: delay = it gives up after that long,
+    /// cancelling the handler mid-call wherever it is.
+    NetAbandonCall,
 }
 
 impl Site {
-    pub const ALL: [Site; 6] = [Site::StorageStore, Site::StorageForward, Site::StorageRead, Site::StorageHeartbeat, Site::MetaPropose, Site::ClientSend];
+    pub const ALL: [Site; 8] = [
+        Site::StorageStore,
+        Site::StorageForward,
+        Site::StorageRead,
+        Site::StorageHeartbeat,
+        Site::MetaPropose,
+        Site::ClientSend,
+        Site::NetLoseReply,
+        Site::NetAbandonCall,
+    ];
 
     /// Whether the site may fail (some may only be delayed: a failure there would not be the
     /// world's doing).
     pub fn may_fail(self) -> bool {
-        !matches!(self, Site::MetaPropose | Site::ClientSend)
+        !matches!(self, Site::MetaPropose | Site::ClientSend | Site::NetAbandonCall)
     }
 
     pub fn name(self) -> &'static str {
@@ -51,6 +66,8 @@ impl Site {
             Site::StorageHeartbeat => "storage.heartbeat",
             Site::MetaPropose => "meta.propose",
             Site::ClientSend => "client.send",
+            Site::NetLoseReply => "net.lose_reply",
+            Site::NetAbandonCall => "net.abandon_call",
         }
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use dfs_core::env::Transport;
+use dfs_core::fault::{self, Site};
 use dfs_core::proto::{self, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkResponse};
 use dfs_core::rpc::{self, ChunkDownload, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError};
 use futures::future::{BoxFuture, Either};
@@ -70,10 +71,28 @@ impl SimTransport {
     }
 }
 
+/// Runs a call, unless the `NetAbandonCall` fault site makes the caller give up first (as a
+/// client timeout or a reset would), which cancels the server's handler wherever it is.
+async fn abandonable<T>(to: &str, call: impl Future<Output = Result<T, RpcError>>) -> Result<T, RpcError> {
+    match fault::decide(Site::NetAbandonCall) {
+        Some(fault::Fault::Delay(after)) => match madsim::time::timeout(after, call).await {
+            Ok(result) => result,
+            Err(_) => Err(transport_error(to, format!("call abandoned after {after:?} (fault site {})", Site::NetAbandonCall.name()))),
+        },
+        _ => call.await,
+    }
+}
+
+/// Whether the `NetLoseReply` fault site loses this answer.
+fn reply_lost() -> bool {
+    fault::decide(Site::NetLoseReply) == Some(fault::Fault::Fail)
+}
+
 impl Transport for SimTransport {
     fn unary<R: Rpc>(&self, to: &str, request: R) -> impl Future<Output = Result<R::Response, RpcError>> + Send {
         let to = to.to_string();
-        async move {
+        let name = to.clone();
+        let call = async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let body = Bytes::from(request.encode_to_vec());
             // As gRPC does in production: an oversized message is refused, never sent.
@@ -88,7 +107,8 @@ impl Transport for SimTransport {
                 }
                 other => Err(RpcError::Internal(format!("{to}: unexpected {other:?}"))),
             }
-        }
+        };
+        async move { abandonable(&name, call).await }
     }
 
     fn write_chunk(&self, to: &str, service: ChunkService, upload: ChunkUpload) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
@@ -102,7 +122,8 @@ impl Transport for SimTransport {
         mut frames: futures::stream::BoxStream<'static, WriteChunkFrame>,
     ) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
         let to = to.to_string();
-        async move {
+        let name = to.clone();
+        let call = async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let io = |e| transport_error(&to, e);
             send(&tx, Wire::WriteChunk { service }).await.map_err(io)?;
@@ -115,7 +136,8 @@ impl Transport for SimTransport {
                     .map_err(|e| RpcError::Internal(format!("{to}: undecodable reply: {e}"))),
                 other => Err(RpcError::Internal(format!("{to}: unexpected {other:?}"))),
             }
-        }
+        };
+        async move { abandonable(&name, call).await }
     }
 
     fn read_chunk(&self, to: &str, request: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send {
@@ -253,11 +275,15 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
                 }
                 Ok(reply)
             });
+            if reply_lost() {
+                return Ok(());
+            }
             send(&tx, encode(reply)).await
         }
         Wire::WriteChunk { service: which } => {
             let handled = unless_caller_gone(&tx, service.write_chunk(which, incoming_frames(rx))).await;
             match handled {
+                Some(_) if reply_lost() => Ok(()),
                 Some(reply) => send(&tx, encode(reply.map(|r| Bytes::from(r.encode_to_vec())))).await,
                 None => Ok(()),
             }

@@ -18,7 +18,15 @@ use dfs_io_sim::{serve, CrashModel, SimDisk, SimEnv};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 
+use crate::timeline::{self, Kind};
 use crate::trace;
+
+/// A fault injected or healed: in the trace and on the timeline.
+pub fn fault_event(text: impl Into<String>) {
+    let text = text.into();
+    trace::event(&text);
+    timeline::record(Kind::Fault, "-", text);
+}
 
 const PORT: u16 = 7000;
 
@@ -39,6 +47,18 @@ pub struct ClusterConfig {
     pub meta_logs_kept_behind_snapshot: u64,
     /// Snapshots travel in pieces of this size (small: many pieces per transfer).
     pub meta_snapshot_piece_bytes: u64,
+    /// Metadata timers (`MetaConfig`'s defaults unless set): storage node health, garbage
+    /// delay, upload expiry. Short ones make death, repair, GC and expiry happen inside a
+    /// short run.
+    pub meta_health: Option<dfs_core::health::HealthConfig>,
+    pub meta_gc_delay: Option<Duration>,
+    pub meta_upload_expiry: Option<Duration>,
+    /// How often storage nodes report their whole inventory (default: `StorageConfig`'s).
+    /// The inventory is what finds a copy metadata never heard of (a client that died before
+    /// recording its chunk), so it bounds how long such an orphan lasts.
+    pub storage_inventory_interval: Option<Duration>,
+    /// Client hosts (`client` when one, `client-1`.. otherwise).
+    pub clients: usize,
 }
 
 impl Default for ClusterConfig {
@@ -51,6 +71,11 @@ impl Default for ClusterConfig {
             meta_snapshot_every: 10_000,
             meta_logs_kept_behind_snapshot: 1000,
             meta_snapshot_piece_bytes: 1 << 20,
+            meta_health: None,
+            meta_gc_delay: None,
+            meta_upload_expiry: None,
+            storage_inventory_interval: None,
+            clients: 1,
         }
     }
 }
@@ -77,7 +102,9 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub meta: Vec<MetaHost>,
     pub storage: Vec<StorageHost>,
-    client: NodeHandle,
+    /// The client hosts; requests come only from them.
+    pub clients: Vec<NodeHandle>,
+    pub client_names: Vec<String>,
     /// term → the node seen leading it (checked by the observer).
     leaders: Arc<Mutex<BTreeMap<u64, u64>>>,
 }
@@ -102,6 +129,7 @@ impl Cluster {
                 let (members, disk2, slot) = (members.clone(), disk.clone(), server.clone());
                 let (snapshot_every, logs_kept, piece_bytes) =
                     (config.meta_snapshot_every, config.meta_logs_kept_behind_snapshot, config.meta_snapshot_piece_bytes);
+                let (health, gc_delay, upload_expiry) = (config.meta_health, config.meta_gc_delay, config.meta_upload_expiry);
                 let node = handle
                     .create_node()
                     .name(format!("meta-{id}"))
@@ -114,6 +142,11 @@ impl Cluster {
                             config.snapshot_every = snapshot_every;
                             config.logs_kept_behind_snapshot = logs_kept;
                             config.snapshot_transfer.piece_bytes = piece_bytes;
+                            if let Some(health) = health {
+                                config.health = health;
+                            }
+                            config.gc_delay = gc_delay.unwrap_or(config.gc_delay);
+                            config.upload_expiry = upload_expiry.unwrap_or(config.upload_expiry);
                             let server = MetaServer::start(SimEnv::new(disk), config).await.expect("metadata node starts");
                             *slot.lock().unwrap() = Some(server.clone());
                             serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), server).await.expect("serve");
@@ -130,6 +163,7 @@ impl Cluster {
                 let disk = SimDisk::new(config.storage_capacity_bytes);
                 let server: Slot<StorageNode<SimEnv>> = Arc::default();
                 let (meta_addrs, disk2, slot, heartbeat) = (meta_addrs.clone(), disk.clone(), server.clone(), config.storage_heartbeat);
+                let inventory_interval = config.storage_inventory_interval;
                 let node = handle
                     .create_node()
                     .name(format!("storage-{index}"))
@@ -140,6 +174,7 @@ impl Cluster {
                             boot_delay().await;
                             let mut config = StorageConfig::new("/data", addr.to_string(), meta_addrs);
                             config.heartbeat_interval = heartbeat;
+                            config.inventory_interval = inventory_interval.unwrap_or(config.inventory_interval);
                             let node = StorageNode::open(SimEnv::new(disk), config).await.expect("storage node opens");
                             *slot.lock().unwrap() = Some(node.clone());
                             madsim::task::spawn(node.clone().run_heartbeats());
@@ -151,8 +186,10 @@ impl Cluster {
             })
             .collect();
 
-        let client = handle.create_node().name("client").ip(ip(2, 1)).build();
-        let cluster = Cluster { config, meta, storage, client, leaders: Arc::default() };
+        let client_names: Vec<String> =
+            (1..=config.clients.max(1)).map(|i| if config.clients <= 1 { "client".to_string() } else { format!("client-{i}") }).collect();
+        let clients = client_names.iter().enumerate().map(|(i, name)| handle.create_node().name(name).ip(ip(2, i as u8 + 1)).build()).collect();
+        let cluster = Cluster { config, meta, storage, clients, client_names, leaders: Arc::default() };
         cluster.spawn_leader_observer();
         cluster
     }
@@ -172,7 +209,7 @@ impl Cluster {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        self.client.spawn(work).await.expect("client task")
+        self.client_host(0).spawn(work).await.expect("client task")
     }
 
     /// Starts `work` on the client host and returns at once.
@@ -181,7 +218,13 @@ impl Cluster {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        self.client.spawn(work)
+        self.client_host(0).spawn(work)
+    }
+
+    /// Client host `i` (0-based) as it is now: a handle taken before a restart would spawn
+    /// onto the killed incarnation, where tasks never run.
+    pub fn client_host(&self, i: usize) -> NodeHandle {
+        Handle::current().get_node(self.clients[i].id()).expect("client host exists")
     }
 
     /// The leader as the live metadata nodes see it: the node that believes it leads the
@@ -229,14 +272,14 @@ impl Cluster {
         let host = &self.meta[id as usize - 1];
         *host.server.lock().unwrap() = None;
         let report = host.disk.crash_with(POWER_CUT, madsim::rand::thread_rng().gen());
-        trace::event(format!("kill meta-{id} (power cut: unsynced contents of {} files kept, {} torn)", report.kept, report.torn));
+        fault_event(format!("kill meta-{id} (power cut: unsynced contents of {} files kept, {} torn)", report.kept, report.torn));
         Handle::current().kill(host.node.id());
     }
 
     /// Boots a killed metadata host again on its disk.
     pub fn restart_meta(&self, id: u64) {
         let host = &self.meta[id as usize - 1];
-        trace::event(format!("restart meta-{id}"));
+        fault_event(format!("restart meta-{id}"));
         Handle::current().restart(host.node.id());
     }
 
@@ -247,14 +290,25 @@ impl Cluster {
         let host = &self.storage[index as usize - 1];
         *host.server.lock().unwrap() = None;
         let report = host.disk.crash_with(POWER_CUT, madsim::rand::thread_rng().gen());
-        trace::event(format!("kill storage-{index} (power cut: unsynced contents of {} files kept, {} torn)", report.kept, report.torn));
+        fault_event(format!("kill storage-{index} (power cut: unsynced contents of {} files kept, {} torn)", report.kept, report.torn));
         Handle::current().kill(host.node.id());
+    }
+
+    /// Kills client host `i` (0-based): every request in flight from it ends unanswered.
+    pub fn kill_client(&self, i: usize) {
+        fault_event(format!("kill {} (power cut)", self.client_names[i]));
+        Handle::current().kill(self.clients[i].id());
+    }
+
+    pub fn restart_client(&self, i: usize) {
+        fault_event(format!("restart {}", self.client_names[i]));
+        Handle::current().restart(self.clients[i].id());
     }
 
     /// Boots a killed storage host again on its disk.
     pub fn restart_storage(&self, index: u64) {
         let host = &self.storage[index as usize - 1];
-        trace::event(format!("restart storage-{index}"));
+        fault_event(format!("restart storage-{index}"));
         Handle::current().restart(host.node.id());
     }
 
@@ -262,7 +316,7 @@ impl Cluster {
     /// 1-10 ms), and `loss` of them are lost (on madsim's reliable connections a loss shows
     /// as a retry after a back-off, so as a longer delay; a lost connect is refused).
     pub fn degrade_network(&self, latency: std::ops::Range<Duration>, loss: f64) {
-        trace::event(format!("network degraded: latency {latency:?}, loss {loss:.3}"));
+        fault_event(format!("network degraded: latency {latency:?}, loss {loss:.3}"));
         madsim::net::NetSim::current().update_config(|c| {
             c.send_latency = latency;
             c.packet_loss_rate = loss;
@@ -271,7 +325,7 @@ impl Cluster {
 
     /// The network as it was before `degrade_network`.
     pub fn restore_network(&self) {
-        trace::event("network restored");
+        fault_event("network restored");
         madsim::net::NetSim::current().update_config(|c| *c = madsim::net::Config::default());
     }
 
@@ -279,7 +333,7 @@ impl Cluster {
     /// in both directions or one.
     pub fn partition_storage(&self, index: u64, cut: Cut) {
         let node = self.storage[index as usize - 1].node.id();
-        trace::event(format!("partition storage-{index} ({cut:?})"));
+        fault_event(format!("partition storage-{index} ({cut:?})"));
         let net = madsim::net::NetSim::current();
         match cut {
             Cut::Both => net.clog_node(node),
@@ -290,7 +344,7 @@ impl Cluster {
 
     pub fn heal_storage(&self, index: u64) {
         let node = self.storage[index as usize - 1].node.id();
-        trace::event(format!("heal storage-{index}"));
+        fault_event(format!("heal storage-{index}"));
         madsim::net::NetSim::current().unclog_node(node);
     }
 
@@ -298,7 +352,7 @@ impl Cluster {
     /// other storage nodes still reach it.
     pub fn cut_storage_from_meta(&self, index: u64) {
         let node = self.storage[index as usize - 1].node.id();
-        trace::event(format!("cut storage-{index} from metadata"));
+        fault_event(format!("cut storage-{index} from metadata"));
         let net = madsim::net::NetSim::current();
         for m in &self.meta {
             net.clog_link(node, m.node.id());
@@ -308,7 +362,7 @@ impl Cluster {
 
     pub fn uncut_storage_from_meta(&self, index: u64) {
         let node = self.storage[index as usize - 1].node.id();
-        trace::event(format!("reconnect storage-{index} to metadata"));
+        fault_event(format!("reconnect storage-{index} to metadata"));
         let net = madsim::net::NetSim::current();
         for m in &self.meta {
             net.unclog_link(node, m.node.id());
@@ -320,15 +374,16 @@ impl Cluster {
     /// storage nodes still reach it: it heartbeats as healthy but serves no client.
     pub fn cut_storage_from_clients(&self, index: u64, cut: bool) {
         let node = self.storage[index as usize - 1].node.id();
-        trace::event(format!("{} storage-{index} {} the clients", if cut { "cut" } else { "reconnect" }, if cut { "from" } else { "to" }));
+        fault_event(format!("{} storage-{index} {} the clients", if cut { "cut" } else { "reconnect" }, if cut { "from" } else { "to" }));
         let net = madsim::net::NetSim::current();
-        let client = self.client.id();
-        if cut {
-            net.clog_link(node, client);
-            net.clog_link(client, node);
-        } else {
-            net.unclog_link(node, client);
-            net.unclog_link(client, node);
+        for client in self.clients.iter().map(|c| c.id()) {
+            if cut {
+                net.clog_link(node, client);
+                net.clog_link(client, node);
+            } else {
+                net.unclog_link(node, client);
+                net.unclog_link(client, node);
+            }
         }
     }
 
@@ -369,7 +424,7 @@ impl Cluster {
     /// incoming messages.
     pub fn partition_meta(&self, id: u64, cut: Cut) {
         let node = self.meta[id as usize - 1].node.id();
-        trace::event(format!("partition meta-{id} ({cut:?})"));
+        fault_event(format!("partition meta-{id} ({cut:?})"));
         let net = madsim::net::NetSim::current();
         match cut {
             Cut::Both => net.clog_node(node),
@@ -380,7 +435,7 @@ impl Cluster {
 
     pub fn heal_meta(&self, id: u64) {
         let node = self.meta[id as usize - 1].node.id();
-        trace::event(format!("heal meta-{id}"));
+        fault_event(format!("heal meta-{id}"));
         madsim::net::NetSim::current().unclog_node(node);
     }
 
@@ -412,7 +467,7 @@ impl Cluster {
                 self.heal_meta(victim);
             }
             _ => {
-                trace::event("every metadata node loses power");
+                fault_event("every metadata node loses power");
                 for m in &self.meta {
                     self.kill_meta(m.id);
                 }
@@ -430,7 +485,7 @@ impl Cluster {
     async fn membership_change(&self, id: u64, crash: u64) {
         let addr = self.meta[id as usize - 1].addr.to_string();
         let admin = Arc::new(self.client(ClientConfig::default(), &SimDisk::new(1 << 20)));
-        trace::event(format!("membership: remove meta-{id}, then add it back"));
+        fault_event(format!("membership: remove meta-{id}, then add it back"));
         let change = {
             let admin = admin.clone();
             self.spawn_on_client(async move {
@@ -448,7 +503,7 @@ impl Cluster {
             self.restart_meta(crash);
         }
         let (removed, added) = change.await.expect("membership task");
-        trace::event(format!("membership change of meta-{id}: remove {removed:?}, add {added:?}"));
+        fault_event(format!("membership change of meta-{id}: remove {removed:?}, add {added:?}"));
         // Faults healed: the node must become a voter again.
         let addr = self.meta[id as usize - 1].addr.to_string();
         let deadline = madsim::time::Instant::now() + Duration::from_secs(120);
@@ -463,7 +518,7 @@ impl Cluster {
                 }
             }
         }
-        trace::event(format!("meta-{id} is a voter again"));
+        fault_event(format!("meta-{id} is a voter again"));
     }
 
     /// Every metadata member is up, has applied the same log and holds the same namespace.
@@ -503,6 +558,9 @@ impl Cluster {
                     let m = server.raft().metrics().borrow().clone();
                     if m.current_leader == Some(*id) && m.state == openraft::ServerState::Leader {
                         let mut seen = leaders.lock().unwrap();
+                        if !seen.contains_key(&m.current_term) {
+                            timeline::record(Kind::Leader, &format!("meta-{id}"), format!("leader of term {}", m.current_term));
+                        }
                         let previous = *seen.entry(m.current_term).or_insert(*id);
                         assert_eq!(previous, *id, "two leaders in term {}: nodes {previous} and {id}", m.current_term);
                     }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use dfs_core::fault::{self, Fault, Site};
 use madsim::rand::Rng;
 
+use crate::coverage;
 use crate::trace;
 
 /// Chance that a site is on in a run.
@@ -44,10 +45,22 @@ pub fn enable() {
         }
         plan
     };
+    enable_plan(plan);
+}
+
+/// Installs `plan` (site → chance it fires per visit). Each firing is counted for coverage
+/// and put on the timeline, at the host where it happened.
+pub fn enable_plan(plan: BTreeMap<Site, f64>) {
     trace::event(format!(
         "fault sites on: {}",
         plan.iter().map(|(s, rate)| format!("{}@{rate}", s.name())).collect::<Vec<_>>().join(" ")
     ));
+    for site in Site::ALL {
+        coverage::known(&coverage_name(site));
+    }
+    for site in plan.keys() {
+        coverage::enabled(&coverage_name(*site));
+    }
     let fired = FIRED.with(Rc::clone);
     fault::install(move |site| {
         let rate = *plan.get(&site)?;
@@ -56,12 +69,20 @@ pub fn enable() {
             return None;
         }
         *fired.borrow_mut().entry(site).or_default() += 1;
-        if site.may_fail() && rng.gen_bool(0.5) {
-            Some(Fault::Fail)
+        coverage::fired(&coverage_name(site));
+        let fault = if site.may_fail() && rng.gen_bool(0.5) {
+            Fault::Fail
         } else {
-            Some(Fault::Delay(Duration::from_millis(rng.gen_range(1..DELAY_MAX.as_millis() as u64))))
-        }
+            Fault::Delay(Duration::from_millis(rng.gen_range(1..DELAY_MAX.as_millis() as u64)))
+        };
+        // Through tracing, so that the timeline learns the host from madsim's span.
+        tracing::info!(target: "dfs_core::fault_site", site = site.name(), ?fault, "fault site fired");
+        Some(fault)
     });
+}
+
+fn coverage_name(site: Site) -> String {
+    format!("site.{}", site.name())
 }
 
 /// No site fires any more; records what fired in the trace.

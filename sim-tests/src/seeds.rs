@@ -19,6 +19,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::coverage;
+use crate::timeline::{self, Kind};
 use crate::trace;
 
 /// Set in a child process: the one seed it runs.
@@ -62,70 +64,180 @@ pub fn from_env_or(default_count: u64) -> SeedRange {
 /// What one seed's run produced.
 pub struct SeedRun {
     pub seed: u64,
+    /// Hash and length of the raw log (changes with the log filter).
     pub trace_hash: String,
     pub trace_lines: usize,
+    /// Hash and length of the timeline (independent of the log filter).
+    pub timeline_hash: String,
+    pub timeline_records: usize,
+    pub coverage: std::collections::BTreeMap<String, coverage::Count>,
     pub wall: Duration,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+}
+
+impl SeedRun {
+    /// The line a child process prints with its result (`parse` reads it back).
+    pub fn line(&self) -> String {
+        format!(
+            "{CHILD_RESULT_TAG} seed={} trace={} lines={} timeline={} records={} simulated_ms={} cov={}",
+            self.seed,
+            self.trace_hash,
+            self.trace_lines,
+            self.timeline_hash,
+            self.timeline_records,
+            self.simulated.as_millis(),
+            coverage::encode(&self.coverage)
+        )
+    }
+
+    /// Reads a child's output back; `None` if it printed no result line.
+    pub fn parse(stdout: &str, wall: Duration) -> Option<SeedRun> {
+        // libtest prints "test <name> ... " without a newline first: the tag may be mid-line.
+        let fields = stdout.lines().find_map(|l| l.split_once(CHILD_RESULT_TAG).map(|(_, fields)| fields))?;
+        let field = |name: &str| fields.split_whitespace().find_map(|f| f.strip_prefix(name)).map(str::to_string);
+        Some(SeedRun {
+            seed: field("seed=")?.parse().ok()?,
+            trace_hash: field("trace=")?,
+            trace_lines: field("lines=")?.parse().ok()?,
+            timeline_hash: field("timeline=")?,
+            timeline_records: field("records=")?.parse().ok()?,
+            coverage: coverage::decode(&field("cov=")?),
+            wall,
+            simulated: Duration::from_millis(field("simulated_ms=")?.parse().ok()?),
+        })
+    }
 }
 
 fn child_seed() -> Option<u64> {
     std::env::var(CHILD_SEED_ENV).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{CHILD_SEED_ENV}={v:?} is not a number")))
 }
 
-fn replay_command(test: SimTest, seed: u64) -> String {
+pub fn replay_command(test: SimTest, seed: u64) -> String {
+    if test.file == "chaos" {
+        // The chaos scenario replays through its own command, which prints the timeline.
+        return format!("cargo sim-replay {seed}");
+    }
     format!(
         "MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 DFS_SIM_VERBOSE=1 cargo sim --test {} -- {} --exact --nocapture",
         test.file, test.name
     )
 }
 
-/// Runs `scenario` under `seed` on a fresh thread of this process. Panics (with the replay
-/// command) if the scenario panics.
-fn run_in_process<F, Fut>(test: SimTest, seed: u64, scenario: F) -> SeedRun
+/// One seed's run, captured: what it produced, whether it failed, and (when `keep`, or when
+/// it failed) its timeline and raw log.
+pub struct Captured {
+    pub run: SeedRun,
+    /// The panic message of a failed run (a checker's verdict starts with `VERDICT`).
+    pub failure: Option<String>,
+    pub records: Vec<timeline::Record>,
+    pub lines: Vec<String>,
+}
+
+/// Runs `scenario` under `seed` on a fresh thread of this process; never panics.
+pub fn run_captured<F, Fut>(seed: u64, keep: bool, scenario: F) -> Captured
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let started = Instant::now();
     trace::install_subscriber();
-    let outcome = std::thread::Builder::new()
+    let keep = keep || std::env::var_os("DFS_SIM_TRACE_DIR").is_some();
+    let (result, mut run, lines, records) = std::thread::Builder::new()
         .name(format!("sim-seed-{seed}"))
         .spawn(move || {
             trace::reset();
+            timeline::reset();
+            coverage::reset();
             let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             runtime.set_time_limit(SIMULATED_TIME_LIMIT);
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(scenario())));
-            let keep = result.is_err() || std::env::var_os("DFS_SIM_TRACE_DIR").is_some();
+            let simulated = std::rc::Rc::new(std::cell::Cell::new(Duration::ZERO));
+            let end = simulated.clone();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                runtime.block_on(async move {
+                    scenario().await;
+                    end.set(madsim::time::TimeHandle::current().elapsed());
+                })
+            }));
+            let keep = keep || result.is_err();
             let lines = if keep { trace::lines() } else { Vec::new() };
-            (result, trace::hash(), trace::len(), lines)
+            let records = if keep { timeline::records().0 } else { Vec::new() };
+            let run = SeedRun {
+                seed,
+                trace_hash: trace::hash(),
+                trace_lines: trace::len(),
+                timeline_hash: timeline::hash(),
+                timeline_records: timeline::len(),
+                coverage: coverage::run(),
+                wall: Duration::ZERO,
+                simulated: simulated.get(),
+            };
+            (result, run, lines, records)
         })
         .expect("spawn simulation thread")
         .join()
         .expect("simulation thread");
-    let (result, trace_hash, trace_lines, lines) = outcome;
-    if let Some(dir) = std::env::var_os("DFS_SIM_TRACE_DIR") {
-        // Every run's whole trace, for comparing two runs of a seed line by line.
-        let path = Path::new(&dir).join(format!("{}-seed-{seed}-{trace_hash}.log", test.name));
-        let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, lines.join("\n")));
-    }
-    if let Err(panic) = result {
-        let message = panic
+    run.wall = started.elapsed();
+    let failure = result.err().map(|panic| {
+        panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "non-string panic".into());
+            .unwrap_or_else(|| "non-string panic".into())
+    });
+    Captured { run, failure, records, lines }
+}
+
+/// The path a failed run's verdict is about, if it names one.
+pub fn verdict_path(records: &[timeline::Record]) -> Option<String> {
+    records.iter().rev().find(|r| r.kind == Kind::Check).and_then(|r| r.paths.first().cloned())
+}
+
+/// Runs `scenario` under `seed` on a fresh thread of this process. Panics (with the replay
+/// command, the verdict and the timeline that led to it) if the scenario panics.
+pub fn run_in_process<F, Fut>(test: SimTest, seed: u64, scenario: F) -> SeedRun
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let Captured { run, failure, records, lines } = run_captured(seed, false, scenario);
+    if let Some(dir) = std::env::var_os("DFS_SIM_TRACE_DIR") {
+        // Every run's whole trace, for comparing two runs of a seed line by line.
+        let path = Path::new(&dir).join(format!("{}-seed-{seed}-{}.log", test.name, run.trace_hash));
+        let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, lines.join("\n")));
+        let path = Path::new(&dir).join(format!("{}-seed-{seed}-{}.timeline", test.name, run.timeline_hash));
+        let _ = std::fs::write(&path, timeline::render(&records, &timeline::Filter::default(), None));
+    }
+    if let Some(message) = failure {
         let dump = std::env::temp_dir().join(format!("dfs-sim-{}-seed-{seed}.log", test.name));
         let _ = std::fs::write(&dump, lines.join("\n"));
-        eprintln!("---- last trace lines of seed {seed} (all {} in {}) ----", lines.len(), dump.display());
-        for line in &lines[lines.len().saturating_sub(30)..] {
-            eprintln!("{line}");
+        let timeline_dump = dump.with_extension("timeline");
+        let _ = std::fs::write(&timeline_dump, timeline::render(&records, &timeline::Filter::default(), None));
+        // The events that led to the verdict: about its subject (a path), if it names one.
+        let filter = timeline::Filter { path: verdict_path(&records), ..timeline::Filter::default() };
+        eprintln!(
+            "---- the timeline of seed {seed}{} (whole: {}; raw log: {}) ----",
+            filter.path.as_ref().map(|p| format!(", about {p}")).unwrap_or_default(),
+            timeline_dump.display(),
+            dump.display()
+        );
+        eprint!("{}", timeline::render(&records, &filter, Some(40)));
+        if records.is_empty() {
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{line}");
+            }
         }
-        panic!("simulation {} failed with seed {seed}: {message}\nreplay it with:\n  {}", test.name, replay_command(test, seed));
+        let replay = match &filter.path {
+            Some(p) if test.file == "chaos" => format!("{} --file {p}", replay_command(test, seed)),
+            _ => replay_command(test, seed),
+        };
+        panic!("simulation {} failed with seed {seed}: {message}\nreplay it with:\n  {replay}", test.name);
     }
-    SeedRun { seed, trace_hash, trace_lines, wall: started.elapsed() }
+    run
 }
 
 /// Runs one seed in a child process (this test binary, filtered to `test`).
-fn run_in_child(test: SimTest, seed: u64) -> SeedRun {
+pub fn run_in_child(test: SimTest, seed: u64) -> SeedRun {
     let started = Instant::now();
     let exe = std::env::current_exe().expect("test binary path");
     let out = Command::new(exe)
@@ -137,19 +249,8 @@ fn run_in_child(test: SimTest, seed: u64) -> SeedRun {
     if std::env::var_os("DFS_SIM_VERBOSE").is_some() {
         print!("{stdout}");
     }
-    // libtest prints "test <name> ... " without a newline first: the tag may be mid-line.
-    let result = stdout.lines().find_map(|l| l.split_once(CHILD_RESULT_TAG).map(|(_, fields)| fields));
-    match (out.status.success(), result) {
-        (true, Some(fields)) => {
-            let field = |name: &str| {
-                fields
-                    .split_whitespace()
-                    .find_map(|f| f.strip_prefix(name))
-                    .unwrap_or_else(|| panic!("child result {fields:?} lacks {name}"))
-                    .to_string()
-            };
-            SeedRun { seed, trace_hash: field("trace="), trace_lines: field("lines=").parse().expect("line count"), wall: started.elapsed() }
-        }
+    match SeedRun::parse(&stdout, started.elapsed()) {
+        Some(run) if out.status.success() => run,
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             eprintln!("{stderr}");
@@ -171,7 +272,7 @@ where
 {
     let Some(seed) = child_seed() else { return false };
     let run = run_in_process(test, seed, scenario);
-    println!("{CHILD_RESULT_TAG} seed={} trace={} lines={}", run.seed, run.trace_hash, run.trace_lines);
+    println!("{}", run.line());
     true
 }
 
@@ -196,9 +297,23 @@ where
     }
     let range = from_env_or(default_count);
     let started = Instant::now();
+    let mut table = coverage::Table::default();
     for seed in range.first..range.first + range.count {
         let run = run_in_child(test, seed);
-        println!("[sim] {} seed={} trace={} lines={} wall={:.2}s", test.name, run.seed, run.trace_hash, run.trace_lines, run.wall.as_secs_f64());
+        println!(
+            "[sim] {} seed={} timeline={} trace={} lines={} simulated={:.1}s wall={:.2}s",
+            test.name,
+            run.seed,
+            run.timeline_hash,
+            run.trace_hash,
+            run.trace_lines,
+            run.simulated.as_secs_f64(),
+            run.wall.as_secs_f64()
+        );
+        table.add(&run.coverage);
+    }
+    if table.rows.values().any(|r| r.0 > 0 || r.2 > 0) {
+        print!("{}", table.render(test.name));
     }
     let wall = started.elapsed();
     println!(
@@ -225,7 +340,14 @@ where
     let a = run_in_child(test, seed);
     let b = run_in_child(test, seed);
     let c = run_in_child(test, seed + 1);
-    println!("[sim] determinism: seed {seed} -> {} and {}; seed {} -> {}", a.trace_hash, b.trace_hash, seed + 1, c.trace_hash);
+    println!(
+        "[sim] determinism: seed {seed} -> timeline {} and {}; seed {} -> {}",
+        a.timeline_hash,
+        b.timeline_hash,
+        seed + 1,
+        c.timeline_hash
+    );
     assert_eq!((a.trace_hash.as_str(), a.trace_lines), (b.trace_hash.as_str(), b.trace_lines), "seed {seed} gave two different traces");
+    assert_eq!(a.timeline_hash, b.timeline_hash, "seed {seed} gave two different timelines");
     assert_ne!(a.trace_hash, c.trace_hash, "seeds {seed} and {} gave the same trace", seed + 1);
 }

@@ -10,14 +10,28 @@ use std::sync::Once;
 
 use sha2::{Digest, Sha256};
 
+/// Log lines kept per run (a runaway loop that logs must not eat the machine's memory); the
+/// rest are counted.
+const LINES_MAX: usize = 2_000_000;
+
 thread_local! {
     static TRACE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static DROPPED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn push_line(t: &mut Vec<String>, line: String) {
+    if t.len() < LINES_MAX {
+        t.push(line);
+    } else {
+        DROPPED.with(|d| d.set(d.get() + 1));
+    }
 }
 
 /// Starts an empty trace on this thread. `install_subscriber` must have run first (before the
 /// thread started: building the filter creates `HashMap`s, and madsim can seed std's hasher
 /// only on a thread that has created none).
 pub fn reset() {
+    DROPPED.with(|d| d.set(0));
     TRACE.with(|t| t.borrow_mut().clear());
 }
 
@@ -28,13 +42,14 @@ pub fn event(message: impl AsRef<str>) {
     if std::env::var_os("DFS_SIM_VERBOSE").is_some() {
         println!("{line}");
     }
-    TRACE.with(|t| t.borrow_mut().push(line));
+    TRACE.with(|t| push_line(&mut t.borrow_mut(), line));
 }
 
 /// Hash of everything recorded on this thread since `reset`.
 pub fn hash() -> String {
     TRACE.with(|t| {
         let mut h = Sha256::new();
+        h.update(DROPPED.with(|d| d.get()).to_le_bytes());
         for line in t.borrow().iter() {
             h.update(line.as_bytes());
             h.update(b"\n");
@@ -84,7 +99,7 @@ impl Write for TraceWriter {
         TRACE.with(|t| {
             let mut t = t.borrow_mut();
             for line in text.lines() {
-                t.push(mask_task_ids(line));
+                push_line(&mut t, mask_task_ids(line));
             }
         });
         Ok(buf.len())
@@ -95,16 +110,22 @@ impl Write for TraceWriter {
     }
 }
 
+/// Installs the process's one subscriber: the log lines (filter `RUST_LOG`, by default
+/// `info,dfs_core=debug,openraft=warn`) go to the trace, and core's events at debug and above
+/// to the timeline whatever `RUST_LOG` says, so that the timeline (and its hash) does not
+/// change with the log filter.
 pub fn install_subscriber() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,dfs_core=debug,openraft=warn"));
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(|| TraceWriter)
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
+        let log = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(|| TraceWriter).with_filter(filter);
+        // madsim's `node` spans (level error) name the host an event happened on.
+        let events = crate::timeline::Layer.with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("dfs_core", tracing::Level::DEBUG).with_target("madsim", tracing::Level::ERROR),
+        );
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(log).with(events));
     });
 }

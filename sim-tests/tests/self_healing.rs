@@ -24,6 +24,7 @@ use dfs_core::client::{ClientConfig, NoProgress};
 use dfs_core::env::Disk;
 use dfs_core::ids::ChunkId;
 use dfs_io_sim::SimDisk;
+use dfs_sim_tests::checks;
 use dfs_sim_tests::cluster::{Cluster, ClusterConfig};
 use dfs_sim_tests::seeds::{self, SimTest};
 use dfs_sim_tests::trace;
@@ -41,77 +42,12 @@ const CONVERGE_BOUND: Duration = Duration::from_secs(60);
 
 type SimClient = Arc<dfs_core::client::DfsClient<dfs_io_sim::SimEnv>>;
 
-/// Chunk id → the storage indexes (1-based) whose disks hold a file of it.
 async fn chunks_on_disks(cluster: &Cluster) -> BTreeMap<ChunkId, BTreeSet<u64>> {
-    let mut held: BTreeMap<ChunkId, BTreeSet<u64>> = BTreeMap::new();
-    for index in 1..=STORAGE_NODES {
-        for file in cluster.chunk_files(index).await {
-            let name = file.file_name().unwrap().to_str().unwrap();
-            let id = ChunkId::from_hex(name.trim_end_matches(".chunk")).expect("chunk files are named by id");
-            held.entry(id).or_default().insert(index);
-        }
-    }
-    held
+    checks::chunks_on_disks(cluster).await
 }
 
-/// Storage node id → its index, for the nodes that are up.
-fn indexes(cluster: &Cluster) -> BTreeMap<u64, u64> {
-    (1..=STORAGE_NODES).filter_map(|i| cluster.storage_node(i).map(|n| (n.id().0, i))).collect()
-}
-
-/// What is wrong with the replicas of `files` now, if anything: a chunk listed on fewer (or,
-/// with `exact`, other) than RF live nodes holding it; with `exact`, also orphans on disks.
 async fn replica_problems(cluster: &Cluster, client: &SimClient, files: &BTreeMap<String, Bytes>, exact: bool) -> Option<String> {
-    let up = indexes(cluster);
-    let on_disk = chunks_on_disks(cluster).await;
-    let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
-    let mut listed_on: BTreeSet<(ChunkId, u64)> = BTreeSet::new();
-    for remote in files.keys() {
-        let c = client.clone();
-        let r = remote.clone();
-        let stat = match cluster.on_client(async move { c.stat(&r).await }).await {
-            Ok(s) => s,
-            Err(e) => return Some(format!("stat {remote}: {e}")),
-        };
-        let replication = stat.file.as_ref().map(|f| f.replication).unwrap_or(0) as usize;
-        for chunk in &stat.chunks {
-            let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
-            listed.insert(id);
-            let nodes: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
-            listed_on.extend(nodes.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
-            let good: Vec<u64> = nodes
-                .iter()
-                .copied()
-                .filter(|n| up.get(n).is_some_and(|i| on_disk.get(&id).is_some_and(|held| held.contains(i))))
-                .collect();
-            if good.len() < replication || (exact && nodes.len() != replication) || (exact && good.len() != nodes.len()) {
-                return Some(format!("{remote} chunk {}: listed on {nodes:?}, live holders {good:?}, factor {replication}", chunk.index));
-            }
-        }
-    }
-    if exact {
-        if let Some((id, holders)) = on_disk.iter().find(|(id, _)| !listed.contains(id)) {
-            return Some(format!("orphan chunk {id} on storage {holders:?}"));
-        }
-        // A copy on a node the chunk is not listed on (a surplus not deleted) is an orphan too.
-        for (id, holders) in &on_disk {
-            if let Some(h) = holders.iter().find(|h| !listed_on.contains(&(*id, **h))) {
-                return Some(format!("chunk {id} on storage-{h}, which it is not listed on"));
-            }
-        }
-        // What counts must be valid: every listed chunk file decodes whole (a flipped bit
-        // not yet found by a scrub fails this).
-        let layout = dfs_core::chunk_store::ChunkLayout::new("/data");
-        for (id, holders) in on_disk.iter().filter(|(id, _)| listed.contains(id)) {
-            for h in holders {
-                let bytes = cluster.storage[*h as usize - 1].disk.read_file(&layout.chunk_path(*id)).await.unwrap_or_default();
-                if dfs_core::chunk_store::decode_file(bytes).is_err() {
-                    return Some(format!("chunk {id} on storage-{h} is damaged"));
-                }
-            }
-        }
-    }
-    None
+    checks::replica_problems(cluster, client, &files.keys().cloned().collect::<Vec<_>>(), exact).await
 }
 
 async fn wait_for_replicas(cluster: &Cluster, client: &SimClient, files: &BTreeMap<String, Bytes>, exact: bool, limit: Duration, what: &str) {
@@ -349,18 +285,7 @@ async fn faults_while_healing() {
     trace::event(format!("faults off after {round} rounds; {} replicas flipped", flipped.len()));
     // Liveness: every node up and connected; scrubs find the flips nobody read.
     cluster.wait_for_leader(Duration::from_secs(60)).await;
-    for index in 1..=STORAGE_NODES {
-        let addr = cluster.storage[index as usize - 1].addr.to_string();
-        let meta = cluster.meta_addrs();
-        let disk = SimDisk::new(1 << 20);
-        cluster
-            .on_client(async move {
-                let admin = dfs_core::client::meta_client::MetaClient::new(dfs_io_sim::SimEnv::new(disk), meta, Default::default());
-                admin.call(dfs_core::proto::ScrubStorageNodeRequest { node: addr }).await
-            })
-            .await
-            .expect("scrub request");
-    }
+    checks::scrub_all(&cluster).await;
     wait_for_replicas(&cluster, &client, &files, true, Duration::from_secs(120), "exactly RF valid replicas, no orphans, once faults are off").await;
     check_downloads(&cluster, &client, &disk, &files, "after the faults").await;
 }

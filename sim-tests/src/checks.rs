@@ -1,0 +1,107 @@
+//! Cluster-wide checkers shared by scenarios: where chunks are on the disks, whether every
+//! listed chunk has its replicas, and whether anything is left over.
+//!
+//! What they promise: each looks at the harness's own view (every storage disk, read directly)
+//! against what metadata says (`stat` through a client), so that a replica metadata lists but
+//! no disk holds, a copy no file lists, or a damaged copy counted as good is reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use dfs_core::client::DfsClient;
+use dfs_core::env::Disk;
+use dfs_core::ids::ChunkId;
+use dfs_io_sim::SimEnv;
+
+use crate::cluster::Cluster;
+
+/// Chunk id → the storage indexes (1-based) whose disks hold a file of it.
+pub async fn chunks_on_disks(cluster: &Cluster) -> BTreeMap<ChunkId, BTreeSet<u64>> {
+    let mut held: BTreeMap<ChunkId, BTreeSet<u64>> = BTreeMap::new();
+    for index in 1..=cluster.storage.len() as u64 {
+        for file in cluster.chunk_files(index).await {
+            let name = file.file_name().unwrap().to_str().unwrap();
+            let id = ChunkId::from_hex(name.trim_end_matches(".chunk")).expect("chunk files are named by id");
+            held.entry(id).or_default().insert(index);
+        }
+    }
+    held
+}
+
+/// Storage node id → its index, for the nodes that are up.
+pub fn storage_indexes(cluster: &Cluster) -> BTreeMap<u64, u64> {
+    (1..=cluster.storage.len() as u64).filter_map(|i| cluster.storage_node(i).map(|n| (n.id().0, i))).collect()
+}
+
+/// What is wrong with the replicas of the files at `paths` now, if anything: a chunk listed on
+/// fewer (or, with `exact`, other) than RF live nodes holding it; with `exact`, also a copy on
+/// a disk that no file lists there (an orphan or a surplus), and a listed copy that does not
+/// decode whole.
+pub async fn replica_problems(cluster: &Cluster, client: &Arc<DfsClient<SimEnv>>, paths: &[String], exact: bool) -> Option<String> {
+    let up = storage_indexes(cluster);
+    let on_disk = chunks_on_disks(cluster).await;
+    let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
+    let mut listed_on: BTreeSet<(ChunkId, u64)> = BTreeSet::new();
+    for remote in paths {
+        let c = client.clone();
+        let r = remote.clone();
+        let stat = match cluster.on_client(async move { c.stat(&r).await }).await {
+            Ok(s) => s,
+            Err(e) => return Some(format!("stat {remote}: {e}")),
+        };
+        let replication = stat.file.as_ref().map(|f| f.replication).unwrap_or(0) as usize;
+        for chunk in &stat.chunks {
+            let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
+            listed.insert(id);
+            let nodes: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
+            listed_on.extend(nodes.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
+            let good: Vec<u64> = nodes
+                .iter()
+                .copied()
+                .filter(|n| up.get(n).is_some_and(|i| on_disk.get(&id).is_some_and(|held| held.contains(i))))
+                .collect();
+            if good.len() < replication || (exact && nodes.len() != replication) || (exact && good.len() != nodes.len()) {
+                return Some(format!("{remote} chunk {}: listed on {nodes:?}, live holders {good:?}, factor {replication}", chunk.index));
+            }
+        }
+    }
+    if exact {
+        if let Some((id, holders)) = on_disk.iter().find(|(id, _)| !listed.contains(id)) {
+            return Some(format!("orphan chunk {id} on storage {holders:?}"));
+        }
+        // A copy on a node the chunk is not listed on (a surplus not deleted) is an orphan too.
+        for (id, holders) in &on_disk {
+            if let Some(h) = holders.iter().find(|h| !listed_on.contains(&(*id, **h))) {
+                return Some(format!("chunk {id} on storage-{h}, which it is not listed on"));
+            }
+        }
+        // What counts must be valid: every listed chunk file decodes whole (a flipped bit
+        // not yet found by a scrub fails this).
+        let layout = dfs_core::chunk_store::ChunkLayout::new("/data");
+        for (id, holders) in on_disk.iter().filter(|(id, _)| listed.contains(id)) {
+            for h in holders {
+                let bytes = cluster.storage[*h as usize - 1].disk.read_file(&layout.chunk_path(*id)).await.unwrap_or_default();
+                if dfs_core::chunk_store::decode_file(bytes).is_err() {
+                    return Some(format!("chunk {id} on storage-{h} is damaged"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Asks every storage node to verify all it holds (a scrub), through the metadata leader.
+pub async fn scrub_all(cluster: &Cluster) {
+    for host in &cluster.storage {
+        let addr = host.addr.to_string();
+        let meta = cluster.meta_addrs();
+        let disk = dfs_io_sim::SimDisk::new(1 << 20);
+        cluster
+            .on_client(async move {
+                let admin = dfs_core::client::meta_client::MetaClient::new(SimEnv::new(disk), meta, Default::default());
+                admin.call(dfs_core::proto::ScrubStorageNodeRequest { node: addr }).await
+            })
+            .await
+            .expect("scrub request");
+    }
+}

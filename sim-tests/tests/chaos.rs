@@ -1,0 +1,36 @@
+//! The chaos scenario (`dfs_sim_tests::chaos`): every fault kind at once, a safety phase with
+//! checkers after every operation, then a liveness phase. `cargo test` runs `CI_SEEDS` seeds
+//! and the determinism check; `cargo sim-soak` runs thousands, `cargo sim-replay SEED` replays
+//! one as a timeline.
+
+#![cfg(madsim)]
+
+use dfs_sim_tests::chaos;
+use dfs_sim_tests::seeds::{self, SimTest};
+
+/// Seeds `cargo test` runs (`MADSIM_TEST_NUM` overrides).
+const CI_SEEDS: u64 = 6;
+
+#[test]
+fn chaos_ci_seeds() {
+    seeds::run_seeds(chaos::TEST, CI_SEEDS, chaos::scenario);
+}
+
+/// One seed twice and the next once must give the same and a different timeline; and
+/// `dfs-sim` (what `cargo sim-replay` runs) must give the test's timeline for the seed, so the
+/// replay command printed on a failure replays exactly the failed run.
+#[test]
+fn chaos_same_seed_same_timeline() {
+    let test = SimTest { file: "chaos", name: "chaos_same_seed_same_timeline" };
+    seeds::check_determinism(test, chaos::scenario);
+    if std::env::var_os("DFS_SIM_CHILD_SEED").is_some() {
+        return;
+    }
+    let seed = seeds::from_env().first;
+    let in_test = seeds::run_in_child(test, seed);
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dfs-sim")).args(["child", "--seed", &seed.to_string()]).output().expect("run dfs-sim");
+    let replayed = seeds::SeedRun::parse(&String::from_utf8_lossy(&out.stdout), started.elapsed()).expect("dfs-sim prints its result");
+    println!("[sim] chaos seed {seed}: test timeline {}, dfs-sim timeline {}", in_test.timeline_hash, replayed.timeline_hash);
+    assert_eq!(in_test.timeline_hash, replayed.timeline_hash, "dfs-sim does not replay the test's run of seed {seed}");
+}
