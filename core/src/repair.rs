@@ -161,6 +161,9 @@ pub struct RepairStats {
     pub completed: u64,
     pub failed: u64,
     pub timed_out: u64,
+    /// Jobs handed out that their target's next heartbeat did not know of (the reply that
+    /// carried them was lost, or the node restarted): planned again at once.
+    pub lost: u64,
     pub dropped_surplus: u64,
 }
 
@@ -313,6 +316,23 @@ impl RepairPlanner {
             if self.adopted.get(chunk).is_some_and(|(t, _)| *t == node) {
                 self.adopted.remove(chunk);
             }
+        }
+        // A job handed to this node in an earlier reply that this heartbeat neither lists as in
+        // flight nor reports stored or failed never reached it (the reply was lost, or the node
+        // restarted and forgot its queue): a node sends one heartbeat at a time, so this one
+        // left after that reply was taken in or given up on. Planned again at the next pass,
+        // not after `job_timeout` (a lost reply is nobody's fault: no backoff).
+        let lost: Vec<ChunkId> = self
+            .jobs
+            .iter()
+            .filter(|(c, j)| {
+                j.job.target == node && j.sent_at.is_some() && !running.contains(c) && !stored.contains(c) && !failed.iter().any(|(f, _)| f == *c)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for chunk in lost {
+            self.jobs.remove(&chunk);
+            self.stats.lost += 1;
         }
         // A copy is reported stored before its target stops listing it as running, so one
         // heartbeat may say both: it is done, not a job of a former leader to adopt (that

@@ -259,7 +259,9 @@ pub struct StorageNode<E: Env> {
     /// Found corrupt, not yet reported to metadata.
     bad_unreported: Arc<Mutex<VecDeque<BadReplica>>>,
     /// Temporary files of writes that were dropped mid-way, to remove.
-    orphaned_tmp: Mutex<Vec<PathBuf>>,
+    orphaned_tmp: Mutex<Vec<Abandoned>>,
+    /// A sweep of `orphaned_tmp` is running.
+    sweeping: std::sync::atomic::AtomicBool,
     /// The cluster this node belongs to, once it has registered with one.
     cluster_id: Mutex<Option<String>>,
     client_slots: StreamSlots,
@@ -274,10 +276,38 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StorageOpenError + '_
 /// cancelled write never leaves a chunk stuck in `Writing`.
 struct WriteGuard<'a> {
     table: &'a Mutex<ChunkTable>,
-    orphans: &'a Mutex<Vec<PathBuf>>,
+    orphans: &'a Mutex<Vec<Abandoned>>,
     id: ChunkId,
     tmp: PathBuf,
+    /// Where the chunk file goes: a write cancelled after its rename leaves it there.
+    chunk: PathBuf,
     finished: bool,
+}
+
+/// A write that ended without success (failed, or cancelled mid-way when its caller went
+/// away). Its claim on the chunk id stays in the table (other writes of the chunk are refused
+/// as in progress) until `sweep_orphaned_tmp` has removed its temporary file and, if the write
+/// got as far as its rename, its chunk file: nobody was told that copy exists, so it must not
+/// stay behind unlisted, and a new write must not start before it is gone (the removal would
+/// take the new copy with it).
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+#[derive(Debug)]
+struct Abandoned {
+    id: ChunkId,
+    tmp: PathBuf,
+    chunk: PathBuf,
 }
 
 impl WriteGuard<'_> {
@@ -292,11 +322,14 @@ impl Drop for WriteGuard<'_> {
         if self.finished {
             return;
         }
-        self.table.lock().expect("table lock").abort_write(self.id);
-        // A destructor cannot wait for the disk: the file is removed by the next sweep.
+        // A destructor cannot wait for the disk: the files are removed by the next sweep,
+        // which then releases the claim. With the list full, the claim goes now and a chunk
+        // file left by a rename stays unlisted until the next start-up scan.
         let mut orphans = self.orphans.lock().expect("orphans lock");
         if orphans.len() < ORPHANED_TMP_MAX {
-            orphans.push(std::mem::take(&mut self.tmp));
+            orphans.push(Abandoned { id: self.id, tmp: std::mem::take(&mut self.tmp), chunk: std::mem::take(&mut self.chunk) });
+        } else {
+            self.table.lock().expect("table lock").abort_write(self.id);
         }
     }
 }
@@ -373,6 +406,7 @@ impl<E: Env> StorageNode<E> {
             scrub_wake: async_channel::bounded(1),
             bad_unreported: Arc::default(),
             orphaned_tmp: Mutex::default(),
+            sweeping: Default::default(),
             cluster_id: Mutex::new(cluster_id),
             client_slots,
             replication_slots,
@@ -791,13 +825,26 @@ impl<E: Env> StorageNode<E> {
 
     /// Removes the temporary files of writes that were dropped mid-way.
     pub async fn sweep_orphaned_tmp(&self) {
-        let orphans = std::mem::take(&mut *self.orphaned_tmp.lock().expect("orphans lock"));
-        for path in orphans {
-            match self.env.disk().remove_file(&path).await {
-                Ok(()) => tracing::debug!(path = %path.display(), "removed the temporary file of an abandoned write"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary file; start-up will"),
+        // One sweeper at a time: a second one could release a claim the first already
+        // released and a new write then took (and remove that write's file).
+        if self.sweeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let _sweeping = scopeguard(|| self.sweeping.store(false, std::sync::atomic::Ordering::Release));
+        loop {
+            let next = self.orphaned_tmp.lock().expect("orphans lock").first().map(|a| (a.id, a.tmp.clone(), a.chunk.clone()));
+            let Some((id, tmp, chunk)) = next else { break };
+            for (path, what) in [(&tmp, "temporary file"), (&chunk, "chunk file")] {
+                match self.env.disk().remove_file(path).await {
+                    Ok(()) => tracing::debug!(chunk = %id, path = %path.display(), "removed the {what} of an abandoned write"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(chunk = %id, path = %path.display(), error = %e, "cannot remove the {what} of an abandoned write; start-up will"),
+                }
             }
+            // Only the sweeper takes entries out, so the first is still this one. Released only
+            // now: a sweep cancelled above leaves it (and its claim) to the next sweep.
+            self.orphaned_tmp.lock().expect("orphans lock").remove(0);
+            self.table.lock().expect("table lock").abort_write(id);
         }
     }
 
@@ -840,7 +887,14 @@ impl<E: Env> StorageNode<E> {
             }
             chunk_store::write_steps(&self.layout, &table, id, nonce, meta, data.clone())
         };
-        let guard = WriteGuard { table: &self.table, orphans: &self.orphaned_tmp, id, tmp: self.layout.tmp_path(id, nonce), finished: false };
+        let guard = WriteGuard {
+            table: &self.table,
+            orphans: &self.orphaned_tmp,
+            id,
+            tmp: self.layout.tmp_path(id, nonce),
+            chunk: self.layout.chunk_path(id),
+            finished: false,
+        };
         let written = match fault::inject(self.env.clock(), Site::StorageStore).await {
             Ok(()) => self.env.disk().run_steps(steps).await,
             Err(injected) => Err(std::io::Error::other(injected.to_string())),

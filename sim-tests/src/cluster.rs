@@ -57,6 +57,9 @@ pub struct ClusterConfig {
     /// The inventory is what finds a copy metadata never heard of (a client that died before
     /// recording its chunk), so it bounds how long such an orphan lasts.
     pub storage_inventory_interval: Option<Duration>,
+    /// Background verification pace (default: `StorageConfig`'s). Every byte a scrub reads
+    /// is hashed in wall time, so a long run with little data scrubs it over and over.
+    pub storage_scrub_rate_bytes_per_sec: Option<u64>,
     /// Client hosts (`client` when one, `client-1`.. otherwise).
     pub clients: usize,
 }
@@ -75,6 +78,7 @@ impl Default for ClusterConfig {
             meta_gc_delay: None,
             meta_upload_expiry: None,
             storage_inventory_interval: None,
+            storage_scrub_rate_bytes_per_sec: None,
             clients: 1,
         }
     }
@@ -163,7 +167,7 @@ impl Cluster {
                 let disk = SimDisk::new(config.storage_capacity_bytes);
                 let server: Slot<StorageNode<SimEnv>> = Arc::default();
                 let (meta_addrs, disk2, slot, heartbeat) = (meta_addrs.clone(), disk.clone(), server.clone(), config.storage_heartbeat);
-                let inventory_interval = config.storage_inventory_interval;
+                let (inventory_interval, scrub_rate) = (config.storage_inventory_interval, config.storage_scrub_rate_bytes_per_sec);
                 let node = handle
                     .create_node()
                     .name(format!("storage-{index}"))
@@ -175,6 +179,7 @@ impl Cluster {
                             let mut config = StorageConfig::new("/data", addr.to_string(), meta_addrs);
                             config.heartbeat_interval = heartbeat;
                             config.inventory_interval = inventory_interval.unwrap_or(config.inventory_interval);
+                            config.scrub_rate_bytes_per_sec = scrub_rate.unwrap_or(config.scrub_rate_bytes_per_sec);
                             let node = StorageNode::open(SimEnv::new(disk), config).await.expect("storage node opens");
                             *slot.lock().unwrap() = Some(node.clone());
                             madsim::task::spawn(node.clone().run_heartbeats());
@@ -393,22 +398,10 @@ impl Cluster {
         self.meta_server(leader)?.repair_stats()
     }
 
-    /// The chunk files on storage host `index`, by path.
+    /// The chunk files on storage host `index`, by path (what a listing would show now).
     pub async fn chunk_files(&self, index: u64) -> Vec<std::path::PathBuf> {
-        use dfs_core::env::Disk;
         let disk = &self.storage[index as usize - 1].disk;
-        let mut files = Vec::new();
-        let root = std::path::PathBuf::from("/data/chunks");
-        for a in disk.list_dir(&root).await.unwrap_or_default() {
-            for b in disk.list_dir(&root.join(&a)).await.unwrap_or_default() {
-                for name in disk.list_dir(&root.join(&a).join(&b)).await.unwrap_or_default() {
-                    if name.ends_with(".chunk") {
-                        files.push(root.join(&a).join(&b).join(name));
-                    }
-                }
-            }
-        }
-        files
+        disk.files_under(std::path::Path::new("/data/chunks")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "chunk")).collect()
     }
 
     /// The server of storage host `index`, if it is up.

@@ -223,7 +223,7 @@ pub fn select<'a>(records: &'a [Record], filter: &Filter) -> Vec<&'a Record> {
                 return true;
             }
             let host = filter.host.as_ref().is_none_or(|h| &r.host == h || r.text.contains(h.as_str()));
-            let chunk = filter.chunk.as_ref().is_none_or(|c| r.chunk.is_some_and(|id| id.to_hex().starts_with(c.as_str())));
+            let chunk = filter.chunk.as_ref().is_none_or(|c| r.chunk.is_some_and(|id| chunk_matches(&id, c)));
             let path = filter.path.as_ref().is_none_or(|p| {
                 r.paths.iter().any(|q| q == p)
                     || r.file.is_some_and(|f| files.contains(&f))
@@ -232,6 +232,14 @@ pub fn select<'a>(records: &'a [Record], filter: &Filter) -> Vec<&'a Record> {
             (host && chunk && path) || (!filter.no_context && is_context(r.kind))
         })
         .collect()
+}
+
+/// `c` names the chunk `id`: a prefix of its hex id, or `FILE:INDEX` as the timeline shows it.
+fn chunk_matches(id: &ChunkId, c: &str) -> bool {
+    match c.split_once(':') {
+        Some((file, index)) => id.owner().is_some_and(|(f, i)| f.0.to_string() == file && i.to_string() == index),
+        None => id.to_hex().starts_with(c),
+    }
 }
 
 pub fn render_one(r: &Record) -> String {
@@ -424,6 +432,8 @@ mod tests {
         let f = Filter { path: Some("/g1/a".into()), no_context: true, ..Filter::default() };
         assert_eq!(select(&records, &f).len(), 2);
         let f = Filter { chunk: Some(c8.to_hex()[..6].to_string()), no_context: true, ..Filter::default() };
+        assert_eq!(select(&records, &f).len(), 1);
+        let f = Filter { chunk: Some("8:1".into()), no_context: true, ..Filter::default() };
         assert_eq!(select(&records, &f).len(), 1);
         let f = Filter { host: Some("storage-2".into()), no_context: true, ..Filter::default() };
         assert_eq!(select(&records, &f).len(), 2, "its own record and the fault that names it");

@@ -31,7 +31,8 @@ fn seeded_simulations() {
         .env("RUSTFLAGS", rustflags.trim())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("CARGO_TARGET_DIR", &target)
-        .args(["test", "-p", "dfs-sim-tests", "--", "--nocapture"])
+        // The `sim` profile (Cargo.toml): dfs's crates optimized too, as `cargo sim` builds.
+        .args(["test", "-p", "dfs-sim-tests", "--profile", "sim", "--", "--nocapture"])
         .output()
         .expect("cannot run the nested cargo for the simulations");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1139,6 +1139,12 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         };
         let now = self.env.clock().now();
         let decision = self.with_leader(term, |leader, ns| leader.on_heartbeat(now, ns, heartbeat));
+        for (job, _) in &decision.reply.repair_jobs {
+            tracing::debug!(chunk = %job.chunk, target = %StorageNodeId(node.id), "repair job handed out");
+        }
+        for chunk in &decision.reply.delete_chunks {
+            tracing::debug!(%chunk, node = %StorageNodeId(node.id), "replica deletion handed out");
+        }
         for command in decision.propose {
             if let Outcome::ReplicasReported(tally) = self.propose(command).await? {
                 if tally.learned + tally.discarded > 0 {

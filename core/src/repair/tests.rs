@@ -108,6 +108,26 @@ fn a_failed_or_silent_job_is_retried_later_on_another_pair() {
 }
 
 #[test]
+fn a_job_its_target_never_received_is_planned_again_without_waiting_for_the_timeout() {
+    let mut p = planner(RepairConfig::default());
+    let chunks = [chunk(1, 0, &[1], 2)];
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive)]);
+    p.plan(NOW, states(&chunks), &n);
+    let job = p.jobs_for(NOW, StorageNodeId(2), &n).pop().expect("a job for node 2");
+    // The next heartbeat lists it as in flight: still a job.
+    p.on_heartbeat(NOW, StorageNodeId(2), &[job.chunk], &[], &[]);
+    assert_eq!(p.stats().lost, 0);
+    // One that knows nothing of it (the reply that carried it was lost): planned again at once.
+    p.on_heartbeat(NOW, StorageNodeId(2), &[], &[], &[]);
+    assert_eq!(p.stats().lost, 1);
+    p.plan(NOW, states(&chunks), &n);
+    assert_eq!(p.jobs_for(NOW, StorageNodeId(2), &n).len(), 1, "the lost job was not handed out again");
+    // Another node's heartbeat says nothing about it.
+    p.on_heartbeat(NOW, StorageNodeId(1), &[], &[], &[]);
+    assert_eq!(p.stats().lost, 1);
+}
+
+#[test]
 fn a_job_whose_target_goes_silent_before_it_is_handed_out_is_planned_again_at_once() {
     let mut p = planner(RepairConfig::default());
     let chunks = [chunk(1, 0, &[1], 2)];

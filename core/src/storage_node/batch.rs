@@ -250,7 +250,14 @@ impl<E: Env> StorageNode<E> {
         }
         let guards: Vec<WriteGuard<'_>> = items
             .iter()
-            .map(|item| WriteGuard { table: &self.table, orphans: &self.orphaned_tmp, id: item.id, tmp: self.layout.tmp_path(item.id, item.nonce), finished: false })
+            .map(|item| WriteGuard {
+                table: &self.table,
+                orphans: &self.orphaned_tmp,
+                id: item.id,
+                tmp: self.layout.tmp_path(item.id, item.nonce),
+                chunk: self.layout.chunk_path(item.id),
+                finished: false,
+            })
             .collect();
         let written = match fault::inject(self.env.clock(), Site::StorageStore).await {
             Ok(()) => self.env.disk().run_steps(steps).await,

@@ -56,7 +56,8 @@ mod real {
             /// Only events of this host (meta-1, storage-3, client-2, ...) and those naming it.
             #[arg(long, alias = "node")]
             host: Option<String>,
-            /// Only events about chunks whose hex id starts with this.
+            /// Only events about this chunk: FILE:INDEX (as the timeline shows it), or a prefix of
+            /// its hex id.
             #[arg(long)]
             chunk: Option<String>,
             /// Only events about this remote path: its operations and its files' chunks.

@@ -72,6 +72,10 @@ pub const HEAL_BOUND: Duration = Duration::from_secs(90);
 /// expires, the next inventory finds them and they are deleted. So orphans last at most the
 /// upload expiry plus one inventory interval (plus the garbage delay).
 const INVENTORY_INTERVAL: Duration = Duration::from_secs(20);
+/// Background scrub pace: a pass over a node's few MiB every 10 s or so (the default pace
+/// would re-hash them every second, the largest cost of a run in wall time). The liveness phase
+/// asks every node for a pass anyway.
+const SCRUB_RATE_BYTES_PER_SEC: u64 = 512 * 1024;
 /// Longest a worker's operation in flight may take to end once faults are healed.
 const DRAIN_BOUND: Duration = Duration::from_secs(120);
 
@@ -651,6 +655,7 @@ pub async fn scenario() {
         meta_gc_delay: Some(Duration::from_secs(2)),
         meta_upload_expiry: Some(Duration::from_secs(20)),
         storage_inventory_interval: Some(INVENTORY_INTERVAL),
+        storage_scrub_rate_bytes_per_sec: Some(SCRUB_RATE_BYTES_PER_SEC),
         ..ClusterConfig::default()
     }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
