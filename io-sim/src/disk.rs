@@ -325,11 +325,17 @@ impl DiskState {
     fn sync_entries(&mut self, dir: &Path) {
         let dir = if dir == Path::new(".") { Path::new("") } else { dir };
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
-        self.durable_names.retain(|p, _| !in_dir(p));
+        // Paths order by component, so everything under `dir` is one range of each map.
+        let under = |p: &&PathBuf| p.starts_with(dir);
+        let from = || (std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded);
+        let stale: Vec<PathBuf> = self.durable_names.range::<Path, _>(from()).map(|(p, _)| p).take_while(under).filter(|p| in_dir(p)).cloned().collect();
+        for p in stale {
+            self.durable_names.remove(&p);
+        }
         let entries: Vec<(PathBuf, Inode)> =
-            self.volatile_names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+            self.volatile_names.range::<Path, _>(from()).take_while(|(p, _)| p.starts_with(dir)).filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
         self.durable_names.extend(entries);
-        let subdirs: Vec<PathBuf> = self.dirs.iter().filter(|p| in_dir(p)).cloned().collect();
+        let subdirs: Vec<PathBuf> = self.dirs.range::<Path, _>(from()).take_while(under).filter(|p| in_dir(p)).cloned().collect();
         self.durable_dirs.extend(subdirs);
     }
 

@@ -17,7 +17,12 @@ pub struct SimEnv {
 impl SimEnv {
     /// An environment for code running inside a simulated node, with that node's disk.
     pub fn new(disk: SimDisk) -> Self {
-        SimEnv { clock: SimClock, transport: SimTransport, disk }
+        SimEnv { clock: SimClock::default(), transport: SimTransport, disk }
+    }
+
+    /// The same, for a host whose clock is `clock` (skewed, say).
+    pub fn with_clock(disk: SimDisk, clock: SimClock) -> Self {
+        SimEnv { clock, transport: SimTransport, disk }
     }
 }
 

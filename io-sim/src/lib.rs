@@ -23,4 +23,4 @@ pub mod runtime;
 pub mod transport;
 
 #[cfg(madsim)]
-pub use {clock::SimClock, env::SimEnv, runtime::SimRuntime, transport::{serve, SimService, SimTransport}};
+pub use {clock::{ClockSkew, SimClock}, env::SimEnv, runtime::SimRuntime, transport::{serve, SimService, SimTransport}};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use dfs_core::client::{ClientConfig, DfsClient};
 use dfs_core::meta::{MetaConfig, MetaServer};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
-use dfs_io_sim::{serve, CrashModel, SimDisk, SimEnv};
+use dfs_io_sim::{serve, ClockSkew, CrashModel, SimClock, SimDisk, SimEnv};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 
@@ -60,6 +60,9 @@ pub struct ClusterConfig {
     /// Background verification pace (default: `StorageConfig`'s). Every byte a scrub reads
     /// is hashed in wall time, so a long run with little data scrubs it over and over.
     pub storage_scrub_rate_bytes_per_sec: Option<u64>,
+    /// Hosts whose clocks are skewed, by name (`meta-1`, `storage-3`, `client-2`); the others
+    /// read the simulation's clock.
+    pub clock_skews: BTreeMap<String, ClockSkew>,
     /// Client hosts (`client` when one, `client-1`.. otherwise).
     pub clients: usize,
 }
@@ -79,6 +82,7 @@ impl Default for ClusterConfig {
             meta_upload_expiry: None,
             storage_inventory_interval: None,
             storage_scrub_rate_bytes_per_sec: None,
+            clock_skews: BTreeMap::new(),
             clients: 1,
         }
     }
@@ -134,6 +138,7 @@ impl Cluster {
                 let (snapshot_every, logs_kept, piece_bytes) =
                     (config.meta_snapshot_every, config.meta_logs_kept_behind_snapshot, config.meta_snapshot_piece_bytes);
                 let (health, gc_delay, upload_expiry) = (config.meta_health, config.meta_gc_delay, config.meta_upload_expiry);
+                let skew = config.clock_skews.get(&format!("meta-{id}")).copied();
                 let node = handle
                     .create_node()
                     .name(format!("meta-{id}"))
@@ -151,7 +156,8 @@ impl Cluster {
                             }
                             config.gc_delay = gc_delay.unwrap_or(config.gc_delay);
                             config.upload_expiry = upload_expiry.unwrap_or(config.upload_expiry);
-                            let server = MetaServer::start(SimEnv::new(disk), config).await.expect("metadata node starts");
+                            // A host's monotonic clock starts again at boot; its skew stays.
+                            let server = MetaServer::start(env_for(disk, skew), config).await.expect("metadata node starts");
                             *slot.lock().unwrap() = Some(server.clone());
                             serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), server).await.expect("serve");
                         }
@@ -168,6 +174,7 @@ impl Cluster {
                 let server: Slot<StorageNode<SimEnv>> = Arc::default();
                 let (meta_addrs, disk2, slot, heartbeat) = (meta_addrs.clone(), disk.clone(), server.clone(), config.storage_heartbeat);
                 let (inventory_interval, scrub_rate) = (config.storage_inventory_interval, config.storage_scrub_rate_bytes_per_sec);
+                let skew = config.clock_skews.get(&format!("storage-{index}")).copied();
                 let node = handle
                     .create_node()
                     .name(format!("storage-{index}"))
@@ -180,7 +187,7 @@ impl Cluster {
                             config.heartbeat_interval = heartbeat;
                             config.inventory_interval = inventory_interval.unwrap_or(config.inventory_interval);
                             config.scrub_rate_bytes_per_sec = scrub_rate.unwrap_or(config.scrub_rate_bytes_per_sec);
-                            let node = StorageNode::open(SimEnv::new(disk), config).await.expect("storage node opens");
+                            let node = StorageNode::open(env_for(disk, skew), config).await.expect("storage node opens");
                             *slot.lock().unwrap() = Some(node.clone());
                             madsim::task::spawn(node.clone().run_heartbeats());
                             serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), node).await.expect("serve");
@@ -206,6 +213,12 @@ impl Cluster {
     /// A client with a disk of its own, to be used inside `on_client`.
     pub fn client(&self, config: ClientConfig, disk: &SimDisk) -> DfsClient<SimEnv> {
         DfsClient::new(SimEnv::new(disk.clone()), self.meta_addrs(), config)
+    }
+
+    /// A client for client host `i` (0-based), reading that host's clock.
+    pub fn client_on(&self, i: usize, config: ClientConfig, disk: &SimDisk) -> DfsClient<SimEnv> {
+        let skew = self.config.clock_skews.get(&self.client_names[i]).copied();
+        DfsClient::new(env_for(disk.clone(), skew), self.meta_addrs(), config)
     }
 
     /// Runs `work` on the client host (the only host a scenario's requests come from).
@@ -575,6 +588,15 @@ pub enum Cut {
     Both,
     Outgoing,
     Incoming,
+}
+
+/// A host's environment, its clock skewed if it is one of those `ClusterConfig::clock_skews`
+/// names.
+fn env_for(disk: SimDisk, skew: Option<ClockSkew>) -> SimEnv {
+    match skew {
+        Some(skew) => SimEnv::with_clock(disk, SimClock::skewed(skew)),
+        None => SimEnv::new(disk),
+    }
 }
 
 /// Hosts boot at slightly different moments, as real machines do. (Booting all at one

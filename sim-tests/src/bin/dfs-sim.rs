@@ -211,7 +211,13 @@ mod real {
         while !queue.is_empty() || !running.is_empty() {
             while running.len() < jobs && !(stop_on_fail && !failed.is_empty()) {
                 let Some(seed) = queue.pop_front() else { break };
-                let child = Command::new(&exe)
+                let mut command = Command::new(&exe);
+                // The raw log is not kept by a soak (a failure is replayed for it), and
+                // formatting it costs; the timeline does not depend on it.
+                if std::env::var_os("RUST_LOG").is_none() {
+                    command.env("RUST_LOG", "warn");
+                }
+                let child = command
                     .args(["child", "--seed", &seed.to_string()])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use dfs_core::fault::Site;
+use dfs_io_sim::ClockSkew;
 
 /// Chance that a fault kind is on in a run.
 const KIND_ON: f64 = 0.6;
@@ -29,6 +30,14 @@ const KIND_ON: f64 = 0.6;
 const SITE_ON: f64 = 0.35;
 /// Events per simulated minute of a kind that is on: one of these.
 const RATES_PER_MIN: [f64; 3] = [2.0, 6.0, 15.0];
+/// Chance that a run skews its hosts' clocks.
+const CLOCKS_ON: f64 = 0.6;
+/// Largest drift of a skewed clock, either way (2%: a poor oscillator; dfs's timeouts assume
+/// no worse).
+const DRIFT_MAX: f64 = 0.02;
+/// Largest wall-clock offset, either way: under half the chaos upload expiry (20 s), since a
+/// new leader judges an upload's age by its own wall clock against the old leader's.
+const WALL_OFFSET_MAX_MS: i64 = 5_000;
 /// How often a site that is on fires, per visit: one of these.
 const SITE_RATES: [f64; 3] = [0.01, 0.05, 0.2];
 
@@ -136,6 +145,10 @@ pub struct Atlas {
     pub sites: BTreeMap<Site, f64>,
     /// Faults active at once, at most.
     pub active_max: usize,
+    /// Skewed clocks, by host name (empty: every host reads the simulation's clock).
+    pub clocks: BTreeMap<String, ClockSkew>,
+    /// Whether clients send small chunks in batches (the default) or each as a stream.
+    pub chunk_batches: bool,
 }
 
 /// splitmix64: small, good enough, and ours (independent of madsim's stream).
@@ -173,7 +186,20 @@ impl Atlas {
             }
         }
         let active_max = rng.pick(&[1, 2, 3]);
-        Atlas { seed, meta_nodes, kinds, sites, active_max }
+        let mut clocks = BTreeMap::new();
+        if rng.unit() < CLOCKS_ON {
+            let hosts = (1..=meta_nodes).map(|i| format!("meta-{i}")).chain((1..=5).map(|i| format!("storage-{i}"))).chain((1..=3).map(|i| format!("client-{i}")));
+            for host in hosts {
+                let skew = ClockSkew {
+                    monotonic_offset_ms: rng.next() % 3_600_000,
+                    rate: 1.0 + DRIFT_MAX * (2.0 * rng.unit() - 1.0),
+                    wall_offset_ms: (rng.next() % (2 * WALL_OFFSET_MAX_MS as u64 + 1)) as i64 - WALL_OFFSET_MAX_MS,
+                };
+                clocks.insert(host, skew);
+            }
+        }
+        let chunk_batches = rng.unit() < 0.5;
+        Atlas { seed, meta_nodes, kinds, sites, active_max, clocks, chunk_batches }
     }
 
     /// Events per simulated minute, all kinds together.
@@ -200,7 +226,19 @@ impl Atlas {
 
     /// The plan, as people read it.
     pub fn describe(&self) -> String {
-        let mut out = format!("atlas of seed {}: {} metadata nodes, at most {} faults at once\n", self.seed, self.meta_nodes, self.active_max);
+        let mut out = format!(
+            "atlas of seed {}: {} metadata nodes, at most {} faults at once, small chunks {}\n",
+            self.seed,
+            self.meta_nodes,
+            self.active_max,
+            if self.chunk_batches { "in batches" } else { "streamed one by one" }
+        );
+        if self.clocks.is_empty() {
+            out.push_str("  clocks                   exact\n");
+        }
+        for (host, c) in &self.clocks {
+            let _ = writeln!(out, "  clock {host:<18} {:+.2}% drift, wall {:+} ms", (c.rate - 1.0) * 100.0, c.wall_offset_ms);
+        }
         for kind in FaultKind::ALL {
             match self.kinds.get(&kind) {
                 Some(p) => {

@@ -138,8 +138,14 @@ fn proven(e: &ClientError) -> Option<Outcome> {
     }
 }
 
-fn client_config() -> ClientConfig {
-    ClientConfig { chunk_size: CHUNK, replication: REPLICATION, transfer_timeout: Duration::from_secs(5), ..ClientConfig::default() }
+fn client_config(chunk_batches: bool) -> ClientConfig {
+    ClientConfig {
+        chunk_size: CHUNK,
+        replication: REPLICATION,
+        transfer_timeout: Duration::from_secs(5),
+        small_chunk_batches: chunk_batches,
+        ..ClientConfig::default()
+    }
 }
 
 /// A worker's share of the state, with the model of each of its groups.
@@ -162,6 +168,7 @@ struct Shared {
     /// Client hosts that are up.
     clients_up: Mutex<Vec<bool>>,
     next_version: Mutex<u64>,
+    chunk_batches: bool,
 }
 
 /// What one operation did, as the worker sees it.
@@ -175,14 +182,15 @@ impl Worker {
     async fn run(mut self, shared: Arc<Shared>) -> Worker {
         let host_name = shared.cluster.client_names[self.client_host].clone();
         let local = SimDisk::new(1 << 30);
-        let mut client = Arc::new(shared.cluster.client(client_config(), &local));
+        let config = client_config(shared.chunk_batches);
+        let mut client = Arc::new(shared.cluster.client_on(self.client_host, config.clone(), &local));
         let dir = PathBuf::from(format!("/w{}", self.index));
         local.create_dir_all(&dir).await.unwrap();
         while !shared.stop.load(Ordering::Relaxed) {
             if !shared.clients_up.lock().unwrap()[self.client_host] {
                 madsim::time::sleep(Duration::from_millis(100)).await;
                 // A restarted client process starts with nothing of the old one.
-                client = Arc::new(shared.cluster.client(client_config(), &local));
+                client = Arc::new(shared.cluster.client_on(self.client_host, config.clone(), &local));
                 continue;
             }
             self.step(&shared, &host_name, &client, &local, &dir).await;
@@ -646,6 +654,10 @@ pub async fn scenario() {
     for kind in atlas.kinds.keys() {
         coverage::enabled(kind.name());
     }
+    coverage::known("clock.skew");
+    for _ in &atlas.clocks {
+        coverage::fired("clock.skew");
+    }
     let cluster = Arc::new(Cluster::start(ClusterConfig {
         meta_nodes: atlas.meta_nodes,
         storage_nodes: STORAGE_NODES,
@@ -656,6 +668,7 @@ pub async fn scenario() {
         meta_upload_expiry: Some(Duration::from_secs(20)),
         storage_inventory_interval: Some(INVENTORY_INTERVAL),
         storage_scrub_rate_bytes_per_sec: Some(SCRUB_RATE_BYTES_PER_SEC),
+        clock_skews: atlas.clocks.clone(),
         ..ClusterConfig::default()
     }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
@@ -666,6 +679,7 @@ pub async fn scenario() {
         stop: AtomicBool::new(false),
         clients_up: Mutex::new(vec![true; CLIENTS]),
         next_version: Mutex::new(0),
+        chunk_batches: atlas.chunk_batches,
     });
 
     timeline::record(Kind::Phase, "-", "safety phase: faults on");
@@ -764,7 +778,7 @@ async fn converge(cluster: &Arc<Cluster>) {
     }
     cluster.wait_for_storage(STORAGE_NODES as usize, storage_wait).await;
     checks::scrub_all(cluster).await;
-    let admin = Arc::new(cluster.client(client_config(), &SimDisk::new(1 << 20)));
+    let admin = Arc::new(cluster.client(client_config(true), &SimDisk::new(1 << 20)));
     loop {
         let a = admin.clone();
         let files = cluster.on_client(async move { a.list_dir("/", true).await }).await;
@@ -799,7 +813,7 @@ fn meta_divergence(cluster: &Cluster) -> Option<String> {
 /// Reads every path of every group: each must succeed and fit the group's history.
 async fn final_reads(cluster: &Arc<Cluster>, workers: Vec<Worker>) {
     let local = SimDisk::new(1 << 30);
-    let client = Arc::new(cluster.client(client_config(), &local));
+    let client = Arc::new(cluster.client(client_config(true), &local));
     local.create_dir_all(std::path::Path::new("/final")).await.unwrap();
     for mut w in workers {
         for (name, group) in &mut w.groups {
