@@ -79,6 +79,8 @@ impl Transport for NoNetwork {
 struct TestDisk {
     inner: SimDisk,
     stall_sync_file: Arc<AtomicBool>,
+    /// Directory syncs never finish while set (a write stuck after its rename).
+    stall_sync_dir: Arc<AtomicBool>,
     claimed_free_bytes: Arc<AtomicU64>,
 }
 
@@ -120,7 +122,14 @@ impl Disk for TestDisk {
         }
     }
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
-        self.inner.sync_dir(dir)
+        let stalled = self.stall_sync_dir.load(Ordering::SeqCst);
+        let synced = self.inner.sync_dir(dir);
+        async move {
+            if stalled {
+                futures::future::pending::<()>().await;
+            }
+            synced.await
+        }
     }
     fn sync_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.inner.sync_all(dir)
@@ -176,7 +185,12 @@ impl TestEnv {
         TestEnv {
             clock: TestClock::default(),
             transport: NoNetwork,
-            disk: TestDisk { inner: SimDisk::new(capacity_bytes), stall_sync_file: Arc::default(), claimed_free_bytes: Arc::default() },
+            disk: TestDisk {
+                inner: SimDisk::new(capacity_bytes),
+                stall_sync_file: Arc::default(),
+                stall_sync_dir: Arc::default(),
+                claimed_free_bytes: Arc::default(),
+            },
             random: Arc::default(),
         }
     }
@@ -284,13 +298,50 @@ fn a_write_dropped_mid_way_leaves_nothing_in_progress_and_no_temporary_file() {
     assert_eq!(node.writes_in_progress(), 1);
     assert_eq!(tmp_files(&env).len(), 1);
     drop(writing); // The caller went away: the transport drops the handler.
-    assert_eq!(node.writes_in_progress(), 0, "a dropped write is aborted");
+    // Its claim on the chunk stays until the sweep has removed what it left on disk.
+    assert_eq!(node.writes_in_progress(), 1);
     block_on(node.sweep_orphaned_tmp());
+    assert_eq!(node.writes_in_progress(), 0, "a dropped write is aborted");
     assert!(tmp_files(&env).is_empty());
     // The chunk can be written again, and nothing was stored by the abandoned attempt.
     env.disk.stall_sync_file.store(false, Ordering::SeqCst);
     assert_eq!(node.chunk_count(), 0);
     write(&node, id, &data).unwrap();
+    assert_eq!(read(&node, id), data);
+}
+
+/// Found by the chaos simulation: a write cancelled after its rename used to leave the chunk
+/// file in place with the table not listing it (no report or inventory named it).
+#[test]
+fn a_write_dropped_after_its_rename_leaves_no_chunk_file_behind() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 1000);
+    env.disk.stall_sync_dir.store(true, Ordering::SeqCst);
+    let mut writing = Box::pin(node.write_chunk(ChunkService::Storage, frames(upload(id, &data))));
+    assert!(block_on(futures::future::poll_fn(|cx| Poll::Ready(writing.poll_unpin(cx).is_pending()))), "the write stalls on a directory fsync");
+    let chunk_files = || env.disk.inner.files_under(Path::new("/data/chunks")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "chunk")).count();
+    // Stalled on the first directory sync (the new shard), or on the one after the rename.
+    drop(writing);
+    env.disk.stall_sync_dir.store(false, Ordering::SeqCst);
+    block_on(node.sweep_orphaned_tmp());
+    assert_eq!(chunk_files(), 0, "the abandoned write left its chunk file");
+    assert_eq!((node.writes_in_progress(), node.chunk_count()), (0, 0));
+    // Once the shard directories exist, the only directory sync left is the one after the
+    // rename: a write of another chunk of the same shard stuck there has its file in place.
+    write(&node, id, &data).unwrap();
+    let layout = ChunkLayout::new(ROOT);
+    let id2 = (1..).map(|f| ChunkId::derive(FileId(f), 0)).find(|c| *c != id && layout.shard_dirs(*c) == layout.shard_dirs(id)).unwrap();
+    let data2 = Bytes::from(vec![5u8; 1000]);
+    env.disk.stall_sync_dir.store(true, Ordering::SeqCst);
+    let mut writing = Box::pin(node.write_chunk(ChunkService::Storage, frames(upload(id2, &data2))));
+    assert!(block_on(futures::future::poll_fn(|cx| Poll::Ready(writing.poll_unpin(cx).is_pending()))));
+    assert_eq!(chunk_files(), 2, "renamed into place before the stall");
+    drop(writing);
+    env.disk.stall_sync_dir.store(false, Ordering::SeqCst);
+    block_on(node.sweep_orphaned_tmp());
+    assert_eq!(chunk_files(), 1, "only the acknowledged chunk stays");
+    assert_eq!((node.writes_in_progress(), node.chunk_count()), (0, 1));
     assert_eq!(read(&node, id), data);
 }
 
