@@ -214,6 +214,11 @@ impl<E: Env> Quarantine<E> {
             return; // Already quarantined, or deleted, by someone else.
         }
         tracing::error!(node = %self.node, chunk = %id, %reason, "stored replica is corrupt; quarantined, never served again");
+        self.move_aside(id, reason).await;
+    }
+
+    /// Moves `id`'s file (not in the table) to `corrupt/` and queues a report for metadata.
+    async fn move_aside(&self, id: ChunkId, reason: String) {
         let disk = self.env.disk();
         let from = self.layout.chunk_path(id);
         let to = self.layout.corrupt_path(id, self.env.random_u64());
@@ -380,7 +385,7 @@ impl<E: Env> StorageNode<E> {
             let path = tmp.join(&name);
             disk.remove_file(&path).await.map_err(io_error(&path))?;
         }
-        let table = Self::scan_chunks(&disk, &layout).await?;
+        let (table, damaged) = Self::scan_chunks(&disk, &layout).await?;
         tracing::info!(node = %id, chunks = table.stored_count(), dir = %root.display(), "storage node opened");
 
         let policy = RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() };
@@ -389,7 +394,7 @@ impl<E: Env> StorageNode<E> {
         let repair_streams_max = config.repair_streams_max;
         // The first paced pass starts a while after start-up, not in the middle of it.
         let (scrub_rate, scrub_start) = (config.scrub_rate_bytes_per_sec, env.clock().now().plus(config.heartbeat_interval * 10));
-        Ok(Arc::new(StorageNode {
+        let node = Arc::new(StorageNode {
             env,
             id,
             config,
@@ -410,7 +415,15 @@ impl<E: Env> StorageNode<E> {
             cluster_id: Mutex::new(cluster_id),
             client_slots,
             replication_slots,
-        }))
+        });
+        // Damaged chunk files found by the scan (a flipped header, a torn length): moved
+        // aside and reported bad, like a replica a scrub finds damaged.
+        let quarantine = node.quarantine();
+        for (chunk, reason) in damaged {
+            tracing::error!(node = %node.id, %chunk, %reason, "stored replica is corrupt; quarantined, never served again");
+            quarantine.move_aside(chunk, reason).await;
+        }
+        Ok(node)
     }
 
     async fn load_or_create_id(env: &E, root: &Path) -> Result<StorageNodeId, StorageOpenError> {
@@ -439,10 +452,12 @@ impl<E: Env> StorageNode<E> {
     }
 
     /// Rebuilds the table from chunk file headers. A file whose header is unreadable or whose
-    /// length disagrees with it is left in place (never deleted: it may be all that is left of
-    /// a chunk) and not served.
-    async fn scan_chunks(disk: &E::Disk, layout: &ChunkLayout) -> Result<ChunkTable, StorageOpenError> {
+    /// length disagrees with it is not served, and returned with why: `open` moves it to
+    /// `corrupt/` (never deleted: it may be all that is left of a chunk; but not left among
+    /// the chunks either, where no report or inventory would ever name it).
+    async fn scan_chunks(disk: &E::Disk, layout: &ChunkLayout) -> Result<(ChunkTable, Vec<(ChunkId, String)>), StorageOpenError> {
         let mut table = ChunkTable::default();
+        let mut damaged = Vec::new();
         let chunks = layout.chunks_dir();
         for a in disk.list_dir(&chunks).await.map_err(io_error(&chunks))? {
             if !ChunkLayout::is_shard_name(&a) {
@@ -460,14 +475,20 @@ impl<E: Env> StorageNode<E> {
                     let len = disk.file_len(&path).await.map_err(io_error(&path))?;
                     match read_header(disk, &path).await {
                         Ok(header) if len == header.file_len() => table.insert_stored(id, header.meta),
-                        Ok(header) => tracing::warn!(path = %path.display(), len, expected = header.file_len(), "chunk file has the wrong length; not served"),
-                        Err(HeaderError::Damaged(e)) => tracing::warn!(path = %path.display(), error = %e, "unreadable chunk file; not served"),
+                        Ok(header) => {
+                            tracing::warn!(path = %path.display(), len, expected = header.file_len(), "chunk file has the wrong length; not served");
+                            damaged.push((id, format!("found at start-up with {len} bytes instead of {}", header.file_len())));
+                        }
+                        Err(HeaderError::Damaged(e)) => {
+                            tracing::warn!(path = %path.display(), error = %e, "unreadable chunk file; not served");
+                            damaged.push((id, format!("found at start-up: {e}")));
+                        }
                         Err(HeaderError::Io(e)) => return Err(StorageOpenError::Io { path, source: e }),
                     }
                 }
             }
         }
-        Ok(table)
+        Ok((table, damaged))
     }
 
     pub fn id(&self) -> StorageNodeId {

@@ -345,6 +345,23 @@ fn a_write_dropped_after_its_rename_leaves_no_chunk_file_behind() {
     assert_eq!(read(&node, id), data);
 }
 
+/// Found by the chaos soak (seed 13454): a chunk file whose header was damaged, found at
+/// start-up, used to stay among the chunks, neither served nor ever named to metadata.
+#[test]
+fn a_damaged_chunk_file_found_at_start_up_is_moved_aside() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 1000);
+    write(&node, id, &data).unwrap();
+    drop(node);
+    let layout = ChunkLayout::new(ROOT);
+    assert!(env.disk.inner.flip_bit(&layout.chunk_path(id), 3, 0), "a bit of the header flipped");
+    let node = open(&env, config());
+    assert_eq!(node.chunk_count(), 0);
+    assert!(env.disk.inner.files_under(&layout.chunks_dir()).is_empty(), "the damaged file stayed among the chunks");
+    assert_eq!(env.disk.inner.files_under(&layout.corrupt_dir()).len(), 1, "moved to corrupt/, not deleted");
+}
+
 #[test]
 fn a_sender_that_goes_quiet_is_dropped_after_the_frame_timeout() {
     let env = TestEnv::new(1 << 30);

@@ -94,7 +94,14 @@ async fn put(cluster: &Cluster, client: &SimClient, disk: &SimDisk, remote: &str
 /// A cluster of 3 metadata and `STORAGE_NODES` storage nodes, a client, and `FILES` files
 /// put through it (by path, with their bytes).
 async fn start_with_files() -> (Arc<Cluster>, SimDisk, SimClient, BTreeMap<String, Bytes>) {
-    let cluster = Arc::new(Cluster::start(ClusterConfig { storage_nodes: STORAGE_NODES, ..ClusterConfig::default() }));
+    let cluster = Arc::new(Cluster::start(ClusterConfig {
+        storage_nodes: STORAGE_NODES,
+        // A copy whose report reached metadata before its chunk was recorded (a client that
+        // retried elsewhere after a lost reply) is found only by the next inventory: the
+        // convergence bounds below hold with inventories this frequent.
+        storage_inventory_interval: Some(Duration::from_secs(20)),
+        ..ClusterConfig::default()
+    }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
     cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(30)).await;
     let disk = SimDisk::new(1 << 30);
