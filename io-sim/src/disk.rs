@@ -262,10 +262,12 @@ fn torn(old: &[u8], new: &[u8], rng: &mut SplitMix) -> Vec<u8> {
 }
 
 /// A small seeded generator (splitmix64): crashes are reproducible from their seed alone.
-struct SplitMix(u64);
+/// Also the harness's generator where a plan must not depend on madsim's stream.
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -274,8 +276,8 @@ impl SplitMix {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

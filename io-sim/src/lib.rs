@@ -11,7 +11,7 @@
 //! injects faults the test harness asks for.
 
 pub mod disk;
-pub use disk::{CrashModel, CrashReport, SimDisk};
+pub use disk::{CrashModel, CrashReport, SimDisk, SplitMix};
 
 #[cfg(madsim)]
 pub mod clock;

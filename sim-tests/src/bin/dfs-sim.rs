@@ -52,7 +52,14 @@ mod real {
     enum Cmd {
         /// Rerun SEED and print its timeline.
         Replay {
-            seed: u64,
+            /// The seed (also `--seed N`).
+            #[arg(required_unless_present = "seed_flag")]
+            seed: Option<u64>,
+            #[arg(long = "seed", id = "seed_flag", conflicts_with = "seed")]
+            seed_flag: Option<u64>,
+            /// The scenario to replay; `chaos` is the only one `dfs-sim` runs.
+            #[arg(long, default_value = "chaos", value_parser = ["chaos"])]
+            scenario: String,
             /// Only events of this host (meta-1, storage-3, client-2, ...) and those naming it.
             #[arg(long, alias = "node")]
             host: Option<String>,
@@ -119,7 +126,8 @@ mod real {
                 0
             }
             Cmd::Child { seed } => child(seed),
-            Cmd::Replay { seed, host, chunk, file, kinds, from_ms, to_ms, last, no_context, log } => {
+            Cmd::Replay { seed, seed_flag, scenario: _, host, chunk, file, kinds, from_ms, to_ms, last, no_context, log } => {
+                let seed = seed.or(seed_flag).expect("clap requires a seed");
                 let mut parsed = std::collections::BTreeSet::new();
                 for k in &kinds {
                     match Kind::parse(k) {

@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use dfs_core::fault::Site;
-use dfs_io_sim::ClockSkew;
+use dfs_io_sim::{ClockSkew, SplitMix};
 
 /// Chance that a fault kind is on in a run.
 const KIND_ON: f64 = 0.6;
@@ -151,22 +151,10 @@ pub struct Atlas {
     pub chunk_batches: bool,
 }
 
-/// splitmix64: small, good enough, and ours (independent of madsim's stream).
-struct SplitMix(u64);
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn pick<T: Copy>(&mut self, of: &[T]) -> T {
-        of[(self.next() % of.len() as u64) as usize]
-    }
+/// One of `of`, drawn from the atlas's own generator (splitmix64, independent of madsim's
+/// stream).
+fn pick<T: Copy>(rng: &mut SplitMix, of: &[T]) -> T {
+    of[(rng.next_u64() % of.len() as u64) as usize]
 }
 
 impl Atlas {
@@ -176,24 +164,24 @@ impl Atlas {
         let mut kinds = BTreeMap::new();
         for kind in FaultKind::ALL {
             if rng.unit() < KIND_ON {
-                kinds.insert(kind, KindPlan { per_min: rng.pick(&RATES_PER_MIN) * kind.rate_scale(), hold_ms: kind.holds_ms() });
+                kinds.insert(kind, KindPlan { per_min: pick(&mut rng, &RATES_PER_MIN) * kind.rate_scale(), hold_ms: kind.holds_ms() });
             }
         }
         let mut sites = BTreeMap::new();
         for site in Site::ALL {
             if rng.unit() < SITE_ON {
-                sites.insert(site, rng.pick(&SITE_RATES));
+                sites.insert(site, pick(&mut rng, &SITE_RATES));
             }
         }
-        let active_max = rng.pick(&[1, 2, 3]);
+        let active_max = pick(&mut rng, &[1, 2, 3]);
         let mut clocks = BTreeMap::new();
         if rng.unit() < CLOCKS_ON {
             let hosts = (1..=meta_nodes).map(|i| format!("meta-{i}")).chain((1..=5).map(|i| format!("storage-{i}"))).chain((1..=3).map(|i| format!("client-{i}")));
             for host in hosts {
                 let skew = ClockSkew {
-                    monotonic_offset_ms: rng.next() % 3_600_000,
+                    monotonic_offset_ms: rng.next_u64() % 3_600_000,
                     rate: 1.0 + DRIFT_MAX * (2.0 * rng.unit() - 1.0),
-                    wall_offset_ms: (rng.next() % (2 * WALL_OFFSET_MAX_MS as u64 + 1)) as i64 - WALL_OFFSET_MAX_MS,
+                    wall_offset_ms: (rng.next_u64() % (2 * WALL_OFFSET_MAX_MS as u64 + 1)) as i64 - WALL_OFFSET_MAX_MS,
                 };
                 clocks.insert(host, skew);
             }

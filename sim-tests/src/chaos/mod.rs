@@ -37,7 +37,7 @@ use dfs_core::client::{ClientConfig, ClientError, DfsClient, NoProgress};
 use dfs_core::env::Disk;
 use dfs_core::ids::ChunkId;
 use dfs_core::rpc::RpcError;
-use dfs_io_sim::{SimDisk, SimEnv};
+use dfs_io_sim::{SimDisk, SimEnv, SplitMix};
 use madsim::net::NetSim;
 use madsim::rand::Rng;
 use madsim::runtime::Handle;
@@ -99,13 +99,9 @@ fn content(version: u64, size: usize) -> Bytes {
     let mut out = Vec::with_capacity(size.max(16));
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(size.max(16) as u64).to_le_bytes());
-    let mut state = version.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut rng = SplitMix(version.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     while out.len() < size.max(16) {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(size.max(16));
     out.into()
