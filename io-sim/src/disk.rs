@@ -98,6 +98,13 @@ struct DiskState {
     epoch: u64,
     /// Inodes with a live store open on them.
     open_stores: BTreeSet<Inode>,
+    /// Names whose volatile entry may differ from the durable one (created, renamed or
+    /// removed since their directory was last synced), and directories whose entry may not be
+    /// durable yet: `sync_all` makes just these durable instead of copying every name on the
+    /// disk (a storage node syncs its whole batch that way, and holds thousands of names).
+    /// A superset is harmless: making an entry durable that already is changes nothing.
+    unsynced_names: BTreeSet<PathBuf>,
+    unsynced_dirs: BTreeSet<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +188,8 @@ impl SimDisk {
         s.dirs = surviving.clone();
         s.durable_dirs = surviving;
         s.volatile_names = s.durable_names.clone();
+        s.unsynced_names.clear();
+        s.unsynced_dirs.clear();
         let live: BTreeSet<Inode> = s.durable_names.values().copied().collect();
         s.inodes.retain(|ino, _| live.contains(ino));
         for data in s.inodes.values_mut().filter(|d| d.dirty) {
@@ -326,19 +335,24 @@ impl DiskState {
     /// Makes the current entries of `dir`, files and subdirectories, durable.
     fn sync_entries(&mut self, dir: &Path) {
         let dir = if dir == Path::new(".") { Path::new("") } else { dir };
-        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
-        // Paths order by component, so everything under `dir` is one range of each map.
-        let under = |p: &&PathBuf| p.starts_with(dir);
-        let from = || (std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded);
-        let stale: Vec<PathBuf> = self.durable_names.range::<Path, _>(from()).map(|(p, _)| p).take_while(under).filter(|p| in_dir(p)).cloned().collect();
-        for p in stale {
-            self.durable_names.remove(&p);
+        // Only the entries changed since the last sync can differ from their durable version
+        // (`unsynced_names`); paths order by component, so those under `dir` are one range.
+        let from = (std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded);
+        let changed: Vec<PathBuf> =
+            self.unsynced_names.range::<Path, _>(from).take_while(|p| p.starts_with(dir)).filter(|p| p.parent() == Some(dir)).cloned().collect();
+        for path in changed {
+            match self.volatile_names.get(&path) {
+                Some(&ino) => self.durable_names.insert(path.clone(), ino),
+                None => self.durable_names.remove(&path),
+            };
+            self.unsynced_names.remove(&path);
         }
-        let entries: Vec<(PathBuf, Inode)> =
-            self.volatile_names.range::<Path, _>(from()).take_while(|(p, _)| p.starts_with(dir)).filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
-        self.durable_names.extend(entries);
-        let subdirs: Vec<PathBuf> = self.dirs.range::<Path, _>(from()).take_while(under).filter(|p| in_dir(p)).cloned().collect();
-        self.durable_dirs.extend(subdirs);
+        let subdirs: Vec<PathBuf> =
+            self.unsynced_dirs.range::<Path, _>(from).take_while(|p| p.starts_with(dir)).filter(|p| p.parent() == Some(dir)).cloned().collect();
+        for sub in subdirs {
+            self.unsynced_dirs.remove(&sub);
+            self.durable_dirs.insert(sub);
+        }
     }
 
     fn dir_exists(&self, dir: &Path) -> bool {
@@ -364,6 +378,7 @@ impl DiskState {
         let ino = self.next_inode;
         self.inodes.insert(ino, FileData::default());
         self.volatile_names.insert(path.to_path_buf(), ino);
+        self.unsynced_names.insert(path.to_path_buf());
         Ok(ino)
     }
 
@@ -493,7 +508,9 @@ impl Disk for SimDisk {
                 if s.volatile_names.contains_key(ancestor) {
                     return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: a file, not a directory", ancestor.display())));
                 }
-                s.dirs.insert(ancestor.to_path_buf());
+                if s.dirs.insert(ancestor.to_path_buf()) {
+                    s.unsynced_dirs.insert(ancestor.to_path_buf());
+                }
             }
             Ok(())
         })
@@ -579,8 +596,14 @@ impl Disk for SimDisk {
     fn sync_all(&self, _dir: &Path) -> impl Future<Output = io::Result<()>> + Send {
         // One simulated disk is one filesystem: everything on it becomes durable.
         self.with(|s| {
-            s.durable_names = s.volatile_names.clone();
-            s.durable_dirs = s.dirs.clone();
+            for path in std::mem::take(&mut s.unsynced_names) {
+                match s.volatile_names.get(&path) {
+                    Some(&ino) => s.durable_names.insert(path, ino),
+                    None => s.durable_names.remove(&path),
+                };
+            }
+            let dirs = std::mem::take(&mut s.unsynced_dirs);
+            s.durable_dirs.extend(dirs);
             for data in s.inodes.values_mut() {
                 data.sync();
             }
@@ -593,6 +616,8 @@ impl Disk for SimDisk {
             s.parent_exists(to)?;
             let ino = s.volatile_names.remove(from).ok_or_else(|| not_found(from))?;
             s.volatile_names.insert(to.to_path_buf(), ino);
+            s.unsynced_names.insert(from.to_path_buf());
+            s.unsynced_names.insert(to.to_path_buf());
             Ok(())
         })
     }
@@ -600,6 +625,7 @@ impl Disk for SimDisk {
     fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
         self.with(|s| {
             s.volatile_names.remove(path).ok_or_else(|| not_found(path))?;
+            s.unsynced_names.insert(path.to_path_buf());
             let referenced: BTreeSet<Inode> = s.volatile_names.values().chain(s.durable_names.values()).copied().collect();
             s.inodes.retain(|ino, _| referenced.contains(ino));
             Ok(())

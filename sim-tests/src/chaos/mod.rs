@@ -72,10 +72,15 @@ pub const HEAL_BOUND: Duration = Duration::from_secs(90);
 /// expires, the next inventory finds them and they are deleted. So orphans last at most the
 /// upload expiry plus one inventory interval (plus the garbage delay).
 const INVENTORY_INTERVAL: Duration = Duration::from_secs(20);
-/// Background scrub pace: a pass over a node's few MiB every 10 s or so (the default pace
-/// would re-hash them every second, the largest cost of a run in wall time). The liveness phase
-/// asks every node for a pass anyway.
-const SCRUB_RATE_BYTES_PER_SEC: u64 = 512 * 1024;
+/// Background scrub pace: a pass over a node's few MiB about every half minute (faster passes
+/// re-hashed the same bytes over and over: a seventh of a run's CPU at 512 KiB/s). Reads find
+/// damage too, and the liveness phase asks every node for a full pass anyway.
+const SCRUB_RATE_BYTES_PER_SEC: u64 = 128 * 1024;
+/// Longest pause of a worker between two operations (uniform in `0..THINK_MAX`). Workers that
+/// never pause ran ~40 operations per simulated second, twice the CPU per seed for no more
+/// kinds of interleaving; with pauses a run does ~15-20 per second and costs about 1 s of CPU,
+/// so more seeds (more fault plans) fit in the same time.
+const THINK_MAX: Duration = Duration::from_millis(400);
 /// Longest a worker's operation in flight may take to end once faults are healed.
 const DRAIN_BOUND: Duration = Duration::from_secs(120);
 
@@ -190,6 +195,8 @@ impl Worker {
                 continue;
             }
             self.step(&shared, &host_name, &client, &local, &dir).await;
+            let pause = madsim::rand::thread_rng().gen_range(Duration::ZERO..THINK_MAX);
+            madsim::time::sleep(pause).await;
         }
         self
     }
