@@ -5,8 +5,9 @@
 //! runs fast or slow by a rate (a drift of a few percent, as cheap oscillators do), and its wall
 //! clock is off by an offset of its own and drifts along. Durations the host sleeps are its
 //! own: a host whose clock runs 2% fast wakes from a 1 s sleep after 0.98 s of the simulation's
-//! time. What it does not skew: openraft's timers (`SimRuntime`), which read the simulation's
-//! clock directly.
+//! time. openraft's timers (`SimRuntime`) follow the host's rate once the harness calls
+//! `runtime::set_clock_rate` for it (offsets do not matter to them: they only measure
+//! durations); `set_rate` here changes only this clock.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

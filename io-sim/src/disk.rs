@@ -844,4 +844,160 @@ mod tests {
             assert_eq!(&d.read_at(Path::new("/x/f"), 2, 3).await.unwrap()[..], b"224");
         });
     }
+
+    /// The names on the disk against a model that syncs by copying everything: any sequence
+    /// of creates, renames, removals, directory creations, `sync_dir`, `sync_all` and crashes
+    /// leaves exactly the files (and contents) the model says, before and after a final
+    /// crash. (`sync_all` and `sync_dir` only touch the names changed since the last sync; the
+    /// model checks that nothing else needed touching.)
+    mod names_model {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Write(u8, u8, u8),
+            Rename(u8, u8, u8, u8),
+            Remove(u8, u8),
+            MakeDir(u8),
+            SyncFile(u8, u8),
+            SyncDir(Option<u8>),
+            SyncAll,
+            Crash,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u8..3, 0u8..4, any::<u8>()).prop_map(|(d, f, v)| Op::Write(d, f, v)),
+                2 => (0u8..3, 0u8..4, 0u8..3, 0u8..4).prop_map(|(a, b, c, d)| Op::Rename(a, b, c, d)),
+                2 => (0u8..3, 0u8..4).prop_map(|(d, f)| Op::Remove(d, f)),
+                1 => (0u8..3).prop_map(Op::MakeDir),
+                2 => (0u8..3, 0u8..4).prop_map(|(d, f)| Op::SyncFile(d, f)),
+                2 => proptest::option::of(0u8..3).prop_map(Op::SyncDir),
+                1 => Just(Op::SyncAll),
+                1 => Just(Op::Crash),
+            ]
+        }
+
+        fn dir(d: u8) -> PathBuf {
+            PathBuf::from(format!("/d{d}"))
+        }
+
+        fn file(d: u8, f: u8) -> PathBuf {
+            dir(d).join(format!("f{f}"))
+        }
+
+        /// Names and directories, volatile and durable; contents by inode, volatile and durable.
+        #[derive(Default)]
+        struct Model {
+            names: BTreeMap<PathBuf, u64>,
+            durable_names: BTreeMap<PathBuf, u64>,
+            dirs: BTreeSet<PathBuf>,
+            durable_dirs: BTreeSet<PathBuf>,
+            contents: BTreeMap<u64, (Vec<u8>, Vec<u8>)>,
+            next: u64,
+        }
+
+        impl Model {
+            fn sync_dir(&mut self, d: &Path) {
+                self.durable_names.retain(|p, _| p.parent() != Some(d));
+                let entries: Vec<_> = self.names.iter().filter(|(p, _)| p.parent() == Some(d)).map(|(p, i)| (p.clone(), *i)).collect();
+                self.durable_names.extend(entries);
+                let subdirs: Vec<_> = self.dirs.iter().filter(|p| p.parent() == Some(d)).cloned().collect();
+                self.durable_dirs.extend(subdirs);
+            }
+
+            fn crash(&mut self) {
+                self.durable_names.retain(|p, _| p.parent().is_none_or(|d| d == Path::new("/") || self.durable_dirs.contains(d)));
+                self.names = self.durable_names.clone();
+                self.dirs = self.durable_dirs.clone();
+                for (volatile, durable) in self.contents.values_mut() {
+                    *volatile = durable.clone();
+                }
+            }
+
+            /// What the running process sees: path → contents.
+            fn visible(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+                self.names.iter().map(|(p, i)| (p.clone(), self.contents[i].0.clone())).collect()
+            }
+        }
+
+        fn visible(d: &SimDisk) -> BTreeMap<PathBuf, Vec<u8>> {
+            let files = d.files_under(Path::new("/"));
+            files.into_iter().map(|p| (p.clone(), block_on(d.read_file(&p)).unwrap().to_vec())).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/io-sim-disk.txt")))),
+                ..ProptestConfig::default()
+            })]
+            #[test]
+            fn names_survive_exactly_as_a_copy_everything_model_says(ops in proptest::collection::vec(op(), 0..60)) {
+                let d = SimDisk::new(1 << 20);
+                let mut m = Model::default();
+                for op in ops {
+                    match op {
+                        Op::Write(di, f, v) => {
+                            let ok = block_on(d.write_file(&file(di, f), Bytes::from(vec![v; 3]))).is_ok();
+                            prop_assert_eq!(ok, m.dirs.contains(&dir(di)));
+                            if ok {
+                                let ino = *m.names.entry(file(di, f)).or_insert_with(|| { m.next += 1; m.next });
+                                m.contents.entry(ino).or_default().0 = vec![v; 3];
+                            }
+                        }
+                        Op::Rename(a, b, c, e) => {
+                            let ok = block_on(d.rename(&file(a, b), &file(c, e))).is_ok();
+                            prop_assert_eq!(ok, m.names.contains_key(&file(a, b)) && m.dirs.contains(&dir(c)));
+                            if ok {
+                                let ino = m.names.remove(&file(a, b)).unwrap();
+                                m.names.insert(file(c, e), ino);
+                            }
+                        }
+                        Op::Remove(di, f) => {
+                            let ok = block_on(d.remove_file(&file(di, f))).is_ok();
+                            prop_assert_eq!(ok, m.names.remove(&file(di, f)).is_some());
+                        }
+                        Op::MakeDir(di) => {
+                            block_on(d.create_dir_all(&dir(di))).unwrap();
+                            m.dirs.insert(dir(di));
+                        }
+                        Op::SyncFile(di, f) => {
+                            let ok = block_on(d.sync_file(&file(di, f))).is_ok();
+                            prop_assert_eq!(ok, m.names.contains_key(&file(di, f)));
+                            if let Some(ino) = m.names.get(&file(di, f)) {
+                                let c = m.contents.get_mut(ino).unwrap();
+                                c.1 = c.0.clone();
+                            }
+                        }
+                        Op::SyncDir(di) => {
+                            let path = di.map_or(PathBuf::from("/"), dir);
+                            block_on(d.sync_dir(&path)).unwrap();
+                            m.sync_dir(&path);
+                        }
+                        Op::SyncAll => {
+                            block_on(d.sync_all(Path::new("/"))).unwrap();
+                            m.durable_names = m.names.clone();
+                            m.durable_dirs = m.dirs.clone();
+                            for (volatile, durable) in m.contents.values_mut() {
+                                *durable = volatile.clone();
+                            }
+                        }
+                        Op::Crash => {
+                            d.crash();
+                            m.crash();
+                        }
+                    }
+                    prop_assert_eq!(visible(&d), m.visible());
+                }
+                d.crash();
+                m.crash();
+                prop_assert_eq!(visible(&d), m.visible());
+            }
+        }
+    }
 }

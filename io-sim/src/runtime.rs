@@ -1,6 +1,13 @@
 //! openraft's `AsyncRuntime` on madsim: tasks, timers and the election-timeout RNG all come
 //! from the simulator, so a seed fixes every Raft decision.
 //!
+//! A host may have a **clock rate** (`set_clock_rate`, the drift of `crate::ClockSkew`):
+//! openraft's timers on that host then run fast or slow like its core clock does. Its
+//! `Instant::now` reads host time (`anchor + elapsed × rate`), and a sleep of `d` host time
+//! takes `d / rate` of the simulation's, so election timeouts and heartbeats drift apart
+//! between hosts as they do on real machines. Rates are per simulation thread (each seed runs
+//! on a fresh one) and keyed by madsim's node id, which a restarted node keeps.
+//!
 //! openraft's own `TokioRuntime` cannot be used: it calls the real tokio, which has no reactor
 //! inside madsim. The RNG matters as much: on Linux madsim does not intercept `getrandom`, so
 //! `rand::thread_rng` would make elections differ between runs of one seed.
@@ -12,11 +19,63 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use madsim::task::NodeId;
 use openraft::async_runtime::TokioOneShotSender;
 use openraft::{AsyncRuntime, OptionalSend};
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 pub struct SimRuntime;
+
+/// A host's timer rate: host seconds per simulated second, from `anchor` on.
+#[derive(Clone, Copy)]
+struct Rate {
+    anchor: std::time::Instant,
+    rate: f64,
+}
+
+thread_local! {
+    static RATES: RefCell<HashMap<NodeId, Rate>> = RefCell::new(HashMap::new());
+}
+
+/// Makes openraft's timers on `node` run at `rate` (1.02: 2 % fast) from now on. Call it from
+/// the simulation's thread, once per host (not again on restart: the host's oscillator stays).
+pub fn set_clock_rate(node: NodeId, rate: f64) {
+    let anchor = madsim::time::Instant::now();
+    RATES.with(|r| r.borrow_mut().insert(node, Rate { anchor, rate }));
+}
+
+/// The current host's rate, if it has one other than 1.
+fn current_rate() -> Option<Rate> {
+    let node = madsim::plugin::node();
+    RATES.with(|r| r.borrow().get(&node).copied()).filter(|r| r.rate != 1.0)
+}
+
+/// Host time at simulated instant `t`.
+fn host_instant(t: std::time::Instant) -> std::time::Instant {
+    match current_rate() {
+        Some(r) if t > r.anchor => r.anchor + (t - r.anchor).mul_f64(r.rate),
+        _ => t,
+    }
+}
+
+/// The simulated instant at which the current host's clock reads `host`.
+fn sim_instant(host: std::time::Instant) -> std::time::Instant {
+    match current_rate() {
+        Some(r) if host > r.anchor => r.anchor + (host - r.anchor).div_f64(r.rate),
+        _ => host,
+    }
+}
+
+/// Simulated time a host-time duration takes on the current host.
+fn sim_duration(d: Duration) -> Duration {
+    match current_rate() {
+        Some(r) => d.div_f64(r.rate),
+        None => d,
+    }
+}
 
 /// madsim's (simulated) `std::time::Instant`, wrapped because of the orphan rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,7 +111,7 @@ impl SubAssign<Duration> for SimInstant {
 }
 impl openraft::Instant for SimInstant {
     fn now() -> Self {
-        SimInstant(madsim::time::Instant::now())
+        SimInstant(host_instant(madsim::time::Instant::now()))
     }
 }
 
@@ -108,19 +167,19 @@ impl AsyncRuntime for SimRuntime {
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        madsim::time::sleep(duration)
+        madsim::time::sleep(sim_duration(duration))
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        madsim::time::sleep_until(deadline.0)
+        madsim::time::sleep_until(sim_instant(deadline.0))
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        Timeout { future, sleep: madsim::time::sleep(duration) }
+        Timeout { future, sleep: madsim::time::sleep(sim_duration(duration)) }
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
-        Timeout { future, sleep: madsim::time::sleep_until(deadline.0) }
+        Timeout { future, sleep: madsim::time::sleep_until(sim_instant(deadline.0)) }
     }
 
     fn is_panic(join_error: &Self::JoinError) -> bool {

@@ -163,6 +163,11 @@ impl Cluster {
                         }
                     })
                     .build();
+                // openraft's timers drift with the host's clock too (its offset does not
+                // matter to them: they only measure durations).
+                if let Some(skew) = skew {
+                    dfs_io_sim::runtime::set_clock_rate(node.id(), skew.rate);
+                }
                 MetaHost { id, addr, node, disk, server }
             })
             .collect();
