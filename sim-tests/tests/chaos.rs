@@ -9,7 +9,7 @@ use dfs_sim_tests::chaos;
 use dfs_sim_tests::seeds::{self, SimTest};
 
 /// Seeds `cargo test` runs (`MADSIM_TEST_NUM` overrides).
-const CI_SEEDS: u64 = 6;
+const CI_SEEDS: u64 = 12;
 
 #[test]
 fn chaos_ci_seeds() {

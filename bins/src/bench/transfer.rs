@@ -10,6 +10,10 @@
 //! Large transfers run `dfs put`/`dfs get` as child processes, so their peak RSS is the
 //! client's own (from `wait4`); the storage nodes' peak RSS is their VmHWM at the end. Each
 //! figure is the median of `--runs` runs, page cache warm.
+//!
+//! It also reports the CPU time a put used, summed over the client, the storage nodes and the
+//! metadata nodes, beside the floor's own: on a machine with few cores, a put cannot take
+//! less wall time than its CPU time divided by the cores, whatever the disk.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -21,7 +25,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use crate::bench::{free_loopback_addrs, rss_hwm_bytes};
+use crate::bench::{cpu_secs, free_loopback_addrs, own_cpu_secs, rss_hwm_bytes, rusage_secs};
 use crate::cluster::{spawn, stop, wait_ready, Node};
 
 #[derive(Args)]
@@ -103,7 +107,8 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
     let outcome = async {
         wait_ready(meta.clone(), STORAGE_NODES).await?;
         say(format!("cluster: {META_NODES} metadata + {STORAGE_NODES} storage nodes on loopback, data in {}", dir.display()));
-        let large = large_file(args, dir, &exe, &meta, &say).await?;
+        let pids: Vec<u32> = nodes.iter().filter_map(|n| n.child.id()).collect();
+        let large = large_file(args, dir, &exe, &meta, &pids, &say).await?;
         let storage_rss: Vec<u64> = nodes[META_NODES..].iter().filter_map(|n| n.child.id()).filter_map(|pid| rss_hwm_bytes(pid).ok()).collect();
         let small = if args.small_files > 0 { Some(small_files(args, dir, &meta, &say).await?) } else { None };
         Ok::<_, anyhow::Error>((large, storage_rss, small))
@@ -123,6 +128,9 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
             "get_seconds": large.get,
             "get_floor_seconds": large.get_floor,
             "get_ratio": large.get / large.get_floor,
+            "put_cpu_seconds": { "client": large.put_cpu.client, "storage_nodes": large.put_cpu.storage, "metadata_nodes": large.put_cpu.meta },
+            "put_floor_cpu_seconds": large.put_floor_cpu,
+            "cores": cores(),
             "client_put_peak_rss_bytes": large.put_rss,
             "client_get_peak_rss_bytes": large.get_rss,
             "storage_peak_rss_bytes": storage_peak,
@@ -149,9 +157,38 @@ struct Large {
     get_floor: f64,
     put_rss: u64,
     get_rss: u64,
+    /// CPU time of the median put, and of the floor run beside it.
+    put_cpu: PutCpu,
+    put_floor_cpu: f64,
 }
 
-async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[String], say: &impl Fn(String)) -> anyhow::Result<Large> {
+/// Where a put's CPU time went, in seconds.
+#[derive(Clone, Copy, Default)]
+struct PutCpu {
+    client: f64,
+    storage: f64,
+    meta: f64,
+}
+
+impl PutCpu {
+    fn total(&self) -> f64 {
+        self.client + self.storage + self.meta
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU time used so far by the metadata nodes and by the storage nodes (`pids`: metadata
+/// first), in seconds.
+fn nodes_cpu(pids: &[u32]) -> (f64, f64) {
+    let sum = |p: &[u32]| p.iter().filter_map(|pid| cpu_secs(*pid).ok()).sum::<f64>();
+    let split = META_NODES.min(pids.len());
+    (sum(&pids[..split]), sum(&pids[split..]))
+}
+
+async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[String], pids: &[u32], say: &impl Fn(String)) -> anyhow::Result<Large> {
     let size = args.size.as_u64();
     let source = dir.join("large.bin");
     write_pattern(&source, size)?;
@@ -159,15 +196,21 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
     std::io::copy(&mut std::fs::File::open(&source)?, &mut std::io::sink())?;
     let (mut put, mut put_floor, mut get, mut get_floor) = (vec![], vec![], vec![], vec![]);
     let (mut put_rss, mut get_rss) = (0u64, 0u64);
+    let (mut put_cpu, mut floor_cpu) = (vec![], vec![]);
     for run in 0..args.runs {
+        let own = own_cpu_secs();
         put_floor.push(tokio::task::block_in_place(|| put_floor_once(&source, dir))?);
+        floor_cpu.push(own_cpu_secs() - own);
         let remote = format!("/bench/large-{run}.bin");
-        let (secs, rss) = run_dfs(exe, meta, dir, &["put", "--force", &source.to_string_lossy(), &remote])?;
+        let (meta_before, storage_before) = nodes_cpu(pids);
+        let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["put", "--force", &source.to_string_lossy(), &remote])?;
+        let (meta_after, storage_after) = nodes_cpu(pids);
+        put_cpu.push(PutCpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
         put.push(secs);
         put_rss = put_rss.max(rss);
         get_floor.push(tokio::task::block_in_place(|| get_floor_once(&source, dir))?);
         let dest = dir.join("large.back");
-        let (secs, rss) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        let (secs, rss, _) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
         get.push(secs);
         get_rss = get_rss.max(rss);
         if !same_file(&source, &dest)? {
@@ -183,7 +226,22 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
             get_floor[run as usize]
         ));
     }
-    let large = Large { put: median(&put), put_floor: median(&put_floor), get: median(&get), get_floor: median(&get_floor), put_rss, get_rss };
+    // The CPU figures of the run whose put took the median time.
+    let middle = {
+        let mut order: Vec<usize> = (0..put.len()).collect();
+        order.sort_by(|a, b| put[*a].total_cmp(&put[*b]));
+        order[order.len() / 2]
+    };
+    let large = Large {
+        put: median(&put),
+        put_floor: median(&put_floor),
+        get: median(&get),
+        get_floor: median(&get_floor),
+        put_rss,
+        get_rss,
+        put_cpu: put_cpu[middle],
+        put_floor_cpu: floor_cpu[middle],
+    };
     say(format!(
         "{} at replication 3, median of {}: put {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s); get {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s)",
         ByteSize(size),
@@ -196,6 +254,18 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         large.get / large.get_floor,
         large.get_floor,
         size as f64 / large.get / MIB,
+    ));
+    let cpu = large.put_cpu;
+    say(format!(
+        "put CPU (run {}): client {:.2}s + storage nodes {:.2}s + metadata nodes {:.2}s = {:.2}s, so at least {:.2}s of wall time on {} cores; the floor used {:.2}s of CPU",
+        middle + 1,
+        cpu.client,
+        cpu.storage,
+        cpu.meta,
+        cpu.total(),
+        cpu.total() / cores() as f64,
+        cores(),
+        large.put_floor_cpu,
     ));
     say(format!("client peak RSS: put {}, get {}", ByteSize(large.put_rss), ByteSize(large.get_rss)));
     std::fs::remove_file(&source)?;
@@ -260,8 +330,8 @@ fn copy_synced(source: &Path, dest: &Path) -> std::io::Result<()> {
     to.sync_all()
 }
 
-/// Runs `dfs ARGS` against the cluster; returns its wall time and peak RSS.
-fn run_dfs(exe: &Path, meta: &[String], dir: &Path, args: &[&str]) -> anyhow::Result<(f64, u64)> {
+/// Runs `dfs ARGS` against the cluster; returns its wall time, peak RSS and CPU time.
+fn run_dfs(exe: &Path, meta: &[String], dir: &Path, args: &[&str]) -> anyhow::Result<(f64, u64, f64)> {
     let started = Instant::now();
     let child = std::process::Command::new(exe)
         .args(args)
@@ -285,7 +355,7 @@ fn run_dfs(exe: &Path, meta: &[String], dir: &Path, args: &[&str]) -> anyhow::Re
         bail!("dfs {args:?} failed: {}", errors.trim());
     }
     // ru_maxrss is in KiB on Linux.
-    Ok((secs, usage.ru_maxrss as u64 * 1024))
+    Ok((secs, usage.ru_maxrss as u64 * 1024, rusage_secs(&usage)))
 }
 
 struct Small {
@@ -315,12 +385,12 @@ async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say:
     let exe = std::env::current_exe().context("cannot find the dfs executable")?;
     let batches = args.small_chunk_batches.to_string();
     let tree_arg = tree.to_string_lossy().into_owned();
-    let (put_secs, _) = run_dfs(&exe, meta, dir, &["put", "-r", "--quiet", "--chunk-batches", &batches, &tree_arg, "/bench/small"])?;
+    let (put_secs, _, _) = run_dfs(&exe, meta, dir, &["put", "-r", "--quiet", "--chunk-batches", &batches, &tree_arg, "/bench/small"])?;
     let put_rate = n as f64 / put_secs;
 
     let back = dir.join("small-back");
     let back_arg = back.to_string_lossy().into_owned();
-    let (get_secs, _) = run_dfs(&exe, meta, dir, &["get", "-r", "--quiet", "--chunk-batches", &batches, "/bench/small", &back_arg])?;
+    let (get_secs, _, _) = run_dfs(&exe, meta, dir, &["get", "-r", "--quiet", "--chunk-batches", &batches, "/bench/small", &back_arg])?;
     let get_rate = n as f64 / get_secs;
     for i in 0..n {
         let rel = format!("d{:03}/f{i:06}", i / 100);

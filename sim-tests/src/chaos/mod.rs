@@ -3,8 +3,8 @@
 //!
 //! The cluster: 3 or 5 metadata nodes (the atlas decides), 5 storage nodes, 3 client hosts
 //! with 2 workers each. Each worker owns 2 *groups* of two paths (`/gK/a`, `/gK/b`) and runs
-//! put (always `--force`: a new file or an overwrite), get, mv between the two paths and rm.
-//! File contents describe themselves (a header with version and size, then bytes generated
+//! put (always `--force`: a new file or an overwrite), get, mv between the two paths and rm,
+//! pausing up to `THINK_MAX` between operations. File contents describe themselves (a header with version and size, then bytes generated
 //! from the version), so every read is checked byte for byte without storing what was written.
 //!
 //! **Safety phase** (`SAFETY` of simulated time): the atlas's faults come and go (see
@@ -78,7 +78,7 @@ const INVENTORY_INTERVAL: Duration = Duration::from_secs(20);
 const SCRUB_RATE_BYTES_PER_SEC: u64 = 128 * 1024;
 /// Longest pause of a worker between two operations (uniform in `0..THINK_MAX`). Workers that
 /// never pause ran ~40 operations per simulated second, twice the CPU per seed for no more
-/// kinds of interleaving; with pauses a run does ~15-20 per second and costs about 1 s of CPU,
+/// kinds of interleaving; with pauses a run does ~14 per second and costs about 1 s of CPU,
 /// so more seeds (more fault plans) fit in the same time.
 const THINK_MAX: Duration = Duration::from_millis(400);
 /// Longest a worker's operation in flight may take to end once faults are healed.
