@@ -32,6 +32,15 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
     })
 }
 
+/// HTTP/2 flow control. h2's defaults (64 KiB per stream and per connection, 16 KiB frames)
+/// let one 64 KiB window of a connection's chunk streams be in flight at a time: every 64 KiB a
+/// sender waits for a WINDOW_UPDATE, and chunk frames (256 KiB) cross as 16 HTTP/2 frames.
+/// These bound what a connection buffers (a few chunk frames per stream) while letting a chunk
+/// stream flow without a round trip per 64 KiB.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+pub const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
+
 /// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes.
 pub async fn serve_metadata<H>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
 where
@@ -45,6 +54,9 @@ where
         .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
     Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX)
         .add_service(metadata)
         .add_service(raft)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
@@ -62,6 +74,9 @@ where
         .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
     Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX)
         .add_service(batches)
         .add_service(StorageServiceServer::new(Adapter(handler.clone())))
         .add_service(ReplicationServiceServer::new(Adapter(handler)))

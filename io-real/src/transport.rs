@@ -44,6 +44,9 @@ impl GrpcTransport {
                     .map_err(|e| RpcError::InvalidArgument(format!("bad address {to:?}: {e}")))?
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW_BYTES)
+                    .max_frame_size(crate::server::HTTP2_FRAME_BYTES_MAX)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(20));
                 let channel = endpoint.connect_lazy();
