@@ -341,11 +341,8 @@ impl DiskState {
         let changed: Vec<PathBuf> =
             self.unsynced_names.range::<Path, _>(from).take_while(|p| p.starts_with(dir)).filter(|p| p.parent() == Some(dir)).cloned().collect();
         for path in changed {
-            match self.volatile_names.get(&path) {
-                Some(&ino) => self.durable_names.insert(path.clone(), ino),
-                None => self.durable_names.remove(&path),
-            };
             self.unsynced_names.remove(&path);
+            self.make_entry_durable(path);
         }
         let subdirs: Vec<PathBuf> =
             self.unsynced_dirs.range::<Path, _>(from).take_while(|p| p.starts_with(dir)).filter(|p| p.parent() == Some(dir)).cloned().collect();
@@ -353,6 +350,14 @@ impl DiskState {
             self.unsynced_dirs.remove(&sub);
             self.durable_dirs.insert(sub);
         }
+    }
+
+    /// The durable entry of `path` becomes what the process sees: its file, or no entry.
+    fn make_entry_durable(&mut self, path: PathBuf) {
+        match self.volatile_names.get(&path) {
+            Some(&ino) => self.durable_names.insert(path, ino),
+            None => self.durable_names.remove(&path),
+        };
     }
 
     fn dir_exists(&self, dir: &Path) -> bool {
@@ -597,10 +602,7 @@ impl Disk for SimDisk {
         // One simulated disk is one filesystem: everything on it becomes durable.
         self.with(|s| {
             for path in std::mem::take(&mut s.unsynced_names) {
-                match s.volatile_names.get(&path) {
-                    Some(&ino) => s.durable_names.insert(path, ino),
-                    None => s.durable_names.remove(&path),
-                };
+                s.make_entry_durable(path);
             }
             let dirs = std::mem::take(&mut s.unsynced_dirs);
             s.durable_dirs.extend(dirs);
