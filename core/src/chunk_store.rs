@@ -17,9 +17,9 @@
 //! ```
 //!
 //! Reads stream a chunk frame by frame: each frame is checked against its CRC32C before it
-//! leaves the node, and the SHA-256 of the whole chunk is checked before the last frame is
-//! released, so a reader never holds a whole chunk and a damaged replica never serves a byte
-//! past the damaged frame. CRC32C, not a SHA-256 per frame: the frame check is against media
+//! leaves the node, so a reader never holds a whole chunk and a damaged replica never serves a
+//! byte past the damaged frame. The whole chunk's SHA-256 is checked by the reader at its end
+//! (end to end) and by scrub here, not again on every read (`FrameReader::serving`). CRC32C, not a SHA-256 per frame: the frame check is against media
 //! damage, not an adversary (the end-to-end SHA-256 covers that), and CRC32C runs at memory
 //! speed with SSE4.2/ARMv8 instructions (the `crc32c` crate), so verifying costs a read
 //! nothing; the table is 4 bytes per 256 KiB frame (1 KiB for a 64 MiB chunk).
@@ -56,6 +56,17 @@ pub const CHUNK_FILE_MAGIC: [u8; 8] = *b"DFSCHNK2";
 pub const HEADER_BYTES: usize = 64;
 /// Frame size recorded in the files this version writes.
 pub const FILE_FRAME_BYTES: u64 = CHUNK_FRAME_BYTES as u64;
+/// Chunks of at least this many bytes are bulk data: written with `DiskStep::WriteBulk` and
+/// read with `Disk::read_bulk_at`, so a disk may keep them out of its page cache both ways.
+/// Smaller chunks (small files, the tail of a file) stay cached: they are written in batches
+/// flushed together, and read back often enough to be worth the memory.
+pub const BULK_MIN_BYTES: u64 = 1 << 20;
+
+/// Is a chunk of `size` bytes bulk data (`BULK_MIN_BYTES`)?
+pub fn is_bulk(size: u64) -> bool {
+    size >= BULK_MIN_BYTES
+}
+
 /// Frame sizes a file may declare: small enough to send as one wire frame, large enough to
 /// bound the frame table (64 MiB / 4 KiB × 4 bytes = 64 KiB).
 const FILE_FRAME_MIN_BYTES: u64 = 4096;
@@ -225,19 +236,38 @@ pub fn encode_file_v1(meta: ChunkMeta, data: &[u8]) -> Bytes {
 
 /// Checks a chunk frame by frame as the driver reads it: `next_read` says which bytes to read,
 /// `accept` checks them. A frame is released to the caller only after `accept` returned `Ok`;
-/// the last one only after the whole chunk matched its SHA-256.
+/// with `new`, the last one only after the whole chunk matched its SHA-256.
 pub struct FrameReader {
     header: FileHeader,
     next: u64,
     frames: u64,
-    hasher: Sha256,
+    /// `None`: the frames' CRC32Cs are the only check (`serving`).
+    hasher: Option<Sha256>,
 }
 
 impl FrameReader {
+    /// Every check the file allows: each frame's CRC32C and the whole chunk's SHA-256 (scrub,
+    /// whole-file checks).
     pub fn new(header: FileHeader) -> Self {
         // An empty chunk is still one (empty) frame: the one that carries the header.
         let frames = header.meta.size.div_ceil(header.frame_bytes()).max(1);
-        FrameReader { header, next: 0, frames, hasher: Sha256::new() }
+        FrameReader { header, next: 0, frames, hasher: Some(Sha256::new()) }
+    }
+
+    /// The checks of a chunk served to a reader: for a version 2 file, each frame's CRC32C
+    /// only, as HDFS checks a block on read. The SHA-256 was checked when the chunk arrived,
+    /// before its CRC32Cs were computed from the same bytes; a frame damaged on disk since
+    /// fails its CRC32C, and the reader checks the SHA-256 again at its end (end to end), so
+    /// hashing here too cost a third of a download's hashing (a quarter of a storage node's
+    /// CPU while serving) for no damage it alone could catch. A version 1 file has no frame
+    /// checks: it keeps the SHA-256 check before its last frame.
+    pub fn serving(header: FileHeader) -> Self {
+        let crc_checked = matches!(header.checks, FrameChecks::Crc32c { .. });
+        let mut reader = FrameReader::new(header);
+        if crc_checked {
+            reader.hasher = None;
+        }
+        reader
     }
 
     pub fn meta(&self) -> ChunkMeta {
@@ -267,10 +297,12 @@ impl FrameReader {
                 }
             }
         }
-        self.hasher.update(data);
         self.next += 1;
-        if self.next == self.frames && Sha256Digest(self.hasher.clone().finalize().into()) != self.header.meta.sha256 {
-            return Err(ChunkFileError::ChecksumMismatch);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(data);
+            if self.next == self.frames && Sha256Digest(hasher.clone().finalize().into()) != self.header.meta.sha256 {
+                return Err(ChunkFileError::ChecksumMismatch);
+            }
         }
         Ok(())
     }
@@ -366,10 +398,15 @@ pub fn write_steps(layout: &ChunkLayout, table: &ChunkTable, id: ChunkId, nonce:
     let (outer, inner) = layout.shard_dirs(id);
     let head = encode_head(meta, &data);
     let data_offset = head.len() as u64;
-    let mut steps = vec![DiskStep::WriteFile { path: tmp.clone(), data: head }];
-    if !data.is_empty() {
-        steps.push(DiskStep::WriteAt { path: tmp.clone(), offset: data_offset, data });
-    }
+    let mut steps = if is_bulk(meta.size) {
+        vec![DiskStep::WriteBulk { path: tmp.clone(), head, data }]
+    } else {
+        let mut steps = vec![DiskStep::WriteFile { path: tmp.clone(), data: head }];
+        if !data.is_empty() {
+            steps.push(DiskStep::WriteAt { path: tmp.clone(), offset: data_offset, data });
+        }
+        steps
+    };
     steps.push(DiskStep::SyncFile(tmp.clone()));
     let (outer_durable, inner_durable) = table.shard_durable(id);
     if !inner_durable {
@@ -600,7 +637,7 @@ mod tests {
             Ok(h) => h,
             Err(e) => return (vec![], Some(e)),
         };
-        let mut reader = FrameReader::new(header);
+        let mut reader = FrameReader::serving(header);
         let mut out = vec![];
         while let Some((offset, len)) = reader.next_read() {
             let start = (offset as usize).min(file.len());
@@ -637,6 +674,19 @@ mod tests {
         let mut huge = file.to_vec();
         huge[52..56].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(header_len(&huge), Err(ChunkFileError::BadHeader("too many frames")));
+    }
+
+    /// Serving checks the frames only; scrub and whole-file decoding check the SHA-256 too,
+    /// so a file whose frame table was computed from bytes other than the recorded chunk's is
+    /// served (the reader's own SHA-256 check refuses it) but never passes a scrub.
+    #[test]
+    fn serving_checks_frames_and_scrub_checks_the_sha256_too() {
+        let data = pattern(CHUNK_FRAME_BYTES + 5);
+        let wrong = ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(b"other bytes") };
+        let file = encode_file(wrong, &data);
+        let (frames, err) = stream(&file);
+        assert_eq!((frames.concat(), err), (data.clone(), None));
+        assert_eq!(decode_file(file), Err(ChunkFileError::ChecksumMismatch));
     }
 
     #[test]
@@ -697,6 +747,28 @@ mod tests {
         assert_eq!(ChunkLayout::parse_chunk_file_name(name), Some(id));
         assert_eq!(ChunkLayout::parse_chunk_file_name("x.chunk"), None);
         assert!(ChunkLayout::is_shard_name("0f") && !ChunkLayout::is_shard_name("0F") && !ChunkLayout::is_shard_name("abc"));
+    }
+
+    /// A large chunk's file is written as bulk data (a disk may keep it out of its cache), a
+    /// small one through the cache; either way the file holds the head, then the data.
+    #[test]
+    fn large_chunks_are_written_as_bulk_data() {
+        let layout = ChunkLayout::new("/data");
+        let table = ChunkTable::default();
+        let id = ChunkId::derive(FileId(5), 3);
+        let tmp = layout.tmp_path(id, 1);
+        for size in [0, 10, BULK_MIN_BYTES as usize - 1, BULK_MIN_BYTES as usize, 3 << 20] {
+            let data = Bytes::from(pattern(size));
+            let head = encode_head(meta(&data), &data);
+            let steps = write_steps(&layout, &table, id, 1, meta(&data), data.clone());
+            let writes: Vec<&DiskStep> = steps.iter().filter(|s| matches!(s, DiskStep::WriteFile { .. } | DiskStep::WriteAt { .. } | DiskStep::WriteBulk { .. })).collect();
+            if size as u64 >= BULK_MIN_BYTES {
+                assert_eq!(writes, vec![&DiskStep::WriteBulk { path: tmp.clone(), head: head.clone(), data: data.clone() }]);
+            } else {
+                assert_eq!(writes[0], &DiskStep::WriteFile { path: tmp.clone(), data: head.clone() });
+                assert_eq!(writes.len(), if size == 0 { 1 } else { 2 }, "{writes:?}");
+            }
+        }
     }
 
     #[test]

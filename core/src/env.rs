@@ -84,6 +84,12 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Bytes>> + Send;
     /// Reads exactly `len` bytes at `offset` (fewer only at the end of the file).
     fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send;
+    /// `read_at` of bulk data: a large chunk's frames, read once per request and not worth
+    /// keeping in memory. A disk may bypass its page cache (the real one reads with
+    /// `O_DIRECT`, see `DiskStep::WriteBulk`); the default is `read_at`.
+    fn read_bulk_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send {
+        self.read_at(path, offset, len)
+    }
     fn file_len(&self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send;
     /// What changes when a regular file's contents change: its length and modification time
     /// (on the simulated disk, a digest of its contents). Compared, never interpreted.
@@ -122,6 +128,11 @@ pub trait Disk: Clone + Send + Sync + 'static {
                     DiskStep::CreateDir(dir) => self.create_dir_all(&dir).await?,
                     DiskStep::WriteFile { path, data } => self.write_file(&path, data).await?,
                     DiskStep::WriteAt { path, offset, data } => self.write_at(&path, offset, data).await?,
+                    DiskStep::WriteBulk { path, head, data } => {
+                        let offset = head.len() as u64;
+                        self.write_file(&path, head).await?;
+                        self.write_at(&path, offset, data).await?
+                    }
                     DiskStep::SyncFile(path) => self.sync_file(&path).await?,
                     DiskStep::Rename { from, to } => self.rename(&from, &to).await?,
                     DiskStep::SyncDir(dir) => self.sync_dir(&dir).await?,
@@ -140,6 +151,13 @@ pub enum DiskStep {
     CreateDir(PathBuf),
     WriteFile { path: PathBuf, data: Bytes },
     WriteAt { path: PathBuf, offset: u64, data: Bytes },
+    /// Creates or truncates `path` and writes `head` then `data`: exactly `WriteFile { head }`
+    /// then `WriteAt { offset: head.len(), data }` (the default runs those two), for a large
+    /// chunk's file, written once and seldom read soon. A disk may bypass its page cache: the
+    /// real one writes with `O_DIRECT`, which saves the copy into the page cache (on the
+    /// benchmark's VM that copy was half of a storage node's CPU during a put) and leaves
+    /// memory to what is read again. Not durable until `SyncFile`, as any write.
+    WriteBulk { path: PathBuf, head: Bytes, data: Bytes },
     SyncFile(PathBuf),
     Rename { from: PathBuf, to: PathBuf },
     SyncDir(PathBuf),

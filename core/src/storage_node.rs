@@ -1038,6 +1038,8 @@ struct ReadState<E: Env> {
     reader: FrameReader,
     header: Option<proto::ReadChunkHeader>,
     quarantine: Quarantine<E>,
+    /// A large chunk's frames are read as bulk data (`chunk_store::is_bulk`), as it was written.
+    bulk: bool,
     ended: bool,
     _slot: StreamSlot,
 }
@@ -1049,7 +1051,7 @@ impl<E: Env> ReadState<E> {
             return None;
         }
         let (offset, len) = self.reader.next_read()?;
-        let read = self.disk.read_at(&self.path, offset, len).await;
+        let read = if self.bulk { self.disk.read_bulk_at(&self.path, offset, len).await } else { self.disk.read_at(&self.path, offset, len).await };
         let result = match read {
             Err(e) => Err(RpcError::Internal(format!("node {}: reading chunk {}: {e}", self.quarantine.node, self.id))),
             Ok(data) => match self.reader.accept(&data) {
@@ -1146,9 +1148,10 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
                     id,
                     disk: self.env.disk().clone(),
                     path,
-                    reader: FrameReader::new(header),
+                    reader: FrameReader::serving(header),
                     header: Some(proto::ReadChunkHeader { size: expected.size, sha256: expected.sha256.0.to_vec().into() }),
                     quarantine: self.quarantine(),
+                    bulk: chunk_store::is_bulk(expected.size),
                     ended: false,
                     _slot: slot,
                 };
