@@ -84,6 +84,13 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Bytes>> + Send;
     /// Reads exactly `len` bytes at `offset` (fewer only at the end of the file).
     fn read_at(&self, path: &Path, offset: u64, len: u64) -> impl Future<Output = io::Result<Bytes>> + Send;
+    /// `write_at` of bulk data: a large chunk of a downloaded file, written once and not read
+    /// back by us. A disk may bypass its page cache (the real one writes the 4 KiB-aligned
+    /// part with `O_DIRECT` when `offset` is aligned, the rest through the cache); the
+    /// default is `write_at`. Not durable until `sync_file`, as any write.
+    fn write_bulk_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.write_at(path, offset, data)
+    }
     /// `read_at` of bulk data: a large chunk's frames, read once per request and not worth
     /// keeping in memory. A disk may bypass its page cache (the real one reads with
     /// `O_DIRECT`, see `DiskStep::WriteBulk`); the default is `read_at`.

@@ -9,7 +9,9 @@
 //!
 //! Large transfers run `dfs put`/`dfs get` as child processes, so their peak RSS is the
 //! client's own (from `wait4`); the storage nodes' peak RSS is their VmHWM at the end. Each
-//! figure is the median of `--runs` runs, page cache warm.
+//! figure is the median of `--runs` runs, each measurement started from the same state
+//! (`settle`: dirty pages written back, the page cache emptied when run as root, the source
+//! cached).
 //!
 //! It also reports the CPU time a put used, summed over the client, the storage nodes and the
 //! metadata nodes, beside the floor's own: on a machine with few cores, a put cannot take
@@ -192,24 +194,31 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
     let size = args.size.as_u64();
     let source = dir.join("large.bin");
     write_pattern(&source, size)?;
-    // Warm the page cache: every measurement below reads a cached source.
-    std::io::copy(&mut std::fs::File::open(&source)?, &mut std::io::sink())?;
+    let dropped = tokio::task::block_in_place(|| settle(&source))?;
+    say(format!(
+        "before each measurement: dirty pages written back, {}the source read into the page cache",
+        if dropped { "the page cache emptied, " } else { "the page cache NOT emptied (needs root: floors may vary with what earlier steps cached), " }
+    ));
     let (mut put, mut put_floor, mut get, mut get_floor) = (vec![], vec![], vec![], vec![]);
     let (mut put_rss, mut get_rss) = (0u64, 0u64);
     let (mut put_cpu, mut floor_cpu) = (vec![], vec![]);
     for run in 0..args.runs {
+        tokio::task::block_in_place(|| settle(&source))?;
         let own = own_cpu_secs();
         put_floor.push(tokio::task::block_in_place(|| put_floor_once(&source, dir))?);
         floor_cpu.push(own_cpu_secs() - own);
         let remote = format!("/bench/large-{run}.bin");
+        tokio::task::block_in_place(|| settle(&source))?;
         let (meta_before, storage_before) = nodes_cpu(pids);
         let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["put", "--force", &source.to_string_lossy(), &remote])?;
         let (meta_after, storage_after) = nodes_cpu(pids);
         put_cpu.push(PutCpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
         put.push(secs);
         put_rss = put_rss.max(rss);
+        tokio::task::block_in_place(|| settle(&source))?;
         get_floor.push(tokio::task::block_in_place(|| get_floor_once(&source, dir))?);
         let dest = dir.join("large.back");
+        tokio::task::block_in_place(|| settle(&source))?;
         let (secs, rss, _) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
         get.push(secs);
         get_rss = get_rss.max(rss);
@@ -270,6 +279,22 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
     say(format!("client peak RSS: put {}, get {}", ByteSize(large.put_rss), ByteSize(large.get_rss)));
     std::fs::remove_file(&source)?;
     Ok(large)
+}
+
+/// Puts the machine in the same state before each measurement, so that no step pays for what
+/// the one before it left behind: every dirty page written back (`sync`), the page cache
+/// emptied where the bench may (`/proc/sys/vm/drop_caches`, root only), then the source read
+/// back in (every measurement reads a cached source, as `cp` of a file just written would).
+/// Without this, the floors moved by 2-3x with what the system under test had cached: a put
+/// that leaves 3 GiB of chunks in the page cache slowed the next floor's writes (memory to
+/// reclaim) and so flattered the ratios (measured: get floor 4.1-4.3 s after such a put,
+/// 1.5-1.8 s after one that caches nothing). Returns whether the cache was emptied.
+fn settle(source: &Path) -> anyhow::Result<bool> {
+    // SAFETY: `sync` takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok();
+    std::io::copy(&mut std::fs::File::open(source)?, &mut std::io::sink())?;
+    Ok(dropped)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
