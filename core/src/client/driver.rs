@@ -493,23 +493,32 @@ impl<E: Env> DfsClient<E> {
                                 let mut hasher = file_hash.take().unwrap_or_default();
                                 pending.push(
                                     async move {
-                                        let (data, hasher) = hash_work(&self.env, data.len(), move || {
-                                            hasher.update(&data);
-                                            (data, hasher)
-                                        })
-                                        .await;
                                         let len = data.len() as u64;
-                                        // A large chunk bypasses the page cache where the disk can
-                                        // (the copy into it was a third of a download's CPU here).
-                                        let written = if crate::chunk_store::is_bulk(len) { disk.write_bulk_at(&tmp, offset, data).await } else { disk.write_at(&tmp, offset, data).await };
-                                        let outcome = written.map_err(|e| format!("{}: {e}", tmp.display()));
-                                        if outcome.is_ok() && len >= WRITEBACK_HINT_MIN_BYTES {
-                                            // The final fsync then finds little left: the disk
-                                            // writes while later chunks are fetched. A hint only.
-                                            if let Err(e) = disk.start_writeback(&tmp, offset, len).await {
-                                                tracing::debug!(error = %e, "early writeback not started");
+                                        // The chunk joins the file's digest while the disk writes
+                                        // it: one after the other, they were the download's
+                                        // longest chain (every chunk waits for the one before).
+                                        let hashing = {
+                                            let data = data.clone();
+                                            hash_work(&self.env, data.len(), move || {
+                                                hasher.update(&data);
+                                                hasher
+                                            })
+                                        };
+                                        let writing = async {
+                                            // A large chunk bypasses the page cache where the disk
+                                            // can (the copy into it was a third of a download's CPU).
+                                            let written = if crate::chunk_store::is_bulk(len) { disk.write_bulk_at(&tmp, offset, data).await } else { disk.write_at(&tmp, offset, data).await };
+                                            let outcome = written.map_err(|e| format!("{}: {e}", tmp.display()));
+                                            if outcome.is_ok() && len >= WRITEBACK_HINT_MIN_BYTES {
+                                                // The final fsync then finds little left: the disk
+                                                // writes while later chunks are fetched. A hint only.
+                                                if let Err(e) = disk.start_writeback(&tmp, offset, len).await {
+                                                    tracing::debug!(error = %e, "early writeback not started");
+                                                }
                                             }
-                                        }
+                                            outcome
+                                        };
+                                        let (hasher, outcome) = futures::join!(hashing, writing);
                                         DownDone::Written { index, file_hash: hasher, outcome }
                                     }
                                     .boxed(),
