@@ -5,8 +5,9 @@
 //! page cache with `O_DIRECT` where the filesystem allows it, and falls back to buffered I/O
 //! where it does not (`EINVAL`: tmpfs before Linux 6.6, some FUSE and network filesystems).
 //! Why: each byte a put stores went through a copy into the page cache, half of a storage
-//! node's CPU on the benchmark's VM (`perf`: `copy_folio_from_iter_atomic`), and reading cold
-//! chunks back through the cache ran at a sixth of the disk's direct-read rate there.
+//! node's CPU on the benchmark's VM (`perf`: `copy_folio_from_iter_atomic`; there, one
+//! buffered `write` of 4 MiB costs about ten times as much as four of 1 MiB), and a chunk
+//! file is written once and read seldom: the cache is better left to what is read again.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
