@@ -116,7 +116,7 @@ impl Disk for RealDisk {
     /// the rest buffered; all of it buffered where the filesystem refuses `O_DIRECT`.
     fn write_bulk_at(&self, path: &Path, offset: u64, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
         let path = owned(path);
-        blocking(move || write_direct_at(&path, offset, &data))
+        blocking(move || write_direct_at(&path, offset, &[&data]))
     }
 
     /// With `O_DIRECT` (see the module's doc), buffered where the filesystem refuses it.
@@ -313,65 +313,49 @@ fn read_direct(path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(buf).slice(skip..end))
 }
 
-fn write_buffered_at(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-    OpenOptions::new().write(true).create(true).truncate(false).open(path)?.write_all_at(data, offset)
+/// `parts`, one after the other, at `offset` of `path` (created if absent), through the cache.
+fn write_buffered_at(path: &Path, mut offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    for part in parts {
+        file.write_all_at(part, offset)?;
+        offset += part.len() as u64;
+    }
+    Ok(())
 }
 
-/// `data` at `offset` of `path` (created if absent): its whole 4 KiB blocks with `O_DIRECT`
-/// from a reused aligned buffer when `offset` is aligned, the remainder (and everything, when
-/// `offset` is not aligned or the filesystem refuses) through the page cache.
-fn write_direct_at(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-    let blocks = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+/// `parts`, one after the other, at `offset` of `path` (created if absent): their whole 4 KiB
+/// blocks with `O_DIRECT` from a reused aligned buffer when `offset` is aligned, the remainder
+/// (and everything, when `offset` is not aligned or the filesystem refuses) through the cache.
+fn write_direct_at(path: &Path, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let blocks = len / DIRECT_ALIGN * DIRECT_ALIGN;
     if offset % DIRECT_ALIGN as u64 != 0 || blocks == 0 {
-        return write_buffered_at(path, offset, data);
+        return write_buffered_at(path, offset, parts);
     }
     let file = match OpenOptions::new().write(true).create(true).truncate(false).custom_flags(libc::O_DIRECT).open(path) {
         Ok(file) => file,
-        Err(e) if direct_refused(&e) => return write_buffered_at(path, offset, data),
+        Err(e) if direct_refused(&e) => return write_buffered_at(path, offset, parts),
         Err(e) => return Err(e),
     };
-    let mut buf = take_buf(blocks);
-    buf.extend_from_slice(&data[..blocks]);
-    let written = file.write_all_at(&buf, offset);
-    give_back(buf);
-    match written {
-        Ok(()) if blocks == data.len() => Ok(()),
-        Ok(()) => write_buffered_at(path, offset + blocks as u64, &data[blocks..]),
-        Err(e) if direct_refused(&e) => write_buffered_at(path, offset, data),
-        Err(e) => Err(e),
+    let mut buf = take_buf(len);
+    for part in parts {
+        buf.extend_from_slice(part);
     }
+    let written = match file.write_all_at(&buf[..blocks], offset) {
+        Ok(()) if blocks == len => Ok(()),
+        Ok(()) => write_buffered_at(path, offset + blocks as u64, &[&buf[blocks..]]),
+        Err(e) if direct_refused(&e) => write_buffered_at(path, offset, &[&buf]),
+        Err(e) => Err(e),
+    };
+    give_back(buf);
+    written
 }
 
-/// Creates (or truncates) `path` holding `head` then `data`, written with `O_DIRECT` from one
-/// aligned buffer (padded to whole blocks, then cut to length), or buffered where the
-/// filesystem refuses direct I/O. Returns the open file for the steps that follow.
+/// Creates (or truncates) `path` holding `head` then `data`, written as `write_direct_at`
+/// writes. Returns the open file for the steps that follow.
 fn write_bulk(path: &Path, head: &[u8], data: &[u8]) -> io::Result<File> {
-    let direct = OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(path);
-    match direct {
-        Ok(file) => {
-            let len = head.len() + data.len();
-            let mut buf = take_buf(len.next_multiple_of(DIRECT_ALIGN));
-            buf.extend_from_slice(head);
-            buf.extend_from_slice(data);
-            buf.resize(len.next_multiple_of(DIRECT_ALIGN), 0);
-            let written = file.write_all_at(&buf, 0);
-            give_back(buf);
-            match written {
-                Ok(()) => {
-                    file.set_len(len as u64)?;
-                    return Ok(file);
-                }
-                // Written over from the start below, through the cache.
-                Err(e) if direct_refused(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(e) if direct_refused(&e) => {}
-        Err(e) => return Err(e),
-    }
-    let mut file = File::create(path)?;
-    file.write_all(head)?;
-    file.write_all(data)?;
+    let file = File::create(path)?;
+    write_direct_at(path, 0, &[head, data])?;
     Ok(file)
 }
 
