@@ -19,6 +19,7 @@
 //! The wire format is [`proto`], generated from `proto/dfs/v1/*.proto`; [`rpc`] holds what
 //! every transport shares (typed unary calls, errors, chunk framing).
 
+pub mod bulk_buf;
 pub mod chunk_store;
 pub mod chunking;
 pub mod client;

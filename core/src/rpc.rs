@@ -10,6 +10,7 @@ use std::future::Future;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
+use crate::bulk_buf::BulkBuf;
 use crate::proto::{
     ErrorCode, ErrorDetail, MetaNode, ReadChunkFrame, ReadChunkHeader, ReadChunkRequest, WriteChunkFrame,
     WriteChunkHeader, WriteChunkResponse,
@@ -225,12 +226,35 @@ pub fn read_frames(download: ChunkDownload) -> Vec<ReadChunkFrame> {
 }
 
 /// Reassembles frames; the header must come first and only once, and the data must add up to
-/// the size it announces (the bytes are checked against the checksum by the receiver).
+/// the size it announces (the bytes are checked against the checksum by the receiver). Bulk
+/// data (`chunk_store::is_bulk`) is assembled into a `BulkBuf`, so that it reaches the disk
+/// without another copy.
 #[derive(Debug, Default)]
 pub struct FrameAssembler<H> {
     header: Option<H>,
     expected_size: u64,
-    data: BytesMut,
+    data: Assembled,
+}
+
+#[derive(Debug)]
+enum Assembled {
+    Small(BytesMut),
+    Bulk(BulkBuf),
+}
+
+impl Default for Assembled {
+    fn default() -> Self {
+        Assembled::Small(BytesMut::new())
+    }
+}
+
+impl Assembled {
+    fn len(&self) -> usize {
+        match self {
+            Assembled::Small(b) => b.len(),
+            Assembled::Bulk(b) => b.len(),
+        }
+    }
 }
 
 /// Frames that do not form a chunk: a peer error, never a panic.
@@ -278,7 +302,7 @@ const ANNOUNCED_MAX_BYTES: u64 = crate::chunking::MAX_CHUNK_SIZE;
 
 impl<H: FrameHeader> FrameAssembler<H> {
     pub fn new() -> Self {
-        FrameAssembler { header: None, expected_size: 0, data: BytesMut::new() }
+        FrameAssembler { header: None, expected_size: 0, data: Assembled::default() }
     }
 
     pub fn push(&mut self, header: Option<H>, data: Bytes) -> Result<(), FrameError> {
@@ -288,7 +312,12 @@ impl<H: FrameHeader> FrameAssembler<H> {
                     return Err(FrameError::TooLarge { announced: h.announced_size(), max: ANNOUNCED_MAX_BYTES });
                 }
                 self.expected_size = h.announced_size();
-                self.data.reserve(self.expected_size.min(PREALLOCATE_MAX_BYTES) as usize);
+                let reserved = self.expected_size.min(PREALLOCATE_MAX_BYTES) as usize;
+                self.data = if crate::chunk_store::is_bulk(self.expected_size) {
+                    Assembled::Bulk(BulkBuf::with_capacity(reserved))
+                } else {
+                    Assembled::Small(BytesMut::with_capacity(reserved))
+                };
                 self.header = Some(h);
             }
             (false, None) => return Err(FrameError::MissingHeader),
@@ -298,7 +327,10 @@ impl<H: FrameHeader> FrameAssembler<H> {
         if self.data.len() as u64 + data.len() as u64 > self.expected_size {
             return Err(FrameError::TooLong { expected: self.expected_size });
         }
-        self.data.extend_from_slice(&data);
+        match &mut self.data {
+            Assembled::Small(b) => b.extend_from_slice(&data),
+            Assembled::Bulk(b) => b.extend_from_slice(&data),
+        }
         Ok(())
     }
 
@@ -308,7 +340,11 @@ impl<H: FrameHeader> FrameAssembler<H> {
         if got != self.expected_size {
             return Err(FrameError::TooShort { got, expected: self.expected_size });
         }
-        Ok((header, self.data.freeze()))
+        let data = match self.data {
+            Assembled::Small(b) => b.freeze(),
+            Assembled::Bulk(b) => b.freeze(),
+        };
+        Ok((header, data))
     }
 }
 
@@ -357,6 +393,22 @@ mod tests {
             prop_assert!(frames[0].header.is_some());
             prop_assert_eq!(assemble_upload(frames).unwrap(), up);
         }
+    }
+
+    /// A bulk chunk arrives in aligned memory (its disk may write it from there); a small one
+    /// need not.
+    #[test]
+    fn bulk_chunks_are_assembled_into_aligned_memory() {
+        for len in [crate::chunk_store::BULK_MIN_BYTES as usize, 4 << 20, (4 << 20) + 3] {
+            let up = upload(len);
+            let assembled = assemble_upload(write_frames(up.clone())).unwrap();
+            assert!(crate::bulk_buf::is_aligned(&assembled.data), "{len}");
+            assert_eq!(assembled, up);
+        }
+        // Too short: an error, whatever the buffer.
+        let mut frames = write_frames(upload(4 << 20));
+        frames.pop();
+        assert!(matches!(assemble_upload(frames), Err(FrameError::TooShort { .. })));
     }
 
     #[test]

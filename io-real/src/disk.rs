@@ -8,6 +8,9 @@
 //! node's CPU on the benchmark's VM (`perf`: `copy_folio_from_iter_atomic`; there, one
 //! buffered `write` of 4 MiB costs about ten times as much as four of 1 MiB), and a chunk
 //! file is written once and read seldom: the cache is better left to what is read again.
+//! Data already in aligned memory (a `BulkBuf`: a received bulk chunk, whose file format puts
+//! the data on a 4 KiB boundary) is written from where it is; anything else is first copied
+//! into an aligned `BulkBuf`.
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -15,41 +18,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use aligned_vec::{AVec, ConstAlign};
 use bytes::Bytes;
+use dfs_core::bulk_buf::{self, BulkBuf, BULK_ALIGN};
+use dfs_core::chunk_store;
 use dfs_core::env::{Disk, DiskStep};
 
-/// `O_DIRECT`'s alignment, of the buffer's address, the file offset and the length: 4 KiB
-/// covers the logical block size of every disk Linux runs on.
-const DIRECT_ALIGN: usize = 4096;
-
-type DirectBuf = AVec<u8, ConstAlign<DIRECT_ALIGN>>;
-
-/// Aligned buffers `write_bulk` keeps for the next writes: at most this many...
-const SPARE_BUFS_MAX: usize = 8;
-/// ...of at most this capacity each (a larger one, for an unusually large chunk, is freed).
-const SPARE_BUF_BYTES_MAX: usize = 16 << 20;
-
-/// Reused because a fresh buffer costs a page fault per 4 KiB on first touch: with a new
-/// 4 MiB buffer per chunk, faults took a seventh of a storage node's CPU during a put.
-static SPARE_BUFS: std::sync::Mutex<Vec<DirectBuf>> = std::sync::Mutex::new(Vec::new());
-
-fn take_buf(capacity: usize) -> DirectBuf {
-    let spare = SPARE_BUFS.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    let mut buf = spare.unwrap_or_else(|| DirectBuf::new(DIRECT_ALIGN));
-    buf.clear();
-    buf.reserve_exact(capacity);
-    buf
-}
-
-fn give_back(buf: DirectBuf) {
-    if buf.capacity() <= SPARE_BUF_BYTES_MAX {
-        let mut spare = SPARE_BUFS.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < SPARE_BUFS_MAX {
-            spare.push(buf);
-        }
-    }
-}
+/// `O_DIRECT`'s alignment, of the buffer's address, the file offset and the length.
+const DIRECT_ALIGN: usize = BULK_ALIGN;
 
 #[derive(Clone, Debug, Default)]
 pub struct RealDisk;
@@ -257,18 +232,40 @@ impl Disk for RealDisk {
     }
 }
 
-/// Reads up to `len` bytes at `offset` through the page cache (fewer only at the end).
-fn read_buffered(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+/// Reads into `buf` at `offset` until it is full or the file ends; how many bytes it read.
+/// With `direct` (`O_DIRECT`), a count that is not a whole number of blocks ends the file.
+fn read_into(file: &File, buf: &mut [u8], offset: u64, direct: bool) -> io::Result<usize> {
     let mut filled = 0usize;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                if direct && !n.is_multiple_of(DIRECT_ALIGN) {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
+    Ok(filled)
+}
+
+/// Reads up to `len` bytes at `offset` through the page cache (fewer only at the end). Bulk
+/// reads (a large file's chunk, read to be uploaded) go into a reused `BulkBuf`: a fresh
+/// buffer per chunk costs a page fault per 4 KiB.
+fn read_buffered(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    if chunk_store::is_bulk(len as u64) {
+        let mut buf = BulkBuf::with_capacity(len);
+        buf.resize(len, 0);
+        let filled = read_into(file, &mut buf, offset, false)?;
+        buf.resize(filled, 0);
+        return Ok(buf.freeze());
+    }
+    let mut buf = vec![0u8; len];
+    let filled = read_into(file, &mut buf, offset, false)?;
     buf.truncate(filled);
     Ok(Bytes::from(buf))
 }
@@ -279,8 +276,8 @@ fn direct_refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
 }
 
-/// `read_buffered`, but reading the aligned span around the range with `O_DIRECT` into an
-/// aligned buffer, and returning the range as a slice of it (no copy).
+/// `read_buffered`, but reading the aligned span around the range with `O_DIRECT` into a
+/// `BulkBuf`, and returning the range as a slice of it (no copy).
 fn read_direct(path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
         Ok(file) => file,
@@ -290,27 +287,17 @@ fn read_direct(path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
     let align = DIRECT_ALIGN as u64;
     let start = offset / align * align;
     let end = offset.checked_add(len).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range past u64"))?.next_multiple_of(align);
-    let mut buf = DirectBuf::with_capacity(DIRECT_ALIGN, usize::try_from(end - start).map_err(io::Error::other)?);
-    buf.resize((end - start) as usize, 0);
-    let mut filled = 0usize;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], start + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                // A count that is not a whole number of blocks stops at the end of the file.
-                if n % DIRECT_ALIGN != 0 {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if direct_refused(&e) && filled == 0 => return read_buffered(&File::open(path)?, offset, len),
-            Err(e) => return Err(e),
-        }
-    }
+    let span = usize::try_from(end - start).map_err(io::Error::other)?;
+    let mut buf = BulkBuf::with_capacity(span);
+    buf.resize(span, 0);
+    let filled = match read_into(&file, &mut buf, start, true) {
+        Ok(filled) => filled,
+        Err(e) if direct_refused(&e) => return read_buffered(&File::open(path)?, offset, len),
+        Err(e) => return Err(e),
+    };
     let skip = (offset - start) as usize;
     let end = filled.min(skip + len as usize).max(skip);
-    Ok(Bytes::from_owner(buf).slice(skip..end))
+    Ok(buf.freeze().slice(skip..end))
 }
 
 /// `parts`, one after the other, at `offset` of `path` (created if absent), through the cache.
@@ -324,12 +311,13 @@ fn write_buffered_at(path: &Path, mut offset: u64, parts: &[&[u8]]) -> io::Resul
 }
 
 /// `parts`, one after the other, at `offset` of `path` (created if absent): their whole 4 KiB
-/// blocks with `O_DIRECT` from a reused aligned buffer when `offset` is aligned, the remainder
-/// (and everything, when `offset` is not aligned or the filesystem refuses) through the cache.
+/// blocks with `O_DIRECT` when `offset` is aligned, the remainder (and everything, when
+/// `offset` is not aligned or the filesystem refuses) through the cache. A part in aligned
+/// memory (a `BulkBuf`, as a received bulk chunk is) at an aligned position is written from
+/// where it is; others are copied into an aligned buffer first.
 fn write_direct_at(path: &Path, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let blocks = len / DIRECT_ALIGN * DIRECT_ALIGN;
-    if offset % DIRECT_ALIGN as u64 != 0 || blocks == 0 {
+    if !offset.is_multiple_of(DIRECT_ALIGN as u64) || len < DIRECT_ALIGN {
         return write_buffered_at(path, offset, parts);
     }
     let file = match OpenOptions::new().write(true).create(true).truncate(false).custom_flags(libc::O_DIRECT).open(path) {
@@ -337,18 +325,45 @@ fn write_direct_at(path: &Path, offset: u64, parts: &[&[u8]]) -> io::Result<()> 
         Err(e) if direct_refused(&e) => return write_buffered_at(path, offset, parts),
         Err(e) => return Err(e),
     };
-    let mut buf = take_buf(len);
-    for part in parts {
-        buf.extend_from_slice(part);
+    match write_parts_direct(&file, path, offset, parts) {
+        // The same bytes again, through the cache, over whatever was written directly.
+        Err(e) if direct_refused(&e) => write_buffered_at(path, offset, parts),
+        written => written,
     }
-    let written = match file.write_all_at(&buf[..blocks], offset) {
-        Ok(()) if blocks == len => Ok(()),
-        Ok(()) => write_buffered_at(path, offset + blocks as u64, &[&buf[blocks..]]),
-        Err(e) if direct_refused(&e) => write_buffered_at(path, offset, &[&buf]),
-        Err(e) => Err(e),
-    };
-    give_back(buf);
-    written
+}
+
+/// `write_direct_at`'s work, on `file` opened with `O_DIRECT`, `offset` aligned.
+fn write_parts_direct(file: &File, path: &Path, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+    // Invariant: `pos` (where `staged`, then the next part, go) is aligned.
+    let mut pos = offset;
+    let mut staged: Option<BulkBuf> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let mut part: &[u8] = part;
+        if staged.as_ref().is_none_or(|s| s.is_empty()) && bulk_buf::is_aligned(part) {
+            let blocks = part.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+            file.write_all_at(&part[..blocks], pos)?;
+            pos += blocks as u64;
+            part = &part[blocks..];
+        }
+        if part.is_empty() {
+            continue;
+        }
+        let stage = staged.get_or_insert_with(|| BulkBuf::with_capacity(part.len() + parts[i + 1..].iter().map(|p| p.len()).sum::<usize>()));
+        stage.extend_from_slice(part);
+        if stage.len().is_multiple_of(DIRECT_ALIGN) {
+            file.write_all_at(stage, pos)?;
+            pos += stage.len() as u64;
+            stage.resize(0, 0);
+        }
+    }
+    if let Some(stage) = staged {
+        let blocks = stage.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        file.write_all_at(&stage[..blocks], pos)?;
+        if blocks < stage.len() {
+            write_buffered_at(path, pos + blocks as u64, &[&stage[blocks..]])?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates (or truncates) `path` holding `head` then `data`, written as `write_direct_at`
@@ -438,8 +453,19 @@ mod tests {
         let disk = RealDisk;
         disk.create_dir_all(&dir).await.unwrap();
         let pattern = |len: usize, seed: usize| -> Bytes { (0..len).map(|i| ((i * 31 + seed * 7) % 251) as u8).collect::<Vec<_>>().into() };
-        for (case, (head_len, data_len)) in [(64, 0), (100, 1), (128, 4096 - 128), (128, 4096 - 127), (64, 3 << 20), (4096, 1 << 20), (333, (1 << 20) + 4095)].into_iter().enumerate() {
-            let (head, data) = (pattern(head_len, case), pattern(data_len, case + 100));
+        // The same bytes in aligned memory, as a received bulk chunk is: written from there.
+        let in_aligned_memory = |bytes: Bytes| -> Bytes {
+            let mut buf = BulkBuf::with_capacity(bytes.len());
+            buf.extend_from_slice(&bytes);
+            buf.freeze()
+        };
+        let cases = [(64, 0), (100, 1), (128, 4096 - 128), (128, 4096 - 127), (64, 3 << 20), (4096, 1 << 20), (333, (1 << 20) + 4095), (4096, (1 << 20) + 5), (8192, 4096)];
+        for (case, (head_len, data_len, aligned)) in cases.into_iter().flat_map(|(h, d)| [(h, d, false), (h, d, true)]).enumerate() {
+            let (head, mut data) = (pattern(head_len, case), pattern(data_len, case + 100));
+            if aligned {
+                data = in_aligned_memory(data);
+                assert!(bulk_buf::is_aligned(&data));
+            }
             let path = dir.join(format!("c{case}"));
             // Over a longer file: the write truncates.
             std::fs::write(&path, vec![0xEEu8; head_len + data_len + 9000]).unwrap();
@@ -461,8 +487,8 @@ mod tests {
         // lengths that are and are not whole blocks, holds exactly what a buffered one would.
         let out = dir.join("out");
         let mut expected = vec![0u8; 0];
-        for (offset, len) in [(8192usize, 4096usize), (0, 8192), (12288, 10000), (22288, 5000), (4096 * 7, 1), (1 << 20, (1 << 20) + 3)] {
-            let data = pattern(len, offset);
+        for (i, (offset, len)) in [(8192usize, 4096usize), (0, 8192), (12288, 10000), (22288, 5000), (4096 * 7, 1), (1 << 20, (1 << 20) + 3), (4096 * 3, 8192 + 7), (4096 * 5, 100)].into_iter().enumerate() {
+            let data = if i % 2 == 0 { pattern(len, offset) } else { in_aligned_memory(pattern(len, offset)) };
             disk.write_bulk_at(&out, offset as u64, data.clone()).await.unwrap();
             if expected.len() < offset + len {
                 expected.resize(offset + len, 0);

@@ -4,7 +4,10 @@
 //!
 //! - put floor: the same bytes written as 3 copies in parallel, each fsynced, plus one SHA-256
 //!   pass over them (what 3 replicas and end-to-end checksums cost at least);
-//! - get floor: the file read and written to a new file, fsynced (`cat` + `sync`);
+//! - get floor: the file read and written to a new file, fsynced (`cat` + `sync`), its source
+//!   in the page cache; and, when the bench may empty the page cache (root), the same copy
+//!   read from the disk: a get reads its chunks from the disk (the cache was emptied, and
+//!   large chunks bypass it anyway), which the cached floor never does;
 //! - small files: `cp -r` of the same tree, then `sync`.
 //!
 //! Large transfers run `dfs put`/`dfs get` as child processes, so their peak RSS is the
@@ -13,9 +16,10 @@
 //! (`settle`: dirty pages written back, the page cache emptied when run as root, the source
 //! cached).
 //!
-//! It also reports the CPU time a put used, summed over the client, the storage nodes and the
-//! metadata nodes, beside the floor's own: on a machine with few cores, a put cannot take
-//! less wall time than its CPU time divided by the cores, whatever the disk.
+//! It also reports the CPU time a put and a get used, summed over the client, the storage
+//! nodes and the metadata nodes, beside the floor's own: on a machine with few cores, a
+//! transfer cannot take less wall time than its CPU time divided by the cores, whatever the
+//! disk.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -130,7 +134,9 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
             "get_seconds": large.get,
             "get_floor_seconds": large.get_floor,
             "get_ratio": large.get / large.get_floor,
+            "get_floor_uncached_seconds": large.get_floor_uncached,
             "put_cpu_seconds": { "client": large.put_cpu.client, "storage_nodes": large.put_cpu.storage, "metadata_nodes": large.put_cpu.meta },
+            "get_cpu_seconds": { "client": large.get_cpu.client, "storage_nodes": large.get_cpu.storage, "metadata_nodes": large.get_cpu.meta },
             "put_floor_cpu_seconds": large.put_floor_cpu,
             "cores": cores(),
             "client_put_peak_rss_bytes": large.put_rss,
@@ -157,22 +163,25 @@ struct Large {
     put_floor: f64,
     get: f64,
     get_floor: f64,
+    /// The get floor with its source read from the disk (`None`: the cache could not be emptied).
+    get_floor_uncached: Option<f64>,
     put_rss: u64,
     get_rss: u64,
-    /// CPU time of the median put, and of the floor run beside it.
-    put_cpu: PutCpu,
+    /// CPU time of the median put, and of the floor run beside it; of the median get.
+    put_cpu: Cpu,
     put_floor_cpu: f64,
+    get_cpu: Cpu,
 }
 
-/// Where a put's CPU time went, in seconds.
+/// Where a transfer's CPU time went, in seconds.
 #[derive(Clone, Copy, Default)]
-struct PutCpu {
+struct Cpu {
     client: f64,
     storage: f64,
     meta: f64,
 }
 
-impl PutCpu {
+impl Cpu {
     fn total(&self) -> f64 {
         self.client + self.storage + self.meta
     }
@@ -199,9 +208,9 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         "before each measurement: dirty pages written back, {}the source read into the page cache",
         if dropped { "the page cache emptied, " } else { "the page cache NOT emptied (needs root: floors may vary with what earlier steps cached), " }
     ));
-    let (mut put, mut put_floor, mut get, mut get_floor) = (vec![], vec![], vec![], vec![]);
+    let (mut put, mut put_floor, mut get, mut get_floor, mut get_floor_uncached) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut put_rss, mut get_rss) = (0u64, 0u64);
-    let (mut put_cpu, mut floor_cpu) = (vec![], vec![]);
+    let (mut put_cpu, mut floor_cpu, mut get_cpu) = (vec![], vec![], vec![]);
     for run in 0..args.runs {
         tokio::task::block_in_place(|| settle(&source))?;
         let own = own_cpu_secs();
@@ -212,14 +221,20 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         let (meta_before, storage_before) = nodes_cpu(pids);
         let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["put", "--force", &source.to_string_lossy(), &remote])?;
         let (meta_after, storage_after) = nodes_cpu(pids);
-        put_cpu.push(PutCpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
+        put_cpu.push(Cpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
         put.push(secs);
         put_rss = put_rss.max(rss);
         tokio::task::block_in_place(|| settle(&source))?;
         get_floor.push(tokio::task::block_in_place(|| get_floor_once(&source, dir))?);
+        if dropped && tokio::task::block_in_place(empty_page_cache) {
+            get_floor_uncached.push(tokio::task::block_in_place(|| get_floor_once(&source, dir))?);
+        }
         let dest = dir.join("large.back");
         tokio::task::block_in_place(|| settle(&source))?;
-        let (secs, rss, _) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        let (meta_before, storage_before) = nodes_cpu(pids);
+        let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        let (meta_after, storage_after) = nodes_cpu(pids);
+        get_cpu.push(Cpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
         get.push(secs);
         get_rss = get_rss.max(rss);
         if !same_file(&source, &dest)? {
@@ -227,29 +242,33 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         }
         std::fs::remove_file(&dest)?;
         say(format!(
-            "run {}: put {:.2}s (floor {:.2}s)  get {:.2}s (floor {:.2}s)",
+            "run {}: put {:.2}s (floor {:.2}s)  get {:.2}s (floor {:.2}s{})",
             run + 1,
             put[run as usize],
             put_floor[run as usize],
             get[run as usize],
-            get_floor[run as usize]
+            get_floor[run as usize],
+            get_floor_uncached.get(run as usize).map(|s| format!(", uncached {s:.2}s")).unwrap_or_default(),
         ));
     }
-    // The CPU figures of the run whose put took the median time.
-    let middle = {
-        let mut order: Vec<usize> = (0..put.len()).collect();
-        order.sort_by(|a, b| put[*a].total_cmp(&put[*b]));
+    // The CPU figures of the run whose transfer took the median time.
+    let middle = |times: &[f64]| {
+        let mut order: Vec<usize> = (0..times.len()).collect();
+        order.sort_by(|a, b| times[*a].total_cmp(&times[*b]));
         order[order.len() / 2]
     };
+    let (put_middle, get_middle) = (middle(&put), middle(&get));
     let large = Large {
         put: median(&put),
         put_floor: median(&put_floor),
         get: median(&get),
         get_floor: median(&get_floor),
+        get_floor_uncached: (!get_floor_uncached.is_empty()).then(|| median(&get_floor_uncached)),
         put_rss,
         get_rss,
-        put_cpu: put_cpu[middle],
-        put_floor_cpu: floor_cpu[middle],
+        put_cpu: put_cpu[put_middle],
+        put_floor_cpu: floor_cpu[put_middle],
+        get_cpu: get_cpu[get_middle],
     };
     say(format!(
         "{} at replication 3, median of {}: put {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s); get {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s)",
@@ -264,18 +283,23 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         large.get_floor,
         size as f64 / large.get / MIB,
     ));
-    let cpu = large.put_cpu;
-    say(format!(
-        "put CPU (run {}): client {:.2}s + storage nodes {:.2}s + metadata nodes {:.2}s = {:.2}s, so at least {:.2}s of wall time on {} cores; the floor used {:.2}s of CPU",
-        middle + 1,
-        cpu.client,
-        cpu.storage,
-        cpu.meta,
-        cpu.total(),
-        cpu.total() / cores() as f64,
-        cores(),
-        large.put_floor_cpu,
-    ));
+    if let Some(uncached) = large.get_floor_uncached {
+        say(format!("get against the floor read from the disk, as a get reads its chunks: {:.2}x ({uncached:.2}s)", large.get / uncached));
+    }
+    let cpu_line = |what: &str, run: usize, cpu: Cpu| {
+        format!(
+            "{what} CPU (run {}): client {:.2}s + storage nodes {:.2}s + metadata nodes {:.2}s = {:.2}s, so at least {:.2}s of wall time on {} cores",
+            run + 1,
+            cpu.client,
+            cpu.storage,
+            cpu.meta,
+            cpu.total(),
+            cpu.total() / cores() as f64,
+            cores(),
+        )
+    };
+    say(format!("{}; the floor used {:.2}s of CPU", cpu_line("put", put_middle, large.put_cpu), large.put_floor_cpu));
+    say(cpu_line("get", get_middle, large.get_cpu));
     say(format!("client peak RSS: put {}, get {}", ByteSize(large.put_rss), ByteSize(large.get_rss)));
     std::fs::remove_file(&source)?;
     Ok(large)
@@ -290,11 +314,16 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
 /// reclaim) and so flattered the ratios (measured: get floor 4.1-4.3 s after such a put,
 /// 1.5-1.8 s after one that caches nothing). Returns whether the cache was emptied.
 fn settle(source: &Path) -> anyhow::Result<bool> {
-    // SAFETY: `sync` takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok();
+    let dropped = empty_page_cache();
     std::io::copy(&mut std::fs::File::open(source)?, &mut std::io::sink())?;
     Ok(dropped)
+}
+
+/// `sync`, then empties the page cache if this process may (root); whether it did.
+fn empty_page_cache() -> bool {
+    // SAFETY: `sync` takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
