@@ -105,11 +105,17 @@ pub fn file_bytes(size: u64) -> u64 {
 }
 
 /// Bytes before the data in the file of a chunk of `size` bytes, as this version writes it:
-/// the header and frame table, padded to `BULK_ALIGN` for bulk data (version 3).
+/// version 3 (padded) for bulk data.
 fn head_bytes(size: u64) -> u64 {
-    let table_end = HEADER_BYTES as u64 + 4 * size.div_ceil(FILE_FRAME_BYTES);
-    if is_bulk(size) {
-        table_end.next_multiple_of(BULK_ALIGN as u64)
+    head_len(size.div_ceil(FILE_FRAME_BYTES) as usize, is_bulk(size)) as u64
+}
+
+/// Bytes before the data of a v2 or v3 (`padded`) file with `frames` frames: the header, the
+/// frame table and, in v3, the padding to `BULK_ALIGN`.
+fn head_len(frames: usize, padded: bool) -> usize {
+    let table_end = HEADER_BYTES + 4 * frames;
+    if padded {
+        table_end.next_multiple_of(BULK_ALIGN)
     } else {
         table_end
     }
@@ -187,8 +193,7 @@ pub fn header_len(first: &[u8]) -> Result<usize, ChunkFileError> {
             if frames > FILE_DATA_MAX_BYTES / FILE_FRAME_MIN_BYTES {
                 return Err(ChunkFileError::BadHeader("too many frames"));
             }
-            let table_end = HEADER_BYTES + 4 * frames as usize;
-            Ok(if magic == CHUNK_FILE_MAGIC_V3 { table_end.next_multiple_of(BULK_ALIGN) } else { table_end })
+            Ok(head_len(frames as usize, magic == CHUNK_FILE_MAGIC_V3))
         }
         _ => Err(ChunkFileError::BadMagic),
     }
@@ -218,7 +223,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<FileHeader, ChunkFileError> {
     if size > FILE_DATA_MAX_BYTES || size.div_ceil(frame_bytes) != u32_at(bytes, 52) as u64 {
         return Err(ChunkFileError::BadHeader("size and frame count disagree"));
     }
-    let table_end = HEADER_BYTES + 4 * u32_at(bytes, 52) as usize;
+    let table_end = head_len(u32_at(bytes, 52) as usize, false);
     let crcs = bytes[HEADER_BYTES..table_end].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     Ok(FileHeader { meta, checks: FrameChecks::Crc32c { frame_bytes, crcs }, data_offset: len as u64 })
 }
@@ -233,8 +238,7 @@ pub fn encode_head(meta: ChunkMeta, data: &[u8]) -> Bytes {
 /// wrote: version 2 for every size).
 fn encode_head_as(meta: ChunkMeta, data: &[u8], aligned: bool) -> Bytes {
     let frames = data.len().div_ceil(FILE_FRAME_BYTES as usize);
-    let table_end = HEADER_BYTES + 4 * frames;
-    let mut h = BytesMut::zeroed(if aligned { table_end.next_multiple_of(BULK_ALIGN) } else { table_end });
+    let mut h = BytesMut::zeroed(head_len(frames, aligned));
     h[..8].copy_from_slice(if aligned { &CHUNK_FILE_MAGIC_V3 } else { &CHUNK_FILE_MAGIC });
     h[8..16].copy_from_slice(&meta.size.to_le_bytes());
     h[16..48].copy_from_slice(&meta.sha256.0);
