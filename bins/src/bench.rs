@@ -123,7 +123,7 @@ async fn meta_in(args: &MetaBenchArgs, dir: &Path) -> anyhow::Result<()> {
         let data = dir.join(&name).to_string_lossy().into_owned();
         let id = (i + 1).to_string();
         let argv = ["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")];
-        match spawn(&exe, &name, *addr, &argv, &logs) {
+        match spawn(&exe, &name, &argv, &logs) {
             Ok(node) => nodes.push(node),
             Err(e) => {
                 stop(&mut nodes).await;

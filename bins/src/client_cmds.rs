@@ -400,15 +400,10 @@ async fn get_one(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> a
         let name = remote.rsplit('/').next().filter(|n| !n.is_empty()).ok_or_else(|| usage(format!("get {}: names no file", shown(&remote))))?;
         dest = dest.join(name);
     }
-    // symlink_metadata: a dangling symlink is in the way too.
-    if dest.symlink_metadata().is_ok() {
-        if !opts.force {
-            return Err(usage(format!("{}: already exists (use --force to replace it)", dest.display())));
-        }
-        if dest.is_dir() {
-            return Err(usage(format!("{}: is a directory", dest.display())));
-        }
-    }
+    let dest = match download_target(&dest, opts.force)? {
+        Target::File(path) => path,
+        Target::Through(path) => return get_through(ctx, opts, &remote, &path).await,
+    };
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return Err(usage(format!("{}: no such directory", parent.display())));
@@ -425,6 +420,81 @@ async fn get_one(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> a
         return emit_json(&GetJson { remote: remote.clone(), local: dest.display().to_string(), file: FileJson::from(&info) });
     }
     emit(&format!("{} -> {} ({})\n", shown(&info.path), dest.display(), ByteSize(info.size)))
+}
+
+/// Where a download goes, decided as `cp` decides it.
+pub enum Target {
+    /// A regular file (new, or replaced atomically): written beside it and renamed into place.
+    File(PathBuf),
+    /// A character device or a FIFO: written through, in order, as `cp` writes to one; never
+    /// replaced by a regular file.
+    Through(PathBuf),
+}
+
+/// What writing a download to `dest` means: a symbolic link is followed to its target (as `cp`
+/// does: the link stays, its target gets the bytes; a dangling one is refused), a regular file
+/// is replaced only with `force`, a character device or FIFO (`/dev/null`, a pipe, a terminal)
+/// is written through, and anything else is refused with what it is.
+pub fn download_target(dest: &Path, force: bool) -> anyhow::Result<Target> {
+    target_of(dest, force).map_err(|why| usage(format!("{}: {why}", dest.display())))
+}
+
+/// `download_target`, refusals saying only why (the caller names the path).
+pub fn target_of(dest: &Path, force: bool) -> Result<Target, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let link = match dest.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Target::File(dest.to_path_buf())),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (path, meta) = if link.file_type().is_symlink() {
+        match std::fs::metadata(dest) {
+            Ok(meta) => (std::fs::canonicalize(dest).map_err(|e| e.to_string())?, meta),
+            Err(_) => return Err("a symbolic link to nothing: not writing through it (remove it, or name a file)".into()),
+        }
+    } else {
+        (dest.to_path_buf(), link)
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        if !force {
+            return Err("already exists (use --force to replace it)".into());
+        }
+        return Ok(Target::File(path));
+    }
+    if kind.is_char_device() || kind.is_fifo() {
+        return Ok(Target::Through(path));
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(format!("{what}: get writes only to regular files, character devices and FIFOs"))
+}
+
+/// `get` into a character device or FIFO: opened for writing (never created, truncated or
+/// replaced) and written in order, each chunk verified first, like `cat` into it.
+async fn get_through(ctx: &Ctx, opts: &GetOpts, remote: &str, path: &Path) -> anyhow::Result<()> {
+    // Opening a FIFO waits for its reader, as `cp` does.
+    let file = tokio::task::block_in_place(|| std::fs::OpenOptions::new().write(true).open(path)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let client = opts.meta.client(ClientConfig { parallelism: opts.parallel as usize, ..ClientConfig::default() })?;
+    let bar = Bar::new(&format!("get {}", shown(remote)), ctx.progress());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let result = client.get_to_writer(remote, &mut out, &bar).await;
+    drop(bar);
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => return Err(explain_not_found(&client, remote, e, "get").await),
+    };
+    if ctx.json {
+        return emit_json(&GetJson { remote: remote.to_string(), local: path.display().to_string(), file: FileJson::from(&info) });
+    }
+    emit(&format!("{} -> {} ({})\n", shown(&info.path), path.display(), ByteSize(info.size)))
 }
 
 /// Writes a remote file to stdout as it arrives, as `hdfs dfs -cat` does: each chunk is
@@ -767,12 +837,14 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
 pub async fn nodes(ctx: &Ctx, args: NodesArgs) -> anyhow::Result<()> {
     let client = args.meta.client(ClientConfig::default())?;
     let s = client.status().await?;
-    let nodes: Vec<StorageNodeJson> = s.storage_nodes.iter().map(StorageNodeJson::from).collect();
+    let mut nodes: Vec<StorageNodeJson> = s.storage_nodes.iter().map(StorageNodeJson::from).collect();
+    let volumes: Vec<u64> = s.storage_nodes.iter().map(|n| n.volume_id).collect();
+    let total = crate::output::group_disks(&mut nodes, &volumes);
     if ctx.json {
-        return emit_json(&NodesJson { nodes });
+        return emit_json(&NodesJson { nodes, total });
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<16}  {:<21}  {:<14}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat", "node", "address", "state", "rack", "capacity", "used", "free", "chunks", "repairs");
+    let _ = writeln!(out, "{:<16}  {:<21}  {:<14}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat", "node", "address", "state", "rack", "capacity", "stored", "usable", "chunks", "repairs");
     for n in &nodes {
         let ago = match n.last_heartbeat_ms_ago {
             Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
@@ -786,11 +858,25 @@ pub async fn nodes(ctx: &Ctx, args: NodesArgs) -> anyhow::Result<()> {
             n.state,
             n.rack.as_deref().unwrap_or("-"),
             ByteSize(n.capacity_bytes).to_string(),
-            ByteSize(n.used_bytes).to_string(),
-            ByteSize(n.free_bytes).to_string(),
+            ByteSize(n.stored_bytes).to_string(),
+            ByteSize(n.usable_bytes).to_string(),
             n.chunk_count,
             n.repairs_in_flight
         );
+    }
+    let nodes_word = if nodes.len() == 1 { "node" } else { "nodes" };
+    let disks_word = if total.disks == 1 { "disk" } else { "disks" };
+    let _ = writeln!(
+        out,
+        "total: {} {nodes_word} on {} {disks_word}: {} stored, {} usable of {} (usable: free space above each node's reserve)",
+        nodes.len(),
+        total.disks,
+        ByteSize(total.stored_bytes),
+        ByteSize(total.usable_bytes),
+        ByteSize(total.capacity_bytes)
+    );
+    if nodes.iter().any(|n| !n.shares_disk_with.is_empty()) {
+        let _ = writeln!(out, "note: nodes of one host on one disk share its capacity and free space (counted once in the total; each may fill it)");
     }
     emit(&out)
 }
@@ -823,15 +909,17 @@ pub async fn fsck(ctx: &Ctx, args: FsckArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "over-replicated:   {}", report.over_replicated);
         let _ = writeln!(out, "corrupt:           {}", report.corrupt);
         let _ = writeln!(out, "missing:           {}", report.missing);
+        let _ = writeln!(out, "unreachable:       {}", report.unreachable);
         let _ = writeln!(out, "repairs in flight: {}", report.repairs_in_flight);
         let _ = writeln!(out, "status:            {}", if healthy { "HEALTHY" } else { "UNHEALTHY" });
         emit(&out)?;
     }
     if !healthy {
         anyhow::bail!(
-            "{} is not healthy: {} missing, {} under-replicated, {} corrupt, {} over-replicated chunks",
+            "{} is not healthy: {} missing, {} unreachable, {} under-replicated, {} corrupt, {} over-replicated chunks",
             shown(&shown_path),
             report.missing,
+            report.unreachable,
             report.under_replicated,
             report.corrupt,
             report.over_replicated

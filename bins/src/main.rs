@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let daemon = matches!(cli.command, Command::Meta(_) | Command::Storage(_) | Command::Cluster { .. });
+    let daemon = matches!(cli.command, Command::Meta(_) | Command::Storage(_) | Command::Cluster { command: cluster::ClusterCommand::Up(_) });
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => client_cmds::delete(ctx, args).await,
             Command::Admin { command } => admin::run(ctx, command).await,
             Command::Bench { command } => bench::run(command).await,
-            Command::Cluster { command } => cluster::run(command).await,
+            Command::Cluster { command } => cluster::run(ctx, command).await,
         }
     });
     // Blocking disk work may still be finishing; do not wait for it after an error.

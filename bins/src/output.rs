@@ -240,8 +240,18 @@ pub struct StorageNodeJson {
     pub chunk_count: u64,
     /// `null` when this leader has not heard from the node yet.
     pub last_heartbeat_ms_ago: Option<u64>,
-    /// capacity - free, as the node last reported.
+    /// Bytes of dfs's chunk files on the node (what dfs stores there).
     pub used_bytes: u64,
+    /// The same, by its plainer name.
+    pub stored_bytes: u64,
+    /// What dfs may still write there: free space above the reserve.
+    pub usable_bytes: u64,
+    /// Free space every write must leave (`dfs storage --space-reserve-bytes`).
+    pub reserve_bytes: u64,
+    /// capacity - free: the whole disk's use, other programs' files included.
+    pub disk_used_bytes: u64,
+    /// Other nodes on the same disk of the same host (their capacity is this disk's).
+    pub shares_disk_with: Vec<String>,
     /// Repair copies the node is making now.
     pub repairs_in_flight: u64,
     /// `null` when the node was started without --rack.
@@ -259,7 +269,12 @@ impl From<&proto::StorageNodeStatus> for StorageNodeJson {
             free_bytes: n.free_bytes,
             chunk_count: n.chunk_count,
             last_heartbeat_ms_ago: (n.last_heartbeat_ms_ago != u64::MAX).then_some(n.last_heartbeat_ms_ago),
-            used_bytes: n.capacity_bytes.saturating_sub(n.free_bytes),
+            used_bytes: n.stored_bytes,
+            stored_bytes: n.stored_bytes,
+            usable_bytes: n.free_bytes.saturating_sub(n.reserve_bytes),
+            reserve_bytes: n.reserve_bytes,
+            disk_used_bytes: n.capacity_bytes.saturating_sub(n.free_bytes),
+            shares_disk_with: Vec::new(),
             repairs_in_flight: n.repairs_in_flight,
             rack: Some(n.rack.clone()).filter(|r| !r.is_empty()),
         }
@@ -270,6 +285,38 @@ impl From<&proto::StorageNodeStatus> for StorageNodeJson {
 #[derive(Serialize)]
 pub struct NodesJson {
     pub nodes: Vec<StorageNodeJson>,
+    /// The cluster's totals, each disk counted once however many nodes share it.
+    pub total: SpaceTotals,
+}
+
+#[derive(Serialize, Default, Debug, PartialEq, Eq)]
+pub struct SpaceTotals {
+    pub disks: u64,
+    pub capacity_bytes: u64,
+    pub stored_bytes: u64,
+    pub usable_bytes: u64,
+}
+
+/// Fills in `shares_disk_with` (nodes of one host whose data dirs are on one volume) and
+/// returns the totals with each disk counted once: several nodes on one machine, as
+/// `dfs cluster up` starts them, each report the whole disk's capacity and free space.
+pub fn group_disks(nodes: &mut [StorageNodeJson], volumes: &[u64]) -> SpaceTotals {
+    let host = |addr: &str| addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| addr.to_string());
+    let keys: Vec<Option<(String, u64)>> = (0..nodes.len()).map(|i| (volumes[i] != 0).then(|| (host(&nodes[i].addr), volumes[i]))).collect();
+    let mut totals = SpaceTotals::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..nodes.len() {
+        let k = keys[i].clone();
+        let shared: Vec<String> = (0..nodes.len()).filter(|&j| j != i && k.is_some() && keys[j] == k).map(|j| nodes[j].node_id.clone()).collect();
+        nodes[i].shares_disk_with = shared;
+        totals.stored_bytes += nodes[i].stored_bytes;
+        if k.is_none() || seen.insert(k) {
+            totals.disks += 1;
+            totals.capacity_bytes += nodes[i].capacity_bytes;
+            totals.usable_bytes += nodes[i].usable_bytes;
+        }
+    }
+    totals
 }
 
 #[derive(Serialize)]
@@ -277,7 +324,7 @@ pub struct FsckProblemJson {
     pub path: String,
     pub index: u32,
     pub chunk_id: String,
-    /// "missing", "under-replicated", "over-replicated" or "corrupt".
+    /// "missing", "unreachable", "under-replicated", "over-replicated" or "corrupt".
     pub kind: String,
     pub valid_replicas: u32,
     pub replication: u32,
@@ -294,6 +341,8 @@ pub struct FsckJson {
     pub over_replicated: u64,
     pub corrupt: u64,
     pub missing: u64,
+    /// Chunks with copies that may be intact, none of them on a node heard from lately.
+    pub unreachable: u64,
     pub repairs_in_flight: u64,
     pub problems: Vec<FsckProblemJson>,
     pub problems_truncated: bool,
@@ -302,7 +351,7 @@ pub struct FsckJson {
 impl From<&proto::FsckResponse> for FsckJson {
     fn from(r: &proto::FsckResponse) -> Self {
         FsckJson {
-            healthy: r.under_replicated + r.over_replicated + r.corrupt + r.missing == 0,
+            healthy: r.under_replicated + r.over_replicated + r.corrupt + r.missing + r.unreachable == 0,
             files: r.files,
             chunks: r.chunks,
             bytes: r.bytes,
@@ -310,6 +359,7 @@ impl From<&proto::FsckResponse> for FsckJson {
             over_replicated: r.over_replicated,
             corrupt: r.corrupt,
             missing: r.missing,
+            unreachable: r.unreachable,
             repairs_in_flight: r.repairs_in_flight,
             problems: r
                 .problems

@@ -376,11 +376,19 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
             }
             continue;
         }
-        if dest.symlink_metadata().is_ok() && (!opts.force || dest.is_dir()) {
-            let why = if dest.is_dir() { "a directory is in the way" } else { "already exists (use --force to replace it)" };
-            failed.push(failure(&dest, &e.path, why));
-            continue;
-        }
+        // As `get` decides (a link followed, a regular file replaced only with --force), but
+        // a tree's files go only to regular files.
+        let dest = match crate::client_cmds::target_of(&dest, opts.force) {
+            Ok(crate::client_cmds::Target::File(path)) => path,
+            Ok(crate::client_cmds::Target::Through(_)) => {
+                failed.push(failure(&dest, &e.path, "not a regular file (get -r writes only regular files)"));
+                continue;
+            }
+            Err(why) => {
+                failed.push(failure(&dest, &e.path, why));
+                continue;
+            }
+        };
         jobs.push(Job { local: dest, remote: e.path.clone(), size: e.file.as_ref().map_or(0, |f| f.size) });
     }
     for f in &failed {

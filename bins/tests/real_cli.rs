@@ -112,6 +112,105 @@ fn the_cli_against_one_cluster() {
     json_shapes(&meta, &cache, dir);
     trees(&meta, &cache, dir);
     bad_input(&meta, &cache, dir);
+    long_names(&meta, &cache, dir);
+    special_destinations(&meta, &cache, dir);
+    space_shown(&meta, &cache);
+}
+
+/// Names up to 255 bytes (the local limit) go up and come back, into a directory and with
+/// `get -r`: the temporary name a download uses fits too.
+fn long_names(meta: &str, cache: &Path, dir: &Path) {
+    let src = dir.join("long");
+    std::fs::create_dir_all(&src).unwrap();
+    for len in [228usize, 229, 240, 255] {
+        let name = "n".repeat(len - 4) + ".bin";
+        std::fs::write(src.join(&name), test_bytes(len * 10, len as u64)).unwrap();
+    }
+    let accented = "é".repeat(126) + ".b"; // 254 bytes, cut on a character boundary
+    std::fs::write(src.join(&accented), b"accented").unwrap();
+    ok(run(meta, cache, &["put", "-r", s(&src), "/long"], None), &["put -r long names"]);
+    let into = dir.join("long-get");
+    std::fs::create_dir_all(&into).unwrap();
+    let name = "n".repeat(251) + ".bin";
+    ok(run(meta, cache, &["get", &format!("/long/{name}"), s(&into)], None), &["get a 255-byte name into a directory"]);
+    assert_same_file(&src.join(&name), &into.join(&name));
+    let back = dir.join("long-back");
+    ok(run(meta, cache, &["get", "-r", "/long", s(&back)], None), &["get -r long names"]);
+    assert_eq!(tree_contents(&src), tree_contents(&back));
+    // No temporary file left behind anywhere.
+    let left: Vec<_> = std::fs::read_dir(&into).unwrap().chain(std::fs::read_dir(&back).unwrap()).map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".dfs-part-")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `get` to what is not a plain new file, as `cp` does it: devices and FIFOs written through
+/// (never replaced), symlinks followed, the rest refused.
+fn special_destinations(meta: &str, cache: &Path, dir: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let bytes = test_bytes(300_000, 51);
+    let file = dir.join("special.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    ok(run(meta, cache, &["put", "--chunk-size", "64KiB", s(&file), "/special.bin"], None), &["put"]);
+
+    // A character device: written through, with or without --force, and still a device.
+    for args in [vec!["get", "/special.bin", "/dev/null"], vec!["get", "--force", "/special.bin", "/dev/null"]] {
+        let out = String::from_utf8(ok(run(meta, cache, &args, None), &args)).unwrap();
+        assert!(out.contains("-> /dev/null"), "{out}");
+    }
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device(), "/dev/null was replaced");
+    fails(meta, cache, &["get", "--force", "/special.bin", "/dev/full"], 1, "No space left on device");
+    assert!(std::fs::metadata("/dev/full").unwrap().file_type().is_char_device(), "/dev/full was replaced");
+
+    // A FIFO: its reader gets every byte; the FIFO stays a FIFO.
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+    };
+    ok(run(meta, cache, &["get", "--force", "/special.bin", s(&fifo)], None), &["get into a FIFO"]);
+    assert_eq!(reader.join().unwrap(), bytes, "the FIFO's reader got other bytes");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+
+    // A symbolic link: its target is replaced (with --force), the link stays a link.
+    let target = dir.join("link-target.bin");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.join("link.bin");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    fails(meta, cache, &["get", "/special.bin", s(&link)], 2, "already exists");
+    ok(run(meta, cache, &["get", "--force", "/special.bin", s(&link)], None), &["get through a link"]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert_eq!(std::fs::read(&target).unwrap(), bytes);
+    let dangling = dir.join("dangling.bin");
+    std::os::unix::fs::symlink(dir.join("nowhere/at/all"), &dangling).unwrap();
+    fails(meta, cache, &["get", "--force", "/special.bin", s(&dangling)], 2, "a symbolic link to nothing");
+
+    // A socket: refused, and left as it was.
+    let socket = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    fails(meta, cache, &["get", "--force", "/special.bin", s(&socket)], 2, "a socket");
+    assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket());
+}
+
+/// `dfs nodes` tells what dfs stores and what it may still use, and counts the one disk the
+/// three local nodes share once.
+fn space_shown(meta: &str, cache: &Path) {
+    let nodes = json(meta, cache, &["nodes"]);
+    let list = nodes["nodes"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    for n in list {
+        let (free, reserve, usable) = (n["free_bytes"].as_u64().unwrap(), n["reserve_bytes"].as_u64().unwrap(), n["usable_bytes"].as_u64().unwrap());
+        assert_eq!(reserve, 64 << 20, "{n}");
+        assert_eq!(usable, free.saturating_sub(reserve), "{n}");
+        assert!(n["stored_bytes"].as_u64().unwrap() > 0 && n["stored_bytes"] == n["used_bytes"], "{n}");
+        assert!(n["stored_bytes"].as_u64().unwrap() < n["disk_used_bytes"].as_u64().unwrap(), "{n}");
+        assert_eq!(n["shares_disk_with"].as_array().unwrap().len(), 2, "{n}");
+    }
+    assert_eq!(nodes["total"]["disks"], 1, "{nodes}");
+    assert_eq!(nodes["total"]["capacity_bytes"], list[0]["capacity_bytes"], "{nodes}");
+    let text = String::from_utf8(ok(run(meta, cache, &["nodes"], None), &["nodes"])).unwrap();
+    assert!(text.contains("stored") && text.contains("usable") && text.contains("total: 3 nodes on 1 disk") && text.contains("share"), "{text}");
 }
 
 fn round_trips(meta: &str, cache: &Path, dir: &Path) {
@@ -453,4 +552,47 @@ fn no_cluster_usage_errors_and_unreachable() {
     let out = run(&nowhere, &cache, &["--json", "stat", "--timeout", "1s", "/x"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty() && String::from_utf8_lossy(&out.stderr).starts_with("dfs: "));
+}
+
+/// A put that no storage node has room for (every node's reserve is larger than its disk's
+/// free space) fails at once, naming space, instead of retrying until the timeout and blaming
+/// the nodes.
+#[test]
+fn a_put_no_node_has_room_for_fails_at_once_naming_space() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let cache = dir.join("cache");
+    let meta_port = free_port();
+    let meta = format!("127.0.0.1:{meta_port}");
+    let _meta = spawn(
+        "meta",
+        &["meta".into(), "--id".into(), "1".into(), "--listen".into(), meta.clone(), "--data-dir".into(), dir.join("meta").display().to_string(), "--peers".into(), format!("1={meta}")],
+        dir,
+    );
+    let _storage: Vec<Proc> = (1..=3)
+        .map(|i| {
+            let args = [
+                "storage".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--meta".into(),
+                meta.clone(),
+                "--data-dir".into(),
+                dir.join(format!("storage-{i}")).display().to_string(),
+                "--heartbeat-ms".into(),
+                "500".into(),
+                "--space-reserve-bytes".into(),
+                (1u64 << 60).to_string(),
+            ];
+            spawn(&format!("storage-{i}"), &args, dir)
+        })
+        .collect();
+    wait_ready(&meta, 3);
+    let file = dir.join("f.bin");
+    std::fs::write(&file, test_bytes(100_000, 1)).unwrap();
+    let started = Instant::now();
+    fails(&meta, &cache, &["put", "--timeout", "120s", s(&file), "/f.bin"], 1, "no storage node has 97.7 KiB free above its 1.0 EiB reserve");
+    assert!(started.elapsed() < Duration::from_secs(60), "the put waited for its timeout instead of failing at once");
+    let nodes = json(&meta, &cache, &["nodes"]);
+    assert!(nodes["nodes"].as_array().unwrap().iter().all(|n| n["usable_bytes"] == 0), "{nodes}");
 }

@@ -198,3 +198,93 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
         (0..3).chain(100..103).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()).then_some(())
     });
 }
+
+/// The nodes of the running `cluster up` on `data`: name -> (state, pid, restarts).
+fn cluster_nodes(data: &Path) -> std::collections::BTreeMap<String, (String, Option<u64>, u64)> {
+    let out = Command::new(DFS).args(["cluster", "status", "--json", "--data-dir", &data.display().to_string()]).output().unwrap();
+    assert!(out.status.success(), "cluster status: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap().to_string(), (n["state"].as_str().unwrap().to_string(), n["pid"].as_u64(), n["restarts"].as_u64().unwrap())))
+        .collect()
+}
+
+fn cluster_cmd(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(DFS).arg("cluster").args(args).args(["--data-dir", &data.display().to_string()]).output().unwrap()
+}
+
+/// One node SIGKILLed under `cluster up`: the others keep running, the launcher says so and
+/// starts it again after its back-off; `cluster stop` (clean or --kill) and `cluster start`
+/// act on one node by hand, and a stopped node stays down; Ctrl-C still stops everything.
+#[test]
+fn cluster_up_survives_a_node_dying_and_stop_start_act_on_one_node() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let base = free_ports(103);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stderr = std::fs::File::create(dir.join("up.err")).unwrap();
+    let mut up = cluster_up_with(base, &data, &[], stderr);
+    let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let nodes = cluster_nodes(&data);
+    assert_eq!(nodes.len(), 6, "{nodes:?}");
+    assert!(nodes.values().all(|(state, pid, _)| state == "running" && pid.is_some()), "{nodes:?}");
+
+    // SIGKILL of one storage node: the cluster keeps running and the node comes back.
+    let victim = nodes["storage-2"].1.unwrap();
+    // SAFETY: a process this test's cluster started.
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    let again = wait_for(Duration::from_secs(30), "storage-2 to be started again", || {
+        let n = cluster_nodes(&data);
+        let (state, pid, restarts) = n["storage-2"].clone();
+        (state == "running" && pid != Some(victim) && restarts == 1).then(|| pid.unwrap())
+    });
+    assert!(up.child.try_wait().unwrap().is_none(), "cluster up exited when one node died");
+    let said = std::fs::read_to_string(dir.join("up.err")).unwrap();
+    assert!(said.contains("storage-2 died (signal: 9") && said.contains("the rest keeps running") && said.contains("storage-2 started again"), "{said}");
+    wait_ready(&meta, 3);
+    let file = path(dir, "f.bin");
+    std::fs::write(&file, test_bytes(300_000, 1)).unwrap();
+    dfs_ok(&meta, &["put", file.to_str().unwrap(), "/f.bin"]);
+
+    // By hand: a clean stop and a crash; both stay down, the others keep serving.
+    let stop = cluster_cmd(&data, &["stop", "storage-2"]);
+    assert!(stop.status.success() && String::from_utf8_lossy(&stop.stdout).contains("storage-2 stopped"), "{stop:?}");
+    // (A write quorum of 2 of 3 holds the file: one of the other two serves it.)
+    let back = path(dir, "back.bin");
+    dfs_ok(&meta, &["get", "/f.bin", back.to_str().unwrap()]);
+    assert_same_file(&file, &back);
+    let kill = cluster_cmd(&data, &["stop", "--kill", "storage-3"]);
+    assert!(kill.status.success() && String::from_utf8_lossy(&kill.stdout).contains("signal: 9"), "{kill:?}");
+    let n = cluster_nodes(&data);
+    assert_eq!((n["storage-2"].0.as_str(), n["storage-2"].1), ("stopped", None), "{n:?}");
+    assert_eq!((n["storage-3"].0.as_str(), n["storage-3"].1), ("stopped", None), "{n:?}");
+    // SAFETY: probing a pid this test's cluster started (signal 0 sends nothing).
+    assert_ne!(unsafe { libc::kill(again as libc::pid_t, 0) }, 0, "the stopped node's process still runs");
+    let unknown = cluster_cmd(&data, &["stop", "storage-9"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no node \"storage-9\""), "{unknown:?}");
+    for name in ["storage-2", "storage-3"] {
+        let start = cluster_cmd(&data, &["start", name]);
+        assert!(start.status.success() && String::from_utf8_lossy(&start.stdout).contains("started"), "{start:?}");
+    }
+    let twice = cluster_cmd(&data, &["start", "storage-2"]);
+    assert_eq!(twice.status.code(), Some(1), "{twice:?}");
+    wait_ready(&meta, 3);
+
+    // Ctrl-C stops every node, restarted ones included.
+    let pids: Vec<u64> = cluster_nodes(&data).values().filter_map(|(_, pid, _)| *pid).collect();
+    assert_eq!(pids.len(), 6);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(up.child.id() as libc::pid_t, libc::SIGINT) };
+    let status = wait_for(Duration::from_secs(30), "cluster up to exit", || up.child.try_wait().unwrap());
+    assert!(status.success(), "cluster up exited with {status}");
+    // SAFETY: probing pids (signal 0 sends nothing).
+    wait_for(Duration::from_secs(10), "every node to be gone", || pids.iter().all(|p| unsafe { libc::kill(*p as libc::pid_t, 0) } != 0).then_some(()));
+    let none = cluster_cmd(&data, &["status"]);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no `dfs cluster up` answers"), "{none:?}");
+}

@@ -540,13 +540,24 @@ pub struct ChunkTable {
     /// holds millions of chunks and asks before every write).
     writing_count: usize,
     writing_bytes: u64,
+    /// Chunks stored, and the bytes their files take (kept for the same reason).
+    stored_count: u64,
+    stored_bytes: u64,
     durable_outer: [u64; 4],
     durable_inner: Box<[u64; 1024]>,
 }
 
 impl Default for ChunkTable {
     fn default() -> Self {
-        ChunkTable { chunks: BTreeMap::new(), writing_count: 0, writing_bytes: 0, durable_outer: [0; 4], durable_inner: Box::new([0; 1024]) }
+        ChunkTable {
+            chunks: BTreeMap::new(),
+            writing_count: 0,
+            writing_bytes: 0,
+            stored_count: 0,
+            stored_bytes: 0,
+            durable_outer: [0; 4],
+            durable_inner: Box::new([0; 1024]),
+        }
     }
 }
 
@@ -568,7 +579,22 @@ pub fn check_space(incoming_file_bytes: u64, in_progress_bytes: u64, free_bytes:
 impl ChunkTable {
     /// A chunk found on disk at start-up.
     pub fn insert_stored(&mut self, id: ChunkId, meta: ChunkMeta) {
-        self.chunks.insert(id, ChunkState::Stored(meta));
+        match self.chunks.insert(id, ChunkState::Stored(meta)) {
+            Some(ChunkState::Stored(old)) => self.stored_gone(old),
+            Some(ChunkState::Writing(old)) => self.writing_done(old),
+            None => {}
+        }
+        self.stored_added(meta);
+    }
+
+    fn stored_added(&mut self, meta: ChunkMeta) {
+        self.stored_count += 1;
+        self.stored_bytes += meta.file_bytes();
+    }
+
+    fn stored_gone(&mut self, meta: ChunkMeta) {
+        self.stored_count -= 1;
+        self.stored_bytes -= meta.file_bytes();
     }
 
     pub fn begin_write(&mut self, id: ChunkId, meta: ChunkMeta) -> Result<WriteDecision, ChunkStoreError> {
@@ -591,6 +617,7 @@ impl ChunkTable {
         if let Some(ChunkState::Writing(meta)) = self.chunks.get(&id).copied() {
             self.chunks.insert(id, ChunkState::Stored(meta));
             self.writing_done(meta);
+            self.stored_added(meta);
             let (outer, inner) = shard_indexes(id);
             self.durable_outer[outer / 64] |= 1 << (outer % 64);
             self.durable_inner[inner / 64] |= 1 << (inner % 64);
@@ -626,8 +653,12 @@ impl ChunkTable {
     /// Forget a stored chunk (deleted, or found corrupt). Returns whether it was stored. A
     /// chunk being written is left to its writer.
     pub fn remove(&mut self, id: ChunkId) -> bool {
-        match self.chunks.get(&id) {
-            Some(ChunkState::Stored(_)) => self.chunks.remove(&id).is_some(),
+        match self.chunks.get(&id).copied() {
+            Some(ChunkState::Stored(meta)) => {
+                self.chunks.remove(&id);
+                self.stored_gone(meta);
+                true
+            }
             _ => false,
         }
     }
@@ -642,7 +673,12 @@ impl ChunkTable {
     }
 
     pub fn stored_count(&self) -> u64 {
-        self.chunks.values().filter(|s| matches!(s, ChunkState::Stored(_))).count() as u64
+        self.stored_count
+    }
+
+    /// Bytes the stored chunks' files take.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// Chunks being written: how many, and the bytes their files will take.

@@ -123,6 +123,12 @@ pub trait Disk: Clone + Send + Sync + 'static {
     }
     /// (capacity, free) bytes of the volume holding `dir`.
     fn space(&self, dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send;
+    /// Which volume holds `dir`, as this host numbers them (0: unknown). Nodes of one host
+    /// with the same number share one disk's capacity.
+    fn volume_id(&self, dir: &Path) -> impl Future<Output = io::Result<u64>> + Send {
+        let _ = dir;
+        std::future::ready(Ok(0))
+    }
     /// Runs `steps` in order, stopping at the first error, with exactly the effects of the
     /// primitive calls one by one (the default does that). A disk may run them in one go (the
     /// real one: one blocking call and one open file for a small chunk's five steps, instead of

@@ -50,6 +50,19 @@ pub struct NodeStats {
     pub capacity_bytes: u64,
     pub free_bytes: u64,
     pub chunk_count: u64,
+    /// Bytes of the node's chunk files.
+    pub stored_bytes: u64,
+    /// Free space every write must leave: `free_bytes` less this is what dfs may still use.
+    pub reserve_bytes: u64,
+    /// The volume of its data dir on its host (0: unknown).
+    pub volume_id: u64,
+}
+
+impl NodeStats {
+    /// What dfs may still write there: free space above the reserve.
+    pub fn usable_bytes(&self) -> u64 {
+        self.free_bytes.saturating_sub(self.reserve_bytes)
+    }
 }
 
 #[derive(Clone, Debug)]

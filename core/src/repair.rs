@@ -21,8 +21,15 @@
 //!   again at once.
 //! - **Surplus replicas go.** A chunk with more valid replicas than its factor, all on Alive
 //!   nodes and with no job in flight, loses the extras on the nodes with the least free space
-//!   (`Command::DropReplicas`); replicas marked bad are dropped once the chunk is whole
-//!   without them. The namespace never drops a chunk's last listed replica.
+//!   (`Command::DropReplicas`). Replicas marked bad are dropped as soon as a healthy copy
+//!   can be read (whole or not): the node deletes what is left of the bad copy and may then
+//!   take a fresh one, so a chunk is repaired even when every node that could hold it once
+//!   held a bad copy (as many nodes as copies, or a node draining). The namespace never
+//!   drops a chunk's last good listed replica.
+//! - **No deadlock on any cluster shape.** A chunk with a readable copy is brought back to
+//!   its factor whenever that many nodes are Alive, not draining, with room: a node is kept
+//!   out as a target only while it lists the chunk as a counted replica or is still
+//!   deleting an old copy of it (which ends).
 //! - **Leader changes neither lose nor duplicate work.** Everything is re-derived from the
 //!   replicated namespace; a new leader plans nothing for `start_grace` (so every live node has
 //!   heartbeated and said which repairs it is running: those count as in flight) and then
@@ -218,12 +225,17 @@ fn surplus(good: &[StorageNodeId], replication: usize, nodes: &BTreeMap<StorageN
     ranked.into_iter().filter(|r| !keep.contains(r)).collect()
 }
 
-/// What is wrong with a chunk, if anything, in the order `fsck` reports it.
+/// What is wrong with a chunk, if anything, in the order `fsck` reports it: "missing" (no
+/// copy that may still hold its bytes), "unreachable" (copies that may, but every one on a
+/// node this leader has not heard from lately: not heard from since it took office, or
+/// suspect; a read cannot be served now), "under-replicated", "corrupt", "over-replicated".
 pub fn chunk_problem(c: &ChunkState, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Option<(&'static str, usize)> {
     let valid = valid_replicas(c, nodes).len();
     let replication = c.replication as usize;
     let kind = if !readable(c, nodes) {
         "missing"
+    } else if source_replicas(c, nodes).is_empty() {
+        "unreachable"
     } else if valid < replication {
         "under-replicated"
     } else if c.bad.is_some_and(|b| c.replicas.iter().any(|r| b.contains(r))) {
@@ -419,6 +431,19 @@ impl RepairPlanner {
             if good.len() < replication {
                 census.under_replicated += 1;
                 let sources = source_replicas(&c, nodes);
+                // A node listed with a bad copy can never be a target while it stays listed,
+                // and on a cluster with no node to spare (as many nodes as copies, or one
+                // draining) it is the only place the missing copy can go: so its listing goes
+                // now, not once the chunk is whole (which it then could never become). The
+                // node deletes whatever is left of the bad copy, says so, and is a target
+                // from then on. Only with a healthy copy to repair from (the namespace also
+                // keeps one listed good replica): a bad listing is all fsck has to show
+                // for a chunk with none.
+                if !sources.is_empty() {
+                    if let Some(bad) = c.bad {
+                        drops.extend(c.replicas.iter().filter(|r| bad.contains(r)).map(|r| (c.id, *r)));
+                    }
+                }
                 if !self.jobs.contains_key(&c.id) && !self.adopted.contains_key(&c.id) && !sources.is_empty() {
                     let racks: BTreeSet<Option<String>> = good.iter().filter_map(|r| nodes.get(r).map(|s| s.rack.clone())).collect();
                     wanted.push(Wanted {

@@ -85,6 +85,8 @@ const BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX: usize = 64;
 const ORPHANED_TMP_MAX: usize = 1024;
 /// Shortest time between two heartbeats, however often forwards to unknown peers ask for one.
 const HEARTBEAT_GAP_MIN: Duration = Duration::from_millis(200);
+/// Shortest time between two warnings that writes are refused for space.
+const SPACE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// Frames queued for one replica while the primary receives: bounds the primary's memory per
 /// stream and holds the sender back to the slowest replica's pace.
 const RELAY_FRAMES_MAX: usize = 4;
@@ -263,6 +265,9 @@ pub struct StorageNode<E: Env> {
     scrub_wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// Found corrupt, not yet reported to metadata.
     bad_unreported: Arc<Mutex<VecDeque<BadReplica>>>,
+    /// When this node last warned that it refuses writes for space (at most one warning per
+    /// `SPACE_WARNING_INTERVAL`: a full disk refuses every write).
+    space_warned: Mutex<Option<crate::env::Timestamp>>,
     /// Temporary files of writes that were dropped mid-way, to remove.
     orphaned_tmp: Mutex<Vec<Abandoned>>,
     /// A sweep of `orphaned_tmp` is running.
@@ -410,6 +415,7 @@ impl<E: Env> StorageNode<E> {
             scrubber: Mutex::new(Scrubber::new(scrub_rate, scrub_start)),
             scrub_wake: async_channel::bounded(1),
             bad_unreported: Arc::default(),
+            space_warned: Mutex::default(),
             orphaned_tmp: Mutex::default(),
             sweeping: Default::default(),
             cluster_id: Mutex::new(cluster_id),
@@ -635,11 +641,16 @@ impl<E: Env> StorageNode<E> {
 
     async fn heartbeat_request_carrying(&self, batch: &ReportBatch) -> Result<proto::HeartbeatRequest, RpcError> {
         let (capacity_bytes, free_bytes) = self.space().await?;
+        let volume_id = self.env.disk().volume_id(&self.config.data_dir).await.unwrap_or(0);
+        let stored_bytes = self.table.lock().expect("table lock").stored_bytes();
         Ok(proto::HeartbeatRequest {
             node: Some(self.self_proto()),
             capacity_bytes,
             free_bytes,
             chunk_count: self.chunk_count(),
+            stored_bytes,
+            reserve_bytes: self.config.space_reserve_bytes,
+            volume_id,
             deleted_chunks: batch.deleted.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
             cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
             stored_chunks: batch
@@ -883,7 +894,20 @@ impl<E: Env> StorageNode<E> {
         let (_, free_bytes) = self.space().await?;
         let (_, in_progress) = self.table.lock().expect("table lock").writing();
         chunk_store::check_space(chunk_store::file_bytes(size), in_progress, free_bytes, self.config.space_reserve_bytes)
-            .map_err(|e| RpcError::NoSpace(format!("node {}: {e}", self.id)))
+            .map_err(|e| self.refused_for_space(e))
+    }
+
+    /// A write refused because the disk cannot take it: said in the node's log (an operator
+    /// must hear of a full disk from the node that has it, not only from failing clients),
+    /// at most once per `SPACE_WARNING_INTERVAL`.
+    pub(crate) fn refused_for_space(&self, e: ChunkStoreError) -> RpcError {
+        let now = self.env.clock().now();
+        let mut warned = self.space_warned.lock().expect("space lock");
+        if warned.is_none_or(|at| now.saturating_since(at) >= SPACE_WARNING_INTERVAL) {
+            *warned = Some(now);
+            tracing::warn!(node = %self.id, reserve_bytes = self.config.space_reserve_bytes, error = %e, "refusing writes: no room on the disk above the reserve (--space-reserve-bytes)");
+        }
+        RpcError::NoSpace(format!("node {}: {e}", self.id))
     }
 
     /// Makes a verified chunk durable here.
@@ -904,7 +928,8 @@ impl<E: Env> StorageNode<E> {
             let (_, in_progress) = table.writing();
             if let Err(e) = chunk_store::check_space(0, in_progress, free_bytes, self.config.space_reserve_bytes) {
                 table.abort_write(id);
-                return Err(RpcError::NoSpace(format!("node {}: {e}", self.id)));
+                drop(table);
+                return Err(self.refused_for_space(e));
             }
             chunk_store::write_steps(&self.layout, &table, id, nonce, meta, data.clone())
         };

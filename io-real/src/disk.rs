@@ -187,6 +187,12 @@ impl Disk for RealDisk {
         blocking(move || statvfs(&dir))
     }
 
+    fn volume_id(&self, dir: &Path) -> impl Future<Output = io::Result<u64>> + Send {
+        use std::os::unix::fs::MetadataExt;
+        let dir = owned(dir);
+        blocking(move || Ok(fs::metadata(&dir)?.dev()))
+    }
+
     /// All steps in one blocking call, the file a step writes kept open for the steps that
     /// follow (a small chunk's write is one hop to the blocking pool and one open, not five:
     /// the hops, not the disk, limited small writes).

@@ -36,8 +36,20 @@ pub fn storage_indexes(cluster: &Cluster) -> BTreeMap<u64, u64> {
 /// What is wrong with the replicas of the files at `paths` now, if anything: a chunk listed on
 /// fewer (or, with `exact`, other) than RF live nodes holding it; with `exact`, also a copy on
 /// a disk that no file lists there (an orphan or a surplus), and a listed copy that does not
-/// decode whole.
+/// decode whole. Copies on `draining` nodes (storage indexes) do not count toward RF; they may
+/// stay listed (a decommissioned node keeps its copies until it is switched off).
 pub async fn replica_problems(cluster: &Cluster, client: &Arc<DfsClient<SimEnv>>, paths: &[String], exact: bool) -> Option<String> {
+    replica_problems_draining(cluster, client, paths, exact, &BTreeSet::new()).await
+}
+
+/// `replica_problems`, with some storage nodes (by index) draining.
+pub async fn replica_problems_draining(
+    cluster: &Cluster,
+    client: &Arc<DfsClient<SimEnv>>,
+    paths: &[String],
+    exact: bool,
+    draining: &BTreeSet<u64>,
+) -> Option<String> {
     let up = storage_indexes(cluster);
     let on_disk = chunks_on_disks(cluster).await;
     let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
@@ -53,8 +65,9 @@ pub async fn replica_problems(cluster: &Cluster, client: &Arc<DfsClient<SimEnv>>
         for chunk in &stat.chunks {
             let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
             listed.insert(id);
-            let nodes: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
-            listed_on.extend(nodes.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
+            let all: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
+            listed_on.extend(all.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
+            let nodes: Vec<u64> = all.iter().copied().filter(|n| !up.get(n).is_some_and(|i| draining.contains(i))).collect();
             let good: Vec<u64> = nodes
                 .iter()
                 .copied()

@@ -99,12 +99,12 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
                 "meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(","), "--suspect-after", "2s", "--dead-after", "4s",
                 "--repair-streams-max", &streams,
             ];
-            nodes.push(spawn(&exe, &name, *addr, &argv, &logs)?);
+            nodes.push(spawn(&exe, &name, &argv, &logs)?);
         }
-        for (i, addr) in storage_addrs.iter().enumerate() {
+        for i in 0..storage_addrs.len() {
             let argv = storage_argv(i);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            nodes.push(spawn(&exe, &format!("storage-{}", i + 1), *addr, &argv, &logs)?);
+            nodes.push(spawn(&exe, &format!("storage-{}", i + 1), &argv, &logs)?);
         }
         Ok(())
     };
@@ -163,7 +163,7 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
         // The node returns: its replicas are surplus now, and go.
         let argv = storage_argv(index);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        nodes[META_NODES + index] = spawn(&exe, &format!("storage-{}-again", index + 1), storage_addrs[index], &argv, &logs)?;
+        nodes[META_NODES + index] = spawn(&exe, &format!("storage-{}-again", index + 1), &argv, &logs)?;
         let back = Instant::now();
         let settled = wait_until(&client, &meta, HEAL_LIMIT, |s: &proto::ClusterStatusResponse, fsck: &proto::FsckResponse| {
             fsck.over_replicated == 0 && fsck.under_replicated == 0 && s.storage_nodes.iter().all(|n| n.state == "alive")

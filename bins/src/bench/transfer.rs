@@ -96,13 +96,13 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
             let name = format!("meta-{}", i + 1);
             let data = dir.join(&name).to_string_lossy().into_owned();
             let id = (i + 1).to_string();
-            nodes.push(spawn(&exe, &name, *addr, &["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")], &logs)?);
+            nodes.push(spawn(&exe, &name, &["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")], &logs)?);
         }
         for (i, addr) in storage_addrs.iter().enumerate() {
             let name = format!("storage-{}", i + 1);
             let data = dir.join(&name).to_string_lossy().into_owned();
             let argv = ["storage", "--listen", &addr.to_string(), "--meta", &meta.join(","), "--data-dir", &data, "--heartbeat-ms", "500"];
-            nodes.push(spawn(&exe, &name, *addr, &argv, &logs)?);
+            nodes.push(spawn(&exe, &name, &argv, &logs)?);
         }
         Ok(())
     };

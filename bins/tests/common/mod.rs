@@ -149,10 +149,16 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
 /// `dfs cluster up` on ports from `base` (metadata) and `base + 100` (storage), once it says
 /// it is ready.
 pub fn cluster_up(base: u16, data: &Path) -> Proc {
+    cluster_up_with(base, data, &[], Stdio::null())
+}
+
+/// `cluster_up` with more flags, its stderr going to `stderr`.
+pub fn cluster_up_with(base: u16, data: &Path, extra: &[&str], stderr: impl Into<Stdio>) -> Proc {
     let mut up = Command::new(DFS)
         .args(["cluster", "up", "--base-port", &base.to_string(), "--data-dir", &data.display().to_string(), "--heartbeat-ms", "500"])
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = up.stdout.take().unwrap();

@@ -413,8 +413,7 @@ impl<E: Env> DfsClient<E> {
 
     async fn get_file(&self, remote: &str, dest: &Path, sync: bool, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
         let disk = self.env.disk();
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
-        let tmp = dest.with_file_name(format!(".{name}.dfs-part-{:016x}", self.env.random_u64()));
+        let tmp = part_path(dest, self.env.random_u64());
         let result = self.download(remote, Output::File { tmp: tmp.clone(), dest: dest.to_path_buf(), sync }, progress).await;
         if result.is_err() {
             let _ = disk.remove_file(&tmp).await;
@@ -620,6 +619,43 @@ impl<E: Env> DfsClient<E> {
         let request = proto::ReportBadReplicaRequest { chunk_id, node_id: node.id, reason };
         if let Err(e) = self.meta.call(request).await {
             tracing::warn!(node = node.id, error = %e, "could not report a bad replica to metadata");
+        }
+    }
+}
+
+/// Longest file name local filesystems take (Linux's NAME_MAX, in bytes).
+pub const LOCAL_NAME_MAX_BYTES: usize = 255;
+
+/// The temporary file a download of `dest` is written to before it is renamed into place:
+/// `.NAME.dfs-part-<16 hex>` beside it, hidden, and recognisable by whoever finds one left by
+/// a killed process. NAME is `dest`'s name cut (on a character boundary) so that the whole
+/// stays within `LOCAL_NAME_MAX_BYTES` whatever the target's name: a 255-byte name is valid
+/// and its temporary name must be too.
+pub fn part_path(dest: &Path, random: u64) -> PathBuf {
+    let suffix = format!(".dfs-part-{random:016x}");
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+    let room = LOCAL_NAME_MAX_BYTES - 1 - suffix.len();
+    let mut cut = name.len().min(room);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    dest.with_file_name(format!(".{}{suffix}", &name[..cut]))
+}
+
+#[cfg(test)]
+mod part_path_tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_fit_name_max_whatever_the_target() {
+        let short = part_path(Path::new("/d/a.txt"), 0xab);
+        assert_eq!(short, Path::new("/d/.a.txt.dfs-part-00000000000000ab"));
+        for name in ["x".repeat(255), "é".repeat(127), format!("{}é", "y".repeat(227)), "z".repeat(228)] {
+            let tmp = part_path(&Path::new("/d").join(&name), u64::MAX);
+            let tmp_name = tmp.file_name().unwrap().to_str().unwrap();
+            assert!(tmp_name.len() <= LOCAL_NAME_MAX_BYTES, "{} bytes", tmp_name.len());
+            assert!(tmp_name.starts_with('.') && tmp_name.ends_with(".dfs-part-ffffffffffffffff"));
+            assert_eq!(tmp.parent(), Some(Path::new("/d")));
         }
     }
 }

@@ -218,6 +218,8 @@ pub struct FsckReport {
     pub over_replicated: u64,
     pub corrupt: u64,
     pub missing: u64,
+    /// Chunks whose every copy is on a node not heard from lately (see `chunk_problem`).
+    pub unreachable: u64,
     pub repairs_in_flight: u64,
     pub problems: Vec<FsckProblem>,
     pub problems_truncated: bool,
@@ -225,7 +227,7 @@ pub struct FsckReport {
 
 impl FsckReport {
     pub fn healthy(&self) -> bool {
-        self.under_replicated + self.over_replicated + self.corrupt + self.missing == 0
+        self.under_replicated + self.over_replicated + self.corrupt + self.missing + self.unreachable == 0
     }
 }
 
@@ -428,14 +430,24 @@ impl Leader {
                 let record = ns.storage_node(id)?;
                 let (chunks, bytes) = self.placed_since_heartbeat.get(&id).copied().unwrap_or((0, 0));
                 let load = chunks + repairs_in.get(&id).copied().unwrap_or(0) as u64;
-                (!record.draining).then(|| Candidate { id, free_bytes: stats.free_bytes.saturating_sub(bytes), rack: record.rack.clone(), load })
+                (!record.draining).then(|| Candidate { id, free_bytes: stats.usable_bytes().saturating_sub(bytes), rack: record.rack.clone(), load })
             })
             .collect();
         let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
         if usable == 0 {
             return Err(AllocateError::NoLiveNode { alive: candidates.len(), excluded: exclude.len() });
         }
-        let placed = placement::place(&candidates, exclude, upload.replication as usize, &sizes).map_err(|e| AllocateError::NoSpace(e.to_string()))?;
+        let placed = placement::place(&candidates, exclude, upload.replication as usize, &sizes).map_err(|e| {
+            let crate::placement::PlacementError::NoCandidates { chunk_bytes } = e;
+            let reserve = self.health.alive(now).map(|(_, s)| s.reserve_bytes).max().unwrap_or(0);
+            let best = candidates.iter().filter(|c| !exclude.contains(&c.id)).max_by_key(|c| c.free_bytes);
+            AllocateError::NoSpace(format!(
+                "no storage node has {} free above its {} reserve{}",
+                bytesize::ByteSize(chunk_bytes),
+                bytesize::ByteSize(reserve),
+                best.map(|c| format!(" (the most any has left is {}, on node {})", bytesize::ByteSize(c.free_bytes), c.id)).unwrap_or_default()
+            ))
+        })?;
         for (nodes, size) in placed.iter().zip(&sizes) {
             for node in nodes {
                 let entry = self.placed_since_heartbeat.entry(*node).or_default();
@@ -560,6 +572,7 @@ impl Leader {
                 let Some((kind, valid)) = crate::repair::chunk_problem(&c, &nodes) else { continue };
                 match kind {
                     "missing" => report.missing += 1,
+                    "unreachable" => report.unreachable += 1,
                     "under-replicated" => report.under_replicated += 1,
                     "corrupt" => report.corrupt += 1,
                     _ => report.over_replicated += 1,

@@ -1075,6 +1075,9 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                     capacity_bytes: n.stats.capacity_bytes,
                     free_bytes: n.stats.free_bytes,
                     chunk_count: n.stats.chunk_count,
+                    stored_bytes: n.stats.stored_bytes,
+                    reserve_bytes: n.stats.reserve_bytes,
+                    volume_id: n.stats.volume_id,
                     last_heartbeat_ms_ago: n.last_heartbeat_ago.map(|ago| ago.as_millis() as u64).unwrap_or(u64::MAX),
                 })
                 .collect()
@@ -1115,7 +1118,14 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         let heartbeat = Heartbeat {
             node: StorageNodeId(node.id),
             addr: node.addr,
-            stats: NodeStats { capacity_bytes: r.capacity_bytes, free_bytes: r.free_bytes, chunk_count: r.chunk_count },
+            stats: NodeStats {
+                capacity_bytes: r.capacity_bytes,
+                free_bytes: r.free_bytes,
+                chunk_count: r.chunk_count,
+                stored_bytes: r.stored_bytes,
+                reserve_bytes: r.reserve_bytes,
+                volume_id: r.volume_id,
+            },
             deleted: r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect(),
             stored: r
                 .stored_chunks
@@ -1204,6 +1214,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             over_replicated: report.over_replicated,
             corrupt: report.corrupt,
             missing: report.missing,
+            unreachable: report.unreachable,
             repairs_in_flight: report.repairs_in_flight,
             problems: report
                 .problems

@@ -152,14 +152,20 @@ fn surplus_and_bad_replicas_are_dropped_only_when_safe() {
     // With one of them only suspect, nothing goes (it may be back in a moment, or not).
     n.get_mut(&StorageNodeId(4)).unwrap().liveness = Liveness::Suspect;
     assert!(p.plan(NOW, states(&chunks), &n).is_empty());
-    // A bad replica goes once the chunk is whole without it; not before.
+    // A bad replica goes once the chunk is whole without it.
     let mut c = chunk(2, 0, &[1, 2, 3], 2);
     c.bad = Some([StorageNodeId(3)].into());
     let commands = p.plan(NOW, states(std::slice::from_ref(&c)), &n);
     assert_eq!(commands, vec![Command::DropReplicas { drops: vec![(c.id, StorageNodeId(3))] }]);
+    // And before, as long as a healthy copy can be read: its node may then take a fresh copy.
     let mut c = chunk(2, 0, &[1, 3], 2);
     c.bad = Some([StorageNodeId(3)].into());
-    assert!(p.plan(NOW, states(std::slice::from_ref(&c)), &n).is_empty(), "a bad replica was dropped before the chunk was whole");
+    assert_eq!(p.plan(NOW, states(std::slice::from_ref(&c)), &n), vec![Command::DropReplicas { drops: vec![(c.id, StorageNodeId(3))] }]);
+    // Not when no healthy copy can be read now: the bad listing is what fsck shows.
+    // (node 4 is suspect)
+    let mut c = chunk(3, 0, &[4, 3], 2);
+    c.bad = Some([StorageNodeId(3)].into());
+    assert!(p.plan(NOW, states(std::slice::from_ref(&c)), &n).is_empty(), "a bad replica was dropped with no copy to repair from");
 }
 
 #[test]

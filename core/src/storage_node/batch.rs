@@ -235,7 +235,7 @@ impl<E: Env> StorageNode<E> {
                         let (_, in_progress) = table.writing();
                         if let Err(e) = chunk_store::check_space(0, in_progress, free_bytes, self.config.space_reserve_bytes) {
                             table.abort_write(v.id);
-                            outcome[k] = Err(RpcError::NoSpace(format!("node {}: {e}", self.id)));
+                            outcome[k] = Err(self.refused_for_space(e));
                             continue;
                         }
                         items.push(BatchItem { id: v.id, nonce: self.env.random_u64(), meta: v.meta, data: v.upload.data.clone() });

@@ -38,6 +38,12 @@ const DRIFT_MAX: f64 = 0.02;
 /// Largest wall-clock offset, either way: under half the chaos upload expiry (20 s), since a
 /// new leader judges an upload's age by its own wall clock against the old leader's.
 const WALL_OFFSET_MAX_MS: i64 = 5_000;
+/// Storage nodes in a run: one of these (the replication factor and up).
+const STORAGE_NODES: [u64; 3] = [3, 4, 5];
+/// The replication factor every chaos file has.
+pub const REPLICATION: u32 = 3;
+/// Chance that the liveness phase drains a node (when the cluster has one to spare).
+const DRAIN_AT_END: f64 = 0.5;
 /// How often a site that is on fires, per visit: one of these.
 const SITE_RATES: [f64; 3] = [0.01, 0.05, 0.2];
 
@@ -71,10 +77,14 @@ pub enum FaultKind {
     BitFlip,
     /// A storage node's disk full (another tenant's ballast).
     DiskFull,
+    /// An operator decommissions a storage node (`dfs admin decommission`), and undoes it
+    /// (`recommission`) after the hold: not a fault, but the drain it starts runs through
+    /// all the others, and on a cluster with no node to spare it cannot finish.
+    Drain,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::CrashMeta,
         FaultKind::CrashLeader,
         FaultKind::CrashAllMeta,
@@ -89,6 +99,7 @@ impl FaultKind {
         FaultKind::SlowNet,
         FaultKind::BitFlip,
         FaultKind::DiskFull,
+        FaultKind::Drain,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +118,7 @@ impl FaultKind {
             FaultKind::SlowNet => "net.slow_lossy",
             FaultKind::BitFlip => "disk.bit_flip",
             FaultKind::DiskFull => "disk.full",
+            FaultKind::Drain => "op.drain",
         }
     }
 
@@ -116,6 +128,7 @@ impl FaultKind {
             FaultKind::CrashAllMeta | FaultKind::CrashClient => (100, 3_000),
             FaultKind::CrashMeta | FaultKind::CrashLeader | FaultKind::CrashStorage | FaultKind::CrashRack => (200, 10_000),
             FaultKind::BitFlip => (0, 1),
+            FaultKind::Drain => (2_000, 20_000),
             _ => (1_000, 10_000),
         }
     }
@@ -140,6 +153,12 @@ pub struct KindPlan {
 pub struct Atlas {
     pub seed: u64,
     pub meta_nodes: u64,
+    /// Storage nodes: from the replication factor (no node to spare: a lost or bad copy can
+    /// only be made again on a node that held one) up to 5.
+    pub storage_nodes: u64,
+    /// Whether the liveness phase decommissions a storage node (only with one to spare) and
+    /// requires the drain to finish: `decommissioned`, every chunk whole without it.
+    pub drain_at_end: bool,
     pub kinds: BTreeMap<FaultKind, KindPlan>,
     /// Sites on in this run, with how often each fires.
     pub sites: BTreeMap<Site, f64>,
@@ -187,7 +206,11 @@ impl Atlas {
             }
         }
         let chunk_batches = rng.unit() < 0.5;
-        Atlas { seed, meta_nodes, kinds, sites, active_max, clocks, chunk_batches }
+        // Drawn last, so that the draws above are what they were before these existed.
+        let storage_nodes = pick(&mut rng, &STORAGE_NODES);
+        clocks.retain(|host, _| !host.strip_prefix("storage-").and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| i > storage_nodes));
+        let drain_at_end = storage_nodes > REPLICATION as u64 && rng.unit() < DRAIN_AT_END;
+        Atlas { seed, meta_nodes, storage_nodes, drain_at_end, kinds, sites, active_max, clocks, chunk_batches }
     }
 
     /// Events per simulated minute, all kinds together.
@@ -215,9 +238,11 @@ impl Atlas {
     /// The plan, as people read it.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "atlas of seed {}: {} metadata nodes, at most {} faults at once, small chunks {}\n",
+            "atlas of seed {}: {} metadata nodes, {} storage nodes{}, at most {} faults at once, small chunks {}\n",
             self.seed,
             self.meta_nodes,
+            self.storage_nodes,
+            if self.drain_at_end { " (one drained at the end)" } else { "" },
             self.active_max,
             if self.chunk_batches { "in batches" } else { "streamed one by one" }
         );
@@ -273,6 +298,11 @@ mod tests {
             let on = atlases.iter().filter(|a| a.sites.contains_key(&site)).count();
             assert!((30..=120).contains(&on), "{} on in {on} of 200 plans", site.name());
         }
+        for n in STORAGE_NODES {
+            let runs = atlases.iter().filter(|a| a.storage_nodes == n).count();
+            assert!(runs >= 40, "{n} storage nodes in {runs} of 200 plans");
+        }
+        assert!(atlases.iter().any(|a| a.drain_at_end) && atlases.iter().all(|a| !a.drain_at_end || a.storage_nodes > REPLICATION as u64));
         let a = atlases.iter().find(|a| a.kinds.len() > 3).unwrap();
         let picked: std::collections::BTreeSet<FaultKind> = (0..100).filter_map(|i| a.pick_kind(i as f64 / 100.0)).collect();
         assert_eq!(picked.len(), a.kinds.len(), "every kind that is on gets picked");

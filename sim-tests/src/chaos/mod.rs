@@ -1,7 +1,8 @@
 //! The chaos scenario: every fault kind at once on a whole cluster, with checkers that match
 //! exactly what the fault atlas allows to break.
 //!
-//! The cluster: 3 or 5 metadata nodes (the atlas decides), 5 storage nodes, 3 client hosts
+//! The cluster: 3 or 5 metadata nodes and 3 to 5 storage nodes (the atlas decides: with 3,
+//! as many as copies, a lost or bad copy can only be made again where one was), 3 client hosts
 //! with 2 workers each. Each worker owns 2 *groups* of two paths (`/gK/a`, `/gK/b`) and runs
 //! put (always `--force`: a new file or an overwrite), get, mv between the two paths and rm,
 //! pausing up to `THINK_MAX` between operations. File contents describe themselves (a header with version and size, then bytes generated
@@ -18,7 +19,11 @@
 //! node): within `HEAL_BOUND` the cluster must have a leader, every storage node alive, every
 //! chunk of every file at exactly its replication factor of valid copies on live nodes that
 //! hold it whole, no orphan or surplus copy on any disk, and every metadata member holding the
-//! same namespace; then every path reads back as the model allows, and nothing may fail.
+//! same namespace; then every path reads back as the model allows, and nothing may fail. Nodes
+//! decommissioned during the run are recommissioned; if the atlas says so, one node is
+//! decommissioned now instead, and its drain must finish within the same bound (the node shows
+//! `decommissioned`, every chunk has its factor of copies elsewhere, its own copies still
+//! listed).
 //!
 //! A violation records a `check` event on the timeline and panics with the verdict; the seed
 //! runner prints the timeline around it and `cargo sim-replay SEED`.
@@ -55,13 +60,12 @@ use crate::timeline::{self, Kind};
 /// The test that runs the chaos seeds (its replay command is `cargo sim-replay SEED`).
 pub const TEST: SimTest = SimTest { file: "chaos", name: "chaos_ci_seeds" };
 
-const STORAGE_NODES: u64 = 5;
 const CLIENTS: usize = 3;
 const WORKERS_PER_CLIENT: usize = 2;
 const GROUPS_PER_WORKER: usize = 2;
 /// The smallest chunk size: files of a few chunks stay small.
 const CHUNK: u64 = 64 * 1024;
-const REPLICATION: u32 = 3;
+use self::atlas::REPLICATION;
 /// Simulated time with faults on.
 pub const SAFETY: Duration = Duration::from_secs(40);
 /// Simulated time the cluster has, once every fault is healed, to converge (the upload expiry
@@ -362,6 +366,7 @@ enum Heal {
     Uncut(Vec<(Host, Host)>),
     RestoreNet,
     ReleaseBallast(u64),
+    Recommission(u64),
 }
 
 /// Injects the atlas's faults and heals them; keeps the bit-flip budget.
@@ -372,6 +377,9 @@ struct Driver {
     meta_down: BTreeSet<u64>,
     storage_down: BTreeSet<u64>,
     disks_full: BTreeSet<u64>,
+    /// Storage indexes decommissioned (or perhaps: the request's answer was lost) and not
+    /// surely recommissioned since.
+    draining: BTreeSet<u64>,
     slow: bool,
     /// Healing agenda: when, what.
     heals: Vec<(Instant, Heal)>,
@@ -416,7 +424,7 @@ impl Driver {
         Heal::Uncut(cut)
     }
 
-    fn heal(&mut self, heal: Heal) {
+    async fn heal(&mut self, heal: Heal) {
         match heal {
             Heal::RestartMeta(ids) => {
                 for id in ids {
@@ -449,7 +457,53 @@ impl Driver {
                 fault_event(format!("storage-{i}'s disk has room again"));
                 self.shared.cluster.storage[i as usize - 1].disk.set_ballast(0);
             }
+            Heal::Recommission(i) => {
+                fault_event(format!("storage-{i} recommissioned"));
+                if self.set_draining(i, false).await {
+                    self.draining.remove(&i);
+                }
+            }
         }
+    }
+
+    /// Liveness: every node decommissioned during the run is recommissioned, and, if the atlas
+    /// says so, one node is decommissioned now (returned), each retried until it is surely done.
+    async fn settle_drains(&mut self) -> Option<u64> {
+        let deadline = Instant::now() + HEAL_BOUND;
+        let at_end = self.atlas.drain_at_end.then(|| madsim::rand::thread_rng().gen_range(1..=self.atlas.storage_nodes));
+        let mut wanted: Vec<(u64, bool)> = self.draining.iter().filter(|i| Some(**i) != at_end).map(|i| (*i, false)).collect();
+        wanted.extend(at_end.map(|i| (i, true)));
+        for (i, draining) in wanted {
+            while !self.set_draining(i, draining).await {
+                if Instant::now() >= deadline {
+                    verdict("liveness", None, format!("storage-{i} could not be {} within {HEAL_BOUND:?} of the faults being healed", if draining { "decommissioned" } else { "recommissioned" }));
+                }
+                madsim::time::sleep(Duration::from_millis(500)).await;
+            }
+            self.draining.remove(&i);
+            if draining {
+                timeline::record(Kind::Phase, "-", format!("storage-{i} decommissioned: its drain must finish"));
+            }
+        }
+        at_end
+    }
+
+    /// Asks the cluster, as `dfs admin decommission` / `recommission` would, from a client host
+    /// that is up. True only if the answer says it was done (a lost answer may hide that it was).
+    async fn set_draining(&self, index: u64, draining: bool) -> bool {
+        let host = {
+            let up = self.shared.clients_up.lock().unwrap();
+            (0..CLIENTS).find(|i| up[*i])
+        };
+        let Some(host) = host else { return false };
+        let addr = self.cluster().storage[index as usize - 1].addr.to_string();
+        let meta = self.cluster().meta_addrs();
+        let task = self.cluster().client_host(host).spawn(async move {
+            let policy = dfs_core::client::RetryPolicy { deadline: Duration::from_secs(5), ..Default::default() };
+            let admin = dfs_core::client::meta_client::MetaClient::new(SimEnv::new(SimDisk::new(1 << 20)), meta, policy);
+            admin.call(dfs_core::proto::SetDrainingRequest { node: addr, draining }).await
+        });
+        matches!(madsim::time::timeout(Duration::from_secs(10), task).await, Ok(Ok(Ok(_))))
     }
 
     /// Injects one fault of `kind`; `None` if there is nothing to inject it on now (every
@@ -457,7 +511,7 @@ impl Driver {
     async fn inject(&mut self, kind: FaultKind) -> Option<Option<Heal>> {
         let mut rng = madsim::rand::thread_rng();
         let meta_up: Vec<u64> = (1..=self.atlas.meta_nodes).filter(|id| !self.meta_down.contains(id)).collect();
-        let storage_up: Vec<u64> = (1..=STORAGE_NODES).filter(|i| !self.storage_down.contains(i)).collect();
+        let storage_up: Vec<u64> = (1..=self.atlas.storage_nodes).filter(|i| !self.storage_down.contains(i)).collect();
         let pick = |rng: &mut madsim::rand::GlobalRng, of: &[u64]| (!of.is_empty()).then(|| of[rng.gen_range(0..of.len())]);
         let heal = match kind {
             FaultKind::CrashMeta => {
@@ -553,7 +607,7 @@ impl Driver {
                 self.cut_between(&a, &b, false)
             }
             FaultKind::StorageFromMeta => {
-                let i = pick(&mut rng, &(1..=STORAGE_NODES).collect::<Vec<_>>())?;
+                let i = pick(&mut rng, &(1..=self.atlas.storage_nodes).collect::<Vec<_>>())?;
                 let storage = Host { name: format!("storage-{i}"), id: self.cluster().storage[i as usize - 1].node.id() };
                 let metas: Vec<Host> = (1..=self.atlas.meta_nodes).map(|id| self.meta_host(id)).collect();
                 fault_event(format!("storage-{i} cut from every metadata node"));
@@ -569,7 +623,7 @@ impl Driver {
                 Heal::RestoreNet
             }
             FaultKind::DiskFull => {
-                let free: Vec<u64> = (1..=STORAGE_NODES).filter(|i| !self.disks_full.contains(i)).collect();
+                let free: Vec<u64> = (1..=self.atlas.storage_nodes).filter(|i| !self.disks_full.contains(i)).collect();
                 let i = pick(&mut rng, &free)?;
                 self.disks_full.insert(i);
                 fault_event(format!("storage-{i}'s disk is full"));
@@ -581,6 +635,16 @@ impl Driver {
                 self.flip().await?;
                 return Some(None);
             }
+            FaultKind::Drain => {
+                let candidates: Vec<u64> = (1..=self.atlas.storage_nodes).filter(|i| !self.draining.contains(i)).collect();
+                let i = pick(&mut rng, &candidates)?;
+                drop(rng);
+                fault_event(format!("storage-{i} decommissioned"));
+                // Done or perhaps done: it is undone either way.
+                self.draining.insert(i);
+                self.set_draining(i, true).await;
+                Heal::Recommission(i)
+            }
         };
         Some(Some(heal))
     }
@@ -589,7 +653,7 @@ impl Driver {
     /// of a chunk at a time.
     async fn flip(&mut self) -> Option<()> {
         self.settle_flips();
-        let i = madsim::rand::thread_rng().gen_range(1..=STORAGE_NODES);
+        let i = madsim::rand::thread_rng().gen_range(1..=self.atlas.storage_nodes);
         let files = self.cluster().chunk_files(i).await;
         let candidates: Vec<(PathBuf, ChunkId)> = files
             .into_iter()
@@ -663,7 +727,7 @@ pub async fn scenario() {
     }
     let cluster = Arc::new(Cluster::start(ClusterConfig {
         meta_nodes: atlas.meta_nodes,
-        storage_nodes: STORAGE_NODES,
+        storage_nodes: atlas.storage_nodes,
         clients: CLIENTS,
         storage_heartbeat: Duration::from_millis(500),
         meta_health: Some(dfs_core::health::HealthConfig { suspect_after: Duration::from_secs(2), dead_after: Duration::from_secs(6) }),
@@ -675,8 +739,8 @@ pub async fn scenario() {
         ..ClusterConfig::default()
     }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
-    cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(30)).await;
-    let storage_ids = (1..=STORAGE_NODES).filter_map(|i| cluster.storage_node(i).map(|n| (i, n.id().0))).collect();
+    cluster.wait_for_storage(atlas.storage_nodes as usize, Duration::from_secs(30)).await;
+    let storage_ids = (1..=atlas.storage_nodes).filter_map(|i| cluster.storage_node(i).map(|n| (i, n.id().0))).collect();
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
         stop: AtomicBool::new(false),
@@ -700,6 +764,7 @@ pub async fn scenario() {
         meta_down: BTreeSet::new(),
         storage_down: BTreeSet::new(),
         disks_full: BTreeSet::new(),
+        draining: BTreeSet::new(),
         slow: false,
         heals: Vec::new(),
         flips: BTreeMap::new(),
@@ -725,7 +790,7 @@ pub async fn scenario() {
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut driver.heals).into_iter().partition(|(t, _)| *t <= now);
         driver.heals = later;
         for (_, heal) in due {
-            driver.heal(heal);
+            driver.heal(heal).await;
         }
         if now >= next_fault && now < end {
             next_fault = now + gap(per_ms);
@@ -749,7 +814,7 @@ pub async fn scenario() {
     shared.stop.store(true, Ordering::Relaxed);
     faults::disable();
     for (_, heal) in std::mem::take(&mut driver.heals) {
-        driver.heal(heal);
+        driver.heal(heal).await;
     }
     timeline::record(Kind::Phase, "-", "liveness phase: faults healed, every host up, fault sites off");
     let drained = Instant::now() + DRAIN_BOUND;
@@ -764,14 +829,17 @@ pub async fn scenario() {
     }
     let (ops, ambiguous): (u64, u64) = done.iter().fold((0, 0), |(o, a), w| (o + w.ops, a + w.ambiguous));
     timeline::record(Kind::Phase, "-", format!("workers stopped: {ops} operations, {ambiguous} with unknown outcome"));
-    converge(&cluster).await;
+    let drained = driver.settle_drains().await;
+    converge(&cluster, driver.atlas.storage_nodes, drained).await;
     final_reads(&cluster, done).await;
     timeline::record(Kind::Phase, "-", "converged; every path reads back as the history allows");
 }
 
 /// Waits, within `HEAL_BOUND`, for a leader, every storage node alive, every chunk at exactly
-/// its replication factor of valid copies, no orphan, and every metadata member identical.
-async fn converge(cluster: &Arc<Cluster>) {
+/// its replication factor of valid copies, no orphan, and every metadata member identical;
+/// with a node `drained` (its storage index), also for that node to show `decommissioned`,
+/// its copies not counted.
+async fn converge(cluster: &Arc<Cluster>, storage_nodes: u64, drained: Option<u64>) {
     let deadline = Instant::now() + HEAL_BOUND;
     let left = || deadline.saturating_duration_since(Instant::now());
     let (leader_wait, storage_wait) = (left(), left());
@@ -779,7 +847,9 @@ async fn converge(cluster: &Arc<Cluster>) {
     if leader.is_err() {
         verdict("liveness", None, format!("no metadata leader within {HEAL_BOUND:?} of the faults being healed"));
     }
-    cluster.wait_for_storage(STORAGE_NODES as usize, storage_wait).await;
+    cluster.wait_for_storage(storage_nodes as usize, storage_wait).await;
+    let draining: BTreeSet<u64> = drained.into_iter().collect();
+    let drained_addr = drained.map(|i| cluster.storage[i as usize - 1].addr.to_string());
     checks::scrub_all(cluster).await;
     let admin = Arc::new(cluster.client(client_config(true), &SimDisk::new(1 << 20)));
     loop {
@@ -789,9 +859,24 @@ async fn converge(cluster: &Arc<Cluster>) {
             Ok(entries) => {
                 let paths: Vec<String> =
                     entries.into_iter().filter(|e| e.kind == dfs_core::proto::EntryKind::File as i32).map(|e| e.path).collect();
-                checks::replica_problems(cluster, &admin, &paths, true).await
+                checks::replica_problems_draining(cluster, &admin, &paths, true, &draining).await
             }
             Err(e) => Some(format!("cannot list the files: {e:#}")),
+        };
+        let problem = match (problem, &drained_addr) {
+            (None, Some(addr)) => {
+                let a = admin.clone();
+                match cluster.on_client(async move { a.status().await }).await {
+                    Ok(status) => status
+                        .storage_nodes
+                        .iter()
+                        .find(|n| n.node.as_ref().is_some_and(|n| n.addr == *addr))
+                        .filter(|n| n.state != "decommissioned")
+                        .map(|n| format!("the drained node {addr} is {}, not decommissioned", n.state)),
+                    Err(e) => Some(format!("cannot read the status: {e:#}")),
+                }
+            }
+            (problem, _) => problem,
         };
         let problem = problem.or_else(|| meta_divergence(cluster));
         match problem {

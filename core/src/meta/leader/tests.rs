@@ -97,7 +97,7 @@ impl World {
             let hb = Heartbeat {
                 node: node.id,
                 addr: format!("n{}:1", node.id.0),
-                stats: NodeStats { capacity_bytes: 1 << 40, free_bytes: 1 << 40, chunk_count: node.held.len() as u64 },
+                stats: NodeStats { capacity_bytes: 1 << 40, free_bytes: 1 << 40, chunk_count: node.held.len() as u64, ..Default::default() },
                 deleted: node.deleted_unreported.clone(),
                 stored: node.stored_unreported.clone(),
                 repairs_running: node.repairing.iter().map(|(j, _)| j.chunk).collect(),
@@ -670,4 +670,146 @@ fn garbage_waits_the_safety_delay_before_its_node_is_asked_to_delete_it() {
     w.run_for(BEAT * 4);
     assert!(w.nodes.iter().all(|n| n.held.is_empty()), "not deleted after the safety delay");
     assert_eq!(w.garbage_left(), 0);
+}
+
+/// One chunk of the convergence property: which nodes list it, and which of those copies are
+/// bad (and whether the node still holds the bad bytes or already quarantined them).
+#[derive(Clone, Debug)]
+struct ShapeChunk {
+    replicas: Vec<u64>,
+    bad: Vec<(u64, bool)>,
+}
+
+/// A cluster shape for the convergence property.
+#[derive(Clone, Debug)]
+struct Shape {
+    replication: u32,
+    nodes: u64,
+    /// Down for good from the start (a dead node).
+    down: Option<u64>,
+    draining: Option<u64>,
+    chunks: Vec<ShapeChunk>,
+}
+
+fn shape() -> impl proptest::strategy::Strategy<Value = Shape> {
+    use proptest::prelude::*;
+    (1u32..=3, 0u64..=2, proptest::option::of(0u64..5), proptest::option::of(0u64..5)).prop_flat_map(|(replication, extra, down, draining)| {
+        let nodes = replication as u64 + extra;
+        let chunk = (proptest::sample::subsequence((1..=nodes).collect::<Vec<_>>(), crate::namespace::write_quorum(replication) as usize..=replication as usize), proptest::collection::vec((any::<bool>(), any::<bool>()), replication as usize))
+            .prop_map(|(replicas, marks)| {
+                let bad = replicas.iter().zip(marks).filter(|(_, (bad, _))| *bad).map(|(r, (_, held))| (*r, held)).collect();
+                ShapeChunk { replicas, bad }
+            });
+        proptest::collection::vec(chunk, 1..5).prop_map(move |chunks| Shape {
+            replication,
+            nodes,
+            down: down.filter(|d| *d < nodes).map(|d| d + 1),
+            draining: draining.filter(|d| *d < nodes).map(|d| d + 1),
+            chunks,
+        })
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 48,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-meta-leader.txt")))),
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+    /// On any cluster shape (as many nodes as copies or more, one dead, one draining, copies
+    /// marked bad anywhere, held or already quarantined): every chunk with a readable copy
+    /// comes back to its factor of counted copies, or to as many as there are nodes that may
+    /// hold one, and stays there. This is the deadlock the first contact found: three nodes at
+    /// replication 3 with one bad copy stayed "2 of 3" forever.
+    #[test]
+    fn a_readable_chunk_converges_to_full_replication_on_any_cluster_shape(shape in shape()) {
+        let mut config = LeaderConfig::default();
+        config.health = crate::health::HealthConfig { suspect_after: Duration::from_secs(2), dead_after: Duration::from_secs(4) };
+        config.gc_delay = Duration::from_secs(1);
+        config.repair.start_grace = Duration::from_secs(2);
+        let mut w = World::new(shape.nodes, config);
+        if let Some(d) = shape.draining {
+            w.apply(Command::SetDraining { node: StorageNodeId(d), draining: true });
+        }
+        w.run_for(Duration::from_secs(2));
+        let mut readable = Vec::new();
+        for (i, c) in shape.chunks.iter().enumerate() {
+            let path = format!("/f{i}");
+            let file = w.upload_with(&path, 1, &c.replicas, shape.replication, true);
+            let id = ChunkId::derive(file, 0);
+            for &(node, held) in &c.bad {
+                w.apply(Command::MarkReplicaBad { chunk: id, node: StorageNodeId(node) });
+                if !held {
+                    w.nodes[node as usize - 1].held.remove(&id);
+                }
+            }
+            let good = c.replicas.iter().any(|r| Some(*r) != shape.down && !c.bad.iter().any(|(b, _)| b == r));
+            readable.push((path, good));
+        }
+        if let Some(d) = shape.down {
+            w.nodes[d as usize - 1].up = false;
+        }
+        let eligible = (1..=shape.nodes).filter(|n| Some(*n) != shape.down && Some(*n) != shape.draining).count();
+        let want = (shape.replication as usize).min(eligible);
+        let counted = |w: &World, path: &str| -> usize {
+            let f = w.ns.file(path).unwrap();
+            let bad = w.ns.bad_replicas(f.chunk_id(0));
+            f.chunks[0]
+                .replicas
+                .iter()
+                .filter(|r| w.nodes[r.0 as usize - 1].up && Some(r.0) != shape.draining && !bad.is_some_and(|b| b.contains(r)))
+                .filter(|r| w.nodes[r.0 as usize - 1].held.contains(&f.chunk_id(0)))
+                .count()
+        };
+        w.run_for(Duration::from_secs(90));
+        for (path, good) in &readable {
+            if *good {
+                proptest::prop_assert_eq!(counted(&w, path), want, "{} of {:?}: listed {:?}, bad {:?}", path, shape, w.replicas(path, 0), w.ns.bad_replicas(w.ns.file(path).unwrap().chunk_id(0)));
+            }
+        }
+        // And it stays there: nothing is dropped below it, nothing copied on and on.
+        let repaired = w.repaired.len();
+        w.run_for(Duration::from_secs(30));
+        for (path, good) in &readable {
+            if *good {
+                proptest::prop_assert_eq!(counted(&w, path), want);
+            }
+        }
+        proptest::prop_assert_eq!(w.repaired.len(), repaired, "copies made with nothing left to repair");
+    }
+}
+
+#[test]
+fn fsck_counts_chunks_no_live_node_can_serve_as_unreachable_not_healthy() {
+    let config = LeaderConfig::default();
+    let mut w = World::new(3, config);
+    w.run_for(Duration::from_secs(2));
+    w.upload("/f", 2, &[1, 2, 3], true);
+    w.run_for(Duration::from_secs(2));
+    let report = w.leader.fsck(w.now, &w.ns, "/", 10);
+    assert!(report.healthy(), "{report:?}");
+    // Every storage node stops, and the metadata leader changes (a restart of the metadata
+    // nodes): nobody has been heard from in this term, yet nothing is dead for a while.
+    for n in &mut w.nodes {
+        n.up = false;
+    }
+    w.new_leader();
+    w.run_for(Duration::from_secs(3));
+    let report = w.leader.fsck(w.now, &w.ns, "/", 10);
+    assert_eq!((report.unreachable, report.missing), (2, 0), "{report:?}");
+    assert!(!report.healthy());
+    assert!(report.problems.iter().all(|p| p.kind == "unreachable"), "{:?}", report.problems);
+    // One node back: readable again, so healthy once it is alive.
+    w.nodes[0].up = true;
+    w.run_for(BEAT * 2);
+    let report = w.leader.fsck(w.now, &w.ns, "/", 10);
+    assert_eq!(report.unreachable, 0, "{report:?}");
+    // The others are still within their grace: their copies count, nothing is repaired yet.
+    assert!(report.healthy(), "{report:?}");
+    // Suspect nodes count as unreachable too, while no live node holds the chunk.
+    w.nodes[0].up = false;
+    w.run_for(config.health.suspect_after + BEAT);
+    let report = w.leader.fsck(w.now, &w.ns, "/", 10);
+    assert_eq!(report.unreachable, 2, "{report:?}");
 }
