@@ -261,6 +261,7 @@ async fn create_and_commit(client: &MetaClient<RealEnv>, client_id: u64, seq: &A
             request_id: Some(proto::RequestId { client: client_id, seq: seq.fetch_add(1, Ordering::Relaxed) + 1 }),
             expect_file_id: None,
             place_chunks: 0,
+            ..Default::default()
         })
         .await
         .with_context(|| format!("create {path}"))?;

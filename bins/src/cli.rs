@@ -111,6 +111,42 @@ pub fn remote_path(path: &str) -> anyhow::Result<String> {
     normalize_path(path).map_err(|e| usage(shown(&e.to_string())))
 }
 
+/// "1 chunk", "2 chunks": a count with its noun, plural when it is not one.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else if let Some(stem) = noun.strip_suffix('y').filter(|s| !s.ends_with(['a', 'e', 'o', 'u'])) {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Who runs this command, for the trash (`/.trash/<user>/`): `$DFS_USER`, else `$USER`, else
+/// `$LOGNAME`, else the name of this process's user id, else `uid-N`.
+pub fn user_name() -> String {
+    for var in ["DFS_USER", "USER", "LOGNAME"] {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty() && dfs_core::namespace::check_user(v).is_ok()) {
+            return v;
+        }
+    }
+    // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers given.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) == 0 && !result.is_null() && !pwd.pw_name.is_null() {
+            if let Ok(name) = std::ffi::CStr::from_ptr(pwd.pw_name).to_str() {
+                if dfs_core::namespace::check_user(name).is_ok() {
+                    return name.to_string();
+                }
+            }
+        }
+        format!("uid-{uid}")
+    }
+}
+
 /// `parent/name` for canonical `parent`.
 pub fn join_remote(parent: &str, name: &str) -> String {
     if parent == "/" {
@@ -160,6 +196,9 @@ impl MetaFlag {
     pub fn client(&self, mut config: ClientConfig) -> anyhow::Result<DfsClient<RealEnv>> {
         config.metadata = self.policy();
         config.small_chunk_batches = self.chunk_batches;
+        if config.user.is_empty() {
+            config.user = user_name();
+        }
         Ok(DfsClient::new(RealEnv::default(), self.addrs()?, config))
     }
 
@@ -264,6 +303,15 @@ mod tests {
         assert_eq!(exit_code(&anyhow::Error::new(invalid)), 2);
         let missing = ClientError::Metadata { context: "get".into(), source: RpcError::NotFound("gone".into()) };
         assert_eq!(exit_code(&anyhow::Error::new(missing)), 1);
+    }
+
+    #[test]
+    fn counts_take_the_right_plural() {
+        assert_eq!(plural(1, "chunk"), "1 chunk");
+        assert_eq!(plural(0, "chunk"), "0 chunks");
+        assert_eq!(plural(2, "directory"), "2 directories");
+        assert_eq!(plural(1, "directory"), "1 directory");
+        assert_eq!(plural(3, "item"), "3 items");
     }
 
     #[test]

@@ -68,14 +68,44 @@ impl PutOpts {
 
 #[derive(Args)]
 pub struct PutArgs {
-    /// The local file to upload ('-': standard input), or with -r a directory.
-    local: PathBuf,
-    /// Where to store it. Ending in '/' means "into this directory, under the local name".
-    /// With -r, the prefix the tree goes under (LOCAL/a/b becomes REMOTE/a/b).
+    /// The local files to upload ('-': standard input), or with -r directories.
+    #[arg(required = true, num_args = 1.., value_name = "LOCAL")]
+    local: Vec<PathBuf>,
+    /// Where to store it. An existing directory, or a path ending in '/', receives the files
+    /// under their local names (with several LOCALs it must be one). With -r, the prefix the
+    /// tree goes under (LOCAL/a/b becomes REMOTE/a/b).
+    #[arg(value_name = "REMOTE")]
     remote: String,
     /// Upload a whole directory tree.
     #[arg(short = 'r', short_alias = 'R', long)]
     recursive: bool,
+    /// With -r: replace remote files whose size or SHA-256 differ from the local ones; those
+    /// that match are skipped either way (as `dfs sync`).
+    #[arg(long)]
+    update: bool,
+    /// With -r: say what would be sent, and send nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// With -r: follow symbolic links (without it each is skipped, with a note).
+    #[arg(short = 'L', long)]
+    dereference: bool,
+    #[command(flatten)]
+    opts: PutOpts,
+}
+
+/// `dfs sync LOCAL REMOTE`: `put -r --update`.
+#[derive(Args)]
+pub struct SyncArgs {
+    /// The local directory.
+    local: PathBuf,
+    /// The remote directory it is mirrored into.
+    remote: String,
+    /// Say what would be sent, and send nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Follow symbolic links (without it each is skipped, with a note).
+    #[arg(short = 'L', long)]
+    dereference: bool,
     #[command(flatten)]
     opts: PutOpts,
 }
@@ -99,6 +129,9 @@ pub struct GetOpts {
     /// Replace the local file if it exists.
     #[arg(short, long, env = "DFS_FORCE")]
     pub force: bool,
+    /// Give each file the mode and modification time it was put with.
+    #[arg(short = 'p', long)]
+    pub preserve: bool,
     /// Transfers at once: chunks of one file, or files of a tree with -r.
     #[arg(long = "parallel", visible_alias = "parallelism", env = "DFS_PARALLEL", default_value_t = GET_PARALLEL_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel: u64,
@@ -108,10 +141,13 @@ pub struct GetOpts {
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// The file to download, or with -r the directory.
-    remote: String,
+    /// The files to download (wildcards allowed), or with -r directories.
+    #[arg(required = true, num_args = 1.., value_name = "REMOTE")]
+    remote: Vec<String>,
     /// Where to write it ('-': standard output); an existing directory receives it under the
-    /// remote name. With -r, the local directory the tree goes into (created if missing).
+    /// remote name (with several REMOTEs it must be one). With -r, the local directory the
+    /// tree goes into (created if missing).
+    #[arg(value_name = "LOCAL")]
     local: PathBuf,
     /// Download a whole directory tree.
     #[arg(short = 'r', short_alias = 'R', long)]
@@ -135,8 +171,15 @@ pub struct DownloadArgs {
 
 #[derive(Args)]
 pub struct CatArgs {
-    /// The file to write to standard output.
-    remote: String,
+    /// The files to write to standard output, one after the other (wildcards allowed).
+    #[arg(required = true, num_args = 1..)]
+    remote: Vec<String>,
+    /// Start at this byte of each file (0: the first).
+    #[arg(long, value_parser = parse_size)]
+    offset: Option<u64>,
+    /// At most this many bytes of each file (e.g. 100, 4KiB).
+    #[arg(long, value_parser = parse_size)]
+    length: Option<u64>,
     /// Chunks transferred at once.
     #[arg(long = "parallel", visible_alias = "parallelism", env = "DFS_PARALLEL", default_value_t = GET_PARALLEL_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=64))]
     parallel: u64,
@@ -146,7 +189,7 @@ pub struct CatArgs {
 
 #[derive(Args)]
 pub struct StatArgs {
-    /// A file (or a directory).
+    /// A file (or a directory); wildcards allowed.
     remote: String,
     #[command(flatten)]
     meta: MetaFlag,
@@ -174,15 +217,18 @@ pub struct DuArgs {
 #[derive(Args)]
 #[command(disable_help_flag = true)]
 pub struct LsArgs {
-    /// A directory (its entries are listed) or a file.
+    /// Directories (their entries are listed) or files; wildcards allowed.
     #[arg(default_value = "/")]
-    path: String,
+    path: Vec<String>,
     /// Everything under the directory, at any depth.
     #[arg(short = 'R', long)]
     recursive: bool,
-    /// Long form: replication, size, time and file id.
+    /// Long form: mode, replication, size, modification time and file id.
     #[arg(short = 'l', long)]
     long: bool,
+    /// Also the trash (`/.trash`), which listings of `/` leave out.
+    #[arg(short = 'a', long)]
+    all: bool,
     /// Human-readable sizes (1.5 MiB).
     #[arg(short = 'h', long)]
     human: bool,
@@ -216,10 +262,12 @@ pub struct MkdirArgs {
 
 #[derive(Args)]
 pub struct MvArgs {
-    /// The file or directory to move.
-    src: String,
-    /// Its new path, which must not exist. An existing directory, or a path ending in '/',
-    /// receives it under its current name.
+    /// The files or directories to move (wildcards allowed).
+    #[arg(required = true, num_args = 1.., value_name = "SRC")]
+    src: Vec<String>,
+    /// The new path, which must not exist. An existing directory, or a path ending in '/',
+    /// receives each SRC under its current name (with several SRCs it must be one).
+    #[arg(value_name = "DST")]
     dst: String,
     #[command(flatten)]
     meta: MetaFlag,
@@ -227,11 +275,18 @@ pub struct MvArgs {
 
 #[derive(Args)]
 pub struct RmArgs {
-    /// The file or directory to delete.
-    remote: String,
+    /// The files or directories to delete (wildcards allowed).
+    #[arg(required = true, num_args = 1..)]
+    remote: Vec<String>,
     /// Delete a directory with everything under it.
     #[arg(short = 'r', short_alias = 'R', long)]
     recursive: bool,
+    /// Delete for good now, instead of moving to your trash (`/.trash/<user>/`).
+    #[arg(long)]
+    skip_trash: bool,
+    /// Also `rm -r /` (everything, for good); and no error for paths that are not there.
+    #[arg(short = 'f', long)]
+    force: bool,
     #[command(flatten)]
     meta: MetaFlag,
 }
@@ -250,6 +305,9 @@ pub struct DeleteArgs {
     /// Delete a directory with everything under it (with --name).
     #[arg(short = 'r', short_alias = 'R', long, conflicts_with = "id")]
     recursive: bool,
+    /// Delete for good now, instead of moving to your trash (`/.trash/<user>/`).
+    #[arg(long)]
+    skip_trash: bool,
     #[command(flatten)]
     meta: MetaFlag,
 }
@@ -300,11 +358,53 @@ async fn explain_not_found(client: &DfsClient<RealEnv>, remote: &str, e: ClientE
 
 // ---- put -------------------------------------------------------------------------------
 
+/// A byte count: `100`, `4KiB`, `1MB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim().parse::<ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("{s:?} is not a size like 100, 4KiB or 1MiB: {e}"))
+}
+
 pub async fn put(ctx: &Ctx, args: PutArgs) -> anyhow::Result<()> {
-    if args.recursive {
-        return tree::put_tree(ctx, &args.local, &args.remote, &args.opts).await;
+    if (args.update || args.dry_run || args.dereference) && !args.recursive {
+        return Err(usage("put: --update, --dry-run and -L go with -r (dfs sync does the same as put -r --update)"));
     }
-    put_one(ctx, &args.local, &args.remote, &args.opts).await
+    let flags = tree::TreeFlags { update: args.update, dry_run: args.dry_run, follow_links: args.dereference };
+    if let [local] = args.local.as_slice() {
+        if args.recursive {
+            return tree::put_tree(ctx, local, &args.remote, &args.opts, flags).await;
+        }
+        return put_one(ctx, local, &args.remote, &args.opts).await;
+    }
+    // Several sources: REMOTE is a directory (existing, or to be made: ending in '/').
+    let dir = remote_path(&args.remote)?;
+    let client = args.opts.meta.client(ClientConfig::default())?;
+    let is_dir = args.remote.ends_with('/') || client.entry(&dir).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
+    if !is_dir {
+        return Err(usage(format!("put: with several sources, {} must be a directory (end it with '/' to create it)", shown(&args.remote))));
+    }
+    let into = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+    let mut failed = 0;
+    for local in &args.local {
+        let result = match (args.recursive, local.is_dir()) {
+            (true, true) => {
+                let name = local_name(local)?;
+                tree::put_tree(ctx, local, &join_remote(&dir, &name), &args.opts, flags).await
+            }
+            _ => put_one(ctx, local, &into, &args.opts).await,
+        };
+        if let Err(e) = result {
+            eprintln!("dfs: {}", shown(&format!("{e:#}")));
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("put: {failed} of {} failed (each is named above)", crate::cli::plural(args.local.len() as u64, "source"));
+    }
+    Ok(())
+}
+
+pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
+    let flags = tree::TreeFlags { update: true, dry_run: args.dry_run, follow_links: args.dereference };
+    tree::put_tree(ctx, &args.local, &args.remote, &args.opts, flags).await
 }
 
 pub async fn upload(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
@@ -315,22 +415,29 @@ fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
+/// A local path's last component, as a remote name.
+fn local_name(local: &Path) -> anyhow::Result<String> {
+    let name = local.file_name().ok_or_else(|| usage(format!("{}: the local path has no file name", local.display())))?;
+    Ok(name.to_str().ok_or_else(|| usage(format!("{}: the file name is not UTF-8", local.display())))?.to_string())
+}
+
 async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> anyhow::Result<()> {
     let chunk_size = opts.chunk_size()?;
     let stdin = is_stdio(local);
-    let remote = if remote_arg.ends_with('/') {
+    if !stdin {
+        // Said before anything else: a directory without -r is the likeliest mistake.
+        if std::fs::metadata(local).is_ok_and(|m| m.is_dir()) {
+            return Err(usage(format!("{}: is a directory (put -r uploads a tree)", local.display())));
+        }
+    }
+    let mut remote = if remote_arg.ends_with('/') {
         if stdin {
             return Err(usage(format!("put - {}: standard input has no name; give the remote file's full path", shown(remote_arg))));
         }
-        let name = local.file_name().ok_or_else(|| usage(format!("{}: the local path has no file name", local.display())))?;
-        let name = name.to_str().ok_or_else(|| usage(format!("{}: the file name is not UTF-8", local.display())))?;
-        remote_path(&format!("{remote_arg}{name}"))?
+        remote_path(&format!("{remote_arg}{}", local_name(local)?))?
     } else {
         remote_path(remote_arg)?
     };
-    if remote == "/" {
-        return Err(usage("put: / is the root directory, not a file path"));
-    }
 
     // The upload needs the size up front (to create the file and cut it into chunks), which
     // a pipe does not give: standard input is spooled to a file in the user's private spool
@@ -349,11 +456,22 @@ async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> a
     };
     let meta = std::fs::metadata(&source).map_err(|e| usage(format!("{}: {e}", local.display())))?;
     if !meta.is_file() {
-        return Err(usage(format!("{}: not a regular file", local.display())));
+        return Err(usage(format!("{}: not a regular file (put takes files, and '-' for standard input)", local.display())));
     }
     chunking::validate(meta.len(), chunk_size).map_err(|e| usage(format!("{}: {e}", local.display())))?;
     // Readable? Refusing now is clearer than a failure in the middle of the upload.
-    std::fs::File::open(&source).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+    let mut opened = std::fs::File::open(&source).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+    if meta.len() == 0 && !stdin {
+        // A file whose size says 0 but that reads bytes (/proc, /sys) would be stored empty.
+        let mut byte = [0u8; 1];
+        if std::io::Read::read(&mut opened, &mut byte).unwrap_or(0) > 0 {
+            return Err(usage(format!(
+                "{}: its size says 0 bytes but it reads more (a /proc or /sys file?); upload what it reads with: cat {} | dfs put - REMOTE",
+                local.display(),
+                local.display()
+            )));
+        }
+    }
 
     // A file (not a spooled pipe) resumes an interrupted upload; its absolute path names it in
     // the manifest, wherever the rerun starts from.
@@ -363,22 +481,75 @@ async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> a
     };
     let config = ClientConfig { chunk_size, replication: opts.replication, parallelism: opts.parallel as usize, resume_dir, ..ClientConfig::default() };
     let client = opts.meta.client(config)?;
+    // An existing directory receives the file under its local name, as `cp` does.
+    if !stdin && remote != "/" && client.entry(&remote).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32) {
+        remote = join_remote(&remote, &local_name(local)?);
+    }
+    if remote == "/" {
+        return Err(usage("put: / is the root directory, not a file path"));
+    }
+    let attrs = if stdin { Default::default() } else { tree::attrs_of(&meta) };
     let bar = Bar::new(&format!("put {}", shown(&remote)), ctx.progress());
-    let info = client.put(&source, &remote, opts.force, &bar).await.map_err(explain)?;
+    let info = client.put_with(&source, &remote, opts.force, attrs, &bar).await.map_err(explain)?;
     drop(bar);
     if ctx.json {
         return emit_json(&PutJson { local: local.display().to_string(), remote: remote.clone(), file: FileJson::from(&info) });
     }
-    emit(&format!("{} ({}, {} chunks, replication {})\n", shown(&info.path), ByteSize(info.size), info.chunk_count, info.replication))
+    emit(&format!(
+        "{} ({}, {}, replication {})\n",
+        shown(&info.path),
+        ByteSize(info.size),
+        crate::cli::plural(info.chunk_count, "chunk"),
+        info.replication
+    ))
 }
 
 // ---- get, cat ----------------------------------------------------------------------------
 
 pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
-    if args.recursive {
-        return tree::get_tree(ctx, &args.remote, &args.local, &args.opts).await;
+    let wildcards = args.remote.iter().any(|r| crate::glob::has_wildcards(r));
+    if let ([remote], false) = (args.remote.as_slice(), wildcards) {
+        if args.recursive {
+            return tree::get_tree(ctx, remote, &args.local, &args.opts).await;
+        }
+        return get_one(ctx, remote, &args.local, &args.opts).await;
     }
-    get_one(ctx, &args.remote, &args.local, &args.opts).await
+    // Several (or a pattern): LOCAL is a directory, each goes in under its remote name.
+    let client = args.opts.meta.client(ClientConfig::default())?;
+    let remotes = crate::glob::expand_all(&client, &args.remote).await?;
+    if is_stdio(&args.local) {
+        for r in &remotes {
+            cat_remote(ctx, &args.opts.meta, r, args.opts.parallel, "get").await?;
+        }
+        return Ok(());
+    }
+    let local_is_dir = args.local.is_dir();
+    if remotes.len() > 1 && !local_is_dir {
+        if args.local.as_os_str().to_string_lossy().ends_with('/') {
+            std::fs::create_dir_all(&args.local).map_err(|e| anyhow::anyhow!("{}: {e}", args.local.display()))?;
+        } else {
+            return Err(usage(format!("get: with several sources, {} must be a directory (end it with '/' to create it)", args.local.display())));
+        }
+    }
+    let mut failed = 0;
+    for remote in &remotes {
+        let is_dir = client.entry(remote).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
+        let result = match (args.recursive, is_dir) {
+            (true, true) => {
+                let name = remote.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("root");
+                tree::get_tree(ctx, remote, &args.local.join(name), &args.opts).await
+            }
+            _ => get_one(ctx, remote, &args.local, &args.opts).await,
+        };
+        if let Err(e) = result {
+            eprintln!("dfs: {}", shown(&format!("{e:#}")));
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("get: {failed} of {} failed (each is named above)", crate::cli::plural(remotes.len() as u64, "source"));
+    }
+    Ok(())
 }
 
 pub async fn download(ctx: &Ctx, args: DownloadArgs) -> anyhow::Result<()> {
@@ -386,14 +557,33 @@ pub async fn download(ctx: &Ctx, args: DownloadArgs) -> anyhow::Result<()> {
 }
 
 pub async fn cat(ctx: &Ctx, args: CatArgs) -> anyhow::Result<()> {
-    let remote = remote_path(&args.remote)?;
-    cat_remote(ctx, &args.meta, &remote, args.parallel).await
+    let client = args.meta.client(ClientConfig::default())?;
+    let remotes = crate::glob::expand_all(&client, &args.remote).await?;
+    for remote in &remotes {
+        match (args.offset, args.length) {
+            (None, None) => cat_remote(ctx, &args.meta, remote, args.parallel, "cat").await?,
+            (offset, length) => read_range(&args.meta, remote, offset.unwrap_or(0), length.unwrap_or(u64::MAX), "cat").await?,
+        }
+    }
+    Ok(())
+}
+
+/// Writes bytes `[offset, offset + length)` of a remote file to stdout, fetching only the
+/// frames that hold them (`DfsClient::read_range`).
+pub async fn read_range(meta: &MetaFlag, remote: &str, offset: u64, length: u64, verb: &str) -> anyhow::Result<()> {
+    let client = meta.client(ClientConfig::default())?;
+    let mut out = StdoutSink { out: std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()), reader_gone: false };
+    match client.read_range(remote, offset, length, &mut out, verb).await {
+        Ok(_) => Ok(()),
+        Err(_) if out.reader_gone => Ok(()),
+        Err(e) => Err(explain_not_found(&client, remote, e, verb).await),
+    }
 }
 
 async fn get_one(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> anyhow::Result<()> {
     let remote = remote_path(remote_arg)?;
     if is_stdio(local) {
-        return cat_remote(ctx, &opts.meta, &remote, opts.parallel).await;
+        return cat_remote(ctx, &opts.meta, &remote, opts.parallel, "get").await;
     }
     let mut dest = local.to_path_buf();
     if dest.is_dir() {
@@ -416,6 +606,10 @@ async fn get_one(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts) -> a
         Err(e) => return Err(explain_not_found(&client, &remote, e, "get").await),
     };
     drop(bar);
+    if opts.preserve {
+        let attrs = dfs_core::namespace::FileAttrs { mode: info.mode, mtime_unix_ms: info.mtime_unix_ms };
+        tree::restore_attrs(&dest, attrs).map_err(|e| anyhow::anyhow!("get {}: {}: keeping its mode and time: {e}", shown(&remote), dest.display()))?;
+    }
     if ctx.json {
         return emit_json(&GetJson { remote: remote.clone(), local: dest.display().to_string(), file: FileJson::from(&info) });
     }
@@ -485,7 +679,7 @@ async fn get_through(ctx: &Ctx, opts: &GetOpts, remote: &str, path: &Path) -> an
     let client = opts.meta.client(ClientConfig { parallelism: opts.parallel as usize, ..ClientConfig::default() })?;
     let bar = Bar::new(&format!("get {}", shown(remote)), ctx.progress());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let result = client.get_to_writer(remote, &mut out, &bar).await;
+    let result = client.get_to_writer_as(remote, &mut out, &bar, "get").await;
     drop(bar);
     let info = match result {
         Ok(info) => info,
@@ -502,17 +696,17 @@ async fn get_through(ctx: &Ctx, opts: &GetOpts, remote: &str, path: &Path) -> an
 /// and the whole file's SHA-256 is checked at the end. A failure midway leaves a prefix of
 /// the file on stdout and exits non-zero (a pipeline sees the error, like `curl` or `cat` of
 /// a failing disk); it never writes a wrong byte. Memory stays at the download window.
-async fn cat_remote(ctx: &Ctx, meta: &MetaFlag, remote: &str, parallel: u64) -> anyhow::Result<()> {
+async fn cat_remote(ctx: &Ctx, meta: &MetaFlag, remote: &str, parallel: u64, verb: &str) -> anyhow::Result<()> {
     let client = meta.client(ClientConfig { parallelism: parallel as usize, ..ClientConfig::default() })?;
-    let bar = Bar::new(&format!("get {}", shown(remote)), ctx.progress());
+    let bar = Bar::new(&format!("{verb} {}", shown(remote)), ctx.progress());
     let mut out = StdoutSink { out: std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()), reader_gone: false };
-    let result = client.get_to_writer(remote, &mut out, &bar).await;
+    let result = client.get_to_writer_as(remote, &mut out, &bar, verb).await;
     drop(bar);
     match result {
         Ok(_) => Ok(()),
         // The reader went away (`dfs cat f | head`): nothing left to do.
         Err(_) if out.reader_gone => Ok(()),
-        Err(e) => Err(explain_not_found(&client, remote, e, "cat").await),
+        Err(e) => Err(explain_not_found(&client, remote, e, verb).await),
     }
 }
 
@@ -545,8 +739,12 @@ impl std::io::Write for StdoutSink {
 // ---- stat --------------------------------------------------------------------------------
 
 pub async fn stat(ctx: &Ctx, args: StatArgs) -> anyhow::Result<()> {
-    let remote = remote_path(&args.remote)?;
     let client = args.meta.client(ClientConfig::default())?;
+    let remotes = crate::glob::expand(&client, &args.remote).await?;
+    if remotes.len() > 1 {
+        return Err(usage(format!("stat {}: matches {} paths; stat takes one", shown(&args.remote), remotes.len())));
+    }
+    let remote = remotes.into_iter().next().unwrap_or_default();
     let report = match client.stat(&remote).await {
         Ok(reply) => {
             let file = reply.file.as_ref().context("metadata's reply carries no file")?;
@@ -573,6 +771,12 @@ pub async fn stat(ctx: &Ctx, args: StatArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "replication:   {}", f.replication);
         let _ = writeln!(out, "file id:       {}", f.file_id);
         let _ = writeln!(out, "committed:     {} UTC", format_time(f.committed_unix_ms, true));
+        if let Some(mode) = f.mode {
+            let _ = writeln!(out, "mode:          {} ({:04o})", mode_string(mode, false), mode);
+        }
+        if let Some(mtime) = f.mtime_unix_ms {
+            let _ = writeln!(out, "modified:      {} UTC", format_time(mtime, true));
+        }
         let _ = writeln!(out, "chunks:        {}", report.chunks.len());
         for c in &report.chunks {
             let sha = c.sha256.as_deref().unwrap_or("-");
@@ -583,6 +787,24 @@ pub async fn stat(ctx: &Ctx, args: StatArgs) -> anyhow::Result<()> {
         }
     }
     emit(&out)
+}
+
+/// `-rw-r--r--` for mode bits (setuid, setgid and sticky shown as `ls` shows them).
+pub fn mode_string(mode: u32, dir: bool) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(if dir { 'd' } else { '-' });
+    for (shift, special, upper, lower) in [(6, 0o4000, 'S', 's'), (3, 0o2000, 'S', 's'), (0, 0o1000, 'T', 't')] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, true) => lower,
+            (false, true) => upper,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
 }
 
 fn format_time(unix_ms: u64, seconds: bool) -> String {
@@ -655,21 +877,18 @@ pub async fn du(ctx: &Ctx, args: DuArgs) -> anyhow::Result<()> {
 
 fn listing(entries: &[DirEntry], long: bool, human: bool) -> String {
     let size = |b: u64| if human { ByteSize(b).to_string() } else { b.to_string() };
-    let mut out = format!("Found {} items\n", entries.len());
+    let mut out = format!("Found {}\n", crate::cli::plural(entries.len() as u64, "item"));
     for e in entries {
         let dir = e.kind == EntryKind::Directory as i32;
         let kind = if dir { 'd' } else { '-' };
         let path = shown(&e.path);
         let _ = match (&e.file, long) {
-            (Some(f), true) => writeln!(
-                out,
-                "{kind} {:>2} {:>14} {} {:>8} {path}",
-                f.replication,
-                size(f.size),
-                format_time(f.committed_unix_ms, false),
-                f.file_id
-            ),
-            (None, true) => writeln!(out, "{kind} {:>2} {:>14} {} {:>8} {path}", "-", "-", format_time(e.modified_unix_ms, false), "-"),
+            (Some(f), true) => {
+                let mode = f.mode.map(|m| mode_string(m, false)).unwrap_or_else(|| "-".repeat(10));
+                let time = f.mtime_unix_ms.unwrap_or(f.committed_unix_ms);
+                writeln!(out, "{mode} {:>2} {:>14} {} {:>8} {path}", f.replication, size(f.size), format_time(time, false), f.file_id)
+            }
+            (None, true) => writeln!(out, "d--------- {:>2} {:>14} {} {:>8} {path}", "-", "-", format_time(e.modified_unix_ms, false), "-"),
             (Some(f), false) => writeln!(out, "{kind} {:>14} {path}", size(f.size)),
             (None, false) => writeln!(out, "{kind} {:>14} {path}", "-"),
         };
@@ -678,19 +897,45 @@ fn listing(entries: &[DirEntry], long: bool, human: bool) -> String {
 }
 
 pub async fn ls(ctx: &Ctx, args: LsArgs) -> anyhow::Result<()> {
-    let path = remote_path(&args.path)?;
     let client = args.meta.client(ClientConfig::default())?;
-    let entries = client.list_dir(&path, args.recursive).await.map_err(explain)?;
-    if ctx.json {
-        return emit_json(&LsJson { path, recursive: args.recursive, entries: entries.iter().map(EntryJson::from).collect() });
+    let paths = crate::glob::expand_all(&client, &args.path).await?;
+    let mut listings = Vec::new();
+    for path in paths {
+        let mut entries = client.list_dir(&path, args.recursive).await.map_err(explain)?;
+        // The trash is out of the way unless asked for (or listed itself).
+        if !args.all && !dfs_core::namespace::in_trash(&path) {
+            entries.retain(|e| !dfs_core::namespace::in_trash(&e.path));
+        }
+        listings.push((path, entries));
     }
-    emit(&listing(&entries, args.long, args.human))
+    if ctx.json {
+        let mut json: Vec<LsJson> = listings
+            .iter()
+            .map(|(path, entries)| LsJson { path: path.clone(), recursive: args.recursive, entries: entries.iter().map(EntryJson::from).collect() })
+            .collect();
+        if json.len() == 1 {
+            return emit_json(&json.remove(0));
+        }
+        return emit_json(&serde_json::json!({ "listings": json }));
+    }
+    let many = listings.len() > 1;
+    let mut out = String::new();
+    for (path, entries) in &listings {
+        if many {
+            out.push_str(&format!("{}:\n", shown(path)));
+        }
+        out.push_str(&listing(entries, args.long, args.human));
+    }
+    emit(&out)
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<()> {
     let prefix = remote_path(&args.prefix)?;
     let client = args.meta.client(ClientConfig::default())?;
-    let files = client.list(&prefix).await.map_err(explain)?;
+    let mut files = client.list(&prefix).await.map_err(explain)?;
+    if !dfs_core::namespace::in_trash(&prefix) {
+        files.retain(|f| !dfs_core::namespace::in_trash(&f.path));
+    }
     if ctx.json {
         return emit_json(&ListJson { prefix, files: files.iter().map(FileJson::from).collect() });
     }
@@ -714,19 +959,33 @@ pub async fn mkdir(ctx: &Ctx, args: MkdirArgs) -> anyhow::Result<()> {
 }
 
 pub async fn mv(ctx: &Ctx, args: MvArgs) -> anyhow::Result<()> {
-    let src = remote_path(&args.src)?;
     let dst_path = remote_path(&args.dst)?;
     let client = args.meta.client(ClientConfig::default())?;
-    let into_dir = args.dst.ends_with('/') || client.entry(&dst_path).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
-    let dst = if into_dir {
-        let name = src.rsplit('/').next().filter(|n| !n.is_empty()).ok_or_else(|| usage("mv: / cannot be moved"))?;
-        join_remote(&dst_path, name)
-    } else {
-        dst_path
-    };
-    client.rename(&src, &dst).await?;
+    let sources = crate::glob::expand_all(&client, &args.src).await?;
+    let dst_is_dir = client.entry(&dst_path).await?.is_some_and(|e| e.kind == EntryKind::Directory as i32);
+    let into_dir = args.dst.ends_with('/') || dst_is_dir;
+    if sources.len() > 1 && !into_dir {
+        return Err(usage(format!("mv: with several sources, {} must be a directory (end it with '/' to create it)", shown(&args.dst))));
+    }
+    if sources.len() > 1 && !dst_is_dir {
+        client.mkdir(&dst_path, true).await?;
+    }
+    let mut moved = Vec::new();
+    for src in sources {
+        let dst = if into_dir {
+            let name = src.rsplit('/').next().filter(|n| !n.is_empty()).ok_or_else(|| usage("mv: / cannot be moved"))?;
+            join_remote(&dst_path, name)
+        } else {
+            dst_path.clone()
+        };
+        client.rename(&src, &dst).await?;
+        moved.push(MvJson { src, dst });
+    }
     if ctx.json {
-        return emit_json(&MvJson { src, dst });
+        return match moved.len() {
+            1 => emit_json(&moved[0]),
+            _ => emit_json(&serde_json::json!({ "moved": moved })),
+        };
     }
     Ok(())
 }
@@ -734,46 +993,99 @@ pub async fn mv(ctx: &Ctx, args: MvArgs) -> anyhow::Result<()> {
 // ---- rm, delete ----------------------------------------------------------------------------
 
 pub async fn rm(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
-    remove(ctx, &args.remote, args.recursive, &args.meta).await
+    let client = args.meta.client(ClientConfig::default())?;
+    let mut paths = Vec::new();
+    for arg in &args.remote {
+        match crate::glob::expand(&client, arg).await {
+            Ok(found) => paths.extend(found),
+            Err(_) if args.force && crate::glob::has_wildcards(arg) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if paths.iter().any(|p| p == "/") && !args.force {
+        return Err(usage("rm: refusing to delete everything under / (rm -r --force / does it, for good, trash included)"));
+    }
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for path in &paths {
+        // Everything under /, asked for with --force, goes for good: there is no trash left.
+        let now = args.skip_trash || path == "/";
+        let deleted = if now { client.delete_now(path, args.recursive).await } else { client.delete(path, args.recursive).await };
+        match deleted {
+            Ok(d) => results.push(d),
+            Err(e) if args.force && matches!(e.rpc(), Some(RpcError::NotFound(_))) => {}
+            Err(e) if paths.len() == 1 => return Err(e.into()),
+            Err(e) => {
+                eprintln!("dfs: {}", shown(&format!("{:#}", anyhow::Error::new(e))));
+                failed += 1;
+            }
+        }
+    }
+    print_deleted(ctx, &results)?;
+    if failed > 0 {
+        anyhow::bail!("rm: {failed} of {} failed (each is named above)", crate::cli::plural(paths.len() as u64, "path"));
+    }
+    Ok(())
 }
 
 pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<()> {
     match (&args.name, args.id) {
-        (Some(name), _) => remove(ctx, name, args.recursive, &args.meta).await,
-        (None, Some(id)) => delete_by_id(ctx, id, &args.meta).await,
+        (Some(name), _) => {
+            let path = remote_path(name)?;
+            let client = args.meta.client(ClientConfig::default())?;
+            let deleted = if args.skip_trash { client.delete_now(&path, args.recursive).await? } else { client.delete(&path, args.recursive).await? };
+            print_deleted(ctx, &[deleted])
+        }
+        (None, Some(id)) => delete_by_id(ctx, id, args.skip_trash, &args.meta).await,
         // clap's group makes one of them required.
         (None, None) => Err(usage("delete: give --name or --id")),
     }
 }
 
-async fn remove(ctx: &Ctx, remote: &str, recursive: bool, meta: &MetaFlag) -> anyhow::Result<()> {
-    let path = remote_path(remote)?;
-    let client = meta.client(ClientConfig::default())?;
-    let deleted = client.delete(&path, recursive).await?;
-    print_deleted(ctx, &deleted.path, deleted.file.as_ref(), deleted.files_deleted, deleted.dirs_deleted)
+fn deleted_json(d: &dfs_core::client::Deleted) -> DeletedJson {
+    let kind = if d.file.is_some() { "file" } else { "directory" };
+    DeletedJson {
+        path: d.path.clone(),
+        kind,
+        file_id: d.file.as_ref().map(|f| f.file_id),
+        files_deleted: d.files_deleted,
+        dirs_deleted: d.dirs_deleted,
+        trashed_to: d.trashed_to.clone(),
+    }
 }
 
-fn print_deleted(ctx: &Ctx, path: &str, file: Option<&proto::FileInfo>, files: u64, dirs: u64) -> anyhow::Result<()> {
+fn print_deleted(ctx: &Ctx, deleted: &[dfs_core::client::Deleted]) -> anyhow::Result<()> {
     if ctx.json {
-        let kind = if file.is_some() { "file" } else { "directory" };
-        return emit_json(&DeletedJson { path: path.to_string(), kind, file_id: file.map(|f| f.file_id), files_deleted: files, dirs_deleted: dirs });
+        return match deleted {
+            [one] => emit_json(&deleted_json(one)),
+            many => emit_json(&serde_json::json!({ "deleted": many.iter().map(deleted_json).collect::<Vec<_>>() })),
+        };
     }
-    match file {
-        Some(_) => emit(&format!("Deleted {}\n", shown(path))),
-        None => emit(&format!("Deleted {} ({files} files, {dirs} directories)\n", shown(path))),
+    let mut out = String::new();
+    for d in deleted {
+        let what = match &d.file {
+            Some(_) => String::new(),
+            None => format!(" ({}, {})", crate::cli::plural(d.files_deleted, "file"), crate::cli::plural(d.dirs_deleted, "directory")),
+        };
+        let _ = match &d.trashed_to {
+            Some(to) => writeln!(out, "Moved {}{what} to the trash: {} (dfs trash restore {} brings it back)", shown(&d.path), shown(to), shown(&d.path)),
+            None => writeln!(out, "Deleted {}{what}", shown(&d.path)),
+        };
     }
+    emit(&out)
 }
 
 /// Finds the file with this id by listing every file (page by page: the namespace has no
 /// index by id, so this costs a walk of the namespace), then deletes it naming that id, so
 /// that if the path was meanwhile given to a newer file, that file is left alone.
-async fn delete_by_id(ctx: &Ctx, id: u64, meta: &MetaFlag) -> anyhow::Result<()> {
+async fn delete_by_id(ctx: &Ctx, id: u64, skip_trash: bool, meta: &MetaFlag) -> anyhow::Result<()> {
     let client = meta.meta_client()?;
     let mut start_after = String::new();
     let found = loop {
         let request = proto::ListFilesRequest { prefix: "/".into(), start_after: start_after.clone(), limit: 0 };
         let page = client.call(request).await.map_err(|source| ClientError::Metadata { context: format!("delete --id {id}"), source })?;
-        if let Some(f) = page.files.iter().find(|f| f.file_id == id) {
+        // A file in the trash was deleted already.
+        if let Some(f) = page.files.iter().find(|f| f.file_id == id && !dfs_core::namespace::in_trash(&f.path)) {
             break Some(f.clone());
         }
         match (page.truncated, page.files.last()) {
@@ -785,7 +1097,14 @@ async fn delete_by_id(ctx: &Ctx, id: u64, meta: &MetaFlag) -> anyhow::Result<()>
     // A fresh client identity for the request id: the server keeps the first answer per
     // (client, sequence), so a retry after a lost reply is not applied twice.
     let request_id = proto::RequestId { client: RealEnv::default().random_u64(), seq: 1 };
-    let request = proto::DeleteFileRequest { path: file.path.clone(), recursive: false, expect_file_id: Some(id), request_id: Some(request_id) };
+    let request = proto::DeleteFileRequest {
+        path: file.path.clone(),
+        recursive: false,
+        expect_file_id: Some(id),
+        request_id: Some(request_id),
+        skip_trash,
+        user: crate::cli::user_name(),
+    };
     let reply = match client.call(request).await {
         Ok(reply) => reply,
         Err(RpcError::NotFound(_)) => anyhow::bail!("delete --id {id}: {} was deleted meanwhile", shown(&file.path)),
@@ -793,7 +1112,8 @@ async fn delete_by_id(ctx: &Ctx, id: u64, meta: &MetaFlag) -> anyhow::Result<()>
         Err(source) => return Err(ClientError::Metadata { context: format!("delete --id {id}"), source }.into()),
     };
     let deleted = reply.file.unwrap_or(file);
-    print_deleted(ctx, &deleted.path.clone(), Some(&deleted), 1, 0)
+    let trashed_to = Some(reply.trashed_to).filter(|t| !t.is_empty());
+    print_deleted(ctx, &[dfs_core::client::Deleted { path: deleted.path.clone(), file: Some(deleted), files_deleted: 1, dirs_deleted: 0, trashed_to }])
 }
 
 // ---- status ------------------------------------------------------------------------------

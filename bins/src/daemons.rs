@@ -49,9 +49,22 @@ pub struct MetaArgs {
     /// safety delay).
     #[arg(long, env = "DFS_GC_DELAY", default_value = "5s", value_parser = parse_duration)]
     gc_delay: Duration,
-    /// Repair copies in the whole cluster at once.
+    /// Repair copy streams in the whole cluster at once (a stream: one large chunk, or up to
+    /// 64 small ones).
     #[arg(long, env = "DFS_REPAIR_JOBS_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     repair_jobs_max: u64,
+    /// How long what `rm` deletes stays in its user's trash (`/.trash/<user>/`) before it goes
+    /// for good (e.g. 1d, 12h); 0 turns the trash off: deletes are immediate.
+    #[arg(long, env = "DFS_TRASH_INTERVAL", default_value = "1d", value_parser = parse_duration_or_zero)]
+    trash_interval: Duration,
+}
+
+/// A duration with its unit, or 0.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 1d, 12h or 0: {e}"))
 }
 
 /// Bytes per second: `8MiB/s`, `500KB/s`, `1048576`.
@@ -185,6 +198,7 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     config.repair.streams_out_max = args.repair_streams_max as usize;
     config.repair.jobs_max = args.repair_jobs_max as usize;
     config.gc_delay = args.gc_delay;
+    config.trash_interval = args.trash_interval;
     let server = MetaServer::start(RealEnv::default(), config)
         .await
         .context("metadata node failed to start")?;

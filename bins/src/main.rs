@@ -10,6 +10,8 @@ mod cli;
 mod client_cmds;
 mod cluster;
 mod daemons;
+mod everyday;
+mod glob;
 mod output;
 mod progress;
 mod tree;
@@ -56,9 +58,30 @@ enum Command {
     Mkdir(client_cmds::MkdirArgs),
     /// Move a file or a directory.
     Mv(client_cmds::MvArgs),
-    /// Delete a file or a directory.
+    /// Delete files or directories (to your trash, `/.trash/<user>/`, unless --skip-trash).
     #[command(visible_alias = "del")]
     Rm(client_cmds::RmArgs),
+    /// Copy files (or trees with -r) on the servers: the copy shares the chunks, no byte moves.
+    Cp(everyday::CpArgs),
+    /// Create empty files, or give existing ones the current time.
+    Touch(everyday::TouchArgs),
+    /// The first bytes of a file (-c N, default 1 KiB), fetching only those.
+    Head(everyday::HeadArgs),
+    /// The last bytes of a file (-c N, default 1 KiB), fetching only those.
+    Tail(everyday::HeadArgs),
+    /// Paths under a directory by name, size, age, kind (-name, -size, -newer, -type).
+    Find(everyday::FindArgs),
+    /// Set the replication factor of files (or of every file under directories).
+    Setrep(everyday::SetrepArgs),
+    /// Mirror a local directory into a remote one, sending only what differs (put -r --update).
+    Sync(client_cmds::SyncArgs),
+    /// Uploads not committed (interrupted or abandoned), and --abort ID to drop one.
+    Uploads(everyday::UploadsArgs),
+    /// Your trash: list, empty, restore.
+    Trash {
+        #[command(subcommand)]
+        command: everyday::TrashCommand,
+    },
     /// Show the metadata leader, the members and the storage nodes.
     Status(client_cmds::StatusArgs),
     /// Storage nodes: state, last heartbeat, capacity, used, chunks, repairs in flight.
@@ -90,8 +113,23 @@ enum Command {
     },
 }
 
+/// `find`'s tests as `find` spells them (`-name`, `-size`, `-newer`, `-type`) become the
+/// long flags clap knows; everything else is left as typed.
+fn find_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is_find = args.iter().skip(1).find(|a| !a.to_string_lossy().starts_with('-')).is_some_and(|a| a == "find");
+    if !is_find {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some(flag @ ("-name" | "-size" | "-newer" | "-type")) => format!("-{flag}").into(),
+            _ => a,
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(find_flags(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -119,6 +157,15 @@ fn main() -> ExitCode {
             Command::Mkdir(args) => client_cmds::mkdir(ctx, args).await,
             Command::Mv(args) => client_cmds::mv(ctx, args).await,
             Command::Rm(args) => client_cmds::rm(ctx, args).await,
+            Command::Cp(args) => everyday::cp(ctx, args).await,
+            Command::Touch(args) => everyday::touch(ctx, args).await,
+            Command::Head(args) => everyday::head(ctx, args).await,
+            Command::Tail(args) => everyday::tail(ctx, args).await,
+            Command::Find(args) => everyday::find(ctx, args).await,
+            Command::Setrep(args) => everyday::setrep(ctx, args).await,
+            Command::Sync(args) => client_cmds::sync(ctx, args).await,
+            Command::Uploads(args) => everyday::uploads(ctx, args).await,
+            Command::Trash { command } => everyday::trash(ctx, command).await,
             Command::Status(args) => client_cmds::status(ctx, args).await,
             Command::Nodes(args) => client_cmds::nodes(ctx, args).await,
             Command::Fsck(args) => client_cmds::fsck(ctx, args).await,

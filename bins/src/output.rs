@@ -20,6 +20,10 @@ pub struct FileJson {
     pub chunk_count: u64,
     pub committed_unix_ms: u64,
     pub sha256: Option<String>,
+    /// Permission bits its source had (e.g. 420 for 0644), when kept; `null` otherwise.
+    pub mode: Option<u32>,
+    /// When its content last changed at its source (or `touch`), when kept.
+    pub mtime_unix_ms: Option<u64>,
 }
 
 impl From<&proto::FileInfo> for FileJson {
@@ -33,6 +37,8 @@ impl From<&proto::FileInfo> for FileJson {
             chunk_count: f.chunk_count,
             committed_unix_ms: f.committed_unix_ms,
             sha256: hex(&f.sha256),
+            mode: f.mode,
+            mtime_unix_ms: f.mtime_unix_ms,
         }
     }
 }
@@ -64,7 +70,8 @@ pub struct TreeFileJson {
     pub size: u64,
     /// Why this file failed; `null` when it was copied.
     pub error: Option<String>,
-    /// Uploaded by an earlier, interrupted run of the same `put -r` and not sent again.
+    /// Already at the destination with the same content (uploaded by an earlier, interrupted
+    /// run of the same `put -r`, or the same size and SHA-256): not sent again.
     pub already_uploaded: bool,
 }
 
@@ -74,7 +81,7 @@ pub struct TreeJson {
     pub destination: String,
     pub files: Vec<TreeFileJson>,
     pub files_copied: u64,
-    /// Of `files_copied`: uploaded by an earlier, interrupted run (`put -r` resuming).
+    /// Of `files_copied`: already there with the same content, not sent again.
     pub files_already_uploaded: u64,
     pub files_failed: u64,
     pub bytes_copied: u64,
@@ -202,6 +209,8 @@ pub struct DeletedJson {
     pub file_id: Option<u64>,
     pub files_deleted: u64,
     pub dirs_deleted: u64,
+    /// Where it went when it was moved to the trash; `null` when it was deleted for good.
+    pub trashed_to: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -40,6 +40,13 @@ impl Bar {
     pub fn eprintln(&self, line: &str) {
         self.0.suspend(|| eprintln!("{line}"));
     }
+
+    /// Prints a line on stdout without tearing the bar (a reader gone is not an error).
+    pub fn println(&self, line: &str) {
+        self.0.suspend(|| {
+            let _ = crate::cli::emit(&format!("{line}\n"));
+        });
+    }
 }
 
 impl Progress for Bar {

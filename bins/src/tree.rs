@@ -20,7 +20,7 @@ use dfs_core::ids::Sha256Digest;
 use dfs_core::proto::EntryKind;
 use futures::stream::{self, StreamExt};
 
-use crate::cli::{emit, emit_json, join_remote, remote_path, shown, usage, Ctx};
+use crate::cli::{emit, emit_json, join_remote, plural, remote_path, shown, usage, Ctx};
 use crate::client_cmds::{explain, GetOpts, PutOpts};
 use crate::output::{TreeFileJson, TreeJson};
 use crate::progress::Bar;
@@ -60,6 +60,8 @@ struct Job {
     local: PathBuf,
     remote: String,
     size: u64,
+    /// What the remote file kept of its source (for `get -p`).
+    attrs: dfs_core::namespace::FileAttrs,
 }
 
 fn failure(local: &Path, remote: &str, error: impl std::fmt::Display) -> TreeFileJson {
@@ -75,12 +77,46 @@ struct Walk {
     empty_dirs: Vec<String>,
     directories: u64,
     failed: Vec<TreeFileJson>,
+    /// Symbolic links not followed (without -L): each said once, none a failure.
+    skipped_links: Vec<PathBuf>,
+    /// The directories being walked, from the top, by (device, inode): with -L a link back up
+    /// the tree (a cycle) is not followed.
+    ancestors: Vec<(u64, u64)>,
+}
+
+/// How `put -r` treats what it finds and what is already there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TreeFlags {
+    /// Replace remote files whose size or SHA-256 differ from the local file's (`--update`,
+    /// `dfs sync`); without it (and without `--force`) such a file fails.
+    pub update: bool,
+    /// Say what would be sent, send nothing.
+    pub dry_run: bool,
+    /// Follow symbolic links (`-L`); without it each is skipped, with a note.
+    pub follow_links: bool,
 }
 
 /// Walks `dir` (whose remote counterpart is `remote`), depth first, in name order. Symbolic
-/// links to files are followed; links to directories are not (a link cycle would never end)
-/// and count as failures, as do special files and names that cannot be remote names.
-fn walk(dir: &Path, remote: &str, out: &mut Walk) {
+/// links are skipped with a note, or with `follow` followed (to files and directories; a
+/// directory already entered is not entered again, so a link cycle ends); special files and
+/// names that cannot be remote names fail.
+fn walk(dir: &Path, remote: &str, follow: bool, out: &mut Walk) {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(dir).map(|m| (m.dev(), m.ino())).ok();
+    if let Some(here) = here {
+        if out.ancestors.contains(&here) {
+            out.failed.push(failure(dir, remote, "a symbolic link back up the tree (a cycle): not followed"));
+            return;
+        }
+        out.ancestors.push(here);
+    }
+    walk_entries(dir, remote, follow, out);
+    if here.is_some() {
+        out.ancestors.pop();
+    }
+}
+
+fn walk_entries(dir: &Path, remote: &str, follow: bool, out: &mut Walk) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => return out.failed.push(failure(dir, remote, e)),
@@ -95,6 +131,11 @@ fn walk(dir: &Path, remote: &str, out: &mut Walk) {
     }
     for entry in entries {
         let path = entry.path();
+        let link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+        if link && !follow {
+            out.skipped_links.push(path);
+            continue;
+        }
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             out.failed.push(failure(&path, "", "the file name is not UTF-8"));
             continue;
@@ -113,21 +154,39 @@ fn walk(dir: &Path, remote: &str, out: &mut Walk) {
                 continue;
             }
         };
-        let link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-        if meta.is_dir() && link {
-            out.failed.push(failure(&path, &child, "a symbolic link to a directory (not followed)"));
-        } else if meta.is_dir() {
+        if meta.is_dir() {
             out.directories += 1;
-            walk(&path, &child, out);
+            walk(&path, &child, follow, out);
         } else if meta.is_file() {
-            out.files.push(Job { local: path, remote: child, size: meta.len() });
+            out.files.push(Job { local: path, remote: child, size: meta.len(), attrs: Default::default() });
         } else {
             out.failed.push(failure(&path, &child, "not a regular file"));
         }
     }
 }
 
-pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> anyhow::Result<()> {
+/// Gives a downloaded file the mode and modification time its upload kept (`get -p`).
+pub fn restore_attrs(path: &Path, attrs: dfs_core::namespace::FileAttrs) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // The time first: the mode may make the file read-only.
+    if let Some(ms) = attrs.mtime_unix_ms {
+        let file = std::fs::File::open(path)?;
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))?;
+    }
+    if let Some(mode) = attrs.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & dfs_core::namespace::MODE_MAX))?;
+    }
+    Ok(())
+}
+
+/// The mode and modification time of a local file, kept with its upload.
+pub fn attrs_of(meta: &std::fs::Metadata) -> dfs_core::namespace::FileAttrs {
+    use std::os::unix::fs::PermissionsExt;
+    let mtime_unix_ms = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+    dfs_core::namespace::FileAttrs { mode: Some(meta.permissions().mode() & dfs_core::namespace::MODE_MAX), mtime_unix_ms }
+}
+
+pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts, flags: TreeFlags) -> anyhow::Result<()> {
     let chunk_size = opts.chunk_size()?;
     if local.as_os_str() == "-" {
         return Err(usage("put -r: standard input is not a directory"));
@@ -138,9 +197,12 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts)
         return Err(usage(format!("{}: not a directory (put without -r uploads one file)", local.display())));
     }
     let mut found = Walk::default();
-    tokio::task::block_in_place(|| walk(local, &prefix, &mut found));
+    tokio::task::block_in_place(|| walk(local, &prefix, flags.follow_links, &mut found));
     for f in &found.failed {
         eprintln!("dfs: put {}: {}", shown(&f.local), shown(f.error.as_deref().unwrap_or_default()));
+    }
+    for link in &found.skipped_links {
+        eprintln!("dfs: put -r: skipping the symbolic link {} (-L follows links)", link.display());
     }
 
     let config = ClientConfig {
@@ -184,36 +246,73 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts)
         eprintln!("resuming: {skipped} of {} files already uploaded", decisions.len());
     }
 
+    // What the remote tree holds already: a file there with the same size and SHA-256 is
+    // not sent again; one with other content is replaced with --force or --update, else it
+    // fails (one listing of the prefix).
+    let existing: BTreeMap<String, (u64, Option<Sha256Digest>)> = match client.list(&prefix).await {
+        Ok(files) => files.into_iter().map(|f| (f.path, (f.size, Sha256Digest::from_slice(&f.sha256)))).collect(),
+        Err(e) if matches!(e.rpc(), Some(dfs_core::rpc::RpcError::NotFound(_))) => BTreeMap::new(),
+        Err(e) => return Err(explain(e)),
+    };
     let total: u64 = decisions.iter().filter(|(_, d)| *d != Decision::Skip).map(|(j, _)| j.size).sum();
     let count = decisions.len();
-    let bar = Bar::tree(&format!("put -r 0/{count} files"), total, ctx.progress());
+    let verb = if flags.dry_run { "put -r (dry run)" } else { "put -r" };
+    let bar = Bar::tree(&format!("{verb} 0/{count} files"), total, ctx.progress() && !flags.dry_run);
     let done = AtomicU64::new(0);
+    let sends_failed = AtomicU64::new(0);
     let budget = Budget::new(opts.parallel, chunk_size);
-    let (client, bar_ref, done_ref, resume_ref, budget) = (&client, &bar, &done, &resume, &budget);
+    let (client, bar_ref, done_ref, resume_ref, budget, existing, sends_failed_ref) = (&client, &bar, &done, &resume, &budget, &existing, &sends_failed);
     let results: Vec<TreeFileJson> = stream::iter(decisions)
         .map(|(job, decision)| async move {
             let _held = budget.take(job.size).await;
-            let already = match decision {
-                Decision::Skip => true,
-                Decision::Verify { size, sha256 } => size == job.size && same_bytes(&job.local, sha256).await,
-                Decision::Replace | Decision::Upload => false,
+            let plan = match decision {
+                Decision::Skip => Plan::Already,
+                Decision::Replace => Plan::Send { overwrite: true, why: "changed" },
+                Decision::Verify { size, sha256 } if size == job.size && same_bytes(&job.local, sha256).await => Plan::Already,
+                Decision::Verify { .. } | Decision::Upload => match existing.get(&job.remote) {
+                    None => Plan::Send { overwrite: opts.force, why: "new" },
+                    Some(_) if opts.force => Plan::Send { overwrite: true, why: "replaced" },
+                    Some((size, sha)) => {
+                        let same = *size == job.size && match sha {
+                            Some(d) => same_bytes(&job.local, *d).await,
+                            None => false,
+                        };
+                        if same {
+                            Plan::Already
+                        } else if flags.update {
+                            Plan::Send { overwrite: true, why: "changed" }
+                        } else {
+                            Plan::Refuse("already exists with other content (--update replaces what differs, --force replaces every file)")
+                        }
+                    }
+                },
             };
-            let result = match already {
-                true => Ok(None),
-                false => {
-                    let overwrite = opts.force || decision == Decision::Replace;
-                    client.put(&job.local, &job.remote, overwrite, &bar_ref.file()).await.map(Some)
+            let result = match plan {
+                Plan::Already => Ok(None),
+                Plan::Refuse(why) => Err(anyhow::anyhow!(why)),
+                Plan::Send { why, .. } if flags.dry_run => {
+                    bar_ref.println(&format!("would send {} -> {} ({why}, {})", job.local.display(), shown(&job.remote), ByteSize(job.size)));
+                    Ok(None)
+                }
+                Plan::Send { overwrite, .. } => {
+                    let attrs = std::fs::metadata(&job.local).map(|m| attrs_of(&m)).unwrap_or_default();
+                    let sent = client.put_with(&job.local, &job.remote, overwrite, attrs, &bar_ref.file()).await.map(Some).map_err(explain);
+                    if sent.is_err() {
+                        sends_failed_ref.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent
                 }
             };
             let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
-            bar_ref.set_message(format!("put -r {n}/{count} files"));
+            bar_ref.set_message(format!("{verb} {n}/{count} files"));
             if let Ok(Some(info)) = &result {
                 resume_ref.committed(&job.local, &job.remote, info.file_id);
             }
-            let error = result.err().map(|e| format!("{:#}", explain(e)));
+            let error = result.err().map(|e| format!("{e:#}"));
             if let Some(error) = &error {
                 bar_ref.eprintln(&format!("dfs: put {} -> {}: {}", job.local.display(), shown(&job.remote), shown(error)));
             }
+            let already = matches!(plan, Plan::Already);
             TreeFileJson { local: job.local.display().to_string(), remote: job.remote, size: job.size, error, already_uploaded: already }
         })
         .buffer_unordered(FILES_IN_FLIGHT_MAX)
@@ -221,8 +320,19 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts)
         .await;
     drop(bar);
     let all_up = found.failed.is_empty() && results.iter().all(|r| r.error.is_none());
-    resume.finish(all_up);
-    report(ctx, "put -r", local.display().to_string(), prefix, results, found.failed, found.directories)
+    if !flags.dry_run {
+        resume.finish(all_up, sends_failed.load(Ordering::Relaxed) > 0);
+    }
+    report(ctx, verb, local.display().to_string(), prefix, results, found.failed, found.directories)
+}
+
+/// What `put -r` does with one local file.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// The remote file has the same size and SHA-256 (or an interrupted run committed it).
+    Already,
+    Send { overwrite: bool, why: &'static str },
+    Refuse(&'static str),
 }
 
 /// The stamp the resume manifests compare (as `Disk::stamp` on the real disk).
@@ -326,14 +436,16 @@ impl TreeResume {
     }
 
     /// The run ended; with every file up, the manifest goes.
-    fn finish(self, all_up: bool) {
+    /// The run ended; with every file up, the manifest goes. `resumable`: some transfer
+    /// failed, which a rerun would retry (not only refusals, which it would repeat).
+    fn finish(self, all_up: bool, resumable: bool) {
         if let (true, Some(path)) = (all_up, &self.path) {
             if let Err(e) = std::fs::remove_file(path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), error = %e, "could not remove the resume manifest");
                 }
             }
-        } else if self.path.is_some() && self.file.lock().expect("manifest lock").is_some() {
+        } else if resumable && self.path.is_some() && self.file.lock().expect("manifest lock").is_some() {
             eprintln!("dfs: put -r: rerun the same command to resume: files already uploaded are not sent again");
         }
     }
@@ -389,7 +501,12 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
                 continue;
             }
         };
-        jobs.push(Job { local: dest, remote: e.path.clone(), size: e.file.as_ref().map_or(0, |f| f.size) });
+        jobs.push(Job {
+            local: dest,
+            remote: e.path.clone(),
+            size: e.file.as_ref().map_or(0, |f| f.size),
+            attrs: dfs_core::namespace::FileAttrs { mode: e.file.as_ref().and_then(|f| f.mode), mtime_unix_ms: e.file.as_ref().and_then(|f| f.mtime_unix_ms) },
+        });
     }
     for f in &failed {
         eprintln!("dfs: get {} -> {}: {}", shown(&f.remote), f.local, shown(f.error.as_deref().unwrap_or_default()));
@@ -405,10 +522,14 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
         .map(|job| async move {
             let _held = budget.take(job.size).await;
             // Durable all together at the end (one flush), not file by file.
-            let result = client.get_unsynced(&job.remote, &job.local, &bar_ref.file()).await;
+            let result = client.get_unsynced(&job.remote, &job.local, &bar_ref.file()).await.map_err(explain);
+            let result = match result {
+                Ok(_) if opts.preserve => restore_attrs(&job.local, job.attrs).map_err(|e| anyhow::anyhow!("{}: keeping its mode and time: {e}", job.local.display())),
+                other => other.map(|_| ()),
+            };
             let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
             bar_ref.set_message(format!("get -r {n}/{count} files"));
-            let error = result.err().map(|e| format!("{:#}", explain(e)));
+            let error = result.err().map(|e| format!("{e:#}"));
             if let Some(error) = &error {
                 bar_ref.eprintln(&format!("dfs: get {} -> {}: {}", shown(&job.remote), job.local.display(), shown(error)));
             }
@@ -447,16 +568,19 @@ fn report(
     if ctx.json {
         emit_json(&TreeJson { source, destination, files: results, files_copied: copied, files_already_uploaded: already, files_failed: failed, bytes_copied: bytes, directories })?;
     } else {
-        let resumed = if already > 0 { format!(" ({already} already uploaded)") } else { String::new() };
+        let resumed = if already > 0 { format!(" ({already} already there)") } else { String::new() };
+        let verb = if what.contains("dry run") { "to copy" } else { "copied" };
         emit(&format!(
-            "{what}: {} -> {}: {copied} files ({}) copied{resumed}, {failed} failed, {directories} directories\n",
+            "{what}: {} -> {}: {} ({}) {verb}{resumed}, {failed} failed, {}\n",
             shown(&source),
             shown(&destination),
-            ByteSize(bytes)
+            plural(copied, "file"),
+            ByteSize(bytes),
+            plural(directories, "directory")
         ))?;
     }
     if failed > 0 {
-        anyhow::bail!("{what}: {failed} of {files} files failed (each is named above)");
+        anyhow::bail!("{what}: {failed} of {} failed (each is named above)", plural(files as u64, "file"));
     }
     Ok(())
 }

@@ -433,30 +433,51 @@ fn trees(meta: &str, cache: &Path, dir: &Path) {
     assert!(get.contains("36 files") && get.contains("0 failed"), "{get}");
     assert_eq!(tree_contents(&src), tree_contents(&dst), "the tree came back different");
 
-    // Again without --force: every file collides, each is named, the command exits 1 and
-    // nothing is changed.
+    // Again, unchanged: every file is there with the same content, so nothing is sent and
+    // nothing fails.
+    let again = json(meta, cache, &["put", "-r", s(&src), "/trees/one"]);
+    assert_eq!((again["files_already_uploaded"].as_u64(), again["files_failed"].as_u64()), (Some(36), Some(0)), "{again}");
+    // One file changed locally: without --update (or --force) it alone fails, named, exit 1;
+    // `sync --dry-run` names it and sends nothing; `sync` (put -r --update) sends it alone.
+    std::fs::write(src.join("a/b/file-3.bin"), b"changed").unwrap();
     let out = run(meta, cache, &["put", "-r", s(&src), "/trees/one"], None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().filter(|l| l.contains("already exists")).count(), 36, "{stderr}");
-    assert!(stderr.lines().last().unwrap().contains("36 of 36 files failed"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("already exists with other content")).count(), 1, "{stderr}");
+    assert!(stderr.lines().last().unwrap().contains("1 of 36 files failed"), "{stderr}");
+    let dry = String::from_utf8(ok(run(meta, cache, &["sync", "--dry-run", s(&src), "/trees/one"], None), &["sync -n"])).unwrap();
+    assert_eq!(dry.lines().filter(|l| l.starts_with("would send")).count(), 1, "{dry}");
+    assert!(dry.contains("file-3.bin") && dry.contains("(changed"), "{dry}");
+    assert_eq!(ok(run(meta, cache, &["cat", "/trees/one/a/b/file-3.bin"], None), &["cat"]), std::fs::read(dir.join("tree-back/a/b/file-3.bin")).unwrap(), "a dry run sent");
+    let synced = json(meta, cache, &["sync", s(&src), "/trees/one"]);
+    assert_eq!((synced["files_already_uploaded"].as_u64(), synced["files_failed"].as_u64()), (Some(35), Some(0)), "{synced}");
+    assert_eq!(ok(run(meta, cache, &["cat", "/trees/one/a/b/file-3.bin"], None), &["cat"]), b"changed");
     let out = run(meta, cache, &["get", "-r", "/trees/one", s(&dst)], None);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(1), "get -r onto existing files needs --force");
+    let out = run(meta, cache, &["get", "-r", "--force", "/trees/one", s(&dst)], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree_contents(&src), tree_contents(&dst));
 
-    // One local file the upload cannot read: it alone fails, the rest arrive.
+    // One local file the upload cannot take (a FIFO): it alone fails, the rest arrive. A
+    // symbolic link is no failure: it is skipped, with one note.
     let partial = dir.join("partial");
     std::fs::create_dir_all(partial.join("sub")).unwrap();
     std::fs::write(partial.join("sub/good.bin"), b"good").unwrap();
     std::os::unix::fs::symlink(dir.join("nowhere"), partial.join("sub/dangling")).unwrap();
+    std::os::unix::fs::symlink(partial.join("sub/good.bin"), partial.join("sub/link")).unwrap();
+    let fifo = std::ffi::CString::new(s(&partial.join("sub/fifo"))).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let out = run(meta, cache, &["--json", "put", "-r", s(&partial), "/trees/partial"], None);
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files_copied"], 1);
     assert_eq!(report["files_failed"], 1);
     let failed: Vec<&Value> = report["files"].as_array().unwrap().iter().filter(|f| !f["error"].is_null()).collect();
-    assert!(failed[0]["local"].as_str().unwrap().ends_with("dangling"), "{report}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("dangling"));
+    assert!(failed[0]["local"].as_str().unwrap().ends_with("fifo"), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().filter(|l| l.contains("skipping the symbolic link")).count(), 2, "{stderr}");
+    assert!(!stderr.contains("rerun"), "a refusal a rerun would repeat was called resumable: {stderr}");
     assert_eq!(ok(run(meta, cache, &["cat", "/trees/partial/sub/good.bin"], None), &["cat"]), b"good");
 }
 

@@ -96,7 +96,7 @@ fn bad_input_gets_a_clear_error_and_an_exit_code() {
     // Caller mistakes found before the cluster is asked exit 2 (docs/CLI.md), other failures 1.
     let cases: Vec<(Vec<String>, &str, i32)> = vec![
         (vec!["put".into(), dir.join("absent").display().to_string(), "/x".into()], "No such file", 2),
-        (vec!["put".into(), dir.display().to_string(), "/x".into()], "not a regular file", 2),
+        (vec!["put".into(), dir.display().to_string(), "/x".into()], "is a directory (put -r uploads a tree)", 2),
         (vec!["meta".into(), "--id".into(), "4".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=127.0.0.1:1".into()], "not among", 1),
         (vec!["meta".into(), "--id".into(), "1".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=nonsense".into()], "HOST:PORT", 1),
         (vec!["put".into(), "--chunk-size".into(), "1KiB".into(), file_in(dir), "/x".into()], "chunk size", 2),
@@ -168,7 +168,7 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
     assert_eq!(paths, ["/proj/data", "/proj/data/raw", "/proj/data/small.bin", "/proj/top.bin"], "{tree}");
     assert!(tree.starts_with("Found 4 items"), "{tree}");
     let long = dfs_ok(&meta, &["ls", "-l", "/proj/top.bin"]);
-    assert!(long.contains("Found 1 items") && long.contains("200000") && long.contains(" 3 "), "{long}");
+    assert!(long.contains("Found 1 item\n") && long.contains("200000") && long.contains(" 3 "), "{long}");
 
     // mv of a directory, then get from the new path.
     dfs_ok(&meta, &["mv", "/proj/data", "/proj/moved"]);
@@ -185,7 +185,7 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
     assert!(stderr.starts_with("dfs: ") && stderr.contains("not empty") && stderr.lines().count() == 1, "{stderr}");
     assert!(dfs_ok(&meta, &["ls", "-R", "/proj"]).starts_with("Found 4 items"));
     let removed = dfs_ok(&meta, &["rm", "-r", "/proj"]);
-    assert!(removed.contains("Deleted /proj (2 files, 3 directories)"), "{removed}");
+    assert!(removed.contains("Moved /proj (2 files, 3 directories) to the trash"), "{removed}");
     assert!(dfs_ok(&meta, &["ls", "-R"]).contains("Found 0 items"));
 
     // Ctrl-C: the launcher stops every node and exits successfully.

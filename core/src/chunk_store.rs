@@ -309,6 +309,27 @@ impl FrameReader {
         self.header.meta
     }
 
+    /// `serving`, limited to the frames holding bytes `[offset, offset + len)` of the chunk
+    /// (clamped to it): what those frames are, for the reader to check them. A file without
+    /// frame checks (version 1) is served whole, its SHA-256 checked before its last frame.
+    pub fn serving_range(header: FileHeader, offset: u64, len: u64) -> (Self, ServedRange) {
+        let mut reader = FrameReader::serving(header);
+        let FrameChecks::Crc32c { frame_bytes, crcs } = reader.header.checks.clone() else {
+            let range = ServedRange { start: 0, bytes: reader.header.meta.size, frame_bytes: reader.header.frame_bytes(), crcs: Vec::new() };
+            return (reader, range);
+        };
+        let size = reader.header.meta.size;
+        let end = offset.saturating_add(len).min(size);
+        let first = (offset.min(size) / frame_bytes).min(reader.frames.saturating_sub(1));
+        let last = if end > offset.min(size) { end.div_ceil(frame_bytes) } else { first + 1 }.min(reader.frames).max(first + 1);
+        reader.next = first;
+        reader.frames = last;
+        let start = first * frame_bytes;
+        let bytes = (last * frame_bytes).min(size) - start;
+        let range = ServedRange { start, bytes, frame_bytes, crcs: crcs.get(first as usize..last as usize).map(<[u32]>::to_vec).unwrap_or_default() };
+        (reader, range)
+    }
+
     /// (offset in the file, length) of the next frame to read; `None` once all are accepted.
     pub fn next_read(&self) -> Option<(u64, u64)> {
         (self.next < self.frames).then(|| {
@@ -341,6 +362,54 @@ impl FrameReader {
         }
         Ok(())
     }
+}
+
+/// What a ranged read serves: `bytes` bytes from byte `start` of the chunk, in frames of
+/// `frame_bytes` whose CRC32Cs are `crcs` (empty: the whole chunk, checked by its SHA-256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedRange {
+    pub start: u64,
+    pub bytes: u64,
+    pub frame_bytes: u64,
+    pub crcs: Vec<u32>,
+}
+
+/// Why bytes a ranged read received cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("frame {frame} of the range does not match its CRC32C")]
+    FrameChecksumMismatch { frame: u64 },
+    #[error("the whole chunk does not match its SHA-256")]
+    ChecksumMismatch,
+    #[error("{got} bytes where the range announced {expected}")]
+    Length { got: u64, expected: u64 },
+}
+
+/// Checks what a ranged read received (`ServedRange` and the data) and returns the bytes
+/// `[offset, offset + len)` of the chunk out of it (clamped to what was served).
+pub fn check_range(range: &ServedRange, meta: ChunkMeta, data: &Bytes, offset: u64, len: u64) -> Result<Bytes, RangeError> {
+    if data.len() as u64 != range.bytes {
+        return Err(RangeError::Length { got: data.len() as u64, expected: range.bytes });
+    }
+    if range.crcs.is_empty() {
+        if range.start != 0 || range.bytes != meta.size || Sha256Digest::of(data) != meta.sha256 {
+            return Err(RangeError::ChecksumMismatch);
+        }
+    } else {
+        let frame_bytes = range.frame_bytes.max(1) as usize;
+        let frames = data.chunks(frame_bytes).count().max(1);
+        if frames != range.crcs.len() {
+            return Err(RangeError::Length { got: data.len() as u64, expected: range.crcs.len() as u64 * frame_bytes as u64 });
+        }
+        for (k, (piece, crc)) in data.chunks(frame_bytes).zip(&range.crcs).enumerate() {
+            if crc32c::crc32c(piece) != *crc {
+                return Err(RangeError::FrameChecksumMismatch { frame: k as u64 });
+            }
+        }
+    }
+    let from = offset.saturating_sub(range.start).min(range.bytes);
+    let to = offset.saturating_add(len).saturating_sub(range.start).min(range.bytes).max(from);
+    Ok(data.slice(from as usize..to as usize))
 }
 
 /// Checks a whole chunk file in memory and returns its data (tests and small tools; the node
@@ -967,4 +1036,39 @@ mod tests {
         assert_eq!(t.writing(), (0, 0));
         assert_eq!(t.begin_write(other, m), Ok(WriteDecision::Write));
     }
+
+    proptest! {
+        /// A ranged read serves whole frames around any range; what the reader checks and keeps
+        /// is exactly that range of the chunk, and a byte changed on the way fails a check.
+        #[test]
+        fn ranged_reads_serve_checked_frames_and_return_exactly_the_range(
+            size in 0usize..(3 * CHUNK_FRAME_BYTES + 100),
+            offset in 0u64..(4 * CHUNK_FRAME_BYTES as u64),
+            len in 0u64..(2 * CHUNK_FRAME_BYTES as u64),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let data = Bytes::from(pattern(size));
+            let file = encode_file(meta(&data), &data);
+            let header = decode_header(&file).unwrap();
+            let (mut reader, range) = FrameReader::serving_range(header, offset, len);
+            let mut served = Vec::new();
+            while let Some((at, n)) = reader.next_read() {
+                let frame = &file[at as usize..(at + n) as usize];
+                reader.accept(frame).unwrap();
+                served.extend_from_slice(frame);
+            }
+            let served = Bytes::from(served);
+            let got = check_range(&range, meta(&data), &served, offset, len).unwrap();
+            let from = (offset as usize).min(size);
+            let to = (offset.saturating_add(len) as usize).min(size).max(from);
+            prop_assert_eq!(&got[..], &data[from..to]);
+            prop_assert!(range.bytes as usize <= to - from + 2 * CHUNK_FRAME_BYTES, "served {} for a range of {}", range.bytes, to - from);
+            if !served.is_empty() {
+                let mut bad = served.to_vec();
+                bad[flip.index(served.len())] ^= 0x20;
+                prop_assert!(check_range(&range, meta(&data), &Bytes::from(bad), offset, len).is_err());
+            }
+        }
+    }
+
 }

@@ -85,13 +85,48 @@ pub struct FileRecord {
     /// SHA-256 of the whole file, if the uploader sent one.
     #[serde(default)]
     pub sha256: Option<Sha256Digest>,
+    /// Mode and modification time it had where it came from, if kept.
+    #[serde(default, skip_serializing_if = "FileAttrs::is_empty")]
+    pub attrs: FileAttrs,
+    /// Chunks this file shares with another (`CopyFile`): index → the shared chunk's id, for
+    /// the chunks whose id is not derived from this file's. Their replicas are listed in every
+    /// file that holds them, alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared: BTreeMap<u32, ChunkId>,
 }
 
 impl FileRecord {
     pub fn chunk_id(&self, index: u32) -> ChunkId {
-        ChunkId::derive(self.id, index)
+        self.shared.get(&index).copied().unwrap_or_else(|| ChunkId::derive(self.id, index))
     }
 }
+
+/// What a file keeps of its source besides its bytes: permission bits and when its content
+/// last changed (`put -r` keeps them, `get -p` restores them, `touch` sets the time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAttrs {
+    /// Permission bits (`st_mode & 0o7777`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_unix_ms: Option<u64>,
+}
+
+impl FileAttrs {
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none() && self.mtime_unix_ms.is_none()
+    }
+}
+
+/// Highest permission bits a file may carry.
+pub const MODE_MAX: u32 = 0o7777;
+/// The directory deleted files and directories are moved to, per user, until they expire.
+pub const TRASH_DIR: &str = "/.trash";
+/// Longest user name a trash directory takes, in bytes.
+pub const USER_MAX_BYTES: usize = 64;
+/// Variants of a trash bucket tried when the moved path collides with what is there already.
+pub const TRASH_VARIANTS_MAX: u32 = 100;
 
 /// Names one `CreateFile` request of one client, so that a retried request (its reply lost)
 /// finds the upload the first attempt created instead of creating a second one.
@@ -118,6 +153,8 @@ pub struct Upload {
     pub request: Option<RequestId>,
     pub created_unix_ms: u64,
     pub chunks: BTreeMap<u32, ChunkRecord>,
+    #[serde(default, skip_serializing_if = "FileAttrs::is_empty")]
+    pub attrs: FileAttrs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +233,9 @@ pub enum Command {
         expect_file_id: Option<FileId>,
         request_id: Option<RequestId>,
         unix_ms: u64,
+        /// Kept with the file once committed.
+        #[serde(default)]
+        attrs: FileAttrs,
     },
     RecordChunks { file: FileId, chunks: Vec<ChunkRecord> },
     CommitFile {
@@ -240,6 +280,22 @@ pub enum Command {
     /// Surplus or bad replicas no longer wanted (the repair planner's choice): unlisted and
     /// deleted from their nodes. A chunk's last listed replica is never dropped.
     DropReplicas { drops: Vec<(ChunkId, StorageNodeId)> },
+    /// A new file at `dst` with `src`'s content, sharing its chunks (copy-on-write: no byte
+    /// moves, and a shared chunk's replicas go only once no file holds it). Like a commit, it
+    /// creates `dst`'s missing parents, and with `overwrite` replaces a file there.
+    CopyFile { src: String, dst: String, overwrite: bool, unix_ms: u64 },
+    /// Sets the replication factor of the file at `path`, or of every file under the
+    /// directory `path`: repair copies what is missing, surplus replicas go.
+    SetReplication { path: String, replication: u32 },
+    /// Sets a file's kept mode and modification time (those given), or a directory's time.
+    SetAttributes { path: String, mode: Option<u32>, mtime_unix_ms: Option<u64> },
+    /// Drops an upload that was never committed, at once (`ExpireUploads` does it by age).
+    AbortUpload { file: FileId },
+    /// Deletes like `Delete`, but keeps what it removes: moves `path` to `trash` followed by
+    /// `path` (`/.trash/alice/2026-12-06T09:31:00Z/logs/a`), or, when that is taken, to the
+    /// first free of `trash.1`, `trash.2`, ... (at most `TRASH_VARIANTS_MAX`). The leader
+    /// chooses `trash` (the user's trash bucket of this minute) and purges buckets later.
+    MoveToTrash { path: String, recursive: bool, expect_file_id: Option<FileId>, trash: String, unix_ms: u64 },
     /// Applies `command` at most once for `request`: a retry (its first reply lost) gets the
     /// first attempt's result instead of acting again. Without it, a retried delete would
     /// answer "no such file" for the delete it did itself, and a retried rename "not found".
@@ -278,6 +334,10 @@ pub enum Outcome {
     FileCommitted(FileSummary),
     FileDeleted(FileSummary),
     DirDeleted { path: String, files: u64, dirs: u64 },
+    /// `MoveToTrash` moved a file (`file` set, `files` 1, `dirs` 0) or a directory to `to`.
+    Trashed { path: String, to: String, file: Option<FileSummary>, files: u64, dirs: u64 },
+    /// `SetReplication` changed this many files.
+    ReplicationSet { files: u64 },
     UploadsExpired(u64),
     /// The results of a `Batch`, in its order.
     Batch(Vec<ApplyResult>),
@@ -294,6 +354,7 @@ pub struct FileSummary {
     pub chunk_count: u64,
     pub committed_unix_ms: u64,
     pub sha256: Option<Sha256Digest>,
+    pub attrs: FileAttrs,
 }
 
 impl From<&FileRecord> for FileSummary {
@@ -307,6 +368,7 @@ impl From<&FileRecord> for FileSummary {
             chunk_count: f.chunks.len() as u64,
             committed_unix_ms: f.committed_unix_ms,
             sha256: f.sha256,
+            attrs: f.attrs,
         }
     }
 }
@@ -383,7 +445,10 @@ impl Command {
                     )));
                 }
             }
-            Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, .. } => {
+            Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, attrs, .. } => {
+                if attrs.mode.is_some_and(|m| m > MODE_MAX) {
+                    return Err(NamespaceError::InvalidUpload(format!("mode {:o} is more than permission bits ({MODE_MAX:o})", attrs.mode.unwrap_or(0))));
+                }
                 if normalize_path(path)? == ROOT {
                     return Err(NamespaceError::IsDirectory(ROOT.into()));
                 }
@@ -419,6 +484,41 @@ impl Command {
             }
             Command::Mkdir { path, .. } => {
                 normalize_path(path)?;
+            }
+            Command::CopyFile { src, dst, .. } => {
+                let (src, dst) = (normalize_path(src)?, normalize_path(dst)?);
+                if src == dst {
+                    return Err(NamespaceError::InvalidArgument(format!("{src} cannot be copied onto itself")));
+                }
+                if dst == ROOT {
+                    return Err(NamespaceError::IsDirectory(ROOT.into()));
+                }
+            }
+            Command::SetReplication { path, replication } => {
+                normalize_path(path)?;
+                if !(1..=REPLICATION_MAX).contains(replication) {
+                    return Err(NamespaceError::InvalidArgument(format!("replication factor {replication} is outside 1..={REPLICATION_MAX}")));
+                }
+            }
+            Command::SetAttributes { path, mode, .. } => {
+                normalize_path(path)?;
+                if mode.is_some_and(|m| m > MODE_MAX) {
+                    return Err(NamespaceError::InvalidArgument(format!("mode {:o} is more than permission bits ({MODE_MAX:o})", mode.unwrap_or(0))));
+                }
+            }
+            Command::AbortUpload { .. } => {}
+            Command::MoveToTrash { path, trash, .. } => {
+                let path = normalize_path(path)?;
+                if path == ROOT {
+                    return Err(NamespaceError::Root("moved to the trash".into()));
+                }
+                let trash = normalize_path(trash)?;
+                if !is_under(&trash, TRASH_DIR) || trash == TRASH_DIR {
+                    return Err(NamespaceError::InvalidArgument(format!("{trash} is not a trash bucket under {TRASH_DIR}")));
+                }
+                if is_under(&path, TRASH_DIR) {
+                    return Err(NamespaceError::InvalidArgument(format!("{path} is in the trash already: delete it instead")));
+                }
             }
             Command::Rename { src, dst, .. } => {
                 let (src, dst) = (normalize_path(src)?, normalize_path(dst)?);
@@ -517,6 +617,12 @@ pub struct Namespace {
     /// Absent from snapshots of older versions, hence the default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "map_as_pairs")]
     bad_replicas: BTreeMap<ChunkId, BTreeSet<StorageNodeId>>,
+    /// Chunks held by more than the file they were uploaded for, or whose first file is gone
+    /// while a copy still holds them (`CopyFile`): every committed file holding each. A chunk
+    /// absent here is held by the file its id derives from, if that file is committed. Its
+    /// replicas become garbage only when its last holder goes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "map_as_pairs")]
+    shared_chunks: BTreeMap<ChunkId, BTreeSet<FileId>>,
     /// `Once` requests applied so far: orders sessions by last use, deterministically.
     applied: u64,
 }
@@ -559,6 +665,7 @@ impl Default for Namespace {
             sessions: BTreeMap::new(),
             applied: 0,
             bad_replicas: BTreeMap::new(),
+            shared_chunks: BTreeMap::new(),
         }
     }
 }
@@ -646,7 +753,7 @@ impl Namespace {
                     Ok(Outcome::Done)
                 }
             },
-            Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, request_id, unix_ms } => {
+            Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, request_id, unix_ms, attrs } => {
                 let path = normalize_path(&path)?;
                 if let Some(r) = request_id {
                     if let Some(&id) = self.uploads_by_request.get(&r.client).and_then(|seqs| seqs.get(&r.seq)) {
@@ -686,6 +793,7 @@ impl Namespace {
                         request: request_id,
                         created_unix_ms: unix_ms,
                         chunks: BTreeMap::new(),
+                        attrs,
                     },
                 );
                 Ok(Outcome::FileCreated(id))
@@ -750,6 +858,8 @@ impl Namespace {
                     committed_unix_ms: unix_ms,
                     chunks: upload.chunks.into_values().collect(),
                     sha256,
+                    attrs: upload.attrs,
+                    shared: BTreeMap::new(),
                 };
                 let summary = FileSummary::from(&record);
                 if let Some(old) = self.remove_file(&record.path) {
@@ -802,29 +912,11 @@ impl Namespace {
             }
             Command::Delete { path, recursive, expect_file_id } => {
                 let path = normalize_path(&path)?;
-                if let Some(expected) = expect_file_id {
-                    match self.files.get(&path) {
-                        Some(f) if f.id == expected => {}
-                        Some(f) => return Err(NamespaceError::FileChanged { path, expected, found: Some(f.id) }),
-                        None if self.dirs.contains_key(&path) => {
-                            return Err(NamespaceError::FileChanged { path, expected, found: None })
-                        }
-                        None => return Err(NamespaceError::NotFound(path)),
-                    }
-                }
+                self.check_deletable(&path, recursive, expect_file_id)?;
                 if let Some(old) = self.remove_file(&path) {
                     let summary = FileSummary::from(&old);
                     self.discard(old);
                     return Ok(Outcome::FileDeleted(summary));
-                }
-                let Some(dir) = self.dirs.get(&path) else {
-                    return Err(NamespaceError::NotFound(path));
-                };
-                if !recursive && !dir.children.is_empty() {
-                    return Err(NamespaceError::DirectoryNotEmpty(path));
-                }
-                if !recursive && path == ROOT {
-                    return Err(NamespaceError::Root("deleted (delete it recursively to empty it)".into()));
                 }
                 let (files, dirs) = self.delete_dir(&path);
                 Ok(Outcome::DirDeleted { path, files, dirs })
@@ -835,16 +927,113 @@ impl Namespace {
                     self.uploads.values().filter(|u| u.created_unix_ms < cutoff).map(|u| u.id).collect();
                 for id in &expired {
                     if let Some(upload) = self.remove_upload(*id) {
-                        for c in upload.chunks.values() {
-                            let chunk = ChunkId::derive(upload.id, c.index);
-                            self.bad_replicas.remove(&chunk);
-                            for node in &c.replicas {
-                                self.garbage.entry(*node).or_default().insert(chunk);
-                            }
-                        }
+                        self.drop_upload(upload);
                     }
                 }
                 Ok(Outcome::UploadsExpired(expired.len() as u64))
+            }
+            Command::AbortUpload { file } => {
+                let upload = self.remove_upload(file).ok_or(NamespaceError::UploadNotFound(file))?;
+                self.drop_upload(upload);
+                Ok(Outcome::Done)
+            }
+            Command::CopyFile { src, dst, overwrite, unix_ms } => {
+                let (src, dst) = (normalize_path(&src)?, normalize_path(&dst)?);
+                let Some(source) = self.files.get(&src) else {
+                    return Err(if self.dirs.contains_key(&src) { NamespaceError::IsDirectory(src) } else { NamespaceError::NotFound(src) });
+                };
+                let source = source.clone();
+                self.check_path_free(&dst, overwrite)?;
+                if let Some(old) = self.remove_file(&dst) {
+                    self.discard(old);
+                }
+                self.next_file_id += 1;
+                let id = FileId(self.next_file_id);
+                let mut shared = BTreeMap::new();
+                for c in &source.chunks {
+                    let chunk = source.chunk_id(c.index);
+                    shared.insert(c.index, chunk);
+                    // Absent: the source is the file the chunk was uploaded for, its only holder.
+                    self.shared_chunks.entry(chunk).or_insert_with(|| BTreeSet::from([source.id])).insert(id);
+                }
+                let record = FileRecord { path: dst, id, committed_unix_ms: unix_ms, shared, ..source };
+                let summary = FileSummary::from(&record);
+                self.insert_file(record, unix_ms);
+                Ok(Outcome::FileCommitted(summary))
+            }
+            Command::SetReplication { path, replication } => {
+                let path = normalize_path(&path)?;
+                let targets: Vec<String> = if self.files.contains_key(&path) {
+                    vec![path]
+                } else if self.dirs.contains_key(&path) {
+                    keys_under(&self.files, &subtree_prefix(&path)).collect()
+                } else {
+                    return Err(NamespaceError::NotFound(path));
+                };
+                for t in &targets {
+                    if let Some(f) = self.files.get_mut(t) {
+                        f.replication = replication;
+                    }
+                }
+                Ok(Outcome::ReplicationSet { files: targets.len() as u64 })
+            }
+            Command::SetAttributes { path, mode, mtime_unix_ms } => {
+                let path = normalize_path(&path)?;
+                if let Some(f) = self.files.get_mut(&path) {
+                    if mode.is_some() {
+                        f.attrs.mode = mode;
+                    }
+                    if mtime_unix_ms.is_some() {
+                        f.attrs.mtime_unix_ms = mtime_unix_ms;
+                    }
+                } else if let Some(d) = self.dirs.get_mut(&path) {
+                    if let Some(t) = mtime_unix_ms {
+                        d.modified_unix_ms = t;
+                    }
+                } else {
+                    return Err(NamespaceError::NotFound(path));
+                }
+                Ok(Outcome::Done)
+            }
+            Command::MoveToTrash { path, recursive, expect_file_id, trash, unix_ms } => {
+                let (path, trash) = (normalize_path(&path)?, normalize_path(&trash)?);
+                self.check_deletable(&path, recursive, expect_file_id)?;
+                let kind = self.kind(&path).ok_or_else(|| NamespaceError::NotFound(path.clone()))?;
+                let variants = (0..=TRASH_VARIANTS_MAX).map(|n| if n == 0 { format!("{trash}{path}") } else { format!("{trash}.{n}{path}") });
+                let mut too_long = None;
+                let mut to = None;
+                for dst in variants {
+                    if let Err(e) = normalize_path(&dst) {
+                        too_long = Some(e);
+                        break;
+                    }
+                    if self.kind(&dst).is_none() && !ancestors(&dst).any(|a| self.files.contains_key(a)) {
+                        to = Some(dst);
+                        break;
+                    }
+                }
+                let Some(to) = to else {
+                    return Err(too_long.unwrap_or_else(|| NamespaceError::InvalidArgument(format!("no free place for {path} in the trash bucket {trash}: delete it instead"))));
+                };
+                let file = self.files.get(&path).map(FileSummary::from);
+                let (files, dirs) = match kind {
+                    EntryKind::File => (1, 0),
+                    EntryKind::Dir => {
+                        let prefix = subtree_prefix(&path);
+                        (keys_under(&self.files, &prefix).count() as u64, keys_under(&self.dirs, &prefix).count() as u64 + 1)
+                    }
+                };
+                self.ensure_dir(parent_of(&to).0, unix_ms);
+                match kind {
+                    EntryKind::File => {
+                        if let Some(mut record) = self.remove_file(&path) {
+                            record.path = to.clone();
+                            self.insert_file(record, unix_ms);
+                        }
+                    }
+                    EntryKind::Dir => self.move_dir(&path, &to, unix_ms),
+                }
+                Ok(Outcome::Trashed { path, to, file, files, dirs })
             }
             Command::MarkReplicaBad { chunk, node } => {
                 if !self.storage_nodes.contains_key(&node) {
@@ -866,15 +1055,11 @@ impl Namespace {
                         Verdict::Counted => tally.unchanged += 1,
                         Verdict::Unknown => tally.unchanged += 1,
                         Verdict::Learn => {
-                            if let Some(record) = self.chunk_record_mut(report.chunk) {
-                                record.replicas.push(node);
-                            }
+                            self.update_chunk(report.chunk, |record| record.replicas.push(node));
                             tally.learned += 1;
                         }
                         Verdict::Discard => {
-                            if let Some(record) = self.chunk_record_mut(report.chunk) {
-                                record.replicas.retain(|r| *r != node);
-                            }
+                            self.update_chunk(report.chunk, |record| record.replicas.retain(|r| *r != node));
                             self.garbage.entry(node).or_default().insert(report.chunk);
                             tally.discarded += 1;
                         }
@@ -884,7 +1069,7 @@ impl Namespace {
             }
             Command::MarkReplicasMissing { node, chunks } => {
                 for chunk in chunks {
-                    let listed = self.chunk_record_mut(chunk).is_some_and(|r| r.replicas.contains(&node));
+                    let listed = self.chunk_record(chunk).is_some_and(|(_, r)| r.replicas.contains(&node));
                     if !listed || (!self.bad_replicas.contains_key(&chunk) && self.bad_replicas.len() >= BAD_REPLICA_CHUNKS_MAX) {
                         continue;
                     }
@@ -895,7 +1080,7 @@ impl Namespace {
             Command::DropReplicas { drops } => {
                 for (chunk, node) in drops {
                     let bad = self.bad_replicas.get(&chunk).cloned().unwrap_or_default();
-                    let Some((replication, record)) = self.chunk_record_and_replication_mut(chunk) else { continue };
+                    let Some((replication, record)) = self.chunk_record(chunk) else { continue };
                     if !record.replicas.contains(&node) {
                         continue;
                     }
@@ -906,7 +1091,7 @@ impl Namespace {
                     if !allowed {
                         continue;
                     }
-                    record.replicas.retain(|r| *r != node);
+                    self.update_chunk(chunk, |record| record.replicas.retain(|r| *r != node));
                     if let Some(bad) = self.bad_replicas.get_mut(&chunk) {
                         bad.remove(&node);
                         if bad.is_empty() {
@@ -945,10 +1130,14 @@ impl Namespace {
         }
         let (size, chunk_size, record) = if let Some(upload) = self.uploads.get(&file) {
             (upload.size, upload.chunk_size, upload.chunks.get(&index))
-        } else if let Some(f) = self.paths_by_id.get(&file).and_then(|p| self.files.get(p)) {
-            (f.size, f.chunk_size, f.chunks.get(index as usize).filter(|c| c.index == index))
+        } else if let Some(f) = self.holders(report.chunk).first().and_then(|h| self.paths_by_id.get(h)).and_then(|p| self.files.get(p)) {
+            match Self::record_in(f, report.chunk) {
+                Some(record) => (f.size, f.chunk_size, Some(record)),
+                // Its file holds another chunk at that index (a copy's): not ours.
+                None => return Verdict::Discard,
+            }
         } else {
-            // The file or upload is gone: deleted, replaced or expired.
+            // Every file or upload holding it is gone: deleted, replaced or expired.
             return Verdict::Discard;
         };
         if chunking::chunk_len(size, chunk_size, index).is_none() {
@@ -973,20 +1162,81 @@ impl Namespace {
         }
     }
 
-    fn chunk_record_mut(&mut self, chunk: ChunkId) -> Option<&mut ChunkRecord> {
-        self.chunk_record_and_replication_mut(chunk).map(|(_, r)| r)
+    /// The committed files holding `chunk`, by id (see `shared_chunks`).
+    fn holders(&self, chunk: ChunkId) -> Vec<FileId> {
+        if let Some(holders) = self.shared_chunks.get(&chunk) {
+            return holders.iter().copied().collect();
+        }
+        match chunk.owner() {
+            Some((file, _)) if self.paths_by_id.contains_key(&file) => vec![file],
+            _ => Vec::new(),
+        }
     }
 
-    fn chunk_record_and_replication_mut(&mut self, chunk: ChunkId) -> Option<(u32, &mut ChunkRecord)> {
+    /// `file`'s record of `chunk`, if it holds it.
+    fn record_in<'a>(f: &'a FileRecord, chunk: ChunkId) -> Option<&'a ChunkRecord> {
+        let (_, index) = chunk.owner()?;
+        f.chunks.get(index as usize).filter(|c| c.index == index && f.chunk_id(index) == chunk)
+    }
+
+    /// A record of `chunk` (its upload's, or any committed holder's: they list the same
+    /// replicas) and the chunk's replication factor: the highest of its holders'.
+    fn chunk_record(&self, chunk: ChunkId) -> Option<(u32, &ChunkRecord)> {
         let (file, index) = chunk.owner()?;
-        if let Some(upload) = self.uploads.get_mut(&file) {
-            let replication = upload.replication;
-            return upload.chunks.get_mut(&index).map(|r| (replication, r));
+        if let Some(upload) = self.uploads.get(&file) {
+            return upload.chunks.get(&index).map(|r| (upload.replication, r));
         }
-        let path = self.paths_by_id.get(&file)?;
-        let f = self.files.get_mut(path)?;
-        let replication = f.replication;
-        f.chunks.get_mut(index as usize).filter(|c| c.index == index).map(|r| (replication, r))
+        let mut found = None;
+        for holder in self.holders(chunk) {
+            let Some(f) = self.paths_by_id.get(&holder).and_then(|p| self.files.get(p)) else { continue };
+            let Some(record) = Self::record_in(f, chunk) else { continue };
+            found = match found {
+                None => Some((f.replication, record)),
+                Some((r, first)) => Some((f.replication.max(r), first)),
+            };
+        }
+        found
+    }
+
+    /// The chunk's replication factor, as `chunk_record` says.
+    pub fn chunk_replication(&self, chunk: ChunkId) -> Option<u32> {
+        self.chunk_record(chunk).map(|(r, _)| r)
+    }
+
+    /// Whether more than the file it was uploaded for holds `chunk` (or a copy holds it alone).
+    pub fn is_shared(&self, chunk: ChunkId) -> bool {
+        self.shared_chunks.contains_key(&chunk)
+    }
+
+    /// Whether `file` is the holder of `chunk` that speaks for it (the lowest id): what visits
+    /// every chunk once, not once per file sharing it, looks at its records only.
+    pub fn speaks_for(&self, file: FileId, chunk: ChunkId) -> bool {
+        match self.shared_chunks.get(&chunk) {
+            Some(holders) => holders.first() == Some(&file),
+            None => true,
+        }
+    }
+
+    /// Applies `change` to every record of `chunk`: its upload's, or each committed holder's,
+    /// so that files sharing a chunk keep listing the same replicas.
+    fn update_chunk(&mut self, chunk: ChunkId, mut change: impl FnMut(&mut ChunkRecord)) {
+        let Some((file, index)) = chunk.owner() else { return };
+        if let Some(upload) = self.uploads.get_mut(&file) {
+            if let Some(record) = upload.chunks.get_mut(&index) {
+                change(record);
+            }
+            return;
+        }
+        for holder in self.holders(chunk) {
+            let Some(path) = self.paths_by_id.get(&holder) else { continue };
+            let Some(f) = self.files.get_mut(path) else { continue };
+            if f.chunk_id(index) != chunk {
+                continue;
+            }
+            if let Some(record) = f.chunks.get_mut(index as usize).filter(|c| c.index == index) {
+                change(record);
+            }
+        }
     }
 
     /// A file leaves the namespace: its replicas become garbage on their nodes.
@@ -994,11 +1244,61 @@ impl Namespace {
         self.paths_by_id.remove(&file.id);
         for c in &file.chunks {
             let id = file.chunk_id(c.index);
+            if let Some(holders) = self.shared_chunks.get_mut(&id) {
+                holders.remove(&file.id);
+                if !holders.is_empty() {
+                    // Another file still holds it: its replicas stay. Held by the file it was
+                    // uploaded for alone, it is an ordinary chunk again.
+                    let owner = id.owner().map(|(f, _)| f);
+                    if holders.len() == 1 && holders.first() == owner.as_ref() {
+                        self.shared_chunks.remove(&id);
+                    }
+                    continue;
+                }
+                self.shared_chunks.remove(&id);
+            }
             self.bad_replicas.remove(&id);
             for node in &c.replicas {
                 self.garbage.entry(*node).or_default().insert(id);
             }
         }
+    }
+
+    /// An upload leaves without a commit: its replicas become garbage.
+    fn drop_upload(&mut self, upload: Upload) {
+        for c in upload.chunks.values() {
+            let chunk = ChunkId::derive(upload.id, c.index);
+            self.bad_replicas.remove(&chunk);
+            for node in &c.replicas {
+                self.garbage.entry(*node).or_default().insert(chunk);
+            }
+        }
+    }
+
+    /// What `Delete` (and `MoveToTrash`) of `path` requires: it exists, is still the file the
+    /// caller saw, and is not a directory with something in it unless `recursive`.
+    fn check_deletable(&self, path: &str, recursive: bool, expect_file_id: Option<FileId>) -> Result<(), NamespaceError> {
+        if let Some(expected) = expect_file_id {
+            match self.files.get(path) {
+                Some(f) if f.id == expected => {}
+                Some(f) => return Err(NamespaceError::FileChanged { path: path.to_string(), expected, found: Some(f.id) }),
+                None if self.dirs.contains_key(path) => return Err(NamespaceError::FileChanged { path: path.to_string(), expected, found: None }),
+                None => return Err(NamespaceError::NotFound(path.to_string())),
+            }
+        }
+        if self.files.contains_key(path) {
+            return Ok(());
+        }
+        let Some(dir) = self.dirs.get(path) else {
+            return Err(NamespaceError::NotFound(path.to_string()));
+        };
+        if !recursive && !dir.children.is_empty() {
+            return Err(NamespaceError::DirectoryNotEmpty(path.to_string()));
+        }
+        if !recursive && path == ROOT {
+            return Err(NamespaceError::Root("deleted (delete it recursively to empty it)".into()));
+        }
+        Ok(())
     }
 
     fn remove_upload(&mut self, id: FileId) -> Option<Upload> {
@@ -1286,12 +1586,8 @@ impl Namespace {
     /// Whether `node` is being asked to delete its replica of `chunk`.
     /// Whether a committed file lists `node` as holding `chunk`.
     pub fn lists_replica(&self, node: StorageNodeId, chunk: ChunkId) -> bool {
-        let Some((file, index)) = chunk.owner() else { return false };
-        self.paths_by_id
-            .get(&file)
-            .and_then(|p| self.files.get(p))
-            .and_then(|f| f.chunks.get(index as usize).filter(|c| c.index == index))
-            .is_some_and(|c| c.replicas.contains(&node))
+        let Some((file, _)) = chunk.owner() else { return false };
+        !self.uploads.contains_key(&file) && self.chunk_record(chunk).is_some_and(|(_, c)| c.replicas.contains(&node))
     }
 
     pub fn deleting_on(&self, node: StorageNodeId, chunk: ChunkId) -> bool {
@@ -1381,6 +1677,44 @@ fn subtree_prefix(dir: &str) -> String {
 /// `path` is `dir` or lies under it (both normalized).
 fn is_under(path: &str, dir: &str) -> bool {
     path == dir || path.starts_with(&subtree_prefix(dir))
+}
+
+/// `path` is `dir` or lies under it (both normalized).
+pub fn is_at_or_under(path: &str, dir: &str) -> bool {
+    is_under(path, dir)
+}
+
+/// Whether a (normalized) path is the trash or in it.
+pub fn in_trash(path: &str) -> bool {
+    is_under(path, TRASH_DIR)
+}
+
+/// A user name as it may name a trash directory: one path component, at most
+/// `USER_MAX_BYTES`, no control characters.
+pub fn check_user(user: &str) -> Result<(), NamespaceError> {
+    let bad = user.is_empty() || user.len() > USER_MAX_BYTES || user == "." || user == ".." || user.contains('/') || user.chars().any(char::is_control);
+    if bad {
+        return Err(NamespaceError::InvalidArgument(format!("{user:?} cannot be a user name (one path component, at most {USER_MAX_BYTES} bytes)")));
+    }
+    Ok(())
+}
+
+/// `user`'s trash bucket for what is deleted at `unix_ms`: one per minute,
+/// `/.trash/<user>/2026-12-06T09:31:00Z`.
+pub fn trash_bucket(user: &str, unix_ms: u64) -> String {
+    let minute = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms - unix_ms % 60_000);
+    format!("{TRASH_DIR}/{user}/{}", humantime::format_rfc3339_seconds(minute))
+}
+
+/// When a trash bucket (its name, `2026-12-06T09:31:00Z` or a variant `...Z.3`) was filled,
+/// in ms since the epoch; `None` for a name that is not a bucket's.
+pub fn trash_bucket_unix_ms(name: &str) -> Option<u64> {
+    let stamp = match name.rsplit_once('.') {
+        Some((stamp, n)) if n.parse::<u32>().is_ok() => stamp,
+        _ => name,
+    };
+    let at = humantime::parse_rfc3339(stamp).ok()?;
+    at.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
 }
 
 /// Majority of the replication factor: the copies a write must reach before it is acknowledged,

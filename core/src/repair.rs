@@ -7,10 +7,12 @@
 //!   left; HDFS's low-redundancy queues are the model), then by chunk id. A valid replica is
 //!   listed, not marked bad, and on a node that is not Dead: a Suspect node's replicas still
 //!   count, so a node that flaps causes no repair storm.
-//! - **Bounded pace.** A node runs at most `streams_in_max` copies at once (the storage node
-//!   enforces it) and is handed twice that many, so the next is queued when one ends; at most
-//!   twice `streams_out_max` jobs read from one source; `jobs_max` in the cluster; one job per
-//!   chunk at a time.
+//! - **Bounded pace.** A node runs at most `streams_in_max` copy streams at once (the storage
+//!   node enforces it) and is handed twice that many, so the next is queued when one ends; at
+//!   most twice `streams_out_max` streams read from one source; `jobs_max` streams in the
+//!   cluster; one job per chunk at a time. A stream is one large chunk or up to
+//!   `SLOTS_PER_STREAM` small ones (at most 256 KiB each), which the target copies many to a
+//!   call: repair of small chunks goes at the disk's pace, not at one chunk per round trip.
 //! - **Jobs ride on heartbeats.** A job is handed to its target in that node's heartbeat reply;
 //!   the target pulls the chunk from the sources, in order, verifies its SHA-256 against the
 //!   one metadata recorded, stores it, and reports the replica like any other
@@ -63,6 +65,20 @@ const BACKOFF_ENTRIES_MAX: usize = 100_000;
 /// next ones queued, so a finished copy is followed at once by the next, not a heartbeat
 /// round trip later.
 const JOB_BACKLOG: usize = 2;
+/// Small chunks one stream carries: a storage node copies small chunks many to a call (the
+/// small-chunk batch RPCs, one filesystem flush per batch), so a stream's worth of repair is
+/// one large chunk or up to this many small ones. A small chunk costs one slot, a large one a
+/// whole stream's.
+pub const SLOTS_PER_STREAM: usize = crate::rpc::CHUNK_BATCH_MAX;
+
+/// Stream slots a copy of a chunk of `size` bytes takes (see `SLOTS_PER_STREAM`).
+pub fn slots(size: u64) -> usize {
+    if size <= crate::rpc::SMALL_CHUNK_BYTES_MAX as u64 {
+        1
+    } else {
+        SLOTS_PER_STREAM
+    }
+}
 /// Under-replicated chunks kept from one scan to hand out between scans.
 const QUEUE_MAX: usize = 100_000;
 /// (source, target) pairs remembered as failed, per chunk.
@@ -70,11 +86,12 @@ const FAILED_PAIRS_MAX: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RepairConfig {
-    /// Repair jobs reading from one node at once.
+    /// Repair streams reading from one node at once (a stream: one large chunk, or a batch
+    /// of up to `SLOTS_PER_STREAM` small ones).
     pub streams_out_max: usize,
-    /// Repair jobs writing to one node at once.
+    /// Repair streams writing to one node at once.
     pub streams_in_max: usize,
-    /// Repair jobs in the whole cluster at once.
+    /// Repair streams in the whole cluster at once.
     pub jobs_max: usize,
     /// A job not done this long after it was handed out has failed.
     pub job_timeout: Duration,
@@ -505,23 +522,33 @@ impl RepairPlanner {
         if now.saturating_since(self.started) < self.config.start_grace {
             return;
         }
+        // Slots in use, per source and target, and in all (adopted jobs, whose size this
+        // planner does not know, count as one slot: their node bounds what it runs anyway).
         let (mut out, mut inn) = (BTreeMap::<StorageNodeId, usize>::new(), BTreeMap::<StorageNodeId, usize>::new());
+        let mut total = 0;
         for j in self.jobs.values() {
+            let cost = slots(j.job.size);
             for s in j.job.sources.iter().take(1) {
-                *out.entry(*s).or_default() += 1;
+                *out.entry(*s).or_default() += cost;
             }
-            *inn.entry(j.job.target).or_default() += 1;
+            *inn.entry(j.job.target).or_default() += cost;
+            total += cost;
         }
         for (target, _) in self.adopted.values() {
             *inn.entry(*target).or_default() += 1;
+            total += 1;
         }
+        let in_max = self.config.streams_in_max * JOB_BACKLOG * SLOTS_PER_STREAM;
+        let out_max = self.config.streams_out_max * JOB_BACKLOG * SLOTS_PER_STREAM;
+        let total_max = self.config.jobs_max * SLOTS_PER_STREAM;
         let mut free: BTreeMap<StorageNodeId, u64> = nodes.iter().map(|(id, s)| (*id, s.free_bytes)).collect();
         let queue = std::mem::take(&mut self.queue);
         for w in &queue {
-            if self.jobs.len() + self.adopted.len() >= self.config.jobs_max {
+            let cost = slots(w.size);
+            if total + cost > total_max {
                 break;
             }
-            if only.is_some_and(|t| inn.get(&t).copied().unwrap_or(0) >= self.config.streams_in_max * JOB_BACKLOG) {
+            if only.is_some_and(|t| inn.get(&t).copied().unwrap_or(0) + 1 > in_max) {
                 break;
             }
             let chunk = w.chunk;
@@ -533,16 +560,24 @@ impl RepairPlanner {
                 continue;
             }
             let failed_pairs = self.backoff.get(&chunk).map(|b| b.failed_pairs.clone()).unwrap_or_default();
-            // Sources: Alive now, least busy first.
-            let mut sources: Vec<StorageNodeId> = w.sources.iter().copied().filter(|s| nodes.get(s).is_some_and(|n| n.liveness == Liveness::Alive)).collect();
+            let failed = |s: StorageNodeId, t: StorageNodeId| failed_pairs.iter().any(|(fs, ft)| *fs == s && *ft == t);
+            // Sources: Alive now, with a free outgoing slot, least busy first.
+            let mut sources: Vec<StorageNodeId> = w
+                .sources
+                .iter()
+                .copied()
+                .filter(|s| nodes.get(s).is_some_and(|n| n.liveness == Liveness::Alive) && out.get(s).copied().unwrap_or(0) + cost <= out_max)
+                .collect();
             sources.sort_by_key(|s| (out.get(s).copied().unwrap_or(0), *s));
-            let Some(&first) = sources.first() else { continue };
-            if out.get(&first).copied().unwrap_or(0) >= self.config.streams_out_max * JOB_BACKLOG {
+            if sources.is_empty() {
                 continue;
             }
             // Target: an Alive node that takes replicas, does not list the chunk (not even as a
             // dead or bad replica), has room and a free stream; one in a rack the valid
-            // replicas are not on first when they are all on one, then most free space.
+            // replicas are not on first when they are all on one, then most free space. A
+            // (source, target) pair that failed before is avoided while another pair can
+            // serve, but never ruled out: on a cluster with no node to spare, the node that
+            // failed may be the only target there is.
             let mut targets: Vec<(StorageNodeId, u64)> = nodes
                 .iter()
                 .filter(|(id, s)| {
@@ -551,16 +586,23 @@ impl RepairPlanner {
                         && !s.draining
                         && !w.listed.contains(id)
                         && free.get(id).copied().unwrap_or(0) >= w.size
-                        && inn.get(id).copied().unwrap_or(0) < self.config.streams_in_max * JOB_BACKLOG
-                        && !failed_pairs.iter().any(|(fs, ft)| *fs == first && ft == *id)
+                        && inn.get(id).copied().unwrap_or(0) + cost <= in_max
                 })
                 .map(|(id, _)| (*id, free.get(id).copied().unwrap_or(0)))
                 .collect();
             let same_rack = |id: &StorageNodeId| w.racks.len() == 1 && nodes.get(id).is_some_and(|s| w.racks.contains(&s.rack));
-            targets.sort_by_key(|(id, f)| (same_rack(id), std::cmp::Reverse(*f), *id));
+            let untried = |t: &StorageNodeId| sources.iter().any(|s| !failed(*s, *t));
+            targets.sort_by_key(|(id, f)| (!untried(id), same_rack(id), std::cmp::Reverse(*f), *id));
             let Some(&(target, _)) = targets.first() else { continue };
-            *out.entry(first).or_default() += 1;
-            *inn.entry(target).or_default() += 1;
+            // The least busy source that has not failed with this target goes first.
+            if let Some(k) = sources.iter().position(|s| !failed(*s, target)) {
+                let preferred = sources.remove(k);
+                sources.insert(0, preferred);
+            }
+            let first = sources[0];
+            *out.entry(first).or_default() += cost;
+            *inn.entry(target).or_default() += cost;
+            total += cost;
             if let Some(f) = free.get_mut(&target) {
                 *f -= w.size;
             }

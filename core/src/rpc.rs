@@ -291,7 +291,7 @@ impl FrameHeader for WriteChunkHeader {
 
 impl FrameHeader for ReadChunkHeader {
     fn announced_size(&self) -> u64 {
-        self.size
+        self.range_bytes.unwrap_or(self.size)
     }
 }
 

@@ -707,7 +707,7 @@ impl<E: Env> StorageNode<E> {
 
     /// Reads a stored chunk through the verified read path; returns the bytes read.
     async fn verify_stored(&self, id: ChunkId) -> u64 {
-        let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()) };
+        let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()), ..Default::default() };
         let mut frames = match self.read_chunk(request).await {
             Ok(frames) => frames,
             Err(RpcError::NotFound(_)) => return 0, // deleted meanwhile
@@ -729,30 +729,115 @@ impl<E: Env> StorageNode<E> {
         bytes
     }
 
-    /// Runs repair jobs as heartbeat replies bring them, `repair_streams_max` at a time.
+    /// Runs repair jobs as heartbeat replies bring them, `repair_streams_max` streams at a
+    /// time (a stream: one large chunk, or a batch of small ones).
     async fn repair_loop(&self) {
         use futures::future::{select, Either};
         use futures::stream::FuturesUnordered;
         let mut running = FuturesUnordered::new();
         loop {
-            while let Some(order) = self.repairs.lock().expect("repairs lock").start() {
-                running.push(self.repair(order));
+            while let Some(work) = self.repairs.lock().expect("repairs lock").start() {
+                running.push(self.repair_work(work));
             }
             if running.is_empty() {
                 let _ = self.repairs_wake.1.recv().await;
                 continue;
             }
             let woken = Box::pin(self.repairs_wake.1.recv());
-            if let Either::Left((Some((chunk, result)), _)) = select(running.next(), woken).await {
-                if let Err(e) = &result {
-                    tracing::warn!(node = %self.id, %chunk, error = %e, "repair failed");
+            if let Either::Left((Some(results), _)) = select(running.next(), woken).await {
+                let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                if let Some((chunk, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
+                    tracing::warn!(node = %self.id, %chunk, error = %e, failed, of = results.len(), "repair failed");
                 }
-                self.repairs.lock().expect("repairs lock").finish(chunk, result);
-                // Report it now, not a heartbeat interval later: the next job comes back in
-                // the reply.
-                let _ = self.heartbeat_now.0.try_send(());
+                let mut repairs = self.repairs.lock().expect("repairs lock");
+                repairs.finish(results);
+                // A stream is free and nothing is queued: ask for more work now (the heartbeat
+                // that reports these copies brings it back), not a heartbeat interval later.
+                if repairs.has_room() {
+                    let _ = self.heartbeat_now.0.try_send(());
+                }
             }
         }
+    }
+
+    /// One stream's work: a large chunk alone, or small chunks read from their first source
+    /// in one call and stored in one group commit; a chunk that source does not serve whole
+    /// is then tried alone on its other sources.
+    async fn repair_work(&self, work: Vec<RepairOrder>) -> Vec<(ChunkId, Result<(), String>)> {
+        if work.len() == 1 && work[0].size > crate::rpc::SMALL_CHUNK_BYTES_MAX as u64 {
+            let order = work.into_iter().next().expect("one order");
+            return vec![self.repair(order).await];
+        }
+        let mut results = Vec::with_capacity(work.len());
+        let mut wanted = Vec::with_capacity(work.len());
+        {
+            let table = self.table.lock().expect("table lock");
+            for order in work {
+                let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
+                if table.stored(order.chunk).is_ok_and(|m| m == meta) {
+                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
+                    results.push((order.chunk, Ok(())));
+                } else {
+                    wanted.push(order);
+                }
+            }
+        }
+        let Some((source, addr)) = wanted.first().and_then(|o| o.sources.iter().find(|(id, _)| *id != self.id).cloned()) else {
+            results.extend(wanted.into_iter().map(|o| (o.chunk, Err("no source to copy from".to_string()))));
+            return results;
+        };
+        let request = proto::ReadChunksRequest { chunks: wanted.iter().map(|o| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(o.chunk.as_bytes()), ..Default::default() }).collect() };
+        let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().unary(&addr, request)).await;
+        let replies: Vec<Option<Bytes>> = match read {
+            Ok(reply) if reply.results.len() == wanted.len() => {
+                use proto::chunk_read_result::Result as R;
+                reply.results.into_iter().map(|r| match r.result {
+                    Some(R::Ok(read)) => Some(read.data),
+                    _ => None,
+                }).collect()
+            }
+            _ => vec![None; wanted.len()],
+        };
+        // What the source served, checked against what metadata recorded; the rest, and
+        // whatever does not match, tried alone on the other sources.
+        let checks: Vec<(RepairOrder, Option<Bytes>)> = wanted.into_iter().zip(replies).collect();
+        let digests = {
+            let datas: Vec<Option<Bytes>> = checks.iter().map(|(_, d)| d.clone()).collect();
+            self.env.compute(move || datas.iter().map(|d| d.as_ref().map(|d| Sha256Digest::of(d))).collect::<Vec<_>>()).await
+        };
+        let mut items = Vec::new();
+        let mut stored_orders = Vec::new();
+        let mut alone = Vec::new();
+        for ((order, data), digest) in checks.into_iter().zip(digests) {
+            match (data, digest) {
+                (Some(data), Some(d)) if data.len() as u64 == order.size && d == order.sha256 => {
+                    items.push((order.chunk, ChunkMeta { size: order.size, sha256: order.sha256 }, data));
+                    stored_orders.push(order);
+                }
+                _ => alone.push(RepairOrder { sources: order.sources.iter().filter(|(id, _)| *id != source).cloned().collect(), ..order }),
+            }
+        }
+        let total: u64 = items.iter().map(|(_, m, _)| m.size).sum();
+        let stored = match self.check_room(total).await {
+            Ok(()) => self.store_batch(&items).await,
+            Err(e) => vec![Err(e); items.len()],
+        };
+        for (order, outcome) in stored_orders.into_iter().zip(stored) {
+            match outcome {
+                Ok(()) => {
+                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: order.size, sha256: order.sha256 });
+                    results.push((order.chunk, Ok(())));
+                }
+                Err(e) => results.push((order.chunk, Err(e.to_string()))),
+            }
+        }
+        if !items.is_empty() {
+            tracing::debug!(node = %self.id, %source, chunks = items.len(), "repaired: small replicas copied in a batch");
+        }
+        for order in alone {
+            results.push(self.repair(order).await);
+        }
+        results
     }
 
     /// Makes a copy of a chunk here, pulled from the first source that serves it whole and
@@ -765,7 +850,7 @@ impl<E: Env> StorageNode<E> {
         }
         let mut errors = Vec::new();
         for (source, addr) in order.sources.iter().filter(|(id, _)| *id != self.id) {
-            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(order.chunk.as_bytes()) };
+            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(order.chunk.as_bytes()), ..Default::default() };
             let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, addr, self.env.transport().read_chunk(addr, request)).await;
             let data = match read {
                 Ok(download) => download.data,
@@ -1169,12 +1254,25 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let path = self.layout.chunk_path(id);
         let damaged = match read_header(self.env.disk(), &path).await {
             Ok(header) if header.meta == expected => {
+                let mut reply_header = proto::ReadChunkHeader { size: expected.size, sha256: expected.sha256.0.to_vec().into(), ..Default::default() };
+                let reader = match request.range_offset {
+                    // A ranged read: the frames holding the range, and their checks for the reader.
+                    Some(offset) => {
+                        let (reader, range) = FrameReader::serving_range(header, offset, request.range_length.unwrap_or(u64::MAX));
+                        reply_header.range_bytes = Some(range.bytes);
+                        reply_header.range_start = range.start;
+                        reply_header.frame_bytes = range.frame_bytes;
+                        reply_header.frame_crc32c = range.crcs;
+                        reader
+                    }
+                    None => FrameReader::serving(header),
+                };
                 let state = ReadState {
                     id,
                     disk: self.env.disk().clone(),
                     path,
-                    reader: FrameReader::serving(header),
-                    header: Some(proto::ReadChunkHeader { size: expected.size, sha256: expected.sha256.0.to_vec().into() }),
+                    reader,
+                    header: Some(reply_header),
                     quarantine: self.quarantine(),
                     bulk: chunk_store::is_bulk(expected.size),
                     ended: false,

@@ -191,7 +191,10 @@ impl Reports {
 
 /// Repair jobs waiting to start on this node; beyond, a job is refused (reported failed, so
 /// metadata plans it again later).
-pub const REPAIRS_QUEUED_MAX: usize = 64;
+/// Repair jobs queued on a node: the planner hands a node up to twice its streams' worth, a
+/// stream being up to 64 small chunks (`repair::SLOTS_PER_STREAM`), and a node runs at most 64
+/// streams.
+pub const REPAIRS_QUEUED_MAX: usize = 8192;
 /// Failed repairs waiting to be reported.
 pub const REPAIR_FAILURES_UNREPORTED_MAX: usize = 1024;
 /// Longest error text reported for a failed repair.
@@ -208,50 +211,85 @@ pub struct RepairOrder {
 }
 
 /// The repair jobs of one storage node: queued, running, and failures to report. Jobs run
-/// `running_max` at a time; a job for a chunk already queued or running is a duplicate (a
-/// reply re-sent) and ignored.
+/// `running_max` streams at a time: a stream copies one large chunk, or a batch of small ones
+/// (at most `SMALL_CHUNK_BYTES_MAX` each) read from the same source in one call and written in
+/// one group commit, up to `CHUNK_BATCH_MAX` chunks and `CHUNK_BATCH_BYTES_MAX` bytes. A job for
+/// a chunk already queued or running is a duplicate (a reply re-sent) and ignored.
 #[derive(Debug)]
 pub struct Repairs {
     running_max: usize,
     queued: VecDeque<RepairOrder>,
+    /// Chunks queued or running, for the duplicate check.
+    known: HashSet<ChunkId>,
     running: Vec<ChunkId>,
+    /// Streams running.
+    streams: usize,
     failed: VecDeque<(ChunkId, String)>,
+}
+
+/// Whether a chunk of `size` bytes is copied in a batch with others.
+fn batched(size: u64) -> bool {
+    size <= crate::rpc::SMALL_CHUNK_BYTES_MAX as u64
 }
 
 impl Repairs {
     pub fn new(running_max: usize) -> Self {
-        Repairs { running_max: running_max.max(1), queued: VecDeque::new(), running: Vec::new(), failed: VecDeque::new() }
+        Repairs { running_max: running_max.max(1), queued: VecDeque::new(), known: HashSet::new(), running: Vec::new(), streams: 0, failed: VecDeque::new() }
     }
 
     /// Jobs from a heartbeat reply.
     pub fn offer(&mut self, orders: impl IntoIterator<Item = RepairOrder>) {
         for order in orders {
-            if self.running.contains(&order.chunk) || self.queued.iter().any(|q| q.chunk == order.chunk) {
+            if self.known.contains(&order.chunk) {
                 continue;
             }
             if self.queued.len() >= REPAIRS_QUEUED_MAX {
                 self.fail(order.chunk, "too many repair jobs queued on this node");
                 continue;
             }
+            self.known.insert(order.chunk);
             self.queued.push_back(order);
         }
     }
 
-    /// The next job to start, if a slot is free.
-    pub fn start(&mut self) -> Option<RepairOrder> {
-        if self.running.len() >= self.running_max {
+    /// The next stream's work, if a stream is free: the first job queued, and with a small
+    /// chunk the small ones queued after it that have the same first source, up to a batch's
+    /// limits (they are read from it in one call).
+    pub fn start(&mut self) -> Option<Vec<RepairOrder>> {
+        if self.streams >= self.running_max {
             return None;
         }
-        let order = self.queued.pop_front()?;
-        self.running.push(order.chunk);
-        Some(order)
+        let first = self.queued.pop_front()?;
+        let mut work = vec![first];
+        if batched(work[0].size) {
+            let source = work[0].sources.first().map(|(id, _)| *id);
+            let mut bytes = work[0].size;
+            let mut i = 0;
+            while i < self.queued.len() && work.len() < crate::rpc::CHUNK_BATCH_MAX {
+                let q = &self.queued[i];
+                if batched(q.size) && q.sources.first().map(|(id, _)| *id) == source && bytes + q.size <= crate::rpc::CHUNK_BATCH_BYTES_MAX as u64 {
+                    bytes += q.size;
+                    work.extend(self.queued.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.streams += 1;
+        self.running.extend(work.iter().map(|o| o.chunk));
+        Some(work)
     }
 
-    /// A job ended: done (its replica is reported like any stored one), or failed.
-    pub fn finish(&mut self, chunk: ChunkId, result: Result<(), String>) {
-        self.running.retain(|c| *c != chunk);
-        if let Err(e) = result {
-            self.fail(chunk, &e);
+    /// A stream ended, with each of its jobs done (its replica is reported like any stored
+    /// one) or failed.
+    pub fn finish(&mut self, results: Vec<(ChunkId, Result<(), String>)>) {
+        self.streams = self.streams.saturating_sub(1);
+        for (chunk, result) in results {
+            self.running.retain(|c| *c != chunk);
+            self.known.remove(&chunk);
+            if let Err(e) = result {
+                self.fail(chunk, &e);
+            }
         }
     }
 
@@ -266,6 +304,11 @@ impl Repairs {
     /// Chunks being copied now, and queued: what a heartbeat says is in flight.
     pub fn in_flight(&self) -> Vec<ChunkId> {
         self.running.iter().copied().chain(self.queued.iter().map(|q| q.chunk)).collect()
+    }
+
+    /// Whether a stream could start now (the node may ask for more work).
+    pub fn has_room(&self) -> bool {
+        self.streams < self.running_max && self.queued.is_empty()
     }
 
     /// Failures the next heartbeat reports.
@@ -443,23 +486,52 @@ mod tests {
 
     #[test]
     fn repairs_run_a_bounded_number_at_once_and_duplicates_are_ignored() {
+        let big = |i| RepairOrder { size: 1 << 20, ..order(i) };
         let mut r = Repairs::new(2);
-        r.offer([order(0), order(1), order(2), order(0)]);
-        assert_eq!(r.start().map(|o| o.chunk), Some(order(0).chunk));
-        assert_eq!(r.start().map(|o| o.chunk), Some(order(1).chunk));
+        r.offer([big(0), big(1), big(2), big(0)]);
+        let chunks = |w: Option<Vec<RepairOrder>>| w.map(|w| w.iter().map(|o| o.chunk).collect::<Vec<_>>());
+        assert_eq!(chunks(r.start()), Some(vec![big(0).chunk]));
+        assert_eq!(chunks(r.start()), Some(vec![big(1).chunk]));
         assert_eq!(r.start(), None, "two at once at most");
-        r.offer([order(1)]);
+        r.offer([big(1)]);
         assert_eq!(r.in_flight().len(), 3, "a running job offered again is not queued twice");
-        r.finish(order(0).chunk, Err("source gone".into()));
-        assert_eq!(r.start().map(|o| o.chunk), Some(order(2).chunk));
+        r.finish(vec![(big(0).chunk, Err("source gone".into()))]);
+        assert_eq!(chunks(r.start()), Some(vec![big(2).chunk]));
         let failures = r.failures();
-        assert_eq!(failures, vec![(order(0).chunk, "source gone".to_string())]);
+        assert_eq!(failures, vec![(big(0).chunk, "source gone".to_string())]);
         r.acknowledge_failures(&failures);
         assert!(r.failures().is_empty());
         // A full queue refuses, and says so.
         let mut r = Repairs::new(1);
         r.offer((0..(REPAIRS_QUEUED_MAX + 3) as u32).map(order));
         assert_eq!(r.failures().len(), 3);
+    }
+
+    #[test]
+    fn small_chunks_from_one_source_go_in_batches_within_the_limits() {
+        let from = |i: u32, source: u64, size: u64| RepairOrder { size, sources: vec![(StorageNodeId(source), format!("n{source}"))], ..order(i) };
+        let mut r = Repairs::new(4);
+        let mut orders: Vec<RepairOrder> = (0..100).map(|i| from(i, 1, 4096)).collect();
+        orders.extend((100..130).map(|i| from(i, 2, 4096)));
+        orders.push(from(130, 1, 1 << 20));
+        orders.extend((131..141).map(|i| from(i, 1, 4096)));
+        r.offer(orders);
+        let first = r.start().unwrap();
+        assert_eq!(first.len(), crate::rpc::CHUNK_BATCH_MAX, "a full batch");
+        assert!(first.iter().all(|o| o.sources[0].0 == StorageNodeId(1)), "one source per batch");
+        let second = r.start().unwrap();
+        assert_eq!(second.len(), 36 + 10, "the rest of source 1's small chunks, past the others");
+        assert!(second.iter().all(|o| o.sources[0].0 == StorageNodeId(1) && o.size == 4096));
+        let third = r.start().unwrap();
+        assert!(third.len() == 30 && third.iter().all(|o| o.sources[0].0 == StorageNodeId(2)));
+        assert_eq!(r.start().unwrap().len(), 1, "a large chunk streams alone");
+        assert!(r.start().is_none() && !r.has_room());
+        r.finish(first.iter().map(|o| (o.chunk, Ok(()))).collect());
+        assert!(r.has_room(), "a stream free and nothing queued");
+        // Bytes bound a batch too.
+        let mut r = Repairs::new(1);
+        r.offer((0..20).map(|i| from(i, 1, 256 * 1024)));
+        assert_eq!(r.start().unwrap().len(), crate::rpc::CHUNK_BATCH_BYTES_MAX / (256 * 1024));
     }
 
     proptest! {

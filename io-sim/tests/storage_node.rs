@@ -235,7 +235,7 @@ fn write(node: &StorageNode<TestEnv>, id: ChunkId, data: &Bytes) -> Result<proto
 }
 
 fn read_request(id: ChunkId) -> ReadChunkRequest {
-    ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()) }
+    ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()), ..Default::default() }
 }
 
 /// Every frame of a read, in order, with the error that ended it if any.

@@ -133,7 +133,7 @@ async fn scenario() {
         cluster.on_client(async move { c.stat("/f0").await }).await.expect("stat /f0").file.expect("file info").file_id
     };
     let c = client.clone();
-    cluster.on_client(async move { c.delete("/f0", false).await }).await.expect("delete while a holder is down");
+    cluster.on_client(async move { c.delete_now("/f0", false).await }).await.expect("delete while a holder is down");
     files.remove("/f0");
     // A straggler: a chunk of the deleted file that metadata never heard of on this node (as
     // if a write landed after the delete) — only the node's inventory can reveal it.

@@ -1,11 +1,13 @@
 //! `dfs bench repair`: how fast the cluster heals. A local cluster of 3 metadata and 4 storage
 //! nodes (short timeouts: suspect after 2 s, dead after 4 s, heartbeats every second) is
-//! filled with `--size` bytes at replication 3; one storage node is SIGKILLed; the bench
-//! measures the time until `fsck` is healthy again (from the kill, and from the node being
-//! declared dead), the repair throughput (the bytes of the replicas the node held, over the
-//! repair time), and beside it the disk's own throughput measured in the same run (one
-//! stream of the same chunk size written and fsynced, read back, like a repair copy). Then the
-//! node returns and the bench times the removal of the surplus replicas.
+//! filled with `--size` bytes at replication 3, in files of `--file-size` (uploaded
+//! `UPLOADS_IN_FLIGHT` at a time); one storage node is SIGKILLed; the bench measures the time
+//! until `fsck` is healthy again (from the kill, and from the node being declared dead), the
+//! repair throughput (the replicas the node held, in chunks and bytes, over the repair time),
+//! and beside it the disk's own throughput measured in the same run (one stream of 4 MiB
+//! chunks written and fsynced, read back, like a repair copy). Then the node returns and the
+//! bench times the removal of the surplus replicas. `--file-size 4KiB` measures the repair of
+//! small chunks (copied many to a call), the default that of large ones.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,6 +46,8 @@ pub struct RepairBenchArgs {
 const META_NODES: usize = 3;
 const STORAGE_NODES: usize = 4;
 const CHUNK: u64 = 4 * 1024 * 1024;
+/// Uploads in flight while the bench fills the cluster (small files go one chunk each).
+const UPLOADS_IN_FLIGHT: usize = 64;
 /// Longest wait for the cluster to heal or settle.
 const HEAL_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -61,6 +65,7 @@ pub async fn repair(args: RepairBenchArgs) -> anyhow::Result<()> {
 }
 
 struct Figures {
+    lost_chunks: u64,
     lost_bytes: u64,
     to_dead: Duration,
     to_healthy: Duration,
@@ -120,9 +125,13 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
         let source = dir.join("source.bin");
         write_random(&source, args.file_size.as_u64())?;
         let filled = Instant::now();
-        for k in 0..files {
-            client.put(&source, &format!("/bench/f{k}"), true, &NoProgress).await.with_context(|| format!("put /bench/f{k}"))?;
-        }
+        use futures::stream::{StreamExt, TryStreamExt};
+        let (client_ref, source_ref) = (&client, &source);
+        futures::stream::iter(0..files)
+            .map(|k| async move { client_ref.put(source_ref, &format!("/bench/f{k}"), true, &NoProgress).await.with_context(|| format!("put /bench/f{k}")) })
+            .buffer_unordered(UPLOADS_IN_FLIGHT)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
         say(format!("stored {} in {files} files at replication 3 in {:.1}s", ByteSize(files * args.file_size.as_u64()), filled.elapsed().as_secs_f64()));
         let disk_bytes_per_sec = disk_copy_rate(dir, 256 * CHUNK)?;
         say(format!("disk: one stream of {} chunks written, fsynced and read back: {}/s", ByteSize(CHUNK), ByteSize(disk_bytes_per_sec as u64)));
@@ -133,16 +142,16 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
             .storage_nodes
             .iter()
             .enumerate()
-            .max_by_key(|(_, n)| n.capacity_bytes.saturating_sub(n.free_bytes))
+            .max_by_key(|(_, n)| n.chunk_count)
             .map(|(i, _)| i)
             .context("no storage node")?;
         let victim_addr = status.storage_nodes[victim].node.clone().unwrap_or_default().addr;
         let index = storage_addrs.iter().position(|a| a.to_string() == victim_addr).context("the victim is one of ours")?;
-        let lost_bytes = held_bytes(&dir.join(format!("storage-{}", index + 1)).join("chunks"));
+        let (lost_chunks, lost_bytes) = held(&dir.join(format!("storage-{}", index + 1)).join("chunks"));
         let killed = Instant::now();
         nodes[META_NODES + index].child.start_kill()?;
         let _ = nodes[META_NODES + index].child.wait().await;
-        say(format!("SIGKILLed storage-{} holding {} of replicas", index + 1, ByteSize(lost_bytes)));
+        say(format!("SIGKILLed storage-{} holding {lost_chunks} replicas ({})", index + 1, ByteSize(lost_bytes)));
         let to_dead = wait_until(&client, &meta, HEAL_LIMIT, |s: &proto::ClusterStatusResponse, _| {
             s.storage_nodes.iter().any(|n| n.node.as_ref().is_some_and(|x| x.addr == victim_addr) && n.state == "dead")
         })
@@ -152,10 +161,11 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
         let to_healthy = healthy - killed;
         let repair_secs = (to_healthy - to_dead).as_secs_f64().max(0.001);
         say(format!(
-            "healthy again {:.1}s after the kill ({:.1}s after it was declared dead): {} repaired at {}/s, {:.0}% of the disk's rate",
+            "healthy again {:.1}s after the kill ({:.1}s after it was declared dead): {lost_chunks} chunks ({}) repaired at {:.0} chunks/s, {}/s, {:.0}% of the disk's rate",
             to_healthy.as_secs_f64(),
             repair_secs,
             ByteSize(lost_bytes),
+            lost_chunks as f64 / repair_secs,
             ByteSize((lost_bytes as f64 / repair_secs) as u64),
             100.0 * lost_bytes as f64 / repair_secs / disk_bytes_per_sec
         ));
@@ -171,7 +181,7 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
         .await?;
         let surplus_removed = settled - back;
         say(format!("storage-{} back: surplus replicas removed in {:.1}s", index + 1, surplus_removed.as_secs_f64()));
-        Ok::<_, anyhow::Error>(Figures { lost_bytes, to_dead, to_healthy, repair_secs, disk_bytes_per_sec, surplus_removed })
+        Ok::<_, anyhow::Error>(Figures { lost_chunks, lost_bytes, to_dead, to_healthy, repair_secs, disk_bytes_per_sec, surplus_removed })
     }
     .await;
     stop(&mut nodes).await;
@@ -179,7 +189,10 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "stored_bytes": args.size.as_u64(),
+            "file_bytes": args.file_size.as_u64(),
+            "lost_replicas": f.lost_chunks,
             "lost_replica_bytes": f.lost_bytes,
+            "repair_chunks_per_sec": f.lost_chunks as f64 / f.repair_secs,
             "seconds_to_dead": f.to_dead.as_secs_f64(),
             "seconds_to_healthy": f.to_healthy.as_secs_f64(),
             "repair_seconds": f.repair_secs,
@@ -252,19 +265,20 @@ fn disk_copy_rate(dir: &Path, total: u64) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-/// Bytes of the chunk files under `chunks`.
-fn held_bytes(chunks: &Path) -> u64 {
-    let mut total = 0;
+/// Chunk files under `chunks`, and their bytes.
+fn held(chunks: &Path) -> (u64, u64) {
+    let (mut count, mut total) = (0, 0);
     let mut stack = vec![chunks.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let Ok(meta) = e.metadata() else { continue };
             if meta.is_dir() {
                 stack.push(e.path());
-            } else {
+            } else if e.file_name().to_string_lossy().ends_with(".chunk") {
+                count += 1;
                 total += meta.len();
             }
         }
     }
-    total
+    (count, total)
 }

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::download::{self, Download};
 use super::resume::{self, Manifest, UploadKey};
 use super::upload::{self, MetaOp, Placement, Start, Upload, UploadError, UploadSpec};
+use crate::namespace::FileAttrs;
 use super::{local, ClientError, DfsClient, Progress};
 use crate::env::{call_with_timeout, Clock, Disk, Env, Transport};
 use crate::ids::{FileId, Sha256Digest};
@@ -90,11 +91,16 @@ impl<E: Env> DfsClient<E> {
     /// atomically at commit. With a resume directory configured, an interrupted upload of
     /// the same source to the same path resumes where it stopped.
     pub async fn put(&self, source: &Path, remote: &str, overwrite: bool, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
-        let first = self.put_once(source, remote, overwrite, progress, true).await;
+        self.put_with(source, remote, overwrite, FileAttrs::default(), progress).await
+    }
+
+    /// `put`, keeping `attrs` (the source's mode and modification time) with the file.
+    pub async fn put_with(&self, source: &Path, remote: &str, overwrite: bool, attrs: FileAttrs, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+        let first = self.put_once(source, remote, overwrite, attrs, progress, true).await;
         match first {
             Err(ClientError::Upload { source: UploadError::UploadGone | UploadError::SourceChanged, resumed: true, .. }) => {
                 progress.message("the interrupted upload cannot be resumed; starting over");
-                self.put_once(source, remote, overwrite, progress, false).await
+                self.put_once(source, remote, overwrite, attrs, progress, false).await
             }
             other => other,
         }
@@ -105,6 +111,7 @@ impl<E: Env> DfsClient<E> {
         source: &Path,
         remote: &str,
         overwrite: bool,
+        attrs: FileAttrs,
         progress: &dyn Progress,
         may_resume: bool,
     ) -> Result<proto::FileInfo, ClientError> {
@@ -170,6 +177,8 @@ impl<E: Env> DfsClient<E> {
                             request_id: Some(self.next_request_id()),
                             expect_file_id: None,
                             place_chunks,
+                            mode: attrs.mode,
+                            mtime_unix_ms: attrs.mtime_unix_ms,
                         };
                         pending.push(
                             async move {
@@ -414,7 +423,7 @@ impl<E: Env> DfsClient<E> {
     async fn get_file(&self, remote: &str, dest: &Path, sync: bool, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
         let disk = self.env.disk();
         let tmp = part_path(dest, self.env.random_u64());
-        let result = self.download(remote, Output::File { tmp: tmp.clone(), dest: dest.to_path_buf(), sync }, progress).await;
+        let result = self.download(remote, Output::File { tmp: tmp.clone(), dest: dest.to_path_buf(), sync }, progress, "get").await;
         if result.is_err() {
             let _ = disk.remove_file(&tmp).await;
         }
@@ -424,17 +433,22 @@ impl<E: Env> DfsClient<E> {
     /// Writes `remote` to `out` (stdout) in order, each chunk verified before it is written.
     /// A failure midway leaves a prefix of the file written.
     pub async fn get_to_writer(&self, remote: &str, out: &mut (dyn std::io::Write + Send), progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
-        self.download(remote, Output::Writer(out), progress).await
+        self.download(remote, Output::Writer(out), progress, "cat").await
     }
 
-    async fn download(&self, remote: &str, mut output: Output<'_>, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+    /// `get_to_writer`, its errors naming the command `verb` (`get` to stdout, `cat`).
+    pub async fn get_to_writer_as(&self, remote: &str, out: &mut (dyn std::io::Write + Send), progress: &dyn Progress, verb: &str) -> Result<proto::FileInfo, ClientError> {
+        self.download(remote, Output::Writer(out), progress, verb).await
+    }
+
+    async fn download(&self, remote: &str, mut output: Output<'_>, progress: &dyn Progress, verb: &str) -> Result<proto::FileInfo, ClientError> {
         let reply = self
             .gets
             .call(proto::GetFileRequest { path: remote.to_string() })
             .await
-            .map_err(|source| ClientError::Metadata { context: format!("get {remote}"), source })?;
+            .map_err(|source| ClientError::Metadata { context: format!("{verb} {remote}"), source })?;
         let info = reply.file.ok_or_else(|| ClientError::Invalid("get reply carries no file".into()))?;
-        let download_error = |source: download::DownloadError| ClientError::Download { path: remote.to_string(), source };
+        let download_error = |source: download::DownloadError| ClientError::Download { verb: verb.to_string(), path: remote.to_string(), source };
         let mut machine = Download::new(&info, reply.chunks, self.download_config()).map_err(download_error)?;
         // Every chunk of this file is small enough to travel in a batch.
         let small_chunks = self.config.small_chunk_batches && info.chunk_size.min(info.size) <= SMALL_CHUNK_BYTES_MAX as u64;
@@ -456,7 +470,7 @@ impl<E: Env> DfsClient<E> {
                         let timeout = self.config.transfer_timeout;
                         pending.push(
                             async move {
-                                let request = proto::ReadChunkRequest { chunk_id };
+                                let request = proto::ReadChunkRequest { chunk_id, ..Default::default() };
                                 let fetched = if small_chunks {
                                     self.chunk_batches.read(&from.addr, request).await
                                 } else {
@@ -611,6 +625,72 @@ impl<E: Env> DfsClient<E> {
                 disk.sync_dir(dir).await
             }
         }
+    }
+
+    /// Writes bytes `[offset, offset + len)` of `remote` (clamped to its size) to `out`, in
+    /// order, and returns the file and how many bytes were written. Only the chunks that hold
+    /// the range are read, and of each only the frames that hold it, every frame checked
+    /// against its CRC32C before a byte of it is written (a chunk stored without frame checks
+    /// is read whole and checked against its SHA-256). A replica that fails is skipped (and
+    /// reported when its bytes are wrong) for the next. `verb` names the command in errors.
+    pub async fn read_range(&self, remote: &str, offset: u64, len: u64, out: &mut (dyn std::io::Write + Send), verb: &str) -> Result<(proto::FileInfo, u64), ClientError> {
+        let reply = self
+            .gets
+            .call(proto::GetFileRequest { path: remote.to_string() })
+            .await
+            .map_err(|source| ClientError::Metadata { context: format!("{verb} {remote}"), source })?;
+        let info = reply.file.ok_or_else(|| ClientError::Invalid("the file's reply carries no file".into()))?;
+        let end = offset.saturating_add(len).min(info.size);
+        let mut chunks = reply.chunks;
+        chunks.sort_by_key(|c| c.index);
+        let mut written = 0;
+        for loc in chunks {
+            let chunk_start = loc.index as u64 * info.chunk_size;
+            let chunk_end = chunk_start + loc.size;
+            if chunk_end <= offset || chunk_start >= end {
+                continue;
+            }
+            let (from, to) = (offset.max(chunk_start) - chunk_start, end.min(chunk_end) - chunk_start);
+            let meta = crate::chunk_store::ChunkMeta { size: loc.size, sha256: Sha256Digest::from_slice(&loc.sha256).unwrap_or(Sha256Digest([0; 32])) };
+            let mut errors = Vec::new();
+            let mut bytes = None;
+            for node in &loc.replicas {
+                let request = proto::ReadChunkRequest { chunk_id: loc.chunk_id.clone(), range_offset: Some(from), range_length: Some(to - from) };
+                let read = call_with_timeout(self.env.clock(), self.config.transfer_timeout, &node.addr, self.env.transport().read_chunk(&node.addr, request)).await;
+                let download = match read {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", node.addr));
+                        continue;
+                    }
+                };
+                let h = &download.header;
+                let range = match h.range_bytes {
+                    Some(bytes) => crate::chunk_store::ServedRange { start: h.range_start, bytes, frame_bytes: h.frame_bytes, crcs: h.frame_crc32c.clone() },
+                    None => crate::chunk_store::ServedRange { start: 0, bytes: loc.size, frame_bytes: loc.size.max(1), crcs: Vec::new() },
+                };
+                let data = download.data;
+                let checked = self.env.compute(move || crate::chunk_store::check_range(&range, meta, &data, from, to - from)).await;
+                match checked {
+                    Ok(b) => {
+                        bytes = Some(b);
+                        break;
+                    }
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", node.addr));
+                        self.report_bad_replica(loc.chunk_id.clone(), node.clone(), e.to_string()).await;
+                    }
+                }
+            }
+            let Some(bytes) = bytes else {
+                let why = if errors.is_empty() { "no replica is listed".to_string() } else { errors.join("; ") };
+                return Err(ClientError::Chunk { path: remote.to_string(), index: loc.index, reason: format!("no replica served it ({why})") });
+            };
+            out.write_all(&bytes).map_err(|e| ClientError::Local { path: PathBuf::from("-"), source: e })?;
+            written += bytes.len() as u64;
+        }
+        out.flush().map_err(|e| ClientError::Local { path: PathBuf::from("-"), source: e })?;
+        Ok((info, written))
     }
 
     /// Tells metadata a replica is bad, so it is no longer served (HDFS's `reportBadBlocks`).

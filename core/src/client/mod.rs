@@ -57,6 +57,9 @@ pub struct ClientConfig {
     /// Whether chunks of at most `SMALL_CHUNK_BYTES_MAX` bytes travel in batches to and from a
     /// node (`chunk_batch`) rather than one stream each.
     pub small_chunk_batches: bool,
+    /// Who deletes: what this client deletes goes to `/.trash/<user>/` (when the cluster keeps
+    /// a trash).
+    pub user: String,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +74,7 @@ impl Default for ClientConfig {
             resume_dir: None,
             metadata_batch: BatchLimits::default(),
             small_chunk_batches: true,
+            user: String::new(),
         }
     }
 }
@@ -94,8 +98,13 @@ pub enum ClientError {
         /// The upload was resuming an interrupted one.
         resumed: bool,
     },
-    #[error("get {path}: {source}")]
-    Download { path: String, source: download::DownloadError },
+    #[error("{verb} {path}: {source}")]
+    Download {
+        /// The command that downloads: "get", "cat".
+        verb: String,
+        path: String,
+        source: download::DownloadError,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -149,6 +158,8 @@ pub struct Deleted {
     /// Unknown (0) when a retried delete found its first attempt had done the work.
     pub files_deleted: u64,
     pub dirs_deleted: u64,
+    /// Where it was moved, when it went to the trash rather than away for good.
+    pub trashed_to: Option<String>,
 }
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
@@ -274,7 +285,17 @@ impl<E: Env> DfsClient<E> {
     /// `recursive`. A file is deleted only if it is still the one looked at first, so a retry
     /// after a lost reply never deletes a newer file at the same path; finding it gone then
     /// counts as success, since it was there when this call began.
+    /// It goes to the user's trash when the cluster keeps one; `delete_now` skips it.
     pub async fn delete(&self, remote: &str, recursive: bool) -> Result<Deleted, ClientError> {
+        self.delete_with(remote, recursive, false).await
+    }
+
+    /// `delete`, never through the trash.
+    pub async fn delete_now(&self, remote: &str, recursive: bool) -> Result<Deleted, ClientError> {
+        self.delete_with(remote, recursive, true).await
+    }
+
+    async fn delete_with(&self, remote: &str, recursive: bool, skip_trash: bool) -> Result<Deleted, ClientError> {
         let context = format!("rm {remote}");
         let Some(existing) = self.entry(remote).await? else {
             let path = normalize_path(remote).map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -283,9 +304,50 @@ impl<E: Env> DfsClient<E> {
         let expect_file_id = existing.file.as_ref().map(|f| f.file_id);
         // The request id makes a retry (first reply lost) get the first attempt's answer, so
         // "no such file" here means someone else removed it first.
-        let request = proto::DeleteFileRequest { path: existing.path.clone(), recursive, expect_file_id, request_id: Some(self.next_request_id()) };
+        let request = proto::DeleteFileRequest {
+            path: existing.path.clone(),
+            recursive,
+            expect_file_id,
+            request_id: Some(self.next_request_id()),
+            skip_trash,
+            user: self.config.user.clone(),
+        };
         let reply = self.meta.call(request).await.map_err(|source| ClientError::Metadata { context, source })?;
-        Ok(Deleted { path: existing.path, file: reply.file, files_deleted: reply.files_deleted, dirs_deleted: reply.dirs_deleted })
+        let trashed_to = Some(reply.trashed_to).filter(|t| !t.is_empty());
+        Ok(Deleted { path: existing.path, file: reply.file, files_deleted: reply.files_deleted, dirs_deleted: reply.dirs_deleted, trashed_to })
+    }
+
+    /// A new file at `dst` with `src`'s content, sharing its chunks (no byte moves).
+    pub async fn copy(&self, src: &str, dst: &str, overwrite: bool) -> Result<proto::FileInfo, ClientError> {
+        let request = proto::CopyFileRequest { src: src.to_string(), dst: dst.to_string(), overwrite, request_id: Some(self.next_request_id()) };
+        let reply = self.meta.call(request).await.map_err(metadata(format!("cp {src} {dst}")))?;
+        reply.file.ok_or_else(|| ClientError::Invalid("the copy's reply names no file".into()))
+    }
+
+    /// Sets the replication factor of a file, or of every file under a directory; returns how
+    /// many files.
+    pub async fn set_replication(&self, remote: &str, replication: u32) -> Result<u64, ClientError> {
+        let request = proto::SetReplicationRequest { path: remote.to_string(), replication, request_id: Some(self.next_request_id()) };
+        Ok(self.meta.call(request).await.map_err(metadata(format!("setrep {replication} {remote}")))?.files)
+    }
+
+    /// Sets a file's kept mode and modification time (those given), or a directory's time.
+    pub async fn set_attributes(&self, remote: &str, mode: Option<u32>, mtime_unix_ms: Option<u64>) -> Result<(), ClientError> {
+        let request = proto::SetAttributesRequest { path: remote.to_string(), mode, mtime_unix_ms, request_id: Some(self.next_request_id()) };
+        self.meta.call(request).await.map_err(metadata(format!("touch {remote}")))?;
+        Ok(())
+    }
+
+    /// Uploads not committed (yet), oldest first, at or under `prefix` (empty: all).
+    pub async fn uploads(&self, prefix: &str) -> Result<proto::ListUploadsResponse, ClientError> {
+        self.meta.call(proto::ListUploadsRequest { prefix: prefix.to_string() }).await.map_err(metadata("uploads"))
+    }
+
+    /// Drops an upload that was never committed; its stored chunks are deleted.
+    pub async fn abort_upload(&self, file_id: u64) -> Result<(), ClientError> {
+        let request = proto::AbortUploadRequest { file_id, request_id: Some(self.next_request_id()) };
+        self.meta.call(request).await.map_err(metadata(format!("uploads --abort {file_id}")))?;
+        Ok(())
     }
 
     /// The entries directly under the directory `remote` (or the file itself), by name; with

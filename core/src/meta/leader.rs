@@ -42,6 +42,9 @@ use crate::namespace::{Command, Namespace, ReplicaReport, Upload, Verdict, REPLI
 use crate::placement::{self, Candidate};
 use crate::repair::{Census, ChunkState, NodeState, RepairConfig, RepairJob, RepairPlanner, RepairStats};
 
+/// Expired trash buckets deleted per housekeeping tick, at most.
+const TRASH_PURGES_PER_TICK: usize = 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaderConfig {
     pub health: HealthConfig,
@@ -54,6 +57,8 @@ pub struct LeaderConfig {
     /// How often `tick` looks for housekeeping to do (and plans repairs).
     pub housekeeping_interval: Duration,
     pub repair: RepairConfig,
+    /// How long deleted files stay in the trash; zero: no trash.
+    pub trash_interval: Duration,
 }
 
 impl Default for LeaderConfig {
@@ -65,6 +70,7 @@ impl Default for LeaderConfig {
             upload_expiry: Duration::from_millis(crate::namespace::UPLOAD_EXPIRY_DEFAULT_MS),
             housekeeping_interval: Duration::from_secs(1),
             repair: RepairConfig::default(),
+            trash_interval: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -201,11 +207,20 @@ pub fn resolve_node(ns: &Namespace, name: &str) -> Option<(StorageNodeId, String
 }
 
 /// The chunks of a committed file, as the repair planner sees them.
+/// A chunk several files share (`cp`) has the highest replication factor of the files
+/// holding it.
 fn chunk_states<'a>(ns: &'a Namespace, f: &'a crate::namespace::FileRecord) -> impl Iterator<Item = ChunkState<'a>> + 'a {
     f.chunks.iter().map(move |c| {
         let id = f.chunk_id(c.index);
-        ChunkState { id, size: c.size, sha256: c.sha256, replication: f.replication, replicas: &c.replicas, bad: ns.bad_replicas(id), deleting: ns.deleting(id) }
+        let replication = if ns.is_shared(id) { ns.chunk_replication(id).unwrap_or(f.replication) } else { f.replication };
+        ChunkState { id, size: c.size, sha256: c.sha256, replication, replicas: &c.replicas, bad: ns.bad_replicas(id), deleting: ns.deleting(id) }
     })
+}
+
+/// Every chunk of every committed file once (a shared chunk through the file that speaks for
+/// it): what the repair planner scans.
+fn every_chunk(ns: &Namespace) -> impl Iterator<Item = ChunkState<'_>> + '_ {
+    ns.files().flat_map(move |f| chunk_states(ns, f).filter(move |c| ns.speaks_for(f.id, c.id)))
 }
 
 /// What `Leader::fsck` found.
@@ -542,10 +557,31 @@ impl Leader {
         if ns.uploads().any(|u| u.created_unix_ms < cutoff) {
             commands.push(Command::ExpireUploads { now_unix_ms: unix_ms, older_than_ms: expiry_ms });
         }
+        commands.extend(self.expired_trash(unix_ms, ns));
         let nodes = self.node_states(now, ns);
-        let chunks = ns.files().flat_map(|f| chunk_states(ns, f));
-        commands.extend(self.repair.plan(now, chunks, &nodes));
+        commands.extend(self.repair.plan(now, every_chunk(ns), &nodes));
         commands
+    }
+
+    /// Deletes for the trash buckets older than the trash interval (at most
+    /// `TRASH_PURGES_PER_TICK` a tick; a name that is no bucket's is left alone).
+    fn expired_trash(&self, unix_ms: u64, ns: &Namespace) -> Vec<Command> {
+        let keep_ms = self.config.trash_interval.as_millis() as u64;
+        if keep_ms == 0 || ns.kind(crate::namespace::TRASH_DIR).is_none() {
+            return Vec::new();
+        }
+        let mut purges = Vec::new();
+        let users = ns.list_dir(crate::namespace::TRASH_DIR, "", usize::MAX).map(|(e, _)| e).unwrap_or_default();
+        for user in users.iter().filter(|u| u.kind == crate::namespace::EntryKind::Dir) {
+            let buckets = ns.list_dir(&user.path, "", usize::MAX).map(|(e, _)| e).unwrap_or_default();
+            for b in buckets {
+                let expired = crate::namespace::trash_bucket_unix_ms(&b.name).is_some_and(|at| at.saturating_add(keep_ms) <= unix_ms);
+                if expired && purges.len() < TRASH_PURGES_PER_TICK {
+                    purges.push(Command::Delete { path: b.path, recursive: true, expect_file_id: None });
+                }
+            }
+        }
+        purges
     }
 
     /// Every registered node as the repair planner sees it.

@@ -92,6 +92,9 @@ pub struct MetaConfig {
     pub repair: RepairConfig,
     /// How long a replica is garbage before its node is asked to delete it.
     pub gc_delay: Duration,
+    /// How long deleted files stay in their user's trash (`/.trash/<user>/`) before they go
+    /// for good; zero: deletes are immediate.
+    pub trash_interval: Duration,
 }
 
 impl MetaConfig {
@@ -117,6 +120,7 @@ impl MetaConfig {
             upload_expiry: Duration::from_millis(namespace::UPLOAD_EXPIRY_DEFAULT_MS),
             repair: RepairConfig::default(),
             gc_delay: LeaderConfig::default().gc_delay,
+            trash_interval: LeaderConfig::default().trash_interval,
         }
     }
 }
@@ -637,7 +641,7 @@ impl<E: Env> MetaServer<E> {
         let now = self.env.clock().now();
         let mut guard = self.leader.lock().expect("leader lock");
         if guard.as_ref().is_none_or(|l| l.term() != term) {
-            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair }, gc_delay: self.config.gc_delay, ..LeaderConfig::default() };
+            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair }, gc_delay: self.config.gc_delay, trash_interval: self.config.trash_interval, ..LeaderConfig::default() };
             *guard = Some(Leader::new(config, term, now));
         }
         let state = self.state.read().expect("state lock");
@@ -712,6 +716,8 @@ fn file_info(f: &FileSummary) -> proto::FileInfo {
         chunk_count: f.chunk_count,
         committed_unix_ms: f.committed_unix_ms,
         sha256: f.sha256.map(|d| d.0.to_vec().into()).unwrap_or_default(),
+        mode: f.attrs.mode,
+        mtime_unix_ms: f.attrs.mtime_unix_ms,
     }
 }
 
@@ -789,6 +795,7 @@ impl<E: Env> MetaServer<E> {
             expect_file_id: r.expect_file_id.map(FileId),
             request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
             unix_ms: self.env.clock().unix_ms(),
+            attrs: namespace::FileAttrs { mode: r.mode, mtime_unix_ms: r.mtime_unix_ms },
         })
     }
 
@@ -831,7 +838,7 @@ impl<E: Env> MetaServer<E> {
             file.chunks
                 .iter()
                 .map(|c| {
-                    let chunk_id = ChunkId::derive(file.id, c.index);
+                    let chunk_id = file.chunk_id(c.index);
                     let bad = ns.bad_replicas(chunk_id);
                     proto::ChunkLocation {
                         index: c.index,
@@ -1015,14 +1022,82 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
-        let command = Command::Delete { path: r.path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId) };
+        let path = normalize_path(&r.path).map_err(namespace_error)?;
+        // Kept in the user's trash, unless asked otherwise, the cluster keeps none, or it is in
+        // the trash already (or is the root, which cannot move).
+        let trashed = !r.skip_trash && !self.config.trash_interval.is_zero() && path != namespace::ROOT && !namespace::in_trash(&path);
+        let command = if trashed {
+            let user = if r.user.is_empty() { "unknown".to_string() } else { r.user };
+            namespace::check_user(&user).map_err(namespace_error)?;
+            let unix_ms = self.env.clock().unix_ms();
+            Command::MoveToTrash { path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId), trash: namespace::trash_bucket(&user, unix_ms), unix_ms }
+        } else {
+            Command::Delete { path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId) }
+        };
         match self.propose(once(r.request_id, command)).await? {
-            Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0 }),
+            Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0, trashed_to: String::new() }),
             Outcome::DirDeleted { files, dirs, .. } => {
-                Ok(proto::DeleteFileResponse { file: None, files_deleted: files, dirs_deleted: dirs })
+                Ok(proto::DeleteFileResponse { file: None, files_deleted: files, dirs_deleted: dirs, trashed_to: String::new() })
+            }
+            Outcome::Trashed { file, to, files, dirs, .. } => {
+                Ok(proto::DeleteFileResponse { file: file.as_ref().map(file_info), files_deleted: files, dirs_deleted: dirs, trashed_to: to })
             }
             other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    async fn copy_file(&self, r: proto::CopyFileRequest) -> Result<proto::CopyFileResponse, RpcError> {
+        let command = Command::CopyFile { src: r.src, dst: r.dst, overwrite: r.overwrite, unix_ms: self.env.clock().unix_ms() };
+        match self.propose(once(r.request_id, command)).await? {
+            Outcome::FileCommitted(f) => Ok(proto::CopyFileResponse { file: Some(file_info(&f)) }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn set_replication(&self, r: proto::SetReplicationRequest) -> Result<proto::SetReplicationResponse, RpcError> {
+        // A factor the cluster cannot hold is refused now, as at create.
+        let term = self.require_leader()?;
+        let now = self.env.clock().now();
+        self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
+        match self.propose(once(r.request_id, Command::SetReplication { path: r.path, replication: r.replication })).await? {
+            Outcome::ReplicationSet { files } => Ok(proto::SetReplicationResponse { files }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn set_attributes(&self, r: proto::SetAttributesRequest) -> Result<proto::SetAttributesResponse, RpcError> {
+        self.propose(once(r.request_id, Command::SetAttributes { path: r.path, mode: r.mode, mtime_unix_ms: r.mtime_unix_ms })).await?;
+        Ok(proto::SetAttributesResponse {})
+    }
+
+    async fn list_uploads(&self, r: proto::ListUploadsRequest) -> Result<proto::ListUploadsResponse, RpcError> {
+        let prefix = if r.prefix.is_empty() { namespace::ROOT.to_string() } else { normalize_path(&r.prefix).map_err(namespace_error)? };
+        self.read(|s| {
+            let mut uploads: Vec<&namespace::Upload> = s.namespace.uploads().filter(|u| namespace::is_at_or_under(&u.path, &prefix)).collect();
+            uploads.sort_by_key(|u| (u.created_unix_ms, u.id));
+            let truncated = uploads.len() > LIST_LIMIT_MAX as usize;
+            let uploads = uploads
+                .into_iter()
+                .take(LIST_LIMIT_MAX as usize)
+                .map(|u| proto::UploadInfo {
+                    file_id: u.id.0,
+                    path: u.path.clone(),
+                    size: u.size,
+                    replication: u.replication,
+                    created_unix_ms: u.created_unix_ms,
+                    chunks_total: crate::chunking::chunk_count(u.size, u.chunk_size),
+                    chunks_recorded: u.chunks.len() as u64,
+                    bytes_recorded: u.chunks.values().map(|c| c.size).sum(),
+                })
+                .collect();
+            proto::ListUploadsResponse { uploads, truncated }
+        })
+        .await
+    }
+
+    async fn abort_upload(&self, r: proto::AbortUploadRequest) -> Result<proto::AbortUploadResponse, RpcError> {
+        self.propose(once(r.request_id, Command::AbortUpload { file: FileId(r.file_id) })).await?;
+        Ok(proto::AbortUploadResponse {})
     }
 
     async fn mkdir(&self, r: proto::MkdirRequest) -> Result<proto::MkdirResponse, RpcError> {

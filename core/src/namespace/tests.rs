@@ -26,6 +26,7 @@ fn create_cmd(path: &str, size: u64, overwrite: bool) -> Command {
         expect_file_id: None,
         request_id: None,
         unix_ms: 7,
+        attrs: Default::default(),
     }
 }
 
@@ -406,6 +407,7 @@ fn a_retried_create_with_the_same_request_id_creates_nothing_new() {
         expect_file_id: None,
         request_id: request,
         unix_ms: 1,
+        attrs: Default::default(),
     };
     let first = ns.apply(command.clone()).unwrap();
     let after_first = ns.clone();
@@ -444,6 +446,7 @@ fn an_overwrite_replaces_only_the_file_the_client_saw() {
         expect_file_id: Some(expect),
         request_id: None,
         unix_ms: 1,
+        attrs: Default::default(),
     };
     assert!(matches!(ns.apply(expecting(FileId(999))), Err(NamespaceError::FileChanged { .. })));
     let Outcome::FileCreated(mine) = ns.apply(expecting(seen.id)).unwrap() else { panic!() };
@@ -475,6 +478,7 @@ fn expired_uploads_are_dropped_and_their_replicas_collected() {
             expect_file_id: None,
             request_id: Some(RequestId { client: 7, seq }),
             unix_ms,
+            attrs: Default::default(),
         };
         match ns.apply(command).unwrap() {
             Outcome::FileCreated(id) => id,
@@ -743,6 +747,7 @@ proptest! {
                         expect_file_id: None,
                         request_id: Some(RequestId { client: 1, seq }),
                         unix_ms: now,
+                        attrs: Default::default(),
                     };
                     let result = ns.apply(command.clone());
                     if let Ok(Outcome::FileCreated(id)) = result {

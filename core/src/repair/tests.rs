@@ -26,7 +26,7 @@ fn chunk(file: u64, index: u32, replicas: &[u64], replication: u32) -> Chunk {
 }
 
 fn states(chunks: &[Chunk]) -> impl Iterator<Item = ChunkState<'_>> {
-    chunks.iter().map(|c| ChunkState { id: c.id, size: 100, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: c.bad.as_ref(), deleting: vec![] })
+    chunks.iter().map(|c| ChunkState { id: c.id, size: 4 << 20, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: c.bad.as_ref(), deleting: vec![] })
 }
 
 fn planner(config: RepairConfig) -> RepairPlanner {
@@ -132,7 +132,7 @@ fn a_job_whose_target_goes_silent_before_it_is_handed_out_is_planned_again_at_on
     let mut p = planner(RepairConfig::default());
     let chunks = [chunk(1, 0, &[1], 2)];
     let mut n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
-    n.get_mut(&StorageNodeId(3)).unwrap().free_bytes = 1000;
+    n.get_mut(&StorageNodeId(3)).unwrap().free_bytes = 8 << 20;
     p.plan(NOW, states(&chunks), &n);
     // Node 2 (most free space) got it, but goes silent before its next heartbeat.
     n.get_mut(&StorageNodeId(2)).unwrap().liveness = Liveness::Suspect;
@@ -235,4 +235,52 @@ fn a_copy_reported_stored_and_still_running_frees_its_slot_at_once() {
     let next = p.jobs_for(NOW, StorageNodeId(2), &n);
     assert_eq!(next.len(), 1, "the finished copy's slot was not freed: {next:?}");
     assert_eq!(p.jobs_in_flight(), 2);
+}
+
+#[test]
+fn small_chunks_take_a_slot_each_so_a_stream_carries_a_batch() {
+    let config = RepairConfig { streams_out_max: 2, streams_in_max: 1, jobs_max: 100, ..RepairConfig::default() };
+    let mut p = planner(config);
+    let chunks: Vec<Chunk> = (0..500).map(|i| chunk(1, i, &[1], 2)).collect();
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
+    p.plan(NOW, small_states(&chunks), &n);
+    let to2 = p.jobs_for(NOW, StorageNodeId(2), &n);
+    let to3 = p.jobs_for(NOW, StorageNodeId(3), &n);
+    // One stream in, and one queued: two batches' worth per target.
+    assert_eq!((to2.len(), to3.len()), (2 * SLOTS_PER_STREAM, 2 * SLOTS_PER_STREAM));
+    assert!(p.jobs_for(NOW, StorageNodeId(2), &n).is_empty(), "handed out twice");
+    // A target that reports its copies stored gets the next ones in the same reply.
+    let done: Vec<ChunkId> = to2.iter().take(SLOTS_PER_STREAM).map(|j| j.chunk).collect();
+    let running: Vec<ChunkId> = to2.iter().skip(SLOTS_PER_STREAM).map(|j| j.chunk).collect();
+    p.on_heartbeat(NOW, StorageNodeId(2), &running, &[], &done);
+    assert_eq!(p.jobs_for(NOW, StorageNodeId(2), &n).len(), SLOTS_PER_STREAM);
+    // The cluster's bound counts slots too: 100 streams' worth in all.
+    let config = RepairConfig { streams_out_max: 64, streams_in_max: 64, jobs_max: 3, ..RepairConfig::default() };
+    let mut p = planner(config);
+    p.plan(NOW, small_states(&chunks), &n);
+    let handed: usize = (2..=3).map(|t| p.jobs_for(NOW, StorageNodeId(t), &n).len()).sum();
+    assert_eq!(handed, 3 * SLOTS_PER_STREAM);
+}
+
+fn small_states(chunks: &[Chunk]) -> impl Iterator<Item = ChunkState<'_>> {
+    chunks.iter().map(|c| ChunkState { id: c.id, size: 4096, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: None, deleting: vec![] })
+}
+
+#[test]
+fn a_pair_that_failed_is_tried_again_when_no_other_can_serve() {
+    let config = RepairConfig::default();
+    let mut p = planner(config);
+    // Three nodes, factor 3, one copy missing: node 3 is the only target there is.
+    let chunks = [chunk(1, 0, &[1, 2], 3)];
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
+    let mut at = NOW;
+    let mut sources_tried = BTreeSet::new();
+    for attempt in 0..4 {
+        p.plan(at, states(&chunks), &n);
+        let job = p.jobs_for(at, StorageNodeId(3), &n).pop().unwrap_or_else(|| panic!("attempt {attempt}: the only target was ruled out"));
+        sources_tried.insert(job.sources[0]);
+        p.on_heartbeat(at, StorageNodeId(3), &[], &[(job.chunk, "disk error".into())], &[]);
+        at = at.plus(config.retry_backoff_max);
+    }
+    assert_eq!(sources_tried.len(), 2, "the pair that had not failed was tried first");
 }

@@ -124,7 +124,8 @@ impl<E: Env> StorageNode<E> {
             refused.push(refusals);
         }
 
-        let local = self.store_batch(&verified);
+        let items: Vec<(ChunkId, ChunkMeta, Bytes)> = verified.iter().map(|v| (v.id, v.meta, v.upload.data.clone())).collect();
+        let local = self.store_batch(&items);
         let sends = to_peer.into_values().map(|(peer, indexes)| self.replicate_batch(peer, indexes, &verified));
         let (stored, replicated) = futures::join!(local, join_all(sends));
 
@@ -212,7 +213,7 @@ impl<E: Env> StorageNode<E> {
 
     /// Makes verified chunks durable here, in one blocking call with two filesystem flushes;
     /// one result per chunk, in order.
-    async fn store_batch(&self, verified: &[Verified]) -> Vec<Result<(), RpcError>> {
+    pub(super) async fn store_batch(&self, verified: &[(ChunkId, ChunkMeta, Bytes)]) -> Vec<Result<(), RpcError>> {
         if verified.is_empty() {
             return Vec::new();
         }
@@ -226,19 +227,19 @@ impl<E: Env> StorageNode<E> {
         let mut positions = Vec::new();
         let steps = {
             let mut table = self.table.lock().expect("table lock");
-            for (k, v) in verified.iter().enumerate() {
-                match table.begin_write(v.id, v.meta) {
+            for (k, (id, meta, data)) in verified.iter().enumerate() {
+                match table.begin_write(*id, *meta) {
                     Err(e @ ChunkStoreError::WriteInProgress(_)) => outcome[k] = Err(RpcError::Unavailable(e.to_string())),
                     Err(e) => outcome[k] = Err(RpcError::FailedPrecondition(e.to_string())),
                     Ok(WriteDecision::AlreadyStored) => {}
                     Ok(WriteDecision::Write) => {
                         let (_, in_progress) = table.writing();
                         if let Err(e) = chunk_store::check_space(0, in_progress, free_bytes, self.config.space_reserve_bytes) {
-                            table.abort_write(v.id);
+                            table.abort_write(*id);
                             outcome[k] = Err(self.refused_for_space(e));
                             continue;
                         }
-                        items.push(BatchItem { id: v.id, nonce: self.env.random_u64(), meta: v.meta, data: v.upload.data.clone() });
+                        items.push(BatchItem { id: *id, nonce: self.env.random_u64(), meta: *meta, data: data.clone() });
                         positions.push(k);
                     }
                 }
@@ -300,7 +301,7 @@ impl<E: Env> StorageNode<E> {
         };
         let damage = match chunk_store::decode_file(file) {
             Ok((meta, data)) if meta == expected => {
-                return Ok(proto::ChunkRead { header: Some(proto::ReadChunkHeader { size: meta.size, sha256: Bytes::copy_from_slice(&meta.sha256.0) }), data });
+                return Ok(proto::ChunkRead { header: Some(proto::ReadChunkHeader { size: meta.size, sha256: Bytes::copy_from_slice(&meta.sha256.0), ..Default::default() }), data });
             }
             Ok(_) => "the file's header no longer matches what was stored".to_string(),
             Err(e) => e.to_string(),

@@ -169,6 +169,7 @@ impl World {
             expect_file_id: None,
             request_id: None,
             unix_ms: self.unix_ms,
+            attrs: Default::default(),
         }) {
             Outcome::FileCreated(id) => id,
             other => panic!("{other:?}"),
@@ -417,6 +418,7 @@ fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
         expect_file_id: None,
         request_id: None,
         unix_ms: w.unix_ms,
+        attrs: Default::default(),
     }) {
         Outcome::FileCreated(id) => id,
         other => panic!("{other:?}"),
