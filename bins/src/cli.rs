@@ -306,6 +306,17 @@ mod tests {
     }
 
     #[test]
+    fn each_cause_is_said_once() {
+        let local = ClientError::Local { path: "/x/y".into(), source: std::io::Error::from_raw_os_error(13) };
+        let text = format!("{:#}", anyhow::Error::new(local).context("get /r"));
+        assert_eq!(text.matches("os error 13").count(), 1, "{text}");
+        assert!(text.starts_with("get /r: /x/y: "), "{text}");
+        let meta = ClientError::Metadata { context: "cat /r".into(), source: RpcError::NotFound("/r: no such file".into()) };
+        let text = format!("{:#}", anyhow::Error::new(meta));
+        assert_eq!(text, "cat /r: /r: no such file");
+    }
+
+    #[test]
     fn counts_take_the_right_plural() {
         assert_eq!(plural(1, "chunk"), "1 chunk");
         assert_eq!(plural(0, "chunk"), "0 chunks");

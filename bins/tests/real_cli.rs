@@ -115,6 +115,184 @@ fn the_cli_against_one_cluster() {
     long_names(&meta, &cache, dir);
     special_destinations(&meta, &cache, dir);
     space_shown(&meta, &cache);
+    everyday_commands(&meta, &cache, dir);
+    trash(&meta, &cache, dir);
+    put_and_get_details(&meta, &cache, dir);
+    messages(&meta, &cache, dir);
+}
+
+/// The commands `hdfs dfs`, `mc` and `weed` users reach for first.
+fn everyday_commands(meta: &str, cache: &Path, dir: &Path) {
+    let bytes = test_bytes(5 * 65_536 + 1234, 61);
+    let file = dir.join("every.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    ok(run(meta, cache, &["put", "--chunk-size", "64KiB", s(&file), "/ev/a.bin"], None), &["put"]);
+
+    // cp on the servers: the copy lists the same chunks (no byte moved), reads the same bytes,
+    // and outlives its source.
+    let cp = json(meta, cache, &["cp", "/ev/a.bin", "/ev/copy.bin"]);
+    assert_eq!((cp["files"].as_u64(), cp["bytes"].as_u64()), (Some(1), Some(bytes.len() as u64)), "{cp}");
+    let chunks = |p: &str| -> Vec<String> { json(meta, cache, &["stat", p])["chunks"].as_array().unwrap().iter().map(|c| c["chunk_id"].as_str().unwrap().to_string()).collect() };
+    assert_eq!(chunks("/ev/a.bin"), chunks("/ev/copy.bin"), "a copy shares its source's chunks");
+    ok(run(meta, cache, &["rm", "--skip-trash", "/ev/a.bin"], None), &["rm"]);
+    assert_eq!(ok(run(meta, cache, &["cat", "/ev/copy.bin"], None), &["cat copy"]), bytes, "the copy lost its chunks with its source");
+    fails(meta, cache, &["cp", "/ev", "/ev2"], 2, "cp -r copies a tree");
+    let tree = json(meta, cache, &["cp", "-r", "/ev", "/ev2"]);
+    assert_eq!(tree["files"], 1, "{tree}");
+    fails(meta, cache, &["cp", "/ev/copy.bin", "/ev2/copy.bin"], 1, "already exists");
+
+    // touch: a new empty file, then only its time.
+    ok(run(meta, cache, &["touch", "/ev/empty"], None), &["touch"]);
+    let first = json(meta, cache, &["stat", "/ev/empty"]);
+    assert_eq!(first["file"]["size"], 0);
+    std::thread::sleep(Duration::from_millis(20)); // the clock must move for the time to change
+    ok(run(meta, cache, &["touch", "/ev/empty"], None), &["touch again"]);
+    let second = json(meta, cache, &["stat", "/ev/empty"]);
+    assert_eq!(second["file"]["file_id"], first["file"]["file_id"], "touch replaced the file");
+    assert!(second["file"]["mtime_unix_ms"].as_u64() > first["file"]["mtime_unix_ms"].as_u64(), "{first} {second}");
+
+    // head, tail, and ranges: exactly those bytes, across chunk and frame boundaries.
+    assert_eq!(ok(run(meta, cache, &["head", "-c", "100", "/ev/copy.bin"], None), &["head"]), &bytes[..100]);
+    assert_eq!(ok(run(meta, cache, &["head", "/ev/copy.bin"], None), &["head"]), &bytes[..1024], "head shows 1 KiB by default");
+    assert_eq!(ok(run(meta, cache, &["tail", "-c", "70000", "/ev/copy.bin"], None), &["tail"]), &bytes[bytes.len() - 70_000..]);
+    let range = ok(run(meta, cache, &["cat", "--offset", "65000", "--length", "140000", "/ev/copy.bin"], None), &["cat range"]);
+    assert_eq!(range, &bytes[65_000..205_000]);
+    assert!(ok(run(meta, cache, &["cat", "--offset", "999999999", "/ev/copy.bin"], None), &["cat past the end"]).is_empty());
+
+    // find by name, size, age and kind; wildcards in paths.
+    ok(run(meta, cache, &["put", s(&file), "/ev/logs/2026-01.log"], None), &["put"]);
+    ok(run(meta, cache, &["put", s(&file), "/ev/logs/2026-02.log"], None), &["put"]);
+    ok(run(meta, cache, &["put", s(&file), "/ev/logs/2025-12.log"], None), &["put"]);
+    let found = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["find", "/ev"];
+        a.extend_from_slice(args);
+        json(meta, cache, &a)["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(found(&["-name", "2026-*"]), ["/ev/logs/2026-01.log", "/ev/logs/2026-02.log"]);
+    assert_eq!(found(&["-type", "d"]), ["/ev/logs"]);
+    assert_eq!(found(&["-size", "-1"]), ["/ev/empty"]);
+    assert_eq!(found(&["-size", "+300KiB"]).len(), 4);
+    // The logs keep their source's time; one touched later is newer, as is the empty file.
+    ok(run(meta, cache, &["touch", "/ev/logs/2025-12.log"], None), &["touch"]);
+    assert_eq!(found(&["-newer", "/ev/logs/2026-02.log", "-type", "f"]), ["/ev/empty", "/ev/logs/2025-12.log"]);
+    let listed = String::from_utf8(ok(run(meta, cache, &["ls", "/ev/logs/2026-*"], None), &["ls glob"])).unwrap();
+    assert!(listed.contains("/ev/logs/2026-01.log") && listed.contains("/ev/logs/2026-02.log") && !listed.contains("2025"), "{listed}");
+    fails(meta, cache, &["rm", "/ev/logs/2027-*"], 1, "no match");
+
+    // Several sources at once: put, mv, get, rm.
+    let (x, y) = (dir.join("x.txt"), dir.join("y.txt"));
+    std::fs::write(&x, b"x").unwrap();
+    std::fs::write(&y, b"y").unwrap();
+    ok(run(meta, cache, &["put", s(&x), s(&y), "/ev/multi/"], None), &["put several"]);
+    ok(run(meta, cache, &["mv", "/ev/multi/x.txt", "/ev/multi/y.txt", "/ev/moved/"], None), &["mv several"]);
+    let out = dir.join("multi-out");
+    std::fs::create_dir_all(&out).unwrap();
+    ok(run(meta, cache, &["get", "/ev/moved/*.txt", s(&out)], None), &["get several"]);
+    assert_eq!((std::fs::read(out.join("x.txt")).unwrap(), std::fs::read(out.join("y.txt")).unwrap()), (b"x".to_vec(), b"y".to_vec()));
+    fails(meta, cache, &["put", s(&x), s(&y), "/ev/nodir"], 2, "must be a directory");
+    ok(run(meta, cache, &["rm", "--skip-trash", "/ev/logs/2026-*", "/ev/logs/2025-12.log"], None), &["rm several"]);
+    assert!(found(&["-name", "*.log"]).is_empty());
+
+    // setrep: down to 2, waited for; the chunks then have two copies. (A chunk shared with a
+    // copy keeps the copy's factor too: the highest of the files holding it.)
+    ok(run(meta, cache, &["put", "--chunk-size", "64KiB", s(&file), "/ev/rep.bin"], None), &["put"]);
+    ok(run(meta, cache, &["setrep", "-w", "--wait-timeout", "60s", "2", "/ev/rep.bin"], None), &["setrep -w"]);
+    let stat = json(meta, cache, &["stat", "/ev/rep.bin"]);
+    assert_eq!(stat["file"]["replication"], 2);
+    assert!(stat["chunks"].as_array().unwrap().iter().all(|c| c["replicas"].as_array().unwrap().len() == 2), "{stat}");
+    ok(run(meta, cache, &["setrep", "2", "/ev/copy.bin"], None), &["setrep of a shared file"]);
+    assert!(json(meta, cache, &["fsck", "/ev/copy.bin"])["healthy"] == true, "a chunk shared with a file at 3 must keep 3 copies");
+    fails(meta, cache, &["setrep", "9", "/ev/copy.bin"], 1, "needs 9 storage nodes");
+
+    // uploads: one abandoned (created, never committed) is listed, then aborted.
+    let big = dir.join("abandoned.bin");
+    std::fs::write(&big, test_bytes(40 << 20, 62)).unwrap();
+    let mut child = Command::new(DFS)
+        .args(["put", "-q", "--chunk-size", "1MiB", "--parallel", "1", s(&big), "/ev/abandoned.bin"])
+        .env("DFS_META", meta)
+        .env("DFS_STATE_DIR", dir.join("state"))
+        .spawn()
+        .unwrap();
+    let listed = wait_for(Duration::from_secs(30), "the upload to be created", || {
+        let u = json(meta, cache, &["uploads", "/ev"]);
+        u["uploads"].as_array().unwrap().first().map(|u| u["id"].as_u64().unwrap())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    ok(run(meta, cache, &["uploads", "--abort", &listed.to_string()], None), &["uploads --abort"]);
+    assert!(json(meta, cache, &["uploads"])["uploads"].as_array().unwrap().is_empty());
+    fails(meta, cache, &["uploads", "--abort", &listed.to_string()], 1, "no upload");
+}
+
+/// `rm` keeps what it deletes in the user's trash; restore and empty; `rm -r /` refused.
+fn trash(meta: &str, cache: &Path, dir: &Path) {
+    let file = dir.join("t.bin");
+    std::fs::write(&file, b"keep me").unwrap();
+    ok(run(meta, cache, &["put", s(&file), "/tr/a/t.bin"], None), &["put"]);
+    let rm = json(meta, cache, &["rm", "/tr/a/t.bin"]);
+    let to = rm["trashed_to"].as_str().unwrap().to_string();
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
+    assert!(to.starts_with(&format!("/.trash/{user}/")) && to.ends_with("/tr/a/t.bin"), "{to}");
+    fails(meta, cache, &["cat", "/tr/a/t.bin"], 1, "no such file");
+    assert_eq!(ok(run(meta, cache, &["cat", &to], None), &["cat in trash"]), b"keep me");
+    let listing = String::from_utf8(ok(run(meta, cache, &["ls", "-R", "/"], None), &["ls"])).unwrap();
+    assert!(!listing.contains("/.trash"), "ls shows the trash without -a: {listing}");
+    assert!(String::from_utf8(ok(run(meta, cache, &["ls", "-a", "/"], None), &["ls -a"])).unwrap().contains("/.trash"));
+    ok(run(meta, cache, &["trash", "restore", "/tr/a/t.bin"], None), &["trash restore"]);
+    assert_eq!(ok(run(meta, cache, &["cat", "/tr/a/t.bin"], None), &["cat restored"]), b"keep me");
+    ok(run(meta, cache, &["rm", "-r", "/tr"], None), &["rm -r"]);
+    let listed = String::from_utf8(ok(run(meta, cache, &["trash", "list"], None), &["trash list"])).unwrap();
+    assert!(listed.contains("/tr/a/t.bin"), "{listed}");
+    ok(run(meta, cache, &["trash", "empty"], None), &["trash empty"]);
+    fails(meta, cache, &["trash", "restore", "/tr/a/t.bin"], 1, "not in");
+    // Deleting everything needs --force; nothing was deleted without it.
+    fails(meta, cache, &["rm", "-r", "/"], 2, "refusing to delete everything");
+    assert!(json(meta, cache, &["ls", "/"])["entries"].as_array().unwrap().len() > 1);
+}
+
+/// `put` into a directory; mode and time kept and restored; links; files whose size lies.
+fn put_and_get_details(meta: &str, cache: &Path, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join("modes.sh");
+    std::fs::write(&file, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(when).unwrap();
+    ok(run(meta, cache, &["mkdir", "-p", "/pd"], None), &["mkdir"]);
+    // A directory as the destination receives the file under its name, as cp does.
+    ok(run(meta, cache, &["put", s(&file), "/pd"], None), &["put into a directory"]);
+    let stat = json(meta, cache, &["stat", "/pd/modes.sh"]);
+    assert_eq!((stat["file"]["mode"].as_u64(), stat["file"]["mtime_unix_ms"].as_u64()), (Some(0o750), Some(1_600_000_000_000)), "{stat}");
+    let long = String::from_utf8(ok(run(meta, cache, &["ls", "-l", "/pd"], None), &["ls -l"])).unwrap();
+    assert!(long.contains("-rwxr-x---") && long.contains("2020-09-13"), "{long}");
+    let back = dir.join("modes-back.sh");
+    ok(run(meta, cache, &["get", "-p", "/pd/modes.sh", s(&back)], None), &["get -p"]);
+    let meta_back = std::fs::metadata(&back).unwrap();
+    assert_eq!(meta_back.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(meta_back.modified().unwrap(), when);
+    // A file whose size says 0 but that reads bytes is refused, not stored empty.
+    fails(meta, cache, &["put", "/proc/self/status", "/pd/status"], 2, "its size says 0 bytes");
+    // A directory without -r says what to do.
+    fails(meta, cache, &["put", s(dir), "/pd/dir"], 2, "put -r uploads a tree");
+}
+
+/// Errors say the command that failed, their cause once, and counts in the right number.
+fn messages(meta: &str, cache: &Path, dir: &Path) {
+    let out = run(meta, cache, &["cat", "/nowhere.bin"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("dfs: cat /nowhere.bin"), "cat's error names cat: {stderr}");
+    let f = dir.join("one.bin");
+    std::fs::write(&f, b"1").unwrap();
+    let put = String::from_utf8(ok(run(meta, cache, &["put", s(&f), "/msg/one.bin"], None), &["put"])).unwrap();
+    assert!(put.contains("1 chunk,"), "{put}");
+    let ls = String::from_utf8(ok(run(meta, cache, &["ls", "/msg"], None), &["ls"])).unwrap();
+    assert!(ls.starts_with("Found 1 item\n"), "{ls}");
+    // An unreadable local directory: the cause said once.
+    let locked = dir.join("locked.bin");
+    std::fs::write(&locked, b"x").unwrap();
+    let out = run(meta, cache, &["put", s(&dir.join("missing.bin")), "/msg/x"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }
 
 /// Names up to 255 bytes (the local limit) go up and come back, into a directory and with

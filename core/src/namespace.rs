@@ -1702,8 +1702,10 @@ pub fn check_user(user: &str) -> Result<(), NamespaceError> {
 /// `user`'s trash bucket for what is deleted at `unix_ms`: one per minute,
 /// `/.trash/<user>/2026-12-06T09:31:00Z`.
 pub fn trash_bucket(user: &str, unix_ms: u64) -> String {
-    let minute = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms - unix_ms % 60_000);
-    format!("{TRASH_DIR}/{user}/{}", humantime::format_rfc3339_seconds(minute))
+    let minutes = unix_ms / 60_000;
+    let (y, m, d) = civil_from_days((minutes / (24 * 60)) as i64);
+    let (hh, mm) = ((minutes / 60) % 24, minutes % 60);
+    format!("{TRASH_DIR}/{user}/{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:00Z")
 }
 
 /// When a trash bucket (its name, `2026-12-06T09:31:00Z` or a variant `...Z.3`) was filled,
@@ -1713,8 +1715,42 @@ pub fn trash_bucket_unix_ms(name: &str) -> Option<u64> {
         Some((stamp, n)) if n.parse::<u32>().is_ok() => stamp,
         _ => name,
     };
-    let at = humantime::parse_rfc3339(stamp).ok()?;
-    at.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+    let b = stamp.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| stamp.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit()))?.parse::<u64>().ok();
+    let (y, m, d, hh, mm, ss) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(y as i64, m, d)).ok()?;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
+}
+
+/// Days since 1970-01-01 of a date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`): pure arithmetic, so the namespace reads no clock and no time zone.
+fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day since 1970-01-01 (the inverse of `days_from_civil`).
+fn civil_from_days(z: i64) -> (i64, u64, u64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Majority of the replication factor: the copies a write must reach before it is acknowledged,

@@ -749,13 +749,11 @@ impl<E: Env> StorageNode<E> {
                 if let Some((chunk, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
                     tracing::warn!(node = %self.id, %chunk, error = %e, failed, of = results.len(), "repair failed");
                 }
-                let mut repairs = self.repairs.lock().expect("repairs lock");
-                repairs.finish(results);
-                // A stream is free and nothing is queued: ask for more work now (the heartbeat
-                // that reports these copies brings it back), not a heartbeat interval later.
-                if repairs.has_room() {
-                    let _ = self.heartbeat_now.0.try_send(());
-                }
+                self.repairs.lock().expect("repairs lock").finish(results);
+                // Report these copies now, not a heartbeat interval later: the reply frees
+                // their slots at metadata and brings the next jobs (heartbeats stay at least
+                // `HEARTBEAT_GAP_MIN` apart, however fast copies finish).
+                let _ = self.heartbeat_now.0.try_send(());
             }
         }
     }

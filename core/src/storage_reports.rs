@@ -306,11 +306,6 @@ impl Repairs {
         self.running.iter().copied().chain(self.queued.iter().map(|q| q.chunk)).collect()
     }
 
-    /// Whether a stream could start now (the node may ask for more work).
-    pub fn has_room(&self) -> bool {
-        self.streams < self.running_max && self.queued.is_empty()
-    }
-
     /// Failures the next heartbeat reports.
     pub fn failures(&self) -> Vec<(ChunkId, String)> {
         self.failed.iter().take(REPORTS_PER_HEARTBEAT_MAX).cloned().collect()
@@ -525,9 +520,9 @@ mod tests {
         let third = r.start().unwrap();
         assert!(third.len() == 30 && third.iter().all(|o| o.sources[0].0 == StorageNodeId(2)));
         assert_eq!(r.start().unwrap().len(), 1, "a large chunk streams alone");
-        assert!(r.start().is_none() && !r.has_room());
+        assert!(r.start().is_none(), "four streams at most");
         r.finish(first.iter().map(|o| (o.chunk, Ok(()))).collect());
-        assert!(r.has_room(), "a stream free and nothing queued");
+        assert!(r.start().is_none(), "nothing left queued");
         // Bytes bound a batch too.
         let mut r = Repairs::new(1);
         r.offer((0..20).map(|i| from(i, 1, 256 * 1024)));

@@ -46,7 +46,7 @@ pub struct RepairBenchArgs {
 const META_NODES: usize = 3;
 const STORAGE_NODES: usize = 4;
 const CHUNK: u64 = 4 * 1024 * 1024;
-/// Uploads in flight while the bench fills the cluster (small files go one chunk each).
+/// Uploads in flight while the bench fills the cluster with files smaller than a chunk.
 const UPLOADS_IN_FLIGHT: usize = 64;
 /// Longest wait for the cluster to heal or settle.
 const HEAL_LIMIT: Duration = Duration::from_secs(1800);
@@ -127,9 +127,12 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
         let filled = Instant::now();
         use futures::stream::{StreamExt, TryStreamExt};
         let (client_ref, source_ref) = (&client, &source);
+        // Small files many at a time (they share batches); large ones one at a time, each
+        // with its chunks in parallel (as a user's put would be).
+        let in_flight = if args.file_size.as_u64() < CHUNK { UPLOADS_IN_FLIGHT } else { 1 };
         futures::stream::iter(0..files)
-            .map(|k| async move { client_ref.put(source_ref, &format!("/bench/f{k}"), true, &NoProgress).await.with_context(|| format!("put /bench/f{k}")) })
-            .buffer_unordered(UPLOADS_IN_FLIGHT)
+            .map(|k| async move { client_ref.put(source_ref, &format!("/bench/f{k}"), true, &NoProgress).await.map_err(anyhow::Error::new) })
+            .buffer_unordered(in_flight)
             .try_for_each(|_| async { Ok(()) })
             .await?;
         say(format!("stored {} in {files} files at replication 3 in {:.1}s", ByteSize(files * args.file_size.as_u64()), filled.elapsed().as_secs_f64()));

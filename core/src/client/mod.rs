@@ -84,21 +84,23 @@ const RECORD_BATCH_CHUNKS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{}: {source}", path.display())]
+    /// Displays the path only, like every variant with a `source`: the cause follows as the
+    /// error's source (`{:#}` prints the chain once; a message repeating it would say it twice).
+    #[error("{}", path.display())]
     Local { path: PathBuf, source: std::io::Error },
     /// Displays only the context: the metadata error follows as the error's source.
     #[error("{context}")]
     Metadata { context: String, source: RpcError },
     #[error("chunk {index} of {path}: {reason}")]
     Chunk { path: String, index: u32, reason: String },
-    #[error("put {path}: {source}")]
+    #[error("put {path}")]
     Upload {
         path: String,
         source: upload::UploadError,
         /// The upload was resuming an interrupted one.
         resumed: bool,
     },
-    #[error("{verb} {path}: {source}")]
+    #[error("{verb} {path}")]
     Download {
         /// The command that downloads: "get", "cat".
         verb: String,

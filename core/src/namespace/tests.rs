@@ -571,6 +571,13 @@ enum Op {
     Delete { path: usize, recursive: bool, expect: u8 },
     Expire { older_than_ms: u64 },
     Forget { node: u64, n: usize },
+    Copy { src: usize, dst: usize, overwrite: bool },
+    Trash { path: usize, recursive: bool },
+    SetRep { path: usize, replication: u32 },
+    Abort { upload: usize },
+    /// A storage node reports it holds chunk `chunk` of the file at `path` (learned, or
+    /// stale when `stale`).
+    Report { path: usize, chunk: u32, node: u64, stale: bool },
 }
 
 const PATHS: [&str; 10] = ["/a", "/a/b", "/a/b/c", "/a b", "/b", "/b/c/d", "/c", "a", "/", "/b/c"];
@@ -584,9 +591,14 @@ fn op() -> impl Strategy<Value = Op> {
         (0..8usize).prop_map(|upload| Op::Commit { upload }),
         (path.clone(), any::<bool>()).prop_map(|(path, parents)| Op::Mkdir { path, parents }),
         (path.clone(), path.clone()).prop_map(|(src, dst)| Op::Rename { src, dst }),
-        (path, any::<bool>(), 0..3u8).prop_map(|(path, recursive, expect)| Op::Delete { path, recursive, expect }),
+        (path.clone(), any::<bool>(), 0..3u8).prop_map(|(path, recursive, expect)| Op::Delete { path, recursive, expect }),
         (0..20u64).prop_map(|older_than_ms| Op::Expire { older_than_ms }),
         (1..5u64, 0..4usize).prop_map(|(node, n)| Op::Forget { node, n }),
+        (path.clone(), path.clone(), any::<bool>()).prop_map(|(src, dst, overwrite)| Op::Copy { src, dst, overwrite }),
+        (path.clone(), any::<bool>()).prop_map(|(path, recursive)| Op::Trash { path, recursive }),
+        (path.clone(), 1..4u32).prop_map(|(path, replication)| Op::SetRep { path, replication }),
+        (0..8usize).prop_map(|upload| Op::Abort { upload }),
+        (path, 0..4u32, 1..5u64, any::<bool>()).prop_map(|(path, chunk, node, stale)| Op::Report { path, chunk, node, stale }),
     ]
 }
 
@@ -676,6 +688,26 @@ impl Model {
             self.entries.insert(format!("{dst}{}", &old[src.len()..]), entry);
         }
         true
+    }
+
+    /// Where `MoveToTrash` puts `path` in the bucket `trash`: the first variant with nothing
+    /// there and no file above it.
+    fn trash_target(&self, trash: &str, path: &str) -> Option<String> {
+        (0..=TRASH_VARIANTS_MAX)
+            .map(|n| if n == 0 { format!("{trash}{path}") } else { format!("{trash}.{n}{path}") })
+            .find(|d| !self.entries.contains_key(d) && Self::ancestors(d).iter().all(|a| !self.is_file(a)))
+    }
+
+    /// Moves `path` (and what is under it) to `to`, creating `to`'s missing parents.
+    fn move_to(&mut self, path: &str, to: &str) {
+        for a in Self::ancestors(to) {
+            self.entries.entry(a).or_insert(ModelEntry::Dir);
+        }
+        let moved: Vec<String> = self.entries.keys().filter(|k| *k == path || Self::under(k, path)).cloned().collect();
+        for old in moved {
+            let entry = self.entries.remove(&old).unwrap();
+            self.entries.insert(format!("{to}{}", &old[path.len()..]), entry);
+        }
     }
 
     fn delete(&mut self, path: &str, recursive: bool, expect: Option<FileId>) -> bool {
@@ -827,6 +859,58 @@ proptest! {
                     let chunks = ns.garbage_for(StorageNodeId(node), n);
                     ns.apply(Command::ForgetDeletedReplicas { node: StorageNodeId(node), chunks })
                 }
+                Op::Copy { src, dst, overwrite } => {
+                    let (s, d) = (normalize_path(PATHS[src]).unwrap(), normalize_path(PATHS[dst]).unwrap());
+                    let allowed = s != d && d != "/" && model.is_file(&s) && model.can_commit(&d, overwrite);
+                    let result = ns.apply(Command::CopyFile { src: PATHS[src].into(), dst: PATHS[dst].into(), overwrite, unix_ms: now });
+                    prop_assert_eq!(result.is_ok(), allowed, "cp {} {} {:?}", s, d, result);
+                    if let Ok(Outcome::FileCommitted(f)) = &result {
+                        let size = match model.entries.get(&s) {
+                            Some(ModelEntry::File(_, size)) => *size,
+                            _ => unreachable!("a file was copied"),
+                        };
+                        model.commit(&d, f.id, size);
+                    }
+                    result
+                }
+                Op::Trash { path, recursive } => {
+                    let norm = normalize_path(PATHS[path]).unwrap();
+                    let trash = "/.trash/u/2026-12-06T09:31:00Z";
+                    let target = model.trash_target(trash, &norm);
+                    let allowed = norm != "/" && target.is_some() && model.clone().delete(&norm, recursive, None);
+                    let result = ns.apply(Command::MoveToTrash { path: PATHS[path].into(), recursive, expect_file_id: None, trash: trash.into(), unix_ms: now });
+                    prop_assert_eq!(result.is_ok(), allowed, "trash {} {:?}", norm, result);
+                    if let Ok(Outcome::Trashed { to, .. }) = &result {
+                        prop_assert_eq!(Some(to.clone()), target.clone());
+                        model.move_to(&norm, to);
+                    }
+                    result
+                }
+                Op::SetRep { path, replication } => {
+                    let norm = normalize_path(PATHS[path]).unwrap();
+                    let result = ns.apply(Command::SetReplication { path: PATHS[path].into(), replication });
+                    prop_assert_eq!(result.is_ok(), model.entries.contains_key(&norm), "setrep {} {:?}", norm, result);
+                    if result.is_ok() {
+                        for f in ns.files().filter(|f| f.path == norm || Model::under(&f.path, &norm)) {
+                            prop_assert_eq!(f.replication, replication);
+                        }
+                    }
+                    result
+                }
+                Op::Abort { upload } => match created.get(upload) {
+                    Some(&file) => {
+                        let result = ns.apply(Command::AbortUpload { file });
+                        prop_assert_eq!(result.is_ok(), uploads.remove(&file).is_some(), "abort {:?} {:?}", file, result);
+                        result
+                    }
+                    None => continue,
+                },
+                Op::Report { path, chunk, node, stale } => {
+                    let Some(f) = ns.file(&normalize_path(PATHS[path]).unwrap()).cloned() else { continue };
+                    let Some(c) = f.chunks.get(chunk as usize) else { continue };
+                    let report = ReplicaReport { chunk: f.chunk_id(c.index), size: c.size, sha256: if stale { Sha256Digest([9; 32]) } else { c.sha256 } };
+                    ns.apply(Command::ReportReplicas { node: StorageNodeId(node), replicas: vec![report] })
+                }
             };
             if result.is_err() {
                 prop_assert_eq!(&ns, &before, "a refused command changed the state");
@@ -853,6 +937,32 @@ proptest! {
                 prop_assert_eq!(ns.paths_by_id.get(&f.id), Some(&f.path));
             }
             prop_assert_eq!(ns.paths_by_id.len(), ns.files.len());
+            // Shared chunks: every holder listed holds the chunk and lists the same replicas;
+            // every chunk a file holds that is not its own is listed as shared; an entry is
+            // never just the file the chunk was uploaded for.
+            for (chunk, holders) in &ns.shared_chunks {
+                prop_assert!(!holders.is_empty());
+                let owner = chunk.owner().map(|(f, _)| f);
+                prop_assert!(!(holders.len() == 1 && holders.first() == owner.as_ref()), "a shared entry of its owner alone: {:?}", chunk);
+                let mut lists = BTreeSet::new();
+                for h in holders {
+                    let f = ns.paths_by_id.get(h).and_then(|p| ns.files.get(p));
+                    prop_assert!(f.is_some(), "holder {:?} of {:?} is not a live file", h, chunk);
+                    let f = f.unwrap();
+                    let (_, index) = chunk.owner().unwrap();
+                    prop_assert_eq!(f.chunk_id(index), *chunk);
+                    lists.insert(f.chunks[index as usize].replicas.clone());
+                }
+                prop_assert_eq!(lists.len(), 1, "files sharing {:?} list different replicas", chunk);
+            }
+            for f in ns.files() {
+                for c in &f.chunks {
+                    let id = f.chunk_id(c.index);
+                    if id.owner().map(|(o, _)| o) != Some(f.id) {
+                        prop_assert!(ns.shared_chunks.get(&id).is_some_and(|h| h.contains(&f.id)), "{} holds {:?} unlisted", f.path, id);
+                    }
+                }
+            }
             // listings, read in small pages, are the model's sorted children and subtrees
             for (dir, _) in model.entries.iter().filter(|(_, e)| **e == ModelEntry::Dir) {
                 let children: Vec<(String, EntryKind)> = model
@@ -924,4 +1034,111 @@ fn a_batch_applies_each_command_on_its_own() {
     assert!(matches!(results[2], Err(NamespaceError::NoParent { .. })));
     assert_eq!(ns.dirs().collect::<Vec<_>>(), vec!["/", "/a", "/a/d"]);
     assert!(ns.apply(Command::Batch(vec![Command::Batch(vec![])])).is_err());
+}
+
+#[test]
+fn a_copy_shares_chunks_and_they_go_only_with_their_last_file() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3, 4]);
+    let a = upload(&mut ns, "/a", 3 * CHUNK, false).unwrap();
+    let copy = |ns: &mut Namespace, src: &str, dst: &str| match ns.apply(Command::CopyFile { src: src.into(), dst: dst.into(), overwrite: false, unix_ms: 20 }) {
+        Ok(Outcome::FileCommitted(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    let b = copy(&mut ns, "/a", "/b");
+    let c = copy(&mut ns, "/b", "/c");
+    assert!(b.id != a.id && c.id != b.id);
+    let ids = |ns: &Namespace, p: &str| -> Vec<ChunkId> {
+        let f = ns.file(p).unwrap();
+        f.chunks.iter().map(|x| f.chunk_id(x.index)).collect()
+    };
+    assert_eq!(ids(&ns, "/a"), ids(&ns, "/b"));
+    assert_eq!(ids(&ns, "/a"), ids(&ns, "/c"));
+    let shared = ids(&ns, "/a");
+    let nothing_to_delete = |ns: &Namespace| (1..=4).all(|n| ns.garbage_for(StorageNodeId(n), usize::MAX).is_empty());
+
+    // The file the chunks were uploaded for goes: the copies still hold them.
+    ns.apply(delete("/a")).unwrap();
+    assert!(nothing_to_delete(&ns), "chunks still held by copies became garbage");
+    let report = |chunk: ChunkId, index: u32| ReplicaReport { chunk, size: CHUNK, sha256: Sha256Digest([index as u8; 32]) };
+    assert_eq!(ns.judge_report(StorageNodeId(1), &report(shared[0], 0)), Verdict::Counted, "a holder's report of a shared chunk");
+    // A replica learned is listed in every file that shares the chunk.
+    ns.apply(Command::ReportReplicas { node: StorageNodeId(4), replicas: vec![report(shared[1], 1)] }).unwrap();
+    for p in ["/b", "/c"] {
+        assert!(ns.file(p).unwrap().chunks[1].replicas.contains(&StorageNodeId(4)), "{p} missed the learned replica");
+    }
+    // A dropped one leaves every file.
+    ns.apply(Command::DropReplicas { drops: vec![(shared[1], StorageNodeId(4))] }).unwrap();
+    assert!(["/b", "/c"].iter().all(|p| !ns.file(p).unwrap().chunks[1].replicas.contains(&StorageNodeId(4))));
+    ns.apply(Command::ForgetDeletedReplicas { node: StorageNodeId(4), chunks: vec![shared[1]] }).unwrap();
+    // Replication of a shared chunk is the highest of its holders'.
+    ns.apply(Command::SetReplication { path: "/b".into(), replication: 5 }).unwrap();
+    assert_eq!(ns.chunk_replication(shared[0]), Some(5));
+    ns.apply(delete("/b")).unwrap();
+    assert!(nothing_to_delete(&ns));
+    assert_eq!(ns.chunk_replication(shared[0]), Some(3));
+    // The last holder goes: now every replica is garbage, and nothing is shared any more.
+    ns.apply(delete("/c")).unwrap();
+    for node in 1..=3 {
+        let mut g = ns.garbage_for(StorageNodeId(node), usize::MAX);
+        g.sort();
+        let mut want = shared.clone();
+        want.sort();
+        assert_eq!(g, want, "node {node}");
+    }
+    assert!(ns.shared_chunks.is_empty());
+    // Reports of them are now of files that are gone.
+    assert_eq!(ns.judge_report(StorageNodeId(1), &report(shared[0], 0)), Verdict::Discard);
+}
+
+#[test]
+fn trash_keeps_what_is_deleted_under_the_users_bucket_and_never_collides() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    upload(&mut ns, "/logs/a", CHUNK, false).unwrap();
+    let bucket = trash_bucket("alice", 1_796_549_123_456);
+    assert_eq!(bucket, "/.trash/alice/2026-12-06T09:25:00Z");
+    assert_eq!(trash_bucket_unix_ms("2026-12-06T09:25:00Z"), Some(1_796_549_100_000));
+    assert_eq!(trash_bucket_unix_ms("2026-12-06T09:25:00Z.3"), Some(1_796_549_100_000));
+    assert_eq!(trash_bucket_unix_ms("notes"), None);
+    let trash = |ns: &mut Namespace, path: &str, recursive: bool| ns.apply(Command::MoveToTrash { path: path.into(), recursive, expect_file_id: None, trash: bucket.clone(), unix_ms: 10 });
+    match trash(&mut ns, "/logs/a", false).unwrap() {
+        Outcome::Trashed { to, files, .. } => assert_eq!((to.as_str(), files), ("/.trash/alice/2026-12-06T09:25:00Z/logs/a", 1)),
+        other => panic!("{other:?}"),
+    }
+    assert!(ns.file("/logs/a").is_none());
+    assert!((1..=3).all(|n| ns.garbage_for(StorageNodeId(n), usize::MAX).is_empty()), "a trashed file's replicas must stay");
+    // The same path deleted again in the same minute goes to a variant of the bucket.
+    upload(&mut ns, "/logs/a", CHUNK, false).unwrap();
+    match trash(&mut ns, "/logs/a", false).unwrap() {
+        Outcome::Trashed { to, .. } => assert_eq!(to, "/.trash/alice/2026-12-06T09:25:00Z.1/logs/a"),
+        other => panic!("{other:?}"),
+    }
+    // A directory, with the rules of delete: not empty needs recursive.
+    upload(&mut ns, "/logs/b", CHUNK, false).unwrap();
+    assert!(matches!(trash(&mut ns, "/logs", false), Err(NamespaceError::DirectoryNotEmpty(_))));
+    match trash(&mut ns, "/logs", true).unwrap() {
+        Outcome::Trashed { to, files, dirs, .. } => assert_eq!((to.as_str(), files, dirs), ("/.trash/alice/2026-12-06T09:25:00Z.2/logs", 1, 1)),
+        other => panic!("{other:?}"),
+    }
+    // Nothing in the trash, nor the root, nor a bucket elsewhere is accepted.
+    for (path, bucket) in [("/.trash/alice", bucket.as_str()), ("/", bucket.as_str()), ("/x", "/tmp/b"), ("/x", "/.trash")] {
+        let refused = ns.apply(Command::MoveToTrash { path: path.into(), recursive: true, expect_file_id: None, trash: bucket.into(), unix_ms: 1 });
+        assert!(refused.is_err(), "{path} into {bucket}");
+    }
+    for bad in ["", "a/b", "..", &"x".repeat(USER_MAX_BYTES + 1), "a\nb"] {
+        assert!(check_user(bad).is_err(), "{bad:?}");
+    }
+    assert!(check_user("alice").is_ok());
+}
+
+proptest! {
+    /// Trash buckets name their minute in UTC and read back as it, for any time.
+    #[test]
+    fn trash_bucket_names_round_trip(ms in 0u64..8_000_000_000_000) {
+        let bucket = trash_bucket("u", ms);
+        let name = bucket.rsplit('/').next().unwrap();
+        prop_assert_eq!(trash_bucket_unix_ms(name), Some(ms - ms % 60_000));
+        prop_assert_eq!(trash_bucket_unix_ms(&format!("{name}.7")), Some(ms - ms % 60_000));
+    }
 }

@@ -815,3 +815,37 @@ fn fsck_counts_chunks_no_live_node_can_serve_as_unreachable_not_healthy() {
     let report = w.leader.fsck(w.now, &w.ns, "/", 10);
     assert_eq!(report.unreachable, 2, "{report:?}");
 }
+
+#[test]
+fn trash_buckets_older_than_the_trash_interval_are_deleted() {
+    let config = LeaderConfig::default();
+    let mut w = World::new(3, config);
+    w.run_for(Duration::from_secs(2));
+    let day_ms = config.trash_interval.as_millis() as u64;
+    w.upload("/old", 1, &[1, 2, 3], true);
+    w.upload("/new", 1, &[1, 2, 3], true);
+    let old = crate::namespace::trash_bucket("alice", w.unix_ms - day_ms - 120_000);
+    let new = crate::namespace::trash_bucket("alice", w.unix_ms - day_ms + 600_000);
+    for (path, trash) in [("/old", &old), ("/new", &new)] {
+        w.apply(Command::MoveToTrash { path: path.into(), recursive: false, expect_file_id: None, trash: trash.clone(), unix_ms: w.unix_ms });
+    }
+    // A directory in the trash that is no bucket of ours is left alone.
+    w.apply(Command::Mkdir { path: "/.trash/alice/notes".into(), parents: true, unix_ms: w.unix_ms });
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.ns.kind(&old), None, "an expired bucket was kept");
+    assert!(w.ns.kind(&new).is_some() && w.ns.kind("/.trash/alice/notes").is_some());
+    // Its file is gone for good: its replicas are garbage.
+    w.run_for(config.gc_delay + BEAT * 2);
+    assert_eq!(w.ns.files().count(), 1);
+    // Ten minutes later the other bucket expires too.
+    w.run_for(Duration::from_secs(601));
+    assert_eq!(w.ns.kind(&new), None);
+    assert_eq!(w.ns.files().count(), 0);
+    // With the trash off, nothing is purged (and the server deletes at once instead).
+    let mut off = World::new(3, LeaderConfig { trash_interval: Duration::ZERO, ..config });
+    off.run_for(Duration::from_secs(2));
+    off.upload("/f", 1, &[1, 2, 3], true);
+    off.apply(Command::MoveToTrash { path: "/f".into(), recursive: false, expect_file_id: None, trash: old.clone(), unix_ms: off.unix_ms });
+    off.run_for(Duration::from_secs(3));
+    assert_eq!(off.ns.files().count(), 1);
+}
