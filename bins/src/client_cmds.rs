@@ -83,14 +83,21 @@ pub struct PutArgs {
     /// that match are skipped either way (as `dfs sync`).
     #[arg(long)]
     update: bool,
-    /// With -r: say what would be sent, and send nothing.
-    #[arg(short = 'n', long)]
-    dry_run: bool,
-    /// With -r: follow symbolic links (without it each is skipped, with a note).
-    #[arg(short = 'L', long)]
-    dereference: bool,
+    #[command(flatten)]
+    walk: WalkFlags,
     #[command(flatten)]
     opts: PutOpts,
+}
+
+/// How a tree upload (`put -r`, `sync`) walks and what it does.
+#[derive(Args, Clone, Copy)]
+pub struct WalkFlags {
+    /// Say what would be sent (with -r), and send nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Follow symbolic links (with -r; without it each is skipped, with a note).
+    #[arg(short = 'L', long)]
+    dereference: bool,
 }
 
 /// `dfs sync LOCAL REMOTE`: `put -r --update`.
@@ -100,12 +107,8 @@ pub struct SyncArgs {
     local: PathBuf,
     /// The remote directory it is mirrored into.
     remote: String,
-    /// Say what would be sent, and send nothing.
-    #[arg(short = 'n', long)]
-    dry_run: bool,
-    /// Follow symbolic links (without it each is skipped, with a note).
-    #[arg(short = 'L', long)]
-    dereference: bool,
+    #[command(flatten)]
+    walk: WalkFlags,
     #[command(flatten)]
     opts: PutOpts,
 }
@@ -364,10 +367,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub async fn put(ctx: &Ctx, args: PutArgs) -> anyhow::Result<()> {
-    if (args.update || args.dry_run || args.dereference) && !args.recursive {
+    if (args.update || args.walk.dry_run || args.walk.dereference) && !args.recursive {
         return Err(usage("put: --update, --dry-run and -L go with -r (dfs sync does the same as put -r --update)"));
     }
-    let flags = tree::TreeFlags { update: args.update, dry_run: args.dry_run, follow_links: args.dereference };
+    let flags = tree::TreeFlags { update: args.update, dry_run: args.walk.dry_run, follow_links: args.walk.dereference };
     if let [local] = args.local.as_slice() {
         if args.recursive {
             return tree::put_tree(ctx, local, &args.remote, &args.opts, flags).await;
@@ -403,7 +406,7 @@ pub async fn put(ctx: &Ctx, args: PutArgs) -> anyhow::Result<()> {
 }
 
 pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
-    let flags = tree::TreeFlags { update: true, dry_run: args.dry_run, follow_links: args.dereference };
+    let flags = tree::TreeFlags { update: true, dry_run: args.walk.dry_run, follow_links: args.walk.dereference };
     tree::put_tree(ctx, &args.local, &args.remote, &args.opts, flags).await
 }
 

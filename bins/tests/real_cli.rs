@@ -768,24 +768,8 @@ fn a_put_no_node_has_room_for_fails_at_once_naming_space() {
         &["meta".into(), "--id".into(), "1".into(), "--listen".into(), meta.clone(), "--data-dir".into(), dir.join("meta").display().to_string(), "--peers".into(), format!("1={meta}")],
         dir,
     );
-    let _storage: Vec<Proc> = (1..=3)
-        .map(|i| {
-            let args = [
-                "storage".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", free_port()),
-                "--meta".into(),
-                meta.clone(),
-                "--data-dir".into(),
-                dir.join(format!("storage-{i}")).display().to_string(),
-                "--heartbeat-ms".into(),
-                "500".into(),
-                "--space-reserve-bytes".into(),
-                (1u64 << 60).to_string(),
-            ];
-            spawn(&format!("storage-{i}"), &args, dir)
-        })
-        .collect();
+    let reserve = (1u64 << 60).to_string();
+    let _storage: Vec<Proc> = (1..=3).map(|i| spawn_storage(dir, i, &meta, &["--space-reserve-bytes", &reserve])).collect();
     wait_ready(&meta, 3);
     let file = dir.join("f.bin");
     std::fs::write(&file, test_bytes(100_000, 1)).unwrap();

@@ -38,22 +38,7 @@ fn files_survive_sigkill_of_the_metadata_leader() {
             spawn(&format!("meta-{}", i + 1), &args, dir)
         })
         .collect();
-    let _storage: Vec<Proc> = (1..=3)
-        .map(|i| {
-            let args = [
-                "storage".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", free_port()),
-                "--meta".into(),
-                meta.clone(),
-                "--data-dir".into(),
-                dir.join(format!("storage-{i}")).display().to_string(),
-                "--heartbeat-ms".into(),
-                "500".into(),
-            ];
-            spawn(&format!("storage-{i}"), &args, dir)
-        })
-        .collect();
+    let _storage: Vec<Proc> = (1..=3).map(|i| spawn_storage(dir, i, &meta, &[])).collect();
 
     let leader = wait_ready(&meta, 3);
 
@@ -287,4 +272,48 @@ fn cluster_up_survives_a_node_dying_and_stop_start_act_on_one_node() {
     let none = cluster_cmd(&data, &["status"]);
     assert_eq!(none.status.code(), Some(1), "{none:?}");
     assert!(String::from_utf8_lossy(&none.stderr).contains("no `dfs cluster up` answers"), "{none:?}");
+}
+
+/// Every storage node stopped and the metadata nodes restarted: nothing can be read, and
+/// fsck must say so (unreachable, exit 1) rather than "missing: 0" until the nodes have been
+/// silent for the dead timeout; once they are back, it is healthy again.
+#[test]
+fn fsck_reports_chunks_no_live_node_serves_as_unreachable() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let base = free_ports(103);
+    let data = dir.join("data");
+    let _up = cluster_up(base, &data);
+    let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let file = path(dir, "f.bin");
+    std::fs::write(&file, test_bytes(200_000, 4)).unwrap();
+    dfs_ok(&meta, &["put", file.to_str().unwrap(), "/f.bin"]);
+    let fsck = |meta: &str| -> (Option<i32>, serde_json::Value) {
+        let out = dfs(meta, &["--json", "fsck"]);
+        (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or_default())
+    };
+    assert_eq!(fsck(&meta).0, Some(0));
+    for node in ["storage-1", "storage-2", "storage-3", "meta-1", "meta-2", "meta-3"] {
+        let out = cluster_cmd(&data, &["stop", node]);
+        assert!(out.status.success(), "stop {node}: {out:?}");
+    }
+    for node in ["meta-1", "meta-2", "meta-3"] {
+        assert!(cluster_cmd(&data, &["start", node]).status.success());
+    }
+    let (code, report) = wait_for(Duration::from_secs(30), "fsck from the restarted metadata cluster", || {
+        let (code, report) = fsck(&meta);
+        (code.is_some() && report.get("unreachable").is_some()).then_some((code, report))
+    });
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!((report["unreachable"].as_u64(), report["missing"].as_u64(), report["healthy"].as_bool()), (Some(1), Some(0), Some(false)), "{report}");
+    assert_eq!(report["problems"][0]["kind"], "unreachable", "{report}");
+    let cat = dfs(&meta, &["cat", "/f.bin"]);
+    assert_eq!(cat.status.code(), Some(1), "a read succeeded while fsck said unreachable");
+    for node in ["storage-1", "storage-2", "storage-3"] {
+        assert!(cluster_cmd(&data, &["start", node]).status.success());
+    }
+    wait_for(Duration::from_secs(30), "fsck healthy once the storage nodes are back", || (fsck(&meta).0 == Some(0)).then_some(()));
+    let back = path(dir, "back.bin");
+    dfs_ok(&meta, &["get", "/f.bin", back.to_str().unwrap()]);
+    assert_same_file(&file, &back);
 }

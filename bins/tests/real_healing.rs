@@ -283,7 +283,7 @@ fn a_bad_replica_is_repaired_in_place_when_no_other_node_can_take_it() {
             assert_eq!(node_state(&meta, addr).as_deref(), Some("decommissioned"));
         }
         let back = path(&sub, "back.bin");
-        dfs_ok(&meta, &["get", &"/f".to_string(), back.to_str().unwrap()]);
+        dfs_ok(&meta, &["get", "/f", back.to_str().unwrap()]);
         assert_same_file(&local, &back);
     }
 }

@@ -20,6 +20,7 @@ fn main() {
             expect_file_id: None,
             request_id: None,
             unix_ms: 1,
+            attrs: Default::default(),
         };
         let Ok(Outcome::FileCreated(id)) = ns.apply(create) else { panic!("create {i}") };
         ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).expect("commit");

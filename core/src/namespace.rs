@@ -1174,7 +1174,7 @@ impl Namespace {
     }
 
     /// `file`'s record of `chunk`, if it holds it.
-    fn record_in<'a>(f: &'a FileRecord, chunk: ChunkId) -> Option<&'a ChunkRecord> {
+    fn record_in(f: &FileRecord, chunk: ChunkId) -> Option<&ChunkRecord> {
         let (_, index) = chunk.owner()?;
         f.chunks.get(index as usize).filter(|c| c.index == index && f.chunk_id(index) == chunk)
     }

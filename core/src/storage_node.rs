@@ -720,8 +720,16 @@ impl<E: Env> StorageNode<E> {
         while let Some(frame) = frames.next().await {
             match frame {
                 Ok(f) => bytes += f.data.len() as u64,
-                Err(e) => {
+                // Damage: the read path quarantined it and will report it.
+                Err(e @ RpcError::ChecksumMismatch(_)) => {
                     tracing::error!(node = %self.id, chunk = %id, error = %e, "scrub: damaged replica quarantined");
+                    break;
+                }
+                // Deleted while it was being verified (garbage collection races the scrub):
+                // nothing to say.
+                Err(_) if self.table.lock().expect("table lock").stored(id).is_err() => break,
+                Err(e) => {
+                    tracing::warn!(node = %self.id, chunk = %id, error = %e, "scrub: cannot read");
                     break;
                 }
             }

@@ -179,3 +179,22 @@ pub fn cluster_up_with(base: u16, data: &Path, extra: &[&str], stderr: impl Into
     }
     Proc { name: "cluster up".into(), child: up }
 }
+
+/// `dfs storage` number `i` of a test cluster: on a free port, its data in `dir/storage-i`,
+/// heartbeats every 500 ms, metadata at `meta`, and `extra` flags.
+pub fn spawn_storage(dir: &Path, i: usize, meta: &str, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = [
+        "storage".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--meta".into(),
+        meta.to_string(),
+        "--data-dir".into(),
+        dir.join(format!("storage-{i}")).display().to_string(),
+        "--heartbeat-ms".into(),
+        "500".into(),
+    ]
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn(&format!("storage-{i}"), &args, dir)
+}

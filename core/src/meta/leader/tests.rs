@@ -726,10 +726,12 @@ proptest::proptest! {
     /// replication 3 with one bad copy stayed "2 of 3" forever.
     #[test]
     fn a_readable_chunk_converges_to_full_replication_on_any_cluster_shape(shape in shape()) {
-        let mut config = LeaderConfig::default();
-        config.health = crate::health::HealthConfig { suspect_after: Duration::from_secs(2), dead_after: Duration::from_secs(4) };
-        config.gc_delay = Duration::from_secs(1);
-        config.repair.start_grace = Duration::from_secs(2);
+        let config = LeaderConfig {
+            health: crate::health::HealthConfig { suspect_after: Duration::from_secs(2), dead_after: Duration::from_secs(4) },
+            gc_delay: Duration::from_secs(1),
+            repair: RepairConfig { start_grace: Duration::from_secs(2), ..RepairConfig::default() },
+            ..LeaderConfig::default()
+        };
         let mut w = World::new(shape.nodes, config);
         if let Some(d) = shape.draining {
             w.apply(Command::SetDraining { node: StorageNodeId(d), draining: true });
