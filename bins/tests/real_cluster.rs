@@ -317,3 +317,28 @@ fn fsck_reports_chunks_no_live_node_serves_as_unreachable() {
     dfs_ok(&meta, &["get", "/f.bin", back.to_str().unwrap()]);
     assert_same_file(&file, &back);
 }
+
+/// `--restart never`: a node that dies stays down (state `exited`, no restart scheduled) and
+/// the rest keeps running; `cluster start` brings it back by hand.
+#[test]
+fn cluster_up_with_restart_never_leaves_a_dead_node_down() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let base = free_ports(103);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stderr = std::fs::File::create(dir.join("up.err")).unwrap();
+    let mut up = cluster_up_with(base, &data, &["--restart", "never"], stderr);
+    let victim = cluster_nodes(&data)["storage-1"].1.unwrap();
+    // SAFETY: a process this test's cluster started.
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    let state = wait_for(Duration::from_secs(30), "storage-1's death to be seen", || {
+        let (state, pid, _) = cluster_nodes(&data)["storage-1"].clone();
+        (pid.is_none()).then_some(state)
+    });
+    assert_eq!(state, "exited", "a dead node was scheduled for a restart under --restart never");
+    assert!(std::fs::read_to_string(dir.join("up.err")).unwrap().contains("storage-1 died (signal: 9 (SIGKILL)); the rest keeps running (--restart never)"));
+    assert!(up.child.try_wait().unwrap().is_none(), "cluster up exited");
+    assert!(cluster_cmd(&data, &["start", "storage-1"]).status.success());
+    assert_eq!(cluster_nodes(&data)["storage-1"].0, "running");
+}

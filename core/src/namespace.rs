@@ -354,6 +354,8 @@ pub struct FileSummary {
     pub chunk_count: u64,
     pub committed_unix_ms: u64,
     pub sha256: Option<Sha256Digest>,
+    /// Absent from snapshots of older versions (in kept `Once` results), hence the default.
+    #[serde(default)]
     pub attrs: FileAttrs,
 }
 
