@@ -465,7 +465,11 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
         Some(e) if e.kind != EntryKind::Directory as i32 => anyhow::bail!("get -r {}: not a directory (get without -r downloads a file)", shown(&prefix)),
         Some(_) => {}
     }
-    let entries = client.list_dir(&prefix, true).await.map_err(explain)?;
+    let mut entries = client.list_dir(&prefix, true).await.map_err(explain)?;
+    // The trash is not part of a tree (unless the tree is in it).
+    if !dfs_core::namespace::in_trash(&prefix) {
+        entries.retain(|e| !dfs_core::namespace::in_trash(&e.path));
+    }
     std::fs::create_dir_all(local).map_err(|e| anyhow::anyhow!("{}: {e}", local.display()))?;
 
     let mut jobs = Vec::new();

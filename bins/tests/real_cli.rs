@@ -238,6 +238,9 @@ fn trash(meta: &str, cache: &Path, dir: &Path) {
     let listing = String::from_utf8(ok(run(meta, cache, &["ls", "-R", "/"], None), &["ls"])).unwrap();
     assert!(!listing.contains("/.trash"), "ls shows the trash without -a: {listing}");
     assert!(String::from_utf8(ok(run(meta, cache, &["ls", "-a", "/"], None), &["ls -a"])).unwrap().contains("/.trash"));
+    let everything = dir.join("everything");
+    ok(run(meta, cache, &["get", "-r", "/", s(&everything)], None), &["get -r /"]);
+    assert!(!everything.join(".trash").exists(), "get -r / copied the trash");
     ok(run(meta, cache, &["trash", "restore", "/tr/a/t.bin"], None), &["trash restore"]);
     assert_eq!(ok(run(meta, cache, &["cat", "/tr/a/t.bin"], None), &["cat restored"]), b"keep me");
     ok(run(meta, cache, &["rm", "-r", "/tr"], None), &["rm -r"]);
