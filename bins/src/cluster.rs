@@ -181,6 +181,33 @@ impl State {
     }
 }
 
+/// What becomes of a node whose process ended (not asked to stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterExit {
+    RestartIn(Duration),
+    /// Left down, and why (said to the user).
+    LeftDown(&'static str),
+}
+
+/// The supervisor's decision, pure: a clean exit (someone stopped it) and `--restart never`
+/// leave a node down; else it is restarted after a back-off that doubles with each death
+/// within `RESTART_RESET` of its start (counted in `failures_in_a_row`), up to
+/// `RESTART_BACKOFF_MAX`, and a node dead more than `RESTARTS_IN_A_ROW_MAX` times so is left
+/// down. Returns the decision and the new count.
+fn after_exit(restart: Restart, clean: bool, ran_for: Duration, failures_in_a_row: u32) -> (AfterExit, u32) {
+    let failures = if ran_for < RESTART_RESET { failures_in_a_row + 1 } else { 1 };
+    let next = if clean {
+        AfterExit::LeftDown("the rest keeps running")
+    } else if restart == Restart::Never {
+        AfterExit::LeftDown("the rest keeps running (--restart never)")
+    } else if failures > RESTARTS_IN_A_ROW_MAX {
+        AfterExit::LeftDown("it keeps dying soon after each start: left down")
+    } else {
+        AfterExit::RestartIn(RESTART_BACKOFF.saturating_mul(1 << (failures - 1).min(16)).min(RESTART_BACKOFF_MAX))
+    };
+    (next, failures)
+}
+
 /// A node's process ended.
 struct Exit {
     member: usize,
@@ -462,22 +489,19 @@ impl Supervisor {
             return;
         }
         let clean = matches!(&exit.status, Ok(s) if s.success());
-        let short_lived = m.started.elapsed() < RESTART_RESET;
-        m.failures_in_a_row = if short_lived { m.failures_in_a_row + 1 } else { 1 };
+        let (next, failures) = after_exit(restart, clean, m.started.elapsed(), m.failures_in_a_row);
+        m.failures_in_a_row = failures;
         let hint = format!("`dfs cluster start {}` starts it again", m.name);
-        if clean {
-            m.state = State::Exited;
-            eprintln!("dfs: {} exited ({how}); the rest keeps running; {hint}; see {}", m.name, m.log.display());
-        } else if restart == Restart::Never {
-            m.state = State::Exited;
-            eprintln!("dfs: {} died ({how}); the rest keeps running (--restart never); {hint}; see {}", m.name, m.log.display());
-        } else if m.failures_in_a_row > RESTARTS_IN_A_ROW_MAX {
-            m.state = State::Exited;
-            eprintln!("dfs: {} died ({how}) for the {}th time in a row; left down; {hint}; see {}", m.name, m.failures_in_a_row, m.log.display());
-        } else {
-            let backoff = RESTART_BACKOFF.saturating_mul(1 << (m.failures_in_a_row - 1).min(16)).min(RESTART_BACKOFF_MAX);
-            m.state = State::Restarting { at: Instant::now() + backoff };
-            eprintln!("dfs: {} died ({how}); the rest keeps running; restarting it in {}s; see {}", m.name, backoff.as_secs(), m.log.display());
+        match next {
+            AfterExit::RestartIn(backoff) => {
+                m.state = State::Restarting { at: Instant::now() + backoff };
+                eprintln!("dfs: {} died ({how}); the rest keeps running; restarting it in {}s; see {}", m.name, backoff.as_secs(), m.log.display());
+            }
+            AfterExit::LeftDown(why) => {
+                m.state = State::Exited;
+                let verb = if clean { "exited" } else { "died" };
+                eprintln!("dfs: {} {verb} ({how}); {why}; {hint}; see {}", m.name, m.log.display());
+            }
         }
     }
 
@@ -668,5 +692,34 @@ pub(crate) async fn stop(nodes: &mut [Node]) {
             eprintln!("dfs: {} did not stop in time; killing it", n.name);
             let _ = n.child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dying_node_is_restarted_after_a_doubling_back_off_until_it_keeps_dying() {
+        let quick = Duration::from_secs(1);
+        let mut failures = 0;
+        let mut waits = Vec::new();
+        loop {
+            let (next, f) = after_exit(Restart::OnFailure, false, quick, failures);
+            failures = f;
+            match next {
+                AfterExit::RestartIn(wait) => waits.push(wait.as_secs()),
+                AfterExit::LeftDown(why) => {
+                    assert!(why.contains("keeps dying"), "{why}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30, 30, 30], "{waits:?}");
+        // A node that ran a while before dying starts its back-off afresh.
+        assert_eq!(after_exit(Restart::OnFailure, false, RESTART_RESET, 7), (AfterExit::RestartIn(RESTART_BACKOFF), 1));
+        // A clean exit, and --restart never, leave it down at once.
+        assert!(matches!(after_exit(Restart::OnFailure, true, quick, 0).0, AfterExit::LeftDown(_)));
+        assert!(matches!(after_exit(Restart::Never, false, quick, 0).0, AfterExit::LeftDown(w) if w.contains("--restart never")));
     }
 }

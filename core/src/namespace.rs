@@ -1701,6 +1701,20 @@ pub fn check_user(user: &str) -> Result<(), NamespaceError> {
     Ok(())
 }
 
+/// What a delete request becomes: a move to `user`'s trash bucket of `unix_ms` when `trash`
+/// is given (the cluster keeps a trash and the caller did not skip it) and the path can move
+/// there (not the root, not in the trash already); else a delete for good.
+pub fn delete_command(path: &str, recursive: bool, expect_file_id: Option<FileId>, trash: Option<(&str, u64)>) -> Result<Command, NamespaceError> {
+    let path = normalize_path(path)?;
+    match trash {
+        Some((user, unix_ms)) if path != ROOT && !in_trash(&path) => {
+            check_user(user)?;
+            Ok(Command::MoveToTrash { trash: trash_bucket(user, unix_ms), path, recursive, expect_file_id, unix_ms })
+        }
+        _ => Ok(Command::Delete { path, recursive, expect_file_id }),
+    }
+}
+
 /// `user`'s trash bucket for what is deleted at `unix_ms`: one per minute,
 /// `/.trash/<user>/2026-12-06T09:31:00Z`.
 pub fn trash_bucket(user: &str, unix_ms: u64) -> String {

@@ -1022,18 +1022,9 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
-        let path = normalize_path(&r.path).map_err(namespace_error)?;
-        // Kept in the user's trash, unless asked otherwise, the cluster keeps none, or it is in
-        // the trash already (or is the root, which cannot move).
-        let trashed = !r.skip_trash && !self.config.trash_interval.is_zero() && path != namespace::ROOT && !namespace::in_trash(&path);
-        let command = if trashed {
-            let user = if r.user.is_empty() { "unknown".to_string() } else { r.user };
-            namespace::check_user(&user).map_err(namespace_error)?;
-            let unix_ms = self.env.clock().unix_ms();
-            Command::MoveToTrash { path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId), trash: namespace::trash_bucket(&user, unix_ms), unix_ms }
-        } else {
-            Command::Delete { path, recursive: r.recursive, expect_file_id: r.expect_file_id.map(FileId) }
-        };
+        let user = if r.user.is_empty() { "unknown" } else { r.user.as_str() };
+        let trash = (!r.skip_trash && !self.config.trash_interval.is_zero()).then(|| (user, self.env.clock().unix_ms()));
+        let command = namespace::delete_command(&r.path, r.recursive, r.expect_file_id.map(FileId), trash).map_err(namespace_error)?;
         match self.propose(once(r.request_id, command)).await? {
             Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0, trashed_to: String::new() }),
             Outcome::DirDeleted { files, dirs, .. } => {

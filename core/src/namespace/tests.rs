@@ -1168,3 +1168,14 @@ fn a_snapshot_of_the_previous_version_still_loads() {
     let old: Namespace = serde_json::from_value(value).expect("an old snapshot loads");
     assert_eq!(old, ns);
 }
+
+#[test]
+fn a_delete_goes_to_the_trash_only_when_it_can() {
+    let trash = Some(("alice", 1_796_549_123_456));
+    assert!(matches!(delete_command("/a/b", true, None, trash), Ok(Command::MoveToTrash { trash, .. }) if trash == "/.trash/alice/2026-12-06T09:25:00Z"));
+    for (path, trash) in [("/a/b", None), ("/", trash), ("/.trash/alice/x", trash)] {
+        assert!(matches!(delete_command(path, true, None, trash), Ok(Command::Delete { .. })), "{path}");
+    }
+    assert!(delete_command("/a", false, None, Some(("a/b", 1))).is_err(), "a user name with a slash");
+    assert!(delete_command("", false, None, None).is_err());
+}
