@@ -231,8 +231,10 @@ fn trash(meta: &str, cache: &Path, dir: &Path) {
     ok(run(meta, cache, &["put", s(&file), "/tr/a/t.bin"], None), &["put"]);
     let rm = json(meta, cache, &["rm", "/tr/a/t.bin"]);
     let to = rm["trashed_to"].as_str().unwrap().to_string();
-    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
-    assert!(to.starts_with(&format!("/.trash/{user}/")) && to.ends_with("/tr/a/t.bin"), "{to}");
+    // /.trash/<user>/<minute>/tr/a/t.bin
+    let parts: Vec<&str> = to.split('/').collect();
+    assert!(to.starts_with("/.trash/") && to.ends_with("/tr/a/t.bin") && parts.len() == 7 && !parts[2].is_empty(), "{to}");
+    assert!(dfs_core_bucket(parts[3]), "{to}");
     fails(meta, cache, &["cat", "/tr/a/t.bin"], 1, "no such file");
     assert_eq!(ok(run(meta, cache, &["cat", &to], None), &["cat in trash"]), b"keep me");
     let listing = String::from_utf8(ok(run(meta, cache, &["ls", "-R", "/"], None), &["ls"])).unwrap();
@@ -781,4 +783,10 @@ fn a_put_no_node_has_room_for_fails_at_once_naming_space() {
     assert!(started.elapsed() < Duration::from_secs(60), "the put waited for its timeout instead of failing at once");
     let nodes = json(&meta, &cache, &["nodes"]);
     assert!(nodes["nodes"].as_array().unwrap().iter().all(|n| n["usable_bytes"] == 0), "{nodes}");
+}
+
+/// Whether a trash bucket name is a minute in UTC (`2026-12-06T09:31:00Z`, maybe `.N`).
+fn dfs_core_bucket(name: &str) -> bool {
+    let stamp = name.split_once("Z.").map(|(s, _)| s).unwrap_or(name.trim_end_matches('Z'));
+    stamp.len() == 19 && stamp.ends_with(":00") && stamp.as_bytes()[10] == b'T'
 }
