@@ -64,10 +64,12 @@ pub async fn expand(client: &DfsClient<RealEnv>, arg: &str) -> anyhow::Result<Ve
         }
         current = next;
     }
-    // Literal components after the last wildcard are not checked by a listing: keep what exists.
+    // Literal components after the last wildcard are not checked by a listing: keep what exists
+    // (a pattern ending in a wildcard matched listed entries only: no lookup per match).
+    let trailing_literal = components.last().is_some_and(|c| !has_wildcards(c));
     let mut found = Vec::new();
     for p in current {
-        if client.entry(&p).await?.is_some() {
+        if !trailing_literal || client.entry(&p).await?.is_some() {
             found.push(p);
         }
     }

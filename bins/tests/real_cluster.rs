@@ -197,6 +197,16 @@ fn cluster_nodes(data: &Path) -> std::collections::BTreeMap<String, (String, Opt
         .collect()
 }
 
+/// `cluster up` with `extra` flags in `dir`, its stderr in `dir/up.err`: the launcher, its
+/// base port, its data dir.
+fn supervised(dir: &Path, extra: &[&str]) -> (Proc, u16, std::path::PathBuf) {
+    let base = free_ports(103);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stderr = std::fs::File::create(dir.join("up.err")).unwrap();
+    (cluster_up_with(base, &data, extra, stderr), base, data)
+}
+
 fn cluster_cmd(data: &Path, args: &[&str]) -> std::process::Output {
     Command::new(DFS).arg("cluster").args(args).args(["--data-dir", &data.display().to_string()]).output().unwrap()
 }
@@ -208,11 +218,7 @@ fn cluster_cmd(data: &Path, args: &[&str]) -> std::process::Output {
 fn cluster_up_survives_a_node_dying_and_stop_start_act_on_one_node() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = free_ports(103);
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let stderr = std::fs::File::create(dir.join("up.err")).unwrap();
-    let mut up = cluster_up_with(base, &data, &[], stderr);
+    let (mut up, base, data) = supervised(dir, &[]);
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
     let nodes = cluster_nodes(&data);
     assert_eq!(nodes.len(), 6, "{nodes:?}");
@@ -324,11 +330,7 @@ fn fsck_reports_chunks_no_live_node_serves_as_unreachable() {
 fn cluster_up_with_restart_never_leaves_a_dead_node_down() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = free_ports(103);
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let stderr = std::fs::File::create(dir.join("up.err")).unwrap();
-    let mut up = cluster_up_with(base, &data, &["--restart", "never"], stderr);
+    let (mut up, _, data) = supervised(dir, &["--restart", "never"]);
     let victim = cluster_nodes(&data)["storage-1"].1.unwrap();
     // SAFETY: a process this test's cluster started.
     unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
