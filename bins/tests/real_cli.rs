@@ -5,6 +5,7 @@
 
 #![cfg(not(madsim))]
 
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -480,7 +481,12 @@ fn json_shapes(meta: &str, cache: &Path, dir: &Path) {
     assert_eq!(f["chunk_count"], 2);
     assert!(f["file_id"].as_u64().unwrap() > 0);
     assert!(f["committed_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
-    assert!(f["sha256"].is_null() || f["sha256"].as_str().unwrap().len() == 64, "{f}");
+    // The whole file's SHA-256 is what put sent with the commit: exactly the local bytes'.
+    let local_sha: String = sha2::Sha256::digest(std::fs::read(&file).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(f["sha256"].as_str(), Some(local_sha.as_str()), "{f}");
     let file_id = f["file_id"].clone();
 
     let back = dir.join("j-back.bin");

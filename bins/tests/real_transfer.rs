@@ -216,8 +216,16 @@ fn a_storage_node_killed_during_a_put_leaves_the_upload_completed_or_resumable()
     let chunks = 120usize;
     let original = path(dir, "big.bin");
     std::fs::write(&original, test_bytes(chunks * 1024 * 1024 + 77, 21)).unwrap();
-    let put_args = ["put", "--chunk-size", "1MiB", "--parallelism", "2", original.to_str().unwrap(), "/big.bin"];
-    let put = Command::new(DFS)
+    let put_args = [
+        "put",
+        "--chunk-size",
+        "1MiB",
+        "--parallelism",
+        "2",
+        original.to_str().unwrap(),
+        "/big.bin",
+    ];
+    let mut put = Command::new(DFS)
         .args(put_args)
         .env("DFS_META", &meta)
         .env("DFS_STATE_DIR", &state)
@@ -230,6 +238,11 @@ fn a_storage_node_killed_during_a_put_leaves_the_upload_completed_or_resumable()
         assert!(Instant::now() < deadline, "the put stored nothing in 120 s");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Killed after the put ended, the node would test nothing about a put in flight.
+    assert!(
+        put.try_wait().unwrap().is_none(),
+        "the put finished before storage-1 could be killed; make the file larger"
+    );
     eprintln!("SIGKILL storage-1 during the put");
     cluster.storage[0].sigkill();
     let first = put.wait_with_output().unwrap();

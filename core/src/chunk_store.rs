@@ -57,6 +57,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bulk_buf::BULK_ALIGN;
 use crate::ids::{ChunkId, Sha256Digest};
+use crate::planted::{self, Bug};
 use crate::rpc::CHUNK_FRAME_BYTES;
 
 pub const CHUNK_FILE_MAGIC_V1: [u8; 8] = *b"DFSCHNK1";
@@ -342,6 +343,10 @@ impl FrameReader {
     /// Checks the frame `next_read` named, as read from disk.
     pub fn accept(&mut self, data: &[u8]) -> Result<(), ChunkFileError> {
         let (_, len) = self.next_read().expect("accept after the last frame");
+        if planted::on(Bug::UncheckedRead) {
+            self.next += 1;
+            return Ok(());
+        }
         if data.len() as u64 != len {
             let before = self.next * self.header.frame_bytes();
             return Err(ChunkFileError::SizeMismatch { announced: self.header.meta.size, actual: before + data.len() as u64 });
@@ -511,7 +516,9 @@ pub fn write_steps(layout: &ChunkLayout, table: &ChunkTable, id: ChunkId, nonce:
         }
         steps
     };
-    steps.push(DiskStep::SyncFile(tmp.clone()));
+    if !planted::on(Bug::NoFileFsync) {
+        steps.push(DiskStep::SyncFile(tmp.clone()));
+    }
     let (outer_durable, inner_durable) = table.shard_durable(id);
     if !inner_durable {
         steps.push(DiskStep::CreateDir(inner.clone()));
@@ -520,8 +527,13 @@ pub fn write_steps(layout: &ChunkLayout, table: &ChunkTable, id: ChunkId, nonce:
         }
         steps.push(DiskStep::SyncDir(outer));
     }
-    steps.push(DiskStep::Rename { from: tmp, to: dest });
-    steps.push(DiskStep::SyncDir(inner));
+    steps.push(DiskStep::Rename {
+        from: tmp,
+        to: dest,
+    });
+    if !planted::on(Bug::NoDirFsync) {
+        steps.push(DiskStep::SyncDir(inner));
+    }
     steps
 }
 
@@ -553,7 +565,9 @@ pub fn batch_write_steps(layout: &ChunkLayout, table: &ChunkTable, items: &[Batc
             steps.push(DiskStep::WriteAt { path: tmp, offset: data_offset, data: item.data.clone() });
         }
     }
-    steps.push(DiskStep::SyncAll(layout.root().to_path_buf()));
+    if !planted::on(Bug::NoFileFsync) {
+        steps.push(DiskStep::SyncAll(layout.root().to_path_buf()));
+    }
     let mut created = std::collections::BTreeSet::new();
     for item in items {
         let (_, inner) = layout.shard_dirs(item.id);
@@ -564,7 +578,9 @@ pub fn batch_write_steps(layout: &ChunkLayout, table: &ChunkTable, items: &[Batc
     for item in items {
         steps.push(DiskStep::Rename { from: layout.tmp_path(item.id, item.nonce), to: layout.chunk_path(item.id) });
     }
-    steps.push(DiskStep::SyncAll(layout.root().to_path_buf()));
+    if !planted::on(Bug::NoDirFsync) {
+        steps.push(DiskStep::SyncAll(layout.root().to_path_buf()));
+    }
     steps
 }
 
@@ -1038,6 +1054,11 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-chunk-store-range.txt")))),
+            ..ProptestConfig::default()
+        })]
         /// A ranged read serves whole frames around any range; what the reader checks and keeps
         /// is exactly that range of the chunk, and a byte changed on the way fails a check.
         #[test]

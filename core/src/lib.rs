@@ -30,6 +30,7 @@ pub mod ids;
 pub mod meta;
 pub mod namespace;
 pub mod placement;
+pub mod planted;
 pub mod proto;
 pub mod repair;
 pub mod rpc;

@@ -689,7 +689,9 @@ impl Namespace {
         if let Some(session) = self.sessions.get_mut(&request.client) {
             session.last_used = applied;
             if let Some(result) = session.results.get(&request.seq) {
-                return result.clone();
+                if !crate::planted::on(crate::planted::Bug::DoubleApply) {
+                    return result.clone();
+                }
             }
             let oldest = session.results.keys().next().copied();
             if session.results.len() >= SESSION_RESULTS_MAX && oldest.is_some_and(|o| request.seq < o) {
@@ -1089,7 +1091,11 @@ impl Namespace {
                     // Checked here, on the committed state, so that two plans racing (one
                     // not applied yet when the next is made) never drop below the factor.
                     let good = record.replicas.iter().filter(|r| !bad.contains(r)).count();
-                    let allowed = if bad.contains(&node) { good >= 1 } else { good > replication as usize };
+                    let allowed = if bad.contains(&node) {
+                        good >= 1
+                    } else {
+                        good > replication as usize
+                    } || crate::planted::on(crate::planted::Bug::SurplusDropsValid);
                     if !allowed {
                         continue;
                     }
@@ -1772,6 +1778,9 @@ fn civil_from_days(z: i64) -> (i64, u64, u64) {
 /// Majority of the replication factor: the copies a write must reach before it is acknowledged,
 /// and the fewest confirmed replicas `RecordChunks` accepts for a chunk.
 pub fn write_quorum(replication: u32) -> u32 {
+    if crate::planted::on(crate::planted::Bug::WriteQuorumOne) {
+        return 1;
+    }
     replication / 2 + 1
 }
 

@@ -56,6 +56,7 @@ use crate::env::Timestamp;
 use crate::health::Liveness;
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::namespace::Command;
+use crate::planted::{self, Bug};
 
 use crate::namespace::DROP_REPLICAS_MAX as DROPS_PER_COMMAND_MAX;
 /// Chunks whose failed attempts are remembered; beyond, the oldest are forgotten (they are
@@ -363,6 +364,12 @@ impl RepairPlanner {
             self.jobs.remove(&chunk);
             self.stats.lost += 1;
         }
+        // An adopted copy this heartbeat no longer lists as running has ended (stored, failed
+        // or given up): kept, it would hold the chunk out of planning until `job_timeout`,
+        // although the copy it stands for may be gone already (a surplus drop took it; chaos
+        // seed 226 stayed short of its factor past the 90 s healing bound that way).
+        self.adopted
+            .retain(|c, (target, _)| *target != node || running.contains(c));
         // A copy is reported stored before its target stops listing it as running, so one
         // heartbeat may say both: it is done, not a job of a former leader to adopt (that
         // would hold the target's slot until the next scan).
@@ -456,7 +463,7 @@ impl RepairPlanner {
                 // from then on. Only with a healthy copy to repair from (the namespace also
                 // keeps one listed good replica): a bad listing is all fsck has to show
                 // for a chunk with none.
-                if !sources.is_empty() {
+                if !sources.is_empty() && !planted::on(Bug::BadCopyNeverTarget) {
                     if let Some(bad) = c.bad {
                         drops.extend(c.replicas.iter().filter(|r| bad.contains(r)).map(|r| (c.id, *r)));
                     }
@@ -480,10 +487,16 @@ impl RepairPlanner {
                 if let Some(bad) = c.bad {
                     drops.extend(c.replicas.iter().filter(|r| bad.contains(r)).map(|r| (c.id, *r)));
                 }
-                if good.len() > replication {
+                // Planted: every listed copy ranked as if valid (bad ones, dead nodes' ones).
+                let ranked = if planted::on(Bug::SurplusDropsValid) {
+                    c.replicas.to_vec()
+                } else {
+                    good.clone()
+                };
+                if ranked.len() > replication {
                     census.over_replicated += 1;
                     if all_alive {
-                        for r in surplus(&good, replication, nodes) {
+                        for r in surplus(&ranked, replication, nodes) {
                             drops.push((c.id, r));
                             self.stats.dropped_surplus += 1;
                         }
@@ -587,7 +600,7 @@ impl RepairPlanner {
                     only.is_none_or(|t| t == **id)
                         && s.liveness == Liveness::Alive
                         && !s.draining
-                        && !w.listed.contains(id)
+                        && (!w.listed.contains(id) || planted::on(Bug::RepairToHolder))
                         && free.get(id).copied().unwrap_or(0) >= w.size
                         && inn.get(id).copied().unwrap_or(0) + cost <= in_max
                 })

@@ -530,6 +530,11 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-storage-reports.txt")))),
+            ..ProptestConfig::default()
+        })]
         /// Whatever the interleaving of stores, heartbeats and failures, every stored report is
         /// delivered (acknowledged) exactly once while the queue never overflows.
         #[test]

@@ -129,3 +129,53 @@ fn core_manifest_names_no_backend() {
         assert!(!deps.iter().any(|d| d.as_str() == bad), "core/Cargo.toml depends on {bad}");
     }
 }
+
+/// Every property test keeps its failing cases in `proptest-regressions/` at the top (so they
+/// are committed and replayed first): proptest's default writes them beside the source, where
+/// nobody looks, or nowhere.
+#[test]
+fn every_property_test_keeps_its_regressions_in_the_shared_directory() {
+    let mut files = Vec::new();
+    for dir in [
+        "core/src",
+        "io-sim/src",
+        "io-real/src",
+        "bins/src",
+        "sim-tests/src",
+        "sim-tests/tests",
+        "bins/tests",
+    ] {
+        rust_files(&workspace().join(dir), &mut files);
+    }
+    let mut blocks = 0;
+    let mut missing = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if !line
+                .trim_start()
+                .trim_start_matches("proptest::")
+                .starts_with("proptest! {")
+            {
+                continue;
+            }
+            blocks += 1;
+            let config = lines[n + 1..(n + 8).min(lines.len())].join("\n");
+            if !(config.contains("#![proptest_config(")
+                && config.contains("/../proptest-regressions/"))
+            {
+                missing.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        blocks >= 10,
+        "found only {blocks} proptest! blocks: is the scan looking in the right places?"
+    );
+    assert!(
+        missing.is_empty(),
+        "proptest! blocks without a failure_persistence file in proptest-regressions/:\n{}",
+        missing.join("\n")
+    );
+}

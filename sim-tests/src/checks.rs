@@ -12,6 +12,7 @@ use dfs_core::client::DfsClient;
 use dfs_core::env::Disk;
 use dfs_core::ids::ChunkId;
 use dfs_io_sim::SimEnv;
+use sha2::{Digest, Sha256};
 
 use crate::cluster::Cluster;
 
@@ -53,6 +54,8 @@ pub async fn replica_problems_draining(
     let up = storage_indexes(cluster);
     let on_disk = chunks_on_disks(cluster).await;
     let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
+    // What metadata says each listed chunk holds: every copy must be exactly that.
+    let mut expected: BTreeMap<ChunkId, (u64, Vec<u8>)> = BTreeMap::new();
     let mut listed_on: BTreeSet<(ChunkId, u64)> = BTreeSet::new();
     for remote in paths {
         let c = client.clone();
@@ -61,11 +64,23 @@ pub async fn replica_problems_draining(
             Ok(s) => s,
             Err(e) => return Some(format!("stat {remote}: {e}")),
         };
-        let replication = stat.file.as_ref().map(|f| f.replication).unwrap_or(0) as usize;
+        // No file info would make the factor 0 and every replica count pass vacuously.
+        let Some(file) = stat.file.as_ref() else {
+            return Some(format!("stat {remote}: no file info"));
+        };
+        let replication = file.replication as usize;
+        if replication == 0 {
+            return Some(format!("stat {remote}: replication factor 0"));
+        }
         for chunk in &stat.chunks {
             let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
             listed.insert(id);
-            let all: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
+            expected.insert(id, (chunk.size, chunk.sha256.to_vec()));
+            let all: Vec<u64> = chunk
+                .replica_status
+                .iter()
+                .filter_map(|s| s.node.as_ref().map(|n| n.id))
+                .collect();
             listed_on.extend(all.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
             let nodes: Vec<u64> = all.iter().copied().filter(|n| !up.get(n).is_some_and(|i| draining.contains(i))).collect();
             let good: Vec<u64> = nodes
@@ -73,8 +88,11 @@ pub async fn replica_problems_draining(
                 .copied()
                 .filter(|n| up.get(n).is_some_and(|i| on_disk.get(&id).is_some_and(|held| held.contains(i))))
                 .collect();
-            if good.len() < replication || (exact && nodes.len() != replication) || (exact && good.len() != nodes.len()) {
-                return Some(format!("{remote} chunk {}: listed on {nodes:?}, live holders {good:?}, factor {replication}", chunk.index));
+            if good.len() < replication
+                || (exact && nodes.len() != replication)
+                || (exact && good.len() != nodes.len())
+            {
+                return Some(format!("{remote} chunk {} ({id}): listed on {nodes:?}, live holders {good:?}, factor {replication}", chunk.index));
             }
         }
     }
@@ -88,14 +106,31 @@ pub async fn replica_problems_draining(
                 return Some(format!("chunk {id} on storage-{h}, which it is not listed on"));
             }
         }
-        // What counts must be valid: every listed chunk file decodes whole (a flipped bit
-        // not yet found by a scrub fails this).
+        // What counts must be valid: every listed copy decodes whole (a flipped bit not yet
+        // found by a scrub fails this), and holds what metadata says the chunk holds: its size
+        // and SHA-256, hashed here rather than trusted from the copy's own header (a copy
+        // consistent with itself may still be another chunk's bytes or a stale version).
         let layout = dfs_core::chunk_store::ChunkLayout::new("/data");
         for (id, holders) in on_disk.iter().filter(|(id, _)| listed.contains(id)) {
+            let (size, sha256) = &expected[id];
             for h in holders {
-                let bytes = cluster.storage[*h as usize - 1].disk.read_file(&layout.chunk_path(*id)).await.unwrap_or_default();
-                if dfs_core::chunk_store::decode_file(bytes).is_err() {
-                    return Some(format!("chunk {id} on storage-{h} is damaged"));
+                let bytes = cluster.storage[*h as usize - 1]
+                    .disk
+                    .read_file(&layout.chunk_path(*id))
+                    .await
+                    .unwrap_or_default();
+                let problem = match dfs_core::chunk_store::decode_file(bytes) {
+                    Err(e) => Some(format!("does not decode ({e})")),
+                    Ok((_, data)) if data.len() as u64 != *size => {
+                        Some(format!("holds {} bytes, metadata says {size}", data.len()))
+                    }
+                    Ok((_, data)) if Sha256::digest(&data).as_slice() != sha256.as_slice() => {
+                        Some("does not match metadata's SHA-256".to_string())
+                    }
+                    Ok(_) => None,
+                };
+                if let Some(problem) = problem {
+                    return Some(format!("chunk {id} on storage-{h} is damaged: {problem}"));
                 }
             }
         }

@@ -276,16 +276,19 @@ impl Cluster {
     }
 
     /// Waits until the leader sees `n` storage nodes alive.
+    /// Waits until the leader has heard lately from at least `n` storage nodes (registered is
+    /// not enough: a node stays registered after it dies).
     pub async fn wait_for_storage(&self, n: usize, limit: Duration) {
         wait_until(limit, &format!("{n} live storage nodes"), || {
             let leader = self.leader()?;
-            let server = self.meta[leader as usize - 1].server.lock().unwrap().clone()?;
-            let registered = server.local_state().namespace.storage_nodes().count();
-            (registered >= n).then_some(())
+            let server = self.meta[leader as usize - 1]
+                .server
+                .lock()
+                .unwrap()
+                .clone()?;
+            (server.alive_storage_nodes()? >= n).then_some(())
         })
         .await;
-        // Registered is not yet alive in the leader's tracker: give one heartbeat interval.
-        madsim::time::sleep(self.config.storage_heartbeat * 2).await;
     }
 
     /// Kills a metadata host as a power cut would: the process dies at once and its disk keeps

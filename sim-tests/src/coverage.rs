@@ -103,6 +103,15 @@ impl Table {
         }
     }
 
+    /// The faults that were on in some run but never fired in any.
+    pub fn idle(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|(_, (on, hit, _))| *on > 0 && *hit == 0)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// The table, one `[sim] ` line per fault.
     pub fn render(&self, title: &str) -> String {
         let mut out = format!("[sim] {title}: fault coverage over {} runs\n", self.runs);
@@ -148,5 +157,7 @@ mod tests {
         assert!(text.lines().any(|l| l.contains("disk.enospc") && l.ends_with("IDLE")), "{text}");
         assert!(text.lines().any(|l| l.contains("crash.storage") && l.contains(" 4 ")), "{text}");
         assert!(text.lines().any(|l| l.contains("net.split") && l.ends_with("never on")), "{text}");
+        // On in a run, never fired in any: idle (a sweep fails on it); off throughout: not.
+        assert_eq!(table.idle(), vec!["disk.enospc".to_string()]);
     }
 }

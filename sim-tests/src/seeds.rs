@@ -52,13 +52,35 @@ pub fn from_env() -> SeedRange {
 
 /// Like `from_env`, with another default count for a scenario too long for 50 seeds in CI.
 pub fn from_env_or(default_count: u64) -> SeedRange {
-    let read = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
-            .unwrap_or(default)
-    };
-    SeedRange { first: read("MADSIM_TEST_SEED", 1), count: read("MADSIM_TEST_NUM", default_count) }
+    seed_range(std::env::var("MADSIM_TEST_SEED").ok(), std::env::var("MADSIM_TEST_NUM").ok(), default_count)
+}
+
+/// The range `MADSIM_TEST_SEED` (`first`) and `MADSIM_TEST_NUM` (`num`) say. Zero seeds
+/// would pass every simulation with nothing run: refused.
+fn seed_range(first: Option<String>, num: Option<String>, default_count: u64) -> SeedRange {
+    let read = |name: &str, value: Option<String>, default: u64| value.map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))).unwrap_or(default);
+    let range = SeedRange { first: read("MADSIM_TEST_SEED", first, 1), count: read("MADSIM_TEST_NUM", num, default_count) };
+    assert!(range.count > 0, "MADSIM_TEST_NUM=0 runs no seed and would prove nothing; to skip the simulations say SKIP_SIMS=1");
+    range
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_range_defaults_and_reads_its_variables() {
+        let r = seed_range(None, None, 50);
+        assert_eq!((r.first, r.count), (1, 50));
+        let r = seed_range(Some("7".into()), Some("3".into()), 50);
+        assert_eq!((r.first, r.count), (7, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "MADSIM_TEST_NUM=0 runs no seed")]
+    fn zero_seeds_fail_instead_of_passing_with_nothing_run() {
+        seed_range(None, Some("0".into()), 50);
+    }
 }
 
 /// What one seed's run produced.
@@ -315,6 +337,15 @@ where
     if table.rows.values().any(|r| r.0 > 0 || r.2 > 0) {
         print!("{}", table.render(test.name));
     }
+    // Over a sweep (not a replay of a few seeds), a fault that was on but never acted means
+    // the runs proved nothing about it.
+    let idle = table.idle();
+    assert!(
+        range.count < default_count || idle.is_empty(),
+        "{}: fault kinds on in some of {} seeds but never fired: {idle:?}",
+        test.name,
+        range.count
+    );
     let wall = started.elapsed();
     println!(
         "[sim] {}: {} seeds from {} passed in {:.1}s ({:.2}s per seed)",
@@ -350,4 +381,83 @@ where
     assert_eq!((a.trace_hash.as_str(), a.trace_lines), (b.trace_hash.as_str(), b.trace_lines), "seed {seed} gave two different traces");
     assert_eq!(a.timeline_hash, b.timeline_hash, "seed {seed} gave two different timelines");
     assert_ne!(a.trace_hash, c.trace_hash, "seeds {seed} and {} gave the same trace", seed + 1);
+}
+
+/// How many seeds a planted bug's test tries when `DFS_PLANTED_SEEDS` does not say.
+pub const PLANTED_SEEDS_DEFAULT: u64 = 8;
+
+/// A planted bug's test: runs `test`'s scenario with `bug` planted (`DFS_PLANTED`), one seed
+/// per process from `first`, for at most `DFS_PLANTED_SEEDS` seeds (default `default_count`),
+/// and returns the first seed whose run fails with a message containing `expected` (the
+/// verdict of the checker that should catch it). Panics if no seed does (the check would be
+/// vacuous for this bug), or if this build cannot plant bugs.
+pub fn expect_caught(
+    test: SimTest,
+    bug: dfs_core::planted::Bug,
+    expected: &str,
+    first: u64,
+    default_count: u64,
+) -> u64 {
+    assert!(
+        dfs_core::planted::AVAILABLE,
+        "this build cannot plant bugs: build the simulations with `--cfg dfs_planted` (as `cargo sim` and plain `cargo test` do)"
+    );
+    let count = std::env::var("DFS_PLANTED_SEEDS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("DFS_PLANTED_SEEDS={v:?} is not a number"))
+        })
+        .unwrap_or(default_count);
+    assert!(
+        count > 0,
+        "DFS_PLANTED_SEEDS=0: a planted bug's test that runs no seed proves nothing"
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    let started = Instant::now();
+    let mut other = Vec::new();
+    for seed in first..first + count {
+        let out = Command::new(&exe)
+            .args([test.name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_SEED_ENV, seed.to_string())
+            .env(dfs_core::planted::ENV, bug.name())
+            .output()
+            .expect("run a simulation child process");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            continue;
+        }
+        let said = text.lines().find(|l| l.contains(expected)).map(str::trim);
+        if let Some(line) = said {
+            let wall = started.elapsed();
+            let tried = seed - first + 1;
+            println!(
+                "[sim] planted {}: caught by {} at seed {seed} ({tried} seeds in {:.1}s, {:.1} seeds/min): {}",
+                bug.name(),
+                test.name,
+                wall.as_secs_f64(),
+                tried as f64 * 60.0 / wall.as_secs_f64().max(1e-3),
+                line.chars().take(200).collect::<String>()
+            );
+            return seed;
+        }
+        let why = text
+            .lines()
+            .find(|l| l.contains("panicked") || l.contains("VERDICT"))
+            .unwrap_or("(no message)")
+            .trim()
+            .to_string();
+        other.push(format!("seed {seed}: {why}"));
+    }
+    panic!(
+        "planted bug {} was not caught by {} in seeds {first}..{} (no run failed with {expected:?}){}",
+        bug.name(),
+        test.name,
+        first + count,
+        if other.is_empty() { String::new() } else { format!("; other failures:\n  {}", other.join("\n  ")) }
+    );
 }

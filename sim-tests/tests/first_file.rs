@@ -2,8 +2,9 @@
 //! 3 + 3 cluster, across the loss of the metadata leader.
 //!
 //! Checkers: every download is byte-identical to what was uploaded (the oracle); no two
-//! metadata nodes lead one term; the surviving metadata nodes converge on one namespace; the
-//! same seed gives the same trace, and different seeds differ.
+//! metadata nodes lead one term; the killed leader, restarted on its disk, and the survivors
+//! converge on one namespace that lists exactly the oracle's files; the same seed gives the
+//! same trace, and different seeds differ.
 
 #![cfg(madsim)]
 
@@ -69,8 +70,32 @@ async fn scenario() {
     let listed: Vec<(String, u64)> = listed.into_iter().map(|f| (f.path, f.size)).collect();
     let expected: Vec<(String, u64)> = oracle.iter().map(|(p, d)| (p.clone(), d.len() as u64)).collect();
     assert_eq!(listed, expected);
-    cluster.wait_meta_converged(Duration::from_secs(30)).await;
-    trace::event(format!("converged; leaders by term: {:?}", cluster.observed_leaders()));
+
+    // The killed leader comes back on its own disk and catches up: every member, not only the
+    // survivors, must hold the namespace the files are in.
+    cluster.restart_meta(old_leader);
+    cluster
+        .wait_all_meta_converged(Duration::from_secs(60))
+        .await;
+    let back = cluster
+        .meta_server(old_leader)
+        .expect("the restarted leader is up");
+    let mut held: Vec<String> = back
+        .local_state()
+        .namespace
+        .files()
+        .map(|f| f.path.clone())
+        .collect();
+    held.sort();
+    let expected: Vec<String> = oracle.keys().cloned().collect();
+    assert_eq!(
+        held, expected,
+        "meta-{old_leader}, restarted, does not hold the namespace"
+    );
+    trace::event(format!(
+        "converged, the old leader too; leaders by term: {:?}",
+        cluster.observed_leaders()
+    ));
 }
 
 type SimClient = std::sync::Arc<dfs_core::client::DfsClient<dfs_io_sim::SimEnv>>;

@@ -3,9 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -73,8 +73,14 @@ pub fn free_port() -> u16 {
 }
 
 pub fn spawn(name: &str, args: &[String], log_dir: &Path) -> Proc {
-    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(DFS)
+    spawn_bin(Path::new(DFS), name, args, log_dir, &[])
+}
+
+/// `spawn` of another build of the binary (`bin`), with `env` added; its log is appended to.
+pub fn spawn_bin(bin: &Path, name: &str, args: &[String], log_dir: &Path, env: &[(&str, &str)]) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(bin)
+        .envs(env.iter().copied())
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -488,6 +488,23 @@ impl Upload {
                 return;
             }
             Event::MetaFailed { op, error } => {
+                if op == MetaOp::Commit
+                    && error.is_retryable()
+                    && crate::planted::on(crate::planted::Bug::LostCommit)
+                {
+                    // Planted: an ambiguous commit taken for a done one.
+                    let file = proto::FileInfo {
+                        file_id: self.file.map_or(0, |f| f.0),
+                        size: self.spec.size,
+                        chunk_size: self.spec.chunk_size,
+                        replication: self.spec.replication,
+                        chunk_count: self.chunks.len() as u64,
+                        ..Default::default()
+                    };
+                    self.stage = Stage::Finished;
+                    self.actions.push_back(Action::Done(file));
+                    return;
+                }
                 // A resumed upload that metadata no longer knows (expired, or committed by the
                 // interrupted run) is not an error of this run: the caller starts over.
                 let gone = self.resuming && matches!(error, RpcError::NotFound(_)) && op != MetaOp::Create;

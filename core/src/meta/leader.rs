@@ -624,6 +624,11 @@ impl Leader {
         report
     }
 
+    /// How many storage nodes this leader has heard from lately (Alive, not Suspect).
+    pub fn alive_count(&self, now: Timestamp) -> usize {
+        self.health.alive(now).count()
+    }
+
     /// Asks the storage node named `name` (its id in hex or decimal, or its address) to scrub
     /// now; returns it.
     pub fn request_scrub(&mut self, ns: &Namespace, name: &str) -> Option<(StorageNodeId, String)> {

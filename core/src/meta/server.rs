@@ -339,12 +339,22 @@ impl<E: Env> MetaServer<E> {
         &self.raft
     }
 
-    /// The applied state, for tests and checkers: no leadership check.
     /// The repair planner's counters, while this node leads (for tests and status).
     pub fn repair_stats(&self) -> Option<crate::repair::RepairStats> {
         self.leader.lock().expect("leader lock").as_ref().map(|l| l.repair_status().0)
     }
 
+    /// The storage nodes this node, while it leads, has heard from lately (for tests).
+    pub fn alive_storage_nodes(&self) -> Option<usize> {
+        let now = self.env.clock().now();
+        self.leader
+            .lock()
+            .expect("leader lock")
+            .as_ref()
+            .map(|l| l.alive_count(now))
+    }
+
+    /// The applied state, for tests and checkers: no leadership check.
     pub fn local_state(&self) -> std::sync::RwLockReadGuard<'_, AppliedState> {
         self.state.read().expect("state lock")
     }
@@ -611,6 +621,11 @@ impl<E: Env> MetaServer<E> {
 
     /// Runs `read` on state at least as new as every write acknowledged before this call.
     async fn read<T>(&self, read: impl FnOnce(&AppliedState) -> T) -> Result<T, RpcError> {
+        if crate::planted::on(crate::planted::Bug::StaleRead) {
+            // Believing itself leader is not being leader: a deposed one serves its old state.
+            self.require_leader()?;
+            return Ok(read(&self.state.read().expect("state lock")));
+        }
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(read(&self.state.read().expect("state lock"))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),

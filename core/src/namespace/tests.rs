@@ -1133,6 +1133,11 @@ fn trash_keeps_what_is_deleted_under_the_users_bucket_and_never_collides() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-namespace-trash.txt")))),
+        ..ProptestConfig::default()
+    })]
     /// Trash buckets name their minute in UTC and read back as it, for any time.
     #[test]
     fn trash_bucket_names_round_trip(ms in 0u64..8_000_000_000_000) {

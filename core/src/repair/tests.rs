@@ -284,3 +284,49 @@ fn a_pair_that_failed_is_tried_again_when_no_other_can_serve() {
     }
     assert_eq!(sources_tried.len(), 2, "the pair that had not failed was tried first");
 }
+
+#[test]
+fn an_adopted_copy_its_node_stops_running_no_longer_holds_the_chunk_back() {
+    // Chaos seed 226: the copy to node 4 finished and the scan saw it listed (the job done)
+    // before the heartbeat that still listed it as running came in, so that heartbeat adopted
+    // it; a surplus drop then took node 4's copy, and once node 3 drained the chunk was short
+    // again, but the stale adoption kept it out of planning for the whole job timeout.
+    let config = RepairConfig::default();
+    let mut p = planner(config);
+    let n = nodes(&[
+        (1, Liveness::Alive),
+        (2, Liveness::Alive),
+        (3, Liveness::Alive),
+        (4, Liveness::Alive),
+    ]);
+    let short = [chunk(1, 0, &[1, 2], 3)];
+    let id = short[0].id;
+    p.plan(NOW, states(&short), &n);
+    let job = p
+        .jobs_for(NOW, StorageNodeId(3), &n)
+        .into_iter()
+        .chain(p.jobs_for(NOW, StorageNodeId(4), &n))
+        .next()
+        .expect("a copy is planned");
+    let target = job.target;
+    let whole = [chunk(1, 0, &[1, 2, target.0], 3)];
+    p.plan(NOW, states(&whole), &n);
+    p.on_heartbeat(NOW, target, &[id], &[], &[]);
+    assert!(
+        p.adopted.contains_key(&id),
+        "a copy reported running without a job is adopted"
+    );
+    // The copy ended; the node says so by no longer listing it. Its copy is gone again.
+    p.on_heartbeat(NOW.plus(Duration::from_secs(1)), target, &[], &[], &[]);
+    let later = NOW.plus(Duration::from_secs(2));
+    p.plan(later, states(&short), &n);
+    let replanned: Vec<RepairJob> = [3, 4]
+        .into_iter()
+        .flat_map(|t| p.jobs_for(later, StorageNodeId(t), &n))
+        .collect();
+    assert_eq!(
+        replanned.iter().map(|j| j.chunk).collect::<Vec<_>>(),
+        vec![id],
+        "the short chunk waits for a job that ended"
+    );
+}
