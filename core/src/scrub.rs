@@ -50,12 +50,14 @@ pub struct Scrubber {
     cursor: Option<ChunkId>,
     not_before: Timestamp,
     urgent: bool,
+    /// The last scrub request (numbered by the metadata leader) a pass was started for.
+    request_seen: u64,
     stats: ScrubStats,
 }
 
 impl Scrubber {
     pub fn new(rate_bytes_per_sec: u64, now: Timestamp) -> Self {
-        Scrubber { rate_bytes_per_sec: rate_bytes_per_sec.max(1), cursor: None, not_before: now, urgent: false, stats: ScrubStats::default() }
+        Scrubber { rate_bytes_per_sec: rate_bytes_per_sec.max(1), cursor: None, not_before: now, urgent: false, request_seen: 0, stats: ScrubStats::default() }
     }
 
     pub fn stats(&self) -> ScrubStats {
@@ -65,6 +67,23 @@ impl Scrubber {
     /// Whether a requested pass is running.
     pub fn urgent(&self) -> bool {
         self.urgent
+    }
+
+    /// A scrub request from metadata (`request`: its number; 0 from a leader that numbers
+    /// none): starts a pass unless one was started for this request already (the leader
+    /// repeats it until the node's heartbeats name it). Returns whether a pass started.
+    pub fn request(&mut self, now: Timestamp, request: u64) -> bool {
+        if request != 0 && request == self.request_seen {
+            return false;
+        }
+        self.request_seen = request;
+        self.request_pass(now);
+        true
+    }
+
+    /// The last scrub request a pass was started for, for the heartbeats to say so.
+    pub fn request_seen(&self) -> u64 {
+        self.request_seen
     }
 
     /// Starts a full pass now, unpaced.
@@ -176,6 +195,25 @@ mod tests {
         }
         assert_eq!(urgent, table.iter().copied().collect::<Vec<_>>(), "the whole pass, from the first chunk, with no wait");
         assert!(!s.urgent(), "pacing resumes after the requested pass");
+    }
+
+    #[test]
+    fn a_repeated_request_starts_one_pass_and_a_new_one_another() {
+        let mut s = Scrubber::new(1, Timestamp(0));
+        assert_eq!(s.request_seen(), 0);
+        assert!(s.request(Timestamp(0), 7), "a new request starts a pass");
+        assert_eq!(s.request_seen(), 7);
+        assert!(s.urgent());
+        let table = ids(3);
+        while s.urgent() {
+            if let Step::Verify(_) = s.next(Timestamp(1), after(&table)) {
+                s.verified(Timestamp(1), 1);
+            }
+        }
+        assert!(!s.request(Timestamp(2), 7), "the leader repeating a request the node saw starts nothing");
+        assert!(!s.urgent());
+        assert!(s.request(Timestamp(3), 8), "a new request does");
+        assert!(s.request(Timestamp(4), 0) && s.request(Timestamp(5), 0), "an unnumbered one (an older leader) always does");
     }
 
     #[test]

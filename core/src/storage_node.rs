@@ -611,9 +611,8 @@ impl<E: Env> StorageNode<E> {
                 reports.start_inventory(self.env.random_u64() | 1);
             }
         }
-        if reply.scrub_now {
+        if reply.scrub_now && self.scrubber.lock().expect("scrubber lock").request(self.env.clock().now(), reply.scrub_request) {
             tracing::info!(node = %self.id, "scrub pass requested");
-            self.scrubber.lock().expect("scrubber lock").request_pass(self.env.clock().now());
             let _ = self.scrub_wake.0.try_send(());
         }
         if reply.register {
@@ -651,6 +650,7 @@ impl<E: Env> StorageNode<E> {
             stored_bytes,
             reserve_bytes: self.config.space_reserve_bytes,
             volume_id,
+            scrub_request_seen: self.scrubber.lock().expect("scrubber lock").request_seen(),
             deleted_chunks: batch.deleted.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
             cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
             stored_chunks: batch

@@ -100,6 +100,11 @@ async fn start_with_files() -> (Arc<Cluster>, SimDisk, SimClient, BTreeMap<Strin
         // retried elsewhere after a lost reply) is found only by the next inventory: the
         // convergence bounds below hold with inventories this frequent.
         storage_inventory_interval: Some(Duration::from_secs(20)),
+        // A put that failed under faults leaves its upload open, its stored chunks listed by
+        // no file, until the upload expires: short here (as in chaos), so that "no orphans"
+        // holds within the convergence bound (seed 95 of the 200-seed sweep).
+        meta_upload_expiry: Some(Duration::from_secs(20)),
+        meta_gc_delay: Some(Duration::from_secs(2)),
         ..ClusterConfig::default()
     }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;

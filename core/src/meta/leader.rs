@@ -90,6 +90,8 @@ pub struct Heartbeat {
     pub repairs_failed: Vec<(ChunkId, String)>,
     /// The part of an inventory pass `stored` carries, if any.
     pub inventory: Option<InventoryPart>,
+    /// The last scrub request it started a pass for (0: none).
+    pub scrub_request_seen: u64,
 }
 
 /// Where a heartbeat's replica reports sit in an inventory pass.
@@ -121,8 +123,10 @@ pub struct HeartbeatReply {
     pub peers: Vec<(StorageNodeId, String)>,
     /// Copies for this node to make, each with its sources' addresses.
     pub repair_jobs: Vec<(RepairJob, Vec<(StorageNodeId, String)>)>,
-    /// Start a full scrub pass now.
+    /// Start a full scrub pass now, for `scrub_request` (asked again in every reply until the
+    /// node's heartbeat says it saw it: a lost reply loses no scrub).
     pub scrub_now: bool,
+    pub scrub_request: u64,
     /// Report the whole inventory: this leader has not seen a complete one from this node.
     pub inventory_wanted: bool,
 }
@@ -264,7 +268,10 @@ pub struct Leader {
     repair: RepairPlanner,
     /// Nodes asked (`dfs admin scrub`) to scrub, told with their next heartbeat reply. Kept
     /// by this leader only: a request made just before a leader change may be lost.
-    scrub_requested: BTreeSet<StorageNodeId>,
+    /// Scrubs asked for and not yet seen by their node, with the request's number.
+    scrub_requested: BTreeMap<StorageNodeId, u64>,
+    /// Numbers scrub requests: the term in the high half, so no two leaders reuse one.
+    scrub_requests_made: u64,
     /// Inventory passes being received, and the nodes whose whole inventory this leader has
     /// seen.
     inventories: BTreeMap<StorageNodeId, Inventory>,
@@ -284,7 +291,7 @@ pub struct Leader {
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeSet::new(), inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new() }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeMap::new(), scrub_requests_made: 0, inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new() }
     }
 
     pub fn term(&self) -> u64 {
@@ -353,9 +360,13 @@ impl Leader {
                 (j, sources)
             })
             .collect();
-        let scrub_now = self.scrub_requested.remove(&hb.node);
+        if hb.scrub_request_seen != 0 && self.scrub_requested.get(&hb.node) == Some(&hb.scrub_request_seen) {
+            self.scrub_requested.remove(&hb.node);
+        }
+        let scrub_request = self.scrub_requested.get(&hb.node).copied().unwrap_or(0);
+        let scrub_now = scrub_request != 0;
         let inventory_wanted = !self.inventoried.contains(&hb.node) && !self.inventories.contains_key(&hb.node);
-        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs, scrub_now, inventory_wanted } }
+        HeartbeatDecision { propose, reply: HeartbeatReply { register: false, delete_chunks, peers, repair_jobs, scrub_now, scrub_request, inventory_wanted } }
     }
 
     /// The replicas `node`'s last whole inventory lacked and that it still has not reported,
@@ -633,7 +644,8 @@ impl Leader {
     /// now; returns it.
     pub fn request_scrub(&mut self, ns: &Namespace, name: &str) -> Option<(StorageNodeId, String)> {
         let (id, addr) = resolve_node(ns, name)?;
-        self.scrub_requested.insert(id);
+        self.scrub_requests_made += 1;
+        self.scrub_requested.insert(id, (self.term << 32) | (self.scrub_requests_made & 0xffff_ffff));
         Some((id, addr))
     }
 

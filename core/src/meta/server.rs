@@ -1227,6 +1227,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .take(REPAIRS_REPORTED_MAX)
                 .filter_map(|f| Some((ChunkId::from_slice(&f.chunk_id)?, f.error.chars().take(REASON_MAX_CHARS).collect())))
                 .collect(),
+            scrub_request_seen: r.scrub_request_seen,
         };
         let now = self.env.clock().now();
         let decision = self.with_leader(term, |leader, ns| leader.on_heartbeat(now, ns, heartbeat));
@@ -1259,6 +1260,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 })
                 .collect(),
             scrub_now: decision.reply.scrub_now,
+            scrub_request: decision.reply.scrub_request,
             inventory_wanted: decision.reply.inventory_wanted,
         })
     }

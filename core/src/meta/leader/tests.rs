@@ -103,6 +103,7 @@ impl World {
                 repairs_running: node.repairing.iter().map(|(j, _)| j.chunk).collect(),
                 repairs_failed: std::mem::take(&mut node.repairs_failed),
                 inventory: None,
+                scrub_request_seen: 0,
             };
             let decision = self.leader.on_heartbeat(self.now, &self.ns, hb);
             for command in decision.propose {
@@ -362,11 +363,11 @@ fn housekeeping_names_the_cluster_once_and_expires_abandoned_uploads() {
 #[test]
 fn an_unknown_node_is_told_to_register() {
     let mut w = World::new(1, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None };
+    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0 };
     let d = w.leader.on_heartbeat(w.now, &w.ns, hb);
     assert!(d.reply.register && d.propose.is_empty());
     // Same id at a new address: register again (the address is part of the record).
-    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None };
+    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0 };
     assert!(w.leader.on_heartbeat(w.now, &w.ns, hb).reply.register);
     w.step();
 }
@@ -447,7 +448,7 @@ fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
 #[test]
 fn heartbeat_replies_list_every_registered_node_as_a_peer() {
     let mut w = World::new(3, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None };
+    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0 };
     let peers = w.leader.on_heartbeat(w.now, &w.ns, hb).reply.peers;
     assert_eq!(peers, (1..=3).map(|i| (StorageNodeId(i), format!("n{i}:1"))).collect::<Vec<_>>());
     w.step();
@@ -606,6 +607,7 @@ fn beat(stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>) -> Heartbe
         repairs_running: vec![],
         repairs_failed: vec![],
         inventory,
+        scrub_request_seen: 0,
     }
 }
 
@@ -850,4 +852,27 @@ fn trash_buckets_older_than_the_trash_interval_are_deleted() {
     off.apply(Command::MoveToTrash { path: "/f".into(), recursive: false, expect_file_id: None, trash: old.clone(), unix_ms: off.unix_ms });
     off.run_for(Duration::from_secs(3));
     assert_eq!(off.ns.files().count(), 1);
+}
+
+#[test]
+fn a_scrub_request_is_repeated_until_its_node_says_it_saw_it() {
+    let mut w = World::new(3, LeaderConfig::default());
+    let hb = |seen: u64| Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: seen };
+    assert!(!w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply.scrub_now, "nothing asked yet");
+    assert_eq!(w.leader.request_scrub(&w.ns, "n2:1").map(|(id, _)| id), Some(StorageNodeId(2)));
+    let first = w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply;
+    assert!(first.scrub_now && first.scrub_request != 0);
+    // That reply was lost (the node's next heartbeat has not seen the request): asked again.
+    let again = w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply;
+    assert_eq!((again.scrub_now, again.scrub_request), (true, first.scrub_request));
+    // Seen: no more.
+    assert!(!w.leader.on_heartbeat(w.now, &w.ns, hb(first.scrub_request)).reply.scrub_now);
+    // A second request is a new one, even to a node that saw the first.
+    w.leader.request_scrub(&w.ns, "n2:1");
+    let second = w.leader.on_heartbeat(w.now, &w.ns, hb(first.scrub_request)).reply;
+    assert!(second.scrub_now && second.scrub_request != first.scrub_request);
+    // A new leader numbers its requests apart from the old one's.
+    let mut next = Leader::new(LeaderConfig::default(), 2, w.now);
+    next.request_scrub(&w.ns, "n2:1");
+    assert_ne!(next.on_heartbeat(w.now, &w.ns, hb(second.scrub_request)).reply.scrub_request, second.scrub_request);
 }
