@@ -190,17 +190,18 @@ impl LazyFs {
         }
         if !s.frozen {
             s.applied += 1;
-            return Some(s);
         }
-        let cut = s.cuts;
-        let _ = self.thawed.wait_timeout_while(s, FROZEN_WAIT_MAX, |s| s.cuts == cut).unwrap();
-        None
+        self.unless_frozen(s)
     }
 
     /// Takes the state for a reading call: waits out a freeze too (a dead machine answers
     /// nothing).
     fn read_state(&self) -> Option<std::sync::MutexGuard<'_, State>> {
-        let s = self.state.lock().unwrap();
+        self.unless_frozen(self.state.lock().unwrap())
+    }
+
+    /// `s` if the file system runs; if it is frozen, `None` once the cut has come.
+    fn unless_frozen<'a>(&self, s: std::sync::MutexGuard<'a, State>) -> Option<std::sync::MutexGuard<'a, State>> {
         if !s.frozen {
             return Some(s);
         }

@@ -173,17 +173,27 @@ fn put(rig: &Rig, local: &Path, remote: &str) -> Put {
         .stderr(log)
         .spawn()
         .unwrap();
+    match until_exit_or_cut(rig, &mut child, &format!("put {remote}")) {
+        Some(status) if status.success() => Put::Acknowledged,
+        Some(_) => Put::Failed,
+        None => Put::InFlight,
+    }
+}
+
+/// Waits for `child` to end; if the file system freezes first (the power went), kills it and
+/// returns `None`: a client's call may never be answered then.
+fn until_exit_or_cut(rig: &Rig, child: &mut std::process::Child, what: &str) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return if status.success() { Put::Acknowledged } else { Put::Failed };
+            return Some(status);
         }
         if rig.fs.frozen() {
             let _ = child.kill();
             let _ = child.wait();
-            return Put::InFlight;
+            return None;
         }
-        assert!(Instant::now() < deadline, "put {remote} neither ended nor froze in 120 s");
+        assert!(Instant::now() < deadline, "{what} neither ended nor froze in 120 s");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -192,19 +202,10 @@ fn put(rig: &Rig, local: &Path, remote: &str) -> Put {
 fn stat_chunks(rig: &Rig, remote: &str) -> Option<Vec<String>> {
     let out = rig.logs.join("stat.json");
     let mut child = Command::new(DFS).args(["--json", "stat", remote]).env("DFS_META", &rig.meta).stdout(std::fs::File::create(&out).unwrap()).spawn().unwrap();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "stat {remote} failed with the power on");
-            let stat: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).expect("stat --json prints JSON");
-            return Some(stat["chunks"].as_array().expect("chunks").iter().map(|c| c["chunk_id"].as_str().unwrap().to_string()).collect());
-        }
-        if rig.fs.frozen() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let status = until_exit_or_cut(rig, &mut child, &format!("stat {remote}"))?;
+    assert!(status.success(), "stat {remote} failed with the power on");
+    let stat: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).expect("stat --json prints JSON");
+    Some(stat["chunks"].as_array().expect("chunks").iter().map(|c| c["chunk_id"].as_str().unwrap().to_string()).collect())
 }
 
 /// What `dfs get` finds at `remote` after a cut: the bytes, or `None` if there is no such file.
