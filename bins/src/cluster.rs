@@ -2,7 +2,8 @@
 //! foreground, and `dfs cluster stop|start|status` to act on one of its nodes by hand.
 //!
 //! Ports are fixed (from `--base-port`, 7001 by default: metadata on 7001.., storage on
-//! 7101..) so that client commands find the cluster with no flags at all. Each node gets its
+//! 7101.., and each node's HTTP port, with its metrics and the status page, 200 above its
+//! own) so that client commands find the cluster with no flags at all. Each node gets its
 //! own directory under `--data-dir` and logs to `<data-dir>/logs/<node>.log`.
 //!
 //! Once the cluster is ready, `up` supervises it as an init system would: a node that dies
@@ -64,7 +65,7 @@ pub struct UpArgs {
     #[arg(long, env = "DFS_DATA_DIR", default_value = "./dfs-data")]
     data_dir: PathBuf,
     /// First metadata port; storage nodes start 100 above it.
-    #[arg(long, env = "DFS_CLUSTER_BASE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1024..=65000))]
+    #[arg(long, env = "DFS_CLUSTER_BASE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1024..=63000))]
     base_port: u16,
     /// Milliseconds between storage heartbeats.
     #[arg(long, env = "DFS_HEARTBEAT_MS", default_value_t = 3000)]
@@ -134,6 +135,9 @@ pub async fn run(ctx: &Ctx, command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Status(args) => control(ctx, &args.data_dir, "status").await,
     }
 }
+
+/// A node's HTTP port (status page, /metrics, /healthz) is this far above its RPC port.
+pub const HTTP_PORT_OFFSET: u16 = 200;
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -248,7 +252,10 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let meta_addrs: Vec<SocketAddr> = (0..args.meta_nodes).map(|i| loopback(args.base_port + i as u16)).collect();
     let storage_addrs: Vec<SocketAddr> = (0..args.storage_nodes).map(|i| loopback(args.base_port + 100 + i as u16)).collect();
-    for addr in meta_addrs.iter().chain(&storage_addrs) {
+    // Status pages and metrics: 200 above each node's RPC port (7201.., 7301.. by default).
+    let http = |a: &SocketAddr| loopback(a.port() + HTTP_PORT_OFFSET);
+    let http_addrs: Vec<SocketAddr> = meta_addrs.iter().chain(&storage_addrs).map(http).collect();
+    for addr in meta_addrs.iter().chain(&storage_addrs).chain(&http_addrs) {
         TcpListener::bind(addr).with_context(|| format!("port {} is not free (is a cluster already running? try --base-port)", addr.port()))?;
     }
     let logs = args.data_dir.join("logs");
@@ -262,14 +269,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     for (i, addr) in meta_addrs.iter().enumerate() {
         let name = format!("meta-{}", i + 1);
         let dir = args.data_dir.join(&name);
-        let argv = ["meta", "--id", &(i + 1).to_string(), "--listen", &addr.to_string(), "--data-dir", &path_arg(&dir), "--peers", &peers.join(",")];
+        let argv = ["meta", "--id", &(i + 1).to_string(), "--listen", &addr.to_string(), "--data-dir", &path_arg(&dir), "--peers", &peers.join(","), "--http-listen", &http(addr).to_string()];
         members.push(member(&name, *addr, &argv, &logs));
     }
     for (i, addr) in storage_addrs.iter().enumerate() {
         let name = format!("storage-{}", i + 1);
         let dir = args.data_dir.join(&name);
         let heartbeat = args.heartbeat_ms.to_string();
-        let argv = ["storage", "--listen", &addr.to_string(), "--meta", &meta_list.join(","), "--data-dir", &path_arg(&dir), "--heartbeat-ms", &heartbeat];
+        let argv = ["storage", "--listen", &addr.to_string(), "--meta", &meta_list.join(","), "--data-dir", &path_arg(&dir), "--heartbeat-ms", &heartbeat, "--http-listen", &http(addr).to_string()];
         members.push(member(&name, *addr, &argv, &logs));
     }
     let (exits_tx, mut exits) = mpsc::channel::<Exit>(QUEUE_MAX);
@@ -285,6 +292,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     for m in &cluster.members {
         println!("  {:<11} {:<16} log {}", m.name, m.addr, m.log.display());
     }
+    println!("status page: http://{}/ (metrics at /metrics on every node, 200 above its port)", http(&meta_addrs[0]));
     let meta_env = meta_list.join(",");
     if meta_env != crate::DEFAULT_META {
         println!("clients: export DFS_META={meta_env}");

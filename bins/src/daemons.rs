@@ -13,6 +13,7 @@ use dfs_core::storage_node::{StorageConfig, StorageNode};
 use dfs_io_real::{serve_metadata, serve_storage, RealEnv};
 use tokio::net::TcpListener;
 
+use crate::ops::{self, Node, Ops};
 use crate::DEFAULT_META;
 
 #[derive(Args)]
@@ -57,6 +58,9 @@ pub struct MetaArgs {
     /// for good (e.g. 1d, 12h); 0 turns the trash off: deletes are immediate.
     #[arg(long, env = "DFS_TRASH_INTERVAL", default_value = "1d", value_parser = parse_duration_or_zero)]
     trash_interval: Duration,
+    /// Serve /metrics (Prometheus), /healthz and the status page on this HOST:PORT.
+    #[arg(long, env = "DFS_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
 }
 
 /// A duration with its unit, or 0.
@@ -128,6 +132,9 @@ pub struct StorageArgs {
     /// Bytes of free space every write must leave on the disk.
     #[arg(long, env = "DFS_SPACE_RESERVE_BYTES", default_value_t = 64 * 1024 * 1024)]
     space_reserve_bytes: u64,
+    /// Serve /metrics (Prometheus), /healthz and a status page on this HOST:PORT.
+    #[arg(long, env = "DFS_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -177,6 +184,12 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+impl MetaArgs {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     let members = match &args.peers {
         Some(peers) => parse_peers(peers)?,
@@ -199,13 +212,39 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     config.repair.jobs_max = args.repair_jobs_max as usize;
     config.gc_delay = args.gc_delay;
     config.trash_interval = args.trash_interval;
+    config.http_address = args.http_listen.map(|a| ops::advertised(a, members.get(&args.id).map(String::as_str)));
+    crate::logs::set_node("meta", &args.id.to_string());
     let server = MetaServer::start(RealEnv::default(), config)
         .await
         .context("metadata node failed to start")?;
-    tracing::info!(id = args.id, listen = %args.listen, members = ?members, "metadata node serving");
-    serve_metadata(listener, server.clone(), shutdown_signal()).await.context("metadata server failed")?;
+    let ops = Ops::new(Node::Meta(server.clone()), "meta", &args.id.to_string());
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let http = match args.http_listen {
+        Some(addr) => Some(ops::serve(addr, ops.clone(), stop_when(stopped.clone())).await?),
+        None => None,
+    };
+    tracing::info!(id = args.id, listen = %args.listen, http = ?args.http_listen, members = ?members, "metadata node serving");
+    // A planned stop (SIGTERM, Ctrl-C) hands leadership over first, while this node still
+    // serves, so that the cluster does not wait out an election timeout.
+    let stepping_down = server.clone();
+    let stop = async move {
+        shutdown_signal().await;
+        if stepping_down.step_down().await {
+            tracing::info!("leadership handed over");
+        }
+    };
+    serve_metadata(listener, server.clone(), ops.rpc(), stop).await.context("metadata server failed")?;
+    let _ = stopping.send(true);
     server.shutdown().await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     Ok(())
+}
+
+/// Completes once `stopped` says so.
+async fn stop_when(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
@@ -236,10 +275,28 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     let node = StorageNode::open(RealEnv::default(), config)
         .await
         .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
-    tracing::info!(node = %node.id(), listen = %local, %advertise, "storage node serving");
+    crate::logs::set_node("storage", &node.id().to_string());
+    let ops = Ops::new(Node::Storage(node.clone()), "storage", &node.id().to_string());
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let http = match args.http_listen {
+        Some(addr) => Some(ops::serve(addr, ops.clone(), stop_when(stopped.clone())).await?),
+        None => None,
+    };
+    tracing::info!(node = %node.id(), listen = %local, %advertise, http = ?args.http_listen, "storage node serving");
     let heartbeats = tokio::spawn(node.clone().run_heartbeats());
-    let served = serve_storage(listener, node, shutdown_signal()).await;
+    // A planned stop (SIGTERM, Ctrl-C): the leader hears first, so it places nothing new
+    // here; then the server stops taking calls and finishes those in flight.
+    let stopping_node = node.clone();
+    let stop = async move {
+        shutdown_signal().await;
+        stopping_node.say_stopping().await;
+    };
+    let served = serve_storage(listener, node, ops.rpc(), stop).await;
     heartbeats.abort();
+    let _ = stopping.send(true);
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     served.context("storage server failed")
 }
 

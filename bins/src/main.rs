@@ -12,8 +12,11 @@ mod cluster;
 mod daemons;
 mod everyday;
 mod glob;
+mod logs;
+mod ops;
 mod output;
 mod progress;
+mod status_page;
 mod tree;
 
 use std::process::ExitCode;
@@ -32,6 +35,9 @@ struct Cli {
     /// No progress bars (they show only when stderr is a terminal anyway).
     #[arg(short, long, global = true, env = "DFS_QUIET")]
     quiet: bool,
+    /// Log lines as text or as JSON objects (one per line); each names its node.
+    #[arg(long, global = true, env = "DFS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +117,14 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Ask a daemon's HTTP port whether it can serve (GET /healthz): exit 0 if so.
+    Health {
+        /// The daemon's --http-listen address, HOST:PORT.
+        addr: String,
+    },
+    /// Do nothing until stopped (keeps a client container up for `docker-compose exec`).
+    #[command(hide = true)]
+    Idle,
 }
 
 /// `find`'s tests as `find` spells them (`-name`, `-size`, `-newer`, `-type`) become the
@@ -134,7 +148,13 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let daemon = matches!(cli.command, Command::Meta(_) | Command::Storage(_) | Command::Cluster { command: cluster::ClusterCommand::Up(_) });
-    init_tracing(daemon);
+    logs::init(daemon, cli.log_format);
+    match &cli.command {
+        Command::Meta(args) => logs::set_node("meta", &args.id().to_string()),
+        Command::Storage(_) => logs::set_node("storage", ""),
+        Command::Cluster { command: cluster::ClusterCommand::Up(_) } => logs::set_node("cluster", ""),
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -176,6 +196,11 @@ fn main() -> ExitCode {
             Command::Admin { command } => admin::run(ctx, command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Cluster { command } => cluster::run(ctx, command).await,
+            Command::Health { addr } => ops::probe(&addr).await,
+            Command::Idle => {
+                daemons::shutdown_signal().await;
+                Ok(())
+            }
         }
     });
     // Blocking disk work may still be finishing; do not wait for it after an error.
@@ -210,18 +235,4 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let usage = usage.map(|u| format!(" (usage: {u})")).unwrap_or_default();
     eprintln!("dfs: {}{usage}", cli::shown(&parts.join(" ")));
     ExitCode::from(2)
-}
-
-/// Logs go to stderr, one line per event, level from `RUST_LOG`. Daemons log `info` by
-/// default; client commands only warnings, so their output stays readable.
-fn init_tracing(daemon: bool) {
-    // openraft warns about routine election races; its errors still show.
-    let default = if daemon { "info,openraft=error" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

@@ -103,7 +103,7 @@ fn the_cli_against_one_cluster() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let cache = dir.join("cache");
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let _up = cluster_up(base, &dir.join("data"));
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
     wait_ready(&meta, 3);

@@ -114,7 +114,7 @@ fn cluster_up_serves_put_ls_get_rm_and_stops_on_ctrl_c() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     // cluster up puts metadata on base.. and storage on base+100..
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let up = cluster_up(base, &dir.join("data"));
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
 
@@ -200,7 +200,7 @@ fn cluster_nodes(data: &Path) -> std::collections::BTreeMap<String, (String, Opt
 /// `cluster up` with `extra` flags in `dir`, its stderr in `dir/up.err`: the launcher, its
 /// base port, its data dir.
 fn supervised(dir: &Path, extra: &[&str]) -> (Proc, u16, std::path::PathBuf) {
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let stderr = std::fs::File::create(dir.join("up.err")).unwrap();
@@ -287,7 +287,7 @@ fn cluster_up_survives_a_node_dying_and_stop_start_act_on_one_node() {
 fn fsck_reports_chunks_no_live_node_serves_as_unreachable() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let data = dir.join("data");
     let _up = cluster_up(base, &data);
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);

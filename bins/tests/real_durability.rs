@@ -279,7 +279,7 @@ fn metadata_nodes_join_and_leave_at_runtime() {
 fn cluster_up_restarted_on_its_data_dir_keeps_every_file() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let data = dir.join("data");
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
     let mut files: Vec<(String, PathBuf)> = Vec::new();

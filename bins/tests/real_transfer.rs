@@ -27,7 +27,7 @@ fn manifest_lines(dir: &Path, extension: &str) -> usize {
 fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let _up = cluster_up(base, &dir.join("data"));
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
     let state = dir.join("state");
@@ -109,7 +109,7 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
 fn a_put_r_killed_half_way_resumes_with_only_the_missing_files() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let base = free_ports(103);
+    let base = free_ports(CLUSTER_PORTS);
     let _up = cluster_up(base, &dir.join("data"));
     let meta = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
     let state = dir.join("state");

@@ -69,6 +69,8 @@ impl NodeStats {
 struct Seen {
     at: Timestamp,
     stats: NodeStats,
+    /// It said it is stopping: Suspect (not Alive) until it heartbeats again.
+    stopping: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -84,7 +86,13 @@ impl HealthTracker {
     }
 
     pub fn record_heartbeat(&mut self, node: StorageNodeId, stats: NodeStats, now: Timestamp) {
-        self.seen.insert(node, Seen { at: now, stats });
+        self.seen.insert(node, Seen { at: now, stats, stopping: false });
+    }
+
+    /// A planned stop: `node` is Suspect from `now` (Dead after the usual silence), until its
+    /// next heartbeat.
+    pub fn record_stopping(&mut self, node: StorageNodeId, stats: NodeStats, now: Timestamp) {
+        self.seen.insert(node, Seen { at: now, stats, stopping: true });
     }
 
     pub fn liveness(&self, node: StorageNodeId, now: Timestamp) -> Liveness {
@@ -93,7 +101,7 @@ impl HealthTracker {
                 let silent = now.saturating_since(seen.at);
                 if silent >= self.config.dead_after {
                     Liveness::Dead
-                } else if silent >= self.config.suspect_after {
+                } else if silent >= self.config.suspect_after || seen.stopping {
                     Liveness::Suspect
                 } else {
                     Liveness::Alive
@@ -137,5 +145,20 @@ mod tests {
         h.record_heartbeat(n, NodeStats::default(), Timestamp(40_000));
         assert_eq!(h.liveness(n, Timestamp(40_000)), Liveness::Alive);
         assert_eq!(h.liveness(StorageNodeId(2), Timestamp(30_000)), Liveness::Dead);
+    }
+
+    #[test]
+    fn a_node_that_says_it_stops_takes_no_new_chunks_until_it_is_back_and_dies_on_the_usual_clock() {
+        let cfg = HealthConfig { suspect_after: Duration::from_secs(10), dead_after: Duration::from_secs(30) };
+        let mut h = HealthTracker::new(cfg, Timestamp(0));
+        let n = StorageNodeId(1);
+        h.record_heartbeat(n, NodeStats { free_bytes: 7, ..NodeStats::default() }, Timestamp(1_000));
+        h.record_stopping(n, NodeStats { free_bytes: 7, ..NodeStats::default() }, Timestamp(2_000));
+        assert_eq!(h.liveness(n, Timestamp(2_000)), Liveness::Suspect);
+        assert_eq!(h.alive(Timestamp(2_000)).count(), 0);
+        assert_eq!(h.last_seen(n, Timestamp(2_000)).map(|(s, _)| s.free_bytes), Some(7));
+        assert_eq!(h.liveness(n, Timestamp(32_000)), Liveness::Dead);
+        h.record_heartbeat(n, NodeStats::default(), Timestamp(5_000));
+        assert_eq!(h.liveness(n, Timestamp(5_000)), Liveness::Alive);
     }
 }

@@ -184,6 +184,8 @@ struct Backoff {
 pub struct RepairStats {
     pub planned: u64,
     pub completed: u64,
+    /// Bytes of the chunks of `completed` jobs.
+    pub completed_bytes: u64,
     pub failed: u64,
     pub timed_out: u64,
     /// Jobs handed out that their target's next heartbeat did not know of (the reply that
@@ -297,6 +299,11 @@ impl RepairPlanner {
         }
     }
 
+    /// Under-replicated chunks of the last scan still waiting for a job.
+    pub fn queued(&self) -> usize {
+        self.queue.iter().filter(|w| !self.jobs.contains_key(&w.chunk) && !self.done_since_scan.contains(&w.chunk)).count()
+    }
+
     pub fn stats(&self) -> RepairStats {
         self.stats
     }
@@ -325,8 +332,9 @@ impl RepairPlanner {
     pub fn on_heartbeat(&mut self, now: Timestamp, node: StorageNodeId, running: &[ChunkId], failed: &[(ChunkId, String)], stored: &[ChunkId]) {
         for chunk in stored {
             if self.jobs.get(chunk).is_some_and(|j| j.job.target == node) {
-                self.jobs.remove(chunk);
+                let done = self.jobs.remove(chunk).map_or(0, |j| j.job.size);
                 self.stats.completed += 1;
+                self.stats.completed_bytes += done;
                 self.backoff.remove(chunk);
                 // The queue is the last scan's: this chunk is whole now, not wanted again.
                 self.done_since_scan.insert(*chunk);
@@ -439,8 +447,9 @@ impl RepairPlanner {
             }
             if let Some(j) = self.jobs.get(&c.id) {
                 if c.replicas.contains(&j.job.target) {
-                    self.jobs.remove(&c.id);
+                    let done = self.jobs.remove(&c.id).map_or(0, |j| j.job.size);
                     self.stats.completed += 1;
+                    self.stats.completed_bytes += done;
                     self.backoff.remove(&c.id);
                 }
             }

@@ -276,6 +276,34 @@ pub struct StorageNode<E: Env> {
     cluster_id: Mutex<Option<String>>,
     client_slots: StreamSlots,
     replication_slots: StreamSlots,
+    /// Counters for the operator's metrics (nothing here decides anything by them).
+    counters: NodeCounters,
+}
+
+#[derive(Default)]
+struct NodeCounters {
+    scrub_damaged: std::sync::atomic::AtomicU64,
+    repairs_done: std::sync::atomic::AtomicU64,
+    repairs_failed: std::sync::atomic::AtomicU64,
+}
+
+/// A storage node as its operator sees it (`StorageNode::view`).
+#[derive(Clone, Debug, Default)]
+pub struct StorageView {
+    pub chunks: u64,
+    pub stored_bytes: u64,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub reserve_bytes: u64,
+    pub writes_in_progress: u64,
+    pub scrub: crate::scrub::ScrubStats,
+    /// Replicas the scrub found damaged (and quarantined).
+    pub scrub_damaged: u64,
+    pub repairs_running: u64,
+    pub repairs_done: u64,
+    pub repairs_failed: u64,
+    /// Registered with a metadata leader (has a cluster id).
+    pub registered: bool,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StorageOpenError + '_ {
@@ -300,6 +328,9 @@ struct WriteGuard<'a> {
 /// got as far as its rename, its chunk file: nobody was told that copy exists, so it must not
 /// stay behind unlisted, and a new write must not start before it is gone (the removal would
 /// take the new copy with it).
+/// How long a stopping node waits for the leader to hear that it stops.
+pub const STOPPING_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Runs `f` when dropped (also when the future holding it is cancelled).
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -417,6 +448,7 @@ impl<E: Env> StorageNode<E> {
             bad_unreported: Arc::default(),
             space_warned: Mutex::default(),
             orphaned_tmp: Mutex::default(),
+            counters: NodeCounters::default(),
             sweeping: Default::default(),
             cluster_id: Mutex::new(cluster_id),
             client_slots,
@@ -505,6 +537,30 @@ impl<E: Env> StorageNode<E> {
         self.table.lock().expect("table lock").stored_count()
     }
 
+    /// What the operator's metrics show: counts, space (one `statvfs`), scrub and repairs.
+    pub async fn view(&self) -> StorageView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (capacity_bytes, free_bytes) = self.space().await.unwrap_or((0, 0));
+        let (chunks, stored_bytes, writes_in_progress) = {
+            let table = self.table.lock().expect("table lock");
+            (table.stored_count(), table.stored_bytes(), table.writing().0 as u64)
+        };
+        StorageView {
+            chunks,
+            stored_bytes,
+            capacity_bytes,
+            free_bytes,
+            reserve_bytes: self.config.space_reserve_bytes,
+            writes_in_progress,
+            scrub: self.scrubber.lock().expect("scrubber lock").stats(),
+            scrub_damaged: self.counters.scrub_damaged.load(Relaxed),
+            repairs_running: self.repairs.lock().expect("repairs lock").in_flight().len() as u64,
+            repairs_done: self.counters.repairs_done.load(Relaxed),
+            repairs_failed: self.counters.repairs_failed.load(Relaxed),
+            registered: self.cluster_id.lock().expect("cluster lock").is_some(),
+        }
+    }
+
     /// Chunks with a write in progress (a test hook: none may stay after their request ends).
     pub fn writes_in_progress(&self) -> usize {
         self.table.lock().expect("table lock").writing().0
@@ -521,6 +577,26 @@ impl<E: Env> StorageNode<E> {
 
     fn quarantine(&self) -> Quarantine<E> {
         Quarantine { env: self.env.clone(), node: self.id, layout: self.layout.clone(), table: self.table.clone(), bad: self.bad_unreported.clone() }
+    }
+
+    /// Before a planned stop: tells the metadata leader this node is going, so that it places
+    /// no new chunk here while the node is away (its replicas still count, so a restart within
+    /// the dead timeout starts no repair). Bounded: a leader that does not answer in
+    /// `STOPPING_NOTICE_TIMEOUT` is not waited for (silence then says the same, later).
+    pub async fn say_stopping(&self) {
+        let Ok(mut request) = self.heartbeat_request_carrying(&crate::storage_reports::ReportBatch::default()).await else {
+            return;
+        };
+        request.stopping = true;
+        request.stored_chunks.clear();
+        request.deleted_chunks.clear();
+        request.repairs_running.clear();
+        request.repairs_failed.clear();
+        let call = self.meta.call(request);
+        match crate::env::call_with_timeout(self.env.clock(), STOPPING_NOTICE_TIMEOUT, "the metadata leader", call).await {
+            Ok(_) => tracing::info!(node = %self.id, "told the metadata leader this node is stopping"),
+            Err(e) => tracing::warn!(node = %self.id, error = %e, "could not tell the metadata leader this node is stopping"),
+        }
     }
 
     /// Heartbeats forever; registers first and again whenever the leader asks. A forward to a
@@ -651,6 +727,7 @@ impl<E: Env> StorageNode<E> {
             reserve_bytes: self.config.space_reserve_bytes,
             volume_id,
             scrub_request_seen: self.scrubber.lock().expect("scrubber lock").request_seen(),
+            stopping: false,
             deleted_chunks: batch.deleted.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
             cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
             stored_chunks: batch
@@ -723,6 +800,7 @@ impl<E: Env> StorageNode<E> {
                 // Damage: the read path quarantined it and will report it.
                 Err(e @ RpcError::ChecksumMismatch(_)) => {
                     tracing::error!(node = %self.id, chunk = %id, error = %e, "scrub: damaged replica quarantined");
+                    self.counters.scrub_damaged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
                 // Deleted while it was being verified (garbage collection races the scrub):
@@ -754,6 +832,8 @@ impl<E: Env> StorageNode<E> {
             let woken = Box::pin(self.repairs_wake.1.recv());
             if let Either::Left((Some(results), _)) = select(running.next(), woken).await {
                 let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                self.counters.repairs_failed.fetch_add(failed as u64, std::sync::atomic::Ordering::Relaxed);
+                self.counters.repairs_done.fetch_add((results.len() - failed) as u64, std::sync::atomic::Ordering::Relaxed);
                 if let Some((chunk, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
                     tracing::warn!(node = %self.id, %chunk, error = %e, failed, of = results.len(), "repair failed");
                 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod disk;
 pub mod env;
 pub mod grpc;
+pub mod metrics;
 pub mod server;
 pub mod transport;
 

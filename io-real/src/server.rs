@@ -16,19 +16,20 @@ use crate::generated::raft_service_server::RaftServiceServer;
 use crate::generated::replication_service_server::ReplicationServiceServer;
 use crate::generated::storage_service_server::StorageServiceServer;
 use crate::grpc::Adapter;
+use crate::metrics::{CountedStream, RpcMetrics, RpcMetricsLayer};
 use crate::transport::UNARY_MESSAGE_MAX_BYTES;
 
 /// Accepted connections with Nagle's algorithm off. tonic applies its builder's `tcp_nodelay`
 /// only to listeners it binds itself, not to an incoming stream: without this, a small reply
 /// written in pieces waits for the peer's delayed ACK.
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
+/// Their bytes are counted for the node's metrics.
+fn incoming(listener: TcpListener, metrics: Arc<RpcMetrics>) -> impl tokio_stream::Stream<Item = std::io::Result<CountedStream>> {
+    TcpListenerStream::new(listener).map(move |accepted| {
+        let stream = accepted?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        accepted
+        Ok(CountedStream::new(stream, metrics.clone()))
     })
 }
 
@@ -41,8 +42,9 @@ pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
 pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 pub const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
 
-/// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes.
-pub async fn serve_metadata<H>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
+/// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes, each
+/// call observed in `metrics`.
+pub async fn serve_metadata<H>(listener: TcpListener, handler: Arc<H>, metrics: Arc<RpcMetrics>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
 where
     H: MetadataServiceHandler + RaftServiceHandler,
 {
@@ -57,15 +59,16 @@ where
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .max_frame_size(HTTP2_FRAME_BYTES_MAX)
+        .layer(RpcMetricsLayer(metrics.clone()))
         .add_service(metadata)
         .add_service(raft)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, metrics), shutdown)
         .await
 }
 
 /// Serves `StorageService`, `ReplicationService` and `ChunkBatchService` on `listener` until
 /// `shutdown` completes.
-pub async fn serve_storage<H>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
+pub async fn serve_storage<H>(listener: TcpListener, handler: Arc<H>, metrics: Arc<RpcMetrics>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
 where
     H: ChunkHandler + ChunkBatchServiceHandler,
 {
@@ -77,9 +80,10 @@ where
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
         .max_frame_size(HTTP2_FRAME_BYTES_MAX)
+        .layer(RpcMetricsLayer(metrics.clone()))
         .add_service(batches)
         .add_service(StorageServiceServer::new(Adapter(handler.clone())))
         .add_service(ReplicationServiceServer::new(Adapter(handler)))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, metrics), shutdown)
         .await
 }

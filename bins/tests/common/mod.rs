@@ -68,6 +68,10 @@ pub fn free_ports(count: u16) -> u16 {
     }
 }
 
+/// Ports `cluster up` takes from its base: metadata, storage (+100), and their HTTP ports
+/// (+200, +300), for up to 10 storage nodes.
+pub const CLUSTER_PORTS: u16 = 310;
+
 pub fn free_port() -> u16 {
     free_ports(1)
 }

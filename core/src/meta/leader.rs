@@ -92,6 +92,8 @@ pub struct Heartbeat {
     pub inventory: Option<InventoryPart>,
     /// The last scrub request it started a pass for (0: none).
     pub scrub_request_seen: u64,
+    /// A planned stop: the node says it is going (and reports nothing else).
+    pub stopping: bool,
 }
 
 /// Where a heartbeat's replica reports sit in an inventory pass.
@@ -286,12 +288,31 @@ pub struct Leader {
     /// Chunks and bytes placed on each node since its last heartbeat (which cannot show them
     /// in its free space yet): placement's load and a deduction from the reported room.
     placed_since_heartbeat: BTreeMap<StorageNodeId, (u64, u64)>,
+    /// What happened lately, newest last (at most `EVENTS_MAX`), for the status page.
+    events: std::collections::VecDeque<LeaderEvent>,
+    /// Each node's state at the last housekeeping, to see it change.
+    states_seen: BTreeMap<StorageNodeId, &'static str>,
+    /// Repairs completed as of the last housekeeping.
+    repairs_seen: (u64, u64),
+}
+
+/// Events the leader keeps for the status page: enough for the last minutes of a busy
+/// cluster, few enough that the page stays small.
+pub const EVENTS_MAX: usize = 64;
+
+/// Something that happened, as the leader saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderEvent {
+    pub at: Timestamp,
+    /// "node", "repair", "damage".
+    pub kind: &'static str,
+    pub text: String,
 }
 
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeMap::new(), scrub_requests_made: 0, inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new() }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeMap::new(), scrub_requests_made: 0, inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new(), events: Default::default(), states_seen: BTreeMap::new(), repairs_seen: (0, 0) }
     }
 
     pub fn term(&self) -> u64 {
@@ -307,6 +328,13 @@ impl Leader {
         let known = ns.storage_node(hb.node).is_some_and(|n| n.addr == hb.addr);
         if !known {
             return HeartbeatDecision { propose: vec![], reply: HeartbeatReply { register: true, ..Default::default() } };
+        }
+        if hb.stopping {
+            // Suspect from now: no new chunk goes there and reads prefer other copies, while
+            // its replicas still count (a restart shorter than the dead timeout moves nothing).
+            self.health.record_stopping(hb.node, hb.stats, now);
+            self.record_event(now, "node", format!("storage node {} ({}) is stopping", hb.node, hb.addr));
+            return HeartbeatDecision { propose: vec![], reply: HeartbeatReply::default() };
         }
         self.health.record_heartbeat(hb.node, hb.stats, now);
         self.placed_since_heartbeat.remove(&hb.node);
@@ -569,9 +597,43 @@ impl Leader {
             commands.push(Command::ExpireUploads { now_unix_ms: unix_ms, older_than_ms: expiry_ms });
         }
         commands.extend(self.expired_trash(unix_ms, ns));
+        self.note_changes(now, ns);
         let nodes = self.node_states(now, ns);
         commands.extend(self.repair.plan(now, every_chunk(ns), &nodes));
         commands
+    }
+
+    /// Records `text` as an event of `kind` at `now`, dropping the oldest past `EVENTS_MAX`.
+    pub fn record_event(&mut self, now: Timestamp, kind: &'static str, text: String) {
+        if self.events.len() == EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(LeaderEvent { at: now, kind, text });
+    }
+
+    /// The events kept, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &LeaderEvent> {
+        self.events.iter()
+    }
+
+    /// Events for what changed since the last housekeeping: a node's state (a node this
+    /// leader has not heard from yet is not news), and repairs completed.
+    fn note_changes(&mut self, now: Timestamp, ns: &Namespace) {
+        for view in self.nodes(now, ns) {
+            let state = view.state();
+            let before = self.states_seen.insert(view.id, state);
+            if before.is_some_and(|b| b != state) {
+                let before = before.unwrap_or("unknown");
+                self.record_event(now, "node", format!("storage node {} ({}) is {state} (was {before})", view.id, view.addr));
+            }
+        }
+        let stats = self.repair.stats();
+        let (done, bytes) = (stats.completed, stats.completed_bytes);
+        if done > self.repairs_seen.0 {
+            let text = format!("{} repair cop{} done ({} bytes)", done - self.repairs_seen.0, if done - self.repairs_seen.0 == 1 { "y" } else { "ies" }, bytes - self.repairs_seen.1);
+            self.record_event(now, "repair", text);
+        }
+        self.repairs_seen = (done, bytes);
     }
 
     /// Deletes for the trash buckets older than the trash interval (at most
@@ -671,6 +733,11 @@ impl Leader {
     }
 
     /// Repair progress and what the last planning pass saw.
+    /// Chunks waiting for a repair job (see `RepairPlanner::queued`).
+    pub fn repair_queued(&self) -> usize {
+        self.repair.queued()
+    }
+
     pub fn repair_status(&self) -> (RepairStats, Census, BTreeMap<StorageNodeId, usize>) {
         (self.repair.stats(), self.repair.census(), self.repair.in_flight())
     }

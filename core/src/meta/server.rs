@@ -95,6 +95,9 @@ pub struct MetaConfig {
     /// How long deleted files stay in their user's trash (`/.trash/<user>/`) before they go
     /// for good; zero: deletes are immediate.
     pub trash_interval: Duration,
+    /// Where this node serves its status page and metrics (HOST:PORT), if it does: told to
+    /// the other members' pages, which link to the leader's.
+    pub http_address: Option<String>,
 }
 
 impl MetaConfig {
@@ -121,6 +124,7 @@ impl MetaConfig {
             repair: RepairConfig::default(),
             gc_delay: LeaderConfig::default().gc_delay,
             trash_interval: LeaderConfig::default().trash_interval,
+            http_address: None,
         }
     }
 }
@@ -354,6 +358,51 @@ impl<E: Env> MetaServer<E> {
             .map(|l| l.alive_count(now))
     }
 
+    /// What the operator's metrics and status page show of this node: no leadership check,
+    /// no Raft round (a scrape must not wait on the cluster). `leader` is `None` unless this
+    /// node leads; `fsck_problems_max` > 0 adds a health report (it walks every file: callers
+    /// ask for it seldom).
+    pub fn view(&self, fsck_problems_max: usize) -> MetaView {
+        let raft = self.membership_status();
+        let metrics = self.raft.metrics().borrow().clone();
+        let (files, bytes, uploads_open) = {
+            let state = self.state.read().expect("state lock");
+            (state.namespace.file_count(), state.namespace.total_bytes(), state.namespace.uploads().count() as u64)
+        };
+        let now = self.env.clock().now();
+        let leads = metrics.current_leader == Some(self.config.id);
+        let leader = leads.then(|| {
+            self.with_leader(metrics.current_term, |leader, ns| {
+                let (repair, census, _) = leader.repair_status();
+                LeaderView {
+                    nodes: leader.nodes(now, ns).into_iter().map(|n| (leader.repairs_in_flight(n.id), n)).collect(),
+                    repair,
+                    census,
+                    repair_queued: leader.repair_queued(),
+                    events: leader.events().map(|e| (now.saturating_since(e.at), e.clone())).collect(),
+                    fsck: (fsck_problems_max > 0).then(|| leader.fsck(now, ns, namespace::ROOT, fsck_problems_max)),
+                }
+            })
+        });
+        MetaView { id: self.config.id, server_state: format!("{:?}", metrics.state), raft, files, bytes, uploads_open, leader }
+    }
+
+    /// Before a planned stop: a leader hands leadership to its most caught-up voter (see
+    /// `hand_over`), so the cluster elects none by timeout. Returns whether it handed over.
+    pub async fn step_down(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.config.id) {
+            return false;
+        }
+        let others: std::collections::BTreeSet<MetaNodeId> = metrics.membership_config.membership().voter_ids().filter(|v| *v != self.config.id).collect();
+        if others.is_empty() {
+            return false;
+        }
+        let said = self.hand_over(&others).await;
+        tracing::info!(id = self.config.id, outcome = %said, "stepping down before stopping");
+        self.raft.metrics().borrow().current_leader != Some(self.config.id)
+    }
+
     /// The applied state, for tests and checkers: no leadership check.
     pub fn local_state(&self) -> std::sync::RwLockReadGuard<'_, AppliedState> {
         self.state.read().expect("state lock")
@@ -416,6 +465,7 @@ impl<E: Env> MetaServer<E> {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             members,
+            http_address: self.config.http_address.clone().unwrap_or_default(),
         }
     }
 
@@ -663,6 +713,33 @@ impl<E: Env> MetaServer<E> {
         f(guard.as_mut().expect("set above"), &state.namespace)
     }
 
+}
+
+/// A metadata node as its operator sees it (`MetaServer::view`).
+#[derive(Clone, Debug)]
+pub struct MetaView {
+    pub id: MetaNodeId,
+    /// openraft's server state: Leader, Follower, Candidate, Learner.
+    pub server_state: String,
+    pub raft: proto::MetaStatusResponse,
+    pub files: u64,
+    pub bytes: u64,
+    pub uploads_open: u64,
+    pub leader: Option<LeaderView>,
+}
+
+/// The leader's part of `MetaView`.
+#[derive(Clone, Debug)]
+pub struct LeaderView {
+    /// Each storage node with its repair copies in flight.
+    pub nodes: Vec<(usize, crate::meta::leader::NodeView)>,
+    pub repair: crate::repair::RepairStats,
+    /// The last repair pass's count of chunks by state.
+    pub census: crate::repair::Census,
+    pub repair_queued: usize,
+    /// How long ago, and what.
+    pub events: Vec<(Duration, crate::meta::leader::LeaderEvent)>,
+    pub fsck: Option<crate::meta::leader::FsckReport>,
 }
 
 /// The voters a membership is heading to: its only configuration, or the new one of a joint
@@ -1228,6 +1305,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 .filter_map(|f| Some((ChunkId::from_slice(&f.chunk_id)?, f.error.chars().take(REASON_MAX_CHARS).collect())))
                 .collect(),
             scrub_request_seen: r.scrub_request_seen,
+            stopping: r.stopping,
         };
         let now = self.env.clock().now();
         let decision = self.with_leader(term, |leader, ns| leader.on_heartbeat(now, ns, heartbeat));
@@ -1336,11 +1414,13 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn report_bad_replica(&self, r: proto::ReportBadReplicaRequest) -> Result<proto::ReportBadReplicaResponse, RpcError> {
-        self.require_leader()?;
+        let term = self.require_leader()?;
         let chunk = ChunkId::from_slice(&r.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
         let node = StorageNodeId(r.node_id);
         let reason: String = r.reason.chars().take(REASON_MAX_CHARS).collect();
         tracing::warn!(%chunk, %node, %reason, "replica reported bad; no longer served");
+        let now = self.env.clock().now();
+        self.with_leader(term, |leader, _| leader.record_event(now, "damage", format!("storage node {node}: replica of chunk {chunk} is bad ({reason})")));
         self.propose(Command::MarkReplicaBad { chunk, node }).await?;
         Ok(proto::ReportBadReplicaResponse {})
     }

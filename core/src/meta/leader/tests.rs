@@ -104,6 +104,7 @@ impl World {
                 repairs_failed: std::mem::take(&mut node.repairs_failed),
                 inventory: None,
                 scrub_request_seen: 0,
+                stopping: false,
             };
             let decision = self.leader.on_heartbeat(self.now, &self.ns, hb);
             for command in decision.propose {
@@ -363,11 +364,11 @@ fn housekeeping_names_the_cluster_once_and_expires_abandoned_uploads() {
 #[test]
 fn an_unknown_node_is_told_to_register() {
     let mut w = World::new(1, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0 };
+    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: false };
     let d = w.leader.on_heartbeat(w.now, &w.ns, hb);
     assert!(d.reply.register && d.propose.is_empty());
     // Same id at a new address: register again (the address is part of the record).
-    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0 };
+    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: false };
     assert!(w.leader.on_heartbeat(w.now, &w.ns, hb).reply.register);
     w.step();
 }
@@ -446,9 +447,32 @@ fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
 }
 
 #[test]
+fn a_node_that_says_it_stops_gets_no_new_chunks_starts_no_repair_and_is_back_with_its_next_heartbeat() {
+    let config = LeaderConfig::default();
+    let mut w = World::new(4, config);
+    w.run_for(Duration::from_secs(2));
+    let id = w.upload("/u", 4, &[1, 2, 3], false);
+    let upload = w.ns.upload(id).unwrap().clone();
+    let stopping = Heartbeat { node: StorageNodeId(4), addr: "n4:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: true };
+    let decision = w.leader.on_heartbeat(w.now, &w.ns, stopping);
+    assert!(decision.propose.is_empty() && decision.reply.repair_jobs.is_empty() && decision.reply.delete_chunks.is_empty());
+    assert!(w.leader.events().any(|e| e.kind == "node" && e.text.contains("is stopping")), "no event for the stop");
+    w.nodes[3].up = false;
+    let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0, 1, 2, 3], &[]).unwrap();
+    assert!(placed.iter().all(|nodes| nodes.len() == 3 && !nodes.contains(&StorageNodeId(4))), "{placed:?}");
+    // Away for less than the dead timeout: nothing is copied anywhere.
+    w.run_for(config.health.dead_after - Duration::from_secs(3));
+    assert_eq!(w.leader.repair_status().0.planned, 0);
+    w.nodes[3].up = true;
+    w.run_for(BEAT * 2);
+    let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0, 1, 2, 3], &[]).unwrap();
+    assert!(placed.iter().any(|nodes| nodes.contains(&StorageNodeId(4))), "back, yet given nothing: {placed:?}");
+}
+
+#[test]
 fn heartbeat_replies_list_every_registered_node_as_a_peer() {
     let mut w = World::new(3, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0 };
+    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: false };
     let peers = w.leader.on_heartbeat(w.now, &w.ns, hb).reply.peers;
     assert_eq!(peers, (1..=3).map(|i| (StorageNodeId(i), format!("n{i}:1"))).collect::<Vec<_>>());
     w.step();
@@ -608,6 +632,7 @@ fn beat(stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>) -> Heartbe
         repairs_failed: vec![],
         inventory,
         scrub_request_seen: 0,
+        stopping: false,
     }
 }
 
@@ -857,7 +882,7 @@ fn trash_buckets_older_than_the_trash_interval_are_deleted() {
 #[test]
 fn a_scrub_request_is_repeated_until_its_node_says_it_saw_it() {
     let mut w = World::new(3, LeaderConfig::default());
-    let hb = |seen: u64| Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: seen };
+    let hb = |seen: u64| Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: seen, stopping: false };
     assert!(!w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply.scrub_now, "nothing asked yet");
     assert_eq!(w.leader.request_scrub(&w.ns, "n2:1").map(|(id, _)| id), Some(StorageNodeId(2)));
     let first = w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply;

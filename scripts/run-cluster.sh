@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# A dfs cluster in Docker containers: writes scripts/docker-compose.yml for -m metadata nodes,
+# -s storage nodes and (-c) a client container, builds the image when needed, then runs
+# docker-compose with the rest of the arguments.
+#
+#   ./scripts/run-cluster.sh -m 3 -s 5 -c up -d --build
+#   ./scripts/run-cluster.sh ps | logs -f | down | down -v
+#   ./scripts/run-cluster.sh rolling-restart
+#
+# The image is built FROM scratch (no registry is needed): a release `dfs` binary and the
+# shared libraries `ldd` lists for it. Each node keeps its data on a named volume, so `down`
+# then `up` keeps every file and `down -v` removes them. Host ports (bound to 127.0.0.1):
+# metadata node i serves RPCs on 7000+i and HTTP (/metrics, /healthz, the status page) on
+# 9000+i; storage node i on 7100+i and 9100+i.
+#
+# Environment: DFS_COMPOSE_FILE (default scripts/docker-compose.yml), DFS_HOST_PORTS=0 to
+# publish no port on the host, DFS_IMAGE (default dfs:local), CARGO_TARGET_DIR.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+compose_file="${DFS_COMPOSE_FILE:-$root/scripts/docker-compose.yml}"
+image="${DFS_IMAGE:-dfs:local}"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+context="$target_dir/docker-image"
+
+usage() {
+    echo "usage: $0 [-m N] [-s N] [-c] COMPOSE-ARGS... (e.g. -m 3 -s 5 -c up -d --build; ps; logs -f; down -v; rolling-restart)" >&2
+}
+fail() {
+    echo "run-cluster.sh: $*" >&2
+    exit 1
+}
+
+metas="" storages="" client=""
+while getopts ":m:s:ch" opt; do
+    case "$opt" in
+    m) metas="$OPTARG" ;;
+    s) storages="$OPTARG" ;;
+    c) client=1 ;;
+    h) usage; exit 0 ;;
+    :) echo "run-cluster.sh: -$OPTARG needs a number" >&2; usage; exit 2 ;;
+    *) echo "run-cluster.sh: unknown option -$OPTARG" >&2; usage; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+if [[ $# -eq 0 ]]; then
+    echo "run-cluster.sh: no docker-compose command given" >&2
+    usage
+    exit 2
+fi
+if [[ -n "$metas" && ! "$metas" =~ ^[1-9]$ ]]; then
+    echo "run-cluster.sh: -m $metas: the number of metadata nodes is 1 to 9" >&2; usage; exit 2
+fi
+if [[ -n "$storages" && ! "$storages" =~ ^[1-9][0-9]?$ ]]; then
+    echo "run-cluster.sh: -s $storages: the number of storage nodes is 1 to 99" >&2; usage; exit 2
+fi
+
+if command -v docker-compose >/dev/null 2>&1; then
+    compose=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+else
+    fail "docker-compose is not installed (neither docker-compose nor the docker compose plugin was found)"
+fi
+command -v docker >/dev/null 2>&1 || fail "docker is not installed"
+docker info >/dev/null 2>&1 || fail "the Docker engine is not running or not reachable (docker info failed)"
+
+# The shape: as given, else the one the last generated file has, else 1 metadata + 3 storage.
+if [[ -z "$metas$storages$client" && -f "$compose_file" ]]; then
+    metas=$(grep -c '^  meta[0-9]*:$' "$compose_file" || true)
+    storages=$(grep -c '^  storage[0-9]*:$' "$compose_file" || true)
+    grep -q '^  client:$' "$compose_file" && client=1
+fi
+metas="${metas:-1}"
+storages="${storages:-3}"
+[[ "$metas" -ge 1 ]] || metas=1
+[[ "$storages" -ge 1 ]] || storages=3
+
+meta_port() { echo $((7000 + $1)); }
+storage_port() { echo $((7100 + $1)); }
+meta_http() { echo $((9000 + $1)); }
+storage_http() { echo $((9100 + $1)); }
+
+host_ports=()
+write_compose() {
+    local peers="" meta_addrs="" i
+    for ((i = 1; i <= metas; i++)); do
+        peers+="${peers:+,}$i=meta$i:$(meta_port "$i")"
+        meta_addrs+="${meta_addrs:+,}meta$i:$(meta_port "$i")"
+    done
+    local publish=1
+    [[ "${DFS_HOST_PORTS:-1}" == 0 ]] && publish=""
+    {
+        echo "# Written by scripts/run-cluster.sh -m $metas -s $storages${client:+ -c}; edits are overwritten."
+        echo "version: \"3.7\""
+        echo "x-node: &node"
+        echo "  image: $image"
+        echo "  build: $context"
+        echo "  restart: unless-stopped"
+        # SIGTERM first: a metadata leader hands over, a storage node finishes its writes.
+        echo "  stop_grace_period: 30s"
+        echo "  environment: &env"
+        echo "    RUST_LOG: info,openraft=error"
+        echo "    DFS_LOG_FORMAT: \${DFS_LOG_FORMAT:-text}"
+        echo "services:"
+        for ((i = 1; i <= metas; i++)); do
+            echo "  meta$i:"
+            echo "    <<: *node"
+            echo "    hostname: meta$i"
+            echo "    command: [\"meta\"]"
+            echo "    environment:"
+            echo "      <<: *env"
+            echo "      DFS_ID: \"$i\""
+            echo "      DFS_LISTEN: 0.0.0.0:$(meta_port "$i")"
+            echo "      DFS_PEERS: \"$peers\""
+            echo "      DFS_DATA_DIR: /data"
+            echo "      DFS_HTTP_LISTEN: 0.0.0.0:$(meta_http "$i")"
+            echo "    healthcheck: {test: [\"CMD\", \"dfs\", \"health\", \"127.0.0.1:$(meta_http "$i")\"], interval: 2s, timeout: 2s, retries: 3}"
+            echo "    volumes: [\"meta$i:/data\"]"
+            if [[ -n "$publish" ]]; then
+                echo "    ports: [\"127.0.0.1:$(meta_port "$i"):$(meta_port "$i")\", \"127.0.0.1:$(meta_http "$i"):$(meta_http "$i")\"]"
+                host_ports+=("$(meta_port "$i")" "$(meta_http "$i")")
+            fi
+        done
+        for ((i = 1; i <= storages; i++)); do
+            echo "  storage$i:"
+            echo "    <<: *node"
+            echo "    hostname: storage$i"
+            echo "    command: [\"storage\"]"
+            echo "    environment:"
+            echo "      <<: *env"
+            echo "      DFS_LISTEN: 0.0.0.0:$(storage_port "$i")"
+            echo "      DFS_ADVERTISE: storage$i:$(storage_port "$i")"
+            echo "      DFS_META: \"$meta_addrs\""
+            echo "      DFS_DATA_DIR: /data"
+            echo "      DFS_HTTP_LISTEN: 0.0.0.0:$(storage_http "$i")"
+            echo "    healthcheck: {test: [\"CMD\", \"dfs\", \"health\", \"127.0.0.1:$(storage_http "$i")\"], interval: 2s, timeout: 2s, retries: 3}"
+            echo "    volumes: [\"storage$i:/data\"]"
+            if [[ -n "$publish" ]]; then
+                echo "    ports: [\"127.0.0.1:$(storage_port "$i"):$(storage_port "$i")\", \"127.0.0.1:$(storage_http "$i"):$(storage_http "$i")\"]"
+                host_ports+=("$(storage_port "$i")" "$(storage_http "$i")")
+            fi
+        done
+        if [[ -n "$client" ]]; then
+            echo "  client:"
+            echo "    <<: *node"
+            echo "    hostname: client"
+            echo "    restart: \"no\""
+            echo "    stop_grace_period: 1s"
+            # The client finds the cluster through DFS_META; `idle` keeps the container up for
+            # `docker-compose exec client dfs ...`.
+            echo "    command: [\"idle\"]"
+            echo "    environment:"
+            echo "      RUST_LOG: warn"
+            echo "      DFS_META: \"$meta_addrs\""
+        fi
+        echo "volumes:"
+        for ((i = 1; i <= metas; i++)); do echo "  meta$i: {}"; done
+        for ((i = 1; i <= storages; i++)); do echo "  storage$i: {}"; done
+    } >"$compose_file.tmp"
+    mv "$compose_file.tmp" "$compose_file"
+}
+
+# The image's files: the release binary and what the dynamic loader needs for it.
+build_image_context() {
+    echo "run-cluster.sh: building the release binary (cargo build --release -p dfs)" >&2
+    (cd "$root" && cargo build --release -p dfs) || fail "cargo build --release -p dfs failed (see above)"
+    local bin="$target_dir/release/dfs"
+    [[ -x "$bin" ]] || fail "no binary at $bin after the build"
+    rm -rf "$context"
+    mkdir -p "$context/rootfs/usr/local/bin" "$context/rootfs/tmp" "$context/rootfs/root" "$context/rootfs/data" "$context/rootfs/etc"
+    cp "$bin" "$context/rootfs/usr/local/bin/dfs"
+    local lib
+    for lib in $(ldd "$bin" | grep -o '/[^ ]*' | sort -u); do
+        mkdir -p "$context/rootfs$(dirname "$lib")"
+        cp -L "$lib" "$context/rootfs$lib"
+    done
+    echo "root:x:0:0:root:/root:/usr/local/bin/dfs" >"$context/rootfs/etc/passwd"
+    echo "hosts: files dns" >"$context/rootfs/etc/nsswitch.conf"
+    chmod 1777 "$context/rootfs/tmp"
+    cat >"$context/Dockerfile" <<'EOF'
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin HOME=/root USER=root
+WORKDIR /root
+ENTRYPOINT ["/usr/local/bin/dfs"]
+EOF
+}
+
+running() {
+    [[ -f "$compose_file" ]] && [[ -n "$("${compose[@]}" -f "$compose_file" ps -q 2>/dev/null)" ]]
+}
+
+# Ports on the host the cluster would publish that something else already holds.
+check_ports() {
+    local p
+    for p in "${host_ports[@]}"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            fail "port $p on 127.0.0.1 is already taken (a local 'dfs cluster up'?); stop what holds it, or run with DFS_HOST_PORTS=0"
+        fi
+    done
+}
+
+rolling_restart() {
+    local svc deadline
+    for svc in $("${compose[@]}" -f "$compose_file" config --services | grep -E '^(meta|storage)[0-9]+$'); do
+        echo "run-cluster.sh: restarting $svc" >&2
+        "${compose[@]}" -f "$compose_file" restart -t 30 "$svc"
+        deadline=$((SECONDS + 120))
+        until [[ "$(docker inspect -f '{{.State.Health.Status}}' "$("${compose[@]}" -f "$compose_file" ps -q "$svc")" 2>/dev/null)" == healthy ]]; do
+            ((SECONDS < deadline)) || fail "$svc is not healthy 120 s after its restart"
+            sleep 1
+        done
+    done
+    echo "run-cluster.sh: rolling restart done" >&2
+}
+
+was_running=""
+running && was_running=1
+write_compose
+if [[ "$1" == rolling-restart ]]; then
+    rolling_restart
+    exit 0
+fi
+wants_build=""
+for arg in "$@"; do
+    case "$arg" in
+    --build | build) wants_build=1 ;;
+    esac
+done
+if [[ "$1" == up || "$1" == build || "$1" == create ]]; then
+    if [[ -n "$wants_build" ]] || ! docker image inspect "$image" >/dev/null 2>&1; then
+        build_image_context
+        "${compose[@]}" -f "$compose_file" build || fail "docker-compose build failed (see above)"
+    fi
+    [[ "$1" == up && -z "$was_running" ]] && check_ports
+fi
+exec "${compose[@]}" -f "$compose_file" "$@"
