@@ -290,6 +290,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     let stop = async move {
         shutdown_signal().await;
         stopping_node.say_stopping().await;
+        tokio::time::sleep(dfs_core::storage_node::STOPPING_DRAIN).await;
     };
     let served = serve_storage(listener, node, ops.rpc(), stop).await;
     heartbeats.abort();

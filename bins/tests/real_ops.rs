@@ -193,6 +193,18 @@ fn metrics_parse_and_move_with_work_and_health_and_the_page_show_the_cluster() {
         assert!(page.contains(&format!("data-addr=\"{a}\" data-state=\"alive\"")), "page lacks storage node {a} alive:\n{page}");
     }
     assert!(page.contains("data-files=\"1\""), "page lacks the file count");
+    // Scrapers that send a request and never read the answer hold nothing the data path
+    // needs: an upload and a read still go through.
+    let idle: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(&leader).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    dfs_ok(&meta, &["put", &local.display().to_string(), "/while-scrapers-stall"]);
+    assert_eq!(dfs(&meta, &["cat", "/while-scrapers-stall"]).stdout, std::fs::read(&local).unwrap());
+    drop(idle);
     // A follower's page links to the leader's.
     let follower = metas.iter().find(|m| **m != leader).unwrap();
     let (_, page) = http_get(follower, "/").unwrap();

@@ -91,6 +91,11 @@ impl HealthTracker {
 
     /// A planned stop: `node` is Suspect from `now` (Dead after the usual silence), until its
     /// next heartbeat.
+    /// Whether `node`'s last heartbeat said it is stopping.
+    pub fn is_stopping(&self, node: StorageNodeId) -> bool {
+        self.seen.get(&node).is_some_and(|s| s.stopping)
+    }
+
     pub fn record_stopping(&mut self, node: StorageNodeId, stats: NodeStats, now: Timestamp) {
         self.seen.insert(node, Seen { at: now, stats, stopping: true });
     }

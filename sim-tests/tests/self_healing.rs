@@ -1,5 +1,6 @@
 //! Self-healing: a storage node dies (power cut) and stays away past the dead timeout, while
-//! files are deleted and replaced; then it returns with its stale replicas.
+//! files are deleted and replaced; then it returns with its stale replicas. Also a node
+//! flapping, every fault kind at once, and a rolling restart (planned stops).
 //!
 //! Phase 1 (the node is away): every acknowledged file still downloads byte-identical (at
 //! most RF-1 replicas of any chunk are lost); then, within `REPAIR_BOUND` of the node being
@@ -348,6 +349,95 @@ async fn faults_while_healing() {
     checks::scrub_all(&cluster).await;
     wait_for_replicas(&cluster, &client, &files, true, Duration::from_secs(120), "exactly RF valid replicas, no orphans, once faults are off").await;
     check_downloads(&cluster, &client, &disk, &files, "after the faults").await;
+}
+
+/// Scenario 4: a rolling restart as an operator does one: each node in turn is told first
+/// (the metadata leader hands leadership over; a storage node says it is stopping and its
+/// writes in flight finish), then loses power and comes back, while a client uploads files
+/// and reads each back all along. Checkers: no upload and no read fails, no leader plans a
+/// repair, and every chunk ends with exactly RF replicas and no orphan.
+async fn rolling_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (cluster, disk, client, mut files) = start_with_files().await;
+    wait_for_replicas(&cluster, &client, &files, true, Duration::from_secs(30), "the initial uploads settled").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (c, d, stop) = (client.clone(), disk.clone(), stop.clone());
+        cluster.spawn_on_client(async move {
+            let mut done = BTreeMap::new();
+            let mut failures = Vec::new();
+            for i in 0..LOAD_PUTS_MAX {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let size = madsim::rand::thread_rng().gen_range(1..3 * CHUNK);
+                let mut data = vec![0u8; size as usize];
+                madsim::rand::thread_rng().fill(&mut data[..]);
+                let (local, out, remote) = (PathBuf::from(format!("/load/in-{i}")), PathBuf::from(format!("/load/out-{i}")), format!("/load/{i}"));
+                d.create_dir_all(local.parent().unwrap()).await.unwrap();
+                d.write_file(&local, Bytes::from(data.clone())).await.unwrap();
+                if let Err(e) = c.put(&local, &remote, false, &NoProgress).await {
+                    failures.push(format!("put {remote}: {e}"));
+                    continue;
+                }
+                match c.get(&remote, &out, &NoProgress).await {
+                    Ok(_) => assert!(d.read_file(&out).await.unwrap() == data, "WRONG BYTES: {remote}"),
+                    Err(e) => failures.push(format!("get {remote}: {e}")),
+                }
+                done.insert(remote, Bytes::from(data));
+            }
+            (done, failures)
+        })
+    };
+    let mut planned = 0;
+    for id in 1..=3u64 {
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        planned += cluster.repair_stats().map_or(0, |s| s.planned);
+        if let Some(server) = cluster.meta_server(id) {
+            let handed = cluster.meta[id as usize - 1].node.spawn(async move { server.step_down().await }).await.unwrap_or(false);
+            trace::event(format!("meta-{id} stops{}", if handed { " after handing leadership over" } else { "" }));
+        }
+        cluster.kill_meta(id);
+        madsim::time::sleep(Duration::from_secs(1)).await;
+        cluster.restart_meta(id);
+        cluster.wait_all_meta_converged(Duration::from_secs(60)).await;
+    }
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let leader = cluster.leader();
+    for i in 1..=STORAGE_NODES {
+        if let Some(node) = cluster.storage_node(i) {
+            let n = node.clone();
+            cluster.storage[i as usize - 1].node.spawn(async move { n.say_stopping().await }).await.unwrap();
+            // As the daemon does: serve a while longer, then finish the calls it has (tonic's
+            // graceful shutdown).
+            madsim::time::sleep(dfs_core::storage_node::STOPPING_DRAIN).await;
+            dfs_sim_tests::cluster::wait_until(Duration::from_secs(30), "the stopping node's writes to finish", || (node.writes_in_progress() == 0).then_some(())).await;
+        }
+        cluster.kill_storage(i);
+        madsim::time::sleep(Duration::from_secs(2)).await;
+        cluster.restart_storage(i);
+        cluster.wait_for_storage(STORAGE_NODES as usize, Duration::from_secs(60)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (done, failures) = load.await.expect("the load task");
+    assert!(failures.is_empty(), "FAILED COMMANDS during a rolling restart: {failures:#?}");
+    assert!(done.len() >= 5, "the load ran only {} uploads", done.len());
+    if cluster.leader() == leader {
+        planned += cluster.repair_stats().map_or(0, |s| s.planned);
+    }
+    assert_eq!(planned, 0, "REPAIR: a planned restart within the dead timeout started {planned} repair copies");
+    files.extend(done);
+    wait_for_replicas(&cluster, &client, &files, true, CONVERGE_BOUND, "exactly RF replicas after the rolling restart").await;
+    check_downloads(&cluster, &client, &disk, &files, "after the rolling restart").await;
+    trace::event(format!("rolling restart done: {} files", files.len()));
+}
+
+/// Uploads the rolling restart's load makes at most (it stops when the restart is done).
+const LOAD_PUTS_MAX: usize = 500;
+
+#[test]
+fn a_rolling_restart_fails_no_command_and_starts_no_repair() {
+    seeds::run_seeds(SimTest { file: "self_healing", name: "a_rolling_restart_fails_no_command_and_starts_no_repair" }, CI_SEEDS / 2, rolling_restart);
 }
 
 #[test]

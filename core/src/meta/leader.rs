@@ -59,6 +59,12 @@ pub struct LeaderConfig {
     pub repair: RepairConfig,
     /// How long deleted files stay in the trash; zero: no trash.
     pub trash_interval: Duration,
+    /// After taking office, how long a leader waits to hear from the registered storage
+    /// nodes before it places a chunk on fewer nodes than its replication factor: until
+    /// then, a node it has not heard from yet is more likely slow to reach it than gone, and
+    /// a chunk placed short is a repair later (found in simulation: uploads right after a
+    /// leadership hand-over). Storage nodes heartbeat every 3 s by default.
+    pub placement_settle: Duration,
 }
 
 impl Default for LeaderConfig {
@@ -71,6 +77,7 @@ impl Default for LeaderConfig {
             housekeeping_interval: Duration::from_secs(1),
             repair: RepairConfig::default(),
             trash_interval: Duration::from_secs(24 * 60 * 60),
+            placement_settle: Duration::from_secs(5),
         }
     }
 }
@@ -150,6 +157,9 @@ pub enum AllocateError {
     NoSpace(String),
     #[error("upload {file} has no chunk {index}")]
     NoSuchChunk { file: u64, index: u32 },
+    /// The world's: a new leader has not heard from every storage node yet. Retry.
+    #[error("the metadata leader took office moments ago: {heard} storage nodes heard from, {unheard} not yet")]
+    Settling { heard: usize, unheard: usize },
 }
 
 /// Whether a storage node that names `presented` as its cluster (empty: none yet) may join
@@ -294,6 +304,7 @@ pub struct Leader {
     states_seen: BTreeMap<StorageNodeId, &'static str>,
     /// Repairs completed as of the last housekeeping.
     repairs_seen: (u64, u64),
+    took_office: Timestamp,
 }
 
 /// Events the leader keeps for the status page: enough for the last minutes of a busy
@@ -312,7 +323,7 @@ pub struct LeaderEvent {
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeMap::new(), scrub_requests_made: 0, inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new(), events: Default::default(), states_seen: BTreeMap::new(), repairs_seen: (0, 0) }
+        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeMap::new(), scrub_requests_made: 0, inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new(), events: Default::default(), states_seen: BTreeMap::new(), repairs_seen: (0, 0), took_office: now }
     }
 
     pub fn term(&self) -> u64 {
@@ -330,13 +341,16 @@ impl Leader {
             return HeartbeatDecision { propose: vec![], reply: HeartbeatReply { register: true, ..Default::default() } };
         }
         if hb.stopping {
-            // Suspect from now: no new chunk goes there and reads prefer other copies, while
-            // its replicas still count (a restart shorter than the dead timeout moves nothing).
+            // Suspect from now until a heartbeat that does not say so: no new chunk goes there
+            // and reads prefer other copies, while its replicas still count (a restart shorter
+            // than the dead timeout moves nothing). The rest of the heartbeat counts as usual.
+            if !self.health.is_stopping(hb.node) {
+                self.record_event(now, "node", format!("storage node {} ({}) is stopping", hb.node, hb.addr));
+            }
             self.health.record_stopping(hb.node, hb.stats, now);
-            self.record_event(now, "node", format!("storage node {} ({}) is stopping", hb.node, hb.addr));
-            return HeartbeatDecision { propose: vec![], reply: HeartbeatReply::default() };
+        } else {
+            self.health.record_heartbeat(hb.node, hb.stats, now);
         }
-        self.health.record_heartbeat(hb.node, hb.stats, now);
         self.placed_since_heartbeat.remove(&hb.node);
         let stored: Vec<ChunkId> = hb.stored.iter().map(|r| r.chunk).collect();
         self.repair.on_heartbeat(now, hb.node, &hb.repairs_running, &hb.repairs_failed, &stored);
@@ -488,6 +502,10 @@ impl Leader {
             })
             .collect();
         let usable = candidates.iter().filter(|c| !exclude.contains(&c.id)).count();
+        let unheard = || ns.storage_nodes().filter(|n| !n.draining && !exclude.contains(&n.id) && self.health.liveness(n.id, now) == Liveness::Unknown).count();
+        if usable < upload.replication as usize && now.saturating_since(self.took_office) < self.config.placement_settle && unheard() > 0 {
+            return Err(AllocateError::Settling { heard: usable, unheard: unheard() });
+        }
         if usable == 0 {
             return Err(AllocateError::NoLiveNode { alive: candidates.len(), excluded: exclude.len() });
         }

@@ -398,9 +398,16 @@ impl<E: Env> MetaServer<E> {
         if others.is_empty() {
             return false;
         }
-        let said = self.hand_over(&others).await;
-        tracing::info!(id = self.config.id, outcome = %said, "stepping down before stopping");
-        self.raft.metrics().borrow().current_leader != Some(self.config.id)
+        // A successor that could not catch up in time (a busy machine) gets another chance:
+        // stopping without a hand-over costs the cluster an election timeout.
+        for _ in 0..STEP_DOWN_ATTEMPTS_MAX {
+            let said = self.hand_over(&others).await;
+            tracing::info!(id = self.config.id, outcome = %said, "stepping down before stopping");
+            if self.raft.metrics().borrow().current_leader != Some(self.config.id) {
+                return true;
+            }
+        }
+        false
     }
 
     /// The applied state, for tests and checkers: no leadership check.
@@ -715,6 +722,9 @@ impl<E: Env> MetaServer<E> {
 
 }
 
+/// Hand-overs a stopping leader tries before it stops anyway.
+pub const STEP_DOWN_ATTEMPTS_MAX: usize = 3;
+
 /// A metadata node as its operator sees it (`MetaServer::view`).
 #[derive(Clone, Debug)]
 pub struct MetaView {
@@ -970,7 +980,7 @@ impl<E: Env> MetaServer<E> {
         let (placed, quorum) = self.with_leader(term, |leader, ns| {
             let upload = ns.upload(file).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(file)))?;
             let placed = leader.allocate(now, ns, upload, indexes, exclude).map_err(|e| match e {
-                AllocateError::NoLiveNode { .. } => RpcError::Unavailable(e.to_string()),
+                AllocateError::NoLiveNode { .. } | AllocateError::Settling { .. } => RpcError::Unavailable(e.to_string()),
                 AllocateError::NoSpace(_) => RpcError::NoSpace(e.to_string()),
                 AllocateError::NoSuchChunk { .. } => RpcError::InvalidArgument(e.to_string()),
             })?;

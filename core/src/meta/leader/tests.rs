@@ -277,7 +277,7 @@ fn placement_uses_only_nodes_heard_from_recently() {
     let config = LeaderConfig::default();
     let mut w = World::new(4, config);
     w.nodes[3].up = false;
-    w.run_for(Duration::from_secs(2));
+    w.run_for(config.placement_settle);
     let id = w.upload("/u", 4, &[1, 2, 3], false);
     let upload = w.ns.upload(id).unwrap().clone();
     let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0, 1, 2, 3], &[]).unwrap();
@@ -467,6 +467,21 @@ fn a_node_that_says_it_stops_gets_no_new_chunks_starts_no_repair_and_is_back_wit
     w.run_for(BEAT * 2);
     let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0, 1, 2, 3], &[]).unwrap();
     assert!(placed.iter().any(|nodes| nodes.contains(&StorageNodeId(4))), "back, yet given nothing: {placed:?}");
+}
+
+#[test]
+fn a_new_leader_places_nothing_short_before_it_has_heard_from_its_nodes() {
+    let config = LeaderConfig::default();
+    let mut w = World::new(3, config);
+    w.nodes[2].up = false;
+    w.run_for(Duration::from_secs(1));
+    let id = w.upload_with("/u", 1, &[1, 2], 3, false);
+    let upload = w.ns.upload(id).unwrap().clone();
+    assert_eq!(w.leader.allocate(w.now, &w.ns, &upload, &[0], &[]), Err(AllocateError::Settling { heard: 2, unheard: 1 }));
+    // Settled: what is heard from is all there is; the chunk goes short, to be repaired.
+    w.run_for(config.placement_settle);
+    let placed = w.leader.allocate(w.now, &w.ns, &upload, &[0], &[]).unwrap();
+    assert_eq!(placed[0].len(), 2, "{placed:?}");
 }
 
 #[test]
