@@ -53,7 +53,7 @@ mod planted {
 
     #[test]
     fn a_stale_read_from_a_deposed_leader_breaks_the_history() {
-        caught(Bug::StaleRead, "VERDICT [linearizable history]", 12);
+        caught(Bug::StaleRead, "VERDICT [linearizable history]", 40);
     }
 
     #[test]

@@ -418,6 +418,10 @@ struct Driver {
     /// Storage indexes decommissioned (or perhaps: the request's answer was lost) and not
     /// surely recommissioned since.
     draining: BTreeSet<u64>,
+    /// Every node a drain was asked for during the run: its request may still be on its way
+    /// (a retry delivered after a partition heals) and undo a recommission, so the liveness
+    /// phase recommissions each once more (soak seed 262).
+    drained_ever: BTreeSet<u64>,
     slow: bool,
     /// Healing agenda: when, what.
     heals: Vec<(Instant, Heal)>,
@@ -509,7 +513,7 @@ impl Driver {
     async fn settle_drains(&mut self) -> Option<u64> {
         let deadline = Instant::now() + HEAL_BOUND;
         let at_end = self.atlas.drain_at_end.then(|| madsim::rand::thread_rng().gen_range(1..=self.atlas.storage_nodes));
-        let mut wanted: Vec<(u64, bool)> = self.draining.iter().filter(|i| Some(**i) != at_end).map(|i| (*i, false)).collect();
+        let mut wanted: Vec<(u64, bool)> = self.draining.union(&self.drained_ever).filter(|i| Some(**i) != at_end).map(|i| (*i, false)).collect();
         wanted.extend(at_end.map(|i| (i, true)));
         for (i, draining) in wanted {
             while !self.set_draining(i, draining).await {
@@ -680,6 +684,7 @@ impl Driver {
                 fault_event(format!("storage-{i} decommissioned"));
                 // Done or perhaps done: it is undone either way.
                 self.draining.insert(i);
+                self.drained_ever.insert(i);
                 self.set_draining(i, true).await;
                 Heal::Recommission(i)
             }
@@ -818,6 +823,7 @@ pub async fn scenario() {
         storage_down: BTreeSet::new(),
         disks_full: BTreeSet::new(),
         draining: BTreeSet::new(),
+        drained_ever: BTreeSet::new(),
         slow: false,
         heals: Vec::new(),
         flips: BTreeMap::new(),
