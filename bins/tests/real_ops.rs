@@ -40,9 +40,8 @@ type Samples = BTreeMap<String, f64>;
 fn parse_exposition(text: &str) -> Samples {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut samples = Samples::new();
-    let mut lines = text.lines().peekable();
     let mut ended = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         assert!(!ended, "text after # EOF: {line:?}");
         if line == "# EOF" {
             ended = true;
