@@ -47,8 +47,10 @@ pub const CHUNK_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// of Raft entries outgrow gRPC's 4 MiB default; snapshots travel in 1 MiB pieces regardless.
 pub const UNARY_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-/// How a call ended when it did not succeed. The caller can tell apart what is worth retrying
-/// elsewhere (`NotLeader`, `Unavailable`, `Transport`, `ChecksumMismatch`) from what is final.
+/// How a call ended when it did not succeed. The caller can tell apart what is worth repeating
+/// (`is_retryable`: `NotLeader`, `Unavailable`, `Transport`), a replica that is bad
+/// (`ChecksumMismatch`: never asked again, but another replica of the chunk may be read), and
+/// what is final.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
@@ -81,7 +83,8 @@ pub enum RpcError {
 }
 
 impl RpcError {
-    /// Worth trying again, here or on another node.
+    /// Worth repeating, here or on another node: the same call may succeed. Not
+    /// `ChecksumMismatch`: the same replica would fail again (a reader turns to another one).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
