@@ -82,13 +82,24 @@ meta_http() { echo $((9000 + $1)); }
 storage_http() { echo $((9100 + $1)); }
 
 host_ports=()
+# What every node's service ends with: its health check, its volume, and its published ports.
+node_tail() {
+    local name="$1" rpc="$2" http="$3"
+    echo "    healthcheck: {test: [\"CMD\", \"dfs\", \"health\", \"127.0.0.1:$http\"], interval: 2s, timeout: 2s, retries: 3}"
+    echo "    volumes: [\"$name:/data\"]"
+    if [[ -n "$publish" ]]; then
+        echo "    ports: [\"127.0.0.1:$rpc:$rpc\", \"127.0.0.1:$http:$http\"]"
+        host_ports+=("$rpc" "$http")
+    fi
+}
+
 write_compose() {
     local peers="" meta_addrs="" i
     for ((i = 1; i <= metas; i++)); do
         peers+="${peers:+,}$i=meta$i:$(meta_port "$i")"
         meta_addrs+="${meta_addrs:+,}meta$i:$(meta_port "$i")"
     done
-    local publish=1
+    publish=1
     [[ "${DFS_HOST_PORTS:-1}" == 0 ]] && publish=""
     {
         echo "# Written by scripts/run-cluster.sh -m $metas -s $storages${client:+ -c}; edits are overwritten."
@@ -115,12 +126,7 @@ write_compose() {
             echo "      DFS_PEERS: \"$peers\""
             echo "      DFS_DATA_DIR: /data"
             echo "      DFS_HTTP_LISTEN: 0.0.0.0:$(meta_http "$i")"
-            echo "    healthcheck: {test: [\"CMD\", \"dfs\", \"health\", \"127.0.0.1:$(meta_http "$i")\"], interval: 2s, timeout: 2s, retries: 3}"
-            echo "    volumes: [\"meta$i:/data\"]"
-            if [[ -n "$publish" ]]; then
-                echo "    ports: [\"127.0.0.1:$(meta_port "$i"):$(meta_port "$i")\", \"127.0.0.1:$(meta_http "$i"):$(meta_http "$i")\"]"
-                host_ports+=("$(meta_port "$i")" "$(meta_http "$i")")
-            fi
+            node_tail "meta$i" "$(meta_port "$i")" "$(meta_http "$i")"
         done
         for ((i = 1; i <= storages; i++)); do
             echo "  storage$i:"
@@ -134,12 +140,7 @@ write_compose() {
             echo "      DFS_META: \"$meta_addrs\""
             echo "      DFS_DATA_DIR: /data"
             echo "      DFS_HTTP_LISTEN: 0.0.0.0:$(storage_http "$i")"
-            echo "    healthcheck: {test: [\"CMD\", \"dfs\", \"health\", \"127.0.0.1:$(storage_http "$i")\"], interval: 2s, timeout: 2s, retries: 3}"
-            echo "    volumes: [\"storage$i:/data\"]"
-            if [[ -n "$publish" ]]; then
-                echo "    ports: [\"127.0.0.1:$(storage_port "$i"):$(storage_port "$i")\", \"127.0.0.1:$(storage_http "$i"):$(storage_http "$i")\"]"
-                host_ports+=("$(storage_port "$i")" "$(storage_http "$i")")
-            fi
+            node_tail "storage$i" "$(storage_port "$i")" "$(storage_http "$i")"
         done
         if [[ -n "$client" ]]; then
             echo "  client:"

@@ -213,16 +213,11 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     config.gc_delay = args.gc_delay;
     config.trash_interval = args.trash_interval;
     config.http_address = args.http_listen.map(|a| ops::advertised(a, members.get(&args.id).map(String::as_str)));
-    crate::logs::set_node("meta", &args.id.to_string());
     let server = MetaServer::start(RealEnv::default(), config)
         .await
         .context("metadata node failed to start")?;
     let ops = Ops::new(Node::Meta(server.clone()), "meta", &args.id.to_string());
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
-    let http = match args.http_listen {
-        Some(addr) => Some(ops::serve(addr, ops.clone(), stop_when(stopped.clone())).await?),
-        None => None,
-    };
+    let http = ops::HttpPort::start(args.http_listen, &ops).await?;
     tracing::info!(id = args.id, listen = %args.listen, http = ?args.http_listen, members = ?members, "metadata node serving");
     // A planned stop (SIGTERM, Ctrl-C) hands leadership over first, while this node still
     // serves, so that the cluster does not wait out an election timeout.
@@ -234,18 +229,11 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
         }
     };
     serve_metadata(listener, server.clone(), ops.rpc(), stop).await.context("metadata server failed")?;
-    let _ = stopping.send(true);
     server.shutdown().await;
-    if let Some(http) = http {
-        let _ = http.await;
-    }
+    http.stop().await;
     Ok(())
 }
 
-/// Completes once `stopped` says so.
-async fn stop_when(mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
-}
 
 pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     let meta = parse_addrs(&args.meta, "--meta")?;
@@ -277,11 +265,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
     crate::logs::set_node("storage", &node.id().to_string());
     let ops = Ops::new(Node::Storage(node.clone()), "storage", &node.id().to_string());
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
-    let http = match args.http_listen {
-        Some(addr) => Some(ops::serve(addr, ops.clone(), stop_when(stopped.clone())).await?),
-        None => None,
-    };
+    let http = ops::HttpPort::start(args.http_listen, &ops).await?;
     tracing::info!(node = %node.id(), listen = %local, %advertise, http = ?args.http_listen, "storage node serving");
     let heartbeats = tokio::spawn(node.clone().run_heartbeats());
     // A planned stop (SIGTERM, Ctrl-C): the leader hears first, so it places nothing new
@@ -294,10 +278,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     };
     let served = serve_storage(listener, node, ops.rpc(), stop).await;
     heartbeats.abort();
-    let _ = stopping.send(true);
-    if let Some(http) = http {
-        let _ = http.await;
-    }
+    http.stop().await;
     served.context("storage server failed")
 }
 

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use dfs_core::meta::leader::FsckReport;
+use dfs_core::meta::server::MetaView;
 use dfs_core::meta::MetaServer;
 use dfs_core::storage_node::StorageNode;
 use dfs_io_real::metrics::RpcMetrics;
@@ -121,6 +122,8 @@ pub struct Ops {
     storage: Option<StorageGauges>,
     /// The page's last health report, and when it was made.
     fsck: Mutex<Option<(Instant, FsckReport)>>,
+    /// The leader's page address, as that leader (by id) said it.
+    leader_page: Mutex<Option<(u64, String)>>,
 }
 
 fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
@@ -209,7 +212,7 @@ impl Ops {
             repairs_done: follow(r, "dfs_storage_repairs_done", "Repair copies this node made", None),
             repairs_failed: follow(r, "dfs_storage_repairs_failed", "Repair copies this node failed to make", None),
         });
-        let ops = Arc::new(Ops { node, registry, rpc, meta, storage, fsck: Mutex::new(None) });
+        let ops = Arc::new(Ops { node, registry, rpc, meta, storage, fsck: Mutex::new(None), leader_page: Mutex::new(None) });
         if let Node::Meta(server) = &ops.node {
             tokio::spawn(watch_leader(ops.clone(), server.clone()));
         }
@@ -326,26 +329,40 @@ impl Ops {
         }
     }
 
-    /// The health report for the page: the cached one while it is fresh.
-    fn page_fsck(&self, server: &MetaServer<RealEnv>) -> Option<FsckReport> {
+    /// The node's view for the page, with a health report: the cached one while it is fresh,
+    /// else one made with this view.
+    fn page_view(&self, server: &MetaServer<RealEnv>) -> (MetaView, Option<FsckReport>) {
         let mut cached = self.fsck.lock().expect("fsck lock");
-        if let Some((at, report)) = cached.as_ref() {
-            if at.elapsed() < FSCK_PAGE_INTERVAL {
-                return Some(report.clone());
+        if let Some((_, report)) = cached.as_ref().filter(|(at, _)| at.elapsed() < FSCK_PAGE_INTERVAL) {
+            return (server.view(0), Some(report.clone()));
+        }
+        let view = server.view(PAGE_PROBLEMS_MAX);
+        let report = view.leader.as_ref().and_then(|l| l.fsck.clone());
+        if let Some(r) = &report {
+            *cached = Some((Instant::now(), r.clone()));
+        }
+        (view, report)
+    }
+
+    /// The leader's page address, asked of the leader once per leader (a follower's page
+    /// reloads every few seconds).
+    async fn leader_page(&self, leader: &dfs_core::proto::MetaNode) -> Option<String> {
+        if let Some((id, page)) = self.leader_page.lock().expect("leader page lock").as_ref() {
+            if *id == leader.id {
+                return Some(page.clone());
             }
         }
-        let report = server.view(PAGE_PROBLEMS_MAX).leader?.fsck?;
-        *cached = Some((Instant::now(), report.clone()));
-        Some(report)
+        let page = leader_http(&leader.addr).await?;
+        *self.leader_page.lock().expect("leader page lock") = Some((leader.id, page.clone()));
+        Some(page)
     }
 
     async fn page(&self) -> String {
         match &self.node {
             Node::Meta(server) => {
-                let fsck = self.page_fsck(server);
-                let view = server.view(0);
+                let (view, fsck) = self.page_view(server);
                 let leader_page = match (&view.leader, &view.raft.leader) {
-                    (None, Some(leader)) => leader_http(&leader.addr).await,
+                    (None, Some(leader)) => self.leader_page(leader).await,
                     _ => None,
                 };
                 status_page::render_meta(&view, fsck.as_ref(), leader_page.as_deref())
@@ -410,15 +427,31 @@ async fn page_handler(State(ops): State<Arc<Ops>>) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response()
 }
 
-/// Binds `addr` now (so a taken port fails the start), then serves until `shutdown`.
-pub async fn serve(addr: SocketAddr, ops: Arc<Ops>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-    let app = Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(health_handler)).route("/", get(page_handler)).with_state(ops);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::warn!(error = %e, "HTTP server failed");
+/// A daemon's HTTP port, if it has one (`--http-listen`).
+pub struct HttpPort(Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>);
+
+impl HttpPort {
+    /// Binds `addr` now (so a taken port fails the start), then serves in the background.
+    pub async fn start(addr: Option<SocketAddr>, ops: &Arc<Ops>) -> anyhow::Result<HttpPort> {
+        let Some(addr) = addr else { return Ok(HttpPort(None)) };
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        let app = Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(health_handler)).route("/", get(page_handler)).with_state(ops.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { let _ = stopped.await; }).await {
+                tracing::warn!(error = %e, "HTTP server failed");
+            }
+        });
+        Ok(HttpPort(Some((stop, task))))
+    }
+
+    /// Stops serving, once the requests being answered are.
+    pub async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            let _ = stop.send(());
+            let _ = task.await;
         }
-    }))
+    }
 }
 
 /// The address a page on `listen` is reached at by others: `listen`, with an unspecified IP

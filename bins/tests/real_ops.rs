@@ -113,15 +113,29 @@ fn sample(s: &Samples, series: &str) -> f64 {
     s.get(series).copied().unwrap_or(0.0)
 }
 
-/// The HTTP addresses of a `cluster up` on `base`: metadata nodes, then storage nodes.
-fn http_addrs(base: u16, metas: u16, storages: u16) -> (Vec<String>, Vec<String>) {
-    let meta = (0..metas).map(|i| format!("127.0.0.1:{}", base + i + HTTP_OFFSET)).collect();
-    let storage = (0..storages).map(|i| format!("127.0.0.1:{}", base + 100 + i + HTTP_OFFSET)).collect();
-    (meta, storage)
+/// A `cluster up` of 3 metadata and `storage` storage nodes in `dir/data`, every node
+/// healthy and the leader seeing every storage node.
+struct Up {
+    _cluster: Proc,
+    data: PathBuf,
+    /// The metadata addresses, as `DFS_META` takes them.
+    meta: String,
+    /// The nodes' HTTP addresses.
+    metas: Vec<String>,
+    storages: Vec<String>,
 }
 
-fn meta_list(base: u16, metas: u16) -> String {
-    (0..metas).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",")
+fn up(dir: &TestDir, storage: u16) -> Up {
+    let base = free_ports(CLUSTER_PORTS);
+    let data = dir.path().join("data");
+    let cluster = cluster_up_with(base, &data, &["--storage", &storage.to_string()], Stdio::null());
+    let meta = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
+    let metas: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i + HTTP_OFFSET)).collect();
+    let storages: Vec<String> = (0..storage).map(|i| format!("127.0.0.1:{}", base + 100 + i + HTTP_OFFSET)).collect();
+    wait_ready(&meta, storage as usize);
+    wait_healthy(&metas);
+    wait_healthy(&storages);
+    Up { _cluster: cluster, data, meta, metas, storages }
 }
 
 /// Waits until every address answers `/healthz` with 200.
@@ -141,13 +155,7 @@ fn leader_http(metas: &[String]) -> String {
 #[test]
 fn metrics_parse_and_move_with_work_and_health_and_the_page_show_the_cluster() {
     let dir = TestDir::new();
-    let base = free_ports(CLUSTER_PORTS);
-    let _cluster = cluster_up(base, &dir.path().join("data"));
-    let meta = meta_list(base, 3);
-    let (metas, storages) = http_addrs(base, 3, 3);
-    wait_ready(&meta, 3);
-    wait_healthy(&metas);
-    wait_healthy(&storages);
+    let Up { meta, metas, storages, _cluster, .. } = up(&dir, 3);
     let leader = leader_http(&metas);
 
     let before = scrape(&leader);
@@ -253,18 +261,13 @@ fn the_status_page_renders_in_headless_chromium_with_the_clusters_real_nodes() {
         return;
     };
     let dir = TestDir::new();
-    let base = free_ports(CLUSTER_PORTS);
-    let _cluster = cluster_up(base, &dir.path().join("data"));
-    let meta = meta_list(base, 3);
-    let (metas, storages) = http_addrs(base, 3, 3);
-    wait_ready(&meta, 3);
-    wait_healthy(&storages);
+    let Up { meta, metas, data, _cluster, .. } = up(&dir, 3);
     let leader = leader_http(&metas);
     let local = dir.path().join("one");
     std::fs::write(&local, test_bytes(300_000, 5)).unwrap();
     dfs_ok(&meta, &["put", &local.display().to_string(), "/one"]);
     // A node stopped by hand shows as not alive once the leader notices (it says so first).
-    let stopped = Command::new(DFS).args(["cluster", "stop", "--data-dir", &dir.path().join("data").display().to_string(), "storage-3"]).output().unwrap();
+    let stopped = Command::new(DFS).args(["cluster", "stop", "--data-dir", &data.display().to_string(), "storage-3"]).output().unwrap();
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
     let url = format!("http://{leader}/");
     let profile = dir.path().join("chromium-profile");
@@ -321,14 +324,7 @@ fn json_log_lines_parse_and_name_their_node() {
 #[test]
 fn a_rolling_restart_under_load_fails_no_command_loses_no_file_and_starts_no_repair() {
     let dir = TestDir::new();
-    let base = free_ports(CLUSTER_PORTS);
-    let data = dir.path().join("data");
-    let _cluster = cluster_up_with(base, &data, &["--storage", "4"], Stdio::null());
-    let meta = meta_list(base, 3);
-    let (metas, storages) = http_addrs(base, 3, 4);
-    wait_ready(&meta, 4);
-    wait_healthy(&metas);
-    wait_healthy(&storages);
+    let Up { meta, metas, storages, data, _cluster } = up(&dir, 4);
 
     // One client's load all along: uploads, each read back at once; bounded, and it stops
     // when told.
