@@ -16,10 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=../proto/{file}");
     }
     let fds = protox::compile(files, [&proto_root])?;
-    prost_build::Config::new()
-        .bytes(["."])
-        .service_generator(Box::new(CoreServiceGlue))
-        .compile_fds(fds)?;
+    prost_build::Config::new().bytes(["."]).service_generator(Box::new(CoreServiceGlue)).compile_fds(fds)?;
     Ok(())
 }
 
@@ -29,11 +26,7 @@ struct CoreServiceGlue;
 
 impl prost_build::ServiceGenerator for CoreServiceGlue {
     fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
-        let unary: Vec<_> = service
-            .methods
-            .iter()
-            .filter(|m| !m.client_streaming && !m.server_streaming)
-            .collect();
+        let unary: Vec<_> = service.methods.iter().filter(|m| !m.client_streaming && !m.server_streaming).collect();
         if unary.is_empty() {
             return;
         }

@@ -16,10 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Only the services are generated here; the messages come from dfs-core.
     fds.file.retain(|f| f.name() == "dfs/v1/services.proto");
     let tonic = tonic_prost_build::configure().build_client(false).build_transport(false).service_generator();
-    prost_build::Config::new()
-        .extern_path(".dfs.v1", "::dfs_core::proto")
-        .service_generator(Box::new(Both(tonic, CoreAdapters)))
-        .compile_fds(fds)?;
+    prost_build::Config::new().extern_path(".dfs.v1", "::dfs_core::proto").service_generator(Box::new(Both(tonic, CoreAdapters))).compile_fds(fds)?;
     Ok(())
 }
 
@@ -48,12 +45,7 @@ impl prost_build::ServiceGenerator for CoreAdapters {
         }
         let module = format!("{}_server", service.name.to_snake_case());
         writeln!(buf, "#[::tonic::async_trait]").unwrap();
-        writeln!(
-            buf,
-            "impl<H: ::dfs_core::proto::{name}Handler> {module}::{name} for crate::grpc::Adapter<H> {{",
-            name = service.name
-        )
-        .unwrap();
+        writeln!(buf, "impl<H: ::dfs_core::proto::{name}Handler> {module}::{name} for crate::grpc::Adapter<H> {{", name = service.name).unwrap();
         for m in &service.methods {
             writeln!(
                 buf,

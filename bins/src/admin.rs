@@ -116,7 +116,11 @@ fn status_text(s: &MetaStatusResponse) -> String {
         Some(l) => writeln!(out, "leader: {} {}", l.id, l.addr),
         None => writeln!(out, "leader: none"),
     };
-    let _ = writeln!(out, "term: {}  last log index: {}  applied index: {}  snapshot index: {}  purged index: {}", s.term, s.last_log_index, s.applied_index, s.snapshot_index, s.purged_index);
+    let _ = writeln!(
+        out,
+        "term: {}  last log index: {}  applied index: {}  snapshot index: {}  purged index: {}",
+        s.term, s.last_log_index, s.applied_index, s.snapshot_index, s.purged_index
+    );
     let _ = writeln!(out, "{:>4}  {:<21}  {:<7}  {:>10}  {:>6}", "id", "address", "role", "matched", "lag");
     let unknown = || "?".to_string();
     for m in &s.members {
@@ -159,7 +163,10 @@ async fn set_draining(ctx: &Ctx, args: NodeArg, draining: bool) -> anyhow::Resul
         return emit_json(&serde_json::json!({ "node_id": id, "addr": node.addr, "draining": draining }));
     }
     if draining {
-        emit(&format!("storage node {id} ({}) is draining: its chunks are being copied elsewhere; `dfs nodes` shows it decommissioned when it is safe to switch off\n", node.addr))
+        emit(&format!(
+            "storage node {id} ({}) is draining: its chunks are being copied elsewhere; `dfs nodes` shows it decommissioned when it is safe to switch off\n",
+            node.addr
+        ))
     } else {
         emit(&format!("storage node {id} ({}) is back in service\n", node.addr))
     }

@@ -142,10 +142,8 @@ async fn bench_cluster(args: &MetaBenchArgs, addrs: &[SocketAddr], nodes: &[Node
     let env = RealEnv::default();
     let client = MetaClient::new(env.clone(), meta, RetryPolicy::default());
     let leader = leader_id(&client).await?;
-    let leader_pid = nodes
-        .get((leader as usize).wrapping_sub(1))
-        .and_then(|n| n.child.id())
-        .with_context(|| format!("leader {leader} is not one of the nodes started"))?;
+    let leader_pid =
+        nodes.get((leader as usize).wrapping_sub(1)).and_then(|n| n.child.id()).with_context(|| format!("leader {leader} is not one of the nodes started"))?;
     if !args.json {
         println!("cluster ready in {:.1}s; leader is meta-{leader} (pid {leader_pid})", ready.as_secs_f64());
     }
@@ -160,14 +158,7 @@ async fn bench_cluster(args: &MetaBenchArgs, addrs: &[SocketAddr], nodes: &[Node
     for &concurrency in &args.concurrency {
         let level = run_level(&client, client_id, &seq, concurrency, args.ops).await?;
         if !args.json {
-            println!(
-                "{:<12} {:>7} {:>9.0} {:>8.2} {:>8.2}",
-                level.concurrency,
-                level.ops,
-                level.ops_per_sec(),
-                ms(level.p50),
-                ms(level.p99)
-            );
+            println!("{:<12} {:>7} {:>9.0} {:>8.2} {:>8.2}", level.concurrency, level.ops, level.ops_per_sec(), ms(level.p50), ms(level.p99));
         }
         levels.push(level);
     }
@@ -265,10 +256,7 @@ async fn create_and_commit(client: &MetaClient<RealEnv>, client_id: u64, seq: &A
         })
         .await
         .with_context(|| format!("create {path}"))?;
-    client
-        .call(proto::CommitFileRequest { file_id: created.file_id, ..Default::default() })
-        .await
-        .with_context(|| format!("commit {path}"))?;
+    client.call(proto::CommitFileRequest { file_id: created.file_id, ..Default::default() }).await.with_context(|| format!("commit {path}"))?;
     Ok(())
 }
 
@@ -336,7 +324,12 @@ pub(crate) fn rusage_secs(usage: &libc::rusage) -> f64 {
 /// fsyncs per second of the disk holding `probe`: 4 KiB written in place and fdatasync'ed, in
 /// a loop for `duration`.
 fn fsync_rate(probe: &Path, duration: Duration) -> anyhow::Result<f64> {
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(probe)
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(probe)
         .with_context(|| format!("cannot create {}", probe.display()))?;
     let block = [0x5au8; 4096];
     file.write_all(&block)?;

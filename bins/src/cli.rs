@@ -13,7 +13,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dfs_core::client::{ClientError, ClientConfig, DfsClient, MetaClient, RetryPolicy};
+use dfs_core::client::{ClientConfig, ClientError, DfsClient, MetaClient, RetryPolicy};
 use dfs_core::namespace::{normalize_path, NAME_MAX_BYTES, PATH_MAX_BYTES};
 use dfs_core::rpc::RpcError;
 use dfs_io_real::RealEnv;
@@ -260,9 +260,7 @@ pub fn spool_dir() -> anyhow::Result<PathBuf> {
 /// do not resume).
 pub fn state_dir() -> Option<PathBuf> {
     let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    from_env("DFS_STATE_DIR")
-        .or_else(|| from_env("XDG_STATE_HOME").map(|d| d.join("dfs")))
-        .or_else(|| from_env("HOME").map(|h| h.join(".local/state/dfs")))
+    from_env("DFS_STATE_DIR").or_else(|| from_env("XDG_STATE_HOME").map(|d| d.join("dfs"))).or_else(|| from_env("HOME").map(|h| h.join(".local/state/dfs")))
 }
 
 /// A new, empty spool file, removed when dropped (on success and on every error path).

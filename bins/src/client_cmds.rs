@@ -16,8 +16,8 @@ use dfs_core::proto::{self, DirEntry, EntryKind};
 use dfs_core::rpc::RpcError;
 use dfs_io_real::RealEnv;
 
-use crate::cli::{emit, emit_json, join_remote, remote_path, shown, spool_file, usage, Ctx};
 pub use crate::cli::MetaFlag;
+use crate::cli::{emit, emit_json, join_remote, remote_path, shown, spool_file, usage, Ctx};
 use crate::output::*;
 use crate::progress::Bar;
 use crate::tree;
@@ -449,8 +449,7 @@ async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> a
     let _spool;
     let source: PathBuf = if stdin {
         let mut spool = spool_file("stdin")?;
-        tokio::task::block_in_place(|| std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut()))
-            .context("spooling standard input")?;
+        tokio::task::block_in_place(|| std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut())).context("spooling standard input")?;
         let path = spool.path().to_path_buf();
         _spool = spool;
         path
@@ -498,13 +497,7 @@ async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> a
     if ctx.json {
         return emit_json(&PutJson { local: local.display().to_string(), remote: remote.clone(), file: FileJson::from(&info) });
     }
-    emit(&format!(
-        "{} ({}, {}, replication {})\n",
-        shown(&info.path),
-        ByteSize(info.size),
-        crate::cli::plural(info.chunk_count, "chunk"),
-        info.replication
-    ))
+    emit(&format!("{} ({}, {}, replication {})\n", shown(&info.path), ByteSize(info.size), crate::cli::plural(info.chunk_count, "chunk"), info.replication))
 }
 
 // ---- get, cat ----------------------------------------------------------------------------
@@ -1167,7 +1160,11 @@ pub async fn nodes(ctx: &Ctx, args: NodesArgs) -> anyhow::Result<()> {
         return emit_json(&NodesJson { nodes, total });
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<16}  {:<21}  {:<14}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat", "node", "address", "state", "rack", "capacity", "stored", "usable", "chunks", "repairs");
+    let _ = writeln!(
+        out,
+        "{:<16}  {:<21}  {:<14}  {:<8}  {:>10}  {:>10}  {:>10}  {:>8}  {:>7}  heartbeat",
+        "node", "address", "state", "rack", "capacity", "stored", "usable", "chunks", "repairs"
+    );
     for n in &nodes {
         let ago = match n.last_heartbeat_ms_ago {
             Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
@@ -1220,7 +1217,8 @@ pub async fn fsck(ctx: &Ctx, args: FsckArgs) -> anyhow::Result<()> {
     } else {
         let mut out = String::new();
         for p in &report.problems {
-            let _ = writeln!(out, "{} chunk {} ({}): {}, {} of {} replicas valid", shown(&p.path), p.index, p.chunk_id, p.kind, p.valid_replicas, p.replication);
+            let _ =
+                writeln!(out, "{} chunk {} ({}): {}, {} of {} replicas valid", shown(&p.path), p.index, p.chunk_id, p.kind, p.valid_replicas, p.replication);
         }
         if report.problems_truncated {
             let _ = writeln!(out, "... more problems not listed (--problems-max)");

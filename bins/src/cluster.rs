@@ -164,9 +164,13 @@ struct Member {
 enum State {
     Running,
     /// Asked to stop (by `cluster stop`); killed at the instant if still running then.
-    Stopping { kill_at: Instant },
+    Stopping {
+        kill_at: Instant,
+    },
     /// Dead, to be started again at the instant.
-    Restarting { at: Instant },
+    Restarting {
+        at: Instant,
+    },
     /// Stopped by `cluster stop`.
     Stopped,
     /// Exited and left down (cleanly, `--restart never`, or kept dying).
@@ -269,14 +273,38 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     for (i, addr) in meta_addrs.iter().enumerate() {
         let name = format!("meta-{}", i + 1);
         let dir = args.data_dir.join(&name);
-        let argv = ["meta", "--id", &(i + 1).to_string(), "--listen", &addr.to_string(), "--data-dir", &path_arg(&dir), "--peers", &peers.join(","), "--http-listen", &http(addr).to_string()];
+        let argv = [
+            "meta",
+            "--id",
+            &(i + 1).to_string(),
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+            &path_arg(&dir),
+            "--peers",
+            &peers.join(","),
+            "--http-listen",
+            &http(addr).to_string(),
+        ];
         members.push(member(&name, *addr, &argv, &logs));
     }
     for (i, addr) in storage_addrs.iter().enumerate() {
         let name = format!("storage-{}", i + 1);
         let dir = args.data_dir.join(&name);
         let heartbeat = args.heartbeat_ms.to_string();
-        let argv = ["storage", "--listen", &addr.to_string(), "--meta", &meta_list.join(","), "--data-dir", &path_arg(&dir), "--heartbeat-ms", &heartbeat, "--http-listen", &http(addr).to_string()];
+        let argv = [
+            "storage",
+            "--listen",
+            &addr.to_string(),
+            "--meta",
+            &meta_list.join(","),
+            "--data-dir",
+            &path_arg(&dir),
+            "--heartbeat-ms",
+            &heartbeat,
+            "--http-listen",
+            &http(addr).to_string(),
+        ];
         members.push(member(&name, *addr, &argv, &logs));
     }
     let (exits_tx, mut exits) = mpsc::channel::<Exit>(QUEUE_MAX);
@@ -531,7 +559,12 @@ impl Supervisor {
         }
         let Some(i) = name.and_then(|n| self.members.iter().position(|m| m.name == n)) else {
             let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
-            let r = ControlReply { ok: false, usage: true, message: format!("no node {:?} in this cluster (its nodes: {})", name.unwrap_or_default(), names.join(", ")), nodes: vec![] };
+            let r = ControlReply {
+                ok: false,
+                usage: true,
+                message: format!("no node {:?} in this cluster (its nodes: {})", name.unwrap_or_default(), names.join(", ")),
+                nodes: vec![],
+            };
             return answer(stream, &r).await;
         };
         let name = self.members[i].name.clone();

@@ -213,9 +213,7 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     config.gc_delay = args.gc_delay;
     config.trash_interval = args.trash_interval;
     config.http_address = args.http_listen.map(|a| ops::advertised(a, members.get(&args.id).map(String::as_str)));
-    let server = MetaServer::start(RealEnv::default(), config)
-        .await
-        .context("metadata node failed to start")?;
+    let server = MetaServer::start(RealEnv::default(), config).await.context("metadata node failed to start")?;
     let ops = Ops::new(Node::Meta(server.clone()), "meta", &args.id.to_string());
     let http = ops::HttpPort::start(args.http_listen, &ops).await?;
     tracing::info!(id = args.id, listen = %args.listen, http = ?args.http_listen, members = ?members, "metadata node serving");
@@ -233,7 +231,6 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     http.stop().await;
     Ok(())
 }
-
 
 pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     let meta = parse_addrs(&args.meta, "--meta")?;
@@ -260,9 +257,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     config.chunk_streams_max = args.chunk_streams_max as usize;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.space_reserve_bytes = args.space_reserve_bytes;
-    let node = StorageNode::open(RealEnv::default(), config)
-        .await
-        .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
+    let node = StorageNode::open(RealEnv::default(), config).await.with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
     crate::logs::set_node("storage", &node.id().to_string());
     let ops = Ops::new(Node::Storage(node.clone()), "storage", &node.id().to_string());
     let http = ops::HttpPort::start(args.http_listen, &ops).await?;

@@ -142,7 +142,9 @@ pub async fn touch(_ctx: &Ctx, args: TouchArgs) -> anyhow::Result<()> {
                     match client.put_with(empty.path(), &path, false, attrs, &dfs_core::client::NoProgress).await {
                         Ok(_) => {}
                         // Someone made it meanwhile: touching it is what was asked.
-                        Err(ClientError::Metadata { source: RpcError::AlreadyExists(_), .. }) => client.set_attributes(&path, None, Some(now_ms)).await.map_err(explain)?,
+                        Err(ClientError::Metadata { source: RpcError::AlreadyExists(_), .. }) => {
+                            client.set_attributes(&path, None, Some(now_ms)).await.map_err(explain)?
+                        }
                         Err(e) => return Err(explain(e).context(format!("touch {}", shown(&path)))),
                     }
                 }
@@ -259,7 +261,11 @@ pub async fn find(ctx: &Ctx, args: FindArgs) -> anyhow::Result<()> {
                 None => {
                     let parent = path.rsplit_once('/').map(|(p, _)| if p.is_empty() { "/" } else { p }).unwrap_or("/");
                     let siblings = client.list_dir(parent, false).await.map_err(explain)?;
-                    siblings.into_iter().find(|e| e.path == path).map(|e| entry_time(&e)).ok_or_else(|| anyhow::anyhow!("find -newer {}: no such file or directory", shown(p)))?
+                    siblings
+                        .into_iter()
+                        .find(|e| e.path == path)
+                        .map(|e| entry_time(&e))
+                        .ok_or_else(|| anyhow::anyhow!("find -newer {}: no such file or directory", shown(p)))?
                 }
             })
         }
@@ -350,7 +356,13 @@ pub async fn setrep(ctx: &Ctx, args: SetrepArgs) -> anyhow::Result<()> {
                 match report {
                     Ok(r) if r.under_replicated + r.over_replicated + r.missing + r.unreachable + r.corrupt == 0 => break,
                     Ok(r) if Instant::now() >= deadline => {
-                        anyhow::bail!("setrep -w {}: not done within {:?}: {} chunks under-, {} over-replicated", shown(path), args.wait_timeout, r.under_replicated, r.over_replicated)
+                        anyhow::bail!(
+                            "setrep -w {}: not done within {:?}: {} chunks under-, {} over-replicated",
+                            shown(path),
+                            args.wait_timeout,
+                            r.under_replicated,
+                            r.over_replicated
+                        )
                     }
                     Err(e) if Instant::now() >= deadline => return Err(ClientError::Metadata { context: format!("setrep -w {path}"), source: e }.into()),
                     _ => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -514,7 +526,12 @@ pub async fn trash(ctx: &Ctx, command: TrashCommand) -> anyhow::Result<()> {
             let client = args.meta.client(ClientConfig::default())?;
             let root = user_trash();
             match client.delete_now(&root, true).await {
-                Ok(d) => emit(&format!("Emptied {} ({}, {})\n", shown(&root), plural(d.files_deleted, "file"), plural(d.dirs_deleted.saturating_sub(1), "directory"))),
+                Ok(d) => emit(&format!(
+                    "Emptied {} ({}, {})\n",
+                    shown(&root),
+                    plural(d.files_deleted, "file"),
+                    plural(d.dirs_deleted.saturating_sub(1), "directory")
+                )),
                 Err(e) if matches!(e.rpc(), Some(RpcError::NotFound(_))) => emit(&format!("{} is empty\n", shown(&root))),
                 Err(e) => Err(explain(e)),
             }

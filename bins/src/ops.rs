@@ -157,7 +157,11 @@ impl Ops {
         registry.register(
             "dfs_node",
             "This node: its role and id",
-            Info::new(vec![("role".to_string(), role.to_string()), ("id".to_string(), id.to_string()), ("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+            Info::new(vec![
+                ("role".to_string(), role.to_string()),
+                ("id".to_string(), id.to_string()),
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ]),
         );
         let rpc = RpcMetrics::register(&mut registry);
         let r = &mut registry;
@@ -169,7 +173,11 @@ impl Ops {
             let members = Family::<RoleLabel, Gauge>::default();
             r.register("dfs_raft_members", "Metadata members by role (the leader's view)", members.clone());
             let nodes = Family::<StateLabel, Gauge>::default();
-            r.register("dfs_storage_nodes", "Storage nodes by state: alive, suspect, dead, unknown, draining, decommissioned (the leader's view; 0 elsewhere)", nodes.clone());
+            r.register(
+                "dfs_storage_nodes",
+                "Storage nodes by state: alive, suspect, dead, unknown, draining, decommissioned (the leader's view; 0 elsewhere)",
+                nodes.clone(),
+            );
             MetaGauges {
                 term: gauge(r, "dfs_raft_term", "Raft term"),
                 last_log_index: gauge(r, "dfs_raft_last_log_index", "Index of the last entry in this node's log"),
@@ -435,10 +443,16 @@ impl HttpPort {
     pub async fn start(addr: Option<SocketAddr>, ops: &Arc<Ops>) -> anyhow::Result<HttpPort> {
         let Some(addr) = addr else { return Ok(HttpPort(None)) };
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-        let app = Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(health_handler)).route("/", get(page_handler)).with_state(ops.clone());
+        let app =
+            Router::new().route("/metrics", get(metrics_handler)).route("/healthz", get(health_handler)).route("/", get(page_handler)).with_state(ops.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { let _ = stopped.await; }).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+            {
                 tracing::warn!(error = %e, "HTTP server failed");
             }
         });

@@ -10,9 +10,7 @@ impl Bar {
     pub fn new(label: &str, enabled: bool) -> Self {
         let bar = if enabled { ProgressBar::new(0) } else { ProgressBar::hidden() };
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
         );
         bar.set_message(label.to_string());
         Bar(bar)

@@ -74,7 +74,8 @@ fn head(out: &mut String, title: &str) {
 }
 
 fn foot(out: &mut String) {
-    let _ = write!(out, "<p class=\"muted\">Reloads every {REFRESH_SECS} s. <a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></p></body></html>");
+    let _ =
+        write!(out, "<p class=\"muted\">Reloads every {REFRESH_SECS} s. <a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></p></body></html>");
 }
 
 /// The page of a metadata node. `leader_page`: the leader's page address, for a follower.
@@ -94,14 +95,31 @@ pub fn render_meta(view: &MetaView, fsck: Option<&FsckReport>, leader_page: Opti
     }
     let _ = write!(out, "</td></tr><tr><th>Term</th><td>{}</td></tr>", r.term);
     let _ = write!(out, "<tr><th>Log</th><td>last index {}, applied {}, snapshot {}</td></tr>", r.last_log_index, r.applied_index, r.snapshot_index);
-    let _ = write!(out, "<tr><th>Files</th><td id=\"files\" data-files=\"{}\">{} file{}, {}</td></tr>", view.files, view.files, if view.files == 1 { "" } else { "s" }, bytes(view.bytes));
+    let _ = write!(
+        out,
+        "<tr><th>Files</th><td id=\"files\" data-files=\"{}\">{} file{}, {}</td></tr>",
+        view.files,
+        view.files,
+        if view.files == 1 { "" } else { "s" },
+        bytes(view.bytes)
+    );
     let _ = write!(out, "<tr><th>Uploads in progress</th><td>{}</td></tr>", view.uploads_open);
     if let Some(l) = &view.leader {
         let alive = l.nodes.iter().filter(|(_, n)| matches!(n.state(), "alive" | "draining" | "decommissioned")).count();
         let capacity: u64 = l.nodes.iter().map(|(_, n)| n.stats.capacity_bytes).sum();
         let stored: u64 = l.nodes.iter().map(|(_, n)| n.stats.stored_bytes).sum();
-        let _ = write!(out, "<tr><th>Storage nodes</th><td id=\"nodes-alive\" data-alive=\"{alive}\" data-total=\"{}\">{alive} of {} alive</td></tr>", l.nodes.len(), l.nodes.len());
-        let _ = write!(out, "<tr><th>Stored</th><td>{} in chunk files, on disks of {} (a disk shared by nodes counts once per node)</td></tr>", bytes(stored), bytes(capacity));
+        let _ = write!(
+            out,
+            "<tr><th>Storage nodes</th><td id=\"nodes-alive\" data-alive=\"{alive}\" data-total=\"{}\">{alive} of {} alive</td></tr>",
+            l.nodes.len(),
+            l.nodes.len()
+        );
+        let _ = write!(
+            out,
+            "<tr><th>Stored</th><td>{} in chunk files, on disks of {} (a disk shared by nodes counts once per node)</td></tr>",
+            bytes(stored),
+            bytes(capacity)
+        );
     }
     out.push_str("</table>");
 
@@ -182,7 +200,15 @@ under-replicated {}, over-replicated {}, corrupt {}, missing {}, unreachable {}<
             if !f.problems.is_empty() {
                 out.push_str("<table id=\"problems\"><tr><th>Path</th><th>Chunk</th><th>Problem</th><th>Valid copies</th></tr>");
                 for p in &f.problems {
-                    let _ = write!(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td></tr>", escape(&p.path), p.index, escape(p.kind), p.valid, p.replication);
+                    let _ = write!(
+                        out,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td></tr>",
+                        escape(&p.path),
+                        p.index,
+                        escape(p.kind),
+                        p.valid,
+                        p.replication
+                    );
                 }
                 out.push_str("</table>");
                 if f.problems_truncated {

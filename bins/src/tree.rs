@@ -14,10 +14,10 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use dfs_core::client::tree_resume::{self, Decision, RemoteFile, TreeDone, TreeKey, TreeProgress};
 use dfs_core::client::{ClientConfig, DfsClient};
-use dfs_io_real::RealEnv;
 use dfs_core::env::FileStamp;
 use dfs_core::ids::Sha256Digest;
 use dfs_core::proto::EntryKind;
+use dfs_io_real::RealEnv;
 use futures::stream::{self, StreamExt};
 
 use crate::cli::{emit, emit_json, join_remote, plural, remote_path, shown, usage, Ctx};
@@ -205,12 +205,7 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts,
         eprintln!("dfs: put -r: skipping the symbolic link {} (-L follows links)", link.display());
     }
 
-    let config = ClientConfig {
-        chunk_size,
-        replication: opts.replication,
-        parallelism: chunks_per_file(opts.parallel),
-        ..ClientConfig::default()
-    };
+    let config = ClientConfig { chunk_size, replication: opts.replication, parallelism: chunks_per_file(opts.parallel), ..ClientConfig::default() };
     let client = opts.meta.client(config)?;
     // The prefix first: it fails the whole command at once when the cluster cannot be
     // reached or the prefix is a file, rather than once per file.
@@ -273,10 +268,11 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts,
                     None => Plan::Send { overwrite: opts.force, why: "new" },
                     Some(_) if opts.force => Plan::Send { overwrite: true, why: "replaced" },
                     Some((size, sha)) => {
-                        let same = *size == job.size && match sha {
-                            Some(d) => same_bytes(&job.local, *d).await,
-                            None => false,
-                        };
+                        let same = *size == job.size
+                            && match sha {
+                                Some(d) => same_bytes(&job.local, *d).await,
+                                None => false,
+                            };
                         if same {
                             Plan::Already
                         } else if flags.update {
@@ -331,7 +327,10 @@ pub async fn put_tree(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts,
 enum Plan {
     /// The remote file has the same size and SHA-256 (or an interrupted run committed it).
     Already,
-    Send { overwrite: bool, why: &'static str },
+    Send {
+        overwrite: bool,
+        why: &'static str,
+    },
     Refuse(&'static str),
 }
 
@@ -528,7 +527,9 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
             // Durable all together at the end (one flush), not file by file.
             let result = client.get_unsynced(&job.remote, &job.local, &bar_ref.file()).await.map_err(explain);
             let result = match result {
-                Ok(_) if opts.preserve => restore_attrs(&job.local, job.attrs).map_err(|e| anyhow::anyhow!("{}: keeping its mode and time: {e}", job.local.display())),
+                Ok(_) if opts.preserve => {
+                    restore_attrs(&job.local, job.attrs).map_err(|e| anyhow::anyhow!("{}: keeping its mode and time: {e}", job.local.display()))
+                }
                 other => other.map(|_| ()),
             };
             let n = done_ref.fetch_add(1, Ordering::Relaxed) + 1;
@@ -545,10 +546,7 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
     drop(bar);
     // Nothing is reported done before it is durable: one flush of the destination's
     // filesystem covers every file and directory entry written above.
-    client
-        .sync_local(local)
-        .await
-        .with_context(|| format!("get -r: the files were written to {} but could not be made durable", local.display()))?;
+    client.sync_local(local).await.with_context(|| format!("get -r: the files were written to {} but could not be made durable", local.display()))?;
     report(ctx, "get -r", prefix, local.display().to_string(), results, failed, directories)
 }
 
@@ -570,7 +568,16 @@ fn report(
     let bytes: u64 = results.iter().filter(|r| r.error.is_none()).map(|r| r.size).sum();
     let files = results.len();
     if ctx.json {
-        emit_json(&TreeJson { source, destination, files: results, files_copied: copied, files_already_uploaded: already, files_failed: failed, bytes_copied: bytes, directories })?;
+        emit_json(&TreeJson {
+            source,
+            destination,
+            files: results,
+            files_copied: copied,
+            files_already_uploaded: already,
+            files_failed: failed,
+            bytes_copied: bytes,
+            directories,
+        })?;
     } else {
         let resumed = if already > 0 { format!(" ({already} already there)") } else { String::new() };
         let verb = if what.contains("dry run") { "to copy" } else { "copied" };

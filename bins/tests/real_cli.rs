@@ -133,7 +133,9 @@ fn everyday_commands(meta: &str, cache: &Path, dir: &Path) {
     // and outlives its source.
     let cp = json(meta, cache, &["cp", "/ev/a.bin", "/ev/copy.bin"]);
     assert_eq!((cp["files"].as_u64(), cp["bytes"].as_u64()), (Some(1), Some(bytes.len() as u64)), "{cp}");
-    let chunks = |p: &str| -> Vec<String> { json(meta, cache, &["stat", p])["chunks"].as_array().unwrap().iter().map(|c| c["chunk_id"].as_str().unwrap().to_string()).collect() };
+    let chunks = |p: &str| -> Vec<String> {
+        json(meta, cache, &["stat", p])["chunks"].as_array().unwrap().iter().map(|c| c["chunk_id"].as_str().unwrap().to_string()).collect()
+    };
     assert_eq!(chunks("/ev/a.bin"), chunks("/ev/copy.bin"), "a copy shares its source's chunks");
     ok(run(meta, cache, &["rm", "--skip-trash", "/ev/a.bin"], None), &["rm"]);
     assert_eq!(ok(run(meta, cache, &["cat", "/ev/copy.bin"], None), &["cat copy"]), bytes, "the copy lost its chunks with its source");
@@ -322,7 +324,12 @@ fn long_names(meta: &str, cache: &Path, dir: &Path) {
     ok(run(meta, cache, &["get", "-r", "/long", s(&back)], None), &["get -r long names"]);
     assert_eq!(tree_contents(&src), tree_contents(&back));
     // No temporary file left behind anywhere.
-    let left: Vec<_> = std::fs::read_dir(&into).unwrap().chain(std::fs::read_dir(&back).unwrap()).map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".dfs-part-")).collect();
+    let left: Vec<_> = std::fs::read_dir(&into)
+        .unwrap()
+        .chain(std::fs::read_dir(&back).unwrap())
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".dfs-part-"))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -482,10 +489,7 @@ fn json_shapes(meta: &str, cache: &Path, dir: &Path) {
     assert!(f["file_id"].as_u64().unwrap() > 0);
     assert!(f["committed_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
     // The whole file's SHA-256 is what put sent with the commit: exactly the local bytes'.
-    let local_sha: String = sha2::Sha256::digest(std::fs::read(&file).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let local_sha: String = sha2::Sha256::digest(std::fs::read(&file).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(f["sha256"].as_str(), Some(local_sha.as_str()), "{f}");
     let file_id = f["file_id"].clone();
 
@@ -637,7 +641,11 @@ fn trees(meta: &str, cache: &Path, dir: &Path) {
     let dry = String::from_utf8(ok(run(meta, cache, &["sync", "--dry-run", s(&src), "/trees/one"], None), &["sync -n"])).unwrap();
     assert_eq!(dry.lines().filter(|l| l.starts_with("would send")).count(), 1, "{dry}");
     assert!(dry.contains("file-3.bin") && dry.contains("(changed"), "{dry}");
-    assert_eq!(ok(run(meta, cache, &["cat", "/trees/one/a/b/file-3.bin"], None), &["cat"]), std::fs::read(dir.join("tree-back/a/b/file-3.bin")).unwrap(), "a dry run sent");
+    assert_eq!(
+        ok(run(meta, cache, &["cat", "/trees/one/a/b/file-3.bin"], None), &["cat"]),
+        std::fs::read(dir.join("tree-back/a/b/file-3.bin")).unwrap(),
+        "a dry run sent"
+    );
     let synced = json(meta, cache, &["sync", s(&src), "/trees/one"]);
     assert_eq!((synced["files_already_uploaded"].as_u64(), synced["files_failed"].as_u64()), (Some(35), Some(0)), "{synced}");
     assert_eq!(ok(run(meta, cache, &["cat", "/trees/one/a/b/file-3.bin"], None), &["cat"]), b"changed");
@@ -776,7 +784,17 @@ fn a_put_no_node_has_room_for_fails_at_once_naming_space() {
     let meta = format!("127.0.0.1:{meta_port}");
     let _meta = spawn(
         "meta",
-        &["meta".into(), "--id".into(), "1".into(), "--listen".into(), meta.clone(), "--data-dir".into(), dir.join("meta").display().to_string(), "--peers".into(), format!("1={meta}")],
+        &[
+            "meta".into(),
+            "--id".into(),
+            "1".into(),
+            "--listen".into(),
+            meta.clone(),
+            "--data-dir".into(),
+            dir.join("meta").display().to_string(),
+            "--peers".into(),
+            format!("1={meta}"),
+        ],
         dir,
     );
     let reserve = (1u64 << 60).to_string();

@@ -82,8 +82,36 @@ fn bad_input_gets_a_clear_error_and_an_exit_code() {
     let cases: Vec<(Vec<String>, &str, i32)> = vec![
         (vec!["put".into(), dir.join("absent").display().to_string(), "/x".into()], "No such file", 2),
         (vec!["put".into(), dir.display().to_string(), "/x".into()], "is a directory (put -r uploads a tree)", 2),
-        (vec!["meta".into(), "--id".into(), "4".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=127.0.0.1:1".into()], "not among", 1),
-        (vec!["meta".into(), "--id".into(), "1".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), dir.display().to_string(), "--peers".into(), "1=nonsense".into()], "HOST:PORT", 1),
+        (
+            vec![
+                "meta".into(),
+                "--id".into(),
+                "4".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--peers".into(),
+                "1=127.0.0.1:1".into(),
+            ],
+            "not among",
+            1,
+        ),
+        (
+            vec![
+                "meta".into(),
+                "--id".into(),
+                "1".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--peers".into(),
+                "1=nonsense".into(),
+            ],
+            "HOST:PORT",
+            1,
+        ),
         (vec!["put".into(), "--chunk-size".into(), "1KiB".into(), file_in(dir), "/x".into()], "chunk size", 2),
         (vec!["get".into(), "/x".into(), file_in(dir)], "already exists", 2),
     ];

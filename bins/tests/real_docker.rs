@@ -126,7 +126,8 @@ impl Cluster {
     }
 
     fn volumes(&self) -> Vec<String> {
-        let out = Command::new("docker").args(["volume", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={}", self.project())]).output().unwrap();
+        let out =
+            Command::new("docker").args(["volume", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={}", self.project())]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
     }
 }

@@ -30,11 +30,10 @@ impl MetaNode {
     /// Node `id` listening on 127.0.0.1:`port`.
     fn at(id: u64, port: u16, dir: &Path, peers: Option<&str>, extra: &[&str]) -> MetaNode {
         let addr = format!("127.0.0.1:{port}");
-        let mut args: Vec<String> =
-            ["meta", "--id", &id.to_string(), "--listen", &addr, "--data-dir", &dir.join(format!("meta-{id}")).display().to_string()]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let mut args: Vec<String> = ["meta", "--id", &id.to_string(), "--listen", &addr, "--data-dir", &dir.join(format!("meta-{id}")).display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if let Some(peers) = peers {
             args.extend(["--peers".to_string(), peers.to_string()]);
         }
@@ -65,9 +64,7 @@ fn start_cluster(dir: &Path, meta_extra: &[&str]) -> (Vec<MetaNode>, Vec<Proc>, 
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
     let peers = peers.join(",");
-    let mut metas: Vec<MetaNode> = (1..=3)
-        .map(|id| MetaNode::at(id, ports[id as usize - 1], dir, Some(&peers), meta_extra))
-        .collect();
+    let mut metas: Vec<MetaNode> = (1..=3).map(|id| MetaNode::at(id, ports[id as usize - 1], dir, Some(&peers), meta_extra)).collect();
     for m in &mut metas {
         m.start(dir);
     }
@@ -211,9 +208,8 @@ fn acknowledged_uploads_survive_sigkill_of_the_leader_and_of_every_metadata_node
         dfs_ok(&meta, &["put", "--chunk-size", "64KiB", local.to_str().unwrap(), &remote]);
         oracle.files.insert(remote, (local, true));
     }
-    let (_, purged, _) = wait_for(Duration::from_secs(30), "the log purged past the stopped follower", || {
-        meta_status(&meta).filter(|(_, purged, _)| *purged > stopped_at)
-    });
+    let (_, purged, _) =
+        wait_for(Duration::from_secs(30), "the log purged past the stopped follower", || meta_status(&meta).filter(|(_, purged, _)| *purged > stopped_at));
     eprintln!("follower meta-{follower} stopped at log index {stopped_at}; the leader purged up to {purged}");
     metas[follower as usize - 1].start(dir);
     wait_for(Duration::from_secs(60), "the restarted follower to catch up", || {
@@ -328,10 +324,20 @@ fn a_storage_node_of_another_cluster_is_refused() {
 
     // storage-1 of cluster A, restarted against cluster B.
     storage[0].sigkill();
-    let args: Vec<String> = ["storage", "--listen", &format!("127.0.0.1:{}", free_port()), "--meta", &b.addr, "--data-dir", &dir.join("storage-1").display().to_string(), "--heartbeat-ms", "300"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "storage",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--meta",
+        &b.addr,
+        "--data-dir",
+        &dir.join("storage-1").display().to_string(),
+        "--heartbeat-ms",
+        "300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let _stray = spawn("storage-1-stray", &args, dir);
     let log = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
     wait_for(Duration::from_secs(30), "both sides to report the refusal", || {

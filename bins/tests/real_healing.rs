@@ -32,8 +32,19 @@ impl Cluster {
             .map(|(i, port)| {
                 let data = dir.join(format!("meta-{}", i + 1)).display().to_string();
                 let args: Vec<String> = [
-                    "meta", "--id", &(i + 1).to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data, "--peers", &peers.join(","),
-                    "--suspect-after", "2s", "--dead-after", "4s",
+                    "meta",
+                    "--id",
+                    &(i + 1).to_string(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                    &data,
+                    "--peers",
+                    &peers.join(","),
+                    "--suspect-after",
+                    "2s",
+                    "--dead-after",
+                    "4s",
                 ]
                 .map(String::from)
                 .to_vec();
@@ -142,7 +153,8 @@ fn a_killed_node_is_healed_around_its_stale_chunks_vanish_and_a_corrupt_chunk_is
     wait_for(Duration::from_secs(90), "the stale chunks to vanish from every disk and fsck to settle", || {
         let r = fsck(&meta);
         let listed = listed();
-        let orphans: Vec<(usize, String)> = (0..4).flat_map(|i| chunk_files(dir, i).difference(&listed).map(move |c| (i, c.clone())).collect::<Vec<_>>()).collect();
+        let orphans: Vec<(usize, String)> =
+            (0..4).flat_map(|i| chunk_files(dir, i).difference(&listed).map(move |c| (i, c.clone())).collect::<Vec<_>>()).collect();
         if !orphans.is_empty() {
             eprintln!("waiting: chunks no file lists: {orphans:?}");
         }

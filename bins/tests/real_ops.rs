@@ -53,7 +53,10 @@ fn parse_exposition(text: &str) -> Samples {
             assert!(valid_name(name), "bad family name in {line:?}");
             match kind {
                 "TYPE" => {
-                    assert!(["counter", "gauge", "histogram", "info", "summary", "stateset", "unknown", "gaugehistogram"].contains(&rest), "unknown type in {line:?}");
+                    assert!(
+                        ["counter", "gauge", "histogram", "info", "summary", "stateset", "unknown", "gaugehistogram"].contains(&rest),
+                        "unknown type in {line:?}"
+                    );
                     assert!(types.insert(name.to_string(), rest.to_string()).is_none(), "family {name} declared twice");
                 }
                 "HELP" => assert!(!rest.is_empty(), "empty help: {line:?}"),
@@ -183,7 +186,11 @@ fn metrics_parse_and_move_with_work_and_health_and_the_page_show_the_cluster() {
     let stored_after: f64 = storages.iter().map(|s| sample(&scrape(s), "dfs_storage_chunks")).sum();
     assert_eq!(stored_after, stored_before + 6.0, "storage nodes' chunk counts");
     let received_after: f64 = storages.iter().map(|s| sample(&scrape(s), "dfs_rpc_received_bytes_total")).sum();
-    assert!(received_after - received_before >= 3.0 * (5 << 20) as f64, "storage nodes received {} bytes for 3 copies of 5 MiB", received_after - received_before);
+    assert!(
+        received_after - received_before >= 3.0 * (5 << 20) as f64,
+        "storage nodes received {} bytes for 3 copies of 5 MiB",
+        received_after - received_before
+    );
     // The leader's repair pass counts the chunks within a housekeeping interval.
     wait_for(Duration::from_secs(30), "the leader's census to count the chunks", || (sample(&scrape(&leader), "dfs_chunks") >= 2.0).then_some(()));
     for m in &metas {
@@ -302,11 +309,22 @@ fn the_status_page_renders_in_headless_chromium_with_the_clusters_real_nodes() {
 fn json_log_lines_parse_and_name_their_node() {
     let dir = TestDir::new();
     let port = free_port();
-    let args: Vec<String> =
-        ["--log-format", "json", "meta", "--id", "1", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &dir.path().join("m").display().to_string(), "--peers", &format!("1=127.0.0.1:{port}")]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let args: Vec<String> = [
+        "--log-format",
+        "json",
+        "meta",
+        "--id",
+        "1",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &dir.path().join("m").display().to_string(),
+        "--peers",
+        &format!("1=127.0.0.1:{port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut node = spawn("meta-json", &args, dir.path());
     let log = dir.path().join("meta-json.log");
     wait_for(Duration::from_secs(30), "the node to log that it serves", || std::fs::read_to_string(&log).ok().filter(|t| t.contains("metadata node serving")));
@@ -409,5 +427,8 @@ fn a_rolling_restart_under_load_fails_no_command_loses_no_file_and_starts_no_rep
     assert_eq!(uploads["uploads"].as_array().map(Vec::len), Some(0), "uploads left open: {uploads}");
     let fsck = dfs(&meta, &["fsck"]);
     assert!(fsck.status.success(), "fsck after the rolling restart: {}", String::from_utf8_lossy(&fsck.stdout));
-    eprintln!("rolling restart of 3 metadata + 4 storage nodes: {rolled:?}, {} uploads under it, 0 failed; leader-less seconds per member: {leaderless:?}", done.len());
+    eprintln!(
+        "rolling restart of 3 metadata + 4 storage nodes: {rolled:?}, {} uploads under it, 0 failed; leader-less seconds per member: {leaderless:?}",
+        done.len()
+    );
 }

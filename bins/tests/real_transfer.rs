@@ -37,14 +37,8 @@ fn a_put_killed_half_way_resumes_with_only_the_missing_chunks() {
     let original = path(dir, "big.bin");
     std::fs::write(&original, test_bytes(chunks * 1024 * 1024 - 1000, 11)).unwrap();
     let put_args = ["put", "--chunk-size", "1MiB", "--parallelism", "1", original.to_str().unwrap(), "/big.bin"];
-    let mut put = Command::new(DFS)
-        .args(put_args)
-        .env("DFS_META", &meta)
-        .env("DFS_STATE_DIR", &state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut put =
+        Command::new(DFS).args(put_args).env("DFS_META", &meta).env("DFS_STATE_DIR", &state).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Kill it once a tenth of the chunks are stored (polled often: the upload is fast).
     let deadline = Instant::now() + Duration::from_secs(120);
     while manifest_lines(&manifests, "upload") < 1 + chunks / 10 {
@@ -138,7 +132,12 @@ fn a_put_r_killed_half_way_resumes_with_only_the_missing_files() {
     // One file the killed run committed and noted is changed locally: the rerun replaces it.
     // (A file committed but not yet noted when the kill came is not known to be this upload's:
     // changed, it fails as any existing file would without --force.)
-    let manifest = std::fs::read_dir(&manifests).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "tree")).expect("a tree manifest");
+    let manifest = std::fs::read_dir(&manifests)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tree"))
+        .expect("a tree manifest");
     let noted_line = std::fs::read_to_string(&manifest).unwrap().lines().nth(1).expect("a noted file").to_string();
     let changed_remote = noted_line.split("\"remote\":\"").nth(1).and_then(|r| r.split('"').next()).expect("the noted file's remote path").to_string();
     let changed_local = src.join(changed_remote.trim_start_matches("/tree/"));
@@ -158,7 +157,8 @@ fn a_put_r_killed_half_way_resumes_with_only_the_missing_files() {
     // before the kill but not noted is verified by digest and counted too.
     assert!(skipped >= noted - 1 && skipped < files, "skipped {skipped} of {files}, {noted} were noted");
     assert!(stderr.contains(&format!("of {files} files already uploaded")), "{stderr}");
-    let already: usize = stdout.split("\"files_already_uploaded\":").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()).expect("files_already_uploaded");
+    let already: usize =
+        stdout.split("\"files_already_uploaded\":").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()).expect("files_already_uploaded");
     assert!(already >= skipped && already < files, "{already} reported already uploaded; {skipped} skipped");
     assert!(stdout.contains(&format!("\"files_copied\":{files}")), "{stdout}");
     assert_eq!(manifest_lines(&manifests, "tree"), 0, "the manifest outlived the upload");
@@ -187,18 +187,20 @@ fn start_cluster(dir: &Path, storage: usize) -> Cluster {
         .enumerate()
         .map(|(i, port)| {
             let data = dir.join(format!("meta-{}", i + 1)).display().to_string();
-            let args: Vec<String> = ["meta", "--id", &(i + 1).to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data, "--peers", &peers.join(",")]
-                .map(String::from)
-                .to_vec();
+            let args: Vec<String> =
+                ["meta", "--id", &(i + 1).to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data, "--peers", &peers.join(",")]
+                    .map(String::from)
+                    .to_vec();
             spawn(&format!("meta-{}", i + 1), &args, dir)
         })
         .collect();
     let storage = (1..=storage)
         .map(|i| {
             let data = dir.join(format!("storage-{i}")).display().to_string();
-            let args: Vec<String> = ["storage", "--listen", &format!("127.0.0.1:{}", free_port()), "--meta", &meta, "--data-dir", &data, "--heartbeat-ms", "500"]
-                .map(String::from)
-                .to_vec();
+            let args: Vec<String> =
+                ["storage", "--listen", &format!("127.0.0.1:{}", free_port()), "--meta", &meta, "--data-dir", &data, "--heartbeat-ms", "500"]
+                    .map(String::from)
+                    .to_vec();
             spawn(&format!("storage-{i}"), &args, dir)
         })
         .collect::<Vec<_>>();
@@ -216,33 +218,16 @@ fn a_storage_node_killed_during_a_put_leaves_the_upload_completed_or_resumable()
     let chunks = 120usize;
     let original = path(dir, "big.bin");
     std::fs::write(&original, test_bytes(chunks * 1024 * 1024 + 77, 21)).unwrap();
-    let put_args = [
-        "put",
-        "--chunk-size",
-        "1MiB",
-        "--parallelism",
-        "2",
-        original.to_str().unwrap(),
-        "/big.bin",
-    ];
-    let mut put = Command::new(DFS)
-        .args(put_args)
-        .env("DFS_META", &meta)
-        .env("DFS_STATE_DIR", &state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let put_args = ["put", "--chunk-size", "1MiB", "--parallelism", "2", original.to_str().unwrap(), "/big.bin"];
+    let mut put =
+        Command::new(DFS).args(put_args).env("DFS_META", &meta).env("DFS_STATE_DIR", &state).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while manifest_lines(&state.join("uploads"), "upload") < 1 + chunks / 8 {
         assert!(Instant::now() < deadline, "the put stored nothing in 120 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     // Killed after the put ended, the node would test nothing about a put in flight.
-    assert!(
-        put.try_wait().unwrap().is_none(),
-        "the put finished before storage-1 could be killed; make the file larger"
-    );
+    assert!(put.try_wait().unwrap().is_none(), "the put finished before storage-1 could be killed; make the file larger");
     eprintln!("SIGKILL storage-1 during the put");
     cluster.storage[0].sigkill();
     let first = put.wait_with_output().unwrap();

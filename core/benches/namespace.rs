@@ -26,7 +26,11 @@ fn main() {
         ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).expect("commit");
     }
     let build = started.elapsed();
-    println!("namespace: {files} files in one directory, built in {:.1} s ({:.0} creates+commits/s applied)", build.as_secs_f64(), files as f64 / build.as_secs_f64());
+    println!(
+        "namespace: {files} files in one directory, built in {:.1} s ({:.0} creates+commits/s applied)",
+        build.as_secs_f64(),
+        files as f64 / build.as_secs_f64()
+    );
 
     for (what, start_after) in [("first page", String::new()), ("middle page", format!("f{:08}", files / 2)), ("last page", format!("f{:08}", files - 500))] {
         let t = Instant::now();

@@ -527,10 +527,7 @@ pub fn write_steps(layout: &ChunkLayout, table: &ChunkTable, id: ChunkId, nonce:
         }
         steps.push(DiskStep::SyncDir(outer));
     }
-    steps.push(DiskStep::Rename {
-        from: tmp,
-        to: dest,
-    });
+    steps.push(DiskStep::Rename { from: tmp, to: dest });
     if !planted::on(Bug::NoDirFsync) {
         steps.push(DiskStep::SyncDir(inner));
     }
@@ -875,10 +872,13 @@ mod tests {
         let v2 = v2.freeze();
         assert_eq!(v2[..8], CHUNK_FILE_MAGIC);
         assert_eq!(decode_file(v2.clone()).unwrap().1, Bytes::from(data.clone()));
-        assert_eq!(stream(&v2), (data.chunks(CHUNK_FRAME_BYTES).map(|c| Bytes::copy_from_slice(c)).collect(), None));
+        assert_eq!(stream(&v2), (data.chunks(CHUNK_FRAME_BYTES).map(Bytes::copy_from_slice).collect(), None));
         let mut damaged = v2.to_vec();
         damaged[HEADER_BYTES + 4 * 16 + 5 * CHUNK_FRAME_BYTES / 2] ^= 4;
-        assert_eq!(stream(&Bytes::from(damaged)), (data.chunks(CHUNK_FRAME_BYTES).take(2).map(|c| Bytes::copy_from_slice(c)).collect(), Some(ChunkFileError::FrameChecksumMismatch { frame: 2 })));
+        assert_eq!(
+            stream(&Bytes::from(damaged)),
+            (data.chunks(CHUNK_FRAME_BYTES).take(2).map(Bytes::copy_from_slice).collect(), Some(ChunkFileError::FrameChecksumMismatch { frame: 2 }))
+        );
     }
 
     #[test]
@@ -954,7 +954,8 @@ mod tests {
             let data = Bytes::from(pattern(size));
             let head = encode_head(meta(&data), &data);
             let steps = write_steps(&layout, &table, id, 1, meta(&data), data.clone());
-            let writes: Vec<&DiskStep> = steps.iter().filter(|s| matches!(s, DiskStep::WriteFile { .. } | DiskStep::WriteAt { .. } | DiskStep::WriteBulk { .. })).collect();
+            let writes: Vec<&DiskStep> =
+                steps.iter().filter(|s| matches!(s, DiskStep::WriteFile { .. } | DiskStep::WriteAt { .. } | DiskStep::WriteBulk { .. })).collect();
             if size as u64 >= BULK_MIN_BYTES {
                 assert_eq!(writes, vec![&DiskStep::WriteBulk { path: tmp.clone(), head: head.clone(), data: data.clone() }]);
             } else {
@@ -975,7 +976,12 @@ mod tests {
         let dir_steps: Vec<&DiskStep> = steps.iter().filter(|s| matches!(s, DiskStep::CreateDir(_) | DiskStep::SyncDir(_))).collect();
         assert_eq!(
             dir_steps,
-            vec![&DiskStep::CreateDir(inner.clone()), &DiskStep::SyncDir(layout.chunks_dir()), &DiskStep::SyncDir(outer.clone()), &DiskStep::SyncDir(inner.clone())]
+            vec![
+                &DiskStep::CreateDir(inner.clone()),
+                &DiskStep::SyncDir(layout.chunks_dir()),
+                &DiskStep::SyncDir(outer.clone()),
+                &DiskStep::SyncDir(inner.clone())
+            ]
         );
         assert!(matches!(&steps[steps.len() - 2], DiskStep::Rename { to, .. } if *to == layout.chunk_path(id)));
         // Only a finished write proves the directories durable.
@@ -988,7 +994,8 @@ mod tests {
         let steps = write_steps(&layout, &table, id, 2, meta(&data), data.clone());
         assert_eq!(steps.iter().filter(|s| matches!(s, DiskStep::CreateDir(_) | DiskStep::SyncDir(_))).count(), 1, "{steps:?}");
         // A sibling under the same outer directory needs only its own inner directory.
-        let sibling = (0..).map(|i| ChunkId::derive(FileId(6), i)).find(|c| c.as_bytes()[0] == id.as_bytes()[0] && c.as_bytes()[1] != id.as_bytes()[1]).unwrap();
+        let sibling =
+            (0..).map(|i| ChunkId::derive(FileId(6), i)).find(|c| c.as_bytes()[0] == id.as_bytes()[0] && c.as_bytes()[1] != id.as_bytes()[1]).unwrap();
         let steps = write_steps(&layout, &table, sibling, 3, meta(&data), data);
         assert!(!steps.contains(&DiskStep::SyncDir(layout.chunks_dir())));
         assert!(steps.contains(&DiskStep::SyncDir(layout.shard_dirs(sibling).0)));
@@ -1091,5 +1098,4 @@ mod tests {
             }
         }
     }
-
 }

@@ -162,17 +162,31 @@ pub trait Disk: Clone + Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq)]
 pub enum DiskStep {
     CreateDir(PathBuf),
-    WriteFile { path: PathBuf, data: Bytes },
-    WriteAt { path: PathBuf, offset: u64, data: Bytes },
+    WriteFile {
+        path: PathBuf,
+        data: Bytes,
+    },
+    WriteAt {
+        path: PathBuf,
+        offset: u64,
+        data: Bytes,
+    },
     /// Creates or truncates `path` and writes `head` then `data`: exactly `WriteFile { head }`
     /// then `WriteAt { offset: head.len(), data }` (the default runs those two), for a large
     /// chunk's file, written once and seldom read soon. A disk may bypass its page cache: the
     /// real one writes with `O_DIRECT`, which saves the copy into the page cache (on the
     /// benchmark's VM that copy was half of a storage node's CPU during a put) and leaves
     /// memory to what is read again. Not durable until `SyncFile`, as any write.
-    WriteBulk { path: PathBuf, head: Bytes, data: Bytes },
+    WriteBulk {
+        path: PathBuf,
+        head: Bytes,
+        data: Bytes,
+    },
     SyncFile(PathBuf),
-    Rename { from: PathBuf, to: PathBuf },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
     SyncDir(PathBuf),
     SyncAll(PathBuf),
 }
@@ -262,11 +276,6 @@ pub struct Elapsed(pub Duration);
 
 /// A call to `to` that gives up after `limit`; giving up is a transport error, like a
 /// connection that failed: the call may or may not have taken effect.
-pub async fn call_with_timeout<C: Clock, T>(
-    clock: &C,
-    limit: Duration,
-    to: &str,
-    call: impl Future<Output = Result<T, RpcError>>,
-) -> Result<T, RpcError> {
+pub async fn call_with_timeout<C: Clock, T>(clock: &C, limit: Duration, to: &str, call: impl Future<Output = Result<T, RpcError>>) -> Result<T, RpcError> {
     with_timeout(clock, limit, call).await.unwrap_or_else(|elapsed| Err(RpcError::Transport(format!("{to}: {elapsed}"))))
 }

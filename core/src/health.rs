@@ -124,10 +124,7 @@ impl HealthTracker {
 
     /// Nodes that may receive new replicas, with their free space.
     pub fn alive(&self, now: Timestamp) -> impl Iterator<Item = (StorageNodeId, NodeStats)> + '_ {
-        self.seen
-            .iter()
-            .filter(move |(id, _)| self.liveness(**id, now) == Liveness::Alive)
-            .map(|(id, s)| (*id, s.stats))
+        self.seen.iter().filter(move |(id, _)| self.liveness(**id, now) == Liveness::Alive).map(|(id, s)| (*id, s.stats))
     }
 }
 

@@ -217,12 +217,19 @@ pub enum Command {
     },
     /// Decommissioning (`draining`): the node takes no new replicas, its replicas stop
     /// counting, and repair copies them elsewhere. Undone with `draining: false`.
-    SetDraining { node: StorageNodeId, draining: bool },
+    SetDraining {
+        node: StorageNodeId,
+        draining: bool,
+    },
     /// Forgets a storage node that will not come back: its record, its replicas in every
     /// chunk's list, its pending deletions and bad marks.
-    ForgetStorageNode { node: StorageNodeId },
+    ForgetStorageNode {
+        node: StorageNodeId,
+    },
     /// Names the cluster, once; naming it again with the same id is a no-op.
-    SetClusterId { cluster_id: String },
+    SetClusterId {
+        cluster_id: String,
+    },
     CreateFile {
         path: String,
         size: u64,
@@ -237,7 +244,10 @@ pub enum Command {
         #[serde(default)]
         attrs: FileAttrs,
     },
-    RecordChunks { file: FileId, chunks: Vec<ChunkRecord> },
+    RecordChunks {
+        file: FileId,
+        chunks: Vec<ChunkRecord>,
+    },
     CommitFile {
         file: FileId,
         unix_ms: u64,
@@ -251,55 +261,107 @@ pub enum Command {
     },
     /// Creates a directory; with `parents`, also its missing ancestors, and an existing
     /// directory is fine (`mkdir -p`).
-    Mkdir { path: String, parents: bool, unix_ms: u64 },
+    Mkdir {
+        path: String,
+        parents: bool,
+        unix_ms: u64,
+    },
     /// Moves a file or a whole directory, atomically, never replacing anything.
-    Rename { src: String, dst: String, unix_ms: u64 },
+    Rename {
+        src: String,
+        dst: String,
+        unix_ms: u64,
+    },
     /// Deletes a file, an empty directory, or with `recursive` a whole subtree (the root keeps
     /// existing, emptied). With `expect_file_id`, only that file: a retried delete must not
     /// remove a newer file at the same path.
-    Delete { path: String, recursive: bool, expect_file_id: Option<FileId> },
+    Delete {
+        path: String,
+        recursive: bool,
+        expect_file_id: Option<FileId>,
+    },
     /// Drops uploads created before `now_unix_ms - older_than_ms`; their replicas become garbage.
-    ExpireUploads { now_unix_ms: u64, older_than_ms: u64 },
+    ExpireUploads {
+        now_unix_ms: u64,
+        older_than_ms: u64,
+    },
     /// A storage node deleted these replicas on request: stop asking.
-    ForgetDeletedReplicas { node: StorageNodeId, chunks: Vec<ChunkId> },
+    ForgetDeletedReplicas {
+        node: StorageNodeId,
+        chunks: Vec<ChunkId>,
+    },
     /// `node`'s replica of `chunk` was found corrupt (by the node on a read, or by a client whose
     /// check of its bytes failed): never hand it out again. The replica stays in its chunk's
     /// record (so it is still deleted with the file) but is no longer served.
-    MarkReplicaBad { chunk: ChunkId, node: StorageNodeId },
+    MarkReplicaBad {
+        chunk: ChunkId,
+        node: StorageNodeId,
+    },
     /// `node` says it holds these replicas (verified when it stored them). Metadata learns
     /// from it, not only from the uploader's word: a replica of a recorded chunk with the
     /// recorded size and SHA-256 is counted; one with another size or digest is stale (no
     /// longer counted, deleted); a chunk of a file or upload that is gone (deleted, replaced,
     /// expired) is deleted. A chunk of an upload not recorded yet is left alone: the uploader
     /// records it, or the upload expires.
-    ReportReplicas { node: StorageNodeId, replicas: Vec<ReplicaReport> },
+    ReportReplicas {
+        node: StorageNodeId,
+        replicas: Vec<ReplicaReport>,
+    },
     /// `node`'s complete inventory lacks these chunks it is listed for: its replicas are gone
     /// (lost with a disk, quarantined before the report got out). Marked bad, as a corrupt
     /// replica would be: never served, not counted, replaced by repair, then dropped.
-    MarkReplicasMissing { node: StorageNodeId, chunks: Vec<ChunkId> },
+    MarkReplicasMissing {
+        node: StorageNodeId,
+        chunks: Vec<ChunkId>,
+    },
     /// Surplus or bad replicas no longer wanted (the repair planner's choice): unlisted and
     /// deleted from their nodes. A chunk's last listed replica is never dropped.
-    DropReplicas { drops: Vec<(ChunkId, StorageNodeId)> },
+    DropReplicas {
+        drops: Vec<(ChunkId, StorageNodeId)>,
+    },
     /// A new file at `dst` with `src`'s content, sharing its chunks (copy-on-write: no byte
     /// moves, and a shared chunk's replicas go only once no file holds it). Like a commit, it
     /// creates `dst`'s missing parents, and with `overwrite` replaces a file there.
-    CopyFile { src: String, dst: String, overwrite: bool, unix_ms: u64 },
+    CopyFile {
+        src: String,
+        dst: String,
+        overwrite: bool,
+        unix_ms: u64,
+    },
     /// Sets the replication factor of the file at `path`, or of every file under the
     /// directory `path`: repair copies what is missing, surplus replicas go.
-    SetReplication { path: String, replication: u32 },
+    SetReplication {
+        path: String,
+        replication: u32,
+    },
     /// Sets a file's kept mode and modification time (those given), or a directory's time.
-    SetAttributes { path: String, mode: Option<u32>, mtime_unix_ms: Option<u64> },
+    SetAttributes {
+        path: String,
+        mode: Option<u32>,
+        mtime_unix_ms: Option<u64>,
+    },
     /// Drops an upload that was never committed, at once (`ExpireUploads` does it by age).
-    AbortUpload { file: FileId },
+    AbortUpload {
+        file: FileId,
+    },
     /// Deletes like `Delete`, but keeps what it removes: moves `path` to `trash` followed by
     /// `path` (`/.trash/alice/2026-12-06T09:31:00Z/logs/a`), or, when that is taken, to the
     /// first free of `trash.1`, `trash.2`, ... (at most `TRASH_VARIANTS_MAX`). The leader
     /// chooses `trash` (the user's trash bucket of this minute) and purges buckets later.
-    MoveToTrash { path: String, recursive: bool, expect_file_id: Option<FileId>, trash: String, unix_ms: u64 },
+    MoveToTrash {
+        path: String,
+        recursive: bool,
+        expect_file_id: Option<FileId>,
+        trash: String,
+        unix_ms: u64,
+    },
     /// Applies `command` at most once for `request`: a retry (its first reply lost) gets the
     /// first attempt's result instead of acting again. Without it, a retried delete would
     /// answer "no such file" for the delete it did itself, and a retried rename "not found".
-    Once { request: RequestId, command: Box<Command> },
+    Once {
+        request: RequestId,
+        command: Box<Command>,
+    },
     /// Independent commands of several clients in one log entry (the leader groups what
     /// arrives together, so that one fsync carries many). Each is applied on its own, in
     /// order, with its own result: one refused command does not affect the others.
@@ -333,11 +395,23 @@ pub enum Outcome {
     FileCreated(FileId),
     FileCommitted(FileSummary),
     FileDeleted(FileSummary),
-    DirDeleted { path: String, files: u64, dirs: u64 },
+    DirDeleted {
+        path: String,
+        files: u64,
+        dirs: u64,
+    },
     /// `MoveToTrash` moved a file (`file` set, `files` 1, `dirs` 0) or a directory to `to`.
-    Trashed { path: String, to: String, file: Option<FileSummary>, files: u64, dirs: u64 },
+    Trashed {
+        path: String,
+        to: String,
+        file: Option<FileSummary>,
+        files: u64,
+        dirs: u64,
+    },
     /// `SetReplication` changed this many files.
-    ReplicationSet { files: u64 },
+    ReplicationSet {
+        files: u64,
+    },
     UploadsExpired(u64),
     /// The results of a `Batch`, in its order.
     Batch(Vec<ApplyResult>),
@@ -434,10 +508,7 @@ impl Command {
                     return Err(NamespaceError::InvalidArgument(format!("rack name must be 1..={RACK_MAX_BYTES} bytes with no control characters")));
                 }
                 if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
-                    return Err(NamespaceError::InvalidArgument(format!(
-                        "storage node address must be 1..={ADDR_MAX_BYTES} bytes, not {}",
-                        addr.len()
-                    )));
+                    return Err(NamespaceError::InvalidArgument(format!("storage node address must be 1..={ADDR_MAX_BYTES} bytes, not {}", addr.len())));
                 }
             }
             Command::SetClusterId { cluster_id } => {
@@ -456,9 +527,7 @@ impl Command {
                 }
                 chunking::validate(*size, *chunk_size).map_err(|e| NamespaceError::InvalidUpload(e.to_string()))?;
                 if !(1..=REPLICATION_MAX).contains(replication) {
-                    return Err(NamespaceError::InvalidUpload(format!(
-                        "replication factor {replication} is outside 1..={REPLICATION_MAX}"
-                    )));
+                    return Err(NamespaceError::InvalidUpload(format!("replication factor {replication} is outside 1..={REPLICATION_MAX}")));
                 }
                 if expect_file_id.is_some() && !overwrite {
                     return Err(NamespaceError::InvalidUpload("an expected file to replace needs overwrite".into()));
@@ -466,10 +535,7 @@ impl Command {
             }
             Command::RecordChunks { file, chunks } | Command::CommitFile { file, chunks, .. } => {
                 if chunks.len() > RECORD_CHUNKS_MAX {
-                    return Err(NamespaceError::InvalidUpload(format!(
-                        "{} chunk records in one command; at most {RECORD_CHUNKS_MAX}",
-                        chunks.len()
-                    )));
+                    return Err(NamespaceError::InvalidUpload(format!("{} chunk records in one command; at most {RECORD_CHUNKS_MAX}", chunks.len())));
                 }
                 for c in chunks {
                     let bad = |reason: &str| NamespaceError::BadChunk { file: *file, index: c.index, reason: reason.into() };
@@ -553,10 +619,7 @@ impl Command {
             }
             Command::ReportReplicas { replicas, .. } => {
                 if replicas.len() > REPLICA_REPORTS_MAX {
-                    return Err(NamespaceError::InvalidArgument(format!(
-                        "{} replica reports in one command; at most {REPLICA_REPORTS_MAX}",
-                        replicas.len()
-                    )));
+                    return Err(NamespaceError::InvalidArgument(format!("{} replica reports in one command; at most {REPLICA_REPORTS_MAX}", replicas.len())));
                 }
             }
             Command::Once { command, .. } => {
@@ -748,9 +811,7 @@ impl Namespace {
                 Ok(Outcome::Done)
             }
             Command::SetClusterId { cluster_id } => match &self.cluster_id {
-                Some(current) if *current != cluster_id => {
-                    Err(NamespaceError::ClusterIdMismatch { current: current.clone(), proposed: cluster_id })
-                }
+                Some(current) if *current != cluster_id => Err(NamespaceError::ClusterIdMismatch { current: current.clone(), proposed: cluster_id }),
                 Some(_) => Ok(Outcome::Done),
                 None => {
                     self.cluster_id = Some(cluster_id);
@@ -766,10 +827,7 @@ impl Namespace {
                                 == (&path, size, chunk_size, replication, overwrite, expect_file_id)
                         });
                         if !same {
-                            return Err(NamespaceError::InvalidUpload(format!(
-                                "request {}/{} was already used for a different upload",
-                                r.client, r.seq
-                            )));
+                            return Err(NamespaceError::InvalidUpload(format!("request {}/{} was already used for a different upload", r.client, r.seq)));
                         }
                         return Ok(Outcome::FileCreated(id));
                     }
@@ -927,8 +985,7 @@ impl Namespace {
             }
             Command::ExpireUploads { now_unix_ms, older_than_ms } => {
                 let cutoff = now_unix_ms.saturating_sub(older_than_ms);
-                let expired: Vec<FileId> =
-                    self.uploads.values().filter(|u| u.created_unix_ms < cutoff).map(|u| u.id).collect();
+                let expired: Vec<FileId> = self.uploads.values().filter(|u| u.created_unix_ms < cutoff).map(|u| u.id).collect();
                 for id in &expired {
                     if let Some(upload) = self.remove_upload(*id) {
                         self.drop_upload(upload);
@@ -1017,7 +1074,9 @@ impl Namespace {
                     }
                 }
                 let Some(to) = to else {
-                    return Err(too_long.unwrap_or_else(|| NamespaceError::InvalidArgument(format!("no free place for {path} in the trash bucket {trash}: delete it instead"))));
+                    return Err(too_long.unwrap_or_else(|| {
+                        NamespaceError::InvalidArgument(format!("no free place for {path} in the trash bucket {trash}: delete it instead"))
+                    }));
                 };
                 let file = self.files.get(&path).map(FileSummary::from);
                 let (files, dirs) = match kind {
@@ -1091,11 +1150,8 @@ impl Namespace {
                     // Checked here, on the committed state, so that two plans racing (one
                     // not applied yet when the next is made) never drop below the factor.
                     let good = record.replicas.iter().filter(|r| !bad.contains(r)).count();
-                    let allowed = if bad.contains(&node) {
-                        good >= 1
-                    } else {
-                        good > replication as usize
-                    } || crate::planted::on(crate::planted::Bug::SurplusDropsValid);
+                    let allowed =
+                        if bad.contains(&node) { good >= 1 } else { good > replication as usize } || crate::planted::on(crate::planted::Bug::SurplusDropsValid);
                     if !allowed {
                         continue;
                     }
@@ -1487,11 +1543,7 @@ impl Namespace {
         }
         let under = format!("{dir}/");
         let from = if start_after >= under.as_str() { Bound::Excluded(start_after) } else { Bound::Included(under.as_str()) };
-        let mut matching = self
-            .files
-            .range::<str, _>((from, Bound::Unbounded))
-            .take_while(|(p, _)| p.starts_with(&under))
-            .map(|(_, f)| f);
+        let mut matching = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&under)).map(|(_, f)| f);
         let page: Vec<_> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();
         (page, more)
@@ -1507,10 +1559,8 @@ impl Namespace {
             return Ok((page, false));
         }
         let record = self.dirs.get(&dir).ok_or_else(|| NamespaceError::NotFound(dir.clone()))?;
-        let mut children = record
-            .children
-            .range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded))
-            .filter_map(|(name, _)| self.entry(&child_path(&dir, name)));
+        let mut children =
+            record.children.range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded)).filter_map(|(name, _)| self.entry(&child_path(&dir, name)));
         let page: Vec<DirEntry> = children.by_ref().take(limit).collect();
         let more = children.next().is_some();
         Ok((page, more))
@@ -1531,12 +1581,7 @@ impl Namespace {
         let prefix = subtree_prefix(&dir);
         let from = if start_after >= prefix.as_str() { Bound::Excluded(start_after) } else { Bound::Included(prefix.as_str()) };
         let mut files = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&prefix)).peekable();
-        let mut dirs = self
-            .dirs
-            .range::<str, _>((from, Bound::Unbounded))
-            .take_while(|(p, _)| p.starts_with(&prefix))
-            .filter(|(p, _)| **p != dir)
-            .peekable();
+        let mut dirs = self.dirs.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&prefix)).filter(|(p, _)| **p != dir).peekable();
         let mut page = Vec::new();
         loop {
             // Merge the two sorted ranges; a path is never in both.
@@ -1646,9 +1691,7 @@ fn dir_entry(path: &str, d: &DirRecord) -> DirEntry {
 
 /// The keys of `map` that start with `prefix`, in order.
 fn keys_under<'a, V>(map: &'a BTreeMap<String, V>, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
-    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-        .take_while(move |(k, _)| k.starts_with(prefix))
-        .map(|(k, _)| k.clone())
+    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)).take_while(move |(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone())
 }
 
 /// The proper ancestors of a normalized path, root excluded, top down: `/a/b/c` → `/a`, `/a/b`.

@@ -39,17 +39,8 @@ pub enum PlacementError {
 /// caller decides whether that still reaches its write quorum. Ties in free space go to the
 /// least loaded node, then to the lower node id, so the result depends on nothing but the
 /// inputs.
-pub fn place(
-    candidates: &[Candidate],
-    exclude: &[StorageNodeId],
-    replication: usize,
-    chunk_sizes: &[u64],
-) -> Result<Vec<Vec<StorageNodeId>>, PlacementError> {
-    let mut pool: Vec<Candidate> = candidates
-        .iter()
-        .filter(|c| !exclude.contains(&c.id))
-        .cloned()
-        .collect();
+pub fn place(candidates: &[Candidate], exclude: &[StorageNodeId], replication: usize, chunk_sizes: &[u64]) -> Result<Vec<Vec<StorageNodeId>>, PlacementError> {
+    let mut pool: Vec<Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.id)).cloned().collect();
     pool.sort_by_key(|c| c.id);
     pool.dedup_by_key(|c| c.id);
 

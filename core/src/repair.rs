@@ -363,9 +363,7 @@ impl RepairPlanner {
         let lost: Vec<ChunkId> = self
             .jobs
             .iter()
-            .filter(|(c, j)| {
-                j.job.target == node && j.sent_at.is_some() && !running.contains(c) && !stored.contains(c) && !failed.iter().any(|(f, _)| f == *c)
-            })
+            .filter(|(c, j)| j.job.target == node && j.sent_at.is_some() && !running.contains(c) && !stored.contains(c) && !failed.iter().any(|(f, _)| f == *c))
             .map(|(c, _)| *c)
             .collect();
         for chunk in lost {
@@ -376,8 +374,7 @@ impl RepairPlanner {
         // or given up): kept, it would hold the chunk out of planning until `job_timeout`,
         // although the copy it stands for may be gone already (a surplus drop took it; chaos
         // seed 226 stayed short of its factor past the 90 s healing bound that way).
-        self.adopted
-            .retain(|c, (target, _)| *target != node || running.contains(c));
+        self.adopted.retain(|c, (target, _)| *target != node || running.contains(c));
         // A copy is reported stored before its target stops listing it as running, so one
         // heartbeat may say both: it is done, not a job of a former leader to adopt (that
         // would hold the target's slot until the next scan).
@@ -405,12 +402,7 @@ impl RepairPlanner {
     /// One planning pass over every committed chunk: ends jobs that are done, gone or timed
     /// out, plans new ones within the bounds, and returns the commands to propose (surplus
     /// and bad replicas to drop).
-    pub fn plan<'a>(
-        &mut self,
-        now: Timestamp,
-        chunks: impl Iterator<Item = ChunkState<'a>>,
-        nodes: &BTreeMap<StorageNodeId, NodeState>,
-    ) -> Vec<Command> {
+    pub fn plan<'a>(&mut self, now: Timestamp, chunks: impl Iterator<Item = ChunkState<'a>>, nodes: &BTreeMap<StorageNodeId, NodeState>) -> Vec<Command> {
         let liveness = |n: &StorageNodeId| nodes.get(n).map(|s| s.liveness).unwrap_or(Liveness::Dead);
         let valid = |c: &ChunkState| valid_replicas(c, nodes);
 
@@ -422,9 +414,7 @@ impl RepairPlanner {
         let expired: Vec<ChunkId> = self
             .jobs
             .iter()
-            .filter(|(_, j)| {
-                j.sent_at.is_some_and(|sent| now.saturating_since(sent) >= timeout || liveness(&j.job.target) == Liveness::Dead)
-            })
+            .filter(|(_, j)| j.sent_at.is_some_and(|sent| now.saturating_since(sent) >= timeout || liveness(&j.job.target) == Liveness::Dead))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -497,11 +487,7 @@ impl RepairPlanner {
                     drops.extend(c.replicas.iter().filter(|r| bad.contains(r)).map(|r| (c.id, *r)));
                 }
                 // Planted: every listed copy ranked as if valid (bad ones, dead nodes' ones).
-                let ranked = if planted::on(Bug::SurplusDropsValid) {
-                    c.replicas.to_vec()
-                } else {
-                    good.clone()
-                };
+                let ranked = if planted::on(Bug::SurplusDropsValid) { c.replicas.to_vec() } else { good.clone() };
                 if ranked.len() > replication {
                     census.over_replicated += 1;
                     if all_alive {
@@ -587,12 +573,7 @@ impl RepairPlanner {
             // outgoing slot. (Reading from a second source as soon as the first is busy made
             // repair of 4 MiB chunks a fifth slower on one shared disk: more copies at once
             // fight over it.)
-            let mut sources: Vec<StorageNodeId> = w
-                .sources
-                .iter()
-                .copied()
-                .filter(|s| nodes.get(s).is_some_and(|n| n.liveness == Liveness::Alive))
-                .collect();
+            let mut sources: Vec<StorageNodeId> = w.sources.iter().copied().filter(|s| nodes.get(s).is_some_and(|n| n.liveness == Liveness::Alive)).collect();
             sources.sort_by_key(|s| (out.get(s).copied().unwrap_or(0), *s));
             if sources.is_empty() || out.get(&sources[0]).copied().unwrap_or(0) + cost > out_max {
                 continue;

@@ -12,8 +12,7 @@ use prost::Message;
 
 use crate::bulk_buf::BulkBuf;
 use crate::proto::{
-    ErrorCode, ErrorDetail, MetaNode, ReadChunkFrame, ReadChunkHeader, ReadChunkRequest, WriteChunkFrame,
-    WriteChunkHeader, WriteChunkResponse,
+    ErrorCode, ErrorDetail, MetaNode, ReadChunkFrame, ReadChunkHeader, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader, WriteChunkResponse,
 };
 
 /// A unary RPC: its request type names its response type and its gRPC path. Implemented by
@@ -86,10 +85,7 @@ impl RpcError {
     /// Worth repeating, here or on another node: the same call may succeed. Not
     /// `ChecksumMismatch`: the same replica would fail again (a reader turns to another one).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::Transport(_)
-        )
+        matches!(self, RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::Transport(_))
     }
 
     pub fn to_detail(&self) -> ErrorDetail {
@@ -147,8 +143,7 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<Resp, RpcError>>,
 {
-    let request = Req::decode(body)
-        .map_err(|e| RpcError::InvalidArgument(format!("undecodable request: {e}")))?;
+    let request = Req::decode(body).map_err(|e| RpcError::InvalidArgument(format!("undecodable request: {e}")))?;
     let response = call(request).await?;
     Ok(response.encode_to_vec().into())
 }
@@ -174,11 +169,7 @@ pub type FrameStream<F> = futures::stream::BoxStream<'static, Result<F, RpcError
 /// connection closes): that is how a handler learns its caller is gone.
 pub trait ChunkHandler: Send + Sync + 'static {
     /// Receives `frames` (header first) and answers once the chunk is stored.
-    fn write_chunk(
-        &self,
-        service: ChunkService,
-        frames: FrameStream<WriteChunkFrame>,
-    ) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send;
+    fn write_chunk(&self, service: ChunkService, frames: FrameStream<WriteChunkFrame>) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send;
     /// The chunk as a stream of frames, the first carrying the header. Each frame has been
     /// verified before it is yielded; a damaged one ends the stream with `ChecksumMismatch`.
     fn read_chunk(&self, request: ReadChunkRequest) -> impl Future<Output = Result<FrameStream<ReadChunkFrame>, RpcError>> + Send;
@@ -215,17 +206,11 @@ pub fn write_frames(upload: ChunkUpload) -> Vec<WriteChunkFrame> {
 }
 
 pub fn read_frames(download: ChunkDownload) -> Vec<ReadChunkFrame> {
-    write_frames(ChunkUpload {
-        header: WriteChunkHeader::default(),
-        data: download.data,
-    })
-    .into_iter()
-    .enumerate()
-    .map(|(i, f)| ReadChunkFrame {
-        header: (i == 0).then(|| download.header.clone()),
-        data: f.data,
-    })
-    .collect()
+    write_frames(ChunkUpload { header: WriteChunkHeader::default(), data: download.data })
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| ReadChunkFrame { header: (i == 0).then(|| download.header.clone()), data: f.data })
+        .collect()
 }
 
 /// Reassembles frames; the header must come first and only once, and the data must add up to

@@ -65,11 +65,11 @@ use crate::client::meta_client::{MetaClient, RetryPolicy};
 use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
 use crate::fault::{self, Site};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
-use crate::proto;
 use crate::namespace::ReplicaReport;
+use crate::proto;
+use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 use crate::scrub::{Scrubber, Step};
 use crate::storage_reports::{InventoryProgress, Peers, RepairOrder, Repairs, ReportBatch, Reports};
-use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
 
 mod batch;
 
@@ -481,11 +481,7 @@ impl<E: Env> StorageNode<E> {
         match disk.read_file(&path).await {
             Ok(bytes) => {
                 let content = String::from_utf8_lossy(&bytes).trim().to_string();
-                u64::from_str_radix(&content, 16)
-                    .ok()
-                    .filter(|id| *id != 0)
-                    .map(StorageNodeId)
-                    .ok_or(StorageOpenError::BadNodeId { path, content })
+                u64::from_str_radix(&content, 16).ok().filter(|id| *id != 0).map(StorageNodeId).ok_or(StorageOpenError::BadNodeId { path, content })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = StorageNodeId(env.random_u64().max(1));
@@ -889,15 +885,21 @@ impl<E: Env> StorageNode<E> {
             results.extend(wanted.into_iter().map(|o| (o.chunk, Err("no source to copy from".to_string()))));
             return results;
         };
-        let request = proto::ReadChunksRequest { chunks: wanted.iter().map(|o| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(o.chunk.as_bytes()), ..Default::default() }).collect() };
+        let request = proto::ReadChunksRequest {
+            chunks: wanted.iter().map(|o| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(o.chunk.as_bytes()), ..Default::default() }).collect(),
+        };
         let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().unary(&addr, request)).await;
         let replies: Vec<Option<Bytes>> = match read {
             Ok(reply) if reply.results.len() == wanted.len() => {
                 use proto::chunk_read_result::Result as R;
-                reply.results.into_iter().map(|r| match r.result {
-                    Some(R::Ok(read)) => Some(read.data),
-                    _ => None,
-                }).collect()
+                reply
+                    .results
+                    .into_iter()
+                    .map(|r| match r.result {
+                        Some(R::Ok(read)) => Some(read.data),
+                        _ => None,
+                    })
+                    .collect()
             }
             _ => vec![None; wanted.len()],
         };
@@ -1023,11 +1025,8 @@ impl<E: Env> StorageNode<E> {
     async fn report_bad_replicas(&self) {
         for _ in 0..BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX {
             let Some(bad) = self.bad_unreported.lock().expect("bad replicas lock").front().cloned() else { return };
-            let request = proto::ReportBadReplicaRequest {
-                chunk_id: Bytes::copy_from_slice(bad.chunk.as_bytes()),
-                node_id: self.id.0,
-                reason: bad.reason.clone(),
-            };
+            let request =
+                proto::ReportBadReplicaRequest { chunk_id: Bytes::copy_from_slice(bad.chunk.as_bytes()), node_id: self.id.0, reason: bad.reason.clone() };
             match self.meta.call(request).await {
                 Ok(_) => {
                     let mut queue = self.bad_unreported.lock().expect("bad replicas lock");
@@ -1081,8 +1080,7 @@ impl<E: Env> StorageNode<E> {
     async fn check_room(&self, size: u64) -> Result<(), RpcError> {
         let (_, free_bytes) = self.space().await?;
         let (_, in_progress) = self.table.lock().expect("table lock").writing();
-        chunk_store::check_space(chunk_store::file_bytes(size), in_progress, free_bytes, self.config.space_reserve_bytes)
-            .map_err(|e| self.refused_for_space(e))
+        chunk_store::check_space(chunk_store::file_bytes(size), in_progress, free_bytes, self.config.space_reserve_bytes).map_err(|e| self.refused_for_space(e))
     }
 
     /// A write refused because the disk cannot take it: said in the node's log (an operator
@@ -1169,10 +1167,8 @@ impl<E: Env> StorageNode<E> {
         let mut next = Some(first);
         while let Some(frame) = next {
             // Replicas get the header without targets: the fan-out is this node's alone.
-            let relayed = proto::WriteChunkFrame {
-                header: frame.header.clone().map(|h| proto::WriteChunkHeader { forward_to: vec![], ..h }),
-                data: frame.data.clone(),
-            };
+            let relayed =
+                proto::WriteChunkFrame { header: frame.header.clone().map(|h| proto::WriteChunkHeader { forward_to: vec![], ..h }), data: frame.data.clone() };
             assembler.push(frame.header, frame.data)?;
             for relay in relays.iter_mut() {
                 let _ = relay.send(relayed.clone()).await;
@@ -1204,7 +1200,10 @@ impl<E: Env> StorageNode<E> {
         let to_proto = |(id, addr): (StorageNodeId, String)| proto::StorageNode { id: id.0, addr };
         let failures = refused
             .into_iter()
-            .map(|r| proto::ReplicaFailure { node: Some(to_proto((r.node, r.addr))), error: format!("node {}: refused as a forward target: {}", self.id, r.reason) })
+            .map(|r| proto::ReplicaFailure {
+                node: Some(to_proto((r.node, r.addr))),
+                error: format!("node {}: refused as a forward target: {}", self.id, r.reason),
+            })
             .collect();
         Ok((allowed.into_iter().map(to_proto).collect(), failures))
     }

@@ -375,7 +375,11 @@ impl Peers {
             match self.nodes.get(id) {
                 Some(known) if known == addr => allowed.push((*id, addr.clone())),
                 Some(_) => refused.push(Refused { node: *id, addr: addr.clone(), reason: "not the address this storage node is registered at" }),
-                None => refused.push(Refused { node: *id, addr: addr.clone(), reason: "not a registered storage node of this cluster (as of this node's last heartbeat)" }),
+                None => refused.push(Refused {
+                    node: *id,
+                    addr: addr.clone(),
+                    reason: "not a registered storage node of this cluster (as of this node's last heartbeat)",
+                }),
             }
         }
         Ok((allowed, refused))
@@ -401,7 +405,10 @@ mod tests {
         r.stored(report(1, 1));
         r.deleted(ChunkId::derive(FileId(9), 1));
         r.acknowledge(&batch);
-        assert_eq!(r.batch(), ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)], inventory: InventoryProgress::Idle, inventory_pass: None });
+        assert_eq!(
+            r.batch(),
+            ReportBatch { stored: vec![report(1, 1)], deleted: vec![ChunkId::derive(FileId(9), 1)], inventory: InventoryProgress::Idle, inventory_pass: None }
+        );
     }
 
     #[test]

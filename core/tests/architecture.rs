@@ -136,15 +136,7 @@ fn core_manifest_names_no_backend() {
 #[test]
 fn every_property_test_keeps_its_regressions_in_the_shared_directory() {
     let mut files = Vec::new();
-    for dir in [
-        "core/src",
-        "io-sim/src",
-        "io-real/src",
-        "bins/src",
-        "sim-tests/src",
-        "sim-tests/tests",
-        "bins/tests",
-    ] {
+    for dir in ["core/src", "io-sim/src", "io-real/src", "bins/src", "sim-tests/src", "sim-tests/tests", "bins/tests"] {
         rust_files(&workspace().join(dir), &mut files);
     }
     let mut blocks = 0;
@@ -153,29 +145,16 @@ fn every_property_test_keeps_its_regressions_in_the_shared_directory() {
         let text = std::fs::read_to_string(file).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (n, line) in lines.iter().enumerate() {
-            if !line
-                .trim_start()
-                .trim_start_matches("proptest::")
-                .starts_with("proptest! {")
-            {
+            if !line.trim_start().trim_start_matches("proptest::").starts_with("proptest! {") {
                 continue;
             }
             blocks += 1;
             let config = lines[n + 1..(n + 8).min(lines.len())].join("\n");
-            if !(config.contains("#![proptest_config(")
-                && config.contains("/../proptest-regressions/"))
-            {
+            if !(config.contains("#![proptest_config(") && config.contains("/../proptest-regressions/")) {
                 missing.push(format!("{}:{}", file.display(), n + 1));
             }
         }
     }
-    assert!(
-        blocks >= 10,
-        "found only {blocks} proptest! blocks: is the scan looking in the right places?"
-    );
-    assert!(
-        missing.is_empty(),
-        "proptest! blocks without a failure_persistence file in proptest-regressions/:\n{}",
-        missing.join("\n")
-    );
+    assert!(blocks >= 10, "found only {blocks} proptest! blocks: is the scan looking in the right places?");
+    assert!(missing.is_empty(), "proptest! blocks without a failure_persistence file in proptest-regressions/:\n{}", missing.join("\n"));
 }

@@ -465,7 +465,17 @@ mod tests {
             buf.extend_from_slice(&bytes);
             buf.freeze()
         };
-        let cases = [(64, 0), (100, 1), (128, 4096 - 128), (128, 4096 - 127), (64, 3 << 20), (4096, 1 << 20), (333, (1 << 20) + 4095), (4096, (1 << 20) + 5), (8192, 4096)];
+        let cases = [
+            (64, 0),
+            (100, 1),
+            (128, 4096 - 128),
+            (128, 4096 - 127),
+            (64, 3 << 20),
+            (4096, 1 << 20),
+            (333, (1 << 20) + 4095),
+            (4096, (1 << 20) + 5),
+            (8192, 4096),
+        ];
         for (case, (head_len, data_len, aligned)) in cases.into_iter().flat_map(|(h, d)| [(h, d, false), (h, d, true)]).enumerate() {
             let (head, mut data) = (pattern(head_len, case), pattern(data_len, case + 100));
             if aligned {
@@ -481,7 +491,16 @@ mod tests {
             whole.extend_from_slice(&data);
             assert_eq!(std::fs::read(&path).unwrap(), whole, "case {case}");
             let total = whole.len() as u64;
-            for (offset, len) in [(0, total), (1, 10), (head_len as u64, data_len as u64), (4095, 2), (4096, 4096), (total.saturating_sub(5), 100), (total, 10), (total + 5000, 10)] {
+            for (offset, len) in [
+                (0, total),
+                (1, 10),
+                (head_len as u64, data_len as u64),
+                (4095, 2),
+                (4096, 4096),
+                (total.saturating_sub(5), 100),
+                (total, 10),
+                (total + 5000, 10),
+            ] {
                 let got = disk.read_bulk_at(&path, offset, len).await.unwrap();
                 let from = (offset as usize).min(whole.len());
                 let to = (offset + len).min(total) as usize;
@@ -493,7 +512,11 @@ mod tests {
         // lengths that are and are not whole blocks, holds exactly what a buffered one would.
         let out = dir.join("out");
         let mut expected = vec![0u8; 0];
-        for (i, (offset, len)) in [(8192usize, 4096usize), (0, 8192), (12288, 10000), (22288, 5000), (4096 * 7, 1), (1 << 20, (1 << 20) + 3), (4096 * 3, 8192 + 7), (4096 * 5, 100)].into_iter().enumerate() {
+        for (i, (offset, len)) in
+            [(8192usize, 4096usize), (0, 8192), (12288, 10000), (22288, 5000), (4096 * 7, 1), (1 << 20, (1 << 20) + 3), (4096 * 3, 8192 + 7), (4096 * 5, 100)]
+                .into_iter()
+                .enumerate()
+        {
             let data = if i % 2 == 0 { pattern(len, offset) } else { in_aligned_memory(pattern(len, offset)) };
             disk.write_bulk_at(&out, offset as u64, data.clone()).await.unwrap();
             if expected.len() < offset + len {
@@ -511,9 +534,7 @@ mod tests {
     async fn bulk_io_works_on_tmpfs() {
         let dir = Path::new("/dev/shm").join(format!("dfs-realdisk-bulk-{}", std::process::id()));
         // Skipping without /dev/shm would pass with nothing checked: say why it cannot run.
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
-            panic!("this test needs a tmpfs at /dev/shm (O_DIRECT is refused there): {e}")
-        });
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("this test needs a tmpfs at /dev/shm (O_DIRECT is refused there): {e}"));
         let disk = RealDisk;
         let data: Bytes = (0..(1usize << 20) + 17).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
         let path = dir.join("c");
@@ -541,10 +562,7 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"head\0\0\0\0data");
         assert!(!tmp.exists());
         // The first failing step stops the rest.
-        let steps = vec![
-            DiskStep::SyncFile(dir.join("absent")),
-            DiskStep::WriteFile { path: dir.join("never"), data: Bytes::new() },
-        ];
+        let steps = vec![DiskStep::SyncFile(dir.join("absent")), DiskStep::WriteFile { path: dir.join("never"), data: Bytes::new() }];
         assert_eq!(disk.run_steps(steps).await.unwrap_err().kind(), io::ErrorKind::NotFound);
         assert!(!dir.join("never").exists());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -44,16 +44,19 @@ pub const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
 
 /// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes, each
 /// call observed in `metrics`.
-pub async fn serve_metadata<H>(listener: TcpListener, handler: Arc<H>, metrics: Arc<RpcMetrics>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
+pub async fn serve_metadata<H>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    metrics: Arc<RpcMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
 where
     H: MetadataServiceHandler + RaftServiceHandler,
 {
     let metadata = MetadataServiceServer::new(Adapter(handler.clone()))
         .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
         .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
-    let raft = RaftServiceServer::new(Adapter(handler))
-        .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
-        .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
+    let raft = RaftServiceServer::new(Adapter(handler)).max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES).max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
     Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
@@ -68,7 +71,12 @@ where
 
 /// Serves `StorageService`, `ReplicationService` and `ChunkBatchService` on `listener` until
 /// `shutdown` completes.
-pub async fn serve_storage<H>(listener: TcpListener, handler: Arc<H>, metrics: Arc<RpcMetrics>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error>
+pub async fn serve_storage<H>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    metrics: Arc<RpcMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
 where
     H: ChunkHandler + ChunkBatchServiceHandler,
 {

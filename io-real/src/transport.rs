@@ -54,9 +54,7 @@ impl GrpcTransport {
                 channel
             }
         };
-        Ok(tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
-            .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES))
+        Ok(tonic::client::Grpc::new(channel).max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES).max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES))
     }
 
     async fn ready(&self, to: &str) -> Result<tonic::client::Grpc<Channel>, RpcError> {
@@ -72,11 +70,7 @@ impl Transport for GrpcTransport {
         async move {
             let mut client = self.ready(&to).await?;
             let codec = ProstCodec::<R, R::Response>::default();
-            client
-                .unary(tonic::Request::new(request), PathAndQuery::from_static(R::PATH), codec)
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| from_status(&to, s))
+            client.unary(tonic::Request::new(request), PathAndQuery::from_static(R::PATH), codec).await.map(|r| r.into_inner()).map_err(|s| from_status(&to, s))
         }
     }
 

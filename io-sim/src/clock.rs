@@ -71,7 +71,6 @@ impl SimClock {
             s.skew.rate = rate;
         }
     }
-
 }
 
 impl Clock for SimClock {

@@ -178,12 +178,8 @@ impl SimDisk {
         s.epoch += 1;
         s.open_stores.clear();
         // A directory survives if its entry and every ancestor's entry are durable.
-        let surviving: BTreeSet<PathBuf> = s
-            .durable_dirs
-            .iter()
-            .filter(|d| d.ancestors().skip(1).all(|a| is_root(a) || s.durable_dirs.contains(a)))
-            .cloned()
-            .collect();
+        let surviving: BTreeSet<PathBuf> =
+            s.durable_dirs.iter().filter(|d| d.ancestors().skip(1).all(|a| is_root(a) || s.durable_dirs.contains(a))).cloned().collect();
         s.durable_names.retain(|p, _| p.parent().is_none_or(|dir| is_root(dir) || surviving.contains(dir)));
         s.dirs = surviving.clone();
         s.durable_dirs = surviving;
@@ -366,10 +362,7 @@ impl DiskState {
 
     fn parent_exists(&self, path: &Path) -> io::Result<()> {
         match path.parent() {
-            Some(dir) if !self.dir_exists(dir) => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{}: no such directory", dir.display()),
-            )),
+            Some(dir) if !self.dir_exists(dir) => Err(io::Error::new(io::ErrorKind::NotFound, format!("{}: no such directory", dir.display()))),
             _ => Ok(()),
         }
     }

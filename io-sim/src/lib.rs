@@ -23,4 +23,9 @@ pub mod runtime;
 pub mod transport;
 
 #[cfg(madsim)]
-pub use {clock::{ClockSkew, SimClock}, env::SimEnv, runtime::SimRuntime, transport::{serve, SimService, SimTransport}};
+pub use {
+    clock::{ClockSkew, SimClock},
+    env::SimEnv,
+    runtime::SimRuntime,
+    transport::{serve, SimService, SimTransport},
+};

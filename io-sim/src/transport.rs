@@ -50,10 +50,7 @@ async fn send(tx: &Sender, msg: Wire) -> io::Result<()> {
 
 async fn recv(rx: &mut Receiver) -> io::Result<Wire> {
     let payload = rx.recv().await?;
-    payload
-        .downcast::<Wire>()
-        .map(|b| *b)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unexpected message type"))
+    payload.downcast::<Wire>().map(|b| *b).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unexpected message type"))
 }
 
 fn reply_result(reply: Result<Bytes, Bytes>) -> Result<Bytes, RpcError> {
@@ -132,8 +129,7 @@ impl Transport for SimTransport {
             }
             send(&tx, Wire::End).await.map_err(io)?;
             match recv(&mut rx).await.map_err(io)? {
-                Wire::Reply(reply) => WriteChunkResponse::decode(reply_result(reply)?)
-                    .map_err(|e| RpcError::Internal(format!("{to}: undecodable reply: {e}"))),
+                Wire::Reply(reply) => WriteChunkResponse::decode(reply_result(reply)?).map_err(|e| RpcError::Internal(format!("{to}: undecodable reply: {e}"))),
                 other => Err(RpcError::Internal(format!("{to}: unexpected {other:?}"))),
             }
         };

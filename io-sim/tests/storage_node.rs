@@ -215,7 +215,12 @@ fn chunk(index: u32, len: usize) -> (ChunkId, Bytes) {
 
 fn upload(id: ChunkId, data: &Bytes) -> ChunkUpload {
     ChunkUpload {
-        header: WriteChunkHeader { chunk_id: Bytes::copy_from_slice(id.as_bytes()), size: data.len() as u64, sha256: Sha256Digest::of(data).0.to_vec().into(), forward_to: vec![] },
+        header: WriteChunkHeader {
+            chunk_id: Bytes::copy_from_slice(id.as_bytes()),
+            size: data.len() as u64,
+            sha256: Sha256Digest::of(data).0.to_vec().into(),
+            forward_to: vec![],
+        },
         data: data.clone(),
     }
 }
@@ -267,7 +272,8 @@ fn an_acknowledged_chunk_survives_power_loss_right_after_the_ack() {
     let env = TestEnv::new(1 << 30);
     let node = open(&env, config());
     let id_before = node.id();
-    let chunks: Vec<(ChunkId, Bytes)> = [0usize, 1, CHUNK_FRAME_BYTES, 2 * CHUNK_FRAME_BYTES + 7].iter().enumerate().map(|(i, &len)| chunk(i as u32, len)).collect();
+    let chunks: Vec<(ChunkId, Bytes)> =
+        [0usize, 1, CHUNK_FRAME_BYTES, 2 * CHUNK_FRAME_BYTES + 7].iter().enumerate().map(|(i, &len)| chunk(i as u32, len)).collect();
     for (id, data) in &chunks {
         assert_eq!(write(&node, *id, data).unwrap().stored_on, vec![node.id().0]);
     }
@@ -298,7 +304,7 @@ fn a_write_dropped_mid_way_leaves_nothing_in_progress_and_no_temporary_file() {
     assert_eq!(node.writes_in_progress(), 1);
     assert_eq!(tmp_files(&env).len(), 1);
     drop(writing); // The caller went away: the transport drops the handler.
-    // Its claim on the chunk stays until the sweep has removed what it left on disk.
+                   // Its claim on the chunk stays until the sweep has removed what it left on disk.
     assert_eq!(node.writes_in_progress(), 1);
     block_on(node.sweep_orphaned_tmp());
     assert_eq!(node.writes_in_progress(), 0, "a dropped write is aborted");
@@ -624,7 +630,12 @@ fn a_batch_cut_by_power_loss_at_any_step_leaves_only_whole_chunks() {
     let items: Vec<chunk_store::BatchItem> = chunks
         .iter()
         .enumerate()
-        .map(|(i, (id, data))| chunk_store::BatchItem { id: *id, nonce: i as u64 + 100, meta: ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(data) }, data: data.clone() })
+        .map(|(i, (id, data))| chunk_store::BatchItem {
+            id: *id,
+            nonce: i as u64 + 100,
+            meta: ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(data) },
+            data: data.clone(),
+        })
         .collect();
     let steps = chunk_store::batch_write_steps(&layout, &chunk_store::ChunkTable::default(), &items);
     for cut in 0..=steps.len() {
@@ -667,7 +678,12 @@ fn a_batch_read_verifies_each_chunk_and_quarantines_a_damaged_one() {
 fn batches_beyond_the_limits_are_refused_whole() {
     let env = TestEnv::new(1 << 30);
     let node = open(&env, config());
-    let many: Vec<proto::ChunkWrite> = (0..=rpc::CHUNK_BATCH_MAX as u32).map(|i| { let (id, data) = chunk(i, 10); batch_item(id, &data) }).collect();
+    let many: Vec<proto::ChunkWrite> = (0..=rpc::CHUNK_BATCH_MAX as u32)
+        .map(|i| {
+            let (id, data) = chunk(i, 10);
+            batch_item(id, &data)
+        })
+        .collect();
     let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: many }));
     assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
     let (id, big) = chunk(0, rpc::SMALL_CHUNK_BYTES_MAX + 1);

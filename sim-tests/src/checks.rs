@@ -76,22 +76,11 @@ pub async fn replica_problems_draining(
             let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
             listed.insert(id);
             expected.insert(id, (chunk.size, chunk.sha256.to_vec()));
-            let all: Vec<u64> = chunk
-                .replica_status
-                .iter()
-                .filter_map(|s| s.node.as_ref().map(|n| n.id))
-                .collect();
+            let all: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
             listed_on.extend(all.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
             let nodes: Vec<u64> = all.iter().copied().filter(|n| !up.get(n).is_some_and(|i| draining.contains(i))).collect();
-            let good: Vec<u64> = nodes
-                .iter()
-                .copied()
-                .filter(|n| up.get(n).is_some_and(|i| on_disk.get(&id).is_some_and(|held| held.contains(i))))
-                .collect();
-            if good.len() < replication
-                || (exact && nodes.len() != replication)
-                || (exact && good.len() != nodes.len())
-            {
+            let good: Vec<u64> = nodes.iter().copied().filter(|n| up.get(n).is_some_and(|i| on_disk.get(&id).is_some_and(|held| held.contains(i)))).collect();
+            if good.len() < replication || (exact && nodes.len() != replication) || (exact && good.len() != nodes.len()) {
                 return Some(format!("{remote} chunk {} ({id}): listed on {nodes:?}, live holders {good:?}, factor {replication}", chunk.index));
             }
         }
@@ -114,19 +103,11 @@ pub async fn replica_problems_draining(
         for (id, holders) in on_disk.iter().filter(|(id, _)| listed.contains(id)) {
             let (size, sha256) = &expected[id];
             for h in holders {
-                let bytes = cluster.storage[*h as usize - 1]
-                    .disk
-                    .read_file(&layout.chunk_path(*id))
-                    .await
-                    .unwrap_or_default();
+                let bytes = cluster.storage[*h as usize - 1].disk.read_file(&layout.chunk_path(*id)).await.unwrap_or_default();
                 let problem = match dfs_core::chunk_store::decode_file(bytes) {
                     Err(e) => Some(format!("does not decode ({e})")),
-                    Ok((_, data)) if data.len() as u64 != *size => {
-                        Some(format!("holds {} bytes, metadata says {size}", data.len()))
-                    }
-                    Ok((_, data)) if Sha256::digest(&data).as_slice() != sha256.as_slice() => {
-                        Some("does not match metadata's SHA-256".to_string())
-                    }
+                    Ok((_, data)) if data.len() as u64 != *size => Some(format!("holds {} bytes, metadata says {size}", data.len())),
+                    Ok((_, data)) if Sha256::digest(&data).as_slice() != sha256.as_slice() => Some("does not match metadata's SHA-256".to_string()),
                     Ok(_) => None,
                 };
                 if let Some(problem) = problem {

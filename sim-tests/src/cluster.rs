@@ -125,8 +125,7 @@ impl Cluster {
     /// Boots every host. Call from inside a madsim runtime.
     pub fn start(config: ClusterConfig) -> Cluster {
         let handle = Handle::current();
-        let members: BTreeMap<u64, String> =
-            (1..=config.meta_nodes).map(|id| (id, SocketAddr::new(ip(0, id as u8), PORT).to_string())).collect();
+        let members: BTreeMap<u64, String> = (1..=config.meta_nodes).map(|id| (id, SocketAddr::new(ip(0, id as u8), PORT).to_string())).collect();
         let meta_addrs: Vec<String> = members.values().cloned().collect();
 
         let meta = (1..=config.meta_nodes)
@@ -281,11 +280,7 @@ impl Cluster {
     pub async fn wait_for_storage(&self, n: usize, limit: Duration) {
         wait_until(limit, &format!("{n} live storage nodes"), || {
             let leader = self.leader()?;
-            let server = self.meta[leader as usize - 1]
-                .server
-                .lock()
-                .unwrap()
-                .clone()?;
+            let server = self.meta[leader as usize - 1].server.lock().unwrap().clone()?;
             (server.alive_storage_nodes()? >= n).then_some(())
         })
         .await;

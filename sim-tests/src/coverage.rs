@@ -105,11 +105,7 @@ impl Table {
 
     /// The faults that were on in some run but never fired in any.
     pub fn idle(&self) -> Vec<String> {
-        self.rows
-            .iter()
-            .filter(|(_, (on, hit, _))| *on > 0 && *hit == 0)
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.rows.iter().filter(|(_, (on, hit, _))| *on > 0 && *hit == 0).map(|(name, _)| name.clone()).collect()
     }
 
     /// The table, one `[sim] ` line per fault.

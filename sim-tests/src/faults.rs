@@ -51,10 +51,7 @@ pub fn enable() {
 /// Installs `plan` (site → chance it fires per visit). Each firing is counted for coverage
 /// and put on the timeline, at the host where it happened.
 pub fn enable_plan(plan: BTreeMap<Site, f64>) {
-    trace::event(format!(
-        "fault sites on: {}",
-        plan.iter().map(|(s, rate)| format!("{}@{rate}", s.name())).collect::<Vec<_>>().join(" ")
-    ));
+    trace::event(format!("fault sites on: {}", plan.iter().map(|(s, rate)| format!("{}@{rate}", s.name())).collect::<Vec<_>>().join(" ")));
     for site in Site::ALL {
         coverage::known(&coverage_name(site));
     }
@@ -88,10 +85,7 @@ fn coverage_name(site: Site) -> String {
 /// No site fires any more; records what fired in the trace.
 pub fn disable() {
     fault::remove();
-    trace::event(format!(
-        "fault sites off; fired: {}",
-        fired().iter().map(|(s, n)| format!("{}={n}", s.name())).collect::<Vec<_>>().join(" ")
-    ));
+    trace::event(format!("fault sites off; fired: {}", fired().iter().map(|(s, n)| format!("{}={n}", s.name())).collect::<Vec<_>>().join(" ")));
 }
 
 /// How often each site fired in this run so far.

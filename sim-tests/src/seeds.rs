@@ -58,7 +58,9 @@ pub fn from_env_or(default_count: u64) -> SeedRange {
 /// The range `MADSIM_TEST_SEED` (`first`) and `MADSIM_TEST_NUM` (`num`) say. Zero seeds
 /// would pass every simulation with nothing run: refused.
 fn seed_range(first: Option<String>, num: Option<String>, default_count: u64) -> SeedRange {
-    let read = |name: &str, value: Option<String>, default: u64| value.map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))).unwrap_or(default);
+    let read = |name: &str, value: Option<String>, default: u64| {
+        value.map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))).unwrap_or(default)
+    };
     let range = SeedRange { first: read("MADSIM_TEST_SEED", first, 1), count: read("MADSIM_TEST_NUM", num, default_count) };
     assert!(range.count > 0, "MADSIM_TEST_NUM=0 runs no seed and would prove nothing; to skip the simulations say SKIP_SIMS=1");
     range
@@ -140,10 +142,7 @@ pub fn replay_command(test: SimTest, seed: u64) -> String {
         // The chaos scenario replays through its own command, which prints the timeline.
         return format!("cargo sim-replay {seed}");
     }
-    format!(
-        "MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 DFS_SIM_VERBOSE=1 cargo sim --test {} -- {} --exact --nocapture",
-        test.file, test.name
-    )
+    format!("MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 DFS_SIM_VERBOSE=1 cargo sim --test {} -- {} --exact --nocapture", test.file, test.name)
 }
 
 /// One seed's run, captured: what it produced, whether it failed, and (when `keep`, or when
@@ -201,11 +200,7 @@ where
         .expect("simulation thread");
     run.wall = started.elapsed();
     let failure = result.err().map(|panic| {
-        panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "non-string panic".into())
+        panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "non-string panic".into())
     });
     Captured { run, failure, records, lines }
 }
@@ -276,12 +271,7 @@ pub fn run_in_child(test: SimTest, seed: u64) -> SeedRun {
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             eprintln!("{stderr}");
-            panic!(
-                "simulation {} failed with seed {seed} ({}); replay it with:\n  {}",
-                test.name,
-                out.status,
-                replay_command(test, seed)
-            );
+            panic!("simulation {} failed with seed {seed} ({}); replay it with:\n  {}", test.name, out.status, replay_command(test, seed));
         }
     }
 }
@@ -340,12 +330,7 @@ where
     // Over a sweep (not a replay of a few seeds), a fault that was on but never acted means
     // the runs proved nothing about it.
     let idle = table.idle();
-    assert!(
-        range.count < default_count || idle.is_empty(),
-        "{}: fault kinds on in some of {} seeds but never fired: {idle:?}",
-        test.name,
-        range.count
-    );
+    assert!(range.count < default_count || idle.is_empty(), "{}: fault kinds on in some of {} seeds but never fired: {idle:?}", test.name, range.count);
     let wall = started.elapsed();
     println!(
         "[sim] {}: {} seeds from {} passed in {:.1}s ({:.2}s per seed)",
@@ -371,13 +356,7 @@ where
     let a = run_in_child(test, seed);
     let b = run_in_child(test, seed);
     let c = run_in_child(test, seed + 1);
-    println!(
-        "[sim] determinism: seed {seed} -> timeline {} and {}; seed {} -> {}",
-        a.timeline_hash,
-        b.timeline_hash,
-        seed + 1,
-        c.timeline_hash
-    );
+    println!("[sim] determinism: seed {seed} -> timeline {} and {}; seed {} -> {}", a.timeline_hash, b.timeline_hash, seed + 1, c.timeline_hash);
     assert_eq!((a.trace_hash.as_str(), a.trace_lines), (b.trace_hash.as_str(), b.trace_lines), "seed {seed} gave two different traces");
     assert_eq!(a.timeline_hash, b.timeline_hash, "seed {seed} gave two different timelines");
     assert_ne!(a.trace_hash, c.trace_hash, "seeds {seed} and {} gave the same trace", seed + 1);
@@ -391,28 +370,16 @@ pub const PLANTED_SEEDS_DEFAULT: u64 = 8;
 /// and returns the first seed whose run fails with a message containing `expected` (the
 /// verdict of the checker that should catch it). Panics if no seed does (the check would be
 /// vacuous for this bug), or if this build cannot plant bugs.
-pub fn expect_caught(
-    test: SimTest,
-    bug: dfs_core::planted::Bug,
-    expected: &str,
-    first: u64,
-    default_count: u64,
-) -> u64 {
+pub fn expect_caught(test: SimTest, bug: dfs_core::planted::Bug, expected: &str, first: u64, default_count: u64) -> u64 {
     assert!(
         dfs_core::planted::AVAILABLE,
         "this build cannot plant bugs: build the simulations with `--cfg dfs_planted` (as `cargo sim` and plain `cargo test` do)"
     );
     let count = std::env::var("DFS_PLANTED_SEEDS")
         .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("DFS_PLANTED_SEEDS={v:?} is not a number"))
-        })
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("DFS_PLANTED_SEEDS={v:?} is not a number")))
         .unwrap_or(default_count);
-    assert!(
-        count > 0,
-        "DFS_PLANTED_SEEDS=0: a planted bug's test that runs no seed proves nothing"
-    );
+    assert!(count > 0, "DFS_PLANTED_SEEDS=0: a planted bug's test that runs no seed proves nothing");
     let exe = std::env::current_exe().expect("test binary path");
     let started = Instant::now();
     let mut other = Vec::new();
@@ -423,11 +390,7 @@ pub fn expect_caught(
             .env(dfs_core::planted::ENV, bug.name())
             .output()
             .expect("run a simulation child process");
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if out.status.success() {
             continue;
         }
@@ -445,12 +408,7 @@ pub fn expect_caught(
             );
             return seed;
         }
-        let why = text
-            .lines()
-            .find(|l| l.contains("panicked") || l.contains("VERDICT"))
-            .unwrap_or("(no message)")
-            .trim()
-            .to_string();
+        let why = text.lines().find(|l| l.contains("panicked") || l.contains("VERDICT")).unwrap_or("(no message)").trim().to_string();
         other.push(format!("seed {seed}: {why}"));
     }
     panic!(

@@ -53,8 +53,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] =
-        [Kind::Phase, Kind::Op, Kind::Fault, Kind::Site, Kind::Leader, Kind::Chunk, Kind::Repair, Kind::Node, Kind::Check, Kind::Log];
+    pub const ALL: [Kind; 10] = [Kind::Phase, Kind::Op, Kind::Fault, Kind::Site, Kind::Leader, Kind::Chunk, Kind::Repair, Kind::Node, Kind::Check, Kind::Log];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -119,8 +119,8 @@ pub fn install_subscriber() {
     use tracing_subscriber::Layer as _;
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,dfs_core=debug,openraft=warn"));
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,dfs_core=debug,openraft=warn"));
         let log = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(|| TraceWriter).with_filter(filter);
         // madsim's `node` spans (level error) name the host an event happened on.
         let events = crate::timeline::Layer.with_filter(

@@ -74,28 +74,13 @@ async fn scenario() {
     // The killed leader comes back on its own disk and catches up: every member, not only the
     // survivors, must hold the namespace the files are in.
     cluster.restart_meta(old_leader);
-    cluster
-        .wait_all_meta_converged(Duration::from_secs(60))
-        .await;
-    let back = cluster
-        .meta_server(old_leader)
-        .expect("the restarted leader is up");
-    let mut held: Vec<String> = back
-        .local_state()
-        .namespace
-        .files()
-        .map(|f| f.path.clone())
-        .collect();
+    cluster.wait_all_meta_converged(Duration::from_secs(60)).await;
+    let back = cluster.meta_server(old_leader).expect("the restarted leader is up");
+    let mut held: Vec<String> = back.local_state().namespace.files().map(|f| f.path.clone()).collect();
     held.sort();
     let expected: Vec<String> = oracle.keys().cloned().collect();
-    assert_eq!(
-        held, expected,
-        "meta-{old_leader}, restarted, does not hold the namespace"
-    );
-    trace::event(format!(
-        "converged, the old leader too; leaders by term: {:?}",
-        cluster.observed_leaders()
-    ));
+    assert_eq!(held, expected, "meta-{old_leader}, restarted, does not hold the namespace");
+    trace::event(format!("converged, the old leader too; leaders by term: {:?}", cluster.observed_leaders()));
 }
 
 type SimClient = std::sync::Arc<dfs_core::client::DfsClient<dfs_io_sim::SimEnv>>;
@@ -113,13 +98,7 @@ async fn upload_round(cluster: &Cluster, client: &SimClient, disk: &SimDisk, ora
     }
 }
 
-async fn check_downloads(
-    cluster: &Cluster,
-    client: &SimClient,
-    disk: &SimDisk,
-    oracle: &BTreeMap<String, Bytes>,
-    when: &str,
-) {
+async fn check_downloads(cluster: &Cluster, client: &SimClient, disk: &SimDisk, oracle: &BTreeMap<String, Bytes>, when: &str) {
     for (i, (remote, expected)) in oracle.iter().enumerate() {
         let out = PathBuf::from(format!("/out/{}-{i}", when.replace(' ', "-")));
         disk.create_dir_all(out.parent().unwrap()).await.unwrap();

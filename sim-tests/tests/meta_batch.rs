@@ -47,17 +47,16 @@ async fn per_item(meta: MetaClient<SimEnv>) {
     use proto::commit_file_result::Result as Commit;
     use proto::create_file_result::Result as Create;
     use proto::get_file_result::Result as Get;
-    let created = meta
-        .call(proto::CreateFilesRequest { files: vec![create("/b/a", 1), create("", 2), create("/b/c", 3)] })
-        .await
-        .expect("create batch")
-        .results;
+    let created =
+        meta.call(proto::CreateFilesRequest { files: vec![create("/b/a", 1), create("", 2), create("/b/c", 3)] }).await.expect("create batch").results;
     let created: Vec<Option<Result<proto::CreateFileResponse, proto::ErrorDetail>>> = created
         .into_iter()
-        .map(|r| r.result.map(|r| match r {
-            Create::Ok(ok) => Ok(ok),
-            Create::Error(e) => Err(e),
-        }))
+        .map(|r| {
+            r.result.map(|r| match r {
+                Create::Ok(ok) => Ok(ok),
+                Create::Error(e) => Err(e),
+            })
+        })
         .collect();
     assert_eq!(created.len(), 3);
     let (a, c) = (created[0].clone().unwrap().unwrap().file_id, created[2].clone().unwrap().unwrap().file_id);
@@ -70,21 +69,19 @@ async fn per_item(meta: MetaClient<SimEnv>) {
         .expect("commit batch")
         .results
         .into_iter()
-        .map(|r| r.result.map(|r| match r {
-            Commit::Ok(ok) => Ok(ok),
-            Commit::Error(e) => Err(e),
-        }))
+        .map(|r| {
+            r.result.map(|r| match r {
+                Commit::Ok(ok) => Ok(ok),
+                Commit::Error(e) => Err(e),
+            })
+        })
         .collect();
     assert_eq!(committed[0].clone().unwrap().unwrap().file.unwrap().path, "/b/a");
     assert!(matches!(error_of(committed[1].clone()), RpcError::NotFound(_)), "{:?}", committed[1]);
     assert_eq!(committed[2].clone().unwrap().unwrap().file.unwrap().path, "/b/c");
 
     // A name now taken fails its item only, as the single call would.
-    let again: Vec<_> = meta
-        .call(proto::CreateFilesRequest { files: vec![create("/b/a", 4), create("/b/d", 5)] })
-        .await
-        .expect("second create batch")
-        .results;
+    let again: Vec<_> = meta.call(proto::CreateFilesRequest { files: vec![create("/b/a", 4), create("/b/d", 5)] }).await.expect("second create batch").results;
     match &again[0].result {
         Some(Create::Error(e)) => assert!(matches!(RpcError::from_detail(e.clone()), RpcError::AlreadyExists(_)), "{e:?}"),
         other => panic!("a taken name was accepted: {other:?}"),

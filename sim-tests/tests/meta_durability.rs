@@ -43,12 +43,7 @@ fn random_ms(lo: u64, hi: u64) -> Duration {
 }
 
 async fn scenario() {
-    let config = ClusterConfig {
-        meta_snapshot_every: 16,
-        meta_logs_kept_behind_snapshot: 4,
-        meta_snapshot_piece_bytes: 2048,
-        ..ClusterConfig::default()
-    };
+    let config = ClusterConfig { meta_snapshot_every: 16, meta_logs_kept_behind_snapshot: 4, meta_snapshot_piece_bytes: 2048, ..ClusterConfig::default() };
     let cluster = Arc::new(Cluster::start(config));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
     cluster.wait_for_storage(3, Duration::from_secs(30)).await;
@@ -167,10 +162,7 @@ async fn check(cluster: &Cluster, client: &Arc<dfs_core::client::DfsClient<dfs_i
     }
     let unknown: Vec<&String> = listed.keys().filter(|p| !oracle.contains_key(*p)).collect();
     assert!(unknown.is_empty(), "files nobody uploaded: {unknown:?}");
-    assert!(
-        acked_under_faults > 0,
-        "no upload was acknowledged while faults were on: the check would prove nothing"
-    );
+    assert!(acked_under_faults > 0, "no upload was acknowledged while faults were on: the check would prove nothing");
     trace::event(format!(
         "{acked} acknowledged uploads intact ({acked_under_faults} acknowledged under faults); {failed_present} failed puts turned out committed and intact"
     ));

@@ -221,19 +221,12 @@ async fn scenario() {
         );
     }
     // The final reads are fault-free and always definite: only the clients' operations count.
-    let definite = h
-        .log
-        .iter()
-        .filter(|l| l.starts_with("client ") && !l.contains("-> None"))
-        .count();
+    let definite = h.log.iter().filter(|l| l.starts_with("client ") && !l.contains("-> None")).count();
     assert!(
         definite >= DEFINITE_MIN,
         "only {definite} operations had a definite answer under faults (at least {DEFINITE_MIN} expected): the check would prove nothing"
     );
-    trace::event(format!(
-        "{} operations, {definite} with a definite answer: linearizable",
-        h.log.len()
-    ));
+    trace::event(format!("{} operations, {definite} with a definite answer: linearizable", h.log.len()));
 }
 
 #[test]
@@ -246,10 +239,7 @@ mod planted {
     use dfs_core::planted::Bug;
     use dfs_sim_tests::seeds;
 
-    const TEST: seeds::SimTest = seeds::SimTest {
-        file: "meta_linearizable",
-        name: "metadata_operations_are_linearizable_under_faults",
-    };
+    const TEST: seeds::SimTest = seeds::SimTest { file: "meta_linearizable", name: "metadata_operations_are_linearizable_under_faults" };
 
     #[test]
     fn a_retried_request_applied_twice_breaks_the_history() {

@@ -173,10 +173,7 @@ async fn scenario() {
     wait_for_replicas(&cluster, &client, &files, true, CONVERGE_BOUND, "exactly RF replicas, no orphans").await;
     check_downloads(&cluster, &client, &disk, &files, "converged").await;
     let after = chunks_on_disks(&cluster).await;
-    let new_copies: usize = after
-        .iter()
-        .map(|(id, holders)| holders.iter().filter(|h| !before.get(id).is_some_and(|b| b.contains(h))).count())
-        .sum();
+    let new_copies: usize = after.iter().map(|(id, holders)| holders.iter().filter(|h| !before.get(id).is_some_and(|b| b.contains(h))).count()).sum();
     // New copies: the repairs, plus the replaced file's fresh upload (at most 4 chunks × RF).
     assert!(new_copies <= lost + 4 * 3, "REPAIR STORM: {new_copies} new replicas for {lost} lost");
     trace::event(format!("phase 2: converged; {new_copies} new replicas for {lost} lost"));
@@ -228,11 +225,7 @@ async fn faults_while_healing() {
             round += 1;
             let (kind, victim, hold) = {
                 let mut rng = madsim::rand::thread_rng();
-                (
-                    rng.gen_range(0..6),
-                    rng.gen_range(1..=STORAGE_NODES),
-                    Duration::from_millis(rng.gen_range(2_000..45_000)),
-                )
+                (rng.gen_range(0..6), rng.gen_range(1..=STORAGE_NODES), Duration::from_millis(rng.gen_range(2_000..45_000)))
             };
             match kind {
                 0 => {
@@ -246,25 +239,15 @@ async fn faults_while_healing() {
                     cluster.uncut_storage_from_meta(victim);
                 }
                 2 => {
-                    let candidates: Vec<PathBuf> = cluster
-                        .chunk_files(victim)
-                        .await
-                        .into_iter()
-                        .filter(|f| !flipped.contains(f.file_name().unwrap().to_str().unwrap()))
-                        .collect();
+                    let candidates: Vec<PathBuf> =
+                        cluster.chunk_files(victim).await.into_iter().filter(|f| !flipped.contains(f.file_name().unwrap().to_str().unwrap())).collect();
                     if let Some(file) = candidates.first() {
                         let (byte, bit) = {
                             let mut rng = madsim::rand::thread_rng();
                             (rng.gen_range(0..usize::MAX), rng.gen_range(0..8u8))
                         };
-                        if cluster.storage[victim as usize - 1]
-                            .disk
-                            .flip_bit(file, byte, bit)
-                        {
-                            trace::event(format!(
-                                "flip a bit of {} on storage-{victim}",
-                                file.display()
-                            ));
+                        if cluster.storage[victim as usize - 1].disk.flip_bit(file, byte, bit) {
+                            trace::event(format!("flip a bit of {} on storage-{victim}", file.display()));
                             flipped.insert(file.file_name().unwrap().to_str().unwrap().to_string());
                         }
                     }
@@ -280,10 +263,7 @@ async fn faults_while_healing() {
                         let mut rng = madsim::rand::thread_rng();
                         (rng.gen_range(10..200), rng.gen_range(0.0..0.05))
                     };
-                    cluster.degrade_network(
-                        Duration::from_millis(1)..Duration::from_millis(latency_ms),
-                        loss,
-                    );
+                    cluster.degrade_network(Duration::from_millis(1)..Duration::from_millis(latency_ms), loss);
                     madsim::time::sleep(hold.min(Duration::from_secs(10))).await;
                     cluster.restore_network();
                 }
@@ -299,11 +279,7 @@ async fn faults_while_healing() {
             op += 1;
             let (remote, expected) = {
                 let files = files.borrow();
-                files
-                    .iter()
-                    .nth(op % files.len())
-                    .map(|(r, d)| (r.clone(), d.clone()))
-                    .unwrap()
+                files.iter().nth(op % files.len()).map(|(r, d)| (r.clone(), d.clone())).unwrap()
             };
             if madsim::rand::thread_rng().gen_bool(0.3) {
                 let size = madsim::rand::thread_rng().gen_range(1..3 * CHUNK);
@@ -313,27 +289,16 @@ async fn faults_while_healing() {
                 disk.create_dir_all(local.parent().unwrap()).await.unwrap();
                 disk.write_file(&local, data.clone().into()).await.unwrap();
                 let (c, r) = (client.clone(), remote.clone());
-                if cluster
-                    .on_client(async move { c.put(&local, &r, true, &NoProgress).await })
-                    .await
-                    .is_ok()
-                {
+                if cluster.on_client(async move { c.put(&local, &r, true, &NoProgress).await }).await.is_ok() {
                     files.borrow_mut().insert(remote, data.into());
                 }
             } else {
                 let out = PathBuf::from(format!("/out/during/{op}"));
                 disk.create_dir_all(out.parent().unwrap()).await.unwrap();
                 let (c, r, o) = (client.clone(), remote.clone(), out.clone());
-                if cluster
-                    .on_client(async move { c.get(&r, &o, &NoProgress).await })
-                    .await
-                    .is_ok()
-                {
+                if cluster.on_client(async move { c.get(&r, &o, &NoProgress).await }).await.is_ok() {
                     let got = disk.read_file(&out).await.unwrap();
-                    assert!(
-                        got == expected,
-                        "WRONG BYTES: {remote} while faults were on"
-                    );
+                    assert!(got == expected, "WRONG BYTES: {remote} while faults were on");
                 }
             }
             let pause = Duration::from_millis(madsim::rand::thread_rng().gen_range(200..2_000));
@@ -411,7 +376,10 @@ async fn rolling_restart() {
             // As the daemon does: serve a while longer, then finish the calls it has (tonic's
             // graceful shutdown).
             madsim::time::sleep(dfs_core::storage_node::STOPPING_DRAIN).await;
-            dfs_sim_tests::cluster::wait_until(Duration::from_secs(30), "the stopping node's writes to finish", || (node.writes_in_progress() == 0).then_some(())).await;
+            dfs_sim_tests::cluster::wait_until(Duration::from_secs(30), "the stopping node's writes to finish", || {
+                (node.writes_in_progress() == 0).then_some(())
+            })
+            .await;
         }
         cluster.kill_storage(i);
         madsim::time::sleep(Duration::from_secs(2)).await;
@@ -460,10 +428,7 @@ mod planted {
     use dfs_core::planted::Bug;
     use dfs_sim_tests::seeds;
 
-    const TEST: seeds::SimTest = seeds::SimTest {
-        file: "self_healing",
-        name: "lost_replicas_are_restored_and_returning_stale_ones_removed",
-    };
+    const TEST: seeds::SimTest = seeds::SimTest { file: "self_healing", name: "lost_replicas_are_restored_and_returning_stale_ones_removed" };
 
     #[test]
     fn a_repair_onto_a_node_that_holds_the_chunk_never_heals() {

@@ -20,14 +20,8 @@ fn seeded_simulations() {
     let mut report = std::io::stderr().lock();
     if std::env::var_os("SKIP_SIMS").is_some() {
         // A CI run must never pass with a layer skipped.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "SKIP_SIMS is set in CI (CI is set): the simulations must run there"
-        );
-        let _ = writeln!(
-            report,
-            "[sim] SKIP_SIMS is set: SIMULATIONS NOT RUN (quick local iterations only)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "SKIP_SIMS is set in CI (CI is set): the simulations must run there");
+        let _ = writeln!(report, "[sim] SKIP_SIMS is set: SIMULATIONS NOT RUN (quick local iterations only)");
         return;
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
@@ -35,10 +29,7 @@ fn seeded_simulations() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Keep the caller's flags (e.g. -D warnings) and add the simulation cfg.
     // `dfs_planted`: the planted bugs' tests switch them on one at a time (core/src/planted.rs).
-    let rustflags = format!(
-        "{} --cfg madsim --cfg dfs_planted",
-        std::env::var("RUSTFLAGS").unwrap_or_default()
-    );
+    let rustflags = format!("{} --cfg madsim --cfg dfs_planted", std::env::var("RUSTFLAGS").unwrap_or_default());
     let started = std::time::Instant::now();
     let out = Command::new(cargo)
         .current_dir(workspace)

@@ -63,19 +63,8 @@ async fn scenario() {
     // Chunks go to disk batched (one flush of the file system for many) or one by one (an
     // fsync per file and per directory), chosen by seed: a power cut must find both durable.
     let small_chunk_batches = madsim::rand::thread_rng().gen_bool(0.5);
-    trace::event(format!(
-        "chunks stored {}",
-        if small_chunk_batches {
-            "in batches"
-        } else {
-            "one by one"
-        }
-    ));
-    let config = ClientConfig {
-        chunk_size: CHUNK,
-        small_chunk_batches,
-        ..ClientConfig::default()
-    };
+    trace::event(format!("chunks stored {}", if small_chunk_batches { "in batches" } else { "one by one" }));
+    let config = ClientConfig { chunk_size: CHUNK, small_chunk_batches, ..ClientConfig::default() };
     let client: Client = Arc::new(cluster.client(config, &disk));
     let mut oracle = BTreeMap::new();
     for (i, size) in [0, 1, CHUNK, 3 * CHUNK + 4321].into_iter().enumerate() {
@@ -119,17 +108,11 @@ async fn scenario() {
         let stat = cluster.on_client(async move { c.stat(&r).await }).await.expect("stat");
         let loc = stat.chunks.iter().find(|c| c.index == 1).unwrap();
         let served = loc.replicas.iter().any(|n| n.id == victim.id);
-        let all_ok = loc.replica_status.len() == 3
-            && loc
-                .replica_status
-                .iter()
-                .all(|s| s.state == ReplicaState::Ok as i32);
+        let all_ok = loc.replica_status.len() == 3 && loc.replica_status.iter().all(|s| s.state == ReplicaState::Ok as i32);
         // Whole: decodes, and its bytes hash to metadata's SHA-256 (hashed here, not trusted
         // from the copy's own checks).
         let whole = host.disk.read_file(&path).await.ok().is_some_and(|f| {
-            dfs_core::chunk_store::decode_file(f.into()).is_ok_and(|(_, data)| {
-                dfs_core::ids::Sha256Digest::of(&data).0.as_slice() == loc.sha256.as_ref()
-            })
+            dfs_core::chunk_store::decode_file(f.into()).is_ok_and(|(_, data)| dfs_core::ids::Sha256Digest::of(&data).0.as_slice() == loc.sha256.as_ref())
         });
         if served && all_ok && whole {
             break;
@@ -193,10 +176,7 @@ mod planted {
     use dfs_core::planted::Bug;
     use dfs_sim_tests::seeds;
 
-    const TEST: seeds::SimTest = seeds::SimTest {
-        file: "storage_durability",
-        name: "chunks_survive_storage_power_loss_and_bit_rot_is_quarantined",
-    };
+    const TEST: seeds::SimTest = seeds::SimTest { file: "storage_durability", name: "chunks_survive_storage_power_loss_and_bit_rot_is_quarantined" };
 
     #[test]
     fn no_directory_fsync_loses_chunks_in_a_power_cut() {
@@ -210,12 +190,6 @@ mod planted {
 
     #[test]
     fn a_node_with_a_bad_copy_never_a_target_leaves_the_copy_unmade() {
-        seeds::expect_caught(
-            TEST,
-            Bug::BadCopyNeverTarget,
-            "the damaged replica was not made again on its node",
-            1,
-            8,
-        );
+        seeds::expect_caught(TEST, Bug::BadCopyNeverTarget, "the damaged replica was not made again on its node", 1, 8);
     }
 }

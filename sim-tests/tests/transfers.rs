@@ -153,8 +153,7 @@ async fn fault_loop(cluster: &Cluster, end: madsim::time::Instant) -> BTreeSet<P
             _ => {
                 // A bit flip on one replica of a chunk no other flip has touched.
                 let files = cluster.chunk_files(victim).await;
-                let candidates: Vec<&PathBuf> =
-                    files.iter().filter(|f| !flipped_chunks.contains(f.file_name().unwrap().to_str().unwrap())).collect();
+                let candidates: Vec<&PathBuf> = files.iter().filter(|f| !flipped_chunks.contains(f.file_name().unwrap().to_str().unwrap())).collect();
                 if candidates.is_empty() {
                     continue;
                 }
@@ -185,9 +184,7 @@ async fn scenario() {
     let oracle: Oracle = Arc::default();
     let end = madsim::time::Instant::now() + FAULT_PHASE;
 
-    let clients: Vec<_> = (1..=CLIENTS)
-        .map(|k| cluster.spawn_on_client(client_loop(k, client.clone(), disk.clone(), oracle.clone(), end)))
-        .collect();
+    let clients: Vec<_> = (1..=CLIENTS).map(|k| cluster.spawn_on_client(client_loop(k, client.clone(), disk.clone(), oracle.clone(), end))).collect();
     dfs_sim_tests::faults::enable();
     let flipped = fault_loop(&cluster, end).await;
     let mut totals = (0, 0, 0);

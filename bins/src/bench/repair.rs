@@ -91,9 +91,21 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
     let mut nodes: Vec<Node> = Vec::new();
     let storage_argv = |i: usize| -> Vec<String> {
         let data = dir.join(format!("storage-{}", i + 1)).to_string_lossy().into_owned();
-        ["storage", "--listen", &storage_addrs[i].to_string(), "--meta", &meta.join(","), "--data-dir", &data, "--heartbeat-interval", "1s", "--repair-streams-max", &streams]
-            .map(String::from)
-            .to_vec()
+        [
+            "storage",
+            "--listen",
+            &storage_addrs[i].to_string(),
+            "--meta",
+            &meta.join(","),
+            "--data-dir",
+            &data,
+            "--heartbeat-interval",
+            "1s",
+            "--repair-streams-max",
+            &streams,
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let mut started = || -> anyhow::Result<()> {
         for (i, addr) in meta_addrs.iter().enumerate() {
@@ -101,8 +113,21 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
             let data = dir.join(&name).to_string_lossy().into_owned();
             let id = (i + 1).to_string();
             let argv = [
-                "meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(","), "--suspect-after", "2s", "--dead-after", "4s",
-                "--repair-streams-max", &streams,
+                "meta",
+                "--id",
+                &id,
+                "--listen",
+                &addr.to_string(),
+                "--data-dir",
+                &data,
+                "--peers",
+                &peers.join(","),
+                "--suspect-after",
+                "2s",
+                "--dead-after",
+                "4s",
+                "--repair-streams-max",
+                &streams,
             ];
             nodes.push(spawn(&exe, &name, &argv, &logs)?);
         }
@@ -211,7 +236,12 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Polls status and fsck until `done` says so; returns when.
-async fn wait_until(client: &DfsClient<RealEnv>, meta: &[String], limit: Duration, done: impl Fn(&proto::ClusterStatusResponse, &proto::FsckResponse) -> bool) -> anyhow::Result<Instant> {
+async fn wait_until(
+    client: &DfsClient<RealEnv>,
+    meta: &[String],
+    limit: Duration,
+    done: impl Fn(&proto::ClusterStatusResponse, &proto::FsckResponse) -> bool,
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
     let meta = dfs_core::client::meta_client::MetaClient::new(RealEnv::default(), meta.to_vec(), Default::default());
     loop {

@@ -123,7 +123,11 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
     stop(&mut nodes).await;
     let (large, storage_rss, small) = outcome?;
     let storage_peak = storage_rss.iter().copied().max().unwrap_or(0);
-    say(format!("storage node peak RSS: {} (max of {})", ByteSize(storage_peak), storage_rss.iter().map(|b| ByteSize(*b).to_string()).collect::<Vec<_>>().join(", ")));
+    say(format!(
+        "storage node peak RSS: {} (max of {})",
+        ByteSize(storage_peak),
+        storage_rss.iter().map(|b| ByteSize(*b).to_string()).collect::<Vec<_>>().join(", ")
+    ));
     if args.json {
         let mut json = serde_json::json!({
             "size_bytes": args.size.as_u64(),

@@ -43,14 +43,29 @@ impl Default for DownloadConfig {
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A replica answered with `len` bytes whose digest is `sha256`.
-    Fetched { index: u32, attempt: u32, len: u64, sha256: Sha256Digest },
+    Fetched {
+        index: u32,
+        attempt: u32,
+        len: u64,
+        sha256: Sha256Digest,
+    },
     /// A replica did not answer with the chunk.
-    FetchFailed { index: u32, attempt: u32, error: RpcError },
+    FetchFailed {
+        index: u32,
+        attempt: u32,
+        error: RpcError,
+    },
     /// The bytes of chunk `index` are written.
-    Written { index: u32 },
-    WriteFailed { error: String },
+    Written {
+        index: u32,
+    },
+    WriteFailed {
+        error: String,
+    },
     /// The driver finished hashing what it wrote.
-    FileHashed { sha256: Sha256Digest },
+    FileHashed {
+        sha256: Sha256Digest,
+    },
     /// The output is final (synced and renamed, or flushed).
     Finished,
 }
@@ -58,18 +73,34 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Fetch the chunk from `from`; keep the bytes until `Write` or `Discard`.
-    Fetch { index: u32, attempt: u32, chunk_id: bytes::Bytes, from: proto::StorageNode },
+    Fetch {
+        index: u32,
+        attempt: u32,
+        chunk_id: bytes::Bytes,
+        from: proto::StorageNode,
+    },
     /// Drop the bytes fetched for `index` (they did not match).
-    Discard { index: u32 },
+    Discard {
+        index: u32,
+    },
     /// Write the bytes of `index` at `offset` of the output, then drop them.
-    Write { index: u32, offset: u64 },
+    Write {
+        index: u32,
+        offset: u64,
+    },
     /// Tell metadata this replica holds bad bytes.
-    ReportBad { chunk_id: bytes::Bytes, node: proto::StorageNode, reason: String },
+    ReportBad {
+        chunk_id: bytes::Bytes,
+        node: proto::StorageNode,
+        reason: String,
+    },
     /// Finish hashing the output.
     HashFile,
     /// Make the output final.
     Finish,
-    Progress { bytes: u64 },
+    Progress {
+        bytes: u64,
+    },
     Done,
     Failed(DownloadError),
 }
@@ -153,8 +184,7 @@ impl Download {
             if c.index as usize != i || Some(c.size) != want {
                 return Err(DownloadError::BadChunkList(format!("chunk {} has {} bytes, expected {:?}", c.index, c.size, want)));
             }
-            let expected = Sha256Digest::from_slice(&c.sha256)
-                .ok_or_else(|| DownloadError::BadChunkList(format!("chunk {}: no SHA-256", c.index)))?;
+            let expected = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| DownloadError::BadChunkList(format!("chunk {}: no SHA-256", c.index)))?;
             states.push(ChunkState {
                 offset: i as u64 * info.chunk_size,
                 expected,

@@ -19,10 +19,10 @@ use sha2::{Digest, Sha256};
 use super::download::{self, Download};
 use super::resume::{self, Manifest, UploadKey};
 use super::upload::{self, MetaOp, Placement, Start, Upload, UploadError, UploadSpec};
-use crate::namespace::FileAttrs;
 use super::{local, ClientError, DfsClient, Progress};
 use crate::env::{call_with_timeout, Clock, Disk, Env, Transport};
 use crate::ids::{FileId, Sha256Digest};
+use crate::namespace::FileAttrs;
 use crate::proto;
 use crate::rpc::{ChunkService, ChunkUpload, RpcError, SMALL_CHUNK_BYTES_MAX};
 
@@ -61,14 +61,27 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 enum UpDone {
     Event(upload::Event),
     /// A span read and hashed; the file's running digest comes back with it.
-    Read { index: u32, file_hash: Sha256, outcome: Result<(Bytes, Sha256Digest), String> },
+    Read {
+        index: u32,
+        file_hash: Sha256,
+        outcome: Result<(Bytes, Sha256Digest), String>,
+    },
 }
 
 enum DownDone {
     Event(download::Event),
-    Fetched { index: u32, attempt: u32, data: Bytes, sha256: Sha256Digest },
+    Fetched {
+        index: u32,
+        attempt: u32,
+        data: Bytes,
+        sha256: Sha256Digest,
+    },
     /// A chunk written and added to the file's running digest, which comes back with it.
-    Written { index: u32, file_hash: Sha256, outcome: Result<(), String> },
+    Written {
+        index: u32,
+        file_hash: Sha256,
+        outcome: Result<(), String>,
+    },
 }
 
 /// Where a download's bytes go.
@@ -95,7 +108,14 @@ impl<E: Env> DfsClient<E> {
     }
 
     /// `put`, keeping `attrs` (the source's mode and modification time) with the file.
-    pub async fn put_with(&self, source: &Path, remote: &str, overwrite: bool, attrs: FileAttrs, progress: &dyn Progress) -> Result<proto::FileInfo, ClientError> {
+    pub async fn put_with(
+        &self,
+        source: &Path,
+        remote: &str,
+        overwrite: bool,
+        attrs: FileAttrs,
+        progress: &dyn Progress,
+    ) -> Result<proto::FileInfo, ClientError> {
         let first = self.put_once(source, remote, overwrite, attrs, progress, true).await;
         match first {
             Err(ClientError::Upload { source: UploadError::UploadGone | UploadError::SourceChanged, resumed: true, .. }) => {
@@ -152,10 +172,9 @@ impl<E: Env> DfsClient<E> {
 
         let upload_error = |e: UploadError| match e {
             UploadError::Metadata { op, error } => ClientError::Metadata { context: format!("put {remote}: {}", op.as_str()), source: error },
-            UploadError::Source { index, error } => ClientError::Local {
-                path: source.to_path_buf(),
-                source: std::io::Error::other(format!("reading chunk {index}: {error}")),
-            },
+            UploadError::Source { index, error } => {
+                ClientError::Local { path: source.to_path_buf(), source: std::io::Error::other(format!("reading chunk {index}: {error}")) }
+            }
             e => ClientError::Upload { path: remote.to_string(), source: e, resumed },
         };
 
@@ -183,11 +202,9 @@ impl<E: Env> DfsClient<E> {
                         pending.push(
                             async move {
                                 UpDone::Event(match self.creates.call(request).await {
-                                    Ok(r) => upload::Event::Created {
-                                        file: FileId(r.file_id),
-                                        placements: placements(r.placements),
-                                        write_quorum: r.write_quorum,
-                                    },
+                                    Ok(r) => {
+                                        upload::Event::Created { file: FileId(r.file_id), placements: placements(r.placements), write_quorum: r.write_quorum }
+                                    }
                                     Err(error) => upload::Event::MetaFailed { op: MetaOp::Create, error },
                                 })
                             }
@@ -255,11 +272,7 @@ impl<E: Env> DfsClient<E> {
                                         index,
                                         attempt,
                                         stored_on: reply.stored_on,
-                                        failed: reply
-                                            .failures
-                                            .into_iter()
-                                            .filter_map(|f| Some((f.node?.id, f.error)))
-                                            .collect(),
+                                        failed: reply.failures.into_iter().filter_map(|f| Some((f.node?.id, f.error))).collect(),
                                     },
                                     Err(error) => upload::Event::SendFailed { index, attempt, error },
                                 })
@@ -278,10 +291,8 @@ impl<E: Env> DfsClient<E> {
                         }
                     }
                     upload::Action::Record { chunks } => {
-                        let request = proto::RecordChunksRequest {
-                            file_id: up.file().map_or(0, |f| f.0),
-                            chunks: chunks.iter().map(|c| c.to_proto()).collect(),
-                        };
+                        let request =
+                            proto::RecordChunksRequest { file_id: up.file().map_or(0, |f| f.0), chunks: chunks.iter().map(|c| c.to_proto()).collect() };
                         pending.push(
                             async move {
                                 UpDone::Event(match self.meta.call(request).await {
@@ -308,10 +319,9 @@ impl<E: Env> DfsClient<E> {
                                 UpDone::Event(match self.commits.call(request).await {
                                     Ok(r) => match r.file {
                                         Some(file) => upload::Event::Committed { file },
-                                        None => upload::Event::MetaFailed {
-                                            op: MetaOp::Commit,
-                                            error: RpcError::Internal("commit reply carries no file".into()),
-                                        },
+                                        None => {
+                                            upload::Event::MetaFailed { op: MetaOp::Commit, error: RpcError::Internal("commit reply carries no file".into()) }
+                                        }
                                     },
                                     Err(error) => upload::Event::MetaFailed { op: MetaOp::Commit, error },
                                 })
@@ -437,7 +447,13 @@ impl<E: Env> DfsClient<E> {
     }
 
     /// `get_to_writer`, its errors naming the command `verb` (`get` to stdout, `cat`).
-    pub async fn get_to_writer_as(&self, remote: &str, out: &mut (dyn std::io::Write + Send), progress: &dyn Progress, verb: &str) -> Result<proto::FileInfo, ClientError> {
+    pub async fn get_to_writer_as(
+        &self,
+        remote: &str,
+        out: &mut (dyn std::io::Write + Send),
+        progress: &dyn Progress,
+        verb: &str,
+    ) -> Result<proto::FileInfo, ClientError> {
         self.download(remote, Output::Writer(out), progress, verb).await
     }
 
@@ -520,7 +536,11 @@ impl<E: Env> DfsClient<E> {
                                         let writing = async {
                                             // A large chunk bypasses the page cache where the disk
                                             // can (the copy into it was a third of a download's CPU).
-                                            let written = if crate::chunk_store::is_bulk(len) { disk.write_bulk_at(&tmp, offset, data).await } else { disk.write_at(&tmp, offset, data).await };
+                                            let written = if crate::chunk_store::is_bulk(len) {
+                                                disk.write_bulk_at(&tmp, offset, data).await
+                                            } else {
+                                                disk.write_at(&tmp, offset, data).await
+                                            };
                                             let outcome = written.map_err(|e| format!("{}: {e}", tmp.display()));
                                             if outcome.is_ok() && len >= WRITEBACK_HINT_MIN_BYTES {
                                                 // The final fsync then finds little left: the disk
@@ -633,7 +653,14 @@ impl<E: Env> DfsClient<E> {
     /// against its CRC32C before a byte of it is written (a chunk stored without frame checks
     /// is read whole and checked against its SHA-256). A replica that fails is skipped (and
     /// reported when its bytes are wrong) for the next. `verb` names the command in errors.
-    pub async fn read_range(&self, remote: &str, offset: u64, len: u64, out: &mut (dyn std::io::Write + Send), verb: &str) -> Result<(proto::FileInfo, u64), ClientError> {
+    pub async fn read_range(
+        &self,
+        remote: &str,
+        offset: u64,
+        len: u64,
+        out: &mut (dyn std::io::Write + Send),
+        verb: &str,
+    ) -> Result<(proto::FileInfo, u64), ClientError> {
         let reply = self
             .gets
             .call(proto::GetFileRequest { path: remote.to_string() })
@@ -656,7 +683,8 @@ impl<E: Env> DfsClient<E> {
             let mut bytes = None;
             for node in &loc.replicas {
                 let request = proto::ReadChunkRequest { chunk_id: loc.chunk_id.clone(), range_offset: Some(from), range_length: Some(to - from) };
-                let read = call_with_timeout(self.env.clock(), self.config.transfer_timeout, &node.addr, self.env.transport().read_chunk(&node.addr, request)).await;
+                let read =
+                    call_with_timeout(self.env.clock(), self.config.transfer_timeout, &node.addr, self.env.transport().read_chunk(&node.addr, request)).await;
                 let download = match read {
                     Ok(d) => d,
                     Err(e) => {

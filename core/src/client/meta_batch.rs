@@ -46,12 +46,7 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits {
-            files_max: crate::meta::server::BATCH_FILES_MAX,
-            records_max: crate::namespace::RECORD_CHUNKS_MAX,
-            in_flight_max: 2,
-            queued_max: 1024,
-        }
+        BatchLimits { files_max: crate::meta::server::BATCH_FILES_MAX, records_max: crate::namespace::RECORD_CHUNKS_MAX, in_flight_max: 2, queued_max: 1024 }
     }
 }
 

@@ -18,14 +18,14 @@
 //! untouched or complete.
 
 pub mod admin;
+pub mod chunk_batch;
 pub mod download;
 mod driver;
+pub mod meta_batch;
+pub mod meta_client;
 pub mod resume;
 pub mod tree_resume;
 pub mod upload;
-pub mod meta_client;
-pub mod meta_batch;
-pub mod chunk_batch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,10 +233,7 @@ impl<E: Env> DfsClient<E> {
     }
 
     pub async fn stat(&self, remote: &str) -> Result<proto::GetFileResponse, ClientError> {
-        self.meta
-            .call(proto::GetFileRequest { path: remote.to_string() })
-            .await
-            .map_err(metadata(format!("stat {remote}")))
+        self.meta.call(proto::GetFileRequest { path: remote.to_string() }).await.map_err(metadata(format!("stat {remote}")))
     }
 
     /// Creates the directory `remote`; with `parents`, its missing ancestors too, and an

@@ -152,7 +152,14 @@ mod tests {
     use super::*;
 
     fn key() -> TreeKey {
-        TreeKey { local_root: "/home/u/photos".into(), remote_prefix: "/p".into(), cluster: "127.0.0.1:7000".into(), chunk_size: 4 << 20, replication: 3, overwrite: false }
+        TreeKey {
+            local_root: "/home/u/photos".into(),
+            remote_prefix: "/p".into(),
+            cluster: "127.0.0.1:7000".into(),
+            chunk_size: 4 << 20,
+            replication: 3,
+            overwrite: false,
+        }
     }
 
     fn stamp(len: u64, modified: u64) -> FileStamp {

@@ -89,12 +89,7 @@ pub struct StoredChunk {
 
 impl StoredChunk {
     pub fn to_proto(&self) -> proto::ChunkInfo {
-        proto::ChunkInfo {
-            index: self.index,
-            size: self.size,
-            sha256: self.sha256.0.to_vec().into(),
-            replicas: self.replicas.clone(),
-        }
+        proto::ChunkInfo { index: self.index, size: self.size, sha256: self.sha256.0.to_vec().into(), replicas: self.replicas.clone() }
     }
 }
 
@@ -161,26 +156,50 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// `CreateFile`, asking for placements of the first `place_chunks` chunks.
-    Create { place_chunks: u32 },
+    Create {
+        place_chunks: u32,
+    },
     /// Read chunk `index` (`len` bytes at `offset`) and keep it until `Release`.
-    Read { index: u32, offset: u64, len: u64 },
+    Read {
+        index: u32,
+        offset: u64,
+        len: u64,
+    },
     /// `AllocateChunks` for these chunks, avoiding `exclude`.
-    Allocate { indexes: Vec<u32>, exclude: Vec<u64> },
+    Allocate {
+        indexes: Vec<u32>,
+        exclude: Vec<u64>,
+    },
     /// Write chunk `index` (whose digest is `sha256`) to `primary`, which forwards it to
     /// `forward_to`.
-    Send { index: u32, attempt: u32, sha256: Sha256Digest, primary: proto::StorageNode, forward_to: Vec<proto::StorageNode> },
+    Send {
+        index: u32,
+        attempt: u32,
+        sha256: Sha256Digest,
+        primary: proto::StorageNode,
+        forward_to: Vec<proto::StorageNode>,
+    },
     /// The chunk's bytes are no longer needed.
-    Release { index: u32 },
+    Release {
+        index: u32,
+    },
     /// The chunk is stored: worth remembering for a resume.
     Checkpoint(StoredChunk),
     /// `RecordChunks`.
-    Record { chunks: Vec<StoredChunk> },
+    Record {
+        chunks: Vec<StoredChunk>,
+    },
     /// Finish the whole-file hash and check the source did not change since the upload began.
     FinishSource,
     /// `CommitFile` with the chunks not recorded yet and the file's SHA-256.
-    Commit { chunks: Vec<StoredChunk>, sha256: Sha256Digest },
+    Commit {
+        chunks: Vec<StoredChunk>,
+        sha256: Sha256Digest,
+    },
     /// `bytes` more of the file are stored.
-    Progress { bytes: u64 },
+    Progress {
+        bytes: u64,
+    },
     Done(proto::FileInfo),
     Failed(UploadError),
 }
@@ -425,12 +444,8 @@ impl Upload {
                     return self.fail(e);
                 }
                 // Chunks asked for but not placed: an attempt that found no node.
-                let unplaced: Vec<u32> = self
-                    .active
-                    .iter()
-                    .copied()
-                    .filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::Allocating))
-                    .collect();
+                let unplaced: Vec<u32> =
+                    self.active.iter().copied().filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::Allocating)).collect();
                 for index in unplaced {
                     if let Chunk::Active(a) = &mut self.chunks[index as usize] {
                         a.attempt += 1;
@@ -488,10 +503,7 @@ impl Upload {
                 return;
             }
             Event::MetaFailed { op, error } => {
-                if op == MetaOp::Commit
-                    && error.is_retryable()
-                    && crate::planted::on(crate::planted::Bug::LostCommit)
-                {
+                if op == MetaOp::Commit && error.is_retryable() && crate::planted::on(crate::planted::Bug::LostCommit) {
                     // Planted: an ambiguous commit taken for a done one.
                     let file = proto::FileInfo {
                         file_id: self.file.map_or(0, |f| f.0),
@@ -593,14 +605,8 @@ impl Upload {
         let replication = self.spec.replication as usize;
         let Chunk::Active(a) = &mut self.chunks[index as usize] else { return };
         let wanted = replication.saturating_sub(a.holders.len()).max(1);
-        let targets: Vec<proto::StorageNode> = a
-            .placement
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| !a.holders.contains(&t.id))
-            .take(wanted)
-            .collect();
+        let targets: Vec<proto::StorageNode> =
+            a.placement.clone().unwrap_or_default().into_iter().filter(|t| !a.holders.contains(&t.id)).take(wanted).collect();
         let mut targets = targets.into_iter();
         let Some(primary) = targets.next() else {
             a.placement = None;
@@ -648,7 +654,9 @@ impl Upload {
             .active
             .iter()
             .copied()
-            .filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::NeedsPlacement && a.sha256.is_some() && a.placement.is_some()))
+            .filter(
+                |&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::NeedsPlacement && a.sha256.is_some() && a.placement.is_some()),
+            )
             .collect();
         for index in ready {
             self.send(index);

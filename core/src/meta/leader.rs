@@ -35,11 +35,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::env::Timestamp;
-use crate::proto::ReplicaState;
 use crate::health::{HealthConfig, HealthTracker, Liveness, NodeStats};
 use crate::ids::{ChunkId, StorageNodeId};
 use crate::namespace::{Command, Namespace, ReplicaReport, Upload, Verdict, REPLICA_REPORTS_MAX};
 use crate::placement::{self, Candidate};
+use crate::proto::ReplicaState;
 use crate::repair::{Census, ChunkState, NodeState, RepairConfig, RepairJob, RepairPlanner, RepairStats};
 
 /// Expired trash buckets deleted per housekeeping tick, at most.
@@ -323,7 +323,24 @@ pub struct LeaderEvent {
 impl Leader {
     /// The leader of `term`, from `now` on.
     pub fn new(config: LeaderConfig, term: u64, now: Timestamp) -> Self {
-        Leader { config, term, health: HealthTracker::new(config.health, now), next_housekeeping: now, repair: RepairPlanner::new(config.repair, now), scrub_requested: BTreeMap::new(), scrub_requests_made: 0, inventories: BTreeMap::new(), inventoried: BTreeSet::new(), suspects: BTreeMap::new(), garbage_seen: BTreeMap::new(), placed_since_heartbeat: BTreeMap::new(), events: Default::default(), states_seen: BTreeMap::new(), repairs_seen: (0, 0), took_office: now }
+        Leader {
+            config,
+            term,
+            health: HealthTracker::new(config.health, now),
+            next_housekeeping: now,
+            repair: RepairPlanner::new(config.repair, now),
+            scrub_requested: BTreeMap::new(),
+            scrub_requests_made: 0,
+            inventories: BTreeMap::new(),
+            inventoried: BTreeSet::new(),
+            suspects: BTreeMap::new(),
+            garbage_seen: BTreeMap::new(),
+            placed_since_heartbeat: BTreeMap::new(),
+            events: Default::default(),
+            states_seen: BTreeMap::new(),
+            repairs_seen: (0, 0),
+            took_office: now,
+        }
     }
 
     pub fn term(&self) -> u64 {
@@ -378,12 +395,8 @@ impl Leader {
         }
         // Most reports confirm what the uploader recorded: only those that would change
         // something take a log entry. (`apply` judges them again on the committed state.)
-        let news: Vec<ReplicaReport> = hb
-            .stored
-            .into_iter()
-            .filter(|r| matches!(ns.judge_report(hb.node, r), Verdict::Learn | Verdict::Discard))
-            .take(REPLICA_REPORTS_MAX)
-            .collect();
+        let news: Vec<ReplicaReport> =
+            hb.stored.into_iter().filter(|r| matches!(ns.judge_report(hb.node, r), Verdict::Learn | Verdict::Discard)).take(REPLICA_REPORTS_MAX).collect();
         if !news.is_empty() {
             propose.push(Command::ReportReplicas { node: hb.node, replicas: news });
         }
@@ -428,10 +441,7 @@ impl Leader {
             return vec![]; // more fresh reports may be queued on the node
         }
         let suspects = self.suspects.remove(&node).unwrap_or_default();
-        let missing: Vec<ChunkId> = suspects
-            .into_iter()
-            .filter(|id| !ns.deleting_on(node, *id) && ns.lists_replica(node, *id))
-            .collect();
+        let missing: Vec<ChunkId> = suspects.into_iter().filter(|id| !ns.deleting_on(node, *id) && ns.lists_replica(node, *id)).collect();
         if !missing.is_empty() {
             tracing::warn!(%node, missing = missing.len(), "replicas listed on this node are not in its inventory");
         }
@@ -485,9 +495,7 @@ impl Leader {
     ) -> Result<Vec<Vec<StorageNodeId>>, AllocateError> {
         let sizes = indexes
             .iter()
-            .map(|&index| {
-                crate::chunking::chunk_len(upload.size, upload.chunk_size, index).ok_or(AllocateError::NoSuchChunk { file: upload.id.0, index })
-            })
+            .map(|&index| crate::chunking::chunk_len(upload.size, upload.chunk_size, index).ok_or(AllocateError::NoSuchChunk { file: upload.id.0, index }))
             .collect::<Result<Vec<u64>, _>>()?;
         // Live nodes that take replicas: not draining (decommissioning).
         let repairs_in = self.repair.in_flight();
@@ -648,7 +656,12 @@ impl Leader {
         let stats = self.repair.stats();
         let (done, bytes) = (stats.completed, stats.completed_bytes);
         if done > self.repairs_seen.0 {
-            let text = format!("{} repair cop{} done ({} bytes)", done - self.repairs_seen.0, if done - self.repairs_seen.0 == 1 { "y" } else { "ies" }, bytes - self.repairs_seen.1);
+            let text = format!(
+                "{} repair cop{} done ({} bytes)",
+                done - self.repairs_seen.0,
+                if done - self.repairs_seen.0 == 1 { "y" } else { "ies" },
+                bytes - self.repairs_seen.1
+            );
             self.record_event(now, "repair", text);
         }
         self.repairs_seen = (done, bytes);
@@ -742,7 +755,10 @@ impl Leader {
     /// elsewhere (safe to switch off).
     pub fn decommissioned(&self, now: Timestamp, ns: &Namespace, node: StorageNodeId) -> bool {
         let nodes = self.node_states(now, ns);
-        ns.files().flat_map(|f| chunk_states(ns, f)).filter(|c| c.replicas.contains(&node)).all(|c| crate::repair::valid_replicas(&c, &nodes).len() >= c.replication as usize)
+        ns.files()
+            .flat_map(|f| chunk_states(ns, f))
+            .filter(|c| c.replicas.contains(&node))
+            .all(|c| crate::repair::valid_replicas(&c, &nodes).len() >= c.replication as usize)
     }
 
     /// Repair copies in flight with `node` as their target.

@@ -127,10 +127,7 @@ impl<RT: AsyncRuntime> RedbLogStore<RT> {
 }
 
 impl<RT: AsyncRuntime> RaftLogReader<MetaTypes<RT>> for RedbLogStore<RT> {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> StorageResult<Vec<Entry<MetaTypes<RT>>>> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(&mut self, range: RB) -> StorageResult<Vec<Entry<MetaTypes<RT>>>> {
         let read = || -> Result<Vec<Entry<MetaTypes<RT>>>, String> {
             let tx = self.db.begin_read().map_err(|e| e.to_string())?;
             let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
@@ -182,8 +179,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<MetaTypes<RT>> for RedbLogStore<RT> {
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<MetaNodeId>>> {
-        let committed: Option<Option<LogId<MetaNodeId>>> =
-            read_meta(&self.db, COMMITTED).map_err(|e| StorageIOError::read(&io_error(e)))?;
+        let committed: Option<Option<LogId<MetaNodeId>>> = read_meta(&self.db, COMMITTED).map_err(|e| StorageIOError::read(&io_error(e)))?;
         Ok(committed.flatten())
     }
 
@@ -206,13 +202,11 @@ impl<RT: AsyncRuntime> RaftLogStorage<MetaTypes<RT>> for RedbLogStore<RT> {
     }
 
     async fn truncate(&mut self, log_id: LogId<MetaNodeId>) -> StorageResult<()> {
-        self.remove((Bound::Included(log_id.index), Bound::Unbounded), None)
-            .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
+        self.remove((Bound::Included(log_id.index), Bound::Unbounded), None).map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<MetaNodeId>) -> StorageResult<()> {
-        self.remove((Bound::Unbounded, Bound::Included(log_id.index)), Some(log_id))
-            .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
+        self.remove((Bound::Unbounded, Bound::Included(log_id.index)), Some(log_id)).map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
     }
 }
 
@@ -235,12 +229,18 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         /// Appends this many entries after the last one, in this term.
-        Append { count: u64, term: u64 },
+        Append {
+            count: u64,
+            term: u64,
+        },
         /// Truncates at this fraction of the log (entries from there on go).
         Truncate(u8),
         /// Purges up to this fraction of the log.
         Purge(u8),
-        Vote { term: u64, node: u64 },
+        Vote {
+            term: u64,
+            node: u64,
+        },
         Committed(u8),
     }
 

@@ -167,8 +167,7 @@ impl<E: Env> RaftNetwork<MetaTypes<E::RaftRuntime>> for RaftPeer<E> {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<MetaNodeId>> {
         let request = proto::AppendEntriesRequest { payload: to_json(&rpc) };
-        let reply: Result<AppendEntriesResponse<MetaNodeId>, RaftError<MetaNodeId>> =
-            self.exchange(request, option.hard_ttl()).await?;
+        let reply: Result<AppendEntriesResponse<MetaNodeId>, RaftError<MetaNodeId>> = self.exchange(request, option.hard_ttl()).await?;
         reply.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 
@@ -192,12 +191,7 @@ impl<E: Env> RaftNetwork<MetaTypes<E::RaftRuntime>> for RaftPeer<E> {
         let mut offset = 0u64;
         loop {
             let len = piece.min(file.len - offset);
-            let data = self
-                .env
-                .disk()
-                .read_at(&file.path, offset, len)
-                .await
-                .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+            let data = self.env.disk().read_at(&file.path, offset, len).await.map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
             if data.len() as u64 != len {
                 let e = RpcError::Internal(format!("{}: snapshot file shorter than recorded", file.path.display()));
                 return Err(StreamingError::Unreachable(unreachable(e)));

@@ -17,21 +17,20 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
 
+use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, InventoryPart, Leader, LeaderConfig};
 use super::log_store::{open_database, RedbLogStore};
 use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
 use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
 use crate::env::{Clock, Disk, Env, Transport};
-use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, InventoryPart, Leader, LeaderConfig};
 use crate::health::{HealthConfig, NodeStats};
-use crate::repair::RepairConfig;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
 use crate::namespace::{
-    self, normalize_path, ChunkRecord, Command, EntryKind, Namespace, FileRecord, FileSummary, NamespaceError, Outcome, ReplicaReport, RequestId,
+    self, normalize_path, ChunkRecord, Command, EntryKind, FileRecord, FileSummary, Namespace, NamespaceError, Outcome, ReplicaReport, RequestId,
     PATH_MAX_BYTES, REPLICA_REPORTS_MAX,
 };
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
+use crate::repair::RepairConfig;
 use crate::rpc::RpcError;
-
 
 /// Most chunk placements one `AllocateChunks` call may ask for.
 pub const ALLOCATE_CHUNKS_MAX: usize = 1024;
@@ -224,17 +223,13 @@ impl<E: Env> MetaServer<E> {
 
     /// Opens `data_dir/raft.redb` and the snapshots beside it: what this node was before it
     /// stopped, or nothing for a new node.
-    async fn open_store(
-        env: &E,
-        data_dir: &std::path::Path,
-    ) -> Result<(RedbLogStore<E::RaftRuntime>, MetaStateMachine<E::Disk>, SharedState), MetaStartError> {
+    async fn open_store(env: &E, data_dir: &std::path::Path) -> Result<(RedbLogStore<E::RaftRuntime>, MetaStateMachine<E::Disk>, SharedState), MetaStartError> {
         let store_error = |reason: String| MetaStartError::Store { dir: data_dir.to_path_buf(), reason };
         let disk = env.disk();
         crate::env::create_dir_durable(disk, data_dir).await.map_err(|e| store_error(e.to_string()))?;
         let backend = disk.open_store(&data_dir.join("raft.redb")).await.map_err(|e| store_error(format!("raft.redb: {e}")))?;
         let db = Arc::new(open_database(backend).map_err(|e| store_error(format!("raft.redb: {e}")))?);
-        let (state_machine, state) =
-            MetaStateMachine::open(disk.clone(), data_dir, db.clone()).await.map_err(|e| store_error(e.to_string()))?;
+        let (state_machine, state) = MetaStateMachine::open(disk.clone(), data_dir, db.clone()).await.map_err(|e| store_error(e.to_string()))?;
         Ok((RedbLogStore::new(db), state_machine, state))
     }
 
@@ -318,8 +313,7 @@ impl<E: Env> MetaServer<E> {
         if self.is_initialized().await? {
             return Ok(());
         }
-        let members: BTreeMap<MetaNodeId, BasicNode> =
-            self.config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        let members: BTreeMap<MetaNodeId, BasicNode> = self.config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
         match self.raft.initialize(members).await {
             Ok(()) => tracing::info!(id = self.config.id, "initialized cluster membership"),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -333,7 +327,6 @@ impl<E: Env> MetaServer<E> {
     async fn is_initialized(&self) -> Result<bool, MetaStartError> {
         self.raft.is_initialized().await.map_err(|e| MetaStartError::Raft(e.to_string()))
     }
-
 
     pub fn id(&self) -> MetaNodeId {
         self.config.id
@@ -351,11 +344,7 @@ impl<E: Env> MetaServer<E> {
     /// The storage nodes this node, while it leads, has heard from lately (for tests).
     pub fn alive_storage_nodes(&self) -> Option<usize> {
         let now = self.env.clock().now();
-        self.leader
-            .lock()
-            .expect("leader lock")
-            .as_ref()
-            .map(|l| l.alive_count(now))
+        self.leader.lock().expect("leader lock").as_ref().map(|l| l.alive_count(now))
     }
 
     /// What the operator's metrics and status page show of this node: no leadership check,
@@ -443,11 +432,7 @@ impl<E: Env> MetaServer<E> {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = if *id == m.id {
-                    m.last_log_index
-                } else {
-                    m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index)
-                };
+                let matched = if *id == m.id { m.last_log_index } else { m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index) };
                 proto::MetaMemberStatus {
                     id: *id,
                     addr: node.addr.clone(),
@@ -586,9 +571,7 @@ impl<E: Env> MetaServer<E> {
         let count = commands.len();
         let (tx, rx) = futures::channel::oneshot::channel();
         let mut proposals = self.proposals.clone();
-        futures::SinkExt::send(&mut proposals, (commands, tx))
-            .await
-            .map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?;
+        futures::SinkExt::send(&mut proposals, (commands, tx)).await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?;
         let results = rx.await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))??;
         if results.len() != count {
             return Err(RpcError::Internal(format!("{} results for {count} commands", results.len())));
@@ -686,9 +669,7 @@ impl<E: Env> MetaServer<E> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(read(&self.state.read().expect("state lock"))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(RpcError::Unavailable(format!("metadata quorum not reachable: {e}")))
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(RpcError::Unavailable(format!("metadata quorum not reachable: {e}"))),
             Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
         }
     }
@@ -713,13 +694,19 @@ impl<E: Env> MetaServer<E> {
         let now = self.env.clock().now();
         let mut guard = self.leader.lock().expect("leader lock");
         if guard.as_ref().is_none_or(|l| l.term() != term) {
-            let config = LeaderConfig { health: self.config.health, upload_expiry: self.config.upload_expiry, repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair }, gc_delay: self.config.gc_delay, trash_interval: self.config.trash_interval, ..LeaderConfig::default() };
+            let config = LeaderConfig {
+                health: self.config.health,
+                upload_expiry: self.config.upload_expiry,
+                repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair },
+                gc_delay: self.config.gc_delay,
+                trash_interval: self.config.trash_interval,
+                ..LeaderConfig::default()
+            };
             *guard = Some(Leader::new(config, term, now));
         }
         let state = self.state.read().expect("state lock");
         f(guard.as_mut().expect("set above"), &state.namespace)
     }
-
 }
 
 /// Hand-overs a stopping leader tries before it stops anyway.
@@ -792,9 +779,7 @@ fn namespace_error(e: NamespaceError) -> RpcError {
         | NamespaceError::MoveIntoItself { .. }
         | NamespaceError::Root(_) => RpcError::InvalidArgument(message),
         NamespaceError::AlreadyExists(_) => RpcError::AlreadyExists(message),
-        NamespaceError::NotFound(_) | NamespaceError::NoParent { .. } | NamespaceError::UploadNotFound(_) => {
-            RpcError::NotFound(message)
-        }
+        NamespaceError::NotFound(_) | NamespaceError::NoParent { .. } | NamespaceError::UploadNotFound(_) => RpcError::NotFound(message),
         NamespaceError::ParentIsFile { .. }
         | NamespaceError::IsDirectory(_)
         | NamespaceError::NotADirectory(_)
@@ -843,8 +828,7 @@ fn chunk_records(chunks: Vec<proto::ChunkInfo>) -> Result<Vec<ChunkRecord>, RpcE
     chunks
         .into_iter()
         .map(|c| {
-            let sha256 = Sha256Digest::from_slice(&c.sha256)
-                .ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
+            let sha256 = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
             Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas: c.replicas.into_iter().map(StorageNodeId).collect() })
         })
         .collect()
@@ -870,10 +854,8 @@ impl<E: Env> MetaServer<E> {
     /// Proposes the items that are commands (each validated first) in one log entry; an item
     /// that is already an error, or fails validation, keeps its error and is not proposed.
     async fn propose_items(&self, items: Vec<Result<Command, RpcError>>) -> Result<Vec<Result<Outcome, RpcError>>, RpcError> {
-        let items: Vec<Result<Command, RpcError>> = items
-            .into_iter()
-            .map(|item| item.and_then(|c| c.validate().map(|()| c).map_err(|e| RpcError::InvalidArgument(e.to_string()))))
-            .collect();
+        let items: Vec<Result<Command, RpcError>> =
+            items.into_iter().map(|item| item.and_then(|c| c.validate().map(|()| c).map_err(|e| RpcError::InvalidArgument(e.to_string())))).collect();
         let commands: Vec<Command> = items.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
         let mut outcomes = if commands.is_empty() { Vec::new() } else { self.propose_together(commands).await? }.into_iter();
         Ok(items.into_iter().map(|item| item.and_then(|_| outcomes.next().unwrap_or_else(|| Err(RpcError::Internal("missing result".into()))))).collect())
@@ -947,11 +929,7 @@ impl<E: Env> MetaServer<E> {
                         chunk_id: chunk_id.as_bytes().to_vec().into(),
                         size: c.size,
                         sha256: c.sha256.0.to_vec().into(),
-                        replicas: leader
-                            .served_replicas(now, &c.replicas, bad, c.index)
-                            .into_iter()
-                            .filter_map(|id| storage_node_proto(ns, id))
-                            .collect(),
+                        replicas: leader.served_replicas(now, &c.replicas, bad, c.index).into_iter().filter_map(|id| storage_node_proto(ns, id)).collect(),
                         replica_status: leader
                             .replica_states(now, &c.replicas, bad)
                             .into_iter()
@@ -1079,10 +1057,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         // every write acknowledged before this call.
         let files: Vec<Result<FileRecord, RpcError>> = self
             .read(|s| {
-                paths
-                    .into_iter()
-                    .map(|p| p.and_then(|p| s.namespace.file(&p).cloned().ok_or_else(|| namespace_error(NamespaceError::NotFound(p)))))
-                    .collect()
+                paths.into_iter().map(|p| p.and_then(|p| s.namespace.file(&p).cloned().ok_or_else(|| namespace_error(NamespaceError::NotFound(p))))).collect()
             })
             .await?;
         let mut reply_bytes = 0usize;
@@ -1128,7 +1103,9 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         let trash = (!r.skip_trash && !self.config.trash_interval.is_zero()).then(|| (user, self.env.clock().unix_ms()));
         let command = namespace::delete_command(&r.path, r.recursive, r.expect_file_id.map(FileId), trash).map_err(namespace_error)?;
         match self.propose(once(r.request_id, command)).await? {
-            Outcome::FileDeleted(f) => Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0, trashed_to: String::new() }),
+            Outcome::FileDeleted(f) => {
+                Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0, trashed_to: String::new() })
+            }
             Outcome::DirDeleted { files, dirs, .. } => {
                 Ok(proto::DeleteFileResponse { file: None, files_deleted: files, dirs_deleted: dirs, trashed_to: String::new() })
             }
@@ -1216,11 +1193,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         } as usize;
         let listed = self
             .read(|s| {
-                let page = if r.recursive {
-                    s.namespace.list_recursive(&path, &r.start_after, limit)
-                } else {
-                    s.namespace.list_dir(&path, &r.start_after, limit)
-                };
+                let page =
+                    if r.recursive { s.namespace.list_recursive(&path, &r.start_after, limit) } else { s.namespace.list_dir(&path, &r.start_after, limit) };
                 page.map(|(entries, truncated)| proto::ListDirResponse { entries: entries.iter().map(dir_entry).collect(), truncated })
             })
             .await?;
@@ -1252,12 +1226,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         });
         Ok(proto::ClusterStatusResponse {
             leader: self.leader_hint(metrics.current_leader),
-            members: metrics
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(id, node)| proto::MetaNode { id: *id, addr: node.addr.clone() })
-                .collect(),
+            members: metrics.membership_config.membership().nodes().map(|(id, node)| proto::MetaNode { id: *id, addr: node.addr.clone() }).collect(),
             term: metrics.current_term,
             commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             storage_nodes,
@@ -1273,8 +1242,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         }
         let cluster_id = self.admit_storage(StorageNodeId(node.id), &r.cluster_id).await?;
         let rack = Some(r.rack.clone()).filter(|r| !r.is_empty());
-        self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes, rack })
-            .await?;
+        self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes, rack }).await?;
         tracing::info!(node = %StorageNodeId(node.id), "storage node registered");
         Ok(proto::RegisterStorageResponse { cluster_id })
     }

@@ -140,29 +140,18 @@ impl<D: Disk> MetaStateMachine<D> {
                 let _ = disk.remove_file(&snapshots.join(name)).await;
             }
         }
-        let pointer: Option<SnapshotPointer> = read_meta(&db, SNAPSHOT_KEY)
-            .map_err(|reason| SnapshotFileError::Damaged { path: dir.join("raft.redb"), reason })?;
+        let pointer: Option<SnapshotPointer> =
+            read_meta(&db, SNAPSHOT_KEY).map_err(|reason| SnapshotFileError::Damaged { path: dir.join("raft.redb"), reason })?;
         let mut applied = AppliedState::default();
         if let Some(p) = &pointer {
             let path = snapshots.join(&p.file);
             let bytes = disk.read_file(&path).await.map_err(|source| SnapshotFileError::Io { path: path.clone(), source })?;
             let body = decode(&path, &bytes)?;
-            applied = AppliedState {
-                last_applied: body.meta.last_log_id,
-                membership: body.meta.last_membership,
-                namespace: body.namespace,
-            };
+            applied = AppliedState { last_applied: body.meta.last_log_id, membership: body.meta.last_membership, namespace: body.namespace };
             tracing::info!(snapshot = %p.file, applied = ?applied.last_applied, "loaded snapshot");
         }
         let state = Arc::new(RwLock::new(applied));
-        let sm = MetaStateMachine {
-            disk,
-            dir: snapshots,
-            db,
-            state: state.clone(),
-            current: Arc::new(Mutex::new(pointer)),
-            files: Arc::default(),
-        };
+        let sm = MetaStateMachine { disk, dir: snapshots, db, state: state.clone(), current: Arc::new(Mutex::new(pointer)), files: Arc::default() };
         Ok((sm, state))
     }
 
@@ -289,9 +278,7 @@ impl<D: Disk, RT: AsyncRuntime> RaftStateMachine<MetaTypes<RT>> for MetaStateMac
             written.await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             copy
         };
-        self.adopt(&source, meta, snapshot.len)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.adopt(&source, meta, snapshot.len).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut state = self.state.write().expect("state lock");
         state.namespace = body.namespace;
         state.last_applied = meta.last_log_id;
@@ -302,9 +289,6 @@ impl<D: Disk, RT: AsyncRuntime> RaftStateMachine<MetaTypes<RT>> for MetaStateMac
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<MetaTypes<RT>>>> {
         let current = self.current.lock().expect("snapshot lock").clone();
-        Ok(current.map(|p| Snapshot {
-            snapshot: Box::new(SnapshotFile { path: self.dir.join(&p.file), len: p.len }),
-            meta: p.meta,
-        }))
+        Ok(current.map(|p| Snapshot { snapshot: Box::new(SnapshotFile { path: self.dir.join(&p.file), len: p.len }), meta: p.meta }))
     }
 }

@@ -100,10 +100,7 @@ fn a_commit_carries_the_last_records_and_the_file_checksum_in_one_command() {
     // A bad record refuses the whole command and changes nothing.
     let mut bad = chunks.clone();
     bad[0].replicas = vec![StorageNodeId(1)];
-    assert!(matches!(
-        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: bad }),
-        Err(NamespaceError::BadChunk { .. })
-    ));
+    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: bad }), Err(NamespaceError::BadChunk { .. })));
     assert!(ns.upload(id).is_some_and(|u| u.chunks.is_empty()));
     // Records sent earlier and records with the commit add up.
     let last = chunks.pop().unwrap();
@@ -522,22 +519,49 @@ fn validation_refuses_what_no_state_could_accept() {
         f(&mut c);
         c.validate()
     };
-    let set_chunk = |v: u64| move |c: &mut Command| if let Command::CreateFile { chunk_size, .. } = c { *chunk_size = v };
+    let set_chunk = |v: u64| {
+        move |c: &mut Command| {
+            if let Command::CreateFile { chunk_size, .. } = c {
+                *chunk_size = v
+            }
+        }
+    };
     assert!(with(&set_chunk(64 * 1024 - 1)).is_err());
     assert!(with(&set_chunk(64 * 1024)).is_ok());
     assert!(with(&set_chunk(64 * 1024 * 1024)).is_ok());
     assert!(with(&set_chunk(64 * 1024 * 1024 + 1)).is_err());
     for (r, ok) in [(0, false), (1, true), (REPLICATION_MAX, true), (REPLICATION_MAX + 1, false)] {
-        assert_eq!(with(&|c: &mut Command| if let Command::CreateFile { replication, .. } = c { *replication = r }).is_ok(), ok, "replication {r}");
+        assert_eq!(
+            with(&|c: &mut Command| if let Command::CreateFile { replication, .. } = c {
+                *replication = r
+            })
+            .is_ok(),
+            ok,
+            "replication {r}"
+        );
     }
-    assert!(with(&|c: &mut Command| if let Command::CreateFile { expect_file_id, .. } = c { *expect_file_id = Some(FileId(1)) }).is_err());
-    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c { *path = "/".into() }).is_err());
-    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c { *path = "/a/./b".into() }).is_err());
-    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c { *path = format!("/{}", "x".repeat(300)) }).is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { expect_file_id, .. } = c {
+        *expect_file_id = Some(FileId(1))
+    })
+    .is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c {
+        *path = "/".into()
+    })
+    .is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c {
+        *path = "/a/./b".into()
+    })
+    .is_err());
+    assert!(with(&|c: &mut Command| if let Command::CreateFile { path, .. } = c {
+        *path = format!("/{}", "x".repeat(300))
+    })
+    .is_err());
 
     let record = |n: usize| Command::RecordChunks {
         file: FileId(1),
-        chunks: (0..n).map(|i| ChunkRecord { index: i as u32, size: 1, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(1), StorageNodeId(2)] }).collect(),
+        chunks: (0..n)
+            .map(|i| ChunkRecord { index: i as u32, size: 1, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(1), StorageNodeId(2)] })
+            .collect(),
     };
     assert!(record(RECORD_CHUNKS_MAX).validate().is_ok());
     assert!(record(RECORD_CHUNKS_MAX + 1).validate().is_err());
@@ -561,23 +585,69 @@ fn validation_refuses_what_no_state_could_accept() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Upload { path: usize, size: u64, overwrite: bool },
-    CreateOnly { path: usize, size: u64, retry: bool },
-    Record { upload: usize, chunk: u32, node: u64 },
-    Commit { upload: usize },
-    Mkdir { path: usize, parents: bool },
-    Rename { src: usize, dst: usize },
+    Upload {
+        path: usize,
+        size: u64,
+        overwrite: bool,
+    },
+    CreateOnly {
+        path: usize,
+        size: u64,
+        retry: bool,
+    },
+    Record {
+        upload: usize,
+        chunk: u32,
+        node: u64,
+    },
+    Commit {
+        upload: usize,
+    },
+    Mkdir {
+        path: usize,
+        parents: bool,
+    },
+    Rename {
+        src: usize,
+        dst: usize,
+    },
     /// `expect`: 0 none, 1 the file's current id, 2 a stale id.
-    Delete { path: usize, recursive: bool, expect: u8 },
-    Expire { older_than_ms: u64 },
-    Forget { node: u64, n: usize },
-    Copy { src: usize, dst: usize, overwrite: bool },
-    Trash { path: usize, recursive: bool },
-    SetRep { path: usize, replication: u32 },
-    Abort { upload: usize },
+    Delete {
+        path: usize,
+        recursive: bool,
+        expect: u8,
+    },
+    Expire {
+        older_than_ms: u64,
+    },
+    Forget {
+        node: u64,
+        n: usize,
+    },
+    Copy {
+        src: usize,
+        dst: usize,
+        overwrite: bool,
+    },
+    Trash {
+        path: usize,
+        recursive: bool,
+    },
+    SetRep {
+        path: usize,
+        replication: u32,
+    },
+    Abort {
+        upload: usize,
+    },
     /// A storage node reports it holds chunk `chunk` of the file at `path` (learned, or
     /// stale when `stale`).
-    Report { path: usize, chunk: u32, node: u64, stale: bool },
+    Report {
+        path: usize,
+        chunk: u32,
+        node: u64,
+        stale: bool,
+    },
 }
 
 const PATHS: [&str; 10] = ["/a", "/a/b", "/a/b/c", "/a b", "/b", "/b/c/d", "/c", "a", "/", "/b/c"];
@@ -1041,7 +1111,8 @@ fn a_copy_shares_chunks_and_they_go_only_with_their_last_file() {
     let mut ns = Namespace::default();
     register(&mut ns, &[1, 2, 3, 4]);
     let a = upload(&mut ns, "/a", 3 * CHUNK, false).unwrap();
-    let copy = |ns: &mut Namespace, src: &str, dst: &str| match ns.apply(Command::CopyFile { src: src.into(), dst: dst.into(), overwrite: false, unix_ms: 20 }) {
+    let copy = |ns: &mut Namespace, src: &str, dst: &str| match ns.apply(Command::CopyFile { src: src.into(), dst: dst.into(), overwrite: false, unix_ms: 20 })
+    {
         Ok(Outcome::FileCommitted(f)) => f,
         other => panic!("{other:?}"),
     };
@@ -1101,7 +1172,9 @@ fn trash_keeps_what_is_deleted_under_the_users_bucket_and_never_collides() {
     assert_eq!(trash_bucket_unix_ms("2026-12-06T09:25:00Z"), Some(1_796_549_100_000));
     assert_eq!(trash_bucket_unix_ms("2026-12-06T09:25:00Z.3"), Some(1_796_549_100_000));
     assert_eq!(trash_bucket_unix_ms("notes"), None);
-    let trash = |ns: &mut Namespace, path: &str, recursive: bool| ns.apply(Command::MoveToTrash { path: path.into(), recursive, expect_file_id: None, trash: bucket.clone(), unix_ms: 10 });
+    let trash = |ns: &mut Namespace, path: &str, recursive: bool| {
+        ns.apply(Command::MoveToTrash { path: path.into(), recursive, expect_file_id: None, trash: bucket.clone(), unix_ms: 10 })
+    };
     match trash(&mut ns, "/logs/a", false).unwrap() {
         Outcome::Trashed { to, files, .. } => assert_eq!((to.as_str(), files), ("/.trash/alice/2026-12-06T09:25:00Z/logs/a", 1)),
         other => panic!("{other:?}"),

@@ -26,7 +26,15 @@ fn chunk(file: u64, index: u32, replicas: &[u64], replication: u32) -> Chunk {
 }
 
 fn states(chunks: &[Chunk]) -> impl Iterator<Item = ChunkState<'_>> {
-    chunks.iter().map(|c| ChunkState { id: c.id, size: 4 << 20, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: c.bad.as_ref(), deleting: vec![] })
+    chunks.iter().map(|c| ChunkState {
+        id: c.id,
+        size: 4 << 20,
+        sha256: Sha256Digest([1; 32]),
+        replication: c.replication,
+        replicas: &c.replicas,
+        bad: c.bad.as_ref(),
+        deleting: vec![],
+    })
 }
 
 fn planner(config: RepairConfig) -> RepairPlanner {
@@ -263,7 +271,15 @@ fn small_chunks_take_a_slot_each_so_a_stream_carries_a_batch() {
 }
 
 fn small_states(chunks: &[Chunk]) -> impl Iterator<Item = ChunkState<'_>> {
-    chunks.iter().map(|c| ChunkState { id: c.id, size: 4096, sha256: Sha256Digest([1; 32]), replication: c.replication, replicas: &c.replicas, bad: None, deleting: vec![] })
+    chunks.iter().map(|c| ChunkState {
+        id: c.id,
+        size: 4096,
+        sha256: Sha256Digest([1; 32]),
+        replication: c.replication,
+        replicas: &c.replicas,
+        bad: None,
+        deleting: vec![],
+    })
 }
 
 #[test]
@@ -293,40 +309,20 @@ fn an_adopted_copy_its_node_stops_running_no_longer_holds_the_chunk_back() {
     // again, but the stale adoption kept it out of planning for the whole job timeout.
     let config = RepairConfig::default();
     let mut p = planner(config);
-    let n = nodes(&[
-        (1, Liveness::Alive),
-        (2, Liveness::Alive),
-        (3, Liveness::Alive),
-        (4, Liveness::Alive),
-    ]);
+    let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive), (4, Liveness::Alive)]);
     let short = [chunk(1, 0, &[1, 2], 3)];
     let id = short[0].id;
     p.plan(NOW, states(&short), &n);
-    let job = p
-        .jobs_for(NOW, StorageNodeId(3), &n)
-        .into_iter()
-        .chain(p.jobs_for(NOW, StorageNodeId(4), &n))
-        .next()
-        .expect("a copy is planned");
+    let job = p.jobs_for(NOW, StorageNodeId(3), &n).into_iter().chain(p.jobs_for(NOW, StorageNodeId(4), &n)).next().expect("a copy is planned");
     let target = job.target;
     let whole = [chunk(1, 0, &[1, 2, target.0], 3)];
     p.plan(NOW, states(&whole), &n);
     p.on_heartbeat(NOW, target, &[id], &[], &[]);
-    assert!(
-        p.adopted.contains_key(&id),
-        "a copy reported running without a job is adopted"
-    );
+    assert!(p.adopted.contains_key(&id), "a copy reported running without a job is adopted");
     // The copy ended; the node says so by no longer listing it. Its copy is gone again.
     p.on_heartbeat(NOW.plus(Duration::from_secs(1)), target, &[], &[], &[]);
     let later = NOW.plus(Duration::from_secs(2));
     p.plan(later, states(&short), &n);
-    let replanned: Vec<RepairJob> = [3, 4]
-        .into_iter()
-        .flat_map(|t| p.jobs_for(later, StorageNodeId(t), &n))
-        .collect();
-    assert_eq!(
-        replanned.iter().map(|j| j.chunk).collect::<Vec<_>>(),
-        vec![id],
-        "the short chunk waits for a job that ended"
-    );
+    let replanned: Vec<RepairJob> = [3, 4].into_iter().flat_map(|t| p.jobs_for(later, StorageNodeId(t), &n)).collect();
+    assert_eq!(replanned.iter().map(|j| j.chunk).collect::<Vec<_>>(), vec![id], "the short chunk waits for a job that ended");
 }

@@ -168,12 +168,7 @@ impl<E: Env> StorageNode<E> {
 
     /// Sends the chunks `indexes` of `verified` to `peer` in one call; per chunk, the peer's id
     /// if it stored it, or why not.
-    async fn replicate_batch(
-        &self,
-        peer: proto::StorageNode,
-        indexes: Vec<usize>,
-        verified: &[Verified],
-    ) -> Vec<(usize, Result<u64, proto::ReplicaFailure>)> {
+    async fn replicate_batch(&self, peer: proto::StorageNode, indexes: Vec<usize>, verified: &[Verified]) -> Vec<(usize, Result<u64, proto::ReplicaFailure>)> {
         let chunks: Vec<proto::ChunkWrite> = indexes
             .iter()
             .map(|&k| proto::ChunkWrite {
@@ -301,7 +296,10 @@ impl<E: Env> StorageNode<E> {
         };
         let damage = match chunk_store::decode_file(file) {
             Ok((meta, data)) if meta == expected => {
-                return Ok(proto::ChunkRead { header: Some(proto::ReadChunkHeader { size: meta.size, sha256: Bytes::copy_from_slice(&meta.sha256.0), ..Default::default() }), data });
+                return Ok(proto::ChunkRead {
+                    header: Some(proto::ReadChunkHeader { size: meta.size, sha256: Bytes::copy_from_slice(&meta.sha256.0), ..Default::default() }),
+                    data,
+                });
             }
             Ok(_) => "the file's header no longer matches what was stored".to_string(),
             Err(e) => e.to_string(),

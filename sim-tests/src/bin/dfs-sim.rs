@@ -113,9 +113,7 @@ mod real {
     }
 
     fn target_dir() -> PathBuf {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sim"))
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sim"))
     }
 
     pub fn main() {
@@ -266,7 +264,13 @@ mod real {
                     let why = if hung {
                         format!("no result after {CHILD_WALL_MAX:?} of wall time (stuck outside simulated time)")
                     } else {
-                        stderr.lines().rev().find(|l| l.contains("VERDICT")).or_else(|| stderr.lines().find(|l| !l.trim().is_empty())).unwrap_or("no output").to_string()
+                        stderr
+                            .lines()
+                            .rev()
+                            .find(|l| l.contains("VERDICT"))
+                            .or_else(|| stderr.lines().find(|l| !l.trim().is_empty()))
+                            .unwrap_or("no output")
+                            .to_string()
                     };
                     println!("[sim] soak: seed {} FAILED: {why}\n[sim]   replay: cargo sim-replay {}", r.seed, r.seed);
                     failed.push(r.seed);

@@ -195,7 +195,8 @@ impl Atlas {
         let active_max = pick(&mut rng, &[1, 2, 3]);
         let mut clocks = BTreeMap::new();
         if rng.unit() < CLOCKS_ON {
-            let hosts = (1..=meta_nodes).map(|i| format!("meta-{i}")).chain((1..=5).map(|i| format!("storage-{i}"))).chain((1..=3).map(|i| format!("client-{i}")));
+            let hosts =
+                (1..=meta_nodes).map(|i| format!("meta-{i}")).chain((1..=5).map(|i| format!("storage-{i}"))).chain((1..=3).map(|i| format!("client-{i}")));
             for host in hosts {
                 let skew = ClockSkew {
                     monotonic_offset_ms: rng.next_u64() % 3_600_000,

@@ -297,11 +297,7 @@ impl Worker {
             (Ok(Done::Put(r)), Some(m)) => match r {
                 Ok(file) => {
                     self.definite_writes += 1;
-                    (
-                        format!("ok file={file}"),
-                        Some(file),
-                        group.mutated(m, Some(Outcome::Done)),
-                    )
+                    (format!("ok file={file}"), Some(file), group.mutated(m, Some(Outcome::Done)))
                 }
                 Err(e) => {
                     self.ambiguous += 1;
@@ -311,20 +307,12 @@ impl Worker {
             (Ok(Done::Other(r)), Some(m)) => match r {
                 Ok(()) => {
                     self.definite_writes += 1;
-                    (
-                        "ok".to_string(),
-                        None,
-                        group.mutated(m, Some(Outcome::Done)),
-                    )
+                    ("ok".to_string(), None, group.mutated(m, Some(Outcome::Done)))
                 }
                 Err(e) => match proven(&e) {
                     Some(outcome) => {
                         self.definite_writes += 1;
-                        (
-                            format!("refused: {e:#}"),
-                            None,
-                            group.mutated(m, Some(outcome)),
-                        )
+                        (format!("refused: {e:#}"), None, group.mutated(m, Some(outcome)))
                     }
                     None => {
                         self.ambiguous += 1;
@@ -338,9 +326,7 @@ impl Worker {
                         self.definite_reads += 1;
                         (format!("ok v{v}"), None, group.read(slot, Some(v)))
                     }
-                    Err(why) => {
-                        verdict("no wrong bytes", Some(&path), format!("{op_id} read {why}"))
-                    }
+                    Err(why) => verdict("no wrong bytes", Some(&path), format!("{op_id} read {why}")),
                 },
                 Err(e) if proven(&e) == Some(Outcome::NotFound) => {
                     self.definite_reads += 1;
@@ -518,7 +504,14 @@ impl Driver {
         for (i, draining) in wanted {
             while !self.set_draining(i, draining).await {
                 if Instant::now() >= deadline {
-                    verdict("liveness", None, format!("storage-{i} could not be {} within {HEAL_BOUND:?} of the faults being healed", if draining { "decommissioned" } else { "recommissioned" }));
+                    verdict(
+                        "liveness",
+                        None,
+                        format!(
+                            "storage-{i} could not be {} within {HEAL_BOUND:?} of the faults being healed",
+                            if draining { "decommissioned" } else { "recommissioned" }
+                        ),
+                    );
                 }
                 madsim::time::sleep(Duration::from_millis(500)).await;
             }
@@ -612,11 +605,8 @@ impl Driver {
             }
             FaultKind::IsolateHost | FaultKind::IsolateLeader | FaultKind::OneWay => {
                 let hosts = self.hosts();
-                let victim = if kind == FaultKind::IsolateLeader {
-                    self.meta_host(self.cluster().leader()?)
-                } else {
-                    hosts[rng.gen_range(0..hosts.len())].clone()
-                };
+                let victim =
+                    if kind == FaultKind::IsolateLeader { self.meta_host(self.cluster().leader()?) } else { hosts[rng.gen_range(0..hosts.len())].clone() };
                 let others: Vec<Host> = hosts.into_iter().filter(|h| h.name != victim.name).collect();
                 if kind == FaultKind::OneWay {
                     let outgoing = rng.gen_bool(0.5);
@@ -796,23 +786,8 @@ pub async fn scenario() {
     faults::enable_plan(atlas.sites.clone());
     let mut workers = Vec::new();
     for index in 0..CLIENTS * WORKERS_PER_CLIENT {
-        let groups = (0..GROUPS_PER_WORKER)
-            .map(|g| {
-                (
-                    format!("/g{}", index * GROUPS_PER_WORKER + g),
-                    Group::default(),
-                )
-            })
-            .collect();
-        let worker = Worker {
-            index,
-            client_host: index % CLIENTS,
-            groups,
-            ops: 0,
-            ambiguous: 0,
-            definite_writes: 0,
-            definite_reads: 0,
-        };
+        let groups = (0..GROUPS_PER_WORKER).map(|g| (format!("/g{}", index * GROUPS_PER_WORKER + g), Group::default())).collect();
+        let worker = Worker { index, client_host: index % CLIENTS, groups, ops: 0, ambiguous: 0, definite_writes: 0, definite_reads: 0 };
         workers.push(madsim::task::spawn(worker.run(shared.clone())));
     }
     let mut driver = Driver {
@@ -886,9 +861,7 @@ pub async fn scenario() {
             Err(_) => verdict("liveness", None, format!("an operation still had no answer {DRAIN_BOUND:?} after the faults were healed")),
         }
     }
-    let (ops, ambiguous): (u64, u64) = done
-        .iter()
-        .fold((0, 0), |(o, a), w| (o + w.ops, a + w.ambiguous));
+    let (ops, ambiguous): (u64, u64) = done.iter().fold((0, 0), |(o, a), w| (o + w.ops, a + w.ambiguous));
     let writes: u64 = done.iter().map(|w| w.definite_writes).sum();
     let reads: u64 = done.iter().map(|w| w.definite_reads).sum();
     timeline::record(
@@ -933,8 +906,7 @@ async fn converge(cluster: &Arc<Cluster>, storage_nodes: u64, drained: Option<u6
         let files = cluster.on_client(async move { a.list_dir("/", true).await }).await;
         let problem = match files {
             Ok(entries) => {
-                let paths: Vec<String> =
-                    entries.into_iter().filter(|e| e.kind == dfs_core::proto::EntryKind::File as i32).map(|e| e.path).collect();
+                let paths: Vec<String> = entries.into_iter().filter(|e| e.kind == dfs_core::proto::EntryKind::File as i32).map(|e| e.path).collect();
                 checks::replica_problems_draining(cluster, &admin, &paths, true, &draining).await
             }
             Err(e) => Some(format!("cannot list the files: {e:#}")),
@@ -1000,7 +972,11 @@ async fn final_reads(cluster: &Arc<Cluster>, workers: Vec<Worker>) {
                 };
                 timeline::record_op("-", format!("final read {path} -> {}", version.map_or("not found".into(), |v| format!("v{v}"))), vec![path.clone()], None);
                 if let Err(v) = group.read(slot, version) {
-                    verdict("acknowledged writes kept", Some(&path), format!("final read found {version:?}, but {name} could only hold (a, b) in {:?}", v.possible));
+                    verdict(
+                        "acknowledged writes kept",
+                        Some(&path),
+                        format!("final read found {version:?}, but {name} could only hold (a, b) in {:?}", v.possible),
+                    );
                 }
             }
         }

@@ -84,9 +84,7 @@ impl World {
                         self.deliver(latency, Event::Fetched { index, attempt, len: size_of(index), sha256: Sha256Digest::of(b"rot") });
                     }
                     Replica::Down => self.deliver(40, Event::FetchFailed { index, attempt, error: RpcError::Transport("refused".into()) }),
-                    Replica::SelfChecked => {
-                        self.deliver(latency, Event::FetchFailed { index, attempt, error: RpcError::ChecksumMismatch("bad copy".into()) })
-                    }
+                    Replica::SelfChecked => self.deliver(latency, Event::FetchFailed { index, attempt, error: RpcError::ChecksumMismatch("bad copy".into()) }),
                 }
             }
             Action::Discard { index } => assert!(self.held.remove(&index).is_some(), "discard of {index} not held"),

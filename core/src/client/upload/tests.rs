@@ -2,8 +2,8 @@
 //! can be down or fail, and a virtual clock. No runtime: `World::run` is the run loop of the
 //! module doc, with completions delivered in time order.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use proptest::prelude::*;
 
@@ -323,9 +323,7 @@ fn a_source_that_changes_is_refused() {
 #[test]
 fn a_resumed_upload_sends_only_the_missing_chunks() {
     let spec = spec(6, 3);
-    let stored: Vec<StoredChunk> = (0..4u32)
-        .map(|index| StoredChunk { index, size: CHUNK, sha256: chunk_sha(0, index), replicas: vec![1, 2, 3] })
-        .collect();
+    let stored: Vec<StoredChunk> = (0..4u32).map(|index| StoredChunk { index, size: CHUNK, sha256: chunk_sha(0, index), replicas: vec![1, 2, 3] }).collect();
     let mut up = Upload::new(spec.clone(), config(), Start::Resume { file: FileId(7), stored: stored.clone() }).unwrap();
     assert_eq!(up.resumed_chunks(), 4);
     let mut w = World::new(spec, 3, Faults::default(), 1);

@@ -53,11 +53,33 @@ impl World {
             .map(|i| {
                 let id = StorageNodeId(i);
                 ns.apply(Command::RegisterStorageNode { node: id, addr: format!("n{i}:1"), capacity_bytes: 1 << 40, rack: None }).unwrap();
-                Node { id, up: true, held: BTreeSet::new(), deleted_unreported: vec![], stored_unreported: vec![], repairing: vec![], repairs_failed: vec![], next_beat: Timestamp(i * 100) }
+                Node {
+                    id,
+                    up: true,
+                    held: BTreeSet::new(),
+                    deleted_unreported: vec![],
+                    stored_unreported: vec![],
+                    repairing: vec![],
+                    repairs_failed: vec![],
+                    next_beat: Timestamp(i * 100),
+                }
             })
             .collect();
         let now = Timestamp(0);
-        World { now, unix_ms: 1_700_000_000_000, ns, config, leader: Leader::new(config, 1, now), term: 1, nodes, delete_requests: BTreeMap::new(), heartbeat_entries: BTreeMap::new(), repair_time: TICK * 2, repaired: vec![], repairs_per_node_max: 0 }
+        World {
+            now,
+            unix_ms: 1_700_000_000_000,
+            ns,
+            config,
+            leader: Leader::new(config, 1, now),
+            term: 1,
+            nodes,
+            delete_requests: BTreeMap::new(),
+            heartbeat_entries: BTreeMap::new(),
+            repair_time: TICK * 2,
+            repaired: vec![],
+            repairs_per_node_max: 0,
+        }
     }
 
     fn apply(&mut self, command: Command) -> Outcome {
@@ -364,11 +386,33 @@ fn housekeeping_names_the_cluster_once_and_expires_abandoned_uploads() {
 #[test]
 fn an_unknown_node_is_told_to_register() {
     let mut w = World::new(1, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(9), addr: "x:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: false };
+    let hb = Heartbeat {
+        node: StorageNodeId(9),
+        addr: "x:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored: vec![],
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory: None,
+        scrub_request_seen: 0,
+        stopping: false,
+    };
     let d = w.leader.on_heartbeat(w.now, &w.ns, hb);
     assert!(d.reply.register && d.propose.is_empty());
     // Same id at a new address: register again (the address is part of the record).
-    let hb = Heartbeat { node: StorageNodeId(1), addr: "moved:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: false };
+    let hb = Heartbeat {
+        node: StorageNodeId(1),
+        addr: "moved:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored: vec![],
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory: None,
+        scrub_request_seen: 0,
+        stopping: false,
+    };
     assert!(w.leader.on_heartbeat(w.now, &w.ns, hb).reply.register);
     w.step();
 }
@@ -453,7 +497,18 @@ fn a_node_that_says_it_stops_gets_no_new_chunks_starts_no_repair_and_is_back_wit
     w.run_for(Duration::from_secs(2));
     let id = w.upload("/u", 4, &[1, 2, 3], false);
     let upload = w.ns.upload(id).unwrap().clone();
-    let stopping = Heartbeat { node: StorageNodeId(4), addr: "n4:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: true };
+    let stopping = Heartbeat {
+        node: StorageNodeId(4),
+        addr: "n4:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored: vec![],
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory: None,
+        scrub_request_seen: 0,
+        stopping: true,
+    };
     let decision = w.leader.on_heartbeat(w.now, &w.ns, stopping);
     assert!(decision.propose.is_empty() && decision.reply.repair_jobs.is_empty() && decision.reply.delete_chunks.is_empty());
     assert!(w.leader.events().any(|e| e.kind == "node" && e.text.contains("is stopping")), "no event for the stop");
@@ -487,7 +542,18 @@ fn a_new_leader_places_nothing_short_before_it_has_heard_from_its_nodes() {
 #[test]
 fn heartbeat_replies_list_every_registered_node_as_a_peer() {
     let mut w = World::new(3, LeaderConfig::default());
-    let hb = Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: 0, stopping: false };
+    let hb = Heartbeat {
+        node: StorageNodeId(2),
+        addr: "n2:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored: vec![],
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory: None,
+        scrub_request_seen: 0,
+        stopping: false,
+    };
     let peers = w.leader.on_heartbeat(w.now, &w.ns, hb).reply.peers;
     assert_eq!(peers, (1..=3).map(|i| (StorageNodeId(i), format!("n{i}:1"))).collect::<Vec<_>>());
     w.step();
@@ -662,7 +728,12 @@ fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![], None));
     assert!(d.reply.inventory_wanted);
     // A pass seen only from its middle concludes nothing.
-    let part = |from: Option<u32>, through: Option<u32>, done| InventoryPart { pass: 9, from: from.map(|i| ChunkId::derive(f, i)), through: through.map(|i| ChunkId::derive(f, i)), done };
+    let part = |from: Option<u32>, through: Option<u32>, done| InventoryPart {
+        pass: 9,
+        from: from.map(|i| ChunkId::derive(f, i)),
+        through: through.map(|i| ChunkId::derive(f, i)),
+        done,
+    };
     let d = w.leader.on_heartbeat(w.now, &w.ns, beat(vec![report(2)], Some(part(Some(1), None, true))));
     assert!(d.propose.is_empty(), "{:?}", d.propose);
     // A whole pass in two parts that lacks chunk 1: that replica is marked missing.
@@ -739,7 +810,10 @@ fn shape() -> impl proptest::strategy::Strategy<Value = Shape> {
     use proptest::prelude::*;
     (1u32..=3, 0u64..=2, proptest::option::of(0u64..5), proptest::option::of(0u64..5)).prop_flat_map(|(replication, extra, down, draining)| {
         let nodes = replication as u64 + extra;
-        let chunk = (proptest::sample::subsequence((1..=nodes).collect::<Vec<_>>(), crate::namespace::write_quorum(replication) as usize..=replication as usize), proptest::collection::vec((any::<bool>(), any::<bool>()), replication as usize))
+        let chunk = (
+            proptest::sample::subsequence((1..=nodes).collect::<Vec<_>>(), crate::namespace::write_quorum(replication) as usize..=replication as usize),
+            proptest::collection::vec((any::<bool>(), any::<bool>()), replication as usize),
+        )
             .prop_map(|(replicas, marks)| {
                 let bad = replicas.iter().zip(marks).filter(|(_, (bad, _))| *bad).map(|(r, (_, held))| (*r, held)).collect();
                 ShapeChunk { replicas, bad }
@@ -897,7 +971,18 @@ fn trash_buckets_older_than_the_trash_interval_are_deleted() {
 #[test]
 fn a_scrub_request_is_repeated_until_its_node_says_it_saw_it() {
     let mut w = World::new(3, LeaderConfig::default());
-    let hb = |seen: u64| Heartbeat { node: StorageNodeId(2), addr: "n2:1".into(), stats: NodeStats::default(), deleted: vec![], stored: vec![], repairs_running: vec![], repairs_failed: vec![], inventory: None, scrub_request_seen: seen, stopping: false };
+    let hb = |seen: u64| Heartbeat {
+        node: StorageNodeId(2),
+        addr: "n2:1".into(),
+        stats: NodeStats::default(),
+        deleted: vec![],
+        stored: vec![],
+        repairs_running: vec![],
+        repairs_failed: vec![],
+        inventory: None,
+        scrub_request_seen: seen,
+        stopping: false,
+    };
     assert!(!w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply.scrub_now, "nothing asked yet");
     assert_eq!(w.leader.request_scrub(&w.ns, "n2:1").map(|(id, _)| id), Some(StorageNodeId(2)));
     let first = w.leader.on_heartbeat(w.now, &w.ns, hb(0)).reply;
