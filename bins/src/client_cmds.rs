@@ -38,10 +38,10 @@ pub struct PutOpts {
     #[arg(short, long, env = "DFS_FORCE")]
     pub force: bool,
     /// Chunk size, 64KiB..=64MiB, e.g. 4MiB.
-    #[arg(long, env = "DFS_CHUNK_SIZE", default_value = "4MiB")]
+    #[arg(long, env = "DFS_CHUNK_SIZE", default_value_t = ByteSize(ClientConfig::default().chunk_size))]
     pub chunk_size: ByteSize,
     /// Copies of each chunk.
-    #[arg(long, env = "DFS_REPLICATION", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, env = "DFS_REPLICATION", default_value_t = ClientConfig::default().replication, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub replication: u32,
     /// Transfers at once: chunks of one file, or files of a tree with -r.
     #[arg(long = "parallel", visible_alias = "parallelism", env = "DFS_PARALLEL", default_value_t = PUT_PARALLEL_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=64))]

@@ -68,7 +68,7 @@ pub struct UpArgs {
     #[arg(long, env = "DFS_CLUSTER_BASE_PORT", default_value_t = 7001, value_parser = clap::value_parser!(u16).range(1024..=63000))]
     base_port: u16,
     /// Milliseconds between storage heartbeats.
-    #[arg(long, env = "DFS_HEARTBEAT_MS", default_value_t = 3000)]
+    #[arg(long, env = "DFS_HEARTBEAT_MS", default_value_t = crate::daemons::storage_defaults().heartbeat_interval.as_millis() as u64)]
     heartbeat_ms: u64,
     /// Whether a node that dies is started again (after a back-off).
     #[arg(long, env = "DFS_CLUSTER_RESTART", value_enum, default_value_t = Restart::OnFailure)]

@@ -8,12 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use dfs_core::health::HealthConfig;
+use dfs_core::meta::leader::LeaderConfig;
 use dfs_core::meta::{MetaConfig, MetaServer};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
 use dfs_io_real::{serve_metadata, serve_storage, RealEnv};
 use tokio::net::TcpListener;
 
 use crate::ops::{self, Node, Ops};
+use crate::units::{self, Rate, Span};
 use crate::DEFAULT_META;
 
 #[derive(Args)]
@@ -33,61 +35,44 @@ pub struct MetaArgs {
     #[arg(long, env = "DFS_PEERS")]
     peers: Option<String>,
     /// Build a snapshot of the namespace (and purge the log behind it) every N applied entries.
-    #[arg(long, env = "DFS_SNAPSHOT_EVERY", default_value_t = dfs_core::meta::server::SNAPSHOT_EVERY_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "DFS_SNAPSHOT_EVERY", default_value_t = dfs_core::meta::config::SNAPSHOT_EVERY_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
     /// Silence after which a storage node is Suspect: no new chunks go there, reads prefer
     /// others (e.g. 10s, 2s, 500ms).
-    #[arg(long, env = "DFS_SUSPECT_AFTER", default_value = "10s", value_parser = parse_duration)]
-    suspect_after: Duration,
+    #[arg(long, env = "DFS_SUSPECT_AFTER", default_value_t = Span(leader_defaults().health.suspect_after), value_parser = units::span)]
+    suspect_after: Span,
     /// Silence after which a storage node is Dead: its replicas no longer count, and are
     /// copied elsewhere.
-    #[arg(long, env = "DFS_DEAD_AFTER", default_value = "30s", value_parser = parse_duration)]
-    dead_after: Duration,
+    #[arg(long, env = "DFS_DEAD_AFTER", default_value_t = Span(leader_defaults().health.dead_after), value_parser = units::span)]
+    dead_after: Span,
     /// Repair copies reading from, and (separately) writing to, one storage node at once.
-    #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = leader_defaults().repair.streams_in_max as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     repair_streams_max: u64,
     /// How long a replica no file needs waits before its node is asked to delete it (a
     /// safety delay).
-    #[arg(long, env = "DFS_GC_DELAY", default_value = "5s", value_parser = parse_duration)]
-    gc_delay: Duration,
+    #[arg(long, env = "DFS_GC_DELAY", default_value_t = Span(leader_defaults().gc_delay), value_parser = units::span)]
+    gc_delay: Span,
     /// Repair copy streams in the whole cluster at once (a stream: one large chunk, or up to
     /// 64 small ones).
-    #[arg(long, env = "DFS_REPAIR_JOBS_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, env = "DFS_REPAIR_JOBS_MAX", default_value_t = leader_defaults().repair.jobs_max as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     repair_jobs_max: u64,
     /// How long what `rm` deletes stays in its user's trash (`/.trash/<user>/`) before it goes
     /// for good (e.g. 1d, 12h); 0 turns the trash off: deletes are immediate.
-    #[arg(long, env = "DFS_TRASH_INTERVAL", default_value = "1d", value_parser = parse_duration_or_zero)]
-    trash_interval: Duration,
+    #[arg(long, env = "DFS_TRASH_INTERVAL", default_value_t = Span(leader_defaults().trash_interval), value_parser = units::span_or_zero)]
+    trash_interval: Span,
     /// Serve /metrics (Prometheus), /healthz and the status page on this HOST:PORT.
     #[arg(long, env = "DFS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
 }
 
-/// A duration with its unit, or 0.
-fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 1d, 12h or 0: {e}"))
+/// The leader's defaults (core's), which `--help` shows.
+fn leader_defaults() -> LeaderConfig {
+    LeaderConfig::default()
 }
 
-/// Bytes per second: `8MiB/s`, `500KB/s`, `1048576`.
-fn parse_rate(s: &str) -> Result<u64, String> {
-    let bytes = s.trim().trim_end_matches("/s");
-    let rate: bytesize::ByteSize = bytes.parse().map_err(|e| format!("{s:?} is not a rate like 8MiB/s: {e}"))?;
-    if rate.as_u64() == 0 {
-        return Err("must be more than zero".into());
-    }
-    Ok(rate.as_u64())
-}
-
-/// A duration with its unit: `3s`, `500ms`, `2m`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s or 500ms: {e}"))?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
+/// A storage node's defaults (core's), which `--help` shows.
+pub fn storage_defaults() -> StorageConfig {
+    StorageConfig::new(PathBuf::new(), String::new(), Vec::new())
 }
 
 #[derive(Args)]
@@ -105,32 +90,32 @@ pub struct StorageArgs {
     #[arg(long, env = "DFS_DATA_DIR")]
     data_dir: PathBuf,
     /// Time between heartbeats to the metadata leader (e.g. 3s, 1s, 500ms).
-    #[arg(long, env = "DFS_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = parse_duration)]
-    heartbeat_interval: Duration,
+    #[arg(long, env = "DFS_HEARTBEAT_INTERVAL", default_value_t = Span(storage_defaults().heartbeat_interval), value_parser = units::span)]
+    heartbeat_interval: Span,
     /// Milliseconds between heartbeats (the older spelling of --heartbeat-interval).
     #[arg(long, env = "DFS_HEARTBEAT_MS", hide = true, conflicts_with = "heartbeat_interval", value_parser = clap::value_parser!(u64).range(100..=60_000))]
     heartbeat_ms: Option<u64>,
     /// Pace of background verification of stored chunks, in bytes per second (e.g. 8MiB/s,
     /// the default: a full pass of 2 TB in about three days).
-    #[arg(long, env = "DFS_SCRUB_RATE", default_value = "8MiB/s", value_parser = parse_rate)]
-    scrub_rate: u64,
+    #[arg(long, env = "DFS_SCRUB_RATE", default_value_t = Rate(storage_defaults().scrub_rate_bytes_per_sec), value_parser = units::rate)]
+    scrub_rate: Rate,
     /// This node's rack (failure domain): with two racks or more, every chunk's replicas span
     /// at least two.
     #[arg(long, env = "DFS_RACK")]
     rack: Option<String>,
     /// Repair copies this node makes at once (metadata also bounds them).
-    #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "DFS_REPAIR_STREAMS_MAX", default_value_t = storage_defaults().repair_streams_max as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     repair_streams_max: u64,
     /// Chunk streams served at once (reads and writes from clients; as many again for
     /// replication from peers); more wait up to 5 s, then are refused as busy.
-    #[arg(long, env = "DFS_CHUNK_STREAMS_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "DFS_CHUNK_STREAMS_MAX", default_value_t = storage_defaults().chunk_streams_max as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     chunk_streams_max: u64,
     /// Milliseconds a sender may stay silent between two frames of a chunk before the write
     /// is dropped.
-    #[arg(long, env = "DFS_FRAME_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    #[arg(long, env = "DFS_FRAME_TIMEOUT_MS", default_value_t = storage_defaults().frame_timeout.as_millis() as u64, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     frame_timeout_ms: u64,
     /// Bytes of free space every write must leave on the disk.
-    #[arg(long, env = "DFS_SPACE_RESERVE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "DFS_SPACE_RESERVE_BYTES", default_value_t = storage_defaults().space_reserve_bytes)]
     space_reserve_bytes: u64,
     /// Serve /metrics (Prometheus), /healthz and a status page on this HOST:PORT.
     #[arg(long, env = "DFS_HTTP_LISTEN")]
@@ -203,15 +188,15 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     let mut config = MetaConfig::new(args.id, members.clone(), &args.data_dir);
     config.snapshot_every = args.snapshot_every;
     config.logs_kept_behind_snapshot = args.snapshot_every.min(config.logs_kept_behind_snapshot);
-    if args.dead_after <= args.suspect_after {
-        bail!("--dead-after ({:?}) must be longer than --suspect-after ({:?})", args.dead_after, args.suspect_after);
+    if args.dead_after.0 <= args.suspect_after.0 {
+        bail!("--dead-after ({}) must be longer than --suspect-after ({})", args.dead_after, args.suspect_after);
     }
-    config.health = HealthConfig { suspect_after: args.suspect_after, dead_after: args.dead_after };
-    config.repair.streams_in_max = args.repair_streams_max as usize;
-    config.repair.streams_out_max = args.repair_streams_max as usize;
-    config.repair.jobs_max = args.repair_jobs_max as usize;
-    config.gc_delay = args.gc_delay;
-    config.trash_interval = args.trash_interval;
+    config.leader.health = HealthConfig { suspect_after: args.suspect_after.0, dead_after: args.dead_after.0 };
+    config.leader.repair.streams_in_max = args.repair_streams_max as usize;
+    config.leader.repair.streams_out_max = args.repair_streams_max as usize;
+    config.leader.repair.jobs_max = args.repair_jobs_max as usize;
+    config.leader.gc_delay = args.gc_delay.0;
+    config.leader.trash_interval = args.trash_interval.0;
     config.http_address = args.http_listen.map(|a| ops::advertised(a, members.get(&args.id).map(String::as_str)));
     let server = MetaServer::start(RealEnv::default(), config).await.context("metadata node failed to start")?;
     let ops = Ops::new(Node::Meta(server.clone()), "meta", &args.id.to_string());
@@ -242,12 +227,12 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         None => local.to_string(),
     };
     let mut config = StorageConfig::new(&args.data_dir, advertise.clone(), meta);
-    config.heartbeat_interval = args.heartbeat_ms.map(Duration::from_millis).unwrap_or(args.heartbeat_interval);
+    config.heartbeat_interval = args.heartbeat_ms.map(Duration::from_millis).unwrap_or(args.heartbeat_interval.0);
     if config.heartbeat_interval < Duration::from_millis(100) || config.heartbeat_interval > Duration::from_secs(60) {
         bail!("--heartbeat-interval {:?} is outside 100ms..=60s", config.heartbeat_interval);
     }
     config.repair_streams_max = args.repair_streams_max as usize;
-    config.scrub_rate_bytes_per_sec = args.scrub_rate;
+    config.scrub_rate_bytes_per_sec = args.scrub_rate.0;
     if let Some(rack) = &args.rack {
         if rack.is_empty() || rack.len() > dfs_core::namespace::RACK_MAX_BYTES || rack.chars().any(char::is_control) {
             bail!("--rack {rack:?}: a name of 1..={} bytes with no control characters", dfs_core::namespace::RACK_MAX_BYTES);

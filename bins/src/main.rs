@@ -18,6 +18,7 @@ mod output;
 mod progress;
 mod status_page;
 mod tree;
+mod units;
 
 use std::process::ExitCode;
 

@@ -383,7 +383,7 @@ impl Ops {
 /// The leader's status page address, asked of the leader itself (bounded: a page must not
 /// hang on a node that does not answer).
 async fn leader_http(addr: &str) -> Option<String> {
-    use dfs_core::client::meta_client::{MetaClient, RetryPolicy};
+    use dfs_core::meta_client::{MetaClient, RetryPolicy};
     let policy = RetryPolicy { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(1), ..RetryPolicy::default() };
     let client = MetaClient::new(RealEnv::default(), vec![addr.to_string()], policy);
     let status = tokio::time::timeout(Duration::from_secs(2), client.call(dfs_core::proto::MetaStatusRequest {})).await.ok()?.ok()?;

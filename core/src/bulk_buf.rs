@@ -8,7 +8,7 @@
 //! a storage node's CPU during a put, measured, when every chunk had a fresh buffer).
 //!
 //! What it does not: decide anything. Which bytes go into a bulk buffer is the caller's
-//! choice (`chunk_store::is_bulk`); the pool only changes where memory comes from, never what a
+//! choice (`bulk_buf::is_bulk`); the pool only changes where memory comes from, never what a
 //! machine does, so simulations are unaffected by it.
 //!
 //! Driven by: `rpc::FrameAssembler` (a received bulk chunk is assembled into one, already laid
@@ -23,6 +23,17 @@ use bytes::Bytes;
 /// The alignment of every bulk buffer: 4 KiB covers the logical block size of every disk
 /// Linux runs on (`O_DIRECT` requires the buffer's address to be a multiple of it).
 pub const BULK_ALIGN: usize = 4096;
+
+/// Chunks of at least this many bytes are bulk data: written with `DiskStep::WriteBulk` and
+/// read with `Disk::read_bulk_at`, so a disk may keep them out of its page cache both ways.
+/// Smaller chunks (small files, the tail of a file) stay cached: they are written in batches
+/// flushed together, and read back often enough to be worth the memory.
+pub const BULK_MIN_BYTES: u64 = 1 << 20;
+
+/// Is a chunk of `size` bytes bulk data (`BULK_MIN_BYTES`)?
+pub fn is_bulk(size: u64) -> bool {
+    size >= BULK_MIN_BYTES
+}
 
 type Aligned = AVec<u8, ConstAlign<BULK_ALIGN>>;
 

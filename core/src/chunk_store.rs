@@ -55,10 +55,10 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use crate::bulk_buf::BULK_ALIGN;
+use crate::bulk_buf::{is_bulk, BULK_ALIGN};
 use crate::ids::{ChunkId, Sha256Digest};
+use crate::limits::CHUNK_FRAME_BYTES;
 use crate::planted::{self, Bug};
-use crate::rpc::CHUNK_FRAME_BYTES;
 
 pub const CHUNK_FILE_MAGIC_V1: [u8; 8] = *b"DFSCHNK1";
 pub const CHUNK_FILE_MAGIC: [u8; 8] = *b"DFSCHNK2";
@@ -67,17 +67,6 @@ pub const CHUNK_FILE_MAGIC_V3: [u8; 8] = *b"DFSCHNK3";
 pub const HEADER_BYTES: usize = 64;
 /// Frame size recorded in the files this version writes.
 pub const FILE_FRAME_BYTES: u64 = CHUNK_FRAME_BYTES as u64;
-/// Chunks of at least this many bytes are bulk data: written with `DiskStep::WriteBulk` and
-/// read with `Disk::read_bulk_at`, so a disk may keep them out of its page cache both ways.
-/// Smaller chunks (small files, the tail of a file) stay cached: they are written in batches
-/// flushed together, and read back often enough to be worth the memory.
-pub const BULK_MIN_BYTES: u64 = 1 << 20;
-
-/// Is a chunk of `size` bytes bulk data (`BULK_MIN_BYTES`)?
-pub fn is_bulk(size: u64) -> bool {
-    size >= BULK_MIN_BYTES
-}
-
 /// Frame sizes a file may declare: small enough to send as one wire frame, large enough to
 /// bound the frame table (64 MiB / 4 KiB × 4 bytes = 64 KiB).
 const FILE_FRAME_MIN_BYTES: u64 = 4096;
@@ -772,6 +761,7 @@ impl ChunkTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bulk_buf::BULK_MIN_BYTES;
     use crate::ids::FileId;
     use proptest::prelude::*;
 

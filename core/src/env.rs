@@ -13,6 +13,33 @@ use bytes::Bytes;
 use crate::proto::ReadChunkRequest;
 use crate::rpc::{ChunkDownload, ChunkService, ChunkUpload, Rpc, RpcError};
 
+/// A local file operation that failed, in a form a machine's events and errors can carry
+/// (cloned, compared): the disk's fault (`Io`) or the file's, changed underfoot (`Shrank`).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{}{error}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Io { path: Option<PathBuf>, error: std::sync::Arc<io::Error> },
+    #[error("{got} bytes read where {expected} were expected: the file shrank")]
+    Shrank { got: u64, expected: u64 },
+}
+
+impl LocalError {
+    pub fn io(path: Option<&Path>, error: io::Error) -> Self {
+        LocalError::Io { path: path.map(Path::to_path_buf), error: std::sync::Arc::new(error) }
+    }
+}
+
+/// Equal when they say the same: `io::Error` has no equality of its own.
+impl PartialEq for LocalError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (LocalError::Io { path: a, error: x }, LocalError::Io { path: b, error: y }) => a == b && x.kind() == y.kind() && x.to_string() == y.to_string(),
+            (LocalError::Shrank { got: a, expected: x }, LocalError::Shrank { got: b, expected: y }) => a == b && x == y,
+            _ => false,
+        }
+    }
+}
+
 /// Milliseconds on a monotonic clock whose origin is the clock's own (process start in
 /// production, simulation start in tests). Only differences are meaningful.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

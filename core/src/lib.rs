@@ -17,7 +17,9 @@
 //!    in production and in the deterministic simulation.
 //!
 //! The wire format is [`proto`], generated from `proto/dfs/v1/*.proto`; [`rpc`] holds what
-//! every transport shares (typed unary calls, errors, chunk framing).
+//! every transport shares (typed unary calls, errors, chunk framing); [`limits`] the sizes every
+//! role agrees on; [`meta_client`] how any role (a client, a storage node) calls the metadata
+//! cluster.
 
 pub mod bulk_buf;
 pub mod chunk_store;
@@ -27,7 +29,9 @@ pub mod env;
 pub mod fault;
 pub mod health;
 pub mod ids;
+pub mod limits;
 pub mod meta;
+pub mod meta_client;
 pub mod namespace;
 pub mod placement;
 pub mod planted;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunking;
 use crate::ids::{ChunkId, FileId, Sha256Digest, StorageNodeId};
+use crate::limits::{BATCH_COMMANDS_MAX, RECORD_CHUNKS_MAX};
 
 /// Longest path accepted, in bytes.
 pub const PATH_MAX_BYTES: usize = 4096;
@@ -35,8 +36,6 @@ pub const PATH_MAX_BYTES: usize = 4096;
 pub const NAME_MAX_BYTES: usize = 255;
 /// Highest replication factor accepted.
 pub const REPLICATION_MAX: u32 = 16;
-/// Most chunk records one `RecordChunks` command may carry.
-pub const RECORD_CHUNKS_MAX: usize = 4096;
 /// Most uploads in flight at once; beyond, `CreateFile` is refused until some commit or expire.
 pub const UPLOADS_MAX: usize = 100_000;
 /// Longest storage-node address accepted, in bytes.
@@ -47,8 +46,6 @@ pub const RACK_MAX_BYTES: usize = 64;
 pub const CLUSTER_ID_MAX_BYTES: usize = 128;
 /// An upload not committed this long after its creation is dropped (1 hour).
 pub const UPLOAD_EXPIRY_DEFAULT_MS: u64 = 60 * 60 * 1000;
-/// Most commands in one `Batch`.
-pub const BATCH_COMMANDS_MAX: usize = 256;
 /// Clients whose `Once` results are kept; the one unheard of for longest is forgotten first.
 pub const SESSIONS_MAX: usize = 10_000;
 /// `Once` results kept per client: its requests in flight at once must stay below this.

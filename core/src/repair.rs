@@ -70,11 +70,11 @@ const JOB_BACKLOG: usize = 2;
 /// small-chunk batch RPCs, one filesystem flush per batch), so a stream's worth of repair is
 /// one large chunk or up to this many small ones. A small chunk costs one slot, a large one a
 /// whole stream's.
-pub const SLOTS_PER_STREAM: usize = crate::rpc::CHUNK_BATCH_MAX;
+pub const SLOTS_PER_STREAM: usize = crate::limits::CHUNK_BATCH_MAX;
 
 /// Stream slots a copy of a chunk of `size` bytes takes (see `SLOTS_PER_STREAM`).
 pub fn slots(size: u64) -> usize {
-    if size <= crate::rpc::SMALL_CHUNK_BYTES_MAX as u64 {
+    if size <= crate::limits::SMALL_CHUNK_BYTES_MAX as u64 {
         1
     } else {
         SLOTS_PER_STREAM
@@ -99,8 +99,11 @@ pub struct RepairConfig {
     /// Wait before a chunk whose job failed is tried again; doubles per failure.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
-    /// A new leader plans nothing this long after it starts.
-    pub start_grace: Duration,
+    /// A new leader plans nothing this long after it starts (so every live node has
+    /// heartbeated and said which copies it is making). `None`: the leader's health
+    /// setting `suspect_after`, after which a node it has not heard from is suspect anyway;
+    /// a planner on its own then waits nothing.
+    pub start_grace: Option<Duration>,
 }
 
 impl Default for RepairConfig {
@@ -112,7 +115,7 @@ impl Default for RepairConfig {
             job_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_secs(5),
             retry_backoff_max: Duration::from_secs(300),
-            start_grace: Duration::from_secs(10),
+            start_grace: None,
         }
     }
 }
@@ -510,7 +513,7 @@ impl RepairPlanner {
         for batch in drops.chunks(DROPS_PER_COMMAND_MAX) {
             commands.push(Command::DropReplicas { drops: batch.to_vec() });
         }
-        if now.saturating_since(self.started) < self.config.start_grace {
+        if now.saturating_since(self.started) < self.config.start_grace.unwrap_or_default() {
             return commands;
         }
 
@@ -527,7 +530,7 @@ impl RepairPlanner {
     /// whose target is that node (so a node that just finished a copy gets its next one in
     /// the same heartbeat reply, not a scan later).
     fn assign(&mut self, now: Timestamp, nodes: &BTreeMap<StorageNodeId, NodeState>, only: Option<StorageNodeId>) {
-        if now.saturating_since(self.started) < self.config.start_grace {
+        if now.saturating_since(self.started) < self.config.start_grace.unwrap_or_default() {
             return;
         }
         // Slots in use, per source and target, and in all (adopted jobs, whose size this

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use crate::bulk_buf::BulkBuf;
+use crate::limits::CHUNK_FRAME_BYTES;
 use crate::proto::{
     ErrorCode, ErrorDetail, MetaNode, ReadChunkFrame, ReadChunkHeader, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader, WriteChunkResponse,
 };
@@ -28,28 +29,9 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
     path.strip_prefix('/')?.split_once('/')
 }
 
-/// Bytes of chunk data per frame on the wire. Chunks are megabytes; frames keep every message
-/// well under transport limits and let the receiver start hashing before the last byte.
-pub const CHUNK_FRAME_BYTES: usize = 256 * 1024;
-
-/// Chunks of at most this many bytes may travel whole in a `ChunkBatchService` call, many to
-/// a call: one frame's worth. Larger chunks always stream.
-pub const SMALL_CHUNK_BYTES_MAX: usize = CHUNK_FRAME_BYTES;
-
-/// Chunks in one `ChunkBatchService` call, and their bytes together: bound what a storage node
-/// holds in memory for one call, and how long one call keeps a stream slot.
-pub const CHUNK_BATCH_MAX: usize = 64;
-pub const CHUNK_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Largest unary message a node sends or accepts (both transports enforce it). Metadata
-/// replies for very large files (a chunk list of 1 TB in 4 MiB chunks is ~30 MB) and batches
-/// of Raft entries outgrow gRPC's 4 MiB default; snapshots travel in 1 MiB pieces regardless.
-pub const UNARY_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
-
-/// How a call ended when it did not succeed. The caller can tell apart what is worth repeating
-/// (`is_retryable`: `NotLeader`, `Unavailable`, `Transport`), a replica that is bad
-/// (`ChecksumMismatch`: never asked again, but another replica of the chunk may be read), and
-/// what is final.
+/// How a call ended when it did not succeed. Each error says whose fault it is (`fault`) and
+/// whether the same call may succeed if repeated (`is_retryable`): both are decided here, and
+/// nowhere else.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
@@ -73,27 +55,149 @@ pub enum RpcError {
     NoSpace(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The other side failed in a way it should not (a bug, an invariant broken there).
     #[error("internal error: {0}")]
     Internal(String),
+    /// What the other side sent makes no sense: frames that do not form a chunk, a message
+    /// that does not decode, a reply that contradicts the request. Made by the receiver;
+    /// sent back to a caller it becomes `InvalidArgument`, since from where the caller
+    /// stands its own request was bad.
+    #[error("malformed: {0}")]
+    Malformed(String),
     /// The call did not complete: connection refused or reset, timeout. The server may or may
     /// not have carried it out.
     #[error("transport: {0}")]
     Transport(String),
 }
 
+/// Whose fault an error is, so that the one who can act on it does (as rustls separates a
+/// peer's misbehaviour from the caller's misuse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The caller asked for something wrong or impossible: a bad name, a file that is not
+    /// there, a request the cluster as it stands refuses. Fix the request.
+    Caller,
+    /// The other side: a corrupt replica, a malformed frame or reply, a bug on that node.
+    /// Another replica or node may do; the same one will not.
+    Peer,
+    /// The environment: a timeout, a node unreachable, no leader yet, no space. Retryable
+    /// where `is_retryable` says so.
+    World,
+}
+
+/// gRPC status codes (the numbers are the protocol's own, the same in every gRPC library):
+/// how an `RpcError` travels when it has to travel as a status alone, and what a status
+/// that carries none of ours (a proxy, a crashed server) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum GrpcCode {
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// Every code but OK, for tests of the mapping.
+    pub const ALL: [GrpcCode; 16] = [
+        GrpcCode::Cancelled,
+        GrpcCode::Unknown,
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Internal,
+        GrpcCode::Unavailable,
+        GrpcCode::DataLoss,
+        GrpcCode::Unauthenticated,
+    ];
+
+    pub fn from_i32(code: i32) -> Option<GrpcCode> {
+        GrpcCode::ALL.into_iter().find(|c| *c as i32 == code)
+    }
+}
+
 impl RpcError {
-    /// Worth repeating, here or on another node: the same call may succeed. Not
-    /// `ChecksumMismatch`: the same replica would fail again (a reader turns to another one).
+    /// Worth repeating, here or on another node: the same call may succeed. Leadership
+    /// moves (`NotLeader`), a server with no quorum or too few nodes recovers
+    /// (`Unavailable`), a call that did not complete may complete (`Transport`). Not
+    /// `ChecksumMismatch` or `Malformed`: the same replica or node would fail again (a reader
+    /// turns to another replica instead). Not `NoSpace`: the cluster stays full until
+    /// someone frees space.
     pub fn is_retryable(&self) -> bool {
         matches!(self, RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::Transport(_))
     }
 
+    /// Whose fault this is (see `Fault`).
+    pub fn fault(&self) -> Fault {
+        match self {
+            RpcError::NotFound(_) | RpcError::AlreadyExists(_) | RpcError::InvalidArgument(_) | RpcError::FailedPrecondition(_) => Fault::Caller,
+            RpcError::ChecksumMismatch(_) | RpcError::Internal(_) | RpcError::Malformed(_) => Fault::Peer,
+            RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::NoSpace(_) | RpcError::Transport(_) => Fault::World,
+        }
+    }
+
+    /// The status code this error travels with (its details carry it exactly, see
+    /// `encode_detail`; the code is for what reads only codes: proxies, metrics, other
+    /// clients).
+    pub fn grpc_code(&self) -> GrpcCode {
+        match self {
+            RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::Transport(_) => GrpcCode::Unavailable,
+            RpcError::NotFound(_) => GrpcCode::NotFound,
+            RpcError::AlreadyExists(_) => GrpcCode::AlreadyExists,
+            RpcError::InvalidArgument(_) | RpcError::Malformed(_) => GrpcCode::InvalidArgument,
+            RpcError::ChecksumMismatch(_) => GrpcCode::DataLoss,
+            RpcError::NoSpace(_) => GrpcCode::ResourceExhausted,
+            RpcError::FailedPrecondition(_) => GrpcCode::FailedPrecondition,
+            RpcError::Internal(_) => GrpcCode::Internal,
+        }
+    }
+
+    /// The error behind a status that carries none of ours in its details (a proxy, a server
+    /// that crashed mid-call, a connection that never opened): what the code alone says.
+    /// `to` names the node called, for the message. `None` is an unknown code.
+    pub fn from_grpc_code(to: &str, code: Option<GrpcCode>, message: &str) -> RpcError {
+        let m = format!("{to}: {message}");
+        match code {
+            Some(GrpcCode::Unavailable | GrpcCode::Unknown | GrpcCode::Cancelled | GrpcCode::DeadlineExceeded | GrpcCode::Aborted) => RpcError::Transport(m),
+            Some(GrpcCode::NotFound) => RpcError::NotFound(m),
+            Some(GrpcCode::AlreadyExists) => RpcError::AlreadyExists(m),
+            Some(GrpcCode::InvalidArgument | GrpcCode::OutOfRange) => RpcError::InvalidArgument(m),
+            Some(GrpcCode::ResourceExhausted) => RpcError::NoSpace(m),
+            Some(GrpcCode::DataLoss) => RpcError::ChecksumMismatch(m),
+            Some(GrpcCode::FailedPrecondition | GrpcCode::PermissionDenied | GrpcCode::Unauthenticated) => RpcError::FailedPrecondition(m),
+            Some(GrpcCode::Unimplemented) => RpcError::InvalidArgument(format!("{m} (is {to} a dfs node of the right kind?)")),
+            Some(GrpcCode::Internal) | None => RpcError::Internal(m),
+        }
+    }
+
+    /// The error as it travels in a status's details: exactly, including the leader hint of
+    /// `NotLeader`. `Malformed` travels as `InvalidArgument` (see there); `Transport` as
+    /// `Unavailable` (the caller's own call did complete, its server's onward call did not).
     pub fn to_detail(&self) -> ErrorDetail {
         let (code, message) = match self {
             RpcError::NotLeader { .. } => (ErrorCode::NotLeader, self.to_string()),
             RpcError::NotFound(m) => (ErrorCode::NotFound, m.clone()),
             RpcError::AlreadyExists(m) => (ErrorCode::AlreadyExists, m.clone()),
-            RpcError::InvalidArgument(m) => (ErrorCode::InvalidArgument, m.clone()),
+            RpcError::InvalidArgument(m) | RpcError::Malformed(m) => (ErrorCode::InvalidArgument, m.clone()),
             RpcError::Unavailable(m) | RpcError::Transport(m) => (ErrorCode::Unavailable, m.clone()),
             RpcError::ChecksumMismatch(m) => (ErrorCode::ChecksumMismatch, m.clone()),
             RpcError::NoSpace(m) => (ErrorCode::NoSpace, m.clone()),
@@ -126,11 +230,11 @@ impl RpcError {
         self.to_detail().encode_to_vec().into()
     }
 
-    /// Decodes what `encode_detail` produced; garbage becomes an `Internal` error.
+    /// Decodes what `encode_detail` produced; garbage is the sender's fault (`Malformed`).
     pub fn decode_detail(bytes: &[u8]) -> Self {
         match ErrorDetail::decode(bytes) {
             Ok(d) => Self::from_detail(d),
-            Err(e) => RpcError::Internal(format!("undecodable error detail: {e}")),
+            Err(e) => RpcError::Malformed(format!("undecodable error detail: {e}")),
         }
     }
 }
@@ -143,7 +247,7 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<Resp, RpcError>>,
 {
-    let request = Req::decode(body).map_err(|e| RpcError::InvalidArgument(format!("undecodable request: {e}")))?;
+    let request = Req::decode(body).map_err(|e| RpcError::Malformed(format!("undecodable request: {e}")))?;
     let response = call(request).await?;
     Ok(response.encode_to_vec().into())
 }
@@ -215,7 +319,7 @@ pub fn read_frames(download: ChunkDownload) -> Vec<ReadChunkFrame> {
 
 /// Reassembles frames; the header must come first and only once, and the data must add up to
 /// the size it announces (the bytes are checked against the checksum by the receiver). Bulk
-/// data (`chunk_store::is_bulk`) is assembled into a `BulkBuf`, so that it reaches the disk
+/// data (`bulk_buf::is_bulk`) is assembled into a `BulkBuf`, so that it reaches the disk
 /// without another copy.
 #[derive(Debug, Default)]
 pub struct FrameAssembler<H> {
@@ -260,9 +364,12 @@ pub enum FrameError {
     TooLarge { announced: u64, max: u64 },
 }
 
+/// On either side the receiver's verdict on its sender: a server that gets bad frames answers
+/// its caller `InvalidArgument` (see `Malformed`), a client that gets them turns to another
+/// replica.
 impl From<FrameError> for RpcError {
     fn from(e: FrameError) -> Self {
-        RpcError::InvalidArgument(e.to_string())
+        RpcError::Malformed(e.to_string())
     }
 }
 
@@ -301,7 +408,7 @@ impl<H: FrameHeader> FrameAssembler<H> {
                 }
                 self.expected_size = h.announced_size();
                 let reserved = self.expected_size.min(PREALLOCATE_MAX_BYTES) as usize;
-                self.data = if crate::chunk_store::is_bulk(self.expected_size) {
+                self.data = if crate::bulk_buf::is_bulk(self.expected_size) {
                     Assembled::Bulk(BulkBuf::with_capacity(reserved))
                 } else {
                     Assembled::Small(BytesMut::with_capacity(reserved))
@@ -387,7 +494,7 @@ mod tests {
     /// need not.
     #[test]
     fn bulk_chunks_are_assembled_into_aligned_memory() {
-        for len in [crate::chunk_store::BULK_MIN_BYTES as usize, 4 << 20, (4 << 20) + 3] {
+        for len in [crate::bulk_buf::BULK_MIN_BYTES as usize, 4 << 20, (4 << 20) + 3] {
             let up = upload(len);
             let assembled = assemble_upload(write_frames(up.clone())).unwrap();
             assert!(crate::bulk_buf::is_aligned(&assembled.data), "{len}");
@@ -428,6 +535,62 @@ mod tests {
         ] {
             assert_eq!(RpcError::decode_detail(&e.encode_detail()), e);
         }
-        assert!(matches!(RpcError::decode_detail(b"\xff\xff"), RpcError::Internal(_)));
+        assert!(matches!(RpcError::decode_detail(b"\xff\xff"), RpcError::Malformed(_)));
+    }
+
+    /// One of each variant, with its fault and whether it is retryable: the table the rest of
+    /// the code relies on.
+    fn every_error() -> Vec<(RpcError, Fault, bool)> {
+        let m = || "m".to_string();
+        vec![
+            (RpcError::NotLeader { leader: Some(MetaNode { id: 2, addr: "a:1".into() }) }, Fault::World, true),
+            (RpcError::NotFound(m()), Fault::Caller, false),
+            (RpcError::AlreadyExists(m()), Fault::Caller, false),
+            (RpcError::InvalidArgument(m()), Fault::Caller, false),
+            (RpcError::Unavailable(m()), Fault::World, true),
+            (RpcError::ChecksumMismatch(m()), Fault::Peer, false),
+            (RpcError::NoSpace(m()), Fault::World, false),
+            (RpcError::FailedPrecondition(m()), Fault::Caller, false),
+            (RpcError::Internal(m()), Fault::Peer, false),
+            (RpcError::Malformed(m()), Fault::Peer, false),
+            (RpcError::Transport(m()), Fault::World, true),
+        ]
+    }
+
+    #[test]
+    fn every_error_says_whose_fault_and_whether_to_retry() {
+        for (e, fault, retryable) in every_error() {
+            assert_eq!((e.fault(), e.is_retryable()), (fault, retryable), "{e:?}");
+            // Only the world's errors are ever worth repeating.
+            assert!(!e.is_retryable() || e.fault() == Fault::World, "{e:?}");
+        }
+    }
+
+    /// Through the details every error arrives as itself, but for the two the receiver makes
+    /// (`Malformed` arrives as the caller's `InvalidArgument`, `Transport` as the server's
+    /// `Unavailable`); by its status code alone, as what the code means, retryable exactly
+    /// when the error was.
+    #[test]
+    fn every_error_travels_by_detail_and_by_code() {
+        for (e, _, retryable) in every_error() {
+            let arrived = RpcError::decode_detail(&e.encode_detail());
+            match &e {
+                RpcError::Malformed(m) => assert_eq!(arrived, RpcError::InvalidArgument(m.clone())),
+                RpcError::Transport(m) => assert_eq!(arrived, RpcError::Unavailable(m.clone())),
+                _ => assert_eq!(arrived, e),
+            }
+            let by_code = RpcError::from_grpc_code("n:1", Some(e.grpc_code()), "m");
+            assert_eq!(by_code.is_retryable(), retryable, "{e:?} arrives as {by_code:?}");
+            assert_eq!(by_code.grpc_code(), e.grpc_code(), "{e:?} arrives as {by_code:?}");
+        }
+        // Every code a proxy or a dying server may send means something, retryable only where
+        // the world is to blame.
+        for code in GrpcCode::ALL {
+            assert_eq!(GrpcCode::from_i32(code as i32), Some(code));
+            let e = RpcError::from_grpc_code("n:1", Some(code), "m");
+            assert!(!e.is_retryable() || e.fault() == Fault::World, "{code:?} → {e:?}");
+        }
+        assert!(matches!(RpcError::from_grpc_code("n:1", None, "m"), RpcError::Internal(_)));
+        assert_eq!(GrpcCode::from_i32(0), None);
     }
 }

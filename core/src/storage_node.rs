@@ -61,17 +61,20 @@ use futures::future::join_all;
 use futures::StreamExt;
 
 use crate::chunk_store::{self, ChunkFileError, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, FileHeader, FrameReader, WriteDecision};
-use crate::client::meta_client::{MetaClient, RetryPolicy};
 use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
 use crate::fault::{self, Site};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
+use crate::limits::CHUNK_FRAME_BYTES;
+use crate::meta_client::{MetaClient, RetryPolicy};
 use crate::namespace::ReplicaReport;
 use crate::proto;
-use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError, CHUNK_FRAME_BYTES};
+use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError};
 use crate::scrub::{Scrubber, Step};
-use crate::storage_reports::{InventoryProgress, Peers, RepairOrder, Repairs, ReportBatch, Reports};
+use crate::storage_reports::{InventoryProgress, Peers, RepairFailure, RepairOrder, Repairs, ReportBatch, Reports, SourceFailure};
 
 mod batch;
+mod config;
+pub use config::StorageConfig;
 
 const NODE_ID_FILE: &str = "node_id";
 /// The cluster this node joined, written when it first registers.
@@ -92,57 +95,6 @@ const SPACE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 const RELAY_FRAMES_MAX: usize = 4;
 /// Longest a forward to a peer this node does not know waits for a fresh peer list.
 const PEER_REFRESH_WAIT_MAX: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Debug)]
-pub struct StorageConfig {
-    pub data_dir: PathBuf,
-    /// The address other nodes and clients reach this node at.
-    pub advertise_addr: String,
-    pub meta_addrs: Vec<String>,
-    pub heartbeat_interval: Duration,
-    /// Limit on one replication to a peer, however large the chunk.
-    pub replication_timeout: Duration,
-    /// Chunk streams served at once: reads and writes from clients, and as many again for
-    /// replication from peers (separate slots, so that primaries forwarding to each other
-    /// never wait on each other's slots). Each write buffers its chunk: at most
-    /// 2 × `chunk_streams_max` chunks in memory.
-    pub chunk_streams_max: usize,
-    /// How long a stream waits for a slot before it is refused with `Unavailable`.
-    pub chunk_stream_wait: Duration,
-    /// Longest silence between two frames of an incoming chunk before the write is dropped;
-    /// forwarding to a peer is allowed this much per frame (capped by `replication_timeout`).
-    pub frame_timeout: Duration,
-    /// Free space a write must leave on the disk.
-    pub space_reserve_bytes: u64,
-    /// Repair jobs (copies pulled from peers) run at once.
-    pub repair_streams_max: usize,
-    /// Pace of background verification (`scrub`).
-    pub scrub_rate_bytes_per_sec: u64,
-    /// How often the whole inventory is reported (besides on every registration).
-    pub inventory_interval: Duration,
-    /// This node's failure domain: replicas of a chunk span two racks or more.
-    pub rack: Option<String>,
-}
-
-impl StorageConfig {
-    pub fn new(data_dir: impl Into<PathBuf>, advertise_addr: impl Into<String>, meta_addrs: Vec<String>) -> Self {
-        StorageConfig {
-            data_dir: data_dir.into(),
-            advertise_addr: advertise_addr.into(),
-            meta_addrs,
-            heartbeat_interval: Duration::from_secs(3),
-            replication_timeout: Duration::from_secs(30),
-            chunk_streams_max: 16,
-            chunk_stream_wait: Duration::from_secs(5),
-            frame_timeout: Duration::from_secs(10),
-            space_reserve_bytes: 64 * 1024 * 1024,
-            repair_streams_max: 2,
-            scrub_rate_bytes_per_sec: crate::scrub::SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
-            inventory_interval: Duration::from_secs(3600),
-            rack: None,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageOpenError {
@@ -862,8 +814,8 @@ impl<E: Env> StorageNode<E> {
     /// One stream's work: a large chunk alone, or small chunks read from their first source
     /// in one call and stored in one group commit; a chunk that source does not serve whole
     /// is then tried alone on its other sources.
-    async fn repair_work(&self, work: Vec<RepairOrder>) -> Vec<(ChunkId, Result<(), String>)> {
-        if work.len() == 1 && work[0].size > crate::rpc::SMALL_CHUNK_BYTES_MAX as u64 {
+    async fn repair_work(&self, work: Vec<RepairOrder>) -> Vec<(ChunkId, Result<(), RepairFailure>)> {
+        if work.len() == 1 && work[0].size > crate::limits::SMALL_CHUNK_BYTES_MAX as u64 {
             let order = work.into_iter().next().expect("one order");
             return vec![self.repair(order).await];
         }
@@ -882,7 +834,7 @@ impl<E: Env> StorageNode<E> {
             }
         }
         let Some((source, addr)) = wanted.first().and_then(|o| o.sources.iter().find(|(id, _)| *id != self.id).cloned()) else {
-            results.extend(wanted.into_iter().map(|o| (o.chunk, Err("no source to copy from".to_string()))));
+            results.extend(wanted.into_iter().map(|o| (o.chunk, Err(RepairFailure::NoSource))));
             return results;
         };
         let request = proto::ReadChunksRequest {
@@ -933,7 +885,7 @@ impl<E: Env> StorageNode<E> {
                     self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: order.size, sha256: order.sha256 });
                     results.push((order.chunk, Ok(())));
                 }
-                Err(e) => results.push((order.chunk, Err(e.to_string()))),
+                Err(e) => results.push((order.chunk, Err(RepairFailure::Store(e)))),
             }
         }
         if !items.is_empty() {
@@ -947,7 +899,7 @@ impl<E: Env> StorageNode<E> {
 
     /// Makes a copy of a chunk here, pulled from the first source that serves it whole and
     /// matching the SHA-256 metadata recorded. The new replica is reported like any other.
-    async fn repair(&self, order: RepairOrder) -> (ChunkId, Result<(), String>) {
+    async fn repair(&self, order: RepairOrder) -> (ChunkId, Result<(), RepairFailure>) {
         let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
         if self.table.lock().expect("table lock").stored(order.chunk).is_ok_and(|m| m == meta) {
             self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
@@ -960,7 +912,7 @@ impl<E: Env> StorageNode<E> {
             let data = match read {
                 Ok(download) => download.data,
                 Err(e) => {
-                    errors.push(format!("{source}: {e}"));
+                    errors.push((*source, SourceFailure::Read(e)));
                     continue;
                 }
             };
@@ -968,11 +920,11 @@ impl<E: Env> StorageNode<E> {
             let digest = self.env.compute(move || Sha256Digest::of(&check)).await;
             if data.len() as u64 != order.size || digest != order.sha256 {
                 // The source's own checks passed, so its bytes are not what metadata recorded.
-                errors.push(format!("{source}: served {} bytes that do not match the recorded SHA-256", data.len()));
+                errors.push((*source, SourceFailure::Mismatch(data.len() as u64)));
                 continue;
             }
             if let Err(e) = self.check_room(order.size).await {
-                return (order.chunk, Err(e.to_string()));
+                return (order.chunk, Err(RepairFailure::Store(e)));
             }
             return match self.store_local(order.chunk, meta, &data).await {
                 Ok(()) => {
@@ -980,10 +932,10 @@ impl<E: Env> StorageNode<E> {
                     tracing::info!(node = %self.id, chunk = %order.chunk, %source, "repaired: replica copied");
                     (order.chunk, Ok(()))
                 }
-                Err(e) => (order.chunk, Err(e.to_string())),
+                Err(e) => (order.chunk, Err(RepairFailure::Store(e))),
             };
         }
-        (order.chunk, Err(if errors.is_empty() { "no source to copy from".to_string() } else { errors.join("; ") }))
+        (order.chunk, Err(if errors.is_empty() { RepairFailure::NoSource } else { RepairFailure::Sources(errors) }))
     }
 
     async fn space(&self) -> Result<(u64, u64), RpcError> {
@@ -1250,7 +1202,7 @@ struct ReadState<E: Env> {
     reader: FrameReader,
     header: Option<proto::ReadChunkHeader>,
     quarantine: Quarantine<E>,
-    /// A large chunk's frames are read as bulk data (`chunk_store::is_bulk`), as it was written.
+    /// A large chunk's frames are read as bulk data (`bulk_buf::is_bulk`), as it was written.
     bulk: bool,
     ended: bool,
     _slot: StreamSlot,
@@ -1376,7 +1328,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
                     reader,
                     header: Some(reply_header),
                     quarantine: self.quarantine(),
-                    bulk: chunk_store::is_bulk(expected.size),
+                    bulk: crate::bulk_buf::is_bulk(expected.size),
                     ended: false,
                     _slot: slot,
                 };

@@ -200,6 +200,31 @@ pub const REPAIR_FAILURES_UNREPORTED_MAX: usize = 1024;
 /// Longest error text reported for a failed repair.
 const REPAIR_ERROR_MAX_CHARS: usize = 256;
 
+/// Why a repair copy was not made: the sources' fault (unreachable, or serving other bytes
+/// than metadata recorded) or this node's (no room, a disk error). Travels to metadata as
+/// text, in the next heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RepairFailure {
+    #[error("no source to copy from")]
+    NoSource,
+    /// Every source failed, each in its way (in the order tried).
+    #[error("{}", .0.iter().map(|(node, e)| format!("{node}: {e}")).collect::<Vec<_>>().join("; "))]
+    Sources(Vec<(StorageNodeId, SourceFailure)>),
+    /// Storing the copy here failed.
+    #[error("{0}")]
+    Store(crate::rpc::RpcError),
+}
+
+/// How one source failed a repair copy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SourceFailure {
+    #[error("{0}")]
+    Read(crate::rpc::RpcError),
+    /// Its own checks passed, so the bytes it holds are not what metadata recorded.
+    #[error("served {0} bytes that do not match the recorded SHA-256")]
+    Mismatch(u64),
+}
+
 /// A copy this node was asked to make (a repair job from a heartbeat reply).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepairOrder {
@@ -229,7 +254,7 @@ pub struct Repairs {
 
 /// Whether a chunk of `size` bytes is copied in a batch with others.
 fn batched(size: u64) -> bool {
-    size <= crate::rpc::SMALL_CHUNK_BYTES_MAX as u64
+    size <= crate::limits::SMALL_CHUNK_BYTES_MAX as u64
 }
 
 impl Repairs {
@@ -265,9 +290,9 @@ impl Repairs {
             let source = work[0].sources.first().map(|(id, _)| *id);
             let mut bytes = work[0].size;
             let mut i = 0;
-            while i < self.queued.len() && work.len() < crate::rpc::CHUNK_BATCH_MAX {
+            while i < self.queued.len() && work.len() < crate::limits::CHUNK_BATCH_MAX {
                 let q = &self.queued[i];
-                if batched(q.size) && q.sources.first().map(|(id, _)| *id) == source && bytes + q.size <= crate::rpc::CHUNK_BATCH_BYTES_MAX as u64 {
+                if batched(q.size) && q.sources.first().map(|(id, _)| *id) == source && bytes + q.size <= crate::limits::CHUNK_BATCH_BYTES_MAX as u64 {
                     bytes += q.size;
                     work.extend(self.queued.remove(i));
                 } else {
@@ -282,13 +307,13 @@ impl Repairs {
 
     /// A stream ended, with each of its jobs done (its replica is reported like any stored
     /// one) or failed.
-    pub fn finish(&mut self, results: Vec<(ChunkId, Result<(), String>)>) {
+    pub fn finish(&mut self, results: Vec<(ChunkId, Result<(), RepairFailure>)>) {
         self.streams = self.streams.saturating_sub(1);
         for (chunk, result) in results {
             self.running.retain(|c| *c != chunk);
             self.known.remove(&chunk);
             if let Err(e) = result {
-                self.fail(chunk, &e);
+                self.fail(chunk, &e.to_string());
             }
         }
     }
@@ -497,10 +522,10 @@ mod tests {
         assert_eq!(r.start(), None, "two at once at most");
         r.offer([big(1)]);
         assert_eq!(r.in_flight().len(), 3, "a running job offered again is not queued twice");
-        r.finish(vec![(big(0).chunk, Err("source gone".into()))]);
+        r.finish(vec![(big(0).chunk, Err(RepairFailure::NoSource))]);
         assert_eq!(chunks(r.start()), Some(vec![big(2).chunk]));
         let failures = r.failures();
-        assert_eq!(failures, vec![(big(0).chunk, "source gone".to_string())]);
+        assert_eq!(failures, vec![(big(0).chunk, "no source to copy from".to_string())]);
         r.acknowledge_failures(&failures);
         assert!(r.failures().is_empty());
         // A full queue refuses, and says so.
@@ -519,7 +544,7 @@ mod tests {
         orders.extend((131..141).map(|i| from(i, 1, 4096)));
         r.offer(orders);
         let first = r.start().unwrap();
-        assert_eq!(first.len(), crate::rpc::CHUNK_BATCH_MAX, "a full batch");
+        assert_eq!(first.len(), crate::limits::CHUNK_BATCH_MAX, "a full batch");
         assert!(first.iter().all(|o| o.sources[0].0 == StorageNodeId(1)), "one source per batch");
         let second = r.start().unwrap();
         assert_eq!(second.len(), 36 + 10, "the rest of source 1's small chunks, past the others");
@@ -533,7 +558,7 @@ mod tests {
         // Bytes bound a batch too.
         let mut r = Repairs::new(1);
         r.offer((0..20).map(|i| from(i, 1, 256 * 1024)));
-        assert_eq!(r.start().unwrap().len(), crate::rpc::CHUNK_BATCH_BYTES_MAX / (256 * 1024));
+        assert_eq!(r.start().unwrap().len(), crate::limits::CHUNK_BATCH_BYTES_MAX / (256 * 1024));
     }
 
     proptest! {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use dfs_core::bulk_buf::{self, BulkBuf, BULK_ALIGN};
-use dfs_core::chunk_store;
+
 use dfs_core::env::{Disk, DiskStep};
 
 /// `O_DIRECT`'s alignment, of the buffer's address, the file offset and the length.
@@ -263,7 +263,7 @@ fn read_into(file: &File, buf: &mut [u8], offset: u64, direct: bool) -> io::Resu
 /// buffer per chunk costs a page fault per 4 KiB.
 fn read_buffered(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    if chunk_store::is_bulk(len as u64) {
+    if bulk_buf::is_bulk(len as u64) {
         let mut buf = BulkBuf::with_capacity(len);
         buf.resize(len, 0);
         let filled = read_into(file, &mut buf, offset, false)?;

@@ -6,12 +6,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use dfs_core::proto::{ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkResponse};
-use dfs_core::rpc::{ChunkHandler, ChunkService, FrameStream as CoreFrameStream, RpcError};
+use dfs_core::rpc::{ChunkHandler, ChunkService, FrameStream as CoreFrameStream, GrpcCode, RpcError};
 use futures::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::generated::replication_service_server::ReplicationService;
 use crate::generated::storage_service_server::StorageService;
+
+/// HTTP/2 flow control. h2's defaults (64 KiB per stream and per connection, 16 KiB frames)
+/// let one 64 KiB window of a connection's chunk streams be in flight at a time: every 64 KiB a
+/// sender waits for a WINDOW_UPDATE, and chunk frames (256 KiB) cross as 16 HTTP/2 frames.
+/// These bound what a connection buffers (a few chunk frames per stream) while letting a chunk
+/// stream flow without a round trip per 64 KiB.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+pub const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
 
 /// Serves a generated tonic service with one of `dfs-core`'s handlers.
 pub struct Adapter<H>(pub Arc<H>);
@@ -20,38 +29,20 @@ pub fn respond<T>(result: Result<T, RpcError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| to_status(&e))
 }
 
-/// The gRPC status for an error, with the error itself in the details so the client gets it
-/// back exactly (including the leader hint of `NotLeader`).
+/// The gRPC status for an error (its code decided in core, `RpcError::grpc_code`), with the
+/// error itself in the details so the client gets it back exactly (including the leader hint
+/// of `NotLeader`).
 pub fn to_status(e: &RpcError) -> Status {
-    let code = match e {
-        RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::Transport(_) => Code::Unavailable,
-        RpcError::NotFound(_) => Code::NotFound,
-        RpcError::AlreadyExists(_) => Code::AlreadyExists,
-        RpcError::InvalidArgument(_) => Code::InvalidArgument,
-        RpcError::ChecksumMismatch(_) => Code::DataLoss,
-        RpcError::NoSpace(_) => Code::ResourceExhausted,
-        RpcError::FailedPrecondition(_) => Code::FailedPrecondition,
-        _ => Code::Internal,
-    };
-    Status::with_details(code, e.to_string(), e.encode_detail())
+    Status::with_details(Code::from_i32(e.grpc_code() as i32), e.to_string(), e.encode_detail())
 }
 
-/// The error behind a status: ours if the server put one in the details, otherwise one made
-/// from the status code (a proxy, a crashed server, a connection that never opened).
+/// The error behind a status: ours if the server put one in the details, otherwise what the
+/// code alone means (`RpcError::from_grpc_code`).
 pub fn from_status(to: &str, status: Status) -> RpcError {
     if !status.details().is_empty() {
         return RpcError::decode_detail(status.details());
     }
-    let message = format!("{to}: {}", status.message());
-    match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => RpcError::Transport(message),
-        Code::NotFound => RpcError::NotFound(message),
-        Code::InvalidArgument | Code::OutOfRange => RpcError::InvalidArgument(message),
-        Code::ResourceExhausted => RpcError::NoSpace(message),
-        Code::DataLoss => RpcError::ChecksumMismatch(message),
-        Code::Unimplemented => RpcError::InvalidArgument(format!("{message} (is {to} a dfs node of the right kind?)")),
-        _ => RpcError::Internal(message),
-    }
+    RpcError::from_grpc_code(to, GrpcCode::from_i32(status.code() as i32), status.message())
 }
 
 /// An incoming chunk's frames as core's handler takes them, pulled as the handler asks (so
@@ -84,5 +75,27 @@ impl<H: ChunkHandler> StorageService for Adapter<H> {
 impl<H: ChunkHandler> ReplicationService for Adapter<H> {
     async fn replicate_chunk(&self, request: Request<Streaming<WriteChunkFrame>>) -> Result<Response<WriteChunkResponse>, Status> {
         respond(self.0.write_chunk(ChunkService::Replication, incoming_frames(request.into_inner())).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tonic numbers its codes as core does (both follow the gRPC protocol), and an error sent
+    /// as a status comes back as itself, or by its code alone as what the code means.
+    #[test]
+    fn statuses_carry_errors_both_ways() {
+        for code in GrpcCode::ALL {
+            assert_eq!(Code::from_i32(code as i32) as i32, code as i32, "{code:?}");
+        }
+        let e = RpcError::ChecksumMismatch("chunk x".into());
+        let status = to_status(&e);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert_eq!(from_status("n:1", status), e);
+        let bare = Status::new(Code::Unavailable, "connection reset");
+        assert!(matches!(from_status("n:1", bare), RpcError::Transport(m) if m == "n:1: connection reset"));
+        let bare = Status::new(Code::Unimplemented, "no such method");
+        assert!(matches!(from_status("n:1", bare), RpcError::InvalidArgument(m) if m.contains("right kind")));
     }
 }

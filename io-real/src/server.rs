@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use dfs_core::limits::UNARY_MESSAGE_MAX_BYTES;
 use dfs_core::proto::{ChunkBatchServiceHandler, MetadataServiceHandler, RaftServiceHandler};
 use dfs_core::rpc::ChunkHandler;
 use tokio::net::TcpListener;
@@ -15,9 +16,8 @@ use crate::generated::metadata_service_server::MetadataServiceServer;
 use crate::generated::raft_service_server::RaftServiceServer;
 use crate::generated::replication_service_server::ReplicationServiceServer;
 use crate::generated::storage_service_server::StorageServiceServer;
-use crate::grpc::Adapter;
+use crate::grpc::{Adapter, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_FRAME_BYTES_MAX, HTTP2_STREAM_WINDOW_BYTES};
 use crate::metrics::{CountedStream, RpcMetrics, RpcMetricsLayer};
-use crate::transport::UNARY_MESSAGE_MAX_BYTES;
 
 /// Accepted connections with Nagle's algorithm off. tonic applies its builder's `tcp_nodelay`
 /// only to listeners it binds itself, not to an incoming stream: without this, a small reply
@@ -32,15 +32,6 @@ fn incoming(listener: TcpListener, metrics: Arc<RpcMetrics>) -> impl tokio_strea
         Ok(CountedStream::new(stream, metrics.clone()))
     })
 }
-
-/// HTTP/2 flow control. h2's defaults (64 KiB per stream and per connection, 16 KiB frames)
-/// let one 64 KiB window of a connection's chunk streams be in flight at a time: every 64 KiB a
-/// sender waits for a WINDOW_UPDATE, and chunk frames (256 KiB) cross as 16 HTTP/2 frames.
-/// These bound what a connection buffers (a few chunk frames per stream) while letting a chunk
-/// stream flow without a round trip per 64 KiB.
-pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
-pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
-pub const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
 
 /// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes, each
 /// call observed in `metrics`.

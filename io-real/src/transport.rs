@@ -14,13 +14,13 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic_prost::ProstCodec;
 
+use dfs_core::limits::UNARY_MESSAGE_MAX_BYTES;
+
 use crate::grpc::from_status;
 
 const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
 const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
 const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
-
-pub use dfs_core::rpc::UNARY_MESSAGE_MAX_BYTES;
 
 #[derive(Clone, Debug)]
 pub struct GrpcTransport {
@@ -44,9 +44,9 @@ impl GrpcTransport {
                     .map_err(|e| RpcError::InvalidArgument(format!("bad address {to:?}: {e}")))?
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true)
-                    .initial_stream_window_size(crate::server::HTTP2_STREAM_WINDOW_BYTES)
-                    .initial_connection_window_size(crate::server::HTTP2_CONNECTION_WINDOW_BYTES)
-                    .max_frame_size(crate::server::HTTP2_FRAME_BYTES_MAX)
+                    .initial_stream_window_size(crate::grpc::HTTP2_STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(crate::grpc::HTTP2_CONNECTION_WINDOW_BYTES)
+                    .max_frame_size(crate::grpc::HTTP2_FRAME_BYTES_MAX)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(20));
                 let channel = endpoint.connect_lazy();
@@ -113,9 +113,9 @@ impl Transport for GrpcTransport {
             let mut assembler = FrameAssembler::<ReadChunkHeader>::new();
             while let Some(frame) = frames.next().await {
                 let frame = frame.map_err(|s| from_status(&to, s))?;
-                assembler.push(frame.header, frame.data).map_err(|e| RpcError::Internal(format!("{to}: {e}")))?;
+                assembler.push(frame.header, frame.data).map_err(|e| RpcError::Malformed(format!("{to}: {e}")))?;
             }
-            let (header, data) = assembler.finish().map_err(|e| RpcError::Internal(format!("{to}: {e}")))?;
+            let (header, data) = assembler.finish().map_err(|e| RpcError::Malformed(format!("{to}: {e}")))?;
             Ok(ChunkDownload { header, data })
         }
     }

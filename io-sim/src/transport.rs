@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dfs_core::env::Transport;
 use dfs_core::fault::{self, Site};
+use dfs_core::limits;
 use dfs_core::proto::{self, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkResponse};
 use dfs_core::rpc::{self, ChunkDownload, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError};
 use futures::future::{BoxFuture, Either};
@@ -93,16 +94,16 @@ impl Transport for SimTransport {
             let (tx, mut rx) = Self::connect(&to).await?;
             let body = Bytes::from(request.encode_to_vec());
             // As gRPC does in production: an oversized message is refused, never sent.
-            if body.len() > rpc::UNARY_MESSAGE_MAX_BYTES {
-                return Err(RpcError::InvalidArgument(format!("{to}: request of {} bytes exceeds {}", body.len(), rpc::UNARY_MESSAGE_MAX_BYTES)));
+            if body.len() > limits::UNARY_MESSAGE_MAX_BYTES {
+                return Err(RpcError::InvalidArgument(format!("{to}: request of {} bytes exceeds {}", body.len(), limits::UNARY_MESSAGE_MAX_BYTES)));
             }
             send(&tx, Wire::Unary { path: R::PATH.to_string(), body }).await.map_err(|e| transport_error(&to, e))?;
             match recv(&mut rx).await.map_err(|e| transport_error(&to, e))? {
                 Wire::Reply(reply) => {
                     let body = reply_result(reply)?;
-                    R::Response::decode(body).map_err(|e| RpcError::Internal(format!("{to}: undecodable reply: {e}")))
+                    R::Response::decode(body).map_err(|e| RpcError::Malformed(format!("{to}: undecodable reply: {e}")))
                 }
-                other => Err(RpcError::Internal(format!("{to}: unexpected {other:?}"))),
+                other => Err(RpcError::Malformed(format!("{to}: unexpected {other:?}"))),
             }
         };
         async move { abandonable(&name, call).await }
@@ -129,8 +130,10 @@ impl Transport for SimTransport {
             }
             send(&tx, Wire::End).await.map_err(io)?;
             match recv(&mut rx).await.map_err(io)? {
-                Wire::Reply(reply) => WriteChunkResponse::decode(reply_result(reply)?).map_err(|e| RpcError::Internal(format!("{to}: undecodable reply: {e}"))),
-                other => Err(RpcError::Internal(format!("{to}: unexpected {other:?}"))),
+                Wire::Reply(reply) => {
+                    WriteChunkResponse::decode(reply_result(reply)?).map_err(|e| RpcError::Malformed(format!("{to}: undecodable reply: {e}")))
+                }
+                other => Err(RpcError::Malformed(format!("{to}: unexpected {other:?}"))),
             }
         };
         async move { abandonable(&name, call).await }
@@ -146,18 +149,18 @@ impl Transport for SimTransport {
             loop {
                 match recv(&mut rx).await.map_err(io)? {
                     Wire::Frame(bytes) => {
-                        let frame = ReadChunkFrame::decode(bytes).map_err(|e| RpcError::Internal(format!("{to}: bad frame: {e}")))?;
-                        assembler.push(frame.header, frame.data).map_err(|e| RpcError::Internal(format!("{to}: {e}")))?;
+                        let frame = ReadChunkFrame::decode(bytes).map_err(|e| RpcError::Malformed(format!("{to}: bad frame: {e}")))?;
+                        assembler.push(frame.header, frame.data).map_err(|e| RpcError::Malformed(format!("{to}: {e}")))?;
                     }
                     Wire::End => break,
                     Wire::Reply(reply) => {
                         reply_result(reply)?;
-                        return Err(RpcError::Internal(format!("{to}: reply without a chunk")));
+                        return Err(RpcError::Malformed(format!("{to}: reply without a chunk")));
                     }
-                    other => return Err(RpcError::Internal(format!("{to}: unexpected {other:?}"))),
+                    other => return Err(RpcError::Malformed(format!("{to}: unexpected {other:?}"))),
                 }
             }
-            let (header, data) = assembler.finish().map_err(|e| RpcError::Internal(format!("{to}: {e}")))?;
+            let (header, data) = assembler.finish().map_err(|e| RpcError::Malformed(format!("{to}: {e}")))?;
             Ok(ChunkDownload { header, data })
         }
     }
@@ -246,9 +249,9 @@ fn incoming_frames(rx: Receiver) -> FrameStream<WriteChunkFrame> {
     futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         let item = match recv(&mut rx).await {
-            Ok(Wire::Frame(bytes)) => WriteChunkFrame::decode(bytes).map_err(|e| RpcError::InvalidArgument(format!("bad frame: {e}"))),
+            Ok(Wire::Frame(bytes)) => WriteChunkFrame::decode(bytes).map_err(|e| RpcError::Malformed(format!("bad frame: {e}"))),
             Ok(Wire::End) => return None,
-            Ok(other) => Err(RpcError::InvalidArgument(format!("unexpected {other:?} in a chunk stream"))),
+            Ok(other) => Err(RpcError::Malformed(format!("unexpected {other:?} in a chunk stream"))),
             Err(e) => Err(RpcError::Transport(format!("the sender: {e}"))),
         };
         // An error ends the stream.
@@ -266,8 +269,8 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
             // handler whose client reset the stream: handlers must not count on finishing.
             let Some(reply) = unless_caller_gone(&tx, service.unary(path, body)).await else { return Ok(()) };
             let reply = reply.and_then(|reply| {
-                if reply.len() > rpc::UNARY_MESSAGE_MAX_BYTES {
-                    return Err(RpcError::Internal(format!("reply of {} bytes exceeds {}", reply.len(), rpc::UNARY_MESSAGE_MAX_BYTES)));
+                if reply.len() > limits::UNARY_MESSAGE_MAX_BYTES {
+                    return Err(RpcError::Internal(format!("reply of {} bytes exceeds {}", reply.len(), limits::UNARY_MESSAGE_MAX_BYTES)));
                 }
                 Ok(reply)
             });

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use dfs_core::env::Disk;
 use dfs_core::meta::log_store::{open_database, RedbLogStore};
-use dfs_core::meta::raft::MetaTypes;
 use dfs_core::meta::state_machine::MetaStateMachine;
+use dfs_core::meta::types::MetaTypes;
 use dfs_io_sim::SimDisk;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{StorageError, StorageIOError, TokioRuntime};

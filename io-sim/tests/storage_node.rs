@@ -15,8 +15,9 @@ use bytes::Bytes;
 use dfs_core::chunk_store::{self, ChunkLayout, ChunkMeta};
 use dfs_core::env::{Clock, Disk, Env, Timestamp, Transport};
 use dfs_core::ids::{ChunkId, FileId, Sha256Digest};
+use dfs_core::limits::{self, CHUNK_FRAME_BYTES};
 use dfs_core::proto::{self, ChunkBatchServiceHandler, ReadChunkFrame, ReadChunkRequest, WriteChunkFrame, WriteChunkHeader};
-use dfs_core::rpc::{self, ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError, CHUNK_FRAME_BYTES};
+use dfs_core::rpc::{self, ChunkDownload, ChunkHandler, ChunkService, ChunkUpload, FrameStream, Rpc, RpcError};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
 use dfs_io_sim::SimDisk;
 use futures::executor::block_on;
@@ -678,7 +679,7 @@ fn a_batch_read_verifies_each_chunk_and_quarantines_a_damaged_one() {
 fn batches_beyond_the_limits_are_refused_whole() {
     let env = TestEnv::new(1 << 30);
     let node = open(&env, config());
-    let many: Vec<proto::ChunkWrite> = (0..=rpc::CHUNK_BATCH_MAX as u32)
+    let many: Vec<proto::ChunkWrite> = (0..=limits::CHUNK_BATCH_MAX as u32)
         .map(|i| {
             let (id, data) = chunk(i, 10);
             batch_item(id, &data)
@@ -686,7 +687,7 @@ fn batches_beyond_the_limits_are_refused_whole() {
         .collect();
     let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: many }));
     assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
-    let (id, big) = chunk(0, rpc::SMALL_CHUNK_BYTES_MAX + 1);
+    let (id, big) = chunk(0, limits::SMALL_CHUNK_BYTES_MAX + 1);
     let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: vec![batch_item(id, &big)] }));
     assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
     assert_eq!((node.chunk_count(), node.writes_in_progress()), (0, 0));

@@ -127,7 +127,7 @@ pub async fn scrub_all(cluster: &Cluster) {
         let disk = dfs_io_sim::SimDisk::new(1 << 20);
         cluster
             .on_client(async move {
-                let admin = dfs_core::client::meta_client::MetaClient::new(SimEnv::new(disk), meta, Default::default());
+                let admin = dfs_core::meta_client::MetaClient::new(SimEnv::new(disk), meta, Default::default());
                 admin.call(dfs_core::proto::ScrubStorageNodeRequest { node: addr }).await
             })
             .await

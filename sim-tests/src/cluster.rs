@@ -151,10 +151,10 @@ impl Cluster {
                             config.logs_kept_behind_snapshot = logs_kept;
                             config.snapshot_transfer.piece_bytes = piece_bytes;
                             if let Some(health) = health {
-                                config.health = health;
+                                config.leader.health = health;
                             }
-                            config.gc_delay = gc_delay.unwrap_or(config.gc_delay);
-                            config.upload_expiry = upload_expiry.unwrap_or(config.upload_expiry);
+                            config.leader.gc_delay = gc_delay.unwrap_or(config.leader.gc_delay);
+                            config.leader.upload_expiry = upload_expiry.unwrap_or(config.leader.upload_expiry);
                             // A host's monotonic clock starts again at boot; its skew stays.
                             let server = MetaServer::start(env_for(disk, skew), config).await.expect("metadata node starts");
                             *slot.lock().unwrap() = Some(server.clone());

@@ -243,7 +243,7 @@ async fn wait_until(
     done: impl Fn(&proto::ClusterStatusResponse, &proto::FsckResponse) -> bool,
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
-    let meta = dfs_core::client::meta_client::MetaClient::new(RealEnv::default(), meta.to_vec(), Default::default());
+    let meta = dfs_core::meta_client::MetaClient::new(RealEnv::default(), meta.to_vec(), Default::default());
     loop {
         if let (Ok(status), Ok(fsck)) = (client.status().await, meta.call(proto::FsckRequest { path: String::new(), problems_max: 1 }).await) {
             if done(&status, &fsck) {

@@ -47,7 +47,7 @@ const UPLOADS_PER_ROUND_MAX: usize = 6;
 const STORAGE_NODES: usize = 3;
 const WRITE_QUORUM: usize = 2;
 const MIB: usize = 1 << 20;
-/// The client batches chunks up to this size (`rpc::SMALL_CHUNK_BYTES_MAX`): every chunk here
+/// The client batches chunks up to this size (`limits::SMALL_CHUNK_BYTES_MAX`): every chunk here
 /// is larger (see the module docs).
 const SMALL_CHUNK_BYTES_MAX: usize = 256 * 1024;
 

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use super::meta_batch::{missing, BatchKind, BatchLimits, Coalescer, Sink};
 use crate::env::{call_with_timeout, Env, Transport};
+use crate::limits::{CHUNK_BATCH_BYTES_MAX, CHUNK_BATCH_MAX};
 use crate::proto;
-use crate::rpc::{ChunkDownload, ChunkService, ChunkUpload, Rpc, RpcError, CHUNK_BATCH_BYTES_MAX, CHUNK_BATCH_MAX};
+use crate::rpc::{ChunkDownload, ChunkService, ChunkUpload, Rpc, RpcError};
 
 /// Storage nodes a client keeps a coalescer for at once.
 const NODES_MAX: usize = 1024;

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::env::Timestamp;
+use crate::env::{LocalError, Timestamp};
 use crate::ids::Sha256Digest;
 use crate::proto;
 use crate::rpc::RpcError;
@@ -60,7 +60,7 @@ pub enum Event {
         index: u32,
     },
     WriteFailed {
-        error: String,
+        error: LocalError,
     },
     /// The driver finished hashing what it wrote.
     FileHashed {
@@ -118,7 +118,7 @@ pub enum DownloadError {
     FileChecksumMismatch { expected: Sha256Digest, got: Sha256Digest },
     /// The caller's side: the output could not be written.
     #[error("writing the output: {0}")]
-    Output(String),
+    Output(LocalError),
 }
 
 #[derive(Clone, Debug)]

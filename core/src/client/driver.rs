@@ -20,11 +20,12 @@ use super::download::{self, Download};
 use super::resume::{self, Manifest, UploadKey};
 use super::upload::{self, MetaOp, Placement, Start, Upload, UploadError, UploadSpec};
 use super::{local, ClientError, DfsClient, Progress};
-use crate::env::{call_with_timeout, Clock, Disk, Env, Transport};
+use crate::env::{call_with_timeout, Clock, Disk, Env, LocalError, Transport};
 use crate::ids::{FileId, Sha256Digest};
+use crate::limits::SMALL_CHUNK_BYTES_MAX;
 use crate::namespace::FileAttrs;
 use crate::proto;
-use crate::rpc::{ChunkService, ChunkUpload, RpcError, SMALL_CHUNK_BYTES_MAX};
+use crate::rpc::{ChunkService, ChunkUpload, RpcError};
 
 /// Bytes hashed per step: both digests see a block while it is in cache.
 const HASH_BLOCK_BYTES: usize = 64 * 1024;
@@ -64,7 +65,7 @@ enum UpDone {
     Read {
         index: u32,
         file_hash: Sha256,
-        outcome: Result<(Bytes, Sha256Digest), String>,
+        outcome: Result<(Bytes, Sha256Digest), LocalError>,
     },
 }
 
@@ -80,7 +81,7 @@ enum DownDone {
     Written {
         index: u32,
         file_hash: Sha256,
-        outcome: Result<(), String>,
+        outcome: Result<(), LocalError>,
     },
 }
 
@@ -218,10 +219,10 @@ impl<E: Env> DfsClient<E> {
                                 let data = match disk.read_at(source, offset, len).await {
                                     Ok(data) if data.len() as u64 == len => data,
                                     Ok(data) => {
-                                        let error = format!("{} bytes read where {len} were expected: the file shrank", data.len());
+                                        let error = LocalError::Shrank { got: data.len() as u64, expected: len };
                                         return UpDone::Read { index, file_hash: hasher, outcome: Err(error) };
                                     }
-                                    Err(e) => return UpDone::Read { index, file_hash: hasher, outcome: Err(e.to_string()) },
+                                    Err(e) => return UpDone::Read { index, file_hash: hasher, outcome: Err(LocalError::io(None, e)) },
                                 };
                                 let (data, sha256, hasher) = hash_work(&self.env, data.len(), move || {
                                     let sha256 = hash_chunk(&data, &mut hasher);
@@ -320,7 +321,7 @@ impl<E: Env> DfsClient<E> {
                                     Ok(r) => match r.file {
                                         Some(file) => upload::Event::Committed { file },
                                         None => {
-                                            upload::Event::MetaFailed { op: MetaOp::Commit, error: RpcError::Internal("commit reply carries no file".into()) }
+                                            upload::Event::MetaFailed { op: MetaOp::Commit, error: RpcError::Malformed("commit reply carries no file".into()) }
                                         }
                                     },
                                     Err(error) => upload::Event::MetaFailed { op: MetaOp::Commit, error },
@@ -536,12 +537,12 @@ impl<E: Env> DfsClient<E> {
                                         let writing = async {
                                             // A large chunk bypasses the page cache where the disk
                                             // can (the copy into it was a third of a download's CPU).
-                                            let written = if crate::chunk_store::is_bulk(len) {
+                                            let written = if crate::bulk_buf::is_bulk(len) {
                                                 disk.write_bulk_at(&tmp, offset, data).await
                                             } else {
                                                 disk.write_at(&tmp, offset, data).await
                                             };
-                                            let outcome = written.map_err(|e| format!("{}: {e}", tmp.display()));
+                                            let outcome = written.map_err(|e| LocalError::io(Some(&tmp), e));
                                             if outcome.is_ok() && len >= WRITEBACK_HINT_MIN_BYTES {
                                                 // The final fsync then finds little left: the disk
                                                 // writes while later chunks are fetched. A hint only.
@@ -563,7 +564,7 @@ impl<E: Env> DfsClient<E> {
                                 }
                                 let event = match w.write_all(&data) {
                                     Ok(()) => download::Event::Written { index },
-                                    Err(e) => download::Event::WriteFailed { error: e.to_string() },
+                                    Err(e) => download::Event::WriteFailed { error: LocalError::io(None, e) },
                                 };
                                 machine.handle(event, self.env.clock().now());
                             }
@@ -580,7 +581,7 @@ impl<E: Env> DfsClient<E> {
                     download::Action::Finish => {
                         let event = match self.finish_output(&mut output).await {
                             Ok(()) => download::Event::Finished,
-                            Err(e) => download::Event::WriteFailed { error: e.to_string() },
+                            Err(e) => download::Event::WriteFailed { error: LocalError::io(None, e) },
                         };
                         machine.handle(event, self.env.clock().now());
                     }

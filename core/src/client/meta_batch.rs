@@ -25,15 +25,15 @@ use futures::future::{select, Either};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::SinkExt;
 
-use super::meta_client::MetaClient;
 use crate::env::Env;
+use crate::meta_client::MetaClient;
 use crate::proto;
 use crate::rpc::{Rpc, RpcError};
 
 /// Bounds of one coalescer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchLimits {
-    /// Items per batch call (the server takes at most `meta::server::BATCH_FILES_MAX`);
+    /// Items per batch call (the server takes at most `limits::BATCH_FILES_MAX`);
     /// 1 or less turns batching off: every call goes alone.
     pub files_max: usize,
     /// Chunk records per batch call, all items together (the server's `RECORD_CHUNKS_MAX`).
@@ -46,7 +46,7 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { files_max: crate::meta::server::BATCH_FILES_MAX, records_max: crate::namespace::RECORD_CHUNKS_MAX, in_flight_max: 2, queued_max: 1024 }
+        BatchLimits { files_max: crate::limits::BATCH_FILES_MAX, records_max: crate::limits::RECORD_CHUNKS_MAX, in_flight_max: 2, queued_max: 1024 }
     }
 }
 
@@ -197,7 +197,7 @@ async fn flush<K: BatchKind, S: Sink<K>>(sink: &S, batch: Vec<Waiting<K>>) {
                 let answer = match results.next() {
                     Some(Err(e)) if K::alone_after(&e) => Answer::Alone,
                     Some(result) => Answer::Done(result),
-                    None => Answer::Done(Err(RpcError::Internal("a batch reply holds fewer results than the batch had items".into()))),
+                    None => Answer::Done(Err(RpcError::Malformed("a batch reply holds fewer results than the batch had items".into()))),
                 };
                 let _ = reply.send(answer); // the caller may have given up
             }
@@ -211,7 +211,7 @@ async fn flush<K: BatchKind, S: Sink<K>>(sink: &S, batch: Vec<Waiting<K>>) {
 }
 
 pub(super) fn missing() -> RpcError {
-    RpcError::Internal("a batch reply item carries no result".into())
+    RpcError::Malformed("a batch reply item carries no result".into())
 }
 
 pub struct Creates;

@@ -22,7 +22,7 @@ pub mod chunk_batch;
 pub mod download;
 mod driver;
 pub mod meta_batch;
-pub mod meta_client;
+
 pub mod resume;
 pub mod tree_resume;
 pub mod upload;
@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use crate::chunking;
 use crate::env::Env;
+pub use crate::meta_client::{MetaClient, RetryPolicy};
 use crate::namespace::normalize_path;
 use crate::proto;
 use crate::rpc::RpcError;
 pub use meta_batch::BatchLimits;
-pub use meta_client::{MetaClient, RetryPolicy};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {

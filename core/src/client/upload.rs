@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::chunking;
-use crate::env::Timestamp;
+use crate::env::{LocalError, Timestamp};
 use crate::ids::{FileId, Sha256Digest};
 use crate::proto;
 use crate::rpc::RpcError;
@@ -136,7 +136,7 @@ pub enum Event {
     /// The span of chunk `index` is read into the driver's buffer; `sha256` is its digest.
     Read { index: u32, sha256: Sha256Digest },
     /// Reading the source failed.
-    ReadFailed { index: u32, error: String },
+    ReadFailed { index: u32, error: LocalError },
     /// `AllocateChunks` answered.
     Placed { placements: Vec<Placement>, write_quorum: u32 },
     /// The primary answered: the nodes that stored the chunk, and the replicas that failed.
@@ -208,7 +208,7 @@ pub enum Action {
 pub enum UploadError {
     /// The caller's side: the local file could not be read.
     #[error("reading chunk {index} of the source: {error}")]
-    Source { index: u32, error: String },
+    Source { index: u32, error: LocalError },
     /// The caller's side: the file changed while it was being uploaded.
     #[error("the source file changed during the upload; nothing was committed")]
     SourceChanged,

@@ -67,11 +67,14 @@ pub struct LeaderConfig {
     pub placement_settle: Duration,
 }
 
+/// Default of `LeaderConfig::deletes_per_heartbeat_max`.
+pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
+
 impl Default for LeaderConfig {
     fn default() -> Self {
         LeaderConfig {
             health: HealthConfig::default(),
-            deletes_per_heartbeat_max: 1000,
+            deletes_per_heartbeat_max: DELETES_PER_HEARTBEAT_MAX,
             gc_delay: Duration::from_secs(5),
             upload_expiry: Duration::from_millis(crate::namespace::UPLOAD_EXPIRY_DEFAULT_MS),
             housekeeping_interval: Duration::from_secs(1),
@@ -160,6 +163,16 @@ pub enum AllocateError {
     /// The world's: a new leader has not heard from every storage node yet. Retry.
     #[error("the metadata leader took office moments ago: {heard} storage nodes heard from, {unheard} not yet")]
     Settling { heard: usize, unheard: usize },
+}
+
+/// A request the cluster as it stands cannot carry out: the caller's to change (fewer copies,
+/// stop the node first), not worth repeating as it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("replication factor {replication} needs {replication} storage nodes, but {usable} {} available", if *usable == 1 { "is" } else { "are" })]
+    TooFewNodes { replication: u32, usable: usize },
+    #[error("storage node {node} is still heartbeating: stop it for good first (it would register again)")]
+    StillHeartbeating { node: StorageNodeId },
 }
 
 /// Whether a storage node that names `presented` as its cluster (empty: none yet) may join
@@ -328,7 +341,10 @@ impl Leader {
             term,
             health: HealthTracker::new(config.health, now),
             next_housekeeping: now,
-            repair: RepairPlanner::new(config.repair, now),
+            repair: RepairPlanner::new(
+                RepairConfig { start_grace: Some(config.repair.start_grace.unwrap_or(config.health.suspect_after)), ..config.repair },
+                now,
+            ),
             scrub_requested: BTreeMap::new(),
             scrub_requests_made: 0,
             inventories: BTreeMap::new(),
@@ -540,13 +556,10 @@ impl Leader {
     /// Refuses a replication factor that the cluster cannot hold at all: more copies than
     /// registered storage nodes that are not dead. (Checked when an upload is created, so the
     /// user learns at once, not after the transfers.)
-    pub fn check_replication(&self, now: Timestamp, ns: &Namespace, replication: u32) -> Result<(), String> {
+    pub fn check_replication(&self, now: Timestamp, ns: &Namespace, replication: u32) -> Result<(), Refused> {
         let usable = ns.storage_nodes().filter(|n| self.health.liveness(n.id, now) != Liveness::Dead).count();
         if (replication as usize) > usable {
-            return Err(format!(
-                "replication factor {replication} needs {replication} storage nodes, but {usable} {} available",
-                if usable == 1 { "is" } else { "are" }
-            ));
+            return Err(Refused::TooFewNodes { replication, usable });
         }
         Ok(())
     }
@@ -744,9 +757,9 @@ impl Leader {
 
     /// Whether `node` may be forgotten: only one that is not alive (a live node would simply
     /// register again, and its replicas are real).
-    pub fn check_forget(&self, now: Timestamp, node: StorageNodeId) -> Result<(), String> {
+    pub fn check_forget(&self, now: Timestamp, node: StorageNodeId) -> Result<(), Refused> {
         match self.health.liveness(node, now) {
-            Liveness::Alive | Liveness::Suspect => Err(format!("storage node {node} is still heartbeating: stop it for good first (it would register again)")),
+            Liveness::Alive | Liveness::Suspect => Err(Refused::StillHeartbeating { node }),
             Liveness::Dead | Liveness::Unknown => Ok(()),
         }
     }

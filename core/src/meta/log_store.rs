@@ -26,7 +26,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::raft::MetaTypes;
+use super::types::MetaTypes;
 use crate::ids::MetaNodeId;
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -49,27 +49,48 @@ pub fn open_database(backend: impl redb::StorageBackend) -> Result<Database, red
     Ok(db)
 }
 
+/// What reading or writing the database can end with: the disk failed under redb (the
+/// world's fault), or a record does not decode (damage on the disk, or a record written by
+/// a newer version: retrying will not help).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("raft.redb: {0}")]
+    Db(#[from] redb::Error),
+    #[error("raft.redb: record {record}: {source}")]
+    Record { record: String, source: serde_json::Error },
+}
+
+/// `?` on any of redb's error types.
+fn db(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+fn record(record: impl fmt::Display) -> impl FnOnce(serde_json::Error) -> StoreError {
+    move |source| StoreError::Record { record: record.to_string(), source }
+}
+
 /// Reads a JSON value from the META table.
-pub(crate) fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let table = tx.open_table(META).map_err(|e| e.to_string())?;
-    let Some(value) = table.get(key).map_err(|e| e.to_string())? else { return Ok(None) };
-    serde_json::from_slice(value.value()).map(Some).map_err(|e| format!("{key}: {e}"))
+pub(crate) fn read_meta<T: DeserializeOwned>(db_: &Database, key: &str) -> Result<Option<T>, StoreError> {
+    let tx = db_.begin_read().map_err(db)?;
+    let table = tx.open_table(META).map_err(db)?;
+    let Some(value) = table.get(key).map_err(db)? else { return Ok(None) };
+    serde_json::from_slice(value.value()).map(Some).map_err(record(key))
 }
 
 /// Writes a JSON value into the META table, fsynced when `durable`.
-pub(crate) fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) -> Result<(), String> {
-    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+pub(crate) fn write_meta<T: Serialize>(db_: &Database, key: &str, value: &T, durable: bool) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(record(key))?;
+    let mut tx = db_.begin_write().map_err(db)?;
     if !durable {
-        tx.set_durability(Durability::None).map_err(|e| e.to_string())?;
+        tx.set_durability(Durability::None).map_err(db)?;
     }
-    tx.open_table(META).map_err(|e| e.to_string())?.insert(key, bytes.as_slice()).map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
+    tx.open_table(META).map_err(db)?.insert(key, bytes.as_slice()).map_err(db)?;
+    tx.commit().map_err(db)
 }
 
-fn io_error(e: impl fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+/// openraft's storage errors carry an `AnyError` made from a std error.
+fn io_error(e: StoreError) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 pub struct RedbLogStore<RT> {
@@ -88,54 +109,54 @@ impl<RT: AsyncRuntime> RedbLogStore<RT> {
         RedbLogStore { db, _rt: PhantomData }
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId<MetaNodeId>>, String> {
-        let tx = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
-        let Some((_, value)) = table.last().map_err(|e| e.to_string())? else { return Ok(None) };
-        let entry: Entry<MetaTypes<RT>> = serde_json::from_slice(value.value()).map_err(|e| e.to_string())?;
+    fn last_entry_id(&self) -> Result<Option<LogId<MetaNodeId>>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(LOG).map_err(db)?;
+        let Some((index, value)) = table.last().map_err(db)? else { return Ok(None) };
+        let entry: Entry<MetaTypes<RT>> = serde_json::from_slice(value.value()).map_err(record(format_args!("log entry {}", index.value())))?;
         Ok(Some(entry.log_id))
     }
 
     /// Writes `entries` in one transaction, fsynced before it returns.
-    fn write_entries(&self, entries: impl IntoIterator<Item = Entry<MetaTypes<RT>>>) -> Result<(), String> {
-        let tx = self.db.begin_write().map_err(|e| e.to_string())?;
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry<MetaTypes<RT>>>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
         {
-            let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+            let mut table = tx.open_table(LOG).map_err(db)?;
             for entry in entries {
-                let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-                table.insert(entry.log_id.index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                let bytes = serde_json::to_vec(&entry).map_err(record(format_args!("log entry {}", entry.log_id.index)))?;
+                table.insert(entry.log_id.index, bytes.as_slice()).map_err(db)?;
             }
         }
         // Durability::Immediate (the default): fsynced before commit returns.
-        tx.commit().map_err(|e| e.to_string())
+        tx.commit().map_err(db)
     }
 
     /// Removes the entries whose index is in `range`, and records `last_purged` if given.
-    fn remove(&self, range: (Bound<u64>, Bound<u64>), last_purged: Option<LogId<MetaNodeId>>) -> Result<(), String> {
-        let mut tx = self.db.begin_write().map_err(|e| e.to_string())?;
-        tx.set_durability(Durability::None).map_err(|e| e.to_string())?;
+    fn remove(&self, range: (Bound<u64>, Bound<u64>), last_purged: Option<LogId<MetaNodeId>>) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(db)?;
+        tx.set_durability(Durability::None).map_err(db)?;
         {
-            let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
-            table.retain_in(range, |_, _| false).map_err(|e| e.to_string())?;
+            let mut table = tx.open_table(LOG).map_err(db)?;
+            table.retain_in(range, |_, _| false).map_err(db)?;
             if let Some(id) = last_purged {
-                let bytes = serde_json::to_vec(&id).map_err(|e| e.to_string())?;
-                tx.open_table(META).map_err(|e| e.to_string())?.insert(LAST_PURGED, bytes.as_slice()).map_err(|e| e.to_string())?;
+                let bytes = serde_json::to_vec(&id).map_err(record(LAST_PURGED))?;
+                tx.open_table(META).map_err(db)?.insert(LAST_PURGED, bytes.as_slice()).map_err(db)?;
             }
         }
-        tx.commit().map_err(|e| e.to_string())
+        tx.commit().map_err(db)
     }
 }
 
 impl<RT: AsyncRuntime> RaftLogReader<MetaTypes<RT>> for RedbLogStore<RT> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(&mut self, range: RB) -> StorageResult<Vec<Entry<MetaTypes<RT>>>> {
-        let read = || -> Result<Vec<Entry<MetaTypes<RT>>>, String> {
-            let tx = self.db.begin_read().map_err(|e| e.to_string())?;
-            let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+        let read = || -> Result<Vec<Entry<MetaTypes<RT>>>, StoreError> {
+            let tx = self.db.begin_read().map_err(db)?;
+            let table = tx.open_table(LOG).map_err(db)?;
             let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
             let mut entries = Vec::new();
-            for item in table.range::<u64>(bounds).map_err(|e| e.to_string())? {
-                let (_, value) = item.map_err(|e| e.to_string())?;
-                entries.push(serde_json::from_slice(value.value()).map_err(|e| e.to_string())?);
+            for item in table.range::<u64>(bounds).map_err(db)? {
+                let (index, value) = item.map_err(db)?;
+                entries.push(serde_json::from_slice(value.value()).map_err(record(format_args!("log entry {}", index.value())))?);
             }
             Ok(entries)
         };
@@ -147,7 +168,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<MetaTypes<RT>> for RedbLogStore<RT> {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<MetaTypes<RT>>> {
-        let state = || -> Result<LogState<MetaTypes<RT>>, String> {
+        let state = || -> Result<LogState<MetaTypes<RT>>, StoreError> {
             let last_purged: Option<LogId<MetaNodeId>> = read_meta(&self.db, LAST_PURGED)?;
             let last = self.last_entry_id()?.or(last_purged);
             Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
@@ -194,8 +215,8 @@ impl<RT: AsyncRuntime> RaftLogStorage<MetaTypes<RT>> for RedbLogStore<RT> {
                 Ok(())
             }
             Err(e) => {
-                let error = io_error(&e);
-                callback.log_io_completed(Err(io_error(e)));
+                let error = io_error(e);
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
                 Err(StorageIOError::write_logs(&error).into())
             }
         }

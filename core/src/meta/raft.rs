@@ -1,5 +1,5 @@
-//! openraft glue for the metadata cluster: the type configuration and the Raft network over
-//! our `Transport`. Storage lives in `log_store` (log, vote) and `state_machine` (the
+//! openraft glue for the metadata cluster: the Raft network over our `Transport` (the type
+//! configuration is in `types`). Storage lives in `log_store` (log, vote) and `state_machine` (the
 //! `Namespace` and its snapshot files).
 //!
 //! The state machine is `Namespace::apply`; openraft only orders and carries the commands.
@@ -8,75 +8,20 @@
 //! deadline, so neither side holds more than a piece of it in flight and a namespace of any
 //! size gets across (openraft's single 200 ms install deadline would not).
 
-use std::fmt;
-use std::marker::PhantomData;
 use std::time::Duration;
 
 use openraft::error::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::storage::Snapshot;
-use openraft::{AsyncRuntime, BasicNode, Entry, OptionalSend, RaftTypeConfig, Vote};
+use openraft::{BasicNode, OptionalSend, Vote};
 use serde::{Deserialize, Serialize};
 
-use super::state_machine::SnapshotFile;
+use super::types::MetaTypes;
 use crate::env::{call_with_timeout, Disk, Env, Transport};
 use crate::ids::MetaNodeId;
-use crate::namespace::{ApplyResult, Command};
 use crate::proto;
 use crate::rpc::RpcError;
-
-/// openraft's type configuration, generic over the async runtime so that the same metadata
-/// code runs on tokio in production and on madsim in simulation.
-pub struct MetaTypes<RT>(PhantomData<fn() -> RT>);
-
-// Written out because derives would demand the same traits of `RT`.
-impl<RT> fmt::Debug for MetaTypes<RT> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MetaTypes")
-    }
-}
-impl<RT> Clone for MetaTypes<RT> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<RT> Copy for MetaTypes<RT> {}
-impl<RT> Default for MetaTypes<RT> {
-    fn default() -> Self {
-        MetaTypes(PhantomData)
-    }
-}
-impl<RT> PartialEq for MetaTypes<RT> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl<RT> Eq for MetaTypes<RT> {}
-impl<RT> PartialOrd for MetaTypes<RT> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<RT> Ord for MetaTypes<RT> {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
-}
-
-impl<RT: AsyncRuntime> RaftTypeConfig for MetaTypes<RT> {
-    type D = Command;
-    type R = ApplyResult;
-    type NodeId = MetaNodeId;
-    type Node = BasicNode;
-    type Entry = Entry<Self>;
-    /// A snapshot file on this node's disk.
-    type SnapshotData = SnapshotFile;
-    type AsyncRuntime = RT;
-    type Responder = openraft::impls::OneshotResponder<Self>;
-}
-
-pub type MetaRaft<RT> = openraft::Raft<MetaTypes<RT>>;
 
 // ---- network ----------------------------------------------------------------------------
 
@@ -130,7 +75,7 @@ impl<E: Env> RaftPeer<E> {
     {
         let call = self.env.transport().unary(&self.addr, request);
         let reply = call_with_timeout(self.env.clock(), ttl, &self.addr, call).await.map_err(unreachable)?;
-        serde_json::from_slice(reply.payload()).map_err(|e| unreachable(RpcError::Internal(format!("undecodable raft reply: {e}"))))
+        serde_json::from_slice(reply.payload()).map_err(|e| unreachable(RpcError::Malformed(format!("undecodable raft reply: {e}"))))
     }
 }
 

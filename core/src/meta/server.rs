@@ -17,34 +17,26 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
 
-use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, InventoryPart, Leader, LeaderConfig};
+use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, InventoryPart, Leader};
 use super::log_store::{open_database, RedbLogStore};
-use super::raft::{MetaRaft, MetaTypes, RaftNet, SnapshotTransfer};
-use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState, SnapshotFile};
+use super::raft::RaftNet;
+use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState};
+use super::types::SnapshotFile;
+use super::types::{MetaRaft, MetaTypes};
+use super::MetaConfig;
 use crate::env::{Clock, Disk, Env, Transport};
-use crate::health::{HealthConfig, NodeStats};
+use crate::health::NodeStats;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
+use crate::limits::{
+    ALLOCATE_CHUNKS_MAX, BATCH_COMMANDS_MAX, BATCH_FILES_MAX, CREATE_PLACE_CHUNKS_MAX, GET_FILES_REPLY_BYTES_MAX, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX,
+    RECORD_CHUNKS_MAX,
+};
 use crate::namespace::{
     self, normalize_path, ChunkRecord, Command, EntryKind, FileRecord, FileSummary, Namespace, NamespaceError, Outcome, ReplicaReport, RequestId,
     PATH_MAX_BYTES, REPLICA_REPORTS_MAX,
 };
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
-use crate::repair::RepairConfig;
 use crate::rpc::RpcError;
-
-/// Most chunk placements one `AllocateChunks` call may ask for.
-pub const ALLOCATE_CHUNKS_MAX: usize = 1024;
-/// Most chunks a `CreateFile` places in its reply (`place_chunks` beyond is capped).
-pub const CREATE_PLACE_CHUNKS_MAX: usize = 64;
-/// Most chunk records one `RecordChunks` call may carry.
-pub use crate::namespace::RECORD_CHUNKS_MAX;
-/// Page size of `ListFiles` and `ListDir` when the client names none, and the most it may ask for.
-pub const LIST_LIMIT_DEFAULT: u32 = 1000;
-pub const LIST_LIMIT_MAX: u32 = 10_000;
-/// Deletion requests handed to one storage node per heartbeat.
-pub const DELETES_PER_HEARTBEAT_MAX: usize = 1000;
-/// How often the leader looks for housekeeping to do (see `Leader::tick`).
-pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Commands to be proposed in the same log entry, and where their results go (in order).
 /// `Err`: the entry was not committed (not the leader, stopping), which no command caused.
@@ -53,81 +45,6 @@ type Proposal = (Vec<Command>, futures::channel::oneshot::Sender<Result<Vec<Resu
 pub const PROPOSALS_QUEUED_MAX: usize = 4096;
 /// Log entries of grouped proposals in flight at once.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
-pub use crate::namespace::BATCH_COMMANDS_MAX;
-/// Most items in one `CreateFiles`, `CommitFiles` or `GetFiles` call: a batch of creates or
-/// commits must fit one log entry.
-pub const BATCH_FILES_MAX: usize = 256;
-const _: () = assert!(BATCH_FILES_MAX <= BATCH_COMMANDS_MAX);
-/// Most bytes of file replies one `GetFiles` answer carries; items past it are answered
-/// `Unavailable` (ask alone), so a batch of large files stays under the message limit.
-pub const GET_FILES_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
-
-/// Default of `MetaConfig::snapshot_every`: a snapshot per this many applied log entries.
-pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
-/// Default of `MetaConfig::logs_kept_behind_snapshot`.
-pub const LOGS_KEPT_BEHIND_SNAPSHOT_MAX: u64 = 1000;
-
-#[derive(Clone, Debug)]
-pub struct MetaConfig {
-    pub id: MetaNodeId,
-    /// The members a new cluster forms with, this one included: id → address other nodes and
-    /// clients reach it at. Empty: this node joins an existing cluster when an administrator
-    /// adds it (`AddMetaMember`). Ignored once the node has state: it rejoins as what it was.
-    pub members: BTreeMap<MetaNodeId, String>,
-    /// This node's durable state: `raft.redb` (log, vote) and `snapshots/`.
-    pub data_dir: PathBuf,
-    /// Build a snapshot (and purge the log behind it) every this many applied entries.
-    pub snapshot_every: u64,
-    /// Log entries kept behind the newest snapshot (a lagging follower within them catches
-    /// up from the log; one further behind gets the snapshot).
-    pub logs_kept_behind_snapshot: u64,
-    pub snapshot_transfer: SnapshotTransfer,
-    pub health: HealthConfig,
-    pub raft_heartbeat_interval: Duration,
-    pub election_timeout_min: Duration,
-    pub election_timeout_max: Duration,
-    /// Uploads not committed this long after their creation are dropped.
-    pub upload_expiry: Duration,
-    pub repair: RepairConfig,
-    /// How long a replica is garbage before its node is asked to delete it.
-    pub gc_delay: Duration,
-    /// How long deleted files stay in their user's trash (`/.trash/<user>/`) before they go
-    /// for good; zero: deletes are immediate.
-    pub trash_interval: Duration,
-    /// Where this node serves its status page and metrics (HOST:PORT), if it does: told to
-    /// the other members' pages, which link to the leader's.
-    pub http_address: Option<String>,
-}
-
-impl MetaConfig {
-    pub fn new(id: MetaNodeId, members: BTreeMap<MetaNodeId, String>, data_dir: impl Into<PathBuf>) -> Self {
-        MetaConfig {
-            id,
-            members,
-            data_dir: data_dir.into(),
-            snapshot_every: SNAPSHOT_EVERY_DEFAULT,
-            logs_kept_behind_snapshot: LOGS_KEPT_BEHIND_SNAPSHOT_MAX,
-            snapshot_transfer: SnapshotTransfer {
-                piece_bytes: 1 << 20,
-                piece_timeout: Duration::from_secs(10),
-                // Loading a snapshot of millions of files takes seconds, not milliseconds.
-                install_timeout: Duration::from_secs(300),
-            },
-            health: HealthConfig::default(),
-            // openraft checks election timeouts on ticks of 1.5 heartbeat intervals: a short
-            // interval keeps the randomized timeouts from collapsing onto a few tick slots.
-            raft_heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(1000),
-            election_timeout_max: Duration::from_millis(2000),
-            upload_expiry: Duration::from_millis(namespace::UPLOAD_EXPIRY_DEFAULT_MS),
-            repair: RepairConfig::default(),
-            gc_delay: LeaderConfig::default().gc_delay,
-            trash_interval: LeaderConfig::default().trash_interval,
-            http_address: None,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum MetaStartError {
     #[error("node id {id} is not among the members {members:?}")]
@@ -268,7 +185,7 @@ impl<E: Env> MetaServer<E> {
     /// there is something to expire: an idle cluster's log does not grow.
     async fn housekeeping(self: Arc<Self>) {
         loop {
-            self.env.clock().sleep(HOUSEKEEPING_INTERVAL).await;
+            self.env.clock().sleep(self.config.leader.housekeeping_interval).await;
             if self.raft.metrics().borrow().running_state.is_err() {
                 return; // raft has stopped
             }
@@ -694,15 +611,7 @@ impl<E: Env> MetaServer<E> {
         let now = self.env.clock().now();
         let mut guard = self.leader.lock().expect("leader lock");
         if guard.as_ref().is_none_or(|l| l.term() != term) {
-            let config = LeaderConfig {
-                health: self.config.health,
-                upload_expiry: self.config.upload_expiry,
-                repair: RepairConfig { start_grace: self.config.health.suspect_after, ..self.config.repair },
-                gc_delay: self.config.gc_delay,
-                trash_interval: self.config.trash_interval,
-                ..LeaderConfig::default()
-            };
-            *guard = Some(Leader::new(config, term, now));
+            *guard = Some(Leader::new(self.config.leader, term, now));
         }
         let state = self.state.read().expect("state lock");
         f(guard.as_mut().expect("set above"), &state.namespace)
@@ -868,7 +777,7 @@ impl<E: Env> MetaServer<E> {
         if r.size > 0 {
             let term = self.require_leader()?;
             let now = self.env.clock().now();
-            self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
+            self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
         }
         Ok(Command::CreateFile {
             path: r.path,
@@ -1100,7 +1009,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
 
     async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
         let user = if r.user.is_empty() { "unknown" } else { r.user.as_str() };
-        let trash = (!r.skip_trash && !self.config.trash_interval.is_zero()).then(|| (user, self.env.clock().unix_ms()));
+        let trash = (!r.skip_trash && !self.config.leader.trash_interval.is_zero()).then(|| (user, self.env.clock().unix_ms()));
         let command = namespace::delete_command(&r.path, r.recursive, r.expect_file_id.map(FileId), trash).map_err(namespace_error)?;
         match self.propose(once(r.request_id, command)).await? {
             Outcome::FileDeleted(f) => {
@@ -1128,7 +1037,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         // A factor the cluster cannot hold is refused now, as at create.
         let term = self.require_leader()?;
         let now = self.env.clock().now();
-        self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(RpcError::FailedPrecondition)?;
+        self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
         match self.propose(once(r.request_id, Command::SetReplication { path: r.path, replication: r.replication })).await? {
             Outcome::ReplicationSet { files } => Ok(proto::SetReplicationResponse { files }),
             other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
@@ -1385,7 +1294,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         let now = self.env.clock().now();
         let found = self.with_leader(term, |leader, ns| resolve_node(ns, &r.node).map(|(id, addr)| (id, addr, leader.check_forget(now, id))));
         let (id, addr, allowed) = found.ok_or_else(|| unknown_node(&r.node))?;
-        allowed.map_err(RpcError::FailedPrecondition)?;
+        allowed.map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
         self.propose(Command::ForgetStorageNode { node: id }).await?;
         tracing::warn!(node = %id, "storage node forgotten");
         Ok(proto::ForgetStorageNodeResponse { node: Some(proto::StorageNode { id: id.0, addr }) })

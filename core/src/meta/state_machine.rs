@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::log_store::{read_meta, write_meta};
-use super::raft::MetaTypes;
+use super::types::{MetaTypes, SnapshotFile};
 use crate::env::Disk;
 use crate::ids::MetaNodeId;
 use crate::namespace::{ApplyResult, Namespace, Outcome};
@@ -44,13 +44,6 @@ pub struct AppliedState {
 }
 
 pub type SharedState = Arc<RwLock<AppliedState>>;
-
-/// openraft's snapshot data: a snapshot file on this node's disk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotFile {
-    pub path: PathBuf,
-    pub len: u64,
-}
 
 /// What a snapshot file holds.
 #[derive(Serialize, Deserialize)]
@@ -71,8 +64,21 @@ struct SnapshotPointer {
 pub enum SnapshotFileError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: damaged snapshot ({reason})")]
-    Damaged { path: PathBuf, reason: String },
+    #[error("{path}: damaged snapshot ({damage})")]
+    Damaged { path: PathBuf, damage: SnapshotDamage },
+    #[error("the pointer to the newest snapshot: {0}")]
+    Pointer(#[from] super::log_store::StoreError),
+}
+
+/// How a snapshot file fails its checks (it was damaged on the disk, or torn by a crash).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDamage {
+    #[error("{0} bytes is too short")]
+    TooShort(usize),
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    #[error("{0}")]
+    Undecodable(#[from] serde_json::Error),
 }
 
 /// Serializes a snapshot file's contents.
@@ -89,16 +95,16 @@ fn encode(meta: &SnapshotMeta<MetaNodeId, BasicNode>, namespace: &Namespace) -> 
 }
 
 fn decode(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotFileError> {
-    let damaged = |reason: String| SnapshotFileError::Damaged { path: path.to_path_buf(), reason };
+    let damaged = |damage: SnapshotDamage| SnapshotFileError::Damaged { path: path.to_path_buf(), damage };
     if bytes.len() < 32 {
-        return Err(damaged(format!("{} bytes is too short", bytes.len())));
+        return Err(damaged(SnapshotDamage::TooShort(bytes.len())));
     }
     let (body, digest) = bytes.split_at(bytes.len() - 32);
     let actual: [u8; 32] = Sha256::digest(body).into();
     if actual[..] != digest[..] {
-        return Err(damaged("checksum mismatch".into()));
+        return Err(damaged(SnapshotDamage::ChecksumMismatch));
     }
-    serde_json::from_slice(body).map_err(|e| damaged(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| damaged(e.into()))
 }
 
 /// Where a snapshot received from the leader is assembled before it is installed.
@@ -140,8 +146,7 @@ impl<D: Disk> MetaStateMachine<D> {
                 let _ = disk.remove_file(&snapshots.join(name)).await;
             }
         }
-        let pointer: Option<SnapshotPointer> =
-            read_meta(&db, SNAPSHOT_KEY).map_err(|reason| SnapshotFileError::Damaged { path: dir.join("raft.redb"), reason })?;
+        let pointer: Option<SnapshotPointer> = read_meta(&db, SNAPSHOT_KEY)?;
         let mut applied = AppliedState::default();
         if let Some(p) = &pointer {
             let path = snapshots.join(&p.file);

@@ -43,13 +43,13 @@ fn planner(config: RepairConfig) -> RepairPlanner {
 
 #[test]
 fn nothing_is_planned_during_the_start_grace() {
-    let config = RepairConfig::default();
+    let config = RepairConfig { start_grace: Some(Duration::from_secs(10)), ..RepairConfig::default() };
     let mut p = RepairPlanner::new(config, NOW);
     let chunks = [chunk(1, 0, &[1], 3)];
     let n = nodes(&[(1, Liveness::Alive), (2, Liveness::Alive), (3, Liveness::Alive)]);
-    p.plan(NOW.plus(config.start_grace / 2), states(&chunks), &n);
+    p.plan(NOW.plus(config.start_grace.unwrap() / 2), states(&chunks), &n);
     assert_eq!(p.stats().planned, 0);
-    p.plan(NOW.plus(config.start_grace), states(&chunks), &n);
+    p.plan(NOW.plus(config.start_grace.unwrap()), states(&chunks), &n);
     assert_eq!(p.stats().planned, 1);
 }
 

@@ -29,9 +29,10 @@ use crate::chunk_store::{self, BatchItem, ChunkMeta, ChunkStoreError, WriteDecis
 use crate::env::{call_with_timeout, Disk, Env, Transport};
 use crate::fault::{self, Site};
 use crate::ids::ChunkId;
+use crate::limits::{CHUNK_BATCH_BYTES_MAX, CHUNK_BATCH_MAX, CHUNK_FRAME_BYTES, SMALL_CHUNK_BYTES_MAX};
 use crate::namespace::ReplicaReport;
 use crate::proto;
-use crate::rpc::{ChunkUpload, RpcError, CHUNK_BATCH_BYTES_MAX, CHUNK_BATCH_MAX, CHUNK_FRAME_BYTES, SMALL_CHUNK_BYTES_MAX};
+use crate::rpc::{ChunkUpload, RpcError};
 
 /// Refuses a write batch over the limits, before anything is done with it.
 fn check_batch(chunks: &[proto::ChunkWrite]) -> Result<(), RpcError> {

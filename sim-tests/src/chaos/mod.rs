@@ -535,7 +535,7 @@ impl Driver {
         let meta = self.cluster().meta_addrs();
         let task = self.cluster().client_host(host).spawn(async move {
             let policy = dfs_core::client::RetryPolicy { deadline: Duration::from_secs(5), ..Default::default() };
-            let admin = dfs_core::client::meta_client::MetaClient::new(SimEnv::new(SimDisk::new(1 << 20)), meta, policy);
+            let admin = dfs_core::meta_client::MetaClient::new(SimEnv::new(SimDisk::new(1 << 20)), meta, policy);
             admin.call(dfs_core::proto::SetDrainingRequest { node: addr, draining }).await
         });
         matches!(madsim::time::timeout(Duration::from_secs(10), task).await, Ok(Ok(Ok(_))))

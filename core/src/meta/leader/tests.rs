@@ -352,7 +352,8 @@ fn replication_beyond_the_usable_nodes_is_refused_at_once() {
     w.run_for(Duration::from_secs(2));
     assert!(w.leader.check_replication(w.now, &w.ns, 3).is_ok());
     let e = w.leader.check_replication(w.now, &w.ns, 4).unwrap_err();
-    assert!(e.contains("replication factor 4") && e.contains("3 are available"), "{e}");
+    assert_eq!(e, Refused::TooFewNodes { replication: 4, usable: 3 });
+    assert!(e.to_string().contains("replication factor 4") && e.to_string().contains("3 are available"), "{e}");
     w.nodes[0].up = false;
     w.run_for(config.health.dead_after + BEAT);
     assert!(w.leader.check_replication(w.now, &w.ns, 3).is_err(), "a dead node counted as usable");
@@ -430,7 +431,7 @@ fn storage_nodes_of_another_cluster_are_refused() {
 #[test]
 fn replicas_are_learned_from_the_nodes_that_hold_them_and_stale_ones_deleted() {
     // No repairs here: only what the reports change.
-    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Some(Duration::from_secs(3600)), ..RepairConfig::default() }, ..LeaderConfig::default() };
     let mut w = World::new(4, config);
     w.run_for(Duration::from_secs(2));
     // Written to two nodes of three, the write quorum.
@@ -684,7 +685,7 @@ fn a_repair_whose_source_dies_is_retried_once_a_source_is_back() {
 
 #[test]
 fn a_replica_being_deleted_is_not_readmitted_by_a_report() {
-    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Some(Duration::from_secs(3600)), ..RepairConfig::default() }, ..LeaderConfig::default() };
     let mut w = World::new(4, config);
     let f = w.upload_with("/f", 1, &[1, 2, 3], 2, true);
     let chunk = ChunkId::derive(f, 0);
@@ -719,7 +720,7 @@ fn beat(stored: Vec<ReplicaReport>, inventory: Option<InventoryPart>) -> Heartbe
 
 #[test]
 fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
-    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Some(Duration::from_secs(3600)), ..RepairConfig::default() }, ..LeaderConfig::default() };
     let mut w = World::new(3, config);
     let f = w.upload("/f", 3, &[1, 2, 3], true);
     let sha = |index: u32| Sha256Digest([index as u8; 32]);
@@ -757,7 +758,7 @@ fn a_whole_inventory_reveals_listed_replicas_a_node_no_longer_has() {
 /// node's next heartbeat.
 #[test]
 fn a_chunk_stored_while_the_last_inventory_part_was_on_its_way_is_not_marked_missing() {
-    let config = LeaderConfig { repair: RepairConfig { start_grace: Duration::from_secs(3600), ..RepairConfig::default() }, ..LeaderConfig::default() };
+    let config = LeaderConfig { repair: RepairConfig { start_grace: Some(Duration::from_secs(3600)), ..RepairConfig::default() }, ..LeaderConfig::default() };
     let mut w = World::new(3, config);
     let old = w.upload("/old", 1, &[1, 2, 3], true);
     let report = |f: FileId, index: u32| ReplicaReport { chunk: ChunkId::derive(f, index), size: CHUNK, sha256: Sha256Digest([index as u8; 32]) };
@@ -845,7 +846,7 @@ proptest::proptest! {
         let config = LeaderConfig {
             health: crate::health::HealthConfig { suspect_after: Duration::from_secs(2), dead_after: Duration::from_secs(4) },
             gc_delay: Duration::from_secs(1),
-            repair: RepairConfig { start_grace: Duration::from_secs(2), ..RepairConfig::default() },
+            repair: RepairConfig { start_grace: Some(Duration::from_secs(2)), ..RepairConfig::default() },
             ..LeaderConfig::default()
         };
         let mut w = World::new(shape.nodes, config);
