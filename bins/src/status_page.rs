@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use dfs_core::meta::leader::FsckReport;
-use dfs_core::meta::server::MetaView;
+use dfs_core::meta::MetaView;
 use dfs_core::storage_node::StorageView;
 
 pub const REFRESH_SECS: u32 = 5;

@@ -46,10 +46,13 @@
 //! ## How it is driven
 //!
 //! `open` reads the node id (or makes one), removes unfinished temporary files and rebuilds the
-//! chunk table from the chunk files' headers. The transports call `ChunkHandler` for each
-//! chunk stream; `run_heartbeats` runs for the node's life (heartbeats, repairs and the
-//! scrubber, as three loops of one task). Decisions (file format, write
-//! steps, space, the table) live in `chunk_store`; this module carries them out.
+//! chunk table from the chunk files' headers (`open.rs`). The transports call `ChunkHandler`
+//! for each chunk stream (`service.rs`, answering through `fan_out::outcome`);
+//! `run_heartbeats` runs for the node's life (`upkeep.rs`: heartbeats, repairs and the
+//! scrubber, as three loops of one task). The decisions are pure machines this module only
+//! carries out: the heartbeat protocol (`heartbeat`), what is reported and which repairs run
+//! (`storage_reports`), scrub pacing (`scrub`), and the file format, write steps, space and
+//! the table (`chunk_store`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -71,10 +74,17 @@ use crate::proto;
 use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError};
 use crate::scrub::{Scrubber, Step};
 use crate::storage_reports::{InventoryProgress, Peers, RepairFailure, RepairOrder, Repairs, ReportBatch, Reports, SourceFailure};
+use heartbeat::{Beat, HeartbeatConfig, Heartbeats};
 
 mod batch;
 mod config;
+mod fan_out;
+pub mod heartbeat;
+mod open;
+mod service;
+mod upkeep;
 pub use config::StorageConfig;
+use service::StreamSlots;
 
 const NODE_ID_FILE: &str = "node_id";
 /// The cluster this node joined, written when it first registers.
@@ -111,43 +121,6 @@ pub enum StorageOpenError {
 pub struct BadReplica {
     pub chunk: ChunkId,
     pub reason: String,
-}
-
-/// Slots for concurrent chunk streams: a pool of tokens in a bounded channel, so waiting is
-/// fair (first come, first served) and cancellable, with no runtime of its own.
-struct StreamSlots {
-    give: async_channel::Sender<()>,
-    take: async_channel::Receiver<()>,
-    max: usize,
-}
-
-/// A held slot; dropping it (the stream ended, or its future was dropped) gives it back.
-struct StreamSlot(async_channel::Sender<()>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        // Never full: there are as many tokens as places in the channel.
-        let _ = self.0.try_send(());
-    }
-}
-
-impl StreamSlots {
-    fn new(max: usize) -> Self {
-        let max = max.max(1);
-        let (give, take) = async_channel::bounded(max);
-        for _ in 0..max {
-            give.try_send(()).expect("a place for every slot");
-        }
-        StreamSlots { give, take, max }
-    }
-
-    async fn acquire<C: Clock>(&self, clock: &C, wait: Duration) -> Result<StreamSlot, RpcError> {
-        match with_timeout(clock, wait, self.take.recv()).await {
-            Ok(Ok(())) => Ok(StreamSlot(self.give.clone())),
-            Ok(Err(_)) => Err(RpcError::Internal("stream slots closed".into())),
-            Err(_) => Err(RpcError::Unavailable(format!("busy: {} chunk streams in progress, none ended within {wait:?}", self.max))),
-        }
-    }
 }
 
 /// What a damaged replica needs done, from a request or from a stream that outlives it.
@@ -230,10 +203,8 @@ pub struct StorageNode<E: Env> {
     replication_slots: StreamSlots,
     /// Counters for the operator's metrics (nothing here decides anything by them).
     counters: NodeCounters,
-    /// A planned stop is under way: every heartbeat says so (`say_stopping`).
-    stopping: std::sync::atomic::AtomicBool,
-    /// A heartbeat saying so has been answered.
-    stopping_heard: std::sync::atomic::AtomicBool,
+    /// When to register and heartbeat, and what replies ask (see `heartbeat`).
+    heartbeats: Mutex<Heartbeats>,
 }
 
 #[derive(Default)]
@@ -391,6 +362,9 @@ impl<E: Env> StorageNode<E> {
         let repair_streams_max = config.repair_streams_max;
         // The first paced pass starts a while after start-up, not in the middle of it.
         let (scrub_rate, scrub_start) = (config.scrub_rate_bytes_per_sec, env.clock().now().plus(config.heartbeat_interval * 10));
+        let heartbeat_config =
+            HeartbeatConfig { interval: config.heartbeat_interval, gap_min: HEARTBEAT_GAP_MIN, inventory_interval: config.inventory_interval };
+        let opened = env.clock().now();
         let node = Arc::new(StorageNode {
             env,
             id,
@@ -410,8 +384,8 @@ impl<E: Env> StorageNode<E> {
             space_warned: Mutex::default(),
             orphaned_tmp: Mutex::default(),
             counters: NodeCounters::default(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-            stopping_heard: std::sync::atomic::AtomicBool::new(false),
+            // Made afresh when the heartbeats start (`heartbeat_loop`).
+            heartbeats: Mutex::new(Heartbeats::new(heartbeat_config, opened)),
             sweeping: Default::default(),
             cluster_id: Mutex::new(cluster_id),
             client_slots,
@@ -425,67 +399,6 @@ impl<E: Env> StorageNode<E> {
             quarantine.move_aside(chunk, reason).await;
         }
         Ok(node)
-    }
-
-    async fn load_or_create_id(env: &E, root: &Path) -> Result<StorageNodeId, StorageOpenError> {
-        let disk = env.disk();
-        let path = root.join(NODE_ID_FILE);
-        match disk.read_file(&path).await {
-            Ok(bytes) => {
-                let content = String::from_utf8_lossy(&bytes).trim().to_string();
-                u64::from_str_radix(&content, 16).ok().filter(|id| *id != 0).map(StorageNodeId).ok_or(StorageOpenError::BadNodeId { path, content })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = StorageNodeId(env.random_u64().max(1));
-                let tmp = root.join(format!("{NODE_ID_FILE}.tmp"));
-                disk.write_file(&tmp, format!("{id}\n").into()).await.map_err(io_error(&tmp))?;
-                disk.sync_file(&tmp).await.map_err(io_error(&tmp))?;
-                disk.rename(&tmp, &path).await.map_err(io_error(&path))?;
-                disk.sync_dir(root).await.map_err(io_error(root))?;
-                Ok(id)
-            }
-            Err(e) => Err(StorageOpenError::Io { path, source: e }),
-        }
-    }
-
-    /// Rebuilds the table from chunk file headers. A file whose header is unreadable or whose
-    /// length disagrees with it is not served, and returned with why: `open` moves it to
-    /// `corrupt/` (never deleted: it may be all that is left of a chunk; but not left among
-    /// the chunks either, where no report or inventory would ever name it).
-    async fn scan_chunks(disk: &E::Disk, layout: &ChunkLayout) -> Result<(ChunkTable, Vec<(ChunkId, String)>), StorageOpenError> {
-        let mut table = ChunkTable::default();
-        let mut damaged = Vec::new();
-        let chunks = layout.chunks_dir();
-        for a in disk.list_dir(&chunks).await.map_err(io_error(&chunks))? {
-            if !ChunkLayout::is_shard_name(&a) {
-                continue;
-            }
-            let dir_a = chunks.join(&a);
-            for b in disk.list_dir(&dir_a).await.map_err(io_error(&dir_a))? {
-                if !ChunkLayout::is_shard_name(&b) {
-                    continue;
-                }
-                let dir_b = dir_a.join(&b);
-                for name in disk.list_dir(&dir_b).await.map_err(io_error(&dir_b))? {
-                    let Some(id) = ChunkLayout::parse_chunk_file_name(&name) else { continue };
-                    let path = dir_b.join(&name);
-                    let len = disk.file_len(&path).await.map_err(io_error(&path))?;
-                    match read_header(disk, &path).await {
-                        Ok(header) if len == header.file_len() => table.insert_stored(id, header.meta),
-                        Ok(header) => {
-                            tracing::warn!(path = %path.display(), len, expected = header.file_len(), "chunk file has the wrong length; not served");
-                            damaged.push((id, format!("found at start-up with {len} bytes instead of {}", header.file_len())));
-                        }
-                        Err(HeaderError::Damaged(e)) => {
-                            tracing::warn!(path = %path.display(), error = %e, "unreadable chunk file; not served");
-                            damaged.push((id, format!("found at start-up: {e}")));
-                        }
-                        Err(HeaderError::Io(e)) => return Err(StorageOpenError::Io { path, source: e }),
-                    }
-                }
-            }
-        }
-        Ok((table, damaged))
     }
 
     pub fn id(&self) -> StorageNodeId {
@@ -543,14 +456,13 @@ impl<E: Env> StorageNode<E> {
     /// the dead timeout starts no repair). Bounded: a leader that does not answer in
     /// `STOPPING_NOTICE_TIMEOUT` is not waited for (silence then says the same, later).
     pub async fn say_stopping(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
         // From now on every heartbeat says so (with its reports, as any heartbeat), until the
         // process ends: the leader keeps the node out of placement while it drains.
-        self.stopping.store(true, SeqCst);
-        let _ = self.heartbeat_now.0.try_send(());
         let clock = self.env.clock();
+        self.heartbeats.lock().expect("heartbeats lock").say_stopping(clock.now());
+        let _ = self.heartbeat_now.0.try_send(());
         let deadline = clock.now().plus(STOPPING_NOTICE_TIMEOUT);
-        while !self.stopping_heard.load(SeqCst) {
+        while !self.heartbeats.lock().expect("heartbeats lock").stopping_heard() {
             if clock.now() >= deadline {
                 tracing::warn!(node = %self.id, "the metadata leader did not hear in time that this node is stopping");
                 return;
@@ -560,6 +472,12 @@ impl<E: Env> StorageNode<E> {
         tracing::info!(node = %self.id, "told the metadata leader this node is stopping");
     }
 
+    /// Brings the next heartbeat forward (see `Heartbeats::wake`).
+    fn wake_heartbeat(&self) {
+        self.heartbeats.lock().expect("heartbeats lock").wake(self.env.clock().now());
+        let _ = self.heartbeat_now.0.try_send(());
+    }
+
     /// Heartbeats forever; registers first and again whenever the leader asks. A forward to a
     /// peer the last reply did not list brings the next heartbeat forward (to learn of nodes
     /// registered since), but never sooner than `HEARTBEAT_GAP_MIN` after the last.
@@ -567,778 +485,7 @@ impl<E: Env> StorageNode<E> {
         futures::join!(self.heartbeat_loop(), self.repair_loop(), self.scrub_loop());
     }
 
-    async fn heartbeat_loop(&self) {
-        let mut registered = false;
-        let mut next_inventory = self.env.clock().now().plus(self.config.inventory_interval);
-        loop {
-            let now = self.env.clock().now();
-            if now >= next_inventory {
-                self.reports.lock().expect("reports lock").start_inventory(self.env.random_u64() | 1);
-                next_inventory = now.plus(self.config.inventory_interval);
-            }
-            // This heartbeat carries whatever asked for it; a wake-up from now on (say a
-            // repair finishing during the call or the gap) brings the next one forward.
-            let _ = self.heartbeat_now.1.try_recv();
-            if let Err(e) = self.heartbeat_once(&mut registered).await {
-                tracing::warn!(node = %self.id, error = %e, "heartbeat failed");
-            }
-            let clock = self.env.clock();
-            let gap = HEARTBEAT_GAP_MIN.min(self.config.heartbeat_interval);
-            clock.sleep(gap).await;
-            let rest = self.config.heartbeat_interval - gap;
-            let _ = with_timeout(clock, rest, self.heartbeat_now.1.recv()).await;
-        }
-    }
-
-    async fn heartbeat_once(&self, registered: &mut bool) -> Result<(), RpcError> {
-        fault::inject(self.env.clock(), Site::StorageHeartbeat).await.map_err(|i| RpcError::Transport(format!("node {}: {i}", self.id)))?;
-        self.sweep_orphaned_tmp().await;
-        let (capacity_bytes, _) = self.space().await?;
-        let cluster_id = self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default();
-        if !*registered {
-            let request = proto::RegisterStorageRequest {
-                node: Some(self.self_proto()),
-                capacity_bytes,
-                cluster_id: cluster_id.clone(),
-                rack: self.config.rack.clone().unwrap_or_default(),
-            };
-            let reply = self.meta.call(request).await.inspect_err(|e| {
-                if matches!(e, RpcError::FailedPrecondition(_)) {
-                    tracing::error!(node = %self.id, error = %e, "the metadata cluster refuses this node");
-                }
-            })?;
-            if cluster_id.is_empty() && !reply.cluster_id.is_empty() {
-                self.remember_cluster(&reply.cluster_id).await?;
-            }
-            *registered = true;
-            // A (new) leader learns what this node holds: everything, in the next heartbeats.
-            self.reports.lock().expect("reports lock").start_inventory(self.env.random_u64() | 1);
-        }
-        self.report_bad_replicas().await;
-        let batch = {
-            let table = self.table.lock().expect("table lock");
-            self.reports.lock().expect("reports lock").batch_with_inventory(|after| {
-                let id = table.next_stored_after(after)?;
-                let meta = table.stored(id).ok()?;
-                Some(ReplicaReport { chunk: id, size: meta.size, sha256: meta.sha256 })
-            })
-        };
-        let request = self.heartbeat_request_carrying(&batch).await?;
-        let said_stopping = request.stopping;
-        let repairs_failed = self.repairs.lock().expect("repairs lock").failures();
-        let reply = self.meta.call(request).await?;
-        if said_stopping {
-            self.stopping_heard.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.reports.lock().expect("reports lock").acknowledge(&batch);
-        {
-            let mut repairs = self.repairs.lock().expect("repairs lock");
-            repairs.acknowledge_failures(&repairs_failed);
-            repairs.offer(reply.repair_jobs.iter().filter_map(|j| {
-                Some(RepairOrder {
-                    chunk: ChunkId::from_slice(&j.chunk_id)?,
-                    size: j.size,
-                    sha256: Sha256Digest::from_slice(&j.sha256)?,
-                    sources: j.sources.iter().map(|s| (StorageNodeId(s.id), s.addr.clone())).collect(),
-                })
-            }));
-        }
-        if !reply.repair_jobs.is_empty() {
-            let _ = self.repairs_wake.0.try_send(());
-        }
-        if reply.inventory_wanted {
-            let mut reports = self.reports.lock().expect("reports lock");
-            if !reports.inventory_running() {
-                reports.start_inventory(self.env.random_u64() | 1);
-            }
-        }
-        if reply.scrub_now && self.scrubber.lock().expect("scrubber lock").request(self.env.clock().now(), reply.scrub_request) {
-            tracing::info!(node = %self.id, "scrub pass requested");
-            let _ = self.scrub_wake.0.try_send(());
-        }
-        if reply.register {
-            *registered = false;
-        } else {
-            self.peers.lock().expect("peers lock").update(reply.peers.into_iter().map(|p| (StorageNodeId(p.id), p.addr)));
-            self.peers_updated.notify(usize::MAX);
-        }
-        for raw in reply.delete_chunks {
-            let Some(id) = ChunkId::from_slice(&raw) else { continue };
-            match self.delete_chunk(id).await {
-                Ok(()) => self.reports.lock().expect("reports lock").deleted(id),
-                Err(e) => tracing::warn!(chunk = %id, error = %e, "delete failed; will retry when asked again"),
-            }
-        }
-        Ok(())
-    }
-
-    /// What the next heartbeat says: space read from the disk now (so it is right after a
-    /// restart, whatever happened before), the chunks in the table, deletions to report.
-    pub async fn heartbeat_request(&self) -> Result<proto::HeartbeatRequest, RpcError> {
-        let batch = self.reports.lock().expect("reports lock").batch();
-        self.heartbeat_request_carrying(&batch).await
-    }
-
-    async fn heartbeat_request_carrying(&self, batch: &ReportBatch) -> Result<proto::HeartbeatRequest, RpcError> {
-        let (capacity_bytes, free_bytes) = self.space().await?;
-        let volume_id = self.env.disk().volume_id(&self.config.data_dir).await.unwrap_or(0);
-        let stored_bytes = self.table.lock().expect("table lock").stored_bytes();
-        Ok(proto::HeartbeatRequest {
-            node: Some(self.self_proto()),
-            capacity_bytes,
-            free_bytes,
-            chunk_count: self.chunk_count(),
-            stored_bytes,
-            reserve_bytes: self.config.space_reserve_bytes,
-            volume_id,
-            scrub_request_seen: self.scrubber.lock().expect("scrubber lock").request_seen(),
-            stopping: self.stopping.load(std::sync::atomic::Ordering::SeqCst),
-            deleted_chunks: batch.deleted.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
-            cluster_id: self.cluster_id.lock().expect("cluster lock").clone().unwrap_or_default(),
-            stored_chunks: batch
-                .stored
-                .iter()
-                .map(|r| proto::ReplicaReport {
-                    chunk_id: Bytes::copy_from_slice(r.chunk.as_bytes()),
-                    size: r.size,
-                    sha256: Bytes::copy_from_slice(&r.sha256.0),
-                })
-                .collect(),
-            inventory_pass: batch.inventory_pass.map(|(p, _)| p).unwrap_or(0),
-            inventory_from: batch.inventory_pass.and_then(|(_, from)| from).map(|c| Bytes::copy_from_slice(c.as_bytes())).unwrap_or_default(),
-            inventory_through: match batch.inventory {
-                InventoryProgress::Through(Some(c)) => Bytes::copy_from_slice(c.as_bytes()),
-                _ => Bytes::new(),
-            },
-            inventory_done: batch.inventory == InventoryProgress::Done,
-            repairs_running: {
-                let repairs = self.repairs.lock().expect("repairs lock");
-                repairs.in_flight().iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect()
-            },
-            repairs_failed: self
-                .repairs
-                .lock()
-                .expect("repairs lock")
-                .failures()
-                .into_iter()
-                .map(|(c, error)| proto::RepairFailure { chunk_id: Bytes::copy_from_slice(c.as_bytes()), error })
-                .collect(),
-        })
-    }
-
-    /// Verifies stored chunks in the background, paced (`scrub::Scrubber`). A damaged replica
-    /// is quarantined and reported by the read path it goes through.
-    async fn scrub_loop(&self) {
-        loop {
-            let now = self.env.clock().now();
-            let step = {
-                let table = self.table.lock().expect("table lock");
-                self.scrubber.lock().expect("scrubber lock").next(now, |after| table.next_stored_after(after))
-            };
-            match step {
-                Step::Verify(id) => {
-                    let bytes = self.verify_stored(id).await;
-                    self.scrubber.lock().expect("scrubber lock").verified(self.env.clock().now(), bytes);
-                }
-                Step::WaitUntil(at) => {
-                    let _ = with_timeout(self.env.clock(), at.saturating_since(now), self.scrub_wake.1.recv()).await;
-                }
-            }
-        }
-    }
-
-    /// Reads a stored chunk through the verified read path; returns the bytes read.
-    async fn verify_stored(&self, id: ChunkId) -> u64 {
-        let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()), ..Default::default() };
-        let mut frames = match self.read_chunk(request).await {
-            Ok(frames) => frames,
-            Err(RpcError::NotFound(_)) => return 0, // deleted meanwhile
-            Err(e) => {
-                tracing::warn!(node = %self.id, chunk = %id, error = %e, "scrub: cannot read");
-                return 0;
-            }
-        };
-        let mut bytes = 0;
-        while let Some(frame) = frames.next().await {
-            match frame {
-                Ok(f) => bytes += f.data.len() as u64,
-                // Damage: the read path quarantined it and will report it.
-                Err(e @ RpcError::ChecksumMismatch(_)) => {
-                    tracing::error!(node = %self.id, chunk = %id, error = %e, "scrub: damaged replica quarantined");
-                    self.counters.scrub_damaged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
-                // Deleted while it was being verified (garbage collection races the scrub):
-                // nothing to say.
-                Err(_) if self.table.lock().expect("table lock").stored(id).is_err() => break,
-                Err(e) => {
-                    tracing::warn!(node = %self.id, chunk = %id, error = %e, "scrub: cannot read");
-                    break;
-                }
-            }
-        }
-        bytes
-    }
-
-    /// Runs repair jobs as heartbeat replies bring them, `repair_streams_max` streams at a
-    /// time (a stream: one large chunk, or a batch of small ones).
-    async fn repair_loop(&self) {
-        use futures::future::{select, Either};
-        use futures::stream::FuturesUnordered;
-        let mut running = FuturesUnordered::new();
-        loop {
-            while let Some(work) = self.repairs.lock().expect("repairs lock").start() {
-                running.push(self.repair_work(work));
-            }
-            if running.is_empty() {
-                let _ = self.repairs_wake.1.recv().await;
-                continue;
-            }
-            let woken = Box::pin(self.repairs_wake.1.recv());
-            if let Either::Left((Some(results), _)) = select(running.next(), woken).await {
-                let failed = results.iter().filter(|(_, r)| r.is_err()).count();
-                self.counters.repairs_failed.fetch_add(failed as u64, std::sync::atomic::Ordering::Relaxed);
-                self.counters.repairs_done.fetch_add((results.len() - failed) as u64, std::sync::atomic::Ordering::Relaxed);
-                if let Some((chunk, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
-                    tracing::warn!(node = %self.id, %chunk, error = %e, failed, of = results.len(), "repair failed");
-                }
-                self.repairs.lock().expect("repairs lock").finish(results);
-                // Report these copies now, not a heartbeat interval later: the reply frees
-                // their slots at metadata and brings the next jobs (heartbeats stay at least
-                // `HEARTBEAT_GAP_MIN` apart, however fast copies finish).
-                let _ = self.heartbeat_now.0.try_send(());
-            }
-        }
-    }
-
-    /// One stream's work: a large chunk alone, or small chunks read from their first source
-    /// in one call and stored in one group commit; a chunk that source does not serve whole
-    /// is then tried alone on its other sources.
-    async fn repair_work(&self, work: Vec<RepairOrder>) -> Vec<(ChunkId, Result<(), RepairFailure>)> {
-        if work.len() == 1 && work[0].size > crate::limits::SMALL_CHUNK_BYTES_MAX as u64 {
-            let order = work.into_iter().next().expect("one order");
-            return vec![self.repair(order).await];
-        }
-        let mut results = Vec::with_capacity(work.len());
-        let mut wanted = Vec::with_capacity(work.len());
-        {
-            let table = self.table.lock().expect("table lock");
-            for order in work {
-                let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
-                if table.stored(order.chunk).is_ok_and(|m| m == meta) {
-                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
-                    results.push((order.chunk, Ok(())));
-                } else {
-                    wanted.push(order);
-                }
-            }
-        }
-        let Some((source, addr)) = wanted.first().and_then(|o| o.sources.iter().find(|(id, _)| *id != self.id).cloned()) else {
-            results.extend(wanted.into_iter().map(|o| (o.chunk, Err(RepairFailure::NoSource))));
-            return results;
-        };
-        let request = proto::ReadChunksRequest {
-            chunks: wanted.iter().map(|o| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(o.chunk.as_bytes()), ..Default::default() }).collect(),
-        };
-        let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().unary(&addr, request)).await;
-        let replies: Vec<Option<Bytes>> = match read {
-            Ok(reply) if reply.results.len() == wanted.len() => {
-                use proto::chunk_read_result::Result as R;
-                reply
-                    .results
-                    .into_iter()
-                    .map(|r| match r.result {
-                        Some(R::Ok(read)) => Some(read.data),
-                        _ => None,
-                    })
-                    .collect()
-            }
-            _ => vec![None; wanted.len()],
-        };
-        // What the source served, checked against what metadata recorded; the rest, and
-        // whatever does not match, tried alone on the other sources.
-        let checks: Vec<(RepairOrder, Option<Bytes>)> = wanted.into_iter().zip(replies).collect();
-        let digests = {
-            let datas: Vec<Option<Bytes>> = checks.iter().map(|(_, d)| d.clone()).collect();
-            self.env.compute(move || datas.iter().map(|d| d.as_ref().map(|d| Sha256Digest::of(d))).collect::<Vec<_>>()).await
-        };
-        let mut items = Vec::new();
-        let mut stored_orders = Vec::new();
-        let mut alone = Vec::new();
-        for ((order, data), digest) in checks.into_iter().zip(digests) {
-            match (data, digest) {
-                (Some(data), Some(d)) if data.len() as u64 == order.size && d == order.sha256 => {
-                    items.push((order.chunk, ChunkMeta { size: order.size, sha256: order.sha256 }, data));
-                    stored_orders.push(order);
-                }
-                _ => alone.push(RepairOrder { sources: order.sources.iter().filter(|(id, _)| *id != source).cloned().collect(), ..order }),
-            }
-        }
-        let total: u64 = items.iter().map(|(_, m, _)| m.size).sum();
-        let stored = match self.check_room(total).await {
-            Ok(()) => self.store_batch(&items).await,
-            Err(e) => vec![Err(e); items.len()],
-        };
-        for (order, outcome) in stored_orders.into_iter().zip(stored) {
-            match outcome {
-                Ok(()) => {
-                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: order.size, sha256: order.sha256 });
-                    results.push((order.chunk, Ok(())));
-                }
-                Err(e) => results.push((order.chunk, Err(RepairFailure::Store(e)))),
-            }
-        }
-        if !items.is_empty() {
-            tracing::debug!(node = %self.id, %source, chunks = items.len(), "repaired: small replicas copied in a batch");
-        }
-        for order in alone {
-            results.push(self.repair(order).await);
-        }
-        results
-    }
-
-    /// Makes a copy of a chunk here, pulled from the first source that serves it whole and
-    /// matching the SHA-256 metadata recorded. The new replica is reported like any other.
-    async fn repair(&self, order: RepairOrder) -> (ChunkId, Result<(), RepairFailure>) {
-        let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
-        if self.table.lock().expect("table lock").stored(order.chunk).is_ok_and(|m| m == meta) {
-            self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
-            return (order.chunk, Ok(()));
-        }
-        let mut errors = Vec::new();
-        for (source, addr) in order.sources.iter().filter(|(id, _)| *id != self.id) {
-            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(order.chunk.as_bytes()), ..Default::default() };
-            let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, addr, self.env.transport().read_chunk(addr, request)).await;
-            let data = match read {
-                Ok(download) => download.data,
-                Err(e) => {
-                    errors.push((*source, SourceFailure::Read(e)));
-                    continue;
-                }
-            };
-            let check = data.clone();
-            let digest = self.env.compute(move || Sha256Digest::of(&check)).await;
-            if data.len() as u64 != order.size || digest != order.sha256 {
-                // The source's own checks passed, so its bytes are not what metadata recorded.
-                errors.push((*source, SourceFailure::Mismatch(data.len() as u64)));
-                continue;
-            }
-            if let Err(e) = self.check_room(order.size).await {
-                return (order.chunk, Err(RepairFailure::Store(e)));
-            }
-            return match self.store_local(order.chunk, meta, &data).await {
-                Ok(()) => {
-                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
-                    tracing::info!(node = %self.id, chunk = %order.chunk, %source, "repaired: replica copied");
-                    (order.chunk, Ok(()))
-                }
-                Err(e) => (order.chunk, Err(RepairFailure::Store(e))),
-            };
-        }
-        (order.chunk, Err(if errors.is_empty() { RepairFailure::NoSource } else { RepairFailure::Sources(errors) }))
-    }
-
     async fn space(&self) -> Result<(u64, u64), RpcError> {
         self.env.disk().space(&self.config.data_dir).await.map_err(|e| RpcError::Internal(format!("disk space: {e}")))
-    }
-
-    /// Writes the cluster id durably (tmp, fsync, rename, fsync dir) before using it.
-    async fn remember_cluster(&self, cluster_id: &str) -> Result<(), RpcError> {
-        let disk = self.env.disk();
-        let root = &self.config.data_dir;
-        let (tmp, path) = (root.join(format!("{CLUSTER_ID_FILE}.tmp")), root.join(CLUSTER_ID_FILE));
-        let written = async {
-            disk.write_file(&tmp, format!("{cluster_id}\n").into()).await?;
-            disk.sync_file(&tmp).await?;
-            disk.rename(&tmp, &path).await?;
-            disk.sync_dir(root).await
-        };
-        written.await.map_err(|e| RpcError::Internal(format!("{}: {e}", path.display())))?;
-        tracing::info!(node = %self.id, cluster = cluster_id, "joined the cluster");
-        *self.cluster_id.lock().expect("cluster lock") = Some(cluster_id.to_string());
-        Ok(())
-    }
-
-    async fn delete_chunk(&self, id: ChunkId) -> std::io::Result<()> {
-        let path = self.layout.chunk_path(id);
-        self.table.lock().expect("table lock").remove(id);
-        match self.env.disk().remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        self.env.disk().sync_dir(path.parent().expect("chunk paths have a parent")).await?;
-        tracing::debug!(chunk = %id, "deleted replica");
-        Ok(())
-    }
-
-    /// Tells metadata about replicas found corrupt, so that it stops handing them out. A report
-    /// that fails stays queued for the next heartbeat.
-    async fn report_bad_replicas(&self) {
-        for _ in 0..BAD_REPLICA_REPORTS_PER_HEARTBEAT_MAX {
-            let Some(bad) = self.bad_unreported.lock().expect("bad replicas lock").front().cloned() else { return };
-            let request =
-                proto::ReportBadReplicaRequest { chunk_id: Bytes::copy_from_slice(bad.chunk.as_bytes()), node_id: self.id.0, reason: bad.reason.clone() };
-            match self.meta.call(request).await {
-                Ok(_) => {
-                    let mut queue = self.bad_unreported.lock().expect("bad replicas lock");
-                    if queue.front() == Some(&bad) {
-                        queue.pop_front();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(chunk = %bad.chunk, error = %e, "cannot report a bad replica yet");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Removes the temporary files of writes that were dropped mid-way.
-    pub async fn sweep_orphaned_tmp(&self) {
-        // One sweeper at a time: a second one could release a claim the first already
-        // released and a new write then took (and remove that write's file).
-        if self.sweeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            return;
-        }
-        let _sweeping = scopeguard(|| self.sweeping.store(false, std::sync::atomic::Ordering::Release));
-        loop {
-            let next = self.orphaned_tmp.lock().expect("orphans lock").first().map(|a| (a.id, a.tmp.clone(), a.chunk.clone()));
-            let Some((id, tmp, chunk)) = next else { break };
-            for (path, what) in [(&tmp, "temporary file"), (&chunk, "chunk file")] {
-                match self.env.disk().remove_file(path).await {
-                    Ok(()) => tracing::debug!(chunk = %id, path = %path.display(), "removed the {what} of an abandoned write"),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(chunk = %id, path = %path.display(), error = %e, "cannot remove the {what} of an abandoned write; start-up will"),
-                }
-            }
-            // Only the sweeper takes entries out, so the first is still this one. Released only
-            // now: a sweep cancelled above leaves it (and its claim) to the next sweep.
-            self.orphaned_tmp.lock().expect("orphans lock").remove(0);
-            self.table.lock().expect("table lock").abort_write(id);
-        }
-    }
-
-    /// What `id` was stored as, if it is stored here (readable).
-    fn stored_meta(&self, id: ChunkId) -> Result<ChunkMeta, RpcError> {
-        self.table.lock().expect("table lock").stored(id).map_err(|_| self.not_stored(id))
-    }
-
-    fn not_stored(&self, id: ChunkId) -> RpcError {
-        RpcError::NotFound(format!("chunk {id} is not stored on node {}", self.id))
-    }
-
-    /// Refuses a chunk of `size` bytes early if the disk cannot take it.
-    async fn check_room(&self, size: u64) -> Result<(), RpcError> {
-        let (_, free_bytes) = self.space().await?;
-        let (_, in_progress) = self.table.lock().expect("table lock").writing();
-        chunk_store::check_space(chunk_store::file_bytes(size), in_progress, free_bytes, self.config.space_reserve_bytes).map_err(|e| self.refused_for_space(e))
-    }
-
-    /// A write refused because the disk cannot take it: said in the node's log (an operator
-    /// must hear of a full disk from the node that has it, not only from failing clients),
-    /// at most once per `SPACE_WARNING_INTERVAL`.
-    pub(crate) fn refused_for_space(&self, e: ChunkStoreError) -> RpcError {
-        let now = self.env.clock().now();
-        let mut warned = self.space_warned.lock().expect("space lock");
-        if warned.is_none_or(|at| now.saturating_since(at) >= SPACE_WARNING_INTERVAL) {
-            *warned = Some(now);
-            tracing::warn!(node = %self.id, reserve_bytes = self.config.space_reserve_bytes, error = %e, "refusing writes: no room on the disk above the reserve (--space-reserve-bytes)");
-        }
-        RpcError::NoSpace(format!("node {}: {e}", self.id))
-    }
-
-    /// Makes a verified chunk durable here.
-    async fn store_local(&self, id: ChunkId, meta: ChunkMeta, data: &Bytes) -> Result<(), RpcError> {
-        self.sweep_orphaned_tmp().await;
-        let (_, free_bytes) = self.space().await?;
-        let nonce = self.env.random_u64();
-        let steps = {
-            let mut table = self.table.lock().expect("table lock");
-            let decision = table.begin_write(id, meta).map_err(|e| match e {
-                ChunkStoreError::WriteInProgress(_) => RpcError::Unavailable(e.to_string()),
-                _ => RpcError::FailedPrecondition(e.to_string()),
-            })?;
-            if decision == WriteDecision::AlreadyStored {
-                return Ok(());
-            }
-            // The writes in progress include this one.
-            let (_, in_progress) = table.writing();
-            if let Err(e) = chunk_store::check_space(0, in_progress, free_bytes, self.config.space_reserve_bytes) {
-                table.abort_write(id);
-                drop(table);
-                return Err(self.refused_for_space(e));
-            }
-            chunk_store::write_steps(&self.layout, &table, id, nonce, meta, data.clone())
-        };
-        let guard = WriteGuard {
-            table: &self.table,
-            orphans: &self.orphaned_tmp,
-            id,
-            tmp: self.layout.tmp_path(id, nonce),
-            chunk: self.layout.chunk_path(id),
-            finished: false,
-        };
-        let written = match fault::inject(self.env.clock(), Site::StorageStore).await {
-            Ok(()) => self.env.disk().run_steps(steps).await,
-            Err(injected) => Err(std::io::Error::other(injected.to_string())),
-        };
-        match written {
-            Ok(()) => {
-                guard.finish();
-                Ok(())
-            }
-            Err(e) => {
-                drop(guard);
-                self.sweep_orphaned_tmp().await;
-                Err(write_error(self.id, id, e))
-            }
-        }
-    }
-
-    /// The next frame of an incoming chunk, within `frame_timeout` of the one before; `None`
-    /// after the last.
-    async fn next_frame(&self, frames: &mut FrameStream<proto::WriteChunkFrame>) -> Result<Option<proto::WriteChunkFrame>, RpcError> {
-        let limit = self.config.frame_timeout;
-        with_timeout(self.env.clock(), limit, frames.next())
-            .await
-            .map_err(|_| RpcError::Unavailable(format!("node {}: no frame from the sender for {limit:?}; write dropped", self.id)))?
-            .transpose()
-    }
-
-    /// Receives the rest of a chunk after its `first` frame, passing each frame on to `relays`
-    /// (the replicas' streams) as it arrives. A relay whose call has ended is skipped.
-    async fn receive_relaying(
-        &self,
-        first: proto::WriteChunkFrame,
-        frames: &mut FrameStream<proto::WriteChunkFrame>,
-        mut relays: Vec<futures::channel::mpsc::Sender<proto::WriteChunkFrame>>,
-    ) -> Result<ChunkUpload, RpcError> {
-        use futures::SinkExt;
-        let mut assembler = FrameAssembler::<proto::WriteChunkHeader>::new();
-        let mut next = Some(first);
-        while let Some(frame) = next {
-            // Replicas get the header without targets: the fan-out is this node's alone.
-            let relayed =
-                proto::WriteChunkFrame { header: frame.header.clone().map(|h| proto::WriteChunkHeader { forward_to: vec![], ..h }), data: frame.data.clone() };
-            assembler.push(frame.header, frame.data)?;
-            for relay in relays.iter_mut() {
-                let _ = relay.send(relayed.clone()).await;
-            }
-            next = self.next_frame(frames).await?;
-        }
-        // Ends the replicas' streams: each checks the whole chunk against its header itself.
-        drop(relays);
-        let (header, data) = assembler.finish()?;
-        Ok(ChunkUpload { header, data })
-    }
-
-    /// The requested forward targets this node sends to (registered peers only; see
-    /// `Peers::forward_targets`), and failures for the others. An unknown peer wakes the
-    /// heartbeat loop, so that a node registered since the last reply is known soon.
-    async fn forward_targets(&self, requested: &[proto::StorageNode]) -> Result<(Vec<proto::StorageNode>, Vec<proto::ReplicaFailure>), RpcError> {
-        let requested: Vec<(StorageNodeId, String)> = requested.iter().map(|p| (StorageNodeId(p.id), p.addr.clone())).collect();
-        let check = || self.peers.lock().expect("peers lock").forward_targets(self.id, &requested).map_err(|e| RpcError::InvalidArgument(e.to_string()));
-        let (mut allowed, mut refused) = check()?;
-        if !refused.is_empty() {
-            // Perhaps registered since the last heartbeat reply: ask now, and wait (briefly)
-            // for the fresh list before refusing (a refusal makes the client avoid that node).
-            let updated = self.peers_updated.listen();
-            let _ = self.heartbeat_now.0.try_send(());
-            let wait = self.config.heartbeat_interval.min(PEER_REFRESH_WAIT_MAX).saturating_add(HEARTBEAT_GAP_MIN);
-            let _ = with_timeout(self.env.clock(), wait, updated).await;
-            (allowed, refused) = check()?;
-        }
-        let to_proto = |(id, addr): (StorageNodeId, String)| proto::StorageNode { id: id.0, addr };
-        let failures = refused
-            .into_iter()
-            .map(|r| proto::ReplicaFailure {
-                node: Some(to_proto((r.node, r.addr))),
-                error: format!("node {}: refused as a forward target: {}", self.id, r.reason),
-            })
-            .collect();
-        Ok((allowed.into_iter().map(to_proto).collect(), failures))
-    }
-
-    /// Streams the frames `relay` yields to `peer` as a replica; the peer's id if it stored the
-    /// chunk, or why not.
-    async fn forward_frames(
-        &self,
-        peer: proto::StorageNode,
-        relay: futures::channel::mpsc::Receiver<proto::WriteChunkFrame>,
-        limit: Duration,
-    ) -> Result<u64, proto::ReplicaFailure> {
-        if let Err(injected) = fault::inject(self.env.clock(), Site::StorageForward).await {
-            return Err(proto::ReplicaFailure { node: Some(peer), error: injected.to_string() });
-        }
-        let send = self.env.transport().write_chunk_frames(&peer.addr, ChunkService::Replication, relay.boxed());
-        match call_with_timeout(self.env.clock(), limit, &peer.addr, send).await {
-            Ok(reply) if reply.stored_on.contains(&peer.id) => Ok(peer.id),
-            Ok(_) => Err(proto::ReplicaFailure { node: Some(peer), error: "peer did not confirm the write".into() }),
-            Err(e) => Err(proto::ReplicaFailure { node: Some(peer), error: e.to_string() }),
-        }
-    }
-}
-
-/// Checks that a received chunk is what its header says.
-fn verify_upload(upload: &ChunkUpload) -> Result<(ChunkId, ChunkMeta), RpcError> {
-    let h = &upload.header;
-    let id = ChunkId::from_slice(&h.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
-    let sha256 = Sha256Digest::from_slice(&h.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?;
-    if upload.data.len() as u64 != h.size {
-        return Err(RpcError::InvalidArgument(format!("chunk {id}: {} bytes received, {} announced", upload.data.len(), h.size)));
-    }
-    if Sha256Digest::of(&upload.data) != sha256 {
-        return Err(RpcError::ChecksumMismatch(format!("chunk {id} arrived damaged")));
-    }
-    Ok((id, ChunkMeta { size: h.size, sha256 }))
-}
-
-/// A read in progress: the file, the checks, and the slot it holds until it ends.
-struct ReadState<E: Env> {
-    id: ChunkId,
-    disk: E::Disk,
-    path: PathBuf,
-    reader: FrameReader,
-    header: Option<proto::ReadChunkHeader>,
-    quarantine: Quarantine<E>,
-    /// A large chunk's frames are read as bulk data (`bulk_buf::is_bulk`), as it was written.
-    bulk: bool,
-    ended: bool,
-    _slot: StreamSlot,
-}
-
-impl<E: Env> ReadState<E> {
-    /// The next verified frame, the error that ends the stream, or `None` after the last.
-    async fn next(&mut self) -> Option<Result<proto::ReadChunkFrame, RpcError>> {
-        if self.ended {
-            return None;
-        }
-        let (offset, len) = self.reader.next_read()?;
-        let read = if self.bulk { self.disk.read_bulk_at(&self.path, offset, len).await } else { self.disk.read_at(&self.path, offset, len).await };
-        let result = match read {
-            Err(e) => Err(RpcError::Internal(format!("node {}: reading chunk {}: {e}", self.quarantine.node, self.id))),
-            Ok(data) => match self.reader.accept(&data) {
-                Ok(()) => return Some(Ok(proto::ReadChunkFrame { header: self.header.take(), data })),
-                Err(e) => {
-                    self.quarantine.run(self.id, e.to_string()).await;
-                    Err(RpcError::ChecksumMismatch(format!("chunk {} on node {}: {e}", self.id, self.quarantine.node)))
-                }
-            },
-        };
-        self.ended = true;
-        Some(result)
-    }
-}
-
-impl<E: Env> ChunkHandler for StorageNode<E> {
-    async fn write_chunk(&self, service: ChunkService, mut frames: FrameStream<proto::WriteChunkFrame>) -> Result<proto::WriteChunkResponse, RpcError> {
-        let slots = match service {
-            ChunkService::Storage => &self.client_slots,
-            ChunkService::Replication => &self.replication_slots,
-        };
-        let _slot = slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
-        let first = self.next_frame(&mut frames).await?.ok_or_else(|| RpcError::InvalidArgument("a chunk stream with no frame".into()))?;
-        let header = first.header.clone().ok_or_else(|| RpcError::InvalidArgument("the first frame of a chunk carries no header".into()))?;
-        self.check_room(header.size).await?;
-        let (peers, refused) = match service {
-            ChunkService::Storage => self.forward_targets(&header.forward_to).await?,
-            // A replica never forwards: the fan-out is the primary's alone.
-            ChunkService::Replication => (vec![], vec![]),
-        };
-        // Pipelined fan-out: each frame goes on to every replica as it arrives, so replicas
-        // receive (and hash) while this node still does. A peer that keeps up at one frame per
-        // `frame_timeout` finishes; a stalled one is given up on well before
-        // `replication_timeout` for a small chunk.
-        let frame_count = header.size.div_ceil(CHUNK_FRAME_BYTES as u64).max(1);
-        let limit = self.config.frame_timeout.saturating_mul(u32::try_from(frame_count).unwrap_or(u32::MAX)).min(self.config.replication_timeout);
-        let mut relays = Vec::new();
-        let mut sends = Vec::new();
-        for peer in peers.into_iter().filter(|p| p.id != self.id.0) {
-            let (tx, rx) = futures::channel::mpsc::channel(RELAY_FRAMES_MAX);
-            relays.push(tx);
-            sends.push(self.forward_frames(peer, rx, limit));
-        }
-        let receiving = self.receive_relaying(first, &mut frames, relays);
-        let sending = join_all(sends);
-        futures::pin_mut!(receiving, sending);
-        // A chunk that fails on its way in (or its check) returns at once: dropping the
-        // replicas' calls cancels them, and they store nothing.
-        let (upload, replicas) = match futures::future::select(receiving, sending).await {
-            futures::future::Either::Left((received, sending)) => (received?, futures::future::Either::Left(sending)),
-            futures::future::Either::Right((done, receiving)) => (receiving.await?, futures::future::Either::Right(done)),
-        };
-        let (id, meta) = verify_upload(&upload)?;
-        let replicas = async {
-            match replicas {
-                futures::future::Either::Left(sending) => sending.await,
-                futures::future::Either::Right(done) => done,
-            }
-        };
-        // The local write overlaps the replicas' last frames and their writes.
-        let (stored, results) = futures::join!(self.store_local(id, meta, &upload.data), replicas);
-        let mut replicated = Vec::new();
-        let mut failures = refused;
-        for result in results {
-            match result {
-                Ok(id) => replicated.push(id),
-                Err(f) => failures.push(f),
-            }
-        }
-        let mut stored_on = Vec::new();
-        match stored {
-            Ok(()) => {
-                self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: id, size: meta.size, sha256: meta.sha256 });
-                stored_on.push(self.id.0)
-            }
-            // Nothing stored anywhere: the primary's own error says most.
-            Err(e) if replicated.is_empty() => return Err(e),
-            Err(e) => failures.push(proto::ReplicaFailure { node: Some(self.self_proto()), error: e.to_string() }),
-        }
-        stored_on.extend(replicated);
-        tracing::debug!(chunk = %id, ?service, stored = stored_on.len(), failed = failures.len(), "chunk written");
-        Ok(proto::WriteChunkResponse { stored_on, failures })
-    }
-
-    async fn read_chunk(&self, request: proto::ReadChunkRequest) -> Result<FrameStream<proto::ReadChunkFrame>, RpcError> {
-        let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
-        let slot = self.client_slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
-        fault::inject(self.env.clock(), Site::StorageRead).await.map_err(|i| RpcError::Unavailable(format!("node {}: {i}", self.id)))?;
-        let expected = self.stored_meta(id)?;
-        let path = self.layout.chunk_path(id);
-        let damaged = match read_header(self.env.disk(), &path).await {
-            Ok(header) if header.meta == expected => {
-                let mut reply_header = proto::ReadChunkHeader { size: expected.size, sha256: expected.sha256.0.to_vec().into(), ..Default::default() };
-                let reader = match request.range_offset {
-                    // A ranged read: the frames holding the range, and their checks for the reader.
-                    Some(offset) => {
-                        let (reader, range) = FrameReader::serving_range(header, offset, request.range_length.unwrap_or(u64::MAX));
-                        reply_header.range_bytes = Some(range.bytes);
-                        reply_header.range_start = range.start;
-                        reply_header.frame_bytes = range.frame_bytes;
-                        reply_header.frame_crc32c = range.crcs;
-                        reader
-                    }
-                    None => FrameReader::serving(header),
-                };
-                let state = ReadState {
-                    id,
-                    disk: self.env.disk().clone(),
-                    path,
-                    reader,
-                    header: Some(reply_header),
-                    quarantine: self.quarantine(),
-                    bulk: crate::bulk_buf::is_bulk(expected.size),
-                    ended: false,
-                    _slot: slot,
-                };
-                return Ok(futures::stream::unfold(state, |mut s| async move { s.next().await.map(|item| (item, s)) }).boxed());
-            }
-            Ok(_) => "the file's header no longer matches what was stored".to_string(),
-            Err(HeaderError::Damaged(e)) => e.to_string(),
-            Err(HeaderError::Io(e)) => return Err(RpcError::Internal(format!("node {}: reading chunk {id}: {e}", self.id))),
-        };
-        self.quarantine().run(id, damaged.clone()).await;
-        Err(RpcError::ChecksumMismatch(format!("chunk {id} on node {}: {damaged}", self.id)))
     }
 }

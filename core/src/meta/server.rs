@@ -1,5 +1,7 @@
-//! A metadata node: one member of the Raft group, answering `MetadataService` and
-//! `RaftService`.
+//! A metadata node: one member of the Raft group. This is the executor: it starts openraft
+//! and the engine (`engine`, every decision of the node's own), feeds the engine its inputs
+//! and carries out its outputs (`carry_out`), and offers the requests' handlers (`service`)
+//! the few primitives they need: propose, read, hand over, the leader of a term.
 //!
 //! Writes go through Raft (`client_write`); reads are served by the leader after
 //! `ensure_linearizable`, so a client never sees state older than a write it saw acknowledged.
@@ -9,42 +11,27 @@
 //! heartbeats are frequent and cheap and need no log entry. A new leader starts with every
 //! node `Unknown` and learns within one heartbeat interval.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
 
+use futures::channel::oneshot;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
 
-use super::leader::{admit, resolve_node, AdmitError, AllocateError, Heartbeat, InventoryPart, Leader};
+use super::engine::{EngineConfig, MemberStatus, MetaEngine, Output, ProposalId, ProposalResult, RaftStatus, SnapshotReceiver};
+use super::leader::{admit, AdmitError, Leader};
 use super::log_store::{open_database, RedbLogStore};
 use super::raft::RaftNet;
-use super::state_machine::{incoming_snapshot_path, AppliedState, MetaStateMachine, SharedState};
-use super::types::SnapshotFile;
+use super::state_machine::{AppliedState, MetaStateMachine, SharedState};
 use super::types::{MetaRaft, MetaTypes};
 use super::MetaConfig;
 use crate::env::{Clock, Disk, Env, Transport};
-use crate::health::NodeStats;
-use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
-use crate::limits::{
-    ALLOCATE_CHUNKS_MAX, BATCH_COMMANDS_MAX, BATCH_FILES_MAX, CREATE_PLACE_CHUNKS_MAX, GET_FILES_REPLY_BYTES_MAX, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX,
-    RECORD_CHUNKS_MAX,
-};
-use crate::namespace::{
-    self, normalize_path, ChunkRecord, Command, EntryKind, FileRecord, FileSummary, Namespace, NamespaceError, Outcome, ReplicaReport, RequestId,
-    PATH_MAX_BYTES, REPLICA_REPORTS_MAX,
-};
-use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
+use crate::ids::{MetaNodeId, StorageNodeId};
+use crate::namespace::{Command, Namespace, Outcome};
+use crate::proto;
 use crate::rpc::RpcError;
 
-/// Commands to be proposed in the same log entry, and where their results go (in order).
-/// `Err`: the entry was not committed (not the leader, stopping), which no command caused.
-type Proposal = (Vec<Command>, futures::channel::oneshot::Sender<Result<Vec<Result<Outcome, RpcError>>, RpcError>>);
-/// Proposals waiting for a slot before callers are made to wait.
-pub const PROPOSALS_QUEUED_MAX: usize = 4096;
-/// Log entries of grouped proposals in flight at once.
-pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum MetaStartError {
     #[error("node id {id} is not among the members {members:?}")]
@@ -58,19 +45,28 @@ pub enum MetaStartError {
 }
 
 pub struct MetaServer<E: Env> {
-    env: E,
-    config: MetaConfig,
-    raft: MetaRaft<E::RaftRuntime>,
-    state: SharedState,
-    /// The leader's state machine for the term this node leads (see `leader`).
-    leader: Mutex<Option<Leader>>,
-    /// Proposals waiting to be grouped into a log entry (see `run_proposals`).
-    proposals: futures::channel::mpsc::Sender<Proposal>,
-    /// The snapshot being received from the leader, piece by piece: (snapshot id, bytes so far).
-    incoming: futures::lock::Mutex<Option<(String, u64)>>,
-    /// Set while this leader hands over: new proposals are refused, so the successor's log can
-    /// equal this one's and its election cannot lose on an older log (see `hand_over`).
-    handing_over: std::sync::atomic::AtomicBool,
+    pub(super) env: E,
+    pub(super) config: MetaConfig,
+    pub(super) raft: MetaRaft<E::RaftRuntime>,
+    pub(super) state: SharedState,
+    /// Every decision of this node's own (see `engine`); locked briefly, never across an await.
+    /// Lock order: the engine, then the state.
+    engine: Mutex<MetaEngine>,
+    /// Callers waiting for their proposal's results, or for a hand-over's end.
+    waiting: Mutex<Waiting>,
+    /// Wakes the timer loop when an input may have moved the engine's next timeout.
+    wake: event_listener::Event,
+    /// The snapshot being received from the leader, piece by piece.
+    pub(super) incoming: futures::lock::Mutex<SnapshotReceiver>,
+    /// This server, for the tasks it spawns (handlers get only `&self`).
+    me: Weak<Self>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    proposals: HashMap<ProposalId, oneshot::Sender<ProposalResult>>,
+    hand_overs: HashMap<u64, oneshot::Sender<RpcError>>,
+    next_hand_over: u64,
 }
 
 impl<E: Env> MetaServer<E> {
@@ -107,34 +103,31 @@ impl<E: Env> MetaServer<E> {
         .await
         .map_err(|e| MetaStartError::Raft(e.to_string()))?;
 
-        let (proposals, proposals_rx) = futures::channel::mpsc::channel(PROPOSALS_QUEUED_MAX);
-        let server = Arc::new(MetaServer {
+        let engine_config = EngineConfig {
+            id: config.id,
+            members: config.members.keys().copied().collect(),
+            raft_heartbeat_interval: config.raft_heartbeat_interval,
+            election_timeout_min: config.election_timeout_min,
+            election_timeout_max: config.election_timeout_max,
+            leader: config.leader,
+        };
+        let engine = MetaEngine::new(engine_config, env.clock().now(), env.random_u64());
+        let server = Arc::new_cyclic(|me| MetaServer {
             env,
             config,
             raft,
             state,
-            leader: Mutex::new(None),
-            incoming: futures::lock::Mutex::new(None),
-            proposals,
-            handing_over: std::sync::atomic::AtomicBool::new(false),
+            engine: Mutex::new(engine),
+            waiting: Mutex::default(),
+            wake: event_listener::Event::new(),
+            incoming: futures::lock::Mutex::new(SnapshotReceiver::default()),
+            me: me.clone(),
         });
-        // Detached tasks: they live as long as the server (dropping a handle does not stop one).
-        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().run_proposals(proposals_rx)));
-        // In the background: the others must be able to reach this node while it waits.
-        if !server.config.members.is_empty() {
-            let forming = server.clone();
-            drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
-                if let Err(e) = forming.form_cluster().await {
-                    tracing::error!(error = %e, "could not form the metadata cluster");
-                }
-            }));
-        } else if !server.is_initialized().await? {
+        if server.config.members.is_empty() && !server.raft.is_initialized().await.map_err(|e| MetaStartError::Raft(e.to_string()))? {
             tracing::info!(id = server.config.id, "no members given: waiting to be added to a cluster (dfs admin meta add)");
         }
-        let (a, b) = (server.clone(), server.clone());
-        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(async move {
-            futures::join!(a.break_split_votes(), b.housekeeping());
-        }));
+        // Detached: it lives as long as Raft does (dropping a handle does not stop a task).
+        drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(server.clone().run_timers()));
         Ok(server)
     }
 
@@ -150,99 +143,174 @@ impl<E: Env> MetaServer<E> {
         Ok((RedbLogStore::new(db), state_machine, state))
     }
 
-    /// openraft 0.9 draws each node's election timeout once, at start, and checks it only on
-    /// ticks of 1.5 heartbeat intervals. Two candidates whose timeouts fall in the same tick
-    /// slot, with tick phases closer than the network latency, then start every election
-    /// together and split the vote forever (seen in simulation after the leader was killed).
-    /// This breaks the tie the way Raft intends: a node that has stayed a candidate with no
-    /// leader across two randomized intervals starts an election at a random moment of its own.
-    async fn break_split_votes(self: Arc<Self>) {
-        let (min, max) = (self.config.election_timeout_min, self.config.election_timeout_max);
-        let spread_ms = (max.saturating_sub(min).as_millis() as u64).max(1);
-        let mut stuck_term = None;
+    /// The engine's clock: calls `handle_timeout` whenever `poll_timeout` has passed, and
+    /// sleeps until then or until an input may have moved it. Ends when Raft stops.
+    async fn run_timers(self: Arc<Self>) {
         loop {
-            let wait = min + Duration::from_millis(self.env.random_u64() % spread_ms);
-            self.env.clock().sleep(wait).await;
-            let m = self.raft.metrics().borrow().clone();
-            if m.state != openraft::ServerState::Candidate || m.current_leader.is_some() {
-                stuck_term = None;
-                continue;
-            }
-            if stuck_term.is_some_and(|t| t < m.current_term) {
-                tracing::info!(id = self.config.id, term = m.current_term, "no leader after repeated elections; starting one at a random moment");
-                if self.raft.trigger().elect().await.is_err() {
-                    return; // raft has stopped
+            let listener = self.wake.listen();
+            let now = self.env.clock().now();
+            let next = {
+                let mut engine = self.engine.lock().expect("engine lock");
+                engine.handle_status(self.raft_status());
+                if engine.poll_timeout().is_some_and(|at| at <= now) {
+                    let state = self.state.read().expect("state lock");
+                    engine.handle_timeout(now, self.env.clock().unix_ms(), &state.namespace);
                 }
-                stuck_term = None;
-            } else {
-                stuck_term = Some(m.current_term);
+                self.carry_out(&mut engine);
+                engine.poll_timeout()
+            };
+            let Some(at) = next else { return };
+            if at > now {
+                let sleep = self.env.clock().sleep(at.saturating_since(now));
+                futures::future::select(std::pin::pin!(sleep), listener).await;
             }
         }
     }
 
-    /// The leader drops uploads abandoned by their clients (crashed, or given up), so that
-    /// their replicas are collected and the table of uploads stays bounded. Proposes only when
-    /// there is something to expire: an idle cluster's log does not grow.
-    async fn housekeeping(self: Arc<Self>) {
-        loop {
-            self.env.clock().sleep(self.config.leader.housekeeping_interval).await;
-            if self.raft.metrics().borrow().running_state.is_err() {
-                return; // raft has stopped
-            }
-            let Ok(term) = self.require_leader() else { continue };
-            let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-            if membership.get_joint_config().len() > 1 {
-                if let Err(e) = self.finish_membership_change(membership).await {
-                    tracing::debug!(error = %e, "could not finish the membership change yet");
+    /// Carries out what the engine says, with the engine locked: what needs openraft or the
+    /// network runs in a task of its own that reports back.
+    fn carry_out(&self, engine: &mut MetaEngine) {
+        let spawn = |f: futures::future::BoxFuture<'static, ()>| drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(f));
+        while let Some(output) = engine.poll_output() {
+            match output {
+                Output::Propose { entry, command } => {
+                    let server = self.arc();
+                    spawn(Box::pin(async move {
+                        // May only be delayed: a site cannot fail a proposal the caller would see answered.
+                        let _ = crate::fault::inject(server.env.clock(), crate::fault::Site::MetaPropose).await;
+                        let written = match server.raft.client_write(command).await {
+                            Ok(response) => Ok(response.data),
+                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(server.not_leader(f.leader_id)),
+                            Err(RaftError::APIError(e)) => Err(RpcError::Internal(e.to_string())),
+                            Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
+                        };
+                        server.input(|engine| engine.handle_written(entry, written));
+                    }));
                 }
-            }
-            let (now, unix_ms) = (self.env.clock().now(), self.env.clock().unix_ms());
-            let random = [self.env.random_u64(), self.env.random_u64()];
-            let commands = self.with_leader(term, |leader, ns| leader.tick(now, unix_ms, ns, random));
-            for command in commands {
-                // A proposal that fails is re-derived by a later tick.
-                match self.propose(command).await {
+                Output::Reply { proposal, result } => {
+                    if let Some(reply) = self.waiting.lock().expect("waiting lock").proposals.remove(&proposal) {
+                        let _ = reply.send(result); // the caller may have given up
+                    }
+                }
+                Output::Housekept { result } => match result {
                     Ok(Outcome::UploadsExpired(n)) => tracing::info!(uploads = n, "expired abandoned uploads"),
                     Ok(_) => {}
+                    // A proposal that fails is re-derived by a later tick.
                     Err(e) => tracing::debug!(error = %e, "housekeeping proposal failed"),
+                },
+                Output::Elect => {
+                    let server = self.arc();
+                    spawn(Box::pin(async move {
+                        let _ = server.raft.trigger().elect().await; // fails only once Raft has stopped
+                    }));
+                }
+                Output::CheckInitialized | Output::Initialize => {
+                    let server = self.arc();
+                    let initialize = output == Output::Initialize;
+                    spawn(Box::pin(async move { server.form(initialize).await }));
+                }
+                Output::ChangeVoters { voters } => {
+                    let server = self.arc();
+                    spawn(Box::pin(async move {
+                        if let Err(e) = server.raft.change_membership(voters, false).await {
+                            tracing::debug!(error = %e, "could not finish the membership change yet");
+                        }
+                        server.input(|engine| engine.handle_membership_done());
+                    }));
+                }
+                Output::SetActive(active) => {
+                    self.raft.runtime_config().heartbeat(active);
+                    self.raft.runtime_config().elect(active);
+                }
+                Output::AskToCampaign { addr, timeout, .. } => {
+                    let server = self.arc();
+                    spawn(Box::pin(async move {
+                        let call = server.env.transport().unary(&addr, proto::CampaignRequest {});
+                        let _ = crate::env::call_with_timeout(server.env.clock(), timeout, &addr, call).await;
+                        let now = server.env.clock().now();
+                        server.input(|engine| engine.handle_campaign_asked(now));
+                    }));
+                }
+                Output::HandedOver { requests, error } => {
+                    let mut waiting = self.waiting.lock().expect("waiting lock");
+                    for request in requests {
+                        if let Some(reply) = waiting.hand_overs.remove(&request) {
+                            let _ = reply.send(error.clone());
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Forms the cluster from the member list, with no separate bootstrap step. The member
-    /// with the lowest id initializes at once; the others wait a few election timeouts for it
-    /// and initialize themselves only if it has not reached them (it may be down). Several
-    /// members initializing with the same list is safe; it is avoided only because candidates
-    /// that all start at once tend to split the vote.
-    async fn form_cluster(&self) -> Result<(), MetaStartError> {
-        let first = *self.config.members.keys().next().expect("members contain this node");
-        if first != self.config.id {
-            let grace = self.config.election_timeout_max * 3;
-            let deadline = self.env.clock().now().plus(grace);
-            while self.env.clock().now() < deadline {
-                if self.is_initialized().await? {
-                    return Ok(());
-                }
-                self.env.clock().sleep(self.config.raft_heartbeat_interval).await;
-            }
-        }
-        if self.is_initialized().await? {
-            return Ok(());
-        }
-        let members: BTreeMap<MetaNodeId, BasicNode> = self.config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
-        match self.raft.initialize(members).await {
-            Ok(()) => tracing::info!(id = self.config.id, "initialized cluster membership"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                tracing::info!(id = self.config.id, "cluster already formed; joining as a member")
-            }
-            Err(e) => return Err(MetaStartError::Raft(e.to_string())),
-        }
-        Ok(())
+    fn arc(&self) -> Arc<Self> {
+        self.me.upgrade().expect("a server in use is alive")
     }
 
-    async fn is_initialized(&self) -> Result<bool, MetaStartError> {
-        self.raft.is_initialized().await.map_err(|e| MetaStartError::Raft(e.to_string()))
+    /// Feeds the engine one input (after the latest status), carries out what follows, and
+    /// wakes the timer loop.
+    pub(super) fn input<T>(&self, f: impl FnOnce(&mut MetaEngine) -> T) -> T {
+        let result = {
+            let mut engine = self.engine.lock().expect("engine lock");
+            engine.handle_status(self.raft_status());
+            let result = f(&mut engine);
+            self.carry_out(&mut engine);
+            result
+        };
+        self.wake.notify(1);
+        result
+    }
+
+    /// Cluster formation's calls into openraft: whether this node is initialized, or
+    /// initializing it with the member list.
+    async fn form(self: Arc<Self>, initialize: bool) {
+        let outcome = if initialize {
+            let members: BTreeMap<MetaNodeId, BasicNode> = self.config.members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            match self.raft.initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(id = self.config.id, "initialized cluster membership");
+                    Ok(true)
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::info!(id = self.config.id, "cluster already formed; joining as a member");
+                    Ok(true)
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            self.raft.is_initialized().await.map_err(|e| e.to_string())
+        };
+        let now = self.env.clock().now();
+        match outcome {
+            Ok(initialized) => self.input(|engine| engine.handle_initialized(now, initialized)),
+            Err(e) => {
+                tracing::error!(error = %e, "could not form the metadata cluster");
+                self.input(|engine| engine.handle_formation_failed());
+            }
+        }
+    }
+
+    /// What openraft's metrics say now, as the engine takes it.
+    pub(super) fn raft_status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters = target_voters(membership);
+        let last_log = m.last_log_index.unwrap_or(0);
+        RaftStatus {
+            stopped: m.running_state.is_err(),
+            candidate: m.state == openraft::ServerState::Candidate,
+            leader: m.current_leader,
+            term: m.current_term,
+            joint: membership.get_joint_config().len() > 1,
+            members: membership
+                .nodes()
+                .map(|(id, node)| {
+                    let matched =
+                        if *id == m.id { m.last_log_index } else { m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index) };
+                    MemberStatus { id: *id, addr: node.addr.clone(), target_voter: voters.contains(id), lag: matched.map(|i| last_log.saturating_sub(i)) }
+                })
+                .collect(),
+        }
     }
 
     pub fn id(&self) -> MetaNodeId {
@@ -255,42 +323,13 @@ impl<E: Env> MetaServer<E> {
 
     /// The repair planner's counters, while this node leads (for tests and status).
     pub fn repair_stats(&self) -> Option<crate::repair::RepairStats> {
-        self.leader.lock().expect("leader lock").as_ref().map(|l| l.repair_status().0)
+        self.engine.lock().expect("engine lock").last_leader().map(|l| l.repair_status().0)
     }
 
     /// The storage nodes this node, while it leads, has heard from lately (for tests).
     pub fn alive_storage_nodes(&self) -> Option<usize> {
         let now = self.env.clock().now();
-        self.leader.lock().expect("leader lock").as_ref().map(|l| l.alive_count(now))
-    }
-
-    /// What the operator's metrics and status page show of this node: no leadership check,
-    /// no Raft round (a scrape must not wait on the cluster). `leader` is `None` unless this
-    /// node leads; `fsck_problems_max` > 0 adds a health report (it walks every file: callers
-    /// ask for it seldom).
-    pub fn view(&self, fsck_problems_max: usize) -> MetaView {
-        let raft = self.membership_status();
-        let metrics = self.raft.metrics().borrow().clone();
-        let (files, bytes, uploads_open) = {
-            let state = self.state.read().expect("state lock");
-            (state.namespace.file_count(), state.namespace.total_bytes(), state.namespace.uploads().count() as u64)
-        };
-        let now = self.env.clock().now();
-        let leads = metrics.current_leader == Some(self.config.id);
-        let leader = leads.then(|| {
-            self.with_leader(metrics.current_term, |leader, ns| {
-                let (repair, census, _) = leader.repair_status();
-                LeaderView {
-                    nodes: leader.nodes(now, ns).into_iter().map(|n| (leader.repairs_in_flight(n.id), n)).collect(),
-                    repair,
-                    census,
-                    repair_queued: leader.repair_queued(),
-                    events: leader.events().map(|e| (now.saturating_since(e.at), e.clone())).collect(),
-                    fsck: (fsck_problems_max > 0).then(|| leader.fsck(now, ns, namespace::ROOT, fsck_problems_max)),
-                }
-            })
-        });
-        MetaView { id: self.config.id, server_state: format!("{:?}", metrics.state), raft, files, bytes, uploads_open, leader }
+        self.engine.lock().expect("engine lock").last_leader().map(|l| l.alive_count(now))
     }
 
     /// Before a planned stop: a leader hands leadership to its most caught-up voter (see
@@ -307,7 +346,7 @@ impl<E: Env> MetaServer<E> {
         // A successor that could not catch up in time (a busy machine) gets another chance:
         // stopping without a hand-over costs the cluster an election timeout.
         for _ in 0..STEP_DOWN_ATTEMPTS_MAX {
-            let said = self.hand_over(&others).await;
+            let said = self.hand_over(others.clone()).await;
             tracing::info!(id = self.config.id, outcome = %said, "stepping down before stopping");
             if self.raft.metrics().borrow().current_leader != Some(self.config.id) {
                 return true;
@@ -329,7 +368,7 @@ impl<E: Env> MetaServer<E> {
 
     /// The leader's id and address, from the membership this node knows (which includes
     /// members added at runtime), else from the member list it started with.
-    fn leader_hint(&self, leader: Option<MetaNodeId>) -> Option<proto::MetaNode> {
+    pub(super) fn leader_hint(&self, leader: Option<MetaNodeId>) -> Option<proto::MetaNode> {
         let id = leader?;
         let metrics = self.raft.metrics().borrow().clone();
         let addr = match metrics.membership_config.membership().get_node(&id) {
@@ -339,128 +378,29 @@ impl<E: Env> MetaServer<E> {
         Some(proto::MetaNode { id, addr })
     }
 
-    /// Members, roles and replication progress, as this node (the leader) sees them.
-    fn membership_status(&self) -> proto::MetaStatusResponse {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters = target_voters(membership);
-        let joint = membership.get_joint_config().len() > 1;
-        let last_log = m.last_log_index.unwrap_or(0);
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let matched = if *id == m.id { m.last_log_index } else { m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index) };
-                proto::MetaMemberStatus {
-                    id: *id,
-                    addr: node.addr.clone(),
-                    // While a change is half done (joint consensus), say where it is going.
-                    role: match (voters.contains(id), joint, membership.voter_ids().any(|v| v == *id)) {
-                        (true, false, _) => "voter",
-                        (true, true, _) => "joining",
-                        (false, _, true) => "leaving",
-                        (false, _, false) => "learner",
-                    }
-                    .to_string(),
-                    matched_index: matched,
-                    lag: matched.map(|i| last_log.saturating_sub(i)),
-                }
-            })
-            .collect();
-        proto::MetaStatusResponse {
-            leader: self.leader_hint(m.current_leader),
-            term: m.current_term,
-            last_log_index: last_log,
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
-            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
-            members,
-            http_address: self.config.http_address.clone().unwrap_or_default(),
-        }
-    }
-
-    /// Completes a membership change left half done (in joint consensus) by a leader that
-    /// stopped in the middle of it: openraft 0.9 does not finish it by itself, and a cluster
-    /// left in a joint configuration needs a majority of both the old and the new voters.
-    /// Returns the membership to work from.
-    async fn finish_membership_change(
-        &self,
-        membership: openraft::Membership<MetaNodeId, BasicNode>,
-    ) -> Result<openraft::Membership<MetaNodeId, BasicNode>, RpcError> {
-        if membership.get_joint_config().len() <= 1 {
-            return Ok(membership);
-        }
-        let voters = target_voters(&membership);
-        if !voters.contains(&self.config.id) {
-            return Err(self.hand_over(&voters).await);
-        }
-        tracing::info!(voters = ?voters, "finishing a membership change left half done");
-        self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
-        Ok(self.raft.metrics().borrow().membership_config.membership().clone())
-    }
-
-    /// openraft 0.9 trips over a leader removing itself (an assertion in its membership code):
-    /// this leader asks an up-to-date node of `successors` to take over instead, and the
-    /// caller retries (the client's retry reaches the new leader, which does the removal).
-    /// Returns the error that tells the caller so.
-    ///
-    /// Writes stop first: a successor that campaigns while the leader still appends loses the
-    /// election to voters with a newer log, and the leader wins the next one and hands over
-    /// again, for ever (found in simulation, meta_durability seed 66). So new proposals are
-    /// refused (`Unavailable`, which clients retry) until the successor has every entry, the
-    /// leader stops heartbeating for a lease so that the followers will vote, and only then
-    /// is the successor asked to campaign. openraft 0.10 has a leadership transfer; 0.9 not.
-    async fn hand_over(&self, successors: &std::collections::BTreeSet<MetaNodeId>) -> RpcError {
-        use std::sync::atomic::Ordering::SeqCst;
-        let status = self.membership_status();
-        let successor = status.members.iter().filter(|m| m.id != self.config.id && successors.contains(&m.id)).min_by_key(|m| m.lag.unwrap_or(u64::MAX));
-        let Some(successor) = successor.filter(|m| m.lag.is_some()).cloned() else {
-            return RpcError::Unavailable(format!("metadata node {} leads and no other voter can take over yet", self.config.id));
+    /// Hands leadership to one of `successors` (see the engine's hand-over). Returns the error
+    /// that tells the caller to retry (and reach the new leader).
+    pub(super) async fn hand_over(&self, successors: BTreeSet<MetaNodeId>) -> RpcError {
+        let (tx, rx) = oneshot::channel();
+        let request = {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            waiting.next_hand_over += 1;
+            let request = waiting.next_hand_over;
+            waiting.hand_overs.insert(request, tx);
+            request
         };
-        self.handing_over.store(true, SeqCst);
-        let deadline = self.env.clock().now().plus(self.config.election_timeout_max);
-        let caught_up = loop {
-            let lag = self.membership_status().members.iter().find(|m| m.id == successor.id).and_then(|m| m.lag);
-            if lag == Some(0) {
-                break true;
-            }
-            if self.env.clock().now() >= deadline {
-                break false;
-            }
-            self.env.clock().sleep(Duration::from_millis(10)).await;
-        };
-        if caught_up {
-            // Followers refuse votes while their leader lease runs (openraft renews it with
-            // every heartbeat): go quiet for a lease, and do not campaign, so that the
-            // successor's election is the one that can win.
-            self.raft.runtime_config().heartbeat(false);
-            self.raft.runtime_config().elect(false);
-            self.env.clock().sleep(self.config.election_timeout_max).await;
-            let call = self.env.transport().unary(&successor.addr, proto::CampaignRequest {});
-            let _ = crate::env::call_with_timeout(self.env.clock(), self.config.election_timeout_max, &successor.addr, call).await;
-            self.env.clock().sleep(self.config.election_timeout_max).await;
-            self.raft.runtime_config().heartbeat(true);
-            self.raft.runtime_config().elect(true);
-        }
-        self.handing_over.store(false, SeqCst);
-        RpcError::Unavailable(format!("metadata node {} leads: handing over to node {} before it leaves", self.config.id, successor.id))
+        let now = self.env.clock().now();
+        self.input(|engine| engine.handle_hand_over(now, request, &successors));
+        rx.await.unwrap_or_else(|_| RpcError::Unavailable("metadata node is stopping".into()))
     }
 
-    /// Maps a membership-change failure to what the caller can act on.
-    fn membership_error(&self, e: RaftError<MetaNodeId, ClientWriteError<MetaNodeId, BasicNode>>) -> RpcError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f.leader_id),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => RpcError::FailedPrecondition(c.to_string()),
-            RaftError::Fatal(e) => RpcError::Unavailable(format!("metadata node stopped: {e}")),
-        }
-    }
-
-    fn not_leader(&self, leader: Option<MetaNodeId>) -> RpcError {
+    pub(super) fn not_leader(&self, leader: Option<MetaNodeId>) -> RpcError {
         RpcError::NotLeader { leader: self.leader_hint(leader) }
     }
 
     /// Cheap leadership check from the latest metrics, for leader-local work (placement,
     /// heartbeats) whose mistakes are harmless because nothing is committed by them.
-    fn require_leader(&self) -> Result<u64, RpcError> {
+    pub(super) fn require_leader(&self) -> Result<u64, RpcError> {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(self.config.id) {
             Ok(metrics.current_term)
@@ -471,24 +411,23 @@ impl<E: Env> MetaServer<E> {
 
     /// Validates `command` and has it committed and applied, grouped with whatever other
     /// commands arrive meanwhile (see `run_proposals`): bad input never enters the log.
-    async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
+    pub(super) async fn propose(&self, command: Command) -> Result<Outcome, RpcError> {
         command.validate().map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
         let mut results = self.propose_together(vec![command]).await?;
         results.pop().unwrap_or_else(|| Err(RpcError::Internal("no result for a proposal".into())))
     }
 
     /// Has `commands` (each already validated, at most `BATCH_COMMANDS_MAX`) committed in one
-    /// log entry, possibly shared with other proposals; one result per command, in order.
-    /// `Err` when none was proposed.
-    async fn propose_together(&self, commands: Vec<Command>) -> Result<Vec<Result<Outcome, RpcError>>, RpcError> {
-        debug_assert!(!commands.is_empty() && commands.len() <= BATCH_COMMANDS_MAX);
-        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(RpcError::Unavailable(format!("metadata node {} is handing leadership over; retry", self.config.id)));
-        }
+    /// log entry, possibly shared with other proposals (the engine's group commit); one result
+    /// per command, in order. `Err` when none was committed.
+    pub(super) async fn propose_together(&self, commands: Vec<Command>) -> Result<Vec<Result<Outcome, RpcError>>, RpcError> {
         let count = commands.len();
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let mut proposals = self.proposals.clone();
-        futures::SinkExt::send(&mut proposals, (commands, tx)).await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?;
+        let (tx, rx) = oneshot::channel();
+        self.input(|engine| {
+            let id = engine.next_proposal_id();
+            self.waiting.lock().expect("waiting lock").proposals.insert(id, tx);
+            engine.handle_propose(id, commands);
+        });
         let results = rx.await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))??;
         if results.len() != count {
             return Err(RpcError::Internal(format!("{} results for {count} commands", results.len())));
@@ -496,88 +435,8 @@ impl<E: Env> MetaServer<E> {
         Ok(results)
     }
 
-    /// Group commit: proposals that arrive while earlier ones are in flight go to Raft
-    /// together, as one `Command::Batch` entry (at most `BATCH_COMMANDS_MAX` commands; a
-    /// proposal's commands always share one entry), so one fsync on a majority carries many
-    /// of them. At most `PROPOSALS_IN_FLIGHT_MAX` entries are in flight at once; past that,
-    /// proposals wait in the channel (bounded: back-pressure).
-    async fn run_proposals(self: Arc<Self>, mut rx: futures::channel::mpsc::Receiver<Proposal>) {
-        use futures::future::{select, Either};
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let mut in_flight = FuturesUnordered::new();
-        // A proposal taken from the channel that did not fit the entry before: starts the next.
-        let mut held: Option<Proposal> = None;
-        loop {
-            let next = if let Some(p) = held.take() {
-                Some(p)
-            } else if in_flight.is_empty() {
-                rx.next().await
-            } else if in_flight.len() >= PROPOSALS_IN_FLIGHT_MAX {
-                in_flight.next().await;
-                continue;
-            } else {
-                match select(rx.next(), in_flight.next()).await {
-                    Either::Left((next, _)) => next,
-                    Either::Right(_) => continue,
-                }
-            };
-            let Some(first) = next else { return };
-            let mut commands = first.0.len();
-            let mut batch = vec![first];
-            while commands < BATCH_COMMANDS_MAX {
-                match rx.try_recv() {
-                    Ok(p) if commands + p.0.len() <= BATCH_COMMANDS_MAX => {
-                        commands += p.0.len();
-                        batch.push(p);
-                    }
-                    Ok(p) => {
-                        held = Some(p);
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-            in_flight.push(self.clone().propose_batch(batch));
-            if held.is_some() && in_flight.len() >= PROPOSALS_IN_FLIGHT_MAX {
-                in_flight.next().await;
-            }
-        }
-    }
-
-    async fn propose_batch(self: Arc<Self>, batch: Vec<Proposal>) {
-        let sizes: Vec<usize> = batch.iter().map(|(c, _)| c.len()).collect();
-        let (commands, replies): (Vec<Vec<Command>>, Vec<_>) = batch.into_iter().unzip();
-        let mut commands: Vec<Command> = commands.into_iter().flatten().collect();
-        let total = commands.len();
-        let single = total == 1;
-        let command = if single { commands.pop().expect("one") } else { Command::Batch(commands) };
-        // May only be delayed: a site cannot fail a proposal the caller would see answered.
-        let _ = crate::fault::inject(self.env.clock(), crate::fault::Site::MetaPropose).await;
-        let written = match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
-            Err(RaftError::APIError(e)) => Err(RpcError::Internal(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
-        };
-        let results: Vec<Result<Outcome, RpcError>> = match written {
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone())); // the caller may have given up
-                }
-                return;
-            }
-            Ok(result) if single => vec![result.map_err(namespace_error)],
-            Ok(Ok(Outcome::Batch(results))) if results.len() == total => results.into_iter().map(|r| r.map_err(namespace_error)).collect(),
-            Ok(other) => (0..total).map(|_| Err(RpcError::Internal(format!("unexpected batch outcome {other:?}")))).collect(),
-        };
-        let mut results = results.into_iter();
-        for (reply, size) in replies.into_iter().zip(sizes) {
-            let _ = reply.send(Ok(results.by_ref().take(size).collect())); // the caller may have given up
-        }
-    }
-
     /// Runs `read` on state at least as new as every write acknowledged before this call.
-    async fn read<T>(&self, read: impl FnOnce(&AppliedState) -> T) -> Result<T, RpcError> {
+    pub(super) async fn read<T>(&self, read: impl FnOnce(&AppliedState) -> T) -> Result<T, RpcError> {
         if crate::planted::on(crate::planted::Bug::StaleRead) {
             // Believing itself leader is not being leader: a deposed one serves its old state.
             self.require_leader()?;
@@ -592,7 +451,7 @@ impl<E: Env> MetaServer<E> {
     }
 
     /// Refuses a storage node of another cluster (see `leader::admit`), loudly on this side too.
-    async fn admit_storage(&self, node: StorageNodeId, presented: &str) -> Result<String, RpcError> {
+    pub(super) async fn admit_storage(&self, node: StorageNodeId, presented: &str) -> Result<String, RpcError> {
         // The local state suffices: a cluster id never changes once set, so a stale view can
         // only say the cluster is still forming.
         let admitted = admit(&self.state.read().expect("state lock").namespace, presented);
@@ -605,825 +464,21 @@ impl<E: Env> MetaServer<E> {
         })
     }
 
-    /// The leader state machine of `term`, made afresh when leadership changed: everything
-    /// it needs beyond heartbeats is re-derived from the namespace.
-    fn with_leader<T>(&self, term: u64, f: impl FnOnce(&mut Leader, &Namespace) -> T) -> T {
+    /// The leader state machine of `term` (the engine makes it afresh when leadership changed:
+    /// everything it needs beyond heartbeats is re-derived from the namespace).
+    pub(super) fn with_leader<T>(&self, term: u64, f: impl FnOnce(&mut Leader, &Namespace) -> T) -> T {
         let now = self.env.clock().now();
-        let mut guard = self.leader.lock().expect("leader lock");
-        if guard.as_ref().is_none_or(|l| l.term() != term) {
-            *guard = Some(Leader::new(self.config.leader, term, now));
-        }
+        let mut engine = self.engine.lock().expect("engine lock");
         let state = self.state.read().expect("state lock");
-        f(guard.as_mut().expect("set above"), &state.namespace)
+        f(engine.leader_of(term, now), &state.namespace)
     }
 }
 
 /// Hand-overs a stopping leader tries before it stops anyway.
 pub const STEP_DOWN_ATTEMPTS_MAX: usize = 3;
 
-/// A metadata node as its operator sees it (`MetaServer::view`).
-#[derive(Clone, Debug)]
-pub struct MetaView {
-    pub id: MetaNodeId,
-    /// openraft's server state: Leader, Follower, Candidate, Learner.
-    pub server_state: String,
-    pub raft: proto::MetaStatusResponse,
-    pub files: u64,
-    pub bytes: u64,
-    pub uploads_open: u64,
-    pub leader: Option<LeaderView>,
-}
-
-/// The leader's part of `MetaView`.
-#[derive(Clone, Debug)]
-pub struct LeaderView {
-    /// Each storage node with its repair copies in flight.
-    pub nodes: Vec<(usize, crate::meta::leader::NodeView)>,
-    pub repair: crate::repair::RepairStats,
-    /// The last repair pass's count of chunks by state.
-    pub census: crate::repair::Census,
-    pub repair_queued: usize,
-    /// How long ago, and what.
-    pub events: Vec<(Duration, crate::meta::leader::LeaderEvent)>,
-    pub fsck: Option<crate::meta::leader::FsckReport>,
-}
-
 /// The voters a membership is heading to: its only configuration, or the new one of a joint
 /// configuration.
-fn target_voters(membership: &openraft::Membership<MetaNodeId, BasicNode>) -> std::collections::BTreeSet<MetaNodeId> {
+pub(super) fn target_voters(membership: &openraft::Membership<MetaNodeId, BasicNode>) -> std::collections::BTreeSet<MetaNodeId> {
     membership.get_joint_config().last().cloned().unwrap_or_default()
-}
-
-fn storage_node_proto(ns: &Namespace, id: StorageNodeId) -> Option<proto::StorageNode> {
-    ns.storage_node(id).map(|n| proto::StorageNode { id: n.id.0, addr: n.addr.clone() })
-}
-
-/// `command`, applied at most once for the client's request id if it sent one.
-fn once(request: Option<proto::RequestId>, command: Command) -> Command {
-    match request {
-        Some(r) => Command::Once { request: RequestId { client: r.client, seq: r.seq }, command: Box::new(command) },
-        None => command,
-    }
-}
-
-/// Most of a bad-replica report's reason that reaches the log.
-const REASON_MAX_CHARS: usize = 1024;
-/// Problems an fsck lists unless asked otherwise, and at most.
-const FSCK_PROBLEMS_DEFAULT: usize = 100;
-const FSCK_PROBLEMS_MAX: usize = 10_000;
-/// Repairs running or failed that one heartbeat may report.
-const REPAIRS_REPORTED_MAX: usize = 1024;
-
-fn unknown_node(name: &str) -> RpcError {
-    RpcError::NotFound(format!("no storage node is registered as {name:?} (give its id, as `dfs nodes` shows it, or its address)"))
-}
-
-fn namespace_error(e: NamespaceError) -> RpcError {
-    let message = e.to_string();
-    match e {
-        NamespaceError::InvalidPath { .. }
-        | NamespaceError::InvalidArgument(_)
-        | NamespaceError::InvalidUpload(_)
-        | NamespaceError::BadChunk { .. }
-        | NamespaceError::MoveIntoItself { .. }
-        | NamespaceError::Root(_) => RpcError::InvalidArgument(message),
-        NamespaceError::AlreadyExists(_) => RpcError::AlreadyExists(message),
-        NamespaceError::NotFound(_) | NamespaceError::NoParent { .. } | NamespaceError::UploadNotFound(_) => RpcError::NotFound(message),
-        NamespaceError::ParentIsFile { .. }
-        | NamespaceError::IsDirectory(_)
-        | NamespaceError::NotADirectory(_)
-        | NamespaceError::DirectoryNotEmpty(_)
-        | NamespaceError::FileChanged { .. }
-        | NamespaceError::Incomplete { .. }
-        | NamespaceError::ClusterIdMismatch { .. }
-        | NamespaceError::RequestTooOld { .. } => RpcError::FailedPrecondition(message),
-        // The cluster's load, not the request: worth retrying later.
-        NamespaceError::TooManyUploads { .. } | NamespaceError::TooManyBadReplicas { .. } => RpcError::Unavailable(message),
-    }
-}
-
-fn file_info(f: &FileSummary) -> proto::FileInfo {
-    proto::FileInfo {
-        path: f.path.clone(),
-        file_id: f.id.0,
-        size: f.size,
-        chunk_size: f.chunk_size,
-        replication: f.replication,
-        chunk_count: f.chunk_count,
-        committed_unix_ms: f.committed_unix_ms,
-        sha256: f.sha256.map(|d| d.0.to_vec().into()).unwrap_or_default(),
-        mode: f.attrs.mode,
-        mtime_unix_ms: f.attrs.mtime_unix_ms,
-    }
-}
-
-fn dir_entry(e: &namespace::DirEntry) -> proto::DirEntry {
-    proto::DirEntry {
-        name: e.name.clone(),
-        path: e.path.clone(),
-        kind: match e.kind {
-            EntryKind::File => proto::EntryKind::File,
-            EntryKind::Dir => proto::EntryKind::Directory,
-        } as i32,
-        file: e.file.as_ref().map(file_info),
-        modified_unix_ms: e.modified_unix_ms,
-    }
-}
-
-pub use crate::namespace::write_quorum;
-
-/// Chunk records from the wire, checked.
-fn chunk_records(chunks: Vec<proto::ChunkInfo>) -> Result<Vec<ChunkRecord>, RpcError> {
-    chunks
-        .into_iter()
-        .map(|c| {
-            let sha256 = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
-            Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas: c.replicas.into_iter().map(StorageNodeId).collect() })
-        })
-        .collect()
-}
-
-/// A batch of file calls holds 1..=`BATCH_FILES_MAX` items.
-fn check_batch_len(len: usize) -> Result<(), RpcError> {
-    if len == 0 || len > BATCH_FILES_MAX {
-        return Err(RpcError::InvalidArgument(format!("a batch holds 1 to {BATCH_FILES_MAX} files, not {len}")));
-    }
-    Ok(())
-}
-
-/// The reply to a commit that was applied.
-fn committed(outcome: Outcome) -> Result<proto::CommitFileResponse, RpcError> {
-    match outcome {
-        Outcome::FileCommitted(f) => Ok(proto::CommitFileResponse { file: Some(file_info(&f)) }),
-        other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-    }
-}
-
-impl<E: Env> MetaServer<E> {
-    /// Proposes the items that are commands (each validated first) in one log entry; an item
-    /// that is already an error, or fails validation, keeps its error and is not proposed.
-    async fn propose_items(&self, items: Vec<Result<Command, RpcError>>) -> Result<Vec<Result<Outcome, RpcError>>, RpcError> {
-        let items: Vec<Result<Command, RpcError>> =
-            items.into_iter().map(|item| item.and_then(|c| c.validate().map(|()| c).map_err(|e| RpcError::InvalidArgument(e.to_string())))).collect();
-        let commands: Vec<Command> = items.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
-        let mut outcomes = if commands.is_empty() { Vec::new() } else { self.propose_together(commands).await? }.into_iter();
-        Ok(items.into_iter().map(|item| item.and_then(|_| outcomes.next().unwrap_or_else(|| Err(RpcError::Internal("missing result".into()))))).collect())
-    }
-
-    /// The command for one `CreateFile`, after the checks the state machine cannot make.
-    fn create_command(&self, r: proto::CreateFileRequest) -> Result<Command, RpcError> {
-        // A replication factor the cluster cannot hold is refused now, not after the transfers
-        // (an empty file has no chunks to place).
-        if r.size > 0 {
-            let term = self.require_leader()?;
-            let now = self.env.clock().now();
-            self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
-        }
-        Ok(Command::CreateFile {
-            path: r.path,
-            size: r.size,
-            chunk_size: r.chunk_size,
-            replication: r.replication,
-            overwrite: r.overwrite,
-            expect_file_id: r.expect_file_id.map(FileId),
-            request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
-            unix_ms: self.env.clock().unix_ms(),
-            attrs: namespace::FileAttrs { mode: r.mode, mtime_unix_ms: r.mtime_unix_ms },
-        })
-    }
-
-    /// The reply to an applied `CreateFile`: placements for the first chunks ride on it, so a
-    /// small file needs no `AllocateChunks` round trip. The create was just committed in this
-    /// leader's term, so its view of the upload is current.
-    fn created(&self, outcome: Outcome, place_chunks: u32, size: u64, chunk_size: u64) -> Result<proto::CreateFileResponse, RpcError> {
-        let file = match outcome {
-            Outcome::FileCreated(id) => id,
-            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        };
-        let count = crate::chunking::chunk_count(size, chunk_size.max(1));
-        let place = (place_chunks as u64).min(count).min(CREATE_PLACE_CHUNKS_MAX as u64) as u32;
-        if place == 0 {
-            return Ok(proto::CreateFileResponse { file_id: file.0, ..Default::default() });
-        }
-        let indexes: Vec<u32> = (0..place).collect();
-        let (placements, write_quorum) = self.place_chunks(file, &indexes, &[])?;
-        Ok(proto::CreateFileResponse { file_id: file.0, placements, write_quorum })
-    }
-
-    /// The command for one `CommitFile`, its input checked.
-    fn commit_command(&self, r: proto::CommitFileRequest) -> Result<Command, RpcError> {
-        if r.chunks.len() > RECORD_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks with a commit")));
-        }
-        let sha256 = match r.sha256.len() {
-            0 => None,
-            _ => Some(Sha256Digest::from_slice(&r.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?),
-        };
-        Ok(Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms(), sha256, chunks: chunk_records(r.chunks)? })
-    }
-
-    /// A committed file with its chunks' replicas: those on nodes this leader believes alive
-    /// first, rotated per chunk so reads spread over them; the client tries them in this order.
-    fn file_reply(&self, file: &FileRecord) -> Result<proto::GetFileResponse, RpcError> {
-        let term = self.require_leader()?;
-        let now = self.env.clock().now();
-        let chunks = self.with_leader(term, |leader, ns| {
-            file.chunks
-                .iter()
-                .map(|c| {
-                    let chunk_id = file.chunk_id(c.index);
-                    let bad = ns.bad_replicas(chunk_id);
-                    proto::ChunkLocation {
-                        index: c.index,
-                        chunk_id: chunk_id.as_bytes().to_vec().into(),
-                        size: c.size,
-                        sha256: c.sha256.0.to_vec().into(),
-                        replicas: leader.served_replicas(now, &c.replicas, bad, c.index).into_iter().filter_map(|id| storage_node_proto(ns, id)).collect(),
-                        replica_status: leader
-                            .replica_states(now, &c.replicas, bad)
-                            .into_iter()
-                            .map(|(id, state)| proto::ReplicaStatus { node: storage_node_proto(ns, id), state: state as i32 })
-                            .collect(),
-                    }
-                })
-                .collect()
-        });
-        Ok(proto::GetFileResponse { file: Some(file_info(&FileSummary::from(file))), chunks })
-    }
-
-    async fn place_chunks_checked(&self, r: &proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
-        if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
-        }
-        let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
-        let (placements, write_quorum) = self.place_chunks(FileId(r.file_id), &r.chunk_indexes, &exclude)?;
-        Ok(proto::AllocateChunksResponse { placements, write_quorum })
-    }
-
-    /// Placements for chunks of the upload `file`, from this leader's view of the nodes.
-    fn place_chunks(&self, file: FileId, indexes: &[u32], exclude: &[StorageNodeId]) -> Result<(Vec<proto::ChunkPlacement>, u32), RpcError> {
-        let term = self.require_leader()?;
-        let now = self.env.clock().now();
-        let (placed, quorum) = self.with_leader(term, |leader, ns| {
-            let upload = ns.upload(file).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(file)))?;
-            let placed = leader.allocate(now, ns, upload, indexes, exclude).map_err(|e| match e {
-                AllocateError::NoLiveNode { .. } | AllocateError::Settling { .. } => RpcError::Unavailable(e.to_string()),
-                AllocateError::NoSpace(_) => RpcError::NoSpace(e.to_string()),
-                AllocateError::NoSuchChunk { .. } => RpcError::InvalidArgument(e.to_string()),
-            })?;
-            let placed: Vec<Vec<proto::StorageNode>> =
-                placed.into_iter().map(|nodes| nodes.into_iter().filter_map(|id| storage_node_proto(ns, id)).collect()).collect();
-            Ok::<_, RpcError>((placed, write_quorum(upload.replication)))
-        })?;
-        let placements = indexes.iter().zip(placed).map(|(&index, targets)| proto::ChunkPlacement { index, targets }).collect();
-        Ok((placements, quorum))
-    }
-}
-
-impl<E: Env> MetadataServiceHandler for MetaServer<E> {
-    async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
-        let (place_chunks, size, chunk_size) = (r.place_chunks, r.size, r.chunk_size);
-        let command = self.create_command(r)?;
-        let outcome = self.propose(command).await?;
-        self.created(outcome, place_chunks, size, chunk_size)
-    }
-
-    async fn allocate_chunks(&self, r: proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
-        // Linearizable like every read the client relies on: a deposed leader never places
-        // chunks from its stale view of the upload.
-        self.read(|_| ()).await?;
-        self.place_chunks_checked(&r).await
-    }
-
-    async fn record_chunks(&self, r: proto::RecordChunksRequest) -> Result<proto::RecordChunksResponse, RpcError> {
-        if r.chunks.len() > RECORD_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunks per record")));
-        }
-        let chunks = chunk_records(r.chunks)?;
-        self.propose(Command::RecordChunks { file: FileId(r.file_id), chunks }).await?;
-        Ok(proto::RecordChunksResponse {})
-    }
-
-    async fn commit_file(&self, r: proto::CommitFileRequest) -> Result<proto::CommitFileResponse, RpcError> {
-        let command = self.commit_command(r)?;
-        committed(self.propose(command).await?)
-    }
-
-    async fn get_file(&self, r: proto::GetFileRequest) -> Result<proto::GetFileResponse, RpcError> {
-        let path = normalize_path(&r.path).map_err(namespace_error)?;
-        let file: Option<FileRecord> = self.read(|s| s.namespace.file(&path).cloned()).await?;
-        let file = file.ok_or_else(|| namespace_error(NamespaceError::NotFound(path)))?;
-        self.file_reply(&file)
-    }
-
-    async fn create_files(&self, r: proto::CreateFilesRequest) -> Result<proto::CreateFilesResponse, RpcError> {
-        check_batch_len(r.files.len())?;
-        // Not the leader: the whole call is redirected, not each item refused.
-        self.require_leader()?;
-        let shapes: Vec<(u32, u64, u64)> = r.files.iter().map(|f| (f.place_chunks, f.size, f.chunk_size)).collect();
-        let prepared: Vec<Result<Command, RpcError>> = r.files.into_iter().map(|f| self.create_command(f)).collect();
-        let results = self.propose_items(prepared).await?;
-        let results = results
-            .into_iter()
-            .zip(shapes)
-            .map(|(outcome, (place, size, chunk_size))| outcome.and_then(|o| self.created(o, place, size, chunk_size)))
-            .map(|result| proto::CreateFileResult {
-                result: Some(match result {
-                    Ok(ok) => proto::create_file_result::Result::Ok(ok),
-                    Err(e) => proto::create_file_result::Result::Error(e.to_detail()),
-                }),
-            })
-            .collect();
-        Ok(proto::CreateFilesResponse { results })
-    }
-
-    async fn commit_files(&self, r: proto::CommitFilesRequest) -> Result<proto::CommitFilesResponse, RpcError> {
-        check_batch_len(r.files.len())?;
-        let records: usize = r.files.iter().map(|f| f.chunks.len()).sum();
-        if records > RECORD_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {RECORD_CHUNKS_MAX} chunk records in one batch of commits, not {records}")));
-        }
-        self.require_leader()?;
-        let prepared: Vec<Result<Command, RpcError>> = r.files.into_iter().map(|f| self.commit_command(f)).collect();
-        let results = self
-            .propose_items(prepared)
-            .await?
-            .into_iter()
-            .map(|outcome| proto::CommitFileResult {
-                result: Some(match outcome.and_then(committed) {
-                    Ok(ok) => proto::commit_file_result::Result::Ok(ok),
-                    Err(e) => proto::commit_file_result::Result::Error(e.to_detail()),
-                }),
-            })
-            .collect();
-        Ok(proto::CommitFilesResponse { results })
-    }
-
-    async fn get_files(&self, r: proto::GetFilesRequest) -> Result<proto::GetFilesResponse, RpcError> {
-        check_batch_len(r.files.len())?;
-        let paths: Vec<Result<String, RpcError>> = r.files.iter().map(|f| normalize_path(&f.path).map_err(namespace_error)).collect();
-        // One leadership check for the whole batch: every item sees state at least as new as
-        // every write acknowledged before this call.
-        let files: Vec<Result<FileRecord, RpcError>> = self
-            .read(|s| {
-                paths.into_iter().map(|p| p.and_then(|p| s.namespace.file(&p).cloned().ok_or_else(|| namespace_error(NamespaceError::NotFound(p))))).collect()
-            })
-            .await?;
-        let mut reply_bytes = 0usize;
-        let results = files
-            .into_iter()
-            .map(|file| {
-                let result = file.and_then(|f| self.file_reply(&f)).and_then(|reply| {
-                    reply_bytes += prost::Message::encoded_len(&reply);
-                    if reply_bytes > GET_FILES_REPLY_BYTES_MAX {
-                        return Err(RpcError::Unavailable("this file's reply does not fit in the batch: ask for it alone".into()));
-                    }
-                    Ok(reply)
-                });
-                proto::GetFileResult {
-                    result: Some(match result {
-                        Ok(ok) => proto::get_file_result::Result::Ok(ok),
-                        Err(e) => proto::get_file_result::Result::Error(e.to_detail()),
-                    }),
-                }
-            })
-            .collect();
-        Ok(proto::GetFilesResponse { results })
-    }
-
-    async fn list_files(&self, r: proto::ListFilesRequest) -> Result<proto::ListFilesResponse, RpcError> {
-        let dir = match r.prefix.trim_matches('/') {
-            "" => String::new(),
-            _ => normalize_path(&r.prefix).map_err(namespace_error)?,
-        };
-        let limit = match r.limit {
-            0 => LIST_LIMIT_DEFAULT,
-            n => n.min(LIST_LIMIT_MAX),
-        } as usize;
-        self.read(|s| {
-            let (page, truncated) = s.namespace.list(&dir, &r.start_after, limit);
-            proto::ListFilesResponse { files: page.into_iter().map(|f| file_info(&f.into())).collect(), truncated }
-        })
-        .await
-    }
-
-    async fn delete_file(&self, r: proto::DeleteFileRequest) -> Result<proto::DeleteFileResponse, RpcError> {
-        let user = if r.user.is_empty() { "unknown" } else { r.user.as_str() };
-        let trash = (!r.skip_trash && !self.config.leader.trash_interval.is_zero()).then(|| (user, self.env.clock().unix_ms()));
-        let command = namespace::delete_command(&r.path, r.recursive, r.expect_file_id.map(FileId), trash).map_err(namespace_error)?;
-        match self.propose(once(r.request_id, command)).await? {
-            Outcome::FileDeleted(f) => {
-                Ok(proto::DeleteFileResponse { file: Some(file_info(&f)), files_deleted: 1, dirs_deleted: 0, trashed_to: String::new() })
-            }
-            Outcome::DirDeleted { files, dirs, .. } => {
-                Ok(proto::DeleteFileResponse { file: None, files_deleted: files, dirs_deleted: dirs, trashed_to: String::new() })
-            }
-            Outcome::Trashed { file, to, files, dirs, .. } => {
-                Ok(proto::DeleteFileResponse { file: file.as_ref().map(file_info), files_deleted: files, dirs_deleted: dirs, trashed_to: to })
-            }
-            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        }
-    }
-
-    async fn copy_file(&self, r: proto::CopyFileRequest) -> Result<proto::CopyFileResponse, RpcError> {
-        let command = Command::CopyFile { src: r.src, dst: r.dst, overwrite: r.overwrite, unix_ms: self.env.clock().unix_ms() };
-        match self.propose(once(r.request_id, command)).await? {
-            Outcome::FileCommitted(f) => Ok(proto::CopyFileResponse { file: Some(file_info(&f)) }),
-            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        }
-    }
-
-    async fn set_replication(&self, r: proto::SetReplicationRequest) -> Result<proto::SetReplicationResponse, RpcError> {
-        // A factor the cluster cannot hold is refused now, as at create.
-        let term = self.require_leader()?;
-        let now = self.env.clock().now();
-        self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
-        match self.propose(once(r.request_id, Command::SetReplication { path: r.path, replication: r.replication })).await? {
-            Outcome::ReplicationSet { files } => Ok(proto::SetReplicationResponse { files }),
-            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
-        }
-    }
-
-    async fn set_attributes(&self, r: proto::SetAttributesRequest) -> Result<proto::SetAttributesResponse, RpcError> {
-        self.propose(once(r.request_id, Command::SetAttributes { path: r.path, mode: r.mode, mtime_unix_ms: r.mtime_unix_ms })).await?;
-        Ok(proto::SetAttributesResponse {})
-    }
-
-    async fn list_uploads(&self, r: proto::ListUploadsRequest) -> Result<proto::ListUploadsResponse, RpcError> {
-        let prefix = if r.prefix.is_empty() { namespace::ROOT.to_string() } else { normalize_path(&r.prefix).map_err(namespace_error)? };
-        self.read(|s| {
-            let mut uploads: Vec<&namespace::Upload> = s.namespace.uploads().filter(|u| namespace::is_at_or_under(&u.path, &prefix)).collect();
-            uploads.sort_by_key(|u| (u.created_unix_ms, u.id));
-            let truncated = uploads.len() > LIST_LIMIT_MAX as usize;
-            let uploads = uploads
-                .into_iter()
-                .take(LIST_LIMIT_MAX as usize)
-                .map(|u| proto::UploadInfo {
-                    file_id: u.id.0,
-                    path: u.path.clone(),
-                    size: u.size,
-                    replication: u.replication,
-                    created_unix_ms: u.created_unix_ms,
-                    chunks_total: crate::chunking::chunk_count(u.size, u.chunk_size),
-                    chunks_recorded: u.chunks.len() as u64,
-                    bytes_recorded: u.chunks.values().map(|c| c.size).sum(),
-                })
-                .collect();
-            proto::ListUploadsResponse { uploads, truncated }
-        })
-        .await
-    }
-
-    async fn abort_upload(&self, r: proto::AbortUploadRequest) -> Result<proto::AbortUploadResponse, RpcError> {
-        self.propose(once(r.request_id, Command::AbortUpload { file: FileId(r.file_id) })).await?;
-        Ok(proto::AbortUploadResponse {})
-    }
-
-    async fn mkdir(&self, r: proto::MkdirRequest) -> Result<proto::MkdirResponse, RpcError> {
-        let command = Command::Mkdir { path: r.path, parents: r.parents, unix_ms: self.env.clock().unix_ms() };
-        self.propose(once(r.request_id, command)).await?;
-        Ok(proto::MkdirResponse {})
-    }
-
-    async fn rename(&self, r: proto::RenameRequest) -> Result<proto::RenameResponse, RpcError> {
-        let command = Command::Rename { src: r.src, dst: r.dst, unix_ms: self.env.clock().unix_ms() };
-        self.propose(once(r.request_id, command)).await?;
-        Ok(proto::RenameResponse {})
-    }
-
-    async fn list_dir(&self, r: proto::ListDirRequest) -> Result<proto::ListDirResponse, RpcError> {
-        let path = normalize_path(if r.path.is_empty() { namespace::ROOT } else { &r.path }).map_err(namespace_error)?;
-        if r.start_after.len() > PATH_MAX_BYTES {
-            return Err(RpcError::InvalidArgument(format!("start_after is longer than {PATH_MAX_BYTES} bytes")));
-        }
-        let limit = match r.limit {
-            0 => LIST_LIMIT_DEFAULT,
-            n => n.min(LIST_LIMIT_MAX),
-        } as usize;
-        let listed = self
-            .read(|s| {
-                let page =
-                    if r.recursive { s.namespace.list_recursive(&path, &r.start_after, limit) } else { s.namespace.list_dir(&path, &r.start_after, limit) };
-                page.map(|(entries, truncated)| proto::ListDirResponse { entries: entries.iter().map(dir_entry).collect(), truncated })
-            })
-            .await?;
-        listed.map_err(namespace_error)
-    }
-
-    async fn cluster_status(&self, _r: proto::ClusterStatusRequest) -> Result<proto::ClusterStatusResponse, RpcError> {
-        let (file_count, total_bytes) = self.read(|s| (s.namespace.file_count(), s.namespace.total_bytes())).await?;
-        let metrics = self.raft.metrics().borrow().clone();
-        let now = self.env.clock().now();
-        let storage_nodes = self.with_leader(metrics.current_term, |leader, ns| {
-            leader
-                .nodes(now, ns)
-                .into_iter()
-                .map(|n| proto::StorageNodeStatus {
-                    repairs_in_flight: leader.repairs_in_flight(n.id) as u64,
-                    state: n.state().to_string(),
-                    node: Some(proto::StorageNode { id: n.id.0, addr: n.addr.clone() }),
-                    rack: n.rack.clone().unwrap_or_default(),
-                    capacity_bytes: n.stats.capacity_bytes,
-                    free_bytes: n.stats.free_bytes,
-                    chunk_count: n.stats.chunk_count,
-                    stored_bytes: n.stats.stored_bytes,
-                    reserve_bytes: n.stats.reserve_bytes,
-                    volume_id: n.stats.volume_id,
-                    last_heartbeat_ms_ago: n.last_heartbeat_ago.map(|ago| ago.as_millis() as u64).unwrap_or(u64::MAX),
-                })
-                .collect()
-        });
-        Ok(proto::ClusterStatusResponse {
-            leader: self.leader_hint(metrics.current_leader),
-            members: metrics.membership_config.membership().nodes().map(|(id, node)| proto::MetaNode { id: *id, addr: node.addr.clone() }).collect(),
-            term: metrics.current_term,
-            commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            storage_nodes,
-            file_count,
-            total_bytes,
-        })
-    }
-
-    async fn register_storage(&self, r: proto::RegisterStorageRequest) -> Result<proto::RegisterStorageResponse, RpcError> {
-        let node = r.node.ok_or_else(|| RpcError::InvalidArgument("register: node missing".into()))?;
-        if node.addr.is_empty() {
-            return Err(RpcError::InvalidArgument("register: node address missing".into()));
-        }
-        let cluster_id = self.admit_storage(StorageNodeId(node.id), &r.cluster_id).await?;
-        let rack = Some(r.rack.clone()).filter(|r| !r.is_empty());
-        self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes, rack }).await?;
-        tracing::info!(node = %StorageNodeId(node.id), "storage node registered");
-        Ok(proto::RegisterStorageResponse { cluster_id })
-    }
-
-    async fn heartbeat(&self, r: proto::HeartbeatRequest) -> Result<proto::HeartbeatResponse, RpcError> {
-        let term = self.require_leader()?;
-        let node = r.node.ok_or_else(|| RpcError::InvalidArgument("heartbeat: node missing".into()))?;
-        self.admit_storage(StorageNodeId(node.id), &r.cluster_id).await?;
-        let heartbeat = Heartbeat {
-            node: StorageNodeId(node.id),
-            addr: node.addr,
-            stats: NodeStats {
-                capacity_bytes: r.capacity_bytes,
-                free_bytes: r.free_bytes,
-                chunk_count: r.chunk_count,
-                stored_bytes: r.stored_bytes,
-                reserve_bytes: r.reserve_bytes,
-                volume_id: r.volume_id,
-            },
-            deleted: r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect(),
-            stored: r
-                .stored_chunks
-                .iter()
-                .take(REPLICA_REPORTS_MAX)
-                .filter_map(|c| Some(ReplicaReport { chunk: ChunkId::from_slice(&c.chunk_id)?, size: c.size, sha256: Sha256Digest::from_slice(&c.sha256)? }))
-                .collect(),
-            inventory: (r.inventory_pass != 0).then(|| InventoryPart {
-                pass: r.inventory_pass,
-                from: ChunkId::from_slice(&r.inventory_from),
-                through: ChunkId::from_slice(&r.inventory_through),
-                done: r.inventory_done,
-            }),
-            repairs_running: r.repairs_running.iter().take(REPAIRS_REPORTED_MAX).filter_map(|c| ChunkId::from_slice(c)).collect(),
-            repairs_failed: r
-                .repairs_failed
-                .iter()
-                .take(REPAIRS_REPORTED_MAX)
-                .filter_map(|f| Some((ChunkId::from_slice(&f.chunk_id)?, f.error.chars().take(REASON_MAX_CHARS).collect())))
-                .collect(),
-            scrub_request_seen: r.scrub_request_seen,
-            stopping: r.stopping,
-        };
-        let now = self.env.clock().now();
-        let decision = self.with_leader(term, |leader, ns| leader.on_heartbeat(now, ns, heartbeat));
-        for (job, _) in &decision.reply.repair_jobs {
-            tracing::debug!(chunk = %job.chunk, target = %StorageNodeId(node.id), "repair job handed out");
-        }
-        for chunk in &decision.reply.delete_chunks {
-            tracing::debug!(%chunk, node = %StorageNodeId(node.id), "replica deletion handed out");
-        }
-        for command in decision.propose {
-            if let Outcome::ReplicasReported(tally) = self.propose(command).await? {
-                if tally.learned + tally.discarded > 0 {
-                    tracing::info!(node = %StorageNodeId(node.id), learned = tally.learned, discarded = tally.discarded, "replica report");
-                }
-            }
-        }
-        Ok(proto::HeartbeatResponse {
-            register: decision.reply.register,
-            delete_chunks: decision.reply.delete_chunks.iter().map(|c| c.as_bytes().to_vec().into()).collect(),
-            peers: decision.reply.peers.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
-            repair_jobs: decision
-                .reply
-                .repair_jobs
-                .into_iter()
-                .map(|(j, sources)| proto::RepairJob {
-                    chunk_id: j.chunk.as_bytes().to_vec().into(),
-                    size: j.size,
-                    sha256: j.sha256.0.to_vec().into(),
-                    sources: sources.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
-                })
-                .collect(),
-            scrub_now: decision.reply.scrub_now,
-            scrub_request: decision.reply.scrub_request,
-            inventory_wanted: decision.reply.inventory_wanted,
-        })
-    }
-
-    async fn scrub_storage_node(&self, r: proto::ScrubStorageNodeRequest) -> Result<proto::ScrubStorageNodeResponse, RpcError> {
-        let term = self.require_leader()?;
-        let found = self.with_leader(term, |leader, ns| leader.request_scrub(ns, &r.node));
-        let (id, addr) = found.ok_or_else(|| unknown_node(&r.node))?;
-        tracing::info!(node = %id, "scrub requested");
-        Ok(proto::ScrubStorageNodeResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
-    }
-
-    async fn fsck(&self, r: proto::FsckRequest) -> Result<proto::FsckResponse, RpcError> {
-        let term = self.require_leader()?;
-        let path = if r.path.is_empty() { namespace::ROOT.to_string() } else { normalize_path(&r.path).map_err(namespace_error)? };
-        // Reads the leader's applied state, made current first like every read.
-        self.read(|_| ()).await?;
-        let problems_max = match r.problems_max {
-            0 => FSCK_PROBLEMS_DEFAULT,
-            n => (n as usize).min(FSCK_PROBLEMS_MAX),
-        };
-        let now = self.env.clock().now();
-        let report = self.with_leader(term, |leader, ns| {
-            if path != namespace::ROOT && ns.kind(&path).is_none() {
-                return Err(RpcError::NotFound(format!("{path}: no such file or directory")));
-            }
-            Ok(leader.fsck(now, ns, &path, problems_max))
-        })?;
-        Ok(proto::FsckResponse {
-            files: report.files,
-            chunks: report.chunks,
-            bytes: report.bytes,
-            under_replicated: report.under_replicated,
-            over_replicated: report.over_replicated,
-            corrupt: report.corrupt,
-            missing: report.missing,
-            unreachable: report.unreachable,
-            repairs_in_flight: report.repairs_in_flight,
-            problems: report
-                .problems
-                .into_iter()
-                .map(|p| proto::FsckProblem {
-                    path: p.path,
-                    index: p.index,
-                    chunk_id: p.chunk.as_bytes().to_vec().into(),
-                    kind: p.kind.to_string(),
-                    valid_replicas: p.valid as u32,
-                    replication: p.replication,
-                })
-                .collect(),
-            problems_truncated: report.problems_truncated,
-        })
-    }
-
-    async fn set_draining(&self, r: proto::SetDrainingRequest) -> Result<proto::SetDrainingResponse, RpcError> {
-        let term = self.require_leader()?;
-        let found = self.with_leader(term, |_, ns| resolve_node(ns, &r.node));
-        let (id, addr) = found.ok_or_else(|| unknown_node(&r.node))?;
-        self.propose(Command::SetDraining { node: id, draining: r.draining }).await?;
-        tracing::info!(node = %id, draining = r.draining, "storage node {}", if r.draining { "decommissioning" } else { "back in service" });
-        Ok(proto::SetDrainingResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
-    }
-
-    async fn forget_storage_node(&self, r: proto::ForgetStorageNodeRequest) -> Result<proto::ForgetStorageNodeResponse, RpcError> {
-        let term = self.require_leader()?;
-        let now = self.env.clock().now();
-        let found = self.with_leader(term, |leader, ns| resolve_node(ns, &r.node).map(|(id, addr)| (id, addr, leader.check_forget(now, id))));
-        let (id, addr, allowed) = found.ok_or_else(|| unknown_node(&r.node))?;
-        allowed.map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
-        self.propose(Command::ForgetStorageNode { node: id }).await?;
-        tracing::warn!(node = %id, "storage node forgotten");
-        Ok(proto::ForgetStorageNodeResponse { node: Some(proto::StorageNode { id: id.0, addr }) })
-    }
-
-    async fn report_bad_replica(&self, r: proto::ReportBadReplicaRequest) -> Result<proto::ReportBadReplicaResponse, RpcError> {
-        let term = self.require_leader()?;
-        let chunk = ChunkId::from_slice(&r.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
-        let node = StorageNodeId(r.node_id);
-        let reason: String = r.reason.chars().take(REASON_MAX_CHARS).collect();
-        tracing::warn!(%chunk, %node, %reason, "replica reported bad; no longer served");
-        let now = self.env.clock().now();
-        self.with_leader(term, |leader, _| leader.record_event(now, "damage", format!("storage node {node}: replica of chunk {chunk} is bad ({reason})")));
-        self.propose(Command::MarkReplicaBad { chunk, node }).await?;
-        Ok(proto::ReportBadReplicaResponse {})
-    }
-
-    async fn add_meta_member(&self, r: proto::AddMetaMemberRequest) -> Result<proto::AddMetaMemberResponse, RpcError> {
-        self.require_leader()?;
-        if r.id == 0 {
-            return Err(RpcError::InvalidArgument("metadata node ids start at 1".into()));
-        }
-        if r.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(RpcError::InvalidArgument(format!("{:?} is not HOST:PORT", r.addr)));
-        }
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-        if let Some(node) = membership.get_node(&r.id) {
-            if node.addr != r.addr {
-                return Err(RpcError::AlreadyExists(format!("metadata node {} is already a member at {}", r.id, node.addr)));
-            }
-        }
-        let membership = self.finish_membership_change(membership).await?;
-        if !target_voters(&membership).contains(&r.id) {
-            // As a learner first, waiting until it has caught up, so that it never counts
-            // toward a quorum it cannot serve yet.
-            self.raft.add_learner(r.id, BasicNode::new(&r.addr), true).await.map_err(|e| self.membership_error(e))?;
-            let mut voters = target_voters(&membership);
-            voters.insert(r.id);
-            self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
-            tracing::info!(id = r.id, addr = %r.addr, "metadata member added");
-        }
-        Ok(proto::AddMetaMemberResponse { status: Some(self.membership_status()) })
-    }
-
-    async fn remove_meta_member(&self, r: proto::RemoveMetaMemberRequest) -> Result<proto::RemoveMetaMemberResponse, RpcError> {
-        self.require_leader()?;
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-        if membership.get_node(&r.id).is_none() {
-            return Err(RpcError::NotFound(format!("metadata node {} is not a member", r.id)));
-        }
-        let membership = self.finish_membership_change(membership).await?;
-        let voters: std::collections::BTreeSet<MetaNodeId> = target_voters(&membership).into_iter().filter(|v| *v != r.id).collect();
-        if voters.is_empty() {
-            return Err(RpcError::FailedPrecondition("cannot remove the last voter".into()));
-        }
-        if r.id == self.config.id {
-            return Err(self.hand_over(&voters).await);
-        }
-        // retain = false: the removed node leaves the learners too and stops receiving the log.
-        self.raft.change_membership(voters, false).await.map_err(|e| self.membership_error(e))?;
-        tracing::info!(id = r.id, "metadata member removed");
-        Ok(proto::RemoveMetaMemberResponse { status: Some(self.membership_status()) })
-    }
-
-    async fn meta_status(&self, _r: proto::MetaStatusRequest) -> Result<proto::MetaStatusResponse, RpcError> {
-        // Lag is known only to the leader: followers redirect like every other call.
-        self.require_leader()?;
-        Ok(self.membership_status())
-    }
-}
-
-impl<E: Env> RaftServiceHandler for MetaServer<E> {
-    async fn append_entries(&self, r: proto::AppendEntriesRequest) -> Result<proto::AppendEntriesResponse, RpcError> {
-        let rpc = serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("append entries: {e}")))?;
-        let result = self.raft.append_entries(rpc).await;
-        Ok(proto::AppendEntriesResponse { payload: json(&result) })
-    }
-
-    async fn vote(&self, r: proto::VoteRequest) -> Result<proto::VoteResponse, RpcError> {
-        let rpc = serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("vote: {e}")))?;
-        let result = self.raft.vote(rpc).await;
-        Ok(proto::VoteResponse { payload: json(&result) })
-    }
-
-    async fn campaign(&self, _r: proto::CampaignRequest) -> Result<proto::CampaignResponse, RpcError> {
-        tracing::info!(id = self.config.id, "asked to take over leadership: starting an election");
-        self.raft.trigger().elect().await.map_err(|e| RpcError::Unavailable(format!("metadata node stopped: {e}")))?;
-        Ok(proto::CampaignResponse {})
-    }
-
-    async fn install_snapshot(&self, r: proto::InstallSnapshotRequest) -> Result<proto::InstallSnapshotResponse, RpcError> {
-        let (vote, meta): (openraft::Vote<MetaNodeId>, openraft::SnapshotMeta<MetaNodeId, BasicNode>) =
-            serde_json::from_slice(&r.payload).map_err(|e| RpcError::InvalidArgument(format!("install snapshot: {e}")))?;
-        let path = incoming_snapshot_path(&self.config.data_dir, &meta.snapshot_id);
-        let disk = self.env.disk();
-        let local = |e: std::io::Error| RpcError::Internal(format!("{}: {e}", path.display()));
-        // One snapshot at a time, its pieces in order: a piece that does not continue the
-        // current one is refused and the leader starts over from offset 0.
-        let mut incoming = self.incoming.lock().await;
-        if r.offset == 0 {
-            if let Some((old_id, _)) = incoming.take() {
-                let _ = disk.remove_file(&incoming_snapshot_path(&self.config.data_dir, &old_id)).await;
-            }
-            let _ = disk.remove_file(&path).await;
-            *incoming = Some((meta.snapshot_id.clone(), 0));
-        }
-        match incoming.as_ref() {
-            Some((id, received)) if *id == meta.snapshot_id && *received == r.offset => {}
-            _ => {
-                return Err(RpcError::FailedPrecondition(format!(
-                    "snapshot {} piece at offset {} does not continue the transfer in progress",
-                    meta.snapshot_id, r.offset
-                )))
-            }
-        }
-        disk.write_at(&path, r.offset, r.snapshot.clone()).await.map_err(local)?;
-        let received = r.offset + r.snapshot.len() as u64;
-        if !r.done {
-            *incoming = Some((meta.snapshot_id.clone(), received));
-            return Ok(proto::InstallSnapshotResponse { payload: bytes::Bytes::new() });
-        }
-        *incoming = None;
-        disk.sync_file(&path).await.map_err(local)?;
-        let snapshot = openraft::Snapshot { meta, snapshot: Box::new(SnapshotFile { path, len: received }) };
-        let result = self.raft.install_full_snapshot(vote, snapshot).await;
-        Ok(proto::InstallSnapshotResponse { payload: json(&result) })
-    }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> bytes::Bytes {
-    serde_json::to_vec(v).expect("raft messages serialize").into()
 }

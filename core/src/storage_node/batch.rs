@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::future::join_all;
 
-use super::{verify_upload, write_error, StorageNode, WriteGuard};
+use super::service::{digests, upload_meta};
+use super::{write_error, StorageNode, WriteGuard};
 use crate::chunk_store::{self, BatchItem, ChunkMeta, ChunkStoreError, WriteDecision};
 use crate::env::{call_with_timeout, Disk, Env, Transport};
 use crate::fault::{self, Site};
@@ -81,12 +82,23 @@ impl<E: Env> StorageNode<E> {
                 .header
                 .ok_or_else(|| RpcError::InvalidArgument("a batched chunk carries no header".into()))
                 .map(|header| ChunkUpload { header, data: chunk.data })
-                .and_then(|upload| verify_upload(&upload).map(|(id, meta)| (id, meta, upload)));
+                .and_then(|upload| upload_meta(&upload).map(|(id, meta)| (id, meta, upload)));
             match checked {
                 Ok((id, meta, upload)) => verified.push(Verified { position, id, meta, upload }),
                 Err(e) => results[position] = Some(Err(e)),
             }
         }
+        // The bytes, all in one pass off the executor thread.
+        let sums = digests(&self.env, verified.iter().map(|v| v.upload.data.clone()).collect()).await;
+        let mut checked = Vec::with_capacity(verified.len());
+        for (v, sum) in verified.into_iter().zip(sums) {
+            if sum == v.meta.sha256 {
+                checked.push(v);
+            } else {
+                results[v.position] = Some(Err(RpcError::ChecksumMismatch(format!("chunk {} arrived damaged", v.id))));
+            }
+        }
+        let mut verified = checked;
         let bytes: u64 = verified.iter().map(|v| v.meta.size).sum();
         if let Err(e) = self.check_room(bytes).await {
             verified.drain(..).for_each(|v| results[v.position] = Some(Err(e.clone())));
@@ -130,33 +142,19 @@ impl<E: Env> StorageNode<E> {
         let sends = to_peer.into_values().map(|(peer, indexes)| self.replicate_batch(peer, indexes, &verified));
         let (stored, replicated) = futures::join!(local, join_all(sends));
 
-        let mut stored_on: Vec<Vec<u64>> = vec![Vec::new(); verified.len()];
-        let mut failures = refused;
+        // Per chunk: the peers' results, then the same outcome policy as a single write's.
+        let mut per_chunk: Vec<Vec<Result<u64, proto::ReplicaFailure>>> = vec![Vec::new(); verified.len()];
         for per_peer in replicated {
             for (k, outcome) in per_peer {
-                match outcome {
-                    Ok(id) => stored_on[k].push(id),
-                    Err(f) => failures[k].push(f),
-                }
+                per_chunk[k].push(outcome);
             }
         }
-        for (k, (v, local)) in verified.iter().zip(stored).enumerate() {
-            let mut on = Vec::with_capacity(stored_on[k].len() + 1);
-            let mut failed = std::mem::take(&mut failures[k]);
-            match local {
-                Ok(()) => {
-                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: v.id, size: v.meta.size, sha256: v.meta.sha256 });
-                    on.push(self.id.0);
-                }
-                // Nothing stored anywhere: this node's own error says most.
-                Err(e) if stored_on[k].is_empty() => {
-                    results[v.position] = Some(Err(e));
-                    continue;
-                }
-                Err(e) => failed.push(proto::ReplicaFailure { node: Some(self.self_proto()), error: e.to_string() }),
+        let me = self.self_proto();
+        for (((v, local), replicas), refusals) in verified.iter().zip(stored).zip(per_chunk).zip(refused) {
+            if local.is_ok() {
+                self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: v.id, size: v.meta.size, sha256: v.meta.sha256 });
             }
-            on.extend(std::mem::take(&mut stored_on[k]));
-            results[v.position] = Some(Ok(proto::WriteChunkResponse { stored_on: on, failures: failed }));
+            results[v.position] = Some(super::fan_out::outcome(&me, local, replicas, refusals));
         }
         tracing::debug!(chunks = results.len(), forward, "chunk batch written");
         proto::WriteChunksResponse {
