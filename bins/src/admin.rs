@@ -142,7 +142,7 @@ async fn scrub(ctx: &Ctx, args: ScrubArgs) -> anyhow::Result<()> {
     let reply = client
         .call(proto::ScrubStorageNodeRequest { node: args.node.clone() })
         .await
-        .map_err(|source| crate::client_cmds::explain(ClientError::Metadata { context: format!("scrub {}", args.node), source }))?;
+        .map_err(|source| crate::transfer::explain(ClientError::Metadata { context: format!("scrub {}", args.node), source }))?;
     let node = reply.node.unwrap_or_default();
     if ctx.json {
         return emit_json(&serde_json::json!({ "node_id": crate::output::node_id(node.id), "addr": node.addr, "scrub": "requested" }));
@@ -156,7 +156,7 @@ async fn set_draining(ctx: &Ctx, args: NodeArg, draining: bool) -> anyhow::Resul
     let reply = client
         .call(proto::SetDrainingRequest { node: args.node.clone(), draining })
         .await
-        .map_err(|source| crate::client_cmds::explain(ClientError::Metadata { context: format!("{verb} {}", args.node), source }))?;
+        .map_err(|source| crate::transfer::explain(ClientError::Metadata { context: format!("{verb} {}", args.node), source }))?;
     let node = reply.node.unwrap_or_default();
     let id = crate::output::node_id(node.id);
     if ctx.json {
@@ -177,7 +177,7 @@ async fn forget(ctx: &Ctx, args: NodeArg) -> anyhow::Result<()> {
     let reply = client
         .call(proto::ForgetStorageNodeRequest { node: args.node.clone() })
         .await
-        .map_err(|source| crate::client_cmds::explain(ClientError::Metadata { context: format!("forget {}", args.node), source }))?;
+        .map_err(|source| crate::transfer::explain(ClientError::Metadata { context: format!("forget {}", args.node), source }))?;
     let node = reply.node.unwrap_or_default();
     let id = crate::output::node_id(node.id);
     if ctx.json {

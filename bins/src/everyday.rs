@@ -15,8 +15,9 @@ use dfs_io_real::RealEnv;
 use serde::Serialize;
 
 use crate::cli::{emit, emit_json, join_remote, plural, remote_path, shown, usage, user_name, Ctx, MetaFlag};
-use crate::client_cmds::{explain, parse_size, read_range};
+use crate::client_cmds::{parse_size, read_range};
 use crate::glob::{expand, expand_all, has_wildcards};
+use crate::transfer::explain;
 
 fn is_dir(e: &proto::DirEntry) -> bool {
     e.kind == EntryKind::Directory as i32

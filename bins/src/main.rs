@@ -17,6 +17,7 @@ mod ops;
 mod output;
 mod progress;
 mod status_page;
+mod transfer;
 mod tree;
 mod units;
 

@@ -21,9 +21,9 @@ use dfs_io_real::RealEnv;
 use futures::stream::{self, StreamExt};
 
 use crate::cli::{emit, emit_json, join_remote, plural, remote_path, shown, usage, Ctx};
-use crate::client_cmds::{explain, GetOpts, PutOpts};
 use crate::output::{TreeFileJson, TreeJson};
 use crate::progress::Bar;
+use crate::transfer::{explain, GetOpts, PutOpts};
 
 /// Chunks in flight per file when `files` files are in flight: the total stays near the
 /// single-file default (4), each chunk being held in memory whole.
@@ -493,9 +493,9 @@ pub async fn get_tree(ctx: &Ctx, remote_arg: &str, local: &Path, opts: &GetOpts)
         }
         // As `get` decides (a link followed, a regular file replaced only with --force), but
         // a tree's files go only to regular files.
-        let dest = match crate::client_cmds::target_of(&dest, opts.force) {
-            Ok(crate::client_cmds::Target::File(path)) => path,
-            Ok(crate::client_cmds::Target::Through(_)) => {
+        let dest = match crate::transfer::target_of(&dest, opts.force) {
+            Ok(crate::transfer::Target::File(path)) => path,
+            Ok(crate::transfer::Target::Through(_)) => {
                 failed.push(failure(&dest, &e.path, "not a regular file (get -r writes only regular files)"));
                 continue;
             }
