@@ -73,7 +73,7 @@ use crate::namespace::ReplicaReport;
 use crate::proto;
 use crate::rpc::{ChunkHandler, ChunkService, ChunkUpload, FrameAssembler, FrameStream, RpcError};
 use crate::scrub::{Scrubber, Step};
-use crate::storage_reports::{InventoryProgress, Peers, RepairFailure, RepairOrder, Repairs, ReportBatch, Reports, SourceFailure};
+use crate::storage_reports::{InventoryProgress, Peers, RepairFailure, RepairOrder, Repairs, ReportBatch, Reports};
 use heartbeat::{Beat, HeartbeatConfig, Heartbeats};
 
 mod batch;

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use crate::ids::{ChunkId, StorageNodeId};
+use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
 use crate::namespace::{ReplicaReport, REPLICATION_MAX};
 
 /// Stored replicas waiting to be reported.
@@ -223,6 +223,72 @@ pub enum SourceFailure {
     /// Its own checks passed, so the bytes it holds are not what metadata recorded.
     #[error("served {0} bytes that do not match the recorded SHA-256")]
     Mismatch(u64),
+}
+
+/// One repair copy being made: which source to read next, and whether what a source served
+/// may be stored. Sources are tried in the order metadata listed them (it puts the
+/// best first), never this node itself; a source that fails or serves other bytes than
+/// metadata recorded is passed over for the next.
+#[derive(Debug)]
+pub struct RepairAttempt {
+    order: RepairOrder,
+    me: StorageNodeId,
+    next: usize,
+    failures: Vec<(StorageNodeId, SourceFailure)>,
+}
+
+/// Whether a source's bytes may be stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// They are what metadata recorded: store them.
+    Store,
+    /// They are not: try the next source.
+    TryNext,
+}
+
+impl RepairAttempt {
+    pub fn new(order: RepairOrder, me: StorageNodeId) -> Self {
+        RepairAttempt { order, me, next: 0, failures: Vec::new() }
+    }
+
+    pub fn order(&self) -> &RepairOrder {
+        &self.order
+    }
+
+    /// The next source to read from, if any is left.
+    pub fn next_source(&mut self) -> Option<(StorageNodeId, String)> {
+        while let Some(source) = self.order.sources.get(self.next) {
+            self.next += 1;
+            if source.0 != self.me {
+                return Some(source.clone());
+            }
+        }
+        None
+    }
+
+    /// The read from `source` failed.
+    pub fn read_failed(&mut self, source: StorageNodeId, e: crate::rpc::RpcError) {
+        self.failures.push((source, SourceFailure::Read(e)));
+    }
+
+    /// `source` served `len` bytes hashing to `sha256`.
+    pub fn served(&mut self, source: StorageNodeId, len: u64, sha256: Sha256Digest) -> Served {
+        if len == self.order.size && sha256 == self.order.sha256 {
+            return Served::Store;
+        }
+        // The source's own checks passed, so its bytes are not what metadata recorded.
+        self.failures.push((source, SourceFailure::Mismatch(len)));
+        Served::TryNext
+    }
+
+    /// Every source was tried, none served the chunk: why.
+    pub fn failed(self) -> RepairFailure {
+        if self.failures.is_empty() {
+            RepairFailure::NoSource
+        } else {
+            RepairFailure::Sources(self.failures)
+        }
+    }
 }
 
 /// A copy this node was asked to make (a repair job from a heartbeat reply).
@@ -592,5 +658,40 @@ mod tests {
             prop_assert_eq!(delivered, expected);
             prop_assert_eq!(r.stored_unreported(), 0);
         }
+    }
+
+    #[test]
+    fn a_repair_tries_each_source_but_itself_and_stores_only_the_recorded_bytes() {
+        let order = RepairOrder {
+            chunk: ChunkId::from_slice(&[1; 16]).unwrap(),
+            size: 10,
+            sha256: Sha256Digest([7; 32]),
+            sources: vec![
+                (StorageNodeId(1), "a:1".into()),
+                (StorageNodeId(9), "me:1".into()),
+                (StorageNodeId(2), "b:1".into()),
+                (StorageNodeId(3), "c:1".into()),
+            ],
+        };
+        let mut a = RepairAttempt::new(order.clone(), StorageNodeId(9));
+        assert_eq!(a.next_source(), Some((StorageNodeId(1), "a:1".into())));
+        a.read_failed(StorageNodeId(1), crate::rpc::RpcError::Transport("down".into()));
+        assert_eq!(a.next_source(), Some((StorageNodeId(2), "b:1".into())), "never itself");
+        assert_eq!(a.served(StorageNodeId(2), 10, Sha256Digest([6; 32])), Served::TryNext);
+        assert_eq!(a.next_source(), Some((StorageNodeId(3), "c:1".into())));
+        assert_eq!(a.served(StorageNodeId(3), 10, Sha256Digest([7; 32])), Served::Store);
+
+        let mut b = RepairAttempt::new(order.clone(), StorageNodeId(9));
+        while let Some((id, _)) = b.next_source() {
+            b.read_failed(id, crate::rpc::RpcError::Transport("down".into()));
+        }
+        let why = b.failed();
+        assert!(matches!(&why, RepairFailure::Sources(f) if f.len() == 3), "{why:?}");
+        assert!(why.to_string().starts_with("node-1") || why.to_string().contains("down"), "{why}");
+
+        let alone = RepairOrder { sources: vec![(StorageNodeId(9), "me:1".into())], ..order };
+        let mut c = RepairAttempt::new(alone, StorageNodeId(9));
+        assert_eq!(c.next_source(), None);
+        assert_eq!(c.failed(), RepairFailure::NoSource);
     }
 }

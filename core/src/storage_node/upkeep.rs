@@ -2,7 +2,9 @@
 //! `heartbeat` machine and applying what replies ask), the scrub loop (driving
 //! `scrub::Scrubber`), and the repair loop (driving `storage_reports::Repairs`).
 
+use super::service::digests;
 use super::*;
+use crate::storage_reports::{RepairAttempt, Served};
 
 impl<E: Env> StorageNode<E> {
     pub(super) async fn heartbeat_loop(&self) {
@@ -341,37 +343,36 @@ impl<E: Env> StorageNode<E> {
             self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
             return (order.chunk, Ok(()));
         }
-        let mut errors = Vec::new();
-        for (source, addr) in order.sources.iter().filter(|(id, _)| *id != self.id) {
-            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(order.chunk.as_bytes()), ..Default::default() };
-            let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, addr, self.env.transport().read_chunk(addr, request)).await;
+        let mut attempt = RepairAttempt::new(order, self.id);
+        while let Some((source, addr)) = attempt.next_source() {
+            let chunk = attempt.order().chunk;
+            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(chunk.as_bytes()), ..Default::default() };
+            let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().read_chunk(&addr, request)).await;
             let data = match read {
                 Ok(download) => download.data,
                 Err(e) => {
-                    errors.push((*source, SourceFailure::Read(e)));
+                    attempt.read_failed(source, e);
                     continue;
                 }
             };
-            let check = data.clone();
-            let digest = self.env.compute(move || Sha256Digest::of(&check)).await;
-            if data.len() as u64 != order.size || digest != order.sha256 {
-                // The source's own checks passed, so its bytes are not what metadata recorded.
-                errors.push((*source, SourceFailure::Mismatch(data.len() as u64)));
+            let digest = digests(&self.env, vec![data.clone()]).await[0];
+            if attempt.served(source, data.len() as u64, digest) == Served::TryNext {
                 continue;
             }
-            if let Err(e) = self.check_room(order.size).await {
-                return (order.chunk, Err(RepairFailure::Store(e)));
+            if let Err(e) = self.check_room(meta.size).await {
+                return (chunk, Err(RepairFailure::Store(e)));
             }
-            return match self.store_local(order.chunk, meta, &data).await {
+            return match self.store_local(chunk, meta, &data).await {
                 Ok(()) => {
-                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
-                    tracing::info!(node = %self.id, chunk = %order.chunk, %source, "repaired: replica copied");
-                    (order.chunk, Ok(()))
+                    self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk, size: meta.size, sha256: meta.sha256 });
+                    tracing::info!(node = %self.id, %chunk, %source, "repaired: replica copied");
+                    (chunk, Ok(()))
                 }
-                Err(e) => (order.chunk, Err(RepairFailure::Store(e))),
+                Err(e) => (chunk, Err(RepairFailure::Store(e))),
             };
         }
-        (order.chunk, Err(if errors.is_empty() { RepairFailure::NoSource } else { RepairFailure::Sources(errors) }))
+        let chunk = attempt.order().chunk;
+        (chunk, Err(attempt.failed()))
     }
 
     /// Writes the cluster id durably (tmp, fsync, rename, fsync dir) before using it.
