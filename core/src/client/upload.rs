@@ -29,9 +29,22 @@
 //! Completions may arrive in any order; each carries what the machine needs to match it to
 //! its action (chunk index and attempt). A completion for an attempt the machine has given up
 //! on is ignored.
+//!
+//! ## What it costs
+//! For a file of n chunks: O(n) time and memory once, at `new` (a 16-byte state per chunk, so
+//! 256 MiB for 1 TiB at 64 KiB chunks). Then each call (`handle`, `handle_timeout`,
+//! `poll_timeout`, `poll_action`) costs O(log n) for each chunk it touches (the one an event
+//! names, those a placement lists, those in the allocation it answers, those whose backoff
+//! ends, the next one to read) and for each action it emits. None scans all the chunks, so a
+//! whole upload costs O(n log n). The indexes this takes (the active chunks, the count of
+//! stored ones, the chunks to send, to allocate, being allocated, and those backing off by
+//! deadline) live with the chunk states in `chunks::Chunks`, which changes a state only
+//! together with its indexes.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
+
+use self::chunks::Chunks;
 
 use crate::chunking;
 use crate::env::{LocalError, Timestamp};
@@ -277,9 +290,8 @@ pub struct Upload {
     stage: Stage,
     file: Option<FileId>,
     write_quorum: usize,
-    chunks: Vec<Chunk>,
-    /// Active chunks, by index.
-    active: BTreeSet<u32>,
+    /// Every chunk's state, with the indexes that spare each event a scan of them all.
+    chunks: Chunks,
     /// The next chunk to read; reads go in order, one at a time.
     next_read: u32,
     reading: bool,
@@ -309,8 +321,7 @@ impl Upload {
             stage: Stage::Creating,
             file: None,
             write_quorum: 1,
-            chunks: vec![Chunk::Unread; count],
-            active: BTreeSet::new(),
+            chunks: Chunks::new(count),
             next_read: 0,
             reading: false,
             allocating: false,
@@ -370,28 +381,15 @@ impl Upload {
 
     /// The earliest time `handle_timeout` has work to do.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.chunks
-            .iter()
-            .filter_map(|c| match c {
-                Chunk::Active(a) => match a.phase {
-                    Phase::Waiting(at) => Some(at),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .min()
+        self.chunks.next_retry()
     }
 
     pub fn handle_timeout(&mut self, now: Timestamp) {
         if self.stage != Stage::Transferring {
             return;
         }
-        for c in &mut self.chunks {
-            if let Chunk::Active(a) = c {
-                if matches!(a.phase, Phase::Waiting(at) if at <= now) {
-                    a.phase = Phase::NeedsPlacement;
-                }
-            }
+        for index in self.chunks.retries_due(now) {
+            self.chunks.update(index, |a| a.phase = Phase::NeedsPlacement);
         }
         self.advance();
     }
@@ -414,26 +412,26 @@ impl Upload {
             }
             Event::Read { index, sha256 } => {
                 self.reading = false;
-                let Some(Chunk::Active(a)) = self.chunks.get_mut(index as usize) else { return };
+                let Some(Chunk::Active(a)) = self.chunks.get(index) else { return };
                 if a.phase != Phase::Reading {
                     return;
                 }
-                a.sha256 = Some(sha256);
-                if let Some(resumed) = a.resumed.clone() {
+                let (resumed, placed) = (a.resumed.clone(), a.placement.is_some());
+                self.chunks.update(index, |a| a.sha256 = Some(sha256));
+                if let Some(resumed) = resumed {
                     if resumed.sha256 != sha256 {
                         return self.fail(UploadError::SourceChanged);
                     }
                     self.actions.push_back(Action::Release { index });
                     self.actions.push_back(Action::Progress { bytes: resumed.size });
-                    self.chunks[index as usize] = Chunk::Stored;
-                    self.active.remove(&index);
+                    self.chunks.set(index, Chunk::Stored);
                     // Metadata may not have recorded it before the interruption: record again
                     // (idempotent).
                     self.unrecorded.push_back(resumed);
-                } else if a.placement.is_some() {
+                } else if placed {
                     self.send(index);
                 } else {
-                    a.phase = Phase::NeedsPlacement;
+                    self.chunks.update(index, |a| a.phase = Phase::NeedsPlacement);
                 }
             }
             Event::ReadFailed { index, error } => return self.fail(UploadError::Source { index, error }),
@@ -444,13 +442,11 @@ impl Upload {
                     return self.fail(e);
                 }
                 // Chunks asked for but not placed: an attempt that found no node.
-                let unplaced: Vec<u32> =
-                    self.active.iter().copied().filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::Allocating)).collect();
-                for index in unplaced {
-                    if let Chunk::Active(a) = &mut self.chunks[index as usize] {
+                for index in self.chunks.allocating() {
+                    self.chunks.update(index, |a| {
                         a.attempt += 1;
                         a.last_error = "metadata offered no storage node beyond those that failed".into();
-                    }
+                    });
                     self.attempt_over(index, now);
                     if self.stage == Stage::Finished {
                         return;
@@ -458,22 +454,33 @@ impl Upload {
                 }
             }
             Event::Stored { index, attempt, stored_on, failed } => {
-                let Some(a) = self.sending(index, attempt) else { return };
-                a.holders.extend(stored_on);
-                for (node, error) in &failed {
-                    a.last_error = format!("replica on node {node:016x}: {error}");
+                if !self.is_sending(index, attempt) {
+                    return;
                 }
-                let failed: Vec<u64> = failed.into_iter().map(|(n, _)| n).filter(|n| !a.holders.contains(n)).collect();
+                let failed = self.chunks.update(index, |a| {
+                    a.holders.extend(stored_on);
+                    for (node, error) in &failed {
+                        a.last_error = format!("replica on node {node:016x}: {error}");
+                    }
+                    failed.into_iter().map(|(n, _)| n).filter(|n| !a.holders.contains(n)).collect::<Vec<u64>>()
+                });
                 let until = now.plus(self.config.node_exclusion);
-                self.failed_nodes.extend(failed.into_iter().map(|n| (n, until)));
+                self.failed_nodes.extend(failed.unwrap_or_default().into_iter().map(|n| (n, until)));
                 self.attempt_over(index, now);
             }
             Event::SendFailed { index, attempt, error } => {
-                let Some(a) = self.sending(index, attempt) else { return };
-                a.last_error = error.to_string();
-                let primary = a.placement.take().and_then(|p| p.into_iter().next());
-                if let Some(p) = primary {
-                    a.last_error = format!("primary {}: {error}", p.addr);
+                if !self.is_sending(index, attempt) {
+                    return;
+                }
+                let primary = self.chunks.update(index, |a| {
+                    a.last_error = error.to_string();
+                    let primary = a.placement.take().and_then(|p| p.into_iter().next());
+                    if let Some(p) = &primary {
+                        a.last_error = format!("primary {}: {error}", p.addr);
+                    }
+                    primary
+                });
+                if let Some(p) = primary.flatten() {
                     self.failed_nodes.insert(p.id, now.plus(self.config.node_exclusion));
                 }
                 self.attempt_over(index, now);
@@ -526,18 +533,15 @@ impl Upload {
         self.advance();
     }
 
-    /// The active chunk `index` if it is in the sending phase of `attempt`.
-    fn sending(&mut self, index: u32, attempt: u32) -> Option<&mut ActiveChunk> {
-        match self.chunks.get_mut(index as usize) {
-            Some(Chunk::Active(a)) if a.phase == Phase::Sending && a.attempt == attempt => Some(a),
-            _ => None,
-        }
+    /// Whether chunk `index` is active and in the sending phase of `attempt`.
+    fn is_sending(&self, index: u32, attempt: u32) -> bool {
+        matches!(self.chunks.get(index), Some(Chunk::Active(a)) if a.phase == Phase::Sending && a.attempt == attempt)
     }
 
     fn accept_placements(&mut self, placements: Vec<Placement>, now: Timestamp) -> Result<(), UploadError> {
         self.failed_nodes.retain(|_, until| *until > now);
         for p in placements {
-            let Some(chunk) = self.chunks.get_mut(p.index as usize) else {
+            let Some(chunk) = self.chunks.get(p.index) else {
                 return Err(UploadError::BadReply(format!("placement for chunk {} of a {}-chunk file", p.index, self.chunks.len())));
             };
             if p.targets.is_empty() {
@@ -549,10 +553,12 @@ impl Upload {
                     self.placed_ahead.insert(p.index, p.targets);
                 }
                 Chunk::Active(a) if matches!(a.phase, Phase::Allocating | Phase::NeedsPlacement | Phase::Reading) => {
-                    a.placement = Some(p.targets);
-                    if a.phase == Phase::Allocating {
-                        a.phase = Phase::NeedsPlacement;
-                    }
+                    self.chunks.update(p.index, |a| {
+                        a.placement = Some(p.targets);
+                        if a.phase == Phase::Allocating {
+                            a.phase = Phase::NeedsPlacement;
+                        }
+                    });
                 }
                 _ => {}
             }
@@ -564,32 +570,33 @@ impl Upload {
     fn attempt_over(&mut self, index: u32, now: Timestamp) {
         let quorum = self.write_quorum;
         let attempts_max = self.config.chunk_attempts_max;
-        let backoff = self.backoff_after(match &self.chunks[index as usize] {
-            Chunk::Active(a) => a.attempt,
-            _ => 1,
-        });
-        let Chunk::Active(a) = &mut self.chunks[index as usize] else { return };
-        a.placement = None;
-        if a.holders.len() >= quorum {
+        let Some((holders, attempt)) = self.chunks.update(index, |a| {
+            a.placement = None;
+            (a.holders.len(), a.attempt)
+        }) else {
+            return;
+        };
+        let Some(Chunk::Active(a)) = self.chunks.get(index) else { return };
+        if holders >= quorum {
             let stored = StoredChunk {
                 index,
                 size: chunking::chunk_len(self.spec.size, self.spec.chunk_size, index).unwrap_or(0),
                 sha256: a.sha256.expect("a chunk is sent only once read"),
                 replicas: a.holders.iter().copied().collect(),
             };
-            self.chunks[index as usize] = Chunk::Stored;
-            self.active.remove(&index);
+            self.chunks.set(index, Chunk::Stored);
             self.actions.push_back(Action::Release { index });
             self.actions.push_back(Action::Checkpoint(stored.clone()));
             self.actions.push_back(Action::Progress { bytes: stored.size });
             self.unrecorded.push_back(stored);
             return;
         }
-        if a.attempt >= attempts_max {
-            let error = UploadError::ChunkNotStored { index, attempts: a.attempt, last_error: a.last_error.clone() };
+        if attempt >= attempts_max {
+            let error = UploadError::ChunkNotStored { index, attempts: attempt, last_error: a.last_error.clone() };
             return self.fail(error);
         }
-        a.phase = Phase::Waiting(now.plus(backoff));
+        let at = now.plus(self.backoff_after(attempt));
+        self.chunks.update(index, |a| a.phase = Phase::Waiting(at));
     }
 
     fn backoff_after(&self, attempt: u32) -> Duration {
@@ -603,20 +610,24 @@ impl Upload {
 
     fn send(&mut self, index: u32) {
         let replication = self.spec.replication as usize;
-        let Chunk::Active(a) = &mut self.chunks[index as usize] else { return };
-        let wanted = replication.saturating_sub(a.holders.len()).max(1);
-        let targets: Vec<proto::StorageNode> =
-            a.placement.clone().unwrap_or_default().into_iter().filter(|t| !a.holders.contains(&t.id)).take(wanted).collect();
-        let mut targets = targets.into_iter();
-        let Some(primary) = targets.next() else {
-            a.placement = None;
-            a.phase = Phase::NeedsPlacement;
-            return;
-        };
-        let Some(sha256) = a.sha256 else { return };
-        a.attempt += 1;
-        a.phase = Phase::Sending;
-        self.actions.push_back(Action::Send { index, attempt: a.attempt, sha256, primary, forward_to: targets.collect() });
+        let send = self.chunks.update(index, |a| {
+            let wanted = replication.saturating_sub(a.holders.len()).max(1);
+            let targets: Vec<proto::StorageNode> =
+                a.placement.clone().unwrap_or_default().into_iter().filter(|t| !a.holders.contains(&t.id)).take(wanted).collect();
+            let mut targets = targets.into_iter();
+            let Some(primary) = targets.next() else {
+                a.placement = None;
+                a.phase = Phase::NeedsPlacement;
+                return None;
+            };
+            let sha256 = a.sha256?;
+            a.attempt += 1;
+            a.phase = Phase::Sending;
+            Some(Action::Send { index, attempt: a.attempt, sha256, primary, forward_to: targets.collect() })
+        });
+        if let Some(send) = send.flatten() {
+            self.actions.push_back(send);
+        }
     }
 
     /// Starts whatever can start now.
@@ -628,12 +639,12 @@ impl Upload {
         // (to hash and check them) but hold no window slot for long.
         while !self.reading && (self.next_read as usize) < self.chunks.len() {
             let index = self.next_read;
-            if self.chunks[index as usize] != Chunk::Unread {
+            if self.chunks.get(index) != Some(&Chunk::Unread) {
                 self.next_read += 1;
                 continue;
             }
             let resumed = self.resumed.remove(&index);
-            if resumed.is_none() && self.active.len() >= self.window() {
+            if resumed.is_none() && self.chunks.active_len() >= self.window() {
                 break;
             }
             let mut chunk = match resumed {
@@ -641,42 +652,28 @@ impl Upload {
                 None => ActiveChunk::new(),
             };
             chunk.placement = self.placed_ahead.remove(&index);
-            self.chunks[index as usize] = Chunk::Active(Box::new(chunk));
-            self.active.insert(index);
+            self.chunks.set(index, Chunk::Active(Box::new(chunk)));
             let offset = index as u64 * self.spec.chunk_size;
             let len = chunking::chunk_len(self.spec.size, self.spec.chunk_size, index).unwrap_or(0);
             self.actions.push_back(Action::Read { index, offset, len });
             self.reading = true;
             self.next_read += 1;
         }
-        // Chunks whose placement came: send.
-        let ready: Vec<u32> = self
-            .active
-            .iter()
-            .copied()
-            .filter(
-                |&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::NeedsPlacement && a.sha256.is_some() && a.placement.is_some()),
-            )
-            .collect();
-        for index in ready {
+        // Chunks whose placement came: send, in index order.
+        for index in self.chunks.to_send() {
             self.send(index);
         }
         // Chunks that need a placement: one allocation at a time, for all of them.
         if !self.allocating {
-            let needing: Vec<u32> = self
-                .active
-                .iter()
-                .copied()
-                .filter(|&i| matches!(&self.chunks[i as usize], Chunk::Active(a) if a.phase == Phase::NeedsPlacement && a.sha256.is_some() && a.placement.is_none()))
-                .take(self.config.allocate_batch_chunks.max(1))
-                .collect();
+            let needing = self.chunks.to_allocate(self.config.allocate_batch_chunks.max(1));
             if !needing.is_empty() {
                 let mut exclude: BTreeSet<u64> = self.failed_nodes.keys().copied().collect();
                 for &i in &needing {
-                    if let Chunk::Active(a) = &mut self.chunks[i as usize] {
+                    let holders = self.chunks.update(i, |a| {
                         a.phase = Phase::Allocating;
-                        exclude.extend(a.holders.iter().copied());
-                    }
+                        a.holders.clone()
+                    });
+                    exclude.extend(holders.unwrap_or_default());
                 }
                 self.allocating = true;
                 self.actions.push_back(Action::Allocate { indexes: needing, exclude: exclude.into_iter().collect() });
@@ -688,8 +685,7 @@ impl Upload {
             self.recording = true;
             self.actions.push_back(Action::Record { chunks });
         }
-        let all_stored = self.chunks.iter().all(|c| *c == Chunk::Stored);
-        if all_stored && !self.reading && !self.recording {
+        if self.chunks.all_stored() && !self.reading && !self.recording {
             self.stage = Stage::FinishingSource;
             self.actions.push_back(Action::FinishSource);
         }
@@ -697,12 +693,19 @@ impl Upload {
 
     fn fail(&mut self, error: UploadError) {
         self.stage = Stage::Finished;
-        // Whatever the driver still holds is of no use now.
-        for &index in &self.active {
+        // Whatever the driver still holds is of no use now. (The chunks keep their states:
+        // nothing looks at them once finished, and this runs once.)
+        for index in self.chunks.active() {
             self.actions.push_back(Action::Release { index });
         }
-        self.active.clear();
         self.actions.push_back(Action::Failed(error));
+    }
+
+    /// Recomputes the indexes by a scan of every chunk and panics if they differ from those
+    /// kept: the tests call it after every step.
+    #[cfg(test)]
+    fn check_indexes(&self) {
+        self.chunks.check();
     }
 }
 
@@ -721,6 +724,200 @@ impl ActiveChunk {
 
     fn resumed(stored: StoredChunk) -> Self {
         ActiveChunk { resumed: Some(stored), ..ActiveChunk::new() }
+    }
+}
+
+/// The chunks' states and the indexes over them, in a module of their own so that nothing
+/// changes a state without its indexes: [`Chunks::set`] and [`Chunks::update`] are the only
+/// ways in.
+mod chunks {
+    use std::collections::BTreeSet;
+
+    use super::{ActiveChunk, Chunk, Phase};
+    use crate::env::Timestamp;
+
+    pub(super) struct Chunks {
+        states: Vec<Chunk>,
+        index: Indexes,
+        /// Chunk states looked at or changed, and index entries listed: the work done, which
+        /// the tests bound.
+        #[cfg(test)]
+        visits: std::cell::Cell<u64>,
+    }
+
+    /// What the per-event paths would otherwise find by a scan of every chunk.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Indexes {
+        /// Active chunks.
+        active: BTreeSet<u32>,
+        /// How many chunks are stored.
+        stored: usize,
+        /// Read and placed: to send.
+        to_send: BTreeSet<u32>,
+        /// Read, not placed: to allocate.
+        to_allocate: BTreeSet<u32>,
+        /// In the allocation in flight.
+        allocating: BTreeSet<u32>,
+        /// Backing off after a failed attempt, by the time the backoff ends.
+        retries: BTreeSet<(Timestamp, u32)>,
+    }
+
+    /// The queue of the indexes an active chunk stands in, if any.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Queue {
+        ToSend,
+        ToAllocate,
+        Allocating,
+        Retry(Timestamp),
+    }
+
+    fn queue(a: &ActiveChunk) -> Option<Queue> {
+        match a.phase {
+            Phase::NeedsPlacement if a.sha256.is_some() => Some(if a.placement.is_some() { Queue::ToSend } else { Queue::ToAllocate }),
+            Phase::Allocating => Some(Queue::Allocating),
+            Phase::Waiting(at) => Some(Queue::Retry(at)),
+            Phase::Reading | Phase::NeedsPlacement | Phase::Sending => None,
+        }
+    }
+
+    /// Adds `item` to `set` (where it must not be yet) or takes it out (where it must be).
+    fn toggle<T: Ord>(set: &mut BTreeSet<T>, item: T, add: bool) {
+        let changed = if add { set.insert(item) } else { set.remove(&item) };
+        debug_assert!(changed, "an upload index drifted from the chunk states");
+    }
+
+    impl Indexes {
+        /// Files chunk `index` in state `chunk` (`add`), or takes it out.
+        fn file(&mut self, index: u32, chunk: &Chunk, add: bool) {
+            match chunk {
+                Chunk::Unread => {}
+                Chunk::Stored if add => self.stored += 1,
+                Chunk::Stored => self.stored -= 1,
+                Chunk::Active(a) => {
+                    toggle(&mut self.active, index, add);
+                    self.file_queue(index, queue(a), add);
+                }
+            }
+        }
+
+        fn file_queue(&mut self, index: u32, queue: Option<Queue>, add: bool) {
+            match queue {
+                None => {}
+                Some(Queue::ToSend) => toggle(&mut self.to_send, index, add),
+                Some(Queue::ToAllocate) => toggle(&mut self.to_allocate, index, add),
+                Some(Queue::Allocating) => toggle(&mut self.allocating, index, add),
+                Some(Queue::Retry(at)) => toggle(&mut self.retries, (at, index), add),
+            }
+        }
+    }
+
+    impl Chunks {
+        /// `count` chunks, none read.
+        pub(super) fn new(count: usize) -> Self {
+            Chunks {
+                states: vec![Chunk::Unread; count],
+                index: Indexes::default(),
+                #[cfg(test)]
+                visits: std::cell::Cell::new(0),
+            }
+        }
+
+        /// Counts `n` chunk states or index entries looked at (in tests; nothing otherwise).
+        fn visit(&self, n: usize) {
+            #[cfg(test)]
+            self.visits.set(self.visits.get() + n as u64);
+            let _ = n;
+        }
+
+        pub(super) fn len(&self) -> usize {
+            self.states.len()
+        }
+
+        pub(super) fn get(&self, index: u32) -> Option<&Chunk> {
+            self.visit(1);
+            self.states.get(index as usize)
+        }
+
+        /// Puts chunk `index` in state `chunk` (unread, active, stored), and files it so.
+        pub(super) fn set(&mut self, index: u32, chunk: Chunk) {
+            self.visit(1);
+            let slot = &mut self.states[index as usize];
+            self.index.file(index, slot, false);
+            self.index.file(index, &chunk, true);
+            *slot = chunk;
+        }
+
+        /// Changes active chunk `index` by `f`, and files it anew; `None` if it is not active.
+        pub(super) fn update<R>(&mut self, index: u32, f: impl FnOnce(&mut ActiveChunk) -> R) -> Option<R> {
+            self.visit(1);
+            let Some(Chunk::Active(a)) = self.states.get_mut(index as usize) else { return None };
+            let before = queue(a);
+            let out = f(a);
+            let after = queue(a);
+            if before != after {
+                self.index.file_queue(index, before, false);
+                self.index.file_queue(index, after, true);
+            }
+            Some(out)
+        }
+
+        pub(super) fn all_stored(&self) -> bool {
+            self.index.stored == self.states.len()
+        }
+
+        pub(super) fn active_len(&self) -> usize {
+            self.index.active.len()
+        }
+
+        /// The active chunks, in index order.
+        pub(super) fn active(&self) -> impl Iterator<Item = u32> + '_ {
+            self.index.active.iter().inspect(|_| self.visit(1)).copied()
+        }
+
+        /// The chunks read and placed, in index order.
+        pub(super) fn to_send(&self) -> Vec<u32> {
+            self.listed(self.index.to_send.iter().copied().collect())
+        }
+
+        /// The first `max` chunks read and not placed, in index order.
+        pub(super) fn to_allocate(&self, max: usize) -> Vec<u32> {
+            self.listed(self.index.to_allocate.iter().copied().take(max).collect())
+        }
+
+        /// The chunks in the allocation in flight, in index order.
+        pub(super) fn allocating(&self) -> Vec<u32> {
+            self.listed(self.index.allocating.iter().copied().collect())
+        }
+
+        /// When the first backoff ends.
+        pub(super) fn next_retry(&self) -> Option<Timestamp> {
+            self.index.retries.first().map(|&(at, _)| at)
+        }
+
+        /// The chunks whose backoff has ended by `now`.
+        pub(super) fn retries_due(&self, now: Timestamp) -> Vec<u32> {
+            self.listed(self.index.retries.iter().take_while(|&&(at, _)| at <= now).map(|&(_, index)| index).collect())
+        }
+
+        fn listed(&self, list: Vec<u32>) -> Vec<u32> {
+            self.visit(list.len());
+            list
+        }
+
+        /// Panics unless the indexes are what a scan of every chunk makes of them.
+        #[cfg(test)]
+        pub(super) fn check(&self) {
+            let mut scanned = Indexes::default();
+            for (index, chunk) in self.states.iter().enumerate() {
+                scanned.file(index as u32, chunk, true);
+            }
+            assert_eq!(self.index, scanned, "the upload's indexes drifted from its chunk states");
+        }
+
+        #[cfg(test)]
+        pub(super) fn visits(&self) -> u64 {
+            self.visits.get()
+        }
     }
 }
 

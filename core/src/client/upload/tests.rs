@@ -198,6 +198,7 @@ impl World {
     /// The run loop of the module doc; returns when the machine finishes.
     fn run(&mut self, up: &mut Upload) {
         for _ in 0..100_000 {
+            up.check_indexes();
             while let Some(action) = up.poll_action() {
                 self.execute(up, action);
             }
@@ -421,6 +422,340 @@ proptest! {
                 let clean = primary_fails == 0 && replica_fails == 0 && meta_fails == 0 && down.iter().all(|d| *d > nodes);
                 prop_assert!(!clean, "failed with no fault: {e}");
             }
+        }
+    }
+}
+
+/// One step of a chaos run: what the machine was given.
+#[derive(Clone, Debug)]
+enum Step {
+    Handle(Event, Timestamp),
+    Timeout(Timestamp),
+}
+
+/// A world that answers every action, but out of order, twice, late, wrongly for the chunk's
+/// current attempt, with faults, and with timeouts at any time; `ops` choose which. Checks the
+/// indexes after every step, drains what is left once `ops` run out, and keeps what it did
+/// with what the machine answered.
+struct Chaos {
+    now: Timestamp,
+    rng: u64,
+    pending: Vec<Event>,
+    delivered: Vec<Event>,
+    chunks: u32,
+    replication: u32,
+    /// Scales every fault's probability, in percent.
+    faults: u64,
+    /// Each step, the actions it emitted and the timeout asked for after it.
+    transcript: Vec<(Step, Vec<Action>, Option<Timestamp>)>,
+}
+
+impl Chaos {
+    fn new(chunks: u32, replication: u32, faults: u64, seed: u64) -> Self {
+        Chaos { now: Timestamp(0), rng: seed | 1, pending: Vec::new(), delivered: Vec::new(), chunks, replication, faults, transcript: Vec::new() }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Whether a fault of probability `per_mille` (before scaling) happens.
+    fn roll(&mut self, per_mille: u64) -> bool {
+        self.next() % 100_000 < per_mille * self.faults
+    }
+
+    /// Where metadata places a chunk: `replication` of five nodes, or, as a fault, none,
+    /// fewer, or some twice.
+    fn targets(&mut self) -> Vec<proto::StorageNode> {
+        if self.roll(250) {
+            let count = self.next() % 4;
+            return (0..count).map(|_| node(1 + self.next() % 5)).collect();
+        }
+        let first = self.next();
+        (0..u64::from(self.replication)).map(|k| node(1 + (first + k) % 5)).collect()
+    }
+
+    /// The write quorum metadata names: the one for the replication, or, as a fault, another.
+    fn quorum(&mut self) -> u32 {
+        if self.roll(100) {
+            1 + (self.next() % 3) as u32
+        } else {
+            crate::namespace::write_quorum(self.replication)
+        }
+    }
+
+    /// The completion the world will give `action`, if it has one.
+    fn answer(&mut self, action: &Action) {
+        let failure = || RpcError::Unavailable("x".into());
+        let event = match action {
+            Action::Create { .. } if self.roll(30) => Event::MetaFailed { op: MetaOp::Create, error: failure() },
+            Action::Create { place_chunks } => {
+                let placements = (0..*place_chunks).map(|index| Placement { index, targets: self.targets() }).collect();
+                Event::Created { file: FileId(7), placements, write_quorum: self.quorum() }
+            }
+            Action::Read { index, .. } if self.roll(5) => Event::ReadFailed { index: *index, error: LocalError::Shrank { got: 0, expected: 1 } },
+            Action::Read { index, .. } => Event::Read { index: *index, sha256: chunk_sha(0, *index) },
+            Action::Allocate { .. } if self.roll(20) => Event::MetaFailed { op: MetaOp::Allocate, error: failure() },
+            Action::Allocate { indexes, .. } => {
+                let mut placements = Vec::new();
+                for &index in indexes {
+                    // One in five not placed: no node found.
+                    if !self.roll(200) {
+                        placements.push(Placement { index, targets: self.targets() });
+                    }
+                }
+                // A placement for a chunk not asked about.
+                if self.chunks > 0 && self.roll(100) {
+                    let index = (self.next() % u64::from(self.chunks)) as u32;
+                    placements.push(Placement { index, targets: self.targets() });
+                }
+                Event::Placed { placements, write_quorum: self.quorum() }
+            }
+            Action::Send { index, attempt, .. } if self.roll(150) => {
+                Event::SendFailed { index: *index, attempt: *attempt, error: RpcError::Transport("timed out".into()) }
+            }
+            Action::Send { index, attempt, primary, forward_to, .. } => {
+                let (mut stored_on, mut failed) = (vec![primary.id], Vec::new());
+                for peer in forward_to {
+                    if self.roll(300) {
+                        failed.push((peer.id, "unreachable".to_string()));
+                    } else {
+                        stored_on.push(peer.id);
+                    }
+                }
+                Event::Stored { index: *index, attempt: *attempt, stored_on, failed }
+            }
+            Action::Record { .. } => Event::Recorded,
+            Action::FinishSource => Event::SourceFinished { sha256: Sha256Digest::of(b"file-0"), unchanged: !self.roll(20) },
+            Action::Commit { .. } if self.roll(20) => Event::MetaFailed { op: MetaOp::Commit, error: failure() },
+            Action::Commit { .. } => Event::Committed { file: proto::FileInfo { file_id: 7, ..Default::default() } },
+            Action::Release { .. } | Action::Checkpoint(_) | Action::Progress { .. } | Action::Done(_) | Action::Failed(_) => return,
+        };
+        self.pending.push(event);
+    }
+
+    fn step(&mut self, up: &mut Upload, step: Step) {
+        match &step {
+            Step::Handle(event, now) => up.handle(event.clone(), *now),
+            Step::Timeout(now) => up.handle_timeout(*now),
+        }
+        up.check_indexes();
+        let actions: Vec<Action> = std::iter::from_fn(|| up.poll_action()).collect();
+        for action in &actions {
+            self.answer(action);
+        }
+        self.transcript.push((step, actions, up.poll_timeout()));
+    }
+
+    fn deliver(&mut self, up: &mut Upload, at: usize) {
+        let event = self.pending.remove(at);
+        if matches!(event, Event::Read { .. } | Event::Stored { .. } | Event::SendFailed { .. }) {
+            self.delivered.push(event.clone());
+        }
+        self.step(up, Step::Handle(event, self.now));
+    }
+
+    fn run(&mut self, up: &mut Upload, ops: &[(u8, u32)]) {
+        up.check_indexes();
+        let actions: Vec<Action> = std::iter::from_fn(|| up.poll_action()).collect();
+        for action in &actions {
+            self.answer(action);
+        }
+        for &(kind, pick) in ops {
+            match kind {
+                // Mostly: a completion, any of those pending.
+                0..=5 if !self.pending.is_empty() => {
+                    let at = pick as usize % self.pending.len();
+                    self.deliver(up, at);
+                }
+                // A chunk's completion delivered before, again (late, or for an attempt given up
+                // on).
+                6 if !self.delivered.is_empty() => {
+                    let event = self.delivered[pick as usize % self.delivered.len()].clone();
+                    self.step(up, Step::Handle(event, self.now));
+                }
+                // Time passes, and the machine is woken whether or not it asked.
+                7 => {
+                    self.now = self.now.plus(Duration::from_millis(u64::from(pick % 3000)));
+                    self.step(up, Step::Timeout(self.now));
+                }
+                // The timeout the machine asked for.
+                8 => {
+                    if let Some(at) = up.poll_timeout() {
+                        self.now = self.now.max(at);
+                        self.step(up, Step::Timeout(self.now));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Then everything pending, in order, and the timeouts asked for.
+        for _ in 0..100_000 {
+            if up.is_finished() {
+                return;
+            }
+            if !self.pending.is_empty() {
+                self.deliver(up, 0);
+            } else if let Some(at) = up.poll_timeout() {
+                self.now = self.now.max(at);
+                self.step(up, Step::Timeout(self.now));
+            } else {
+                panic!("the upload waits for nothing and never finishes");
+            }
+        }
+        panic!("the upload did not finish in 100,000 steps");
+    }
+}
+
+/// A direct driver for a big upload: every action answered at once, in order, on three nodes,
+/// with one send in 997 failing (so that retries and their timeouts happen all along). Returns
+/// the machine finished, and how many steps it took.
+fn run_big(chunks: u64) -> (Upload, u64) {
+    let spec = UploadSpec { size: chunks * CHUNK, chunk_size: CHUNK, replication: 3 };
+    let mut up = Upload::new(spec, UploadConfig::default(), Start::Fresh).unwrap();
+    assert_eq!(up.chunk_count() as u64, chunks);
+    let nodes: Vec<proto::StorageNode> = (1..=3).map(node).collect();
+    let mut queue: VecDeque<Event> = VecDeque::new();
+    let (mut now, mut steps, mut sends, mut progress) = (Timestamp(0), 0u64, 0u64, 0u64);
+    let mut outcome = None;
+    loop {
+        while let Some(action) = up.poll_action() {
+            let event = match action {
+                Action::Create { place_chunks } => {
+                    let placements = (0..place_chunks).map(|index| Placement { index, targets: nodes.clone() }).collect();
+                    Event::Created { file: FileId(7), placements, write_quorum: 2 }
+                }
+                Action::Read { index, .. } => {
+                    let mut sha = [0; 32];
+                    sha[..4].copy_from_slice(&index.to_le_bytes());
+                    Event::Read { index, sha256: Sha256Digest(sha) }
+                }
+                Action::Allocate { indexes, .. } => {
+                    let placements = indexes.into_iter().map(|index| Placement { index, targets: nodes.clone() }).collect();
+                    Event::Placed { placements, write_quorum: 2 }
+                }
+                Action::Send { index, attempt, primary, forward_to, .. } => {
+                    sends += 1;
+                    if sends % 997 == 0 {
+                        Event::SendFailed { index, attempt, error: RpcError::Transport("timed out".into()) }
+                    } else {
+                        let stored_on = std::iter::once(primary.id).chain(forward_to.iter().map(|n| n.id)).collect();
+                        Event::Stored { index, attempt, stored_on, failed: vec![] }
+                    }
+                }
+                Action::Record { .. } => Event::Recorded,
+                Action::FinishSource => Event::SourceFinished { sha256: Sha256Digest::of(b"file"), unchanged: true },
+                Action::Commit { .. } => Event::Committed { file: proto::FileInfo { file_id: 7, ..Default::default() } },
+                Action::Progress { bytes } => {
+                    progress += bytes;
+                    continue;
+                }
+                Action::Done(info) => {
+                    outcome = Some(Ok(info));
+                    continue;
+                }
+                Action::Failed(e) => {
+                    outcome = Some(Err(e));
+                    continue;
+                }
+                Action::Release { .. } | Action::Checkpoint(_) => continue,
+            };
+            queue.push_back(event);
+        }
+        if up.is_finished() {
+            break;
+        }
+        steps += 1;
+        assert!(steps <= 10 * chunks + 100, "the upload of {chunks} chunks did not finish in {steps} steps");
+        match (queue.pop_front(), up.poll_timeout()) {
+            (Some(event), _) => up.handle(event, now),
+            (None, Some(at)) => {
+                now = now.max(at);
+                up.handle_timeout(now);
+            }
+            (None, None) => panic!("the upload waits for nothing and never finishes"),
+        }
+    }
+    up.check_indexes();
+    assert!(outcome.expect("finished without Done or Failed").is_ok());
+    assert_eq!(progress, chunks * CHUNK);
+    (up, steps)
+}
+
+/// A 64 GiB file of 1 Mi chunks (no bytes: the machine never sees them) goes through, and the
+/// work per step does not grow with the file: the chunk states and index entries looked at
+/// stay a small multiple of the chunk count (some 17 per chunk; a scan of every chunk per
+/// step would make them some 3 × chunks²). About 5 s in a debug build.
+#[test]
+fn an_upload_of_1_mi_chunks_does_work_linear_in_the_chunks() {
+    assert_eq!(std::mem::size_of::<Chunk>(), 16, "the module doc counts 16 bytes per chunk");
+    let chunks = 1024 * 1024;
+    let (up, steps) = run_big(chunks);
+    let visits = up.chunks.visits();
+    assert!(steps >= 3 * chunks, "{steps} steps for {chunks} chunks");
+    assert!(visits < 32 * chunks, "{visits} visits for {chunks} chunks in {steps} steps");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-client-upload-chaos.txt")))),
+        cases: 512,
+        ..ProptestConfig::default()
+    })]
+    /// Whatever arrives in whatever order (late, twice, unasked, with timeouts at any time),
+    /// the indexes stay what a scan of every chunk makes of them, and the upload ends.
+    #[test]
+    fn indexes_match_a_scan_after_every_step(
+        chunks in 0u32..40,
+        replication in 1u32..=3,
+        window in 1usize..6,
+        allocate_batch in 1usize..5,
+        record_batch in 1usize..6,
+        attempts in 1u32..6,
+        resumed in proptest::collection::btree_set(0u32..40, 0..10),
+        resume in any::<bool>(),
+        ops in proptest::collection::vec((0u8..10, any::<u32>()), 0..300),
+        faults in prop_oneof![Just(0u64), 0u64..=100],
+        seed in any::<u64>(),
+    ) {
+        let spec = UploadSpec { size: u64::from(chunks) * CHUNK, chunk_size: CHUNK, replication };
+        let config = UploadConfig {
+            chunks_in_flight_max: window,
+            allocate_batch_chunks: allocate_batch,
+            record_batch_chunks: record_batch,
+            chunk_attempts_max: attempts,
+            ..UploadConfig::default()
+        };
+        let start = if resume {
+            // Most with the digest the source has, one in eight not.
+            let stored = resumed.iter().filter(|&&i| i < chunks).map(|&index| StoredChunk {
+                index,
+                size: CHUNK,
+                sha256: chunk_sha(u64::from(index % 8 == 7), index),
+                replicas: vec![1, 2, 3],
+            });
+            Start::Resume { file: FileId(7), stored: stored.collect() }
+        } else {
+            Start::Fresh
+        };
+        let mut up = Upload::new(spec.clone(), config.clone(), start.clone()).unwrap();
+        let mut chaos = Chaos::new(chunks, replication, faults, seed);
+        chaos.run(&mut up, &ops);
+        prop_assert!(up.is_finished());
+        // The same steps again, on a new machine: the same answers.
+        let mut again = Upload::new(spec, config, start).unwrap();
+        std::iter::from_fn(|| again.poll_action()).for_each(drop);
+        for (step, actions, timeout) in chaos.transcript {
+            match step {
+                Step::Handle(event, now) => again.handle(event, now),
+                Step::Timeout(now) => again.handle_timeout(now),
+            }
+            prop_assert_eq!(std::iter::from_fn(|| again.poll_action()).collect::<Vec<_>>(), actions);
+            prop_assert_eq!(again.poll_timeout(), timeout);
         }
     }
 }
