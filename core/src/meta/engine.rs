@@ -296,7 +296,9 @@ impl MetaEngine {
             Some(HandOverPhase::Quiet { until } | HandOverPhase::Settling { until }) => at = at.min(until),
             Some(HandOverPhase::Asking) | None => {}
         }
-        if self.housekeeping_pending == 0 {
+        // Housekeeping waits while its last proposals are out and while a hand-over runs:
+        // its time may long have passed then, and must not count (or this loop would spin).
+        if self.housekeeping_pending == 0 && self.hand_over.is_none() {
             let housekeeping = match &self.leader {
                 Some(leader) if self.leads() && leader.term() == self.status.term => leader.poll_timeout(),
                 _ => self.next_housekeeping,
@@ -610,7 +612,10 @@ impl MetaEngine {
             } else {
                 // A leader that is not among the new voters cannot finish the change itself.
                 self.handle_hand_over(now, HOUSEKEEPING_REQUEST, &voters);
-                return;
+                if self.hand_over.is_some() {
+                    return;
+                }
+                // No voter can take over yet: keep leading (and ticking) until one can.
             }
         }
         let random = [self.random(), self.random()];
