@@ -158,3 +158,33 @@ fn every_property_test_keeps_its_regressions_in_the_shared_directory() {
     assert!(blocks >= 10, "found only {blocks} proptest! blocks: is the scan looking in the right places?");
     assert!(missing.is_empty(), "proptest! blocks without a failure_persistence file in proptest-regressions/:\n{}", missing.join("\n"));
 }
+
+/// The three roles (the client, the metadata node, the storage node) share what they agree
+/// on through neutral modules (`limits`, `rpc`, `proto`, `meta_client`, `namespace`, ...),
+/// never through another role's internals, so each can change alone.
+#[test]
+fn no_role_imports_another_roles_internals() {
+    let roles = [("client", "core/src/client"), ("meta", "core/src/meta"), ("storage_node", "core/src/storage_node")];
+    let mut hits = Vec::new();
+    let mut scanned = 0;
+    for (role, dir) in roles {
+        let mut files = Vec::new();
+        rust_files(&workspace().join(dir), &mut files);
+        files.push(workspace().join(format!("{dir}.rs")));
+        for file in files.iter().filter(|f| f.exists()) {
+            scanned += 1;
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for (other, _) in roles.iter().filter(|(other, _)| *other != role) {
+                    if code.contains(&format!("crate::{other}::")) || code.contains(&format!("crate::{other}}}")) || code.contains(&format!("crate::{other};"))
+                    {
+                        hits.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(scanned > 20, "found only {scanned} role sources: is the scan looking in the right places?");
+    assert!(hits.is_empty(), "a role reaches into another's internals:\n{}", hits.join("\n"));
+}
