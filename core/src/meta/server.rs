@@ -37,12 +37,27 @@ use crate::rpc::RpcError;
 pub enum MetaStartError {
     #[error("node id {id} is not among the members {members:?}")]
     NotAMember { id: MetaNodeId, members: Vec<MetaNodeId> },
+    /// The caller's: settings openraft (or this node) refuses.
     #[error("invalid raft configuration: {0}")]
-    Config(String),
+    Config(#[from] openraft::ConfigError),
+    #[error("snapshot_every must be at least 1")]
+    SnapshotEveryZero,
     #[error("raft failed to start: {0}")]
-    Raft(String),
-    #[error("cannot open the metadata store in {dir}: {reason}")]
-    Store { dir: PathBuf, reason: String },
+    Raft(#[from] openraft::error::Fatal<MetaNodeId>),
+    /// The disk's (or damage on it).
+    #[error("cannot open the metadata store in {}: {source}", dir.display())]
+    Store { dir: PathBuf, source: StoreOpenError },
+}
+
+/// What opening a metadata node's durable state ran into.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("raft.redb: {0}")]
+    Db(#[from] redb::Error),
+    #[error("{0}")]
+    Snapshot(#[from] super::state_machine::SnapshotFileError),
 }
 
 pub struct MetaServer<E: Env> {
@@ -78,7 +93,7 @@ impl<E: Env> MetaServer<E> {
             return Err(MetaStartError::NotAMember { id: config.id, members: config.members.keys().copied().collect() });
         }
         if config.snapshot_every == 0 {
-            return Err(MetaStartError::Config("snapshot_every must be at least 1".into()));
+            return Err(MetaStartError::SnapshotEveryZero);
         }
         let raft_config = openraft::Config {
             cluster_name: "dfs-metadata".into(),
@@ -91,8 +106,7 @@ impl<E: Env> MetaServer<E> {
             max_payload_entries: 64,
             ..Default::default()
         }
-        .validate()
-        .map_err(|e| MetaStartError::Config(e.to_string()))?;
+        .validate()?;
         let (log_store, state_machine, state) = Self::open_store(&env, &config.data_dir).await?;
         let raft = Raft::<MetaTypes<E::RaftRuntime>>::new(
             config.id,
@@ -101,8 +115,7 @@ impl<E: Env> MetaServer<E> {
             log_store,
             state_machine,
         )
-        .await
-        .map_err(|e| MetaStartError::Raft(e.to_string()))?;
+        .await?;
 
         let engine_config = EngineConfig {
             id: config.id,
@@ -124,7 +137,7 @@ impl<E: Env> MetaServer<E> {
             incoming: futures::lock::Mutex::new(SnapshotReceiver::default()),
             me: me.clone(),
         });
-        if server.config.members.is_empty() && !server.raft.is_initialized().await.map_err(|e| MetaStartError::Raft(e.to_string()))? {
+        if server.config.members.is_empty() && !server.raft.is_initialized().await? {
             tracing::info!(id = server.config.id, "no members given: waiting to be added to a cluster (dfs admin meta add)");
         }
         // Detached: it lives as long as Raft does (dropping a handle does not stop a task).
@@ -135,12 +148,12 @@ impl<E: Env> MetaServer<E> {
     /// Opens `data_dir/raft.redb` and the snapshots beside it: what this node was before it
     /// stopped, or nothing for a new node.
     async fn open_store(env: &E, data_dir: &std::path::Path) -> Result<(RedbLogStore<E::RaftRuntime>, MetaStateMachine<E::Disk>, SharedState), MetaStartError> {
-        let store_error = |reason: String| MetaStartError::Store { dir: data_dir.to_path_buf(), reason };
+        let store_error = |e: StoreOpenError| MetaStartError::Store { dir: data_dir.to_path_buf(), source: e };
         let disk = env.disk();
-        crate::env::create_dir_durable(disk, data_dir).await.map_err(|e| store_error(e.to_string()))?;
-        let backend = disk.open_store(&data_dir.join("raft.redb")).await.map_err(|e| store_error(format!("raft.redb: {e}")))?;
-        let db = Arc::new(open_database(backend).map_err(|e| store_error(format!("raft.redb: {e}")))?);
-        let (state_machine, state) = MetaStateMachine::open(disk.clone(), data_dir, db.clone()).await.map_err(|e| store_error(e.to_string()))?;
+        crate::env::create_dir_durable(disk, data_dir).await.map_err(|e| store_error(e.into()))?;
+        let backend = disk.open_store(&data_dir.join("raft.redb")).await.map_err(|e| store_error(e.into()))?;
+        let db = Arc::new(open_database(backend).map_err(|e| store_error(e.into()))?);
+        let (state_machine, state) = MetaStateMachine::open(disk.clone(), data_dir, db.clone()).await.map_err(|e| store_error(e.into()))?;
         Ok((RedbLogStore::new(db), state_machine, state))
     }
 
