@@ -53,7 +53,7 @@ mod planted {
 
     #[test]
     fn a_stale_read_from_a_deposed_leader_breaks_the_history() {
-        caught(Bug::StaleRead, "VERDICT [linearizable history]", 40);
+        caught(Bug::StaleRead, "VERDICT [linearizable history]", 160);
     }
 
     #[test]
@@ -63,7 +63,7 @@ mod planted {
 
     #[test]
     fn an_ambiguous_commit_reported_done_loses_an_acknowledged_write() {
-        caught(Bug::LostCommit, "VERDICT [acknowledged writes kept]", 40);
+        caught(Bug::LostCommit, "VERDICT [acknowledged writes kept]", 120);
     }
 
     #[test]
