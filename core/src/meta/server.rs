@@ -67,7 +67,7 @@ pub struct MetaServer<E: Env> {
     pub(super) state: SharedState,
     /// Every decision of this node's own (see `engine`); locked briefly, never across an await.
     /// Lock order: the engine, then the state.
-    engine: Mutex<MetaEngine>,
+    pub(super) engine: Mutex<MetaEngine>,
     /// Callers waiting for their proposal's results, or for a hand-over's end.
     waiting: Mutex<Waiting>,
     /// Wakes the timer loop when an input may have moved the engine's next timeout.
@@ -335,40 +335,6 @@ impl<E: Env> MetaServer<E> {
         &self.raft
     }
 
-    /// The repair planner's counters, while this node leads (for tests and status).
-    pub fn repair_stats(&self) -> Option<crate::repair::RepairStats> {
-        self.engine.lock().expect("engine lock").last_leader().map(|l| l.repair_status().0)
-    }
-
-    /// The storage nodes this node, while it leads, has heard from lately (for tests).
-    pub fn alive_storage_nodes(&self) -> Option<usize> {
-        let now = self.env.clock().now();
-        self.engine.lock().expect("engine lock").last_leader().map(|l| l.alive_count(now))
-    }
-
-    /// Before a planned stop: a leader hands leadership to its most caught-up voter (see
-    /// `hand_over`), so the cluster elects none by timeout. Returns whether it handed over.
-    pub async fn step_down(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.config.id) {
-            return false;
-        }
-        let others: std::collections::BTreeSet<MetaNodeId> = metrics.membership_config.membership().voter_ids().filter(|v| *v != self.config.id).collect();
-        if others.is_empty() {
-            return false;
-        }
-        // A successor that could not catch up in time (a busy machine) gets another chance:
-        // stopping without a hand-over costs the cluster an election timeout.
-        for _ in 0..STEP_DOWN_ATTEMPTS_MAX {
-            let said = self.hand_over(others.clone()).await;
-            tracing::info!(id = self.config.id, outcome = %said, "stepping down before stopping");
-            if self.raft.metrics().borrow().current_leader != Some(self.config.id) {
-                return true;
-            }
-        }
-        false
-    }
-
     /// The applied state, for tests and checkers: no leadership check.
     pub fn local_state(&self) -> std::sync::RwLockReadGuard<'_, AppliedState> {
         self.state.read().expect("state lock")
@@ -378,18 +344,6 @@ impl<E: Env> MetaServer<E> {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-    }
-
-    /// The leader's id and address, from the membership this node knows (which includes
-    /// members added at runtime), else from the member list it started with.
-    pub(super) fn leader_hint(&self, leader: Option<MetaNodeId>) -> Option<proto::MetaNode> {
-        let id = leader?;
-        let metrics = self.raft.metrics().borrow().clone();
-        let addr = match metrics.membership_config.membership().get_node(&id) {
-            Some(node) => node.addr.clone(),
-            None => self.config.members.get(&id)?.clone(),
-        };
-        Some(proto::MetaNode { id, addr })
     }
 
     /// Hands leadership to one of `successors` (see the engine's hand-over). Returns the error
@@ -487,9 +441,6 @@ impl<E: Env> MetaServer<E> {
         f(engine.leader_of(term, now), &state.namespace)
     }
 }
-
-/// Hand-overs a stopping leader tries before it stops anyway.
-pub const STEP_DOWN_ATTEMPTS_MAX: usize = 3;
 
 /// The voters a membership is heading to: its only configuration, or the new one of a joint
 /// configuration.
