@@ -33,6 +33,8 @@
 //!   `election_timeout_max`), then the leader goes quiet for a lease (no heartbeats, no
 //!   campaign) so that the followers will vote, asks the successor to campaign, and stays
 //!   quiet one more lease. Requests that arrive meanwhile share the hand-over in progress.
+//!   Before a planned stop (`handle_step_down`) a hand-over whose successor did not take over
+//!   is tried again, up to `STEP_DOWN_ATTEMPTS_MAX` times.
 //! - **Membership.** A change left in joint consensus by a leader that stopped in the middle
 //!   is finished by the next leader's housekeeping (openraft 0.9 does not finish it, and a
 //!   joint configuration needs a majority of both the old and the new voters); a leader that
@@ -155,6 +157,8 @@ pub enum Output {
     /// A hand-over ended: answer every caller that asked for it with `error` (the caller
     /// retries and reaches the new leader).
     HandedOver { requests: Vec<u64>, error: RpcError },
+    /// A step-down ended: whether leadership moved to another node.
+    SteppedDown { requests: Vec<u64>, handed_over: bool },
 }
 
 /// A hand-over in progress.
@@ -178,6 +182,21 @@ enum HandOverPhase {
     /// Quiet one more lease while the successor's election runs.
     Settling { until: Timestamp },
 }
+
+/// A planned stop under way: the callers waiting, and the hand-overs still allowed.
+#[derive(Clone, Debug)]
+struct StepDown {
+    requests: Vec<u64>,
+    tries_left: usize,
+    successors: BTreeSet<MetaNodeId>,
+}
+
+/// Hand-overs a stopping leader tries before it stops anyway: a successor that could not catch
+/// up in time (a busy machine) gets another chance, since stopping without a hand-over costs
+/// the cluster an election timeout.
+pub const STEP_DOWN_ATTEMPTS_MAX: usize = 3;
+/// The request id of the hand-overs a step-down starts.
+const STEP_DOWN_REQUEST: u64 = u64::MAX;
 
 /// Cluster formation from the member list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +224,8 @@ pub struct MetaEngine {
     /// Entries in flight: the proposals each carries, with their command counts.
     in_flight: BTreeMap<EntryId, Vec<(Origin, usize)>>,
     hand_over: Option<HandOver>,
+    /// A planned stop's hand-over, tried again when the successor could not take over.
+    stepping_down: Option<StepDown>,
     /// A `ChangeVoters` is out.
     changing_membership: bool,
     /// The split-vote breaker: when it next looks, and the term it saw a candidate stuck in.
@@ -251,6 +272,7 @@ impl MetaEngine {
             queued: VecDeque::new(),
             in_flight: BTreeMap::new(),
             hand_over: None,
+            stepping_down: None,
             changing_membership: false,
             split_vote_check: now,
             stuck_term: None,
@@ -437,7 +459,11 @@ impl MetaEngine {
             self.answer(origin, Err(error.clone()));
         }
         if let Some(h) = self.hand_over.take() {
-            self.outputs.push_back(Output::HandedOver { requests: h.requests, error });
+            let requests: Vec<u64> = h.requests.into_iter().filter(|r| *r != STEP_DOWN_REQUEST).collect();
+            self.outputs.push_back(Output::HandedOver { requests, error });
+        }
+        if let Some(s) = self.stepping_down.take() {
+            self.outputs.push_back(Output::SteppedDown { requests: s.requests, handed_over: false });
         }
     }
 
@@ -460,13 +486,66 @@ impl MetaEngine {
             .cloned();
         let Some(successor) = successor else {
             let error = RpcError::Unavailable(format!("metadata node {} leads and no other voter can take over yet", self.config.id));
-            self.outputs.push_back(Output::HandedOver { requests: vec![request], error });
+            self.hand_over_ended(now, vec![request], error);
             return;
         };
         let deadline = now.plus(self.config.election_timeout_max);
         self.hand_over =
             Some(HandOver { successor: successor.id, addr: successor.addr, phase: HandOverPhase::CatchingUp { deadline }, requests: vec![request] });
         self.step_hand_over(now);
+    }
+
+    /// Request `request` wants leadership gone before a planned stop: handed to the most
+    /// caught-up other voter, tried up to `STEP_DOWN_ATTEMPTS_MAX` times. Answered by
+    /// `SteppedDown`.
+    pub fn handle_step_down(&mut self, now: Timestamp, request: u64) {
+        self.last_now = now;
+        if let Some(s) = &mut self.stepping_down {
+            s.requests.push(request);
+            return;
+        }
+        let mut successors = self.status.target_voters();
+        successors.remove(&self.config.id);
+        if !self.leads() || successors.is_empty() {
+            self.outputs.push_back(Output::SteppedDown { requests: vec![request], handed_over: false });
+            return;
+        }
+        self.stepping_down = Some(StepDown { requests: vec![request], tries_left: STEP_DOWN_ATTEMPTS_MAX, successors });
+        self.try_step_down(now);
+    }
+
+    /// The next move of a step-down: done once this node no longer leads, else another
+    /// hand-over while tries are left.
+    fn try_step_down(&mut self, now: Timestamp) {
+        if self.hand_over.is_some() {
+            return;
+        }
+        let leads = self.leads();
+        let Some(s) = &mut self.stepping_down else { return };
+        if !leads || s.tries_left == 0 {
+            let requests = std::mem::take(&mut s.requests);
+            self.stepping_down = None;
+            self.outputs.push_back(Output::SteppedDown { requests, handed_over: !leads });
+            return;
+        }
+        s.tries_left -= 1;
+        let successors = s.successors.clone();
+        self.handle_hand_over(now, STEP_DOWN_REQUEST, &successors);
+    }
+
+    /// A hand-over ended with `error`: its callers hear so, and a step-down moves on.
+    fn hand_over_ended(&mut self, now: Timestamp, requests: Vec<u64>, error: RpcError) {
+        let stepping = requests.contains(&STEP_DOWN_REQUEST);
+        let requests: Vec<u64> = requests.into_iter().filter(|r| *r != STEP_DOWN_REQUEST).collect();
+        if stepping {
+            tracing::info!(id = self.config.id, outcome = %error, "stepping down before stopping");
+        }
+        if !requests.is_empty() {
+            self.outputs.push_back(Output::HandedOver { requests, error });
+        }
+        if stepping {
+            self.try_step_down(now);
+        }
     }
 
     /// Whether a hand-over is running (proposals are refused meanwhile).
@@ -487,7 +566,7 @@ impl MetaEngine {
                     h.phase = HandOverPhase::Quiet { until: now.plus(lease) };
                     self.outputs.push_back(Output::SetActive(false));
                 } else if now >= deadline {
-                    self.end_hand_over();
+                    self.end_hand_over(now);
                 }
             }
             HandOverPhase::Quiet { until } if now >= until => {
@@ -497,7 +576,7 @@ impl MetaEngine {
             }
             HandOverPhase::Settling { until } if now >= until => {
                 self.outputs.push_back(Output::SetActive(true));
-                self.end_hand_over();
+                self.end_hand_over(now);
             }
             HandOverPhase::Quiet { .. } | HandOverPhase::Asking | HandOverPhase::Settling { .. } => {}
         }
@@ -512,10 +591,10 @@ impl MetaEngine {
         }
     }
 
-    fn end_hand_over(&mut self) {
+    fn end_hand_over(&mut self, now: Timestamp) {
         if let Some(h) = self.hand_over.take() {
             let error = RpcError::Unavailable(format!("metadata node {} leads: handing over to node {} before it leaves", self.config.id, h.successor));
-            self.outputs.push_back(Output::HandedOver { requests: h.requests, error });
+            self.hand_over_ended(now, h.requests, error);
         }
     }
 

@@ -69,7 +69,7 @@ pub struct MetaServer<E: Env> {
     /// Lock order: the engine, then the state.
     pub(super) engine: Mutex<MetaEngine>,
     /// Callers waiting for their proposal's results, or for a hand-over's end.
-    waiting: Mutex<Waiting>,
+    pub(super) waiting: Mutex<Waiting>,
     /// Wakes the timer loop when an input may have moved the engine's next timeout.
     wake: event_listener::Event,
     /// The snapshot being received from the leader, piece by piece.
@@ -79,10 +79,19 @@ pub struct MetaServer<E: Env> {
 }
 
 #[derive(Default)]
-struct Waiting {
+pub(super) struct Waiting {
     proposals: HashMap<ProposalId, oneshot::Sender<ProposalResult>>,
     hand_overs: HashMap<u64, oneshot::Sender<RpcError>>,
-    next_hand_over: u64,
+    pub(super) step_downs: HashMap<u64, oneshot::Sender<bool>>,
+    /// The last request id handed out (0 is the engine's own).
+    last_request: u64,
+}
+
+impl Waiting {
+    pub(super) fn next_request(&mut self) -> u64 {
+        self.last_request += 1;
+        self.last_request
+    }
 }
 
 impl<E: Env> MetaServer<E> {
@@ -245,6 +254,14 @@ impl<E: Env> MetaServer<E> {
                         server.input(|engine| engine.handle_campaign_asked(now));
                     }));
                 }
+                Output::SteppedDown { requests, handed_over } => {
+                    let mut waiting = self.waiting.lock().expect("waiting lock");
+                    for request in requests {
+                        if let Some(reply) = waiting.step_downs.remove(&request) {
+                            let _ = reply.send(handed_over);
+                        }
+                    }
+                }
                 Output::HandedOver { requests, error } => {
                     let mut waiting = self.waiting.lock().expect("waiting lock");
                     for request in requests {
@@ -352,8 +369,7 @@ impl<E: Env> MetaServer<E> {
         let (tx, rx) = oneshot::channel();
         let request = {
             let mut waiting = self.waiting.lock().expect("waiting lock");
-            waiting.next_hand_over += 1;
-            let request = waiting.next_hand_over;
+            let request = waiting.next_request();
             waiting.hand_overs.insert(request, tx);
             request
         };

@@ -53,9 +53,6 @@ pub struct LeaderView {
     pub fsck: Option<crate::meta::leader::FsckReport>,
 }
 
-/// Hand-overs a stopping leader tries before it stops anyway.
-pub const STEP_DOWN_ATTEMPTS_MAX: usize = 3;
-
 impl<E: Env> MetaServer<E> {
     /// The repair planner's counters, while this node leads (for tests and status).
     pub fn repair_stats(&self) -> Option<crate::repair::RepairStats> {
@@ -68,27 +65,20 @@ impl<E: Env> MetaServer<E> {
         self.engine.lock().expect("engine lock").last_leader().map(|l| l.alive_count(now))
     }
 
-    /// Before a planned stop: a leader hands leadership to its most caught-up voter (see
-    /// `hand_over`), so the cluster elects none by timeout. Returns whether it handed over.
+    /// Before a planned stop: a leader hands leadership to its most caught-up voter (the
+    /// engine's `handle_step_down`, which tries again if the successor did not take over),
+    /// so the cluster elects none by timeout. Returns whether leadership moved.
     pub async fn step_down(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.config.id) {
-            return false;
-        }
-        let others: std::collections::BTreeSet<MetaNodeId> = metrics.membership_config.membership().voter_ids().filter(|v| *v != self.config.id).collect();
-        if others.is_empty() {
-            return false;
-        }
-        // A successor that could not catch up in time (a busy machine) gets another chance:
-        // stopping without a hand-over costs the cluster an election timeout.
-        for _ in 0..STEP_DOWN_ATTEMPTS_MAX {
-            let said = self.hand_over(others.clone()).await;
-            tracing::info!(id = self.config.id, outcome = %said, "stepping down before stopping");
-            if self.raft.metrics().borrow().current_leader != Some(self.config.id) {
-                return true;
-            }
-        }
-        false
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let request = {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            let request = waiting.next_request();
+            waiting.step_downs.insert(request, tx);
+            request
+        };
+        let now = self.env.clock().now();
+        self.input(|engine| engine.handle_step_down(now, request));
+        rx.await.unwrap_or(false)
     }
 
     /// The leader's id and address, from the membership this node knows (which includes

@@ -415,3 +415,37 @@ fn a_leader_handing_over_does_no_housekeeping_and_its_timer_still_moves_on() {
     w.run_for(Duration::from_secs(2));
     assert!(w.proposed.len() > proposed_before);
 }
+
+#[test]
+fn a_planned_stop_hands_over_and_tries_again_when_the_successor_did_not_take_over() {
+    // The successor is caught up, but leadership does not move (its election fails): after
+    // STEP_DOWN_ATTEMPTS_MAX hand-overs the stop goes ahead without one.
+    let mut w = World::new(config(1, &[]), RaftStatus { members: vec![member(1, Some(0)), member(2, Some(0))], ..leading() });
+    w.engine.handle_step_down(w.now, 9);
+    w.drain();
+    for _ in 0..STEP_DOWN_ATTEMPTS_MAX {
+        w.run_for(ELECTION_MAX + Duration::from_millis(20));
+        w.engine.handle_campaign_asked(w.now);
+        w.run_for(ELECTION_MAX + Duration::from_millis(20));
+    }
+    let asked = w.outputs.iter().filter(|o| matches!(o, Output::AskToCampaign { .. })).count();
+    assert_eq!(asked, STEP_DOWN_ATTEMPTS_MAX, "{:?}", w.outputs);
+    assert!(w.outputs.contains(&Output::SteppedDown { requests: vec![9], handed_over: false }), "{:?}", w.outputs);
+    assert!(!w.outputs.iter().any(|o| matches!(o, Output::HandedOver { .. })), "a step-down's own hand-overs answer nobody else");
+
+    // This time the successor wins its election during the first hand-over.
+    let mut w = World::new(config(1, &[]), RaftStatus { members: vec![member(1, Some(0)), member(2, Some(0))], ..leading() });
+    w.engine.handle_step_down(w.now, 9);
+    w.run_for(ELECTION_MAX + Duration::from_millis(20));
+    w.engine.handle_campaign_asked(w.now);
+    w.status.leader = Some(2);
+    w.run_for(ELECTION_MAX + Duration::from_millis(20));
+    assert!(w.outputs.contains(&Output::SteppedDown { requests: vec![9], handed_over: true }), "{:?}", w.outputs);
+    assert_eq!(w.outputs.iter().filter(|o| matches!(o, Output::AskToCampaign { .. })).count(), 1);
+
+    // A follower, or a leader alone, has nobody to hand over to.
+    let mut w = World::new(config(1, &[]), RaftStatus { members: vec![member(1, Some(0))], ..leading() });
+    w.engine.handle_step_down(w.now, 3);
+    w.drain();
+    assert_eq!(w.outputs, vec![Output::SteppedDown { requests: vec![3], handed_over: false }]);
+}
