@@ -303,7 +303,7 @@ pub async fn put(ctx: &Ctx, args: PutArgs) -> anyhow::Result<()> {
     if (args.update || args.walk.dry_run || args.walk.dereference) && !args.recursive {
         return Err(usage("put: --update, --dry-run and -L go with -r (dfs sync does the same as put -r --update)"));
     }
-    let flags = tree::TreeFlags { update: args.update, dry_run: args.walk.dry_run, follow_links: args.walk.dereference };
+    let flags = tree::TreeFlags { update: args.update, dry_run: args.walk.dry_run, follow_links: args.walk.dereference, ..Default::default() };
     if let [local] = args.local.as_slice() {
         if args.recursive {
             return tree::put_tree(ctx, local, &args.remote, &args.opts, flags).await;
@@ -339,7 +339,7 @@ pub async fn put(ctx: &Ctx, args: PutArgs) -> anyhow::Result<()> {
 }
 
 pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
-    let flags = tree::TreeFlags { update: true, dry_run: args.walk.dry_run, follow_links: args.walk.dereference };
+    let flags = tree::TreeFlags { update: true, dry_run: args.walk.dry_run, follow_links: args.walk.dereference, ..Default::default() };
     tree::put_tree(ctx, &args.local, &args.remote, &args.opts, flags).await
 }
 
@@ -423,7 +423,9 @@ async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> a
     if remote == "/" {
         return Err(usage("put: / is the root directory, not a file path"));
     }
-    let attrs = if stdin { Default::default() } else { tree::attrs_of(&meta) };
+    // What the upload keeps of the file: as `put -r` reads it, through the disk.
+    let attrs =
+        if stdin { Default::default() } else { dfs_core::env::Disk::inspect(&dfs_io_real::RealDisk, &source).await.map(|m| m.attrs).unwrap_or_default() };
     let bar = Bar::new(&format!("put {}", shown(&remote)), ctx.progress());
     let info = client.put_with(&source, &remote, opts.force, attrs, &bar).await.map_err(explain)?;
     drop(bar);

@@ -79,6 +79,21 @@ pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// `explain` of a borrowed error, as text: the error and its causes, `{:#}`-style.
+pub(crate) fn explain_ref(e: &ClientError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if matches!(e.rpc(), Some(RpcError::AlreadyExists(_))) {
+        text.push_str(" (use --force to replace it)");
+    }
+    text
+}
+
 /// Where a download goes, decided as `cp` decides it.
 pub enum Target {
     /// A regular file (new, or replaced atomically): written beside it and renamed into place.

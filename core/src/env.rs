@@ -140,6 +140,18 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
     /// Entry names (not paths) in `dir`; an absent directory is empty.
     fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
+    /// The entries of `dir` with their kinds (a symbolic link is `Symlink`, not followed),
+    /// in name order: walking a local tree (`put -r`). An absent directory is an error.
+    fn read_entries(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<LocalEntry>>> + Send {
+        let _ = dir;
+        std::future::ready(Err(io::Error::new(io::ErrorKind::Unsupported, "this disk cannot list entries")))
+    }
+    /// What `path` is, following symbolic links: its kind, size, stamp, attributes and
+    /// identity (for `put -r`: what to send, and whether a directory was entered already).
+    fn inspect(&self, path: &Path) -> impl Future<Output = io::Result<LocalMeta>> + Send {
+        let _ = path;
+        std::future::ready(Err(io::Error::new(io::ErrorKind::Unsupported, "this disk cannot inspect files")))
+    }
     /// Asks the disk to start writing `len` bytes at `offset` of `path` back now, without
     /// waiting for them and without making them durable: a hint for long sequential writes,
     /// so that the final `sync_file` finds little left to do (the writeback overlaps the
@@ -223,6 +235,38 @@ pub enum DiskStep {
 pub struct FileStamp {
     pub len: u64,
     pub modified: u64,
+}
+
+/// What kind of thing a local path is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalKind {
+    File,
+    Dir,
+    /// Only from `read_entries`: `inspect` follows links.
+    Symlink,
+    /// A device, socket or pipe: nothing a file system stores.
+    Other,
+}
+
+/// One entry of a local directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEntry {
+    /// As the disk has it: not necessarily UTF-8.
+    pub name: std::ffi::OsString,
+    pub kind: LocalKind,
+}
+
+/// What `Disk::inspect` says of a local path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalMeta {
+    pub kind: LocalKind,
+    pub len: u64,
+    /// As `Disk::stamp` would say (meaningful for files).
+    pub stamp: FileStamp,
+    /// The mode and modification time an upload keeps.
+    pub attrs: crate::namespace::FileAttrs,
+    /// (device, inode): the same for two paths of one file or directory.
+    pub identity: (u64, u64),
 }
 
 /// The directory holding `path`'s entry (`.` for a bare relative name).

@@ -227,13 +227,14 @@ pub enum SourceFailure {
 
 /// One repair copy being made: which source to read next, and whether what a source served
 /// may be stored. Sources are tried in the order metadata listed them (it puts the
-/// best first), never this node itself; a source that fails or serves other bytes than
-/// metadata recorded is passed over for the next.
+/// best first), never this node itself, each at most once; a source that fails or serves
+/// other bytes than metadata recorded is passed over for the next. Small chunks are first
+/// read in a batch from one source (`take_source`), those it did not serve then go on alone.
 #[derive(Debug)]
 pub struct RepairAttempt {
     order: RepairOrder,
     me: StorageNodeId,
-    next: usize,
+    tried: Vec<StorageNodeId>,
     failures: Vec<(StorageNodeId, SourceFailure)>,
 }
 
@@ -248,7 +249,7 @@ pub enum Served {
 
 impl RepairAttempt {
     pub fn new(order: RepairOrder, me: StorageNodeId) -> Self {
-        RepairAttempt { order, me, next: 0, failures: Vec::new() }
+        RepairAttempt { order, me, tried: Vec::new(), failures: Vec::new() }
     }
 
     pub fn order(&self) -> &RepairOrder {
@@ -257,13 +258,21 @@ impl RepairAttempt {
 
     /// The next source to read from, if any is left.
     pub fn next_source(&mut self) -> Option<(StorageNodeId, String)> {
-        while let Some(source) = self.order.sources.get(self.next) {
-            self.next += 1;
-            if source.0 != self.me {
-                return Some(source.clone());
-            }
+        let next = self.order.sources.iter().find(|(id, _)| *id != self.me && !self.tried.contains(id)).cloned();
+        if let Some((id, _)) = &next {
+            self.tried.push(*id);
         }
-        None
+        next
+    }
+
+    /// Whether `source` (chosen for a batch of several chunks) is one to read this chunk
+    /// from; if so it counts as tried.
+    pub fn take_source(&mut self, source: StorageNodeId) -> bool {
+        let listed = source != self.me && !self.tried.contains(&source) && self.order.sources.iter().any(|(id, _)| *id == source);
+        if listed {
+            self.tried.push(source);
+        }
+        listed
     }
 
     /// The read from `source` failed.
@@ -688,6 +697,19 @@ mod tests {
         let why = b.failed();
         assert!(matches!(&why, RepairFailure::Sources(f) if f.len() == 3), "{why:?}");
         assert!(why.to_string().starts_with("node-1") || why.to_string().contains("down"), "{why}");
+
+        // A batch's source: taken only by the chunks that list it, then never tried again.
+        let mut d = RepairAttempt::new(order.clone(), StorageNodeId(9));
+        assert!(d.take_source(StorageNodeId(2)));
+        assert!(!d.take_source(StorageNodeId(2)), "a source is tried once");
+        assert!(!d.take_source(StorageNodeId(4)), "not a source of this chunk");
+        assert!(!d.take_source(StorageNodeId(9)), "never itself");
+        d.read_failed(StorageNodeId(2), crate::rpc::RpcError::NotFound("gone".into()));
+        assert_eq!(d.next_source(), Some((StorageNodeId(1), "a:1".into())));
+        assert_eq!(d.next_source(), Some((StorageNodeId(3), "c:1".into())), "the batch's source is not read again");
+        assert_eq!(d.next_source(), None);
+        d.read_failed(StorageNodeId(1), crate::rpc::RpcError::Transport("down".into()));
+        assert!(matches!(d.failed(), RepairFailure::Sources(f) if f.len() == 2 && f[0].0 == StorageNodeId(2)));
 
         let alone = RepairOrder { sources: vec![(StorageNodeId(9), "me:1".into())], ..order };
         let mut c = RepairAttempt::new(alone, StorageNodeId(9));

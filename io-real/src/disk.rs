@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use dfs_core::bulk_buf::{self, BulkBuf, BULK_ALIGN};
 
-use dfs_core::env::{Disk, DiskStep};
+use dfs_core::env::{Disk, DiskStep, FileStamp, LocalEntry, LocalKind, LocalMeta};
+use dfs_core::namespace::FileAttrs;
 
 /// `O_DIRECT`'s alignment, of the buffer's address, the file offset and the length.
 const DIRECT_ALIGN: usize = BULK_ALIGN;
@@ -35,6 +36,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 
 fn parent_or_dot(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// What changes when a file's contents change: its length and modification time.
+fn stamp_of(meta: &fs::Metadata) -> FileStamp {
+    let modified = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    FileStamp { len: meta.len(), modified }
+}
+
+fn kind_of(t: fs::FileType) -> LocalKind {
+    if t.is_symlink() {
+        LocalKind::Symlink
+    } else if t.is_dir() {
+        LocalKind::Dir
+    } else if t.is_file() {
+        LocalKind::File
+    } else {
+        LocalKind::Other
+    }
 }
 
 fn owned(path: &Path) -> PathBuf {
@@ -111,15 +130,39 @@ impl Disk for RealDisk {
         })
     }
 
-    fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<dfs_core::env::FileStamp>> + Send {
+    fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<FileStamp>> + Send {
         let path = owned(path);
         blocking(move || {
             let meta = fs::metadata(&path)?;
             if !meta.is_file() {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
             }
-            let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-            Ok(dfs_core::env::FileStamp { len: meta.len(), modified })
+            Ok(stamp_of(&meta))
+        })
+    }
+
+    fn read_entries(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<LocalEntry>>> + Send {
+        let dir = owned(dir);
+        blocking(move || {
+            let mut entries = Vec::new();
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let kind = kind_of(entry.file_type()?);
+                entries.push(LocalEntry { name: entry.file_name(), kind });
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(entries)
+        })
+    }
+
+    fn inspect(&self, path: &Path) -> impl Future<Output = io::Result<LocalMeta>> + Send {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = owned(path);
+        blocking(move || {
+            let meta = fs::metadata(&path)?;
+            let mtime_unix_ms = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+            let attrs = FileAttrs { mode: Some(meta.permissions().mode() & dfs_core::namespace::MODE_MAX), mtime_unix_ms };
+            Ok(LocalMeta { kind: kind_of(meta.file_type()), len: meta.len(), stamp: stamp_of(&meta), attrs, identity: (meta.dev(), meta.ino()) })
         })
     }
 

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use dfs_core::env::Disk;
+use dfs_core::env::{Disk, LocalEntry, LocalKind, LocalMeta};
 
 type Inode = u64;
 
@@ -328,6 +328,21 @@ fn is_root(dir: &Path) -> bool {
 }
 
 impl DiskState {
+    /// The names of the files and directories in `dir`, in order.
+    fn names_in(&self, dir: &Path) -> Vec<String> {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        // Paths order by component, so everything under `dir` is one range of each map.
+        let under = |p: &&PathBuf| p.starts_with(dir);
+        let files = self.volatile_names.range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded)).map(|(p, _)| p).take_while(under);
+        let dirs = self.dirs.range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded)).take_while(under);
+        for p in files.chain(dirs).filter(|p| p.parent() == Some(dir)) {
+            if let Some(name) = p.file_name() {
+                names.insert(name.to_string_lossy().into_owned());
+            }
+        }
+        names.into_iter().collect()
+    }
+
     /// Makes the current entries of `dir`, files and subdirectories, durable.
     fn sync_entries(&mut self, dir: &Path) {
         let dir = if dir == Path::new(".") { Path::new("") } else { dir };
@@ -628,18 +643,39 @@ impl Disk for SimDisk {
     }
 
     fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send {
+        self.with(|s| Ok(s.names_in(dir)))
+    }
+
+    fn read_entries(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<LocalEntry>>> + Send {
         self.with(|s| {
-            let mut names: BTreeSet<String> = BTreeSet::new();
-            // Paths order by component, so everything under `dir` is one range of each map.
-            let under = |p: &&PathBuf| p.starts_with(dir);
-            let files = s.volatile_names.range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded)).map(|(p, _)| p).take_while(under);
-            let dirs = s.dirs.range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded)).take_while(under);
-            for p in files.chain(dirs).filter(|p| p.parent() == Some(dir)) {
-                if let Some(name) = p.file_name() {
-                    names.insert(name.to_string_lossy().into_owned());
-                }
+            if !is_root(dir) && !s.dirs.contains(dir) {
+                return Err(not_found(dir));
             }
-            Ok(names.into_iter().collect())
+            // This disk has no links or special files: what is not a directory is a file.
+            let entries = s.names_in(dir).into_iter().map(|name| {
+                let kind = if s.dirs.contains(&dir.join(&name)) { LocalKind::Dir } else { LocalKind::File };
+                LocalEntry { name: name.into(), kind }
+            });
+            Ok(entries.collect())
+        })
+    }
+
+    fn inspect(&self, path: &Path) -> impl Future<Output = io::Result<LocalMeta>> + Send {
+        self.with(|s| {
+            use std::hash::{Hash, Hasher};
+            if is_root(path) || s.dirs.contains(path) {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                path.hash(&mut h);
+                let stamp = dfs_core::env::FileStamp { len: 0, modified: 0 };
+                // Directories have no inode here: a digest of the path tells them apart.
+                return Ok(LocalMeta { kind: LocalKind::Dir, len: 0, stamp, attrs: Default::default(), identity: (1, h.finish()) });
+            }
+            let ino = *s.volatile_names.get(path).ok_or_else(|| not_found(path))?;
+            let data = &s.inodes[&ino].volatile;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            let stamp = dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() };
+            Ok(LocalMeta { kind: LocalKind::File, len: data.len() as u64, stamp, attrs: Default::default(), identity: (0, ino) })
         })
     }
 
@@ -805,6 +841,32 @@ mod tests {
             assert_eq!(d.write_file(Path::new("/lost/deep/g"), Bytes::new()).await.unwrap_err().kind(), io::ErrorKind::NotFound);
             assert_eq!(d.space(Path::new("/")).await.unwrap(), (1 << 20, 1 << 20), "the lost file's bytes are freed");
             d.write_file(Path::new("/kept/sub/f"), Bytes::from_static(b"x")).await.unwrap();
+        });
+    }
+
+    /// What `put -r` walks: kinds, name order, an absent directory an error, and identities
+    /// that tell two files or two directories apart.
+    #[test]
+    fn entries_and_inspect_describe_the_tree() {
+        let d = SimDisk::new(1 << 20);
+        block_on(async {
+            d.create_dir_all(Path::new("/t/sub")).await.unwrap();
+            d.create_dir_all(Path::new("/t/empty")).await.unwrap();
+            d.write_file(Path::new("/t/b"), Bytes::from_static(b"bb")).await.unwrap();
+            d.write_file(Path::new("/t/sub/a"), Bytes::from_static(b"a")).await.unwrap();
+            let entries = d.read_entries(Path::new("/t")).await.unwrap();
+            let seen: Vec<(String, LocalKind)> = entries.into_iter().map(|e| (e.name.to_string_lossy().into_owned(), e.kind)).collect();
+            assert_eq!(seen, vec![("b".into(), LocalKind::File), ("empty".into(), LocalKind::Dir), ("sub".into(), LocalKind::Dir)]);
+            assert!(d.read_entries(Path::new("/t/empty")).await.unwrap().is_empty());
+            assert_eq!(d.read_entries(Path::new("/none")).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+            let file = d.inspect(Path::new("/t/b")).await.unwrap();
+            assert_eq!((file.kind, file.len), (LocalKind::File, 2));
+            assert_eq!(file.stamp, d.stamp(Path::new("/t/b")).await.unwrap());
+            let (sub, empty) = (d.inspect(Path::new("/t/sub")).await.unwrap(), d.inspect(Path::new("/t/empty")).await.unwrap());
+            assert_eq!((sub.kind, empty.kind), (LocalKind::Dir, LocalKind::Dir));
+            assert_ne!(sub.identity, empty.identity);
+            assert_ne!(file.identity, d.inspect(Path::new("/t/sub/a")).await.unwrap().identity);
+            assert_eq!(d.inspect(Path::new("/t/nothing")).await.unwrap_err().kind(), io::ErrorKind::NotFound);
         });
     }
 

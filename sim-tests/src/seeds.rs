@@ -66,25 +66,6 @@ fn seed_range(first: Option<String>, num: Option<String>, default_count: u64) ->
     range
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_seed_range_defaults_and_reads_its_variables() {
-        let r = seed_range(None, None, 50);
-        assert_eq!((r.first, r.count), (1, 50));
-        let r = seed_range(Some("7".into()), Some("3".into()), 50);
-        assert_eq!((r.first, r.count), (7, 3));
-    }
-
-    #[test]
-    #[should_panic(expected = "MADSIM_TEST_NUM=0 runs no seed")]
-    fn zero_seeds_fail_instead_of_passing_with_nothing_run() {
-        seed_range(None, Some("0".into()), 50);
-    }
-}
-
 /// What one seed's run produced.
 pub struct SeedRun {
     pub seed: u64,
@@ -371,10 +352,9 @@ pub const PLANTED_SEEDS_DEFAULT: u64 = 8;
 /// verdict of the checker that should catch it). Panics if no seed does (the check would be
 /// vacuous for this bug), or if this build cannot plant bugs.
 pub fn expect_caught(test: SimTest, bug: dfs_core::planted::Bug, expected: &str, first: u64, default_count: u64) -> u64 {
-    assert!(
-        dfs_core::planted::AVAILABLE,
-        "this build cannot plant bugs: build the simulations with `--cfg dfs_planted` (as `cargo sim` and plain `cargo test` do)"
-    );
+    if !dfs_core::planted::AVAILABLE {
+        panic!("this build cannot plant bugs: build the simulations with `--cfg dfs_planted` (as `cargo sim` and plain `cargo test` do)");
+    }
     let count = std::env::var("DFS_PLANTED_SEEDS")
         .ok()
         .map(|v| v.parse().unwrap_or_else(|_| panic!("DFS_PLANTED_SEEDS={v:?} is not a number")))
@@ -418,4 +398,23 @@ pub fn expect_caught(test: SimTest, bug: dfs_core::planted::Bug, expected: &str,
         first + count,
         if other.is_empty() { String::new() } else { format!("; other failures:\n  {}", other.join("\n  ")) }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_range_defaults_and_reads_its_variables() {
+        let r = seed_range(None, None, 50);
+        assert_eq!((r.first, r.count), (1, 50));
+        let r = seed_range(Some("7".into()), Some("3".into()), 50);
+        assert_eq!((r.first, r.count), (7, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "MADSIM_TEST_NUM=0 runs no seed")]
+    fn zero_seeds_fail_instead_of_passing_with_nothing_run() {
+        seed_range(None, Some("0".into()), 50);
+    }
 }

@@ -91,7 +91,7 @@ pub struct Record {
 
 impl Record {
     fn hash_into(&self, h: &mut Sha256) {
-        let _ = write!(Line(h), "{} {} {} {}|{:?}|{:?}|{:?}\n", self.at_us, self.host, self.kind.name(), self.text, self.paths, self.file, self.chunk);
+        let _ = writeln!(Line(h), "{} {} {} {}|{:?}|{:?}|{:?}", self.at_us, self.host, self.kind.name(), self.text, self.paths, self.file, self.chunk);
     }
 }
 

@@ -117,7 +117,7 @@ async fn scenario() {
     let disk = SimDisk::new(1 << 30);
     let meta = MetaClient::new(SimEnv::new(disk.clone()), cluster.meta_addrs(), RetryPolicy::default());
     cluster.on_client(per_item(meta)).await;
-    trace::event("batch items keep their own results".to_string());
+    trace::event("batch items keep their own results");
 
     let client = Arc::new(cluster.client(ClientConfig { chunk_size: 64 * 1024, ..ClientConfig::default() }, &disk));
     let mut expected = Vec::new();

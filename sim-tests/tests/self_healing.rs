@@ -163,7 +163,7 @@ async fn scenario() {
     check_downloads(&cluster, &client, &disk, &files, "node away").await;
     madsim::time::sleep(DEAD_AFTER).await;
     wait_for_replicas(&cluster, &client, &files, false, REPAIR_BOUND, "every chunk back to its factor on live nodes").await;
-    trace::event("phase 1: every chunk back to its replication factor".to_string());
+    trace::event("phase 1: every chunk back to its replication factor");
     // A node away for long, or just past the dead timeout.
     madsim::time::sleep(Duration::from_secs(away * 30)).await;
 

@@ -112,7 +112,7 @@ async fn scenario() {
         // Whole: decodes, and its bytes hash to metadata's SHA-256 (hashed here, not trusted
         // from the copy's own checks).
         let whole = host.disk.read_file(&path).await.ok().is_some_and(|f| {
-            dfs_core::chunk_store::decode_file(f.into()).is_ok_and(|(_, data)| dfs_core::ids::Sha256Digest::of(&data).0.as_slice() == loc.sha256.as_ref())
+            dfs_core::chunk_store::decode_file(f).is_ok_and(|(_, data)| dfs_core::ids::Sha256Digest::of(&data).0.as_slice() == loc.sha256.as_ref())
         });
         if served && all_ok && whole {
             break;

@@ -271,45 +271,68 @@ impl<E: Env> StorageNode<E> {
                 }
             }
         }
-        let Some((source, addr)) = wanted.first().and_then(|o| o.sources.iter().find(|(id, _)| *id != self.id).cloned()) else {
-            results.extend(wanted.into_iter().map(|o| (o.chunk, Err(RepairFailure::NoSource))));
+        // One source for the batch: the first chunk's first; the chunks that do not list it,
+        // and those it does not serve whole and matching, go on alone to their other sources.
+        let mut attempts: Vec<RepairAttempt> = wanted.into_iter().map(|o| RepairAttempt::new(o, self.id)).collect();
+        let Some((source, addr)) = attempts.first_mut().and_then(RepairAttempt::next_source) else {
+            results.extend(attempts.into_iter().map(|a| (a.order().chunk, Err(a.failed()))));
             return results;
         };
+        let (mut batch, mut alone): (Vec<RepairAttempt>, Vec<RepairAttempt>) = (Vec::new(), Vec::new());
+        for (i, mut attempt) in attempts.into_iter().enumerate() {
+            match i == 0 || attempt.take_source(source) {
+                true => batch.push(attempt),
+                false => alone.push(attempt),
+            }
+        }
         let request = proto::ReadChunksRequest {
-            chunks: wanted.iter().map(|o| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(o.chunk.as_bytes()), ..Default::default() }).collect(),
+            chunks: batch
+                .iter()
+                .map(|a| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(a.order().chunk.as_bytes()), ..Default::default() })
+                .collect(),
         };
         let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().unary(&addr, request)).await;
-        let replies: Vec<Option<Bytes>> = match read {
-            Ok(reply) if reply.results.len() == wanted.len() => {
+        let replies: Vec<Result<Bytes, RpcError>> = match read {
+            Ok(reply) if reply.results.len() == batch.len() => {
                 use proto::chunk_read_result::Result as R;
-                reply
-                    .results
-                    .into_iter()
-                    .map(|r| match r.result {
-                        Some(R::Ok(read)) => Some(read.data),
-                        _ => None,
-                    })
-                    .collect()
+                let read = |r: proto::ChunkReadResult| match r.result {
+                    Some(R::Ok(read)) => Ok(read.data),
+                    Some(R::Error(e)) => Err(RpcError::from_detail(e)),
+                    None => Err(RpcError::Malformed("a batch read result with nothing in it".into())),
+                };
+                reply.results.into_iter().map(read).collect()
             }
-            _ => vec![None; wanted.len()],
+            Ok(reply) => {
+                let e = RpcError::Malformed(format!("{} results for {} chunks", reply.results.len(), batch.len()));
+                vec![Err(e); batch.len()]
+            }
+            Err(e) => vec![Err(e); batch.len()],
         };
-        // What the source served, checked against what metadata recorded; the rest, and
-        // whatever does not match, tried alone on the other sources.
-        let checks: Vec<(RepairOrder, Option<Bytes>)> = wanted.into_iter().zip(replies).collect();
-        let digests = {
-            let datas: Vec<Option<Bytes>> = checks.iter().map(|(_, d)| d.clone()).collect();
-            self.env.compute(move || datas.iter().map(|d| d.as_ref().map(|d| Sha256Digest::of(d))).collect::<Vec<_>>()).await
+        // Hashed off the executor thread, as every check of received bytes is.
+        let hashed = |r: Result<Bytes, RpcError>| {
+            r.map(|data| {
+                let digest = Sha256Digest::of(&data);
+                (data, digest)
+            })
         };
+        let checked: Vec<Result<(Bytes, Sha256Digest), RpcError>> = self.env.compute(move || replies.into_iter().map(hashed).collect()).await;
         let mut items = Vec::new();
         let mut stored_orders = Vec::new();
-        let mut alone = Vec::new();
-        for ((order, data), digest) in checks.into_iter().zip(digests) {
-            match (data, digest) {
-                (Some(data), Some(d)) if data.len() as u64 == order.size && d == order.sha256 => {
+        for (mut attempt, reply) in batch.into_iter().zip(checked) {
+            let served = match reply {
+                Ok((data, digest)) => (attempt.served(source, data.len() as u64, digest) == Served::Store).then_some(data),
+                Err(e) => {
+                    attempt.read_failed(source, e);
+                    None
+                }
+            };
+            match served {
+                Some(data) => {
+                    let order = attempt.order().clone();
                     items.push((order.chunk, ChunkMeta { size: order.size, sha256: order.sha256 }, data));
                     stored_orders.push(order);
                 }
-                _ => alone.push(RepairOrder { sources: order.sources.iter().filter(|(id, _)| *id != source).cloned().collect(), ..order }),
+                None => alone.push(attempt),
             }
         }
         let total: u64 = items.iter().map(|(_, m, _)| m.size).sum();
@@ -329,8 +352,8 @@ impl<E: Env> StorageNode<E> {
         if !items.is_empty() {
             tracing::debug!(node = %self.id, %source, chunks = items.len(), "repaired: small replicas copied in a batch");
         }
-        for order in alone {
-            results.push(self.repair(order).await);
+        for attempt in alone {
+            results.push(self.go_on(attempt).await);
         }
         results
     }
@@ -343,7 +366,12 @@ impl<E: Env> StorageNode<E> {
             self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
             return (order.chunk, Ok(()));
         }
-        let mut attempt = RepairAttempt::new(order, self.id);
+        self.go_on(RepairAttempt::new(order, self.id)).await
+    }
+
+    /// Carries a repair copy on from the sources `attempt` has not tried yet.
+    async fn go_on(&self, mut attempt: RepairAttempt) -> (ChunkId, Result<(), RepairFailure>) {
+        let meta = ChunkMeta { size: attempt.order().size, sha256: attempt.order().sha256 };
         while let Some((source, addr)) = attempt.next_source() {
             let chunk = attempt.order().chunk;
             let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(chunk.as_bytes()), ..Default::default() };

@@ -215,7 +215,7 @@ mod real {
         let report_every = (count / 20).clamp(1, 250);
         println!("[sim] soak: chaos seeds {from}..{} with {jobs} processes at once", from + count - 1);
         while !queue.is_empty() || !running.is_empty() {
-            while running.len() < jobs && !(stop_on_fail && !failed.is_empty()) {
+            while running.len() < jobs && (failed.is_empty() || !stop_on_fail) {
                 let Some(seed) = queue.pop_front() else { break };
                 let mut command = Command::new(&exe);
                 // The raw log is not kept by a soak (a failure is replayed for it), and
@@ -252,13 +252,10 @@ mod real {
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 done += 1;
-                match SeedRun::parse(&stdout, r.started.elapsed()) {
-                    Some(run) => {
-                        table.add(&run.coverage);
-                        simulated += run.simulated;
-                        child_wall += run.wall;
-                    }
-                    None => {}
+                if let Some(run) = SeedRun::parse(&stdout, r.started.elapsed()) {
+                    table.add(&run.coverage);
+                    simulated += run.simulated;
+                    child_wall += run.wall;
                 }
                 if hung || !out.status.success() {
                     let why = if hung {

@@ -209,7 +209,7 @@ impl Atlas {
         let chunk_batches = rng.unit() < 0.5;
         // Drawn last, so that the draws above are what they were before these existed.
         let storage_nodes = pick(&mut rng, &STORAGE_NODES);
-        clocks.retain(|host, _| !host.strip_prefix("storage-").and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| i > storage_nodes));
+        clocks.retain(|host, _| host.strip_prefix("storage-").and_then(|i| i.parse::<u64>().ok()).is_none_or(|i| i <= storage_nodes));
         let drain_at_end = storage_nodes > REPLICATION as u64 && rng.unit() < DRAIN_AT_END;
         Atlas { seed, meta_nodes, storage_nodes, drain_at_end, kinds, sites, active_max, clocks, chunk_batches }
     }

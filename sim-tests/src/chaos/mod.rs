@@ -256,7 +256,7 @@ impl Worker {
                 let task = shared.cluster.client_host(self.client_host).spawn(async move {
                     let r = c.get(&p, &out, &NoProgress).await;
                     let r = match r {
-                        Ok(_) => l.read_file(&out).await.map(Bytes::from).map_err(|e| ClientError::Local { path: out.clone(), source: e }),
+                        Ok(_) => l.read_file(&out).await.map_err(|e| ClientError::Local { path: out.clone(), source: e }),
                         Err(e) => Err(e),
                     };
                     let _ = l.remove_file(&out).await;
