@@ -316,7 +316,7 @@ impl<E: Env> DfsClient<E> {
         }
 
         // Resuming: what an interrupted run of this same upload committed is not sent again.
-        let resume = TreeResume::open(self, root, prefix, flags.force).await;
+        let resume = TreeResume::open(self, root, prefix, flags.force, !flags.dry_run).await;
         let mut decisions = Vec::with_capacity(found.files.len());
         let mut skipped = 0usize;
         for file in std::mem::take(&mut found.files) {
@@ -453,7 +453,8 @@ struct TreeResume {
 }
 
 impl TreeResume {
-    async fn open<E: Env>(client: &DfsClient<E>, root: &Path, prefix: &str, force: bool) -> Self {
+    /// `write`: keep a manifest for this run (a dry run only reads the earlier one's).
+    async fn open<E: Env>(client: &DfsClient<E>, root: &Path, prefix: &str, force: bool, write: bool) -> Self {
         let none = TreeResume { path: None, progress: None, appended: futures::lock::Mutex::new(None) };
         let Some(dir) = client.config.resume_dir.clone() else { return none };
         let disk = client.env.disk();
@@ -485,6 +486,9 @@ impl TreeResume {
             },
             None => None,
         };
+        if !write {
+            return TreeResume { path: None, progress, appended: futures::lock::Mutex::new(None) };
+        }
         let opened = match progress.is_some() {
             true => disk.file_len(&path).await,
             false => {

@@ -582,13 +582,28 @@ impl MetaEngine {
         }
     }
 
-    /// The successor was asked to campaign (whether or not it answered).
-    pub fn handle_campaign_asked(&mut self, now: Timestamp) {
-        if let Some(h) = &mut self.hand_over {
-            if h.phase == HandOverPhase::Asking {
-                h.phase = HandOverPhase::Settling { until: now.plus(self.config.election_timeout_max) };
+    /// The successor was asked to campaign; `answered`: it said it would. One that did not
+    /// answer (stopped, unreachable) will not take over: the hand-over ends now rather than
+    /// after settling, and a step-down does not try it again (when the whole cluster stops
+    /// at once, the leader's stop would otherwise wait out every try).
+    pub fn handle_campaign_asked(&mut self, now: Timestamp, answered: bool) {
+        let Some(h) = &mut self.hand_over else { return };
+        if h.phase != HandOverPhase::Asking {
+            return;
+        }
+        if answered {
+            h.phase = HandOverPhase::Settling { until: now.plus(self.config.election_timeout_max) };
+            return;
+        }
+        let gone = h.successor;
+        if let Some(s) = &mut self.stepping_down {
+            s.successors.remove(&gone);
+            if s.successors.is_empty() {
+                s.tries_left = 0;
             }
         }
+        self.outputs.push_back(Output::SetActive(true));
+        self.end_hand_over(now);
     }
 
     fn end_hand_over(&mut self, now: Timestamp) {

@@ -249,9 +249,9 @@ impl<E: Env> MetaServer<E> {
                     let server = self.arc();
                     spawn(Box::pin(async move {
                         let call = server.env.transport().unary(&addr, proto::CampaignRequest {});
-                        let _ = crate::env::call_with_timeout(server.env.clock(), timeout, &addr, call).await;
+                        let answered = crate::env::call_with_timeout(server.env.clock(), timeout, &addr, call).await.is_ok();
                         let now = server.env.clock().now();
-                        server.input(|engine| engine.handle_campaign_asked(now));
+                        server.input(|engine| engine.handle_campaign_asked(now, answered));
                     }));
                 }
                 Output::SteppedDown { requests, handed_over } => {

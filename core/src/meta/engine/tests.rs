@@ -198,7 +198,7 @@ fn a_hand_over_stops_writes_waits_for_the_successor_goes_quiet_and_asks_it_to_ca
     assert_eq!(w.outputs, vec![Output::SetActive(false)]);
     w.run_for(ELECTION_MAX);
     assert_eq!(w.outputs[1], Output::AskToCampaign { node: 2, addr: "10.0.0.2:7000".into(), timeout: ELECTION_MAX });
-    w.engine.handle_campaign_asked(w.now);
+    w.engine.handle_campaign_asked(w.now, true);
     w.run_for(ELECTION_MAX);
     assert_eq!(w.outputs[2], Output::SetActive(true));
     assert!(matches!(&w.outputs[3], Output::HandedOver { requests, error: RpcError::Unavailable(m) } if requests == &vec![7, 8] && m.contains("node 2")));
@@ -406,7 +406,7 @@ fn a_leader_handing_over_does_no_housekeeping_and_its_timer_still_moves_on() {
     // Quiet, asking and settling; run_for asserts the timer moves on.
     w.run_for(ELECTION_MAX + Duration::from_millis(20));
     assert!(w.outputs.iter().any(|o| matches!(o, Output::AskToCampaign { .. })), "{:?}", w.outputs);
-    w.engine.handle_campaign_asked(w.now);
+    w.engine.handle_campaign_asked(w.now, true);
     w.run_for(ELECTION_MAX - Duration::from_millis(1));
     assert_eq!(w.proposed.len(), proposed_before, "no housekeeping proposal during a hand-over");
     w.run_for(Duration::from_millis(2));
@@ -425,7 +425,7 @@ fn a_planned_stop_hands_over_and_tries_again_when_the_successor_did_not_take_ove
     w.drain();
     for _ in 0..STEP_DOWN_ATTEMPTS_MAX {
         w.run_for(ELECTION_MAX + Duration::from_millis(20));
-        w.engine.handle_campaign_asked(w.now);
+        w.engine.handle_campaign_asked(w.now, true);
         w.run_for(ELECTION_MAX + Duration::from_millis(20));
     }
     let asked = w.outputs.iter().filter(|o| matches!(o, Output::AskToCampaign { .. })).count();
@@ -437,11 +437,33 @@ fn a_planned_stop_hands_over_and_tries_again_when_the_successor_did_not_take_ove
     let mut w = World::new(config(1, &[]), RaftStatus { members: vec![member(1, Some(0)), member(2, Some(0))], ..leading() });
     w.engine.handle_step_down(w.now, 9);
     w.run_for(ELECTION_MAX + Duration::from_millis(20));
-    w.engine.handle_campaign_asked(w.now);
+    w.engine.handle_campaign_asked(w.now, true);
     w.status.leader = Some(2);
     w.run_for(ELECTION_MAX + Duration::from_millis(20));
     assert!(w.outputs.contains(&Output::SteppedDown { requests: vec![9], handed_over: true }), "{:?}", w.outputs);
     assert_eq!(w.outputs.iter().filter(|o| matches!(o, Output::AskToCampaign { .. })).count(), 1);
+
+    // The whole cluster stops at once: each successor asked does not answer, is not tried
+    // again, and the stop goes ahead as soon as none is left (not after every try).
+    let mut w = World::new(config(1, &[]), RaftStatus { members: vec![member(1, Some(0)), member(2, Some(0)), member(3, Some(0))], ..leading() });
+    let started = w.now;
+    w.engine.handle_step_down(w.now, 9);
+    let mut asked = Vec::new();
+    for _ in 0..2 {
+        w.run_for(ELECTION_MAX + Duration::from_millis(20));
+        let Some(Output::AskToCampaign { node, .. }) = w.outputs.iter().rev().find(|o| matches!(o, Output::AskToCampaign { .. })) else {
+            panic!("no successor asked: {:?}", w.outputs)
+        };
+        asked.push(*node);
+        w.engine.handle_campaign_asked(w.now, false);
+        w.drain();
+    }
+    asked.sort();
+    assert_eq!(asked, vec![2, 3], "each successor asked once");
+    assert!(w.outputs.contains(&Output::SteppedDown { requests: vec![9], handed_over: false }), "{:?}", w.outputs);
+    assert_eq!(w.outputs.last(), Some(&Output::SteppedDown { requests: vec![9], handed_over: false }));
+    assert!(w.outputs.iter().filter(|o| **o == Output::SetActive(true)).count() >= 2, "active again after each quiet phase: {:?}", w.outputs);
+    assert!(w.now.saturating_since(started) < ELECTION_MAX * 3, "the stop waited {:?}", w.now.saturating_since(started));
 
     // A follower, or a leader alone, has nobody to hand over to.
     let mut w = World::new(config(1, &[]), RaftStatus { members: vec![member(1, Some(0))], ..leading() });
