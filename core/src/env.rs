@@ -141,7 +141,8 @@ pub trait Disk: Clone + Send + Sync + 'static {
     /// Entry names (not paths) in `dir`; an absent directory is empty.
     fn list_dir(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
     /// The entries of `dir` with their kinds (a symbolic link is `Symlink`, not followed),
-    /// in name order: walking a local tree (`put -r`). An absent directory is an error.
+    /// in name order, and what each is where that costs nothing more: walking a local tree
+    /// (`put -r`). An absent directory is an error.
     fn read_entries(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<LocalEntry>>> + Send {
         let _ = dir;
         std::future::ready(Err(io::Error::new(io::ErrorKind::Unsupported, "this disk cannot list entries")))
@@ -254,6 +255,9 @@ pub struct LocalEntry {
     /// As the disk has it: not necessarily UTF-8.
     pub name: std::ffi::OsString,
     pub kind: LocalKind,
+    /// What `inspect` would say of it, when the listing could tell at no extra cost (not for
+    /// a symbolic link, whose target `inspect` follows): a walk then needs no trip per file.
+    pub meta: Option<LocalMeta>,
 }
 
 /// What `Disk::inspect` says of a local path.

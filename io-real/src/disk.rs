@@ -44,6 +44,13 @@ fn stamp_of(meta: &fs::Metadata) -> FileStamp {
     FileStamp { len: meta.len(), modified }
 }
 
+fn local_meta(meta: &fs::Metadata) -> LocalMeta {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mtime_unix_ms = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+    let attrs = FileAttrs { mode: Some(meta.permissions().mode() & dfs_core::namespace::MODE_MAX), mtime_unix_ms };
+    LocalMeta { kind: kind_of(meta.file_type()), len: meta.len(), stamp: stamp_of(meta), attrs, identity: (meta.dev(), meta.ino()) }
+}
+
 fn kind_of(t: fs::FileType) -> LocalKind {
     if t.is_symlink() {
         LocalKind::Symlink
@@ -148,7 +155,12 @@ impl Disk for RealDisk {
             for entry in fs::read_dir(&dir)? {
                 let entry = entry?;
                 let kind = kind_of(entry.file_type()?);
-                entries.push(LocalEntry { name: entry.file_name(), kind });
+                // Not following links: for anything but a link, what `inspect` says.
+                let meta = match kind {
+                    LocalKind::Symlink => None,
+                    _ => entry.metadata().ok().map(|m| local_meta(&m)),
+                };
+                entries.push(LocalEntry { name: entry.file_name(), kind, meta });
             }
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(entries)
@@ -156,14 +168,8 @@ impl Disk for RealDisk {
     }
 
     fn inspect(&self, path: &Path) -> impl Future<Output = io::Result<LocalMeta>> + Send {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = owned(path);
-        blocking(move || {
-            let meta = fs::metadata(&path)?;
-            let mtime_unix_ms = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
-            let attrs = FileAttrs { mode: Some(meta.permissions().mode() & dfs_core::namespace::MODE_MAX), mtime_unix_ms };
-            Ok(LocalMeta { kind: kind_of(meta.file_type()), len: meta.len(), stamp: stamp_of(&meta), attrs, identity: (meta.dev(), meta.ino()) })
-        })
+        blocking(move || Ok(local_meta(&fs::metadata(&path)?)))
     }
 
     fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {

@@ -328,6 +328,24 @@ fn is_root(dir: &Path) -> bool {
 }
 
 impl DiskState {
+    /// What `Disk::inspect` says of `path`, if it exists.
+    fn local_meta(&self, path: &Path) -> Option<LocalMeta> {
+        use std::hash::{Hash, Hasher};
+        if is_root(path) || self.dirs.contains(path) {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            path.hash(&mut h);
+            let stamp = dfs_core::env::FileStamp { len: 0, modified: 0 };
+            // Directories have no inode here: a digest of the path tells them apart.
+            return Some(LocalMeta { kind: LocalKind::Dir, len: 0, stamp, attrs: Default::default(), identity: (1, h.finish()) });
+        }
+        let ino = *self.volatile_names.get(path)?;
+        let data = &self.inodes[&ino].volatile;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut h);
+        let stamp = dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() };
+        Some(LocalMeta { kind: LocalKind::File, len: data.len() as u64, stamp, attrs: Default::default(), identity: (0, ino) })
+    }
+
     /// The names of the files and directories in `dir`, in order.
     fn names_in(&self, dir: &Path) -> Vec<String> {
         let mut names: BTreeSet<String> = BTreeSet::new();
@@ -653,30 +671,16 @@ impl Disk for SimDisk {
             }
             // This disk has no links or special files: what is not a directory is a file.
             let entries = s.names_in(dir).into_iter().map(|name| {
-                let kind = if s.dirs.contains(&dir.join(&name)) { LocalKind::Dir } else { LocalKind::File };
-                LocalEntry { name: name.into(), kind }
+                let meta = s.local_meta(&dir.join(&name));
+                let kind = meta.as_ref().map_or(LocalKind::File, |m| m.kind);
+                LocalEntry { name: name.into(), kind, meta }
             });
             Ok(entries.collect())
         })
     }
 
     fn inspect(&self, path: &Path) -> impl Future<Output = io::Result<LocalMeta>> + Send {
-        self.with(|s| {
-            use std::hash::{Hash, Hasher};
-            if is_root(path) || s.dirs.contains(path) {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                path.hash(&mut h);
-                let stamp = dfs_core::env::FileStamp { len: 0, modified: 0 };
-                // Directories have no inode here: a digest of the path tells them apart.
-                return Ok(LocalMeta { kind: LocalKind::Dir, len: 0, stamp, attrs: Default::default(), identity: (1, h.finish()) });
-            }
-            let ino = *s.volatile_names.get(path).ok_or_else(|| not_found(path))?;
-            let data = &s.inodes[&ino].volatile;
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            data.hash(&mut h);
-            let stamp = dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() };
-            Ok(LocalMeta { kind: LocalKind::File, len: data.len() as u64, stamp, attrs: Default::default(), identity: (0, ino) })
-        })
+        self.with(|s| s.local_meta(path).ok_or_else(|| not_found(path)))
     }
 
     fn space(&self, _dir: &Path) -> impl Future<Output = io::Result<(u64, u64)>> + Send {

@@ -30,14 +30,17 @@ use sha2::Digest;
 
 use super::tree_resume::{self, Decision, RemoteFile, TreeDone, TreeKey, TreeProgress};
 use super::{ClientError, DfsClient, Progress};
-use crate::env::{Disk, Env, LocalKind};
+use crate::env::{Disk, Env, FileStamp, LocalKind, LocalMeta};
 use crate::ids::Sha256Digest;
-use crate::namespace::normalize_path;
+use crate::namespace::{normalize_path, FileAttrs};
 use crate::rpc::RpcError;
 
 /// Files in flight at once, however small: many small files share metadata and chunk
 /// batches, which is what makes them fast.
 pub const FILES_IN_FLIGHT_MAX: usize = 256;
+
+/// Links looked through (`Disk::inspect`) at once while walking one directory.
+const WALK_LOOKS_IN_FLIGHT_MAX: usize = 64;
 
 /// Bytes read from a local file per step when comparing it with a remote file's SHA-256.
 const COMPARE_READ_BYTES: u64 = 1 << 20;
@@ -117,6 +120,10 @@ pub struct LocalFile {
     pub local: PathBuf,
     pub remote: String,
     pub size: u64,
+    /// As the walk found it: what the resume manifest compares.
+    pub stamp: FileStamp,
+    /// What its upload keeps of it.
+    pub attrs: FileAttrs,
 }
 
 /// What a walk of the local tree found.
@@ -164,7 +171,10 @@ pub async fn walk<D: Disk>(disk: &D, root: &Path, prefix: &str, follow: bool) ->
         if entries.is_empty() {
             out.empty_dirs.push(remote.clone());
         }
-        let mut subdirs = Vec::new();
+        // Names first (which cannot be remote names fail here), then what each one is: as
+        // listed, or (a link followed) looked at, several at once, since each look is a trip
+        // to the disk's thread pool.
+        let mut named = Vec::with_capacity(entries.len());
         for entry in entries {
             let path = dir.join(&entry.name);
             if entry.kind == LocalKind::Symlink && !follow {
@@ -179,14 +189,22 @@ pub async fn walk<D: Disk>(disk: &D, root: &Path, prefix: &str, follow: bool) ->
                 out.failed.push(TreeFileOutcome::failed(&path, "", TreeFileError::ControlCharacter));
                 continue;
             }
-            let child = match normalize_path(&join_remote(&remote, name)) {
-                Ok(child) => child,
-                Err(e) => {
-                    out.failed.push(TreeFileOutcome::failed(&path, "", TreeFileError::BadName(e)));
-                    continue;
-                }
+            match normalize_path(&join_remote(&remote, name)) {
+                Ok(child) => named.push((path, child, entry.meta)),
+                Err(e) => out.failed.push(TreeFileOutcome::failed(&path, "", TreeFileError::BadName(e))),
+            }
+        }
+        let look = |(path, child, listed): (PathBuf, String, Option<LocalMeta>)| async move {
+            let meta = match listed {
+                Some(meta) => Ok(meta),
+                None => disk.inspect(&path).await,
             };
-            let meta = match disk.inspect(&path).await {
+            (meta, path, child)
+        };
+        let mut looked = stream::iter(named).map(look).buffered(WALK_LOOKS_IN_FLIGHT_MAX);
+        let mut subdirs = Vec::new();
+        while let Some((meta, path, child)) = looked.next().await {
+            let meta = match meta {
                 Ok(meta) => meta,
                 Err(e) => {
                     out.failed.push(TreeFileOutcome::failed(&path, &child, TreeFileError::Local(e)));
@@ -198,7 +216,7 @@ pub async fn walk<D: Disk>(disk: &D, root: &Path, prefix: &str, follow: bool) ->
                     out.directories += 1;
                     subdirs.push(ToList { dir: path, remote: child, ancestors: ancestors.clone() });
                 }
-                LocalKind::File => out.files.push(LocalFile { local: path, remote: child, size: meta.len }),
+                LocalKind::File => out.files.push(LocalFile { local: path, remote: child, size: meta.len, stamp: meta.stamp, attrs: meta.attrs }),
                 LocalKind::Symlink | LocalKind::Other => out.failed.push(TreeFileOutcome::failed(&path, &child, TreeFileError::NotRegular)),
             }
         }
@@ -321,10 +339,7 @@ impl<E: Env> DfsClient<E> {
         let mut skipped = 0usize;
         for file in std::mem::take(&mut found.files) {
             let decision = match &resume.progress {
-                Some((progress, remote)) => match disk.inspect(&file.local).await {
-                    Ok(meta) => progress.decide(&file.remote, meta.stamp, remote.get(&file.remote)),
-                    Err(_) => Decision::Upload, // the put reports it
-                },
+                Some((progress, remote)) => progress.decide(&file.remote, file.stamp, remote.get(&file.remote)),
                 None => Decision::Upload,
             };
             skipped += usize::from(decision == Decision::Skip);
@@ -378,9 +393,8 @@ impl<E: Env> DfsClient<E> {
                         Ok(None)
                     }
                     Plan::Send { overwrite, .. } => {
-                        let attrs = disk.inspect(&file.local).await.map(|m| m.attrs).unwrap_or_default();
                         let progress = observer.file_progress();
-                        let sent = self.put_with(&file.local, &file.remote, overwrite, attrs, &*progress).await;
+                        let sent = self.put_with(&file.local, &file.remote, overwrite, file.attrs, &*progress).await;
                         if sent.is_err() {
                             sends_failed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -388,7 +402,7 @@ impl<E: Env> DfsClient<E> {
                     }
                 };
                 if let Ok(Some(info)) = &result {
-                    resume.committed(disk, &file.local, &file.remote, info.file_id).await;
+                    resume.committed(disk, &file.remote, file.stamp, info.file_id).await;
                 }
                 let outcome = TreeFileOutcome {
                     local: file.local,
@@ -447,15 +461,24 @@ struct TreeResume {
     path: Option<PathBuf>,
     /// The earlier run's progress and what the remote tree holds now, when resuming.
     progress: Option<(TreeProgress, BTreeMap<String, RemoteFile>)>,
+    appends: std::sync::Mutex<Appends>,
+}
+
+/// Lines for the manifest, written at its end by one task at a time: whoever adds a line
+/// while no write is under way writes everything pending, again until nothing is (a write
+/// per file, one at a time, would hold up the files behind it).
+#[derive(Debug, Default)]
+struct Appends {
+    pending: Vec<u8>,
+    writing: bool,
     /// The manifest's length, while it can be appended to (`None` after a failed write).
-    /// Appends are serialized: each goes at the end.
-    appended: futures::lock::Mutex<Option<u64>>,
+    len: Option<u64>,
 }
 
 impl TreeResume {
     /// `write`: keep a manifest for this run (a dry run only reads the earlier one's).
     async fn open<E: Env>(client: &DfsClient<E>, root: &Path, prefix: &str, force: bool, write: bool) -> Self {
-        let none = TreeResume { path: None, progress: None, appended: futures::lock::Mutex::new(None) };
+        let none = TreeResume { path: None, progress: None, appends: Default::default() };
         let Some(dir) = client.config.resume_dir.clone() else { return none };
         let disk = client.env.disk();
         let key = TreeKey {
@@ -487,7 +510,7 @@ impl TreeResume {
             None => None,
         };
         if !write {
-            return TreeResume { path: None, progress, appended: futures::lock::Mutex::new(None) };
+            return TreeResume { path: None, progress, appends: Default::default() };
         }
         let opened = match progress.is_some() {
             true => disk.file_len(&path).await,
@@ -502,31 +525,52 @@ impl TreeResume {
                 .map(|()| len)
             }
         };
-        let appended = match opened {
+        let len = match opened {
             Ok(len) => Some(len),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "no resume manifest; an interrupted put -r will start over");
                 None
             }
         };
-        TreeResume { path: Some(path), progress, appended: futures::lock::Mutex::new(appended) }
+        TreeResume { path: Some(path), progress, appends: std::sync::Mutex::new(Appends { len, ..Default::default() }) }
     }
 
-    /// `local` is committed at `remote` as `file_id`.
-    async fn committed<D: Disk>(&self, disk: &D, local: &Path, remote: &str, file_id: u64) {
+    /// The local file of `stamp` is committed at `remote` as `file_id`.
+    async fn committed<D: Disk>(&self, disk: &D, remote: &str, stamp: FileStamp, file_id: u64) {
         let Some(path) = &self.path else { return };
-        let Ok(meta) = disk.inspect(local).await else { return };
-        let line = tree_resume::done_line(&TreeDone { remote: remote.to_string(), stamp: meta.stamp, file_id });
-        let mut appended = self.appended.lock().await;
-        let Some(len) = *appended else { return };
-        let n = line.len() as u64;
-        *appended = match disk.write_at(path, len, line.into()).await {
-            Ok(()) => Some(len + n),
-            Err(e) => {
-                tracing::warn!(error = %e, "resume manifest not updated; a rerun verifies more");
-                None
+        {
+            let mut a = self.appends.lock().expect("manifest lock");
+            if a.len.is_none() {
+                return;
             }
-        };
+            a.pending.extend(tree_resume::done_line(&TreeDone { remote: remote.to_string(), stamp, file_id }));
+            if a.writing {
+                return;
+            }
+            a.writing = true;
+        }
+        loop {
+            let (lines, at) = {
+                let mut a = self.appends.lock().expect("manifest lock");
+                match a.len {
+                    Some(len) if !a.pending.is_empty() => (std::mem::take(&mut a.pending), len),
+                    _ => {
+                        a.writing = false;
+                        return;
+                    }
+                }
+            };
+            let n = lines.len() as u64;
+            let written = disk.write_at(path, at, lines.into()).await;
+            let mut a = self.appends.lock().expect("manifest lock");
+            a.len = match written {
+                Ok(()) => Some(at + n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "resume manifest not updated; a rerun verifies more");
+                    None
+                }
+            };
+        }
     }
 
     /// The run ended; with every file up, the manifest goes. Whether a manifest is kept for
@@ -541,6 +585,6 @@ impl TreeResume {
             }
             return false;
         }
-        self.appended.lock().await.is_some()
+        self.appends.lock().expect("manifest lock").len.is_some()
     }
 }
