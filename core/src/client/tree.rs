@@ -290,24 +290,53 @@ enum Plan {
 
 /// Bounds the chunk bytes a tree transfer holds in memory: `parallel` chunks' worth, each
 /// file in flight counting for its first chunk (the whole file when smaller). Small files go
-/// by the hundred, large ones `parallel` at a time.
+/// by the hundred, large ones `parallel` at a time. Waiters for room take turns, first come
+/// first served: a large file waiting is not passed over forever by small ones.
 pub struct Budget {
-    permits: tokio::sync::Semaphore,
+    free_kib: std::sync::Mutex<u32>,
+    freed: event_listener::Event,
+    /// Held by the one waiter that takes room next.
+    turn: futures::lock::Mutex<()>,
     total_kib: u32,
     chunk_size: u64,
+}
+
+/// Room taken from a `Budget`, given back when dropped.
+pub struct Held<'a> {
+    budget: &'a Budget,
+    kib: u32,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.budget.free_kib.lock().expect("budget lock") += self.kib;
+        self.budget.freed.notify(usize::MAX);
+    }
 }
 
 impl Budget {
     pub fn new(parallel: u64, chunk_size: u64) -> Self {
         let total_kib = u32::try_from(parallel.saturating_mul(chunk_size) / 1024).unwrap_or(u32::MAX).max(1);
-        Budget { permits: tokio::sync::Semaphore::new(total_kib as usize), total_kib, chunk_size }
+        Budget { free_kib: std::sync::Mutex::new(total_kib), freed: event_listener::Event::new(), turn: futures::lock::Mutex::new(()), total_kib, chunk_size }
     }
 
-    /// Waits for room for a file of `size` bytes; the room is given back when the permit
-    /// is dropped.
-    pub async fn take(&self, size: u64) -> tokio::sync::SemaphorePermit<'_> {
+    /// Waits for room for a file of `size` bytes.
+    pub async fn take(&self, size: u64) -> Held<'_> {
         let kib = u32::try_from(size.min(self.chunk_size).div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.total_kib);
-        self.permits.acquire_many(kib).await.expect("the budget is never closed")
+        let _turn = self.turn.lock().await;
+        loop {
+            // Listening before looking: room given back between the look and the wait still
+            // wakes this waiter.
+            let freed = self.freed.listen();
+            {
+                let mut free = self.free_kib.lock().expect("budget lock");
+                if *free >= kib {
+                    *free -= kib;
+                    return Held { budget: self, kib };
+                }
+            }
+            freed.await;
+        }
     }
 }
 
@@ -586,5 +615,37 @@ impl TreeResume {
             return false;
         }
         self.appends.lock().expect("manifest lock").len.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn the_budget_holds_parallel_chunks_and_a_large_file_waiting_is_not_passed_over() {
+        // Two chunks of 4 KiB in all; a file counts for its first chunk at most.
+        let budget = Budget::new(2, 4096);
+        let a = budget.take(4096).now_or_never().expect("room for the first chunk");
+        let b = budget.take(2048).now_or_never().expect("a small file fits beside it");
+        assert!(budget.take(1 << 30).now_or_never().is_none(), "no room for a second whole chunk");
+        // A large file waits; a small one after it waits its turn though there is room for it.
+        let mut large = Box::pin(budget.take(1 << 30));
+        assert!(large.as_mut().now_or_never().is_none());
+        let mut later = Box::pin(budget.take(100));
+        assert!(later.as_mut().now_or_never().is_none(), "a small file passed a large one waiting");
+        drop(a);
+        let large = large.now_or_never().expect("the large file has its room once it is free");
+        let later = later.now_or_never().expect("then the small one");
+        drop((large, later, b));
+        // A waiter given up (its future dropped) holds up nobody.
+        let held = (budget.take(4096).now_or_never().unwrap(), budget.take(4096).now_or_never().unwrap());
+        let mut gone = Box::pin(budget.take(4096));
+        assert!(gone.as_mut().now_or_never().is_none());
+        drop(gone);
+        drop(held);
+        let _all = budget.take(4096).now_or_never().expect("room back");
+        let _rest = budget.take(4096).now_or_never().expect("all of it");
     }
 }
