@@ -71,10 +71,13 @@ pub struct GetOpts {
     pub meta: MetaFlag,
 }
 
+/// What a refusal to replace an existing file adds.
+const FORCE_HINT: &str = " (use --force to replace it)";
+
 /// A client error, with a hint for the mistakes that have an obvious way out.
 pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     match e.rpc() {
-        Some(RpcError::AlreadyExists(_)) => anyhow::anyhow!("{:#} (use --force to replace it)", anyhow::Error::new(e)),
+        Some(RpcError::AlreadyExists(_)) => anyhow::anyhow!("{:#}{FORCE_HINT}", anyhow::Error::new(e)),
         _ => anyhow::Error::new(e),
     }
 }
@@ -89,7 +92,7 @@ pub(crate) fn explain_ref(e: &ClientError) -> String {
         source = cause.source();
     }
     if matches!(e.rpc(), Some(RpcError::AlreadyExists(_))) {
-        text.push_str(" (use --force to replace it)");
+        text.push_str(FORCE_HINT);
     }
     text
 }

@@ -323,6 +323,15 @@ async fn sleep(d: std::time::Duration) {
 async fn sleep(_d: std::time::Duration) {}
 
 /// The directory every path hangs from: `/`, or the empty parent of a relative name.
+/// A file's stamp on this disk, which has no clock: a digest of the contents changes
+/// whenever they do.
+fn content_stamp(data: &[u8]) -> dfs_core::env::FileStamp {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() }
+}
+
 fn is_root(dir: &Path) -> bool {
     dir.parent().is_none() || dir.as_os_str().is_empty() || dir == Path::new(".")
 }
@@ -339,11 +348,8 @@ impl DiskState {
             return Some(LocalMeta { kind: LocalKind::Dir, len: 0, stamp, attrs: Default::default(), identity: (1, h.finish()) });
         }
         let ino = *self.volatile_names.get(path)?;
-        let data = &self.inodes[&ino].volatile;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        data.hash(&mut h);
-        let stamp = dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() };
-        Some(LocalMeta { kind: LocalKind::File, len: data.len() as u64, stamp, attrs: Default::default(), identity: (0, ino) })
+        let stamp = content_stamp(&self.inodes[&ino].volatile);
+        Some(LocalMeta { kind: LocalKind::File, len: stamp.len, stamp, attrs: Default::default(), identity: (0, ino) })
     }
 
     /// The names of the files and directories in `dir`, in order.
@@ -598,14 +604,7 @@ impl Disk for SimDisk {
     }
 
     fn stamp(&self, path: &Path) -> impl Future<Output = io::Result<dfs_core::env::FileStamp>> + Send {
-        self.with(|s| {
-            use std::hash::{Hash, Hasher};
-            let data = &s.data(path)?.volatile;
-            // No clock on this disk: a digest of the contents changes whenever they do.
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            data.hash(&mut h);
-            Ok(dfs_core::env::FileStamp { len: data.len() as u64, modified: h.finish() })
-        })
+        self.with(|s| Ok(content_stamp(&s.data(path)?.volatile)))
     }
 
     fn sync_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send {
