@@ -1,12 +1,12 @@
 //! `dfs bench`: benchmarks against clusters this command starts itself.
 //!
-//! `dfs bench meta`: create + commit of empty files through a 3-node metadata cluster on
-//! loopback, each node a child process of this one with its state on the real disk (every
-//! Raft append is fsynced before it counts). For each concurrency level it runs a fixed number
-//! of operations from that many concurrent tasks sharing one client, and reports operations
-//! per second, the median and 99th-percentile latency of one create + commit, the leader's
-//! resident memory per million files, and how many fsyncs per second the disk does on its own
-//! (the figure the others are bounded by).
+//! `dfs bench meta`: metadata operations through a 3-node metadata cluster on loopback, each
+//! node a child process of this one with its state on the real disk (every Raft append is
+//! fsynced before it counts). For each operation (`--op`) and concurrency level it runs a fixed
+//! number of operations from that many concurrent tasks sharing one client, and reports
+//! operations per second, the median and 99th-percentile latency of one, the leader's resident
+//! memory per million files, and how many fsyncs per second the disk does on its own (the
+//! figure the others are bounded by).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -30,7 +30,7 @@ mod transfer;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Metadata throughput and latency: create + commit of empty files on a local 3-node cluster.
+    /// Metadata throughput and latency of each operation (`--op`) on a local 3-node cluster.
     Meta(MetaBenchArgs),
     /// Put and get of a large file and of many small files, beside the disk's own floor.
     Transfer(transfer::TransferBenchArgs),
@@ -38,14 +38,55 @@ pub enum BenchCommand {
     Repair(repair::RepairBenchArgs),
 }
 
+/// One metadata operation `dfs bench meta` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+enum MetaOp {
+    /// `CreateFile` of an empty file: an upload opened (what `put` does first).
+    Create,
+    /// `CreateFile` then `CommitFile`: an empty file, as `dfs put` of a 0-byte file makes it.
+    CreateCommit,
+    /// `Mkdir` of a fresh directory.
+    Mkdir,
+    /// `GetFile` of a committed file (a linearizable read: what `dfs stat` asks).
+    Stat,
+    /// `ListDir` of a directory of `LS_DIR_ENTRIES` files (`dfs ls`).
+    Ls,
+    /// `Rename` of a committed file within its directory.
+    Rename,
+    /// `DeleteFile` of a committed file, skipping the trash.
+    Delete,
+}
+
+impl MetaOp {
+    fn name(self) -> &'static str {
+        match self {
+            MetaOp::Create => "create",
+            MetaOp::CreateCommit => "create-commit",
+            MetaOp::Mkdir => "mkdir",
+            MetaOp::Stat => "stat",
+            MetaOp::Ls => "ls",
+            MetaOp::Rename => "rename",
+            MetaOp::Delete => "delete",
+        }
+    }
+}
+
+/// Entries in the directory `ls` lists.
+const LS_DIR_ENTRIES: u64 = 100;
+
 #[derive(Args)]
 pub struct MetaBenchArgs {
-    /// Operations (create + commit) per concurrency level.
+    /// Operations per operation kind and concurrency level.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     ops: u64,
     /// Concurrency levels to run, in order: concurrent tasks issuing operations.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u64).range(1..=4096))]
     concurrency: Vec<u64>,
+    /// Operations to time, comma-separated; they run in the order listed here whatever the
+    /// order given (stat, rename and delete work on the files create-commit made, which are
+    /// made untimed first when create-commit is not asked for).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "create,create-commit,mkdir,stat,ls,rename,delete")]
+    op: Vec<MetaOp>,
     /// Keep the cluster's data (and the nodes' logs) in DIR instead of a temporary directory
     /// that is removed at the end. DIR must not exist yet or be empty.
     #[arg(long, value_name = "DIR")]
@@ -65,6 +106,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 /// One concurrency level's results.
 struct Level {
+    op: MetaOp,
     concurrency: u64,
     ops: u64,
     elapsed: Duration,
@@ -153,24 +195,57 @@ async fn bench_cluster(args: &MetaBenchArgs, addrs: &[SocketAddr], nodes: &[Node
     let seq = Arc::new(AtomicU64::new(0));
     let mut levels = Vec::new();
     if !args.json {
-        println!("{:<12} {:>7} {:>9} {:>8} {:>8}", "concurrency", "ops", "ops/s", "p50 ms", "p99 ms");
+        println!("{:<14} {:<12} {:>7} {:>9} {:>8} {:>8}", "op", "concurrency", "ops", "ops/s", "p50 ms", "p99 ms");
     }
-    for &concurrency in &args.concurrency {
-        let level = run_level(&client, client_id, &seq, concurrency, args.ops).await?;
-        if !args.json {
-            println!("{:<12} {:>7} {:>9.0} {:>8.2} {:>8.2}", level.concurrency, level.ops, level.ops_per_sec(), ms(level.p50), ms(level.p99));
+    let mut ops = args.op.clone();
+    ops.sort_unstable();
+    ops.dedup();
+    let ctx = OpContext { client: client.clone(), client_id, seq: seq.clone() };
+    if ops.contains(&MetaOp::Ls) {
+        for i in 0..LS_DIR_ENTRIES {
+            create_and_commit(&ctx, format!("/bench/ls/f{i}")).await?;
         }
-        levels.push(level);
+    }
+    // Leader memory is measured once the files are made, before any delete frees some.
+    let mut files = 0u64;
+    let mut rss_files = rss_before;
+    for &op in &ops {
+        for &concurrency in &args.concurrency {
+            // The files stat, rename and delete work on, when create-commit did not make them.
+            if matches!(op, MetaOp::Stat | MetaOp::Rename | MetaOp::Delete) && !ops.contains(&MetaOp::CreateCommit) && op == first_of(&ops) {
+                run_level(&ctx, MetaOp::CreateCommit, concurrency, args.ops, false).await?;
+                files += args.ops;
+                rss_files = rss_bytes(leader_pid)?;
+            }
+            // Ops run in their listed order: rename, when asked for, came before delete.
+            let level = run_level(&ctx, op, concurrency, args.ops, ops.contains(&MetaOp::Rename)).await?;
+            if !args.json {
+                println!(
+                    "{:<14} {:<12} {:>7} {:>9.0} {:>8.2} {:>8.2}",
+                    op.name(),
+                    level.concurrency,
+                    level.ops,
+                    level.ops_per_sec(),
+                    ms(level.p50),
+                    ms(level.p99)
+                );
+            }
+            if matches!(op, MetaOp::Create | MetaOp::CreateCommit) {
+                files += level.ops;
+                rss_files = rss_bytes(leader_pid)?;
+            }
+            levels.push(level);
+        }
     }
 
-    let files: u64 = levels.iter().map(|l| l.ops).sum();
-    let rss_after = rss_bytes(leader_pid)?;
+    let rss_after = rss_files;
     let leader_after = leader_id(&client).await?;
     let per_file = rss_after.saturating_sub(rss_before) as f64 / files.max(1) as f64;
     let mib_per_million = per_file * 1e6 / MIB;
     if args.json {
         let json = serde_json::json!({
             "levels": levels.iter().map(|l| serde_json::json!({
+                "op": l.op.name(),
                 "concurrency": l.concurrency,
                 "ops": l.ops,
                 "seconds": l.elapsed.as_secs_f64(),
@@ -213,20 +288,79 @@ async fn leader_id(client: &MetaClient<RealEnv>) -> anyhow::Result<u64> {
     Ok(status.leader.context("the cluster has no leader")?.id)
 }
 
-/// `ops` create + commit operations from `concurrency` tasks, each on its own paths.
-async fn run_level(client: &MetaClient<RealEnv>, client_id: u64, seq: &Arc<AtomicU64>, concurrency: u64, ops: u64) -> anyhow::Result<Level> {
+/// What every operation needs: the client, and request ids for the writes.
+#[derive(Clone)]
+struct OpContext {
+    client: MetaClient<RealEnv>,
+    client_id: u64,
+    seq: Arc<AtomicU64>,
+}
+
+impl OpContext {
+    fn request_id(&self) -> Option<proto::RequestId> {
+        Some(proto::RequestId { client: self.client_id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 })
+    }
+}
+
+/// The first of `ops` that works on committed files.
+fn first_of(ops: &[MetaOp]) -> MetaOp {
+    ops.iter().copied().find(|o| matches!(o, MetaOp::Stat | MetaOp::Rename | MetaOp::Delete)).unwrap_or(MetaOp::Stat)
+}
+
+/// One operation: `i` of task `task` at `concurrency`. Each kind works on its own paths; stat,
+/// rename and delete on the files create-commit made at the same level (rename moves `f{i}`
+/// to `r{i}`, and delete removes whichever is there).
+async fn one_op(ctx: &OpContext, op: MetaOp, concurrency: u64, task: u64, i: u64, renamed: bool) -> anyhow::Result<()> {
+    let committed = |name: &str| format!("/bench/files/c{concurrency}/t{task}/{name}{i}");
+    match op {
+        MetaOp::Create => {
+            create(ctx, format!("/bench/create/c{concurrency}/t{task}/f{i}")).await?;
+        }
+        MetaOp::CreateCommit => create_and_commit(ctx, committed("f")).await?,
+        MetaOp::Mkdir => {
+            let path = format!("/bench/mkdir/c{concurrency}/t{task}/d{i}");
+            ctx.client
+                .call(proto::MkdirRequest { path: path.clone(), parents: true, request_id: ctx.request_id() })
+                .await
+                .with_context(|| format!("mkdir {path}"))?;
+        }
+        MetaOp::Stat => {
+            let path = committed("f");
+            ctx.client.call(proto::GetFileRequest { path: path.clone() }).await.with_context(|| format!("stat {path}"))?;
+        }
+        MetaOp::Ls => {
+            let listed = ctx.client.call(proto::ListDirRequest { path: "/bench/ls".into(), ..Default::default() }).await.context("ls /bench/ls")?;
+            if listed.entries.len() as u64 != LS_DIR_ENTRIES {
+                bail!("ls /bench/ls listed {} entries, not {LS_DIR_ENTRIES}", listed.entries.len());
+            }
+        }
+        MetaOp::Rename => {
+            let (src, dst) = (committed("f"), committed("r"));
+            ctx.client.call(proto::RenameRequest { src: src.clone(), dst, request_id: ctx.request_id() }).await.with_context(|| format!("rename {src}"))?;
+        }
+        MetaOp::Delete => {
+            let path = committed(if renamed { "r" } else { "f" });
+            let request = proto::DeleteFileRequest { path: path.clone(), skip_trash: true, request_id: ctx.request_id(), ..Default::default() };
+            ctx.client.call(request).await.with_context(|| format!("delete {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `ops` operations `op` from `concurrency` tasks, each on its own paths; `renamed`: rename
+/// ran at this level before (delete removes the new names).
+async fn run_level(ctx: &OpContext, op: MetaOp, concurrency: u64, ops: u64, renamed: bool) -> anyhow::Result<Level> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..concurrency {
         let n = ops / concurrency + u64::from(task < ops % concurrency);
-        let (client, seq) = (client.clone(), seq.clone());
+        let ctx = ctx.clone();
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(n as usize);
             for i in 0..n {
-                let path = format!("/bench/c{concurrency}/t{task}/f{i}");
-                let op = Instant::now();
-                create_and_commit(&client, client_id, &seq, path).await?;
-                latencies.push(op.elapsed());
+                let at = Instant::now();
+                one_op(&ctx, op, concurrency, task, i, renamed).await?;
+                latencies.push(at.elapsed());
             }
             Ok::<_, anyhow::Error>(latencies)
         });
@@ -237,26 +371,33 @@ async fn run_level(client: &MetaClient<RealEnv>, client_id: u64, seq: &Arc<Atomi
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    Ok(Level { concurrency, ops, elapsed, p50: percentile(&latencies, 0.50), p99: percentile(&latencies, 0.99) })
+    Ok(Level { op, concurrency, ops, elapsed, p50: percentile(&latencies, 0.50), p99: percentile(&latencies, 0.99) })
 }
 
-/// One empty file, the way `DfsClient::put` makes a file: create, then commit (no chunks).
-async fn create_and_commit(client: &MetaClient<RealEnv>, client_id: u64, seq: &AtomicU64, path: String) -> anyhow::Result<()> {
-    let created = client
+/// An empty file's upload opened: `CreateFile`, as `DfsClient::put` starts a file.
+async fn create(ctx: &OpContext, path: String) -> anyhow::Result<u64> {
+    let created = ctx
+        .client
         .call(proto::CreateFileRequest {
             path: path.clone(),
             size: 0,
             chunk_size: dfs_core::chunking::DEFAULT_CHUNK_SIZE,
             replication: 3,
             overwrite: false,
-            request_id: Some(proto::RequestId { client: client_id, seq: seq.fetch_add(1, Ordering::Relaxed) + 1 }),
+            request_id: ctx.request_id(),
             expect_file_id: None,
             place_chunks: 0,
             ..Default::default()
         })
         .await
         .with_context(|| format!("create {path}"))?;
-    client.call(proto::CommitFileRequest { file_id: created.file_id, ..Default::default() }).await.with_context(|| format!("commit {path}"))?;
+    Ok(created.file_id)
+}
+
+/// One empty file, the way `DfsClient::put` makes a file: create, then commit (no chunks).
+async fn create_and_commit(ctx: &OpContext, path: String) -> anyhow::Result<()> {
+    let file_id = create(ctx, path.clone()).await?;
+    ctx.client.call(proto::CommitFileRequest { file_id, ..Default::default() }).await.with_context(|| format!("commit {path}"))?;
     Ok(())
 }
 

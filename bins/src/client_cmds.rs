@@ -393,7 +393,7 @@ async fn put_one(ctx: &Ctx, local: &Path, remote_arg: &str, opts: &PutOpts) -> a
     if !meta.is_file() {
         return Err(usage(format!("{}: not a regular file (put takes files, and '-' for standard input)", local.display())));
     }
-    chunking::validate(meta.len(), chunk_size).map_err(|e| usage(format!("{}: {e}", local.display())))?;
+    chunking::validate_new(meta.len(), chunk_size).map_err(|e| usage(format!("{}: {e}", local.display())))?;
     // Readable? Refusing now is clearer than a failure in the middle of the upload.
     let mut opened = std::fs::File::open(&source).map_err(|e| usage(format!("{}: {e}", local.display())))?;
     if meta.len() == 0 && !stdin {
@@ -654,9 +654,20 @@ pub async fn stat(ctx: &Ctx, args: StatArgs) -> anyhow::Result<()> {
             let _ = writeln!(out, "modified:      {} UTC", format_time(mtime, true));
         }
         let _ = writeln!(out, "chunks:        {}", report.chunks.len());
+        if report.chunks.iter().any(|c| c.checksum != "sha256") {
+            // Said once, not per chunk: what a chained checksum is (DESIGN.md, "Chained checksums").
+            let _ = writeln!(out, "checksums:     chained: each chunk's is the SHA-256 state after its bytes, hashed on from the chunk before; the last one's is the file's SHA-256");
+        } else if report.chunks.len() > 1 {
+            let _ = writeln!(out, "checksums:     the SHA-256 of each chunk alone (written by an earlier version, or not in file order)");
+        }
         for c in &report.chunks {
             let sha = c.sha256.as_deref().unwrap_or("-");
-            let _ = writeln!(out, "  chunk {:<6} {:>10}  sha256 {sha}", c.index, ByteSize(c.size).to_string());
+            let kind = match c.checksum {
+                "sha256" => "sha256      ",
+                "chained" => "chained     ",
+                _ => "chained-last",
+            };
+            let _ = writeln!(out, "  chunk {:<6} {:>10}  {kind} {sha}", c.index, ByteSize(c.size).to_string());
             for r in &c.replicas {
                 let _ = writeln!(out, "    {}  {:<21}  {}", r.node_id, r.addr, r.state);
             }

@@ -144,6 +144,10 @@ pub struct ChunkJson {
     pub index: u32,
     pub size: u64,
     pub sha256: Option<String>,
+    /// What `sha256` is: "sha256" (of the chunk's bytes alone), "chained" (the SHA-256 state
+    /// after the chunk, hashed on from the previous chunk's) or "chained-last" (the file's
+    /// SHA-256, hashed on from the previous chunk's).
+    pub checksum: &'static str,
     pub chunk_id: Option<String>,
     pub replicas: Vec<ReplicaJson>,
 }
@@ -181,7 +185,12 @@ pub fn chunk_json(c: &proto::ChunkLocation) -> ChunkJson {
             })
             .collect()
     };
-    ChunkJson { index: c.index, size: c.size, sha256: hex(&c.sha256), chunk_id: hex(&c.chunk_id), replicas }
+    let checksum = match &c.chain {
+        None => "sha256",
+        Some(chain) if chain.last => "chained-last",
+        Some(_) => "chained",
+    };
+    ChunkJson { index: c.index, size: c.size, sha256: hex(&c.sha256), checksum, chunk_id: hex(&c.chunk_id), replicas }
 }
 
 #[derive(Serialize, Default, Clone)]

@@ -51,6 +51,7 @@ impl PutOpts {
                 ByteSize(MAX_CHUNK_SIZE)
             )));
         }
+        dfs_core::chunking::validate_new(0, size).map_err(|e| usage(format!("--chunk-size {}: {e}", self.chunk_size)))?;
         Ok(size)
     }
 }

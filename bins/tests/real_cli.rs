@@ -510,6 +510,9 @@ fn json_shapes(meta: &str, cache: &Path, dir: &Path) {
     assert_eq!(chunks[0]["size"], 65_536);
     assert_eq!(chunks[1]["size"], 70_000 - 65_536);
     assert_eq!(chunks[0]["sha256"].as_str().unwrap().len(), 64);
+    // One hash pass: the chunks' checksums are chained, and the last one is the file's SHA-256.
+    assert_eq!((chunks[0]["checksum"].as_str(), chunks[1]["checksum"].as_str()), (Some("chained"), Some("chained-last")));
+    assert_eq!(chunks[1]["sha256"].as_str(), Some(local_sha.as_str()));
     for c in chunks {
         let replicas = c["replicas"].as_array().unwrap();
         assert_eq!(replicas.len(), 3, "{c}");

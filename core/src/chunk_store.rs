@@ -17,7 +17,27 @@
 //! ..       the data
 //! ```
 //!
-//! The header's CRC32C covers the frame table and (v3) the padding. Version 3 is written for
+//! The header's CRC32C covers the frame table and (v3) the padding.
+//!
+//! ## Version 4 (written by this version for chained chunks)
+//!
+//! A chunk whose checksum is chained (`crate::chain`: the SHA-256 state after its bytes,
+//! hashed on from the state before them) is checked from that state, so its header keeps it:
+//!
+//! ```text
+//! 0..60    as version 2 ("DFSCHNK4"; 16..48 is the chained checksum)
+//! 60       1 if the data is padded to 4 KiB as in version 3, else 0
+//! 61..64   zero
+//! 64..96   the SHA-256 state before the chunk's bytes
+//! 96..104  the file's bytes before the chunk, u64 LE (a multiple of 64)
+//! 104      1 if it is the file's last chunk (its checksum is the file's SHA-256), else 0
+//! 105..112 zero
+//! 112..    frame table, then (padded) zero padding up to the next multiple of 4096
+//! ```
+//!
+//! Its CRC32C covers bytes 0..56 and 60 to the end of the header. A chunk with a standalone
+//! checksum is still written as version 2 or 3, so a one-chunk file's replicas (every small
+//! file) are read by earlier versions as before; a version 4 file is not (README, upgrading). Version 3 is written for
 //! bulk chunks (`is_bulk`): with the data starting on a 4 KiB boundary, a disk that bypasses its
 //! page cache writes the data straight from the buffer it was received into
 //! (`bulk_buf::BulkBuf`) and reads it into aligned memory without a copy (`O_DIRECT` wants the
@@ -52,17 +72,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
-
 use crate::bulk_buf::{is_bulk, BULK_ALIGN};
+use crate::chain::{Chain, SumHasher};
 use crate::ids::{ChunkId, Sha256Digest};
 use crate::limits::CHUNK_FRAME_BYTES;
 use crate::planted::{self, Bug};
+use bytes::{Bytes, BytesMut};
 
 pub const CHUNK_FILE_MAGIC_V1: [u8; 8] = *b"DFSCHNK1";
 pub const CHUNK_FILE_MAGIC: [u8; 8] = *b"DFSCHNK2";
 pub const CHUNK_FILE_MAGIC_V3: [u8; 8] = *b"DFSCHNK3";
+pub const CHUNK_FILE_MAGIC_V4: [u8; 8] = *b"DFSCHNK4";
+/// The chain's part of a version 4 header, after the fixed 64 bytes.
+const CHAIN_BYTES: usize = 48;
 /// The fixed part of the header; a v2 file's frame table follows it.
 pub const HEADER_BYTES: usize = 64;
 /// Frame size recorded in the files this version writes.
@@ -79,31 +101,47 @@ const CHUNK_SUFFIX: &str = ".chunk";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkMeta {
     pub size: u64,
+    /// The chunk's checksum: SHA-256 of its bytes, or chained (`chain`).
     pub sha256: Sha256Digest,
+    /// How `sha256` was computed: `None` for a standalone SHA-256.
+    pub chain: Option<Chain>,
 }
 
 impl ChunkMeta {
+    /// A chunk with a standalone SHA-256.
+    pub fn standalone(size: u64, sha256: Sha256Digest) -> ChunkMeta {
+        ChunkMeta { size, sha256, chain: None }
+    }
+
     /// Bytes the file of this chunk takes, as this version writes it.
     pub fn file_bytes(&self) -> u64 {
-        file_bytes(self.size)
+        head_len(self.size.div_ceil(FILE_FRAME_BYTES) as usize, is_bulk(self.size), self.chain.is_some()) as u64 + self.size
+    }
+
+    /// Whether `data` (all of it) is this chunk's bytes: its length and its checksum.
+    pub fn matches(&self, data: &[u8]) -> bool {
+        data.len() as u64 == self.size && SumHasher::matches(self.chain.as_ref(), data, &self.sha256)
     }
 }
 
-/// Bytes the file of a chunk of `size` bytes takes, as this version writes it.
+/// Bytes the file of a chunk of `size` bytes with a standalone checksum takes, as this version
+/// writes it; a chained one's header is `CHAIN_BYTES` longer (`ChunkMeta::file_bytes`), which
+/// the space reserve absorbs in estimates made before the header is known.
 pub fn file_bytes(size: u64) -> u64 {
     head_bytes(size) + size
 }
 
-/// Bytes before the data in the file of a chunk of `size` bytes, as this version writes it:
-/// version 3 (padded) for bulk data.
+/// Bytes before the data in the file of a chunk of `size` bytes with a standalone checksum, as
+/// this version writes it: version 3 (padded) for bulk data.
 fn head_bytes(size: u64) -> u64 {
-    head_len(size.div_ceil(FILE_FRAME_BYTES) as usize, is_bulk(size)) as u64
+    head_len(size.div_ceil(FILE_FRAME_BYTES) as usize, is_bulk(size), false) as u64
 }
 
-/// Bytes before the data of a v2 or v3 (`padded`) file with `frames` frames: the header, the
-/// frame table and, in v3, the padding to `BULK_ALIGN`.
-fn head_len(frames: usize, padded: bool) -> usize {
-    let table_end = HEADER_BYTES + 4 * frames;
+/// Bytes before the data of a file with `frames` frames: the header, the chain (`chained`,
+/// version 4), the frame table and, when `padded` (v3, or v4 so flagged), the padding to
+/// `BULK_ALIGN`.
+fn head_len(frames: usize, padded: bool, chained: bool) -> usize {
+    let table_end = HEADER_BYTES + if chained { CHAIN_BYTES } else { 0 } + 4 * frames;
     if padded {
         table_end.next_multiple_of(BULK_ALIGN)
     } else {
@@ -177,13 +215,20 @@ pub fn header_len(first: &[u8]) -> Result<usize, ChunkFileError> {
     let magic: [u8; 8] = first[..8].try_into().expect("8 bytes");
     match magic {
         CHUNK_FILE_MAGIC_V1 => Ok(HEADER_BYTES),
-        CHUNK_FILE_MAGIC | CHUNK_FILE_MAGIC_V3 => {
+        CHUNK_FILE_MAGIC | CHUNK_FILE_MAGIC_V3 | CHUNK_FILE_MAGIC_V4 => {
             let frames = u32_at(first, 52) as u64;
             // Bounded before anything is read: at most FILE_DATA_MAX_BYTES / FILE_FRAME_MIN_BYTES.
             if frames > FILE_DATA_MAX_BYTES / FILE_FRAME_MIN_BYTES {
                 return Err(ChunkFileError::BadHeader("too many frames"));
             }
-            Ok(head_len(frames as usize, magic == CHUNK_FILE_MAGIC_V3))
+            let chained = magic == CHUNK_FILE_MAGIC_V4;
+            let padded = match (chained, first[60]) {
+                (false, _) => magic == CHUNK_FILE_MAGIC_V3,
+                (true, 0) => false,
+                (true, 1) => true,
+                (true, _) => return Err(ChunkFileError::BadHeader("bad padding flag")),
+            };
+            Ok(head_len(frames as usize, padded, chained))
         }
         _ => Err(ChunkFileError::BadMagic),
     }
@@ -197,14 +242,31 @@ pub fn decode_header(bytes: &[u8]) -> Result<FileHeader, ChunkFileError> {
     }
     let size = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let sha256 = Sha256Digest(bytes[16..48].try_into().expect("32 bytes"));
-    let meta = ChunkMeta { size, sha256 };
+    let mut meta = ChunkMeta::standalone(size, sha256);
     if bytes[..8] == CHUNK_FILE_MAGIC_V1 {
         return Ok(FileHeader { meta, checks: FrameChecks::WholeChunkOnly, data_offset: len as u64 });
     }
+    let chained = bytes[..8] == CHUNK_FILE_MAGIC_V4;
+    // Version 4's flags (byte 60) are covered; 56..60 is the CRC itself.
+    let covered_from = if chained { 60 } else { HEADER_BYTES };
     let mut crc = crc32c::crc32c(&bytes[..56]);
-    crc = crc32c::crc32c_append(crc, &bytes[HEADER_BYTES..len]);
+    crc = crc32c::crc32c_append(crc, &bytes[covered_from..len]);
     if crc != u32_at(bytes, 56) {
         return Err(ChunkFileError::BadHeader("header checksum mismatch"));
+    }
+    if chained {
+        let ext = &bytes[HEADER_BYTES..HEADER_BYTES + CHAIN_BYTES];
+        let last = match ext[40] {
+            0 => false,
+            1 => true,
+            _ => return Err(ChunkFileError::BadHeader("bad last-chunk flag")),
+        };
+        let chain =
+            Chain { before: Sha256Digest(ext[..32].try_into().expect("32 bytes")), offset: u64::from_le_bytes(ext[32..40].try_into().expect("8 bytes")), last };
+        if !chain.is_well_formed() || (!last && !size.is_multiple_of(crate::chain::BLOCK_BYTES)) {
+            return Err(ChunkFileError::BadHeader("chain off a SHA-256 block boundary"));
+        }
+        meta.chain = Some(chain);
     }
     let frame_bytes = u32_at(bytes, 48) as u64;
     if !(FILE_FRAME_MIN_BYTES..=FILE_FRAME_MAX_BYTES).contains(&frame_bytes) {
@@ -213,31 +275,47 @@ pub fn decode_header(bytes: &[u8]) -> Result<FileHeader, ChunkFileError> {
     if size > FILE_DATA_MAX_BYTES || size.div_ceil(frame_bytes) != u32_at(bytes, 52) as u64 {
         return Err(ChunkFileError::BadHeader("size and frame count disagree"));
     }
-    let table_end = head_len(u32_at(bytes, 52) as usize, false);
-    let crcs = bytes[HEADER_BYTES..table_end].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    let table_start = HEADER_BYTES + if chained { CHAIN_BYTES } else { 0 };
+    let table_end = head_len(u32_at(bytes, 52) as usize, false, chained);
+    let crcs = bytes[table_start..table_end].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     Ok(FileHeader { meta, checks: FrameChecks::Crc32c { frame_bytes, crcs }, data_offset: len as u64 })
 }
 
 /// The header and frame table of a chunk holding `data`: version 2, or version 3 (padded to
-/// `BULK_ALIGN`) for bulk data.
+/// `BULK_ALIGN`) for bulk data; version 4 (padded alike) for a chained checksum.
 pub fn encode_head(meta: ChunkMeta, data: &[u8]) -> Bytes {
     encode_head_as(meta, data, is_bulk(data.len() as u64))
 }
 
-/// `encode_head`, version 3 (`aligned`) or 2 whatever the size (tests of files earlier builds
+/// `encode_head`, padded (`aligned`) or not whatever the size (tests of files earlier builds
 /// wrote: version 2 for every size).
 fn encode_head_as(meta: ChunkMeta, data: &[u8], aligned: bool) -> Bytes {
     let frames = data.len().div_ceil(FILE_FRAME_BYTES as usize);
-    let mut h = BytesMut::zeroed(head_len(frames, aligned));
-    h[..8].copy_from_slice(if aligned { &CHUNK_FILE_MAGIC_V3 } else { &CHUNK_FILE_MAGIC });
+    let chained = meta.chain.is_some();
+    let mut h = BytesMut::zeroed(head_len(frames, aligned, chained));
+    h[..8].copy_from_slice(match (chained, aligned) {
+        (true, _) => &CHUNK_FILE_MAGIC_V4,
+        (false, true) => &CHUNK_FILE_MAGIC_V3,
+        (false, false) => &CHUNK_FILE_MAGIC,
+    });
     h[8..16].copy_from_slice(&meta.size.to_le_bytes());
     h[16..48].copy_from_slice(&meta.sha256.0);
     h[48..52].copy_from_slice(&(FILE_FRAME_BYTES as u32).to_le_bytes());
     h[52..56].copy_from_slice(&(frames as u32).to_le_bytes());
-    for (i, frame) in data.chunks(FILE_FRAME_BYTES as usize).enumerate() {
-        h[HEADER_BYTES + 4 * i..HEADER_BYTES + 4 * i + 4].copy_from_slice(&crc32c::crc32c(frame).to_le_bytes());
+    let mut table_start = HEADER_BYTES;
+    if let Some(chain) = meta.chain {
+        h[60] = u8::from(aligned);
+        let ext = &mut h[HEADER_BYTES..HEADER_BYTES + CHAIN_BYTES];
+        ext[..32].copy_from_slice(&chain.before.0);
+        ext[32..40].copy_from_slice(&chain.offset.to_le_bytes());
+        ext[40] = u8::from(chain.last);
+        table_start += CHAIN_BYTES;
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..56]), &h[HEADER_BYTES..]);
+    for (i, frame) in data.chunks(FILE_FRAME_BYTES as usize).enumerate() {
+        h[table_start + 4 * i..table_start + 4 * i + 4].copy_from_slice(&crc32c::crc32c(frame).to_le_bytes());
+    }
+    let covered_from = if chained { 60 } else { HEADER_BYTES };
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..56]), &h[covered_from..]);
     h[56..60].copy_from_slice(&crc.to_le_bytes());
     h.freeze()
 }
@@ -267,7 +345,7 @@ pub struct FrameReader {
     next: u64,
     frames: u64,
     /// `None`: the frames' CRC32Cs are the only check (`serving`).
-    hasher: Option<Sha256>,
+    hasher: Option<SumHasher>,
 }
 
 impl FrameReader {
@@ -276,7 +354,8 @@ impl FrameReader {
     pub fn new(header: FileHeader) -> Self {
         // An empty chunk is still one (empty) frame: the one that carries the header.
         let frames = header.meta.size.div_ceil(header.frame_bytes()).max(1);
-        FrameReader { header, next: 0, frames, hasher: Some(Sha256::new()) }
+        let hasher = Some(SumHasher::new(header.meta.chain.as_ref()));
+        FrameReader { header, next: 0, frames, hasher }
     }
 
     /// The checks of a chunk served to a reader: for a version 2 file, each frame's CRC32C
@@ -350,7 +429,7 @@ impl FrameReader {
         self.next += 1;
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(data);
-            if self.next == self.frames && Sha256Digest(hasher.clone().finalize().into()) != self.header.meta.sha256 {
+            if self.next == self.frames && hasher.clone().finish() != Some(self.header.meta.sha256) {
                 return Err(ChunkFileError::ChecksumMismatch);
             }
         }
@@ -386,7 +465,7 @@ pub fn check_range(range: &ServedRange, meta: ChunkMeta, data: &Bytes, offset: u
         return Err(RangeError::Length { got: data.len() as u64, expected: range.bytes });
     }
     if range.crcs.is_empty() {
-        if range.start != 0 || range.bytes != meta.size || Sha256Digest::of(data) != meta.sha256 {
+        if range.start != 0 || range.bytes != meta.size || !meta.matches(data) {
             return Err(RangeError::ChecksumMismatch);
         }
     } else {
@@ -766,7 +845,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn meta(data: &[u8]) -> ChunkMeta {
-        ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(data) }
+        ChunkMeta::standalone(data.len() as u64, Sha256Digest::of(data))
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -825,7 +904,7 @@ mod tests {
     #[test]
     fn serving_checks_frames_and_scrub_checks_the_sha256_too() {
         let data = pattern(CHUNK_FRAME_BYTES + 5);
-        let wrong = ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(b"other bytes") };
+        let wrong = ChunkMeta::standalone(data.len() as u64, Sha256Digest::of(b"other bytes"));
         let file = encode_file(wrong, &data);
         let (frames, err) = stream(&file);
         assert_eq!((frames.concat(), err), (data.clone(), None));
@@ -869,6 +948,45 @@ mod tests {
             stream(&Bytes::from(damaged)),
             (data.chunks(CHUNK_FRAME_BYTES).take(2).map(Bytes::copy_from_slice).collect(), Some(ChunkFileError::FrameChecksumMismatch { frame: 2 }))
         );
+    }
+
+    /// A chained chunk (version 4), padded or not: read back with its chain, checked from the
+    /// `before` in its header, and a header whose chain was changed fails its CRC32C.
+    #[test]
+    fn version_4_files_keep_the_chain_and_are_checked_from_it() {
+        for (len, last) in [(3 * CHUNK_FRAME_BYTES, false), (BULK_MIN_BYTES as usize * 2, false), (1000, true), (5 * 64, false)] {
+            let data = pattern(len);
+            let chain = crate::chain::Chain { before: Sha256Digest::of(b"previous chunk"), offset: 64 * 1024, last };
+            let meta = ChunkMeta { size: len as u64, sha256: crate::chain::checksum(&data, Some(&chain)), chain: Some(chain) };
+            let file = encode_file(meta, &data);
+            assert_eq!(file[..8], CHUNK_FILE_MAGIC_V4);
+            assert_eq!(file.len() as u64, meta.file_bytes());
+            let header = decode_header(&file[..header_len(&file).unwrap()]).unwrap();
+            assert_eq!(header.meta, meta);
+            assert_eq!(header.data_offset().is_multiple_of(BULK_ALIGN as u64), is_bulk(len as u64), "len {len}");
+            assert_eq!(decode_file(file.clone()).unwrap(), (meta, Bytes::from(data.clone())));
+            // Whole-chunk checks (scrub) catch a flipped data bit that the frame CRC32Cs would
+            // also catch, and a wrong checksum that they would not.
+            let mut damaged = file.to_vec();
+            let at = header.data_offset() as usize + len / 2;
+            damaged[at] ^= 1;
+            assert!(decode_file(damaged.into()).is_err());
+            let wrong = ChunkMeta { sha256: Sha256Digest::of(&data), ..meta };
+            assert_eq!(decode_file(encode_file(wrong, &data)), Err(ChunkFileError::ChecksumMismatch));
+            // The chain is covered by the header's CRC32C: a changed `before` or last flag is
+            // refused; a changed padding flag moves the data, and is refused too.
+            for at in [HEADER_BYTES + 3, HEADER_BYTES + 40] {
+                let mut changed = file.to_vec();
+                changed[at] ^= 1;
+                assert!(matches!(decode_file(changed.into()), Err(ChunkFileError::BadHeader(_))), "byte {at}");
+            }
+            let mut changed = file.to_vec();
+            changed[60] ^= 1;
+            assert!(decode_file(changed.into()).is_err());
+        }
+        // Standalone checksums are still written as version 2 or 3: earlier versions read them.
+        let data = pattern(1000);
+        assert_eq!(encode_file(meta(&data), &data)[..8], CHUNK_FILE_MAGIC);
     }
 
     #[test]

@@ -28,6 +28,29 @@ pub enum ChunkingError {
     TooManyChunks { size: u64, chunk_size: u64 },
 }
 
+/// Why a chunk size cannot be used for a new upload (`validate_new`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewChunkSizeError {
+    #[error(transparent)]
+    Range(#[from] ChunkingError),
+    #[error("chunk size {size} is not a multiple of {block} bytes (a SHA-256 block, so that one hash pass checks every chunk); the nearest valid sizes are {below} and {above}", block = crate::chain::BLOCK_BYTES)]
+    NotBlockMultiple { size: u64, below: u64, above: u64 },
+}
+
+/// The rule for new uploads: `validate`, and a whole number of SHA-256 blocks (chunks are
+/// chained: see `chain`). Metadata keeps accepting the sizes earlier versions did (`validate`)
+/// so that their logs replay alike.
+pub fn validate_new(size: u64, chunk_size: u64) -> Result<(), NewChunkSizeError> {
+    validate(size, chunk_size)?;
+    let block = crate::chain::BLOCK_BYTES;
+    if !chunk_size.is_multiple_of(block) {
+        let below = (chunk_size / block * block).max(MIN_CHUNK_SIZE);
+        let above = chunk_size.next_multiple_of(block).min(MAX_CHUNK_SIZE);
+        return Err(NewChunkSizeError::NotBlockMultiple { size: chunk_size, below, above });
+    }
+    Ok(())
+}
+
 pub fn validate(size: u64, chunk_size: u64) -> Result<(), ChunkingError> {
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
         return Err(ChunkingError::ChunkSizeOutOfRange(chunk_size));
@@ -73,6 +96,9 @@ mod tests {
         assert!(validate(10, 1).is_err());
         assert!(validate(u64::MAX, MIN_CHUNK_SIZE).is_err());
         assert!(validate(5 << 30, DEFAULT_CHUNK_SIZE).is_ok());
+        assert_eq!(validate_new(1, 100_000), Err(NewChunkSizeError::NotBlockMultiple { size: 100_000, below: 99_968, above: 100_032 }));
+        assert!(validate_new(1, 100_032).is_ok());
+        assert!(matches!(validate_new(1, 10), Err(NewChunkSizeError::Range(_))));
     }
 
     proptest! {

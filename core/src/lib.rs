@@ -22,6 +22,7 @@
 //! cluster.
 
 pub mod bulk_buf;
+pub mod chain;
 pub mod chunk_store;
 pub mod chunking;
 pub mod client;

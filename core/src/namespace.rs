@@ -26,6 +26,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::{Chain, SumKind};
 use crate::chunking;
 use crate::ids::{ChunkId, FileId, Sha256Digest, StorageNodeId};
 use crate::limits::{BATCH_COMMANDS_MAX, RECORD_CHUNKS_MAX};
@@ -68,6 +69,10 @@ pub struct ChunkRecord {
     pub sha256: Sha256Digest,
     /// Nodes holding a verified copy, in the order the client reported them.
     pub replicas: Vec<StorageNodeId>,
+    /// How `sha256` was computed (`crate::chain`). Absent from records of earlier versions,
+    /// and left out when standalone, so such records read and write as they always did.
+    #[serde(default, skip_serializing_if = "SumKind::is_standalone")]
+    pub sum: SumKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +100,17 @@ pub struct FileRecord {
 impl FileRecord {
     pub fn chunk_id(&self, index: u32) -> ChunkId {
         self.shared.get(&index).copied().unwrap_or_else(|| ChunkId::derive(self.id, index))
+    }
+
+    /// The chain of the chunk at `pos` in `chunks`: `before` is the previous chunk's checksum.
+    /// `None` for a standalone checksum.
+    pub fn chain_at(&self, pos: usize) -> Option<Chain> {
+        let c = self.chunks.get(pos)?;
+        if c.sum.is_standalone() {
+            return None;
+        }
+        let before = pos.checked_sub(1).and_then(|p| self.chunks.get(p)).map_or_else(Chain::initial, |p| p.sha256);
+        Some(Chain::at(c.index, self.chunk_size, before, c.sum == SumKind::ChainedLast))
     }
 }
 
@@ -875,6 +891,16 @@ impl Namespace {
                     if c.size != expected {
                         return Err(bad(format!("size {} but expected {expected}", c.size)));
                     }
+                    let last = u64::from(c.index) + 1 == chunking::chunk_count(upload.size, upload.chunk_size);
+                    match c.sum {
+                        SumKind::Standalone => {}
+                        _ if !Chain::applies(upload.size, upload.chunk_size) => {
+                            return Err(bad("a chained checksum in a file that cannot be chained".into()));
+                        }
+                        SumKind::Chained if last => return Err(bad("the last chunk's chained checksum must be marked last".into())),
+                        SumKind::ChainedLast if !last => return Err(bad("only the last chunk's chained checksum is the file's".into())),
+                        _ => {}
+                    }
                     if let Some(unknown) = c.replicas.iter().find(|r| !self.storage_nodes.contains_key(r)) {
                         return Err(bad(format!("unknown storage node {unknown}")));
                     }
@@ -902,6 +928,20 @@ impl Namespace {
                 let missing = total.saturating_sub(upload.chunks.len() as u64);
                 if missing > 0 {
                     return Err(NamespaceError::Incomplete { file, missing, total });
+                }
+                // A chained chunk hashes on from the one before it, which must be chained too;
+                // and a chained last chunk's checksum is the file's SHA-256.
+                let mut prev: Option<&ChunkRecord> = None;
+                for c in upload.chunks.values() {
+                    if c.sum != SumKind::Standalone && c.index > 0 && prev.is_none_or(|p| p.sum != SumKind::Chained) {
+                        let reason = "a chained checksum after a chunk that is not chained".into();
+                        return Err(NamespaceError::BadChunk { file, index: c.index, reason });
+                    }
+                    if c.sum == SumKind::ChainedLast && sha256.is_some_and(|s| s != c.sha256) {
+                        let reason = "the file's SHA-256 differs from its last chunk's chained checksum".into();
+                        return Err(NamespaceError::BadChunk { file, index: c.index, reason });
+                    }
+                    prev = Some(c);
                 }
                 self.check_path_free(&upload.path, upload.overwrite)?;
                 self.check_expected(&upload.path, upload.expect_file_id)?;

@@ -52,6 +52,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::chain::Chain;
 use crate::env::Timestamp;
 use crate::health::Liveness;
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
@@ -126,6 +127,8 @@ pub struct ChunkState<'a> {
     pub id: ChunkId,
     pub size: u64,
     pub sha256: Sha256Digest,
+    /// How `sha256` was computed (`crate::chain`): a copy is checked, and stored, the same way.
+    pub chain: Option<Chain>,
     pub replication: u32,
     pub replicas: &'a [StorageNodeId],
     pub bad: Option<&'a BTreeSet<StorageNodeId>>,
@@ -150,6 +153,7 @@ pub struct RepairJob {
     pub chunk: ChunkId,
     pub size: u64,
     pub sha256: Sha256Digest,
+    pub chain: Option<Chain>,
     pub sources: Vec<StorageNodeId>,
     pub target: StorageNodeId,
 }
@@ -167,6 +171,7 @@ struct Wanted {
     chunk: ChunkId,
     size: u64,
     sha256: Sha256Digest,
+    chain: Option<Chain>,
     /// Replicas a copy can be read from.
     sources: Vec<StorageNodeId>,
     /// The racks its valid replicas are on.
@@ -477,6 +482,7 @@ impl RepairPlanner {
                         chunk: c.id,
                         size: c.size,
                         sha256: c.sha256,
+                        chain: c.chain,
                         sources,
                         racks,
                         listed: c.replicas.iter().chain(&c.deleting).copied().collect(),
@@ -617,7 +623,7 @@ impl RepairPlanner {
                 *f -= w.size;
             }
             self.stats.planned += 1;
-            self.jobs.insert(chunk, InFlight { job: RepairJob { chunk, size: w.size, sha256: w.sha256, sources, target }, sent_at: None });
+            self.jobs.insert(chunk, InFlight { job: RepairJob { chunk, size: w.size, sha256: w.sha256, chain: w.chain, sources, target }, sent_at: None });
         }
         self.queue = queue;
     }

@@ -306,8 +306,17 @@ pub struct RepairOrder {
     pub chunk: ChunkId,
     pub size: u64,
     pub sha256: crate::ids::Sha256Digest,
+    /// How `sha256` was computed (`crate::chain`): the copy is checked, and stored, so.
+    pub chain: Option<crate::chain::Chain>,
     /// Nodes holding the chunk, to try in order: (id, address).
     pub sources: Vec<(StorageNodeId, String)>,
+}
+
+impl RepairOrder {
+    /// What the copy is to be stored as.
+    pub fn meta(&self) -> crate::chunk_store::ChunkMeta {
+        crate::chunk_store::ChunkMeta { size: self.size, sha256: self.sha256, chain: self.chain }
+    }
 }
 
 /// The repair jobs of one storage node: queued, running, and failures to report. Jobs run
@@ -583,7 +592,7 @@ mod tests {
     }
 
     fn order(index: u32) -> RepairOrder {
-        RepairOrder { chunk: ChunkId::derive(FileId(8), index), size: 1, sha256: Sha256Digest::of(&[]), sources: vec![] }
+        RepairOrder { chunk: ChunkId::derive(FileId(8), index), size: 1, sha256: Sha256Digest::of(&[]), chain: None, sources: vec![] }
     }
 
     #[test]
@@ -675,6 +684,7 @@ mod tests {
             chunk: ChunkId::from_slice(&[1; 16]).unwrap(),
             size: 10,
             sha256: Sha256Digest([7; 32]),
+            chain: None,
             sources: vec![
                 (StorageNodeId(1), "a:1".into()),
                 (StorageNodeId(9), "me:1".into()),

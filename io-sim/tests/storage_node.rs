@@ -221,6 +221,7 @@ fn upload(id: ChunkId, data: &Bytes) -> ChunkUpload {
             size: data.len() as u64,
             sha256: Sha256Digest::of(data).0.to_vec().into(),
             forward_to: vec![],
+            chain: None,
         },
         data: data.clone(),
     }
@@ -484,7 +485,7 @@ fn version_1_chunk_files_are_still_served() {
     let path = layout.chunk_path(id);
     block_on(async {
         env.disk.inner.create_dir_all(path.parent().unwrap()).await.unwrap();
-        let meta = ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(&data) };
+        let meta = ChunkMeta::standalone(data.len() as u64, Sha256Digest::of(&data));
         env.disk.inner.write_file(&path, chunk_store::encode_file_v1(meta, &data)).await.unwrap();
     });
     let node = open(&env, config());
@@ -634,7 +635,7 @@ fn a_batch_cut_by_power_loss_at_any_step_leaves_only_whole_chunks() {
         .map(|(i, (id, data))| chunk_store::BatchItem {
             id: *id,
             nonce: i as u64 + 100,
-            meta: ChunkMeta { size: data.len() as u64, sha256: Sha256Digest::of(data) },
+            meta: ChunkMeta::standalone(data.len() as u64, Sha256Digest::of(data)),
             data: data.clone(),
         })
         .collect();

@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use dfs_core::chain::{checksum, Chain};
 use dfs_core::client::DfsClient;
 use dfs_core::env::Disk;
 use dfs_core::ids::ChunkId;
 use dfs_io_sim::SimEnv;
-use sha2::{Digest, Sha256};
 
 use crate::cluster::Cluster;
 
@@ -55,7 +55,7 @@ pub async fn replica_problems_draining(
     let on_disk = chunks_on_disks(cluster).await;
     let mut listed: BTreeSet<ChunkId> = BTreeSet::new();
     // What metadata says each listed chunk holds: every copy must be exactly that.
-    let mut expected: BTreeMap<ChunkId, (u64, Vec<u8>)> = BTreeMap::new();
+    let mut expected: BTreeMap<ChunkId, (u64, Vec<u8>, Option<Chain>)> = BTreeMap::new();
     let mut listed_on: BTreeSet<(ChunkId, u64)> = BTreeSet::new();
     for remote in paths {
         let c = client.clone();
@@ -75,7 +75,13 @@ pub async fn replica_problems_draining(
         for chunk in &stat.chunks {
             let id = ChunkId::from_slice(&chunk.chunk_id).unwrap();
             listed.insert(id);
-            expected.insert(id, (chunk.size, chunk.sha256.to_vec()));
+            // Metadata's chain (its `before` is the previous chunk's recorded checksum), never
+            // the copy's own header.
+            let chain = match Chain::from_proto_opt(chunk.chain.as_ref()) {
+                Ok(chain) => chain,
+                Err(e) => return Some(format!("{remote} chunk {}: {e}", chunk.index)),
+            };
+            expected.insert(id, (chunk.size, chunk.sha256.to_vec(), chain));
             let all: Vec<u64> = chunk.replica_status.iter().filter_map(|s| s.node.as_ref().map(|n| n.id)).collect();
             listed_on.extend(all.iter().filter_map(|n| up.get(n)).map(|i| (id, *i)));
             let nodes: Vec<u64> = all.iter().copied().filter(|n| !up.get(n).is_some_and(|i| draining.contains(i))).collect();
@@ -101,13 +107,15 @@ pub async fn replica_problems_draining(
         // consistent with itself may still be another chunk's bytes or a stale version).
         let layout = dfs_core::chunk_store::ChunkLayout::new("/data");
         for (id, holders) in on_disk.iter().filter(|(id, _)| listed.contains(id)) {
-            let (size, sha256) = &expected[id];
+            let (size, sha256, chain) = &expected[id];
             for h in holders {
                 let bytes = cluster.storage[*h as usize - 1].disk.read_file(&layout.chunk_path(*id)).await.unwrap_or_default();
                 let problem = match dfs_core::chunk_store::decode_file(bytes) {
                     Err(e) => Some(format!("does not decode ({e})")),
                     Ok((_, data)) if data.len() as u64 != *size => Some(format!("holds {} bytes, metadata says {size}", data.len())),
-                    Ok((_, data)) if Sha256::digest(&data).as_slice() != sha256.as_slice() => Some("does not match metadata's SHA-256".to_string()),
+                    Ok((_, data)) if checksum(&data, chain.as_ref()).0.as_slice() != sha256.as_slice() => {
+                        Some("does not match metadata's checksum".to_string())
+                    }
                     Ok(_) => None,
                 };
                 if let Some(problem) = problem {

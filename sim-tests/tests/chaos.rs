@@ -48,7 +48,7 @@ mod planted {
 
     #[test]
     fn a_read_served_unchecked_leaves_damage_the_replica_check_finds() {
-        caught(Bug::UncheckedRead, "does not match metadata's SHA-256", 8);
+        caught(Bug::UncheckedRead, "does not match metadata's checksum", 8);
     }
 
     #[test]

@@ -151,7 +151,7 @@ async fn scenario() {
         let path = layout.chunk_path(straggler);
         let victim_disk = &cluster.storage[victim as usize - 1].disk;
         victim_disk.create_dir_all(path.parent().unwrap()).await.unwrap();
-        victim_disk.write_file(&path, encode_file(ChunkMeta { size: 1000, sha256: dfs_core::ids::Sha256Digest::of(&data) }, &data)).await.unwrap();
+        victim_disk.write_file(&path, encode_file(ChunkMeta::standalone(1000, dfs_core::ids::Sha256Digest::of(&data)), &data)).await.unwrap();
         victim_disk.sync_file(&path).await.unwrap();
         for dir in path.ancestors().skip(1).take(3) {
             victim_disk.sync_dir(dir).await.unwrap();

@@ -109,10 +109,11 @@ async fn scenario() {
         let loc = stat.chunks.iter().find(|c| c.index == 1).unwrap();
         let served = loc.replicas.iter().any(|n| n.id == victim.id);
         let all_ok = loc.replica_status.len() == 3 && loc.replica_status.iter().all(|s| s.state == ReplicaState::Ok as i32);
-        // Whole: decodes, and its bytes hash to metadata's SHA-256 (hashed here, not trusted
+        // Whole: decodes, and its bytes hash to metadata's checksum (hashed here, not trusted
         // from the copy's own checks).
         let whole = host.disk.read_file(&path).await.ok().is_some_and(|f| {
-            dfs_core::chunk_store::decode_file(f).is_ok_and(|(_, data)| dfs_core::ids::Sha256Digest::of(&data).0.as_slice() == loc.sha256.as_ref())
+            let chain = dfs_core::chain::Chain::from_proto_opt(loc.chain.as_ref()).expect("metadata's chain");
+            dfs_core::chunk_store::decode_file(f).is_ok_and(|(_, data)| dfs_core::chain::checksum(&data, chain.as_ref()).0.as_slice() == loc.sha256.as_ref())
         });
         if served && all_ok && whole {
             break;
@@ -141,6 +142,7 @@ async fn callers_that_go_away_leave_no_write_behind(cluster: &Cluster) {
                 size: data.len() as u64,
                 sha256: dfs_core::ids::Sha256Digest::of(&data).0.to_vec().into(),
                 forward_to: vec![],
+                chain: None,
             },
             data,
         };

@@ -59,6 +59,21 @@ pub struct TransferBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run the nodes and the client from this `dfs` binary instead of this one: another build
+    /// measured by the same harness, side by side (alternate the two in one session).
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
+}
+
+impl TransferBenchArgs {
+    /// The binary the nodes and the client run.
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        match &self.exe {
+            Some(exe) if exe.is_file() => Ok(exe.clone()),
+            Some(exe) => bail!("--exe {}: no such file", exe.display()),
+            None => std::env::current_exe().context("cannot find the dfs executable"),
+        }
+    }
 }
 
 const STORAGE_NODES: usize = 3;
@@ -83,7 +98,7 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
             println!("{line}");
         }
     };
-    let exe = std::env::current_exe().context("cannot find the dfs executable")?;
+    let exe = args.exe()?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let meta_addrs = free_loopback_addrs(META_NODES)?;
@@ -139,6 +154,9 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
             "get_floor_seconds": large.get_floor,
             "get_ratio": large.get / large.get_floor,
             "get_floor_uncached_seconds": large.get_floor_uncached,
+            "warm_get_seconds": large.warm_get,
+            "warm_get_ratio": large.warm_get / large.get_floor,
+            "warm_get_cpu_seconds": { "client": large.warm_get_cpu.client, "storage_nodes": large.warm_get_cpu.storage, "metadata_nodes": large.warm_get_cpu.meta },
             "put_cpu_seconds": { "client": large.put_cpu.client, "storage_nodes": large.put_cpu.storage, "metadata_nodes": large.put_cpu.meta },
             "get_cpu_seconds": { "client": large.get_cpu.client, "storage_nodes": large.get_cpu.storage, "metadata_nodes": large.get_cpu.meta },
             "put_floor_cpu_seconds": large.put_floor_cpu,
@@ -171,10 +189,14 @@ struct Large {
     get_floor_uncached: Option<f64>,
     put_rss: u64,
     get_rss: u64,
-    /// CPU time of the median put, and of the floor run beside it; of the median get.
+    /// A second get right after the first, nothing emptied in between: what a file read
+    /// twice costs the second time.
+    warm_get: f64,
+    /// CPU time of the median put, and of the floor run beside it; of the median get and warm get.
     put_cpu: Cpu,
     put_floor_cpu: f64,
     get_cpu: Cpu,
+    warm_get_cpu: Cpu,
 }
 
 /// Where a transfer's CPU time went, in seconds.
@@ -215,6 +237,7 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
     let (mut put, mut put_floor, mut get, mut get_floor, mut get_floor_uncached) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut put_rss, mut get_rss) = (0u64, 0u64);
     let (mut put_cpu, mut floor_cpu, mut get_cpu) = (vec![], vec![], vec![]);
+    let (mut warm_get, mut warm_get_cpu) = (vec![], vec![]);
     for run in 0..args.runs {
         tokio::task::block_in_place(|| settle(&source))?;
         let own = own_cpu_secs();
@@ -245,14 +268,23 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
             bail!("the downloaded file differs from the uploaded one");
         }
         std::fs::remove_file(&dest)?;
+        // The same file again at once: whatever the first get left in memory anywhere counts.
+        let (meta_before, storage_before) = nodes_cpu(pids);
+        let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        let (meta_after, storage_after) = nodes_cpu(pids);
+        warm_get_cpu.push(Cpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
+        warm_get.push(secs);
+        get_rss = get_rss.max(rss);
+        std::fs::remove_file(&dest)?;
         say(format!(
-            "run {}: put {:.2}s (floor {:.2}s)  get {:.2}s (floor {:.2}s{})",
+            "run {}: put {:.2}s (floor {:.2}s)  get {:.2}s (floor {:.2}s{})  warm get {:.2}s",
             run + 1,
             put[run as usize],
             put_floor[run as usize],
             get[run as usize],
             get_floor[run as usize],
             get_floor_uncached.get(run as usize).map(|s| format!(", uncached {s:.2}s")).unwrap_or_default(),
+            warm_get[run as usize],
         ));
     }
     // The CPU figures of the run whose transfer took the median time.
@@ -261,7 +293,7 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         order.sort_by(|a, b| times[*a].total_cmp(&times[*b]));
         order[order.len() / 2]
     };
-    let (put_middle, get_middle) = (middle(&put), middle(&get));
+    let (put_middle, get_middle, warm_middle) = (middle(&put), middle(&get), middle(&warm_get));
     let large = Large {
         put: median(&put),
         put_floor: median(&put_floor),
@@ -270,9 +302,11 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         get_floor_uncached: (!get_floor_uncached.is_empty()).then(|| median(&get_floor_uncached)),
         put_rss,
         get_rss,
+        warm_get: median(&warm_get),
         put_cpu: put_cpu[put_middle],
         put_floor_cpu: floor_cpu[put_middle],
         get_cpu: get_cpu[get_middle],
+        warm_get_cpu: warm_get_cpu[warm_middle],
     };
     say(format!(
         "{} at replication 3, median of {}: put {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s); get {:.2}s = {:.2}x the floor ({:.2}s, {:.0} MiB/s)",
@@ -290,20 +324,29 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
     if let Some(uncached) = large.get_floor_uncached {
         say(format!("get against the floor read from the disk, as a get reads its chunks: {:.2}x ({uncached:.2}s)", large.get / uncached));
     }
+    say(format!(
+        "warm get (the same file again at once) {:.2}s = {:.2}x the floor of a cached file (cat + sync, {:.2}s)",
+        large.warm_get,
+        large.warm_get / large.get_floor,
+        large.get_floor
+    ));
+    let gib = size as f64 / (1u64 << 30) as f64;
     let cpu_line = |what: &str, run: usize, cpu: Cpu| {
         format!(
-            "{what} CPU (run {}): client {:.2}s + storage nodes {:.2}s + metadata nodes {:.2}s = {:.2}s, so at least {:.2}s of wall time on {} cores",
+            "{what} CPU (run {}): client {:.2}s + storage nodes {:.2}s + metadata nodes {:.2}s = {:.2}s ({:.2}s per GiB), so at least {:.2}s of wall time on {} cores",
             run + 1,
             cpu.client,
             cpu.storage,
             cpu.meta,
             cpu.total(),
+            cpu.total() / gib,
             cpu.total() / cores() as f64,
             cores(),
         )
     };
     say(format!("{}; the floor used {:.2}s of CPU", cpu_line("put", put_middle, large.put_cpu), large.put_floor_cpu));
     say(cpu_line("get", get_middle, large.get_cpu));
+    say(cpu_line("warm get", warm_middle, large.warm_get_cpu));
     say(format!("client peak RSS: put {}, get {}", ByteSize(large.put_rss), ByteSize(large.get_rss)));
     std::fs::remove_file(&source)?;
     Ok(large)
@@ -445,7 +488,7 @@ async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say:
     let cp_rate = n as f64 / started.elapsed().as_secs_f64();
 
     // The real commands, as a user runs them (their default files in flight).
-    let exe = std::env::current_exe().context("cannot find the dfs executable")?;
+    let exe = args.exe()?;
     let batches = args.small_chunk_batches.to_string();
     let tree_arg = tree.to_string_lossy().into_owned();
     let (put_secs, _, _) = run_dfs(&exe, meta, dir, &["put", "-r", "--quiet", "--chunk-batches", &batches, &tree_arg, "/bench/small"])?;

@@ -10,7 +10,11 @@
 //! - Replicas are tried in metadata's order; after every replica of a chunk failed, the whole
 //!   list is tried again after a backoff, `rounds_max` times in all.
 //! - The whole-file SHA-256, when metadata has one, is checked before the output is made
-//!   final (`Finish`); a mismatch fails the download and nothing is renamed into place.
+//!   final (`Finish`); a mismatch fails the download and nothing is renamed into place. When
+//!   the chunks' own checks already prove it (one chunk whose SHA-256 is the file's, or a
+//!   whole chain whose last checksum is the file's: see `crate::chain`), the driver makes no
+//!   second pass (`needs_file_pass`); otherwise (files of earlier versions) it hashes what it
+//!   writes.
 //!
 //! ## What it does not do
 //! No I/O and no hashing of bytes: the driver fetches, hashes and writes, keeping each
@@ -19,6 +23,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::chain::Chain;
 use crate::env::{LocalError, Timestamp};
 use crate::ids::Sha256Digest;
 use crate::proto;
@@ -42,7 +47,8 @@ impl Default for DownloadConfig {
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A replica answered with `len` bytes whose digest is `sha256`.
+    /// A replica answered with `len` bytes whose checksum, computed as `chain(index)` says, is
+    /// `sha256`.
     Fetched {
         index: u32,
         attempt: u32,
@@ -125,6 +131,7 @@ pub enum DownloadError {
 struct ChunkState {
     location: proto::ChunkLocation,
     expected: Sha256Digest,
+    chain: Option<Chain>,
     offset: u64,
     /// Index into `location.replicas` of the replica being (or to be) asked.
     next_replica: usize,
@@ -159,6 +166,8 @@ enum Stage {
 pub struct Download {
     config: DownloadConfig,
     file_sha256: Option<Sha256Digest>,
+    /// The chunks' checks prove the file's SHA-256: no pass over the output is needed.
+    proven_by_chunks: bool,
     chunks: Vec<ChunkState>,
     /// The lowest chunk not written yet: the window starts here.
     next_write: usize,
@@ -178,16 +187,31 @@ impl Download {
         if chunks.len() as u64 != expected_count {
             return Err(DownloadError::BadChunkList(format!("{} chunks listed, {expected_count} expected", chunks.len())));
         }
-        let mut states = Vec::with_capacity(chunks.len());
+        let mut states: Vec<ChunkState> = Vec::with_capacity(chunks.len());
         for (i, c) in chunks.into_iter().enumerate() {
             let want = crate::chunking::chunk_len(info.size, info.chunk_size, i as u32);
             if c.index as usize != i || Some(c.size) != want {
                 return Err(DownloadError::BadChunkList(format!("chunk {} has {} bytes, expected {:?}", c.index, c.size, want)));
             }
             let expected = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| DownloadError::BadChunkList(format!("chunk {}: no SHA-256", c.index)))?;
+            let chain = Chain::from_proto_opt(c.chain.as_ref()).map_err(|e| DownloadError::BadChunkList(format!("chunk {}: {e}", c.index)))?;
+            if let Some(chain) = chain {
+                // Checked here, not taken on trust: the chain must run from SHA-256's initial
+                // state through every chunk before this one, so that the last chunk's check
+                // proves the whole file.
+                let before = match states.last() {
+                    None => Some(Chain::initial()),
+                    Some(p) => p.chain.filter(|pc: &Chain| !pc.last).map(|_| p.expected),
+                };
+                let fits = before == Some(chain.before) && chain.offset == i as u64 * info.chunk_size && chain.last == (i as u64 + 1 == expected_count);
+                if !fits {
+                    return Err(DownloadError::BadChunkList(format!("chunk {}: its checksum's chain does not follow from the chunks before it", c.index)));
+                }
+            }
             states.push(ChunkState {
                 offset: i as u64 * info.chunk_size,
                 expected,
+                chain,
                 location: c,
                 next_replica: 0,
                 attempt: 0,
@@ -197,9 +221,20 @@ impl Download {
                 phase: Phase::Idle,
             });
         }
+        let file_sha256 = Sha256Digest::from_slice(&info.sha256);
+        let proven_by_chunks = match (file_sha256, states.as_slice()) {
+            (None, _) => true,
+            (Some(f), []) => f == Sha256Digest::of(&[]),
+            // One chunk: its own SHA-256 (standalone, or chained from the initial state) is
+            // the file's.
+            (Some(f), [only]) => only.expected == f,
+            // Chained all along (checked above), the last checksum the file's SHA-256.
+            (Some(f), [.., last]) => last.chain.is_some_and(|c| c.last) && last.expected == f,
+        };
         let mut d = Download {
             config,
-            file_sha256: Sha256Digest::from_slice(&info.sha256),
+            file_sha256,
+            proven_by_chunks,
             chunks: states,
             next_write: 0,
             writing: false,
@@ -212,6 +247,17 @@ impl Download {
 
     pub fn is_finished(&self) -> bool {
         self.stage == Stage::Finished
+    }
+
+    /// How chunk `index`'s checksum was computed: the driver hashes fetched bytes this way.
+    pub fn chain(&self, index: u32) -> Option<Chain> {
+        self.chunks.get(index as usize).and_then(|c| c.chain)
+    }
+
+    /// Whether the driver must hash the output as it writes it: the file's SHA-256 is known and
+    /// the chunks' checks do not already prove it. Fixed from the start.
+    pub fn needs_file_pass(&self) -> bool {
+        !self.proven_by_chunks
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -368,8 +414,13 @@ impl Download {
             }
         }
         if self.next_write == self.chunks.len() {
-            self.stage = Stage::Hashing;
-            self.actions.push_back(Action::HashFile);
+            if self.proven_by_chunks {
+                self.stage = Stage::Finishing;
+                self.actions.push_back(Action::Finish);
+            } else {
+                self.stage = Stage::Hashing;
+                self.actions.push_back(Action::HashFile);
+            }
         }
     }
 

@@ -2,9 +2,12 @@
 //! metadata, storage nodes), turn completions into events, and keep the bytes the machines
 //! talk about. Every decision is the machines'; see `upload` for the run loop.
 //!
-//! Bytes are hashed here, in one pass: each block of a chunk feeds both the chunk's digest and
-//! the whole file's running digest. The machines guarantee the order that makes this right
-//! (reads and writes one at a time, in chunk order).
+//! Bytes are hashed here, once. An upload hashes the file in one pass whose state runs on
+//! from chunk to chunk: each chunk's checksum is the state after it (`crate::chain`), the
+//! last chunk's is the file's SHA-256. The upload machine guarantees the order that makes
+//! this right (reads one at a time, in chunk order). A download checks each chunk on its own
+//! from the state before it; only a file of an earlier version, whose chunks are not chained,
+//! is hashed again as it is written (`Download::needs_file_pass`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,25 +23,13 @@ use super::download::{self, Download};
 use super::resume::{self, Manifest, UploadKey};
 use super::upload::{self, MetaOp, Placement, Start, Upload, UploadError, UploadSpec};
 use super::{local, ClientError, DfsClient, Progress};
+use crate::chain::{checksum, Chain};
 use crate::env::{call_with_timeout, Clock, Disk, Env, LocalError, Transport};
 use crate::ids::{FileId, Sha256Digest};
 use crate::limits::SMALL_CHUNK_BYTES_MAX;
 use crate::namespace::FileAttrs;
 use crate::proto;
 use crate::rpc::{ChunkService, ChunkUpload, RpcError};
-
-/// Bytes hashed per step: both digests see a block while it is in cache.
-const HASH_BLOCK_BYTES: usize = 64 * 1024;
-
-/// Hashes `data` as one chunk, feeding the file's running digest too.
-fn hash_chunk(data: &[u8], file: &mut Sha256) -> Sha256Digest {
-    let mut chunk = Sha256::new();
-    for block in data.chunks(HASH_BLOCK_BYTES) {
-        chunk.update(block);
-        file.update(block);
-    }
-    Sha256Digest(chunk.finalize().into())
-}
 
 /// Hashing less than this runs on the calling task: a hop to the blocking pool and back
 /// costs more than hashing 64 KiB (and small files are many).
@@ -61,10 +52,10 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 enum UpDone {
     Event(upload::Event),
-    /// A span read and hashed; the file's running digest comes back with it.
+    /// A span read and hashed as `chain` says.
     Read {
         index: u32,
-        file_hash: Sha256,
+        chain: Option<Chain>,
         outcome: Result<(Bytes, Sha256Digest), LocalError>,
     },
 }
@@ -77,10 +68,11 @@ enum DownDone {
         data: Bytes,
         sha256: Sha256Digest,
     },
-    /// A chunk written and added to the file's running digest, which comes back with it.
+    /// A chunk written and, when the file needs a second pass, added to the file's running
+    /// digest, which comes back with it.
     Written {
         index: u32,
-        file_hash: Sha256,
+        file_hash: Option<Sha256>,
         outcome: Result<(), LocalError>,
     },
 }
@@ -139,7 +131,7 @@ impl<E: Env> DfsClient<E> {
         let disk = self.env.disk();
         let stamp = disk.stamp(source).await.map_err(local(source))?;
         let spec = UploadSpec { size: stamp.len, chunk_size: self.config.chunk_size, replication: self.config.replication };
-        crate::chunking::validate(spec.size, spec.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        crate::chunking::validate_new(spec.size, spec.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let key = UploadKey {
             source: source.to_string_lossy().into_owned(),
             remote: remote.to_string(),
@@ -180,8 +172,13 @@ impl<E: Env> DfsClient<E> {
         };
 
         let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
-        // Travels with the one read in flight (the machine reads one span at a time, in order).
-        let mut file_hash = Some(Sha256::new());
+        // The hash state after the last chunk read: the next chunk hashes on from it (the
+        // machine reads one span at a time, in order). The last chunk's checksum is the file's
+        // SHA-256 (a file of one chunk: its SHA-256; of none: the empty string's).
+        let chained = Chain::applies(spec.size, spec.chunk_size);
+        let chunk_count = crate::chunking::chunk_count(spec.size, spec.chunk_size);
+        let mut chain_before = Chain::initial();
+        let mut file_sha256 = Sha256Digest::of(&[]);
         let mut pending: FuturesUnordered<BoxFuture<'_, UpDone>> = FuturesUnordered::new();
         let mut outcome = None;
         loop {
@@ -213,23 +210,24 @@ impl<E: Env> DfsClient<E> {
                         );
                     }
                     upload::Action::Read { index, offset, len } => {
-                        let mut hasher = file_hash.take().unwrap_or_default();
+                        let last = u64::from(index) + 1 == chunk_count;
+                        let chain = chained.then(|| Chain::at(index, spec.chunk_size, chain_before, last));
                         pending.push(
                             async move {
                                 let data = match disk.read_at(source, offset, len).await {
                                     Ok(data) if data.len() as u64 == len => data,
                                     Ok(data) => {
                                         let error = LocalError::Shrank { got: data.len() as u64, expected: len };
-                                        return UpDone::Read { index, file_hash: hasher, outcome: Err(error) };
+                                        return UpDone::Read { index, chain, outcome: Err(error) };
                                     }
-                                    Err(e) => return UpDone::Read { index, file_hash: hasher, outcome: Err(LocalError::io(None, e)) },
+                                    Err(e) => return UpDone::Read { index, chain, outcome: Err(LocalError::io(None, e)) },
                                 };
-                                let (data, sha256, hasher) = hash_work(&self.env, data.len(), move || {
-                                    let sha256 = hash_chunk(&data, &mut hasher);
-                                    (data, sha256, hasher)
+                                let (data, sha256) = hash_work(&self.env, data.len(), move || {
+                                    let sha256 = checksum(&data, chain.as_ref());
+                                    (data, sha256)
                                 })
                                 .await;
-                                UpDone::Read { index, file_hash: hasher, outcome: Ok((data, sha256)) }
+                                UpDone::Read { index, chain, outcome: Ok((data, sha256)) }
                             }
                             .boxed(),
                         );
@@ -247,7 +245,7 @@ impl<E: Env> DfsClient<E> {
                             .boxed(),
                         );
                     }
-                    upload::Action::Send { index, attempt, sha256, primary, forward_to } => {
+                    upload::Action::Send { index, attempt, sha256, chain, primary, forward_to } => {
                         let data = buffers.get(&index).cloned().unwrap_or_default();
                         let file = up.file().unwrap_or(FileId(0));
                         let header = proto::WriteChunkHeader {
@@ -255,6 +253,7 @@ impl<E: Env> DfsClient<E> {
                             size: data.len() as u64,
                             sha256: Bytes::copy_from_slice(&sha256.0),
                             forward_to,
+                            chain: chain.map(Chain::to_proto),
                         };
                         let timeout = self.config.transfer_timeout;
                         pending.push(
@@ -305,7 +304,7 @@ impl<E: Env> DfsClient<E> {
                         );
                     }
                     upload::Action::FinishSource => {
-                        let sha256 = Sha256Digest(file_hash.take().unwrap_or_default().finalize().into());
+                        let sha256 = file_sha256;
                         let unchanged = disk.stamp(source).await.is_ok_and(|now| now == stamp);
                         up.handle(upload::Event::SourceFinished { sha256, unchanged }, self.env.clock().now());
                     }
@@ -356,16 +355,17 @@ impl<E: Env> DfsClient<E> {
                     }
                     up.handle(event, now);
                 }
-                UpDone::Read { index, file_hash: hasher, outcome } => {
-                    file_hash = Some(hasher);
-                    match outcome {
-                        Ok((data, sha256)) => {
-                            buffers.insert(index, data);
-                            up.handle(upload::Event::Read { index, sha256 }, now);
+                UpDone::Read { index, chain, outcome } => match outcome {
+                    Ok((data, sha256)) => {
+                        buffers.insert(index, data);
+                        chain_before = sha256;
+                        if u64::from(index) + 1 == chunk_count {
+                            file_sha256 = sha256;
                         }
-                        Err(error) => up.handle(upload::Event::ReadFailed { index, error }, now),
+                        up.handle(upload::Event::Read { index, sha256, chain }, now);
                     }
-                }
+                    Err(error) => up.handle(upload::Event::ReadFailed { index, error }, now),
+                },
             }
         }
         // Transfers still in flight belong to a finished upload: dropping them cancels them.
@@ -476,8 +476,9 @@ impl<E: Env> DfsClient<E> {
         progress.start(info.size);
 
         let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
-        // Travels with the one write in flight (the machine writes one chunk at a time, in order).
-        let mut file_hash = Some(Sha256::new());
+        // Only for a file whose chunks do not prove its SHA-256 (`needs_file_pass`). Travels
+        // with the one write in flight (the machine writes one chunk at a time, in order).
+        let mut file_hash = machine.needs_file_pass().then(Sha256::new);
         let mut pending: FuturesUnordered<BoxFuture<'_, DownDone>> = FuturesUnordered::new();
         let mut outcome = None;
         loop {
@@ -485,6 +486,7 @@ impl<E: Env> DfsClient<E> {
                 match action {
                     download::Action::Fetch { index, attempt, chunk_id, from } => {
                         let timeout = self.config.transfer_timeout;
+                        let chain = machine.chain(index);
                         pending.push(
                             async move {
                                 let request = proto::ReadChunkRequest { chunk_id, ..Default::default() };
@@ -499,7 +501,7 @@ impl<E: Env> DfsClient<E> {
                                         // Chunks in flight hash in parallel, off this task.
                                         let data = d.data;
                                         let (data, sha256) = hash_work(&self.env, data.len(), move || {
-                                            let sha256 = Sha256Digest::of(&data);
+                                            let sha256 = checksum(&data, chain.as_ref());
                                             (data, sha256)
                                         })
                                         .await;
@@ -520,19 +522,25 @@ impl<E: Env> DfsClient<E> {
                             // In the background: fetches go on while the disk writes.
                             Output::File { tmp, .. } => {
                                 let tmp = tmp.clone();
-                                let mut hasher = file_hash.take().unwrap_or_default();
+                                let hasher = file_hash.take();
                                 pending.push(
                                     async move {
                                         let len = data.len() as u64;
                                         // The chunk joins the file's digest while the disk writes
                                         // it: one after the other, they were the download's
                                         // longest chain (every chunk waits for the one before).
-                                        let hashing = {
-                                            let data = data.clone();
-                                            hash_work(&self.env, data.len(), move || {
-                                                hasher.update(&data);
-                                                hasher
-                                            })
+                                        let hashed = hasher.map(|h| (h, data.clone()));
+                                        let hashing = async {
+                                            match hashed {
+                                                Some((mut hasher, data)) => Some(
+                                                    hash_work(&self.env, data.len(), move || {
+                                                        hasher.update(&data);
+                                                        hasher
+                                                    })
+                                                    .await,
+                                                ),
+                                                None => None,
+                                            }
                                         };
                                         let writing = async {
                                             // A large chunk bypasses the page cache where the disk
@@ -609,7 +617,7 @@ impl<E: Env> DfsClient<E> {
                     machine.handle(download::Event::Fetched { index, attempt, len, sha256 }, now);
                 }
                 DownDone::Written { index, file_hash: hasher, outcome } => {
-                    file_hash = Some(hasher);
+                    file_hash = hasher;
                     let event = match outcome {
                         Ok(()) => download::Event::Written { index },
                         Err(error) => download::Event::WriteFailed { error },
@@ -679,7 +687,11 @@ impl<E: Env> DfsClient<E> {
                 continue;
             }
             let (from, to) = (offset.max(chunk_start) - chunk_start, end.min(chunk_end) - chunk_start);
-            let meta = crate::chunk_store::ChunkMeta { size: loc.size, sha256: Sha256Digest::from_slice(&loc.sha256).unwrap_or(Sha256Digest([0; 32])) };
+            let meta = crate::chunk_store::ChunkMeta {
+                size: loc.size,
+                sha256: Sha256Digest::from_slice(&loc.sha256).unwrap_or(Sha256Digest([0; 32])),
+                chain: Chain::from_proto_opt(loc.chain.as_ref()).map_err(|e| ClientError::Invalid(format!("chunk {}: {e}", loc.index)))?,
+            };
             let mut errors = Vec::new();
             let mut bytes = None;
             for node in &loc.replicas {

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use self::chunks::Chunks;
 
+use crate::chain::Chain;
 use crate::chunking;
 use crate::env::{LocalError, Timestamp};
 use crate::ids::{FileId, Sha256Digest};
@@ -98,11 +99,21 @@ pub struct StoredChunk {
     pub size: u64,
     pub sha256: Sha256Digest,
     pub replicas: Vec<u64>,
+    /// How `sha256` was computed (`crate::chain`); absent in manifests of earlier versions,
+    /// whose chunks were standalone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
 }
 
 impl StoredChunk {
     pub fn to_proto(&self) -> proto::ChunkInfo {
-        proto::ChunkInfo { index: self.index, size: self.size, sha256: self.sha256.0.to_vec().into(), replicas: self.replicas.clone() }
+        proto::ChunkInfo {
+            index: self.index,
+            size: self.size,
+            sha256: self.sha256.0.to_vec().into(),
+            replicas: self.replicas.clone(),
+            chain: self.chain.map(Chain::to_proto),
+        }
     }
 }
 
@@ -146,8 +157,9 @@ impl MetaOp {
 pub enum Event {
     /// `CreateFile` answered, possibly with placements for the first chunks.
     Created { file: FileId, placements: Vec<Placement>, write_quorum: u32 },
-    /// The span of chunk `index` is read into the driver's buffer; `sha256` is its digest.
-    Read { index: u32, sha256: Sha256Digest },
+    /// The span of chunk `index` is read into the driver's buffer; `sha256` is its checksum,
+    /// computed as `chain` says.
+    Read { index: u32, sha256: Sha256Digest, chain: Option<Chain> },
     /// Reading the source failed.
     ReadFailed { index: u32, error: LocalError },
     /// `AllocateChunks` answered.
@@ -189,6 +201,7 @@ pub enum Action {
         index: u32,
         attempt: u32,
         sha256: Sha256Digest,
+        chain: Option<Chain>,
         primary: proto::StorageNode,
         forward_to: Vec<proto::StorageNode>,
     },
@@ -252,6 +265,7 @@ enum Chunk {
 struct ActiveChunk {
     /// Known once read.
     sha256: Option<Sha256Digest>,
+    chain: Option<Chain>,
     /// Placement for the next attempt, if one has come.
     placement: Option<Vec<proto::StorageNode>>,
     /// Nodes that confirmed they store it.
@@ -410,16 +424,21 @@ impl Upload {
                     return self.fail(e);
                 }
             }
-            Event::Read { index, sha256 } => {
+            Event::Read { index, sha256, chain } => {
                 self.reading = false;
                 let Some(Chunk::Active(a)) = self.chunks.get(index) else { return };
                 if a.phase != Phase::Reading {
                     return;
                 }
                 let (resumed, placed) = (a.resumed.clone(), a.placement.is_some());
-                self.chunks.update(index, |a| a.sha256 = Some(sha256));
+                self.chunks.update(index, |a| {
+                    a.sha256 = Some(sha256);
+                    a.chain = chain;
+                });
                 if let Some(resumed) = resumed {
-                    if resumed.sha256 != sha256 {
+                    // A chunk stored with a checksum of another kind (an earlier version's
+                    // manifest) is stored again: its replicas' headers say otherwise.
+                    if resumed.sha256 != sha256 || resumed.chain != chain {
                         return self.fail(UploadError::SourceChanged);
                     }
                     self.actions.push_back(Action::Release { index });
@@ -583,6 +602,7 @@ impl Upload {
                 size: chunking::chunk_len(self.spec.size, self.spec.chunk_size, index).unwrap_or(0),
                 sha256: a.sha256.expect("a chunk is sent only once read"),
                 replicas: a.holders.iter().copied().collect(),
+                chain: a.chain,
             };
             self.chunks.set(index, Chunk::Stored);
             self.actions.push_back(Action::Release { index });
@@ -623,7 +643,7 @@ impl Upload {
             let sha256 = a.sha256?;
             a.attempt += 1;
             a.phase = Phase::Sending;
-            Some(Action::Send { index, attempt: a.attempt, sha256, primary, forward_to: targets.collect() })
+            Some(Action::Send { index, attempt: a.attempt, sha256, chain: a.chain, primary, forward_to: targets.collect() })
         });
         if let Some(send) = send.flatten() {
             self.actions.push_back(send);
@@ -713,6 +733,7 @@ impl ActiveChunk {
     fn new() -> Self {
         ActiveChunk {
             sha256: None,
+            chain: None,
             placement: None,
             holders: BTreeSet::new(),
             attempt: 0,

@@ -239,10 +239,19 @@ pub fn resolve_node(ns: &Namespace, name: &str) -> Option<(StorageNodeId, String
 /// A chunk several files share (`cp`) has the highest replication factor of the files
 /// holding it.
 fn chunk_states<'a>(ns: &'a Namespace, f: &'a crate::namespace::FileRecord) -> impl Iterator<Item = ChunkState<'a>> + 'a {
-    f.chunks.iter().map(move |c| {
+    f.chunks.iter().enumerate().map(move |(pos, c)| {
         let id = f.chunk_id(c.index);
         let replication = if ns.is_shared(id) { ns.chunk_replication(id).unwrap_or(f.replication) } else { f.replication };
-        ChunkState { id, size: c.size, sha256: c.sha256, replication, replicas: &c.replicas, bad: ns.bad_replicas(id), deleting: ns.deleting(id) }
+        ChunkState {
+            id,
+            size: c.size,
+            sha256: c.sha256,
+            chain: f.chain_at(pos),
+            replication,
+            replicas: &c.replicas,
+            bad: ns.bad_replicas(id),
+            deleting: ns.deleting(id),
+        }
     })
 }
 

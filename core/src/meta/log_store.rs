@@ -12,8 +12,11 @@
 //! [`Disk::open_store`], so the simulation crashes this same code with its power-loss model.
 //! Entries are stored as JSON, keyed by log index.
 //!
-//! redb's calls are synchronous: a commit blocks the calling task for one fsync. openraft
-//! hands `append` every entry that queued up meanwhile, so commits group themselves.
+//! redb's calls are synchronous: a commit blocks the calling task for one fsync. openraft 0.9
+//! waits for each `append` before the next, and a leader appends each client write alone, so
+//! one `append` is one fsync of usually one entry; a follower's `append` holds what one
+//! AppendEntries carried. What groups writes is the engine's group commit (`Command::Batch`,
+//! `meta/engine.rs`): many clients' commands in one entry.
 
 use std::fmt;
 use std::marker::PhantomData;

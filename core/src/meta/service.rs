@@ -13,6 +13,7 @@ use super::leader::{resolve_node, AllocateError, Heartbeat, InventoryPart};
 use super::server::{target_voters, MetaServer};
 use super::state_machine::incoming_snapshot_path;
 use super::types::SnapshotFile;
+use crate::chain::{Chain, SumKind};
 use crate::env::{Clock, Disk, Env};
 use crate::health::NodeStats;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
@@ -249,7 +250,9 @@ fn chunk_records(chunks: Vec<proto::ChunkInfo>) -> Result<Vec<ChunkRecord>, RpcE
         .into_iter()
         .map(|c| {
             let sha256 = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
-            Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas: c.replicas.into_iter().map(StorageNodeId).collect() })
+            let chain = Chain::from_proto_opt(c.chain.as_ref()).map_err(|e| RpcError::InvalidArgument(format!("chunk {}: {e}", c.index)))?;
+            let replicas = c.replicas.into_iter().map(StorageNodeId).collect();
+            Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas, sum: SumKind::of(chain.as_ref()) })
         })
         .collect()
 }
@@ -341,7 +344,8 @@ impl<E: Env> MetaServer<E> {
         let chunks = self.with_leader(term, |leader, ns| {
             file.chunks
                 .iter()
-                .map(|c| {
+                .enumerate()
+                .map(|(pos, c)| {
                     let chunk_id = file.chunk_id(c.index);
                     let bad = ns.bad_replicas(chunk_id);
                     proto::ChunkLocation {
@@ -355,6 +359,7 @@ impl<E: Env> MetaServer<E> {
                             .into_iter()
                             .map(|(id, state)| proto::ReplicaStatus { node: storage_node_proto(ns, id), state: state as i32 })
                             .collect(),
+                        chain: file.chain_at(pos).map(Chain::to_proto),
                     }
                 })
                 .collect()
@@ -733,6 +738,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                     size: j.size,
                     sha256: j.sha256.0.to_vec().into(),
                     sources: sources.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
+                    chain: j.chain.map(Chain::to_proto),
                 })
                 .collect(),
             scrub_now: decision.reply.scrub_now,

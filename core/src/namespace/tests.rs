@@ -77,6 +77,7 @@ fn chunks_for(size: u64, replicas: &[u64]) -> Vec<ChunkRecord> {
             size: s.len,
             sha256: Sha256Digest([s.index as u8; 32]),
             replicas: replicas.iter().map(|&r| StorageNodeId(r)).collect(),
+            sum: Default::default(),
         })
         .collect()
 }
@@ -560,14 +561,20 @@ fn validation_refuses_what_no_state_could_accept() {
     let record = |n: usize| Command::RecordChunks {
         file: FileId(1),
         chunks: (0..n)
-            .map(|i| ChunkRecord { index: i as u32, size: 1, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(1), StorageNodeId(2)] })
+            .map(|i| ChunkRecord {
+                index: i as u32,
+                size: 1,
+                sha256: Sha256Digest([0; 32]),
+                replicas: vec![StorageNodeId(1), StorageNodeId(2)],
+                sum: Default::default(),
+            })
             .collect(),
     };
     assert!(record(RECORD_CHUNKS_MAX).validate().is_ok());
     assert!(record(RECORD_CHUNKS_MAX + 1).validate().is_err());
     let too_many_replicas = Command::RecordChunks {
         file: FileId(1),
-        chunks: vec![ChunkRecord { index: 0, size: 1, sha256: Sha256Digest([0; 32]), replicas: (0..17).map(StorageNodeId).collect() }],
+        chunks: vec![ChunkRecord { index: 0, size: 1, sha256: Sha256Digest([0; 32]), replicas: (0..17).map(StorageNodeId).collect(), sum: Default::default() }],
     };
     assert!(too_many_replicas.validate().is_err());
     assert!(Command::Mkdir { path: "".into(), parents: true, unix_ms: 0 }.validate().is_err());
@@ -866,7 +873,7 @@ proptest! {
                 Op::Record { upload, chunk, node } => match created.get(upload) {
                     Some(&file) => {
                         let size = ns.upload(file).map(|u| chunking::chunk_len(u.size, u.chunk_size, chunk).unwrap_or(1)).unwrap_or(1);
-                        ns.apply(Command::RecordChunks { file, chunks: vec![ChunkRecord { index: chunk, size, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(node)] }] })
+                        ns.apply(Command::RecordChunks { file, chunks: vec![ChunkRecord { index: chunk, size, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(node)], sum: Default::default() }] })
                     }
                     None => continue,
                 },
@@ -1256,4 +1263,61 @@ fn a_delete_goes_to_the_trash_only_when_it_can() {
     }
     assert!(delete_command("/a", false, None, Some(("a/b", 1))).is_err(), "a user name with a slash");
     assert!(delete_command("", false, None, None).is_err());
+}
+
+/// A chunk record of an earlier version (no `sum`) reads as standalone, and a standalone record
+/// is written as it always was, so earlier versions read it; a chained one says so.
+#[test]
+fn chunk_records_of_earlier_versions_read_as_standalone() {
+    let old = r#"{"index":0,"size":1,"sha256":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],"replicas":[1]}"#;
+    let record: ChunkRecord = serde_json::from_str(old).unwrap();
+    assert_eq!(record.sum, crate::chain::SumKind::Standalone);
+    assert_eq!(serde_json::to_string(&record).unwrap(), old);
+    let chained = ChunkRecord { sum: crate::chain::SumKind::ChainedLast, ..record };
+    let text = serde_json::to_string(&chained).unwrap();
+    assert!(text.contains(r#""sum":"ChainedLast""#), "{text}");
+    assert_eq!(serde_json::from_str::<ChunkRecord>(&text).unwrap(), chained);
+}
+
+/// Chained checksums are recorded only where they can be: in a file of several chunks, the
+/// last marked last, each after a chained chunk, the last one equal to the file's SHA-256.
+/// The replies and repair orders rebuild each chain from the records (`chain_at`).
+#[test]
+fn chained_records_must_form_the_files_chain() {
+    use crate::chain::SumKind::{Chained, ChainedLast};
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    let size = 2 * CHUNK + 5;
+    let chained = || {
+        let mut c = chunks_for(size, &[1, 2]);
+        c[0].sum = Chained;
+        c[1].sum = Chained;
+        c[2].sum = ChainedLast;
+        c
+    };
+    let last_sha = chained()[2].sha256;
+    let id = create(&mut ns, "/f", size, false).unwrap();
+    // The last chunk not marked last, or a middle one marked last: refused, nothing changed.
+    for (at, kind) in [(2, Chained), (1, ChainedLast)] {
+        let mut bad = chained();
+        bad[at].sum = kind;
+        assert!(matches!(ns.apply(Command::RecordChunks { file: id, chunks: bad }), Err(NamespaceError::BadChunk { .. })), "{at} {kind:?}");
+    }
+    // A chain after a standalone chunk, or a file SHA-256 other than the last checksum.
+    let mut gap = chained();
+    gap[0].sum = Default::default();
+    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last_sha), chunks: gap }), Err(NamespaceError::BadChunk { .. })));
+    let other = Some(Sha256Digest([42; 32]));
+    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: other, chunks: chained() }), Err(NamespaceError::BadChunk { .. })));
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last_sha), chunks: chained() }).unwrap();
+    let file = ns.file("/f").unwrap();
+    let chains: Vec<_> = (0..3).map(|pos| file.chain_at(pos).unwrap()).collect();
+    assert_eq!(chains[0].before, crate::chain::Chain::initial());
+    assert_eq!((chains[1].before, chains[1].offset, chains[1].last), (file.chunks[0].sha256, CHUNK, false));
+    assert_eq!((chains[2].before, chains[2].offset, chains[2].last), (file.chunks[1].sha256, 2 * CHUNK, true));
+    // A file of one chunk cannot be chained (its chunk's SHA-256 is the file's already).
+    let one = create(&mut ns, "/one", 5, false).unwrap();
+    let mut single = chunks_for(5, &[1, 2]);
+    single[0].sum = ChainedLast;
+    assert!(matches!(ns.apply(Command::RecordChunks { file: one, chunks: single }), Err(NamespaceError::BadChunk { .. })));
 }

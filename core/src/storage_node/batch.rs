@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::future::join_all;
 
-use super::service::{digests, upload_meta};
+use super::service::{checksums, upload_meta};
 use super::{write_error, StorageNode, WriteGuard};
 use crate::chunk_store::{self, BatchItem, ChunkMeta, ChunkStoreError, WriteDecision};
 use crate::env::{call_with_timeout, Disk, Env, Transport};
@@ -89,7 +89,7 @@ impl<E: Env> StorageNode<E> {
             }
         }
         // The bytes, all in one pass off the executor thread.
-        let sums = digests(&self.env, verified.iter().map(|v| v.upload.data.clone()).collect()).await;
+        let sums = checksums(&self.env, verified.iter().map(|v| (v.upload.data.clone(), v.meta.chain)).collect()).await;
         let mut checked = Vec::with_capacity(verified.len());
         for (v, sum) in verified.into_iter().zip(sums) {
             if sum == v.meta.sha256 {
@@ -296,7 +296,12 @@ impl<E: Env> StorageNode<E> {
         let damage = match chunk_store::decode_file(file) {
             Ok((meta, data)) if meta == expected => {
                 return Ok(proto::ChunkRead {
-                    header: Some(proto::ReadChunkHeader { size: meta.size, sha256: Bytes::copy_from_slice(&meta.sha256.0), ..Default::default() }),
+                    header: Some(proto::ReadChunkHeader {
+                        size: meta.size,
+                        sha256: Bytes::copy_from_slice(&meta.sha256.0),
+                        chain: meta.chain.map(crate::chain::Chain::to_proto),
+                        ..Default::default()
+                    }),
                     data,
                 });
             }

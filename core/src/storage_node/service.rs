@@ -3,6 +3,7 @@
 //! stream slots that bound them.
 
 use super::*;
+use crate::chain::Chain;
 
 /// Slots for concurrent chunk streams: a pool of tokens in a bounded channel, so waiting is
 /// fair (first come, first served) and cancellable, with no runtime of its own.
@@ -53,22 +54,29 @@ pub(super) fn upload_meta(upload: &ChunkUpload) -> Result<(ChunkId, ChunkMeta), 
     if upload.data.len() as u64 != h.size {
         return Err(RpcError::InvalidArgument(format!("chunk {id}: {} bytes received, {} announced", upload.data.len(), h.size)));
     }
-    Ok((id, ChunkMeta { size: h.size, sha256 }))
+    let chain = Chain::from_proto_opt(h.chain.as_ref()).map_err(|e| RpcError::InvalidArgument(format!("chunk {id}: {e}")))?;
+    if chain.is_some_and(|c| !c.last && !h.size.is_multiple_of(crate::chain::BLOCK_BYTES)) {
+        return Err(RpcError::InvalidArgument(format!("chunk {id}: a chained chunk that is not a file's last must be whole SHA-256 blocks")));
+    }
+    Ok((id, ChunkMeta { size: h.size, sha256, chain }))
 }
 
-/// SHA-256 of `datas`, each, through `env.compute` when there is more than a few KiB of them
-/// (off the executor thread in production, as repair's checks are).
-pub(super) async fn digests<E: Env>(env: &E, datas: Vec<Bytes>) -> Vec<Sha256Digest> {
-    if datas.iter().map(Bytes::len).sum::<usize>() <= HASH_INLINE_BYTES_MAX {
-        return datas.iter().map(|d| Sha256Digest::of(d)).collect();
+/// The checksums of `datas`, each computed as its chain says, through `env.compute` when there
+/// is more than a few KiB of them (off the executor thread in production, as repair's checks
+/// are).
+pub(super) async fn checksums<E: Env>(env: &E, datas: Vec<(Bytes, Option<Chain>)>) -> Vec<Sha256Digest> {
+    let inline = datas.iter().map(|(d, _)| d.len()).sum::<usize>() <= HASH_INLINE_BYTES_MAX;
+    let sums = move || datas.iter().map(|(d, c)| crate::chain::checksum(d, c.as_ref())).collect();
+    if inline {
+        return sums();
     }
-    env.compute(move || datas.iter().map(|d| Sha256Digest::of(d)).collect()).await
+    env.compute(sums).await
 }
 
 /// Checks that a received chunk is what its header says, its bytes included.
 async fn verify_upload<E: Env>(env: &E, upload: &ChunkUpload) -> Result<(ChunkId, ChunkMeta), RpcError> {
     let (id, meta) = upload_meta(upload)?;
-    if digests(env, vec![upload.data.clone()]).await[0] != meta.sha256 {
+    if checksums(env, vec![(upload.data.clone(), meta.chain)]).await[0] != meta.sha256 {
         return Err(RpcError::ChecksumMismatch(format!("chunk {id} arrived damaged")));
     }
     Ok((id, meta))
@@ -82,7 +90,8 @@ struct ReadState<E: Env> {
     reader: FrameReader,
     header: Option<proto::ReadChunkHeader>,
     quarantine: Quarantine<E>,
-    /// A large chunk's frames are read as bulk data (`bulk_buf::is_bulk`), as it was written.
+    /// Frames are read as bulk data, bypassing the page cache where the disk can: a large chunk
+    /// (`bulk_buf::is_bulk`) read by scrub.
     bulk: bool,
     ended: bool,
     _slot: StreamSlot,
@@ -166,6 +175,16 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
     }
 
     async fn read_chunk(&self, request: proto::ReadChunkRequest) -> Result<FrameStream<proto::ReadChunkFrame>, RpcError> {
+        self.serve_chunk(request, true).await
+    }
+}
+
+impl<E: Env> StorageNode<E> {
+    /// A chunk's verified frames. `cached`: a read a client (or a repair) asked for, through the
+    /// page cache, so that a chunk read again is served from memory, as SeaweedFS and MooseFS
+    /// serve it; scrub reads with `cached` false, bypassing the cache where the disk can, so
+    /// that walking every chunk does not evict what readers use.
+    pub(super) async fn serve_chunk(&self, request: proto::ReadChunkRequest, cached: bool) -> Result<FrameStream<proto::ReadChunkFrame>, RpcError> {
         let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
         let slot = self.client_slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
         fault::inject(self.env.clock(), Site::StorageRead).await.map_err(|i| RpcError::Unavailable(format!("node {}: {i}", self.id)))?;
@@ -173,7 +192,12 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let path = self.layout.chunk_path(id);
         let damaged = match read_header(self.env.disk(), &path).await {
             Ok(header) if header.meta == expected => {
-                let mut reply_header = proto::ReadChunkHeader { size: expected.size, sha256: expected.sha256.0.to_vec().into(), ..Default::default() };
+                let mut reply_header = proto::ReadChunkHeader {
+                    size: expected.size,
+                    sha256: expected.sha256.0.to_vec().into(),
+                    chain: expected.chain.map(Chain::to_proto),
+                    ..Default::default()
+                };
                 let reader = match request.range_offset {
                     // A ranged read: the frames holding the range, and their checks for the reader.
                     Some(offset) => {
@@ -193,7 +217,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
                     reader,
                     header: Some(reply_header),
                     quarantine: self.quarantine(),
-                    bulk: crate::bulk_buf::is_bulk(expected.size),
+                    bulk: !cached && crate::bulk_buf::is_bulk(expected.size),
                     ended: false,
                     _slot: slot,
                 };
@@ -206,9 +230,7 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         self.quarantine().run(id, damaged.clone()).await;
         Err(RpcError::ChecksumMismatch(format!("chunk {id} on node {}: {damaged}", self.id)))
     }
-}
 
-impl<E: Env> StorageNode<E> {
     /// What `id` was stored as, if it is stored here (readable).
     pub(super) fn stored_meta(&self, id: ChunkId) -> Result<ChunkMeta, RpcError> {
         self.table.lock().expect("table lock").stored(id).map_err(|_| self.not_stored(id))

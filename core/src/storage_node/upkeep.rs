@@ -2,8 +2,9 @@
 //! `heartbeat` machine and applying what replies ask), the scrub loop (driving
 //! `scrub::Scrubber`), and the repair loop (driving `storage_reports::Repairs`).
 
-use super::service::digests;
+use super::service::checksums;
 use super::*;
+use crate::chain::Chain;
 use crate::storage_reports::{RepairAttempt, Served};
 
 impl<E: Env> StorageNode<E> {
@@ -79,6 +80,8 @@ impl<E: Env> StorageNode<E> {
                     chunk: ChunkId::from_slice(&j.chunk_id)?,
                     size: j.size,
                     sha256: Sha256Digest::from_slice(&j.sha256)?,
+                    // A malformed chain drops the job, as a malformed digest does.
+                    chain: Chain::from_proto_opt(j.chain.as_ref()).ok()?,
                     sources: j.sources.iter().map(|s| (StorageNodeId(s.id), s.addr.clone())).collect(),
                 })
             }));
@@ -188,7 +191,7 @@ impl<E: Env> StorageNode<E> {
     /// Reads a stored chunk through the verified read path; returns the bytes read.
     pub(super) async fn verify_stored(&self, id: ChunkId) -> u64 {
         let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()), ..Default::default() };
-        let mut frames = match self.read_chunk(request).await {
+        let mut frames = match self.serve_chunk(request, false).await {
             Ok(frames) => frames,
             Err(RpcError::NotFound(_)) => return 0, // deleted meanwhile
             Err(e) => {
@@ -262,7 +265,7 @@ impl<E: Env> StorageNode<E> {
         {
             let table = self.table.lock().expect("table lock");
             for order in work {
-                let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
+                let meta = order.meta();
                 if table.stored(order.chunk).is_ok_and(|m| m == meta) {
                     self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
                     results.push((order.chunk, Ok(())));
@@ -309,13 +312,14 @@ impl<E: Env> StorageNode<E> {
             Err(e) => vec![Err(e); batch.len()],
         };
         // Hashed off the executor thread, as every check of received bytes is.
-        let hashed = |r: Result<Bytes, RpcError>| {
+        let chains: Vec<Option<Chain>> = batch.iter().map(|a| a.order().chain).collect();
+        let hashed = |(r, chain): (Result<Bytes, RpcError>, Option<Chain>)| {
             r.map(|data| {
-                let digest = Sha256Digest::of(&data);
+                let digest = crate::chain::checksum(&data, chain.as_ref());
                 (data, digest)
             })
         };
-        let checked: Vec<Result<(Bytes, Sha256Digest), RpcError>> = self.env.compute(move || replies.into_iter().map(hashed).collect()).await;
+        let checked: Vec<Result<(Bytes, Sha256Digest), RpcError>> = self.env.compute(move || replies.into_iter().zip(chains).map(hashed).collect()).await;
         let mut items = Vec::new();
         let mut stored_orders = Vec::new();
         for (mut attempt, reply) in batch.into_iter().zip(checked) {
@@ -329,7 +333,7 @@ impl<E: Env> StorageNode<E> {
             match served {
                 Some(data) => {
                     let order = attempt.order().clone();
-                    items.push((order.chunk, ChunkMeta { size: order.size, sha256: order.sha256 }, data));
+                    items.push((order.chunk, order.meta(), data));
                     stored_orders.push(order);
                 }
                 None => alone.push(attempt),
@@ -361,7 +365,7 @@ impl<E: Env> StorageNode<E> {
     /// Makes a copy of a chunk here, pulled from the first source that serves it whole and
     /// matching the SHA-256 metadata recorded. The new replica is reported like any other.
     pub(super) async fn repair(&self, order: RepairOrder) -> (ChunkId, Result<(), RepairFailure>) {
-        let meta = ChunkMeta { size: order.size, sha256: order.sha256 };
+        let meta = order.meta();
         if self.table.lock().expect("table lock").stored(order.chunk).is_ok_and(|m| m == meta) {
             self.reports.lock().expect("reports lock").stored(ReplicaReport { chunk: order.chunk, size: meta.size, sha256: meta.sha256 });
             return (order.chunk, Ok(()));
@@ -371,7 +375,7 @@ impl<E: Env> StorageNode<E> {
 
     /// Carries a repair copy on from the sources `attempt` has not tried yet.
     async fn go_on(&self, mut attempt: RepairAttempt) -> (ChunkId, Result<(), RepairFailure>) {
-        let meta = ChunkMeta { size: attempt.order().size, sha256: attempt.order().sha256 };
+        let meta = attempt.order().meta();
         while let Some((source, addr)) = attempt.next_source() {
             let chunk = attempt.order().chunk;
             let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(chunk.as_bytes()), ..Default::default() };
@@ -383,7 +387,7 @@ impl<E: Env> StorageNode<E> {
                     continue;
                 }
             };
-            let digest = digests(&self.env, vec![data.clone()]).await[0];
+            let digest = checksums(&self.env, vec![(data.clone(), meta.chain)]).await[0];
             if attempt.served(source, data.len() as u64, digest) == Served::TryNext {
                 continue;
             }

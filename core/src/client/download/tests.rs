@@ -153,6 +153,7 @@ fn file(chunks: u32, nodes: &[u64], file_sha: &[u8]) -> (proto::FileInfo, Vec<pr
             sha256: Bytes::copy_from_slice(&sha(index).0),
             replicas: nodes.iter().map(|&id| proto::StorageNode { id, addr: format!("n{id}") }).collect(),
             replica_status: vec![],
+            chain: None,
         })
         .collect();
     (info, locations)
@@ -299,5 +300,46 @@ proptest! {
             Ok(()) => prop_assert_eq!(w.written, (0..chunks).collect::<Vec<_>>()),
             Err(e) => prop_assert!(!servable, "failed though every chunk had a good replica: {e}"),
         }
+    }
+}
+
+/// A file whose chunks are chained: their checks prove the file's SHA-256, so no second pass;
+/// a chain that does not follow from the chunks before it is metadata's error, refused.
+#[test]
+fn a_chained_file_needs_no_second_pass_and_a_broken_chain_is_refused() {
+    let bytes: Vec<u8> = (0..(3 * CHUNK - 5)).map(|i| (i % 251) as u8).collect();
+    let whole = Sha256Digest::of(&bytes);
+    let (info, mut chunks) = file(3, &[1, 2, 3], &whole.0);
+    let mut before = crate::chain::Chain::initial();
+    for c in chunks.iter_mut() {
+        let i = c.index as usize;
+        let part = &bytes[i * CHUNK as usize..((i + 1) * CHUNK as usize).min(bytes.len())];
+        let chain = crate::chain::Chain::at(c.index, CHUNK, before, i == 2);
+        let sum = crate::chain::checksum(part, Some(&chain));
+        c.sha256 = Bytes::copy_from_slice(&sum.0);
+        c.chain = Some(chain.to_proto());
+        before = sum;
+    }
+    assert_eq!(before, whole, "the last chunk's checksum is the file's SHA-256");
+    let d = Download::new(&info, chunks.clone(), DownloadConfig::default()).unwrap();
+    assert!(!d.needs_file_pass());
+    assert_eq!(d.chain(1).map(|c| c.offset), Some(CHUNK));
+    // The same chunks under another file digest: the chunks no longer prove it, so the pass
+    // is made (and fails at its end).
+    let (other, _) = file(3, &[1, 2, 3], &file_sha().0);
+    assert!(Download::new(&other, chunks.clone(), DownloadConfig::default()).unwrap().needs_file_pass());
+    // Standalone chunks of several (an earlier version's file): the pass is made.
+    let (info_old, old) = file(3, &[1, 2, 3], &whole.0);
+    assert!(Download::new(&info_old, old, DownloadConfig::default()).unwrap().needs_file_pass());
+    // Broken chains: a wrong `before`, an offset off its chunk, a last flag on the wrong chunk.
+    for k in 0..4 {
+        let mut list = chunks.clone();
+        match k {
+            0 => list[1].chain.as_mut().unwrap().before = Bytes::copy_from_slice(&[0; 32]),
+            1 => list[2].chain.as_mut().unwrap().offset += 64,
+            2 => list[1].chain.as_mut().unwrap().last = true,
+            _ => list[0].chain = None,
+        }
+        assert!(matches!(Download::new(&info, list, DownloadConfig::default()), Err(DownloadError::BadChunkList(_))), "break {k}");
     }
 }

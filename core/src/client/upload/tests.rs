@@ -131,7 +131,7 @@ impl World {
                 if self.faults.source_changes_after == Some(self.reads) {
                     self.generation += 1;
                 }
-                self.deliver(1, Event::Read { index, sha256: chunk_sha(self.generation, index) });
+                self.deliver(1, Event::Read { index, sha256: chunk_sha(self.generation, index), chain: None });
             }
             Action::Release { index } => {
                 assert!(self.in_memory.remove(&index), "release of chunk {index} not held");
@@ -324,7 +324,8 @@ fn a_source_that_changes_is_refused() {
 #[test]
 fn a_resumed_upload_sends_only_the_missing_chunks() {
     let spec = spec(6, 3);
-    let stored: Vec<StoredChunk> = (0..4u32).map(|index| StoredChunk { index, size: CHUNK, sha256: chunk_sha(0, index), replicas: vec![1, 2, 3] }).collect();
+    let stored: Vec<StoredChunk> =
+        (0..4u32).map(|index| StoredChunk { index, size: CHUNK, sha256: chunk_sha(0, index), replicas: vec![1, 2, 3], chain: None }).collect();
     let mut up = Upload::new(spec.clone(), config(), Start::Resume { file: FileId(7), stored: stored.clone() }).unwrap();
     assert_eq!(up.resumed_chunks(), 4);
     let mut w = World::new(spec, 3, Faults::default(), 1);
@@ -344,7 +345,7 @@ fn a_resumed_upload_sends_only_the_missing_chunks() {
 #[test]
 fn a_resume_whose_chunk_changed_is_refused() {
     let spec = spec(3, 1);
-    let stored = vec![StoredChunk { index: 1, size: CHUNK, sha256: chunk_sha(9, 1), replicas: vec![1] }];
+    let stored = vec![StoredChunk { index: 1, size: CHUNK, sha256: chunk_sha(9, 1), replicas: vec![1], chain: None }];
     let mut up = Upload::new(spec.clone(), config(), Start::Resume { file: FileId(7), stored }).unwrap();
     let mut w = World::new(spec, 3, Faults::default(), 1);
     w.run(&mut up);
@@ -497,7 +498,7 @@ impl Chaos {
                 Event::Created { file: FileId(7), placements, write_quorum: self.quorum() }
             }
             Action::Read { index, .. } if self.roll(5) => Event::ReadFailed { index: *index, error: LocalError::Shrank { got: 0, expected: 1 } },
-            Action::Read { index, .. } => Event::Read { index: *index, sha256: chunk_sha(0, *index) },
+            Action::Read { index, .. } => Event::Read { index: *index, sha256: chunk_sha(0, *index), chain: None },
             Action::Allocate { .. } if self.roll(20) => Event::MetaFailed { op: MetaOp::Allocate, error: failure() },
             Action::Allocate { indexes, .. } => {
                 let mut placements = Vec::new();
@@ -631,7 +632,7 @@ fn run_big(chunks: u64) -> (Upload, u64) {
                 Action::Read { index, .. } => {
                     let mut sha = [0; 32];
                     sha[..4].copy_from_slice(&index.to_le_bytes());
-                    Event::Read { index, sha256: Sha256Digest(sha) }
+                    Event::Read { index, sha256: Sha256Digest(sha), chain: None }
                 }
                 Action::Allocate { indexes, .. } => {
                     let placements = indexes.into_iter().map(|index| Placement { index, targets: nodes.clone() }).collect();
@@ -737,6 +738,7 @@ proptest! {
                 size: CHUNK,
                 sha256: chunk_sha(u64::from(index % 8 == 7), index),
                 replicas: vec![1, 2, 3],
+                chain: None,
             });
             Start::Resume { file: FileId(7), stored: stored.collect() }
         } else {

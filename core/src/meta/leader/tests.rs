@@ -204,6 +204,7 @@ impl World {
                 size: CHUNK,
                 sha256: Sha256Digest([index as u8; 32]),
                 replicas: replicas.iter().map(|&r| StorageNodeId(r)).collect(),
+                sum: Default::default(),
             })
             .collect();
         self.apply(Command::RecordChunks { file: id, chunks: records });
