@@ -662,12 +662,7 @@ pub async fn stat(ctx: &Ctx, args: StatArgs) -> anyhow::Result<()> {
         }
         for c in &report.chunks {
             let sha = c.sha256.as_deref().unwrap_or("-");
-            let kind = match c.checksum {
-                "sha256" => "sha256      ",
-                "chained" => "chained     ",
-                _ => "chained-last",
-            };
-            let _ = writeln!(out, "  chunk {:<6} {:>10}  {kind} {sha}", c.index, ByteSize(c.size).to_string());
+            let _ = writeln!(out, "  chunk {:<6} {:>10}  {:<12} {sha}", c.index, ByteSize(c.size).to_string(), c.checksum);
             for r in &c.replicas {
                 let _ = writeln!(out, "    {}  {:<21}  {}", r.node_id, r.addr, r.state);
             }

@@ -245,15 +245,6 @@ pub fn checksum(data: &[u8], chain: Option<&Chain>) -> Sha256Digest {
     h.finish().unwrap_or_else(|| Sha256Digest::of(data))
 }
 
-/// What `stat` says a chunk's checksum is.
-pub fn describe(chain: Option<&Chain>) -> &'static str {
-    match chain {
-        None => "SHA-256 of the chunk",
-        Some(c) if c.last => "SHA-256 of the file (chained, last chunk)",
-        Some(_) => "SHA-256 state after the chunk (chained)",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

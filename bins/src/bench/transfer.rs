@@ -225,6 +225,15 @@ fn nodes_cpu(pids: &[u32]) -> (f64, f64) {
     (sum(&pids[..split]), sum(&pids[split..]))
 }
 
+/// `run_dfs`, with the CPU time every process spent on it: the client's, and the nodes' over
+/// the same span (`pids`: metadata first).
+fn run_measured(exe: &Path, meta: &[String], dir: &Path, pids: &[u32], args: &[&str]) -> anyhow::Result<(f64, u64, Cpu)> {
+    let (meta_before, storage_before) = nodes_cpu(pids);
+    let (secs, rss, client) = run_dfs(exe, meta, dir, args)?;
+    let (meta_after, storage_after) = nodes_cpu(pids);
+    Ok((secs, rss, Cpu { client, storage: storage_after - storage_before, meta: meta_after - meta_before }))
+}
+
 async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[String], pids: &[u32], say: &impl Fn(String)) -> anyhow::Result<Large> {
     let size = args.size.as_u64();
     let source = dir.join("large.bin");
@@ -245,10 +254,8 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         floor_cpu.push(own_cpu_secs() - own);
         let remote = format!("/bench/large-{run}.bin");
         tokio::task::block_in_place(|| settle(&source))?;
-        let (meta_before, storage_before) = nodes_cpu(pids);
-        let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["put", "--force", &source.to_string_lossy(), &remote])?;
-        let (meta_after, storage_after) = nodes_cpu(pids);
-        put_cpu.push(Cpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
+        let (secs, rss, cpu) = run_measured(exe, meta, dir, pids, &["put", "--force", &source.to_string_lossy(), &remote])?;
+        put_cpu.push(cpu);
         put.push(secs);
         put_rss = put_rss.max(rss);
         tokio::task::block_in_place(|| settle(&source))?;
@@ -258,10 +265,8 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         }
         let dest = dir.join("large.back");
         tokio::task::block_in_place(|| settle(&source))?;
-        let (meta_before, storage_before) = nodes_cpu(pids);
-        let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
-        let (meta_after, storage_after) = nodes_cpu(pids);
-        get_cpu.push(Cpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
+        let (secs, rss, cpu) = run_measured(exe, meta, dir, pids, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        get_cpu.push(cpu);
         get.push(secs);
         get_rss = get_rss.max(rss);
         if !same_file(&source, &dest)? {
@@ -269,10 +274,8 @@ async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[St
         }
         std::fs::remove_file(&dest)?;
         // The same file again at once: whatever the first get left in memory anywhere counts.
-        let (meta_before, storage_before) = nodes_cpu(pids);
-        let (secs, rss, client_cpu) = run_dfs(exe, meta, dir, &["get", "--force", &remote, &dest.to_string_lossy()])?;
-        let (meta_after, storage_after) = nodes_cpu(pids);
-        warm_get_cpu.push(Cpu { client: client_cpu, storage: storage_after - storage_before, meta: meta_after - meta_before });
+        let (secs, rss, cpu) = run_measured(exe, meta, dir, pids, &["get", "--force", &remote, &dest.to_string_lossy()])?;
+        warm_get_cpu.push(cpu);
         warm_get.push(secs);
         get_rss = get_rss.max(rss);
         std::fs::remove_file(&dest)?;
