@@ -41,9 +41,11 @@ pub enum BenchCommand {
 /// One metadata operation `dfs bench meta` times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 enum MetaOp {
-    /// `CreateFile` of an empty file: an upload opened (what `put` does first).
+    /// An empty file, as `dfs put` of a 0-byte file makes it: one `CreateFile` that commits
+    /// it too (`commit_empty`), one Raft write.
     Create,
-    /// `CreateFile` then `CommitFile`: an empty file, as `dfs put` of a 0-byte file makes it.
+    /// `CreateFile` then `CommitFile`: the two writes of a file with data (its transfers left
+    /// out), and how earlier versions made an empty file.
     CreateCommit,
     /// `Mkdir` of a fresh directory.
     Mkdir,
@@ -314,7 +316,7 @@ async fn one_op(ctx: &OpContext, op: MetaOp, concurrency: u64, task: u64, i: u64
     let committed = |name: &str| format!("/bench/files/c{concurrency}/t{task}/{name}{i}");
     match op {
         MetaOp::Create => {
-            create(ctx, format!("/bench/create/c{concurrency}/t{task}/f{i}")).await?;
+            create(ctx, format!("/bench/create/c{concurrency}/t{task}/f{i}"), true).await?;
         }
         MetaOp::CreateCommit => create_and_commit(ctx, committed("f")).await?,
         MetaOp::Mkdir => {
@@ -374,8 +376,9 @@ async fn run_level(ctx: &OpContext, op: MetaOp, concurrency: u64, ops: u64, rena
     Ok(Level { op, concurrency, ops, elapsed, p50: percentile(&latencies, 0.50), p99: percentile(&latencies, 0.99) })
 }
 
-/// An empty file's upload opened: `CreateFile`, as `DfsClient::put` starts a file.
-async fn create(ctx: &OpContext, path: String) -> anyhow::Result<u64> {
+/// `CreateFile` of an empty file: committed at once with `commit_empty` (as `dfs put` of a
+/// 0-byte file does), else an upload opened (as `dfs put` starts a file with data).
+async fn create(ctx: &OpContext, path: String, commit_empty: bool) -> anyhow::Result<u64> {
     let created = ctx
         .client
         .call(proto::CreateFileRequest {
@@ -387,16 +390,20 @@ async fn create(ctx: &OpContext, path: String) -> anyhow::Result<u64> {
             request_id: ctx.request_id(),
             expect_file_id: None,
             place_chunks: 0,
+            commit_empty,
             ..Default::default()
         })
         .await
         .with_context(|| format!("create {path}"))?;
+    if commit_empty && created.committed.is_none() {
+        bail!("create {path}: the metadata cluster did not commit the empty file with its creation (an earlier version?)");
+    }
     Ok(created.file_id)
 }
 
-/// One empty file, the way `DfsClient::put` makes a file: create, then commit (no chunks).
+/// Create, then commit: a file's two metadata writes (of an empty file, so no chunks).
 async fn create_and_commit(ctx: &OpContext, path: String) -> anyhow::Result<()> {
-    let file_id = create(ctx, path.clone()).await?;
+    let file_id = create(ctx, path.clone(), false).await?;
     ctx.client.call(proto::CommitFileRequest { file_id, ..Default::default() }).await.with_context(|| format!("commit {path}"))?;
     Ok(())
 }

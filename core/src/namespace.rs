@@ -19,7 +19,8 @@
 //! Until then readers see the old state: an upload in flight is not listed. An upload keeps
 //! the path it was created for: if a directory above it is renamed or deleted meanwhile, the
 //! commit still lands at the original path and creates its parents again. Uploads never
-//! committed are dropped by `ExpireUploads`.
+//! committed are dropped by `ExpireUploads`. An empty file has nothing to upload:
+//! `CreateEmptyFile` creates and commits it in one command.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -272,6 +273,22 @@ pub enum Command {
         #[serde(default)]
         chunks: Vec<ChunkRecord>,
     },
+    /// An empty file created and committed at once (`dfs put` of a 0-byte file): one log
+    /// entry where `CreateFile` and `CommitFile` take two. Its SHA-256 is the empty string's.
+    /// A variant of its own, not a flag on `CreateFile`: a node of an earlier version would
+    /// ignore the flag and apply an open upload, while this it cannot decode at all, so no
+    /// node ever applies the same entry differently (README, "Upgrading").
+    CreateEmptyFile {
+        path: String,
+        chunk_size: u64,
+        replication: u32,
+        overwrite: bool,
+        /// Only with `overwrite`: replaces this file or nothing.
+        expect_file_id: Option<FileId>,
+        unix_ms: u64,
+        #[serde(default)]
+        attrs: FileAttrs,
+    },
     /// Creates a directory; with `parents`, also its missing ancestors, and an existing
     /// directory is fine (`mkdir -p`).
     Mkdir {
@@ -511,6 +528,32 @@ pub enum NamespaceError {
 
 pub type ApplyResult = Result<Outcome, NamespaceError>;
 
+/// What a new file's creation (`CreateFile`, `CreateEmptyFile`) must satisfy whatever the state.
+fn validate_create(
+    path: &str,
+    size: u64,
+    chunk_size: u64,
+    replication: u32,
+    overwrite: bool,
+    expect_file_id: Option<FileId>,
+    attrs: &FileAttrs,
+) -> Result<(), NamespaceError> {
+    if let Some(mode) = attrs.mode.filter(|m| *m > MODE_MAX) {
+        return Err(NamespaceError::InvalidUpload(format!("mode {mode:o} is more than permission bits ({MODE_MAX:o})")));
+    }
+    if normalize_path(path)? == ROOT {
+        return Err(NamespaceError::IsDirectory(ROOT.into()));
+    }
+    chunking::validate(size, chunk_size).map_err(|e| NamespaceError::InvalidUpload(e.to_string()))?;
+    if !(1..=REPLICATION_MAX).contains(&replication) {
+        return Err(NamespaceError::InvalidUpload(format!("replication factor {replication} is outside 1..={REPLICATION_MAX}")));
+    }
+    if expect_file_id.is_some() && !overwrite {
+        return Err(NamespaceError::InvalidUpload("an expected file to replace needs overwrite".into()));
+    }
+    Ok(())
+}
+
 impl Command {
     /// Checks everything that does not depend on the state: paths, sizes, bounds. A command
     /// refused here is refused by `apply` too, whatever the state.
@@ -532,19 +575,10 @@ impl Command {
                 }
             }
             Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, attrs, .. } => {
-                if attrs.mode.is_some_and(|m| m > MODE_MAX) {
-                    return Err(NamespaceError::InvalidUpload(format!("mode {:o} is more than permission bits ({MODE_MAX:o})", attrs.mode.unwrap_or(0))));
-                }
-                if normalize_path(path)? == ROOT {
-                    return Err(NamespaceError::IsDirectory(ROOT.into()));
-                }
-                chunking::validate(*size, *chunk_size).map_err(|e| NamespaceError::InvalidUpload(e.to_string()))?;
-                if !(1..=REPLICATION_MAX).contains(replication) {
-                    return Err(NamespaceError::InvalidUpload(format!("replication factor {replication} is outside 1..={REPLICATION_MAX}")));
-                }
-                if expect_file_id.is_some() && !overwrite {
-                    return Err(NamespaceError::InvalidUpload("an expected file to replace needs overwrite".into()));
-                }
+                validate_create(path, *size, *chunk_size, *replication, *overwrite, *expect_file_id, attrs)?;
+            }
+            Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, attrs, .. } => {
+                validate_create(path, 0, *chunk_size, *replication, *overwrite, *expect_file_id, attrs)?;
             }
             Command::RecordChunks { file, chunks } | Command::CommitFile { file, chunks, .. } => {
                 if chunks.len() > RECORD_CHUNKS_MAX {
@@ -960,12 +994,26 @@ impl Namespace {
                     attrs: upload.attrs,
                     shared: BTreeMap::new(),
                 };
-                let summary = FileSummary::from(&record);
-                if let Some(old) = self.remove_file(&record.path) {
-                    self.discard(old);
-                }
-                self.insert_file(record, unix_ms);
-                Ok(Outcome::FileCommitted(summary))
+                Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
+            }
+            Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, unix_ms, attrs } => {
+                let path = normalize_path(&path)?;
+                self.check_path_free(&path, overwrite)?;
+                self.check_expected(&path, expect_file_id)?;
+                self.next_file_id += 1;
+                let record = FileRecord {
+                    path,
+                    id: FileId(self.next_file_id),
+                    size: 0,
+                    chunk_size,
+                    replication,
+                    committed_unix_ms: unix_ms,
+                    chunks: Vec::new(),
+                    sha256: Some(Sha256Digest::of(&[])),
+                    attrs,
+                    shared: BTreeMap::new(),
+                };
+                Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }
             Command::Mkdir { path, parents, unix_ms } => {
                 let path = normalize_path(&path)?;
@@ -1427,6 +1475,16 @@ impl Namespace {
         Some(record)
     }
 
+    /// Puts a committed file at its path, in place of (and discarding) a file there.
+    fn commit_record(&mut self, record: FileRecord, unix_ms: u64) -> FileSummary {
+        let summary = FileSummary::from(&record);
+        if let Some(old) = self.remove_file(&record.path) {
+            self.discard(old);
+        }
+        self.insert_file(record, unix_ms);
+        summary
+    }
+
     /// Puts a file at its path, creating missing parents. The caller checked that no
     /// directory is in the way and that the path is free.
     fn insert_file(&mut self, record: FileRecord, unix_ms: u64) {
@@ -1691,6 +1749,23 @@ impl Namespace {
 
     pub fn garbage_for(&self, node: StorageNodeId, limit: usize) -> Vec<ChunkId> {
         self.garbage.get(&node).map(|g| g.iter().take(limit).copied().collect()).unwrap_or_default()
+    }
+
+    /// Gives back the spare capacity a deserializer leaves in chunk and replica lists (a
+    /// vector read from JSON grows to four slots or more): without it, a namespace loaded from
+    /// a snapshot holds a third more memory than the one it was written from.
+    pub fn shrink_to_fit(&mut self) {
+        for f in self.files.values_mut() {
+            f.chunks.shrink_to_fit();
+            for c in &mut f.chunks {
+                c.replicas.shrink_to_fit();
+            }
+        }
+        for u in self.uploads.values_mut() {
+            for c in u.chunks.values_mut() {
+                c.replicas.shrink_to_fit();
+            }
+        }
     }
 
     pub fn file_count(&self) -> u64 {

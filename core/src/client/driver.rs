@@ -184,7 +184,7 @@ impl<E: Env> DfsClient<E> {
         loop {
             while let Some(action) = up.poll_action() {
                 match action {
-                    upload::Action::Create { place_chunks } => {
+                    upload::Action::Create { place_chunks, commit_empty } => {
                         let request = proto::CreateFileRequest {
                             path: remote.to_string(),
                             size: spec.size,
@@ -196,13 +196,17 @@ impl<E: Env> DfsClient<E> {
                             place_chunks,
                             mode: attrs.mode,
                             mtime_unix_ms: attrs.mtime_unix_ms,
+                            commit_empty,
                         };
                         pending.push(
                             async move {
                                 UpDone::Event(match self.creates.call(request).await {
-                                    Ok(r) => {
-                                        upload::Event::Created { file: FileId(r.file_id), placements: placements(r.placements), write_quorum: r.write_quorum }
-                                    }
+                                    Ok(r) => upload::Event::Created {
+                                        file: FileId(r.file_id),
+                                        placements: placements(r.placements),
+                                        write_quorum: r.write_quorum,
+                                        committed: r.committed,
+                                    },
                                     Err(error) => upload::Event::MetaFailed { op: MetaOp::Create, error },
                                 })
                             }
@@ -347,7 +351,7 @@ impl<E: Env> DfsClient<E> {
             let now = self.env.clock().now();
             match done {
                 UpDone::Event(event) => {
-                    if let (upload::Event::Created { file, .. }, Some(path)) = (&event, &manifest_path) {
+                    if let (upload::Event::Created { file, committed: None, .. }, Some(path)) = (&event, &manifest_path) {
                         match Manifest::create(disk.clone(), path.clone(), key.clone(), *file).await {
                             Ok(m) => manifest = Some(m),
                             Err(e) => tracing::warn!(path = %path.display(), error = %e, "no resume manifest; an interrupted upload will start over"),

@@ -155,8 +155,9 @@ impl MetaOp {
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// `CreateFile` answered, possibly with placements for the first chunks.
-    Created { file: FileId, placements: Vec<Placement>, write_quorum: u32 },
+    /// `CreateFile` answered, possibly with placements for the first chunks, or with the
+    /// file committed (an empty file, asked with `commit_empty`).
+    Created { file: FileId, placements: Vec<Placement>, write_quorum: u32, committed: Option<proto::FileInfo> },
     /// The span of chunk `index` is read into the driver's buffer; `sha256` is its checksum,
     /// computed as `chain` says.
     Read { index: u32, sha256: Sha256Digest, chain: Option<Chain> },
@@ -180,9 +181,11 @@ pub enum Event {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// `CreateFile`, asking for placements of the first `place_chunks` chunks.
+    /// `CreateFile`, asking for placements of the first `place_chunks` chunks; with
+    /// `commit_empty` (an empty file), to commit it in the same write.
     Create {
         place_chunks: u32,
+        commit_empty: bool,
     },
     /// Read chunk `index` (`len` bytes at `offset`) and keep it until `Release`.
     Read {
@@ -349,9 +352,15 @@ impl Upload {
             actions: VecDeque::new(),
         };
         match start {
+            // An empty file: nothing to read, so the source is looked at first, and then one
+            // write creates and commits it.
+            Start::Fresh if count == 0 => {
+                up.stage = Stage::FinishingSource;
+                up.actions.push_back(Action::FinishSource);
+            }
             Start::Fresh => {
                 let place = count.min(up.window()).min(up.config.allocate_batch_chunks) as u32;
-                up.actions.push_back(Action::Create { place_chunks: place });
+                up.actions.push_back(Action::Create { place_chunks: place, commit_empty: false });
             }
             Start::Resume { file, stored } => {
                 up.file = Some(file);
@@ -413,10 +422,22 @@ impl Upload {
             return;
         }
         match event {
-            Event::Created { file, placements, write_quorum } => {
+            Event::Created { file, placements, write_quorum, committed } => {
                 if self.stage != Stage::Creating {
                     return;
                 }
+                if let Some(info) = committed {
+                    if self.chunks.len() != 0 || info.size != 0 || info.file_id != file.0 {
+                        let what = format!("file {} of {} bytes committed with its creation", info.file_id, info.size);
+                        return self.fail(UploadError::BadReply(what));
+                    }
+                    self.file = Some(file);
+                    self.stage = Stage::Finished;
+                    self.actions.push_back(Action::Done(info));
+                    return;
+                }
+                // Without `committed`, a metadata node of an earlier version left the upload
+                // open: an empty one goes on to look at the source again and commit.
                 self.file = Some(file);
                 self.write_quorum = (write_quorum as usize).max(1);
                 self.stage = Stage::Transferring;
@@ -511,6 +532,11 @@ impl Upload {
                 }
                 if !unchanged {
                     return self.fail(UploadError::SourceChanged);
+                }
+                if self.file.is_none() {
+                    self.stage = Stage::Creating;
+                    self.actions.push_back(Action::Create { place_chunks: 0, commit_empty: true });
+                    return;
                 }
                 self.stage = Stage::Committing;
                 let chunks: Vec<StoredChunk> = self.unrecorded.drain(..).collect();

@@ -3,8 +3,10 @@
 //! and carries out its outputs (`carry_out`), and offers the requests' handlers (`service`)
 //! the few primitives they need: propose, read, hand over, the leader of a term.
 //!
-//! Writes go through Raft (`client_write`); reads are served by the leader after
-//! `ensure_linearizable`, so a client never sees state older than a write it saw acknowledged.
+//! Writes go through Raft (`client_write`); reads are served by the leader once a ReadIndex
+//! round (`get_read_log_id`) that began after they arrived confirmed its leadership, and its
+//! state is applied that far, so a client never sees state older than a write it saw
+//! acknowledged. Reads that arrive together share rounds (`read_rounds` decides which).
 //! A follower answers `NotLeader` naming the leader, and the client follows.
 //!
 //! Liveness of storage nodes and chunk placement are the leader's alone and live in its memory:
@@ -24,6 +26,7 @@ use super::engine::{EngineConfig, MemberStatus, MetaEngine, Output, ProposalId, 
 use super::leader::{admit, AdmitError, Leader};
 use super::log_store::{open_database, RedbLogStore};
 use super::raft::RaftNet;
+use super::read_rounds::{Arrival, ReadRounds, READS_WAITING_MAX};
 use super::state_machine::{AppliedState, MetaStateMachine, SharedState};
 use super::types::{MetaRaft, MetaTypes};
 use super::MetaConfig;
@@ -83,6 +86,10 @@ pub(super) struct Waiting {
     proposals: HashMap<ProposalId, oneshot::Sender<ProposalResult>>,
     hand_overs: HashMap<u64, oneshot::Sender<RpcError>>,
     pub(super) step_downs: HashMap<u64, oneshot::Sender<bool>>,
+    /// Reads waiting for a ReadIndex round, and which round answers each.
+    read_rounds: ReadRounds<u64>,
+    /// Where each waiting read's round result goes: the read index, or why there is none.
+    reads: HashMap<u64, oneshot::Sender<Result<Option<u64>, RpcError>>>,
     /// The last request id handed out (0 is the engine's own).
     last_request: u64,
 }
@@ -426,11 +433,59 @@ impl<E: Env> MetaServer<E> {
             self.require_leader()?;
             return Ok(read(&self.state.read().expect("state lock")));
         }
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(read(&self.state.read().expect("state lock"))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(RpcError::Unavailable(format!("metadata quorum not reachable: {e}"))),
-            Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
+        let read_index = self.read_index().await?;
+        let applied = self.state.read().expect("state lock").last_applied.map(|l| l.index);
+        if read_index > applied {
+            // Committed but not applied here yet: openraft applies it shortly.
+            self.raft.wait(None).applied_index_at_least(read_index, "read").await.map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => RpcError::Unavailable("metadata node stopped".into()),
+                openraft::metrics::WaitError::Timeout(..) => RpcError::Unavailable("state not applied in time".into()),
+            })?;
+        }
+        Ok(read(&self.state.read().expect("state lock")))
+    }
+
+    /// The index this node's state must be applied to for a read arriving now to be
+    /// linearizable, from a ReadIndex round that began after it arrived (shared with the reads
+    /// that arrive alongside: see `read_rounds`).
+    async fn read_index(&self) -> Result<Option<u64>, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        let arrival = {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            let id = waiting.next_request();
+            let arrival = waiting.read_rounds.arrive(id);
+            if arrival != Arrival::Busy {
+                waiting.reads.insert(id, tx);
+            }
+            arrival
+        };
+        match arrival {
+            Arrival::Busy => return Err(RpcError::Unavailable(format!("{READS_WAITING_MAX} reads are waiting already; retry"))),
+            Arrival::StartRound => drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(self.arc().run_read_rounds())),
+            Arrival::Joined => {}
+        }
+        rx.await.map_err(|_| RpcError::Unavailable("metadata node is stopping".into()))?
+    }
+
+    /// ReadIndex rounds, one after another, while reads wait for one (`read_rounds`).
+    async fn run_read_rounds(self: Arc<Self>) {
+        loop {
+            let result = match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.not_leader(f.leader_id)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(RpcError::Unavailable(format!("metadata quorum not reachable: {e}"))),
+                Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
+            };
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            let over = waiting.read_rounds.round_over();
+            for id in over.answered {
+                if let Some(reply) = waiting.reads.remove(&id) {
+                    let _ = reply.send(result.clone()); // the reader may have given up
+                }
+            }
+            if !over.start_next {
+                return;
+            }
         }
     }
 

@@ -293,6 +293,23 @@ impl<E: Env> MetaServer<E> {
             let now = self.env.clock().now();
             self.with_leader(term, |leader, ns| leader.check_replication(now, ns, r.replication)).map_err(|e| RpcError::FailedPrecondition(e.to_string()))?;
         }
+        let attrs = namespace::FileAttrs { mode: r.mode, mtime_unix_ms: r.mtime_unix_ms };
+        if r.commit_empty {
+            if r.size != 0 {
+                return Err(RpcError::InvalidArgument(format!("commit_empty asks for an empty file, but the size is {}", r.size)));
+            }
+            let command = Command::CreateEmptyFile {
+                path: r.path,
+                chunk_size: r.chunk_size,
+                replication: r.replication,
+                overwrite: r.overwrite,
+                expect_file_id: r.expect_file_id.map(FileId),
+                unix_ms: self.env.clock().unix_ms(),
+                attrs,
+            };
+            // No upload remembers the request: a retry is answered from the session instead.
+            return Ok(once(r.request_id, command));
+        }
         Ok(Command::CreateFile {
             path: r.path,
             size: r.size,
@@ -302,7 +319,7 @@ impl<E: Env> MetaServer<E> {
             expect_file_id: r.expect_file_id.map(FileId),
             request_id: r.request_id.map(|id| RequestId { client: id.client, seq: id.seq }),
             unix_ms: self.env.clock().unix_ms(),
-            attrs: namespace::FileAttrs { mode: r.mode, mtime_unix_ms: r.mtime_unix_ms },
+            attrs,
         })
     }
 
@@ -312,6 +329,8 @@ impl<E: Env> MetaServer<E> {
     fn created(&self, outcome: Outcome, place_chunks: u32, size: u64, chunk_size: u64) -> Result<proto::CreateFileResponse, RpcError> {
         let file = match outcome {
             Outcome::FileCreated(id) => id,
+            // An empty file committed with its creation (`commit_empty`).
+            Outcome::FileCommitted(f) => return Ok(proto::CreateFileResponse { file_id: f.id.0, committed: Some(file_info(&f)), ..Default::default() }),
             other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
         };
         let count = crate::chunking::chunk_count(size, chunk_size.max(1));
@@ -321,7 +340,7 @@ impl<E: Env> MetaServer<E> {
         }
         let indexes: Vec<u32> = (0..place).collect();
         let (placements, write_quorum) = self.place_chunks(file, &indexes, &[])?;
-        Ok(proto::CreateFileResponse { file_id: file.0, placements, write_quorum })
+        Ok(proto::CreateFileResponse { file_id: file.0, placements, write_quorum, committed: None })
     }
 
     /// The command for one `CommitFile`, its input checked.

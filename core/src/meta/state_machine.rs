@@ -104,7 +104,9 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotFileError> 
     if actual[..] != digest[..] {
         return Err(damaged(SnapshotDamage::ChecksumMismatch));
     }
-    serde_json::from_slice(body).map_err(|e| damaged(e.into()))
+    let mut body: SnapshotBody = serde_json::from_slice(body).map_err(|e| damaged(e.into()))?;
+    body.namespace.shrink_to_fit();
+    Ok(body)
 }
 
 /// Where a snapshot received from the leader is assembled before it is installed.

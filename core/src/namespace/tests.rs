@@ -30,6 +30,18 @@ fn create_cmd(path: &str, size: u64, overwrite: bool) -> Command {
     }
 }
 
+fn empty_file_cmd(path: &str, overwrite: bool) -> Command {
+    Command::CreateEmptyFile {
+        path: path.into(),
+        chunk_size: CHUNK,
+        replication: 3,
+        overwrite,
+        expect_file_id: None,
+        unix_ms: 7,
+        attrs: FileAttrs { mode: Some(0o640), mtime_unix_ms: Some(3) },
+    }
+}
+
 fn delete(path: &str) -> Command {
     Command::Delete { path: path.into(), recursive: false, expect_file_id: None }
 }
@@ -597,6 +609,12 @@ enum Op {
         size: u64,
         overwrite: bool,
     },
+    /// `CreateEmptyFile`, retried once (as `Once`) when `retry`.
+    CreateEmpty {
+        path: usize,
+        overwrite: bool,
+        retry: bool,
+    },
     CreateOnly {
         path: usize,
         size: u64,
@@ -664,6 +682,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (path.clone(), 0..4 * CHUNK, any::<bool>()).prop_map(|(path, size, overwrite)| Op::Upload { path, size, overwrite }),
         (path.clone(), 0..4 * CHUNK, any::<bool>()).prop_map(|(path, size, retry)| Op::CreateOnly { path, size, retry }),
+        (path.clone(), any::<bool>(), any::<bool>()).prop_map(|(path, overwrite, retry)| Op::CreateEmpty { path, overwrite, retry }),
         (0..8usize, 0..5u32, 1..5u64).prop_map(|(upload, chunk, node)| Op::Record { upload, chunk, node }),
         (0..8usize).prop_map(|upload| Op::Commit { upload }),
         (path.clone(), any::<bool>()).prop_map(|(path, parents)| Op::Mkdir { path, parents }),
@@ -845,6 +864,24 @@ proptest! {
                         Outcome::FileCommitted(s)
                     })
                 }
+                Op::CreateEmpty { path, overwrite, retry } => {
+                    seq += 1;
+                    let norm = normalize_path(PATHS[path]).unwrap();
+                    let allowed = norm != "/" && model.can_commit(&norm, overwrite);
+                    let command = Command::Once { request: RequestId { client: 2, seq }, command: Box::new(empty_file_cmd(PATHS[path], overwrite)) };
+                    let result = ns.apply(command.clone());
+                    prop_assert_eq!(result.is_ok(), allowed, "create empty {} {:?}", norm, result);
+                    if let Ok(Outcome::FileCommitted(s)) = &result {
+                        prop_assert_eq!((s.size, ns.file(&norm).and_then(|f| f.sha256)), (0, Some(Sha256Digest::of(&[]))));
+                        model.commit(&s.path, s.id, 0);
+                    }
+                    if retry {
+                        let again = ns.clone();
+                        prop_assert_eq!(&ns.apply(command), &result);
+                        prop_assert_eq!(&ns.files().count(), &again.files().count(), "a retried empty create changed the files");
+                    }
+                    result
+                }
                 Op::CreateOnly { path, size, retry } => {
                     seq += 1;
                     let command = Command::CreateFile {
@@ -990,7 +1027,10 @@ proptest! {
                 }
             };
             if result.is_err() {
-                prop_assert_eq!(&ns, &before, "a refused command changed the state");
+                // A refusal under `Once` is remembered for its retry, and only that.
+                let mut after = ns.clone();
+                (after.sessions, after.applied) = (before.sessions.clone(), before.applied);
+                prop_assert_eq!(&after, &before, "a refused command changed the state");
             }
             // the namespace holds exactly the model's tree
             let mut tree: BTreeMap<String, ModelEntry> = ns.files().map(|f| (f.path.clone(), ModelEntry::File(f.id, f.size))).collect();
@@ -1089,6 +1129,45 @@ fn a_retried_request_gets_the_first_answer_and_acts_once() {
     }
     assert!(matches!(ns.apply(once(5, delete())), Err(NamespaceError::RequestTooOld { .. })));
     // Snapshots carry the sessions: a restored node answers retries the same way.
+    let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
+    assert_eq!(restored, ns);
+}
+
+#[test]
+fn an_empty_file_is_created_and_committed_by_one_command() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    let Ok(Outcome::FileCommitted(s)) = ns.apply(empty_file_cmd("/d/e", false)) else { panic!("not committed") };
+    let f = ns.file("/d/e").expect("visible at once");
+    assert_eq!((f.id, f.size, f.chunks.len(), f.sha256), (s.id, 0, 0, Some(Sha256Digest::of(&[]))));
+    assert_eq!((f.attrs.mode, f.attrs.mtime_unix_ms, f.committed_unix_ms), (Some(0o640), Some(3), 7));
+    assert_eq!(ns.kind("/d"), Some(EntryKind::Dir), "parents are created as a commit creates them");
+    assert_eq!(ns.uploads().count(), 0, "no upload is left open");
+    // The path rules of a commit: taken without overwrite, a directory, a file above.
+    assert!(matches!(ns.apply(empty_file_cmd("/d/e", false)), Err(NamespaceError::AlreadyExists(_))));
+    assert!(matches!(ns.apply(empty_file_cmd("/d", true)), Err(NamespaceError::IsDirectory(_))));
+    assert!(matches!(ns.apply(empty_file_cmd("/d/e/f", true)), Err(NamespaceError::ParentIsFile { .. })));
+    assert!(matches!(ns.apply(empty_file_cmd("/", true)), Err(NamespaceError::IsDirectory(_))));
+    // Overwriting a file with data sends its replicas to the garbage.
+    upload(&mut ns, "/g", 3 * CHUNK, false).unwrap();
+    let garbage_before: usize = ns.garbage.values().map(|g| g.len()).sum();
+    let Ok(Outcome::FileCommitted(g)) = ns.apply(empty_file_cmd("/g", true)) else { panic!("not replaced") };
+    assert_eq!(ns.file("/g").map(|f| (f.id, f.size)), Some((g.id, 0)));
+    let garbage_after: usize = ns.garbage.values().map(|g| g.len()).sum();
+    assert_eq!(garbage_after, garbage_before + 3 * 3, "the old file's 3 chunks on 3 nodes are garbage");
+    // Only the file the client saw is replaced.
+    let mut expecting = empty_file_cmd("/g", true);
+    if let Command::CreateEmptyFile { expect_file_id, .. } = &mut expecting {
+        *expect_file_id = Some(s.id);
+    }
+    assert!(matches!(ns.apply(expecting), Err(NamespaceError::FileChanged { .. })));
+    // Refused whatever the state: an expected file without overwrite.
+    let mut bad = empty_file_cmd("/h", false);
+    if let Command::CreateEmptyFile { expect_file_id, .. } = &mut bad {
+        *expect_file_id = Some(g.id);
+    }
+    assert!(bad.validate().is_err());
+    // It survives a snapshot.
     let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
     assert_eq!(restored, ns);
 }
@@ -1320,4 +1399,17 @@ fn chained_records_must_form_the_files_chain() {
     let mut single = chunks_for(5, &[1, 2]);
     single[0].sum = ChainedLast;
     assert!(matches!(ns.apply(Command::RecordChunks { file: one, chunks: single }), Err(NamespaceError::BadChunk { .. })));
+}
+
+#[test]
+fn a_loaded_namespace_keeps_no_spare_capacity_in_its_lists() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    upload(&mut ns, "/f", CHUNK + 1, false).unwrap();
+    let mut back: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
+    back.shrink_to_fit();
+    let f = back.file("/f").unwrap();
+    assert_eq!(f.chunks.capacity(), f.chunks.len());
+    assert!(f.chunks.iter().all(|c| c.replicas.capacity() == c.replicas.len()));
+    assert_eq!(back, ns);
 }

@@ -53,6 +53,11 @@ struct World {
     checkpoints: Vec<StoredChunk>,
     progress: u64,
     spec: UploadSpec,
+    /// Metadata of an earlier version: it ignores `commit_empty` and leaves the upload open.
+    ignores_commit_empty: bool,
+    /// Metadata writes asked for: creates and commits.
+    creates: u32,
+    commits: u32,
 }
 
 impl World {
@@ -77,6 +82,9 @@ impl World {
             checkpoints: Vec::new(),
             progress: 0,
             spec,
+            ignores_commit_empty: false,
+            creates: 0,
+            commits: 0,
         }
     }
 
@@ -115,12 +123,19 @@ impl World {
     fn execute(&mut self, up: &Upload, action: Action) {
         let quorum = crate::namespace::write_quorum(self.spec.replication) as usize;
         match action {
-            Action::Create { place_chunks } => {
+            Action::Create { place_chunks, commit_empty } => {
                 if self.roll(self.faults.meta_fails) {
                     return self.deliver(LATENCY_MS, Event::MetaFailed { op: MetaOp::Create, error: RpcError::Unavailable("x".into()) });
                 }
+                self.creates += 1;
                 let placements = (0..place_chunks).map(|index| Placement { index, targets: self.place(&[]) }).collect();
-                self.deliver(LATENCY_MS, Event::Created { file: FileId(7), placements, write_quorum: quorum as u32 });
+                let committed = (commit_empty && !self.ignores_commit_empty).then(|| {
+                    assert_eq!(self.spec.size, 0, "commit_empty asked for a file of {} bytes", self.spec.size);
+                    assert!(self.generation == 0, "an empty file committed from a changed source");
+                    self.committed = Some((Vec::new(), Sha256Digest::of(&[])));
+                    proto::FileInfo { file_id: 7, size: 0, ..Default::default() }
+                });
+                self.deliver(LATENCY_MS, Event::Created { file: FileId(7), placements, write_quorum: quorum as u32, committed });
             }
             Action::Read { index, len, offset } => {
                 assert_eq!(offset, index as u64 * self.spec.chunk_size);
@@ -179,6 +194,7 @@ impl World {
                 if self.roll(self.faults.meta_fails) {
                     return self.deliver(LATENCY_MS, Event::MetaFailed { op: MetaOp::Commit, error: RpcError::Unavailable("x".into()) });
                 }
+                self.commits += 1;
                 for c in chunks {
                     self.recorded.insert(c.index, c);
                 }
@@ -264,13 +280,44 @@ fn a_clean_upload_commits_every_chunk_on_every_replica_in_one_create_and_one_com
 }
 
 #[test]
-fn an_empty_file_is_created_and_committed_without_transfers() {
+fn an_empty_file_is_created_and_committed_in_one_write_without_transfers() {
     let mut up = Upload::new(spec(0, 3), config(), Start::Fresh).unwrap();
     let mut w = World::new(up.spec.clone(), 3, Faults::default(), 1);
     w.run(&mut up);
-    assert!(w.outcome.clone().unwrap().is_ok());
-    assert_eq!(w.reads, 0);
+    assert_eq!(w.outcome.clone().unwrap().unwrap().file_id, 7);
+    assert_eq!((w.reads, w.creates, w.commits), (0, 1, 0));
     assert_eq!(w.committed.unwrap().0.len(), 0);
+}
+
+#[test]
+fn an_empty_file_is_committed_apart_when_metadata_ignores_commit_empty() {
+    let mut up = Upload::new(spec(0, 3), config(), Start::Fresh).unwrap();
+    let mut w = World::new(up.spec.clone(), 3, Faults::default(), 1);
+    w.ignores_commit_empty = true;
+    w.run(&mut up);
+    assert_eq!(w.outcome.clone().unwrap().unwrap().file_id, 7);
+    assert_eq!((w.reads, w.creates, w.commits), (0, 1, 1));
+    assert_eq!(w.committed.unwrap().1, Sha256Digest::of(b"file-0"));
+}
+
+#[test]
+fn an_empty_file_whose_source_changed_is_never_created() {
+    let mut up = Upload::new(spec(0, 3), config(), Start::Fresh).unwrap();
+    let mut w = World::new(up.spec.clone(), 3, Faults::default(), 1);
+    w.generation = 1;
+    w.run(&mut up);
+    assert_eq!(w.outcome.clone().unwrap(), Err(UploadError::SourceChanged));
+    assert_eq!((w.creates, w.commits), (0, 0));
+}
+
+#[test]
+fn a_commit_with_the_create_of_a_file_with_bytes_is_a_bad_reply() {
+    let mut up = Upload::new(spec(2, 3), config(), Start::Fresh).unwrap();
+    let info = proto::FileInfo { file_id: 7, size: 0, ..Default::default() };
+    up.poll_action();
+    up.handle(Event::Created { file: FileId(7), placements: Vec::new(), write_quorum: 2, committed: Some(info) }, Timestamp(0));
+    let actions: Vec<Action> = std::iter::from_fn(|| up.poll_action()).collect();
+    assert!(matches!(actions.as_slice(), [Action::Failed(UploadError::BadReply(_))]), "{actions:?}");
 }
 
 #[test]
@@ -493,9 +540,10 @@ impl Chaos {
         let failure = || RpcError::Unavailable("x".into());
         let event = match action {
             Action::Create { .. } if self.roll(30) => Event::MetaFailed { op: MetaOp::Create, error: failure() },
-            Action::Create { place_chunks } => {
+            Action::Create { place_chunks, commit_empty } => {
                 let placements = (0..*place_chunks).map(|index| Placement { index, targets: self.targets() }).collect();
-                Event::Created { file: FileId(7), placements, write_quorum: self.quorum() }
+                let committed = commit_empty.then(|| proto::FileInfo { file_id: 7, ..Default::default() });
+                Event::Created { file: FileId(7), placements, write_quorum: self.quorum(), committed }
             }
             Action::Read { index, .. } if self.roll(5) => Event::ReadFailed { index: *index, error: LocalError::Shrank { got: 0, expected: 1 } },
             Action::Read { index, .. } => Event::Read { index: *index, sha256: chunk_sha(0, *index), chain: None },
@@ -625,9 +673,9 @@ fn run_big(chunks: u64) -> (Upload, u64) {
     loop {
         while let Some(action) = up.poll_action() {
             let event = match action {
-                Action::Create { place_chunks } => {
+                Action::Create { place_chunks, .. } => {
                     let placements = (0..place_chunks).map(|index| Placement { index, targets: nodes.clone() }).collect();
-                    Event::Created { file: FileId(7), placements, write_quorum: 2 }
+                    Event::Created { file: FileId(7), placements, write_quorum: 2, committed: None }
                 }
                 Action::Read { index, .. } => {
                     let mut sha = [0; 32];
