@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -706,11 +707,11 @@ pub enum Verdict {
 /// The whole replicated state. Serialized as a unit for Raft snapshots.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
-    files: BTreeMap<String, FileRecord>,
+    files: BTreeMap<Arc<str>, Box<FileRecord>>,
     /// Every directory by path, the root included.
     dirs: BTreeMap<String, DirRecord>,
     /// Committed file id → path, so a retried commit finds what it already did.
-    paths_by_id: BTreeMap<FileId, String>,
+    paths_by_id: BTreeMap<FileId, Arc<str>>,
     uploads: BTreeMap<FileId, Upload>,
     /// Request ids of the uploads in flight (client → seq → upload): an entry lives exactly
     /// as long as its upload, which bounds it. A retry comes while the upload is in flight,
@@ -954,7 +955,7 @@ impl Namespace {
                 let Some(upload) = self.uploads.get(&file) else {
                     // A retried commit whose first attempt went through.
                     if let Some(f) = self.paths_by_id.get(&file).and_then(|p| self.files.get(p)) {
-                        return Ok(Outcome::FileCommitted(f.into()));
+                        return Ok(Outcome::FileCommitted(FileSummary::from(&**f)));
                     }
                     return Err(NamespaceError::UploadNotFound(file));
                 };
@@ -1085,7 +1086,7 @@ impl Namespace {
             }
             Command::CopyFile { src, dst, overwrite, unix_ms } => {
                 let (src, dst) = (normalize_path(&src)?, normalize_path(&dst)?);
-                let Some(source) = self.files.get(&src) else {
+                let Some(source) = self.files.get(src.as_str()) else {
                     return Err(if self.dirs.contains_key(&src) { NamespaceError::IsDirectory(src) } else { NamespaceError::NotFound(src) });
                 };
                 let source = source.clone();
@@ -1102,14 +1103,14 @@ impl Namespace {
                     // Absent: the source is the file the chunk was uploaded for, its only holder.
                     self.shared_chunks.entry(chunk).or_insert_with(|| BTreeSet::from([source.id])).insert(id);
                 }
-                let record = FileRecord { path: dst, id, committed_unix_ms: unix_ms, shared, ..source };
+                let record = FileRecord { path: dst, id, committed_unix_ms: unix_ms, shared, ..*source };
                 let summary = FileSummary::from(&record);
                 self.insert_file(record, unix_ms);
                 Ok(Outcome::FileCommitted(summary))
             }
             Command::SetReplication { path, replication } => {
                 let path = normalize_path(&path)?;
-                let targets: Vec<String> = if self.files.contains_key(&path) {
+                let targets: Vec<String> = if self.files.contains_key(path.as_str()) {
                     vec![path]
                 } else if self.dirs.contains_key(&path) {
                     keys_under(&self.files, &subtree_prefix(&path)).collect()
@@ -1117,7 +1118,7 @@ impl Namespace {
                     return Err(NamespaceError::NotFound(path));
                 };
                 for t in &targets {
-                    if let Some(f) = self.files.get_mut(t) {
+                    if let Some(f) = self.files.get_mut(t.as_str()) {
                         f.replication = replication;
                     }
                 }
@@ -1125,7 +1126,7 @@ impl Namespace {
             }
             Command::SetAttributes { path, mode, mtime_unix_ms } => {
                 let path = normalize_path(&path)?;
-                if let Some(f) = self.files.get_mut(&path) {
+                if let Some(f) = self.files.get_mut(path.as_str()) {
                     if mode.is_some() {
                         f.attrs.mode = mode;
                     }
@@ -1163,7 +1164,7 @@ impl Namespace {
                         NamespaceError::InvalidArgument(format!("no free place for {path} in the trash bucket {trash}: delete it instead"))
                     }));
                 };
-                let file = self.files.get(&path).map(FileSummary::from);
+                let file = self.files.get(path.as_str()).map(|f| FileSummary::from(&**f));
                 let (files, dirs) = match kind {
                     EntryKind::File => (1, 0),
                     EntryKind::Dir => {
@@ -1472,7 +1473,7 @@ impl Namespace {
         if let Some(dir) = self.dirs.get_mut(parent) {
             dir.children.remove(name);
         }
-        Some(record)
+        Some(*record)
     }
 
     /// Puts a committed file at its path, in place of (and discarding) a file there.
@@ -1493,8 +1494,10 @@ impl Namespace {
         if let Some(dir) = self.dirs.get_mut(parent) {
             dir.children.insert(name.to_string(), EntryKind::File);
         }
-        self.paths_by_id.insert(record.id, record.path.clone());
-        self.files.insert(record.path.clone(), record);
+        // One allocation of the path, shared by the tree and the id index.
+        let key: Arc<str> = Arc::from(record.path.as_str());
+        self.paths_by_id.insert(record.id, key.clone());
+        self.files.insert(key, Box::new(record));
     }
 
     /// Creates `dir` and its missing ancestors. The caller checked that none is a file.
@@ -1527,10 +1530,11 @@ impl Namespace {
             }
         }
         for old in moved_files {
-            if let Some(mut record) = self.files.remove(&old) {
+            if let Some(mut record) = self.files.remove(old.as_str()) {
                 record.path = renamed(&old);
-                self.paths_by_id.insert(record.id, record.path.clone());
-                self.files.insert(record.path.clone(), record);
+                let key: Arc<str> = Arc::from(record.path.as_str());
+                self.paths_by_id.insert(record.id, key.clone());
+                self.files.insert(key, record);
             }
         }
         let (src_parent, src_name) = parent_of(src);
@@ -1551,8 +1555,8 @@ impl Namespace {
         let mut dirs: Vec<String> = keys_under(&self.dirs, &prefix).filter(|d| d != ROOT).collect();
         let file_count = files.len() as u64;
         for f in files {
-            if let Some(old) = self.files.remove(&f) {
-                self.discard(old);
+            if let Some(old) = self.files.remove(f.as_str()) {
+                self.discard(*old);
             }
         }
         if path != ROOT {
@@ -1601,7 +1605,7 @@ impl Namespace {
     // ---- reads -------------------------------------------------------------------------
 
     pub fn file(&self, path: &str) -> Option<&FileRecord> {
-        self.files.get(path)
+        self.files.get(path).map(|f| &**f)
     }
 
     /// What `path` (normalized) names, if anything.
@@ -1633,12 +1637,12 @@ impl Namespace {
         let dir = dir.trim_end_matches('/');
         if let Some(file) = self.files.get(dir) {
             // A file has nothing below it.
-            let page = if start_after < dir { vec![file] } else { vec![] };
+            let page = if start_after < dir { vec![&**file] } else { vec![] };
             return (page, false);
         }
         let under = format!("{dir}/");
         let from = if start_after >= under.as_str() { Bound::Excluded(start_after) } else { Bound::Included(under.as_str()) };
-        let mut matching = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&under)).map(|(_, f)| f);
+        let mut matching = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&under)).map(|(_, f)| &**f);
         let page: Vec<_> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();
         (page, more)
@@ -1648,7 +1652,7 @@ impl Namespace {
     /// at most `limit`, and whether more remain. A file lists as itself. O(page · log n).
     pub fn list_dir(&self, dir: &str, start_after: &str, limit: usize) -> Result<(Vec<DirEntry>, bool), NamespaceError> {
         let dir = normalize_path(dir)?;
-        if let Some(f) = self.files.get(&dir) {
+        if let Some(f) = self.files.get(dir.as_str()) {
             let entry = self.file_entry(f);
             let page = if start_after < entry.name.as_str() && limit > 0 { vec![entry] } else { vec![] };
             return Ok((page, false));
@@ -1666,7 +1670,7 @@ impl Namespace {
     /// remain. A file lists as itself. O(page · log n).
     pub fn list_recursive(&self, dir: &str, start_after: &str, limit: usize) -> Result<(Vec<DirEntry>, bool), NamespaceError> {
         let dir = normalize_path(dir)?;
-        if let Some(f) = self.files.get(&dir) {
+        if let Some(f) = self.files.get(dir.as_str()) {
             let page = if start_after < dir.as_str() && limit > 0 { vec![self.file_entry(f)] } else { vec![] };
             return Ok((page, false));
         }
@@ -1684,7 +1688,7 @@ impl Namespace {
                 (None, None) => return Ok((page, false)),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some((f, _)), Some((d, _))) => f < d,
+                (Some((f, _)), Some((d, _))) => ***f < ***d,
             };
             if page.len() == limit {
                 return Ok((page, true));
@@ -1751,10 +1755,17 @@ impl Namespace {
         self.garbage.get(&node).map(|g| g.iter().take(limit).copied().collect()).unwrap_or_default()
     }
 
-    /// Gives back the spare capacity a deserializer leaves in chunk and replica lists (a
-    /// vector read from JSON grows to four slots or more): without it, a namespace loaded from
-    /// a snapshot holds a third more memory than the one it was written from.
+    /// Gives back what a deserializer spends beyond a namespace built by commands: the spare
+    /// capacity of chunk and replica lists (a vector read from JSON grows to four slots or
+    /// more), and a second copy of each path in the id index. Without it a namespace loaded
+    /// from a snapshot holds a third more memory than the one it was written from.
+    /// The id index shares its paths with the tree again, as `insert_file` made them.
     pub fn shrink_to_fit(&mut self) {
+        for (path, f) in &self.files {
+            if let Some(p) = self.paths_by_id.get_mut(&f.id).filter(|p| ***p == **path) {
+                *p = path.clone();
+            }
+        }
         for f in self.files.values_mut() {
             f.chunks.shrink_to_fit();
             for c in &mut f.chunks {
@@ -1782,7 +1793,7 @@ impl Namespace {
     }
 
     pub fn files(&self) -> impl Iterator<Item = &FileRecord> {
-        self.files.values()
+        self.files.values().map(|f| &**f)
     }
 
     /// Every directory path, the root included, in order.
@@ -1802,8 +1813,10 @@ fn dir_entry(path: &str, d: &DirRecord) -> DirEntry {
 }
 
 /// The keys of `map` that start with `prefix`, in order.
-fn keys_under<'a, V>(map: &'a BTreeMap<String, V>, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
-    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)).take_while(move |(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone())
+fn keys_under<'a, K: std::borrow::Borrow<str> + Ord, V>(map: &'a BTreeMap<K, V>, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
+    map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(k, _)| k.borrow().starts_with(prefix))
+        .map(|(k, _)| k.borrow().to_string())
 }
 
 /// The proper ancestors of a normalized path, root excluded, top down: `/a/b/c` → `/a`, `/a/b`.

@@ -1051,7 +1051,7 @@ proptest! {
                     }
                 }
                 // the id index points back at the file
-                prop_assert_eq!(ns.paths_by_id.get(&f.id), Some(&f.path));
+                prop_assert_eq!(ns.paths_by_id.get(&f.id).map(|p| &**p), Some(f.path.as_str()));
             }
             prop_assert_eq!(ns.paths_by_id.len(), ns.files.len());
             // Shared chunks: every holder listed holds the chunk and lists the same replicas;
@@ -1411,5 +1411,7 @@ fn a_loaded_namespace_keeps_no_spare_capacity_in_its_lists() {
     let f = back.file("/f").unwrap();
     assert_eq!(f.chunks.capacity(), f.chunks.len());
     assert!(f.chunks.iter().all(|c| c.replicas.capacity() == c.replicas.len()));
+    let key = back.files.keys().find(|k| &***k == "/f").unwrap();
+    assert!(Arc::ptr_eq(key, &back.paths_by_id[&f.id]), "the id index shares the tree's path");
     assert_eq!(back, ns);
 }
