@@ -58,7 +58,7 @@ mod planted {
 
     #[test]
     fn write_quorum_one_loses_acknowledged_chunks() {
-        caught(Bug::WriteQuorumOne, "live holders []", 70);
+        caught(Bug::WriteQuorumOne, "live holders []", 120);
     }
 
     #[test]

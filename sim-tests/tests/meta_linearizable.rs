@@ -243,6 +243,6 @@ mod planted {
 
     #[test]
     fn a_retried_request_applied_twice_breaks_the_history() {
-        seeds::expect_caught(TEST, Bug::DoubleApply, "is not linearizable", 1, 40);
+        seeds::expect_caught(TEST, Bug::DoubleApply, "is not linearizable", 1, 240);
     }
 }
