@@ -20,7 +20,7 @@
 //!
 //! ## How it is driven
 //! ```text
-//! match rounds.arrive(id) {                 // a read arrives (ids are the driver's)
+//! match rounds.arrive(reply) {              // a read arrives (what answers it is the driver's)
 //!     StartRound => spawn: loop {           // this read starts the rounds going
 //!         index = confirm leadership;       // get_read_log_id, for the reads of the round
 //!         over = rounds.round_over();       // the reads it answers: give them `index`
@@ -85,7 +85,7 @@ impl<R> ReadRounds<R> {
         self.running.is_some()
     }
 
-    /// Read `read` arrives.
+    /// Read `read` arrives (kept until its round is over; dropped when refused).
     pub fn arrive(&mut self, read: R) -> Arrival {
         if self.waiting() >= self.waiting_max {
             return Arrival::Busy;

@@ -86,10 +86,9 @@ pub(super) struct Waiting {
     proposals: HashMap<ProposalId, oneshot::Sender<ProposalResult>>,
     hand_overs: HashMap<u64, oneshot::Sender<RpcError>>,
     pub(super) step_downs: HashMap<u64, oneshot::Sender<bool>>,
-    /// Reads waiting for a ReadIndex round, and which round answers each.
-    read_rounds: ReadRounds<u64>,
-    /// Where each waiting read's round result goes: the read index, or why there is none.
-    reads: HashMap<u64, oneshot::Sender<Result<Option<u64>, RpcError>>>,
+    /// Reads waiting for a ReadIndex round, and which round answers each: where each one's
+    /// round result goes (the read index, or why there is none).
+    read_rounds: ReadRounds<oneshot::Sender<Result<Option<u64>, RpcError>>>,
     /// The last request id handed out (0 is the engine's own).
     last_request: u64,
 }
@@ -450,15 +449,7 @@ impl<E: Env> MetaServer<E> {
     /// that arrive alongside: see `read_rounds`).
     async fn read_index(&self) -> Result<Option<u64>, RpcError> {
         let (tx, rx) = oneshot::channel();
-        let arrival = {
-            let mut waiting = self.waiting.lock().expect("waiting lock");
-            let id = waiting.next_request();
-            let arrival = waiting.read_rounds.arrive(id);
-            if arrival != Arrival::Busy {
-                waiting.reads.insert(id, tx);
-            }
-            arrival
-        };
+        let arrival = self.waiting.lock().expect("waiting lock").read_rounds.arrive(tx);
         match arrival {
             Arrival::Busy => return Err(RpcError::Unavailable(format!("{READS_WAITING_MAX} reads are waiting already; retry"))),
             Arrival::StartRound => drop(<E::RaftRuntime as openraft::AsyncRuntime>::spawn(self.arc().run_read_rounds())),
@@ -476,12 +467,9 @@ impl<E: Env> MetaServer<E> {
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(RpcError::Unavailable(format!("metadata quorum not reachable: {e}"))),
                 Err(RaftError::Fatal(e)) => Err(RpcError::Unavailable(format!("metadata node stopped: {e}"))),
             };
-            let mut waiting = self.waiting.lock().expect("waiting lock");
-            let over = waiting.read_rounds.round_over();
-            for id in over.answered {
-                if let Some(reply) = waiting.reads.remove(&id) {
-                    let _ = reply.send(result.clone()); // the reader may have given up
-                }
+            let over = self.waiting.lock().expect("waiting lock").read_rounds.round_over();
+            for reply in over.answered {
+                let _ = reply.send(result.clone()); // the reader may have given up
             }
             if !over.start_next {
                 return;
