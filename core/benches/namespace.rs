@@ -94,7 +94,7 @@ fn main() {
             index: 0,
             size: FILE_BYTES,
             sha256: Sha256Digest(sha),
-            replicas: vec![StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)],
+            replicas: [StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)].into_iter().collect(),
             sum: Default::default(),
         };
         let commit = Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest(sha)), chunks: vec![chunk] };

@@ -9,8 +9,10 @@
 //! `apply` checks it again, since the log is not trusted either.
 //!
 //! The tree: the root `/` always exists; every other path is a file or a directory, never
-//! both, and every ancestor of a path is a directory. Each directory keeps a sorted index of its
-//! children, so a page of a listing costs O(page · log n) however large the directory is.
+//! both, and every ancestor of a path is a directory. Files are kept by full path, so a
+//! directory's files lie together in path order; each directory keeps a sorted index of its
+//! subdirectories only. A page of a listing costs O(page · log n) however large the directory
+//! is (a subdirectory's files are skipped a subtree at a time).
 //!
 //! An upload goes through three commands: `CreateFile` reserves a file id, `RecordChunks`
 //! (any number of times, idempotent) says which nodes hold verified copies of which chunks, and
@@ -64,13 +66,18 @@ pub const REPLICA_REPORTS_MAX: usize = 4096;
 /// The root directory's path.
 pub const ROOT: &str = "/";
 
+/// A chunk's replicas: up to three are held inline, with no allocation of their own (the
+/// usual replication factor; the namespace holds one such list per chunk). Serialized as the
+/// list it replaced.
+pub type Replicas = smallvec::SmallVec<[StorageNodeId; 3]>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRecord {
     pub index: u32,
     pub size: u64,
     pub sha256: Sha256Digest,
     /// Nodes holding a verified copy, in the order the client reported them.
-    pub replicas: Vec<StorageNodeId>,
+    pub replicas: Replicas,
     /// How `sha256` was computed (`crate::chain`). Absent from records of earlier versions,
     /// and left out when standalone, so such records read and write as they always did.
     #[serde(default, skip_serializing_if = "SumKind::is_standalone")]
@@ -79,13 +86,15 @@ pub struct ChunkRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
-    pub path: String,
+    /// Shared with the namespace's indexes: one allocation per file, however many hold it.
+    pub path: Arc<str>,
     pub id: FileId,
     pub size: u64,
     pub chunk_size: u64,
     pub replication: u32,
     pub committed_unix_ms: u64,
-    pub chunks: Vec<ChunkRecord>,
+    /// By index, from 0. A boxed slice: a committed file's chunks never change in number.
+    pub chunks: Box<[ChunkRecord]>,
     /// SHA-256 of the whole file, if the uploader sent one.
     #[serde(default)]
     pub sha256: Option<Sha256Digest>,
@@ -95,13 +104,15 @@ pub struct FileRecord {
     /// Chunks this file shares with another (`CopyFile`): index → the shared chunk's id, for
     /// the chunks whose id is not derived from this file's. Their replicas are listed in every
     /// file that holds them, alike.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub shared: BTreeMap<u32, ChunkId>,
+    /// Boxed and absent for the many files that share nothing: an empty map would take three
+    /// words in every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Box<BTreeMap<u32, ChunkId>>>,
 }
 
 impl FileRecord {
     pub fn chunk_id(&self, index: u32) -> ChunkId {
-        self.shared.get(&index).copied().unwrap_or_else(|| ChunkId::derive(self.id, index))
+        self.shared.as_ref().and_then(|s| s.get(&index)).copied().unwrap_or_else(|| ChunkId::derive(self.id, index))
     }
 
     /// The chain of the chunk at `pos` in `chunks`: `before` is the previous chunk's checksum.
@@ -192,17 +203,91 @@ pub enum EntryKind {
     Dir,
 }
 
-/// A directory: its children by name, which is all a listing needs to page through it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A directory: its subdirectories by name. Its files need no index of their own here: they
+/// lie together in `Namespace::files` under the directory's path (`Namespace::files_in`), and
+/// a second key per file would cost more memory than the file's path itself.
+///
+/// Snapshots list the files among the `children` as well, as earlier versions wrote and read
+/// them (`DirOut`), so that a node of an earlier version can still load a newer snapshot;
+/// they are left out again on load.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 struct DirRecord {
     /// When it was created or last moved.
     modified_unix_ms: u64,
-    children: BTreeMap<String, EntryKind>,
+    #[serde(rename = "children", deserialize_with = "subdirs_of_children")]
+    subdirs: BTreeSet<String>,
 }
 
 impl DirRecord {
     fn new(unix_ms: u64) -> Self {
-        DirRecord { modified_unix_ms: unix_ms, children: BTreeMap::new() }
+        DirRecord { modified_unix_ms: unix_ms, subdirs: BTreeSet::new() }
+    }
+}
+
+/// A directory's subdirectories, from the `children` of a snapshot (files and directories by
+/// name), built in one pass (see `bulk_map`).
+fn subdirs_of_children<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<String>, D::Error> {
+    struct Children;
+    impl<'de> serde::de::Visitor<'de> for Children {
+        type Value = BTreeSet<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of names to entry kinds")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut dirs = Vec::new();
+            while let Some((name, kind)) = map.next_entry::<String, EntryKind>()? {
+                if kind == EntryKind::Dir {
+                    dirs.push(name);
+                }
+            }
+            Ok(dirs.into_iter().collect())
+        }
+    }
+    d.deserialize_map(Children)
+}
+
+/// A directory as snapshots hold it: its files among its children, as earlier versions kept
+/// them.
+struct DirOut<'a> {
+    ns: &'a Namespace,
+    path: &'a str,
+    dir: &'a DirRecord,
+}
+
+impl Serialize for DirOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Children<'a>(&'a DirOut<'a>);
+        impl Serialize for Children<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let DirOut { ns, path, dir } = self.0;
+                let mut files = ns.files_in(path, "").map(|(name, _)| name).peekable();
+                let mut dirs = dir.subdirs.iter().map(String::as_str).peekable();
+                // Both are in name order and never share a name: merge them.
+                let merged = std::iter::from_fn(move || match (files.peek(), dirs.peek()) {
+                    (Some(f), Some(d)) if f < d => files.next().map(|n| (n, EntryKind::File)),
+                    (Some(_), None) => files.next().map(|n| (n, EntryKind::File)),
+                    _ => dirs.next().map(|n| (n, EntryKind::Dir)),
+                });
+                s.collect_map(merged)
+            }
+        }
+        let mut out = s.serialize_struct("DirRecord", 2)?;
+        out.serialize_field("modified_unix_ms", &self.dir.modified_unix_ms)?;
+        out.serialize_field("children", &Children(self))?;
+        out.end()
+    }
+}
+
+/// Every directory by path, as snapshots hold them (`DirOut`).
+struct DirsOut<'a>(&'a Namespace);
+
+impl Serialize for DirsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ns = self.0;
+        s.collect_map(ns.dirs.iter().map(|(path, dir)| (path, DirOut { ns, path, dir })))
     }
 }
 
@@ -467,7 +552,7 @@ pub struct FileSummary {
 impl From<&FileRecord> for FileSummary {
     fn from(f: &FileRecord) -> Self {
         FileSummary {
-            path: f.path.clone(),
+            path: f.path.to_string(),
             id: f.id,
             size: f.size,
             chunk_size: f.chunk_size,
@@ -704,13 +789,16 @@ pub enum Verdict {
     Unknown,
 }
 
-/// The whole replicated state. Serialized as a unit for Raft snapshots.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole replicated state. Serialized as a unit for Raft snapshots (see `NamespaceOut`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Namespace {
+    #[serde(deserialize_with = "bulk_map::deserialize")]
     files: BTreeMap<Arc<str>, Box<FileRecord>>,
     /// Every directory by path, the root included.
+    #[serde(deserialize_with = "bulk_map::deserialize")]
     dirs: BTreeMap<String, DirRecord>,
     /// Committed file id → path, so a retried commit finds what it already did.
+    #[serde(deserialize_with = "bulk_map::deserialize")]
     paths_by_id: BTreeMap<FileId, Arc<str>>,
     uploads: BTreeMap<FileId, Upload>,
     /// Request ids of the uploads in flight (client → seq → upload): an entry lives exactly
@@ -740,6 +828,40 @@ pub struct Namespace {
     applied: u64,
 }
 
+/// The same fields in the same shape as earlier versions wrote them, with each directory's
+/// files among its children again (`DirsOut`).
+impl Serialize for Namespace {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Pairs<'a, K, V>(&'a BTreeMap<K, V>);
+        impl<K: Serialize, V: Serialize> Serialize for Pairs<'_, K, V> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                map_as_pairs::serialize(self.0, s)
+            }
+        }
+        let optional = usize::from(!self.bad_replicas.is_empty()) + usize::from(!self.shared_chunks.is_empty());
+        let mut out = s.serialize_struct("Namespace", 11 + optional)?;
+        out.serialize_field("files", &self.files)?;
+        out.serialize_field("dirs", &DirsOut(self))?;
+        out.serialize_field("paths_by_id", &self.paths_by_id)?;
+        out.serialize_field("uploads", &self.uploads)?;
+        out.serialize_field("uploads_by_request", &self.uploads_by_request)?;
+        out.serialize_field("storage_nodes", &self.storage_nodes)?;
+        out.serialize_field("garbage", &self.garbage)?;
+        out.serialize_field("next_file_id", &self.next_file_id)?;
+        out.serialize_field("cluster_id", &self.cluster_id)?;
+        out.serialize_field("sessions", &self.sessions)?;
+        if !self.bad_replicas.is_empty() {
+            out.serialize_field("bad_replicas", &Pairs(&self.bad_replicas))?;
+        }
+        if !self.shared_chunks.is_empty() {
+            out.serialize_field("shared_chunks", &Pairs(&self.shared_chunks))?;
+        }
+        out.serialize_field("applied", &self.applied)?;
+        out.end()
+    }
+}
+
 /// A map whose keys JSON cannot take as object keys (chunk ids are byte arrays), as a list of
 /// (key, value) pairs.
 mod map_as_pairs {
@@ -753,6 +875,43 @@ mod map_as_pairs {
 
     pub fn deserialize<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<K, V>, D::Error> {
         Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// A map read from a snapshot, built in one pass instead of key by key: a snapshot lists each
+/// map's keys in order, so collecting them first and building the tree from the sorted run
+/// costs O(n) and fills every node, where inserting one by one costs O(n log n) comparisons
+/// of long paths and leaves nodes half empty. Same JSON as the map; a repeated key keeps its
+/// last value, as inserting would.
+mod bulk_map {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    /// Entries reserved ahead, at most: the length a snapshot claims is not trusted.
+    const RESERVE_MAX: usize = 1 << 16;
+
+    pub fn deserialize<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<K, V>, D::Error> {
+        struct Entries<K, V>(PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Visitor<'de> for Entries<K, V> {
+            type Value = BTreeMap<K, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(RESERVE_MAX));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(entries.into_iter().collect())
+            }
+        }
+        d.deserialize_map(Entries(PhantomData))
     }
 }
 
@@ -984,7 +1143,7 @@ impl Namespace {
                     return Err(NamespaceError::UploadNotFound(file));
                 };
                 let record = FileRecord {
-                    path: upload.path,
+                    path: upload.path.into(),
                     id: upload.id,
                     size: upload.size,
                     chunk_size: upload.chunk_size,
@@ -993,7 +1152,7 @@ impl Namespace {
                     chunks: upload.chunks.into_values().collect(),
                     sha256,
                     attrs: upload.attrs,
-                    shared: BTreeMap::new(),
+                    shared: None,
                 };
                 Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }
@@ -1003,16 +1162,16 @@ impl Namespace {
                 self.check_expected(&path, expect_file_id)?;
                 self.next_file_id += 1;
                 let record = FileRecord {
-                    path,
+                    path: path.into(),
                     id: FileId(self.next_file_id),
                     size: 0,
                     chunk_size,
                     replication,
                     committed_unix_ms: unix_ms,
-                    chunks: Vec::new(),
+                    chunks: Box::default(),
                     sha256: Some(Sha256Digest::of(&[])),
                     attrs,
-                    shared: BTreeMap::new(),
+                    shared: None,
                 };
                 Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }
@@ -1050,7 +1209,7 @@ impl Namespace {
                 match kind {
                     EntryKind::File => {
                         if let Some(mut record) = self.remove_file(&src) {
-                            record.path = dst;
+                            record.path = dst.into();
                             self.insert_file(record, unix_ms);
                         }
                     }
@@ -1103,7 +1262,7 @@ impl Namespace {
                     // Absent: the source is the file the chunk was uploaded for, its only holder.
                     self.shared_chunks.entry(chunk).or_insert_with(|| BTreeSet::from([source.id])).insert(id);
                 }
-                let record = FileRecord { path: dst, id, committed_unix_ms: unix_ms, shared, ..*source };
+                let record = FileRecord { path: dst.into(), id, committed_unix_ms: unix_ms, shared: Some(Box::new(shared)), ..*source };
                 let summary = FileSummary::from(&record);
                 self.insert_file(record, unix_ms);
                 Ok(Outcome::FileCommitted(summary))
@@ -1176,7 +1335,7 @@ impl Namespace {
                 match kind {
                     EntryKind::File => {
                         if let Some(mut record) = self.remove_file(&path) {
-                            record.path = to.clone();
+                            record.path = to.as_str().into();
                             self.insert_file(record, unix_ms);
                         }
                     }
@@ -1442,7 +1601,7 @@ impl Namespace {
         let Some(dir) = self.dirs.get(path) else {
             return Err(NamespaceError::NotFound(path.to_string()));
         };
-        if !recursive && !dir.children.is_empty() {
+        if !recursive && (!dir.subdirs.is_empty() || self.files_in(path, "").next().is_some()) {
             return Err(NamespaceError::DirectoryNotEmpty(path.to_string()));
         }
         if !recursive && path == ROOT {
@@ -1469,10 +1628,6 @@ impl Namespace {
     fn remove_file(&mut self, path: &str) -> Option<FileRecord> {
         let record = self.files.remove(path)?;
         self.paths_by_id.remove(&record.id);
-        let (parent, name) = parent_of(path);
-        if let Some(dir) = self.dirs.get_mut(parent) {
-            dir.children.remove(name);
-        }
         Some(*record)
     }
 
@@ -1489,13 +1644,9 @@ impl Namespace {
     /// Puts a file at its path, creating missing parents. The caller checked that no
     /// directory is in the way and that the path is free.
     fn insert_file(&mut self, record: FileRecord, unix_ms: u64) {
-        let (parent, name) = parent_of(&record.path);
-        self.ensure_dir(parent, unix_ms);
-        if let Some(dir) = self.dirs.get_mut(parent) {
-            dir.children.insert(name.to_string(), EntryKind::File);
-        }
+        self.ensure_dir(parent_of(&record.path).0, unix_ms);
         // One allocation of the path, shared by the tree and the id index.
-        let key: Arc<str> = Arc::from(record.path.as_str());
+        let key = record.path.clone();
         self.paths_by_id.insert(record.id, key.clone());
         self.files.insert(key, Box::new(record));
     }
@@ -1509,7 +1660,7 @@ impl Namespace {
             self.dirs.insert(d.to_string(), DirRecord::new(unix_ms));
             let (parent, name) = parent_of(d);
             if let Some(p) = self.dirs.get_mut(parent) {
-                p.children.insert(name.to_string(), EntryKind::Dir);
+                p.subdirs.insert(name.to_string());
             }
         }
     }
@@ -1531,19 +1682,19 @@ impl Namespace {
         }
         for old in moved_files {
             if let Some(mut record) = self.files.remove(old.as_str()) {
-                record.path = renamed(&old);
-                let key: Arc<str> = Arc::from(record.path.as_str());
+                record.path = renamed(&old).into();
+                let key = record.path.clone();
                 self.paths_by_id.insert(record.id, key.clone());
                 self.files.insert(key, record);
             }
         }
         let (src_parent, src_name) = parent_of(src);
         if let Some(p) = self.dirs.get_mut(src_parent) {
-            p.children.remove(src_name);
+            p.subdirs.remove(src_name);
         }
         let (dst_parent, dst_name) = parent_of(dst);
         if let Some(p) = self.dirs.get_mut(dst_parent) {
-            p.children.insert(dst_name.to_string(), EntryKind::Dir);
+            p.subdirs.insert(dst_name.to_string());
         }
     }
 
@@ -1563,7 +1714,7 @@ impl Namespace {
             dirs.push(path.to_string());
             let (parent, name) = parent_of(path);
             if let Some(p) = self.dirs.get_mut(parent) {
-                p.children.remove(name);
+                p.subdirs.remove(name);
             }
         }
         let dir_count = dirs.len() as u64;
@@ -1572,7 +1723,7 @@ impl Namespace {
         }
         if let Some(root) = self.dirs.get_mut(ROOT) {
             if path == ROOT {
-                root.children.clear();
+                root.subdirs.clear();
             }
         }
         (file_count, dir_count)
@@ -1658,11 +1809,51 @@ impl Namespace {
             return Ok((page, false));
         }
         let record = self.dirs.get(&dir).ok_or_else(|| NamespaceError::NotFound(dir.clone()))?;
-        let mut children =
-            record.children.range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded)).filter_map(|(name, _)| self.entry(&child_path(&dir, name)));
-        let page: Vec<DirEntry> = children.by_ref().take(limit).collect();
-        let more = children.next().is_some();
-        Ok((page, more))
+        let mut files = self.files_in(&dir, start_after).peekable();
+        let mut subdirs = record.subdirs.range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded)).peekable();
+        let mut page = Vec::new();
+        loop {
+            // Merge the two, both in name order; a name is never in both.
+            let take_file = match (files.peek(), subdirs.peek()) {
+                (None, None) => return Ok((page, false)),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((f, _)), Some(d)) => *f < d.as_str(),
+            };
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            if take_file {
+                if let Some((_, f)) = files.next() {
+                    page.push(self.file_entry(f));
+                }
+            } else if let Some(name) = subdirs.next() {
+                let path = child_path(&dir, name);
+                if let Some(d) = self.dirs.get(&path) {
+                    page.push(dir_entry(&path, d));
+                }
+            }
+        }
+    }
+
+    /// The files directly in the directory `dir` (normalized), by name, after the name
+    /// `start_after`. They lie together in `files` under the directory's prefix, among its
+    /// subdirectories' files, which are skipped a subtree at a time: O(log n) per file listed
+    /// and per subdirectory passed.
+    fn files_in<'a>(&'a self, dir: &str, start_after: &str) -> impl Iterator<Item = (&'a str, &'a FileRecord)> + 'a {
+        let prefix = subtree_prefix(dir);
+        let from = format!("{prefix}{start_after}");
+        let first = if start_after.is_empty() { Bound::Included(from.as_str()) } else { Bound::Excluded(from.as_str()) };
+        let mut range = self.files.range::<str, _>((first, Bound::Unbounded));
+        std::iter::from_fn(move || loop {
+            let (path, f) = range.next()?;
+            let name = path.strip_prefix(prefix.as_str())?;
+            let Some(slash) = name.find('/') else { return Some((name, &**f)) };
+            // A subdirectory's subtree: every path in it starts with `prefix` + its name +
+            // `/`, and '0' is the byte after '/', so the next path past it is at least this.
+            let past = format!("{prefix}{}0", &name[..slash]);
+            range = self.files.range::<str, _>((Bound::Included(past.as_str()), Bound::Unbounded));
+        })
     }
 
     /// Everything under the directory `dir` at any depth (not `dir` itself), in byte order
@@ -1703,18 +1894,10 @@ impl Namespace {
         }
     }
 
-    fn entry(&self, path: &str) -> Option<DirEntry> {
-        match (self.files.get(path), self.dirs.get(path)) {
-            (Some(f), _) => Some(self.file_entry(f)),
-            (None, Some(d)) => Some(dir_entry(path, d)),
-            (None, None) => None,
-        }
-    }
-
     fn file_entry(&self, f: &FileRecord) -> DirEntry {
         DirEntry {
             name: parent_of(&f.path).1.to_string(),
-            path: f.path.clone(),
+            path: f.path.to_string(),
             kind: EntryKind::File,
             file: Some(f.into()),
             modified_unix_ms: f.committed_unix_ms,
@@ -1755,20 +1938,22 @@ impl Namespace {
         self.garbage.get(&node).map(|g| g.iter().take(limit).copied().collect()).unwrap_or_default()
     }
 
-    /// Gives back what a deserializer spends beyond a namespace built by commands: the spare
-    /// capacity of chunk and replica lists (a vector read from JSON grows to four slots or
-    /// more), and a second copy of each path in the id index. Without it a namespace loaded
-    /// from a snapshot holds a third more memory than the one it was written from.
-    /// The id index shares its paths with the tree again, as `insert_file` made them.
+    /// Gives back what a deserializer spends beyond a namespace built by commands: the second
+    /// and third copies of each path (in the id index and in the record), the spare capacity
+    /// of replica lists read from an upload, and empty maps of shared chunks. The path is
+    /// shared by the tree, the id index and the record again, as `insert_file` made it.
     pub fn shrink_to_fit(&mut self) {
-        for (path, f) in &self.files {
+        for (path, f) in &mut self.files {
             if let Some(p) = self.paths_by_id.get_mut(&f.id).filter(|p| ***p == **path) {
                 *p = path.clone();
             }
-        }
-        for f in self.files.values_mut() {
-            f.chunks.shrink_to_fit();
-            for c in &mut f.chunks {
+            if *f.path == **path {
+                f.path = path.clone();
+            }
+            if f.shared.as_ref().is_some_and(|s| s.is_empty()) {
+                f.shared = None;
+            }
+            for c in f.chunks.iter_mut() {
                 c.replicas.shrink_to_fit();
             }
         }

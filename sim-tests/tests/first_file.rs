@@ -76,7 +76,7 @@ async fn scenario() {
     cluster.restart_meta(old_leader);
     cluster.wait_all_meta_converged(Duration::from_secs(60)).await;
     let back = cluster.meta_server(old_leader).expect("the restarted leader is up");
-    let mut held: Vec<String> = back.local_state().namespace.files().map(|f| f.path.clone()).collect();
+    let mut held: Vec<String> = back.local_state().namespace.files().map(|f| f.path.to_string()).collect();
     held.sort();
     let expected: Vec<String> = oracle.keys().cloned().collect();
     assert_eq!(held, expected, "meta-{old_leader}, restarted, does not hold the namespace");

@@ -741,7 +741,7 @@ impl Leader {
                 }
                 if report.problems.len() < problems_max {
                     let index = c.id.owner().map(|(_, i)| i).unwrap_or(0);
-                    report.problems.push(FsckProblem { path: f.path.clone(), index, chunk: c.id, kind, valid, replication: f.replication });
+                    report.problems.push(FsckProblem { path: f.path.to_string(), index, chunk: c.id, kind, valid, replication: f.replication });
                 } else {
                     report.problems_truncated = true;
                 }

@@ -112,7 +112,7 @@ fn a_commit_carries_the_last_records_and_the_file_checksum_in_one_command() {
     let sha = Some(Sha256Digest([9; 32]));
     // A bad record refuses the whole command and changes nothing.
     let mut bad = chunks.clone();
-    bad[0].replicas = vec![StorageNodeId(1)];
+    bad[0].replicas = [StorageNodeId(1)].into_iter().collect();
     assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: bad }), Err(NamespaceError::BadChunk { .. })));
     assert!(ns.upload(id).is_some_and(|u| u.chunks.is_empty()));
     // Records sent earlier and records with the commit add up.
@@ -206,7 +206,7 @@ fn a_path_is_a_file_or_a_directory_never_both() {
     upload(&mut ns, "/a b", 1, false).unwrap();
     upload(&mut ns, "/a/c", 0, false).unwrap();
     let (all, more) = ns.list("/a", "", 10);
-    assert_eq!(all.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["/a/b", "/a/c"]);
+    assert_eq!(all.iter().map(|f| &*f.path).collect::<Vec<_>>(), vec!["/a/b", "/a/c"]);
     assert!(!more);
     let (page, more) = ns.list("/", "", 2);
     assert_eq!((page.len(), more), (2, true));
@@ -326,7 +326,7 @@ fn rename_moves_files_and_whole_subtrees() {
     rename(&mut ns, "/d", "/e/moved").unwrap();
     assert_eq!(walk(&ns, "/", 10), vec!["/d0", "/e", "/e/moved", "/e/moved/g", "/e/moved/sub", "/e/moved/sub/f"]);
     let moved = ns.file("/e/moved/sub/f").unwrap();
-    assert_eq!((moved.id, moved.path.as_str()), (f.id, "/e/moved/sub/f"));
+    assert_eq!((moved.id, &*moved.path), (f.id, "/e/moved/sub/f"));
     // the id index follows: a retried commit answers with the new path
     match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap() {
         Outcome::FileCommitted(s) => assert_eq!(s.path, "/e/moved/sub/f"),
@@ -340,7 +340,7 @@ fn rename_moves_files_and_whole_subtrees() {
 
     rename(&mut ns, "/d0", "/e/file").unwrap();
     assert_eq!(ns.kind("/d0"), None);
-    assert_eq!(ns.file("/e/file").unwrap().path, "/e/file");
+    assert_eq!(&*ns.file("/e/file").unwrap().path, "/e/file");
     // moving a directory with a name that sorts between the parent and its children
     mkdir(&mut ns, "/p/q", true).unwrap();
     upload(&mut ns, "/p/q/r", 1, false).unwrap();
@@ -577,7 +577,7 @@ fn validation_refuses_what_no_state_could_accept() {
                 index: i as u32,
                 size: 1,
                 sha256: Sha256Digest([0; 32]),
-                replicas: vec![StorageNodeId(1), StorageNodeId(2)],
+                replicas: [StorageNodeId(1), StorageNodeId(2)].into_iter().collect(),
                 sum: Default::default(),
             })
             .collect(),
@@ -675,7 +675,9 @@ enum Op {
     },
 }
 
-const PATHS: [&str; 10] = ["/a", "/a/b", "/a/b/c", "/a b", "/b", "/b/c/d", "/c", "a", "/", "/b/c"];
+// "/a b", "/a-c/d" and "/a0" sort around the subtree of "/a" ("/a/..."), which a listing of
+// "/" skips to find the root's own files.
+const PATHS: [&str; 12] = ["/a", "/a/b", "/a/b/c", "/a b", "/b", "/b/c/d", "/c", "a", "/", "/b/c", "/a-c/d", "/a0"];
 
 fn op() -> impl Strategy<Value = Op> {
     let path = 0..PATHS.len();
@@ -910,7 +912,7 @@ proptest! {
                 Op::Record { upload, chunk, node } => match created.get(upload) {
                     Some(&file) => {
                         let size = ns.upload(file).map(|u| chunking::chunk_len(u.size, u.chunk_size, chunk).unwrap_or(1)).unwrap_or(1);
-                        ns.apply(Command::RecordChunks { file, chunks: vec![ChunkRecord { index: chunk, size, sha256: Sha256Digest([0; 32]), replicas: vec![StorageNodeId(node)], sum: Default::default() }] })
+                        ns.apply(Command::RecordChunks { file, chunks: vec![ChunkRecord { index: chunk, size, sha256: Sha256Digest([0; 32]), replicas: [StorageNodeId(node)].into_iter().collect(), sum: Default::default() }] })
                     }
                     None => continue,
                 },
@@ -1005,7 +1007,7 @@ proptest! {
                     let result = ns.apply(Command::SetReplication { path: PATHS[path].into(), replication });
                     prop_assert_eq!(result.is_ok(), model.entries.contains_key(&norm), "setrep {} {:?}", norm, result);
                     if result.is_ok() {
-                        for f in ns.files().filter(|f| f.path == norm || Model::under(&f.path, &norm)) {
+                        for f in ns.files().filter(|f| *f.path == *norm || Model::under(&f.path, &norm)) {
                             prop_assert_eq!(f.replication, replication);
                         }
                     }
@@ -1033,7 +1035,7 @@ proptest! {
                 prop_assert_eq!(&after, &before, "a refused command changed the state");
             }
             // the namespace holds exactly the model's tree
-            let mut tree: BTreeMap<String, ModelEntry> = ns.files().map(|f| (f.path.clone(), ModelEntry::File(f.id, f.size))).collect();
+            let mut tree: BTreeMap<String, ModelEntry> = ns.files().map(|f| (f.path.to_string(), ModelEntry::File(f.id, f.size))).collect();
             tree.extend(ns.dirs().map(|d| (d.to_string(), ModelEntry::Dir)));
             prop_assert_eq!(&tree, &model.entries);
             // and exactly the uploads it reported
@@ -1051,7 +1053,7 @@ proptest! {
                     }
                 }
                 // the id index points back at the file
-                prop_assert_eq!(ns.paths_by_id.get(&f.id).map(|p| &**p), Some(f.path.as_str()));
+                prop_assert_eq!(ns.paths_by_id.get(&f.id).map(|p| &**p), Some(&*f.path));
             }
             prop_assert_eq!(ns.paths_by_id.len(), ns.files.len());
             // Shared chunks: every holder listed holds the chunk and lists the same replicas;
@@ -1409,9 +1411,73 @@ fn a_loaded_namespace_keeps_no_spare_capacity_in_its_lists() {
     let mut back: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
     back.shrink_to_fit();
     let f = back.file("/f").unwrap();
-    assert_eq!(f.chunks.capacity(), f.chunks.len());
     assert!(f.chunks.iter().all(|c| c.replicas.capacity() == c.replicas.len()));
     let key = back.files.keys().find(|k| &***k == "/f").unwrap();
     assert!(Arc::ptr_eq(key, &back.paths_by_id[&f.id]), "the id index shares the tree's path");
+    assert!(Arc::ptr_eq(key, &f.path), "the record shares the tree's path");
+    assert!(f.chunks.iter().all(|c| !c.replicas.spilled()), "three replicas are held inline");
     assert_eq!(back, ns);
+}
+
+/// A snapshot's maps are built from their entries in one pass: the same map as inserting them
+/// one by one, in any order, a repeated key keeping its last value.
+#[test]
+fn a_map_read_in_one_pass_is_the_map_inserted_key_by_key() {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "super::bulk_map::deserialize")] BTreeMap<String, u32>);
+    let read = |json: &str| serde_json::from_str::<Wrapped>(json).unwrap().0;
+    let inserted = |pairs: &[(&str, u32)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>();
+    assert_eq!(read(r#"{"/a":1,"/a/b":2,"/b":3}"#), inserted(&[("/a", 1), ("/a/b", 2), ("/b", 3)]));
+    assert_eq!(read(r#"{"/b":3,"/a":1,"/a/b":2}"#), inserted(&[("/a", 1), ("/a/b", 2), ("/b", 3)]));
+    assert_eq!(read(r#"{"/a":1,"/b":3,"/a":7}"#), inserted(&[("/a", 7), ("/b", 3)]));
+    assert_eq!(read("{}"), BTreeMap::new());
+    assert!(serde_json::from_str::<Wrapped>(r#"[1]"#).is_err());
+}
+
+/// A directory's files are found among its subdirectories' files by skipping each subtree:
+/// names that sort just before and after `name/` are listed in name order, in pages of any
+/// size, and a snapshot still lists the files among each directory's children, as earlier
+/// versions read them.
+#[test]
+fn a_listing_skips_subtrees_and_a_snapshot_lists_files_among_children() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    for path in ["/d/a", "/d/a b", "/d/a-c", "/d/a.x/f", "/d/a0", "/d/b/c/deep", "/d/b/e", "/d/b0", "/d/z", "/top"] {
+        upload(&mut ns, path, 1, false).unwrap();
+    }
+    mkdir(&mut ns, "/d/empty", false).unwrap();
+    let want: Vec<(String, EntryKind)> = [
+        ("a", EntryKind::File),
+        ("a b", EntryKind::File),
+        ("a-c", EntryKind::File),
+        ("a.x", EntryKind::Dir),
+        ("a0", EntryKind::File),
+        ("b", EntryKind::Dir),
+        ("b0", EntryKind::File),
+        ("empty", EntryKind::Dir),
+        ("z", EntryKind::File),
+    ]
+    .iter()
+    .map(|(n, k)| (n.to_string(), *k))
+    .collect();
+    for page in 1..=10 {
+        assert_eq!(names(&ns, "/d", page), want, "pages of {page}");
+    }
+    assert_eq!(names(&ns, "/", 1), vec![("d".into(), EntryKind::Dir), ("top".into(), EntryKind::File)]);
+    assert_eq!(names(&ns, "/d/b", 1), vec![("c".into(), EntryKind::Dir), ("e".into(), EntryKind::File)]);
+    // A directory holding only a subdirectory's files is not empty either.
+    assert!(matches!(ns.apply(delete("/d/b")), Err(NamespaceError::DirectoryNotEmpty(_))));
+    ns.apply(Command::Delete { path: "/d/b/e".into(), recursive: false, expect_file_id: None }).unwrap();
+    assert!(matches!(ns.apply(delete("/d/b")), Err(NamespaceError::DirectoryNotEmpty(_))), "its subdirectory c holds a file");
+    ns.apply(delete("/d/empty")).unwrap();
+
+    let json = serde_json::to_value(&ns).unwrap();
+    let children = &json["dirs"]["/d"]["children"];
+    assert_eq!(children["a"], "File");
+    assert_eq!(children["a.x"], "Dir");
+    assert_eq!(children.as_object().unwrap().len(), 8, "{children}");
+    assert_eq!(json["dirs"]["/"]["children"], serde_json::json!({"d": "Dir", "top": "File"}));
+    let back: Namespace = serde_json::from_value(json).unwrap();
+    assert_eq!(back, ns);
+    assert_eq!(back.dirs["/d"].subdirs.iter().map(String::as_str).collect::<Vec<_>>(), vec!["a.x", "b"], "files are not kept among the subdirectories");
 }

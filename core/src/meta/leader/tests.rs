@@ -696,7 +696,7 @@ fn a_replica_being_deleted_is_not_readmitted_by_a_report() {
     let report = ReplicaReport { chunk, size: CHUNK, sha256: Sha256Digest([0; 32]) };
     let outcome = w.apply(Command::ReportReplicas { node: StorageNodeId(3), replicas: vec![report] });
     assert_eq!(outcome, Outcome::ReplicasReported(crate::namespace::ReportTally { learned: 0, discarded: 0, unchanged: 1 }));
-    assert_eq!(w.ns.file("/f").unwrap().chunks[0].replicas, vec![StorageNodeId(1), StorageNodeId(2)]);
+    assert_eq!(w.ns.file("/f").unwrap().chunks[0].replicas[..], [StorageNodeId(1), StorageNodeId(2)]);
     assert_eq!(w.ns.deleting(chunk), vec![StorageNodeId(3)]);
     // Dropping below the factor is refused on apply, whatever the planner asked.
     w.apply(Command::DropReplicas { drops: vec![(chunk, StorageNodeId(1)), (chunk, StorageNodeId(2))] });
