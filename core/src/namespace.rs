@@ -789,7 +789,8 @@ pub enum Verdict {
     Unknown,
 }
 
-/// The whole replicated state. Serialized as a unit for Raft snapshots (see `NamespaceOut`).
+/// The whole replicated state. Serialized as a unit for Raft snapshots (its `Serialize` is
+/// written by hand, to keep the shape earlier versions read: see `DirRecord`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Namespace {
     #[serde(deserialize_with = "bulk_map::deserialize")]
