@@ -263,15 +263,9 @@ impl Serialize for DirOut<'_> {
         impl Serialize for Children<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let DirOut { ns, path, dir } = self.0;
-                let mut files = ns.files_in(path, "").map(|(name, _)| name).peekable();
-                let mut dirs = dir.subdirs.iter().map(String::as_str).peekable();
-                // Both are in name order and never share a name: merge them.
-                let merged = std::iter::from_fn(move || match (files.peek(), dirs.peek()) {
-                    (Some(f), Some(d)) if f < d => files.next().map(|n| (n, EntryKind::File)),
-                    (Some(_), None) => files.next().map(|n| (n, EntryKind::File)),
-                    _ => dirs.next().map(|n| (n, EntryKind::Dir)),
-                });
-                s.collect_map(merged)
+                let files = ns.files_in(path, "").map(|(name, _)| (name, EntryKind::File));
+                let dirs = dir.subdirs.iter().map(|name| (name.as_str(), EntryKind::Dir));
+                s.collect_map(merge_sorted(files, dirs))
             }
         }
         let mut out = s.serialize_struct("DirRecord", 2)?;
@@ -1810,31 +1804,12 @@ impl Namespace {
             return Ok((page, false));
         }
         let record = self.dirs.get(&dir).ok_or_else(|| NamespaceError::NotFound(dir.clone()))?;
-        let mut files = self.files_in(&dir, start_after).peekable();
-        let mut subdirs = record.subdirs.range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded)).peekable();
-        let mut page = Vec::new();
-        loop {
-            // Merge the two, both in name order; a name is never in both.
-            let take_file = match (files.peek(), subdirs.peek()) {
-                (None, None) => return Ok((page, false)),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((f, _)), Some(d)) => *f < d.as_str(),
-            };
-            if page.len() == limit {
-                return Ok((page, true));
-            }
-            if take_file {
-                if let Some((_, f)) = files.next() {
-                    page.push(self.file_entry(f));
-                }
-            } else if let Some(name) = subdirs.next() {
-                let path = child_path(&dir, name);
-                if let Some(d) = self.dirs.get(&path) {
-                    page.push(dir_entry(&path, d));
-                }
-            }
-        }
+        let files = self.files_in(&dir, start_after).map(|(name, f)| (name, self.file_entry(f)));
+        let subdirs = record.subdirs.range::<str, _>((Bound::Excluded(start_after), Bound::Unbounded)).filter_map(|name| {
+            let path = child_path(&dir, name);
+            self.dirs.get(&path).map(|d| (name.as_str(), dir_entry(&path, d)))
+        });
+        Ok(page_of(merge_sorted(files, subdirs).map(|(_, entry)| entry), limit))
     }
 
     /// The files directly in the directory `dir` (normalized), by name, after the name
@@ -1871,28 +1846,14 @@ impl Namespace {
         }
         let prefix = subtree_prefix(&dir);
         let from = if start_after >= prefix.as_str() { Bound::Excluded(start_after) } else { Bound::Included(prefix.as_str()) };
-        let mut files = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&prefix)).peekable();
-        let mut dirs = self.dirs.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&prefix)).filter(|(p, _)| **p != dir).peekable();
-        let mut page = Vec::new();
-        loop {
-            // Merge the two sorted ranges; a path is never in both.
-            let take_file = match (files.peek(), dirs.peek()) {
-                (None, None) => return Ok((page, false)),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((f, _)), Some((d, _))) => ***f < ***d,
-            };
-            if page.len() == limit {
-                return Ok((page, true));
-            }
-            if take_file {
-                if let Some((_, f)) = files.next() {
-                    page.push(self.file_entry(f));
-                }
-            } else if let Some((path, d)) = dirs.next() {
-                page.push(dir_entry(path, d));
-            }
-        }
+        let files = self.files.range::<str, _>((from, Bound::Unbounded)).take_while(|(p, _)| p.starts_with(&prefix)).map(|(p, f)| (&**p, self.file_entry(f)));
+        let dirs = self
+            .dirs
+            .range::<str, _>((from, Bound::Unbounded))
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(p, _)| **p != dir)
+            .map(|(p, d)| (p.as_str(), dir_entry(p, d)));
+        Ok(page_of(merge_sorted(files, dirs).map(|(_, entry)| entry), limit))
     }
 
     fn file_entry(&self, f: &FileRecord) -> DirEntry {
@@ -2025,6 +1986,24 @@ fn child_path(dir: &str, name: &str) -> String {
     } else {
         format!("{dir}/{name}")
     }
+}
+
+/// Two sequences, each in ascending order of its keys, as one in that order (the first's item
+/// first on equal keys).
+fn merge_sorted<K: Ord, T>(a: impl Iterator<Item = (K, T)>, b: impl Iterator<Item = (K, T)>) -> impl Iterator<Item = (K, T)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((x, _)), Some((y, _))) if y < x => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+/// At most `limit` entries of a listing, and whether more remain.
+fn page_of(entries: impl Iterator<Item = DirEntry>, limit: usize) -> (Vec<DirEntry>, bool) {
+    let mut entries = entries.peekable();
+    let page = entries.by_ref().take(limit).collect();
+    (page, entries.peek().is_some())
 }
 
 /// What every path strictly under the directory `dir` starts with.
