@@ -24,11 +24,10 @@
 //! committed are dropped by `ExpireUploads`. An empty file has nothing to upload:
 //! `CreateEmptyFile` creates and commits it in one command.
 
+use arcstr::ArcStr;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::Arc;
-
-use serde::{Deserialize, Serialize};
 
 use crate::chain::{Chain, SumKind};
 use crate::chunking;
@@ -84,16 +83,57 @@ pub struct ChunkRecord {
     pub sum: SumKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A committed file. The leader holds one per file, so it is kept compact (DESIGN.md,
+/// "Memory"): the attributes packed, the file's SHA-256 not kept twice when it is its last
+/// chunk's checksum (a file of one chunk, or a chained upload: the usual case), and what few
+/// files have (a SHA-256 of their own, chunks shared with a copy) behind one pointer. Built
+/// from, and serialized as, `FileRecordParts`, the layout earlier versions kept.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "FileRecordParts")]
 pub struct FileRecord {
     /// Shared with the namespace's indexes: one allocation per file, however many hold it.
-    pub path: Arc<str>,
+    pub path: ArcStr,
+    pub id: FileId,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub committed_unix_ms: u64,
+    /// By index, from 0. A boxed slice: a committed file's chunks never change in number.
+    pub chunks: Box<[ChunkRecord]>,
+    /// Valid with `HAS_MTIME`.
+    mtime_unix_ms: u64,
+    rare: Option<Box<RareParts>>,
+    pub replication: u32,
+    /// Valid with `HAS_MODE`. Permission bits fit: `apply` refuses a mode above `MODE_MAX`.
+    mode: u16,
+    /// `SHA_IS_LAST_CHUNK | HAS_MODE | HAS_MTIME`.
+    flags: u8,
+}
+
+/// The file's SHA-256 is its last chunk's checksum.
+const SHA_IS_LAST_CHUNK: u8 = 1;
+const HAS_MODE: u8 = 1 << 1;
+const HAS_MTIME: u8 = 1 << 2;
+
+/// What few files have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RareParts {
+    /// The file's SHA-256, when it is not its last chunk's checksum.
+    sha256: Option<Sha256Digest>,
+    /// Never empty.
+    shared: Option<BTreeMap<u32, ChunkId>>,
+}
+
+/// A file record's fields, each on its own: what `FileRecord` is built from, and the layout
+/// snapshots of earlier versions hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecordParts {
+    pub path: ArcStr,
     pub id: FileId,
     pub size: u64,
     pub chunk_size: u64,
     pub replication: u32,
     pub committed_unix_ms: u64,
-    /// By index, from 0. A boxed slice: a committed file's chunks never change in number.
+    /// By index, from 0.
     pub chunks: Box<[ChunkRecord]>,
     /// SHA-256 of the whole file, if the uploader sent one.
     #[serde(default)]
@@ -104,15 +144,99 @@ pub struct FileRecord {
     /// Chunks this file shares with another (`CopyFile`): index → the shared chunk's id, for
     /// the chunks whose id is not derived from this file's. Their replicas are listed in every
     /// file that holds them, alike.
-    /// Boxed and absent for the many files that share nothing: an empty map would take three
-    /// words in every record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<Box<BTreeMap<u32, ChunkId>>>,
 }
 
+impl From<FileRecordParts> for FileRecord {
+    fn from(p: FileRecordParts) -> Self {
+        let sha_is_last = p.sha256.is_some() && p.sha256 == p.chunks.last().map(|c| c.sha256);
+        let own_sha = if sha_is_last { None } else { p.sha256 };
+        let shared = p.shared.map(|s| *s).filter(|s| !s.is_empty());
+        let rare = (own_sha.is_some() || shared.is_some()).then(|| Box::new(RareParts { sha256: own_sha, shared }));
+        let mut record = FileRecord {
+            path: p.path,
+            id: p.id,
+            size: p.size,
+            chunk_size: p.chunk_size,
+            committed_unix_ms: p.committed_unix_ms,
+            chunks: p.chunks,
+            mtime_unix_ms: 0,
+            rare,
+            replication: p.replication,
+            mode: 0,
+            flags: if sha_is_last { SHA_IS_LAST_CHUNK } else { 0 },
+        };
+        record.set_attrs(p.attrs);
+        record
+    }
+}
+
+impl Serialize for FileRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.parts().serialize(s)
+    }
+}
+
 impl FileRecord {
+    /// Its fields, each on its own (a copy).
+    pub fn parts(&self) -> FileRecordParts {
+        FileRecordParts {
+            path: self.path.clone(),
+            id: self.id,
+            size: self.size,
+            chunk_size: self.chunk_size,
+            replication: self.replication,
+            committed_unix_ms: self.committed_unix_ms,
+            chunks: self.chunks.clone(),
+            sha256: self.sha256(),
+            attrs: self.attrs(),
+            shared: self.shared().map(|s| Box::new(s.clone())),
+        }
+    }
+
+    /// SHA-256 of the whole file, if the uploader sent one.
+    pub fn sha256(&self) -> Option<Sha256Digest> {
+        if self.flags & SHA_IS_LAST_CHUNK != 0 {
+            return self.chunks.last().map(|c| c.sha256);
+        }
+        self.rare.as_ref().and_then(|r| r.sha256)
+    }
+
+    /// Mode and modification time it had where it came from, if kept.
+    pub fn attrs(&self) -> FileAttrs {
+        FileAttrs {
+            mode: (self.flags & HAS_MODE != 0).then_some(u32::from(self.mode)),
+            mtime_unix_ms: (self.flags & HAS_MTIME != 0).then_some(self.mtime_unix_ms),
+        }
+    }
+
+    fn set_attrs(&mut self, attrs: FileAttrs) {
+        self.flags &= !(HAS_MODE | HAS_MTIME);
+        if let Some(mode) = attrs.mode {
+            self.mode = (mode & MODE_MAX) as u16;
+            self.flags |= HAS_MODE;
+        }
+        if let Some(mtime) = attrs.mtime_unix_ms {
+            self.mtime_unix_ms = mtime;
+            self.flags |= HAS_MTIME;
+        }
+    }
+
+    /// Chunks this file shares with another (`CopyFile`): index → the shared chunk's id, for
+    /// the chunks whose id is not derived from this file's.
+    pub fn shared(&self) -> Option<&BTreeMap<u32, ChunkId>> {
+        self.rare.as_ref().and_then(|r| r.shared.as_ref())
+    }
+
+    fn set_shared(&mut self, shared: BTreeMap<u32, ChunkId>) {
+        let sha256 = self.rare.take().and_then(|r| r.sha256);
+        let shared = Some(shared).filter(|s| !s.is_empty());
+        self.rare = (sha256.is_some() || shared.is_some()).then(|| Box::new(RareParts { sha256, shared }));
+    }
+
     pub fn chunk_id(&self, index: u32) -> ChunkId {
-        self.shared.as_ref().and_then(|s| s.get(&index)).copied().unwrap_or_else(|| ChunkId::derive(self.id, index))
+        self.shared().and_then(|s| s.get(&index)).copied().unwrap_or_else(|| ChunkId::derive(self.id, index))
     }
 
     /// The chain of the chunk at `pos` in `chunks`: `before` is the previous chunk's checksum.
@@ -553,8 +677,8 @@ impl From<&FileRecord> for FileSummary {
             replication: f.replication,
             chunk_count: f.chunks.len() as u64,
             committed_unix_ms: f.committed_unix_ms,
-            sha256: f.sha256,
-            attrs: f.attrs,
+            sha256: f.sha256(),
+            attrs: f.attrs(),
         }
     }
 }
@@ -788,13 +912,13 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Namespace {
     #[serde(deserialize_with = "bulk_map::deserialize")]
-    files: BTreeMap<Arc<str>, Box<FileRecord>>,
+    files: BTreeMap<ArcStr, Box<FileRecord>>,
     /// Every directory by path, the root included.
     #[serde(deserialize_with = "bulk_map::deserialize")]
     dirs: BTreeMap<String, DirRecord>,
     /// Committed file id → path, so a retried commit finds what it already did.
     #[serde(deserialize_with = "bulk_map::deserialize")]
-    paths_by_id: BTreeMap<FileId, Arc<str>>,
+    paths_by_id: BTreeMap<FileId, ArcStr>,
     uploads: BTreeMap<FileId, Upload>,
     /// Request ids of the uploads in flight (client → seq → upload): an entry lives exactly
     /// as long as its upload, which bounds it. A retry comes while the upload is in flight,
@@ -827,13 +951,8 @@ pub struct Namespace {
 /// files among its children again (`DirsOut`).
 impl Serialize for Namespace {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use map_as_pairs::Pairs;
         use serde::ser::SerializeStruct;
-        struct Pairs<'a, K, V>(&'a BTreeMap<K, V>);
-        impl<K: Serialize, V: Serialize> Serialize for Pairs<'_, K, V> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                map_as_pairs::serialize(self.0, s)
-            }
-        }
         let optional = usize::from(!self.bad_replicas.is_empty()) + usize::from(!self.shared_chunks.is_empty());
         let mut out = s.serialize_struct("Namespace", 11 + optional)?;
         out.serialize_field("files", &self.files)?;
@@ -870,6 +989,15 @@ mod map_as_pairs {
 
     pub fn deserialize<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<K, V>, D::Error> {
         Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+
+    /// A borrowed map, written as `serialize` writes it.
+    pub struct Pairs<'a, K, V>(pub &'a BTreeMap<K, V>);
+
+    impl<K: Serialize, V: Serialize> Serialize for Pairs<'_, K, V> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize(self.0, s)
+        }
     }
 }
 
@@ -1137,7 +1265,7 @@ impl Namespace {
                 let Some(upload) = self.remove_upload(file) else {
                     return Err(NamespaceError::UploadNotFound(file));
                 };
-                let record = FileRecord {
+                let record = FileRecord::from(FileRecordParts {
                     path: upload.path.into(),
                     id: upload.id,
                     size: upload.size,
@@ -1148,7 +1276,7 @@ impl Namespace {
                     sha256,
                     attrs: upload.attrs,
                     shared: None,
-                };
+                });
                 Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }
             Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, unix_ms, attrs } => {
@@ -1156,7 +1284,7 @@ impl Namespace {
                 self.check_path_free(&path, overwrite)?;
                 self.check_expected(&path, expect_file_id)?;
                 self.next_file_id += 1;
-                let record = FileRecord {
+                let record = FileRecord::from(FileRecordParts {
                     path: path.into(),
                     id: FileId(self.next_file_id),
                     size: 0,
@@ -1167,7 +1295,7 @@ impl Namespace {
                     sha256: Some(Sha256Digest::of(&[])),
                     attrs,
                     shared: None,
-                };
+                });
                 Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }
             Command::Mkdir { path, parents, unix_ms } => {
@@ -1257,7 +1385,9 @@ impl Namespace {
                     // Absent: the source is the file the chunk was uploaded for, its only holder.
                     self.shared_chunks.entry(chunk).or_insert_with(|| BTreeSet::from([source.id])).insert(id);
                 }
-                let record = FileRecord { path: dst.into(), id, committed_unix_ms: unix_ms, shared: Some(Box::new(shared)), ..*source };
+                let mut record = *source;
+                (record.path, record.id, record.committed_unix_ms) = (dst.into(), id, unix_ms);
+                record.set_shared(shared);
                 let summary = FileSummary::from(&record);
                 self.insert_file(record, unix_ms);
                 Ok(Outcome::FileCommitted(summary))
@@ -1281,12 +1411,8 @@ impl Namespace {
             Command::SetAttributes { path, mode, mtime_unix_ms } => {
                 let path = normalize_path(&path)?;
                 if let Some(f) = self.files.get_mut(path.as_str()) {
-                    if mode.is_some() {
-                        f.attrs.mode = mode;
-                    }
-                    if mtime_unix_ms.is_some() {
-                        f.attrs.mtime_unix_ms = mtime_unix_ms;
-                    }
+                    let old = f.attrs();
+                    f.set_attrs(FileAttrs { mode: mode.or(old.mode), mtime_unix_ms: mtime_unix_ms.or(old.mtime_unix_ms) });
                 } else if let Some(d) = self.dirs.get_mut(&path) {
                     if let Some(t) = mtime_unix_ms {
                         d.modified_unix_ms = t;
@@ -1912,9 +2038,6 @@ impl Namespace {
             if *f.path == **path {
                 f.path = path.clone();
             }
-            if f.shared.as_ref().is_some_and(|s| s.is_empty()) {
-                f.shared = None;
-            }
             for c in f.chunks.iter_mut() {
                 c.replicas.shrink_to_fit();
             }
@@ -2147,6 +2270,9 @@ pub fn normalize_path(path: &str) -> Result<String, NamespaceError> {
     }
     Ok(out)
 }
+
+mod snapshot;
+pub use snapshot::{SnapshotFormatError, SNAPSHOT_FORMAT_VERSION};
 
 #[cfg(test)]
 mod tests;

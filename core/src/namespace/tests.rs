@@ -120,7 +120,7 @@ fn a_commit_carries_the_last_records_and_the_file_checksum_in_one_command() {
     ns.apply(Command::RecordChunks { file: id, chunks }).unwrap();
     let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: vec![last.clone()] }).unwrap();
     let file = ns.file("/f").unwrap();
-    assert_eq!((file.chunks.len(), file.sha256), (3, sha));
+    assert_eq!((file.chunks.len(), file.sha256()), (3, sha));
     // A retry (reply lost) answers the same; its records are not applied to anything.
     assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: sha, chunks: vec![last] }).unwrap(), committed);
     // Too many records with a commit are refused before anything is looked at.
@@ -874,7 +874,7 @@ proptest! {
                     let result = ns.apply(command.clone());
                     prop_assert_eq!(result.is_ok(), allowed, "create empty {} {:?}", norm, result);
                     if let Ok(Outcome::FileCommitted(s)) = &result {
-                        prop_assert_eq!((s.size, ns.file(&norm).and_then(|f| f.sha256)), (0, Some(Sha256Digest::of(&[]))));
+                        prop_assert_eq!((s.size, ns.file(&norm).and_then(|f| f.sha256())), (0, Some(Sha256Digest::of(&[]))));
                         model.commit(&s.path, s.id, 0);
                     }
                     if retry {
@@ -1096,9 +1096,10 @@ proptest! {
                 let subtree: Vec<String> = model.entries.keys().filter(|k| Model::under(k, dir)).cloned().collect();
                 prop_assert_eq!(walk(&ns, dir, 3), subtree);
             }
-            // a snapshot restores the same state
+            // a snapshot restores the same state, in either form
             let restored: Namespace = serde_json::from_slice(&serde_json::to_vec(&ns).unwrap()).unwrap();
             prop_assert_eq!(&restored, &ns);
+            prop_assert_eq!(&binary_round_trip(&ns), &ns);
         }
     }
 }
@@ -1141,8 +1142,8 @@ fn an_empty_file_is_created_and_committed_by_one_command() {
     register(&mut ns, &[1, 2, 3]);
     let Ok(Outcome::FileCommitted(s)) = ns.apply(empty_file_cmd("/d/e", false)) else { panic!("not committed") };
     let f = ns.file("/d/e").expect("visible at once");
-    assert_eq!((f.id, f.size, f.chunks.len(), f.sha256), (s.id, 0, 0, Some(Sha256Digest::of(&[]))));
-    assert_eq!((f.attrs.mode, f.attrs.mtime_unix_ms, f.committed_unix_ms), (Some(0o640), Some(3), 7));
+    assert_eq!((f.id, f.size, f.chunks.len(), f.sha256()), (s.id, 0, 0, Some(Sha256Digest::of(&[]))));
+    assert_eq!((f.attrs().mode, f.attrs().mtime_unix_ms, f.committed_unix_ms), (Some(0o640), Some(3), 7));
     assert_eq!(ns.kind("/d"), Some(EntryKind::Dir), "parents are created as a commit creates them");
     assert_eq!(ns.uploads().count(), 0, "no upload is left open");
     // The path rules of a commit: taken without overwrite, a directory, a file above.
@@ -1413,8 +1414,8 @@ fn a_loaded_namespace_keeps_no_spare_capacity_in_its_lists() {
     let f = back.file("/f").unwrap();
     assert!(f.chunks.iter().all(|c| c.replicas.capacity() == c.replicas.len()));
     let key = back.files.keys().find(|k| &***k == "/f").unwrap();
-    assert!(Arc::ptr_eq(key, &back.paths_by_id[&f.id]), "the id index shares the tree's path");
-    assert!(Arc::ptr_eq(key, &f.path), "the record shares the tree's path");
+    assert!(ArcStr::ptr_eq(key, &back.paths_by_id[&f.id]), "the id index shares the tree's path");
+    assert!(ArcStr::ptr_eq(key, &f.path), "the record shares the tree's path");
     assert!(f.chunks.iter().all(|c| !c.replicas.spilled()), "three replicas are held inline");
     assert_eq!(back, ns);
 }
@@ -1480,4 +1481,97 @@ fn a_listing_skips_subtrees_and_a_snapshot_lists_files_among_children() {
     let back: Namespace = serde_json::from_value(json).unwrap();
     assert_eq!(back, ns);
     assert_eq!(back.dirs["/d"].subdirs.iter().map(String::as_str).collect::<Vec<_>>(), vec!["a.x", "b"], "files are not kept among the subdirectories");
+}
+
+/// `ns` through the binary snapshot form.
+fn binary_round_trip(ns: &Namespace) -> Namespace {
+    let mut bytes = Vec::new();
+    ns.write_snapshot(&mut bytes);
+    Namespace::read_snapshot(&bytes).unwrap()
+}
+
+/// A namespace with something in every field the binary form writes: chained and standalone
+/// files, a file checksum equal to its last chunk's and one that is not, attributes, a copy
+/// sharing chunks, an upload in flight, a remembered `Once` result, a bad replica, garbage,
+/// an empty directory, and a path of many bytes beyond ASCII.
+fn varied_namespace() -> Namespace {
+    use crate::chain::SumKind::{Chained, ChainedLast};
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3, 300]);
+    ns.apply(Command::SetClusterId { cluster_id: "c-1".into() }).unwrap();
+    let size = 2 * CHUNK + 5;
+    let id = create(&mut ns, "/d/chained", size, false).unwrap();
+    let mut chained = chunks_for(size, &[1, 300, 2]);
+    chained[0].sum = Chained;
+    chained[1].sum = Chained;
+    chained[2].sum = ChainedLast;
+    let last = chained[2].sha256;
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1_800_000_000_000, sha256: Some(last), chunks: chained }).unwrap();
+    let id = create(&mut ns, "/d/other-sha", CHUNK, false).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest([7; 32])), chunks: chunks_for(CHUNK, &[1, 2]) }).unwrap();
+    upload(&mut ns, "/d/plain", 3 * CHUNK, false).unwrap();
+    ns.apply(empty_file_cmd("/d/e/mpty", false)).unwrap();
+    ns.apply(Command::CopyFile { src: "/d/plain".into(), dst: "/copy".into(), overwrite: false, unix_ms: 3 }).unwrap();
+    upload(&mut ns, "/\u{fc}ber/\u{65e5}\u{672c}/\u{1f600}", 1, false).unwrap();
+    mkdir(&mut ns, "/empty/dir", true).unwrap();
+    create(&mut ns, "/in-flight", 2 * CHUNK, false).unwrap();
+    ns.apply(Command::Once { request: RequestId { client: 5, seq: 1 }, command: Box::new(delete("/d/plain")) }).unwrap();
+    let plain_chunk = ChunkId::derive(ns.file("/copy").unwrap().id, 0);
+    let copy = ns.file("/copy").unwrap();
+    let shared = copy.chunk_id(0);
+    assert_ne!(shared, plain_chunk, "the copy shares the deleted file's chunk");
+    ns.apply(Command::MarkReplicaBad { chunk: shared, node: StorageNodeId(2) }).unwrap();
+    ns
+}
+
+#[test]
+fn the_binary_snapshot_form_restores_every_field() {
+    let ns = varied_namespace();
+    assert!(!ns.shared_chunks.is_empty() && !ns.bad_replicas.is_empty() && !ns.sessions.is_empty() && !ns.uploads.is_empty());
+    assert!(ns.files.values().any(|f| f.shared().is_some()) && ns.files.values().any(|f| !f.attrs().is_empty()));
+    let back = binary_round_trip(&ns);
+    assert_eq!(back, ns);
+    // The id index and every path share one allocation, as after `shrink_to_fit`.
+    for (key, f) in &back.files {
+        assert!(ArcStr::ptr_eq(key, &back.paths_by_id[&f.id]) && ArcStr::ptr_eq(key, &f.path), "{key}");
+    }
+    // And the form is smaller than JSON: digests as bytes, paths by what they add.
+    let mut bytes = Vec::new();
+    ns.write_snapshot(&mut bytes);
+    assert!(bytes.len() * 2 < serde_json::to_vec(&ns).unwrap().len(), "{} bytes", bytes.len());
+    assert_eq!(binary_round_trip(&Namespace::default()), Namespace::default());
+}
+
+/// A damaged or cut snapshot is an error, never a panic, and no claimed length is reserved
+/// before the bytes behind it are there.
+#[test]
+fn a_cut_or_damaged_binary_snapshot_is_refused_without_panicking() {
+    let mut bytes = Vec::new();
+    varied_namespace().write_snapshot(&mut bytes);
+    for len in 0..bytes.len() {
+        assert!(Namespace::read_snapshot(&bytes[..len]).is_err(), "cut at {len} of {}", bytes.len());
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(Namespace::read_snapshot(&longer), Err(SnapshotFormatError::TrailingBytes { len: 1 })));
+    let mut other = bytes.clone();
+    other[0] = 3;
+    assert!(matches!(Namespace::read_snapshot(&other), Err(SnapshotFormatError::UnknownVersion(3))));
+    // Every byte flipped in turn: decoded or refused, never a panic.
+    for at in 0..bytes.len() {
+        for mask in [0x01, 0x80, 0xff] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= mask;
+            let _ = Namespace::read_snapshot(&flipped);
+        }
+    }
+    // A count of 2^62 files with nothing behind it is refused before anything is reserved.
+    use integer_encoding::VarInt;
+    let mut huge = vec![SNAPSHOT_FORMAT_VERSION];
+    let rest_start = 1;
+    let (rest_len, n) = u64::decode_var(&bytes[rest_start..]).unwrap();
+    huge.extend_from_slice(&bytes[rest_start..rest_start + n + rest_len as usize]);
+    huge.extend_from_slice(&[1, 0, 1, b'/', 0]); // the root directory alone
+    huge.extend_from_slice(&(1u64 << 62).encode_var_vec());
+    assert!(matches!(Namespace::read_snapshot(&huge), Err(SnapshotFormatError::Truncated(_))));
 }
