@@ -1575,3 +1575,26 @@ fn a_cut_or_damaged_binary_snapshot_is_refused_without_panicking() {
     huge.extend_from_slice(&(1u64 << 62).encode_var_vec());
     assert!(matches!(Namespace::read_snapshot(&huge), Err(SnapshotFormatError::Truncated(_))));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 500,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-namespace-snapshot.txt")))),
+        ..ProptestConfig::default()
+    })]
+    /// A real snapshot with bytes overwritten anywhere, then cut anywhere: an error or a
+    /// namespace, never a panic, and never a reservation the bytes do not back (a claimed
+    /// count of 2^60 entries would abort the process).
+    #[test]
+    fn a_mangled_binary_snapshot_never_panics(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+        let mut bytes = Vec::new();
+        varied_namespace().write_snapshot(&mut bytes);
+        for (at, value) in edits {
+            let at = at.index(bytes.len());
+            bytes[at] = value;
+        }
+        let _ = Namespace::read_snapshot(&bytes);
+        let _ = Namespace::read_snapshot(&bytes[..cut.index(bytes.len() + 1)]);
+    }
+}
