@@ -34,7 +34,9 @@ pub struct MetaArgs {
     /// add`). A node restarted on its data dir rejoins as what it was either way.
     #[arg(long, env = "DFS_PEERS")]
     peers: Option<String>,
-    /// Build a snapshot of the namespace (and purge the log behind it) every N applied entries.
+    /// Build a snapshot of the namespace (and purge the log behind it) every N applied entries,
+    /// or one per 20 files in the namespace when that is more (a snapshot costs in proportion
+    /// to the files).
     #[arg(long, env = "DFS_SNAPSHOT_EVERY", default_value_t = dfs_core::meta::config::SNAPSHOT_EVERY_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
     /// Silence after which a storage node is Suspect: no new chunks go there, reads prefer

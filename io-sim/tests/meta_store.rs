@@ -43,6 +43,66 @@ fn openraft_storage_suite_passes() {
     Suite::test_all(Builder { disk: SimDisk::new(1 << 30), stores: Default::default() }).unwrap();
 }
 
+/// A large namespace takes snapshots further apart: asked for one before one entry per
+/// `SNAPSHOT_FILES_PER_ENTRY` files has been applied since the last, the state machine answers
+/// with the last, and builds a new one once they have.
+#[test]
+fn a_large_namespace_puts_off_snapshots_in_proportion_to_its_files() {
+    use dfs_core::ids::StorageNodeId;
+    use dfs_core::meta::config::SNAPSHOT_FILES_PER_ENTRY;
+    use dfs_core::namespace::Command;
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    let disk = SimDisk::new(1 << 30);
+    futures::executor::block_on(async {
+        let dir = Path::new("/meta");
+        dfs_core::env::create_dir_durable(&disk, dir).await.unwrap();
+        let db = Arc::new(open_database(disk.open_store(&dir.join("raft.redb")).await.unwrap()).unwrap());
+        let (mut sm, state) = MetaStateMachine::open(disk.clone(), dir, db).await.unwrap();
+        let mut index = 0;
+        let mut apply = async |sm: &mut MetaStateMachine<SimDisk>, commands: Vec<Command>| {
+            let entries: Vec<Entry<Types>> = commands
+                .into_iter()
+                .map(|command| {
+                    index += 1;
+                    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 0), index), payload: EntryPayload::Normal(command) }
+                })
+                .collect();
+            sm.apply(entries).await.unwrap();
+        };
+        let files = 10 * SNAPSHOT_FILES_PER_ENTRY;
+        let register = Command::RegisterStorageNode { node: StorageNodeId(1), addr: "n1:1".into(), capacity_bytes: 1 << 30, rack: None };
+        let create = |i: u64| Command::CreateEmptyFile {
+            path: format!("/f{i}"),
+            chunk_size: 1 << 20,
+            replication: 1,
+            overwrite: false,
+            expect_file_id: None,
+            unix_ms: 1,
+            attrs: Default::default(),
+        };
+        apply(&mut sm, std::iter::once(register).chain((0..files).map(create)).collect()).await;
+        assert_eq!(state.read().unwrap().namespace.file_count(), files);
+        let index_of = |s: &openraft::storage::Snapshot<Types>| s.meta.last_log_id.map(|l| l.index);
+        // The first is always built.
+        let first = sm.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&first), Some(files + 1));
+        // Fewer entries since than files / SNAPSHOT_FILES_PER_ENTRY: the same one again.
+        let due = files / SNAPSHOT_FILES_PER_ENTRY;
+        apply(&mut sm, (files..files + due - 1).map(create).collect()).await;
+        let again = sm.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&again), index_of(&first), "a snapshot was built {} entries after the last", due - 1);
+        assert_eq!(again.meta.snapshot_id, first.meta.snapshot_id);
+        // One more: a new one, covering everything applied.
+        apply(&mut sm, vec![create(files + due)]).await;
+        let next = sm.build_snapshot().await.unwrap();
+        assert_eq!(index_of(&next), Some(files + 1 + due));
+        let current = sm.get_current_snapshot().await.unwrap().expect("a current snapshot");
+        assert_eq!(index_of(&current), index_of(&next));
+    });
+}
+
 const T: TableDefinition<&str, u64> = TableDefinition::new("t");
 
 fn write(db: &redb::Database, key: &str, value: u64, durability: redb::Durability) {

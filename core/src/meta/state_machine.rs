@@ -9,6 +9,12 @@
 //!   database (fsynced). Only then may openraft purge the log behind it.
 //! - Installing a snapshot received from the leader follows the same steps.
 //!
+//! - A snapshot costs in proportion to the namespace, so a large one takes them further apart:
+//!   openraft asks for one every `snapshot_every` entries, and `build_snapshot` answers with
+//!   the current one, building nothing, until one entry per `SNAPSHOT_FILES_PER_ENTRY` files
+//!   has been applied since (`snapshot_put_off`; openraft keeps the newer of the two and asks
+//!   again at its next commit).
+//!
 //! Not promised: the applied index is not persisted on its own (re-applying is cheap and
 //! deterministic). Old snapshot files are removed best-effort; a leftover is harmless.
 //!
@@ -28,6 +34,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::config::SNAPSHOT_FILES_PER_ENTRY;
 use super::log_store::{read_meta, write_meta};
 use super::types::{MetaTypes, SnapshotFile};
 use crate::env::Disk;
@@ -144,6 +151,12 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotFileError> 
     Ok(SnapshotBody { meta, namespace })
 }
 
+/// Whether a snapshot asked for `entries_since` entries after the current one is put off: the
+/// namespace holds `files` files, and one costs in proportion to them (`SNAPSHOT_FILES_PER_ENTRY`).
+pub fn snapshot_put_off(entries_since: u64, files: u64) -> bool {
+    entries_since < files / SNAPSHOT_FILES_PER_ENTRY
+}
+
 /// Where a snapshot received from the leader is assembled before it is installed.
 pub(crate) fn incoming_snapshot_path(data_dir: &Path, snapshot_id: &str) -> PathBuf {
     let safe: String = snapshot_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
@@ -233,8 +246,26 @@ impl<D: Disk> MetaStateMachine<D> {
     }
 }
 
+impl<D: Disk> MetaStateMachine<D> {
+    /// The current snapshot, when a new one is not worth its cost yet (`snapshot_put_off`).
+    fn put_off<RT: AsyncRuntime>(&self) -> Option<Snapshot<MetaTypes<RT>>> {
+        let current = self.current.lock().expect("snapshot lock").clone()?;
+        let state = self.state.read().expect("state lock");
+        let index = |id: Option<LogId<MetaNodeId>>| id.map_or(0, |l| l.index);
+        let since = index(state.last_applied).saturating_sub(index(current.meta.last_log_id));
+        if !snapshot_put_off(since, state.namespace.file_count()) {
+            return None;
+        }
+        let file = SnapshotFile { path: self.dir.join(&current.file), len: current.len };
+        Some(Snapshot { meta: current.meta, snapshot: Box::new(file) })
+    }
+}
+
 impl<D: Disk, RT: AsyncRuntime> RaftSnapshotBuilder<MetaTypes<RT>> for MetaStateMachine<D> {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<MetaTypes<RT>>> {
+        if let Some(current) = self.put_off() {
+            return Ok(current);
+        }
         let (meta, bytes) = {
             let state = self.state.read().expect("state lock");
             let snapshot_id = match state.last_applied {
@@ -354,6 +385,18 @@ mod tests {
 
     fn meta() -> SnapshotMeta<MetaNodeId, BasicNode> {
         SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default(), snapshot_id: "7-42".into() }
+    }
+
+    #[test]
+    fn snapshots_are_put_off_in_proportion_to_the_files() {
+        // A small namespace: never put off (openraft's `snapshot_every` alone decides).
+        assert!(!snapshot_put_off(0, SNAPSHOT_FILES_PER_ENTRY - 1));
+        assert!(!snapshot_put_off(1, SNAPSHOT_FILES_PER_ENTRY * 2 - 1));
+        // Ten million files: one per 500,000 entries.
+        let files = 10_000_000;
+        assert!(snapshot_put_off(10_000, files));
+        assert!(snapshot_put_off(files / SNAPSHOT_FILES_PER_ENTRY - 1, files));
+        assert!(!snapshot_put_off(files / SNAPSHOT_FILES_PER_ENTRY, files));
     }
 
     /// A file is written in the binary form and read back; a file of an earlier version (JSON)
