@@ -8,7 +8,6 @@
 //!   as `<name>.tmp`, fsynced, renamed, the directory fsynced, and only then recorded in the
 //!   database (fsynced). Only then may openraft purge the log behind it.
 //! - Installing a snapshot received from the leader follows the same steps.
-//!
 //! - A snapshot costs in proportion to the namespace, so a large one takes them further apart:
 //!   openraft asks for one every `snapshot_every` entries, and `build_snapshot` answers with
 //!   the current one, building nothing, until one entry per `SNAPSHOT_FILES_PER_ENTRY` files
