@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dfs_core::ids::{Sha256Digest, StorageNodeId};
+use dfs_core::meta::config::SNAPSHOT_FILES_PER_ENTRY;
 use dfs_core::namespace::{ChunkRecord, Command, Namespace, Outcome};
 
 /// The system allocator, counting the bytes it has handed out and not yet got back: what the
@@ -66,6 +67,36 @@ fn path_of(i: u64) -> String {
     format!("/projects/p{:04}/batch-{:05}/part-{:06}.parquet", dir / 1000, dir % 1000 * 7, i % FILES_PER_DIR)
 }
 
+/// Creates and commits file `i` (one 4 MiB chunk on three replicas), as the log would: each
+/// command is shown to `log` before it is applied.
+fn add_file(ns: &mut Namespace, i: u64, mut log: impl FnMut(&Command)) {
+    let create = Command::CreateFile {
+        path: path_of(i),
+        size: FILE_BYTES,
+        chunk_size: FILE_BYTES,
+        replication: 3,
+        overwrite: false,
+        expect_file_id: None,
+        request_id: None,
+        unix_ms: 1,
+        attrs: Default::default(),
+    };
+    log(&create);
+    let Ok(Outcome::FileCreated(id)) = ns.apply(create) else { panic!("create {i}") };
+    let mut sha = [0u8; 32];
+    sha[..8].copy_from_slice(&i.to_le_bytes());
+    let chunk = ChunkRecord {
+        index: 0,
+        size: FILE_BYTES,
+        sha256: Sha256Digest(sha),
+        replicas: [StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)].into_iter().collect(),
+        sum: Default::default(),
+    };
+    let commit = Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest(sha)), chunks: vec![chunk] };
+    log(&commit);
+    ns.apply(commit).expect("commit");
+}
+
 fn main() {
     let files: u64 = std::env::var("DFS_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000).max(FILES_PER_DIR);
     let base_live = live_bytes();
@@ -77,29 +108,7 @@ fn main() {
     }
     let started = Instant::now();
     for i in 0..files {
-        let create = Command::CreateFile {
-            path: path_of(i),
-            size: FILE_BYTES,
-            chunk_size: FILE_BYTES,
-            replication: 3,
-            overwrite: false,
-            expect_file_id: None,
-            request_id: None,
-            unix_ms: 1,
-            attrs: Default::default(),
-        };
-        let Ok(Outcome::FileCreated(id)) = ns.apply(create) else { panic!("create {i}") };
-        let mut sha = [0u8; 32];
-        sha[..8].copy_from_slice(&i.to_le_bytes());
-        let chunk = ChunkRecord {
-            index: 0,
-            size: FILE_BYTES,
-            sha256: Sha256Digest(sha),
-            replicas: [StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)].into_iter().collect(),
-            sum: Default::default(),
-        };
-        let commit = Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest(sha)), chunks: vec![chunk] };
-        ns.apply(commit).expect("commit");
+        add_file(&mut ns, i, |_| {});
     }
     let build = started.elapsed();
     let (live, rss) = (live_bytes() - base_live, rss_bytes().saturating_sub(base_rss));
@@ -150,11 +159,28 @@ fn main() {
     let before_load = live_bytes();
     let t = Instant::now();
     // As a metadata node loads a snapshot (`state_machine::decode`).
-    let back = Namespace::read_snapshot(&bytes).expect("read the snapshot");
+    let mut back = Namespace::read_snapshot(&bytes).expect("read the snapshot");
     let load = t.elapsed();
     let loaded_live = live_bytes() - before_load;
     assert_eq!(back.file_count(), files);
-    drop(back);
+    // What a restart re-applies after loading the snapshot, at most: a snapshot is put off
+    // until `files / SNAPSHOT_FILES_PER_ENTRY` entries have been applied since the last. Each
+    // entry here is one command (under load the log groups several per entry), decoded from
+    // its JSON as the log store does, then applied to the loaded namespace.
+    let entries = (files / SNAPSHOT_FILES_PER_ENTRY).max(2);
+    let mut log = Vec::with_capacity(entries as usize);
+    let mut copy = back.clone();
+    for i in files..files + entries / 2 {
+        add_file(&mut copy, i, |command| log.push(serde_json::to_vec(command).expect("a command serializes")));
+    }
+    drop(copy);
+    let t = Instant::now();
+    for entry in &log {
+        let command: Command = serde_json::from_slice(entry).expect("a command deserializes");
+        back.apply(command).expect("re-applied");
+    }
+    let replay = t.elapsed();
+    drop((back, log));
     let t = Instant::now();
     let mut back: Namespace = serde_json::from_slice(&json).expect("deserialize");
     back.shrink_to_fit();
@@ -170,4 +196,8 @@ fn main() {
         );
     }
     println!("memory per file once loaded from a snapshot: {:.0} bytes live", loaded_live as f64 / files as f64);
+    println!(
+        "re-applying the longest log a restart finds at this size ({entries} entries, one command each, decoded from JSON): {:.2} s",
+        replay.as_secs_f64()
+    );
 }
