@@ -386,6 +386,34 @@ mod tests {
         SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default(), snapshot_id: "7-42".into() }
     }
 
+    /// A snapshot file as 4eb2716 (the last version writing JSON) wrote it, from a real
+    /// cluster: `put -r` of a tree keeping mode and time, a file of five chained chunks, a copy
+    /// sharing its chunks, empty files, one in the trash. It still loads, means what it meant,
+    /// and comes back equal through the binary form.
+    #[test]
+    fn a_snapshot_file_written_by_the_json_version_still_loads() {
+        use crate::chain::SumKind;
+        let bytes = include_bytes!("../../tests/fixtures/snapshot-json-4eb2716.snap");
+        let body = decode(Path::new("snapshot-json-4eb2716.snap"), bytes).unwrap();
+        assert_eq!(body.meta.snapshot_id, "2-17");
+        let ns = body.namespace;
+        assert_eq!(ns.file_count(), 6);
+        let chained = ns.file("/chained.bin").unwrap();
+        assert_eq!((chained.size, chained.chunk_size, chained.chunks.len()), (300_000, 65_536, 5));
+        assert_eq!(chained.chunks.last().unwrap().sum, SumKind::ChainedLast);
+        let sha = hex::encode(chained.sha256().unwrap().0);
+        assert_eq!(sha, "73950723d5b287e02db094ecd17438d09b722917c96d54fbafe3ba1b43fe0bc2", "sha256sum of the uploaded bytes");
+        let copy = ns.file("/copy.bin").unwrap();
+        assert!(copy.shared().is_some());
+        assert!((0..5).all(|i| copy.chunk_id(i) == chained.chunk_id(i)), "the copy shares every chunk");
+        let kept = ns.file("/t/a.txt").unwrap().attrs();
+        assert_eq!((kept.mode, kept.mtime_unix_ms), (Some(0o640), Some(1_767_323_045_000)));
+        assert_eq!(ns.file("/t/sub/big.bin").unwrap().chunks[0].sum, SumKind::Standalone);
+        // Written again in the binary form, it reads back the same.
+        let again = decode(Path::new("again"), &seal(encode(&body.meta, &ns))).unwrap();
+        assert_eq!(again.namespace, ns);
+    }
+
     #[test]
     fn snapshots_are_put_off_in_proportion_to_the_files() {
         // A small namespace: never put off (openraft's `snapshot_every` alone decides).
