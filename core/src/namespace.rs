@@ -123,6 +123,14 @@ struct RareParts {
     shared: Option<BTreeMap<u32, ChunkId>>,
 }
 
+impl RareParts {
+    /// What a record keeps of them: nothing (no allocation) when neither is there.
+    fn boxed(sha256: Option<Sha256Digest>, shared: Option<BTreeMap<u32, ChunkId>>) -> Option<Box<RareParts>> {
+        let shared = shared.filter(|s| !s.is_empty());
+        (sha256.is_some() || shared.is_some()).then(|| Box::new(RareParts { sha256, shared }))
+    }
+}
+
 /// A file record's fields, each on its own: what `FileRecord` is built from, and the layout
 /// snapshots of earlier versions hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,8 +160,7 @@ impl From<FileRecordParts> for FileRecord {
     fn from(p: FileRecordParts) -> Self {
         let sha_is_last = p.sha256.is_some() && p.sha256 == p.chunks.last().map(|c| c.sha256);
         let own_sha = if sha_is_last { None } else { p.sha256 };
-        let shared = p.shared.map(|s| *s).filter(|s| !s.is_empty());
-        let rare = (own_sha.is_some() || shared.is_some()).then(|| Box::new(RareParts { sha256: own_sha, shared }));
+        let rare = RareParts::boxed(own_sha, p.shared.map(|s| *s));
         let mut record = FileRecord {
             path: p.path,
             id: p.id,
@@ -231,8 +238,7 @@ impl FileRecord {
 
     fn set_shared(&mut self, shared: BTreeMap<u32, ChunkId>) {
         let sha256 = self.rare.take().and_then(|r| r.sha256);
-        let shared = Some(shared).filter(|s| !s.is_empty());
-        self.rare = (sha256.is_some() || shared.is_some()).then(|| Box::new(RareParts { sha256, shared }));
+        self.rare = RareParts::boxed(sha256, Some(shared));
     }
 
     pub fn chunk_id(&self, index: u32) -> ChunkId {
