@@ -7,6 +7,12 @@
 #   ./scripts/run-cluster.sh ps | logs -f | down | down -v
 #   ./scripts/run-cluster.sh rolling-restart
 #
+# TLS is on by default: before `up` the script makes a cluster CA and a certificate per node
+# (and an admin one for the client container) with `dfs cert`, under DFS_TLS_DIR (default
+# scripts/dfs-tls, beside the compose file; kept across runs). Each container mounts only its
+# own directory of it, read-only, at /tls. --insecure (before the other arguments) runs every
+# node in plaintext instead.
+#
 # The image is built FROM scratch (no registry is needed): a release `dfs` binary and the
 # shared libraries `ldd` lists for it. Each node keeps its data on a named volume, so `down`
 # then `up` keeps every file and `down -v` removes them. Host ports (bound to 127.0.0.1):
@@ -14,7 +20,7 @@
 # 9000+i; storage node i on 7100+i and 9100+i.
 #
 # Environment: DFS_COMPOSE_FILE (default scripts/docker-compose.yml), DFS_HOST_PORTS=0 to
-# publish no port on the host, DFS_IMAGE (default dfs:local), CARGO_TARGET_DIR.
+# publish no port on the host, DFS_IMAGE (default dfs:local), DFS_TLS_DIR, CARGO_TARGET_DIR.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,16 +28,24 @@ compose_file="${DFS_COMPOSE_FILE:-$root/scripts/docker-compose.yml}"
 image="${DFS_IMAGE:-dfs:local}"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 context="$target_dir/docker-image"
+tls_dir="${DFS_TLS_DIR:-$(dirname "$compose_file")/dfs-tls}"
+# docker-compose takes a relative bind-mount path from the compose file's directory: make it
+# absolute from here.
+[[ "$tls_dir" == /* ]] || tls_dir="$PWD/$tls_dir"
 
 usage() {
-    echo "usage: $0 [-m N] [-s N] [-c] COMPOSE-ARGS... (e.g. -m 3 -s 5 -c up -d --build; ps; logs -f; down -v; rolling-restart)" >&2
+    echo "usage: $0 [--insecure] [-m N] [-s N] [-c] COMPOSE-ARGS... (e.g. -m 3 -s 5 -c up -d --build; ps; logs -f; down -v; rolling-restart)" >&2
 }
 fail() {
     echo "run-cluster.sh: $*" >&2
     exit 1
 }
 
-metas="" storages="" client=""
+metas="" storages="" client="" insecure=""
+if [[ "${1:-}" == --insecure ]]; then
+    insecure=1
+    shift
+fi
 while getopts ":m:s:ch" opt; do
     case "$opt" in
     m) metas="$OPTARG" ;;
@@ -66,10 +80,14 @@ command -v docker >/dev/null 2>&1 || fail "docker is not installed"
 docker info >/dev/null 2>&1 || fail "the Docker engine is not running or not reachable (docker info failed)"
 
 # The shape: as given, else the one the last generated file has, else 1 metadata + 3 storage.
+# Likewise plaintext: given, or what the last generated file has.
 if [[ -z "$metas$storages$client" && -f "$compose_file" ]]; then
     metas=$(grep -c '^  meta[0-9]*:$' "$compose_file" || true)
     storages=$(grep -c '^  storage[0-9]*:$' "$compose_file" || true)
     grep -q '^  client:$' "$compose_file" && client=1
+fi
+if [[ -z "$insecure" && -f "$compose_file" ]] && grep -q 'DFS_INSECURE' "$compose_file" && [[ "$1" != up ]]; then
+    insecure=1
 fi
 metas="${metas:-1}"
 storages="${storages:-3}"
@@ -86,11 +104,56 @@ host_ports=()
 node_tail() {
     local name="$1" rpc="$2" http="$3"
     echo "    healthcheck: {test: [\"CMD\", \"dfs\", \"health\", \"127.0.0.1:$http\"], interval: 2s, timeout: 2s, retries: 3}"
-    echo "    volumes: [\"$name:/data\"]"
+    if [[ -n "$insecure" ]]; then
+        echo "    volumes: [\"$name:/data\"]"
+    else
+        echo "    volumes: [\"$name:/data\", \"$tls_dir/$name:/tls:ro\"]"
+    fi
     if [[ -n "$publish" ]]; then
         echo "    ports: [\"127.0.0.1:$rpc:$rpc\", \"127.0.0.1:$http:$http\"]"
         host_ports+=("$rpc" "$http")
     fi
+}
+
+# A service's TLS settings: its own credentials under /tls, or plaintext.
+tls_env() {
+    local indent="$1"
+    if [[ -n "$insecure" ]]; then
+        echo "${indent}DFS_INSECURE: \"1\""
+    else
+        echo "${indent}DFS_CA: /tls/ca.pem"
+        echo "${indent}DFS_CERT: /tls/cert.pem"
+        echo "${indent}DFS_KEY: /tls/key.pem"
+    fi
+}
+
+# The cluster CA (its key stays in $tls_dir/ca, mounted nowhere) and, for each service, a
+# directory with the CA, its certificate and its key; made once, kept across runs.
+ensure_pki() {
+    [[ -z "$insecure" ]] || return 0
+    local bin="$target_dir/release/dfs" i
+    if [[ ! -x "$bin" ]]; then
+        (cd "$root" && cargo build --release -p dfs) || fail "cargo build --release -p dfs failed (see above)"
+    fi
+    mkdir -p "$tls_dir/ca"
+    if [[ ! -f "$tls_dir/ca/ca.pem" ]]; then
+        "$bin" cert init --dir "$tls_dir/ca" >/dev/null || fail "cannot make the cluster CA in $tls_dir/ca"
+    fi
+    issue() {
+        local role="$1" name="$2" out="$tls_dir/$2"
+        shift 2
+        [[ -f "$out/cert.pem" && -f "$out/key.pem" && -f "$out/ca.pem" ]] && return 0
+        rm -rf "$out" "$out.tmp"
+        mkdir -p "$out.tmp"
+        "$bin" cert issue --dir "$tls_dir/ca" --out "$out.tmp" --role "$role" --name "$name" "$@" >/dev/null || fail "cannot issue the certificate of $name"
+        mv "$out.tmp/$name.pem" "$out.tmp/cert.pem"
+        mv "$out.tmp/$name.key" "$out.tmp/key.pem"
+        cp "$tls_dir/ca/ca.pem" "$out.tmp/ca.pem"
+        mv "$out.tmp" "$out"
+    }
+    for ((i = 1; i <= metas; i++)); do issue meta "meta$i" --san "meta$i" localhost 127.0.0.1; done
+    for ((i = 1; i <= storages; i++)); do issue storage "storage$i" --san "storage$i" localhost 127.0.0.1; done
+    [[ -z "$client" ]] || issue admin client
 }
 
 write_compose() {
@@ -113,6 +176,7 @@ write_compose() {
         echo "  environment: &env"
         echo "    RUST_LOG: info,openraft=error"
         echo "    DFS_LOG_FORMAT: \${DFS_LOG_FORMAT:-text}"
+        tls_env "    "
         echo "services:"
         for ((i = 1; i <= metas; i++)); do
             echo "  meta$i:"
@@ -154,6 +218,8 @@ write_compose() {
             echo "    environment:"
             echo "      RUST_LOG: warn"
             echo "      DFS_META: \"$meta_addrs\""
+            tls_env "      "
+            [[ -z "$insecure" ]] && echo "    volumes: [\"$tls_dir/client:/tls:ro\"]"
         fi
         echo "volumes:"
         for ((i = 1; i <= metas; i++)); do echo "  meta$i: {}"; done
@@ -235,5 +301,6 @@ if [[ "$1" == up || "$1" == build || "$1" == create ]]; then
         "${compose[@]}" -f "$compose_file" build || fail "docker-compose build failed (see above)"
     fi
     [[ "$1" == up && -z "$was_running" ]] && check_ports
+    ensure_pki
 fi
 exec "${compose[@]}" -f "$compose_file" "$@"

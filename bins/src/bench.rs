@@ -96,6 +96,10 @@ pub struct MetaBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run the cluster without TLS (the default is TLS with a CA made for the run, as `dfs
+    /// cluster up` does): to measure what TLS costs, side by side.
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -161,13 +165,16 @@ async fn meta_in(args: &MetaBenchArgs, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = std::env::current_exe().context("cannot find the dfs executable")?;
     let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let meta: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let pki = crate::security::local_cluster(dir, args.insecure, &meta)?;
     let mut nodes: Vec<Node> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let name = format!("meta-{}", i + 1);
         let data = dir.join(&name).to_string_lossy().into_owned();
         let id = (i + 1).to_string();
         let argv = ["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")];
-        match spawn(&exe, &name, &argv, &logs) {
+        let env = crate::security::local_env(pki.as_ref(), dfs_core::auth::Role::Meta, &name)?;
+        match spawn(&exe, &name, &argv, &env, &logs) {
             Ok(node) => nodes.push(node),
             Err(e) => {
                 stop(&mut nodes).await;
@@ -183,7 +190,7 @@ async fn meta_in(args: &MetaBenchArgs, dir: &Path) -> anyhow::Result<()> {
 async fn bench_cluster(args: &MetaBenchArgs, addrs: &[SocketAddr], nodes: &[Node], fsyncs: f64) -> anyhow::Result<()> {
     let meta: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let ready = wait_ready(meta.clone(), 0).await?;
-    let env = RealEnv::default();
+    let env = crate::security::env();
     let client = MetaClient::new(env.clone(), meta, RetryPolicy::default());
     let leader = leader_id(&client).await?;
     let leader_pid =

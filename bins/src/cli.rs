@@ -170,6 +170,8 @@ pub struct MetaFlag {
     /// each as its own stream (false: for comparison and diagnosis).
     #[arg(long, env = "DFS_CHUNK_BATCHES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub chunk_batches: bool,
+    #[command(flatten)]
+    pub tls: crate::security::ClientTlsArgs,
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -199,12 +201,18 @@ impl MetaFlag {
         if config.user.is_empty() {
             config.user = user_name();
         }
-        Ok(DfsClient::new(RealEnv::default(), self.addrs()?, config))
+        Ok(DfsClient::new(self.env()?, self.addrs()?, config))
+    }
+
+    /// The environment calls go out on, with this command's credentials (`crate::security`).
+    pub fn env(&self) -> anyhow::Result<RealEnv> {
+        crate::security::client_credentials(&self.tls, &self.addrs()?)?;
+        Ok(crate::security::env())
     }
 
     /// A bare metadata client, for paged calls the library does not offer (yet).
     pub fn meta_client(&self) -> anyhow::Result<MetaClient<RealEnv>> {
-        Ok(MetaClient::new(RealEnv::default(), self.addrs()?, self.policy()))
+        Ok(MetaClient::new(self.env()?, self.addrs()?, self.policy()))
     }
 }
 

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use dfs_core::client::{ClientConfig, DfsClient, RetryPolicy};
-use dfs_io_real::RealEnv;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -31,6 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::cli::{emit, emit_json, shown, usage, Ctx};
 use crate::daemons::shutdown_signal;
+use crate::security;
+use dfs_core::auth::Role;
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
@@ -73,6 +74,11 @@ pub struct UpArgs {
     /// Whether a node that dies is started again (after a back-off).
     #[arg(long, env = "DFS_CLUSTER_RESTART", value_enum, default_value_t = Restart::OnFailure)]
     restart: Restart,
+    /// Run every node without TLS (plaintext): any local process can then make any call.
+    /// Without it, the cluster runs TLS with a CA made in <data-dir>/tls, and this machine's
+    /// client commands find its credentials in the config dir (~/.config/dfs).
+    #[arg(long, env = "DFS_CLUSTER_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
 }
 
 /// How the other `cluster` commands find the running `up`.
@@ -269,11 +275,29 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let peers: Vec<String> = meta_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     let meta_list: Vec<String> = meta_addrs.iter().map(|a| a.to_string()).collect();
 
+    // TLS: a CA of this cluster's own (kept in its data dir), a certificate per node, and an
+    // admin credential for this machine's user; or, with --insecure, nothing, and no stale
+    // credentials left for these addresses.
+    let pki = security::local_cluster(&args.data_dir, args.insecure, &meta_list)?;
+    let tls_flags = |role: Role, name: &str| -> anyhow::Result<Vec<String>> {
+        match &pki {
+            Some(pki) => pki.node_flags(role, name),
+            None => Ok(vec!["--insecure".to_string()]),
+        }
+    };
+    let record = match &pki {
+        Some(pki) => pki.write_client_record(&meta_list)?,
+        None => {
+            security::forget_client_record(&meta_list);
+            None
+        }
+    };
+
     let mut members = Vec::new();
     for (i, addr) in meta_addrs.iter().enumerate() {
         let name = format!("meta-{}", i + 1);
         let dir = args.data_dir.join(&name);
-        let argv = [
+        let mut argv: Vec<String> = [
             "meta",
             "--id",
             &(i + 1).to_string(),
@@ -285,14 +309,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             &peers.join(","),
             "--http-listen",
             &http(addr).to_string(),
-        ];
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(tls_flags(Role::Meta, &name)?);
         members.push(member(&name, *addr, &argv, &logs));
     }
     for (i, addr) in storage_addrs.iter().enumerate() {
         let name = format!("storage-{}", i + 1);
         let dir = args.data_dir.join(&name);
         let heartbeat = args.heartbeat_ms.to_string();
-        let argv = [
+        let mut argv: Vec<String> = [
             "storage",
             "--listen",
             &addr.to_string(),
@@ -304,7 +331,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             &heartbeat,
             "--http-listen",
             &http(addr).to_string(),
-        ];
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(tls_flags(Role::Storage, &name)?);
         members.push(member(&name, *addr, &argv, &logs));
     }
     let (exits_tx, mut exits) = mpsc::channel::<Exit>(QUEUE_MAX);
@@ -321,6 +351,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("  {:<11} {:<16} log {}", m.name, m.addr, m.log.display());
     }
     println!("status page: http://{}/ (metrics at /metrics on every node, 200 above its port)", http(&meta_addrs[0]));
+    match (&pki, &record) {
+        (Some(pki), Some(record)) => {
+            println!("TLS on: CA {}; this machine's client commands use the credentials in {}", pki.ca_path().display(), record.display())
+        }
+        (Some(pki), None) => println!("TLS on: CA {}; clients need --ca (no config dir to write credentials to: set DFS_CONFIG_DIR)", pki.ca_path().display()),
+        (None, _) => println!("warning: TLS is OFF (--insecure): any local process can read every file and act as any node"),
+    }
     let meta_env = meta_list.join(",");
     if meta_env != crate::DEFAULT_META {
         println!("clients: export DFS_META={meta_env}");
@@ -372,11 +409,11 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn member(name: &str, addr: SocketAddr, argv: &[&str], logs: &Path) -> Member {
+fn member(name: &str, addr: SocketAddr, argv: &[String], logs: &Path) -> Member {
     Member {
         name: name.to_string(),
         addr,
-        argv: argv.iter().map(|a| a.to_string()).collect(),
+        argv: argv.to_vec(),
         log: logs.join(format!("{name}.log")),
         state: State::Exited,
         pid: None,
@@ -446,7 +483,7 @@ impl Supervisor {
     fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &mut self.members[i];
         let argv: Vec<&str> = m.argv.iter().map(String::as_str).collect();
-        let mut child = spawn_child(&self.exe, &m.name, &argv, &m.log)?;
+        let mut child = spawn_child(&self.exe, &m.name, &argv, &[], &m.log)?;
         m.incarnation += 1;
         m.pid = child.id();
         m.state = State::Running;
@@ -669,14 +706,15 @@ fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-pub(crate) fn spawn(exe: &Path, name: &str, argv: &[&str], logs: &Path) -> anyhow::Result<Node> {
-    let child = spawn_child(exe, name, argv, &logs.join(format!("{name}.log")))?;
+/// Starts a node of a throwaway cluster, with `env` (its TLS settings, `security::local_env`).
+pub(crate) fn spawn(exe: &Path, name: &str, argv: &[&str], env: &[(&str, String)], logs: &Path) -> anyhow::Result<Node> {
+    let child = spawn_child(exe, name, argv, env, &logs.join(format!("{name}.log")))?;
     Ok(Node { name: name.to_string(), child })
 }
 
 /// Starts `exe argv`, its output appended to `log`, configured by its flags only, and killed
 /// with this process.
-fn spawn_child(exe: &Path, name: &str, argv: &[&str], log: &Path) -> anyhow::Result<Child> {
+fn spawn_child(exe: &Path, name: &str, argv: &[&str], env: &[(&str, String)], log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot open {}", log.display()))?;
     let mut command = Command::new(exe);
     command.args(argv).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).kill_on_drop(true);
@@ -686,6 +724,7 @@ fn spawn_child(exe: &Path, name: &str, argv: &[&str], log: &Path) -> anyhow::Res
             command.env_remove(key);
         }
     }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the child if
     // this process dies (even by SIGKILL), so no node outlives the launcher.
     unsafe {
@@ -703,7 +742,7 @@ fn spawn_child(exe: &Path, name: &str, argv: &[&str], log: &Path) -> anyhow::Res
 pub(crate) async fn wait_ready(meta: Vec<String>, storage_nodes: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let policy = RetryPolicy { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(2), ..RetryPolicy::default() };
-    let client = DfsClient::new(RealEnv::default(), meta, ClientConfig { metadata: policy, ..ClientConfig::default() });
+    let client = DfsClient::new(crate::security::env(), meta, ClientConfig { metadata: policy, ..ClientConfig::default() });
     let deadline = started + Duration::from_secs(60);
     loop {
         if let Ok(status) = client.status().await {

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use dfs_core::auth::Role;
 use dfs_core::health::HealthConfig;
 use dfs_core::meta::leader::LeaderConfig;
 use dfs_core::meta::{MetaConfig, MetaServer};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
-use dfs_io_real::{serve_metadata, serve_storage, RealEnv};
+use dfs_io_real::{serve_metadata, serve_storage};
 use tokio::net::TcpListener;
 
 use crate::ops::{self, Node, Ops};
+use crate::security::{self, NodeTlsArgs};
 use crate::units::{self, Rate, Span};
 use crate::DEFAULT_META;
 
@@ -65,6 +67,8 @@ pub struct MetaArgs {
     /// Serve /metrics (Prometheus), /healthz and the status page on this HOST:PORT.
     #[arg(long, env = "DFS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
 }
 
 /// The leader's defaults (core's), which `--help` shows.
@@ -122,6 +126,8 @@ pub struct StorageArgs {
     /// Serve /metrics (Prometheus), /healthz and a status page on this HOST:PORT.
     #[arg(long, env = "DFS_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -185,6 +191,9 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     if !members.is_empty() && !members.contains_key(&args.id) {
         bail!("--id {} is not among the --peers ids {:?}", args.id, members.keys().collect::<Vec<_>>());
     }
+    const WHAT: &str = "a metadata node";
+    let credentials = security::node_credentials(&args.tls, Role::Meta, WHAT)?;
+    let server_security = security::server_security(credentials.as_ref(), WHAT)?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let listener = bind(args.listen).await?;
     let mut config = MetaConfig::new(args.id, members.clone(), &args.data_dir);
@@ -200,7 +209,7 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
     config.leader.gc_delay = args.gc_delay.0;
     config.leader.trash_interval = args.trash_interval.0;
     config.http_address = args.http_listen.map(|a| ops::advertised(a, members.get(&args.id).map(String::as_str)));
-    let server = MetaServer::start(RealEnv::default(), config).await.context("metadata node failed to start")?;
+    let server = MetaServer::start(security::env(), config).await.context("metadata node failed to start")?;
     let ops = Ops::new(Node::Meta(server.clone()), "meta", &args.id.to_string());
     let http = ops::HttpPort::start(args.http_listen, &ops).await?;
     tracing::info!(id = args.id, listen = %args.listen, http = ?args.http_listen, members = ?members, "metadata node serving");
@@ -213,7 +222,7 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
             tracing::info!("leadership handed over");
         }
     };
-    serve_metadata(listener, server.clone(), ops.rpc(), stop).await.context("metadata server failed")?;
+    serve_metadata(listener, server.clone(), ops.rpc(), server_security, stop).await.context("metadata server failed")?;
     server.shutdown().await;
     http.stop().await;
     Ok(())
@@ -221,6 +230,9 @@ pub async fn run_meta(args: MetaArgs) -> anyhow::Result<()> {
 
 pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     let meta = parse_addrs(&args.meta, "--meta")?;
+    const WHAT: &str = "a storage node";
+    let credentials = security::node_credentials(&args.tls, Role::Storage, WHAT)?;
+    let server_security = security::server_security(credentials.as_ref(), WHAT)?;
     let listener = bind(args.listen).await?;
     let local = listener.local_addr().context("listener address")?;
     let advertise = match args.advertise {
@@ -244,7 +256,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
     config.chunk_streams_max = args.chunk_streams_max as usize;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.space_reserve_bytes = args.space_reserve_bytes;
-    let node = StorageNode::open(RealEnv::default(), config).await.with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
+    let node = StorageNode::open(security::env(), config).await.with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
     crate::logs::set_node("storage", &node.id().to_string());
     let ops = Ops::new(Node::Storage(node.clone()), "storage", &node.id().to_string());
     let http = ops::HttpPort::start(args.http_listen, &ops).await?;
@@ -258,7 +270,7 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         stopping_node.say_stopping().await;
         tokio::time::sleep(dfs_core::storage_node::STOPPING_DRAIN).await;
     };
-    let served = serve_storage(listener, node, ops.rpc(), stop).await;
+    let served = serve_storage(listener, node, ops.rpc(), server_security, stop).await;
     heartbeats.abort();
     http.stop().await;
     served.context("storage server failed")

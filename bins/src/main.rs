@@ -16,6 +16,7 @@ mod logs;
 mod ops;
 mod output;
 mod progress;
+mod security;
 mod status_page;
 mod transfer;
 mod tree;
@@ -119,6 +120,11 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Certificates for TLS: a cluster CA (`init`), and nodes' and users' certificates (`issue`).
+    Cert {
+        #[command(subcommand)]
+        command: security::CertCommand,
+    },
     /// Ask a daemon's HTTP port whether it can serve (GET /healthz): exit 0 if so.
     Health {
         /// The daemon's --http-listen address, HOST:PORT.
@@ -198,6 +204,7 @@ fn main() -> ExitCode {
             Command::Admin { command } => admin::run(ctx, command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Cluster { command } => cluster::run(ctx, command).await,
+            Command::Cert { command } => security::run_cert(ctx, command),
             Command::Health { addr } => ops::probe(&addr).await,
             Command::Idle => {
                 daemons::shutdown_signal().await;

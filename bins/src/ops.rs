@@ -385,7 +385,7 @@ impl Ops {
 async fn leader_http(addr: &str) -> Option<String> {
     use dfs_core::meta_client::{MetaClient, RetryPolicy};
     let policy = RetryPolicy { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(1), ..RetryPolicy::default() };
-    let client = MetaClient::new(RealEnv::default(), vec![addr.to_string()], policy);
+    let client = MetaClient::new(crate::security::env(), vec![addr.to_string()], policy);
     let status = tokio::time::timeout(Duration::from_secs(2), client.call(dfs_core::proto::MetaStatusRequest {})).await.ok()?.ok()?;
     Some(status.http_address).filter(|a| !a.is_empty())
 }

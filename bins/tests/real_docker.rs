@@ -174,6 +174,9 @@ fn the_script_brings_up_a_cluster_that_keeps_its_files_across_down_and_up() {
     assert!(put.status.success(), "put: {}", text(&put));
     let cat = c.dfs(&["cat", "/x"], None);
     assert!(cat.status.success() && cat.stdout == bytes, "cat /x: {}", String::from_utf8_lossy(&cat.stderr));
+    // TLS by default: the same client in plaintext is not answered.
+    let plain = c.dfs(&["ls", "/", "--insecure", "--timeout", "5s"], None);
+    assert!(!plain.status.success() && text(&plain).contains("did not answer in plaintext"), "ls --insecure: {}", text(&plain));
 
     c.script_ok(&["down"]);
     assert!(!c.volumes().is_empty(), "down removed the volumes");

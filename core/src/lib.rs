@@ -21,6 +21,7 @@
 //! role agrees on; [`meta_client`] how any role (a client, a storage node) calls the metadata
 //! cluster.
 
+pub mod auth;
 pub mod bulk_buf;
 pub mod chain;
 pub mod chunk_store;

@@ -11,6 +11,13 @@ pub struct RealEnv {
     disk: RealDisk,
 }
 
+impl RealEnv {
+    /// The production environment calling out through `transport` (TLS or not).
+    pub fn with_transport(transport: GrpcTransport) -> Self {
+        RealEnv { transport, ..RealEnv::default() }
+    }
+}
+
 impl Env for RealEnv {
     type Clock = RealClock;
     type Transport = GrpcTransport;

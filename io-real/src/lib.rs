@@ -14,6 +14,7 @@ pub mod env;
 pub mod grpc;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 /// tonic code generated from `services.proto`, against `dfs_core::proto` messages.

@@ -9,7 +9,10 @@ use dfs_core::rpc::ChunkHandler;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
+use tower_layer::{Identity, Stack};
+
+use crate::tls::AuthLayer;
 
 use crate::generated::chunk_batch_service_server::ChunkBatchServiceServer;
 use crate::generated::metadata_service_server::MetadataServiceServer;
@@ -33,12 +36,46 @@ fn incoming(listener: TcpListener, metrics: Arc<RpcMetrics>) -> impl tokio_strea
     })
 }
 
+/// How a server meets its callers: in plaintext (`--insecure`), or over TLS with each call's
+/// caller checked (`crate::tls::AuthLayer`).
+#[derive(Clone, Debug, Default)]
+pub enum ServerSecurity {
+    #[default]
+    Plaintext,
+    Tls {
+        config: ServerTlsConfig,
+        node: Arc<str>,
+    },
+}
+
+/// A server builder with dfs's layers: metrics, then the role check.
+type Layered = Server<Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>>;
+
+impl ServerSecurity {
+    /// A server builder with the flow-control settings, TLS if on, and the layers: metrics
+    /// outermost (a refused call is counted, as `PermissionDenied`), then the role check.
+    fn builder(&self, metrics: &Arc<RpcMetrics>) -> Result<Layered, tonic::transport::Error> {
+        let (builder, auth) = match self {
+            ServerSecurity::Plaintext => (Server::builder(), AuthLayer { node: None }),
+            ServerSecurity::Tls { config, node } => (Server::builder().tls_config(config.clone())?, AuthLayer { node: Some(node.clone()) }),
+        };
+        Ok(builder
+            .tcp_nodelay(true)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(HTTP2_FRAME_BYTES_MAX)
+            .layer(RpcMetricsLayer(metrics.clone()))
+            .layer(auth))
+    }
+}
+
 /// Serves `MetadataService` and `RaftService` on `listener` until `shutdown` completes, each
 /// call observed in `metrics`.
 pub async fn serve_metadata<H>(
     listener: TcpListener,
     handler: Arc<H>,
     metrics: Arc<RpcMetrics>,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -48,16 +85,7 @@ where
         .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
         .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
     let raft = RaftServiceServer::new(Adapter(handler)).max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES).max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
-    Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(HTTP2_FRAME_BYTES_MAX)
-        .layer(RpcMetricsLayer(metrics.clone()))
-        .add_service(metadata)
-        .add_service(raft)
-        .serve_with_incoming_shutdown(incoming(listener, metrics), shutdown)
-        .await
+    security.builder(&metrics)?.add_service(metadata).add_service(raft).serve_with_incoming_shutdown(incoming(listener, metrics), shutdown).await
 }
 
 /// Serves `StorageService`, `ReplicationService` and `ChunkBatchService` on `listener` until
@@ -66,6 +94,7 @@ pub async fn serve_storage<H>(
     listener: TcpListener,
     handler: Arc<H>,
     metrics: Arc<RpcMetrics>,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -74,12 +103,8 @@ where
     let batches = ChunkBatchServiceServer::new(Adapter(handler.clone()))
         .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
         .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
-    Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(HTTP2_FRAME_BYTES_MAX)
-        .layer(RpcMetricsLayer(metrics.clone()))
+    security
+        .builder(&metrics)?
         .add_service(batches)
         .add_service(StorageServiceServer::new(Adapter(handler.clone())))
         .add_service(ReplicationServiceServer::new(Adapter(handler)))

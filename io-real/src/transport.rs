@@ -11,12 +11,13 @@ use dfs_core::proto::{ReadChunkFrame, ReadChunkHeader, ReadChunkRequest, WriteCh
 use dfs_core::rpc::{self, ChunkDownload, ChunkService, ChunkUpload, FrameAssembler, Rpc, RpcError};
 use futures::StreamExt;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_prost::ProstCodec;
 
 use dfs_core::limits::UNARY_MESSAGE_MAX_BYTES;
 
 use crate::grpc::from_status;
+use crate::tls::Credentials;
 
 const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
 const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
@@ -26,22 +27,35 @@ const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
 pub struct GrpcTransport {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     connect_timeout: Duration,
+    /// `None`: plaintext (`--insecure`).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Default for GrpcTransport {
     fn default() -> Self {
-        GrpcTransport { channels: Arc::default(), connect_timeout: Duration::from_secs(3) }
+        GrpcTransport { channels: Arc::default(), connect_timeout: Duration::from_secs(3), tls: None }
     }
 }
 
 impl GrpcTransport {
+    /// Calls out over TLS with `credentials` (the CA to check servers against, and this
+    /// process's certificate if it has one), or in plaintext with `None`.
+    pub fn new(credentials: Option<&Credentials>) -> Self {
+        GrpcTransport { tls: credentials.map(Credentials::client_config), ..GrpcTransport::default() }
+    }
+
     fn client(&self, to: &str) -> Result<tonic::client::Grpc<Channel>, RpcError> {
         let mut channels = self.channels.lock().expect("channel cache lock");
         let channel = match channels.get(to) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{to}"))
-                    .map_err(|e| RpcError::InvalidArgument(format!("bad address {to:?}: {e}")))?
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint =
+                    Endpoint::from_shared(format!("{scheme}://{to}")).map_err(|e| RpcError::InvalidArgument(format!("bad address {to:?}: {e}")))?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).map_err(|e| RpcError::InvalidArgument(format!("TLS to {to:?}: {e}")))?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true)
                     .initial_stream_window_size(crate::grpc::HTTP2_STREAM_WINDOW_BYTES)
@@ -59,8 +73,40 @@ impl GrpcTransport {
 
     async fn ready(&self, to: &str) -> Result<tonic::client::Grpc<Channel>, RpcError> {
         let mut client = self.client(to)?;
-        client.ready().await.map_err(|e| RpcError::Transport(format!("{to}: {e}")))?;
+        client.ready().await.map_err(|e| self.tls_failure(RpcError::Transport(format!("{to}: {e}"))))?;
         Ok(client)
+    }
+
+    /// The error of a call that failed on the wire, with TLS failures made plain. Those are not
+    /// transient (the same certificates fail again), so they become `FailedPrecondition`: not
+    /// retried, the caller's to fix, with a line saying what.
+    fn status_error(&self, to: &str, status: tonic::Status) -> RpcError {
+        self.tls_failure(from_status(to, status))
+    }
+
+    fn tls_failure(&self, e: RpcError) -> RpcError {
+        let (RpcError::Transport(text) | RpcError::Internal(text)) = &e else { return e };
+        let to = text.split(": ").next().unwrap_or("");
+        let refused = |why: String| RpcError::FailedPrecondition(format!("{to}: {why}"));
+        if self.tls.is_some() {
+            if let Some(i) = text.find("invalid peer certificate") {
+                return refused(format!(
+                    "its certificate is not accepted ({}): it must be signed by the CA this client was given (--ca, DFS_CA or the config dir) and name this address",
+                    &text[i..]
+                ));
+            }
+            if let Some(i) = text.find("received fatal alert") {
+                return refused(format!("it refused this client's TLS credentials ({}): the certificate must be signed by the cluster's CA", &text[i..]));
+            }
+            if text.contains("corrupt message") || text.contains("InvalidContentType") || text.contains("tls handshake eof") {
+                return refused("it does not answer in TLS (a node run with --insecure?): talk to it with --insecure, or run the cluster with TLS".into());
+            }
+        } else if text.contains("h2 protocol error") {
+            return refused(
+                "it did not answer in plaintext HTTP/2: if the cluster runs TLS, this client needs its CA (--ca or DFS_CA, or the credentials `dfs cluster up` writes to the config dir)".into(),
+            );
+        }
+        e
     }
 }
 
@@ -70,7 +116,11 @@ impl Transport for GrpcTransport {
         async move {
             let mut client = self.ready(&to).await?;
             let codec = ProstCodec::<R, R::Response>::default();
-            client.unary(tonic::Request::new(request), PathAndQuery::from_static(R::PATH), codec).await.map(|r| r.into_inner()).map_err(|s| from_status(&to, s))
+            client
+                .unary(tonic::Request::new(request), PathAndQuery::from_static(R::PATH), codec)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| self.status_error(&to, s))
         }
     }
 
@@ -96,7 +146,7 @@ impl Transport for GrpcTransport {
                 .client_streaming(tonic::Request::new(frames), PathAndQuery::from_static(path), codec)
                 .await
                 .map(|r| r.into_inner())
-                .map_err(|s| from_status(&to, s))
+                .map_err(|s| self.status_error(&to, s))
         }
     }
 
@@ -108,11 +158,11 @@ impl Transport for GrpcTransport {
             let mut frames = client
                 .server_streaming(tonic::Request::new(request), PathAndQuery::from_static(READ_CHUNK_PATH), codec)
                 .await
-                .map_err(|s| from_status(&to, s))?
+                .map_err(|s| self.status_error(&to, s))?
                 .into_inner();
             let mut assembler = FrameAssembler::<ReadChunkHeader>::new();
             while let Some(frame) = frames.next().await {
-                let frame = frame.map_err(|s| from_status(&to, s))?;
+                let frame = frame.map_err(|s| self.status_error(&to, s))?;
                 assembler.push(frame.header, frame.data).map_err(|e| RpcError::Malformed(format!("{to}: {e}")))?;
             }
             let (header, data) = assembler.finish().map_err(|e| RpcError::Malformed(format!("{to}: {e}")))?;

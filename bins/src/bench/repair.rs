@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
+use dfs_core::auth::Role;
 use dfs_core::client::{ClientConfig, DfsClient, NoProgress};
 use dfs_core::proto;
 use dfs_io_real::RealEnv;
@@ -41,6 +42,10 @@ pub struct RepairBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run the cluster without TLS (the default is TLS with a CA made for the run, as `dfs
+    /// cluster up` does): to measure what TLS costs, side by side.
+    #[arg(long)]
+    insecure: bool,
 }
 
 const META_NODES: usize = 3;
@@ -88,6 +93,8 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
     let meta: Vec<String> = meta_addrs.iter().map(SocketAddr::to_string).collect();
     let peers: Vec<String> = meta.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     let streams = args.repair_streams_max.to_string();
+    let pki = crate::security::local_cluster(dir, args.insecure, &meta)?;
+    let storage_env = |i: usize| crate::security::local_env(pki.as_ref(), Role::Storage, &format!("storage-{}", i + 1));
     let mut nodes: Vec<Node> = Vec::new();
     let storage_argv = |i: usize| -> Vec<String> {
         let data = dir.join(format!("storage-{}", i + 1)).to_string_lossy().into_owned();
@@ -129,12 +136,12 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
                 "--repair-streams-max",
                 &streams,
             ];
-            nodes.push(spawn(&exe, &name, &argv, &logs)?);
+            nodes.push(spawn(&exe, &name, &argv, &crate::security::local_env(pki.as_ref(), Role::Meta, &name)?, &logs)?);
         }
         for i in 0..storage_addrs.len() {
             let argv = storage_argv(i);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            nodes.push(spawn(&exe, &format!("storage-{}", i + 1), &argv, &logs)?);
+            nodes.push(spawn(&exe, &format!("storage-{}", i + 1), &argv, &storage_env(i)?, &logs)?);
         }
         Ok(())
     };
@@ -145,7 +152,7 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
     let outcome = async {
         wait_ready(meta.clone(), STORAGE_NODES).await?;
         say(format!("cluster: {META_NODES} metadata + {STORAGE_NODES} storage nodes on loopback, data in {}", dir.display()));
-        let client = DfsClient::new(RealEnv::default(), meta.clone(), ClientConfig { chunk_size: CHUNK, ..ClientConfig::default() });
+        let client = DfsClient::new(crate::security::env(), meta.clone(), ClientConfig { chunk_size: CHUNK, ..ClientConfig::default() });
         let files = (args.size.as_u64() / args.file_size.as_u64().max(1)).max(1);
         let source = dir.join("source.bin");
         write_random(&source, args.file_size.as_u64())?;
@@ -201,7 +208,7 @@ async fn repair_in(args: &RepairBenchArgs, dir: &Path) -> anyhow::Result<()> {
         // The node returns: its replicas are surplus now, and go.
         let argv = storage_argv(index);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        nodes[META_NODES + index] = spawn(&exe, &format!("storage-{}-again", index + 1), &argv, &logs)?;
+        nodes[META_NODES + index] = spawn(&exe, &format!("storage-{}-again", index + 1), &argv, &storage_env(index)?, &logs)?;
         let back = Instant::now();
         let settled = wait_until(&client, &meta, HEAL_LIMIT, |s: &proto::ClusterStatusResponse, fsck: &proto::FsckResponse| {
             fsck.over_replicated == 0 && fsck.under_replicated == 0 && s.storage_nodes.iter().all(|n| n.state == "alive")
@@ -243,7 +250,7 @@ async fn wait_until(
     done: impl Fn(&proto::ClusterStatusResponse, &proto::FsckResponse) -> bool,
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
-    let meta = dfs_core::meta_client::MetaClient::new(RealEnv::default(), meta.to_vec(), Default::default());
+    let meta = dfs_core::meta_client::MetaClient::new(crate::security::env(), meta.to_vec(), Default::default());
     loop {
         if let (Ok(status), Ok(fsck)) = (client.status().await, meta.call(proto::FsckRequest { path: String::new(), problems_max: 1 }).await) {
             if done(&status, &fsck) {

@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bench::{cpu_secs, free_loopback_addrs, own_cpu_secs, rss_hwm_bytes, rusage_secs};
 use crate::cluster::{spawn, stop, wait_ready, Node};
+use dfs_core::auth::Role;
 
 #[derive(Args)]
 pub struct TransferBenchArgs {
@@ -63,6 +64,10 @@ pub struct TransferBenchArgs {
     /// measured by the same harness, side by side (alternate the two in one session).
     #[arg(long, value_name = "PATH")]
     exe: Option<PathBuf>,
+    /// Run the cluster without TLS (the default is TLS with a CA made for the run, as `dfs
+    /// cluster up` does): to measure what TLS costs, side by side.
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl TransferBenchArgs {
@@ -105,19 +110,29 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
     let storage_addrs = free_loopback_addrs(STORAGE_NODES)?;
     let meta: Vec<String> = meta_addrs.iter().map(SocketAddr::to_string).collect();
     let peers: Vec<String> = meta.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let pki = crate::security::local_cluster(dir, args.insecure, &meta)?;
+    let client_env = crate::security::local_env(pki.as_ref(), Role::Client, "bench-client")?;
     let mut nodes: Vec<Node> = Vec::new();
     let mut started = || -> anyhow::Result<()> {
         for (i, addr) in meta_addrs.iter().enumerate() {
             let name = format!("meta-{}", i + 1);
             let data = dir.join(&name).to_string_lossy().into_owned();
             let id = (i + 1).to_string();
-            nodes.push(spawn(&exe, &name, &["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")], &logs)?);
+            let env = crate::security::local_env(pki.as_ref(), Role::Meta, &name)?;
+            nodes.push(spawn(
+                &exe,
+                &name,
+                &["meta", "--id", &id, "--listen", &addr.to_string(), "--data-dir", &data, "--peers", &peers.join(",")],
+                &env,
+                &logs,
+            )?);
         }
         for (i, addr) in storage_addrs.iter().enumerate() {
             let name = format!("storage-{}", i + 1);
             let data = dir.join(&name).to_string_lossy().into_owned();
             let argv = ["storage", "--listen", &addr.to_string(), "--meta", &meta.join(","), "--data-dir", &data, "--heartbeat-ms", "500"];
-            nodes.push(spawn(&exe, &name, &argv, &logs)?);
+            let env = crate::security::local_env(pki.as_ref(), Role::Storage, &name)?;
+            nodes.push(spawn(&exe, &name, &argv, &env, &logs)?);
         }
         Ok(())
     };
@@ -129,9 +144,10 @@ async fn transfer_in(args: &TransferBenchArgs, dir: &Path) -> anyhow::Result<()>
         wait_ready(meta.clone(), STORAGE_NODES).await?;
         say(format!("cluster: {META_NODES} metadata + {STORAGE_NODES} storage nodes on loopback, data in {}", dir.display()));
         let pids: Vec<u32> = nodes.iter().filter_map(|n| n.child.id()).collect();
-        let large = large_file(args, dir, &exe, &meta, &pids, &say).await?;
+        let reach = Reach { meta: meta.clone(), env: client_env.clone() };
+        let large = large_file(args, dir, &exe, &reach, &pids, &say).await?;
         let storage_rss: Vec<u64> = nodes[META_NODES..].iter().filter_map(|n| n.child.id()).filter_map(|pid| rss_hwm_bytes(pid).ok()).collect();
-        let small = if args.small_files > 0 { Some(small_files(args, dir, &meta, &say).await?) } else { None };
+        let small = if args.small_files > 0 { Some(small_files(args, dir, &reach, &say).await?) } else { None };
         Ok::<_, anyhow::Error>((large, storage_rss, small))
     }
     .await;
@@ -225,16 +241,23 @@ fn nodes_cpu(pids: &[u32]) -> (f64, f64) {
     (sum(&pids[..split]), sum(&pids[split..]))
 }
 
+/// How a client command reaches the bench's cluster: its metadata addresses and its TLS
+/// settings (`security::local_env`).
+struct Reach {
+    meta: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
 /// `run_dfs`, with the CPU time every process spent on it: the client's, and the nodes' over
 /// the same span (`pids`: metadata first).
-fn run_measured(exe: &Path, meta: &[String], dir: &Path, pids: &[u32], args: &[&str]) -> anyhow::Result<(f64, u64, Cpu)> {
+fn run_measured(exe: &Path, meta: &Reach, dir: &Path, pids: &[u32], args: &[&str]) -> anyhow::Result<(f64, u64, Cpu)> {
     let (meta_before, storage_before) = nodes_cpu(pids);
     let (secs, rss, client) = run_dfs(exe, meta, dir, args)?;
     let (meta_after, storage_after) = nodes_cpu(pids);
     Ok((secs, rss, Cpu { client, storage: storage_after - storage_before, meta: meta_after - meta_before }))
 }
 
-async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &[String], pids: &[u32], say: &impl Fn(String)) -> anyhow::Result<Large> {
+async fn large_file(args: &TransferBenchArgs, dir: &Path, exe: &Path, meta: &Reach, pids: &[u32], say: &impl Fn(String)) -> anyhow::Result<Large> {
     let size = args.size.as_u64();
     let source = dir.join("large.bin");
     write_pattern(&source, size)?;
@@ -440,11 +463,12 @@ fn copy_synced(source: &Path, dest: &Path) -> std::io::Result<()> {
 }
 
 /// Runs `dfs ARGS` against the cluster; returns its wall time, peak RSS and CPU time.
-fn run_dfs(exe: &Path, meta: &[String], dir: &Path, args: &[&str]) -> anyhow::Result<(f64, u64, f64)> {
+fn run_dfs(exe: &Path, meta: &Reach, dir: &Path, args: &[&str]) -> anyhow::Result<(f64, u64, f64)> {
     let started = Instant::now();
     let child = std::process::Command::new(exe)
         .args(args)
-        .env("DFS_META", meta.join(","))
+        .env("DFS_META", meta.meta.join(","))
+        .envs(meta.env.iter().map(|(k, v)| (k, v)))
         .env("DFS_STATE_DIR", dir.join("state"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -473,7 +497,7 @@ struct Small {
     cp_rate: f64,
 }
 
-async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &[String], say: &impl Fn(String)) -> anyhow::Result<Small> {
+async fn small_files(args: &TransferBenchArgs, dir: &Path, meta: &Reach, say: &impl Fn(String)) -> anyhow::Result<Small> {
     let n = args.small_files;
     let tree = dir.join("small");
     for i in 0..n {

@@ -83,7 +83,10 @@ pub fn spawn(name: &str, args: &[String], log_dir: &Path) -> Proc {
 /// `spawn` of another build of the binary (`bin`), with `env` added; its log is appended to.
 pub fn spawn_bin(bin: &Path, name: &str, args: &[String], log_dir: &Path, env: &[(&str, &str)]) -> Proc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{name}.log"))).unwrap();
+    // Nodes started by hand in tests run plaintext (TLS has its own tests, `real_tls`); a node
+    // with neither TLS flags nor --insecure refuses to start.
     let child = Command::new(bin)
+        .env("DFS_INSECURE", "1")
         .envs(env.iter().copied())
         .args(args)
         .env("RUST_LOG", "info")
@@ -162,11 +165,25 @@ pub fn cluster_up(base: u16, data: &Path) -> Proc {
     cluster_up_with(base, data, &[], Stdio::null())
 }
 
-/// `cluster_up` with more flags, its stderr going to `stderr`.
+/// `cluster_up` with more flags, its stderr going to `stderr`. Plaintext (`--insecure`), so that
+/// clients need no credentials; `cluster_up_tls` runs the default, TLS.
 pub fn cluster_up_with(base: u16, data: &Path, extra: &[&str], stderr: impl Into<Stdio>) -> Proc {
+    let mut args = vec!["--insecure"];
+    args.extend_from_slice(extra);
+    cluster_up_env(base, data, &args, stderr, &[])
+}
+
+/// `dfs cluster up` as a user runs it (TLS), writing the client's credentials into `config`
+/// (`DFS_CONFIG_DIR`).
+pub fn cluster_up_tls(base: u16, data: &Path, config: &Path) -> Proc {
+    cluster_up_env(base, data, &[], Stdio::null(), &[("DFS_CONFIG_DIR", config.to_str().unwrap())])
+}
+
+fn cluster_up_env(base: u16, data: &Path, extra: &[&str], stderr: impl Into<Stdio>, env: &[(&str, &str)]) -> Proc {
     let mut up = Command::new(DFS)
         .args(["cluster", "up", "--base-port", &base.to_string(), "--data-dir", &data.display().to_string(), "--heartbeat-ms", "500"])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
