@@ -1,9 +1,11 @@
 //! TLS and roles, with real processes on 127.0.0.1: `dfs cluster up` runs TLS by default and
 //! its local client needs no flags; a client without the cluster's CA, with another CA, or
 //! with a certificate whose role does not allow a call is refused in one line (exit 1); a node
-//! refuses to start without credentials or with another role's; and no chunk byte crosses the
-//! loopback in plaintext (a packet capture of a put, against the same capture of a cluster run
-//! with `--insecure`, where the bytes are seen: the check can fail).
+//! refuses to start without credentials or with another role's; each guarded call made on the
+//! wire with another role's certificate (Raft, storage registration, replication) is refused,
+//! and the right role gets past the check; and no chunk byte crosses the loopback in plaintext
+//! (a packet capture of a put, against the same capture of a cluster run with `--insecure`,
+//! where the bytes are seen: the check can fail).
 
 #![cfg(not(madsim))]
 
@@ -226,4 +228,77 @@ fn no_chunk_byte_crosses_the_loopback_in_plaintext() {
     assert!(seen_plain, "the capture of a put to an --insecure cluster ({plain_bytes} bytes) lacks the file's bytes: the check below could not fail");
     let (seen_tls, _) = captured_put(true);
     assert!(!seen_tls, "the file's bytes crossed the loopback in plaintext with TLS on");
+}
+
+/// Each guarded call, made on the wire with a certificate the cluster's CA signed but of another
+/// role (or with none), is refused by the node it reaches; the same call with the right role
+/// gets past the check (it may then fail on its empty payload, but not for its role), so the
+/// refusals are the roles' doing.
+#[test]
+fn nodes_refuse_guarded_calls_from_certificates_of_the_wrong_role() {
+    use dfs_core::env::Transport;
+    use dfs_core::proto;
+    use dfs_core::rpc::{ChunkService, RpcError};
+    use dfs_io_real::tls::Credentials;
+    use dfs_io_real::GrpcTransport;
+    use futures::StreamExt;
+
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let base = free_ports(CLUSTER_PORTS);
+    let data = dir.join("data");
+    let _up = cluster_up_tls(base, &data, &dir.join("config"));
+    let (meta, storage) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 100));
+    let tls = data.join("tls");
+    let out = Command::new(DFS)
+        .args(["cert", "issue", "--dir", tls.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--role", "client", "--name", "alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ca = tls.join("ca.pem");
+    // `cluster up`'s own certificates: meta-1 (role meta), storage-1 (storage); and alice's.
+    let with = |cert: &Path, key: &Path| GrpcTransport::new(Some(&Credentials::load(&ca, Some(cert), Some(key)).unwrap()));
+    let member = with(&tls.join("meta-1.pem"), &tls.join("meta-1.key"));
+    let storage_node = with(&tls.join("storage-1.pem"), &tls.join("storage-1.key"));
+    let alice = with(&dir.join("alice.pem"), &dir.join("alice.key"));
+    let anonymous = GrpcTransport::new(Some(&Credentials::load(&ca, None, None).unwrap()));
+    let refused = |what: &str, r: Result<(), RpcError>| match r {
+        Err(RpcError::FailedPrecondition(m)) if m.contains("needs a certificate of role") => {}
+        other => panic!("{what}: not refused for its role: {other:?}"),
+    };
+    // Past the check, the node's handler answers: the call itself (an empty payload) may be
+    // refused, but not for its role, and not left unanswered.
+    let admitted = |what: &str, r: Result<(), RpcError>| match r {
+        Ok(()) => {}
+        Err(RpcError::FailedPrecondition(m)) if m.contains("needs a certificate of role") => panic!("{what}: refused for its role: {m}"),
+        Err(RpcError::Transport(m)) => panic!("{what}: no answer: {m}"),
+        Err(e) => eprintln!("{what}: past the role check, answered {e}"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        // Raft: a storage node, a user and a caller without a certificate cannot vote, append
+        // or install a snapshot; a member can.
+        for (who, t) in [("storage-1", &storage_node), ("alice", &alice), ("no certificate", &anonymous)] {
+            refused(&format!("Vote by {who}"), t.unary(&meta, proto::VoteRequest::default()).await.map(drop));
+            refused(&format!("AppendEntries by {who}"), t.unary(&meta, proto::AppendEntriesRequest::default()).await.map(drop));
+            refused(&format!("InstallSnapshot by {who}"), t.unary(&meta, proto::InstallSnapshotRequest::default()).await.map(drop));
+        }
+        admitted("Vote by meta-1", member.unary(&meta, proto::VoteRequest::default()).await.map(drop));
+        // Joining as a storage node: not as a user.
+        for (who, t) in [("alice", &alice), ("no certificate", &anonymous)] {
+            refused(&format!("RegisterStorage by {who}"), t.unary(&meta, proto::RegisterStorageRequest::default()).await.map(drop));
+            refused(&format!("Heartbeat by {who}"), t.unary(&meta, proto::HeartbeatRequest::default()).await.map(drop));
+        }
+        admitted("RegisterStorage by storage-1", storage_node.unary(&meta, proto::RegisterStorageRequest::default()).await.map(drop));
+        // Writing replicas to a storage node: only another storage node, whole or in batches.
+        for (who, t) in [("alice", &alice), ("meta-1", &member), ("no certificate", &anonymous)] {
+            refused(&format!("ReplicateChunks by {who}"), t.unary(&storage, proto::ReplicateChunksRequest::default()).await.map(drop));
+            let frames = futures::stream::empty().boxed();
+            refused(&format!("ReplicateChunk by {who}"), t.write_chunk_frames(&storage, ChunkService::Replication, frames).await.map(drop));
+        }
+        admitted("ReplicateChunks by storage-1", storage_node.unary(&storage, proto::ReplicateChunksRequest::default()).await.map(drop));
+    });
+    // The cluster still serves: nothing refused did anything.
+    let out = dfs_with(&meta_of(base), &dir.join("config"), &["status"]);
+    assert!(out.status.success(), "status after the refusals: {}", stderr(&out));
 }
