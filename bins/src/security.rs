@@ -134,11 +134,15 @@ const RECORD_CERT: &str = "cert.pem";
 const RECORD_KEY: &str = "key.pem";
 
 /// Resolves a client's credentials for the metadata nodes at `meta` (see the module doc) and
-/// makes them the process's. Returns where the CA came from, for error messages.
-pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Result<Option<PathBuf>> {
+/// makes them the process's. Once they are set, later calls (a command that builds several
+/// clients) read no file again: a process has one identity.
+pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Result<()> {
+    if TRANSPORT.get().is_some() {
+        return Ok(());
+    }
     if args.insecure {
         set_credentials(None);
-        return Ok(None);
+        return Ok(());
     }
     let (ca, cert, key) = match &args.ca {
         Some(ca) => (ca.clone(), args.cert.clone(), args.key.clone()),
@@ -146,7 +150,7 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
             let record = config_dir().and_then(|config| meta.iter().map(|a| cluster_record(&config, a)).find(|r| r.join(RECORD_CA).is_file()));
             let Some(record) = record else {
                 set_credentials(None);
-                return Ok(None);
+                return Ok(());
             };
             let (cert, key) = (record.join(RECORD_CERT), record.join(RECORD_KEY));
             let identity = cert.is_file() && key.is_file();
@@ -157,7 +161,7 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
     };
     let credentials = Credentials::load(&ca, cert.as_deref(), key.as_deref()).map_err(tls_error)?;
     set_credentials(Some(&credentials));
-    Ok(Some(ca))
+    Ok(())
 }
 
 /// The CA, certificates and keys of a cluster this binary runs itself (`cluster up`, the
