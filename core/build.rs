@@ -24,6 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// trait and a `<service>_dispatch` function decoding a request by method name.
 struct CoreServiceGlue;
 
+/// Services whose every call is weighed against its caller as a user (`dfs_core::auth`): their
+/// handler trait has `admit`, called with the caller (`auth::Peer`) before each handler, and
+/// their requests must implement `auth::Guard`. The others (Raft, chunk batches) are the
+/// cluster's own traffic, checked by certificate role before decoding.
+const GUARDED: &[&str] = &["MetadataService"];
+
 impl prost_build::ServiceGenerator for CoreServiceGlue {
     fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
         let unary: Vec<_> = service.methods.iter().filter(|m| !m.client_streaming && !m.server_streaming).collect();
@@ -44,8 +50,16 @@ impl prost_build::ServiceGenerator for CoreServiceGlue {
             .unwrap();
         }
 
+        let guarded = GUARDED.contains(&service.name.as_str());
         writeln!(buf, "/// Server side of the unary methods of `{full_name}`.").unwrap();
         writeln!(buf, "pub trait {handler}: Send + Sync + 'static {{").unwrap();
+        if guarded {
+            writeln!(
+                buf,
+                "    /// Whether `peer` may make `request`: called before each handler.\n    fn admit<R: crate::rpc::Rpc + crate::auth::Guard + Sync>(&self, peer: &crate::auth::Peer, request: &R) -> impl ::core::future::Future<Output = ::core::result::Result<(), crate::rpc::RpcError>> + Send;"
+            )
+            .unwrap();
+        }
         for m in &unary {
             writeln!(
                 buf,
@@ -65,20 +79,20 @@ impl prost_build::ServiceGenerator for CoreServiceGlue {
              /// encodes its reply. `None` when `method` is not a unary method of `{full_name}`."
         )
         .unwrap();
+        let peer_param = if guarded { "peer: &crate::auth::Peer, " } else { "" };
         writeln!(
             buf,
-            "pub async fn {dispatch}<H: {handler}>(handler: &H, method: &str, body: ::bytes::Bytes) -> ::core::option::Option<::core::result::Result<::bytes::Bytes, crate::rpc::RpcError>> {{"
+            "pub async fn {dispatch}<H: {handler}>(handler: &H, {peer_param}method: &str, body: ::bytes::Bytes) -> ::core::option::Option<::core::result::Result<::bytes::Bytes, crate::rpc::RpcError>> {{"
         )
         .unwrap();
         writeln!(buf, "    match method {{").unwrap();
         for m in &unary {
-            writeln!(
-                buf,
-                "        \"{proto}\" => Some(crate::rpc::dispatch_decoded(body, |r| handler.{name}(r)).await),",
-                proto = m.proto_name,
-                name = m.name,
-            )
-            .unwrap();
+            let call = if guarded {
+                format!("|r| async move {{ handler.admit(peer, &r).await?; handler.{}(r).await }}", m.name)
+            } else {
+                format!("|r| handler.{}(r)", m.name)
+            };
+            writeln!(buf, "        \"{proto}\" => Some(crate::rpc::dispatch_decoded(body, {call}).await),", proto = m.proto_name).unwrap();
         }
         writeln!(buf, "        _ => None,\n    }}\n}}").unwrap();
     }

@@ -46,10 +46,20 @@ impl prost_build::ServiceGenerator for CoreAdapters {
         let module = format!("{}_server", service.name.to_snake_case());
         writeln!(buf, "#[::tonic::async_trait]").unwrap();
         writeln!(buf, "impl<H: ::dfs_core::proto::{name}Handler> {module}::{name} for crate::grpc::Adapter<H> {{", name = service.name).unwrap();
+        // Must match `GUARDED` in dfs-core's build.rs: these handlers have `admit`.
+        let guarded = service.name == "MetadataService";
         for m in &service.methods {
+            let body = if guarded {
+                format!(
+                    "let peer = crate::tls::peer_of(&request);\n        let request = request.into_inner();\n        crate::grpc::respond(async {{ self.0.admit(&peer, &request).await?; self.0.{}(request).await }}.await)",
+                    m.name
+                )
+            } else {
+                format!("crate::grpc::respond(self.0.{}(request.into_inner()).await)", m.name)
+            };
             writeln!(
                 buf,
-                "    async fn {name}(&self, request: ::tonic::Request<{input}>) -> ::core::result::Result<::tonic::Response<{output}>, ::tonic::Status> {{\n        crate::grpc::respond(self.0.{name}(request.into_inner()).await)\n    }}",
+                "    async fn {name}(&self, request: ::tonic::Request<{input}>) -> ::core::result::Result<::tonic::Response<{output}>, ::tonic::Status> {{\n        {body}\n    }}",
                 name = m.name,
                 input = m.input_type,
                 output = m.output_type,

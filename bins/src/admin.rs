@@ -6,6 +6,8 @@ use clap::{Args, Subcommand};
 use dfs_core::client::{ClientConfig, ClientError};
 use dfs_core::proto::{self, MetaStatusResponse};
 
+use dfs_core::namespace::utc_time;
+
 use crate::cli::{emit, emit_json, usage, Ctx, MetaFlag};
 use crate::output::MetaStatusJson;
 
@@ -29,6 +31,70 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Users' bearer tokens: make one (for DFS_TOKEN or --token), list them, revoke one.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once, alone on stdout (what it is goes to stderr), and kept
+    /// nowhere: `export DFS_TOKEN=$(dfs admin token create --name alice --role read)`.
+    Create(TokenCreateArgs),
+    /// Every token the cluster keeps: id, name, role, prefix, when made, when it expires.
+    List(TokenListArgs),
+    /// Revoke a token at once, on every metadata node.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args)]
+pub struct TokenCreateArgs {
+    /// Whose token it is: named in listings and in refusals (letters, digits, . _ @ -).
+    #[arg(long)]
+    name: String,
+    /// What it may do: read (files and the cluster's state), write (also create, change and
+    /// delete files), admin (also administer the cluster and its tokens).
+    #[arg(long, value_parser = ["read", "write", "admin"])]
+    role: String,
+    /// The only subtree it reaches (e.g. /home/alice); default: everything.
+    #[arg(long, default_value = "/")]
+    prefix: String,
+    /// How long it lasts (e.g. 1h, 30d, 1y), or `never`.
+    #[arg(long, default_value = "30d", value_parser = parse_ttl)]
+    ttl: TokenTtl,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+#[derive(Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id, as `dfs admin token list` shows it (16 hex digits).
+    id: String,
+    #[command(flatten)]
+    meta: MetaFlag,
+}
+
+/// A token's lifetime: `None` never ends.
+#[derive(Clone, Copy, Debug)]
+struct TokenTtl(Option<std::time::Duration>);
+
+fn parse_ttl(s: &str) -> Result<TokenTtl, String> {
+    if s == "never" {
+        return Ok(TokenTtl(None));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a lifetime like 1h, 30d or never: {e}"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("a token lasts at least 1s (or `never`)".into());
+    }
+    Ok(TokenTtl(Some(d)))
 }
 
 #[derive(Subcommand)]
@@ -87,6 +153,7 @@ pub async fn run(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Decommission(args) => return set_draining(ctx, args, true).await,
         AdminCommand::Recommission(args) => return set_draining(ctx, args, false).await,
         AdminCommand::Node { command: NodeCommand::Forget(args) } => return forget(ctx, args).await,
+        AdminCommand::Token { command } => return token(ctx, command).await,
         AdminCommand::Meta { command: MetaCommand::Add(args) } => {
             let bad = || usage(format!("{:?} is not ID=HOST:PORT with an id of 1 or more", args.member));
             let (id, addr) = args.member.split_once('=').ok_or_else(bad)?;
@@ -184,4 +251,98 @@ async fn forget(ctx: &Ctx, args: NodeArg) -> anyhow::Result<()> {
         return emit_json(&serde_json::json!({ "node_id": id, "addr": node.addr, "forgotten": true }));
     }
     emit(&format!("storage node {id} ({}) forgotten; repair replaces its replicas\n", node.addr))
+}
+
+/// A token as listings and `--json` show it.
+#[derive(serde::Serialize)]
+struct TokenJson {
+    id: String,
+    name: String,
+    role: String,
+    prefix: String,
+    created: String,
+    /// `None`: never.
+    expires: Option<String>,
+    expired: bool,
+}
+
+impl TokenJson {
+    fn new(t: &proto::TokenInfo, now_unix_ms: u64) -> TokenJson {
+        TokenJson {
+            id: format!("{:016x}", t.id),
+            name: t.name.clone(),
+            role: t.role.clone(),
+            prefix: t.prefix.clone(),
+            created: utc_time(t.created_unix_ms),
+            expires: t.expires_unix_ms.map(utc_time),
+            expired: t.expires_unix_ms.is_some_and(|at| now_unix_ms >= at),
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn token(ctx: &Ctx, command: TokenCommand) -> anyhow::Result<()> {
+    let failed = |context: String| move |source| crate::transfer::explain(ClientError::Metadata { context, source });
+    match command {
+        TokenCommand::Create(args) => {
+            dfs_core::tokens::check_name(&args.name).map_err(|e| usage(e.to_string()))?;
+            let prefix = crate::cli::remote_path(&args.prefix)?;
+            let ttl_ms = args.ttl.0.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
+            let client = args.meta.meta_client()?;
+            let request = proto::CreateTokenRequest { name: args.name.clone(), role: args.role.clone(), prefix, ttl_ms };
+            let reply = client.call(request).await.map_err(failed(format!("token create {}", args.name)))?;
+            let info = TokenJson::new(&reply.info.unwrap_or_default(), now_unix_ms());
+            if ctx.json {
+                let mut value = serde_json::to_value(&info)?;
+                value["token"] = reply.token.into();
+                return emit_json(&value);
+            }
+            eprintln!(
+                "token {} for {}: role {}, prefix {}, expires {}. It is shown only now: keep it secret, pass it as DFS_TOKEN or --token",
+                info.id,
+                info.name,
+                info.role,
+                info.prefix,
+                info.expires.as_deref().unwrap_or("never")
+            );
+            emit(&format!("{}\n", reply.token))
+        }
+        TokenCommand::List(args) => {
+            let reply = args.meta.meta_client()?.call(proto::ListTokensRequest {}).await.map_err(failed("token list".into()))?;
+            let now = now_unix_ms();
+            let tokens: Vec<TokenJson> = reply.tokens.iter().map(|t| TokenJson::new(t, now)).collect();
+            if ctx.json {
+                return emit_json(&tokens);
+            }
+            let mut out = format!("{:<16}  {:<20}  {:<5}  {:<24}  {:<20}  {}\n", "ID", "NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES");
+            for t in &tokens {
+                let expires = match (&t.expires, t.expired) {
+                    (None, _) => "never".to_string(),
+                    (Some(at), false) => at.clone(),
+                    (Some(at), true) => format!("{at} (expired)"),
+                };
+                let _ = writeln!(out, "{:<16}  {:<20}  {:<5}  {:<24}  {:<20}  {expires}", t.id, t.name, t.role, crate::cli::shown(&t.prefix), t.created);
+            }
+            if tokens.is_empty() {
+                out.push_str("(no tokens: make one with `dfs admin token create --name NAME --role read|write|admin`)\n");
+            }
+            emit(&out)
+        }
+        TokenCommand::Revoke(args) => {
+            let text = args.id.trim();
+            let id = u64::from_str_radix(text, 16)
+                .ok()
+                .filter(|_| !text.is_empty() && text.len() <= 16)
+                .ok_or_else(|| usage(format!("{:?} is not a token id: 16 hex digits, as `dfs admin token list` shows", args.id)))?;
+            let reply = args.meta.meta_client()?.call(proto::RevokeTokenRequest { id }).await.map_err(failed(format!("token revoke {id:016x}")))?;
+            let info = TokenJson::new(&reply.info.unwrap_or_default(), now_unix_ms());
+            if ctx.json {
+                return emit_json(&serde_json::json!({ "id": info.id, "name": info.name, "revoked": true }));
+            }
+            emit(&format!("revoked token {} ({}): it is refused from now on\n", info.id, info.name))
+        }
+    }
 }

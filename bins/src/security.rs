@@ -58,6 +58,10 @@ pub struct ClientTlsArgs {
     /// --insecure).
     #[arg(long, env = "DFS_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
+    /// A bearer token the cluster made (`dfs admin token create`): act as its user, with its
+    /// role and path prefix. It wins over a certificate. Sent only over TLS.
+    #[arg(long, env = "DFS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The transport every call of this process goes out on (its credentials), set once.
@@ -69,8 +73,12 @@ pub fn env() -> RealEnv {
 }
 
 fn set_credentials(credentials: Option<&Credentials>) {
+    set_transport(GrpcTransport::new(credentials));
+}
+
+fn set_transport(transport: GrpcTransport) {
     // The first setting wins: a process has one identity.
-    let _ = TRANSPORT.set(GrpcTransport::new(credentials));
+    let _ = TRANSPORT.set(transport);
 }
 
 /// Loads a node's credentials (checking the certificate is of `role`) and makes them the
@@ -141,6 +149,8 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
         return Ok(());
     }
     if args.insecure {
+        // A token over plaintext would be readable on the wire, and a node run with
+        // --insecure checks none: it is not sent.
         set_credentials(None);
         return Ok(());
     }
@@ -149,6 +159,11 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
         None => {
             let record = config_dir().and_then(|config| meta.iter().map(|a| cluster_record(&config, a)).find(|r| r.join(RECORD_CA).is_file()));
             let Some(record) = record else {
+                if args.token.is_some() {
+                    return Err(usage(
+                        "a token is sent only over TLS, and no CA is known for this cluster: give its CA (--ca or DFS_CA), or --insecure for a cluster without TLS (which needs no token)",
+                    ));
+                }
                 set_credentials(None);
                 return Ok(());
             };
@@ -160,7 +175,11 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
         }
     };
     let credentials = Credentials::load(&ca, cert.as_deref(), key.as_deref()).map_err(tls_error)?;
-    set_credentials(Some(&credentials));
+    let mut transport = GrpcTransport::new(Some(&credentials));
+    if let Some(token) = &args.token {
+        transport = transport.with_token(token).map_err(|e| usage(e.to_string()))?;
+    }
+    set_transport(transport);
     Ok(())
 }
 
@@ -248,7 +267,7 @@ pub fn local_cluster(data_dir: &Path, insecure: bool, meta: &[String]) -> anyhow
     }
     let pki = LocalPki::open(data_dir)?;
     let (cert, key) = pki.identity(Role::Admin, "admin")?;
-    client_credentials(&ClientTlsArgs { ca: Some(pki.ca_path()), cert: Some(cert), key: Some(key), insecure: false }, meta)?;
+    client_credentials(&ClientTlsArgs { ca: Some(pki.ca_path()), cert: Some(cert), key: Some(key), insecure: false, token: None }, meta)?;
     Ok(Some(pki))
 }
 

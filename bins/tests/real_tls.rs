@@ -90,10 +90,10 @@ fn cluster_up_runs_tls_and_refuses_clients_without_the_right_credentials() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("/f.bin"), "ls as alice: {}", stderr(&out));
     let mut fsck = vec!["fsck", "/"];
     fsck.extend(alice);
-    refused(dfs_with(&meta, &elsewhere, &fsck), "Fsck needs a certificate of role admin or meta; the caller's (alice) is of role client", "fsck as a client");
+    refused(dfs_with(&meta, &elsewhere, &fsck), "Fsck needs the admin role; certificate \"alice\" (role client) has write", "fsck as a client");
     let mut remove = vec!["admin", "meta", "remove", "3"];
     remove.extend(alice);
-    refused(dfs_with(&meta, &elsewhere, &remove), "is of role client", "removing a member as a client");
+    refused(dfs_with(&meta, &elsewhere, &remove), "RemoveMetaMember needs the admin role", "removing a member as a client");
     // The node logged the refusal with who asked.
     let logged = wait_for(Duration::from_secs(10), "the refusal in a metadata node's log", || {
         (1..=3).find_map(|i| {
@@ -263,14 +263,14 @@ fn nodes_refuse_guarded_calls_from_certificates_of_the_wrong_role() {
     let alice = with(&dir.join("alice.pem"), &dir.join("alice.key"));
     let anonymous = GrpcTransport::new(Some(&Credentials::load(&ca, None, None).unwrap()));
     let refused = |what: &str, r: Result<(), RpcError>| match r {
-        Err(RpcError::FailedPrecondition(m)) if m.contains("needs a certificate of role") => {}
+        Err(RpcError::PermissionDenied(m)) if m.contains("needs a certificate of role") => {}
         other => panic!("{what}: not refused for its role: {other:?}"),
     };
     // Past the check, the node's handler answers: the call itself (an empty payload) may be
     // refused, but not for its role, and not left unanswered.
     let admitted = |what: &str, r: Result<(), RpcError>| match r {
         Ok(()) => {}
-        Err(RpcError::FailedPrecondition(m)) if m.contains("needs a certificate of role") => panic!("{what}: refused for its role: {m}"),
+        Err(RpcError::PermissionDenied(m)) if m.contains("needs a certificate of role") => panic!("{what}: refused for its role: {m}"),
         Err(RpcError::Transport(m)) => panic!("{what}: no answer: {m}"),
         Err(e) => eprintln!("{what}: past the role check, answered {e}"),
     };

@@ -602,6 +602,16 @@ pub enum Command {
         request: RequestId,
         command: Box<Command>,
     },
+    /// A user's bearer token (`crate::tokens`). `key` becomes the cluster's token key if it has
+    /// none yet (the first token), and is ignored otherwise.
+    CreateToken {
+        record: crate::tokens::TokenRecord,
+        key: crate::tokens::TokenKey,
+    },
+    /// Revokes token `id`: its record goes, and with it every member's acceptance of it.
+    RevokeToken {
+        id: u64,
+    },
     /// Independent commands of several clients in one log entry (the leader groups what
     /// arrives together, so that one fsync carries many). Each is applied on its own, in
     /// order, with its own result: one refused command does not affect the others.
@@ -631,6 +641,8 @@ pub struct ReportTally {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Done,
+    TokenCreated(crate::tokens::TokenRecord),
+    TokenRevoked(crate::tokens::TokenRecord),
     ReplicasReported(ReportTally),
     FileCreated(FileId),
     FileCommitted(FileSummary),
@@ -734,6 +746,8 @@ pub enum NamespaceError {
     RequestTooOld { client: u64, seq: u64 },
     #[error("this cluster is {current:?}, not {proposed:?}")]
     ClusterIdMismatch { current: String, proposed: String },
+    #[error(transparent)]
+    Token(#[from] crate::tokens::TokenError),
 }
 
 pub type ApplyResult = Result<Outcome, NamespaceError>;
@@ -810,6 +824,12 @@ impl Command {
             Command::Mkdir { path, .. } => {
                 normalize_path(path)?;
             }
+            Command::CreateToken { record, .. } => {
+                crate::tokens::check_name(&record.name)?;
+                if normalize_path(&record.prefix)? != record.prefix {
+                    return Err(NamespaceError::InvalidArgument(format!("token prefix {:?} is not normalized", record.prefix)));
+                }
+            }
             Command::CopyFile { src, dst, .. } => {
                 let (src, dst) = (normalize_path(src)?, normalize_path(dst)?);
                 if src == dst {
@@ -863,7 +883,8 @@ impl Command {
             | Command::ForgetDeletedReplicas { .. }
             | Command::MarkReplicaBad { .. }
             | Command::SetDraining { .. }
-            | Command::ForgetStorageNode { .. } => {}
+            | Command::ForgetStorageNode { .. }
+            | Command::RevokeToken { .. } => {}
             Command::MarkReplicasMissing { chunks, .. } => {
                 if chunks.len() > DROP_REPLICAS_MAX {
                     return Err(NamespaceError::InvalidArgument(format!("{} missing replicas in one command; at most {DROP_REPLICAS_MAX}", chunks.len())));
@@ -951,6 +972,10 @@ pub struct Namespace {
     shared_chunks: BTreeMap<ChunkId, BTreeSet<FileId>>,
     /// `Once` requests applied so far: orders sessions by last use, deterministically.
     applied: u64,
+    /// Users' tokens and the key that signs them. Absent from snapshots of older versions and
+    /// of clusters that never made one.
+    #[serde(default)]
+    tokens: crate::tokens::TokenTable,
 }
 
 /// The same fields in the same shape as earlier versions wrote them, with each directory's
@@ -959,7 +984,7 @@ impl Serialize for Namespace {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use map_as_pairs::Pairs;
         use serde::ser::SerializeStruct;
-        let optional = usize::from(!self.bad_replicas.is_empty()) + usize::from(!self.shared_chunks.is_empty());
+        let optional = usize::from(!self.bad_replicas.is_empty()) + usize::from(!self.shared_chunks.is_empty()) + usize::from(!self.tokens.is_empty());
         let mut out = s.serialize_struct("Namespace", 11 + optional)?;
         out.serialize_field("files", &self.files)?;
         out.serialize_field("dirs", &DirsOut(self))?;
@@ -978,6 +1003,9 @@ impl Serialize for Namespace {
             out.serialize_field("shared_chunks", &Pairs(&self.shared_chunks))?;
         }
         out.serialize_field("applied", &self.applied)?;
+        if !self.tokens.is_empty() {
+            out.serialize_field("tokens", &self.tokens)?;
+        }
         out.end()
     }
 }
@@ -1067,11 +1095,17 @@ impl Default for Namespace {
             applied: 0,
             bad_replicas: BTreeMap::new(),
             shared_chunks: BTreeMap::new(),
+            tokens: crate::tokens::TokenTable::default(),
         }
     }
 }
 
 impl Namespace {
+    /// Users' tokens (`crate::tokens`).
+    pub fn tokens(&self) -> &crate::tokens::TokenTable {
+        &self.tokens
+    }
+
     pub fn apply(&mut self, command: Command) -> ApplyResult {
         // The log is not trusted: what a server checked before proposing is checked again.
         command.validate()?;
@@ -1146,6 +1180,8 @@ impl Namespace {
                 });
                 Ok(Outcome::Done)
             }
+            Command::CreateToken { record, key } => Ok(Outcome::TokenCreated(self.tokens.create(record, key)?)),
+            Command::RevokeToken { id } => Ok(Outcome::TokenRevoked(self.tokens.revoke(id)?)),
             Command::SetClusterId { cluster_id } => match &self.cluster_id {
                 Some(current) if *current != cluster_id => Err(NamespaceError::ClusterIdMismatch { current: current.clone(), proposed: cluster_id }),
                 Some(_) => Ok(Outcome::Done),
@@ -1897,6 +1933,11 @@ impl Namespace {
         }
     }
 
+    /// Where upload `file` goes, or, once committed, where its file is.
+    pub fn path_of_upload(&self, file: FileId) -> Option<&str> {
+        self.uploads.get(&file).map(|u| u.path.as_str()).or_else(|| self.paths_by_id.get(&file).map(|p| p.as_str()))
+    }
+
     pub fn upload(&self, file: FileId) -> Option<&Upload> {
         self.uploads.get(&file)
     }
@@ -2190,6 +2231,14 @@ pub fn trash_bucket(user: &str, unix_ms: u64) -> String {
     let (y, m, d) = civil_from_days((minutes / (24 * 60)) as i64);
     let (hh, mm) = ((minutes / 60) % 24, minutes % 60);
     format!("{TRASH_DIR}/{user}/{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:00Z")
+}
+
+/// `unix_ms` as a UTC time to the second, `2026-12-06T09:31:05Z`.
+pub fn utc_time(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let (y, m, d) = civil_from_days((seconds / 86_400) as i64);
+    let (hh, mm, ss) = ((seconds / 3600) % 24, (seconds / 60) % 60, seconds % 60);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 /// When a trash bucket (its name, `2026-12-06T09:31:00Z` or a variant `...Z.3`) was filled,

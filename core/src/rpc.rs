@@ -55,6 +55,10 @@ pub enum RpcError {
     NoSpace(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not do this (`crate::auth`): no credential, a token revoked or expired, a
+    /// grant too small, a path outside a token's prefix. The message says which.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The other side failed in a way it should not (a bug, an invariant broken there).
     #[error("internal error: {0}")]
     Internal(String),
@@ -149,7 +153,11 @@ impl RpcError {
     /// Whose fault this is (see `Fault`).
     pub fn fault(&self) -> Fault {
         match self {
-            RpcError::NotFound(_) | RpcError::AlreadyExists(_) | RpcError::InvalidArgument(_) | RpcError::FailedPrecondition(_) => Fault::Caller,
+            RpcError::NotFound(_)
+            | RpcError::AlreadyExists(_)
+            | RpcError::InvalidArgument(_)
+            | RpcError::FailedPrecondition(_)
+            | RpcError::PermissionDenied(_) => Fault::Caller,
             RpcError::ChecksumMismatch(_) | RpcError::Internal(_) | RpcError::Malformed(_) => Fault::Peer,
             RpcError::NotLeader { .. } | RpcError::Unavailable(_) | RpcError::NoSpace(_) | RpcError::Transport(_) => Fault::World,
         }
@@ -167,6 +175,7 @@ impl RpcError {
             RpcError::ChecksumMismatch(_) => GrpcCode::DataLoss,
             RpcError::NoSpace(_) => GrpcCode::ResourceExhausted,
             RpcError::FailedPrecondition(_) => GrpcCode::FailedPrecondition,
+            RpcError::PermissionDenied(_) => GrpcCode::PermissionDenied,
             RpcError::Internal(_) => GrpcCode::Internal,
         }
     }
@@ -183,7 +192,8 @@ impl RpcError {
             Some(GrpcCode::InvalidArgument | GrpcCode::OutOfRange) => RpcError::InvalidArgument(m),
             Some(GrpcCode::ResourceExhausted) => RpcError::NoSpace(m),
             Some(GrpcCode::DataLoss) => RpcError::ChecksumMismatch(m),
-            Some(GrpcCode::FailedPrecondition | GrpcCode::PermissionDenied | GrpcCode::Unauthenticated) => RpcError::FailedPrecondition(m),
+            Some(GrpcCode::FailedPrecondition) => RpcError::FailedPrecondition(m),
+            Some(GrpcCode::PermissionDenied | GrpcCode::Unauthenticated) => RpcError::PermissionDenied(m),
             Some(GrpcCode::Unimplemented) => RpcError::InvalidArgument(format!("{m} (is {to} a dfs node of the right kind?)")),
             Some(GrpcCode::Internal) | None => RpcError::Internal(m),
         }
@@ -202,6 +212,7 @@ impl RpcError {
             RpcError::ChecksumMismatch(m) => (ErrorCode::ChecksumMismatch, m.clone()),
             RpcError::NoSpace(m) => (ErrorCode::NoSpace, m.clone()),
             RpcError::FailedPrecondition(m) => (ErrorCode::FailedPrecondition, m.clone()),
+            RpcError::PermissionDenied(m) => (ErrorCode::PermissionDenied, m.clone()),
             RpcError::Internal(m) => (ErrorCode::Internal, m.clone()),
         };
         let leader = match self {
@@ -222,6 +233,7 @@ impl RpcError {
             ErrorCode::ChecksumMismatch => RpcError::ChecksumMismatch(m),
             ErrorCode::NoSpace => RpcError::NoSpace(m),
             ErrorCode::FailedPrecondition => RpcError::FailedPrecondition(m),
+            ErrorCode::PermissionDenied => RpcError::PermissionDenied(m),
             ErrorCode::Internal | ErrorCode::Unspecified => RpcError::Internal(m),
         }
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use dfs_core::auth::{self, Caller, Role};
+use dfs_core::auth::{self, Caller, Peer, Role};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -284,14 +284,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let Some(node) = &self.node else {
+            request.extensions_mut().insert(Peer::unchecked());
+            return futures::future::Either::Right(self.inner.call(request));
+        };
         let path = request.uri().path();
-        let Some(node) = &self.node else { return futures::future::Either::Right(self.inner.call(request)) };
-        if auth::need(path) == auth::Need::Anyone {
+        let guarded = auth::need(path) != auth::Need::Anyone;
+        let user_call = path.starts_with(USER_SERVICE);
+        if !guarded && !user_call {
             return futures::future::Either::Right(self.inner.call(request));
         }
         let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-        let peer = info.and_then(|i| i.get_ref().remote_addr());
+        let addr = info.and_then(|i| i.get_ref().remote_addr());
         let leaf = info.and_then(|i| i.peer_certs()).and_then(|certs| certs.first().map(|c| caller_of(c.as_ref())));
         let caller = match leaf {
             Some(Ok(caller)) => Some(caller),
@@ -299,14 +304,37 @@ where
             Some(Err(_)) => Some(Caller { name: "(unreadable certificate)".into(), role: None }),
             None => None,
         };
-        match auth::check(path, caller.as_ref()) {
-            Ok(()) => futures::future::Either::Right(self.inner.call(request)),
-            Err(refusal) => {
-                tracing::warn!(node = %node, peer = ?peer, caller = caller.as_ref().map(|c| c.name.as_str()).unwrap_or("(no certificate)"), "refused: {refusal}");
-                futures::future::Either::Left(futures::future::ready(Ok(tonic::Status::permission_denied(refusal.to_string()).into_http())))
-            }
+        if let Err(refusal) = auth::check(path, caller.as_ref()) {
+            tracing::warn!(node = %node, peer = ?addr, caller = caller.as_ref().map(|c| c.name.as_str()).unwrap_or("(no certificate)"), "refused: {refusal}");
+            return futures::future::Either::Left(futures::future::ready(Ok(tonic::Status::permission_denied(refusal.to_string()).into_http())));
         }
+        if user_call {
+            let token = request.headers().get(http::header::AUTHORIZATION).map(|v| bearer(v.as_bytes()));
+            request.extensions_mut().insert(Peer { checked: true, cert: caller, token, addr: addr.map(|a| a.to_string()) });
+        }
+        futures::future::Either::Right(self.inner.call(request))
     }
+}
+
+/// The service whose calls are weighed as a user's (`dfs_core::auth`, the metadata node's
+/// `admit`): its calls get the caller's `Peer`.
+const USER_SERVICE: &str = "/dfs.v1.MetadataService/";
+
+/// The token in an `authorization` header's value: what follows `Bearer `, else the whole
+/// value (which then fails as malformed, saying what a token looks like).
+fn bearer(value: &[u8]) -> String {
+    let value = String::from_utf8_lossy(value);
+    match value.strip_prefix("Bearer ") {
+        Some(token) => token.trim().to_string(),
+        None => value.into_owned(),
+    }
+}
+
+/// The caller of a metadata call, as `AuthLayer` found it. A request that did not pass the
+/// layer is taken as from a checked node's caller with nothing to show: refused, not waved
+/// through.
+pub fn peer_of<T>(request: &tonic::Request<T>) -> Peer {
+    request.extensions().get::<Peer>().cloned().unwrap_or(Peer { checked: true, ..Peer::default() })
 }
 
 #[cfg(test)]

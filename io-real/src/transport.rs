@@ -22,18 +22,30 @@ use crate::tls::Credentials;
 const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
 const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
 const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
+/// Calls to it carry the user's token; chunk calls to storage nodes do not.
+const METADATA_SERVICE: &str = "/dfs.v1.MetadataService/";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GrpcTransport {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     connect_timeout: Duration,
     /// `None`: plaintext (`--insecure`).
     tls: Option<ClientTlsConfig>,
+    /// A user's bearer token (`--token`, `DFS_TOKEN`), sent with each call to a metadata node
+    /// (`authorization: Bearer ...`): the `authorization` value, made once.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+/// Written by hand so that the token is never printed.
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport").field("tls", &self.tls.is_some()).field("token", &self.token.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Default for GrpcTransport {
     fn default() -> Self {
-        GrpcTransport { channels: Arc::default(), connect_timeout: Duration::from_secs(3), tls: None }
+        GrpcTransport { channels: Arc::default(), connect_timeout: Duration::from_secs(3), tls: None, token: None }
     }
 }
 
@@ -42,6 +54,16 @@ impl GrpcTransport {
     /// process's certificate if it has one), or in plaintext with `None`.
     pub fn new(credentials: Option<&Credentials>) -> Self {
         GrpcTransport { tls: credentials.map(Credentials::client_config), ..GrpcTransport::default() }
+    }
+
+    /// The same, also sending `token` to metadata nodes. A token is refused here if it could not
+    /// travel as a header value (control characters, non-ASCII): no token the cluster makes
+    /// is like that.
+    pub fn with_token(mut self, token: &str) -> Result<Self, RpcError> {
+        let value = format!("Bearer {}", token.trim());
+        self.token =
+            Some(value.parse().map_err(|_| RpcError::InvalidArgument("the token has characters no dfs token has (check DFS_TOKEN or --token)".into()))?);
+        Ok(self)
     }
 
     fn client(&self, to: &str) -> Result<tonic::client::Grpc<Channel>, RpcError> {
@@ -116,11 +138,11 @@ impl Transport for GrpcTransport {
         async move {
             let mut client = self.ready(&to).await?;
             let codec = ProstCodec::<R, R::Response>::default();
-            client
-                .unary(tonic::Request::new(request), PathAndQuery::from_static(R::PATH), codec)
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| self.status_error(&to, s))
+            let mut request = tonic::Request::new(request);
+            if let Some(token) = self.token.as_ref().filter(|_| R::PATH.starts_with(METADATA_SERVICE)) {
+                request.metadata_mut().insert("authorization", token.clone());
+            }
+            client.unary(request, PathAndQuery::from_static(R::PATH), codec).await.map(|r| r.into_inner()).map_err(|s| self.status_error(&to, s))
         }
     }
 

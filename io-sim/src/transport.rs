@@ -185,7 +185,8 @@ impl<E: dfs_core::env::Env> SimService for dfs_core::meta::MetaServer<E> {
             let unknown = || RpcError::InvalidArgument(format!("unknown method {path}"));
             let (service, method) = rpc::split_path(&path).ok_or_else(unknown)?;
             let reply = match service {
-                "dfs.v1.MetadataService" => proto::metadata_service_dispatch(self, method, body).await,
+                // The simulation carries no identities yet: its nodes check nothing, as `--insecure` ones.
+                "dfs.v1.MetadataService" => proto::metadata_service_dispatch(self, &dfs_core::auth::Peer::unchecked(), method, body).await,
                 "dfs.v1.RaftService" => proto::raft_service_dispatch(self, method, body).await,
                 _ => None,
             };

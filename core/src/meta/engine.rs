@@ -729,6 +729,7 @@ pub const HOUSEKEEPING_REQUEST: u64 = 0;
 
 /// A namespace error as the caller sees it: whose fault, and whether to retry.
 pub fn namespace_error(e: NamespaceError) -> RpcError {
+    use crate::tokens::TokenError;
     let message = e.to_string();
     match e {
         NamespaceError::InvalidPath { .. }
@@ -749,6 +750,13 @@ pub fn namespace_error(e: NamespaceError) -> RpcError {
         | NamespaceError::RequestTooOld { .. } => RpcError::FailedPrecondition(message),
         // The cluster's load, not the request: worth retrying later.
         NamespaceError::TooManyUploads { .. } | NamespaceError::TooManyBadReplicas { .. } => RpcError::Unavailable(message),
+        NamespaceError::Token(e) => match e {
+            TokenError::Unknown { .. } => RpcError::NotFound(message),
+            TokenError::Exists(_) => RpcError::AlreadyExists(message),
+            TokenError::BadName(_) => RpcError::InvalidArgument(message),
+            TokenError::TooMany => RpcError::FailedPrecondition(message),
+            TokenError::Malformed | TokenError::BadSignature { .. } | TokenError::Expired { .. } => RpcError::PermissionDenied(message),
+        },
     }
 }
 

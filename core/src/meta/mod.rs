@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod guard;
 pub mod leader;
 pub mod log_store;
 pub mod raft;

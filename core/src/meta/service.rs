@@ -13,6 +13,7 @@ use super::leader::{resolve_node, AllocateError, Heartbeat, InventoryPart};
 use super::server::{target_voters, MetaServer};
 use super::state_machine::incoming_snapshot_path;
 use super::types::SnapshotFile;
+use crate::auth::{self, Denied, Grant, Guard, Peer, Principal, Want};
 use crate::chain::{Chain, SumKind};
 use crate::env::{Clock, Disk, Env};
 use crate::health::NodeStats;
@@ -25,7 +26,8 @@ use crate::namespace::{
     PATH_MAX_BYTES, REPLICA_REPORTS_MAX,
 };
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
-use crate::rpc::RpcError;
+use crate::rpc::{Rpc, RpcError};
+use crate::tokens::{TokenKey, TokenRecord};
 
 /// A metadata node as its operator sees it (`MetaServer::view`).
 #[derive(Clone, Debug)]
@@ -415,7 +417,113 @@ impl<E: Env> MetaServer<E> {
     }
 }
 
+impl<E: Env> MetaServer<E> {
+    /// Whether the user behind `peer` may make `call`, which wants `want` (see `crate::auth`).
+    fn weigh(&self, peer: &Peer, call: &str, want: Want<'_>) -> Result<(), RpcError> {
+        let denied = |d: Denied| RpcError::PermissionDenied(d.to_string());
+        let principal = match (&peer.token, &peer.cert) {
+            (Some(token), _) => {
+                // Tokens are the leader's to check: a follower's table may lag behind a token
+                // just made, and a follower only redirects these calls anyway.
+                self.require_leader()?;
+                let state = self.state.read().expect("state lock");
+                let now = self.env.clock().unix_ms();
+                state.namespace.tokens().authenticate(token, now).map_err(|reason| denied(Denied::Token { call: call.into(), reason }))?
+            }
+            (None, Some(cert)) => Principal::of_certificate(cert).ok_or_else(|| denied(Denied::NoRole { call: call.into(), name: cert.name.clone() }))?,
+            (None, None) => return Err(denied(Denied::Anonymous { call: call.into() })),
+        };
+        match want {
+            Want::Open => Ok(()),
+            Want::Cluster(grant) => auth::permit(&principal, call, grant, None).map_err(denied),
+            Want::Paths(paths) => {
+                for (grant, path) in paths {
+                    let path = normalize_path(path).map_err(namespace_error)?;
+                    auth::permit(&principal, call, grant, Some(&path)).map_err(denied)?;
+                }
+                Ok(())
+            }
+            Want::Uploads(ids) => {
+                auth::permit(&principal, call, Grant::Write, None).map_err(denied)?;
+                if principal.prefix == namespace::ROOT {
+                    return Ok(());
+                }
+                let state = self.state.read().expect("state lock");
+                // An id that names nothing is left to the handler, which says so.
+                for path in ids.into_iter().filter_map(|id| state.namespace.path_of_upload(FileId(id))) {
+                    auth::permit(&principal, call, Grant::Write, Some(path)).map_err(denied)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A token as `dfs admin token list` shows it.
+fn token_info(t: &TokenRecord) -> proto::TokenInfo {
+    proto::TokenInfo {
+        id: t.id,
+        name: t.name.clone(),
+        role: t.grant.to_string(),
+        prefix: t.prefix.clone(),
+        created_unix_ms: t.created_unix_ms,
+        expires_unix_ms: t.expires_unix_ms,
+    }
+}
+
 impl<E: Env> MetadataServiceHandler for MetaServer<E> {
+    async fn admit<R: Rpc + Guard + Sync>(&self, peer: &Peer, request: &R) -> Result<(), RpcError> {
+        if !peer.checked {
+            return Ok(());
+        }
+        let want = request.want();
+        if want == Want::Open {
+            return Ok(());
+        }
+        let call = R::PATH.rsplit('/').next().unwrap_or(R::PATH);
+        let result = self.weigh(peer, call, want);
+        if let Err(RpcError::PermissionDenied(reason)) = &result {
+            let caller = peer.cert.as_ref().map(|c| c.name.as_str()).unwrap_or("(no certificate)");
+            tracing::warn!(node = self.config.id, peer = ?peer.addr, caller, token = peer.token.is_some(), "refused: {reason}");
+        }
+        result
+    }
+
+    async fn create_token(&self, r: proto::CreateTokenRequest) -> Result<proto::CreateTokenResponse, RpcError> {
+        let grant: Grant = r.role.parse().map_err(|e: auth::UnknownGrant| RpcError::InvalidArgument(e.to_string()))?;
+        let prefix = normalize_path(if r.prefix.is_empty() { namespace::ROOT } else { &r.prefix }).map_err(namespace_error)?;
+        let now = self.env.clock().unix_ms();
+        let expires_unix_ms = match r.ttl_ms {
+            0 => None,
+            ttl => Some(now.checked_add(ttl).ok_or_else(|| RpcError::InvalidArgument(format!("a lifetime of {ttl} ms ends past the year 500 million")))?),
+        };
+        // A fresh key with every creation, from the OS's randomness: the first one applied
+        // becomes the cluster's (`TokenTable::create`).
+        let mut key = [0u8; 32];
+        for part in key.chunks_mut(8) {
+            part.copy_from_slice(&self.env.random_u64().to_le_bytes());
+        }
+        let record = TokenRecord { id: self.env.random_u64(), name: r.name, grant, prefix, created_unix_ms: now, expires_unix_ms };
+        let record = match self.propose(Command::CreateToken { record, key: TokenKey(key) }).await? {
+            Outcome::TokenCreated(record) => record,
+            other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        let token = self.state.read().expect("state lock").namespace.tokens().token(&record);
+        let token = token.ok_or_else(|| RpcError::Internal("a token was made but the cluster has no token key".into()))?;
+        Ok(proto::CreateTokenResponse { info: Some(token_info(&record)), token })
+    }
+
+    async fn list_tokens(&self, _r: proto::ListTokensRequest) -> Result<proto::ListTokensResponse, RpcError> {
+        self.read(|s| proto::ListTokensResponse { tokens: s.namespace.tokens().records().map(token_info).collect() }).await
+    }
+
+    async fn revoke_token(&self, r: proto::RevokeTokenRequest) -> Result<proto::RevokeTokenResponse, RpcError> {
+        match self.propose(Command::RevokeToken { id: r.id }).await? {
+            Outcome::TokenRevoked(record) => Ok(proto::RevokeTokenResponse { info: Some(token_info(&record)) }),
+            other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn create_file(&self, r: proto::CreateFileRequest) -> Result<proto::CreateFileResponse, RpcError> {
         let (place_chunks, size, chunk_size) = (r.place_chunks, r.size, r.chunk_size);
         let command = self.create_command(r)?;

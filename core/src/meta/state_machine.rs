@@ -127,6 +127,11 @@ fn encode_json(meta: &SnapshotMeta<MetaNodeId, BasicNode>, namespace: &Namespace
     bytes
 }
 
+/// A whole snapshot file's bytes decoded, for the fuzzer (`crate::fuzz::snapshot`).
+pub(crate) fn decode_file_bytes(bytes: &[u8]) -> bool {
+    decode(Path::new("fuzz.snap"), bytes).is_ok()
+}
+
 fn decode(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotFileError> {
     let damaged = |damage: SnapshotDamage| SnapshotFileError::Damaged { path: path.to_path_buf(), damage };
     if bytes.len() < 32 {

@@ -41,6 +41,7 @@ use super::map_as_pairs::Pairs;
 use super::{parent_of, ChunkRecord, DirRecord, FileAttrs, FileRecord, FileRecordParts, Namespace, Session, StorageNodeRecord, Upload, PATH_MAX_BYTES, ROOT};
 use crate::chain::SumKind;
 use crate::ids::{ChunkId, FileId, Sha256Digest, StorageNodeId};
+use crate::tokens::TokenTable;
 
 /// The version byte this module writes and reads.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
@@ -89,6 +90,8 @@ struct RestRef<'a> {
     bad_replicas: Pairs<'a, ChunkId, BTreeSet<StorageNodeId>>,
     shared_chunks: Pairs<'a, ChunkId, BTreeSet<FileId>>,
     applied: u64,
+    #[serde(skip_serializing_if = "TokenTable::is_empty")]
+    tokens: &'a TokenTable,
 }
 
 /// Every field but the files and directories, as read.
@@ -106,6 +109,9 @@ struct Rest {
     #[serde(with = "super::map_as_pairs")]
     shared_chunks: BTreeMap<ChunkId, BTreeSet<FileId>>,
     applied: u64,
+    /// Absent when the cluster never made a token, and from earlier versions.
+    #[serde(default)]
+    tokens: TokenTable,
 }
 
 struct Writer<'a> {
@@ -161,6 +167,7 @@ impl Namespace {
             bad_replicas,
             shared_chunks,
             applied,
+            tokens,
         } = self;
         out.reserve(files.len().saturating_mul(80));
         out.push(SNAPSHOT_FORMAT_VERSION);
@@ -175,6 +182,7 @@ impl Namespace {
             bad_replicas: Pairs(bad_replicas),
             shared_chunks: Pairs(shared_chunks),
             applied: *applied,
+            tokens,
         };
         let rest = serde_json::to_vec(&rest).expect("the namespace's fields serialize");
         let mut w = Writer { out, prev: b"" };
@@ -293,6 +301,7 @@ impl Namespace {
             applied: rest.applied,
             bad_replicas: rest.bad_replicas,
             shared_chunks: rest.shared_chunks,
+            tokens: rest.tokens,
         })
     }
 }
