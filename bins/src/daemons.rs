@@ -253,6 +253,8 @@ pub async fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         }
     }
     config.rack = args.rack.clone();
+    // A node run with --insecure checks nothing, chunk access tokens included.
+    config.chunk_tokens = credentials.is_some();
     config.chunk_streams_max = args.chunk_streams_max as usize;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.space_reserve_bytes = args.space_reserve_bytes;

@@ -302,3 +302,125 @@ fn nodes_refuse_guarded_calls_from_certificates_of_the_wrong_role() {
     let out = dfs_with(&meta_of(base), &dir.join("config"), &["status"]);
     assert!(out.status.success(), "status after the refusals: {}", stderr(&out));
 }
+
+/// Chunk access tokens on the wire: a storage node reads or writes a chunk only with the
+/// metadata leader's token for that chunk and that operation. With a certificate the cluster's
+/// CA signed and a chunk's id and replica in hand, a call without a token, with another
+/// chunk's, with a read token for a write, or with an altered one is refused (and logged);
+/// the leader's own token reads the chunk. Then repair: a storage node killed, its replicas are
+/// copied elsewhere by repair orders whose tokens the sources accept.
+#[test]
+fn storage_nodes_read_and_write_chunks_only_with_the_leaders_token() {
+    use dfs_core::env::Transport;
+    use dfs_core::proto;
+    use dfs_core::rpc::{ChunkService, ChunkUpload, RpcError};
+    use dfs_io_real::tls::Credentials;
+    use dfs_io_real::GrpcTransport;
+
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let base = free_ports(CLUSTER_PORTS);
+    let data = dir.join("data");
+    let config = dir.join("config");
+    let _up = cluster_up_tls_with(base, &data, &config, &["--storage", "4"]);
+    let meta = meta_of(base);
+    let (a, b) = (dir.join("a.bin"), dir.join("b.bin"));
+    std::fs::write(&a, test_bytes(1 << 20, 1)).unwrap();
+    std::fs::write(&b, test_bytes(1 << 20, 2)).unwrap();
+    for (local, remote) in [(&a, "/a.bin"), (&b, "/b.bin")] {
+        let out = dfs_with(&meta, &config, &["put", local.to_str().unwrap(), remote]);
+        assert!(out.status.success(), "put {remote}: {}", stderr(&out));
+    }
+    let tls = data.join("tls");
+    let out = Command::new(DFS)
+        .args(["cert", "issue", "--dir", tls.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--role", "client", "--name", "mallory"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mallory = GrpcTransport::new(Some(&Credentials::load(&tls.join("ca.pem"), Some(&dir.join("mallory.pem")), Some(&dir.join("mallory.key"))).unwrap()));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let node = runtime.block_on(async {
+        // The chunks' locations, with their read tokens, from whichever member leads.
+        let located = |path: &'static str| {
+            let mallory = mallory.clone();
+            let meta = meta.clone();
+            async move {
+                for addr in meta.split(',') {
+                    if let Ok(reply) = mallory.unary(addr, proto::GetFileRequest { path: path.into() }).await {
+                        return reply.chunks.into_iter().next().expect("one chunk");
+                    }
+                }
+                panic!("no member answered GetFile {path}");
+            }
+        };
+        let (la, lb) = (located("/a.bin").await, located("/b.bin").await);
+        let node = la.replicas[0].addr.clone();
+        let token = la.token.clone().expect("a location carries a read token");
+        let read = |chunk_id: bytes::Bytes, token: Option<proto::ChunkToken>| {
+            let (mallory, node) = (mallory.clone(), node.clone());
+            async move { mallory.read_chunk(&node, proto::ReadChunkRequest { chunk_id, token, ..Default::default() }).await }
+        };
+        let denied = |what: &str, r: Result<(), RpcError>, expected: &str| match r {
+            Err(RpcError::PermissionDenied(m)) if m.contains(expected) => {}
+            other => panic!("{what}: not refused for {expected:?}: {other:?}"),
+        };
+        // The leader's token reads the chunk.
+        let got = read(la.chunk_id.clone(), Some(token.clone())).await.expect("a read with the leader's token");
+        assert_eq!(got.data.len(), 1 << 20);
+        denied("a read without a token", read(la.chunk_id.clone(), None).await.map(drop), "no access token");
+        // b's replica on the same node, if it has one; else any of b's: a's token opens neither.
+        let b_node = lb.replicas.iter().find(|r| r.addr == node).map_or(lb.replicas[0].addr.clone(), |r| r.addr.clone());
+        let other =
+            mallory.read_chunk(&b_node, proto::ReadChunkRequest { chunk_id: lb.chunk_id.clone(), token: Some(token.clone()), ..Default::default() }).await;
+        denied("a's token on b's chunk", other.map(drop), "signature does not match");
+        let later = proto::ChunkToken { expires_unix_ms: token.expires_unix_ms + 86_400_000, ..token.clone() };
+        denied("a token with its expiry pushed back", read(la.chunk_id.clone(), Some(later)).await.map(drop), "signature does not match");
+        let forged = proto::ChunkToken { mac: vec![0u8; 32].into(), ..token.clone() };
+        denied("a forged token", read(la.chunk_id.clone(), Some(forged)).await.map(drop), "signature does not match");
+        // Batched reads are checked item by item.
+        let batch = proto::ReadChunksRequest { chunks: vec![proto::ReadChunkRequest { chunk_id: la.chunk_id.clone(), ..Default::default() }] };
+        let reply = mallory.unary(&node, batch).await.expect("a batch is answered item by item");
+        match &reply.results[0].result {
+            Some(proto::chunk_read_result::Result::Error(e)) => assert!(e.message.contains("no access token"), "{e:?}"),
+            other => panic!("a batched read without a token: {other:?}"),
+        }
+        // Overwriting the chunk: not with no token, not with a read token.
+        let junk = bytes::Bytes::from(vec![0u8; 1 << 20]);
+        let sha = dfs_core::ids::Sha256Digest::of(&junk);
+        let write = |token: Option<proto::ChunkToken>| {
+            let header =
+                proto::WriteChunkHeader { chunk_id: la.chunk_id.clone(), size: junk.len() as u64, sha256: sha.0.to_vec().into(), token, ..Default::default() };
+            mallory.write_chunk(&node, ChunkService::Storage, ChunkUpload { header, data: junk.clone() })
+        };
+        denied("a write without a token", write(None).await.map(drop), "no access token");
+        denied("a write with a read token", write(Some(token.clone())).await.map(drop), "allows no write");
+        // The chunk is intact.
+        let again = read(la.chunk_id.clone(), Some(token.clone())).await.expect("read again");
+        assert_eq!(again.data, got.data, "a refused write changed the chunk");
+        node
+    });
+    let out = dfs_with(&meta, &config, &["get", "/a.bin", dir.join("a.back").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_file(&a, &dir.join("a.back"));
+    let logged = wait_for(Duration::from_secs(10), "a storage node's log of a refused chunk call", || {
+        (1..=4).find_map(|i| std::fs::read_to_string(data.join(format!("logs/storage-{i}.log"))).ok().filter(|l| l.contains("refused: chunk")))
+    });
+    assert!(logged.contains("no access token"), "{logged}");
+
+    // Repair under tokens: the node read from above (it holds a replica of /a.bin) goes; its
+    // copies are made again on the others, each a repair order whose token the source checks.
+    let port: u16 = node.rsplit(':').next().unwrap().parse().unwrap();
+    let name = format!("storage-{}", port - (base + 100) + 1);
+    let out = dfs_with(&meta, &config, &["cluster", "stop", &name, "--data-dir", data.to_str().unwrap()]);
+    assert!(out.status.success(), "stop {name}: {}", stderr(&out));
+    let healthy = || {
+        let out = dfs_with(&meta, &config, &["fsck", "/", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["healthy"].as_bool()
+    };
+    wait_for(Duration::from_secs(60), "fsck to see the stopped node's replicas missing", || (healthy() == Some(false)).then_some(()));
+    wait_for(Duration::from_secs(120), "repair to make every chunk whole again", || (healthy() == Some(true)).then_some(()));
+    let out = dfs_with(&meta, &config, &["get", "/a.bin", dir.join("a.again").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_file(&a, &dir.join("a.again"));
+}

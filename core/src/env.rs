@@ -321,6 +321,11 @@ pub trait Env: Clone + Send + Sync + 'static {
     /// Random bits: from the OS in production, from the seed in simulation.
     fn random_u64(&self) -> u64;
 
+    /// Key material (chunk keys, the user token key, token ids): the OS's randomness in
+    /// production. The simulation derives it without drawing on the seed's stream, so that
+    /// making a key never moves a seed's timeline.
+    fn random_key(&self) -> [u8; 32];
+
     /// Runs CPU-heavy work (hashing a chunk) where it does not hold up the caller's task: on a
     /// blocking thread in production, so transfers hash on every core; inline by default (the
     /// simulation, whose time does not pass while code runs).

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod bulk_buf;
 pub mod chain;
 pub mod chunk_store;
+pub mod chunk_tokens;
 pub mod chunking;
 pub mod client;
 pub mod env;

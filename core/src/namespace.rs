@@ -612,6 +612,12 @@ pub enum Command {
     RevokeToken {
         id: u64,
     },
+    /// Adds a chunk key (`crate::chunk_tokens`), made by the leader at `made_unix_ms` from its
+    /// OS's randomness; the oldest beyond `CHUNK_KEYS_KEPT` goes.
+    RotateChunkKey {
+        key: crate::tokens::TokenKey,
+        made_unix_ms: u64,
+    },
     /// Independent commands of several clients in one log entry (the leader groups what
     /// arrives together, so that one fsync carries many). Each is applied on its own, in
     /// order, with its own result: one refused command does not affect the others.
@@ -884,7 +890,8 @@ impl Command {
             | Command::MarkReplicaBad { .. }
             | Command::SetDraining { .. }
             | Command::ForgetStorageNode { .. }
-            | Command::RevokeToken { .. } => {}
+            | Command::RevokeToken { .. }
+            | Command::RotateChunkKey { .. } => {}
             Command::MarkReplicasMissing { chunks, .. } => {
                 if chunks.len() > DROP_REPLICAS_MAX {
                     return Err(NamespaceError::InvalidArgument(format!("{} missing replicas in one command; at most {DROP_REPLICAS_MAX}", chunks.len())));
@@ -976,6 +983,9 @@ pub struct Namespace {
     /// of clusters that never made one.
     #[serde(default)]
     tokens: crate::tokens::TokenTable,
+    /// The keys chunk access tokens are signed with. Absent from snapshots of older versions.
+    #[serde(default)]
+    chunk_keys: crate::chunk_tokens::ChunkKeys,
 }
 
 /// The same fields in the same shape as earlier versions wrote them, with each directory's
@@ -984,7 +994,10 @@ impl Serialize for Namespace {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use map_as_pairs::Pairs;
         use serde::ser::SerializeStruct;
-        let optional = usize::from(!self.bad_replicas.is_empty()) + usize::from(!self.shared_chunks.is_empty()) + usize::from(!self.tokens.is_empty());
+        let optional = usize::from(!self.bad_replicas.is_empty())
+            + usize::from(!self.shared_chunks.is_empty())
+            + usize::from(!self.tokens.is_empty())
+            + usize::from(!self.chunk_keys.is_empty());
         let mut out = s.serialize_struct("Namespace", 11 + optional)?;
         out.serialize_field("files", &self.files)?;
         out.serialize_field("dirs", &DirsOut(self))?;
@@ -1005,6 +1018,9 @@ impl Serialize for Namespace {
         out.serialize_field("applied", &self.applied)?;
         if !self.tokens.is_empty() {
             out.serialize_field("tokens", &self.tokens)?;
+        }
+        if !self.chunk_keys.is_empty() {
+            out.serialize_field("chunk_keys", &self.chunk_keys)?;
         }
         out.end()
     }
@@ -1096,6 +1112,7 @@ impl Default for Namespace {
             bad_replicas: BTreeMap::new(),
             shared_chunks: BTreeMap::new(),
             tokens: crate::tokens::TokenTable::default(),
+            chunk_keys: crate::chunk_tokens::ChunkKeys::default(),
         }
     }
 }
@@ -1104,6 +1121,11 @@ impl Namespace {
     /// Users' tokens (`crate::tokens`).
     pub fn tokens(&self) -> &crate::tokens::TokenTable {
         &self.tokens
+    }
+
+    /// The keys chunk access tokens are signed with (`crate::chunk_tokens`).
+    pub fn chunk_keys(&self) -> &crate::chunk_tokens::ChunkKeys {
+        &self.chunk_keys
     }
 
     pub fn apply(&mut self, command: Command) -> ApplyResult {
@@ -1182,6 +1204,10 @@ impl Namespace {
             }
             Command::CreateToken { record, key } => Ok(Outcome::TokenCreated(self.tokens.create(record, key)?)),
             Command::RevokeToken { id } => Ok(Outcome::TokenRevoked(self.tokens.revoke(id)?)),
+            Command::RotateChunkKey { key, made_unix_ms } => {
+                self.chunk_keys.rotate(key, made_unix_ms);
+                Ok(Outcome::Done)
+            }
             Command::SetClusterId { cluster_id } => match &self.cluster_id {
                 Some(current) if *current != cluster_id => Err(NamespaceError::ClusterIdMismatch { current: current.clone(), proposed: cluster_id }),
                 Some(_) => Ok(Outcome::Done),

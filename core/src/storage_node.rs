@@ -64,6 +64,7 @@ use futures::future::join_all;
 use futures::StreamExt;
 
 use crate::chunk_store::{self, ChunkFileError, ChunkLayout, ChunkMeta, ChunkStoreError, ChunkTable, FileHeader, FrameReader, WriteDecision};
+use crate::chunk_tokens::{ChunkKeys, ChunkOp, ChunkTokenError};
 use crate::env::{call_with_timeout, create_dir_durable, parent_dir, with_timeout, Clock, Disk, Env, Transport};
 use crate::fault::{self, Site};
 use crate::ids::{ChunkId, Sha256Digest, StorageNodeId};
@@ -205,6 +206,8 @@ pub struct StorageNode<E: Env> {
     counters: NodeCounters,
     /// When to register and heartbeat, and what replies ask (see `heartbeat`).
     heartbeats: Mutex<Heartbeats>,
+    /// The keys chunk access tokens are checked with, as the leader last sent them.
+    chunk_keys: Mutex<ChunkKeys>,
 }
 
 #[derive(Default)]
@@ -388,6 +391,7 @@ impl<E: Env> StorageNode<E> {
             heartbeats: Mutex::new(Heartbeats::new(heartbeat_config, opened)),
             sweeping: Default::default(),
             cluster_id: Mutex::new(cluster_id),
+            chunk_keys: Mutex::new(ChunkKeys::default()),
             client_slots,
             replication_slots,
         });

@@ -310,6 +310,8 @@ pub struct RepairOrder {
     pub chain: Option<crate::chain::Chain>,
     /// Nodes holding the chunk, to try in order: (id, address).
     pub sources: Vec<(StorageNodeId, String)>,
+    /// The leader's leave to read the chunk from them.
+    pub token: Option<crate::proto::ChunkToken>,
 }
 
 impl RepairOrder {
@@ -592,7 +594,7 @@ mod tests {
     }
 
     fn order(index: u32) -> RepairOrder {
-        RepairOrder { chunk: ChunkId::derive(FileId(8), index), size: 1, sha256: Sha256Digest::of(&[]), chain: None, sources: vec![] }
+        RepairOrder { chunk: ChunkId::derive(FileId(8), index), size: 1, sha256: Sha256Digest::of(&[]), chain: None, sources: vec![], token: None }
     }
 
     #[test]
@@ -691,6 +693,7 @@ mod tests {
                 (StorageNodeId(2), "b:1".into()),
                 (StorageNodeId(3), "c:1".into()),
             ],
+            token: None,
         };
         let mut a = RepairAttempt::new(order.clone(), StorageNodeId(9));
         assert_eq!(a.next_source(), Some((StorageNodeId(1), "a:1".into())));

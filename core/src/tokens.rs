@@ -294,6 +294,11 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../proptest-regressions/core-tokens.txt")))),
+            ..ProptestConfig::default()
+        })]
         /// Any change to a valid token (a digit of its id or MAC) makes it refused, never
         /// accepted as another; garbage is malformed, never a panic.
         #[test]

@@ -40,6 +40,11 @@ impl Env for RealEnv {
         rand::random()
     }
 
+    fn random_key(&self) -> [u8; 32] {
+        // ThreadRng: a CSPRNG seeded from the OS.
+        rand::random()
+    }
+
     async fn compute<T, F>(&self, work: F) -> T
     where
         F: FnOnce() -> T + Send + 'static,

@@ -47,4 +47,13 @@ impl Env for SimEnv {
     fn random_u64(&self) -> u64 {
         madsim::rand::random()
     }
+
+    /// Distinct keys, the same in every run of a seed (its process makes them in the same
+    /// order), drawn from no stream the seed's timeline depends on.
+    fn random_key(&self) -> [u8; 32] {
+        use sha2::Digest;
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sha2::Sha256::digest(format!("dfs simulated key {n}")).into()
+    }
 }

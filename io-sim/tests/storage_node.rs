@@ -179,6 +179,9 @@ impl Env for TestEnv {
     fn random_u64(&self) -> u64 {
         self.random.fetch_add(1, Ordering::SeqCst) + 1
     }
+    fn random_key(&self) -> [u8; 32] {
+        [self.random_u64() as u8; 32]
+    }
 }
 
 impl TestEnv {
@@ -202,6 +205,9 @@ const ROOT: &str = "/data";
 fn config() -> StorageConfig {
     let mut c = StorageConfig::new(ROOT, "10.0.1.1:7000", vec!["10.0.0.1:7000".into()]);
     c.space_reserve_bytes = 0;
+    // No metadata cluster here to send chunk keys: these tests are about storing; chunk
+    // tokens are checked in the simulations (storage_durability) and on real processes.
+    c.chunk_tokens = false;
     c
 }
 
@@ -222,6 +228,7 @@ fn upload(id: ChunkId, data: &Bytes) -> ChunkUpload {
             sha256: Sha256Digest::of(data).0.to_vec().into(),
             forward_to: vec![],
             chain: None,
+            token: None,
         },
         data: data.clone(),
     }

@@ -176,7 +176,12 @@ pub fn cluster_up_with(base: u16, data: &Path, extra: &[&str], stderr: impl Into
 /// `dfs cluster up` as a user runs it (TLS), writing the client's credentials into `config`
 /// (`DFS_CONFIG_DIR`).
 pub fn cluster_up_tls(base: u16, data: &Path, config: &Path) -> Proc {
-    cluster_up_env(base, data, &[], Stdio::null(), &[("DFS_CONFIG_DIR", config.to_str().unwrap())])
+    cluster_up_tls_with(base, data, config, &[])
+}
+
+/// `cluster_up_tls` with more flags for `cluster up` (`--storage 4`).
+pub fn cluster_up_tls_with(base: u16, data: &Path, config: &Path, extra: &[&str]) -> Proc {
+    cluster_up_env(base, data, extra, Stdio::null(), &[("DFS_CONFIG_DIR", config.to_str().unwrap())])
 }
 
 fn cluster_up_env(base: u16, data: &Path, extra: &[&str], stderr: impl Into<Stdio>, env: &[(&str, &str)]) -> Proc {

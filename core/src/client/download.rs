@@ -83,6 +83,8 @@ pub enum Action {
         index: u32,
         attempt: u32,
         chunk_id: bytes::Bytes,
+        /// The chunk's access token, as its location came with it.
+        token: Option<proto::ChunkToken>,
         from: proto::StorageNode,
     },
     /// Drop the bytes fetched for `index` (they did not match).
@@ -402,7 +404,13 @@ impl Download {
             };
             c.attempt += 1;
             c.phase = Phase::Fetching;
-            self.actions.push_back(Action::Fetch { index: i as u32, attempt: c.attempt, chunk_id: c.location.chunk_id.clone(), from });
+            self.actions.push_back(Action::Fetch {
+                index: i as u32,
+                attempt: c.attempt,
+                chunk_id: c.location.chunk_id.clone(),
+                token: c.location.token.clone(),
+                from,
+            });
         }
         if !self.writing {
             if let Some(c) = self.chunks.get_mut(self.next_write) {

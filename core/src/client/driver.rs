@@ -87,8 +87,18 @@ pub enum Output<'a> {
     Writer(&'a mut (dyn std::io::Write + Send)),
 }
 
-fn placements(p: Vec<proto::ChunkPlacement>) -> Vec<Placement> {
-    p.into_iter().map(|p| Placement { index: p.index, targets: p.targets }).collect()
+/// The upload machine's placements; each chunk's access token is kept aside in `tokens`, for
+/// the writes of that chunk (a later placement of the same chunk brings a fresh one).
+fn placements(p: Vec<proto::ChunkPlacement>, tokens: &std::sync::Mutex<BTreeMap<u32, proto::ChunkToken>>) -> Vec<Placement> {
+    let mut kept = tokens.lock().expect("chunk tokens lock");
+    p.into_iter()
+        .map(|p| {
+            if let Some(token) = p.token {
+                kept.insert(p.index, token);
+            }
+            Placement { index: p.index, targets: p.targets }
+        })
+        .collect()
 }
 
 impl<E: Env> DfsClient<E> {
@@ -171,6 +181,9 @@ impl<E: Env> DfsClient<E> {
             e => ClientError::Upload { path: remote.to_string(), source: e, resumed },
         };
 
+        // Each chunk's access token, from its latest placement (`placements`).
+        let tokens = std::sync::Mutex::new(BTreeMap::new());
+        let tokens = &tokens;
         let mut buffers: BTreeMap<u32, Bytes> = BTreeMap::new();
         // The hash state after the last chunk read: the next chunk hashes on from it (the
         // machine reads one span at a time, in order). The last chunk's checksum is the file's
@@ -203,7 +216,7 @@ impl<E: Env> DfsClient<E> {
                                 UpDone::Event(match self.creates.call(request).await {
                                     Ok(r) => upload::Event::Created {
                                         file: FileId(r.file_id),
-                                        placements: placements(r.placements),
+                                        placements: placements(r.placements, tokens),
                                         write_quorum: r.write_quorum,
                                         committed: r.committed,
                                     },
@@ -242,7 +255,7 @@ impl<E: Env> DfsClient<E> {
                         pending.push(
                             async move {
                                 UpDone::Event(match self.meta.call(request).await {
-                                    Ok(r) => upload::Event::Placed { placements: placements(r.placements), write_quorum: r.write_quorum },
+                                    Ok(r) => upload::Event::Placed { placements: placements(r.placements, tokens), write_quorum: r.write_quorum },
                                     Err(error) => upload::Event::MetaFailed { op: MetaOp::Allocate, error },
                                 })
                             }
@@ -258,6 +271,7 @@ impl<E: Env> DfsClient<E> {
                             sha256: Bytes::copy_from_slice(&sha256.0),
                             forward_to,
                             chain: chain.map(Chain::to_proto),
+                            token: tokens.lock().expect("chunk tokens lock").get(&index).cloned(),
                         };
                         let timeout = self.config.transfer_timeout;
                         pending.push(
@@ -488,12 +502,12 @@ impl<E: Env> DfsClient<E> {
         loop {
             while let Some(action) = machine.poll_action() {
                 match action {
-                    download::Action::Fetch { index, attempt, chunk_id, from } => {
+                    download::Action::Fetch { index, attempt, chunk_id, token, from } => {
                         let timeout = self.config.transfer_timeout;
                         let chain = machine.chain(index);
                         pending.push(
                             async move {
-                                let request = proto::ReadChunkRequest { chunk_id, ..Default::default() };
+                                let request = proto::ReadChunkRequest { chunk_id, token, ..Default::default() };
                                 let fetched = if small_chunks {
                                     self.chunk_batches.read(&from.addr, request).await
                                 } else {
@@ -699,7 +713,12 @@ impl<E: Env> DfsClient<E> {
             let mut errors = Vec::new();
             let mut bytes = None;
             for node in &loc.replicas {
-                let request = proto::ReadChunkRequest { chunk_id: loc.chunk_id.clone(), range_offset: Some(from), range_length: Some(to - from) };
+                let request = proto::ReadChunkRequest {
+                    chunk_id: loc.chunk_id.clone(),
+                    range_offset: Some(from),
+                    range_length: Some(to - from),
+                    token: loc.token.clone(),
+                };
                 let read =
                     call_with_timeout(self.env.clock(), self.config.transfer_timeout, &node.addr, self.env.transport().read_chunk(&node.addr, request)).await;
                 let download = match read {

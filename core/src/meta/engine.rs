@@ -240,6 +240,10 @@ pub struct MetaEngine {
     outputs: VecDeque<Output>,
     /// The latest `now` an input carried.
     last_now: Timestamp,
+    /// Key material from the OS's randomness for the next chunk key (`set_fresh_key`, which
+    /// the driver calls before `handle_timeout` when `needs_fresh_key`): never derived from
+    /// `rng`, whose outputs (the cluster id) are public. Spent by a rotation.
+    fresh_key: Option<crate::tokens::TokenKey>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +268,7 @@ impl MetaEngine {
             Forming::Waiting { deadline: now.plus(grace), next_check: now }
         };
         let mut engine = MetaEngine {
+            fresh_key: None,
             config,
             rng: seed,
             status: RaftStatus::default(),
@@ -639,6 +644,17 @@ impl MetaEngine {
 
     /// Does what is due at `now`: `ns` is the applied namespace, `unix_ms` the wall clock (for
     /// upload expiry and the trash).
+    /// Key material for the next chunk key the leader makes (from the OS's randomness).
+    pub fn set_fresh_key(&mut self, key: crate::tokens::TokenKey) {
+        self.fresh_key = Some(key);
+    }
+
+    /// Whether the next chunk key has no key material yet (at start, and after each rotation):
+    /// the driver draws it only then.
+    pub fn needs_fresh_key(&self) -> bool {
+        self.fresh_key.is_none()
+    }
+
     pub fn handle_timeout(&mut self, now: Timestamp, unix_ms: u64, ns: &Namespace) {
         self.last_now = now;
         if self.status.stopped {
@@ -714,7 +730,11 @@ impl MetaEngine {
         }
         let random = [self.random(), self.random()];
         let term = self.status.term;
-        let commands = self.leader_of(term, now).tick(now, unix_ms, ns, random);
+        let fresh_key = self.fresh_key;
+        let commands = self.leader_of(term, now).tick(now, unix_ms, ns, random, fresh_key);
+        if commands.iter().any(|c| matches!(c, Command::RotateChunkKey { .. })) {
+            self.fresh_key = None;
+        }
         self.next_housekeeping = now.plus(self.config.leader.housekeeping_interval);
         for command in commands {
             self.housekeeping_pending += 1;

@@ -41,6 +41,7 @@ use crate::namespace::{Command, Namespace, ReplicaReport, Upload, Verdict, REPLI
 use crate::placement::{self, Candidate};
 use crate::proto::ReplicaState;
 use crate::repair::{Census, ChunkState, NodeState, RepairConfig, RepairJob, RepairPlanner, RepairStats};
+use crate::tokens::TokenKey;
 
 /// Expired trash buckets deleted per housekeeping tick, at most.
 const TRASH_PURGES_PER_TICK: usize = 16;
@@ -65,6 +66,8 @@ pub struct LeaderConfig {
     /// a chunk placed short is a repair later (found in simulation: uploads right after a
     /// leadership hand-over). Storage nodes heartbeat every 3 s by default.
     pub placement_settle: Duration,
+    /// When chunk keys turn over and how long chunk access tokens live.
+    pub chunk_keys: crate::chunk_tokens::ChunkKeyPolicy,
 }
 
 /// Default of `LeaderConfig::deletes_per_heartbeat_max`.
@@ -81,6 +84,7 @@ impl Default for LeaderConfig {
             repair: RepairConfig::default(),
             trash_interval: Duration::from_secs(24 * 60 * 60),
             placement_settle: Duration::from_secs(5),
+            chunk_keys: crate::chunk_tokens::ChunkKeyPolicy::default(),
         }
     }
 }
@@ -327,6 +331,9 @@ pub struct Leader {
     /// Repairs completed as of the last housekeeping.
     repairs_seen: (u64, u64),
     took_office: Timestamp,
+    /// When a chunk key this leader proposed may be proposed again (it is applied by then, or
+    /// was lost with a leader change): one key per rotation, not one per housekeeping.
+    chunk_key_proposed: Option<Timestamp>,
 }
 
 /// Events the leader keeps for the status page: enough for the last minutes of a busy
@@ -365,6 +372,7 @@ impl Leader {
             states_seen: BTreeMap::new(),
             repairs_seen: (0, 0),
             took_office: now,
+            chunk_key_proposed: None,
         }
     }
 
@@ -629,8 +637,10 @@ impl Leader {
             .collect()
     }
 
-    /// Housekeeping due at `now`: commands to propose. `random` seeds a new cluster id.
-    pub fn tick(&mut self, now: Timestamp, unix_ms: u64, ns: &Namespace, random: [u64; 2]) -> Vec<Command> {
+    /// Housekeeping due at `now`: commands to propose. `random` seeds a new cluster id;
+    /// `fresh_key` (the OS's randomness, never derived from anything seen) becomes a chunk key
+    /// when one is due (none: the rotation waits for the next tick that has one).
+    pub fn tick(&mut self, now: Timestamp, unix_ms: u64, ns: &Namespace, random: [u64; 2], fresh_key: Option<TokenKey>) -> Vec<Command> {
         if now < self.next_housekeeping {
             return vec![];
         }
@@ -638,6 +648,12 @@ impl Leader {
         let mut commands = Vec::new();
         if ns.cluster_id().is_none() {
             commands.push(Command::SetClusterId { cluster_id: format!("{:016x}{:016x}", random[0], random[1]) });
+        }
+        let due = ns.chunk_keys().rotation_due(&self.config.chunk_keys, unix_ms) && self.chunk_key_proposed.is_none_or(|at| now >= at);
+        if let Some(key) = fresh_key.filter(|_| due) {
+            commands.push(Command::RotateChunkKey { key, made_unix_ms: unix_ms });
+            // Once per housekeeping round trip: the command takes a moment to apply.
+            self.chunk_key_proposed = Some(now.plus(self.config.housekeeping_interval.saturating_mul(5)));
         }
         let expiry_ms = self.config.upload_expiry.as_millis() as u64;
         let cutoff = unix_ms.saturating_sub(expiry_ms);

@@ -183,6 +183,9 @@ impl<E: Env> MetaServer<E> {
                 engine.handle_status(self.raft_status());
                 if engine.poll_timeout().is_some_and(|at| at <= now) {
                     let state = self.state.read().expect("state lock");
+                    if engine.needs_fresh_key() {
+                        engine.set_fresh_key(crate::tokens::TokenKey(self.env.random_key()));
+                    }
                     engine.handle_timeout(now, self.env.clock().unix_ms(), &state.namespace);
                 }
                 self.carry_out(&mut engine);

@@ -15,6 +15,7 @@ use super::state_machine::incoming_snapshot_path;
 use super::types::SnapshotFile;
 use crate::auth::{self, Denied, Grant, Guard, Peer, Principal, Want};
 use crate::chain::{Chain, SumKind};
+use crate::chunk_tokens::ChunkOp;
 use crate::env::{Clock, Disk, Env};
 use crate::health::NodeStats;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
@@ -60,6 +61,19 @@ impl<E: Env> MetaServer<E> {
     /// The repair planner's counters, while this node leads (for tests and status).
     pub fn repair_stats(&self) -> Option<crate::repair::RepairStats> {
         self.engine.lock().expect("engine lock").last_leader().map(|l| l.repair_status().0)
+    }
+
+    /// A token for `op` on `chunk` as this node would sign it now with a placement or a
+    /// location (for tests that call storage nodes directly): `None` before the cluster has a
+    /// chunk key.
+    pub fn chunk_token(&self, chunk: ChunkId, op: ChunkOp) -> Option<proto::ChunkToken> {
+        self.chunk_keys().sign(&self.config.leader.chunk_keys, chunk, op, self.env.clock().unix_ms())
+    }
+
+    /// The cluster's chunk keys as this node has applied them (for tests that make tokens of
+    /// their own: expired ones).
+    pub fn chunk_keys(&self) -> crate::chunk_tokens::ChunkKeys {
+        self.state.read().expect("state lock").namespace.chunk_keys().clone()
     }
 
     /// The storage nodes this node, while it leads, has heard from lately (for tests).
@@ -362,6 +376,8 @@ impl<E: Env> MetaServer<E> {
     fn file_reply(&self, file: &FileRecord) -> Result<proto::GetFileResponse, RpcError> {
         let term = self.require_leader()?;
         let now = self.env.clock().now();
+        let unix_ms = self.env.clock().unix_ms();
+        let policy = self.config.leader.chunk_keys;
         let chunks = self.with_leader(term, |leader, ns| {
             file.chunks
                 .iter()
@@ -381,6 +397,7 @@ impl<E: Env> MetaServer<E> {
                             .map(|(id, state)| proto::ReplicaStatus { node: storage_node_proto(ns, id), state: state as i32 })
                             .collect(),
                         chain: file.chain_at(pos).map(Chain::to_proto),
+                        token: ns.chunk_keys().sign(&policy, chunk_id, ChunkOp::Read, unix_ms),
                     }
                 })
                 .collect()
@@ -401,7 +418,9 @@ impl<E: Env> MetaServer<E> {
     fn place_chunks(&self, file: FileId, indexes: &[u32], exclude: &[StorageNodeId]) -> Result<(Vec<proto::ChunkPlacement>, u32), RpcError> {
         let term = self.require_leader()?;
         let now = self.env.clock().now();
-        let (placed, quorum) = self.with_leader(term, |leader, ns| {
+        let unix_ms = self.env.clock().unix_ms();
+        let policy = self.config.leader.chunk_keys;
+        let (placed, quorum, tokens) = self.with_leader(term, |leader, ns| {
             let upload = ns.upload(file).ok_or_else(|| namespace_error(NamespaceError::UploadNotFound(file)))?;
             let placed = leader.allocate(now, ns, upload, indexes, exclude).map_err(|e| match e {
                 AllocateError::NoLiveNode { .. } | AllocateError::Settling { .. } => RpcError::Unavailable(e.to_string()),
@@ -410,9 +429,10 @@ impl<E: Env> MetaServer<E> {
             })?;
             let placed: Vec<Vec<proto::StorageNode>> =
                 placed.into_iter().map(|nodes| nodes.into_iter().filter_map(|id| storage_node_proto(ns, id)).collect()).collect();
-            Ok::<_, RpcError>((placed, write_quorum(upload.replication)))
+            let tokens: Vec<_> = indexes.iter().map(|&i| ns.chunk_keys().sign(&policy, ChunkId::derive(file, i), ChunkOp::Write, unix_ms)).collect();
+            Ok::<_, RpcError>((placed, write_quorum(upload.replication), tokens))
         })?;
-        let placements = indexes.iter().zip(placed).map(|(&index, targets)| proto::ChunkPlacement { index, targets }).collect();
+        let placements = indexes.iter().zip(placed).zip(tokens).map(|((&index, targets), token)| proto::ChunkPlacement { index, targets, token }).collect();
         Ok((placements, quorum))
     }
 }
@@ -499,11 +519,9 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         };
         // A fresh key with every creation, from the OS's randomness: the first one applied
         // becomes the cluster's (`TokenTable::create`).
-        let mut key = [0u8; 32];
-        for part in key.chunks_mut(8) {
-            part.copy_from_slice(&self.env.random_u64().to_le_bytes());
-        }
-        let record = TokenRecord { id: self.env.random_u64(), name: r.name, grant, prefix, created_unix_ms: now, expires_unix_ms };
+        let key = self.env.random_key();
+        let id = u64::from_le_bytes(self.env.random_key()[..8].try_into().expect("8 bytes"));
+        let record = TokenRecord { id, name: r.name, grant, prefix, created_unix_ms: now, expires_unix_ms };
         let record = match self.propose(Command::CreateToken { record, key: TokenKey(key) }).await? {
             Outcome::TokenCreated(record) => record,
             other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
@@ -796,7 +814,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         let rack = Some(r.rack.clone()).filter(|r| !r.is_empty());
         self.propose(Command::RegisterStorageNode { node: StorageNodeId(node.id), addr: node.addr, capacity_bytes: r.capacity_bytes, rack }).await?;
         tracing::info!(node = %StorageNodeId(node.id), "storage node registered");
-        Ok(proto::RegisterStorageResponse { cluster_id })
+        let chunk_keys = self.state.read().expect("state lock").namespace.chunk_keys().to_proto();
+        Ok(proto::RegisterStorageResponse { cluster_id, chunk_keys })
     }
 
     async fn heartbeat(&self, r: proto::HeartbeatRequest) -> Result<proto::HeartbeatResponse, RpcError> {
@@ -852,7 +871,11 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 }
             }
         }
+        let unix_ms = self.env.clock().unix_ms();
+        let policy = self.config.leader.chunk_keys;
+        let keys = self.state.read().expect("state lock").namespace.chunk_keys().clone();
         Ok(proto::HeartbeatResponse {
+            chunk_keys: keys.to_proto(),
             register: decision.reply.register,
             delete_chunks: decision.reply.delete_chunks.iter().map(|c| c.as_bytes().to_vec().into()).collect(),
             peers: decision.reply.peers.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
@@ -866,6 +889,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                     sha256: j.sha256.0.to_vec().into(),
                     sources: sources.into_iter().map(|(id, addr)| proto::StorageNode { id: id.0, addr }).collect(),
                     chain: j.chain.map(Chain::to_proto),
+                    token: keys.sign(&policy, j.chunk, ChunkOp::Read, unix_ms),
                 })
                 .collect(),
             scrub_now: decision.reply.scrub_now,

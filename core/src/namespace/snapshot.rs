@@ -40,6 +40,7 @@ use super::map_as_pairs::Pairs;
 
 use super::{parent_of, ChunkRecord, DirRecord, FileAttrs, FileRecord, FileRecordParts, Namespace, Session, StorageNodeRecord, Upload, PATH_MAX_BYTES, ROOT};
 use crate::chain::SumKind;
+use crate::chunk_tokens::ChunkKeys;
 use crate::ids::{ChunkId, FileId, Sha256Digest, StorageNodeId};
 use crate::tokens::TokenTable;
 
@@ -92,6 +93,8 @@ struct RestRef<'a> {
     applied: u64,
     #[serde(skip_serializing_if = "TokenTable::is_empty")]
     tokens: &'a TokenTable,
+    #[serde(skip_serializing_if = "ChunkKeys::is_empty")]
+    chunk_keys: &'a ChunkKeys,
 }
 
 /// Every field but the files and directories, as read.
@@ -112,6 +115,8 @@ struct Rest {
     /// Absent when the cluster never made a token, and from earlier versions.
     #[serde(default)]
     tokens: TokenTable,
+    #[serde(default)]
+    chunk_keys: ChunkKeys,
 }
 
 struct Writer<'a> {
@@ -168,6 +173,7 @@ impl Namespace {
             shared_chunks,
             applied,
             tokens,
+            chunk_keys,
         } = self;
         out.reserve(files.len().saturating_mul(80));
         out.push(SNAPSHOT_FORMAT_VERSION);
@@ -183,6 +189,7 @@ impl Namespace {
             shared_chunks: Pairs(shared_chunks),
             applied: *applied,
             tokens,
+            chunk_keys,
         };
         let rest = serde_json::to_vec(&rest).expect("the namespace's fields serialize");
         let mut w = Writer { out, prev: b"" };
@@ -302,6 +309,7 @@ impl Namespace {
             bad_replicas: rest.bad_replicas,
             shared_chunks: rest.shared_chunks,
             tokens: rest.tokens,
+            chunk_keys: rest.chunk_keys,
         })
     }
 }

@@ -27,6 +27,7 @@ use futures::future::join_all;
 use super::service::{checksums, upload_meta};
 use super::{write_error, StorageNode, WriteGuard};
 use crate::chunk_store::{self, BatchItem, ChunkMeta, ChunkStoreError, WriteDecision};
+use crate::chunk_tokens::ChunkOp;
 use crate::env::{call_with_timeout, Disk, Env, Transport};
 use crate::fault::{self, Site};
 use crate::ids::ChunkId;
@@ -82,7 +83,8 @@ impl<E: Env> StorageNode<E> {
                 .header
                 .ok_or_else(|| RpcError::InvalidArgument("a batched chunk carries no header".into()))
                 .map(|header| ChunkUpload { header, data: chunk.data })
-                .and_then(|upload| upload_meta(&upload).map(|(id, meta)| (id, meta, upload)));
+                .and_then(|upload| upload_meta(&upload).map(|(id, meta)| (id, meta, upload)))
+                .and_then(|(id, meta, upload)| self.check_chunk_token(id, upload.header.token.as_ref(), ChunkOp::Write).map(|()| (id, meta, upload)));
             match checked {
                 Ok((id, meta, upload)) => verified.push(Verified { position, id, meta, upload }),
                 Err(e) => results[position] = Some(Err(e)),
@@ -274,6 +276,7 @@ impl<E: Env> StorageNode<E> {
     /// What a chunk of a batch read should be, checked against the batch's limits.
     fn small_read_target(&self, request: &proto::ReadChunkRequest, batch_bytes: &mut u64) -> Result<(ChunkId, ChunkMeta), RpcError> {
         let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
+        self.check_chunk_token(id, request.token.as_ref(), ChunkOp::Read)?;
         let expected = self.stored_meta(id)?;
         if expected.size > SMALL_CHUNK_BYTES_MAX as u64 {
             return Err(RpcError::InvalidArgument(format!("chunk {id} holds {} bytes, too many for a batch read (stream it)", expected.size)));

@@ -32,6 +32,9 @@ pub struct StorageConfig {
     pub inventory_interval: Duration,
     /// This node's failure domain: replicas of a chunk span two racks or more.
     pub rack: Option<String>,
+    /// Read and write a chunk only with a valid access token (`crate::chunk_tokens`). Off only
+    /// for a node run with `--insecure`, which checks nothing.
+    pub chunk_tokens: bool,
 }
 
 impl StorageConfig {
@@ -50,6 +53,7 @@ impl StorageConfig {
             scrub_rate_bytes_per_sec: crate::scrub::SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
             inventory_interval: Duration::from_secs(3600),
             rack: None,
+            chunk_tokens: true,
         }
     }
 }

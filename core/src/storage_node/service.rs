@@ -120,6 +120,33 @@ impl<E: Env> ReadState<E> {
     }
 }
 
+impl<E: Env> StorageNode<E> {
+    /// Keeps the chunk keys a registration or heartbeat reply carried (none: a leader of an
+    /// earlier version, or one that has not made a key yet; the node keeps what it had).
+    pub(super) fn learn_chunk_keys(&self, keys: &[proto::ChunkKey]) {
+        if !keys.is_empty() {
+            *self.chunk_keys.lock().expect("chunk keys lock") = ChunkKeys::from_proto(keys);
+        }
+    }
+
+    /// Whether `token` lets the caller `op` chunk `id` (`crate::chunk_tokens`). A token under
+    /// a key this node has not heard of yet is the world's fault, retryable (its next
+    /// heartbeat brings the key); any other refusal is the caller's.
+    pub(super) fn check_chunk_token(&self, id: ChunkId, token: Option<&proto::ChunkToken>, op: ChunkOp) -> Result<(), RpcError> {
+        if !self.config.chunk_tokens {
+            return Ok(());
+        }
+        let checked = self.chunk_keys.lock().expect("chunk keys lock").check(token, id, op, self.env.clock().unix_ms());
+        checked.map_err(|e| match e {
+            ChunkTokenError::NoKeys | ChunkTokenError::UnknownKey { .. } => RpcError::Unavailable(format!("node {}: {e}", self.id)),
+            e => {
+                tracing::warn!(node = %self.id, chunk = %id, "refused: {e}");
+                RpcError::PermissionDenied(format!("node {}: {e}", self.id))
+            }
+        })
+    }
+}
+
 impl<E: Env> ChunkHandler for StorageNode<E> {
     async fn write_chunk(&self, service: ChunkService, mut frames: FrameStream<proto::WriteChunkFrame>) -> Result<proto::WriteChunkResponse, RpcError> {
         let slots = match service {
@@ -129,6 +156,9 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let _slot = slots.acquire(self.env.clock(), self.config.chunk_stream_wait).await?;
         let first = self.next_frame(&mut frames).await?.ok_or_else(|| RpcError::InvalidArgument("a chunk stream with no frame".into()))?;
         let header = first.header.clone().ok_or_else(|| RpcError::InvalidArgument("the first frame of a chunk carries no header".into()))?;
+        let id = ChunkId::from_slice(&header.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
+        // A primary's forward carries the client's token with the header: replicas check it too.
+        self.check_chunk_token(id, header.token.as_ref(), ChunkOp::Write)?;
         self.check_room(header.size).await?;
         let (peers, refused) = match service {
             ChunkService::Storage => self.forward_targets(&header.forward_to).await?,
@@ -175,6 +205,8 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
     }
 
     async fn read_chunk(&self, request: proto::ReadChunkRequest) -> Result<FrameStream<proto::ReadChunkFrame>, RpcError> {
+        let id = ChunkId::from_slice(&request.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
+        self.check_chunk_token(id, request.token.as_ref(), ChunkOp::Read)?;
         self.serve_chunk(request, true).await
     }
 }

@@ -52,6 +52,7 @@ impl<E: Env> StorageNode<E> {
             if cluster_id.is_empty() && !reply.cluster_id.is_empty() {
                 self.remember_cluster(&reply.cluster_id).await?;
             }
+            self.learn_chunk_keys(&reply.chunk_keys);
             // A (new) leader learns what this node holds: everything, in the next heartbeats.
             if self.heartbeats.lock().expect("heartbeats lock").handle_registered() {
                 self.reports.lock().expect("reports lock").start_inventory(self.env.random_u64() | 1);
@@ -69,6 +70,7 @@ impl<E: Env> StorageNode<E> {
         let request = self.heartbeat_request_carrying(&batch).await?;
         let repairs_failed = self.repairs.lock().expect("repairs lock").failures();
         let reply = self.meta.call(request).await?;
+        self.learn_chunk_keys(&reply.chunk_keys);
         let answered = heartbeat::Reply { register: reply.register, inventory_wanted: reply.inventory_wanted };
         let asked = self.heartbeats.lock().expect("heartbeats lock").handle_reply(self.env.clock().now(), answered);
         self.reports.lock().expect("reports lock").acknowledge(&batch);
@@ -83,6 +85,7 @@ impl<E: Env> StorageNode<E> {
                     // A malformed chain drops the job, as a malformed digest does.
                     chain: Chain::from_proto_opt(j.chain.as_ref()).ok()?,
                     sources: j.sources.iter().map(|s| (StorageNodeId(s.id), s.addr.clone())).collect(),
+                    token: j.token.clone(),
                 })
             }));
         }
@@ -291,7 +294,11 @@ impl<E: Env> StorageNode<E> {
         let request = proto::ReadChunksRequest {
             chunks: batch
                 .iter()
-                .map(|a| proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(a.order().chunk.as_bytes()), ..Default::default() })
+                .map(|a| proto::ReadChunkRequest {
+                    chunk_id: Bytes::copy_from_slice(a.order().chunk.as_bytes()),
+                    token: a.order().token.clone(),
+                    ..Default::default()
+                })
                 .collect(),
         };
         let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().unary(&addr, request)).await;
@@ -378,7 +385,8 @@ impl<E: Env> StorageNode<E> {
         let meta = attempt.order().meta();
         while let Some((source, addr)) = attempt.next_source() {
             let chunk = attempt.order().chunk;
-            let request = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(chunk.as_bytes()), ..Default::default() };
+            let request =
+                proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(chunk.as_bytes()), token: attempt.order().token.clone(), ..Default::default() };
             let read = call_with_timeout(self.env.clock(), self.config.replication_timeout, &addr, self.env.transport().read_chunk(&addr, request)).await;
             let data = match read {
                 Ok(download) => download.data,

@@ -154,6 +154,7 @@ fn file(chunks: u32, nodes: &[u64], file_sha: &[u8]) -> (proto::FileInfo, Vec<pr
             replicas: nodes.iter().map(|&id| proto::StorageNode { id, addr: format!("n{id}") }).collect(),
             replica_status: vec![],
             chain: None,
+            token: None,
         })
         .collect();
     (info, locations)

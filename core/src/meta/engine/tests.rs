@@ -332,6 +332,8 @@ fn the_first_member_forms_the_cluster_and_the_others_wait_for_it() {
 #[test]
 fn housekeeping_runs_when_the_leader_says_and_not_while_its_last_proposals_are_out() {
     let mut w = World::new(config(1, &[]), leading());
+    // A chunk key that is not due for rotation: this test follows the cluster id alone.
+    w.ns.apply(Command::RotateChunkKey { key: crate::tokens::TokenKey([1; 32]), made_unix_ms: 1_700_000_000_000 }).unwrap();
     // A new cluster: the first tick, one interval after the node started, proposes its id.
     w.run_for(LeaderConfig::default().housekeeping_interval - Duration::from_millis(1));
     assert!(w.proposed.is_empty());

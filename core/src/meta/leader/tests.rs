@@ -154,7 +154,7 @@ impl World {
             self.repairs_per_node_max = self.repairs_per_node_max.max(node.repairing.len());
         }
         if self.now >= self.leader.poll_timeout() {
-            for command in self.leader.tick(self.now, self.unix_ms, &self.ns, [self.term, 7]) {
+            for command in self.leader.tick(self.now, self.unix_ms, &self.ns, [self.term, 7], Some(crate::tokens::TokenKey([7; 32]))) {
                 self.apply(command);
             }
         }
