@@ -60,7 +60,10 @@ for t in "${targets[@]}"; do
   if [ "$minimize" = 1 ]; then
     rm -rf "$out/$t.min"
     cargo afl cmin -i "$out/$t/default/queue" -o "$out/$t.min" -- "$bin" "$t" > "$out/$t.cmin.log" 2>&1
-    cp "$out/$t.min"/* "corpus/$t/"
+    # Named by content: the same input found twice is one file, and names carry no colons.
+    for f in "$out/$t.min"/*; do
+      cp "$f" "corpus/$t/$(sha1sum < "$f" | cut -c1-16)"
+    done
   fi
 done
 exit $failed

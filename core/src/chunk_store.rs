@@ -191,7 +191,7 @@ impl FileHeader {
     }
 
     pub fn file_len(&self) -> u64 {
-        self.data_offset() + self.meta.size
+        self.data_offset().saturating_add(self.meta.size)
     }
 
     fn frame_bytes(&self) -> u64 {
@@ -243,6 +243,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<FileHeader, ChunkFileError> {
     let size = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let sha256 = Sha256Digest(bytes[16..48].try_into().expect("32 bytes"));
     let mut meta = ChunkMeta::standalone(size, sha256);
+    // Every version: no chunk holds more (the fuzzer found a version 1 header announcing
+    // 2^64 - 1 bytes, whose file length overflowed).
+    if size > FILE_DATA_MAX_BYTES {
+        return Err(ChunkFileError::BadHeader("size beyond the largest chunk"));
+    }
     if bytes[..8] == CHUNK_FILE_MAGIC_V1 {
         return Ok(FileHeader { meta, checks: FrameChecks::WholeChunkOnly, data_offset: len as u64 });
     }
