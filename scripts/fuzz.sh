@@ -61,8 +61,10 @@ for t in "${targets[@]}"; do
     rm -rf "$out/$t.min"
     cargo afl cmin -i "$out/$t/default/queue" -o "$out/$t.min" -- "$bin" "$t" > "$out/$t.cmin.log" 2>&1
     # Named by content: the same input found twice is one file, and names carry no colons.
+    # (afl-cmin hard-links what it keeps: an input already in the corpus is that file.)
     for f in "$out/$t.min"/*; do
-      cp "$f" "corpus/$t/$(sha1sum < "$f" | cut -c1-16)"
+      dest="corpus/$t/$(sha1sum < "$f" | cut -c1-16)"
+      [ -e "$dest" ] || cp "$f" "$dest"
     done
   fi
 done
