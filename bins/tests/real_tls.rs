@@ -26,19 +26,6 @@ fn dfs_with(meta: &str, config: &Path, args: &[&str]) -> Output {
     Command::new(DFS).args(args).env("DFS_META", meta).env("DFS_CONFIG_DIR", config).env("DFS_TIMEOUT", "5s").output().expect("run dfs")
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Fails with exit 1 and one line on stderr containing `expected`.
-fn refused(out: Output, expected: &str, what: &str) {
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-    assert!(err.starts_with("dfs: ") && err.contains(expected), "{what}: stderr {err:?} lacks {expected:?}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{what}: not one line: {err:?}");
-    assert!(!err.contains("panicked"), "{what}: {err}");
-}
-
 #[test]
 fn cluster_up_runs_tls_and_refuses_clients_without_the_right_credentials() {
     let tmp = TestDir::new();

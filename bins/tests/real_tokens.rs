@@ -55,22 +55,9 @@ impl Cluster {
     }
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what}: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Fails with exit 1 and one line on stderr containing `expected`.
-fn refused(out: Output, expected: &str, what: &str) {
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-    assert!(err.starts_with("dfs: ") && err.contains(expected), "{what}: stderr {err:?} lacks {expected:?}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{what}: not one line: {err:?}");
-    assert!(!err.contains("panicked"), "{what}: {err}");
 }
 
 fn put(c: &Cluster, token: Option<&str>, local: &Path, remote: &str) -> Output {

@@ -230,3 +230,18 @@ pub fn spawn_storage(dir: &Path, i: usize, meta: &str, extra: &[&str]) -> Proc {
     args.extend(extra.iter().map(|a| a.to_string()));
     spawn(&format!("storage-{i}"), &args, dir)
 }
+
+/// A finished command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `out` failed with exit 1 and one line on stderr, `dfs: ...` containing `expected`, and no
+/// panic: how the client refuses.
+pub fn refused(out: Output, expected: &str, what: &str) {
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+    assert!(err.starts_with("dfs: ") && err.contains(expected), "{what}: stderr {err:?} lacks {expected:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{what}: not one line: {err:?}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
