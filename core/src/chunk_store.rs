@@ -128,7 +128,8 @@ impl ChunkMeta {
 /// writes it; a chained one's header is `CHAIN_BYTES` longer (`ChunkMeta::file_bytes`), which
 /// the space reserve absorbs in estimates made before the header is known.
 pub fn file_bytes(size: u64) -> u64 {
-    head_bytes(size) + size
+    // Saturating: a size off the wire may be anything until the frames are checked.
+    head_bytes(size).saturating_add(size)
 }
 
 /// Bytes before the data in the file of a chunk of `size` bytes with a standalone checksum, as

@@ -59,8 +59,12 @@ pub const SESSION_RESULTS_MAX: usize = 256;
 pub const BAD_REPLICA_CHUNKS_MAX: usize = 100_000;
 /// Most replicas one `DropReplicas` command may carry.
 pub const DROP_REPLICAS_MAX: usize = 1024;
-/// Most replicas one `ReportReplicas` command may carry.
+/// Most replicas one `ReportReplicas` (or `ForgetDeletedReplicas`) command may carry: what one
+/// heartbeat reports.
 pub const REPLICA_REPORTS_MAX: usize = 4096;
+/// Most storage nodes a cluster registers: a registration beyond is refused, so a holder of a
+/// storage certificate cannot grow the namespace without end.
+pub const STORAGE_NODES_MAX: usize = 10_000;
 
 /// The root directory's path.
 pub const ROOT: &str = "/";
@@ -800,7 +804,8 @@ impl Command {
             Command::SetClusterId { cluster_id } => {
                 if cluster_id.is_empty() || cluster_id.len() > CLUSTER_ID_MAX_BYTES || cluster_id.chars().any(char::is_control) {
                     return Err(NamespaceError::InvalidArgument(format!(
-                        "cluster id {cluster_id:?} must be 1..={CLUSTER_ID_MAX_BYTES} bytes with no control characters"
+                        "cluster id {:?} must be 1..={CLUSTER_ID_MAX_BYTES} bytes with no control characters",
+                        crate::limits::echo(cluster_id)
                     )));
                 }
             }
@@ -885,8 +890,12 @@ impl Command {
                     return Err(NamespaceError::IsDirectory(ROOT.into()));
                 }
             }
+            Command::ForgetDeletedReplicas { chunks, .. } => {
+                if chunks.len() > REPLICA_REPORTS_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!("{} deleted replicas in one command; at most {REPLICA_REPORTS_MAX}", chunks.len())));
+                }
+            }
             Command::ExpireUploads { .. }
-            | Command::ForgetDeletedReplicas { .. }
             | Command::MarkReplicaBad { .. }
             | Command::SetDraining { .. }
             | Command::ForgetStorageNode { .. }
@@ -1172,6 +1181,11 @@ impl Namespace {
         match command {
             Command::Once { .. } | Command::Batch(_) => Err(NamespaceError::InvalidArgument("a request inside a request".into())),
             Command::RegisterStorageNode { node, addr, capacity_bytes, rack } => {
+                if !self.storage_nodes.contains_key(&node) && self.storage_nodes.len() >= STORAGE_NODES_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!(
+                        "the cluster has {STORAGE_NODES_MAX} storage nodes registered, the most it takes; forget one first"
+                    )));
+                }
                 let draining = self.storage_nodes.get(&node).is_some_and(|n| n.draining);
                 self.storage_nodes.insert(node, StorageNodeRecord { id: node, addr, capacity_bytes, rack, draining });
                 Ok(Outcome::Done)
@@ -2325,7 +2339,7 @@ pub fn write_quorum(replication: u32) -> u32 {
 /// components, no trailing slash. `//a/b/` becomes `/a/b`; `a/b` becomes `/a/b`; `/` and
 /// `//` are the root. The empty string names nothing and is refused.
 pub fn normalize_path(path: &str) -> Result<String, NamespaceError> {
-    let invalid = |reason: &str| NamespaceError::InvalidPath { path: path.to_string(), reason: reason.to_string() };
+    let invalid = |reason: &str| NamespaceError::InvalidPath { path: crate::limits::echo(path), reason: reason.to_string() };
     if path.is_empty() {
         return Err(invalid("empty"));
     }

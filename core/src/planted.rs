@@ -44,10 +44,15 @@ pub enum Bug {
     /// under-replicated (the first-contact deadlock: `repair` keeps the bad listing until the
     /// chunk is whole, which on a cluster with no node to spare it never becomes).
     BadCopyNeverTarget,
+    /// The certificate check admits every caller to the cluster's own calls (Raft, storage
+    /// registration, replication), whatever its role (`auth::check`).
+    RolesUnchecked,
+    /// A metadata node admits every user call without weighing its caller (`admit`).
+    UsersUnchecked,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 12] = [
         Bug::DoubleApply,
         Bug::WriteQuorumOne,
         Bug::NoDirFsync,
@@ -58,6 +63,8 @@ impl Bug {
         Bug::SurplusDropsValid,
         Bug::LostCommit,
         Bug::BadCopyNeverTarget,
+        Bug::RolesUnchecked,
+        Bug::UsersUnchecked,
     ];
 
     /// The name `DFS_PLANTED` takes.
@@ -73,6 +80,8 @@ impl Bug {
             Bug::SurplusDropsValid => "surplus-drops-valid",
             Bug::LostCommit => "lost-commit",
             Bug::BadCopyNeverTarget => "bad-copy-never-target",
+            Bug::RolesUnchecked => "roles-unchecked",
+            Bug::UsersUnchecked => "users-unchecked",
         }
     }
 

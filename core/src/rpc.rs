@@ -272,6 +272,22 @@ pub enum ChunkService {
     Replication,
 }
 
+impl ChunkService {
+    /// The gRPC path a chunk write to this service travels on: what a node's certificate check
+    /// (`auth::need`) weighs it by.
+    pub fn write_path(self) -> &'static str {
+        match self {
+            ChunkService::Storage => WRITE_CHUNK_PATH,
+            ChunkService::Replication => REPLICATE_CHUNK_PATH,
+        }
+    }
+}
+
+/// The gRPC paths of the streaming chunk calls (the unary ones are in the generated code).
+pub const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
+pub const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
+pub const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
+
 /// Frames of one chunk stream, in or out; an error ends the stream. Pulled one at a time, so a
 /// stream buffers no more than the frame in hand (plus what the transport's flow control lets
 /// through).
@@ -374,6 +390,8 @@ pub enum FrameError {
     TooShort { got: u64, expected: u64 },
     #[error("announced {announced} bytes, more than the largest chunk ({max})")]
     TooLarge { announced: u64, max: u64 },
+    #[error("a frame after the first carries no data")]
+    EmptyFrame,
 }
 
 /// On either side the receiver's verdict on its sender: a server that gets bad frames answers
@@ -429,6 +447,9 @@ impl<H: FrameHeader> FrameAssembler<H> {
             }
             (false, None) => return Err(FrameError::MissingHeader),
             (true, Some(_)) => return Err(FrameError::RepeatedHeader),
+            // Every frame after the first brings data: a stream of empty ones would keep a
+            // receiver waiting (each resets its frame timeout) for nothing.
+            (true, None) if data.is_empty() => return Err(FrameError::EmptyFrame),
             (true, None) => {}
         }
         if self.data.len() as u64 + data.len() as u64 > self.expected_size {
@@ -533,6 +554,12 @@ mod tests {
         let mut frames = write_frames(upload(1));
         frames[0].header.as_mut().unwrap().size = u64::MAX;
         assert!(matches!(assemble_upload(frames), Err(FrameError::TooLarge { .. })));
+        // Empty frames after the first would each be a sign of life bringing nothing.
+        let mut frames = write_frames(upload(10));
+        frames.insert(1, WriteChunkFrame::default());
+        assert_eq!(assemble_upload(frames), Err(FrameError::EmptyFrame));
+        // A chunk of no bytes is one frame, its header's, with no data.
+        assert!(assemble_upload(write_frames(upload(0))).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dfs_core::limits::UNARY_MESSAGE_MAX_BYTES;
+use dfs_core::limits::{CHUNK_BATCH_MESSAGE_MAX_BYTES, CHUNK_FRAME_MESSAGE_MAX_BYTES, STREAMS_PER_CONNECTION_MAX, UNARY_MESSAGE_MAX_BYTES};
 use dfs_core::proto::{ChunkBatchServiceHandler, MetadataServiceHandler, RaftServiceHandler};
 use dfs_core::rpc::ChunkHandler;
 use tokio::net::TcpListener;
@@ -64,6 +64,8 @@ impl ServerSecurity {
             .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
             .max_frame_size(HTTP2_FRAME_BYTES_MAX)
+            // tonic leaves HTTP/2's stream count unbounded unless told.
+            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
             .layer(RpcMetricsLayer(metrics.clone()))
             .layer(auth))
     }
@@ -100,14 +102,18 @@ pub async fn serve_storage<H>(
 where
     H: ChunkHandler + ChunkBatchServiceHandler,
 {
+    // A batch carries at most `CHUNK_BATCH_BYTES_MAX` of chunks, a stream frame at most
+    // `CHUNK_FRAME_BYTES`: nothing larger is decoded (answers may be as large as any unary one).
     let batches = ChunkBatchServiceServer::new(Adapter(handler.clone()))
-        .max_decoding_message_size(UNARY_MESSAGE_MAX_BYTES)
+        .max_decoding_message_size(CHUNK_BATCH_MESSAGE_MAX_BYTES)
         .max_encoding_message_size(UNARY_MESSAGE_MAX_BYTES);
+    let storage = StorageServiceServer::new(Adapter(handler.clone())).max_decoding_message_size(CHUNK_FRAME_MESSAGE_MAX_BYTES);
+    let replication = ReplicationServiceServer::new(Adapter(handler)).max_decoding_message_size(CHUNK_FRAME_MESSAGE_MAX_BYTES);
     security
         .builder(&metrics)?
         .add_service(batches)
-        .add_service(StorageServiceServer::new(Adapter(handler.clone())))
-        .add_service(ReplicationServiceServer::new(Adapter(handler)))
+        .add_service(storage)
+        .add_service(replication)
         .serve_with_incoming_shutdown(incoming(listener, metrics), shutdown)
         .await
 }

@@ -19,9 +19,6 @@ use dfs_core::limits::UNARY_MESSAGE_MAX_BYTES;
 use crate::grpc::from_status;
 use crate::tls::Credentials;
 
-const WRITE_CHUNK_PATH: &str = "/dfs.v1.StorageService/WriteChunk";
-const REPLICATE_CHUNK_PATH: &str = "/dfs.v1.ReplicationService/ReplicateChunk";
-const READ_CHUNK_PATH: &str = "/dfs.v1.StorageService/ReadChunk";
 /// Calls to it carry the user's token; chunk calls to storage nodes do not.
 const METADATA_SERVICE: &str = "/dfs.v1.MetadataService/";
 
@@ -159,10 +156,7 @@ impl Transport for GrpcTransport {
         let to = to.to_string();
         async move {
             let mut client = self.ready(&to).await?;
-            let path = match service {
-                ChunkService::Storage => WRITE_CHUNK_PATH,
-                ChunkService::Replication => REPLICATE_CHUNK_PATH,
-            };
+            let path = service.write_path();
             let codec = ProstCodec::<WriteChunkFrame, WriteChunkResponse>::default();
             client
                 .client_streaming(tonic::Request::new(frames), PathAndQuery::from_static(path), codec)
@@ -178,7 +172,7 @@ impl Transport for GrpcTransport {
             let mut client = self.ready(&to).await?;
             let codec = ProstCodec::<ReadChunkRequest, ReadChunkFrame>::default();
             let mut frames = client
-                .server_streaming(tonic::Request::new(request), PathAndQuery::from_static(READ_CHUNK_PATH), codec)
+                .server_streaming(tonic::Request::new(request), PathAndQuery::from_static(rpc::READ_CHUNK_PATH), codec)
                 .await
                 .map_err(|s| self.status_error(&to, s))?
                 .into_inner();

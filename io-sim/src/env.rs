@@ -4,6 +4,7 @@ use dfs_core::env::Env;
 
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
+use crate::identity::SimCredentials;
 use crate::runtime::SimRuntime;
 use crate::transport::SimTransport;
 
@@ -17,12 +18,19 @@ pub struct SimEnv {
 impl SimEnv {
     /// An environment for code running inside a simulated node, with that node's disk.
     pub fn new(disk: SimDisk) -> Self {
-        SimEnv { clock: SimClock::default(), transport: SimTransport, disk }
+        SimEnv { clock: SimClock::default(), transport: SimTransport::default(), disk }
     }
 
     /// The same, for a host whose clock is `clock` (skewed, say).
     pub fn with_clock(disk: SimDisk, clock: SimClock) -> Self {
-        SimEnv { clock, transport: SimTransport, disk }
+        SimEnv { clock, transport: SimTransport::default(), disk }
+    }
+
+    /// The same host, calling out with `credentials` (by default it presents none and
+    /// speaks plaintext, as an `--insecure` one).
+    pub fn with_credentials(mut self, credentials: SimCredentials) -> Self {
+        self.transport = SimTransport::new(credentials);
+        self
     }
 }
 

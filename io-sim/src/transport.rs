@@ -9,6 +9,9 @@
 //! read chunk:  client → Open(ReadChunk{body})             server → Frame*, End | Reply(Err)
 //! ```
 //!
+//! Each opening carries the caller's credentials (`identity`): the server admits or refuses the
+//! call as a TLS one would before any handler sees it.
+//!
 //! As with tonic, the server cancels a handler (drops its future, or the frame stream it
 //! returned) as soon as the caller goes away: its end of the connection closes when the caller
 //! drops the call, gives up on a timeout, or its node is killed. Frames of an incoming chunk
@@ -20,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dfs_core::auth::Peer;
 use dfs_core::env::Transport;
 use dfs_core::fault::{self, Site};
 use dfs_core::limits;
@@ -30,12 +34,14 @@ use futures::StreamExt;
 use madsim::net::{Endpoint, Receiver, Sender};
 use prost::Message;
 
+use crate::identity::{self, Refused, SimCredentials};
+
 /// What travels on a simulated connection. Payloads are encoded protobuf.
 #[derive(Debug, Clone)]
 enum Wire {
-    Unary { path: String, body: Bytes },
-    WriteChunk { service: ChunkService },
-    ReadChunk { body: Bytes },
+    Unary { path: String, body: Bytes, from: Arc<SimCredentials> },
+    WriteChunk { service: ChunkService, from: Arc<SimCredentials> },
+    ReadChunk { body: Bytes, from: Arc<SimCredentials> },
     Frame(Bytes),
     End,
     Reply(Result<Bytes, Bytes>),
@@ -58,10 +64,21 @@ fn reply_result(reply: Result<Bytes, Bytes>) -> Result<Bytes, RpcError> {
     reply.map_err(|detail| RpcError::decode_detail(&detail))
 }
 
+/// A host's way out: its calls carry its credentials (`SimCredentials::insecure()` by default).
 #[derive(Clone, Debug, Default)]
-pub struct SimTransport;
+pub struct SimTransport {
+    credentials: Arc<SimCredentials>,
+}
 
 impl SimTransport {
+    pub fn new(credentials: SimCredentials) -> Self {
+        SimTransport { credentials: Arc::new(credentials) }
+    }
+
+    pub fn credentials(&self) -> &SimCredentials {
+        &self.credentials
+    }
+
     async fn connect(to: &str) -> Result<(Sender, Receiver), RpcError> {
         let addr: SocketAddr = to.parse().map_err(|e| transport_error(to, format!("bad address: {e}")))?;
         let endpoint = Endpoint::bind("0.0.0.0:0").await.map_err(|e| transport_error(to, e))?;
@@ -90,6 +107,7 @@ impl Transport for SimTransport {
     fn unary<R: Rpc>(&self, to: &str, request: R) -> impl Future<Output = Result<R::Response, RpcError>> + Send {
         let to = to.to_string();
         let name = to.clone();
+        let from = self.credentials.clone();
         let call = async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let body = Bytes::from(request.encode_to_vec());
@@ -97,7 +115,7 @@ impl Transport for SimTransport {
             if body.len() > limits::UNARY_MESSAGE_MAX_BYTES {
                 return Err(RpcError::InvalidArgument(format!("{to}: request of {} bytes exceeds {}", body.len(), limits::UNARY_MESSAGE_MAX_BYTES)));
             }
-            send(&tx, Wire::Unary { path: R::PATH.to_string(), body }).await.map_err(|e| transport_error(&to, e))?;
+            send(&tx, Wire::Unary { path: R::PATH.to_string(), body, from }).await.map_err(|e| transport_error(&to, e))?;
             match recv(&mut rx).await.map_err(|e| transport_error(&to, e))? {
                 Wire::Reply(reply) => {
                     let body = reply_result(reply)?;
@@ -121,10 +139,11 @@ impl Transport for SimTransport {
     ) -> impl Future<Output = Result<WriteChunkResponse, RpcError>> + Send {
         let to = to.to_string();
         let name = to.clone();
+        let from = self.credentials.clone();
         let call = async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let io = |e| transport_error(&to, e);
-            send(&tx, Wire::WriteChunk { service }).await.map_err(io)?;
+            send(&tx, Wire::WriteChunk { service, from }).await.map_err(io)?;
             while let Some(frame) = frames.next().await {
                 send(&tx, Wire::Frame(frame.encode_to_vec().into())).await.map_err(io)?;
             }
@@ -141,10 +160,11 @@ impl Transport for SimTransport {
 
     fn read_chunk(&self, to: &str, request: ReadChunkRequest) -> impl Future<Output = Result<ChunkDownload, RpcError>> + Send {
         let to = to.to_string();
+        let from = self.credentials.clone();
         async move {
             let (tx, mut rx) = Self::connect(&to).await?;
             let io = |e| transport_error(&to, e);
-            send(&tx, Wire::ReadChunk { body: request.encode_to_vec().into() }).await.map_err(io)?;
+            send(&tx, Wire::ReadChunk { body: request.encode_to_vec().into(), from }).await.map_err(io)?;
             let mut assembler = rpc::FrameAssembler::<proto::ReadChunkHeader>::new();
             loop {
                 match recv(&mut rx).await.map_err(io)? {
@@ -168,7 +188,8 @@ impl Transport for SimTransport {
 
 /// What a simulated node answers. Implemented for the metadata and storage servers below.
 pub trait SimService: Send + Sync + 'static {
-    fn unary(&self, _path: String, _body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
+    /// A unary call from `peer` (as the transport admitted it).
+    fn unary(&self, _peer: Peer, _path: String, _body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
         Box::pin(async { Err(RpcError::InvalidArgument("no such service on this node".into())) })
     }
     fn write_chunk(&self, _service: ChunkService, _frames: FrameStream<WriteChunkFrame>) -> BoxFuture<'_, Result<WriteChunkResponse, RpcError>> {
@@ -180,13 +201,12 @@ pub trait SimService: Send + Sync + 'static {
 }
 
 impl<E: dfs_core::env::Env> SimService for dfs_core::meta::MetaServer<E> {
-    fn unary(&self, path: String, body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
+    fn unary(&self, peer: Peer, path: String, body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
         Box::pin(async move {
             let unknown = || RpcError::InvalidArgument(format!("unknown method {path}"));
             let (service, method) = rpc::split_path(&path).ok_or_else(unknown)?;
             let reply = match service {
-                // The simulation carries no identities yet: its nodes check nothing, as `--insecure` ones.
-                "dfs.v1.MetadataService" => proto::metadata_service_dispatch(self, &dfs_core::auth::Peer::unchecked(), method, body).await,
+                "dfs.v1.MetadataService" => proto::metadata_service_dispatch(self, &peer, method, body).await,
                 "dfs.v1.RaftService" => proto::raft_service_dispatch(self, method, body).await,
                 _ => None,
             };
@@ -196,7 +216,8 @@ impl<E: dfs_core::env::Env> SimService for dfs_core::meta::MetaServer<E> {
 }
 
 impl<E: dfs_core::env::Env> SimService for dfs_core::storage_node::StorageNode<E> {
-    fn unary(&self, path: String, body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
+    // Storage nodes weigh chunk calls by their chunk tokens, not by who calls.
+    fn unary(&self, _peer: Peer, path: String, body: Bytes) -> BoxFuture<'_, Result<Bytes, RpcError>> {
         Box::pin(async move {
             let unknown = || RpcError::InvalidArgument(format!("unknown method {path}"));
             let (service, method) = rpc::split_path(&path).ok_or_else(unknown)?;
@@ -216,14 +237,16 @@ impl<E: dfs_core::env::Env> SimService for dfs_core::storage_node::StorageNode<E
 }
 
 /// Accepts connections on `listen` (inside the current simulated node) and answers them with
-/// `service`, one task per connection. Runs until the node is killed.
-pub async fn serve<S: SimService>(listen: SocketAddr, service: Arc<S>) -> io::Result<()> {
+/// `service`, one task per connection, admitting callers as a server holding `credentials`
+/// would (`identity::admit`). Runs until the node is killed.
+pub async fn serve<S: SimService>(listen: SocketAddr, service: Arc<S>, credentials: SimCredentials) -> io::Result<()> {
     let endpoint = Endpoint::bind(listen).await?;
+    let credentials = Arc::new(credentials);
     loop {
-        let (tx, rx, _from) = endpoint.accept1().await?;
-        let service = service.clone();
+        let (tx, rx, from) = endpoint.accept1().await?;
+        let (service, credentials) = (service.clone(), credentials.clone());
         madsim::task::spawn(async move {
-            if let Err(e) = handle_connection(&*service, tx, rx).await {
+            if let Err(e) = handle_connection(&*service, &credentials, from, tx, rx).await {
                 tracing::debug!(error = %e, "simulated connection ended early");
             }
         });
@@ -250,6 +273,10 @@ fn incoming_frames(rx: Receiver) -> FrameStream<WriteChunkFrame> {
     futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         let item = match recv(&mut rx).await {
+            // As the real server's decoder: no frame larger than a frame may be.
+            Ok(Wire::Frame(bytes)) if bytes.len() > limits::CHUNK_FRAME_MESSAGE_MAX_BYTES => {
+                Err(RpcError::Malformed(format!("a frame of {} bytes exceeds {}", bytes.len(), limits::CHUNK_FRAME_MESSAGE_MAX_BYTES)))
+            }
             Ok(Wire::Frame(bytes)) => WriteChunkFrame::decode(bytes).map_err(|e| RpcError::Malformed(format!("bad frame: {e}"))),
             Ok(Wire::End) => return None,
             Ok(other) => Err(RpcError::Malformed(format!("unexpected {other:?} in a chunk stream"))),
@@ -262,13 +289,45 @@ fn incoming_frames(rx: Receiver) -> FrameStream<WriteChunkFrame> {
     .boxed()
 }
 
-async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Receiver) -> io::Result<()> {
+/// Admits a call at `path` or says why not; a refusal is logged as a TLS node logs one. `Err(None)`:
+/// the handshake failed, and the connection is dropped unanswered.
+fn admit(server: &SimCredentials, from: &SimCredentials, addr: SocketAddr, path: &str) -> Result<Peer, Option<RpcError>> {
+    identity::admit(server, from, path, Some(addr.to_string())).map_err(|refused| {
+        let caller = from.cert.as_ref().map(|c| c.caller.name.as_str()).unwrap_or("(no certificate)");
+        tracing::warn!(peer = %addr, caller, "refused: {refused}");
+        match refused {
+            Refused::Handshake(_) => None,
+            Refused::Role(refusal) => Some(RpcError::PermissionDenied(refusal.to_string())),
+        }
+    })
+}
+
+async fn handle_connection<S: SimService>(service: &S, credentials: &SimCredentials, addr: SocketAddr, tx: Sender, mut rx: Receiver) -> io::Result<()> {
     let encode = |r: Result<Bytes, RpcError>| Wire::Reply(r.map_err(|e| e.encode_detail()));
+    // A refused call is answered at once (or, for a failed handshake, not at all).
+    let refuse = |refusal: Option<RpcError>| {
+        let tx = &tx;
+        async move {
+            match refusal {
+                Some(e) => send(tx, encode(Err(e))).await,
+                None => Ok(()),
+            }
+        }
+    };
     match recv(&mut rx).await? {
-        Wire::Unary { path, body } => {
+        Wire::Unary { path, body, from } => {
+            let peer = match admit(credentials, &from, addr, &path) {
+                Ok(peer) => peer,
+                Err(refusal) => return refuse(refusal).await,
+            };
+            // As the real servers' decoders: nothing larger than the call may carry.
+            let max = if path.starts_with("/dfs.v1.ChunkBatchService/") { limits::CHUNK_BATCH_MESSAGE_MAX_BYTES } else { limits::UNARY_MESSAGE_MAX_BYTES };
+            if body.len() > max {
+                return refuse(Some(RpcError::InvalidArgument(format!("a request of {} bytes exceeds {max}", body.len())))).await;
+            }
             // Cancelled when the caller goes away (a timeout, a crash), as tonic drops a
             // handler whose client reset the stream: handlers must not count on finishing.
-            let Some(reply) = unless_caller_gone(&tx, service.unary(path, body)).await else { return Ok(()) };
+            let Some(reply) = unless_caller_gone(&tx, service.unary(peer, path, body)).await else { return Ok(()) };
             let reply = reply.and_then(|reply| {
                 if reply.len() > limits::UNARY_MESSAGE_MAX_BYTES {
                     return Err(RpcError::Internal(format!("reply of {} bytes exceeds {}", reply.len(), limits::UNARY_MESSAGE_MAX_BYTES)));
@@ -280,7 +339,10 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
             }
             send(&tx, encode(reply)).await
         }
-        Wire::WriteChunk { service: which } => {
+        Wire::WriteChunk { service: which, from } => {
+            if let Err(refusal) = admit(credentials, &from, addr, which.write_path()) {
+                return refuse(refusal).await;
+            }
             let handled = unless_caller_gone(&tx, service.write_chunk(which, incoming_frames(rx))).await;
             match handled {
                 Some(_) if reply_lost() => Ok(()),
@@ -288,7 +350,10 @@ async fn handle_connection<S: SimService>(service: &S, tx: Sender, mut rx: Recei
                 None => Ok(()),
             }
         }
-        Wire::ReadChunk { body } => {
+        Wire::ReadChunk { body, from } => {
+            if let Err(refusal) = admit(credentials, &from, addr, rpc::READ_CHUNK_PATH) {
+                return refuse(refusal).await;
+            }
             let request = match ReadChunkRequest::decode(body) {
                 Ok(r) => r,
                 Err(e) => return send(&tx, encode(Err(RpcError::InvalidArgument(format!("bad request: {e}"))))).await,

@@ -698,5 +698,41 @@ fn batches_beyond_the_limits_are_refused_whole() {
     let (id, big) = chunk(0, limits::SMALL_CHUNK_BYTES_MAX + 1);
     let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: vec![batch_item(id, &big)] }));
     assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
+    // Each chunk small enough, together too many bytes.
+    let per_chunk = limits::SMALL_CHUNK_BYTES_MAX;
+    let heavy: Vec<proto::ChunkWrite> = (0..=(limits::CHUNK_BATCH_BYTES_MAX / per_chunk) as u32)
+        .map(|i| {
+            let (id, data) = chunk(i, per_chunk);
+            batch_item(id, &data)
+        })
+        .collect();
+    assert!(heavy.len() <= limits::CHUNK_BATCH_MAX);
+    let refused = block_on(ChunkBatchServiceHandler::write_chunks(&*node, proto::WriteChunksRequest { chunks: heavy.clone() }));
+    assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
+    let refused = block_on(ChunkBatchServiceHandler::replicate_chunks(&*node, proto::ReplicateChunksRequest { chunks: heavy }));
+    assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
+    let reads = (0..=limits::CHUNK_BATCH_MAX as u32)
+        .map(|i| ReadChunkRequest { chunk_id: Bytes::copy_from_slice(chunk(i, 1).0.as_bytes()), ..Default::default() })
+        .collect();
+    let refused = block_on(ChunkBatchServiceHandler::read_chunks(&*node, proto::ReadChunksRequest { chunks: reads }));
+    assert!(matches!(refused, Err(RpcError::InvalidArgument(_))), "{refused:?}");
+    assert_eq!((node.chunk_count(), node.writes_in_progress()), (0, 0));
+}
+
+/// A chunk stream announcing more than the largest chunk is refused from its header, before
+/// the node reserves room for it or waits for its bytes; so is a stream of empty frames.
+#[test]
+fn chunk_streams_are_bounded_by_their_header() {
+    let env = TestEnv::new(1 << 30);
+    let node = open(&env, config());
+    let (id, data) = chunk(0, 10);
+    let mut huge = upload(id, &data);
+    huge.header.size = u64::MAX;
+    let refused = block_on(node.write_chunk(ChunkService::Storage, frames(huge)));
+    assert!(matches!(&refused, Err(RpcError::InvalidArgument(m)) if m.contains("largest")), "{refused:?}");
+    let mut empty_frames = rpc::write_frames(upload(id, &data));
+    empty_frames.insert(1, WriteChunkFrame::default());
+    let refused = block_on(node.write_chunk(ChunkService::Storage, futures::stream::iter(empty_frames.into_iter().map(Ok)).boxed()));
+    assert!(matches!(refused, Err(RpcError::Malformed(_))), "{refused:?}");
     assert_eq!((node.chunk_count(), node.writes_in_progress()), (0, 0));
 }

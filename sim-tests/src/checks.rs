@@ -132,10 +132,10 @@ pub async fn scrub_all(cluster: &Cluster) {
     for host in &cluster.storage {
         let addr = host.addr.to_string();
         let meta = cluster.meta_addrs();
-        let disk = dfs_io_sim::SimDisk::new(1 << 20);
+        let env = cluster.admin_env(&dfs_io_sim::SimDisk::new(1 << 20));
         cluster
             .on_client(async move {
-                let admin = dfs_core::meta_client::MetaClient::new(SimEnv::new(disk), meta, Default::default());
+                let admin = dfs_core::meta_client::MetaClient::new(env, meta, Default::default());
                 admin.call(dfs_core::proto::ScrubStorageNodeRequest { node: addr }).await
             })
             .await

@@ -4,6 +4,12 @@
 //! Each host's disk (`SimDisk`) belongs to the harness, not to the host, so it outlives a kill;
 //! `restart_*` boots the host again on the same disk. Servers are published in slots so
 //! checkers can read their state without going through the network.
+//!
+//! Hosts hold TLS identities unless `ClusterConfig::tls` is off, as `dfs cluster up` gives
+//! them: a certificate of the cluster CA (`CLUSTER_CA`) of role `meta` for metadata nodes,
+//! `storage` for storage nodes, `client` for the client hosts' everyday calls and `admin` for
+//! their administration (`admin_env`). Every server admits callers by those (see
+//! `dfs_io_sim::identity`), so a call a role does not allow fails here as in production.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,10 +17,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dfs_core::auth::Role;
 use dfs_core::client::{ClientConfig, DfsClient};
 use dfs_core::meta::{MetaConfig, MetaServer};
 use dfs_core::storage_node::{StorageConfig, StorageNode};
-use dfs_io_sim::{serve, ClockSkew, CrashModel, SimClock, SimDisk, SimEnv};
+use dfs_io_sim::{serve, ClockSkew, CrashModel, SimClock, SimCredentials, SimDisk, SimEnv};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 
@@ -29,6 +36,9 @@ pub fn fault_event(text: impl Into<String>) {
 }
 
 const PORT: u16 = 7000;
+
+/// The CA every host of a simulated cluster trusts, and whose certificates its hosts present.
+pub const CLUSTER_CA: u64 = 1;
 
 /// What a killed host's disk keeps of contents written but not synced: a third of such files
 /// were written back whole before the cut, a third in part (torn), a third not at all. Only
@@ -65,6 +75,9 @@ pub struct ClusterConfig {
     pub clock_skews: BTreeMap<String, ClockSkew>,
     /// Client hosts (`client` when one, `client-1`.. otherwise).
     pub clients: usize,
+    /// Whether hosts hold TLS identities and servers admit callers by them (the default, as
+    /// `dfs cluster up`); off, every host is an `--insecure` one.
+    pub tls: bool,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +97,7 @@ impl Default for ClusterConfig {
             storage_scrub_rate_bytes_per_sec: None,
             clock_skews: BTreeMap::new(),
             clients: 1,
+            tls: true,
         }
     }
 }
@@ -115,6 +129,8 @@ pub struct Cluster {
     pub client_names: Vec<String>,
     /// term → the node seen leading it (checked by the observer).
     leaders: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// Client hosts that act as a user holding a token instead of a certificate.
+    client_tokens: Mutex<BTreeMap<usize, String>>,
 }
 
 fn ip(a: u8, b: u8) -> IpAddr {
@@ -138,12 +154,13 @@ impl Cluster {
                     (config.meta_snapshot_every, config.meta_logs_kept_behind_snapshot, config.meta_snapshot_piece_bytes);
                 let (health, gc_delay, upload_expiry) = (config.meta_health, config.meta_gc_delay, config.meta_upload_expiry);
                 let skew = config.clock_skews.get(&format!("meta-{id}")).copied();
+                let credentials = identity(config.tls, Role::Meta, &format!("meta-{id}"));
                 let node = handle
                     .create_node()
                     .name(format!("meta-{id}"))
                     .ip(addr.ip())
                     .init(move || {
-                        let (members, disk, slot) = (members.clone(), disk2.clone(), slot.clone());
+                        let (members, disk, slot, credentials) = (members.clone(), disk2.clone(), slot.clone(), credentials.clone());
                         async move {
                             boot_delay().await;
                             let mut config = MetaConfig::new(id, members, "/meta");
@@ -156,9 +173,10 @@ impl Cluster {
                             config.leader.gc_delay = gc_delay.unwrap_or(config.leader.gc_delay);
                             config.leader.upload_expiry = upload_expiry.unwrap_or(config.leader.upload_expiry);
                             // A host's monotonic clock starts again at boot; its skew stays.
-                            let server = MetaServer::start(env_for(disk, skew), config).await.expect("metadata node starts");
+                            let env = env_for(disk, skew).with_credentials(credentials.clone());
+                            let server = MetaServer::start(env, config).await.expect("metadata node starts");
                             *slot.lock().unwrap() = Some(server.clone());
-                            serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), server).await.expect("serve");
+                            serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), server, credentials).await.expect("serve");
                         }
                     })
                     .build();
@@ -179,22 +197,24 @@ impl Cluster {
                 let (meta_addrs, disk2, slot, heartbeat) = (meta_addrs.clone(), disk.clone(), server.clone(), config.storage_heartbeat);
                 let (inventory_interval, scrub_rate) = (config.storage_inventory_interval, config.storage_scrub_rate_bytes_per_sec);
                 let skew = config.clock_skews.get(&format!("storage-{index}")).copied();
+                let credentials = identity(config.tls, Role::Storage, &format!("storage-{index}"));
                 let node = handle
                     .create_node()
                     .name(format!("storage-{index}"))
                     .ip(addr.ip())
                     .init(move || {
-                        let (meta_addrs, disk, slot) = (meta_addrs.clone(), disk2.clone(), slot.clone());
+                        let (meta_addrs, disk, slot, credentials) = (meta_addrs.clone(), disk2.clone(), slot.clone(), credentials.clone());
                         async move {
                             boot_delay().await;
                             let mut config = StorageConfig::new("/data", addr.to_string(), meta_addrs);
                             config.heartbeat_interval = heartbeat;
                             config.inventory_interval = inventory_interval.unwrap_or(config.inventory_interval);
                             config.scrub_rate_bytes_per_sec = scrub_rate.unwrap_or(config.scrub_rate_bytes_per_sec);
-                            let node = StorageNode::open(env_for(disk, skew), config).await.expect("storage node opens");
+                            let env = env_for(disk, skew).with_credentials(credentials.clone());
+                            let node = StorageNode::open(env, config).await.expect("storage node opens");
                             *slot.lock().unwrap() = Some(node.clone());
                             madsim::task::spawn(node.clone().run_heartbeats());
-                            serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), node).await.expect("serve");
+                            serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT), node, credentials).await.expect("serve");
                         }
                     })
                     .build();
@@ -205,7 +225,7 @@ impl Cluster {
         let client_names: Vec<String> =
             (1..=config.clients.max(1)).map(|i| if config.clients <= 1 { "client".to_string() } else { format!("client-{i}") }).collect();
         let clients = client_names.iter().enumerate().map(|(i, name)| handle.create_node().name(name).ip(ip(2, i as u8 + 1)).build()).collect();
-        let cluster = Cluster { config, meta, storage, clients, client_names, leaders: Arc::default() };
+        let cluster = Cluster { config, meta, storage, clients, client_names, leaders: Arc::default(), client_tokens: Mutex::default() };
         cluster.spawn_leader_observer();
         cluster
     }
@@ -216,13 +236,49 @@ impl Cluster {
 
     /// A client with a disk of its own, to be used inside `on_client`.
     pub fn client(&self, config: ClientConfig, disk: &SimDisk) -> DfsClient<SimEnv> {
-        DfsClient::new(SimEnv::new(disk.clone()), self.meta_addrs(), config)
+        DfsClient::new(self.client_env(disk), self.meta_addrs(), config)
     }
 
     /// A client for client host `i` (0-based), reading that host's clock.
     pub fn client_on(&self, i: usize, config: ClientConfig, disk: &SimDisk) -> DfsClient<SimEnv> {
         let skew = self.config.clock_skews.get(&self.client_names[i]).copied();
-        DfsClient::new(env_for(disk.clone(), skew), self.meta_addrs(), config)
+        let credentials = match self.client_tokens.lock().unwrap().get(&i) {
+            Some(token) if self.config.tls => SimCredentials::tls(CLUSTER_CA).with_token(token.clone()),
+            _ => self.credentials(Role::Client, &self.client_names[i]),
+        };
+        DfsClient::new(env_for(disk.clone(), skew).with_credentials(credentials), self.meta_addrs(), config)
+    }
+
+    /// From now on, clients made for client host `i` (`client_on`) present no certificate but
+    /// `token`, as a user with only `DFS_TOKEN` set.
+    pub fn use_token_on(&self, i: usize, token: String) {
+        fault_event(format!("{} works with a user's token from now on", self.client_names[i]));
+        self.client_tokens.lock().unwrap().insert(i, token);
+    }
+
+    /// A user's token of `role` over the whole namespace, made by an admin (retried until it
+    /// is made, or for a minute).
+    pub async fn create_token(&self, name: &str, role: &str) -> String {
+        let admin = dfs_core::meta_client::MetaClient::new(self.admin_env(&SimDisk::new(1 << 20)), self.meta_addrs(), Default::default());
+        let request = dfs_core::proto::CreateTokenRequest { name: name.into(), role: role.into(), ..Default::default() };
+        let made = self.on_client(async move { admin.call(request).await }).await;
+        made.unwrap_or_else(|e| panic!("an admin could not make a token: {e}")).token
+    }
+
+    /// The environment of a client host's everyday calls: a `client` certificate.
+    pub fn client_env(&self, disk: &SimDisk) -> SimEnv {
+        SimEnv::new(disk.clone()).with_credentials(self.credentials(Role::Client, &self.client_names[0]))
+    }
+
+    /// The environment of a client host's administration (membership, draining, scrub
+    /// orders): an `admin` certificate, as `dfs cluster up` leaves in the config directory.
+    pub fn admin_env(&self, disk: &SimDisk) -> SimEnv {
+        SimEnv::new(disk.clone()).with_credentials(self.credentials(Role::Admin, "admin"))
+    }
+
+    /// What a host of `role` named `name` holds in this cluster.
+    pub fn credentials(&self, role: Role, name: &str) -> SimCredentials {
+        identity(self.config.tls, role, name)
     }
 
     /// Runs `work` on the client host (the only host a scenario's requests come from).
@@ -493,7 +549,7 @@ impl Cluster {
     /// `id` is a voter again.
     async fn membership_change(&self, id: u64, crash: u64) {
         let addr = self.meta[id as usize - 1].addr.to_string();
-        let admin = Arc::new(self.client(ClientConfig::default(), &SimDisk::new(1 << 20)));
+        let admin = Arc::new(DfsClient::new(self.admin_env(&SimDisk::new(1 << 20)), self.meta_addrs(), ClientConfig::default()));
         fault_event(format!("membership: remove meta-{id}, then add it back"));
         let change = {
             let admin = admin.clone();
@@ -597,6 +653,15 @@ pub enum Cut {
     Both,
     Outgoing,
     Incoming,
+}
+
+/// What a host of `role` named `name` holds: a certificate of the cluster CA, or (TLS off)
+/// nothing.
+fn identity(tls: bool, role: Role, name: &str) -> SimCredentials {
+    match tls {
+        true => SimCredentials::tls(CLUSTER_CA).with_cert(role, name, CLUSTER_CA),
+        false => SimCredentials::insecure(),
+    }
 }
 
 /// A host's environment, its clock skewed if it is one of those `ClusterConfig::clock_skews`

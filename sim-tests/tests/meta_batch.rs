@@ -115,7 +115,7 @@ async fn scenario() {
     cluster.wait_for_leader(Duration::from_secs(30)).await;
     cluster.wait_for_storage(3, Duration::from_secs(30)).await;
     let disk = SimDisk::new(1 << 30);
-    let meta = MetaClient::new(SimEnv::new(disk.clone()), cluster.meta_addrs(), RetryPolicy::default());
+    let meta = MetaClient::new(cluster.client_env(&disk), cluster.meta_addrs(), RetryPolicy::default());
     cluster.on_client(per_item(meta)).await;
     trace::event("batch items keep their own results");
 

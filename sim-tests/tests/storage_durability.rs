@@ -124,12 +124,269 @@ async fn scenario() {
     trace::event("the damaged replica was quarantined and made again on its node");
     check(&cluster, &client, &disk, &oracle, "after quarantine").await;
     chunk_calls_need_the_leaders_token(&cluster).await;
+    strangers_are_refused_everywhere(&cluster).await;
+    users_tokens_hold_their_grant(&cluster).await;
     callers_that_go_away_leave_no_write_behind(&cluster).await;
+}
+
+/// A call a stranger might try, on a metadata node (`Meta`) or a storage node (`Storage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    // Metadata: a user's calls (read, write, admin), the storage nodes' calls, Raft.
+    GetFile,
+    Mkdir,
+    Fsck,
+    CreateToken,
+    RegisterStorage,
+    Heartbeat,
+    Vote,
+    AppendEntries,
+    InstallSnapshot,
+    // Storage: chunks alone and in batches, written, replicated and read.
+    WriteChunk,
+    ReplicateChunk,
+    ReadChunk,
+    WriteChunks,
+    ReplicateChunks,
+    ReadChunks,
+}
+
+impl Probe {
+    const META: [Probe; 9] = [
+        Probe::GetFile,
+        Probe::Mkdir,
+        Probe::Fsck,
+        Probe::CreateToken,
+        Probe::RegisterStorage,
+        Probe::Heartbeat,
+        Probe::Vote,
+        Probe::AppendEntries,
+        Probe::InstallSnapshot,
+    ];
+    const STORAGE: [Probe; 6] = [Probe::WriteChunk, Probe::ReplicateChunk, Probe::ReadChunk, Probe::WriteChunks, Probe::ReplicateChunks, Probe::ReadChunks];
+}
+
+/// The chunk strangers try to write and read: no file holds it.
+fn stranger_chunk() -> (ChunkId, Bytes) {
+    (ChunkId::derive(dfs_core::ids::FileId(1 << 42), 0), Bytes::from_static(b"a stranger's chunk"))
+}
+
+/// Makes call `probe` to `to` through `transport`. Batch answers carry a result per chunk: the
+/// first chunk's error is the call's.
+async fn probe(
+    transport: dfs_io_sim::SimTransport,
+    to: String,
+    probe: Probe,
+    token: Option<dfs_core::proto::ChunkToken>,
+) -> Result<(), dfs_core::rpc::RpcError> {
+    use dfs_core::env::Transport;
+    use dfs_core::proto::{self, chunk_read_result, chunk_write_result};
+    use dfs_core::rpc::{ChunkService, ChunkUpload, RpcError};
+    let (id, data) = stranger_chunk();
+    let header = proto::WriteChunkHeader {
+        chunk_id: Bytes::copy_from_slice(id.as_bytes()),
+        size: data.len() as u64,
+        sha256: dfs_core::ids::Sha256Digest::of(&data).0.to_vec().into(),
+        token: token.clone(),
+        ..Default::default()
+    };
+    let write = proto::ChunkWrite { header: Some(header.clone()), data: data.clone() };
+    let read = proto::ReadChunkRequest { chunk_id: Bytes::copy_from_slice(id.as_bytes()), token, ..Default::default() };
+    let first_write = |r: proto::WriteChunksResponse| match r.results.into_iter().next().and_then(|r| r.result) {
+        Some(chunk_write_result::Result::Error(e)) => Err(RpcError::from_detail(e)),
+        _ => Ok(()),
+    };
+    match probe {
+        Probe::GetFile => transport.unary(&to, proto::GetFileRequest { path: "/f0".into() }).await.map(drop),
+        Probe::Mkdir => transport.unary(&to, proto::MkdirRequest { path: "/stranger".into(), ..Default::default() }).await.map(drop),
+        Probe::Fsck => transport.unary(&to, proto::FsckRequest::default()).await.map(drop),
+        Probe::CreateToken => {
+            transport.unary(&to, proto::CreateTokenRequest { name: "stranger".into(), role: "admin".into(), ..Default::default() }).await.map(drop)
+        }
+        Probe::RegisterStorage => transport.unary(&to, proto::RegisterStorageRequest::default()).await.map(drop),
+        Probe::Heartbeat => transport.unary(&to, proto::HeartbeatRequest::default()).await.map(drop),
+        Probe::Vote => transport.unary(&to, proto::VoteRequest::default()).await.map(drop),
+        Probe::AppendEntries => transport.unary(&to, proto::AppendEntriesRequest::default()).await.map(drop),
+        Probe::InstallSnapshot => transport.unary(&to, proto::InstallSnapshotRequest::default()).await.map(drop),
+        Probe::WriteChunk | Probe::ReplicateChunk => {
+            let service = if probe == Probe::WriteChunk { ChunkService::Storage } else { ChunkService::Replication };
+            transport.write_chunk(&to, service, ChunkUpload { header, data }).await.map(drop)
+        }
+        Probe::ReadChunk => transport.read_chunk(&to, read).await.map(drop),
+        Probe::WriteChunks => first_write(transport.unary(&to, proto::WriteChunksRequest { chunks: vec![write] }).await?),
+        Probe::ReplicateChunks => first_write(transport.unary(&to, proto::ReplicateChunksRequest { chunks: vec![write] }).await?),
+        Probe::ReadChunks => {
+            match transport.unary(&to, proto::ReadChunksRequest { chunks: vec![read] }).await?.results.into_iter().next().and_then(|r| r.result) {
+                Some(chunk_read_result::Result::Error(e)) => Err(RpcError::from_detail(e)),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Strangers are refused everywhere, and change nothing:
+/// - a host with no credentials but the cluster CA (a user without certificate or token) is
+///   refused every call on every node: by `admit` on metadata nodes, for want of a role on the
+///   cluster's own calls, for want of a chunk token on storage nodes;
+/// - a plaintext host, a host trusting another CA, and a host whose (metadata) certificate
+///   another CA signed fail the handshake with every node;
+/// - a client's certificate does not open the cluster's own calls (Raft, storage registration
+///   and heartbeats, replication) nor administration; a storage node's does not write files.
+///
+/// Controls: the same calls with the right certificate get past admission, so each refusal
+/// above is the caller's credentials' doing, not a call that could never work.
+async fn strangers_are_refused_everywhere(cluster: &Cluster) {
+    use dfs_core::auth::Role;
+    use dfs_core::rpc::RpcError;
+    use dfs_io_sim::{SimCredentials, SimTransport};
+    use dfs_sim_tests::cluster::CLUSTER_CA;
+    let leader_id = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let leader = cluster.meta_server(leader_id).expect("the leader runs");
+    let term_before = leader.raft().metrics().borrow().current_term;
+    let tokens_before = leader.local_state().namespace.tokens().records().count();
+    let stranger = madsim::runtime::Handle::current().create_node().name("stranger").ip("10.0.3.1".parse().unwrap()).build();
+    let targets: Vec<(String, Probe)> = cluster
+        .meta
+        .iter()
+        .flat_map(|m| Probe::META.map(|p| (m.addr.to_string(), p)))
+        .chain(cluster.storage.iter().flat_map(|s| Probe::STORAGE.map(|p| (s.addr.to_string(), p))))
+        .collect();
+    let run = |credentials: SimCredentials, to: String, p: Probe, token: Option<dfs_core::proto::ChunkToken>| {
+        let transport = SimTransport::new(credentials);
+        stranger.spawn(async move { probe(transport, to, p, token).await })
+    };
+    let denied = |r: &Result<(), RpcError>| matches!(r, Err(RpcError::PermissionDenied(_)));
+    // The handshake fails: the server drops the connection unanswered.
+    let dropped = |r: &Result<(), RpcError>| matches!(r, Err(RpcError::Transport(_)));
+
+    let bare = SimCredentials::tls(CLUSTER_CA);
+    let handshake_fails = [
+        ("a plaintext host", SimCredentials::insecure()),
+        ("a host trusting another CA", SimCredentials::tls(CLUSTER_CA + 1).with_cert(Role::Meta, "meta-1", CLUSTER_CA + 1)),
+        ("a host with a metadata certificate of another CA", SimCredentials::tls(CLUSTER_CA).with_cert(Role::Meta, "meta-1", CLUSTER_CA + 1)),
+    ];
+    for (to, p) in &targets {
+        let result = run(bare.clone(), to.clone(), *p, None).await.expect("task");
+        assert!(denied(&result), "{to}: {p:?} from a host without credentials was not refused: {result:?}");
+        for (who, credentials) in &handshake_fails {
+            let result = run(credentials.clone(), to.clone(), *p, None).await.expect("task");
+            assert!(dropped(&result), "{to}: {p:?} from {who} passed the handshake: {result:?}");
+        }
+    }
+    let client = SimCredentials::tls(CLUSTER_CA).with_cert(Role::Client, "mallory", CLUSTER_CA);
+    let storage = SimCredentials::tls(CLUSTER_CA).with_cert(Role::Storage, "storage-9", CLUSTER_CA);
+    for (to, p) in &targets {
+        let cluster_call = matches!(
+            p,
+            Probe::RegisterStorage
+                | Probe::Heartbeat
+                | Probe::Vote
+                | Probe::AppendEntries
+                | Probe::InstallSnapshot
+                | Probe::ReplicateChunk
+                | Probe::ReplicateChunks
+        );
+        if cluster_call || matches!(p, Probe::Fsck | Probe::CreateToken) {
+            let result = run(client.clone(), to.clone(), *p, None).await.expect("task");
+            assert!(denied(&result), "{to}: {p:?} with a client certificate was not refused: {result:?}");
+        }
+        if *p == Probe::Mkdir {
+            let result = run(storage.clone(), to.clone(), *p, None).await.expect("task");
+            assert!(denied(&result), "{to}: {p:?} with a storage certificate was not refused: {result:?}");
+        }
+    }
+
+    // Controls, each with the certificate its call needs: past admission, whatever follows.
+    let (id, _) = stranger_chunk();
+    let write_token = leader.chunk_token(id, dfs_core::chunk_tokens::ChunkOp::Write);
+    let meta_addr = cluster.meta[0].addr.to_string();
+    let storage_addr = cluster.storage[0].addr.to_string();
+    let controls = [
+        (cluster.credentials(Role::Meta, "meta-1"), meta_addr.clone(), Probe::Vote, None),
+        (cluster.credentials(Role::Admin, "admin"), leader_id_addr(cluster, leader_id), Probe::Fsck, None),
+        (cluster.credentials(Role::Client, "client"), meta_addr, Probe::GetFile, None),
+        (cluster.credentials(Role::Storage, "storage-2"), storage_addr, Probe::ReplicateChunks, write_token),
+    ];
+    for (credentials, to, p, token) in controls {
+        let result = run(credentials, to.clone(), p, token).await.expect("task");
+        assert!(!denied(&result) && !dropped(&result), "{to}: {p:?} with the right certificate was refused: {result:?}");
+    }
+    // The control wrote the stranger's chunk on storage-1 (with the leader's token); remove it
+    // from what is checked below: no other node may hold it, and nothing else changed.
+    let (chunk, _) = stranger_chunk();
+    let path = ChunkLayout::new("/data").chunk_path(chunk);
+    for host in &cluster.storage[1..] {
+        assert!(host.disk.read_file(&path).await.is_err(), "storage-{} holds a chunk only strangers wrote", host.index);
+    }
+    let state = leader.local_state();
+    assert!(state.namespace.kind("/stranger").is_none(), "a stranger made a directory");
+    assert_eq!(state.namespace.tokens().records().count(), tokens_before, "a stranger made a token");
+    drop(state);
+    assert_eq!(leader.raft().metrics().borrow().current_term, term_before, "a stranger moved the Raft term");
+    madsim::runtime::Handle::current().kill(stranger.id());
+    trace::event(format!("{} calls by strangers refused on every node", targets.len() * 4));
+}
+
+fn leader_id_addr(cluster: &Cluster, leader: u64) -> String {
+    cluster.meta[leader as usize - 1].addr.to_string()
+}
+
+/// A user's token holds its grant and its prefix, and is refused once revoked: tokens made by
+/// an admin through the leader, used from a host that holds no certificate.
+async fn users_tokens_hold_their_grant(cluster: &Cluster) {
+    use dfs_core::proto;
+    use dfs_core::rpc::RpcError;
+    use dfs_io_sim::SimCredentials;
+    use dfs_sim_tests::cluster::CLUSTER_CA;
+    let meta = cluster.meta_addrs();
+    let admin = dfs_core::meta_client::MetaClient::new(cluster.admin_env(&SimDisk::new(1 << 20)), meta.clone(), Default::default());
+    let a = admin.clone();
+    let made = cluster
+        .on_client(async move {
+            let reader = a.call(proto::CreateTokenRequest { name: "reader".into(), role: "read".into(), ..Default::default() }).await?;
+            let home = a.call(proto::CreateTokenRequest { name: "alice".into(), role: "write".into(), prefix: "/home/alice".into(), ttl_ms: 0 }).await?;
+            a.call(proto::MkdirRequest { path: "/home/alice".into(), parents: true, ..Default::default() }).await?;
+            Ok::<_, RpcError>((reader, home))
+        })
+        .await;
+    let (reader, home) = made.expect("an admin makes tokens");
+    let as_user = |token: &str| {
+        dfs_core::meta_client::MetaClient::new(
+            SimEnv::new(SimDisk::new(1 << 20)).with_credentials(SimCredentials::tls(CLUSTER_CA).with_token(token)),
+            meta.clone(),
+            Default::default(),
+        )
+    };
+    let (r, h) = (as_user(&reader.token), as_user(&home.token));
+    let outcome = cluster
+        .on_client(async move {
+            let read = r.call(proto::GetFileRequest { path: "/f0".into() }).await.map(drop);
+            let write = r.call(proto::MkdirRequest { path: "/by-reader".into(), ..Default::default() }).await.map(drop);
+            let inside = h.call(proto::MkdirRequest { path: "/home/alice/docs".into(), ..Default::default() }).await.map(drop);
+            let outside = h.call(proto::MkdirRequest { path: "/home/bob".into(), ..Default::default() }).await.map(drop);
+            (read, write, inside, outside)
+        })
+        .await;
+    let denied = |r: &Result<(), RpcError>| matches!(r, Err(RpcError::PermissionDenied(_)));
+    assert!(outcome.0.is_ok(), "a read token could not read: {:?}", outcome.0);
+    assert!(denied(&outcome.1), "a read token wrote: {:?}", outcome.1);
+    assert!(outcome.2.is_ok(), "a token for /home/alice could not write there: {:?}", outcome.2);
+    assert!(denied(&outcome.3), "a token for /home/alice wrote outside it: {:?}", outcome.3);
+    let (a, id, r) = (admin.clone(), reader.info.as_ref().map(|i| i.id).unwrap_or_default(), as_user(&reader.token));
+    let after = cluster
+        .on_client(async move {
+            a.call(proto::RevokeTokenRequest { id }).await.expect("an admin revokes a token");
+            r.call(proto::GetFileRequest { path: "/f0".into() }).await.map(drop)
+        })
+        .await;
+    assert!(denied(&after), "a revoked token still reads: {after:?}");
+    trace::event("users' tokens held their grants and prefixes, and a revoked one was refused");
 }
 
 /// Every storage node refuses a chunk write or read without the leader's token for it: none,
 /// a forged one, an expired one, a read token for a write, another chunk's; the leader's own
-/// token is taken. (Simulated nodes check chunk tokens as TLS ones do.)
+/// token is taken. The calls come with a valid storage certificate, as a storage node's
+/// would: a certificate is not enough, and neither is knowing a chunk id.
 async fn chunk_calls_need_the_leaders_token(cluster: &Cluster) {
     use dfs_core::chunk_tokens::{ChunkKeyPolicy, ChunkOp};
     use dfs_core::env::Transport;
@@ -156,6 +413,7 @@ async fn chunk_calls_need_the_leaders_token(cluster: &Cluster) {
         },
         data: data.clone(),
     };
+    let transport = dfs_io_sim::SimTransport::new(cluster.credentials(dfs_core::auth::Role::Storage, "storage-1"));
     for node in &cluster.storage {
         let to = node.addr.to_string();
         let cases = [
@@ -165,22 +423,24 @@ async fn chunk_calls_need_the_leaders_token(cluster: &Cluster) {
             ("a read token", Some(read.clone()), "allows no write"),
         ];
         for (what, token, expected) in cases {
-            let (dest, upload) = (to.clone(), upload(token));
-            let result = cluster.on_client(async move { dfs_io_sim::SimTransport.write_chunk(&dest, ChunkService::Storage, upload).await }).await;
-            match result {
-                Err(RpcError::PermissionDenied(m)) if m.contains(expected) => {}
-                other => panic!("{to}: a write with {what} was not refused for {expected:?}: {other:?}"),
+            for service in [ChunkService::Storage, ChunkService::Replication] {
+                let (dest, upload, t) = (to.clone(), upload(token.clone()), transport.clone());
+                let result = cluster.on_client(async move { t.write_chunk(&dest, service, upload).await }).await;
+                match result {
+                    Err(RpcError::PermissionDenied(m)) if m.contains(expected) => {}
+                    other => panic!("{to}: a {service:?} write with {what} was not refused for {expected:?}: {other:?}"),
+                }
             }
         }
         let request = ReadChunkRequest { chunk_id: Bytes::copy_from_slice(other.as_bytes()), token: Some(read.clone()), ..Default::default() };
-        let to2 = to.clone();
-        let result = cluster.on_client(async move { dfs_io_sim::SimTransport.read_chunk(&to2, request).await.map(drop) }).await;
+        let (to2, t) = (to.clone(), transport.clone());
+        let result = cluster.on_client(async move { t.read_chunk(&to2, request).await.map(drop) }).await;
         assert!(
             matches!(&result, Err(RpcError::PermissionDenied(m)) if m.contains("signature does not match")),
             "{to}: another chunk's token read: {result:?}"
         );
-        let up = upload(Some(write.clone()));
-        let stored = cluster.on_client(async move { dfs_io_sim::SimTransport.write_chunk(&to, ChunkService::Storage, up).await }).await;
+        let (up, t) = (upload(Some(write.clone())), transport.clone());
+        let stored = cluster.on_client(async move { t.write_chunk(&to, ChunkService::Storage, up).await }).await;
         // The leader's token passes the check: what follows is the node's own business (it
         // may refuse for space, or be cut off by the scenario), but not for the token.
         assert!(!matches!(stored, Err(RpcError::PermissionDenied(_))), "the leader's token refused: {stored:?}");
@@ -195,6 +455,7 @@ async fn callers_that_go_away_leave_no_write_behind(cluster: &Cluster) {
     use dfs_core::rpc::{ChunkService, ChunkUpload};
     let target = cluster.storage[0].addr.to_string();
     let leader = cluster.meta_server(cluster.wait_for_leader(Duration::from_secs(30)).await).expect("the leader runs");
+    let transport = dfs_io_sim::SimTransport::new(cluster.credentials(dfs_core::auth::Role::Client, "client"));
     for attempt in 0..8u32 {
         // The leader's token: without one the node would refuse at once, and the write this
         // looks at (abandoned mid-way) would never start.
@@ -215,11 +476,11 @@ async fn callers_that_go_away_leave_no_write_behind(cluster: &Cluster) {
             },
             data,
         };
-        let to = target.clone();
+        let (to, transport) = (target.clone(), transport.clone());
         let give_up_after = Duration::from_micros(madsim::rand::thread_rng().gen_range(0..30_000));
         cluster
             .on_client(async move {
-                let write = dfs_io_sim::SimTransport.write_chunk(&to, ChunkService::Storage, upload);
+                let write = transport.write_chunk(&to, ChunkService::Storage, upload);
                 let _ = madsim::time::timeout(give_up_after, write).await;
             })
             .await;
@@ -257,6 +518,16 @@ mod planted {
     #[test]
     fn no_file_fsync_loses_chunks_in_a_power_cut() {
         seeds::expect_caught(TEST, Bug::NoFileFsync, "after storage power loss", 1, 8);
+    }
+
+    #[test]
+    fn a_certificate_check_that_ignores_roles_lets_strangers_in() {
+        seeds::expect_caught(TEST, Bug::RolesUnchecked, "from a host without credentials was not refused", 1, 4);
+    }
+
+    #[test]
+    fn a_metadata_node_that_weighs_no_user_lets_strangers_in() {
+        seeds::expect_caught(TEST, Bug::UsersUnchecked, "from a host without credentials was not refused", 1, 4);
     }
 
     #[test]

@@ -844,8 +844,12 @@ pub fn plan_add(status: &RaftStatus, me: MetaNodeId, id: MetaNodeId, addr: &str)
     if id == 0 {
         return Err(RpcError::InvalidArgument("metadata node ids start at 1".into()));
     }
-    if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-        return Err(RpcError::InvalidArgument(format!("{addr:?} is not HOST:PORT")));
+    if addr.len() > crate::namespace::ADDR_MAX_BYTES || addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(RpcError::InvalidArgument(format!(
+            "{:?} is not HOST:PORT of at most {} bytes",
+            crate::limits::echo(addr),
+            crate::namespace::ADDR_MAX_BYTES
+        )));
     }
     if let Some(m) = status.members.iter().find(|m| m.id == id) {
         if m.addr != addr {

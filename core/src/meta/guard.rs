@@ -4,8 +4,16 @@
 //! generated dispatch does not compile for a request without one.
 
 use crate::auth::{Grant, Guard, Want};
+use crate::limits::BATCH_FILES_MAX;
 use crate::namespace::ROOT;
 use crate::proto;
+
+/// The items of a batch that are weighed: no more than a batch may hold. A longer batch is
+/// refused whole by its handler, so the items beyond reach nothing; weighing them would be
+/// work (and a list) as long as the message.
+fn weighed<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    items.iter().take(BATCH_FILES_MAX)
+}
 
 /// A listing's directory: empty (or only slashes) is the root.
 fn or_root(path: &str) -> &str {
@@ -29,14 +37,14 @@ macro_rules! guard {
 
 guard! {
     CreateFileRequest => |r| Want::Paths(vec![(Grant::Write, &r.path)]);
-    CreateFilesRequest => |r| Want::Paths(r.files.iter().map(|f| (Grant::Write, f.path.as_str())).collect());
+    CreateFilesRequest => |r| Want::Paths(weighed(&r.files).map(|f| (Grant::Write, f.path.as_str())).collect());
     AllocateChunksRequest => |r| Want::Uploads(vec![r.file_id]);
     RecordChunksRequest => |r| Want::Uploads(vec![r.file_id]);
     CommitFileRequest => |r| Want::Uploads(vec![r.file_id]);
-    CommitFilesRequest => |r| Want::Uploads(r.files.iter().map(|f| f.file_id).collect());
+    CommitFilesRequest => |r| Want::Uploads(weighed(&r.files).map(|f| f.file_id).collect());
     AbortUploadRequest => |r| Want::Uploads(vec![r.file_id]);
     GetFileRequest => |r| Want::Paths(vec![(Grant::Read, &r.path)]);
-    GetFilesRequest => |r| Want::Paths(r.files.iter().map(|f| (Grant::Read, f.path.as_str())).collect());
+    GetFilesRequest => |r| Want::Paths(weighed(&r.files).map(|f| (Grant::Read, f.path.as_str())).collect());
     ListFilesRequest => |r| Want::Paths(vec![(Grant::Read, or_root(&r.prefix))]);
     ListDirRequest => |r| Want::Paths(vec![(Grant::Read, or_root(&r.path))]);
     ListUploadsRequest => |r| Want::Paths(vec![(Grant::Read, or_root(&r.prefix))]);
@@ -85,5 +93,21 @@ mod tests {
         assert_eq!(r.want(), Want::Uploads(vec![4]));
         assert_eq!(proto::FsckRequest::default().want(), Want::Cluster(Grant::Admin));
         assert_eq!(proto::CreateTokenRequest::default().want(), Want::Paths(vec![(Grant::Admin, "/")]));
+    }
+
+    #[test]
+    fn a_batch_is_weighed_no_further_than_a_batch_may_hold() {
+        let files = vec![proto::CreateFileRequest { path: "/a".into(), ..Default::default() }; BATCH_FILES_MAX * 100];
+        let request = proto::CreateFilesRequest { files };
+        let Want::Paths(paths) = request.want() else { panic!("a create weighs paths") };
+        assert_eq!(paths.len(), BATCH_FILES_MAX);
+        let files = vec![proto::GetFileRequest { path: "/a".into() }; BATCH_FILES_MAX + 1];
+        let request = proto::GetFilesRequest { files };
+        let Want::Paths(paths) = request.want() else { panic!("a get weighs paths") };
+        assert_eq!(paths.len(), BATCH_FILES_MAX);
+        let files = vec![proto::CommitFileRequest::default(); BATCH_FILES_MAX + 1];
+        let request = proto::CommitFilesRequest { files };
+        let Want::Uploads(ids) = request.want() else { panic!("a commit weighs uploads") };
+        assert_eq!(ids.len(), BATCH_FILES_MAX);
     }
 }

@@ -20,11 +20,12 @@ use crate::env::{Clock, Disk, Env};
 use crate::health::NodeStats;
 use crate::ids::{ChunkId, FileId, MetaNodeId, Sha256Digest, StorageNodeId};
 use crate::limits::{
-    ALLOCATE_CHUNKS_MAX, BATCH_FILES_MAX, CREATE_PLACE_CHUNKS_MAX, GET_FILES_REPLY_BYTES_MAX, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, RECORD_CHUNKS_MAX,
+    ALLOCATE_CHUNKS_MAX, ALLOCATE_EXCLUDE_MAX, BATCH_FILES_MAX, CREATE_PLACE_CHUNKS_MAX, GET_FILES_REPLY_BYTES_MAX, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX,
+    RECORD_CHUNKS_MAX,
 };
 use crate::namespace::{
     self, normalize_path, ChunkRecord, Command, EntryKind, FileRecord, FileSummary, Namespace, NamespaceError, Outcome, ReplicaReport, RequestId,
-    PATH_MAX_BYTES, REPLICA_REPORTS_MAX,
+    PATH_MAX_BYTES, REPLICATION_MAX, REPLICA_REPORTS_MAX,
 };
 use crate::proto::{self, MetadataServiceHandler, RaftServiceHandler};
 use crate::rpc::{Rpc, RpcError};
@@ -227,7 +228,7 @@ const FSCK_PROBLEMS_MAX: usize = 10_000;
 const REPAIRS_REPORTED_MAX: usize = 1024;
 
 fn unknown_node(name: &str) -> RpcError {
-    RpcError::NotFound(format!("no storage node is registered as {name:?} (give its id, as `dfs nodes` shows it, or its address)"))
+    RpcError::NotFound(format!("no storage node is registered as {:?} (give its id, as `dfs nodes` shows it, or its address)", crate::limits::echo(name)))
 }
 
 fn file_info(f: &FileSummary) -> proto::FileInfo {
@@ -267,10 +268,44 @@ fn chunk_records(chunks: Vec<proto::ChunkInfo>) -> Result<Vec<ChunkRecord>, RpcE
         .map(|c| {
             let sha256 = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| RpcError::InvalidArgument(format!("chunk {}: sha256 must be 32 bytes", c.index)))?;
             let chain = Chain::from_proto_opt(c.chain.as_ref()).map_err(|e| RpcError::InvalidArgument(format!("chunk {}: {e}", c.index)))?;
+            // Checked before the set is made: `validate` would refuse it too, after the work.
+            if c.replicas.len() > REPLICATION_MAX as usize {
+                return Err(RpcError::InvalidArgument(format!("chunk {}: {} replicas; a chunk has at most {REPLICATION_MAX}", c.index, c.replicas.len())));
+            }
             let replicas = c.replicas.into_iter().map(StorageNodeId).collect();
             Ok(ChunkRecord { index: c.index, size: c.size, sha256, replicas, sum: SumKind::of(chain.as_ref()) })
         })
         .collect()
+}
+
+/// An allocation asks for at most `ALLOCATE_CHUNKS_MAX` chunks and excludes at most
+/// `ALLOCATE_EXCLUDE_MAX` nodes: checked before any work for it.
+fn check_allocate(r: &proto::AllocateChunksRequest) -> Result<(), RpcError> {
+    if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
+        return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation, not {}", r.chunk_indexes.len())));
+    }
+    if r.exclude.len() > ALLOCATE_EXCLUDE_MAX {
+        return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_EXCLUDE_MAX} excluded nodes per allocation, not {}", r.exclude.len())));
+    }
+    Ok(())
+}
+
+/// Entries one page of a listing holds: what the caller asked for (0: the default), at most
+/// `LIST_LIMIT_MAX`.
+fn list_limit(asked: u32) -> usize {
+    let limit = match asked {
+        0 => LIST_LIMIT_DEFAULT,
+        n => n.min(LIST_LIMIT_MAX),
+    };
+    limit as usize
+}
+
+/// Where a listing resumes: a path, so no longer than one.
+fn check_start_after(start_after: &str) -> Result<(), RpcError> {
+    if start_after.len() > PATH_MAX_BYTES {
+        return Err(RpcError::InvalidArgument(format!("start_after is longer than {PATH_MAX_BYTES} bytes")));
+    }
+    Ok(())
 }
 
 /// A batch of file calls holds 1..=`BATCH_FILES_MAX` items.
@@ -406,9 +441,7 @@ impl<E: Env> MetaServer<E> {
     }
 
     async fn place_chunks_checked(&self, r: &proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
-        if r.chunk_indexes.len() > ALLOCATE_CHUNKS_MAX {
-            return Err(RpcError::InvalidArgument(format!("at most {ALLOCATE_CHUNKS_MAX} chunks per allocation")));
-        }
+        check_allocate(r)?;
         let exclude: Vec<StorageNodeId> = r.exclude.iter().map(|&id| StorageNodeId(id)).collect();
         let (placements, write_quorum) = self.place_chunks(FileId(r.file_id), &r.chunk_indexes, &exclude)?;
         Ok(proto::AllocateChunksResponse { placements, write_quorum })
@@ -439,16 +472,17 @@ impl<E: Env> MetaServer<E> {
 
 impl<E: Env> MetaServer<E> {
     /// Whether the user behind `peer` may make `call`, which wants `want` (see `crate::auth`).
-    fn weigh(&self, peer: &Peer, call: &str, want: Want<'_>) -> Result<(), RpcError> {
+    async fn weigh(&self, peer: &Peer, call: &str, want: Want<'_>) -> Result<(), RpcError> {
         let denied = |d: Denied| RpcError::PermissionDenied(d.to_string());
         let principal = match (&peer.token, &peer.cert) {
             (Some(token), _) => {
-                // Tokens are the leader's to check: a follower's table may lag behind a token
-                // just made, and a follower only redirects these calls anyway.
-                self.require_leader()?;
-                let state = self.state.read().expect("state lock");
+                // Tokens are checked against state as new as every acknowledged write (a
+                // linearizable read, on the leader: followers redirect): a deposed leader
+                // would still honour a token revoked since, and a new leader that has not yet
+                // applied its predecessor's entries would refuse a token just made.
                 let now = self.env.clock().unix_ms();
-                state.namespace.tokens().authenticate(token, now).map_err(|reason| denied(Denied::Token { call: call.into(), reason }))?
+                let known = self.read(|state| state.namespace.tokens().authenticate(token, now)).await?;
+                known.map_err(|reason| denied(Denied::Token { call: call.into(), reason }))?
             }
             (None, Some(cert)) => Principal::of_certificate(cert).ok_or_else(|| denied(Denied::NoRole { call: call.into(), name: cert.name.clone() }))?,
             (None, None) => return Err(denied(Denied::Anonymous { call: call.into() })),
@@ -458,7 +492,9 @@ impl<E: Env> MetaServer<E> {
             Want::Cluster(grant) => auth::permit(&principal, call, grant, None).map_err(denied),
             Want::Paths(paths) => {
                 for (grant, path) in paths {
-                    let path = normalize_path(path).map_err(namespace_error)?;
+                    // A path that is not one reaches nothing: the handler refuses it (in a
+                    // batch, that item alone).
+                    let Ok(path) = normalize_path(path) else { continue };
                     auth::permit(&principal, call, grant, Some(&path)).map_err(denied)?;
                 }
                 Ok(())
@@ -493,7 +529,7 @@ fn token_info(t: &TokenRecord) -> proto::TokenInfo {
 
 impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     async fn admit<R: Rpc + Guard + Sync>(&self, peer: &Peer, request: &R) -> Result<(), RpcError> {
-        if !peer.checked {
+        if !peer.checked || crate::planted::on(crate::planted::Bug::UsersUnchecked) {
             return Ok(());
         }
         let want = request.want();
@@ -501,7 +537,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             return Ok(());
         }
         let call = R::PATH.rsplit('/').next().unwrap_or(R::PATH);
-        let result = self.weigh(peer, call, want);
+        let result = self.weigh(peer, call, want).await;
         if let Err(RpcError::PermissionDenied(reason)) = &result {
             let caller = peer.cert.as_ref().map(|c| c.name.as_str()).unwrap_or("(no certificate)");
             tracing::warn!(node = self.config.id, peer = ?peer.addr, caller, token = peer.token.is_some(), "refused: {reason}");
@@ -550,6 +586,7 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn allocate_chunks(&self, r: proto::AllocateChunksRequest) -> Result<proto::AllocateChunksResponse, RpcError> {
+        check_allocate(&r)?;
         // Linearizable like every read the client relies on: a deposed leader never places
         // chunks from its stale view of the upload.
         self.read(|_| ()).await?;
@@ -657,10 +694,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
             "" => String::new(),
             _ => normalize_path(&r.prefix).map_err(namespace_error)?,
         };
-        let limit = match r.limit {
-            0 => LIST_LIMIT_DEFAULT,
-            n => n.min(LIST_LIMIT_MAX),
-        } as usize;
+        check_start_after(&r.start_after)?;
+        let limit = list_limit(r.limit);
         self.read(|s| {
             let (page, truncated) = s.namespace.list(&dir, &r.start_after, limit);
             proto::ListFilesResponse { files: page.into_iter().map(|f| file_info(&f.into())).collect(), truncated }
@@ -754,13 +789,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
 
     async fn list_dir(&self, r: proto::ListDirRequest) -> Result<proto::ListDirResponse, RpcError> {
         let path = normalize_path(if r.path.is_empty() { namespace::ROOT } else { &r.path }).map_err(namespace_error)?;
-        if r.start_after.len() > PATH_MAX_BYTES {
-            return Err(RpcError::InvalidArgument(format!("start_after is longer than {PATH_MAX_BYTES} bytes")));
-        }
-        let limit = match r.limit {
-            0 => LIST_LIMIT_DEFAULT,
-            n => n.min(LIST_LIMIT_MAX),
-        } as usize;
+        check_start_after(&r.start_after)?;
+        let limit = list_limit(r.limit);
         let listed = self
             .read(|s| {
                 let page =
@@ -833,7 +863,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
                 reserve_bytes: r.reserve_bytes,
                 volume_id: r.volume_id,
             },
-            deleted: r.deleted_chunks.iter().filter_map(|c| ChunkId::from_slice(c)).collect(),
+            // A node reports at most this many per heartbeat (`storage_reports`); more is cut.
+            deleted: r.deleted_chunks.iter().take(REPLICA_REPORTS_MAX).filter_map(|c| ChunkId::from_slice(c)).collect(),
             stored: r
                 .stored_chunks
                 .iter()
@@ -1057,4 +1088,40 @@ impl<E: Env> RaftServiceHandler for MetaServer<E> {
 
 fn json<T: serde::Serialize>(v: &T) -> bytes::Bytes {
     serde_json::to_vec(v).expect("raft messages serialize").into()
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    #[test]
+    fn allocations_are_bounded_before_any_work() {
+        let at = proto::AllocateChunksRequest { chunk_indexes: vec![0; ALLOCATE_CHUNKS_MAX], exclude: vec![1; ALLOCATE_EXCLUDE_MAX], ..Default::default() };
+        assert!(check_allocate(&at).is_ok());
+        let more_chunks = proto::AllocateChunksRequest { chunk_indexes: vec![0; ALLOCATE_CHUNKS_MAX + 1], ..Default::default() };
+        assert!(matches!(check_allocate(&more_chunks), Err(RpcError::InvalidArgument(_))));
+        let more_excluded = proto::AllocateChunksRequest { exclude: vec![1; ALLOCATE_EXCLUDE_MAX + 1], ..Default::default() };
+        assert!(matches!(check_allocate(&more_excluded), Err(RpcError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn listings_are_bounded() {
+        assert_eq!(list_limit(0), LIST_LIMIT_DEFAULT as usize);
+        assert_eq!(list_limit(7), 7);
+        assert_eq!(list_limit(u32::MAX), LIST_LIMIT_MAX as usize);
+        assert!(check_start_after(&"a".repeat(PATH_MAX_BYTES)).is_ok());
+        assert!(check_start_after(&"a".repeat(PATH_MAX_BYTES + 1)).is_err());
+        assert!(check_batch_len(BATCH_FILES_MAX).is_ok());
+        assert!(check_batch_len(BATCH_FILES_MAX + 1).is_err());
+        assert!(check_batch_len(0).is_err());
+    }
+
+    #[test]
+    fn chunk_records_are_bounded_before_their_replica_sets_are_made() {
+        let info = |replicas: usize| proto::ChunkInfo { index: 0, size: 1, sha256: vec![0; 32].into(), replicas: (1..=replicas as u64).collect(), chain: None };
+        assert!(chunk_records(vec![info(REPLICATION_MAX as usize)]).is_ok());
+        assert!(matches!(chunk_records(vec![info(REPLICATION_MAX as usize + 1)]), Err(RpcError::InvalidArgument(_))));
+        let short_sum = proto::ChunkInfo { sha256: vec![0; 31].into(), ..info(1) };
+        assert!(matches!(chunk_records(vec![short_sum]), Err(RpcError::InvalidArgument(_))));
+    }
 }

@@ -161,9 +161,13 @@ pub fn snapshot_put_off(entries_since: u64, files: u64) -> bool {
     entries_since < files / SNAPSHOT_FILES_PER_ENTRY
 }
 
+/// Characters of a snapshot's id that name its incoming file (openraft's ids are far shorter).
+const SNAPSHOT_ID_MAX_CHARS: usize = 128;
+
 /// Where a snapshot received from the leader is assembled before it is installed.
 pub(crate) fn incoming_snapshot_path(data_dir: &Path, snapshot_id: &str) -> PathBuf {
-    let safe: String = snapshot_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    // Sanitized and cut: the id comes from the leader, and names a file here.
+    let safe: String = snapshot_id.chars().take(SNAPSHOT_ID_MAX_CHARS).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     data_dir.join("snapshots").join(format!("incoming-{safe}.part"))
 }
 

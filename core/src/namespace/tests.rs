@@ -600,6 +600,99 @@ fn validation_refuses_what_no_state_could_accept() {
     assert_eq!(ns, Namespace::default());
 }
 
+/// Every list, name and number a command carries from a request has its bound in `validate`,
+/// checked before anything is applied: each at the bound is taken, one past it refused.
+#[test]
+fn validate_refuses_every_field_one_past_its_bound() {
+    let chunk = |i: usize| ChunkId::derive(FileId(1), i as u32);
+    let node = StorageNodeId(1);
+    let register =
+        |addr: usize, rack: usize| Command::RegisterStorageNode { node, addr: "a".repeat(addr), capacity_bytes: 1, rack: (rack > 0).then(|| "r".repeat(rack)) };
+    let cases: Vec<(&str, Command, Command)> = vec![
+        ("storage node address", register(ADDR_MAX_BYTES, 0), register(ADDR_MAX_BYTES + 1, 0)),
+        ("rack name", register(1, RACK_MAX_BYTES), register(1, RACK_MAX_BYTES + 1)),
+        (
+            "cluster id",
+            Command::SetClusterId { cluster_id: "c".repeat(CLUSTER_ID_MAX_BYTES) },
+            Command::SetClusterId { cluster_id: "c".repeat(CLUSTER_ID_MAX_BYTES + 1) },
+        ),
+        (
+            "mode",
+            Command::SetAttributes { path: "/f".into(), mode: Some(MODE_MAX), mtime_unix_ms: None },
+            Command::SetAttributes { path: "/f".into(), mode: Some(MODE_MAX + 1), mtime_unix_ms: None },
+        ),
+        (
+            "replication",
+            Command::SetReplication { path: "/f".into(), replication: REPLICATION_MAX },
+            Command::SetReplication { path: "/f".into(), replication: REPLICATION_MAX + 1 },
+        ),
+        (
+            "path",
+            Command::Mkdir { path: format!("/{}", ["n"; 2048].join("/")), parents: true, unix_ms: 0 },
+            Command::Mkdir { path: format!("/{}", ["n"; 2049].join("/")), parents: true, unix_ms: 0 },
+        ),
+        (
+            "name",
+            Command::Mkdir { path: format!("/{}", "n".repeat(NAME_MAX_BYTES)), parents: true, unix_ms: 0 },
+            Command::Mkdir { path: format!("/{}", "n".repeat(NAME_MAX_BYTES + 1)), parents: true, unix_ms: 0 },
+        ),
+        (
+            "replicas dropped",
+            Command::DropReplicas { drops: (0..DROP_REPLICAS_MAX).map(|i| (chunk(i), node)).collect() },
+            Command::DropReplicas { drops: (0..=DROP_REPLICAS_MAX).map(|i| (chunk(i), node)).collect() },
+        ),
+        (
+            "replicas missing",
+            Command::MarkReplicasMissing { node, chunks: (0..DROP_REPLICAS_MAX).map(chunk).collect() },
+            Command::MarkReplicasMissing { node, chunks: (0..=DROP_REPLICAS_MAX).map(chunk).collect() },
+        ),
+        (
+            "replicas reported",
+            Command::ReportReplicas {
+                node,
+                replicas: (0..REPLICA_REPORTS_MAX).map(|i| ReplicaReport { chunk: chunk(i), size: 1, sha256: Sha256Digest([0; 32]) }).collect(),
+            },
+            Command::ReportReplicas {
+                node,
+                replicas: (0..=REPLICA_REPORTS_MAX).map(|i| ReplicaReport { chunk: chunk(i), size: 1, sha256: Sha256Digest([0; 32]) }).collect(),
+            },
+        ),
+        (
+            "deleted replicas",
+            Command::ForgetDeletedReplicas { node, chunks: (0..REPLICA_REPORTS_MAX).map(chunk).collect() },
+            Command::ForgetDeletedReplicas { node, chunks: (0..=REPLICA_REPORTS_MAX).map(chunk).collect() },
+        ),
+        (
+            "commands in a batch",
+            Command::Batch(vec![Command::Mkdir { path: "/d".into(), parents: true, unix_ms: 0 }; crate::limits::BATCH_COMMANDS_MAX]),
+            Command::Batch(vec![Command::Mkdir { path: "/d".into(), parents: true, unix_ms: 0 }; crate::limits::BATCH_COMMANDS_MAX + 1]),
+        ),
+    ];
+    for (what, at, past) in cases {
+        assert_eq!(at.validate(), Ok(()), "{what} at its bound");
+        assert!(past.validate().is_err(), "{what} one past its bound was taken");
+    }
+}
+
+#[test]
+fn a_cluster_registers_at_most_its_bound_of_storage_nodes() {
+    let mut ns = Namespace::default();
+    let register = |id: u64| Command::RegisterStorageNode { node: StorageNodeId(id), addr: format!("10.0.0.1:{id}"), capacity_bytes: 1, rack: None };
+    for id in 1..=STORAGE_NODES_MAX as u64 {
+        assert!(ns.apply(register(id)).is_ok());
+    }
+    assert!(ns.apply(register(STORAGE_NODES_MAX as u64 + 1)).is_err(), "a node past the bound was registered");
+    // One already known registers again (a restart, a new address) at the bound.
+    assert!(ns.apply(register(1)).is_ok());
+}
+
+#[test]
+fn a_refused_path_is_quoted_by_its_start_only() {
+    let long = format!("/{}", "\u{1}".repeat(50_000));
+    let e = normalize_path(&long).unwrap_err().to_string();
+    assert!(e.len() < 2 * crate::limits::ECHO_MAX_CHARS * 6 + 200, "{} bytes of error", e.len());
+}
+
 // ---- model-based property test ---------------------------------------------------------
 
 #[derive(Clone, Debug)]

@@ -159,6 +159,9 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
         let id = ChunkId::from_slice(&header.chunk_id).ok_or_else(|| RpcError::InvalidArgument("chunk id must be 16 bytes".into()))?;
         // A primary's forward carries the client's token with the header: replicas check it too.
         self.check_chunk_token(id, header.token.as_ref(), ChunkOp::Write)?;
+        if header.size > crate::chunking::MAX_CHUNK_SIZE {
+            return Err(RpcError::InvalidArgument(format!("a chunk of {} bytes; the largest is {}", header.size, crate::chunking::MAX_CHUNK_SIZE)));
+        }
         self.check_room(header.size).await?;
         let (peers, refused) = match service {
             ChunkService::Storage => self.forward_targets(&header.forward_to).await?,
@@ -178,7 +181,15 @@ impl<E: Env> ChunkHandler for StorageNode<E> {
             relays.push(tx);
             sends.push(self.forward_frames(peer, rx, limit));
         }
-        let receiving = self.receive_relaying(first, &mut frames, relays);
+        // The whole chunk arrives within `frame_timeout` per frame it needs: a sender that
+        // trickles bytes keeps a stream slot no longer than one that sends at the slowest
+        // pace the node accepts.
+        let receive_limit = self.config.frame_timeout.saturating_mul(u32::try_from(frame_count).unwrap_or(u32::MAX));
+        let receiving = async {
+            with_timeout(self.env.clock(), receive_limit, self.receive_relaying(first, &mut frames, relays))
+                .await
+                .map_err(|_| RpcError::Unavailable(format!("node {}: the chunk did not arrive within {receive_limit:?}; write dropped", self.id)))?
+        };
         let sending = join_all(sends);
         futures::pin_mut!(receiving, sending);
         // A chunk that fails on its way in (or its check) returns at once: dropping the

@@ -3,7 +3,9 @@
 //!
 //! The cluster: 3 or 5 metadata nodes and 3 to 5 storage nodes (the atlas decides: with 3,
 //! as many as copies, a lost or bad copy can only be made again where one was), 3 client hosts
-//! with 2 workers each. Each worker owns 2 *groups* of two paths (`/gK/a`, `/gK/b`) and runs
+//! with 2 workers each. Every host holds a TLS identity, and servers admit calls by it: the
+//! first and third client hosts present client certificates, the second only a user's write
+//! token (each of its calls is checked against the leader's token table). Each worker owns 2 *groups* of two paths (`/gK/a`, `/gK/b`) and runs
 //! put (always `--force`: a new file or an overwrite), get, mv between the two paths and rm,
 //! pausing up to `THINK_MAX` between operations. File contents describe themselves (a header with version and size, then bytes generated
 //! from the version), so every read is checked byte for byte without storing what was written.
@@ -553,9 +555,10 @@ impl Driver {
         let Some(host) = host else { return false };
         let addr = self.cluster().storage[index as usize - 1].addr.to_string();
         let meta = self.cluster().meta_addrs();
+        let env = self.cluster().admin_env(&SimDisk::new(1 << 20));
         let task = self.cluster().client_host(host).spawn(async move {
             let policy = dfs_core::client::RetryPolicy { deadline: Duration::from_secs(5), ..Default::default() };
-            let admin = dfs_core::meta_client::MetaClient::new(SimEnv::new(SimDisk::new(1 << 20)), meta, policy);
+            let admin = dfs_core::meta_client::MetaClient::new(env, meta, policy);
             admin.call(dfs_core::proto::SetDrainingRequest { node: addr, draining }).await
         });
         matches!(madsim::time::timeout(Duration::from_secs(10), task).await, Ok(Ok(Ok(_))))
@@ -793,6 +796,11 @@ pub async fn scenario() {
     }));
     cluster.wait_for_leader(Duration::from_secs(30)).await;
     cluster.wait_for_storage(atlas.storage_nodes as usize, Duration::from_secs(30)).await;
+    // Hosts hold TLS identities (certificates of their roles); the second client host works as
+    // a user with a write token and no certificate, so token checks run on every call it makes,
+    // through leader changes and restarts.
+    let token = cluster.create_token("chaos", "write").await;
+    cluster.use_token_on(1, token);
     let storage_ids = (1..=atlas.storage_nodes).filter_map(|i| cluster.storage_node(i).map(|n| (i, n.id().0))).collect();
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
