@@ -44,22 +44,34 @@ fn invalid(what: &str, r: Result<(), RpcError>) {
     }
 }
 
-#[test]
-fn crafted_chunk_ids_and_paths_never_reach_outside_a_nodes_data_dir() {
-    let tmp = TestDir::new();
-    let dir = tmp.path();
-    let meta_port = free_port();
-    let meta = format!("127.0.0.1:{meta_port}");
+/// A plaintext metadata node and a storage node, running while `_procs` is held.
+struct Nodes {
+    meta: String,
+    meta_dir: PathBuf,
+    storage: String,
+    _procs: [Proc; 2],
+}
+
+fn one_of_each(dir: &Path) -> Nodes {
+    let meta = format!("127.0.0.1:{}", free_port());
     let meta_dir = dir.join("meta");
-    let _meta = spawn(
+    let meta_proc = spawn(
         "meta",
         &["meta", "--id", "1", "--listen", &meta, "--data-dir", meta_dir.to_str().unwrap(), "--peers", &format!("1={meta}")].map(String::from),
         dir,
     );
-    let _storage = spawn_storage(dir, 1, &meta, &[]);
+    let storage_proc = spawn_storage(dir, 1, &meta, &[]);
     wait_ready(&meta, 1);
     let status = dfs_ok(&meta, &["--json", "status"]);
-    let storage_addr = serde_json::from_str::<serde_json::Value>(&status).unwrap()["storage_nodes"][0]["addr"].as_str().unwrap().to_string();
+    let storage = serde_json::from_str::<serde_json::Value>(&status).unwrap()["storage_nodes"][0]["addr"].as_str().unwrap().to_string();
+    Nodes { meta, meta_dir, storage, _procs: [meta_proc, storage_proc] }
+}
+
+#[test]
+fn crafted_chunk_ids_and_paths_never_reach_outside_a_nodes_data_dir() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let Nodes { meta, meta_dir, storage: storage_addr, _procs } = one_of_each(dir);
     // Where a traversal would land: beside the data dirs, and the process's working dir.
     let outside = dir.join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -157,17 +169,7 @@ where
 fn oversized_requests_are_refused_by_the_decoders() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let meta = format!("127.0.0.1:{}", free_port());
-    let meta_dir = dir.join("meta");
-    let _meta = spawn(
-        "meta",
-        &["meta", "--id", "1", "--listen", &meta, "--data-dir", meta_dir.to_str().unwrap(), "--peers", &format!("1={meta}")].map(String::from),
-        dir,
-    );
-    let _storage = spawn_storage(dir, 1, &meta, &[]);
-    wait_ready(&meta, 1);
-    let status = dfs_ok(&meta, &["--json", "status"]);
-    let storage = serde_json::from_str::<serde_json::Value>(&status).unwrap()["storage_nodes"][0]["addr"].as_str().unwrap().to_string();
+    let Nodes { meta, storage, _procs, .. } = one_of_each(dir);
     let too_large = |what: &str, r: Result<(), tonic::Status>| match r {
         Err(s) if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) => {}
         // Inside a stream the handler gets the decoder's refusal, and answers it as the sender's.

@@ -75,10 +75,6 @@ impl SimTransport {
         SimTransport { credentials: Arc::new(credentials) }
     }
 
-    pub fn credentials(&self) -> &SimCredentials {
-        &self.credentials
-    }
-
     async fn connect(to: &str) -> Result<(Sender, Receiver), RpcError> {
         let addr: SocketAddr = to.parse().map_err(|e| transport_error(to, format!("bad address: {e}")))?;
         let endpoint = Endpoint::bind("0.0.0.0:0").await.map_err(|e| transport_error(to, e))?;
