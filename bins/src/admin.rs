@@ -36,6 +36,50 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The S3 gateway (`dfs s3`): its access keys.
+    S3 {
+        #[command(subcommand)]
+        command: S3Command,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum S3Command {
+    /// S3 access keys: make one (an access key id and its secret), list them, revoke one.
+    Key {
+        #[command(subcommand)]
+        command: S3KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum S3KeyCommand {
+    /// Make an access key for S3 clients; its secret is printed once (with --json:
+    /// access_key_id and secret_access_key) and never shown again.
+    Create(S3KeyCreateArgs),
+    /// Every S3 access key: id, name, role, prefix, when made, when it expires.
+    List(TokenListArgs),
+    /// Revoke an access key at once: the gateway refuses it within its cache's lifetime.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args)]
+pub struct S3KeyCreateArgs {
+    /// Whose key it is: named in listings (letters, digits, . _ @ -).
+    #[arg(long)]
+    name: String,
+    /// What it may do: read (list and get objects), write (also put and delete them), admin
+    /// (also create and delete buckets).
+    #[arg(long, value_parser = ["read", "write", "admin"])]
+    role: String,
+    /// The only bucket or subtree it reaches (/bucket or /bucket/dir); default: everything.
+    #[arg(long, default_value = "/")]
+    prefix: String,
+    /// How long it lasts (e.g. 1h, 30d, 1y), or `never`.
+    #[arg(long, default_value = "never", value_parser = parse_ttl)]
+    ttl: TokenTtl,
+    #[command(flatten)]
+    meta: MetaFlag,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +198,7 @@ pub async fn run(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Recommission(args) => return set_draining(ctx, args, false).await,
         AdminCommand::Node { command: NodeCommand::Forget(args) } => return forget(ctx, args).await,
         AdminCommand::Token { command } => return token(ctx, command).await,
+        AdminCommand::S3 { command: S3Command::Key { command } } => return s3_key(ctx, command).await,
         AdminCommand::Meta { command: MetaCommand::Add(args) } => {
             let bad = || usage(format!("{:?} is not ID=HOST:PORT with an id of 1 or more", args.member));
             let (id, addr) = args.member.split_once('=').ok_or_else(bad)?;
@@ -292,7 +337,7 @@ async fn token(ctx: &Ctx, command: TokenCommand) -> anyhow::Result<()> {
             let prefix = crate::cli::remote_path(&args.prefix)?;
             let ttl_ms = args.ttl.0.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
             let client = args.meta.meta_client()?;
-            let request = proto::CreateTokenRequest { name: args.name.clone(), role: args.role.clone(), prefix, ttl_ms };
+            let request = proto::CreateTokenRequest { name: args.name.clone(), role: args.role.clone(), prefix, ttl_ms, s3: false };
             let reply = client.call(request).await.map_err(failed(format!("token create {}", args.name)))?;
             let info = TokenJson::new(&reply.info.unwrap_or_default(), now_unix_ms());
             if ctx.json {
@@ -313,7 +358,7 @@ async fn token(ctx: &Ctx, command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::List(args) => {
             let reply = args.meta.meta_client()?.call(proto::ListTokensRequest {}).await.map_err(failed("token list".into()))?;
             let now = now_unix_ms();
-            let tokens: Vec<TokenJson> = reply.tokens.iter().map(|t| TokenJson::new(t, now)).collect();
+            let tokens: Vec<TokenJson> = reply.tokens.iter().filter(|t| t.s3_access_key_id.is_empty()).map(|t| TokenJson::new(t, now)).collect();
             if ctx.json {
                 return emit_json(&tokens);
             }
@@ -343,6 +388,97 @@ async fn token(ctx: &Ctx, command: TokenCommand) -> anyhow::Result<()> {
                 return emit_json(&serde_json::json!({ "id": info.id, "name": info.name, "revoked": true }));
             }
             emit(&format!("revoked token {} ({}): it is refused from now on\n", info.id, info.name))
+        }
+    }
+}
+
+/// An S3 access key as listings and `--json` show it.
+#[derive(serde::Serialize)]
+struct S3KeyJson {
+    access_key_id: String,
+    name: String,
+    role: String,
+    prefix: String,
+    created: String,
+    /// `None`: never.
+    expires: Option<String>,
+    expired: bool,
+}
+
+impl S3KeyJson {
+    fn new(t: &proto::TokenInfo, now_unix_ms: u64) -> S3KeyJson {
+        S3KeyJson {
+            access_key_id: t.s3_access_key_id.clone(),
+            name: t.name.clone(),
+            role: t.role.clone(),
+            prefix: t.prefix.clone(),
+            created: utc_time(t.created_unix_ms),
+            expires: t.expires_unix_ms.map(utc_time),
+            expired: t.expires_unix_ms.is_some_and(|at| now_unix_ms >= at),
+        }
+    }
+}
+
+async fn s3_key(ctx: &Ctx, command: S3KeyCommand) -> anyhow::Result<()> {
+    let failed = |context: String| move |source| crate::transfer::explain(ClientError::Metadata { context, source });
+    match command {
+        S3KeyCommand::Create(args) => {
+            dfs_core::tokens::check_name(&args.name).map_err(|e| usage(e.to_string()))?;
+            let prefix = crate::cli::remote_path(&args.prefix)?;
+            let ttl_ms = args.ttl.0.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
+            let client = args.meta.meta_client()?;
+            let request = proto::CreateTokenRequest { name: args.name.clone(), role: args.role.clone(), prefix, ttl_ms, s3: true };
+            let reply = client.call(request).await.map_err(failed(format!("s3 key create {}", args.name)))?;
+            let info = S3KeyJson::new(&reply.info.unwrap_or_default(), now_unix_ms());
+            if info.access_key_id.is_empty() || reply.s3_secret_access_key.is_empty() {
+                anyhow::bail!("the metadata leader made a bearer token, not an S3 key: it runs an earlier version; upgrade every metadata node first");
+            }
+            if ctx.json {
+                let mut value = serde_json::to_value(&info)?;
+                value["secret_access_key"] = reply.s3_secret_access_key.into();
+                return emit_json(&value);
+            }
+            eprintln!(
+                "S3 key for {}: role {}, prefix {}, expires {}. The secret is shown only now: keep it secret",
+                info.name,
+                info.role,
+                info.prefix,
+                info.expires.as_deref().unwrap_or("never")
+            );
+            emit(&format!("access_key_id     {}\nsecret_access_key {}\n", info.access_key_id, reply.s3_secret_access_key))
+        }
+        S3KeyCommand::List(args) => {
+            let reply = args.meta.meta_client()?.call(proto::ListTokensRequest {}).await.map_err(failed("s3 key list".into()))?;
+            let now = now_unix_ms();
+            let keys: Vec<S3KeyJson> = reply.tokens.iter().filter(|t| !t.s3_access_key_id.is_empty()).map(|t| S3KeyJson::new(t, now)).collect();
+            if ctx.json {
+                return emit_json(&keys);
+            }
+            let mut out = format!("{:<20}  {:<20}  {:<5}  {:<24}  {:<20}  {}\n", "ACCESS KEY ID", "NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES");
+            for k in &keys {
+                let expires = match (&k.expires, k.expired) {
+                    (None, _) => "never".to_string(),
+                    (Some(at), false) => at.clone(),
+                    (Some(at), true) => format!("{at} (expired)"),
+                };
+                let _ =
+                    writeln!(out, "{:<20}  {:<20}  {:<5}  {:<24}  {:<20}  {expires}", k.access_key_id, k.name, k.role, crate::cli::shown(&k.prefix), k.created);
+            }
+            if keys.is_empty() {
+                out.push_str("(no S3 keys: make one with `dfs admin s3 key create --name NAME --role read|write|admin`)\n");
+            }
+            emit(&out)
+        }
+        S3KeyCommand::Revoke(args) => {
+            let id = dfs_core::tokens::parse_s3_access_key_id(args.id.trim())
+                .ok_or_else(|| usage(format!("{:?} is not an S3 access key id: DFSK and 16 hex digits, as `dfs admin s3 key list` shows", args.id)))?;
+            let client = args.meta.meta_client()?;
+            let reply = client.call(proto::RevokeTokenRequest { id }).await.map_err(failed(format!("s3 key revoke {}", args.id.trim())))?;
+            let info = S3KeyJson::new(&reply.info.unwrap_or_default(), now_unix_ms());
+            if ctx.json {
+                return emit_json(&serde_json::json!({ "access_key_id": args.id.trim(), "name": info.name, "revoked": true }));
+            }
+            emit(&format!("revoked S3 key {} ({})\n", args.id.trim(), info.name))
         }
     }
 }

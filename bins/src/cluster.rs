@@ -79,6 +79,10 @@ pub struct UpArgs {
     /// client commands find its credentials in the config dir (~/.config/dfs).
     #[arg(long, env = "DFS_CLUSTER_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
+    /// Also serve the cluster over S3 on this port of 127.0.0.1 (`dfs s3`): make a key with
+    /// `dfs admin s3 key create`.
+    #[arg(long = "s3", env = "DFS_CLUSTER_S3", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1024..))]
+    s3_port: Option<u16>,
 }
 
 /// How the other `cluster` commands find the running `up`.
@@ -265,7 +269,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Status pages and metrics: 200 above each node's RPC port (7201.., 7301.. by default).
     let http = |a: &SocketAddr| loopback(a.port() + HTTP_PORT_OFFSET);
     let http_addrs: Vec<SocketAddr> = meta_addrs.iter().chain(&storage_addrs).map(http).collect();
-    for addr in meta_addrs.iter().chain(&storage_addrs).chain(&http_addrs) {
+    let s3_addr = args.s3_port.map(loopback);
+    for addr in meta_addrs.iter().chain(&storage_addrs).chain(&http_addrs).chain(&s3_addr) {
         TcpListener::bind(addr).with_context(|| format!("port {} is not free (is a cluster already running? try --base-port)", addr.port()))?;
     }
     let logs = args.data_dir.join("logs");
@@ -337,6 +342,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         argv.extend(tls_flags(Role::Storage, &name)?);
         members.push(member(&name, *addr, &argv, &logs));
     }
+    if let Some(addr) = s3_addr {
+        // The gateway reads S3 keys' secrets: it runs with an admin's certificate.
+        let mut argv: Vec<String> = ["s3", "--listen", &addr.to_string(), "--meta", &meta_list.join(",")].map(String::from).to_vec();
+        argv.extend(tls_flags(Role::Admin, "s3-gateway")?);
+        members.push(member("s3", addr, &argv, &logs));
+    }
     let (exits_tx, mut exits) = mpsc::channel::<Exit>(QUEUE_MAX);
     let mut cluster = Supervisor { exe, members, exits_tx, restart: args.restart };
     for i in 0..cluster.members.len() {
@@ -357,6 +368,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         (Some(pki), None) => println!("TLS on: CA {}; clients need --ca (no config dir to write credentials to: set DFS_CONFIG_DIR)", pki.ca_path().display()),
         (None, _) => println!("warning: TLS is OFF (--insecure): any local process can read every file and act as any node"),
+    }
+    if let Some(addr) = s3_addr {
+        println!("S3: http://{addr}/ (keys: dfs admin s3 key create --name NAME --role read|write|admin)");
     }
     let meta_env = meta_list.join(",");
     if meta_env != crate::DEFAULT_META {

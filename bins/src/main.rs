@@ -16,6 +16,7 @@ mod logs;
 mod ops;
 mod output;
 mod progress;
+mod s3;
 mod security;
 mod status_page;
 mod transfer;
@@ -115,6 +116,8 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Serve the cluster over S3 (an S3-compatible gateway): buckets are top-level directories.
+    S3(s3::S3Args),
     /// Run a whole local cluster.
     Cluster {
         #[command(subcommand)]
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Meta(args) => daemons::run_meta(args).await,
+            Command::S3(args) => s3::run(args).await,
             Command::Storage(args) => daemons::run_storage(args).await,
             Command::Put(args) => client_cmds::put(ctx, args).await,
             Command::Get(args) => client_cmds::get(ctx, args).await,

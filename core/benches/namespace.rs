@@ -92,7 +92,7 @@ fn add_file(ns: &mut Namespace, i: u64, mut log: impl FnMut(&Command)) {
         replicas: [StorageNodeId(1), StorageNodeId(2), StorageNodeId(3)].into_iter().collect(),
         sum: Default::default(),
     };
-    let commit = Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest(sha)), chunks: vec![chunk] };
+    let commit = Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest(sha)), chunks: vec![chunk], object: None };
     log(&commit);
     ns.apply(commit).expect("commit");
 }

@@ -129,6 +129,8 @@ pub fn messages(data: &[u8]) {
             WriteChunkResponse, ReadChunkRequest, ReadChunkFrame, WriteChunksRequest, ReplicateChunksRequest,
             WriteChunksResponse, ReadChunksRequest, ReadChunksResponse, AddMetaMemberResponse, RemoveMetaMemberResponse,
             MetaStatusResponse, CreateTokenResponse, ListTokensResponse, RevokeTokenResponse, ErrorDetail,
+            // Appended, not among the guarded, so that committed inputs keep their selectors.
+            GetS3KeyRequest, GetS3KeyResponse,
     )
 }
 
@@ -173,8 +175,16 @@ fn seeded_namespace() -> Namespace {
     }
     ns.apply(Command::Mkdir { path: "/a/b".into(), parents: true, unix_ms: 1 }).expect("mkdir");
     let attrs = namespace::FileAttrs::default();
-    let empty =
-        Command::CreateEmptyFile { path: "/a/e".into(), chunk_size: 4 << 20, replication: 3, overwrite: false, expect_file_id: None, unix_ms: 2, attrs };
+    let empty = Command::CreateEmptyFile {
+        path: "/a/e".into(),
+        chunk_size: 4 << 20,
+        replication: 3,
+        overwrite: false,
+        expect_file_id: None,
+        unix_ms: 2,
+        attrs,
+        object: None,
+    };
     ns.apply(empty).expect("empty file");
     let upload = Command::CreateFile {
         path: "/a/b/u".into(),
@@ -188,7 +198,7 @@ fn seeded_namespace() -> Namespace {
         attrs,
     };
     ns.apply(upload).expect("upload");
-    let record = TokenRecord { id: 7, name: "t".into(), grant: Grant::Read, prefix: "/a".into(), created_unix_ms: 4, expires_unix_ms: None };
+    let record = TokenRecord { id: 7, name: "t".into(), grant: Grant::Read, prefix: "/a".into(), created_unix_ms: 4, expires_unix_ms: None, s3: false };
     ns.apply(Command::CreateToken { record, key: TokenKey([3; 32]) }).expect("token");
     ns
 }
@@ -251,8 +261,15 @@ pub fn paths(data: &[u8]) {
 pub fn tokens(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else { return };
     let mut table = TokenTable::default();
-    let record =
-        TokenRecord { id: 0x0123_4567_89ab_cdef, name: "fuzz".into(), grant: Grant::Admin, prefix: "/".into(), created_unix_ms: 1, expires_unix_ms: None };
+    let record = TokenRecord {
+        id: 0x0123_4567_89ab_cdef,
+        name: "fuzz".into(),
+        grant: Grant::Admin,
+        prefix: "/".into(),
+        created_unix_ms: 1,
+        expires_unix_ms: None,
+        s3: false,
+    };
     table.create(record.clone(), TokenKey([5; 32])).expect("one token");
     let token = table.token(&record).expect("a key");
     if let Ok(p) = table.authenticate(s, 2) {
@@ -294,7 +311,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let messages = vec![
         with_selector(0, proto::CreateFileRequest { path: "/a/b".into(), size: 10, replication: 3, ..Default::default() }.encode_to_vec()),
         with_selector(15, proto::RenameRequest { src: "/a".into(), dst: "/b".into(), ..Default::default() }.encode_to_vec()),
-        with_selector(31, proto::CreateTokenRequest { name: "n".into(), role: "read".into(), prefix: "/p".into(), ttl_ms: 5 }.encode_to_vec()),
+        with_selector(31, proto::CreateTokenRequest { name: "n".into(), role: "read".into(), prefix: "/p".into(), ttl_ms: 5, s3: false }.encode_to_vec()),
         with_selector(32 + 58, proto::WriteChunksRequest::default().encode_to_vec()),
         with_selector(32 + 4, proto::GetFileResponse::default().encode_to_vec()),
         RpcError::NotLeader { leader: Some(proto::MetaNode { id: 2, addr: "h:1".into() }) }.encode_detail().to_vec(),
@@ -324,8 +341,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
 
     let table = {
         let mut t = TokenTable::default();
-        let record =
-            TokenRecord { id: 0x0123_4567_89ab_cdef, name: "fuzz".into(), grant: Grant::Admin, prefix: "/".into(), created_unix_ms: 1, expires_unix_ms: None };
+        let record = TokenRecord {
+            id: 0x0123_4567_89ab_cdef,
+            name: "fuzz".into(),
+            grant: Grant::Admin,
+            prefix: "/".into(),
+            created_unix_ms: 1,
+            expires_unix_ms: None,
+            s3: false,
+        };
         t.create(record.clone(), TokenKey([5; 32])).expect("one token");
         t.token(&record).expect("a key")
     };

@@ -42,6 +42,7 @@ pub mod planted;
 pub mod proto;
 pub mod repair;
 pub mod rpc;
+pub mod s3;
 pub mod scrub;
 pub mod storage_node;
 pub mod storage_reports;

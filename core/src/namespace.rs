@@ -125,13 +125,15 @@ struct RareParts {
     sha256: Option<Sha256Digest>,
     /// Never empty.
     shared: Option<BTreeMap<u32, ChunkId>>,
+    /// What the S3 gateway keeps of an object (ETag, content type, user metadata).
+    object: Option<ObjectMeta>,
 }
 
 impl RareParts {
-    /// What a record keeps of them: nothing (no allocation) when neither is there.
-    fn boxed(sha256: Option<Sha256Digest>, shared: Option<BTreeMap<u32, ChunkId>>) -> Option<Box<RareParts>> {
+    /// What a record keeps of them: nothing (no allocation) when none is there.
+    fn boxed(sha256: Option<Sha256Digest>, shared: Option<BTreeMap<u32, ChunkId>>, object: Option<ObjectMeta>) -> Option<Box<RareParts>> {
         let shared = shared.filter(|s| !s.is_empty());
-        (sha256.is_some() || shared.is_some()).then(|| Box::new(RareParts { sha256, shared }))
+        (sha256.is_some() || shared.is_some() || object.is_some()).then(|| Box::new(RareParts { sha256, shared, object }))
     }
 }
 
@@ -158,13 +160,16 @@ pub struct FileRecordParts {
     /// file that holds them, alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<Box<BTreeMap<u32, ChunkId>>>,
+    /// What the S3 gateway keeps of an object, for files it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Box<ObjectMeta>>,
 }
 
 impl From<FileRecordParts> for FileRecord {
     fn from(p: FileRecordParts) -> Self {
         let sha_is_last = p.sha256.is_some() && p.sha256 == p.chunks.last().map(|c| c.sha256);
         let own_sha = if sha_is_last { None } else { p.sha256 };
-        let rare = RareParts::boxed(own_sha, p.shared.map(|s| *s));
+        let rare = RareParts::boxed(own_sha, p.shared.map(|s| *s), p.object.map(|o| *o));
         let mut record = FileRecord {
             path: p.path,
             id: p.id,
@@ -203,7 +208,13 @@ impl FileRecord {
             sha256: self.sha256(),
             attrs: self.attrs(),
             shared: self.shared().map(|s| Box::new(s.clone())),
+            object: self.object().map(|o| Box::new(o.clone())),
         }
+    }
+
+    /// What the S3 gateway keeps of the object, if the gateway wrote it.
+    pub fn object(&self) -> Option<&ObjectMeta> {
+        self.rare.as_ref().and_then(|r| r.object.as_ref())
     }
 
     /// SHA-256 of the whole file, if the uploader sent one.
@@ -241,8 +252,8 @@ impl FileRecord {
     }
 
     fn set_shared(&mut self, shared: BTreeMap<u32, ChunkId>) {
-        let sha256 = self.rare.take().and_then(|r| r.sha256);
-        self.rare = RareParts::boxed(sha256, Some(shared));
+        let (sha256, object) = self.rare.take().map_or((None, None), |r| (r.sha256, r.object));
+        self.rare = RareParts::boxed(sha256, Some(shared), object);
     }
 
     pub fn chunk_id(&self, index: u32) -> ChunkId {
@@ -276,6 +287,50 @@ pub struct FileAttrs {
 impl FileAttrs {
     pub fn is_empty(&self) -> bool {
         self.mode.is_none() && self.mtime_unix_ms.is_none()
+    }
+}
+
+/// What the S3 gateway keeps with an object besides its bytes (`dfs s3`): what S3 clients
+/// read back from a HEAD or GET. Files written otherwise have none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// The ETag, without quotes: the hex MD5 of the bytes, or S3's `<hex>-<parts>` for a
+    /// multipart object.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Standard headers S3 stores and returns as given (`cache-control`, `content-disposition`,
+    /// `content-encoding`, `content-language`, `expires`), by lowercase name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// User metadata (`x-amz-meta-<name>`), by lowercase name without the prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, String>,
+}
+
+/// Most bytes of user metadata an object keeps (names and values): S3's limit.
+pub const OBJECT_USER_META_MAX_BYTES: usize = 2048;
+/// Most bytes of an ETag, a content type or any one standard header an object keeps.
+pub const OBJECT_FIELD_MAX_BYTES: usize = 1024;
+/// Most standard headers an object keeps.
+pub const OBJECT_HEADERS_MAX: usize = 8;
+
+impl ObjectMeta {
+    /// Checks the bounds, so that no client grows a file record beyond a few KiB.
+    pub fn validate(&self) -> Result<(), NamespaceError> {
+        let bad = |what: String| Err(NamespaceError::InvalidArgument(what));
+        if self.etag.len() > OBJECT_FIELD_MAX_BYTES || self.content_type.as_ref().is_some_and(|c| c.len() > OBJECT_FIELD_MAX_BYTES) {
+            return bad(format!("an object's ETag and content type are at most {OBJECT_FIELD_MAX_BYTES} bytes each"));
+        }
+        if self.headers.len() > OBJECT_HEADERS_MAX || self.headers.iter().any(|(k, v)| k.len() + v.len() > OBJECT_FIELD_MAX_BYTES) {
+            return bad(format!("an object keeps at most {OBJECT_HEADERS_MAX} standard headers of at most {OBJECT_FIELD_MAX_BYTES} bytes each"));
+        }
+        let user: usize = self.user.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if user > OBJECT_USER_META_MAX_BYTES {
+            return bad(format!("user metadata is {user} bytes; at most {OBJECT_USER_META_MAX_BYTES}"));
+        }
+        Ok(())
     }
 }
 
@@ -486,6 +541,10 @@ pub enum Command {
         /// commit, in the same command: one Raft entry for a small file.
         #[serde(default)]
         chunks: Vec<ChunkRecord>,
+        /// Kept with the file: what the S3 gateway records of an object. A metadata node of
+        /// an earlier version ignores it (README, "Upgrading").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<Box<ObjectMeta>>,
     },
     /// An empty file created and committed at once (`dfs put` of a 0-byte file): one log
     /// entry where `CreateFile` and `CommitFile` take two. Its SHA-256 is the empty string's.
@@ -502,6 +561,8 @@ pub enum Command {
         unix_ms: u64,
         #[serde(default)]
         attrs: FileAttrs,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<Box<ObjectMeta>>,
     },
     /// Creates a directory; with `parents`, also its missing ancestors, and an existing
     /// directory is fine (`mkdir -p`).
@@ -693,6 +754,8 @@ pub struct FileSummary {
     /// Absent from snapshots of older versions (in kept `Once` results), hence the default.
     #[serde(default)]
     pub attrs: FileAttrs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Box<ObjectMeta>>,
 }
 
 impl From<&FileRecord> for FileSummary {
@@ -707,6 +770,7 @@ impl From<&FileRecord> for FileSummary {
             committed_unix_ms: f.committed_unix_ms,
             sha256: f.sha256(),
             attrs: f.attrs(),
+            object: f.object().map(|o| Box::new(o.clone())),
         }
     }
 }
@@ -812,10 +876,14 @@ impl Command {
             Command::CreateFile { path, size, chunk_size, replication, overwrite, expect_file_id, attrs, .. } => {
                 validate_create(path, *size, *chunk_size, *replication, *overwrite, *expect_file_id, attrs)?;
             }
-            Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, attrs, .. } => {
+            Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, attrs, object, .. } => {
                 validate_create(path, 0, *chunk_size, *replication, *overwrite, *expect_file_id, attrs)?;
+                object.as_ref().map_or(Ok(()), |o| o.validate())?;
             }
             Command::RecordChunks { file, chunks } | Command::CommitFile { file, chunks, .. } => {
+                if let Command::CommitFile { object: Some(object), .. } = self {
+                    object.validate()?;
+                }
                 if chunks.len() > RECORD_CHUNKS_MAX {
                     return Err(NamespaceError::InvalidUpload(format!("{} chunk records in one command; at most {RECORD_CHUNKS_MAX}", chunks.len())));
                 }
@@ -1311,7 +1379,7 @@ impl Namespace {
                 }
                 Ok(Outcome::Done)
             }
-            Command::CommitFile { file, unix_ms, sha256, chunks } => {
+            Command::CommitFile { file, unix_ms, sha256, chunks, object } => {
                 // A retried commit finds no upload: it is answered below, the records ignored.
                 if !chunks.is_empty() && self.uploads.contains_key(&file) {
                     self.apply_one(Command::RecordChunks { file, chunks })?;
@@ -1358,10 +1426,11 @@ impl Namespace {
                     sha256,
                     attrs: upload.attrs,
                     shared: None,
+                    object,
                 });
                 Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }
-            Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, unix_ms, attrs } => {
+            Command::CreateEmptyFile { path, chunk_size, replication, overwrite, expect_file_id, unix_ms, attrs, object } => {
                 let path = normalize_path(&path)?;
                 self.check_path_free(&path, overwrite)?;
                 self.check_expected(&path, expect_file_id)?;
@@ -1377,6 +1446,7 @@ impl Namespace {
                     sha256: Some(Sha256Digest::of(&[])),
                     attrs,
                     shared: None,
+                    object,
                 });
                 Ok(Outcome::FileCommitted(self.commit_record(record, unix_ms)))
             }

@@ -77,6 +77,11 @@ pub struct TokenRecord {
     pub prefix: String,
     pub created_unix_ms: u64,
     pub expires_unix_ms: Option<u64>,
+    /// An S3 access key (`dfs admin s3 key`), not a bearer token: its secret is derived from
+    /// the cluster's key as a token is, and only the gateway checks it (SigV4 needs the
+    /// secret itself, not a MAC of it). Absent from records of earlier versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub s3: bool,
 }
 
 impl TokenRecord {
@@ -84,8 +89,8 @@ impl TokenRecord {
         self.expires_unix_ms.is_some_and(|at| now_unix_ms >= at)
     }
 
-    /// What its bearer is, once its token passed.
-    fn principal(&self) -> Principal {
+    /// What its bearer is, once its token (or S3 signature) passed.
+    pub fn principal(&self) -> Principal {
         Principal { name: self.name.clone(), grant: self.grant, prefix: self.prefix.clone(), proof: Proof::Token { id: self.id } }
     }
 }
@@ -158,7 +163,8 @@ impl TokenTable {
     /// Whom `token` stands for at `now_unix_ms`.
     pub fn authenticate(&self, token: &str, now_unix_ms: u64) -> Result<Principal, TokenError> {
         let (id, tag) = parse(token)?;
-        let record = self.records.get(&id).ok_or(TokenError::Unknown { id })?;
+        // An S3 key's bearer token is never handed out; refused as unknown all the same.
+        let record = self.records.get(&id).filter(|r| !r.s3).ok_or(TokenError::Unknown { id })?;
         let key = self.key.ok_or(TokenError::Unknown { id })?;
         mac(&key, record).verify_slice(&tag).map_err(|_| TokenError::BadSignature { id })?;
         if let Some(at) = record.expires_unix_ms.filter(|_| record.expired(now_unix_ms)) {
@@ -166,6 +172,48 @@ impl TokenTable {
         }
         Ok(record.principal())
     }
+}
+
+impl TokenTable {
+    /// The secret access key of the S3 key `record` (which must be in the table): the MAC of
+    /// its id and creation time under the cluster's key, under another label than a bearer
+    /// token's, as 40 hex digits (the length of AWS's secrets). `None` before the key exists.
+    pub fn s3_secret(&self, record: &TokenRecord) -> Option<String> {
+        let key = self.key?;
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key.0).expect("HMAC takes any key length");
+        mac.update(b"dfs s3 secret v1\0");
+        mac.update(&record.id.to_be_bytes());
+        mac.update(&record.created_unix_ms.to_be_bytes());
+        Some(hex(&mac.finalize().into_bytes()[..20]))
+    }
+
+    /// The S3 key named `access_key_id`, and its secret, if it is known and not expired at
+    /// `now_unix_ms`.
+    pub fn s3_key(&self, access_key_id: &str, now_unix_ms: u64) -> Result<(&TokenRecord, String), TokenError> {
+        let id = parse_s3_access_key_id(access_key_id).ok_or(TokenError::Malformed)?;
+        let record = self.records.get(&id).filter(|r| r.s3).ok_or(TokenError::Unknown { id })?;
+        if let Some(at) = record.expires_unix_ms.filter(|_| record.expired(now_unix_ms)) {
+            return Err(TokenError::Expired { id, name: record.name.clone(), at });
+        }
+        let secret = self.s3_secret(record).ok_or(TokenError::Unknown { id })?;
+        Ok((record, secret))
+    }
+}
+
+/// What every S3 access key id starts with; 16 uppercase hex digits (the record's id) follow,
+/// 20 characters in all, as AWS's are.
+pub const S3_ACCESS_KEY_PREFIX: &str = "DFSK";
+
+/// The access key id of the S3 key whose record is `id`.
+pub fn s3_access_key_id(id: u64) -> String {
+    format!("{S3_ACCESS_KEY_PREFIX}{id:016X}")
+}
+
+/// The record id an access key id names; `None` for anything not made by `s3_access_key_id`.
+pub fn parse_s3_access_key_id(access_key_id: &str) -> Option<u64> {
+    let digits = access_key_id.strip_prefix(S3_ACCESS_KEY_PREFIX)?;
+    let upper_hex = digits.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+    (digits.len() == 16 && upper_hex).then(|| u64::from_str_radix(digits, 16).ok()).flatten()
 }
 
 /// A token's name: what `list` shows and refusals name.
@@ -220,7 +268,33 @@ mod tests {
     use proptest::prelude::*;
 
     fn record(id: u64, grant: Grant, expires: Option<u64>) -> TokenRecord {
-        TokenRecord { id, name: format!("user{id}"), grant, prefix: "/home".into(), created_unix_ms: 1_000, expires_unix_ms: expires }
+        TokenRecord { id, name: format!("user{id}"), grant, prefix: "/home".into(), created_unix_ms: 1_000, expires_unix_ms: expires, s3: false }
+    }
+
+    /// An S3 key's secret comes from the cluster's key and its record, is the same on every
+    /// member, differs between keys and clusters, and its record is no bearer token.
+    #[test]
+    fn s3_keys_have_derived_secrets_and_are_no_tokens() {
+        let s3 = |id| TokenRecord { s3: true, ..record(id, Grant::Write, Some(9_000)) };
+        let t = table_with(&[record(1, Grant::Read, None), s3(2), s3(3)]);
+        let id = s3_access_key_id(2);
+        assert_eq!((id.len(), id.as_str()), (20, "DFSK0000000000000002"));
+        assert_eq!(parse_s3_access_key_id(&id), Some(2));
+        for bad in ["DFSK000000000000002", "DFSK000000000000000g", "dfsk0000000000000002", "AKIA0000000000000002", "DFSK+000000000000002"] {
+            assert_eq!(parse_s3_access_key_id(bad), None, "{bad}");
+        }
+        let (r, secret) = t.s3_key(&id, 1_000).unwrap();
+        assert_eq!((r.id, secret.len()), (2, 40));
+        assert_eq!(table_with(&[record(1, Grant::Read, None), s3(2)]).s3_key(&id, 0).unwrap().1, secret, "the same on every member");
+        assert_ne!(t.s3_key(&s3_access_key_id(3), 0).unwrap().1, secret);
+        let mut other = TokenTable::default();
+        other.create(s3(2), TokenKey([8; 32])).unwrap();
+        assert_ne!(other.s3_key(&id, 0).unwrap().1, secret, "another cluster's key");
+        assert!(matches!(t.s3_key(&id, 9_000), Err(TokenError::Expired { id: 2, .. })));
+        assert_eq!(t.s3_key(&s3_access_key_id(1), 0).err(), Some(TokenError::Unknown { id: 1 }), "a bearer token is no S3 key");
+        assert_eq!(t.s3_key(&s3_access_key_id(7), 0).err(), Some(TokenError::Unknown { id: 7 }));
+        let bearer = t.token(&s3(2)).unwrap();
+        assert_eq!(t.authenticate(&bearer, 0), Err(TokenError::Unknown { id: 2 }), "an S3 key is no bearer token");
     }
 
     fn table_with(records: &[TokenRecord]) -> TokenTable {

@@ -81,6 +81,7 @@ fn a_large_namespace_puts_off_snapshots_in_proportion_to_its_files() {
             expect_file_id: None,
             unix_ms: 1,
             attrs: Default::default(),
+            object: None,
         };
         apply(&mut sm, std::iter::once(register).chain((0..files).map(create)).collect()).await;
         assert_eq!(state.read().unwrap().namespace.file_count(), files);

@@ -344,7 +344,8 @@ async fn users_tokens_hold_their_grant(cluster: &Cluster) {
     let made = cluster
         .on_client(async move {
             let reader = a.call(proto::CreateTokenRequest { name: "reader".into(), role: "read".into(), ..Default::default() }).await?;
-            let home = a.call(proto::CreateTokenRequest { name: "alice".into(), role: "write".into(), prefix: "/home/alice".into(), ttl_ms: 0 }).await?;
+            let home =
+                a.call(proto::CreateTokenRequest { name: "alice".into(), role: "write".into(), prefix: "/home/alice".into(), ttl_ms: 0, s3: false }).await?;
             a.call(proto::MkdirRequest { path: "/home/alice".into(), parents: true, ..Default::default() }).await?;
             Ok::<_, RpcError>((reader, home))
         })

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::download::{self, Download};
 use super::resume::{self, Manifest, UploadKey};
+use super::stream_source::{md5_hex, StreamSource};
 use super::upload::{self, MetaOp, Placement, Start, Upload, UploadError, UploadSpec};
 use super::{local, ClientError, DfsClient, Progress};
 use crate::chain::{checksum, Chain};
@@ -87,6 +88,34 @@ pub enum Output<'a> {
     Writer(&'a mut (dyn std::io::Write + Send)),
 }
 
+/// Where an upload's bytes come from.
+enum Source<'a> {
+    File(&'a Path),
+    /// With what the S3 gateway keeps of the object; its ETag is the stream's MD5.
+    Stream(&'a StreamSource, proto::ObjectMeta),
+}
+
+/// MD5 of no bytes: an empty object's ETag.
+const EMPTY_MD5: [u8; 16] = [0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04, 0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8, 0x42, 0x7e];
+
+impl Source<'_> {
+    /// What errors name as the source.
+    fn path(&self) -> PathBuf {
+        match self {
+            Source::File(path) => path.to_path_buf(),
+            Source::Stream(..) => PathBuf::from("(the request's body)"),
+        }
+    }
+
+    /// The object's metadata to keep, with the ETag of `md5`; none for a file.
+    fn object(&self, md5: Option<[u8; 16]>) -> Option<proto::ObjectMeta> {
+        match (self, md5) {
+            (Source::Stream(_, object), Some(md5)) => Some(proto::ObjectMeta { etag: md5_hex(&md5), ..object.clone() }),
+            _ => None,
+        }
+    }
+}
+
 /// The upload machine's placements; each chunk's access token is kept aside in `tokens`, for
 /// the writes of that chunk (a later placement of the same chunk brings a fresh one).
 fn placements(p: Vec<proto::ChunkPlacement>, tokens: &std::sync::Mutex<BTreeMap<u32, proto::ChunkToken>>) -> Vec<Placement> {
@@ -119,19 +148,33 @@ impl<E: Env> DfsClient<E> {
         attrs: FileAttrs,
         progress: &dyn Progress,
     ) -> Result<proto::FileInfo, ClientError> {
-        let first = self.put_once(source, remote, overwrite, attrs, progress, true).await;
+        let first = self.put_once(Source::File(source), remote, overwrite, attrs, progress, true).await;
         match first {
             Err(ClientError::Upload { source: UploadError::UploadGone | UploadError::SourceChanged, resumed: true, .. }) => {
                 progress.message("the interrupted upload cannot be resumed; starting over");
-                self.put_once(source, remote, overwrite, attrs, progress, false).await
+                self.put_once(Source::File(source), remote, overwrite, attrs, progress, false).await
             }
             other => other,
         }
     }
 
+    /// Uploads the `source.size()` bytes of `source` to `remote`, as `put` does a file's, with
+    /// `object` kept with the file and the bytes' MD5 as its ETag (the S3 gateway's PutObject).
+    /// Never resumed: a stream cannot be read twice.
+    pub async fn put_stream(
+        &self,
+        source: &StreamSource,
+        remote: &str,
+        overwrite: bool,
+        object: proto::ObjectMeta,
+        progress: &dyn Progress,
+    ) -> Result<proto::FileInfo, ClientError> {
+        self.put_once(Source::Stream(source, object), remote, overwrite, FileAttrs::default(), progress, false).await
+    }
+
     async fn put_once(
         &self,
-        source: &Path,
+        source: Source<'_>,
         remote: &str,
         overwrite: bool,
         attrs: FileAttrs,
@@ -139,23 +182,33 @@ impl<E: Env> DfsClient<E> {
         may_resume: bool,
     ) -> Result<proto::FileInfo, ClientError> {
         let disk = self.env.disk();
-        let stamp = disk.stamp(source).await.map_err(local(source))?;
-        let spec = UploadSpec { size: stamp.len, chunk_size: self.config.chunk_size, replication: self.config.replication };
+        let (size, stamp) = match &source {
+            Source::File(path) => {
+                let stamp = disk.stamp(path).await.map_err(local(path))?;
+                (stamp.len, Some(stamp))
+            }
+            Source::Stream(stream, _) => (stream.size(), None),
+        };
+        let spec = UploadSpec { size, chunk_size: self.config.chunk_size, replication: self.config.replication };
         crate::chunking::validate_new(spec.size, spec.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let key = UploadKey {
-            source: source.to_string_lossy().into_owned(),
+        let source_path = source.path();
+        let key = stamp.clone().map(|stamp| UploadKey {
+            source: source_path.to_string_lossy().into_owned(),
             remote: remote.to_string(),
             cluster: self.meta_addrs.join(","),
             stamp,
             chunk_size: spec.chunk_size,
             replication: spec.replication,
             overwrite,
-        };
+        });
         // A file of one chunk has nothing to resume (its one chunk is sent again): no manifest,
         // which for many small files saves several file operations each.
-        let manifest_path = self.config.resume_dir.as_ref().filter(|_| spec.size > spec.chunk_size).map(|dir| resume::manifest_path(dir, &key));
-        let resumable = match (&manifest_path, may_resume) {
-            (Some(path), true) => resume::load(disk, path, &key).await,
+        let manifest_path = match (&self.config.resume_dir, &key) {
+            (Some(dir), Some(key)) if spec.size > spec.chunk_size => Some(resume::manifest_path(dir, key)),
+            _ => None,
+        };
+        let resumable = match (&manifest_path, &key, may_resume) {
+            (Some(path), Some(key), true) => resume::load(disk, path, key).await,
             _ => None,
         };
         let resumed = resumable.is_some();
@@ -176,7 +229,7 @@ impl<E: Env> DfsClient<E> {
         let upload_error = |e: UploadError| match e {
             UploadError::Metadata { op, error } => ClientError::Metadata { context: format!("put {remote}: {}", op.as_str()), source: error },
             UploadError::Source { index, error } => {
-                ClientError::Local { path: source.to_path_buf(), source: std::io::Error::other(format!("reading chunk {index}: {error}")) }
+                ClientError::Local { path: source_path.clone(), source: std::io::Error::other(format!("reading chunk {index}: {error}")) }
             }
             e => ClientError::Upload { path: remote.to_string(), source: e, resumed },
         };
@@ -192,6 +245,8 @@ impl<E: Env> DfsClient<E> {
         let chunk_count = crate::chunking::chunk_count(spec.size, spec.chunk_size);
         let mut chain_before = Chain::initial();
         let mut file_sha256 = Sha256Digest::of(&[]);
+        // A stream's MD5, once it was read to its end (the object's ETag).
+        let mut stream_md5 = None;
         let mut pending: FuturesUnordered<BoxFuture<'_, UpDone>> = FuturesUnordered::new();
         let mut outcome = None;
         loop {
@@ -210,6 +265,8 @@ impl<E: Env> DfsClient<E> {
                             mode: attrs.mode,
                             mtime_unix_ms: attrs.mtime_unix_ms,
                             commit_empty,
+                            // An empty stream's ETag is known already: the MD5 of nothing.
+                            object: source.object(commit_empty.then_some(EMPTY_MD5)),
                         };
                         pending.push(
                             async move {
@@ -229,9 +286,14 @@ impl<E: Env> DfsClient<E> {
                     upload::Action::Read { index, offset, len } => {
                         let last = u64::from(index) + 1 == chunk_count;
                         let chain = chained.then(|| Chain::at(index, spec.chunk_size, chain_before, last));
+                        let source = &source;
                         pending.push(
                             async move {
-                                let data = match disk.read_at(source, offset, len).await {
+                                let read = match source {
+                                    Source::File(path) => disk.read_at(path, offset, len).await,
+                                    Source::Stream(stream, _) => stream.read_at(offset, len).await,
+                                };
+                                let data = match read {
                                     Ok(data) if data.len() as u64 == len => data,
                                     Ok(data) => {
                                         let error = LocalError::Shrank { got: data.len() as u64, expected: len };
@@ -323,7 +385,19 @@ impl<E: Env> DfsClient<E> {
                     }
                     upload::Action::FinishSource => {
                         let sha256 = file_sha256;
-                        let unchanged = disk.stamp(source).await.is_ok_and(|now| now == stamp);
+                        let unchanged = match &source {
+                            Source::File(path) => disk.stamp(path).await.is_ok_and(|now| Some(now) == stamp),
+                            Source::Stream(stream, _) => match stream.finish(&sha256.0).await {
+                                Ok(md5) => {
+                                    stream_md5 = Some(md5);
+                                    true
+                                }
+                                Err(e) => {
+                                    tracing::warn!(remote, error = %e, "the stream did not end at its declared size");
+                                    false
+                                }
+                            },
+                        };
                         up.handle(upload::Event::SourceFinished { sha256, unchanged }, self.env.clock().now());
                     }
                     upload::Action::Commit { chunks, sha256 } => {
@@ -331,6 +405,7 @@ impl<E: Env> DfsClient<E> {
                             file_id: up.file().map_or(0, |f| f.0),
                             sha256: Bytes::copy_from_slice(&sha256.0),
                             chunks: chunks.iter().map(|c| c.to_proto()).collect(),
+                            object: source.object(stream_md5),
                         };
                         pending.push(
                             async move {
@@ -366,7 +441,8 @@ impl<E: Env> DfsClient<E> {
             match done {
                 UpDone::Event(event) => {
                     if let (upload::Event::Created { file, committed: None, .. }, Some(path)) = (&event, &manifest_path) {
-                        match Manifest::create(disk.clone(), path.clone(), key.clone(), *file).await {
+                        let key = key.clone().expect("a manifest path comes with a key");
+                        match Manifest::create(disk.clone(), path.clone(), key, *file).await {
                             Ok(m) => manifest = Some(m),
                             Err(e) => tracing::warn!(path = %path.display(), error = %e, "no resume manifest; an interrupted upload will start over"),
                         }
@@ -398,6 +474,13 @@ impl<E: Env> DfsClient<E> {
                 Ok(info)
             }
             Some(Err(e)) => {
+                // A stream cannot be read again, so its upload can never resume: dropped now,
+                // its stored chunks deleted, instead of waiting for the upload to expire.
+                if let (Source::Stream(..), Some(file)) = (&source, up.file()) {
+                    if let Err(abort) = self.abort_upload(file.0).await {
+                        tracing::warn!(remote, file = file.0, error = %abort, "a failed stream's upload was not aborted; it expires");
+                    }
+                }
                 // A manifest that can never be resumed is of no use; keep it otherwise.
                 if matches!(e, UploadError::SourceChanged | UploadError::UploadGone) {
                     if let Some(path) = &manifest_path {
@@ -688,17 +771,42 @@ impl<E: Env> DfsClient<E> {
         out: &mut (dyn std::io::Write + Send),
         verb: &str,
     ) -> Result<(proto::FileInfo, u64), ClientError> {
-        let reply = self
+        let reply = self.open(remote, verb).await?;
+        let written = self.read_opened(remote, &reply, offset, len, out).await?;
+        Ok((reply.file.unwrap_or_default(), written))
+    }
+
+    /// The file at `remote` with where its chunks are, for `read_opened`: reads of it then
+    /// see this version of the file, whatever is committed at `remote` later (a replaced
+    /// file's chunks stay readable until the cluster collects them; then reads fail, never
+    /// mixing two versions).
+    pub async fn open(&self, remote: &str, verb: &str) -> Result<proto::GetFileResponse, ClientError> {
+        let mut reply = self
             .gets
             .call(proto::GetFileRequest { path: remote.to_string() })
             .await
             .map_err(|source| ClientError::Metadata { context: format!("{verb} {remote}"), source })?;
-        let info = reply.file.ok_or_else(|| ClientError::Invalid("the file's reply carries no file".into()))?;
+        if reply.file.is_none() {
+            return Err(ClientError::Invalid("the file's reply carries no file".into()));
+        }
+        reply.chunks.sort_by_key(|c| c.index);
+        Ok(reply)
+    }
+
+    /// `read_range` of a file `open` returned: bytes `[offset, offset + len)`, clamped to its
+    /// size, written to `out`; returns how many.
+    pub async fn read_opened(
+        &self,
+        remote: &str,
+        reply: &proto::GetFileResponse,
+        offset: u64,
+        len: u64,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        let info = reply.file.as_ref().ok_or_else(|| ClientError::Invalid("the file's reply carries no file".into()))?;
         let end = offset.saturating_add(len).min(info.size);
-        let mut chunks = reply.chunks;
-        chunks.sort_by_key(|c| c.index);
         let mut written = 0;
-        for loc in chunks {
+        for loc in &reply.chunks {
             let chunk_start = loc.index as u64 * info.chunk_size;
             let chunk_end = chunk_start + loc.size;
             if chunk_end <= offset || chunk_start >= end {
@@ -754,7 +862,7 @@ impl<E: Env> DfsClient<E> {
             written += bytes.len() as u64;
         }
         out.flush().map_err(|e| ClientError::Local { path: PathBuf::from("-"), source: e })?;
-        Ok((info, written))
+        Ok(written)
     }
 
     /// Tells metadata a replica is bad, so it is no longer served (HDFS's `reportBadBlocks`).

@@ -24,6 +24,7 @@ mod driver;
 pub mod meta_batch;
 
 pub mod resume;
+pub mod stream_source;
 pub mod tree;
 pub mod tree_resume;
 pub mod upload;

@@ -71,6 +71,7 @@ guard! {
     AddMetaMemberRequest => |_r| Want::Cluster(Grant::Admin);
     RemoveMetaMemberRequest => |_r| Want::Cluster(Grant::Admin);
     ListTokensRequest => |_r| Want::Cluster(Grant::Admin);
+    GetS3KeyRequest => |_r| Want::Cluster(Grant::Admin);
     RevokeTokenRequest => |_r| Want::Cluster(Grant::Admin);
     // An admin makes tokens only within its own prefix: one reaching /home cannot make one
     // reaching /.

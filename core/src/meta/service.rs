@@ -243,6 +243,21 @@ fn file_info(f: &FileSummary) -> proto::FileInfo {
         sha256: f.sha256.map(|d| d.0.to_vec().into()).unwrap_or_default(),
         mode: f.attrs.mode,
         mtime_unix_ms: f.attrs.mtime_unix_ms,
+        object: f.object.as_deref().map(object_proto),
+    }
+}
+
+/// An object's metadata as the namespace keeps it (its bounds are checked there).
+pub fn object_meta(o: proto::ObjectMeta) -> namespace::ObjectMeta {
+    namespace::ObjectMeta { etag: o.etag, content_type: o.content_type, headers: o.headers.into_iter().collect(), user: o.user.into_iter().collect() }
+}
+
+pub fn object_proto(o: &namespace::ObjectMeta) -> proto::ObjectMeta {
+    proto::ObjectMeta {
+        etag: o.etag.clone(),
+        content_type: o.content_type.clone(),
+        headers: o.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        user: o.user.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
@@ -357,6 +372,7 @@ impl<E: Env> MetaServer<E> {
                 expect_file_id: r.expect_file_id.map(FileId),
                 unix_ms: self.env.clock().unix_ms(),
                 attrs,
+                object: r.object.map(object_meta).map(Box::new),
             };
             // No upload remembers the request: a retry is answered from the session instead.
             return Ok(once(r.request_id, command));
@@ -403,7 +419,13 @@ impl<E: Env> MetaServer<E> {
             0 => None,
             _ => Some(Sha256Digest::from_slice(&r.sha256).ok_or_else(|| RpcError::InvalidArgument("sha256 must be 32 bytes".into()))?),
         };
-        Ok(Command::CommitFile { file: FileId(r.file_id), unix_ms: self.env.clock().unix_ms(), sha256, chunks: chunk_records(r.chunks)? })
+        Ok(Command::CommitFile {
+            file: FileId(r.file_id),
+            unix_ms: self.env.clock().unix_ms(),
+            sha256,
+            chunks: chunk_records(r.chunks)?,
+            object: r.object.map(object_meta).map(Box::new),
+        })
     }
 
     /// A committed file with its chunks' replicas: those on nodes this leader believes alive
@@ -524,6 +546,7 @@ fn token_info(t: &TokenRecord) -> proto::TokenInfo {
         prefix: t.prefix.clone(),
         created_unix_ms: t.created_unix_ms,
         expires_unix_ms: t.expires_unix_ms,
+        s3_access_key_id: if t.s3 { crate::tokens::s3_access_key_id(t.id) } else { String::new() },
     }
 }
 
@@ -557,14 +580,28 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
         // becomes the cluster's (`TokenTable::create`).
         let key = self.env.random_key();
         let id = u64::from_le_bytes(self.env.random_key()[..8].try_into().expect("8 bytes"));
-        let record = TokenRecord { id, name: r.name, grant, prefix, created_unix_ms: now, expires_unix_ms };
+        let record = TokenRecord { id, name: r.name, grant, prefix, created_unix_ms: now, expires_unix_ms, s3: r.s3 };
         let record = match self.propose(Command::CreateToken { record, key: TokenKey(key) }).await? {
             Outcome::TokenCreated(record) => record,
             other => return Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),
         };
-        let token = self.state.read().expect("state lock").namespace.tokens().token(&record);
-        let token = token.ok_or_else(|| RpcError::Internal("a token was made but the cluster has no token key".into()))?;
-        Ok(proto::CreateTokenResponse { info: Some(token_info(&record)), token })
+        let tokens = &self.state.read().expect("state lock").namespace;
+        let (token, secret) = match record.s3 {
+            false => (tokens.tokens().token(&record), Some(String::new())),
+            true => (Some(String::new()), tokens.tokens().s3_secret(&record)),
+        };
+        let no_key = || RpcError::Internal("a token was made but the cluster has no token key".into());
+        Ok(proto::CreateTokenResponse { info: Some(token_info(&record)), token: token.ok_or_else(no_key)?, s3_secret_access_key: secret.ok_or_else(no_key)? })
+    }
+
+    async fn get_s3_key(&self, r: proto::GetS3KeyRequest) -> Result<proto::GetS3KeyResponse, RpcError> {
+        let now = self.env.clock().unix_ms();
+        let found = self.read(move |s| s.namespace.tokens().s3_key(&r.access_key_id, now).map(|(record, secret)| (token_info(record), secret))).await?;
+        match found {
+            Ok((info, secret_access_key)) => Ok(proto::GetS3KeyResponse { info: Some(info), secret_access_key }),
+            Err(e @ crate::tokens::TokenError::Malformed) => Err(RpcError::InvalidArgument(format!("not a dfs S3 access key id: {e}"))),
+            Err(e) => Err(RpcError::NotFound(e.to_string())),
+        }
     }
 
     async fn list_tokens(&self, _r: proto::ListTokensRequest) -> Result<proto::ListTokensResponse, RpcError> {

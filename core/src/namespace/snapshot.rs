@@ -18,7 +18,8 @@
 //! files        count, then each file in path order:
 //!                path, id, size, chunk_size, replication, committed_unix_ms,
 //!                flags (u8, `FLAG_*`), [sha256: 32 bytes], [mode], [mtime_unix_ms],
-//!                chunk count, chunks, [shared: count, then (index, chunk id: 16 bytes) each]
+//!                chunk count, chunks, [shared: count, then (index, chunk id: 16 bytes) each],
+//!                [object: bytes, JSON of the S3 gateway's `ObjectMeta`]
 //! chunk        index, size, sum (u8: 0 standalone, 1 chained, 2 chained and last),
 //!              sha256 (32 bytes), replica count, replica node ids
 //! ```
@@ -54,7 +55,9 @@ const FLAG_SHA_IS_LAST_CHUNK: u8 = 1 << 1;
 const FLAG_MODE: u8 = 1 << 2;
 const FLAG_MTIME: u8 = 1 << 3;
 const FLAG_SHARED: u8 = 1 << 4;
-const FLAGS_KNOWN: u8 = FLAG_SHA | FLAG_SHA_IS_LAST_CHUNK | FLAG_MODE | FLAG_MTIME | FLAG_SHARED;
+/// An S3 object's metadata follows (JSON: a few of many files have it, and it is small).
+const FLAG_OBJECT: u8 = 1 << 5;
+const FLAGS_KNOWN: u8 = FLAG_SHA | FLAG_SHA_IS_LAST_CHUNK | FLAG_MODE | FLAG_MTIME | FLAG_SHARED | FLAG_OBJECT;
 
 /// Fewest bytes a file takes (a one-byte path suffix, one byte per other field, no chunk):
 /// bounds what a claimed count may reserve.
@@ -219,6 +222,7 @@ impl Namespace {
             flags |= if attrs.mode.is_some() { FLAG_MODE } else { 0 };
             flags |= if attrs.mtime_unix_ms.is_some() { FLAG_MTIME } else { 0 };
             flags |= if shared.is_some() { FLAG_SHARED } else { 0 };
+            flags |= if f.object().is_some() { FLAG_OBJECT } else { 0 };
             w.out.push(flags);
             if let (Some(sha), true) = (sha256, flags & FLAG_SHA != 0) {
                 w.out.extend_from_slice(&sha.0);
@@ -246,6 +250,9 @@ impl Namespace {
                     w.varint(u64::from(*index));
                     w.out.extend_from_slice(&chunk.0);
                 }
+            }
+            if let Some(object) = f.object() {
+                w.bytes(&serde_json::to_vec(object).expect("an object's metadata serializes"));
             }
         }
     }
@@ -430,6 +437,13 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
+        let object = if flags & FLAG_OBJECT != 0 {
+            let len = self.len()?;
+            let json = self.take(len)?;
+            Some(Box::new(serde_json::from_slice(json).map_err(|_| self.malformed("an object's metadata that is not its JSON"))?))
+        } else {
+            None
+        };
         Ok(FileRecord::from(FileRecordParts {
             path,
             id,
@@ -441,6 +455,7 @@ impl<'a> Reader<'a> {
             sha256,
             attrs: FileAttrs { mode, mtime_unix_ms },
             shared,
+            object,
         }))
     }
 }

@@ -39,6 +39,7 @@ fn empty_file_cmd(path: &str, overwrite: bool) -> Command {
         expect_file_id: None,
         unix_ms: 7,
         attrs: FileAttrs { mode: Some(0o640), mtime_unix_ms: Some(3) },
+        object: None,
     }
 }
 
@@ -97,7 +98,7 @@ fn chunks_for(size: u64, replicas: &[u64]) -> Vec<ChunkRecord> {
 fn upload(ns: &mut Namespace, path: &str, size: u64, overwrite: bool) -> Result<FileSummary, NamespaceError> {
     let id = create(ns, path, size, overwrite)?;
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(size, &[1, 2, 3]) })?;
-    match ns.apply(Command::CommitFile { file: id, unix_ms: 9, sha256: None, chunks: vec![] })? {
+    match ns.apply(Command::CommitFile { file: id, unix_ms: 9, sha256: None, chunks: vec![], object: None })? {
         Outcome::FileCommitted(s) => Ok(s),
         other => panic!("unexpected {other:?}"),
     }
@@ -113,19 +114,19 @@ fn a_commit_carries_the_last_records_and_the_file_checksum_in_one_command() {
     // A bad record refuses the whole command and changes nothing.
     let mut bad = chunks.clone();
     bad[0].replicas = [StorageNodeId(1)].into_iter().collect();
-    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: bad }), Err(NamespaceError::BadChunk { .. })));
+    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: bad, object: None }), Err(NamespaceError::BadChunk { .. })));
     assert!(ns.upload(id).is_some_and(|u| u.chunks.is_empty()));
     // Records sent earlier and records with the commit add up.
     let last = chunks.pop().unwrap();
     ns.apply(Command::RecordChunks { file: id, chunks }).unwrap();
-    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: vec![last.clone()] }).unwrap();
+    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: sha, chunks: vec![last.clone()], object: None }).unwrap();
     let file = ns.file("/f").unwrap();
     assert_eq!((file.chunks.len(), file.sha256()), (3, sha));
     // A retry (reply lost) answers the same; its records are not applied to anything.
-    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: sha, chunks: vec![last] }).unwrap(), committed);
+    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: sha, chunks: vec![last], object: None }).unwrap(), committed);
     // Too many records with a commit are refused before anything is looked at.
     let many = (0..=RECORD_CHUNKS_MAX as u32).map(|index| ChunkRecord { index, ..chunks_for(CHUNK, &[1, 2])[0].clone() }).collect();
-    assert!(Command::CommitFile { file: id, unix_ms: 3, sha256: None, chunks: many }.validate().is_err());
+    assert!(Command::CommitFile { file: id, unix_ms: 3, sha256: None, chunks: many, object: None }.validate().is_err());
 }
 
 #[test]
@@ -151,14 +152,14 @@ fn an_upload_becomes_visible_only_at_commit() {
     let last = chunks.pop().unwrap();
     ns.apply(Command::RecordChunks { file: id, chunks }).unwrap();
     assert_eq!(
-        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![] }),
+        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![], object: None }),
         Err(NamespaceError::Incomplete { file: id, missing: 1, total: 4 })
     );
     ns.apply(Command::RecordChunks { file: id, chunks: vec![last] }).unwrap();
-    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap();
+    let committed = ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![], object: None }).unwrap();
     assert_eq!(ns.file("/f").unwrap().chunks.len(), 4);
     // a retried commit answers the same
-    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).unwrap(), committed);
+    assert_eq!(ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![], object: None }).unwrap(), committed);
 }
 
 #[test]
@@ -225,7 +226,7 @@ fn deleting_frees_the_path_and_queues_replicas() {
     assert_eq!(ns.apply(delete("/d")), Err(NamespaceError::NotFound("/d".into())));
     assert_eq!(ns.garbage_for(StorageNodeId(3), 10), vec![ChunkId::derive(f.id, 0)]);
     // an old upload's commit after delete is refused, not resurrected
-    assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![] }), Err(NamespaceError::UploadNotFound(f.id)));
+    assert_eq!(ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![], object: None }), Err(NamespaceError::UploadNotFound(f.id)));
 }
 
 #[test]
@@ -279,7 +280,7 @@ fn committing_creates_parents_and_listing_shows_direct_children_only() {
     assert_eq!(walk(&ns, "/a/b", 1), vec!["/a/b/c"]);
     assert_eq!(walk(&ns, "/top", 1), vec!["/top"]);
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: vec![], object: None }).unwrap();
     assert_eq!(ns.kind("/x/y"), Some(EntryKind::Dir));
 }
 
@@ -328,14 +329,14 @@ fn rename_moves_files_and_whole_subtrees() {
     let moved = ns.file("/e/moved/sub/f").unwrap();
     assert_eq!((moved.id, &*moved.path), (f.id, "/e/moved/sub/f"));
     // the id index follows: a retried commit answers with the new path
-    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap() {
+    match ns.apply(Command::CommitFile { file: f.id, unix_ms: 1, sha256: None, chunks: vec![], object: None }).unwrap() {
         Outcome::FileCommitted(s) => assert_eq!(s.path, "/e/moved/sub/f"),
         other => panic!("{other:?}"),
     }
     assert_eq!(names(&ns, "/e/moved", 10), vec![("g".into(), EntryKind::File), ("sub".into(), EntryKind::Dir)]);
     // an upload in flight keeps its path: its commit recreates the parents
     ns.apply(Command::RecordChunks { file: in_flight, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1, sha256: None, chunks: vec![] }).unwrap();
+    ns.apply(Command::CommitFile { file: in_flight, unix_ms: 1, sha256: None, chunks: vec![], object: None }).unwrap();
     assert_eq!(ns.kind("/d/sub/late"), Some(EntryKind::File));
 
     rename(&mut ns, "/d0", "/e/file").unwrap();
@@ -438,7 +439,7 @@ fn a_retried_create_with_the_same_request_id_creates_nothing_new() {
     assert_ne!(ns.apply(next).unwrap(), Outcome::FileCreated(id));
     // once committed, the request id is forgotten with the upload
     ns.apply(Command::RecordChunks { file: id, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![] }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: None, chunks: vec![], object: None }).unwrap();
     assert!(ns.uploads_by_request.get(&42).is_some_and(|seqs| !seqs.contains_key(&1)));
     assert_eq!(ns.apply(command), Err(NamespaceError::AlreadyExists("/f".into())));
 }
@@ -465,13 +466,13 @@ fn an_overwrite_replaces_only_the_file_the_client_saw() {
     let theirs = upload(&mut ns, "/f", 1, true).unwrap();
     let before = ns.clone();
     assert_eq!(
-        ns.apply(Command::CommitFile { file: mine, unix_ms: 2, sha256: None, chunks: vec![] }),
+        ns.apply(Command::CommitFile { file: mine, unix_ms: 2, sha256: None, chunks: vec![], object: None }),
         Err(NamespaceError::FileChanged { path: "/f".into(), expected: seen.id, found: Some(theirs.id) })
     );
     assert_eq!(ns, before);
     let Outcome::FileCreated(again) = ns.apply(expecting(theirs.id)).unwrap() else { panic!() };
     ns.apply(Command::RecordChunks { file: again, chunks: chunks_for(1, &[1, 2]) }).unwrap();
-    ns.apply(Command::CommitFile { file: again, unix_ms: 3, sha256: None, chunks: vec![] }).unwrap();
+    ns.apply(Command::CommitFile { file: again, unix_ms: 3, sha256: None, chunks: vec![], object: None }).unwrap();
     assert_eq!(ns.file("/f").unwrap().id, again);
 }
 
@@ -502,7 +503,7 @@ fn expired_uploads_are_dropped_and_their_replicas_collected() {
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 4_000, older_than_ms: 2_000 }), Ok(Outcome::UploadsExpired(1)));
     assert!(ns.upload(old).is_none() && ns.upload(young).is_some());
     assert_eq!(ns.garbage_for(StorageNodeId(2), 10), vec![ChunkId::derive(old, 0)]);
-    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5, sha256: None, chunks: vec![] }), Err(NamespaceError::UploadNotFound(old)));
+    assert_eq!(ns.apply(Command::CommitFile { file: old, unix_ms: 5, sha256: None, chunks: vec![], object: None }), Err(NamespaceError::UploadNotFound(old)));
     assert_eq!(ns.uploads_by_request.get(&7).map(|s| s.len()), Some(1));
     // far in the future everything goes, without underflow
     assert_eq!(ns.apply(Command::ExpireUploads { now_unix_ms: 10, older_than_ms: UPLOAD_EXPIRY_DEFAULT_MS }), Ok(Outcome::UploadsExpired(0)));
@@ -1013,7 +1014,7 @@ proptest! {
                     Some(&file) => {
                         let complete = ns.upload(file).map(|u| u.chunks.len() as u64 == chunking::chunk_count(u.size, u.chunk_size));
                         let allowed = uploads.get(&file).map(|(p, _, o)| model.can_commit(p, *o));
-                        let result = ns.apply(Command::CommitFile { file, unix_ms: now, sha256: None, chunks: vec![] });
+                        let result = ns.apply(Command::CommitFile { file, unix_ms: now, sha256: None, chunks: vec![], object: None });
                         if complete == Some(true) {
                             prop_assert_eq!(result.is_ok(), allowed == Some(true), "commit {:?}", result);
                         }
@@ -1481,10 +1482,16 @@ fn chained_records_must_form_the_files_chain() {
     // A chain after a standalone chunk, or a file SHA-256 other than the last checksum.
     let mut gap = chained();
     gap[0].sum = Default::default();
-    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last_sha), chunks: gap }), Err(NamespaceError::BadChunk { .. })));
+    assert!(matches!(
+        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last_sha), chunks: gap, object: None }),
+        Err(NamespaceError::BadChunk { .. })
+    ));
     let other = Some(Sha256Digest([42; 32]));
-    assert!(matches!(ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: other, chunks: chained() }), Err(NamespaceError::BadChunk { .. })));
-    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last_sha), chunks: chained() }).unwrap();
+    assert!(matches!(
+        ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: other, chunks: chained(), object: None }),
+        Err(NamespaceError::BadChunk { .. })
+    ));
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last_sha), chunks: chained(), object: None }).unwrap();
     let file = ns.file("/f").unwrap();
     let chains: Vec<_> = (0..3).map(|pos| file.chain_at(pos).unwrap()).collect();
     assert_eq!(chains[0].before, crate::chain::Chain::initial());
@@ -1599,9 +1606,9 @@ fn varied_namespace() -> Namespace {
     chained[1].sum = Chained;
     chained[2].sum = ChainedLast;
     let last = chained[2].sha256;
-    ns.apply(Command::CommitFile { file: id, unix_ms: 1_800_000_000_000, sha256: Some(last), chunks: chained }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1_800_000_000_000, sha256: Some(last), chunks: chained, object: None }).unwrap();
     let id = create(&mut ns, "/d/other-sha", CHUNK, false).unwrap();
-    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest([7; 32])), chunks: chunks_for(CHUNK, &[1, 2]) }).unwrap();
+    ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest([7; 32])), chunks: chunks_for(CHUNK, &[1, 2]), object: None }).unwrap();
     upload(&mut ns, "/d/plain", 3 * CHUNK, false).unwrap();
     ns.apply(empty_file_cmd("/d/e/mpty", false)).unwrap();
     ns.apply(Command::CopyFile { src: "/d/plain".into(), dst: "/copy".into(), overwrite: false, unix_ms: 3 }).unwrap();
@@ -1614,7 +1621,57 @@ fn varied_namespace() -> Namespace {
     let shared = copy.chunk_id(0);
     assert_ne!(shared, plain_chunk, "the copy shares the deleted file's chunk");
     ns.apply(Command::MarkReplicaBad { chunk: shared, node: StorageNodeId(2) }).unwrap();
+    let id = create(&mut ns, "/bkt/obj", CHUNK + 1, false).unwrap();
+    let object = Some(Box::new(object_meta()));
+    ns.apply(Command::CommitFile { file: id, unix_ms: 4, sha256: None, chunks: chunks_for(CHUNK + 1, &[1, 2]), object: object.clone() }).unwrap();
+    ns.apply(Command::CopyFile { src: "/bkt/obj".into(), dst: "/bkt/obj-copy".into(), overwrite: false, unix_ms: 5 }).unwrap();
+    let mut empty = empty_file_cmd("/bkt/empty", false);
+    if let Command::CreateEmptyFile { object: empty_object, .. } = &mut empty {
+        *empty_object = object;
+    }
+    ns.apply(empty).unwrap();
     ns
+}
+
+fn object_meta() -> ObjectMeta {
+    ObjectMeta {
+        etag: "5eb63bbbe01eeed093cb22bb8f5acdc3".into(),
+        content_type: Some("text/plain; charset=utf-8".into()),
+        headers: [("cache-control".to_string(), "no-cache".to_string())].into(),
+        user: [("owner".to_string(), "\u{e9}milie".to_string())].into(),
+    }
+}
+
+/// What the S3 gateway keeps of an object stays with its file: committed, listed, copied,
+/// and through both snapshot forms; too much of it is refused before the log.
+#[test]
+fn objects_keep_their_metadata() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3]);
+    let id = create(&mut ns, "/b/o", 5, false).unwrap();
+    let commit = Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: chunks_for(5, &[1, 2]), object: Some(Box::new(object_meta())) };
+    let Outcome::FileCommitted(summary) = ns.apply(commit).unwrap() else { panic!("not committed") };
+    assert_eq!(summary.object.as_deref(), Some(&object_meta()));
+    ns.apply(Command::CopyFile { src: "/b/o".into(), dst: "/b/c".into(), overwrite: false, unix_ms: 2 }).unwrap();
+    assert_eq!(ns.file("/b/c").unwrap().object(), Some(&object_meta()), "a copy keeps it");
+    let mut empty = empty_file_cmd("/b/e", false);
+    if let Command::CreateEmptyFile { object, .. } = &mut empty {
+        *object = Some(Box::new(ObjectMeta { etag: "d41d8cd98f00b204e9800998ecf8427e".into(), ..Default::default() }));
+    }
+    ns.apply(empty).unwrap();
+    assert_eq!(ns.file("/b/e").unwrap().object().map(|o| o.etag.as_str()), Some("d41d8cd98f00b204e9800998ecf8427e"));
+    upload(&mut ns, "/b/plain", 5, false).unwrap();
+    assert_eq!(ns.file("/b/plain").unwrap().object(), None, "files dfs put wrote have none");
+    assert_eq!(binary_round_trip(&ns), ns);
+    assert_eq!(serde_json::from_str::<Namespace>(&serde_json::to_string(&ns).unwrap()).unwrap(), ns);
+
+    let id = create(&mut ns, "/b/big", 5, false).unwrap();
+    let too_much = ObjectMeta { user: [("k".to_string(), "v".repeat(OBJECT_USER_META_MAX_BYTES))].into(), ..object_meta() };
+    let commit = Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: chunks_for(5, &[1, 2]), object: Some(Box::new(too_much)) };
+    assert!(matches!(commit.validate(), Err(NamespaceError::InvalidArgument(_))));
+    assert!(matches!(ns.apply(commit), Err(NamespaceError::InvalidArgument(_))));
+    let many = ObjectMeta { headers: (0..=OBJECT_HEADERS_MAX).map(|i| (format!("h{i}"), String::new())).collect(), ..Default::default() };
+    assert!(many.validate().is_err());
 }
 
 #[test]

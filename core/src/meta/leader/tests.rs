@@ -214,7 +214,7 @@ impl World {
             }
         }
         if commit {
-            self.apply(Command::CommitFile { file: id, unix_ms: self.unix_ms, sha256: None, chunks: vec![] });
+            self.apply(Command::CommitFile { file: id, unix_ms: self.unix_ms, sha256: None, chunks: vec![], object: None });
         }
         id
     }

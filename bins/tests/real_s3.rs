@@ -1,0 +1,157 @@
+//! The S3 gateway with real processes and real S3 clients: `dfs cluster up --s3 PORT` (TLS on
+//! between the cluster's nodes) serves S3 on 127.0.0.1, keys come from
+//! `dfs admin s3 key create`, and boto3 and aws-cli (from PyPI, into a virtualenv this test
+//! makes once under the target dir) put, get, range, list, delete and fail as S3 clients expect
+//! (`s3/boto3_client.py` holds those checks). What the gateway stored is checked with `dfs`
+//! itself: objects are dfs files. A client that disconnects mid-upload leaves no object, and
+//! its upload is dropped at once (its chunks collected).
+
+#![cfg(not(madsim))]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+mod common;
+
+use common::*;
+
+/// The client versions the checks were written against.
+const PIP_PACKAGES: &[&str] = &["boto3==1.44.18", "awscli==1.46.3"];
+
+/// A Python with boto3 and aws-cli: `DFS_S3_PYTHON` if set, else a virtualenv made (once) in
+/// the target dir.
+fn clients_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("DFS_S3_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("s3-clients-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| Command::new(python).args(["-c", "import boto3, awscli"]).output().is_ok_and(|o| o.status.success());
+    if !ready(&python) {
+        let made = Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).output().expect("python3 runs (.ci/run installs python3-venv)");
+        assert!(made.status.success(), "python3 -m venv: {}", stderr(&made));
+        let pip = Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(PIP_PACKAGES).output().expect("pip runs");
+        assert!(pip.status.success(), "pip install {PIP_PACKAGES:?}: {}", stderr(&pip));
+        assert!(ready(&python), "boto3 and awscli import after installing");
+    }
+    python
+}
+
+struct Gateway {
+    meta: String,
+    config: PathBuf,
+    endpoint: String,
+}
+
+impl Gateway {
+    fn dfs(&self, args: &[&str]) -> Output {
+        Command::new(DFS).args(args).env("DFS_META", &self.meta).env("DFS_CONFIG_DIR", &self.config).env("DFS_TIMEOUT", "10s").output().expect("run dfs")
+    }
+
+    fn dfs_ok(&self, args: &[&str]) -> String {
+        let out = self.dfs(args);
+        assert!(out.status.success(), "dfs {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A key: (access key id, secret).
+    fn key(&self, name: &str, role: &str) -> (String, String) {
+        let out = self.dfs_ok(&["admin", "s3", "key", "create", "--name", name, "--role", role, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        (v["access_key_id"].as_str().unwrap().to_string(), v["secret_access_key"].as_str().unwrap().to_string())
+    }
+
+    /// Uploads not committed under `path`.
+    fn uploads(&self, path: &str) -> Vec<serde_json::Value> {
+        let out = self.dfs_ok(&["--json", "uploads", path]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        v["uploads"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn s3_clients_round_trip_through_the_gateway() {
+    let python = clients_python();
+    let dir = TestDir::new();
+    let base = free_ports(400);
+    let s3_port = free_port();
+    let config = dir.path().join("config");
+    let _cluster = cluster_up_tls_with(base, &dir.path().join("data"), &config, &["--s3", &s3_port.to_string()]);
+    let meta = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
+    let gw = Gateway { meta, config, endpoint: format!("http://127.0.0.1:{s3_port}") };
+    wait_for(Duration::from_secs(30), "the S3 gateway to listen", || TcpStream::connect(("127.0.0.1", s3_port)).ok());
+
+    let (admin_id, admin_secret) = gw.key("ci-admin", "admin");
+    let (read_id, read_secret) = gw.key("ci-reader", "read");
+    let listed = gw.dfs_ok(&["admin", "s3", "key", "list"]);
+    assert!(listed.contains(&admin_id) && listed.contains("ci-reader"), "{listed}");
+    assert!(!listed.contains(&admin_secret), "secrets are never listed: {listed}");
+
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_client.py");
+    let out =
+        Command::new(&python).arg(&script).args([&gw.endpoint, &admin_id, &admin_secret, &read_id, &read_secret]).arg(&work).output().expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "boto3 checks failed:\n{text}\n{}", stderr(&out));
+    assert!(text.contains("boto3: all checks passed"), "{text}");
+
+    // What went through S3 is dfs's: the same bytes by dfs's own client, and refused puts
+    // (wrong digests) left no upload behind.
+    let small = gw.dfs(&["cat", "/photos/small.txt"]);
+    assert!(small.status.success() && small.stdout.len() == 11, "dfs cat of an object put through S3: {small:?}");
+    assert!(gw.uploads("/photos").is_empty(), "uploads left: {:?}", gw.uploads("/photos"));
+
+    // aws-cli: a directory tree up with `s3 sync`, and back; dfs sees the same files.
+    let tree = work.join("tree");
+    for (i, name) in ["a.txt", "sub/b.bin", "sub/deeper/c.bin", "with space.txt"].iter().enumerate() {
+        let p = tree.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, test_bytes(1000 + i * 700_000, i as u64 + 1)).unwrap();
+    }
+    let aws = |args: &[&str]| {
+        let out = Command::new(&python)
+            .args(["-m", "awscli", "--endpoint-url", &gw.endpoint])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &admin_id)
+            .env("AWS_SECRET_ACCESS_KEY", &admin_secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .expect("run aws");
+        assert!(out.status.success(), "aws {args:?}: {}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    aws(&["s3", "mb", "s3://tree"]);
+    aws(&["s3", "sync", tree.to_str().unwrap(), "s3://tree/t"]);
+    let listing = aws(&["s3", "ls", "--recursive", "s3://tree/"]);
+    assert_eq!(listing.lines().count(), 4, "{listing}");
+    let back = work.join("back");
+    aws(&["s3", "sync", "s3://tree/t", back.to_str().unwrap()]);
+    for name in ["a.txt", "sub/b.bin", "sub/deeper/c.bin", "with space.txt"] {
+        assert_same_file(&tree.join(name), &back.join(name));
+        let got = work.join("via-dfs");
+        gw.dfs_ok(&["get", "-f", &format!("/tree/t/{name}"), got.to_str().unwrap()]);
+        assert_same_file(&tree.join(name), &got);
+    }
+    // A second sync finds nothing to send: sizes and times agree.
+    assert_eq!(aws(&["s3", "sync", tree.to_str().unwrap(), "s3://tree/t"]).trim(), "");
+
+    // A client that goes away mid-upload: while it sends, the upload is in flight and nothing
+    // is visible; once it is gone, the upload is dropped and the key still absent.
+    let url = std::fs::read_to_string(work.join("put_url")).unwrap();
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, target) = rest.split_at(rest.find('/').unwrap());
+    let mut conn = TcpStream::connect(host).unwrap();
+    let declared = 16 << 20;
+    write!(conn, "PUT {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n\r\n").unwrap();
+    conn.write_all(&test_bytes(6 << 20, 77)).unwrap();
+    conn.flush().unwrap();
+    wait_for(Duration::from_secs(30), "the cut-off upload to be in flight", || gw.uploads("/photos/cut").first().cloned());
+    assert!(!gw.dfs(&["stat", "/photos/cut/short"]).status.success(), "an upload in flight is not visible");
+    drop(conn);
+    wait_for(Duration::from_secs(30), "the cut-off upload to be dropped", || gw.uploads("/photos/cut").is_empty().then_some(()));
+    assert!(!gw.dfs(&["stat", "/photos/cut/short"]).status.success(), "nothing was committed");
+}

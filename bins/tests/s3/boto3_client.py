@@ -1,0 +1,151 @@
+"""boto3 against `dfs s3`: what real_s3.rs runs. Every check raises on failure (exit 1).
+
+argv: ENDPOINT ADMIN_KEY ADMIN_SECRET READ_KEY READ_SECRET WORK_DIR
+"""
+import base64
+import concurrent.futures
+import hashlib
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import boto3
+import botocore
+from botocore.config import Config
+
+endpoint, admin_key, admin_secret, read_key, read_secret, work = sys.argv[1:7]
+
+
+def client(key, secret):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+    )
+
+
+s3 = client(admin_key, admin_secret)
+reader = client(read_key, read_secret)
+
+
+def error_code(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{call.__name__} succeeded, expected an error")
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print("ok:", what, flush=True)
+
+
+def data(n, seed):
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:n])
+
+
+s3.create_bucket(Bucket="photos")
+check(error_code(s3.create_bucket, Bucket="photos")[0] == "BucketAlreadyOwnedByYou", "a bucket made twice")
+check("photos" in [b["Name"] for b in s3.list_buckets()["Buckets"]], "ListBuckets shows it")
+s3.head_bucket(Bucket="photos")
+check(error_code(s3.head_bucket, Bucket="nothere")[1] == 404, "HeadBucket of a missing bucket: 404")
+
+# Objects of 0 bytes, of a few, and of several chunks (4 MiB each), with metadata.
+sizes = {"empty": 0, "small.txt": 11, "dir/big.bin": 9 * 1024 * 1024 + 17}
+for i, (key, n) in enumerate(sizes.items()):
+    body = data(n, i)
+    put = s3.put_object(Bucket="photos", Key=key, Body=body, ContentType="application/x-test", Metadata={"owner": "alice", "n": str(n)})
+    check(put["ETag"] == '"%s"' % hashlib.md5(body).hexdigest(), f"{key}: ETag is the MD5 of its {n} bytes")
+    got = s3.get_object(Bucket="photos", Key=key)
+    check(got["Body"].read() == body, f"{key}: read back whole")
+    check(got["ContentType"] == "application/x-test" and got["Metadata"] == {"owner": "alice", "n": str(n)}, f"{key}: content type and metadata kept")
+    head = s3.head_object(Bucket="photos", Key=key)
+    check(head["ContentLength"] == n and head["ETag"] == put["ETag"], f"{key}: HEAD agrees")
+
+big = data(sizes["dir/big.bin"], 2)
+for first, last in [(0, 0), (100, 4 * 1024 * 1024 + 99), (4 * 1024 * 1024 - 1, 4 * 1024 * 1024), (len(big) - 10, len(big) - 1)]:
+    got = s3.get_object(Bucket="photos", Key="dir/big.bin", Range=f"bytes={first}-{last}")
+    check(got["Body"].read() == big[first : last + 1] and got["ContentRange"] == f"bytes {first}-{last}/{len(big)}", f"range {first}-{last}")
+got = s3.get_object(Bucket="photos", Key="dir/big.bin", Range="bytes=-5")
+check(got["Body"].read() == big[-5:], "a suffix range")
+check(error_code(s3.get_object, Bucket="photos", Key="dir/big.bin", Range=f"bytes={len(big)}-")[0] == "InvalidRange", "a range past the end: InvalidRange")
+
+# Conditional reads.
+etag = s3.head_object(Bucket="photos", Key="small.txt")["ETag"]
+check(error_code(s3.get_object, Bucket="photos", Key="small.txt", IfNoneMatch=etag)[1] == 304, "If-None-Match with its ETag: 304")
+check(error_code(s3.get_object, Bucket="photos", Key="small.txt", IfMatch='"0000"')[1] == 412, "If-Match with another ETag: 412")
+check(s3.get_object(Bucket="photos", Key="small.txt", IfMatch=etag)["Body"].read() == data(11, 1), "If-Match with its ETag: 200")
+
+# Checksums: SHA-256 verified on put and returned from what dfs records; a wrong MD5 refused.
+body = data(5000, 9)
+sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+s3.put_object(Bucket="photos", Key="summed", Body=body, ChecksumSHA256=sha)
+check(s3.head_object(Bucket="photos", Key="summed", ChecksumMode="ENABLED").get("ChecksumSHA256") == sha, "x-amz-checksum-sha256 returned")
+wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+check(error_code(s3.put_object, Bucket="photos", Key="badsum", Body=body, ChecksumSHA256=wrong)[0] in ("BadDigest", "XAmzContentChecksumMismatch"), "a wrong SHA-256 refused")
+bad_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+check(error_code(s3.put_object, Bucket="photos", Key="badmd5", Body=body, ContentMD5=bad_md5)[0] == "BadDigest", "a wrong Content-MD5 refused")
+check(error_code(s3.head_object, Bucket="photos", Key="badmd5")[1] == 404, "and nothing stored under that key")
+
+# Listing 2,500 keys: pagination and delimiters.
+keys = [f"many/{i // 100:02d}/k{i:04d}" for i in range(2500)]
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    list(pool.map(lambda k: s3.put_object(Bucket="photos", Key=k, Body=k.encode()), keys))
+pages = s3.get_paginator("list_objects_v2").paginate(Bucket="photos", Prefix="many/", PaginationConfig={"PageSize": 700})
+listed = [o["Key"] for page in pages for o in page.get("Contents", [])]
+check(listed == sorted(keys), f"ListObjectsV2 pages through {len(listed)} keys in order")
+v1 = s3.get_paginator("list_objects").paginate(Bucket="photos", Prefix="many/", PaginationConfig={"PageSize": 1000})
+check([o["Key"] for page in v1 for o in page.get("Contents", [])] == sorted(keys), "ListObjects (v1) pages through them too")
+top = s3.list_objects_v2(Bucket="photos", Delimiter="/")
+check([p["Prefix"] for p in top["CommonPrefixes"]] == ["dir/", "many/"], "common prefixes at the top")
+check([o["Key"] for o in top["Contents"]] == ["empty", "small.txt", "summed"], "keys at the top")
+dirs = s3.list_objects_v2(Bucket="photos", Prefix="many/", Delimiter="/", MaxKeys=10)
+check(len(dirs["CommonPrefixes"]) == 10 and dirs["IsTruncated"], "a page of 10 common prefixes, truncated")
+rest = s3.list_objects_v2(Bucket="photos", Prefix="many/", Delimiter="/", ContinuationToken=dirs["NextContinuationToken"])
+check(len(rest["CommonPrefixes"]) == 15 and not rest["IsTruncated"], "the other 15 on the next page")
+after = s3.list_objects_v2(Bucket="photos", Prefix="many/24/", StartAfter="many/24/k2490")
+check([o["Key"] for o in after["Contents"]] == [f"many/24/k{i}" for i in range(2491, 2500)], "start-after")
+
+# Deleting: one, many, and a bucket only once empty.
+s3.delete_object(Bucket="photos", Key="empty")
+check(error_code(s3.get_object, Bucket="photos", Key="empty")[0] == "NoSuchKey", "a deleted key: NoSuchKey")
+s3.delete_object(Bucket="photos", Key="empty")  # idempotent
+gone = s3.delete_objects(Bucket="photos", Delete={"Objects": [{"Key": k} for k in keys[:500]]})
+check(len(gone.get("Deleted", [])) == 500 and not gone.get("Errors"), "DeleteObjects of 500 keys")
+check(s3.list_objects_v2(Bucket="photos", Prefix="many/00/", MaxKeys=5).get("KeyCount") == 0, "they are gone")
+check(error_code(s3.delete_bucket, Bucket="photos")[0] == "BucketNotEmpty", "a bucket with keys: BucketNotEmpty")
+
+# Errors clients act on.
+check(error_code(s3.get_object, Bucket="nothere", Key="k")[0] == "NoSuchBucket", "NoSuchBucket")
+check(error_code(s3.put_object, Bucket="photos", Key="k" * 1025, Body=b"x")[0] == "KeyTooLongError", "KeyTooLongError")
+check(error_code(s3.put_object, Bucket="photos", Key="a//b", Body=b"x")[0] == "InvalidArgument", "a key dfs cannot store: refused, not rewritten")
+check(error_code(s3.create_bucket, Bucket="no_underscores")[0] == "InvalidBucketName", "InvalidBucketName")
+check(error_code(client(admin_key, "x" * 40).list_buckets)[0] == "SignatureDoesNotMatch", "a wrong secret: SignatureDoesNotMatch")
+check(error_code(client("DFSK0000000000000001", "x" * 40).list_buckets)[0] == "InvalidAccessKeyId", "an unknown key: InvalidAccessKeyId")
+check(reader.get_object(Bucket="photos", Key="small.txt")["Body"].read() == data(11, 1), "a read key reads")
+check(error_code(reader.put_object, Bucket="photos", Key="x", Body=b"x")[0] == "AccessDenied", "a read key cannot write")
+check(error_code(reader.delete_object, Bucket="photos", Key="small.txt")[0] == "AccessDenied", "nor delete")
+
+# A presigned URL, fetched by curl: no credentials of its own.
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "photos", "Key": "dir/big.bin"}, ExpiresIn=300)
+out = subprocess.run(["curl", "-sf", url], capture_output=True, check=True).stdout
+check(out == big, "a presigned GET through curl")
+tampered = url.replace("dir/big.bin", "small.txt")
+check(subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", tampered], capture_output=True).stdout == b"403", "a presigned URL for another key: 403")
+
+
+# For real_s3.rs: a presigned PUT it starts and cuts off mid-body.
+with open(f"{work}/put_url", "w") as f:
+    f.write(s3.generate_presigned_url("put_object", Params={"Bucket": "photos", "Key": "cut/short"}, ExpiresIn=600))
+print("boto3: all checks passed")
