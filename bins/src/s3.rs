@@ -51,6 +51,8 @@ pub struct S3Args {
 const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Keys remembered at once; past it the memory is cleared (and refilled on demand).
 const KEY_CACHE_MAX: usize = 4096;
+/// Keys one DeleteObjects may name (S3's limit).
+const DELETE_OBJECTS_MAX: usize = 1000;
 /// Chunks a get fetches ahead of what the response has sent: memory per get is at most this
 /// many chunks (plus one being sent), throughput that of this many reads in flight.
 const GET_READ_AHEAD: usize = 3;
@@ -318,7 +320,7 @@ impl S3 for Gateway {
         let dir = rules::bucket_path(&req.input.bucket).map_err(name_error)?;
         self.allow(&req, "CreateBucket", Grant::Admin, &dir).await?;
         match self.client.mkdir(&dir, false).await {
-            Ok(()) => Ok(S3Response::new(CreateBucketOutput { location: Some(dir), ..Default::default() })),
+            Ok(()) => Ok(S3Response::new(CreateBucketOutput { location: Some(dir) })),
             Err(ClientError::Metadata { source: RpcError::AlreadyExists(_), .. }) => Err(s3_error!(BucketAlreadyOwnedByYou)),
             Err(e) => Err(cluster_error(e, S3ErrorCode::InternalError)),
         }
@@ -406,6 +408,8 @@ impl S3 for Gateway {
             headers,
             user: input.metadata.clone().unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
         };
+        // Refused before any byte moves, not at the commit after all of them.
+        dfs_core::meta::service::object_meta(object.clone()).validate().map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
         let body = match input.body {
             Some(body) => body.map(|r| r.map_err(io::Error::other)).boxed(),
             None => futures::stream::empty().boxed(),
@@ -566,6 +570,9 @@ impl S3 for Gateway {
         let bucket_dir = rules::bucket_path(&req.input.bucket).map_err(name_error)?;
         let p = self.principal(&req).await?;
         self.bucket_exists(&bucket_dir).await?;
+        if req.input.delete.objects.len() > DELETE_OBJECTS_MAX {
+            return Err(s3_error!(MalformedXML, "at most {DELETE_OBJECTS_MAX} keys per DeleteObjects, as S3 allows"));
+        }
         let quiet = req.input.delete.quiet.unwrap_or(false);
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
         for object in &req.input.delete.objects {

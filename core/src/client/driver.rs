@@ -192,7 +192,7 @@ impl<E: Env> DfsClient<E> {
         let spec = UploadSpec { size, chunk_size: self.config.chunk_size, replication: self.config.replication };
         crate::chunking::validate_new(spec.size, spec.chunk_size).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let source_path = source.path();
-        let key = stamp.clone().map(|stamp| UploadKey {
+        let key = stamp.map(|stamp| UploadKey {
             source: source_path.to_string_lossy().into_owned(),
             remote: remote.to_string(),
             cluster: self.meta_addrs.join(","),

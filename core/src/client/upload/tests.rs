@@ -476,6 +476,8 @@ proptest! {
 
 /// One step of a chaos run: what the machine was given.
 #[derive(Clone, Debug)]
+// A test's script of steps, a few dozen at most: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Handle(Event, Timestamp),
     Timeout(Timestamp),
