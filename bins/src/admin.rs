@@ -325,6 +325,15 @@ impl TokenJson {
     }
 }
 
+/// A token's or key's expiry as listings show it.
+fn expires_shown(expires: &Option<String>, expired: bool) -> String {
+    match (expires, expired) {
+        (None, _) => "never".to_string(),
+        (Some(at), false) => at.clone(),
+        (Some(at), true) => format!("{at} (expired)"),
+    }
+}
+
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -364,11 +373,7 @@ async fn token(ctx: &Ctx, command: TokenCommand) -> anyhow::Result<()> {
             }
             let mut out = format!("{:<16}  {:<20}  {:<5}  {:<24}  {:<20}  {}\n", "ID", "NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES");
             for t in &tokens {
-                let expires = match (&t.expires, t.expired) {
-                    (None, _) => "never".to_string(),
-                    (Some(at), false) => at.clone(),
-                    (Some(at), true) => format!("{at} (expired)"),
-                };
+                let expires = expires_shown(&t.expires, t.expired);
                 let _ = writeln!(out, "{:<16}  {:<20}  {:<5}  {:<24}  {:<20}  {expires}", t.id, t.name, t.role, crate::cli::shown(&t.prefix), t.created);
             }
             if tokens.is_empty() {
@@ -456,11 +461,7 @@ async fn s3_key(ctx: &Ctx, command: S3KeyCommand) -> anyhow::Result<()> {
             }
             let mut out = format!("{:<20}  {:<20}  {:<5}  {:<24}  {:<20}  {}\n", "ACCESS KEY ID", "NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES");
             for k in &keys {
-                let expires = match (&k.expires, k.expired) {
-                    (None, _) => "never".to_string(),
-                    (Some(at), false) => at.clone(),
-                    (Some(at), true) => format!("{at} (expired)"),
-                };
+                let expires = expires_shown(&k.expires, k.expired);
                 let _ =
                     writeln!(out, "{:<20}  {:<20}  {:<5}  {:<24}  {:<20}  {expires}", k.access_key_id, k.name, k.role, crate::cli::shown(&k.prefix), k.created);
             }

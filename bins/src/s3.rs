@@ -310,7 +310,7 @@ impl S3 for Gateway {
             .into_iter()
             .filter(|e| e.kind == proto::EntryKind::Directory as i32 && rules::bucket_path(&e.name).is_ok())
             // A key reaching only part of the cluster sees the buckets it reaches into.
-            .filter(|e| dfs_core::namespace::is_at_or_under(&e.path, &p.prefix) || dfs_core::namespace::is_at_or_under(&p.prefix, &e.path))
+            .filter(|e| reaches(&p.prefix, &e.path))
             .map(|e| Bucket { name: Some(e.name), creation_date: Some(timestamp(e.modified_unix_ms)), bucket_region: None })
             .collect();
         Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
@@ -341,7 +341,7 @@ impl S3 for Gateway {
         let dir = rules::bucket_path(&req.input.bucket).map_err(name_error)?;
         let p = self.principal(&req).await?;
         // Reachable if the key reaches the bucket or anything in it.
-        if !dfs_core::namespace::is_at_or_under(&dir, &p.prefix) && !dfs_core::namespace::is_at_or_under(&p.prefix, &dir) {
+        if !reaches(&p.prefix, &dir) {
             return Err(s3_error!(AccessDenied, "{} reaches only {}", p.name, p.prefix));
         }
         self.bucket_exists(&dir).await?;
@@ -603,11 +603,7 @@ impl S3 for Gateway {
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let i = &req.input;
-        let max_keys = match i.max_keys {
-            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
-            Some(n) => n as usize,
-            None => rules::LIST_KEYS_MAX,
-        };
+        let max_keys = max_keys(i.max_keys)?;
         let params = ListParams {
             prefix: i.prefix.clone().unwrap_or_default(),
             delimiter: i.delimiter.clone(),
@@ -616,8 +612,7 @@ impl S3 for Gateway {
             max_keys,
         };
         let page = self.list(&req, &i.bucket, params.clone()).await?;
-        let url = i.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
-        let enc = |s: String| if url { url_encode(&s) } else { s };
+        let enc = encoder(&i.encoding_type);
         let key_count = (page.contents.len() + page.common_prefixes.len()) as i32;
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(i.bucket.clone()),
@@ -638,11 +633,7 @@ impl S3 for Gateway {
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let i = &req.input;
-        let max_keys = match i.max_keys {
-            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
-            Some(n) => n as usize,
-            None => rules::LIST_KEYS_MAX,
-        };
+        let max_keys = max_keys(i.max_keys)?;
         let params = ListParams {
             prefix: i.prefix.clone().unwrap_or_default(),
             delimiter: i.delimiter.clone(),
@@ -651,8 +642,7 @@ impl S3 for Gateway {
             max_keys,
         };
         let page = self.list(&req, &i.bucket, params.clone()).await?;
-        let url = i.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
-        let enc = |s: String| if url { url_encode(&s) } else { s };
+        let enc = encoder(&i.encoding_type);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(i.bucket.clone()),
             prefix: Some(enc(params.prefix)),
@@ -667,6 +657,26 @@ impl S3 for Gateway {
             ..Default::default()
         }))
     }
+}
+
+/// A listing's `max-keys`: S3's default when absent (`Listing` caps it).
+fn max_keys(asked: Option<i32>) -> S3Result<usize> {
+    match asked {
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
+        Some(n) => Ok(n as usize),
+        None => Ok(rules::LIST_KEYS_MAX),
+    }
+}
+
+/// How a listing shows keys: percent-encoded when the client asked for `encoding-type=url`.
+fn encoder(encoding: &Option<EncodingType>) -> impl Fn(String) -> String + Copy {
+    let url = encoding.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
+    move |s| if url { url_encode(&s) } else { s }
+}
+
+/// Whether a key confined to `prefix` reaches the bucket `dir` or something in it.
+fn reaches(prefix: &str, dir: &str) -> bool {
+    dfs_core::namespace::is_at_or_under(dir, prefix) || dfs_core::namespace::is_at_or_under(prefix, dir)
 }
 
 fn object_entry(key: String, info: &proto::FileInfo) -> Object {
