@@ -37,6 +37,8 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use crate::cli::MetaFlag;
 
+mod multipart;
+
 #[derive(Args)]
 pub struct S3Args {
     /// Where to serve S3, HOST:PORT (clients' endpoint: http://HOST:PORT).
@@ -259,7 +261,7 @@ impl Gateway {
             },
         };
         let etag = match path {
-            ObjectPath::Dir(_) => "d41d8cd98f00b204e9800998ecf8427e".to_string(),
+            ObjectPath::Dir(_) => EMPTY_ETAG.to_string(),
             ObjectPath::File(_) => etag_of(&info),
         };
         Ok(Head { info, etag })
@@ -301,6 +303,50 @@ fn checksum_sha256(info: &proto::FileInfo, mode: &Option<ChecksumMode>, whole: b
     (enabled && whole && info.sha256.len() == 32).then(|| base64::engine::general_purpose::STANDARD.encode(&info.sha256))
 }
 
+/// The MD5 of no bytes: an empty object's ETag (and a directory marker's).
+const EMPTY_ETAG: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// A request body's length: its Content-Length, or what its framing says.
+fn body_size(content_length: Option<i64>, body: &Option<StreamingBlob>) -> S3Result<u64> {
+    match (content_length, body.as_ref().and_then(|b| s3s::stream::ByteStream::remaining_length(b).exact())) {
+        (Some(n), _) if n >= 0 => Ok(n as u64),
+        (_, Some(n)) => Ok(n as u64),
+        _ => Err(s3_error!(MissingContentLength)),
+    }
+}
+
+/// The digests a body was sent with (`Content-MD5`, `x-amz-checksum-sha256`), decoded.
+fn expected(content_md5: &Option<String>, checksum_sha256: &Option<String>) -> S3Result<Expected> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let md5 = match content_md5 {
+        Some(m) => Some(b64.decode(m).ok().and_then(|d| <[u8; 16]>::try_from(d).ok()).ok_or_else(|| s3_error!(InvalidDigest))?),
+        None => None,
+    };
+    let sha256 = match checksum_sha256 {
+        Some(s) => Some(
+            b64.decode(s)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| s3_error!(InvalidArgument, "x-amz-checksum-sha256 is not 32 bytes in base64"))?,
+        ),
+        None => None,
+    };
+    Ok(Expected { md5, sha256 })
+}
+
+/// What the gateway keeps of an object a request describes, checked against its bounds
+/// before any byte moves (not at the commit after all of them).
+fn object_meta_of(content_type: &Option<ContentType>, headers: [(&str, &Option<String>); 4], metadata: &Option<Metadata>) -> S3Result<proto::ObjectMeta> {
+    let object = proto::ObjectMeta {
+        etag: String::new(),
+        content_type: content_type.as_ref().map(|c| c.to_string()),
+        headers: headers.into_iter().filter_map(|(name, v)| Some((name.to_string(), v.clone()?))).collect(),
+        user: metadata.clone().unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+    };
+    dfs_core::meta::service::object_meta(object.clone()).validate().map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
+    Ok(object)
+}
+
 #[async_trait::async_trait]
 impl S3 for Gateway {
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
@@ -331,7 +377,16 @@ impl S3 for Gateway {
         self.allow(&req, "DeleteBucket", Grant::Admin, &dir).await?;
         self.bucket_exists(&dir).await?;
         match self.client.delete_now(&dir, false).await {
-            Ok(_) => Ok(S3Response::new(DeleteBucketOutput {})),
+            Ok(_) => {
+                // Its uploads in progress go with it: a bucket made again under the name starts
+                // with none.
+                let uploads = dfs_core::s3::multipart::bucket_uploads_dir(&req.input.bucket);
+                match self.client.delete_now(&uploads, true).await {
+                    Ok(_) | Err(ClientError::Metadata { source: RpcError::NotFound(_), .. }) => {}
+                    Err(e) => tracing::warn!(dir = uploads, error = %e, "a deleted bucket's uploads in progress were not removed"),
+                }
+                Ok(S3Response::new(DeleteBucketOutput {}))
+            }
             Err(ClientError::Metadata { source: RpcError::FailedPrecondition(m), .. }) => Err(s3_error!(BucketNotEmpty, "{m}")),
             Err(e) => Err(cluster_error(e, S3ErrorCode::NoSuchBucket)),
         }
@@ -364,74 +419,28 @@ impl S3 for Gateway {
         self.allow(&req, "PutObject", Grant::Write, &target).await?;
         self.bucket_exists(&bucket_dir).await?;
         let input = req.input;
-        let size = match (input.content_length, input.body.as_ref().and_then(|b| s3s::stream::ByteStream::remaining_length(b).exact())) {
-            (Some(n), _) if n >= 0 => n as u64,
-            (_, Some(n)) => n as u64,
-            _ => return Err(s3_error!(MissingContentLength)),
-        };
+        let size = body_size(input.content_length, &input.body)?;
         if let ObjectPath::Dir(dir) = &path {
             // A directory marker ("folder"): the directory itself, and nothing to store.
             if size > 0 {
                 return Err(s3_error!(InvalidArgument, "a key ending in '/' names a directory in dfs and cannot hold bytes"));
             }
             self.client.mkdir(dir, true).await.map_err(|e| cluster_error(e, S3ErrorCode::InternalError))?;
-            return Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong("d41d8cd98f00b204e9800998ecf8427e".into())), ..Default::default() }));
+            return Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(EMPTY_ETAG.into())), ..Default::default() }));
         }
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let md5 = match &input.content_md5 {
-            Some(m) => Some(b64.decode(m).ok().and_then(|d| <[u8; 16]>::try_from(d).ok()).ok_or_else(|| s3_error!(InvalidDigest))?),
-            None => None,
-        };
-        let sha256 = match &input.checksum_sha256 {
-            Some(s) => Some(
-                b64.decode(s)
-                    .ok()
-                    .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                    .ok_or_else(|| s3_error!(InvalidArgument, "x-amz-checksum-sha256 is not 32 bytes in base64"))?,
-            ),
-            None => None,
-        };
-        let mut headers = std::collections::HashMap::new();
-        for (name, value) in [
-            ("cache-control", input.cache_control.clone()),
-            ("content-disposition", input.content_disposition.clone()),
-            ("content-encoding", input.content_encoding.clone()),
-            ("content-language", input.content_language.clone()),
-        ] {
-            if let Some(v) = value {
-                headers.insert(name.to_string(), v);
-            }
-        }
-        let object = proto::ObjectMeta {
-            etag: String::new(),
-            content_type: input.content_type.as_ref().map(|c| c.to_string()),
-            headers,
-            user: input.metadata.clone().unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
-        };
-        // Refused before any byte moves, not at the commit after all of them.
-        dfs_core::meta::service::object_meta(object.clone()).validate().map_err(|e| s3_error!(MetadataTooLarge, "{e}"))?;
-        let body = match input.body {
-            Some(body) => body.map(|r| r.map_err(io::Error::other)).boxed(),
-            None => futures::stream::empty().boxed(),
-        };
-        let source = StreamSource::new(size, body).expecting(Expected { md5, sha256 });
-        let ObjectPath::File(file) = &path else { unreachable!("directory markers returned above") };
-        let info = match self.client.put_stream(&source, file, true, object, &NoProgress).await {
-            Ok(info) => info,
-            Err(e) => {
-                return Err(match source.mismatch() {
-                    Some(DigestKind::Md5) => s3_error!(BadDigest, "the body's MD5 differs from Content-MD5"),
-                    Some(DigestKind::Sha256) => s3_error!(BadDigest, "the body's SHA-256 differs from x-amz-checksum-sha256"),
-                    None => match e {
-                        ClientError::Upload { source: dfs_core::client::upload::UploadError::Source { .. }, .. } | ClientError::Local { .. } => {
-                            s3_error!(IncompleteBody, "{e}")
-                        }
-                        e => cluster_error(e, S3ErrorCode::NoSuchBucket),
-                    },
-                });
-            }
-        };
-        let checksum = sha256.map(|_| base64::engine::general_purpose::STANDARD.encode(&info.sha256));
+        let expect = expected(&input.content_md5, &input.checksum_sha256)?;
+        let object = object_meta_of(
+            &input.content_type,
+            [
+                ("cache-control", &input.cache_control),
+                ("content-disposition", &input.content_disposition),
+                ("content-encoding", &input.content_encoding),
+                ("content-language", &input.content_language),
+            ],
+            &input.metadata,
+        )?;
+        let info = self.store(&target, input.body, size, expect, object, false).await?;
+        let checksum = expect.sha256.map(|_| base64::engine::general_purpose::STANDARD.encode(&info.sha256));
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(etag_of(&info))), checksum_sha256: checksum, ..Default::default() }))
     }
 
@@ -492,49 +501,8 @@ impl S3 for Gateway {
                 (r.start, r.end, Some(format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1))))
             }
         };
-        let chunk = head.info.chunk_size.max(1);
         let body = match opened {
-            Some(reply) if end > start => {
-                // Pieces end at chunk boundaries: each is one chunk's read.
-                let mut pieces = Vec::new();
-                let mut at = start;
-                while at < end {
-                    let stop = ((at / chunk + 1) * chunk).min(end);
-                    pieces.push((at, stop - at));
-                    at = stop;
-                }
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(1);
-                let client = self.client.clone();
-                let file = p.clone();
-                let reply = Arc::new(reply);
-                tokio::spawn(async move {
-                    let reads = futures::stream::iter(pieces)
-                        .map(|(offset, len)| {
-                            let (client, reply, file) = (client.clone(), reply.clone(), file.clone());
-                            async move {
-                                let mut buf = Vec::with_capacity(len as usize);
-                                client.read_opened(&file, &reply, offset, len, &mut buf).await.map_err(io::Error::other)?;
-                                if buf.len() as u64 != len {
-                                    return Err(io::Error::other(format!("{file}: read {} of {len} bytes at {offset}", buf.len())));
-                                }
-                                Ok(Bytes::from(buf))
-                            }
-                        })
-                        .buffered(GET_READ_AHEAD);
-                    futures::pin_mut!(reads);
-                    while let Some(piece) = reads.next().await {
-                        let failed = piece.is_err();
-                        if let Err(e) = &piece {
-                            tracing::warn!(file, error = %e, "GetObject failed mid-stream; the response is cut short");
-                        }
-                        // The client went away: stop reading.
-                        if tx.send(piece).await.is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                Some(StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
-            }
+            Some(reply) if end > start => Some(StreamingBlob::wrap(self.read_stream(p, reply, start, end))),
             _ => Some(StreamingBlob::wrap(futures::stream::empty::<Result<Bytes, io::Error>>())),
         };
         let (info, o) = (&head.info, &head.info.object);
@@ -631,6 +599,38 @@ impl S3 for Gateway {
         }))
     }
 
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.copy(req).await
+    }
+
+    async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.create_upload(req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.put_part(req).await
+    }
+
+    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.copy_part(req).await
+    }
+
+    async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.complete_upload(req).await
+    }
+
+    async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.abort_upload(req).await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.parts(req).await
+    }
+
+    async fn list_multipart_uploads(&self, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.uploads(req).await
+    }
+
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let i = &req.input;
         let max_keys = max_keys(i.max_keys)?;
@@ -691,6 +691,96 @@ fn object_entry(key: String, info: &proto::FileInfo) -> Object {
 }
 
 impl Gateway {
+    /// Streams `body` (`size` bytes, checked against `expect`) into a file at `path`, with
+    /// `object` kept and the body's MD5 as its ETag. `standalone`: chunk checksums that let
+    /// the file be joined to others (a multipart upload's part). A body that breaks off, runs
+    /// long or fails its digests leaves nothing (`put_stream` aborts the upload).
+    async fn store(
+        &self,
+        path: &str,
+        body: Option<StreamingBlob>,
+        size: u64,
+        expect: Expected,
+        object: proto::ObjectMeta,
+        standalone: bool,
+    ) -> S3Result<proto::FileInfo> {
+        let body = match body {
+            Some(body) => body.map(|r| r.map_err(io::Error::other)).boxed(),
+            None => futures::stream::empty().boxed(),
+        };
+        let mut source = StreamSource::new(size, body).expecting(expect);
+        if standalone {
+            source = source.standalone_chunks();
+        }
+        self.store_from(path, &source, object).await
+    }
+
+    async fn store_from(&self, path: &str, source: &StreamSource, object: proto::ObjectMeta) -> S3Result<proto::FileInfo> {
+        match self.client.put_stream(source, path, true, object, &NoProgress).await {
+            Ok(info) => Ok(info),
+            Err(e) => Err(match source.mismatch() {
+                Some(DigestKind::Md5) => s3_error!(BadDigest, "the body's MD5 differs from Content-MD5"),
+                Some(DigestKind::Sha256) => s3_error!(BadDigest, "the body's SHA-256 differs from x-amz-checksum-sha256"),
+                None => match e {
+                    ClientError::Upload { source: dfs_core::client::upload::UploadError::Source { .. }, .. } | ClientError::Local { .. } => {
+                        s3_error!(IncompleteBody, "{e}")
+                    }
+                    e => cluster_error(e, S3ErrorCode::NoSuchBucket),
+                },
+            }),
+        }
+    }
+
+    /// Bytes `[start, end)` of the file `reply` opened, as a stream fed by a task that reads
+    /// at most `GET_READ_AHEAD` chunks ahead of what was taken (and stops when the stream is
+    /// dropped). Pieces end at chunk boundaries: each is one chunk's read.
+    fn read_stream(
+        &self,
+        file: &str,
+        reply: proto::GetFileResponse,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + Sync + 'static {
+        let mut pieces = Vec::new();
+        for (chunk_start, loc) in dfs_core::chunking::placed(&reply.chunks) {
+            let (from, to) = (start.max(chunk_start), end.min(chunk_start + loc.size));
+            if from < to {
+                pieces.push((from, to - from));
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
+        let client = self.client.clone();
+        let file = file.to_string();
+        let reply = Arc::new(reply);
+        tokio::spawn(async move {
+            let reads = futures::stream::iter(pieces)
+                .map(|(offset, len)| {
+                    let (client, reply, file) = (client.clone(), reply.clone(), file.clone());
+                    async move {
+                        let mut buf = Vec::with_capacity(len as usize);
+                        client.read_opened(&file, &reply, offset, len, &mut buf).await.map_err(io::Error::other)?;
+                        if buf.len() as u64 != len {
+                            return Err(io::Error::other(format!("{file}: read {} of {len} bytes at {offset}", buf.len())));
+                        }
+                        Ok(Bytes::from(buf))
+                    }
+                })
+                .buffered(GET_READ_AHEAD);
+            futures::pin_mut!(reads);
+            while let Some(piece) = reads.next().await {
+                let failed = piece.is_err();
+                if let Err(e) = &piece {
+                    tracing::warn!(file, error = %e, "a read failed mid-stream; the stream is cut short");
+                }
+                // The reader went away: stop reading.
+                if tx.send(piece).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
     /// Deletes the object at `path`: a missing one is no error (S3's DELETE is idempotent).
     async fn delete_key(&self, path: &ObjectPath) -> S3Result<()> {
         let (target, is_dir) = match path {

@@ -104,6 +104,13 @@ fn s3_clients_round_trip_through_the_gateway() {
     let small = gw.dfs(&["cat", "/photos/small.txt"]);
     assert!(small.status.success() && small.stdout.len() == 11, "dfs cat of an object put through S3: {small:?}");
     assert!(gw.uploads("/photos").is_empty(), "uploads left: {:?}", gw.uploads("/photos"));
+    // A multipart object is a dfs file whose chunks are its parts' (of any size): dfs reads it
+    // whole, and completed and aborted uploads left no part behind.
+    let joined = work.join("multi-via-dfs");
+    gw.dfs_ok(&["get", "-f", "/photos/multi/obj.bin", joined.to_str().unwrap()]);
+    assert_same_file(&work.join("multi.bin"), &joined);
+    let left = gw.dfs_ok(&["ls", "-R", "/.s3-uploads/photos"]);
+    assert!(left.contains("Found 0 items"), "parts left behind: {left}");
 
     // aws-cli: a directory tree up with `s3 sync`, and back; dfs sees the same files.
     let tree = work.join("tree");
@@ -138,6 +145,19 @@ fn s3_clients_round_trip_through_the_gateway() {
     }
     // A second sync finds nothing to send: sizes and times agree.
     assert_eq!(aws(&["s3", "sync", tree.to_str().unwrap(), "s3://tree/t"]).trim(), "");
+    // Over aws-cli's 8 MiB threshold, `cp` uploads in parts, copies within S3 part by part
+    // (UploadPartCopy), and downloads in ranges.
+    let large = work.join("large.bin");
+    std::fs::write(&large, test_bytes(21 << 20, 9)).unwrap();
+    aws(&["s3", "cp", large.to_str().unwrap(), "s3://tree/large.bin"]);
+    aws(&["s3", "cp", "s3://tree/large.bin", "s3://tree/large-copy.bin"]);
+    let large_back = work.join("large-back.bin");
+    aws(&["s3", "cp", "s3://tree/large-copy.bin", large_back.to_str().unwrap()]);
+    assert_same_file(&large, &large_back);
+    gw.dfs_ok(&["get", "-f", "/tree/large.bin", large_back.to_str().unwrap()]);
+    assert_same_file(&large, &large_back);
+    let head = aws(&["s3api", "head-object", "--bucket", "tree", "--key", "large.bin"]);
+    assert!(head.contains("-3\\\""), "a 21 MiB object in aws-cli's 8 MiB parts has a -3 ETag: {head}");
 
     // A client that goes away mid-upload: while it sends, the upload is in flight and nothing
     // is visible; once it is gone, the upload is dropped and the key still absent.

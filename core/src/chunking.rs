@@ -61,6 +61,19 @@ pub fn validate(size: u64, chunk_size: u64) -> Result<(), ChunkingError> {
     Ok(())
 }
 
+/// A file's chunk list in file order, each with the offset it starts at: the sum of the sizes
+/// before it. For a file `put` wrote that is `index * chunk_size`; a joined copy (the S3
+/// gateway's multipart objects) has chunks of any size, so readers always add them up.
+pub fn placed(chunks: &[crate::proto::ChunkLocation]) -> impl Iterator<Item = (u64, &crate::proto::ChunkLocation)> {
+    let mut sorted: Vec<&crate::proto::ChunkLocation> = chunks.iter().collect();
+    sorted.sort_by_key(|c| c.index);
+    sorted.into_iter().scan(0u64, |at, c| {
+        let start = *at;
+        *at = at.saturating_add(c.size);
+        Some((start, c))
+    })
+}
+
 /// Number of chunks of a file: a 0-byte file has none.
 pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
     size.div_ceil(chunk_size)

@@ -57,6 +57,9 @@ pub const SESSION_RESULTS_MAX: usize = 256;
 /// Chunks with replicas marked bad at once. A report for a chunk no file or upload holds (yet)
 /// is kept too, so this bounds what reports can pile up; repair (re-replication) will drain it.
 pub const BAD_REPLICA_CHUNKS_MAX: usize = 100_000;
+/// Most files one `CopyFile` joins after its first (`append`): S3's most parts of an object,
+/// less one.
+pub const COPY_APPEND_MAX: usize = 9_999;
 /// Most replicas one `DropReplicas` command may carry.
 pub const DROP_REPLICAS_MAX: usize = 1024;
 /// Most replicas one `ReportReplicas` (or `ForgetDeletedReplicas`) command may carry: what one
@@ -254,6 +257,23 @@ impl FileRecord {
     fn set_shared(&mut self, shared: BTreeMap<u32, ChunkId>) {
         let (sha256, object) = self.rare.take().map_or((None, None), |r| (r.sha256, r.object));
         self.rare = RareParts::boxed(sha256, Some(shared), object);
+    }
+
+    fn set_object(&mut self, object: ObjectMeta) {
+        let (sha256, shared) = self.rare.take().map_or((None, None), |r| (r.sha256, r.shared));
+        self.rare = RareParts::boxed(sha256, shared, Some(object));
+    }
+
+    /// Where in `chunks` this file holds `chunk`, if it does. A chunk sits at its own index
+    /// in the file it was uploaded for and in plain copies; a joined copy (`CopyFile` with
+    /// `append`) holds others' chunks elsewhere, found in its shared map.
+    fn position_of(&self, chunk: ChunkId) -> Option<usize> {
+        let (_, index) = chunk.owner()?;
+        if self.chunks.get(index as usize).is_some_and(|c| c.index == index) && self.chunk_id(index) == chunk {
+            return Some(index as usize);
+        }
+        let shared = self.shared()?;
+        shared.iter().find(|(_, c)| **c == chunk).map(|(i, _)| *i as usize).filter(|i| *i < self.chunks.len())
     }
 
     pub fn chunk_id(&self, index: u32) -> ChunkId {
@@ -627,11 +647,22 @@ pub enum Command {
     /// A new file at `dst` with `src`'s content, sharing its chunks (copy-on-write: no byte
     /// moves, and a shared chunk's replicas go only once no file holds it). Like a commit, it
     /// creates `dst`'s missing parents, and with `overwrite` replaces a file there.
+    ///
+    /// With `append`, the new file is `src`'s content followed by each of theirs, in order,
+    /// still sharing every chunk (the S3 gateway's multipart completion): its chunks then
+    /// differ in size, so a chunk's offset is the sum of the sizes before it, and it keeps no
+    /// SHA-256 of the whole. Joined files must have standalone checksums (a chained one
+    /// hashes on from its own file's bytes). `object`, when given, replaces what the gateway
+    /// keeps of the object (otherwise a single source's is kept).
     CopyFile {
         src: String,
         dst: String,
         overwrite: bool,
         unix_ms: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        append: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<ObjectMeta>,
     },
     /// Sets the replication factor of the file at `path`, or of every file under the
     /// directory `path`: repair copies what is missing, surplus replicas go.
@@ -909,13 +940,27 @@ impl Command {
                     return Err(NamespaceError::InvalidArgument(format!("token prefix {:?} is not normalized", record.prefix)));
                 }
             }
-            Command::CopyFile { src, dst, .. } => {
-                let (src, dst) = (normalize_path(src)?, normalize_path(dst)?);
-                if src == dst {
-                    return Err(NamespaceError::InvalidArgument(format!("{src} cannot be copied onto itself")));
+            Command::CopyFile { src, dst, append, object, .. } => {
+                let dst = normalize_path(dst)?;
+                if append.len() > COPY_APPEND_MAX {
+                    return Err(NamespaceError::InvalidArgument(format!("a copy joins at most {} files, not {}", COPY_APPEND_MAX + 1, append.len() + 1)));
+                }
+                let mut sources = BTreeSet::new();
+                for src in std::iter::once(src).chain(append) {
+                    let src = normalize_path(src)?;
+                    // Onto itself, a copy only makes sense to replace what the gateway keeps.
+                    if src == dst && (object.is_none() || !append.is_empty()) {
+                        return Err(NamespaceError::InvalidArgument(format!("{src} cannot be copied onto itself")));
+                    }
+                    if !sources.insert(src) {
+                        return Err(NamespaceError::InvalidArgument("a copy joins each file at most once".into()));
+                    }
                 }
                 if dst == ROOT {
                     return Err(NamespaceError::IsDirectory(ROOT.into()));
+                }
+                if let Some(o) = object {
+                    o.validate()?;
                 }
             }
             Command::SetReplication { path, replication } => {
@@ -1518,28 +1563,73 @@ impl Namespace {
                 self.drop_upload(upload);
                 Ok(Outcome::Done)
             }
-            Command::CopyFile { src, dst, overwrite, unix_ms } => {
-                let (src, dst) = (normalize_path(&src)?, normalize_path(&dst)?);
-                let Some(source) = self.files.get(src.as_str()) else {
-                    return Err(if self.dirs.contains_key(&src) { NamespaceError::IsDirectory(src) } else { NamespaceError::NotFound(src) });
-                };
-                let source = source.clone();
-                self.check_path_free(&dst, overwrite)?;
-                if let Some(old) = self.remove_file(&dst) {
-                    self.discard(old);
+            Command::CopyFile { src, dst, overwrite, unix_ms, append, object } => {
+                let dst = normalize_path(&dst)?;
+                let mut sources = Vec::with_capacity(1 + append.len());
+                for src in std::iter::once(src).chain(append) {
+                    let src = normalize_path(&src)?;
+                    let Some(source) = self.files.get(src.as_str()) else {
+                        return Err(if self.dirs.contains_key(&src) { NamespaceError::IsDirectory(src) } else { NamespaceError::NotFound(src) });
+                    };
+                    sources.push(source.clone());
                 }
+                // Checked before anything changes: a refused command changes nothing.
+                let joined = sources.len() > 1;
+                let mut seen = BTreeSet::new();
+                for source in &sources {
+                    for c in source.chunks.iter() {
+                        if joined && !c.sum.is_standalone() {
+                            let reason = format!("{} has chained checksums, which cannot be joined to other files' chunks", source.path);
+                            return Err(NamespaceError::InvalidArgument(reason));
+                        }
+                        if !seen.insert(source.chunk_id(c.index)) {
+                            return Err(NamespaceError::InvalidArgument(format!("{} shares a chunk with another file joined", source.path)));
+                        }
+                    }
+                }
+                self.check_path_free(&dst, overwrite)?;
                 self.next_file_id += 1;
                 let id = FileId(self.next_file_id);
                 let mut shared = BTreeMap::new();
-                for c in &source.chunks {
-                    let chunk = source.chunk_id(c.index);
-                    shared.insert(c.index, chunk);
-                    // Absent: the source is the file the chunk was uploaded for, its only holder.
-                    self.shared_chunks.entry(chunk).or_insert_with(|| BTreeSet::from([source.id])).insert(id);
+                let mut chunks = Vec::with_capacity(seen.len());
+                for source in &sources {
+                    for c in source.chunks.iter() {
+                        let chunk = source.chunk_id(c.index);
+                        let index = chunks.len() as u32;
+                        shared.insert(index, chunk);
+                        // Absent: the source is the file the chunk was uploaded for, its only holder.
+                        self.shared_chunks.entry(chunk).or_insert_with(|| BTreeSet::from([source.id])).insert(id);
+                        chunks.push(ChunkRecord { index, ..c.clone() });
+                    }
                 }
-                let mut record = *source;
-                (record.path, record.id, record.committed_unix_ms) = (dst.into(), id, unix_ms);
-                record.set_shared(shared);
+                let record = if joined {
+                    FileRecord::from(FileRecordParts {
+                        path: dst.as_str().into(),
+                        id,
+                        size: sources.iter().map(|s| s.size).sum(),
+                        chunk_size: sources.iter().map(|s| s.chunk_size).max().unwrap_or(chunking::DEFAULT_CHUNK_SIZE),
+                        replication: sources[0].replication,
+                        committed_unix_ms: unix_ms,
+                        chunks: chunks.into(),
+                        sha256: None,
+                        attrs: FileAttrs::default(),
+                        shared: Some(Box::new(shared)),
+                        object: object.map(Box::new),
+                    })
+                } else {
+                    let mut record = *sources.pop().expect("one source");
+                    (record.path, record.id, record.committed_unix_ms) = (dst.as_str().into(), id, unix_ms);
+                    record.set_shared(shared);
+                    if let Some(object) = object {
+                        record.set_object(object);
+                    }
+                    record
+                };
+                // Only now, with the new file holding its chunks: a file copied onto itself (S3's
+                // CopyObject that replaces an object's metadata) keeps them.
+                if let Some(old) = self.remove_file(&dst) {
+                    self.discard(old);
+                }
                 let summary = FileSummary::from(&record);
                 self.insert_file(record, unix_ms);
                 Ok(Outcome::FileCommitted(summary))
@@ -1757,8 +1847,7 @@ impl Namespace {
 
     /// `file`'s record of `chunk`, if it holds it.
     fn record_in(f: &FileRecord, chunk: ChunkId) -> Option<&ChunkRecord> {
-        let (_, index) = chunk.owner()?;
-        f.chunks.get(index as usize).filter(|c| c.index == index && f.chunk_id(index) == chunk)
+        f.position_of(chunk).and_then(|p| f.chunks.get(p))
     }
 
     /// A record of `chunk` (its upload's, or any committed holder's: they list the same
@@ -1812,10 +1901,8 @@ impl Namespace {
         for holder in self.holders(chunk) {
             let Some(path) = self.paths_by_id.get(&holder) else { continue };
             let Some(f) = self.files.get_mut(path) else { continue };
-            if f.chunk_id(index) != chunk {
-                continue;
-            }
-            if let Some(record) = f.chunks.get_mut(index as usize).filter(|c| c.index == index) {
+            let Some(position) = f.position_of(chunk) else { continue };
+            if let Some(record) = f.chunks.get_mut(position) {
                 change(record);
             }
         }

@@ -30,6 +30,8 @@
 //! `a/b`), since a dfs path is a file or a directory, never both; such a PutObject is refused
 //! with the conflict named.
 
+pub mod multipart;
+
 use crate::namespace::{NAME_MAX_BYTES, ROOT};
 
 /// S3's longest key, in bytes.

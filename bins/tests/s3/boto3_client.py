@@ -145,6 +145,103 @@ tampered = url.replace("dir/big.bin", "small.txt")
 check(subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", tampered], capture_output=True).stdout == b"403", "a presigned URL for another key: 403")
 
 
+# Multipart: 5 parts of sizes S3 allows (over 5 MiB by odd amounts, the last small), sent out of
+# order, one of them twice (the second replaces the first).
+MIB = 1024 * 1024
+
+
+def md5_hex(b):
+    return hashlib.md5(b).hexdigest()
+
+
+part_sizes = [5 * MIB + 1, 5 * MIB + 4097, 6 * MIB - 3, 5 * MIB, 1234]
+parts = [data(n, 100 + i) for i, n in enumerate(part_sizes)]
+whole = b"".join(parts)
+mpu = s3.create_multipart_upload(Bucket="photos", Key="multi/obj.bin", ContentType="video/x-test", Metadata={"kind": "multipart"})
+uid = mpu["UploadId"]
+code = error_code(s3.upload_part, Bucket="photos", Key="multi/other", UploadId=uid, PartNumber=1, Body=b"x")[0]
+check(code == "NoSuchUpload", "an upload id used with another key: NoSuchUpload")
+check(error_code(s3.upload_part, Bucket="photos", Key="multi/obj.bin", UploadId=uid, PartNumber=10001, Body=b"x")[0] == "InvalidArgument", "part 10001: refused")
+s3.upload_part(Bucket="photos", Key="multi/obj.bin", UploadId=uid, PartNumber=3, Body=b"replaced later")
+etags = {}
+for i in [2, 0, 4, 1, 3]:
+    r = s3.upload_part(Bucket="photos", Key="multi/obj.bin", UploadId=uid, PartNumber=i + 1, Body=parts[i])
+    check(r["ETag"] == '"%s"' % md5_hex(parts[i]), f"part {i + 1}: its ETag is its MD5")
+    etags[i + 1] = r["ETag"]
+listed = s3.list_parts(Bucket="photos", Key="multi/obj.bin", UploadId=uid)
+check([(p["PartNumber"], p["Size"], p["ETag"]) for p in listed["Parts"]] == [(n, part_sizes[n - 1], etags[n]) for n in range(1, 6)], "ListParts: each part's number, size and ETag")
+page = s3.list_parts(Bucket="photos", Key="multi/obj.bin", UploadId=uid, MaxParts=2, PartNumberMarker=1)
+check([p["PartNumber"] for p in page["Parts"]] == [2, 3] and page["IsTruncated"] and page["NextPartNumberMarker"] == 3, "ListParts paged")
+uploads = s3.list_multipart_uploads(Bucket="photos").get("Uploads", [])
+check([(u["Key"], u["UploadId"]) for u in uploads] == [("multi/obj.bin", uid)], "ListMultipartUploads shows it")
+check(error_code(s3.head_object, Bucket="photos", Key="multi/obj.bin")[1] == 404, "nothing visible before the completion")
+
+
+def complete(bucket, key, upload_id, numbers, etag_of=lambda n: etags[n]):
+    return s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag_of(n)} for n in numbers]}
+    )
+
+
+check(error_code(complete, "photos", "multi/obj.bin", uid, [2, 1])[0] == "InvalidPartOrder", "parts out of order: InvalidPartOrder")
+check(error_code(complete, "photos", "multi/obj.bin", uid, [1, 2], lambda n: '"%s"' % md5_hex(b"other"))[0] == "InvalidPart", "a wrong ETag: InvalidPart")
+check(error_code(complete, "photos", "multi/obj.bin", uid, [1, 6], lambda n: etags.get(n, etags[1]))[0] == "InvalidPart", "a part never uploaded: InvalidPart")
+done = complete("photos", "multi/obj.bin", uid, [1, 2, 3, 4, 5])
+multipart_etag = '"%s-5"' % hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+check(done["ETag"] == multipart_etag, "the object's ETag is S3's MD5 of the parts' MD5s, -5")
+got = s3.get_object(Bucket="photos", Key="multi/obj.bin")
+check(got["Body"].read() == whole and got["ETag"] == multipart_etag, "the object reads back whole")
+check(got["ContentType"] == "video/x-test" and got["Metadata"] == {"kind": "multipart"}, "with what CreateMultipartUpload gave it")
+for first, last in [(5 * MIB - 10, 5 * MIB + 10), (4 * MIB - 1, 9 * MIB + 7), (len(whole) - 1300, len(whole) - 1)]:
+    r = s3.get_object(Bucket="photos", Key="multi/obj.bin", Range=f"bytes={first}-{last}")
+    check(r["Body"].read() == whole[first : last + 1], f"a range across parts, {first}-{last}")
+check(error_code(s3.list_parts, Bucket="photos", Key="multi/obj.bin", UploadId=uid)[0] == "NoSuchUpload", "a completed upload is gone")
+check(s3.list_multipart_uploads(Bucket="photos").get("Uploads", []) == [], "and no longer listed")
+with open(f"{work}/multi.bin", "wb") as f:
+    f.write(whole)
+
+# An aborted upload: gone, its parts with it.
+aborted = s3.create_multipart_upload(Bucket="photos", Key="multi/aborted")["UploadId"]
+s3.upload_part(Bucket="photos", Key="multi/aborted", UploadId=aborted, PartNumber=1, Body=data(5 * MIB, 7))
+s3.abort_multipart_upload(Bucket="photos", Key="multi/aborted", UploadId=aborted)
+check(error_code(s3.upload_part, Bucket="photos", Key="multi/aborted", UploadId=aborted, PartNumber=2, Body=b"x")[0] == "NoSuchUpload", "an aborted upload takes no part")
+check(error_code(s3.head_object, Bucket="photos", Key="multi/aborted")[1] == 404, "an aborted upload leaves no object")
+check(s3.list_multipart_uploads(Bucket="photos").get("Uploads", []) == [], "nor an upload listed")
+small = s3.create_multipart_upload(Bucket="photos", Key="multi/small")["UploadId"]
+e1 = s3.upload_part(Bucket="photos", Key="multi/small", UploadId=small, PartNumber=1, Body=b"tiny")["ETag"]
+e2 = s3.upload_part(Bucket="photos", Key="multi/small", UploadId=small, PartNumber=2, Body=b"tail")["ETag"]
+code = error_code(complete, "photos", "multi/small", small, [1, 2], lambda n: {1: e1, 2: e2}[n])[0]
+check(code == "EntityTooSmall", "a part under 5 MiB before the last: EntityTooSmall")
+s3.abort_multipart_upload(Bucket="photos", Key="multi/small", UploadId=small)
+
+# CopyObject: no byte moves; COPY keeps the metadata, REPLACE sets it (on the object itself too).
+s3.create_bucket(Bucket="copies")
+c = s3.copy_object(Bucket="copies", Key="obj", CopySource={"Bucket": "photos", "Key": "multi/obj.bin"})
+check(c["CopyObjectResult"]["ETag"] == multipart_etag, "a copy has its source's ETag")
+got = s3.get_object(Bucket="copies", Key="obj")
+check(got["Body"].read() == whole and got["Metadata"] == {"kind": "multipart"}, "a copy across buckets reads the same, metadata kept")
+s3.copy_object(Bucket="photos", Key="small.txt", CopySource={"Bucket": "photos", "Key": "small.txt"}, MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"v": "2"})
+head = s3.head_object(Bucket="photos", Key="small.txt")
+check(head["ContentType"] == "text/plain" and head["Metadata"] == {"v": "2"} and head["ETag"] == '"%s"' % md5_hex(data(11, 1)), "REPLACE onto itself: new metadata, same ETag")
+check(s3.get_object(Bucket="photos", Key="small.txt")["Body"].read() == data(11, 1), "and the same bytes")
+code = error_code(s3.copy_object, Bucket="photos", Key="small.txt", CopySource={"Bucket": "photos", "Key": "small.txt"})[0]
+check(code == "InvalidRequest", "a copy onto itself changing nothing: InvalidRequest")
+check(error_code(s3.copy_object, Bucket="copies", Key="x", CopySource={"Bucket": "photos", "Key": "nope"})[0] == "NoSuchKey", "a copy of a missing key: NoSuchKey")
+code = error_code(s3.copy_object, Bucket="copies", Key="x", CopySource={"Bucket": "photos", "Key": "small.txt"}, CopySourceIfMatch='"0000"')[1]
+check(code == 412, "a copy whose source fails x-amz-copy-source-if-match: 412")
+check(error_code(reader.copy_object, Bucket="copies", Key="x", CopySource={"Bucket": "photos", "Key": "small.txt"})[0] == "AccessDenied", "a read key cannot copy")
+
+# UploadPartCopy: an object put together from ranges of another.
+asm = s3.create_multipart_upload(Bucket="copies", Key="assembled")["UploadId"]
+cut = 5 * MIB + 3
+p1 = s3.upload_part_copy(Bucket="copies", Key="assembled", UploadId=asm, PartNumber=1, CopySource={"Bucket": "photos", "Key": "multi/obj.bin"}, CopySourceRange=f"bytes=0-{cut - 1}")
+p2 = s3.upload_part_copy(
+    Bucket="copies", Key="assembled", UploadId=asm, PartNumber=2, CopySource={"Bucket": "photos", "Key": "multi/obj.bin"}, CopySourceRange=f"bytes={cut}-{len(whole) - 1}"
+)
+tags = {1: p1["CopyPartResult"]["ETag"], 2: p2["CopyPartResult"]["ETag"]}
+complete("copies", "assembled", asm, [1, 2], lambda n: tags[n])
+check(s3.get_object(Bucket="copies", Key="assembled")["Body"].read() == whole, "UploadPartCopy: ranges of another object, joined")
+
 # For real_s3.rs: a presigned PUT it starts and cuts off mid-body.
 with open(f"{work}/put_url", "w") as f:
     f.write(s3.generate_presigned_url("put_object", Params={"Bucket": "photos", "Key": "cut/short"}, ExpiresIn=600))

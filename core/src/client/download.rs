@@ -182,18 +182,21 @@ pub struct Download {
 const CHUNK_ERRORS_MAX: usize = 8;
 
 impl Download {
-    /// Checks that `chunks` tile a file of `info.size` in `info.chunk_size` pieces.
+    /// Checks that `chunks` tile a file of `info.size`: indexes from 0 with no gap, each of
+    /// 1 to `info.chunk_size` bytes, summing to the size. A file `put` wrote has full chunks
+    /// but its last; a joined copy (S3's multipart objects) has chunks of any size, each at
+    /// the sum of the sizes before it.
     pub fn new(info: &proto::FileInfo, mut chunks: Vec<proto::ChunkLocation>, config: DownloadConfig) -> Result<Self, DownloadError> {
         chunks.sort_by_key(|c| c.index);
-        let expected_count = crate::chunking::chunk_count(info.size, info.chunk_size.max(1));
-        if chunks.len() as u64 != expected_count {
-            return Err(DownloadError::BadChunkList(format!("{} chunks listed, {expected_count} expected", chunks.len())));
+        let expected_count = chunks.len() as u64;
+        if expected_count > info.size || (info.size > 0 && expected_count == 0) {
+            return Err(DownloadError::BadChunkList(format!("{expected_count} chunks listed for {} bytes", info.size)));
         }
         let mut states: Vec<ChunkState> = Vec::with_capacity(chunks.len());
+        let mut offset = 0u64;
         for (i, c) in chunks.into_iter().enumerate() {
-            let want = crate::chunking::chunk_len(info.size, info.chunk_size, i as u32);
-            if c.index as usize != i || Some(c.size) != want {
-                return Err(DownloadError::BadChunkList(format!("chunk {} has {} bytes, expected {:?}", c.index, c.size, want)));
+            if c.index as usize != i || c.size == 0 || c.size > info.chunk_size.max(1) {
+                return Err(DownloadError::BadChunkList(format!("chunk {} has {} bytes at position {i}", c.index, c.size)));
             }
             let expected = Sha256Digest::from_slice(&c.sha256).ok_or_else(|| DownloadError::BadChunkList(format!("chunk {}: no SHA-256", c.index)))?;
             let chain = Chain::from_proto_opt(c.chain.as_ref()).map_err(|e| DownloadError::BadChunkList(format!("chunk {}: {e}", c.index)))?;
@@ -205,13 +208,14 @@ impl Download {
                     None => Some(Chain::initial()),
                     Some(p) => p.chain.filter(|pc: &Chain| !pc.last).map(|_| p.expected),
                 };
-                let fits = before == Some(chain.before) && chain.offset == i as u64 * info.chunk_size && chain.last == (i as u64 + 1 == expected_count);
+                let fits = before == Some(chain.before) && chain.offset == offset && chain.last == (i as u64 + 1 == expected_count);
                 if !fits {
                     return Err(DownloadError::BadChunkList(format!("chunk {}: its checksum's chain does not follow from the chunks before it", c.index)));
                 }
             }
+            let size = c.size;
             states.push(ChunkState {
-                offset: i as u64 * info.chunk_size,
+                offset,
                 expected,
                 chain,
                 location: c,
@@ -222,6 +226,10 @@ impl Download {
                 errors: Vec::new(),
                 phase: Phase::Idle,
             });
+            offset += size;
+        }
+        if offset != info.size {
+            return Err(DownloadError::BadChunkList(format!("the chunks hold {offset} bytes of {}", info.size)));
         }
         let file_sha256 = Sha256Digest::from_slice(&info.sha256);
         let proven_by_chunks = match (file_sha256, states.as_slice()) {

@@ -107,6 +107,15 @@ impl Source<'_> {
         }
     }
 
+    /// Whether its chunks may have chained checksums: a file's may; a stream's unless it is
+    /// to be joined to others later (`StreamSource::standalone_chunks`).
+    fn may_chain(&self) -> bool {
+        match self {
+            Source::File(_) => true,
+            Source::Stream(stream, _) => !stream.is_standalone(),
+        }
+    }
+
     /// The object's metadata to keep, with the ETag of `md5`; none for a file.
     fn object(&self, md5: Option<[u8; 16]>) -> Option<proto::ObjectMeta> {
         match (self, md5) {
@@ -241,8 +250,10 @@ impl<E: Env> DfsClient<E> {
         // The hash state after the last chunk read: the next chunk hashes on from it (the
         // machine reads one span at a time, in order). The last chunk's checksum is the file's
         // SHA-256 (a file of one chunk: its SHA-256; of none: the empty string's).
-        let chained = Chain::applies(spec.size, spec.chunk_size);
+        let chained = Chain::applies(spec.size, spec.chunk_size) && source.may_chain();
         let chunk_count = crate::chunking::chunk_count(spec.size, spec.chunk_size);
+        // Standalone checksums of several chunks make no SHA-256 of the whole: none is recorded.
+        let whole_digest = chained || chunk_count <= 1;
         let mut chain_before = Chain::initial();
         let mut file_sha256 = Sha256Digest::of(&[]);
         // A stream's MD5, once it was read to its end (the object's ETag).
@@ -403,7 +414,7 @@ impl<E: Env> DfsClient<E> {
                     upload::Action::Commit { chunks, sha256 } => {
                         let request = proto::CommitFileRequest {
                             file_id: up.file().map_or(0, |f| f.0),
-                            sha256: Bytes::copy_from_slice(&sha256.0),
+                            sha256: if whole_digest { Bytes::copy_from_slice(&sha256.0) } else { Bytes::new() },
                             chunks: chunks.iter().map(|c| c.to_proto()).collect(),
                             object: source.object(stream_md5),
                         };
@@ -806,8 +817,7 @@ impl<E: Env> DfsClient<E> {
         let info = reply.file.as_ref().ok_or_else(|| ClientError::Invalid("the file's reply carries no file".into()))?;
         let end = offset.saturating_add(len).min(info.size);
         let mut written = 0;
-        for loc in &reply.chunks {
-            let chunk_start = loc.index as u64 * info.chunk_size;
+        for (chunk_start, loc) in crate::chunking::placed(&reply.chunks) {
             let chunk_end = chunk_start + loc.size;
             if chunk_end <= offset || chunk_start >= end {
                 continue;

@@ -320,7 +320,23 @@ impl<E: Env> DfsClient<E> {
 
     /// A new file at `dst` with `src`'s content, sharing its chunks (no byte moves).
     pub async fn copy(&self, src: &str, dst: &str, overwrite: bool) -> Result<proto::FileInfo, ClientError> {
-        let request = proto::CopyFileRequest { src: src.to_string(), dst: dst.to_string(), overwrite, request_id: Some(self.next_request_id()) };
+        self.copy_joined(&[src.to_string()], dst, overwrite, None).await
+    }
+
+    /// A new file at `dst` with the content of `sources` one after the other, sharing their
+    /// chunks (no byte moves; joined files need standalone chunk checksums, see
+    /// `put_stream`), and `object` as what the S3 gateway keeps of it, if given (a single
+    /// source's is kept otherwise).
+    pub async fn copy_joined(&self, sources: &[String], dst: &str, overwrite: bool, object: Option<proto::ObjectMeta>) -> Result<proto::FileInfo, ClientError> {
+        let (src, append) = sources.split_first().ok_or_else(|| ClientError::Invalid("a copy needs a source".into()))?;
+        let request = proto::CopyFileRequest {
+            src: src.clone(),
+            dst: dst.to_string(),
+            overwrite,
+            request_id: Some(self.next_request_id()),
+            append: append.to_vec(),
+            object,
+        };
         let reply = self.meta.call(request).await.map_err(metadata(format!("cp {src} {dst}")))?;
         reply.file.ok_or_else(|| ClientError::Invalid("the copy's reply names no file".into()))
     }

@@ -10,6 +10,11 @@
 //!
 //! Alongside, the bytes' MD5 is computed in the same order, since S3 clients expect it as a
 //! single-part object's ETag.
+//!
+//! A multipart upload's part is uploaded with standalone chunk checksums
+//! (`standalone_chunks`), so that the parts can later be joined into one file without
+//! rehashing. Its SHA-256 is then no by-product of the upload: when the sender declared one,
+//! it is computed here, in the same pass as the MD5.
 
 use std::io;
 
@@ -24,6 +29,8 @@ pub struct StreamSource {
     expect: Expected,
     /// Which expected digest the bytes did not match, once `finish` found one.
     mismatch: std::sync::Mutex<Option<DigestKind>>,
+    /// Its chunks get standalone checksums (`standalone_chunks`).
+    standalone: bool,
 }
 
 /// Digests the sender declared (S3's `Content-MD5`, `x-amz-checksum-sha256`): the upload is
@@ -48,19 +55,41 @@ struct State {
     /// What the stream gave beyond the last read.
     rest: Bytes,
     md5: Md5,
+    /// The bytes' SHA-256, computed here only when the upload's chunks are standalone and a
+    /// SHA-256 was declared.
+    sha256: Option<sha2::Sha256>,
 }
 
 impl StreamSource {
     /// `body` must yield exactly `size` bytes.
     pub fn new(size: u64, body: BoxStream<'static, io::Result<Bytes>>) -> Self {
-        let state = futures::lock::Mutex::new(State { body, pos: 0, rest: Bytes::new(), md5: Md5::new() });
-        StreamSource { size, state, expect: Expected::default(), mismatch: std::sync::Mutex::new(None) }
+        let state = futures::lock::Mutex::new(State { body, pos: 0, rest: Bytes::new(), md5: Md5::new(), sha256: None });
+        StreamSource { size, state, expect: Expected::default(), mismatch: std::sync::Mutex::new(None), standalone: false }
     }
 
     /// The same, committed only if its bytes have these digests.
     pub fn expecting(mut self, expect: Expected) -> Self {
         self.expect = expect;
+        self.hash_if_needed();
         self
+    }
+
+    /// The same, uploaded with a standalone checksum per chunk, so that the file can be joined
+    /// to others (`DfsClient::copy_joined`). The file then keeps no SHA-256 of the whole.
+    pub fn standalone_chunks(mut self) -> Self {
+        self.standalone = true;
+        self.hash_if_needed();
+        self
+    }
+
+    pub fn is_standalone(&self) -> bool {
+        self.standalone
+    }
+
+    fn hash_if_needed(&mut self) {
+        if self.standalone && self.expect.sha256.is_some() {
+            self.state.get_mut().sha256.get_or_insert_with(<sha2::Sha256 as sha2::Digest>::new);
+        }
     }
 
     /// The digest the bytes failed, if `finish` refused them for that.
@@ -110,13 +139,17 @@ impl StreamSource {
         }
         let data = whole.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default());
         s.md5.update(&data);
+        if let Some(h) = s.sha256.as_mut() {
+            sha2::Digest::update(h, &data);
+        }
         s.pos += len;
         Ok(data)
     }
 
     /// After the last read: the MD5 of all the bytes, once the stream is found to hold no
     /// more than its declared size and to match the expected digests (`sha256`: what the
-    /// upload computed of the same bytes).
+    /// upload computed of the same bytes, unless its chunks are standalone, when the SHA-256
+    /// computed here is checked instead).
     pub async fn finish(&self, sha256: &[u8; 32]) -> io::Result<[u8; 16]> {
         let mut s = self.state.lock().await;
         if s.pos != self.size {
@@ -133,6 +166,8 @@ impl StreamSource {
             }
         }
         let md5: [u8; 16] = std::mem::take(&mut s.md5).finalize().into();
+        let own: Option<[u8; 32]> = s.sha256.take().map(|h| sha2::Digest::finalize(h).into());
+        let sha256 = own.as_ref().unwrap_or(sha256);
         let failed = if self.expect.md5.is_some_and(|m| m != md5) {
             Some(DigestKind::Md5)
         } else if self.expect.sha256.is_some_and(|d| &d != sha256) {
@@ -207,6 +242,14 @@ mod tests {
             let bad_sha = source(&[b"abc"], 3).expecting(Expected { md5: None, sha256: Some([8; 32]) });
             assert!(read_all(&bad_sha).await.is_err());
             assert_eq!(bad_sha.mismatch(), Some(DigestKind::Sha256));
+            // Standalone chunks: the SHA-256 is this source's own, whatever the upload says.
+            let abc_sha: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(b"abc")).into();
+            let part = source(&[b"abc"], 3).standalone_chunks().expecting(Expected { md5: None, sha256: Some(abc_sha) });
+            assert!(part.is_standalone());
+            assert_eq!(read_all(&part).await.unwrap(), abc_md5, "the upload's [7; 32] is not what is checked");
+            let bad_part = source(&[b"abc"], 3).expecting(Expected { md5: None, sha256: Some([7; 32]) }).standalone_chunks();
+            assert!(read_all(&bad_part).await.is_err());
+            assert_eq!(bad_part.mismatch(), Some(DigestKind::Sha256));
         });
     }
 }

@@ -51,7 +51,11 @@ guard! {
     DeleteFileRequest => |r| Want::Paths(vec![(Grant::Write, &r.path)]);
     MkdirRequest => |r| Want::Paths(vec![(Grant::Write, &r.path)]);
     RenameRequest => |r| Want::Paths(vec![(Grant::Write, &r.src), (Grant::Write, &r.dst)]);
-    CopyFileRequest => |r| Want::Paths(vec![(Grant::Read, &r.src), (Grant::Write, &r.dst)]);
+    // A joined copy's sources beyond the most it may join are refused whole by the handler.
+    CopyFileRequest => |r| {
+        let sources = std::iter::once(&r.src).chain(r.append.iter().take(crate::namespace::COPY_APPEND_MAX));
+        Want::Paths(std::iter::once((Grant::Write, r.dst.as_str())).chain(sources.map(|p| (Grant::Read, p.as_str()))).collect())
+    };
     SetReplicationRequest => |r| Want::Paths(vec![(Grant::Write, &r.path)]);
     SetAttributesRequest => |r| Want::Paths(vec![(Grant::Write, &r.path)]);
     // The cluster's state: nodes, capacity, counts.

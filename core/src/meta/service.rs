@@ -759,7 +759,8 @@ impl<E: Env> MetadataServiceHandler for MetaServer<E> {
     }
 
     async fn copy_file(&self, r: proto::CopyFileRequest) -> Result<proto::CopyFileResponse, RpcError> {
-        let command = Command::CopyFile { src: r.src, dst: r.dst, overwrite: r.overwrite, unix_ms: self.env.clock().unix_ms() };
+        let object = r.object.map(object_meta);
+        let command = Command::CopyFile { src: r.src, dst: r.dst, overwrite: r.overwrite, unix_ms: self.env.clock().unix_ms(), append: r.append, object };
         match self.propose(once(r.request_id, command)).await? {
             Outcome::FileCommitted(f) => Ok(proto::CopyFileResponse { file: Some(file_info(&f)) }),
             other => Err(RpcError::Internal(format!("unexpected outcome {other:?}"))),

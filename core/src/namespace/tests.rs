@@ -1072,7 +1072,7 @@ proptest! {
                 Op::Copy { src, dst, overwrite } => {
                     let (s, d) = (normalize_path(PATHS[src]).unwrap(), normalize_path(PATHS[dst]).unwrap());
                     let allowed = s != d && d != "/" && model.is_file(&s) && model.can_commit(&d, overwrite);
-                    let result = ns.apply(Command::CopyFile { src: PATHS[src].into(), dst: PATHS[dst].into(), overwrite, unix_ms: now });
+                    let result = ns.apply(Command::CopyFile { src: PATHS[src].into(), dst: PATHS[dst].into(), overwrite, unix_ms: now, append: vec![], object: None });
                     prop_assert_eq!(result.is_ok(), allowed, "cp {} {} {:?}", s, d, result);
                     if let Ok(Outcome::FileCommitted(f)) = &result {
                         let size = match model.entries.get(&s) {
@@ -1294,8 +1294,14 @@ fn a_copy_shares_chunks_and_they_go_only_with_their_last_file() {
     let mut ns = Namespace::default();
     register(&mut ns, &[1, 2, 3, 4]);
     let a = upload(&mut ns, "/a", 3 * CHUNK, false).unwrap();
-    let copy = |ns: &mut Namespace, src: &str, dst: &str| match ns.apply(Command::CopyFile { src: src.into(), dst: dst.into(), overwrite: false, unix_ms: 20 })
-    {
+    let copy = |ns: &mut Namespace, src: &str, dst: &str| match ns.apply(Command::CopyFile {
+        src: src.into(),
+        dst: dst.into(),
+        overwrite: false,
+        unix_ms: 20,
+        append: vec![],
+        object: None,
+    }) {
         Ok(Outcome::FileCommitted(f)) => f,
         other => panic!("{other:?}"),
     };
@@ -1343,6 +1349,100 @@ fn a_copy_shares_chunks_and_they_go_only_with_their_last_file() {
     assert!(ns.shared_chunks.is_empty());
     // Reports of them are now of files that are gone.
     assert_eq!(ns.judge_report(StorageNodeId(1), &report(shared[0], 0)), Verdict::Discard);
+}
+
+/// A joined copy (S3's multipart completion): the parts' chunks, in order, at offsets that add
+/// up, shared and not copied; the parts can go, the object keeps its chunks, and they go with
+/// it. Chained files, a file twice and a copy onto itself without new metadata are refused.
+#[test]
+fn a_joined_copy_shares_every_parts_chunks_in_order() {
+    let mut ns = Namespace::default();
+    register(&mut ns, &[1, 2, 3, 4]);
+    upload(&mut ns, "/up/p1", CHUNK + 10, false).unwrap();
+    upload(&mut ns, "/up/p2", 7, false).unwrap();
+    upload(&mut ns, "/up/p3", 2 * CHUNK, false).unwrap();
+    let ids = |ns: &Namespace, p: &str| -> Vec<ChunkId> {
+        let f = ns.file(p).unwrap();
+        f.chunks.iter().map(|x| f.chunk_id(x.index)).collect()
+    };
+    let parts: Vec<ChunkId> = ["/up/p1", "/up/p2", "/up/p3"].iter().flat_map(|p| ids(&ns, p)).collect();
+    let object = ObjectMeta { etag: "0123456789abcdef0123456789abcdef-3".into(), ..object_meta() };
+    let join = Command::CopyFile {
+        src: "/up/p1".into(),
+        dst: "/b/obj".into(),
+        overwrite: true,
+        unix_ms: 30,
+        append: vec!["/up/p2".into(), "/up/p3".into()],
+        object: Some(object.clone()),
+    };
+    join.validate().unwrap();
+    let Outcome::FileCommitted(summary) = ns.apply(join).unwrap() else { panic!("not committed") };
+    assert_eq!(summary.size, 3 * CHUNK + 17);
+    let f = ns.file("/b/obj").unwrap();
+    assert_eq!(f.chunks.iter().map(|c| c.size).collect::<Vec<_>>(), vec![CHUNK, 10, 7, CHUNK, CHUNK]);
+    assert_eq!(f.chunks.iter().map(|c| c.index).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(ids(&ns, "/b/obj"), parts, "the parts' chunks, in order");
+    assert_eq!((f.sha256(), f.object()), (None, Some(&object)));
+    assert_eq!(binary_round_trip(&ns), ns);
+
+    // The parts go: nothing becomes garbage, and reports of the chunks count for the object.
+    ns.apply(Command::Delete { path: "/up".into(), recursive: true, expect_file_id: None }).unwrap();
+    assert!((1..=4).all(|n| ns.garbage_for(StorageNodeId(n), usize::MAX).is_empty()), "chunks the object holds became garbage");
+    let f = ns.file("/b/obj").unwrap();
+    let report = |pos: usize| ReplicaReport { chunk: parts[pos], size: f.chunks[pos].size, sha256: f.chunks[pos].sha256 };
+    for pos in 0..parts.len() {
+        assert_eq!(ns.judge_report(StorageNodeId(1), &report(pos)), Verdict::Counted, "chunk at {pos}");
+    }
+    // A replica learned of the fourth chunk (the third part's first) is listed at its place.
+    let learned = report(3);
+    ns.apply(Command::ReportReplicas { node: StorageNodeId(4), replicas: vec![learned] }).unwrap();
+    let f = ns.file("/b/obj").unwrap();
+    assert!(f.chunks[3].replicas.contains(&StorageNodeId(4)) && !f.chunks[1].replicas.contains(&StorageNodeId(4)));
+
+    // Onto itself with new metadata: the chunks stay; without, refused.
+    let replaced = ObjectMeta { content_type: Some("image/png".into()), ..object.clone() };
+    let onto_itself =
+        |object: Option<ObjectMeta>| Command::CopyFile { src: "/b/obj".into(), dst: "/b/obj".into(), overwrite: true, unix_ms: 31, append: vec![], object };
+    assert!(matches!(onto_itself(None).validate(), Err(NamespaceError::InvalidArgument(_))));
+    ns.apply(onto_itself(Some(replaced.clone()))).unwrap();
+    assert_eq!(ns.file("/b/obj").unwrap().object(), Some(&replaced));
+    assert_eq!(ids(&ns, "/b/obj"), parts);
+    assert!((1..=4).all(|n| ns.garbage_for(StorageNodeId(n), usize::MAX).is_empty()), "a copy onto itself dropped its chunks");
+
+    // The object goes: now its chunks are garbage.
+    ns.apply(delete("/b/obj")).unwrap();
+    let mut g = ns.garbage_for(StorageNodeId(1), usize::MAX);
+    g.sort();
+    let mut want = parts.clone();
+    want.sort();
+    assert_eq!(g, want);
+    assert!(ns.shared_chunks.is_empty());
+
+    // Refused, changing nothing: a chained file joined, a file twice, too many files.
+    let size = 2 * CHUNK;
+    let id = create(&mut ns, "/c/chained", size, false).unwrap();
+    let mut chained = chunks_for(size, &[1, 2, 3]);
+    chained[0].sum = SumKind::Chained;
+    chained[1].sum = SumKind::ChainedLast;
+    let last = chained[1].sha256;
+    ns.apply(Command::CommitFile { file: id, unix_ms: 1, sha256: Some(last), chunks: chained, object: None }).unwrap();
+    upload(&mut ns, "/c/plain", 5, false).unwrap();
+    let before = ns.clone();
+    let joined = |src: &str, append: &[&str]| Command::CopyFile {
+        src: src.into(),
+        dst: "/c/joined".into(),
+        overwrite: false,
+        unix_ms: 40,
+        append: append.iter().map(|a| a.to_string()).collect(),
+        object: None,
+    };
+    assert!(matches!(ns.apply(joined("/c/plain", &["/c/chained"])), Err(NamespaceError::InvalidArgument(_))));
+    assert!(matches!(joined("/c/plain", &["/c/plain"]).validate(), Err(NamespaceError::InvalidArgument(_))));
+    assert!(matches!(joined("/c/plain", &vec!["/c/x"; COPY_APPEND_MAX + 1]).validate(), Err(NamespaceError::InvalidArgument(_))));
+    assert!(matches!(ns.apply(joined("/c/plain", &["/c/missing"])), Err(NamespaceError::NotFound(_))));
+    assert_eq!(ns, before);
+    // A chained file alone is still copied as it is.
+    ns.apply(joined("/c/chained", &[])).unwrap();
 }
 
 #[test]
@@ -1611,7 +1711,7 @@ fn varied_namespace() -> Namespace {
     ns.apply(Command::CommitFile { file: id, unix_ms: 2, sha256: Some(Sha256Digest([7; 32])), chunks: chunks_for(CHUNK, &[1, 2]), object: None }).unwrap();
     upload(&mut ns, "/d/plain", 3 * CHUNK, false).unwrap();
     ns.apply(empty_file_cmd("/d/e/mpty", false)).unwrap();
-    ns.apply(Command::CopyFile { src: "/d/plain".into(), dst: "/copy".into(), overwrite: false, unix_ms: 3 }).unwrap();
+    ns.apply(Command::CopyFile { src: "/d/plain".into(), dst: "/copy".into(), overwrite: false, unix_ms: 3, append: vec![], object: None }).unwrap();
     upload(&mut ns, "/\u{fc}ber/\u{65e5}\u{672c}/\u{1f600}", 1, false).unwrap();
     mkdir(&mut ns, "/empty/dir", true).unwrap();
     create(&mut ns, "/in-flight", 2 * CHUNK, false).unwrap();
@@ -1624,7 +1724,7 @@ fn varied_namespace() -> Namespace {
     let id = create(&mut ns, "/bkt/obj", CHUNK + 1, false).unwrap();
     let object = Some(Box::new(object_meta()));
     ns.apply(Command::CommitFile { file: id, unix_ms: 4, sha256: None, chunks: chunks_for(CHUNK + 1, &[1, 2]), object: object.clone() }).unwrap();
-    ns.apply(Command::CopyFile { src: "/bkt/obj".into(), dst: "/bkt/obj-copy".into(), overwrite: false, unix_ms: 5 }).unwrap();
+    ns.apply(Command::CopyFile { src: "/bkt/obj".into(), dst: "/bkt/obj-copy".into(), overwrite: false, unix_ms: 5, append: vec![], object: None }).unwrap();
     let mut empty = empty_file_cmd("/bkt/empty", false);
     if let Command::CreateEmptyFile { object: empty_object, .. } = &mut empty {
         *empty_object = object;
@@ -1652,7 +1752,7 @@ fn objects_keep_their_metadata() {
     let commit = Command::CommitFile { file: id, unix_ms: 1, sha256: None, chunks: chunks_for(5, &[1, 2]), object: Some(Box::new(object_meta())) };
     let Outcome::FileCommitted(summary) = ns.apply(commit).unwrap() else { panic!("not committed") };
     assert_eq!(summary.object.as_deref(), Some(&object_meta()));
-    ns.apply(Command::CopyFile { src: "/b/o".into(), dst: "/b/c".into(), overwrite: false, unix_ms: 2 }).unwrap();
+    ns.apply(Command::CopyFile { src: "/b/o".into(), dst: "/b/c".into(), overwrite: false, unix_ms: 2, append: vec![], object: None }).unwrap();
     assert_eq!(ns.file("/b/c").unwrap().object(), Some(&object_meta()), "a copy keeps it");
     let mut empty = empty_file_cmd("/b/e", false);
     if let Command::CreateEmptyFile { object, .. } = &mut empty {

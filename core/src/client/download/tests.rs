@@ -42,6 +42,8 @@ struct World {
     outcome: Option<Result<(), DownloadError>>,
     file_sha: Sha256Digest,
     finished_output: bool,
+    /// Where each chunk starts, when not at `index * CHUNK` (a joined file's).
+    offsets: Option<Vec<u64>>,
 }
 
 impl World {
@@ -60,6 +62,7 @@ impl World {
             outcome: None,
             file_sha,
             finished_output: false,
+            offsets: None,
         }
     }
 
@@ -89,7 +92,8 @@ impl World {
             }
             Action::Discard { index } => assert!(self.held.remove(&index).is_some(), "discard of {index} not held"),
             Action::Write { index, offset } => {
-                assert_eq!(offset, index as u64 * CHUNK);
+                let expected = self.offsets.as_ref().map_or(index as u64 * CHUNK, |o| o[index as usize]);
+                assert_eq!(offset, expected, "chunk {index} written at the wrong offset");
                 assert_eq!(self.held.remove(&index), Some(true), "write of chunk {index}: not held, or bad bytes");
                 self.written.push(index);
                 self.deliver(1, Event::Written { index });
@@ -267,6 +271,34 @@ fn chunk_lists_that_do_not_tile_the_file_are_refused() {
     let (info, mut chunks) = file(2, &[1], &[]);
     chunks[1].sha256 = Bytes::new();
     assert!(matches!(Download::new(&info, chunks, DownloadConfig::default()), Err(DownloadError::BadChunkList(_))));
+}
+
+/// A joined copy (an S3 multipart object) has chunks of any size: each is written at the sum
+/// of the sizes before it, and a list whose sizes do not add up to the file is refused.
+#[test]
+fn a_joined_files_chunks_of_any_size_land_at_their_offsets() {
+    let sizes = [CHUNK, 100, CHUNK, 7, 1, CHUNK - 64];
+    let (mut info, mut chunks) = file(sizes.len() as u32, &[1, 2], &[]);
+    info.size = sizes.iter().sum();
+    for (c, size) in chunks.iter_mut().zip(sizes) {
+        c.size = size;
+    }
+    let mut d = Download::new(&info, chunks.clone(), DownloadConfig { chunks_in_flight_max: 2, ..DownloadConfig::default() }).unwrap();
+    let mut w = World::new(file_sha());
+    w.offsets = Some(sizes.iter().scan(0, |at, s| Some(std::mem::replace(at, *at + s))).collect());
+    w.replicas.insert((1, 1), Replica::Rotten);
+    w.run(&mut d, |i| sizes[i as usize]);
+    assert_eq!(w.outcome, Some(Ok(())));
+    assert_eq!(w.written, (0..sizes.len() as u32).collect::<Vec<_>>());
+    for (break_it, what) in [(0usize, "a chunk larger than the chunk size"), (1, "an empty chunk"), (2, "sizes that do not add up")] {
+        let mut list = chunks.clone();
+        match break_it {
+            0 => list[1].size = CHUNK + 1,
+            1 => list[3].size = 0,
+            _ => list[4].size = 2,
+        }
+        assert!(matches!(Download::new(&info, list, DownloadConfig::default()), Err(DownloadError::BadChunkList(_))), "{what}");
+    }
 }
 
 proptest! {
