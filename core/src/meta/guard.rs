@@ -92,8 +92,8 @@ mod tests {
         assert_eq!(proto::ListFilesRequest { prefix: "//".into(), ..Default::default() }.want(), Want::Paths(vec![(Grant::Read, "/")]));
         let r = proto::RenameRequest { src: "/a".into(), dst: "/b".into(), ..Default::default() };
         assert_eq!(r.want(), Want::Paths(vec![(Grant::Write, "/a"), (Grant::Write, "/b")]));
-        let r = proto::CopyFileRequest { src: "/a".into(), dst: "/b".into(), ..Default::default() };
-        assert_eq!(r.want(), Want::Paths(vec![(Grant::Read, "/a"), (Grant::Write, "/b")]));
+        let r = proto::CopyFileRequest { src: "/a".into(), dst: "/b".into(), append: vec!["/c".into()], ..Default::default() };
+        assert_eq!(r.want(), Want::Paths(vec![(Grant::Write, "/b"), (Grant::Read, "/a"), (Grant::Read, "/c")]));
         let r = proto::CommitFilesRequest { files: vec![proto::CommitFileRequest { file_id: 4, ..Default::default() }] };
         assert_eq!(r.want(), Want::Uploads(vec![4]));
         assert_eq!(proto::FsckRequest::default().want(), Want::Cluster(Grant::Admin));
