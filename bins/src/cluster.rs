@@ -370,7 +370,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         (None, _) => println!("warning: TLS is OFF (--insecure): any local process can read every file and act as any node"),
     }
     if let Some(addr) = s3_addr {
-        println!("S3: http://{addr}/ (keys: dfs admin s3 key create --name NAME --role read|write|admin)");
+        let keys = "keys: dfs admin s3 key create --name NAME --role read|write|admin";
+        match &pki {
+            Some(pki) => println!("S3: https://{addr}/ (its certificate is from the cluster CA: AWS_CA_BUNDLE={}; {keys})", pki.ca_path().display()),
+            None => println!("S3: http://{addr}/ ({keys})"),
+        }
     }
     let meta_env = meta_list.join(",");
     if meta_env != crate::DEFAULT_META {

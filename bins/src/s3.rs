@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,12 +42,32 @@ mod multipart;
 
 #[derive(Args)]
 pub struct S3Args {
-    /// Where to serve S3, HOST:PORT (clients' endpoint: http://HOST:PORT).
+    /// Where to serve S3, HOST:PORT (clients' endpoint: https://HOST:PORT, or http:// when
+    /// the cluster runs without TLS).
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: String,
+    /// Serve HTTPS with this certificate (PEM; its chain after it), with --tls-key. Default:
+    /// where the cluster runs TLS, the gateway's own certificate, which the cluster CA signed
+    /// (clients trust that CA: AWS_CA_BUNDLE=ca.pem); plain HTTP for a cluster without TLS.
+    #[arg(long, env = "DFS_S3_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "DFS_S3_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP even though the cluster runs TLS (behind a proxy that terminates TLS,
+    /// or on a loopback only the gateway's users reach).
+    #[arg(long, conflicts_with = "tls_cert")]
+    plain_http: bool,
     #[command(flatten)]
     meta: MetaFlag,
 }
+
+/// How long a request's body may go without a byte before the request fails (S3's
+/// RequestTimeout, which it applies after about 20 s): a client that stalls, or whose HTTP/2
+/// stream is never reset when its connection goes, cannot hold an upload open.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a client may take over its TLS handshake before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a key's secret and grant are trusted after the cluster said so: a revoked key is
 /// refused at most this long after `dfs admin s3 key revoke`.
@@ -61,6 +82,16 @@ const GET_READ_AHEAD: usize = 3;
 
 pub async fn run(args: S3Args) -> anyhow::Result<()> {
     let addr: SocketAddr = args.listen.parse().map_err(|e| crate::cli::usage(format!("--listen {:?}: {e}", args.listen)))?;
+    // The certificate clients see: the one given, else the gateway's own from the cluster CA.
+    let https = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ if args.plain_http => None,
+        _ => match crate::security::client_files(&args.meta.tls, &args.meta.addrs()?) {
+            Some((_, Some(cert), Some(key))) => Some((cert, key)),
+            _ => None,
+        },
+    };
+    let acceptor = https.as_ref().map(|(cert, key)| tls_acceptor(cert, key)).transpose()?;
     let client = Arc::new(args.meta.client(ClientConfig::default())?);
     let meta = args.meta.meta_client()?;
     let keys = Arc::new(Keys { meta: meta.clone(), cache: Mutex::new(HashMap::new()) });
@@ -69,8 +100,12 @@ pub async fn run(args: S3Args) -> anyhow::Result<()> {
     builder.set_auth(Auth(keys));
     let service = builder.build();
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "S3 gateway serving");
-    eprintln!("dfs s3: serving S3 on http://{}", listener.local_addr()?);
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr()?, scheme, "S3 gateway serving");
+    match &https {
+        Some((cert, _)) => eprintln!("dfs s3: serving S3 on https://{} (certificate {})", listener.local_addr()?, cert.display()),
+        None => eprintln!("dfs s3: serving S3 on http://{} (plain HTTP: keep it on loopback or behind TLS)", listener.local_addr()?),
+    }
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -85,12 +120,45 @@ pub async fn run(args: S3Args) -> anyhow::Result<()> {
         let _ = socket.set_nodelay(true);
         let service = service.clone();
         let http = http.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service).await {
+            let served = match acceptor {
+                None => http.serve_connection(hyper_util::rt::TokioIo::new(socket), service).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => http.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "S3 connection ended");
             }
         });
     }
+}
+
+/// The TLS side of HTTPS: the certificate chain and key at `cert` and `key`, HTTP/2 or 1.1.
+fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| crate::cli::usage(format!("{what} {}: {e}", path.display()));
+    let chain = CertificateDer::pem_file_iter(cert).and_then(|certs| certs.collect::<Result<Vec<_>, _>>()).map_err(|e| bad("--tls-cert", cert, &e))?;
+    if chain.is_empty() {
+        return Err(bad("--tls-cert", cert, &"no certificate in it"));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--tls-key", key, &e))?;
+    // The process's provider: ring, the one rustls is built with here (as tonic's TLS is).
+    let mut config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, private).map_err(|e| bad("--tls-cert and --tls-key", cert, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// S3 keys' secrets and grants, from the cluster, remembered briefly.
@@ -301,6 +369,24 @@ fn header(o: &Option<proto::ObjectMeta>, name: &str) -> Option<String> {
 fn checksum_sha256(info: &proto::FileInfo, mode: &Option<ChecksumMode>, whole: bool) -> Option<String> {
     let enabled = mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     (enabled && whole && info.sha256.len() == 32).then(|| base64::engine::general_purpose::STANDARD.encode(&info.sha256))
+}
+
+/// A request's body as the upload reads it, failing once it goes `BODY_IDLE_TIMEOUT` without
+/// a byte.
+fn body_stream(body: Option<StreamingBlob>) -> futures::stream::BoxStream<'static, io::Result<Bytes>> {
+    let Some(body) = body else { return futures::stream::empty().boxed() };
+    futures::stream::unfold(Some(body), |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
+            Ok(Some(piece)) => Some((piece.map_err(io::Error::other), Some(body))),
+            Ok(None) => None,
+            Err(_) => {
+                let e = io::Error::new(io::ErrorKind::TimedOut, format!("no byte of the body for {} s", BODY_IDLE_TIMEOUT.as_secs()));
+                Some((Err(e), None))
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The MD5 of no bytes: an empty object's ETag (and a directory marker's).
@@ -704,11 +790,7 @@ impl Gateway {
         object: proto::ObjectMeta,
         standalone: bool,
     ) -> S3Result<proto::FileInfo> {
-        let body = match body {
-            Some(body) => body.map(|r| r.map_err(io::Error::other)).boxed(),
-            None => futures::stream::empty().boxed(),
-        };
-        let mut source = StreamSource::new(size, body).expecting(expect);
+        let mut source = StreamSource::new(size, body_stream(body)).expecting(expect);
         if standalone {
             source = source.standalone_chunks();
         }

@@ -154,25 +154,14 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
         set_credentials(None);
         return Ok(());
     }
-    let (ca, cert, key) = match &args.ca {
-        Some(ca) => (ca.clone(), args.cert.clone(), args.key.clone()),
-        None => {
-            let record = config_dir().and_then(|config| meta.iter().map(|a| cluster_record(&config, a)).find(|r| r.join(RECORD_CA).is_file()));
-            let Some(record) = record else {
-                if args.token.is_some() {
-                    return Err(usage(
-                        "a token is sent only over TLS, and no CA is known for this cluster: give its CA (--ca or DFS_CA), or --insecure for a cluster without TLS (which needs no token)",
-                    ));
-                }
-                set_credentials(None);
-                return Ok(());
-            };
-            let (cert, key) = (record.join(RECORD_CERT), record.join(RECORD_KEY));
-            let identity = cert.is_file() && key.is_file();
-            let cert = args.cert.clone().or_else(|| identity.then_some(cert));
-            let key = args.key.clone().or_else(|| identity.then_some(key));
-            (record.join(RECORD_CA), cert, key)
+    let Some((ca, cert, key)) = client_files(args, meta) else {
+        if args.token.is_some() {
+            return Err(usage(
+                "a token is sent only over TLS, and no CA is known for this cluster: give its CA (--ca or DFS_CA), or --insecure for a cluster without TLS (which needs no token)",
+            ));
         }
+        set_credentials(None);
+        return Ok(());
     };
     let credentials = Credentials::load(&ca, cert.as_deref(), key.as_deref()).map_err(tls_error)?;
     let mut transport = GrpcTransport::new(Some(&credentials));
@@ -181,6 +170,24 @@ pub fn client_credentials(args: &ClientTlsArgs, meta: &[String]) -> anyhow::Resu
     }
     set_transport(transport);
     Ok(())
+}
+
+/// The CA, certificate and key files a client of the metadata nodes at `meta` uses: those
+/// given, else the record `cluster up` wrote for these addresses; `None` when no CA is known
+/// (or with --insecure).
+pub fn client_files(args: &ClientTlsArgs, meta: &[String]) -> Option<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+    if args.insecure {
+        return None;
+    }
+    if let Some(ca) = &args.ca {
+        return Some((ca.clone(), args.cert.clone(), args.key.clone()));
+    }
+    let record = config_dir().and_then(|config| meta.iter().map(|a| cluster_record(&config, a)).find(|r| r.join(RECORD_CA).is_file()))?;
+    let (cert, key) = (record.join(RECORD_CERT), record.join(RECORD_KEY));
+    let identity = cert.is_file() && key.is_file();
+    let cert = args.cert.clone().or_else(|| identity.then_some(cert));
+    let key = args.key.clone().or_else(|| identity.then_some(key));
+    Some((record.join(RECORD_CA), cert, key))
 }
 
 /// The CA, certificates and keys of a cluster this binary runs itself (`cluster up`, the

@@ -1,5 +1,6 @@
 //! The S3 gateway with real processes and real S3 clients: `dfs cluster up --s3 PORT` (TLS on
-//! between the cluster's nodes) serves S3 on 127.0.0.1, keys come from
+//! between the cluster's nodes) serves S3 over HTTPS on 127.0.0.1 (its certificate from the
+//! cluster CA, which the clients are given), keys come from
 //! `dfs admin s3 key create`, and boto3 and aws-cli (from PyPI, into a virtualenv this test
 //! makes once under the target dir) put, get, range, list, delete and fail as S3 clients expect
 //! (`s3/boto3_client.py` holds those checks). What the gateway stored is checked with `dfs`
@@ -8,10 +9,9 @@
 
 #![cfg(not(madsim))]
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
@@ -81,8 +81,15 @@ fn s3_clients_round_trip_through_the_gateway() {
     let config = dir.path().join("config");
     let _cluster = cluster_up_tls_with(base, &dir.path().join("data"), &config, &["--s3", &s3_port.to_string()]);
     let meta = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
-    let gw = Gateway { meta, config, endpoint: format!("http://127.0.0.1:{s3_port}") };
+    // HTTPS by default on a TLS cluster, with a certificate from the cluster CA.
+    let ca = dir.path().join("data/tls/ca.pem");
+    let gw = Gateway { meta, config, endpoint: format!("https://127.0.0.1:{s3_port}") };
     wait_for(Duration::from_secs(30), "the S3 gateway to listen", || TcpStream::connect(("127.0.0.1", s3_port)).ok());
+
+    // A certificate that cannot be loaded stops the gateway at once, named (exit 2).
+    let bad = gw.dfs(&["s3", "--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("--tls-cert /nonexistent/cert.pem"), "{}", stderr(&bad));
 
     let (admin_id, admin_secret) = gw.key("ci-admin", "admin");
     let (read_id, read_secret) = gw.key("ci-reader", "read");
@@ -93,8 +100,13 @@ fn s3_clients_round_trip_through_the_gateway() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_client.py");
-    let out =
-        Command::new(&python).arg(&script).args([&gw.endpoint, &admin_id, &admin_secret, &read_id, &read_secret]).arg(&work).output().expect("run python");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([&gw.endpoint, &admin_id, &admin_secret, &read_id, &read_secret])
+        .arg(&work)
+        .env("AWS_CA_BUNDLE", &ca)
+        .output()
+        .expect("run python");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "boto3 checks failed:\n{text}\n{}", stderr(&out));
     assert!(text.contains("boto3: all checks passed"), "{text}");
@@ -126,6 +138,7 @@ fn s3_clients_round_trip_through_the_gateway() {
             .env("AWS_ACCESS_KEY_ID", &admin_id)
             .env("AWS_SECRET_ACCESS_KEY", &admin_secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CA_BUNDLE", &ca)
             .output()
             .expect("run aws");
         assert!(out.status.success(), "aws {args:?}: {}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -161,17 +174,21 @@ fn s3_clients_round_trip_through_the_gateway() {
 
     // A client that goes away mid-upload: while it sends, the upload is in flight and nothing
     // is visible; once it is gone, the upload is dropped and the key still absent.
+    // An HTTP/1.1 client over TLS that declares 16 MiB, sends 6 and is killed.
     let url = std::fs::read_to_string(work.join("put_url")).unwrap();
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, target) = rest.split_at(rest.find('/').unwrap());
-    let mut conn = TcpStream::connect(host).unwrap();
-    let declared = 16 << 20;
-    write!(conn, "PUT {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n\r\n").unwrap();
-    conn.write_all(&test_bytes(6 << 20, 77)).unwrap();
-    conn.flush().unwrap();
+    let cut_off = r#"
+import socket, ssl, sys, time, urllib.parse
+url, ca = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2]
+conn = ssl.create_default_context(cafile=ca).wrap_socket(socket.create_connection((url.hostname, url.port)), server_hostname=url.hostname)
+conn.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {16 << 20}\r\n\r\n".encode())
+conn.sendall(bytes(6 << 20))
+time.sleep(600)
+"#;
+    let mut client = Command::new(&python).args(["-c", cut_off, &url]).arg(&ca).stdout(Stdio::null()).spawn().expect("run python");
     wait_for(Duration::from_secs(30), "the cut-off upload to be in flight", || gw.uploads("/photos/cut").first().cloned());
     assert!(!gw.dfs(&["stat", "/photos/cut/short"]).status.success(), "an upload in flight is not visible");
-    drop(conn);
+    client.kill().unwrap();
+    client.wait().unwrap();
     wait_for(Duration::from_secs(30), "the cut-off upload to be dropped", || gw.uploads("/photos/cut").is_empty().then_some(()));
     assert!(!gw.dfs(&["stat", "/photos/cut/short"]).status.success(), "nothing was committed");
 }

@@ -131,11 +131,7 @@ impl Gateway {
         let size = body_size(input.content_length, &input.body)?;
         let path = mp::part_path(&upload.dir, input.part_number, size).map_err(part_error)?;
         let expect = expected(&input.content_md5, &input.checksum_sha256)?;
-        let body = match input.body {
-            Some(body) => body.map(|r| r.map_err(io::Error::other)).boxed(),
-            None => futures::stream::empty().boxed(),
-        };
-        let source = StreamSource::new(size, body).expecting(expect).standalone_chunks();
+        let source = StreamSource::new(size, body_stream(input.body)).expecting(expect).standalone_chunks();
         let info = self.store_part(&upload, &path, &source).await?;
         let checksum = expect.sha256.map(|d| base64::engine::general_purpose::STANDARD.encode(d));
         Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag_of(&info))), checksum_sha256: checksum, ..Default::default() }))
