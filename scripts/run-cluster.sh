@@ -20,7 +20,9 @@
 # 9000+i; storage node i on 7100+i and 9100+i.
 #
 # Environment: DFS_COMPOSE_FILE (default scripts/docker-compose.yml), DFS_HOST_PORTS=0 to
-# publish no port on the host, DFS_IMAGE (default dfs:local), DFS_TLS_DIR, CARGO_TARGET_DIR.
+# publish no port on the host, DFS_IMAGE (default dfs:local), DFS_TLS_DIR, CARGO_TARGET_DIR,
+# DFS_BINARY (a dfs binary to put in the image instead of building the release one: the
+# container tests use the one `cargo test` built, which saves CI a release build).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -131,10 +133,8 @@ tls_env() {
 # directory with the CA, its certificate and its key; made once, kept across runs.
 ensure_pki() {
     [[ -z "$insecure" ]] || return 0
-    local bin="$target_dir/release/dfs" i
-    if [[ ! -x "$bin" ]]; then
-        (cd "$root" && cargo build --release -p dfs) || fail "cargo build --release -p dfs failed (see above)"
-    fi
+    local bin i
+    bin="$(dfs_binary)"
     mkdir -p "$tls_dir/ca"
     if [[ ! -f "$tls_dir/ca/ca.pem" ]]; then
         "$bin" cert init --dir "$tls_dir/ca" >/dev/null || fail "cannot make the cluster CA in $tls_dir/ca"
@@ -228,12 +228,25 @@ write_compose() {
     mv "$compose_file.tmp" "$compose_file"
 }
 
-# The image's files: the release binary and what the dynamic loader needs for it.
-build_image_context() {
+# The dfs binary the image holds: $DFS_BINARY if set, else the release build (made or brought
+# up to date here).
+dfs_binary() {
+    if [[ -n "${DFS_BINARY:-}" ]]; then
+        [[ -x "$DFS_BINARY" ]] || fail "DFS_BINARY=$DFS_BINARY is not an executable file"
+        echo "$DFS_BINARY"
+        return 0
+    fi
+    # Up to date already, the second call (the image after the certificates) takes a moment.
     echo "run-cluster.sh: building the release binary (cargo build --release -p dfs)" >&2
-    (cd "$root" && cargo build --release -p dfs) || fail "cargo build --release -p dfs failed (see above)"
-    local bin="$target_dir/release/dfs"
-    [[ -x "$bin" ]] || fail "no binary at $bin after the build"
+    (cd "$root" && cargo build --release -p dfs) >&2 || fail "cargo build --release -p dfs failed (see above)"
+    [[ -x "$target_dir/release/dfs" ]] || fail "no binary at $target_dir/release/dfs after the build"
+    echo "$target_dir/release/dfs"
+}
+
+# The image's files: the dfs binary and what the dynamic loader needs for it.
+build_image_context() {
+    local bin
+    bin="$(dfs_binary)"
     rm -rf "$context"
     mkdir -p "$context/rootfs/usr/local/bin" "$context/rootfs/tmp" "$context/rootfs/root" "$context/rootfs/data" "$context/rootfs/etc"
     cp "$bin" "$context/rootfs/usr/local/bin/dfs"

@@ -65,6 +65,9 @@ impl Cluster {
             .env("DFS_COMPOSE_FILE", &self.file)
             .env("DFS_HOST_PORTS", "0")
             .env("DFS_IMAGE", IMAGE)
+            // The binary `cargo test` built: what every real-process test runs, and CI is
+            // spared a release build (the script's own build is `cargo build --release`).
+            .env("DFS_BINARY", env!("CARGO_BIN_EXE_dfs"))
             .stdin(Stdio::null())
             .output()
             .expect("run run-cluster.sh")
@@ -187,7 +190,7 @@ fn the_script_brings_up_a_cluster_that_keeps_its_files_across_down_and_up() {
 
     c.script_ok(&["down", "-v"]);
     assert_eq!(c.volumes(), Vec::<String>::new(), "down -v left volumes");
-    eprintln!("run-cluster.sh -m 3 -s 5 -c up -d --build: {up:?} (includes the release build if it was not up to date)");
+    eprintln!("run-cluster.sh -m 3 -s 5 -c up -d --build: {up:?} (with the test's binary: no release build)");
 }
 
 /// What the client knows of a path: the bytes of its last acknowledged write, `None` once an

@@ -174,6 +174,58 @@ fn s3_clients_round_trip_through_the_gateway() {
 
     // A client that goes away mid-upload: while it sends, the upload is in flight and nothing
     // is visible; once it is gone, the upload is dropped and the key still absent.
+    // rclone (Debian's): a real tree up with `sync`, verified with `check` (sizes and MD5s,
+    // multipart objects included: parts of 5 MiB for a 12 MiB file), and back.
+    let rclone = |args: &[&str]| {
+        let out = Command::new("rclone")
+            .args(args)
+            .args(["--ca-cert", ca.to_str().unwrap(), "--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M"])
+            // A machine-wide AWS_CA_BUNDLE (some set one) makes rclone's S3 SDK refuse --ca-cert.
+            .env_remove("AWS_CA_BUNDLE")
+            .env("RCLONE_CONFIG_DFS_TYPE", "s3")
+            .env("RCLONE_CONFIG_DFS_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_DFS_ENDPOINT", &gw.endpoint)
+            .env("RCLONE_CONFIG_DFS_ACCESS_KEY_ID", &admin_id)
+            .env("RCLONE_CONFIG_DFS_SECRET_ACCESS_KEY", &admin_secret)
+            .env("RCLONE_CONFIG_DFS_FORCE_PATH_STYLE", "true")
+            .output()
+            .expect("run rclone (.ci/run installs it)");
+        assert!(out.status.success(), "rclone {args:?}: {}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out)
+    };
+    std::fs::write(tree.join("sub/twelve.bin"), test_bytes(12 << 20, 12)).unwrap();
+    std::fs::write(tree.join("empty"), b"").unwrap();
+    rclone(&["mkdir", "dfs:rclone"]);
+    rclone(&["sync", tree.to_str().unwrap(), "dfs:rclone/t"]);
+    let checked = rclone(&["check", tree.to_str().unwrap(), "dfs:rclone/t"]);
+    assert!(checked.contains("0 differences found"), "rclone check: {checked}");
+    let rback = work.join("rclone-back");
+    rclone(&["sync", "dfs:rclone/t", rback.to_str().unwrap()]);
+    let checked = rclone(&["check", tree.to_str().unwrap(), rback.to_str().unwrap()]);
+    assert!(checked.contains("0 differences found"), "rclone check of the tree brought back: {checked}");
+    // A file changed and one removed: the next sync sends and deletes just those.
+    std::fs::write(tree.join("a.txt"), b"changed").unwrap();
+    std::fs::remove_file(tree.join("with space.txt")).unwrap();
+    rclone(&["sync", tree.to_str().unwrap(), "dfs:rclone/t"]);
+    assert!(rclone(&["check", tree.to_str().unwrap(), "dfs:rclone/t"]).contains("0 differences found"));
+    assert_eq!(gw.dfs_ok(&["cat", "/rclone/t/a.txt"]), "changed");
+    assert!(!gw.dfs(&["stat", "/rclone/t/with space.txt"]).status.success(), "rclone sync deletes what the source lost");
+
+    // Rust's `object_store` (Apache Arrow's), over plain HTTP to a second gateway started with
+    // --plain-http (which this also tests).
+    let plain_port = free_port();
+    let plain_args: Vec<String> = ["s3", "--listen", &format!("127.0.0.1:{plain_port}"), "--plain-http"].map(String::from).to_vec();
+    let _plain = spawn_bin(
+        Path::new(DFS),
+        "s3-plain",
+        &plain_args,
+        dir.path(),
+        &[("DFS_META", &gw.meta), ("DFS_CONFIG_DIR", gw.config.to_str().unwrap()), ("DFS_INSECURE", "false")],
+    );
+    wait_for(Duration::from_secs(30), "the plain-HTTP gateway to listen", || TcpStream::connect(("127.0.0.1", plain_port)).ok());
+    gw.dfs_ok(&["mkdir", "/rustobj"]);
+    object_store_round_trip(&format!("http://127.0.0.1:{plain_port}"), &admin_id, &admin_secret);
+
     // An HTTP/1.1 client over TLS that declares 16 MiB, sends 6 and is killed.
     let url = std::fs::read_to_string(work.join("put_url")).unwrap();
     let cut_off = r#"
@@ -191,4 +243,61 @@ time.sleep(600)
     client.wait().unwrap();
     wait_for(Duration::from_secs(30), "the cut-off upload to be dropped", || gw.uploads("/photos/cut").is_empty().then_some(()));
     assert!(!gw.dfs(&["stat", "/photos/cut/short"]).status.success(), "nothing was committed");
+}
+
+/// `object_store` against the gateway: put, get, ranges, a multipart upload of parts it cuts
+/// itself, listing with a delimiter, copy, delete, and NotFound.
+fn object_store_round_trip(endpoint: &str, key: &str, secret: &str) {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::path::Path as ObjPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+
+    // reqwest is built on rustls without a provider of its own: ring's, as the gateway's.
+    #[allow(deprecated)]
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_bucket_name("rustobj")
+            .with_region("us-east-1")
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .expect("an S3 store");
+        let small = ObjPath::from("dir/small.bin");
+        let bytes = test_bytes(300_000, 31);
+        store.put(&small, PutPayload::from(bytes.clone())).await.expect("object_store put");
+        let got = store.get(&small).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got.as_ref(), bytes.as_slice(), "object_store get");
+        let range = store.get_range(&small, 1000..250_000).await.unwrap();
+        assert_eq!(range.as_ref(), &bytes[1000..250_000], "object_store ranged get");
+        let meta = store.head(&small).await.unwrap();
+        assert_eq!(meta.size, 300_000);
+
+        // Multipart: object_store cuts 5 MiB parts itself and sends them concurrently.
+        let big = ObjPath::from("dir/big.bin");
+        let big_bytes = test_bytes((17 << 20) + 5, 32);
+        let upload = store.put_multipart(&big).await.expect("object_store multipart start");
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 << 20);
+        for piece in big_bytes.chunks(1 << 20) {
+            writer.write(piece);
+        }
+        writer.finish().await.expect("object_store multipart finish");
+        let got = store.get(&big).await.unwrap().bytes().await.unwrap();
+        assert!(got.as_ref() == big_bytes.as_slice(), "object_store: the multipart object reads back whole");
+        let across = store.get_range(&big, (5 << 20) - 7..(10 << 20) + 9).await.unwrap();
+        assert_eq!(across.as_ref(), &big_bytes[(5 << 20) - 7..(10 << 20) + 9], "a range across parts");
+
+        let copy = ObjPath::from("copy.bin");
+        store.copy(&big, &copy).await.expect("object_store copy");
+        assert_eq!(store.head(&copy).await.unwrap().size, big_bytes.len() as u64);
+        let listed = store.list_with_delimiter(None).await.unwrap();
+        assert_eq!(listed.common_prefixes, vec![ObjPath::from("dir")]);
+        assert_eq!(listed.objects.iter().map(|o| o.location.to_string()).collect::<Vec<_>>(), vec!["copy.bin"]);
+        store.delete(&copy).await.unwrap();
+        assert!(matches!(store.head(&copy).await, Err(object_store::Error::NotFound { .. })), "a deleted object: NotFound");
+    });
 }
