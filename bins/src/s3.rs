@@ -353,7 +353,16 @@ fn conditions(
 fn check_conditions(c: &rules::Conditions, head: &Head) -> S3Result<()> {
     match rules::evaluate(c, &head.etag, (head.info.committed_unix_ms / 1000) as i64) {
         Verdict::Proceed => Ok(()),
-        Verdict::NotModified => Err(S3Error::new(S3ErrorCode::NotModified)),
+        Verdict::NotModified => {
+            // A 304 carries the ETag (RFC 9110 15.4.5): clients compare it with what they hold.
+            let mut e = S3Error::new(S3ErrorCode::NotModified);
+            let mut headers = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&format!("\"{}\"", head.etag)) {
+                headers.insert(http::header::ETAG, v);
+            }
+            e.set_headers(headers);
+            Err(e)
+        }
         Verdict::PreconditionFailed => Err(s3_error!(PreconditionFailed)),
     }
 }
@@ -462,7 +471,18 @@ impl S3 for Gateway {
         let dir = rules::bucket_path(&req.input.bucket).map_err(name_error)?;
         self.allow(&req, "DeleteBucket", Grant::Admin, &dir).await?;
         self.bucket_exists(&dir).await?;
-        match self.client.delete_now(&dir, false).await {
+        // Empty to S3 means no object: directories left by deleted keys (`a/b/c` leaves `a/b`)
+        // are no objects, and go with the bucket.
+        let request = proto::ListFilesRequest { prefix: dir.clone(), start_after: String::new(), limit: 1 };
+        let any = self
+            .meta
+            .call(request)
+            .await
+            .map_err(|e| cluster_error(ClientError::Metadata { context: "DeleteBucket".into(), source: e }, S3ErrorCode::NoSuchBucket))?;
+        if let Some(f) = any.files.first() {
+            return Err(s3_error!(BucketNotEmpty, "the bucket holds objects ({} among them)", f.path));
+        }
+        match self.client.delete_now(&dir, true).await {
             Ok(_) => {
                 // Its uploads in progress go with it: a bucket made again under the name starts
                 // with none.
@@ -671,7 +691,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(i.bucket.clone()),
             prefix: Some(enc(params.prefix)),
-            delimiter: i.delimiter.clone().map(enc),
+            delimiter: i.delimiter.clone().filter(|d| !d.is_empty()).map(enc),
             start_after: i.start_after.clone().map(enc),
             max_keys: Some(max_keys.min(rules::LIST_KEYS_MAX) as i32),
             key_count: Some(key_count),
@@ -680,6 +700,51 @@ impl S3 for Gateway {
             next_continuation_token: page.next.clone(),
             encoding_type: i.encoding_type.clone(),
             contents: Some(page.contents.into_iter().map(|(k, info)| object_entry(enc(k), &info)).collect()),
+            common_prefixes: Some(page.common_prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect()),
+            ..Default::default()
+        }))
+    }
+
+    /// A bucket is never versioned: each object is its one version, `null`, the latest (as S3
+    /// lists a bucket that never had versioning on). Tools that clean buckets out ask for it.
+    async fn list_object_versions(&self, req: S3Request<ListObjectVersionsInput>) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let i = &req.input;
+        let max_keys = max_keys(i.max_keys)?;
+        let params = ListParams {
+            prefix: i.prefix.clone().unwrap_or_default(),
+            delimiter: i.delimiter.clone(),
+            start_after: i.key_marker.clone().filter(|s| !s.is_empty()),
+            continuation: None,
+            max_keys,
+        };
+        let page = self.list(&req, &i.bucket, params.clone()).await?;
+        let enc = encoder(&i.encoding_type);
+        let versions = page
+            .contents
+            .into_iter()
+            .map(|(key, info)| ObjectVersion {
+                key: Some(enc(key)),
+                version_id: Some("null".into()),
+                is_latest: Some(true),
+                size: Some(info.size as i64),
+                e_tag: Some(ETag::Strong(etag_of(&info))),
+                last_modified: Some(timestamp(info.committed_unix_ms)),
+                storage_class: Some(ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(i.bucket.clone()),
+            prefix: Some(enc(params.prefix)),
+            delimiter: i.delimiter.clone().map(enc),
+            key_marker: i.key_marker.clone().map(enc),
+            version_id_marker: i.version_id_marker.clone(),
+            max_keys: Some(max_keys.min(rules::LIST_KEYS_MAX) as i32),
+            is_truncated: Some(page.is_truncated),
+            next_key_marker: page.next.clone().map(enc),
+            next_version_id_marker: page.next.map(|_| "null".into()),
+            encoding_type: i.encoding_type.clone(),
+            versions: Some(versions),
             common_prefixes: Some(page.common_prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect()),
             ..Default::default()
         }))
@@ -732,8 +797,8 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(i.bucket.clone()),
             prefix: Some(enc(params.prefix)),
-            delimiter: i.delimiter.clone().map(enc),
-            marker: i.marker.clone().map(enc),
+            delimiter: i.delimiter.clone().filter(|d| !d.is_empty()).map(enc),
+            marker: Some(enc(i.marker.clone().unwrap_or_default())),
             max_keys: Some(max_keys.min(rules::LIST_KEYS_MAX) as i32),
             is_truncated: Some(page.is_truncated),
             next_marker: page.next.clone().map(enc),

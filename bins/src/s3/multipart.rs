@@ -52,9 +52,14 @@ fn now_unix_ms() -> u64 {
 /// The byte range of a copy's source (`x-amz-copy-source-range: bytes=first-last`).
 fn copy_range(range: &Option<String>, size: u64) -> S3Result<(u64, u64)> {
     let Some(range) = range else { return Ok((0, size)) };
-    let r = Range::parse(range).map_err(|_| s3_error!(InvalidArgument, "x-amz-copy-source-range {range:?} is not bytes=first-last"))?;
-    let r = r.check(size).map_err(|_| s3_error!(InvalidRange, "the source object is {size} bytes"))?;
-    Ok((r.start, r.end))
+    // S3 takes only `bytes=first-last` here, both within the object (no suffix, no clamping).
+    let bad = || s3_error!(InvalidArgument, "x-amz-copy-source-range {range:?} is not bytes=first-last");
+    let (first, last) = range.strip_prefix("bytes=").and_then(|r| r.split_once('-')).ok_or_else(bad)?;
+    let (first, last): (u64, u64) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
+    if first > last || last >= size {
+        return Err(s3_error!(InvalidRange, "bytes {first}-{last} of a source object of {size} bytes"));
+    }
+    Ok((first, last + 1))
 }
 
 impl Gateway {
@@ -168,7 +173,6 @@ impl Gateway {
         let target = object_file(&req.input.bucket, &req.input.key)?;
         self.allow(&req, "CompleteMultipartUpload", Grant::Write, &target).await?;
         let i = &req.input;
-        let upload = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
         let listed = i.multipart_upload.as_ref().and_then(|m| m.parts.as_ref()).map(Vec::as_slice).unwrap_or_default();
         let mut named = Vec::with_capacity(listed.len());
         for p in listed {
@@ -180,6 +184,23 @@ impl Gateway {
         if named.len() > mp::PART_NUMBER_MAX as usize {
             return Err(s3_error!(MalformedXML, "at most {} parts", mp::PART_NUMBER_MAX));
         }
+        let upload = match self.upload(&i.bucket, &i.key, &i.upload_id).await {
+            Ok(upload) => upload,
+            Err(e) if *e.code() == S3ErrorCode::NoSuchUpload => {
+                // A completion retried after its answer was lost: the upload is gone, but the
+                // object it made is there, with the ETag these parts make. Answered alike.
+                let done = self.client.stat(&target).await.ok().and_then(|r| r.file).filter(|f| Some(etag_of(f)) == mp::joined_etag(&named));
+                let Some(info) = done else { return Err(e) };
+                return Ok(S3Response::new(CompleteMultipartUploadOutput {
+                    bucket: Some(i.bucket.clone()),
+                    key: Some(i.key.clone()),
+                    e_tag: Some(ETag::Strong(etag_of(&info))),
+                    location: Some(format!("/{}/{}", i.bucket, i.key)),
+                    ..Default::default()
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         let stored: BTreeMap<i32, StoredPart> = self.stored_parts(&upload).await?.into_iter().map(|(n, (p, _))| (n, p)).collect();
         let completion = mp::complete(&named, &stored).map_err(completion_error)?;
         let object = proto::ObjectMeta { etag: completion.etag.clone(), ..upload.marker.object.clone().unwrap_or_default() };

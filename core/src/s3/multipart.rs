@@ -202,6 +202,16 @@ pub fn complete(named: &[NamedPart], stored: &BTreeMap<i32, StoredPart>) -> Resu
     Ok(Completion { files, size, etag })
 }
 
+/// The ETag the parts `named` make when joined, if each names an MD5: what a completion
+/// retried after the upload went is checked against.
+pub fn joined_etag(named: &[NamedPart]) -> Option<String> {
+    let mut md5s = Vec::with_capacity(named.len() * 16);
+    for part in named {
+        md5s.extend_from_slice(&decode_md5(part.etag.trim_matches('"'))?);
+    }
+    (!named.is_empty()).then(|| format!("{}-{}", hex(&<md5::Md5 as md5::Digest>::digest(&md5s)), named.len()))
+}
+
 fn decode_md5(etag: &str) -> Option<[u8; 16]> {
     if etag.len() != 32 {
         return None;
@@ -360,6 +370,8 @@ mod tests {
             joined.extend_from_slice(&decode_md5(e).unwrap());
         }
         assert_eq!(c.etag, format!("{}-3", hex(&<md5::Md5 as md5::Digest>::digest(&joined))));
+        assert_eq!(joined_etag(&named(&[(1, A), (2, B), (3, C)])), Some(c.etag.clone()), "what a retried completion is checked against");
+        assert_eq!(joined_etag(&named(&[(1, "not-an-md5")])), None);
         // Parts may be skipped: 1 and 4.
         assert_eq!(complete(&named(&[(1, A), (4, A)]), &s).unwrap().files.len(), 2);
     }
