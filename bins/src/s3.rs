@@ -38,6 +38,24 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use crate::cli::MetaFlag;
 
+/// What the gateway keeps of the object a request (PutObject, CreateMultipartUpload,
+/// CopyObject with REPLACE) describes: `object_meta_of` its content type, standard headers
+/// and user metadata, which each of those inputs carries under the same names.
+macro_rules! object_meta {
+    ($i:expr) => {
+        object_meta_of(
+            &$i.content_type,
+            [
+                ("cache-control", &$i.cache_control),
+                ("content-disposition", &$i.content_disposition),
+                ("content-encoding", &$i.content_encoding),
+                ("content-language", &$i.content_language),
+            ],
+            &$i.metadata,
+        )
+    };
+}
+
 mod multipart;
 
 #[derive(Args)]
@@ -336,11 +354,12 @@ impl Gateway {
     }
 }
 
+/// A read's conditional headers (GetObject, HeadObject), or a copy's on its source.
 fn conditions(
-    if_match: &Option<IfMatch>,
-    if_none_match: &Option<IfNoneMatch>,
-    modified: &Option<IfModifiedSince>,
-    unmodified: &Option<IfUnmodifiedSince>,
+    if_match: &Option<ETagCondition>,
+    if_none_match: &Option<ETagCondition>,
+    modified: &Option<Timestamp>,
+    unmodified: &Option<Timestamp>,
 ) -> rules::Conditions {
     rules::Conditions {
         if_match: if_match.as_ref().map(etag_test),
@@ -535,17 +554,9 @@ impl S3 for Gateway {
             return Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(EMPTY_ETAG.into())), ..Default::default() }));
         }
         let expect = expected(&input.content_md5, &input.checksum_sha256)?;
-        let object = object_meta_of(
-            &input.content_type,
-            [
-                ("cache-control", &input.cache_control),
-                ("content-disposition", &input.content_disposition),
-                ("content-encoding", &input.content_encoding),
-                ("content-language", &input.content_language),
-            ],
-            &input.metadata,
-        )?;
-        let info = self.store(&target, input.body, size, expect, object, false).await?;
+        let object = object_meta!(input)?;
+        let source = StreamSource::new(size, body_stream(input.body)).expecting(expect);
+        let info = self.store(&target, &source, object).await?;
         let checksum = expect.sha256.map(|_| base64::engine::general_purpose::STANDARD.encode(&info.sha256));
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(ETag::Strong(etag_of(&info))), checksum_sha256: checksum, ..Default::default() }))
     }
@@ -842,27 +853,10 @@ fn object_entry(key: String, info: &proto::FileInfo) -> Object {
 }
 
 impl Gateway {
-    /// Streams `body` (`size` bytes, checked against `expect`) into a file at `path`, with
-    /// `object` kept and the body's MD5 as its ETag. `standalone`: chunk checksums that let
-    /// the file be joined to others (a multipart upload's part). A body that breaks off, runs
-    /// long or fails its digests leaves nothing (`put_stream` aborts the upload).
-    async fn store(
-        &self,
-        path: &str,
-        body: Option<StreamingBlob>,
-        size: u64,
-        expect: Expected,
-        object: proto::ObjectMeta,
-        standalone: bool,
-    ) -> S3Result<proto::FileInfo> {
-        let mut source = StreamSource::new(size, body_stream(body)).expecting(expect);
-        if standalone {
-            source = source.standalone_chunks();
-        }
-        self.store_from(path, &source, object).await
-    }
-
-    async fn store_from(&self, path: &str, source: &StreamSource, object: proto::ObjectMeta) -> S3Result<proto::FileInfo> {
+    /// Streams `source` into a file at `path`, with `object` kept and the body's MD5 as its
+    /// ETag. A body that breaks off, runs long or fails its digests leaves nothing
+    /// (`put_stream` aborts the upload).
+    async fn store(&self, path: &str, source: &StreamSource, object: proto::ObjectMeta) -> S3Result<proto::FileInfo> {
         match self.client.put_stream(source, path, true, object, &NoProgress).await {
             Ok(info) => Ok(info),
             Err(e) => Err(match source.mismatch() {

@@ -45,6 +45,17 @@ fn completion_error(e: CompletionError) -> S3Error {
     }
 }
 
+/// A completion's answer: the object it made.
+fn completed(i: &CompleteMultipartUploadInput, info: &proto::FileInfo) -> S3Response<CompleteMultipartUploadOutput> {
+    S3Response::new(CompleteMultipartUploadOutput {
+        bucket: Some(i.bucket.clone()),
+        key: Some(i.key.clone()),
+        e_tag: Some(ETag::Strong(etag_of(info))),
+        location: Some(format!("/{}/{}", i.bucket, i.key)),
+        ..Default::default()
+    })
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -90,7 +101,7 @@ impl Gateway {
     /// A part's body, stored; checks the upload is still there after, so that a part racing an
     /// abort or a completion is not left behind.
     async fn store_part(&self, upload: &Upload, path: &str, source: &StreamSource) -> S3Result<proto::FileInfo> {
-        let info = self.store_from(path, source, proto::ObjectMeta::default()).await?;
+        let info = self.store(path, source, proto::ObjectMeta::default()).await?;
         if self.client.stat(&mp::marker_path(&upload.dir)).await.is_err() {
             let _ = self.client.delete_now(&upload.dir, true).await;
             return Err(s3_error!(NoSuchUpload, "the upload was completed or aborted while this part was sent"));
@@ -104,16 +115,7 @@ impl Gateway {
         self.allow(&req, "CreateMultipartUpload", Grant::Write, &target).await?;
         self.bucket_exists(&bucket_dir).await?;
         let i = &req.input;
-        let object = object_meta_of(
-            &i.content_type,
-            [
-                ("cache-control", &i.cache_control),
-                ("content-disposition", &i.content_disposition),
-                ("content-encoding", &i.content_encoding),
-                ("content-language", &i.content_language),
-            ],
-            &i.metadata,
-        )?;
+        let object = object_meta!(i)?;
         let id = UploadId::new(&i.bucket, &i.key, now_unix_ms(), rand::random());
         let dir = mp::upload_dir(&i.bucket, &id);
         // The marker's bytes are the key (ListMultipartUploads reads them back).
@@ -150,9 +152,8 @@ impl Gateway {
         self.allow(&req, "UploadPartCopy", Grant::Write, &target).await?;
         let i = &req.input;
         let (source_path, head, reply) = self.copy_source(&req, &i.copy_source).await?;
-        let conds =
-            copy_conditions(&i.copy_source_if_match, &i.copy_source_if_none_match, &i.copy_source_if_modified_since, &i.copy_source_if_unmodified_since);
-        check_copy_conditions(&conds, &head)?;
+        let conds = conditions(&i.copy_source_if_match, &i.copy_source_if_none_match, &i.copy_source_if_modified_since, &i.copy_source_if_unmodified_since);
+        check_conditions(&conds, &head)?;
         let upload = self.upload(&i.bucket, &i.key, &i.upload_id).await?;
         let (start, end) = copy_range(&i.copy_source_range, head.info.size)?;
         let path = mp::part_path(&upload.dir, i.part_number, end - start).map_err(part_error)?;
@@ -190,14 +191,7 @@ impl Gateway {
                 // A completion retried after its answer was lost: the upload is gone, but the
                 // object it made is there, with the ETag these parts make. Answered alike.
                 let done = self.client.stat(&target).await.ok().and_then(|r| r.file).filter(|f| Some(etag_of(f)) == mp::joined_etag(&named));
-                let Some(info) = done else { return Err(e) };
-                return Ok(S3Response::new(CompleteMultipartUploadOutput {
-                    bucket: Some(i.bucket.clone()),
-                    key: Some(i.key.clone()),
-                    e_tag: Some(ETag::Strong(etag_of(&info))),
-                    location: Some(format!("/{}/{}", i.bucket, i.key)),
-                    ..Default::default()
-                }));
+                return done.map(|info| completed(i, &info)).ok_or(e);
             }
             Err(e) => return Err(e),
         };
@@ -209,13 +203,7 @@ impl Gateway {
         if let Err(e) = self.client.delete_now(&upload.dir, true).await {
             tracing::warn!(dir = upload.dir, error = %e, "a completed upload's directory was not removed");
         }
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(i.bucket.clone()),
-            key: Some(i.key.clone()),
-            e_tag: Some(ETag::Strong(etag_of(&info))),
-            location: Some(format!("/{}/{}", i.bucket, i.key)),
-            ..Default::default()
-        }))
+        Ok(completed(i, &info))
     }
 
     pub(super) async fn abort_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
@@ -384,22 +372,12 @@ impl Gateway {
         self.allow(&req, "CopyObject", Grant::Write, &target).await?;
         let i = &req.input;
         let (source_path, head, _) = self.copy_source(&req, &i.copy_source).await?;
-        let conds =
-            copy_conditions(&i.copy_source_if_match, &i.copy_source_if_none_match, &i.copy_source_if_modified_since, &i.copy_source_if_unmodified_since);
-        check_copy_conditions(&conds, &head)?;
+        let conds = conditions(&i.copy_source_if_match, &i.copy_source_if_none_match, &i.copy_source_if_modified_since, &i.copy_source_if_unmodified_since);
+        check_conditions(&conds, &head)?;
         self.bucket_exists(&bucket_dir).await?;
         let replace = i.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let object = if replace {
-            let object = object_meta_of(
-                &i.content_type,
-                [
-                    ("cache-control", &i.cache_control),
-                    ("content-disposition", &i.content_disposition),
-                    ("content-encoding", &i.content_encoding),
-                    ("content-language", &i.content_language),
-                ],
-                &i.metadata,
-            )?;
+            let object = object_meta!(i)?;
             // The bytes are the source's, and so is their ETag.
             Some(proto::ObjectMeta { etag: head.etag.clone(), ..object })
         } else if source_path == target {
@@ -422,23 +400,9 @@ impl Gateway {
     }
 }
 
-fn copy_conditions(
-    if_match: &Option<CopySourceIfMatch>,
-    if_none_match: &Option<CopySourceIfNoneMatch>,
-    modified: &Option<CopySourceIfModifiedSince>,
-    unmodified: &Option<CopySourceIfUnmodifiedSince>,
-) -> rules::Conditions {
-    rules::Conditions {
-        if_match: if_match.as_ref().map(etag_test),
-        if_none_match: if_none_match.as_ref().map(etag_test),
-        if_modified_since_s: modified.clone().map(unix_s),
-        if_unmodified_since_s: unmodified.clone().map(unix_s),
-    }
-}
-
 /// A copy whose source fails its conditions is refused with 412, whichever failed (S3 answers
 /// no 304 to a copy).
-fn check_copy_conditions(c: &rules::Conditions, head: &Head) -> S3Result<()> {
+fn check_conditions(c: &rules::Conditions, head: &Head) -> S3Result<()> {
     match rules::evaluate(c, &head.etag, (head.info.committed_unix_ms / 1000) as i64) {
         Verdict::Proceed => Ok(()),
         Verdict::NotModified | Verdict::PreconditionFailed => Err(s3_error!(PreconditionFailed, "the copy's source fails its conditions")),
